@@ -1,0 +1,154 @@
+"""Checkpoints that carry everything needed to use them later.
+
+A checkpoint is a ``torch.save`` of a plain dict: the weights plus the model's
+registry name and arguments, the label table, the preprocessing and inference
+settings, the full training config, the data manifest's hash, versions, and the
+sha256 of the weights. Everything but the weights is plain Python data, so it
+loads with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from medseg.errors import CheckpointError
+
+FORMAT_VERSION = 1
+_REQUIRED = ("format_version", "state_dict", "model", "labels", "preprocessing", "inference")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(state_dict) -> str:
+    """Hash of the weights alone (names and raw bytes), independent of the file's other content."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    import platform
+
+    import monai
+    import numpy
+    import torch
+
+    import medseg
+
+    return {k: str(v) for k, v in {
+        "medseg": medseg.__version__,
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }.items()}
+
+
+def _plain(obj):
+    """Plain Python data only (what a weights-only load accepts besides tensors)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return str(obj)
+
+
+def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None) -> Path:
+    import torch
+
+    from medseg.io.atomic import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = _plain({
+        "format_version": FORMAT_VERSION,
+        "weights_sha256": weights_sha256(state),
+        "model": {
+            "name": config.model.name,
+            "spatial_dims": config.model.spatial_dims,
+            "kwargs": dict(config.model.kwargs),
+            "in_channels": 1,
+            "out_channels": label_table.num_classes,
+        },
+        "labels": label_table.to_dict(),
+        "preprocessing": dict(vars(config.preprocessing)),
+        "inference": dict(vars(config.inference)),
+        "config": config.to_dict(),
+        "versions": versions(),
+        **(extra or {}),
+    })
+    payload["state_dict"] = state
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and check a checkpoint (weights only: no code is executed)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError("checkpoint not found", path=p)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(
+            f"not a readable medseg checkpoint ({why[:160]}); medseg loads checkpoints with weights_only=True "
+            "and accepts only files written by medseg train",
+            path=p,
+        ) from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
+        missing = [k for k in _REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+        raise CheckpointError(f"not a medseg checkpoint: missing {missing}", path=p)
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format {ckpt['format_version']} is newer than this medseg reads ({FORMAT_VERSION}); upgrade medseg",
+            path=p,
+        )
+    ckpt["file_sha256"] = file_sha256(p)
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+def build_model(ckpt: dict):
+    """The checkpoint's network with its weights loaded, in eval mode."""
+    from medseg.models import create_model
+
+    m = ckpt["model"]
+    model = create_model(
+        m["name"], spatial_dims=m["spatial_dims"], in_channels=m["in_channels"], out_channels=m["out_channels"], **m["kwargs"]
+    )
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit model {m['name']!r}: {str(exc).splitlines()[0]}", path=ckpt.get("path")) from None
+    return model.eval()

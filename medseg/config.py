@@ -1,0 +1,195 @@
+"""Training/inference configs: YAML -> dataclasses, strictly.
+
+Unknown keys are rejected with a "did you mean" hint, types are checked, and
+``--set section.key=value`` overrides are applied before validation. The
+resolved config is saved with every output (run directory, checkpoint).
+Configs never evaluate code or name import paths: models are chosen by
+registry name, label tables by path or by name under ``configs/labels``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import ConfigError
+
+#: The repository's config folder (for installs from a checkout).
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    spatial_dims: int = 3
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreprocessingConfig:
+    """Applied identically in training and inference (the checkpoint stores it)."""
+
+    spacing: list = field(default_factory=lambda: [2.5, 2.5, 2.5])  # mm, target grid
+    intensity: str = "ct_window"  # ct_window: clip HU to window, scale to [0, 1]
+    window: list = field(default_factory=lambda: [-200.0, 250.0])  # HU
+    foreground_hu: float = -500.0  # training crops to the body: voxels above this HU
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 60
+    max_minutes: float = 0.0  # 0: no wall-clock budget
+    patch_size: list = field(default_factory=lambda: [64, 64, 48])
+    batch_size: int = 2
+    samples_per_image: int = 2
+    pos_fraction: float = 0.67  # share of patches centred on a labelled voxel
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-5
+    val_every: int = 5
+    seed: int = 0
+    num_workers: int = 0
+    intensity_augmentation: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    roi_size: list = field(default_factory=lambda: [64, 64, 48])
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    blend: str = "gaussian"
+
+
+@dataclass
+class Config:
+    labels: str = "abdomen_phantom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def label_table(self, base: Path | None = None):
+        from medseg.labels import LabelTable
+
+        return LabelTable.from_yaml(resolve_label_table_path(self.labels, base))
+
+
+def resolve_label_table_path(ref: str, base: Path | None = None) -> Path:
+    """A label table given as a path (relative to ``base``) or as a name in ``configs/labels``."""
+    candidates = []
+    p = Path(ref)
+    if base is not None and not p.is_absolute():
+        candidates.append(base / p)
+    candidates += [p, CONFIG_ROOT / "labels" / f"{ref}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(f.stem for f in (CONFIG_ROOT / "labels").glob("*.yaml"))
+    close = difflib.get_close_matches(ref, known, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known names: {', '.join(known) or 'none'}"
+    raise ConfigError(f"label table {ref!r} not found as a file or as a name in configs/labels; {hint}")
+
+
+def _build(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(names))}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, where: str):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool, float):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, found {value!r}")
+        return value
+    if tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        return list(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return dict(value)
+    return value
+
+
+def _parse_scalar(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def config_from_dict(data: dict | None, *, source: str = "config", overrides: list[str] | None = None) -> Config:
+    data = apply_overrides(dict(data or {}), overrides)
+    cfg = _build(Config, data, source)
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Config:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config file not found", path=p)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=p) from None
+    return config_from_dict(data, source=str(p), overrides=overrides)
+
+
+def _validate(cfg: Config, source: str) -> None:
+    sd = cfg.model.spatial_dims
+    checks = [
+        (sd in (2, 3), f"model.spatial_dims must be 2 or 3, found {sd}"),
+        (len(cfg.preprocessing.spacing) == 3, "preprocessing.spacing needs 3 values (mm)"),
+        (all(float(s) > 0 for s in cfg.preprocessing.spacing), "preprocessing.spacing values must be > 0"),
+        (cfg.preprocessing.intensity == "ct_window", f"preprocessing.intensity {cfg.preprocessing.intensity!r}: only 'ct_window' is available"),
+        (len(cfg.preprocessing.window) == 2 and cfg.preprocessing.window[0] < cfg.preprocessing.window[1], "preprocessing.window must be [low, high] HU with low < high"),
+        (len(cfg.training.patch_size) == 3, "training.patch_size needs 3 values"),
+        (len(cfg.inference.roi_size) == 3, "inference.roi_size needs 3 values"),
+        (0 <= cfg.inference.overlap < 1, "inference.overlap must be in [0, 1)"),
+        (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
+        (0 < cfg.training.pos_fraction <= 1, "training.pos_fraction must be in (0, 1]"),
+        (cfg.inference.blend in ("gaussian", "constant"), "inference.blend must be 'gaussian' or 'constant'"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {msg}")

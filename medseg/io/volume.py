@@ -1,0 +1,77 @@
+"""The volume every stage passes along: voxels plus the grid they live on.
+
+Convention (NIfTI's, as nibabel uses it): ``array[i, j, k]`` is centred at the
+world point ``affine @ [i, j, k, 1]`` in millimetres, in the RAS+ patient frame
+(+x towards the patient's right, +y anterior, +z superior). DICOM uses LPS+;
+readers convert with ``LPS_TO_RAS`` so everything downstream sees RAS+.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from medseg.errors import GeometryError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    array: np.ndarray
+    affine: np.ndarray
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.array.ndim != 3:
+            raise GeometryError(
+                f"expected a 3D volume, found {self.array.ndim} dimensions (shape {self.array.shape}); "
+                "split 4D series into 3D volumes first",
+                path=self.source or None,
+            )
+        if self.affine.shape != (4, 4):
+            raise GeometryError(f"affine must be 4x4, found {self.affine.shape}", path=self.source or None)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis (lengths of the affine's columns)."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel: |det| of the affine's 3x3 part (exact also for oblique grids)."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def with_array(self, array: np.ndarray, **meta) -> "Volume":
+        """A volume on the same grid holding other voxels (e.g. the label map)."""
+        if tuple(array.shape) != self.shape:
+            raise GeometryError(f"array shape {tuple(array.shape)} does not match the grid {self.shape}")
+        return replace(self, array=array, meta={**self.meta, **meta})
+
+
+def same_grid(a: Volume, b: Volume, *, atol: float = 1e-3) -> bool:
+    """True when both volumes have the same shape and (to ``atol`` mm) the same affine."""
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
+
+
+def require_same_grid(found: Volume, expected: Volume, *, what: str = "label map", atol: float = 1e-3) -> None:
+    if found.shape != expected.shape:
+        raise GeometryError(
+            f"{what} has shape {found.shape} but its image has {expected.shape}; "
+            "it must be on the image's grid (resample it, or pair it with the right image)",
+            path=found.source or None,
+        )
+    if not np.allclose(found.affine, expected.affine, atol=atol):
+        diff = float(np.abs(found.affine - expected.affine).max())
+        raise GeometryError(
+            f"{what} affine differs from its image's by up to {diff:.4g} mm (tolerance {atol}); "
+            "it must be on the image's grid",
+            path=found.source or None,
+        )

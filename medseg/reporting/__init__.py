@@ -1,0 +1,1 @@
+"""Reports: per-structure volumes and intensities, and evaluation against a reference."""

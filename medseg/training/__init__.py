@@ -1,0 +1,1 @@
+"""Training from a data manifest: ``medseg.training.loop.train``."""
