@@ -94,16 +94,18 @@ def make_phantom(
 ) -> PhantomCase:
     """Generate one phantom. Anything not given is drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    if spacing is None:
-        s_in = rng.uniform(0.6, 1.0)
-        spacing = (s_in, s_in, rng.uniform(1.5, 5.0))
-    if flips is None:
-        flips = tuple(bool(f) for f in rng.integers(0, 2, size=3))
-    noise = rng.uniform(8.0, 14.0) if noise_hu is None else noise_hu
+    # Draw every random choice even when overridden, so the anatomy depends on the seed alone.
+    s_in, s_z = rng.uniform(0.6, 1.0), rng.uniform(1.5, 5.0)
+    drawn_flips = tuple(bool(f) for f in rng.integers(0, 2, size=3))
+    drawn_noise = rng.uniform(8.0, 14.0)
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else (s_in, s_in, s_z)
+    flips = tuple(flips) if flips is not None else drawn_flips
+    noise = drawn_noise if noise_hu is None else float(noise_hu)
     shape = tuple(int(np.ceil(f / s)) for f, s in zip(FOV_MM, spacing))
 
     # Voxel -> world (RAS mm): rotate (oblique), flip axes, scale; random table position.
-    direction = _rotation(rng, oblique_deg) @ np.diag([-1.0 if f else 1.0 for f in flips])
+    oblique = _rotation(np.random.default_rng([seed, 1]), oblique_deg)  # own stream: anatomy unchanged
+    direction = oblique @ np.diag([-1.0 if f else 1.0 for f in flips])
     affine = np.eye(4)
     affine[:3, :3] = direction * np.asarray(spacing)
     scanner_centre = rng.uniform(-60, 60, size=3)

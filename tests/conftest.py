@@ -1,0 +1,71 @@
+"""Shared fixtures: small phantoms and an 'oracle' checkpoint for geometry tests.
+
+The oracle network reads the label straight from the intensity of a phantom
+whose HU encode the label (label * 100 HU, no noise). Any error in orientation,
+resampling or the inverse mapping shows up as a lost Dice, and left/right
+swaps show up as kidney_right/kidney_left exchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+
+def _register_oracle():
+    import torch
+
+    from medseg.models import MODELS
+
+    if "test_intensity_oracle" in MODELS:
+        return
+
+    class IntensityOracle(torch.nn.Module):
+        def __init__(self, out_channels: int):
+            super().__init__()
+            self.register_buffer("centres", torch.linspace(0, 1, out_channels))
+
+        def forward(self, x):
+            c = self.centres.view(1, -1, *([1] * (x.ndim - 2)))
+            return -100.0 * (x - c) ** 2
+
+    @MODELS.register("test_intensity_oracle", description="test only: label = round(intensity)", dims=(2, 3), divisor=1)
+    def _oracle(*, spatial_dims: int, in_channels: int, out_channels: int):
+        return IntensityOracle(out_channels)
+
+
+def label_coded(case):
+    """A copy of a phantom whose image is label * 100 HU (the oracle's input)."""
+    from medseg.io.volume import Volume
+
+    img = case.labels.array.astype(np.float32) * 100.0
+    return Volume(img, case.image.affine.copy(), case.case_id)
+
+
+@pytest.fixture(scope="session")
+def oracle_checkpoint(tmp_path_factory):
+    from medseg.checkpoint import save_checkpoint
+    from medseg.config import config_from_dict
+    from medseg.models import create_model
+    from medseg.phantoms import PHANTOM_LABELS
+
+    _register_oracle()
+    cfg = config_from_dict({
+        "model": {"name": "test_intensity_oracle"},
+        "preprocessing": {"window": [0, 400], "spacing": [2.0, 2.0, 2.0]},
+        "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
+    })
+    model = create_model("test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes)
+    return save_checkpoint(tmp_path_factory.mktemp("oracle") / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS)
+
+
+@pytest.fixture(scope="session")
+def coarse_phantom():
+    """A phantom on a coarse grid (fast), with flips on two axes."""
+    from medseg.phantoms import make_phantom
+
+    return make_phantom(11, spacing=(1.6, 1.6, 4.0), flips=(True, False, True))
