@@ -18,7 +18,6 @@ def _quiet_third_party() -> None:
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*NvImgCodec.*")
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-    warnings.filterwarnings("ignore", message=".*Consider using tensor.detach.*")
 
 
 def _cmd_models(args) -> int:

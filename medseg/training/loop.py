@@ -165,7 +165,7 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.detach().item())
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "epoch_seconds": time.monotonic() - t_epoch}
         out_of_time = time.monotonic() - t0 > budget_s
         last = epoch == tc.epochs or out_of_time
