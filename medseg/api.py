@@ -29,11 +29,27 @@ def train(*, config: PathLike, manifest: PathLike, out: PathLike, overrides: Seq
     return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device)
 
 
-def predict(*, model: PathLike, inputs: Sequence[PathLike], out: PathLike, device=None, progress: bool = True, overwrite: bool = False, expected_labels=None):
-    """Segment every input with one loaded model; see ``medseg.inference.batch.predict_many``."""
+def predict(
+    *,
+    model: PathLike | Sequence[PathLike],
+    inputs: Sequence[PathLike],
+    out: PathLike,
+    device=None,
+    progress: bool = True,
+    overwrite: bool = False,
+    expected_labels=None,
+    dicom_seg: bool = True,
+    **inference_overrides,
+):
+    """Segment every input with one loaded model (several checkpoints: an ensemble).
+
+    ``inference_overrides`` change the checkpoint's inference settings, e.g.
+    ``sw_batch_size=8, amp="off", tta_flips=[2]``. See ``medseg.inference.batch.predict_many``.
+    """
     from medseg.inference.batch import predict_many
 
-    return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite, expected_labels=expected_labels)
+    return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite,
+                        expected_labels=expected_labels, dicom_seg=dicom_seg, **inference_overrides)
 
 
 def report(*, labels: Sequence[PathLike], out: PathLike, images: Sequence[PathLike] | None = None, label_table=None, case_ids: Sequence[str] | None = None) -> Path:

@@ -56,10 +56,17 @@ class TrainingConfig:
 
 @dataclass
 class InferenceConfig:
+    """Sliding-window settings; each speed switch has a safe default (see benchmarks/bench_inference.py)."""
+
     roi_size: list = field(default_factory=lambda: [64, 64, 48])
     overlap: float = 0.25
-    sw_batch_size: int = 4
+    sw_batch_size: int = 4  # windows per forward pass
     blend: str = "gaussian"
+    amp: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else off; or bf16 / fp16 / off
+    channels_last: bool = True  # channels-last memory layout for the network's convolutions
+    skip_background: bool = True  # windows whose voxels are all at/below the intensity window's floor are not run
+    tta_flips: list = field(default_factory=list)  # spatial axes (0, 1, 2 in RAS order) to mirror; never mirror L-R for lateral labels
+    slab_size: int = 16  # output slices per step when mapping scores back (bounds memory)
 
 
 @dataclass
@@ -189,6 +196,9 @@ def _validate(cfg: Config, source: str) -> None:
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
         (0 < cfg.training.pos_fraction <= 1, "training.pos_fraction must be in (0, 1]"),
         (cfg.inference.blend in ("gaussian", "constant"), "inference.blend must be 'gaussian' or 'constant'"),
+        (cfg.inference.amp in ("auto", "bf16", "fp16", "off"), f"inference.amp must be auto, bf16, fp16 or off, found {cfg.inference.amp!r}"),
+        (all(a in (0, 1, 2) for a in cfg.inference.tta_flips), "inference.tta_flips lists spatial axes 0, 1, 2"),
+        (cfg.inference.slab_size >= 1 and cfg.inference.sw_batch_size >= 1, "inference.slab_size and sw_batch_size must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

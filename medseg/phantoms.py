@@ -37,10 +37,10 @@ from medseg.labels import Label, LabelTable
 PHANTOM_LABELS = LabelTable(
     "abdomen_phantom",
     (
-        Label(1, "liver", (221, 130, 101)),
-        Label(2, "spleen", (157, 108, 162)),
-        Label(3, "kidney_right", (185, 102, 83)),
-        Label(4, "kidney_left", (185, 102, 83)),
+        Label(1, "liver", (221, 130, 101), "10200004"),
+        Label(2, "spleen", (157, 108, 162), "78961009"),
+        Label(3, "kidney_right", (185, 102, 83), "9846003"),
+        Label(4, "kidney_left", (185, 102, 83), "18639004"),
     ),
 )
 
@@ -91,8 +91,13 @@ def make_phantom(
     flips: tuple[bool, bool, bool] | None = None,
     oblique_deg: float = 0.0,
     noise_hu: float | None = None,
+    fov_mm: tuple[float, float, float] | None = None,
 ) -> PhantomCase:
-    """Generate one phantom. Anything not given is drawn from ``seed``."""
+    """Generate one phantom. Anything not given is drawn from ``seed``.
+
+    ``fov_mm`` widens (or narrows) the field of view around the same anatomy,
+    e.g. to make a CT-sized volume that is mostly air for benchmarks.
+    """
     rng = np.random.default_rng(seed)
     # Draw every random choice even when overridden, so the anatomy depends on the seed alone.
     s_in, s_z = rng.uniform(0.6, 1.0), rng.uniform(1.5, 5.0)
@@ -101,7 +106,7 @@ def make_phantom(
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (s_in, s_in, s_z)
     flips = tuple(flips) if flips is not None else drawn_flips
     noise = drawn_noise if noise_hu is None else float(noise_hu)
-    shape = tuple(int(np.ceil(f / s)) for f, s in zip(FOV_MM, spacing))
+    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov_mm or FOV_MM, spacing))
 
     # Voxel -> world (RAS mm): rotate (oblique), flip axes, scale; random table position.
     oblique = _rotation(np.random.default_rng([seed, 1]), oblique_deg)  # own stream: anatomy unchanged

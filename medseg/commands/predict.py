@@ -3,10 +3,29 @@
 import sys
 
 
+def _overrides(args) -> dict:
+    out = {}
+    if args.sw_batch_size is not None:
+        out["sw_batch_size"] = args.sw_batch_size
+    if args.overlap is not None:
+        out["overlap"] = args.overlap
+    if args.amp is not None:
+        out["amp"] = args.amp
+    if args.tta_flips is not None:
+        out["tta_flips"] = [int(a) for a in args.tta_flips.split(",") if a != ""]
+    if args.no_skip_background:
+        out["skip_background"] = False
+    if args.no_channels_last:
+        out["channels_last"] = False
+    return out
+
+
 def _run(args) -> int:
     from medseg import api
 
-    r = api.predict(model=args.model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress, overwrite=args.overwrite)
+    model = args.model[0] if len(args.model) == 1 else args.model
+    r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
+                    overwrite=args.overwrite, dicom_seg=not args.no_seg, **_overrides(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
         print(f"  failed {cid}: {err}", file=sys.stderr)
@@ -15,10 +34,18 @@ def _run(args) -> int:
 
 def add(sub) -> None:
     s = sub.add_parser("predict", help="segment images or DICOM folders; outputs sit on each input's grid")
-    s.add_argument("--model", required=True, help="checkpoint (.pt) from medseg train")
+    s.add_argument("--model", required=True, action="append", help="checkpoint (.pt) from medseg train; repeat for an ensemble")
     s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files or DICOM folders")
     s.add_argument("--out", required=True)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
+    s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG for DICOM inputs")
+    g = s.add_argument_group("inference settings (default: the checkpoint's)")
+    g.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    g.add_argument("--overlap", type=float, help="window overlap in [0, 1)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (auto: fp16 on CUDA, bf16 on CPUs that have it)")
+    g.add_argument("--tta-flips", help="comma-separated spatial axes to mirror (0=x L-R, 1=y, 2=z); never 0 for left/right labels")
+    g.add_argument("--no-skip-background", action="store_true", help="run the network on air-only windows too")
+    g.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_run)

@@ -1,10 +1,11 @@
-"""Segment many inputs with one loaded model: outputs, sidecars, failures, resume.
+"""Segment many inputs with one loaded model: outputs, sidecars, DICOM SEG, failures, resume.
 
 Called by ``medseg.api.predict``; a bad input is recorded and the rest go on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -45,28 +46,40 @@ def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
     return ids
 
 
+def _already_done(target: Path, sidecar: Path, model_sha) -> bool:
+    if not (target.exists() and sidecar.exists()):
+        return False
+    try:
+        return json.loads(sidecar.read_text()).get("model", {}).get("model_sha256") == model_sha
+    except (OSError, ValueError):
+        return False
+
+
 def predict_many(
     *,
-    model: PathLike,
+    model: PathLike | Sequence[PathLike],
     inputs: Sequence[PathLike],
     out: PathLike,
     device=None,
     progress: bool = True,
     overwrite: bool = False,
     expected_labels: LabelTable | None = None,
+    dicom_seg: bool = True,
+    **inference_overrides,
 ) -> PredictResult:
-    """Segment every input with one loaded model; a bad input is recorded and the rest go on.
+    """Segment every input with one loaded model (or an ensemble: several checkpoints).
 
     Writes ``OUT/<case_id>.nii.gz`` on the input's grid, ``OUT/<case_id>.json``
-    (labels, model checksum, versions, geometry, timing), ``OUT/run.json`` and,
-    when any case failed, ``OUT/failures.csv``. Cases whose output exists and
-    was made by the same model file are skipped unless ``overwrite``.
+    (labels, model checksum, versions, settings, geometry, time, peak memory,
+    per-structure confidence), ``OUT/<case_id>.seg.dcm`` for DICOM inputs,
+    ``OUT/run.json`` and, when any case failed, ``OUT/failures.csv``. Cases
+    whose output exists and was made by the same model are skipped unless
+    ``overwrite``.
     """
-    import json
-
     import pandas as pd
     from tqdm.auto import tqdm
 
+    import medseg
     from medseg.checkpoint import versions
     from medseg.inference.predictor import Predictor
     from medseg.io.atomic import write_csv, write_json
@@ -77,7 +90,7 @@ def predict_many(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = _case_ids(inputs)
-    predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels)
+    predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, **inference_overrides)
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
     run_info = {"command": "predict", "versions": versions(), "model": predictor.provenance,
@@ -88,25 +101,29 @@ def predict_many(
     bar = tqdm(list(zip(ids, inputs)), desc="predict", unit="case", disable=not progress)
     for cid, src in bar:
         target, sidecar = out_dir / f"{cid}.nii.gz", out_dir / f"{cid}.json"
-        if not overwrite and target.exists() and sidecar.exists():
-            try:
-                done = json.loads(sidecar.read_text()).get("model", {}).get("model_sha256") == sha
-            except (OSError, ValueError):
-                done = False
-            if done:
-                result.skipped.append(cid)
-                continue
+        if not overwrite and _already_done(target, sidecar, sha):
+            result.skipped.append(cid)
+            continue
         t0 = time.monotonic()
         try:
             image = read_volume(src)
             labels = predictor.predict(image)
+            outputs = {"label_map": target.name}
+            if dicom_seg and image.meta.get("format") == "dicom":
+                from medseg.io.seg import write_dicom_seg
+
+                seg_path = write_dicom_seg(labels, src, predictor.labels, out_dir / f"{cid}.seg.dcm", software_version=medseg.__version__)
+                outputs["dicom_seg"] = seg_path.name
             write_label_map(labels, target)
+            # The sidecar is written last: its presence marks the case as done.
             write_json(sidecar, {
-                "case_id": cid, "source": str(src), "labels": predictor.labels.to_dict(), "model": predictor.provenance,
-                "shape": list(labels.shape), "affine": labels.affine.tolist(), "spacing_mm": list(labels.spacing),
-                "input_format": image.meta.get("format"), "seconds": round(time.monotonic() - t0, 3), "versions": run_info["versions"],
+                "case_id": cid, "source": str(src), "outputs": outputs, "labels": predictor.labels.to_dict(), "model": predictor.provenance,
+                "inference": predictor.inference, "shape": list(labels.shape), "affine": labels.affine.tolist(),
+                "spacing_mm": list(labels.spacing), "input_format": image.meta.get("format"),
+                "seconds_total": round(time.monotonic() - t0, 3), **labels.meta, "versions": run_info["versions"],
             })
             result.outputs[cid] = target
+            bar.set_postfix(last=f"{time.monotonic() - t0:.1f}s")
         except MedsegError as exc:
             result.failures[cid] = str(exc)
             log.error("%s: %s", cid, exc)

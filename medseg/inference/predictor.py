@@ -1,90 +1,160 @@
-"""Checkpoint -> label map on the input's own grid.
+"""Checkpoint(s) -> label map on the input's own grid.
 
 ``Predictor.predict`` runs, in order:
 
-1. orient   -- permute/flip the input to its closest RAS layout (exact, lossless)
-2. spacing  -- resample to the checkpoint's training spacing (edge-aligned grid)
+1. orient    -- permute/flip the input to its closest RAS layout (exact, lossless)
+2. spacing   -- resample to the checkpoint's training spacing (edge-aligned grid)
 3. intensity -- the checkpoint's CT window, scaled to [0, 1]
-4. windows  -- sliding-window class scores
-then undoes 2 on the scores (back to the oriented grid), takes the argmax, undoes
-1 on the labels, and checks that shape and affine equal the input's. The
-returned label map carries the input's affine unchanged.
+4. windows   -- sliding-window class scores -> probabilities (averaged over
+                flip TTA and over the models of an ensemble)
+then undoes 2 while reducing probabilities to labels slab by slab (bounded
+memory), undoes 1 on the labels, and checks that the shape equals the input's.
+The returned label map carries the input's affine unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from medseg.errors import CheckpointError, GeometryError
+from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
 from medseg.io.volume import Volume
 from medseg.labels import LabelTable
 
 log = logging.getLogger(__name__)
 
 
+def _default_inference() -> dict:
+    import dataclasses
+
+    from medseg.config import InferenceConfig
+
+    return dataclasses.asdict(InferenceConfig())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 class Predictor:
-    def __init__(self, model, *, labels: LabelTable, preprocessing: dict, inference: dict, device=None, provenance: dict | None = None):
+    def __init__(self, models, *, labels: LabelTable, preprocessing: dict, inference: dict, device=None, provenance: dict | None = None, progress: bool = False):
         import torch
 
-        from medseg.inference.sliding_window import default_device
+        from medseg.inference.sliding_window import default_device, prepare_model
 
         self.device = torch.device(device) if device else default_device()
-        self.model = model.to(self.device).eval()
+        self.inference = {**_default_inference(), **dict(inference)}
+        models = models if isinstance(models, (list, tuple)) else [models]
+        self.models = [prepare_model(m.to(self.device).eval(), channels_last=self.inference["channels_last"]) for m in models]
         self.labels = labels
         self.preprocessing = dict(preprocessing)
-        self.inference = dict(inference)
         self.provenance = dict(provenance or {})
+        self.progress = progress
+
+    @property
+    def model(self):
+        return self.models[0]
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device=None, expected_labels: LabelTable | None = None, **inference_overrides) -> "Predictor":
-        """Load a checkpoint. ``expected_labels``: refuse a checkpoint trained for another label table."""
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        device=None,
+        expected_labels: LabelTable | None = None,
+        progress: bool = False,
+        **inference_overrides,
+    ) -> "Predictor":
+        """Load one checkpoint, or several (an ensemble: same labels and preprocessing required).
+
+        ``expected_labels``: refuse a checkpoint trained for another label table.
+        Keyword overrides change inference settings (``sw_batch_size=8, amp="off"``...).
+        """
         from medseg.checkpoint import build_model, load_checkpoint
 
-        ckpt = load_checkpoint(path)
-        labels = LabelTable.from_dict(ckpt["labels"], source=str(path))
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if not paths:
+            raise CheckpointError("no checkpoint given")
+        ckpts = [load_checkpoint(p) for p in paths]
+        first = ckpts[0]
+        labels = LabelTable.from_dict(first["labels"], source=str(paths[0]))
         if expected_labels is not None and not labels.same_structures(expected_labels):
             raise CheckpointError(
                 f"checkpoint segments {labels.names} (table {labels.name!r}) but {expected_labels.names} "
                 f"(table {expected_labels.name!r}) was asked for; use a checkpoint trained for that label table",
-                path=path,
+                path=paths[0],
             )
-        unknown = set(inference_overrides) - set(ckpt["inference"])
+        for p, c in zip(paths[1:], ckpts[1:]):
+            if not LabelTable.from_dict(c["labels"]).same_structures(labels):
+                raise CheckpointError(f"ensemble member segments other structures than {paths[0]}; all members need one label table", path=p)
+            if c["preprocessing"] != first["preprocessing"]:
+                raise CheckpointError(f"ensemble member was trained with other preprocessing than {paths[0]}", path=p)
+        defaults = _default_inference()
+        unknown = set(inference_overrides) - set(defaults)
         if unknown:
-            from medseg.errors import ConfigError
-
-            raise ConfigError(f"unknown inference option(s) {sorted(unknown)}; accepted: {sorted(ckpt['inference'])}")
+            raise ConfigError(f"unknown inference option(s) {sorted(unknown)}; accepted: {sorted(defaults)}")
         provenance = {
-            "model_path": str(path),
-            "model_sha256": ckpt["file_sha256"],
-            "weights_sha256": ckpt.get("weights_sha256"),
-            "model_name": ckpt["model"]["name"],
-            "trained_with": ckpt.get("versions", {}),
+            "model_path": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
+            "model_sha256": first["file_sha256"] if len(paths) == 1 else [c["file_sha256"] for c in ckpts],
+            "weights_sha256": first.get("weights_sha256"),
+            "model_name": first["model"]["name"],
+            "trained_with": first.get("versions", {}),
         }
-        return cls(
-            build_model(ckpt),
-            labels=labels,
-            preprocessing=ckpt["preprocessing"],
-            inference={**ckpt["inference"], **inference_overrides},
-            device=device,
-            provenance=provenance,
-        )
+        inference = {**defaults, **first["inference"], **inference_overrides}
+        return cls([build_model(c) for c in ckpts], labels=labels, preprocessing=first["preprocessing"], inference=inference,
+                   device=device, provenance=provenance, progress=progress)
 
-    def predict(self, source: Volume | str | os.PathLike) -> Volume:
-        """Segment one image (a path, a DICOM folder or a Volume); the result sits on its grid."""
+    def _probabilities(self, x, stats: dict):
+        """Average softmax over models and flips, on the network's grid: ``(C, x, y, z)`` on the CPU."""
         import torch
 
         from medseg.inference.sliding_window import window_scores
+
+        inf = self.inference
+        flips = [()] + [(a + 2,) for a in inf["tta_flips"]]
+        total = None
+        for model in self.models:
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                logits = window_scores(
+                    model, xi, roi_size=inf["roi_size"], overlap=inf["overlap"], sw_batch_size=inf["sw_batch_size"],
+                    blend=inf["blend"], device=self.device, num_classes=self.labels.num_classes, amp=inf["amp"],
+                    channels_last=inf["channels_last"], skip_background=inf["skip_background"] and self.preprocessing.get("intensity", "ct_window") == "ct_window",
+                    progress=self.progress, stats=stats,
+                )
+                p = torch.softmax(logits[0].float(), dim=0)
+                if dims:
+                    p = torch.flip(p, (dims[0] - 1,))
+                total = p if total is None else total.add_(p)
+        return (total / (len(self.models) * len(flips))).cpu()
+
+    def predict(self, source: Volume | str | os.PathLike) -> Volume:
+        """Segment one image (a path, a DICOM folder or a Volume); the result sits on its grid.
+
+        ``result.meta`` holds timing, windows run/skipped, peak memory and the
+        mean winning probability per structure (``confidence``).
+        """
+        import torch
+
+        from medseg.inference.labels_from_scores import labels_from_scores
         from medseg.io.geometry import from_closest_ras, to_closest_ras
         from medseg.io.readers import read_volume
         from medseg.transforms.spatial import resample, target_shape
 
         t0 = time.monotonic()
         volume = source if isinstance(source, Volume) else read_volume(source)
+        if volume.array.size == 0 or min(volume.shape) < 1:
+            raise InputError(f"empty volume (shape {volume.shape}); expected an image with voxels", path=volume.source or None)
+        if not np.issubdtype(np.asarray(volume.array).dtype, np.number):
+            raise InputError(f"image voxels are {volume.array.dtype}, expected numbers", path=volume.source or None)
+        t_read = time.monotonic() - t0
 
         # 1. orient
         array, affine, ornt = to_closest_ras(np.asarray(volume.array, dtype=np.float32), volume.affine)
@@ -93,23 +163,34 @@ class Predictor:
         # 2. spacing
         size = target_shape(oriented_shape, spacing, self.preprocessing["spacing"])
         x = resample(torch.from_numpy(array)[None], size, mode="trilinear")
+        del array
         # 3. intensity
         lo, hi = (float(v) for v in self.preprocessing["window"])
-        x = ((x.clamp(lo, hi) - lo) / (hi - lo))[None]
-        # 4. windows
-        inf = self.inference
-        scores = window_scores(
-            self.model, x, roi_size=inf["roi_size"], overlap=inf["overlap"], sw_batch_size=inf["sw_batch_size"], blend=inf["blend"], device=self.device
-        )[0].float().cpu()
-        # undo 2 on the scores, then argmax
-        scores = resample(scores, oriented_shape, mode="trilinear")
-        labels = scores.argmax(0).to(torch.uint8).numpy()
-        del scores
+        x = ((x.clamp_(lo, hi) - lo) / (hi - lo))[None]
+        # 4. windows -> probabilities on the network's grid
+        stats: dict = {}
+        t1 = time.monotonic()
+        probs = self._probabilities(x, stats)
+        t_windows = time.monotonic() - t1
+        # undo 2 while reducing to labels, slab by slab
+        labels, conf_sum, counts = labels_from_scores(probs, oriented_shape, slab_size=int(self.inference["slab_size"]), with_confidence=True)
+        del probs
         # undo 1
         labels = from_closest_ras(labels, ornt)
 
         if labels.shape != volume.shape:
             raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)", path=volume.source)
-        out = Volume(labels, volume.affine.copy(), volume.source, {"seconds": round(time.monotonic() - t0, 3)})
-        log.debug("predicted %s in %.2f s", Path(volume.source).name, out.meta["seconds"])
-        return out
+        confidence = {lab.name: (float(conf_sum[lab.index] / counts[lab.index]) if counts[lab.index] else None) for lab in self.labels.labels}
+        meta = {
+            "seconds": round(time.monotonic() - t0, 3),
+            "seconds_read": round(t_read, 3),
+            "seconds_windows": round(t_windows, 3),
+            "network_grid": list(size),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "confidence": confidence,
+            **stats,
+        }
+        if self.device.type == "cuda":
+            meta["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        log.debug("predicted %s in %.2f s", Path(volume.source).name, meta["seconds"])
+        return Volume(labels, volume.affine.copy(), volume.source, meta)

@@ -1,0 +1,105 @@
+"""Inference engine: slab-wise label mapping, window skipping, autocast, ensembles, bad inputs."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import label_coded
+from medseg.errors import CheckpointError, InputError
+from medseg.inference.labels_from_scores import labels_from_scores
+from medseg.inference.predictor import Predictor
+from medseg.inference.sliding_window import WindowRunner, resolve_amp, window_scores
+from medseg.io.volume import Volume
+from medseg.phantoms import make_phantom
+from medseg.transforms.spatial import resample
+
+
+@pytest.mark.parametrize("out_shape", [(90, 70, 41), (30, 20, 10), (45, 35, 17)])
+def test_slab_wise_labels_equal_whole_volume_trilinear_argmax(out_shape):
+    torch.manual_seed(0)
+    scores = torch.rand(5, 45, 35, 17)
+    expected = resample(scores, out_shape, mode="trilinear").argmax(0).numpy()
+    got, conf_sum, counts = labels_from_scores(scores, out_shape, slab_size=4, with_confidence=True)
+    np.testing.assert_array_equal(got, expected)
+    assert counts.sum() == np.prod(out_shape)
+    assert np.all(conf_sum <= counts + 1e-6)
+
+
+class _CountingNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 3, 1)
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.conv(x)
+
+
+def test_background_windows_are_skipped_and_foreground_scores_unchanged():
+    net = _CountingNet().eval()
+    img = torch.zeros(1, 1, 64, 64, 32)
+    img[..., :20, :20, :16] = torch.rand(1, 1, 20, 20, 16) + 0.1  # one corner holds tissue
+    kw = dict(roi_size=(32, 32, 16), overlap=0.0, sw_batch_size=4, blend="constant", num_classes=3)
+    stats = {}
+    skipped = window_scores(net, img, skip_background=True, stats=stats, **kw)
+    assert stats["windows_run"] == 1 and stats["windows_skipped"] == 7
+    full = window_scores(net, img, skip_background=False, **kw)
+    np.testing.assert_allclose(skipped[..., :32, :32, :16], full[..., :32, :32, :16], atol=1e-5)
+    assert torch.all(skipped[:, 0, 32:, 32:] > skipped[:, 1, 32:, 32:])  # air windows say background
+
+
+def test_amp_resolution_is_explicit():
+    assert resolve_amp("off", torch.device("cpu")) is None
+    assert resolve_amp("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_amp("auto", torch.device("cuda")) is torch.float16
+    runner = WindowRunner(_CountingNet().eval(), num_classes=3, amp_dtype=torch.bfloat16, channels_last=True, skip_background=False)
+    with torch.inference_mode():
+        out = runner(torch.rand(2, 1, 8, 8, 8))
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 8, 8, 8)
+
+
+def test_prediction_metadata_and_ensemble_of_identical_members(oracle_checkpoint):
+    case = make_phantom(51, spacing=(2.0, 2.0, 4.0))
+    single = Predictor.from_checkpoint(oracle_checkpoint, device="cpu").predict(label_coded(case))
+    pair = Predictor.from_checkpoint([oracle_checkpoint, oracle_checkpoint], device="cpu").predict(label_coded(case))
+    np.testing.assert_array_equal(single.array, pair.array)
+    meta = single.meta
+    assert meta["windows_run"] > 0 and meta["peak_rss_mb"] > 0
+    assert 0.5 < meta["confidence"]["liver"] <= 1.0
+
+
+def test_flip_tta_on_a_symmetric_oracle_keeps_the_labels(oracle_checkpoint):
+    case = make_phantom(52, spacing=(2.0, 2.0, 4.0))
+    plain = Predictor.from_checkpoint(oracle_checkpoint, device="cpu").predict(label_coded(case))
+    tta = Predictor.from_checkpoint(oracle_checkpoint, device="cpu", tta_flips=[1, 2]).predict(label_coded(case))
+    assert (plain.array != tta.array).mean() < 0.002
+
+
+def test_unknown_inference_option_is_refused(oracle_checkpoint):
+    from medseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sw_batch"):
+        Predictor.from_checkpoint(oracle_checkpoint, sw_batchsize=3)
+
+
+def test_empty_and_multichannel_inputs_get_clear_errors(oracle_checkpoint, tmp_path):
+    predictor = Predictor.from_checkpoint(oracle_checkpoint, device="cpu")
+    with pytest.raises(InputError, match="empty volume"):
+        predictor.predict(Volume(np.zeros((0, 4, 4), np.float32), np.eye(4), "empty.nii.gz"))
+    two = tmp_path / "two_channel.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), two)
+    with pytest.raises(InputError, match="two_channel.nii.gz.*3D"):
+        predictor.predict(two)
+
+
+def test_ensemble_members_must_share_labels(oracle_checkpoint, tmp_path):
+    ckpt = torch.load(oracle_checkpoint, weights_only=True)
+    ckpt["labels"] = {"name": "other", "labels": [{"index": 1, "name": "tumour"}]}
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match="one label table"):
+        Predictor.from_checkpoint([oracle_checkpoint, other])
