@@ -39,6 +39,7 @@ def predict(
     overwrite: bool = False,
     expected_labels=None,
     dicom_seg: bool = True,
+    save_probabilities: bool = False,
     **inference_overrides,
 ):
     """Segment every input with one loaded model (several checkpoints: an ensemble).
@@ -49,18 +50,42 @@ def predict(
     from medseg.inference.batch import predict_many
 
     return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite,
-                        expected_labels=expected_labels, dicom_seg=dicom_seg, **inference_overrides)
+                        expected_labels=expected_labels, dicom_seg=dicom_seg, save_probabilities=save_probabilities,
+                        **inference_overrides)
 
 
-def report(*, labels: Sequence[PathLike], out: PathLike, images: Sequence[PathLike] | None = None, label_table=None, case_ids: Sequence[str] | None = None) -> Path:
-    """Write ``OUT/volumes.csv``; see ``medseg.reporting.tables.write_volumes_report``."""
+def report(
+    *,
+    labels: Sequence[PathLike],
+    out: PathLike,
+    images: Sequence[PathLike] | None = None,
+    label_table=None,
+    case_ids: Sequence[str] | None = None,
+    **options,
+) -> Path:
+    """Write ``OUT/volumes.csv`` (+ cohort tables, QC montages, report.html); returns the CSV path.
+
+    ``options``: ``min_size_ml``, ``reference_ranges``, ``resample_order``, ``qc``,
+    ``html``, ``window``; see ``medseg.reporting.tables.write_volumes_report``.
+    """
     from medseg.reporting.tables import write_volumes_report
 
-    return write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids)
+    return write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids, **options)
 
 
-def evaluate(*, pred: Sequence[PathLike], ref: Sequence[PathLike], out: PathLike, label_table=None, case_ids: Sequence[str] | None = None) -> Path:
-    """Write ``metrics.csv``; see ``medseg.reporting.tables.write_metrics_report``."""
+def evaluate(
+    *,
+    pred: Sequence[PathLike],
+    ref: Sequence[PathLike],
+    out: PathLike,
+    label_table=None,
+    case_ids: Sequence[str] | None = None,
+    **options,
+) -> Path:
+    """Write ``metrics.csv`` (Dice, IoU, HD95, ASSD, NSD, volume errors); ``out`` is a file or a folder.
+
+    ``options``: ``nsd_tolerance_mm``, ``surface``; see ``medseg.reporting.tables.write_metrics_report``.
+    """
     from medseg.reporting.tables import write_metrics_report
 
-    return write_metrics_report(pred=pred, ref=ref, out=out, label_table=label_table, case_ids=case_ids)
+    return write_metrics_report(pred=pred, ref=ref, out=out, label_table=label_table, case_ids=case_ids, **options)

@@ -25,7 +25,8 @@ def _run(args) -> int:
 
     model = args.model[0] if len(args.model) == 1 else args.model
     r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
-                    overwrite=args.overwrite, dicom_seg=not args.no_seg, **_overrides(args))
+                    overwrite=args.overwrite, dicom_seg=not args.no_seg, save_probabilities=args.save_probabilities,
+                    **_overrides(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
         print(f"  failed {cid}: {err}", file=sys.stderr)
@@ -40,6 +41,7 @@ def add(sub) -> None:
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
     s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG for DICOM inputs")
+    s.add_argument("--save-probabilities", action="store_true", help="also write class probabilities (4D NIfTI on the network's grid)")
     g = s.add_argument_group("inference settings (default: the checkpoint's)")
     g.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
     g.add_argument("--overlap", type=float, help="window overlap in [0, 1)")

@@ -55,6 +55,17 @@ def _already_done(target: Path, sidecar: Path, model_sha) -> bool:
         return False
 
 
+def _write_probabilities(probs, path: Path) -> Path:
+    import nibabel as nib
+
+    from medseg.io.atomic import atomic_path
+
+    array, affine = probs
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(array.astype("float32"), affine), str(tmp))
+    return path
+
+
 def predict_many(
     *,
     model: PathLike | Sequence[PathLike],
@@ -65,6 +76,7 @@ def predict_many(
     overwrite: bool = False,
     expected_labels: LabelTable | None = None,
     dicom_seg: bool = True,
+    save_probabilities: bool = False,
     **inference_overrides,
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
@@ -72,6 +84,8 @@ def predict_many(
     Writes ``OUT/<case_id>.nii.gz`` on the input's grid, ``OUT/<case_id>.json``
     (labels, model checksum, versions, settings, geometry, time, peak memory,
     per-structure confidence), ``OUT/<case_id>.seg.dcm`` for DICOM inputs,
+    ``OUT/<case_id>.probabilities.nii.gz`` with ``save_probabilities`` (4D,
+    one volume per class, on the network's coarse grid with its own affine),
     ``OUT/run.json`` and, when any case failed, ``OUT/failures.csv``. Cases
     whose output exists and was made by the same model are skipped unless
     ``overwrite``.
@@ -90,7 +104,7 @@ def predict_many(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = _case_ids(inputs)
-    predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, **inference_overrides)
+    predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, progress=progress, **inference_overrides)
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
     run_info = {"command": "predict", "versions": versions(), "model": predictor.provenance,
@@ -107,8 +121,10 @@ def predict_many(
         t0 = time.monotonic()
         try:
             image = read_volume(src)
-            labels = predictor.predict(image)
+            labels = predictor.predict(image, keep_probabilities=save_probabilities)
             outputs = {"label_map": target.name}
+            if save_probabilities:
+                outputs["probabilities"] = _write_probabilities(labels.meta.pop("probabilities"), out_dir / f"{cid}.probabilities.nii.gz").name
             if dicom_seg and image.meta.get("format") == "dicom":
                 from medseg.io.seg import write_dicom_seg
 

@@ -135,11 +135,13 @@ class Predictor:
                 total = p if total is None else total.add_(p)
         return (total / (len(self.models) * len(flips))).cpu()
 
-    def predict(self, source: Volume | str | os.PathLike) -> Volume:
+    def predict(self, source: Volume | str | os.PathLike, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (a path, a DICOM folder or a Volume); the result sits on its grid.
 
         ``result.meta`` holds timing, windows run/skipped, peak memory and the
-        mean winning probability per structure (``confidence``).
+        mean winning probability per structure (``confidence``). With
+        ``keep_probabilities``, ``result.meta["probabilities"]`` is
+        ``(array (x, y, z, classes) float32, affine)`` on the network's grid.
         """
         import torch
 
@@ -174,6 +176,11 @@ class Predictor:
         t_windows = time.monotonic() - t1
         # undo 2 while reducing to labels, slab by slab
         labels, conf_sum, counts = labels_from_scores(probs, oriented_shape, slab_size=int(self.inference["slab_size"]), with_confidence=True)
+        kept = None
+        if keep_probabilities:
+            from medseg.transforms.spatial import resampled_affine
+
+            kept = (probs.permute(1, 2, 3, 0).numpy().copy(), resampled_affine(affine, oriented_shape, size))
         del probs
         # undo 1
         labels = from_closest_ras(labels, ornt)
@@ -190,6 +197,8 @@ class Predictor:
             "confidence": confidence,
             **stats,
         }
+        if kept is not None:
+            meta["probabilities"] = kept
         if self.device.type == "cuda":
             meta["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         log.debug("predicted %s in %.2f s", Path(volume.source).name, meta["seconds"])

@@ -103,3 +103,27 @@ def test_ensemble_members_must_share_labels(oracle_checkpoint, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="one label table"):
         Predictor.from_checkpoint([oracle_checkpoint, other])
+
+
+def test_batch_writes_sidecar_probabilities_and_seg(oracle_checkpoint, tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from medseg.inference.batch import predict_many
+    from medseg.io.readers import write_volume
+    from medseg.phantoms import PhantomCase, write_dicom_series
+
+    case = make_phantom(53, spacing=(2.0, 2.0, 4.0), flips=(False, True, True))
+    coded = case.labels.with_array(label_coded(case).array)
+    dicom = write_dicom_series(PhantomCase("c", coded, case.labels, case.voxel_counts), tmp_path / "series")
+    nifti = write_volume(coded, tmp_path / "nifti_case.nii.gz")
+    res = predict_many(model=oracle_checkpoint, inputs=[dicom, nifti], out=tmp_path / "out", device="cpu", progress=False, save_probabilities=True)
+    assert not res.failures and set(res.outputs) == {"series", "nifti_case"}
+    side = json.loads((tmp_path / "out" / "series.json").read_text())
+    assert side["outputs"] == {"label_map": "series.nii.gz", "dicom_seg": "series.seg.dcm", "probabilities": "series.probabilities.nii.gz"}
+    assert side["peak_rss_mb"] > 0 and side["inference"]["amp"] == "auto" and "liver" in side["confidence"]
+    assert "dicom_seg" not in json.loads((tmp_path / "out" / "nifti_case.json").read_text())["outputs"]
+    probs = nib.load(tmp_path / "out" / "nifti_case.probabilities.nii.gz")
+    assert probs.shape[3] == 5
+    np.testing.assert_allclose(np.asarray(probs.dataobj).sum(axis=3), 1.0, atol=1e-4)
