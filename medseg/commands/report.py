@@ -1,33 +1,52 @@
-"""``medseg report`` (volumes.csv) and ``medseg evaluate`` (metrics.csv)."""
+"""``medseg report`` (volumes.csv, cohort tables, QC montages, report.html) and ``medseg evaluate`` (metrics.csv).
+
+Both work on any label maps on disk (medseg's or another tool's) and need no model and no GPU.
+Both go through ``medseg.api``, which delegates to ``medseg.reporting.tables``.
+"""
 
 
 def _report(args) -> int:
     from medseg import api
 
-    path = api.report(labels=args.labels, images=args.images, label_table=args.label_table, out=args.out)
-    print(f"wrote {path}")
+    path = api.report(labels=args.labels, images=args.images, label_table=args.label_table, out=args.out,
+                      min_size_ml=args.min_size_ml, reference_ranges=args.reference_ranges, resample_order=0 if args.nearest else 1,
+                      qc=not args.no_qc, html=not (args.no_html or args.no_qc), window=tuple(args.window) if args.window else None)
+    print(f"wrote {path}" + ("" if args.no_qc or args.no_html else f" and {path.parent / 'report.html'}"))
     return 0
 
 
 def _evaluate(args) -> int:
     from medseg import api
 
-    path = api.evaluate(pred=args.pred, ref=args.ref, label_table=args.label_table, out=args.out)
+    options = {"surface": not args.no_surface}
+    if args.nsd_tolerance_mm is not None:
+        options["nsd_tolerance_mm"] = args.nsd_tolerance_mm
+    path = api.evaluate(pred=args.pred, ref=args.ref, label_table=args.label_table, out=args.out, **options)
     print(f"wrote {path}")
     return 0
 
 
 def add(sub) -> None:
-    s = sub.add_parser("report", help="volume and intensity table (volumes.csv) from label maps")
-    s.add_argument("--labels", nargs="+", required=True, help="label maps")
-    s.add_argument("--images", nargs="+", help="images on the same grids, in the same order (for intensities)")
+    s = sub.add_parser("report", help="volumes.csv, cohort tables, QC montages and report.html from label maps (no model needed)")
+    s.add_argument("--labels", nargs="+", required=True, help="label maps (NIfTI, NRRD, MHA or DICOM folders)")
+    s.add_argument("--images", nargs="+", help="one image per label map, in the same order (for intensities and QC pictures); "
+                   "an image on another grid is resampled onto the label map's (linear; --nearest)")
     s.add_argument("--label-table", help="YAML label table or a name in configs/labels (default: from the predict sidecar)")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--min-size-ml", type=float, help="structures found but smaller than this get status below_min_size")
+    s.add_argument("--reference-ranges", help="CSV (structure,low_ml,high_ml) or YAML ({structure: [low, high]}) for outlier flags; "
+                   "default: robust z-score against the cohort")
+    s.add_argument("--nearest", action="store_true", help="nearest-neighbour instead of linear resampling of images on another grid")
+    s.add_argument("--window", nargs=2, type=float, metavar=("LEVEL", "WIDTH"), help="grey window of the QC pictures (default: CT 40/400 or percentiles)")
+    s.add_argument("--no-qc", action="store_true", help="skip the QC montages (and report.html)")
+    s.add_argument("--no-html", action="store_true", help="skip report.html")
     s.set_defaults(func=_report)
 
-    s = sub.add_parser("evaluate", help="Dice and volume error against reference label maps (metrics.csv)")
+    s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)")
     s.add_argument("--pred", nargs="+", required=True)
     s.add_argument("--ref", nargs="+", required=True)
     s.add_argument("--label-table")
     s.add_argument("--out", required=True, help="a .csv file or a folder")
+    s.add_argument("--nsd-tolerance-mm", type=float, help="tolerance of the normalised surface Dice (default 2 mm)")
+    s.add_argument("--no-surface", action="store_true", help="skip surface distances (HD95, ASSD, NSD)")
     s.set_defaults(func=_evaluate)

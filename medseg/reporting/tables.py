@@ -1,6 +1,8 @@
-"""Report tables from label maps on disk: ``volumes.csv`` and ``metrics.csv``.
+"""Reports from label maps on disk: the ``report`` folder and ``metrics.csv``.
 
-Called by ``medseg.api.report`` and ``medseg.api.evaluate``.
+Called by ``medseg.api.report`` / ``medseg.api.evaluate`` and by the CLI verbs.
+Reads files, loops over cases, writes outputs atomically; the measurements
+live in ``volumes``, ``metrics``/``surface``, ``cohort``, ``qc`` and ``html``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ def _sidecar_of(path: PathLike) -> Path:
     return Path(path).parent / f"{case_id_for(path)}.json"
 
 
+def _provenance(label_path: PathLike) -> dict:
+    """Model name and checksum from a ``predict`` sidecar next to the label map (empty when there is none)."""
+    import json
+
+    sidecar = _sidecar_of(label_path)
+    model = {}
+    if sidecar.is_file():
+        try:
+            model = json.loads(sidecar.read_text()).get("model", {}) or {}
+        except (ValueError, OSError, AttributeError):
+            model = {}
+    return {"model": model.get("model_name", ""), "model_sha256": model.get("model_sha256", "")}
+
+
 def write_volumes_report(
     *,
     labels: Sequence[PathLike],
@@ -42,47 +58,86 @@ def write_volumes_report(
     images: Sequence[PathLike] | None = None,
     label_table: LabelTable | PathLike | None = None,
     case_ids: Sequence[str] | None = None,
+    min_size_ml: float | None = None,
+    reference_ranges: PathLike | dict | None = None,
+    resample_order: int = 1,
+    qc: bool = True,
+    html: bool = True,
+    window: tuple[float, float] | None = None,
 ) -> Path:
-    """Write ``OUT/volumes.csv``: one row per case x structure (see ``medseg.reporting.volumes``).
+    """Write the report folder and return the path of ``OUT/volumes.csv``.
+
+    - ``volumes.csv``: one row per case x structure (``medseg.reporting.volumes``), with
+      provenance (source files, how the image was sampled, model name and checksum from
+      a ``predict`` sidecar, label table, medseg version) and outlier flags
+      (``medseg.reporting.cohort``).
+    - ``volumes_wide.csv`` and ``summary.csv``: cohort tables (``medseg.reporting.cohort``).
+    - ``qc/<case>.png``: montages (``qc=True``; ``medseg.reporting.qc``).
+    - ``report.html``: the page for the run (``html=True``, needs ``qc``; ``medseg.reporting.html``).
 
     Without ``label_table`` the table is taken from the first label map's JSON
-    sidecar (as ``predict`` writes it). Provenance columns (model checksum,
-    medseg version) come from the sidecars when present.
+    sidecar (as ``predict`` writes it). Images on another grid than their label map
+    are resampled onto it (``resample_order`` 1: linear, 0: nearest; see
+    ``medseg.reporting.resample``). Needs no model and no GPU.
     """
-    import json
-
     import medseg
     from medseg.io.atomic import write_csv
-    from medseg.io.geometry import align_to
     from medseg.io.readers import case_id_for, read_volume
-    from medseg.io.volume import same_grid
+    from medseg.reporting import cohort
+    from medseg.reporting.resample import image_on_label_grid
     from medseg.reporting.volumes import structure_rows, volumes_frame
 
     if not labels:
         raise InputError("no label maps given")
     if images is not None and len(images) != len(labels):
         raise InputError(f"{len(labels)} label maps but {len(images)} images; give one image per label map, in the same order")
-    table = _label_table(label_table, _sidecar_of(labels[0]))
     ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
-    rows = []
+    if len(set(ids)) != len(ids):
+        dup = sorted({c for c in ids if ids.count(c) > 1})
+        raise InputError(f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids")
+    table = _label_table(label_table, _sidecar_of(labels[0]))
+    ranges = reference_ranges if isinstance(reference_ranges, dict) or reference_ranges is None else cohort.read_reference_ranges(reference_ranges)
+    out_dir = Path(out)
+    rows, montages = [], {}
     for i, (cid, lab_path) in enumerate(zip(ids, labels)):
         lab = read_volume(lab_path)
-        img = read_volume(images[i]) if images is not None else None
-        if img is not None and not same_grid(lab, img):
-            img = align_to(img, lab)  # same points in another axis order (DICOM vs NIfTI); else GeometryError
-        sidecar = _sidecar_of(lab_path)
-        model_sha = ""
-        if sidecar.is_file():
-            try:
-                model_sha = json.loads(sidecar.read_text()).get("model", {}).get("model_sha256", "")
-            except ValueError:
-                pass
-        for row in structure_rows(cid, lab, table, img):
-            row.update(source_labels=str(lab_path), source_image=str(images[i]) if images is not None else "", model_sha256=model_sha)
-            rows.append(row)
-    path = Path(out) / "volumes.csv"
-    write_csv(path, volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__}))
+        img_array, sampling = None, ""
+        if images is not None:
+            img_array, sampling = image_on_label_grid(read_volume(images[i]), lab, order=resample_order)
+        case_rows = structure_rows(cid, lab, table, img_array, min_size_ml=min_size_ml)
+        prov = _provenance(lab_path)
+        for row in case_rows:
+            row.update(source_labels=str(lab_path), source_image=str(images[i]) if images is not None else "",
+                       intensity_sampling=sampling, **prov)
+        rows += case_rows
+        if qc:
+            from medseg.reporting.qc import write_montage
+
+            montages[cid] = write_montage(out_dir / "qc" / f"{_safe_name(cid)}.png", lab.array, lab.affine, table, img_array,
+                                          rows=case_rows, title=cid, window=window)
+        del lab, img_array
+    df = volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__})
+    df = cohort.add_outlier_flags(df, ranges)
+    path = out_dir / "volumes.csv"
+    write_csv(path, df)
+    wide = cohort.wide_frame(df, table.names)
+    summary = cohort.summary_frame(df, table.names)
+    write_csv(out_dir / "volumes_wide.csv", wide)
+    write_csv(out_dir / "summary.csv", summary)
+    if html and qc:
+        from medseg.reporting.html import write_html
+
+        notes = [f"Label table {table.name}; medseg {medseg.__version__}."]
+        if ranges:
+            notes.append(f"Outliers against reference ranges for: {', '.join(sorted(ranges))}; robust z-score for the rest.")
+        write_html(out_dir / "report.html", df, wide, summary, table.names, montages, notes=notes)
     return path
+
+
+def _safe_name(case_id: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", case_id)
 
 
 def write_metrics_report(
@@ -92,15 +147,19 @@ def write_metrics_report(
     out: PathLike,
     label_table: LabelTable | PathLike | None = None,
     case_ids: Sequence[str] | None = None,
+    nsd_tolerance_mm: float | None = None,
+    surface: bool = True,
 ) -> Path:
-    """Write ``metrics.csv`` (Dice and volume error per case x structure); ``out`` is a file or folder."""
+    """Write ``metrics.csv`` (``medseg.reporting.metrics``: overlap, surface distances, volume
+    differences per case x structure); ``out`` is a file or folder. Label maps on grids that
+    differ only in axis order are matched losslessly; other grid pairs are refused."""
     import pandas as pd
 
     from medseg.io.atomic import write_csv
     from medseg.io.geometry import align_to
     from medseg.io.readers import case_id_for, read_volume
     from medseg.io.volume import same_grid
-    from medseg.reporting.metrics import COLUMNS, metric_rows
+    from medseg.reporting.metrics import COLUMNS, DEFAULT_NSD_TOLERANCE_MM, metric_rows
 
     if len(pred) != len(ref) or not pred:
         raise InputError(f"{len(pred)} predictions and {len(ref)} references; give them in pairs, in the same order")
@@ -111,7 +170,8 @@ def write_metrics_report(
         pv, rv = read_volume(p), read_volume(r)
         if not same_grid(rv, pv):
             rv = align_to(rv, pv)
-        rows += metric_rows(cid, pv, rv, table)
+        rows += metric_rows(cid, pv, rv, table, surface=surface,
+                            nsd_tolerance_mm=DEFAULT_NSD_TOLERANCE_MM if nsd_tolerance_mm is None else nsd_tolerance_mm)
     target = Path(out)
     if target.suffix.lower() != ".csv":
         target = target / "metrics.csv"

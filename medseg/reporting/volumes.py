@@ -1,16 +1,38 @@
-"""Per-structure volume and intensity table (``volumes.csv``).
+"""Per-structure volume, shape and intensity table (``volumes.csv``).
 
 One row per case x structure in the label table, present or not, in tidy long
 form. ``status`` says what a row means so that no value means two things:
 
-- ``present``        found, not touching the image border
-- ``touches_border`` found and cut by the image border: the volume is a lower bound
-- ``absent``         no voxel has this label (volume 0; intensity cells empty)
+- ``present``            found, not touching the image border
+- ``touches_border``     found and cut by the image border: the volume is a lower bound
+- ``below_min_size``     found, but smaller than ``min_size_ml`` (only when a minimum is given)
+- ``absent``             no voxel has this label (volume 0, counts 0, every other cell empty)
 - ``not_in_label_table`` a label value found in the map that the table does not name
 
-Volumes are counted on the label map's own grid: voxel count x |det(affine)|,
-exact for any orientation, anisotropic or oblique spacing. Intensities are read
-from the image on the same grid (an image on another grid is refused for now).
+``touches_border`` is also a column of its own (True/False for every structure
+found), so a structure that is both small and cut keeps both facts.
+
+Columns (units in the names):
+
+- ``voxel_count``, ``volume_mm3``, ``volume_ml``: counted on the label map's own
+  grid, ``voxel_count x |det(affine[:3, :3])|``; exact for any orientation,
+  anisotropic or oblique spacing (no resampling of the labels, ever).
+- ``intensity_*``: mean, std (population, ddof=0), median, 5th and 95th
+  percentile of the image under the structure. The image is read on the label
+  map's grid: as is when the grids match, permuted/flipped losslessly when they
+  differ only in axis order, else resampled with trilinear interpolation
+  (``intensity_sampling`` says which; see ``medseg.reporting.resample``).
+  ``intensity_coverage`` is the fraction of the structure's voxels that lie
+  inside the image (1.0 unless the image covers less than the label map).
+- ``n_components``, ``largest_component_ml``: connected components with
+  26-connectivity (voxels touching by a face, edge or corner belong together).
+- ``centroid_{x,y,z}_mm``: mean position of the structure's voxel centres;
+  ``bbox_{x,y,z}_{min,max}_mm``: extent of those voxel centres along each world
+  axis. Both in **RAS+ millimetres** (NIfTI's world frame: +x towards the
+  patient's right, +y anterior, +z superior; DICOM LPS positions are
+  converted on reading, so negate x and y to get DICOM patient coordinates).
+- ``spacing_mm``: voxel size along the label map's array axes, ``AxBxC``.
+
 A value that does not apply is an empty cell, never 0.
 """
 
@@ -24,9 +46,14 @@ from medseg.labels import LabelTable
 
 COLUMNS = [
     "case_id", "structure", "label", "status", "voxel_count", "volume_mm3", "volume_ml",
-    "intensity_mean", "intensity_std", "intensity_median", "intensity_p05", "intensity_p95",
+    "intensity_mean", "intensity_std", "intensity_median", "intensity_p05", "intensity_p95", "intensity_coverage",
+    "n_components", "largest_component_ml",
+    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "bbox_x_min_mm", "bbox_x_max_mm", "bbox_y_min_mm", "bbox_y_max_mm", "bbox_z_min_mm", "bbox_z_max_mm",
     "touches_border", "voxel_volume_mm3", "spacing_mm",
 ]
+FOUND = ("present", "touches_border", "below_min_size")  # statuses of a structure that has voxels
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def as_label_array(labels: Volume) -> np.ndarray:
@@ -41,45 +68,85 @@ def as_label_array(labels: Volume) -> np.ndarray:
     return a
 
 
-def _touches_border(mask: np.ndarray) -> bool:
-    return any(mask.take(i, axis=ax).any() for ax in range(mask.ndim) for i in (0, -1))
+def _shape_stats(mask: np.ndarray, offset: np.ndarray, affine: np.ndarray, voxel_ml: float) -> dict:
+    """Components, centroid and bounding box of a non-empty mask cropped at ``offset`` (voxel indices)."""
+    from scipy import ndimage
+
+    comp, n_comp = ndimage.label(mask, structure=_CONNECTIVITY_26)
+    sizes = np.bincount(comp.ravel())[1:]
+    ijk = np.stack(np.nonzero(mask)).astype(np.float64) + offset[:, None]
+    world = affine[:3, :3] @ ijk + affine[:3, 3:4]  # (3, n) voxel centres in RAS mm
+    lo, hi = world.min(axis=1), world.max(axis=1)
+    centroid = world.mean(axis=1)
+    out = {"n_components": int(n_comp), "largest_component_ml": float(sizes.max()) * voxel_ml}
+    for a, axis in enumerate("xyz"):
+        out[f"centroid_{axis}_mm"] = float(centroid[a])
+        out[f"bbox_{axis}_min_mm"] = float(lo[a])
+        out[f"bbox_{axis}_max_mm"] = float(hi[a])
+    return out
 
 
-def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volume | None = None) -> list[dict]:
-    """Rows of ``volumes.csv`` for one case."""
+def _intensity_stats(vals: np.ndarray, n: int) -> dict:
+    finite = vals[np.isfinite(vals)]
+    out = {"intensity_coverage": finite.size / n}
+    if finite.size:
+        p05, med, p95 = np.percentile(finite, [5, 50, 95])
+        out.update(intensity_mean=float(finite.mean()), intensity_std=float(finite.std()), intensity_median=float(med),
+                   intensity_p05=float(p05), intensity_p95=float(p95))
+    return out
+
+
+def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volume | np.ndarray | None = None,
+                   *, min_size_ml: float | None = None) -> list[dict]:
+    """Rows of ``volumes.csv`` for one case.
+
+    ``image``: a ``Volume`` on the label map's grid (checked), or an array already
+    brought onto it (``medseg.reporting.resample.image_on_label_grid``; NaN marks
+    voxels outside the image).
+    """
+    from scipy import ndimage
+
     from medseg.io.volume import require_same_grid
 
     lab = as_label_array(labels)
-    if image is not None:
+    intensities = None
+    if isinstance(image, Volume):
         require_same_grid(labels, image, what="label map")
-        intensities = np.asarray(image.array, dtype=np.float64)
+        intensities = np.asarray(image.array)
+    elif image is not None:
+        intensities = np.asarray(image)
+        if intensities.shape != lab.shape:
+            raise ValueError(f"image array {intensities.shape} is not on the label grid {lab.shape}")
     vv = labels.voxel_volume_mm3
+    voxel_ml = vv / 1000.0
     spacing = "x".join(f"{s:.4g}" for s in labels.spacing)
-    present_values = set(np.unique(lab).tolist()) - {0}
-    entries = [(lb.name, lb.index) for lb in table.labels]
-    entries += [(f"unlisted_{v}", v) for v in sorted(present_values - {lb.index for lb in table.labels})]
+    objects = ndimage.find_objects(lab) if lab.size and lab.max() > 0 else []
+    present_values = {i + 1 for i, sl in enumerate(objects) if sl is not None}
     listed = {lb.index for lb in table.labels}
+    entries = [(lb.name, lb.index) for lb in table.labels]
+    entries += [(f"unlisted_{v}", v) for v in sorted(present_values - listed)]
 
     rows = []
     for name, index in entries:
-        mask = lab == index
+        row = {"case_id": case_id, "structure": name, "label": index, "voxel_volume_mm3": vv, "spacing_mm": spacing}
+        sl = objects[index - 1] if index in present_values else None
+        if sl is None:
+            row.update(status="absent", voxel_count=0, volume_mm3=0.0, volume_ml=0.0, n_components=0)
+            rows.append(row)
+            continue
+        mask = lab[sl] == index
         n = int(np.count_nonzero(mask))
-        row = {"case_id": case_id, "structure": name, "label": index, "voxel_count": n,
-               "volume_mm3": n * vv, "volume_ml": n * vv / 1000.0,
-               "voxel_volume_mm3": vv, "spacing_mm": spacing}
+        border = any(s.start == 0 or s.stop == dim for s, dim in zip(sl, lab.shape))
         if index not in listed:
-            row["status"] = "not_in_label_table"
-        elif n == 0:
-            row["status"] = "absent"
+            status = "not_in_label_table"
+        elif min_size_ml is not None and n * voxel_ml < min_size_ml:
+            status = "below_min_size"
         else:
-            border = _touches_border(mask)
-            row["status"] = "touches_border" if border else "present"
-            row["touches_border"] = border
-        if n and image is not None:
-            vals = intensities[mask]
-            p05, med, p95 = np.percentile(vals, [5, 50, 95])
-            row.update(intensity_mean=float(vals.mean()), intensity_std=float(vals.std()), intensity_median=float(med),
-                       intensity_p05=float(p05), intensity_p95=float(p95))
+            status = "touches_border" if border else "present"
+        row.update(status=status, voxel_count=n, volume_mm3=n * vv, volume_ml=n * vv / 1000.0, touches_border=border)
+        row.update(_shape_stats(mask, np.array([s.start for s in sl], dtype=np.float64), labels.affine, voxel_ml))
+        if intensities is not None:
+            row.update(_intensity_stats(np.asarray(intensities[sl][mask], dtype=np.float64), n))
         rows.append(row)
     return rows
 
@@ -95,4 +162,6 @@ def volumes_frame(rows: list[dict], extra: dict | None = None):
     for key, value in (extra or {}).items():
         df[key] = value
     df["touches_border"] = df["touches_border"].astype("boolean")
+    for col in ("voxel_count", "n_components"):
+        df[col] = df[col].astype("Int64")
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
