@@ -19,14 +19,36 @@ from typing import Sequence
 PathLike = str | os.PathLike
 
 
-def train(*, config: PathLike, manifest: PathLike, out: PathLike, overrides: Sequence[str] | None = None, progress: bool = True, device=None):
-    """Train a model from a YAML config and a data manifest; returns a ``TrainResult``."""
+def train(
+    *,
+    config: PathLike,
+    manifest: PathLike,
+    out: PathLike,
+    overrides: Sequence[str] | None = None,
+    progress: bool = True,
+    device=None,
+    resume: bool = False,
+    fold: int | None = None,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+):
+    """Train a model from a YAML config and a data manifest; returns a ``TrainResult``.
+
+    ``resume`` continues the run in ``out`` (same config) after its last finished
+    epoch; ``fold`` validates on the manifest's cases of that fold; ``epochs`` and
+    ``max_minutes`` are shortcuts for ``training.epochs`` / ``training.max_minutes``.
+    """
     from medseg.config import load_config
     from medseg.training.loop import train as _train
 
-    cfg = load_config(config, overrides=list(overrides or []))
+    overrides = list(overrides or [])
+    if epochs is not None:
+        overrides.append(f"training.epochs={int(epochs)}")
+    if max_minutes is not None:
+        overrides.append(f"training.max_minutes={float(max_minutes)}")
+    cfg = load_config(config, overrides=overrides)
     table = cfg.label_table(base=Path(config).parent)
-    return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device)
+    return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device, resume=resume, fold=fold)
 
 
 def predict(

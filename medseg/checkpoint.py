@@ -80,7 +80,7 @@ def _plain(obj):
     return str(obj)
 
 
-def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None) -> Path:
+def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None, in_channels: int = 1) -> Path:
     import torch
 
     from medseg.io.atomic import atomic_path
@@ -93,7 +93,7 @@ def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extr
             "name": config.model.name,
             "spatial_dims": config.model.spatial_dims,
             "kwargs": dict(config.model.kwargs),
-            "in_channels": 1,
+            "in_channels": int(in_channels),
             "out_channels": label_table.num_classes,
         },
         "labels": label_table.to_dict(),

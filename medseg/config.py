@@ -33,9 +33,22 @@ class PreprocessingConfig:
     """Applied identically in training and inference (the checkpoint stores it)."""
 
     spacing: list = field(default_factory=lambda: [2.5, 2.5, 2.5])  # mm, target grid
-    intensity: str = "ct_window"  # ct_window: clip HU to window, scale to [0, 1]
-    window: list = field(default_factory=lambda: [-200.0, 250.0])  # HU
+    intensity: str = "ct_window"  # ct_window | ct_clip_zscore | zscore (medseg/transforms/intensity.py)
+    window: list = field(default_factory=lambda: [-200.0, 250.0])  # HU, for ct_window
+    clip: list = field(default_factory=list)  # HU [low, high], for ct_clip_zscore
+    mean: float = 0.0  # foreground mean after clipping, for ct_clip_zscore
+    std: float = 1.0  # foreground std after clipping, for ct_clip_zscore
     foreground_hu: float = -500.0  # training crops to the body: voxels above this HU
+    crop_margin: int = 12  # voxels of surroundings kept around the body, so patches also show air beyond it
+
+
+@dataclass
+class AugmentationConfig:
+    affine_prob: float = 0.2  # chance of a small rotation + scaling per patch
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    flip_axes: list = field(default_factory=list)  # never axis 0 (L-R) when labels have sides
+    intensity: bool = True  # scale, shift, noise, gamma
 
 
 @dataclass
@@ -51,7 +64,10 @@ class TrainingConfig:
     val_every: int = 5
     seed: int = 0
     num_workers: int = 0
-    intensity_augmentation: bool = True
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    optimizer: str = "adamw"  # adamw | sgd (nesterov, momentum 0.99)
+    schedule: str = "poly"  # poly | cosine
+    amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA; bf16 | fp16 | off
 
 
 @dataclass
@@ -188,7 +204,13 @@ def _validate(cfg: Config, source: str) -> None:
         (sd in (2, 3), f"model.spatial_dims must be 2 or 3, found {sd}"),
         (len(cfg.preprocessing.spacing) == 3, "preprocessing.spacing needs 3 values (mm)"),
         (all(float(s) > 0 for s in cfg.preprocessing.spacing), "preprocessing.spacing values must be > 0"),
-        (cfg.preprocessing.intensity == "ct_window", f"preprocessing.intensity {cfg.preprocessing.intensity!r}: only 'ct_window' is available"),
+        (cfg.preprocessing.intensity in ("ct_window", "ct_clip_zscore", "zscore"),
+         f"preprocessing.intensity {cfg.preprocessing.intensity!r}: expected ct_window, ct_clip_zscore or zscore"),
+        (cfg.preprocessing.intensity != "ct_clip_zscore" or (len(cfg.preprocessing.clip) == 2 and cfg.preprocessing.std > 0),
+         "preprocessing.intensity ct_clip_zscore needs clip: [low, high] and std > 0 (medseg plan writes them)"),
+        (cfg.training.optimizer in ("adamw", "sgd"), f"training.optimizer must be adamw or sgd, found {cfg.training.optimizer!r}"),
+        (cfg.training.schedule in ("poly", "cosine"), f"training.schedule must be poly or cosine, found {cfg.training.schedule!r}"),
+        (cfg.training.amp in ("auto", "bf16", "fp16", "off"), f"training.amp must be auto, bf16, fp16 or off, found {cfg.training.amp!r}"),
         (len(cfg.preprocessing.window) == 2 and cfg.preprocessing.window[0] < cfg.preprocessing.window[1], "preprocessing.window must be [low, high] HU with low < high"),
         (len(cfg.training.patch_size) == 3, "training.patch_size needs 3 values"),
         (len(cfg.inference.roi_size) == 3, "inference.roi_size needs 3 values"),

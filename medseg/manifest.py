@@ -1,21 +1,38 @@
 """Data manifests: CSV lists of cases (``data_manifests/README.md`` has the schema).
 
-Required columns: ``case_id, image``; ``label`` for training/evaluation;
-``split`` (train / val / test). Paths are relative to the manifest file.
+Columns: ``case_id, image`` (+ ``image_1``, ``image_2``... for extra channels
+such as T2/FLAIR), ``label`` for training and evaluation, ``split`` (train /
+val / test), optional ``fold`` (an integer) and ``sha256`` (of the image file).
+Paths are relative to the manifest file.
+
+``read_manifest`` resolves paths and, given a label table, checks every case
+before anything starts: missing or unreadable files, label maps whose shape or
+affine differs from their image, label values outside the table, and hashes
+that do not match. All problems are reported together, with the case ids.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+
+import numpy as np
 
 from medseg.errors import InputError
 
 SPLITS = ("train", "val", "test")
+_EXTRA_IMAGE = re.compile(r"^image_(\d+)$")
 
 
-def read_manifest(path: str | Path, *, require_labels: bool = False):
-    """Read a manifest; resolve paths; report every missing file at once."""
+def image_columns(df) -> list[str]:
+    """``image`` then ``image_1``, ``image_2``... in channel order."""
+    extra = sorted((int(m.group(1)), c) for c in df.columns if (m := _EXTRA_IMAGE.match(c)))
+    return ["image"] + [c for _, c in extra]
+
+
+def read_manifest(path: str | Path, *, require_labels: bool = False, label_table=None, check_hashes: bool = True):
+    """Read a manifest; resolve paths; report every problem at once (``InputError``)."""
     import pandas as pd
 
     p = Path(path)
@@ -37,14 +54,19 @@ def read_manifest(path: str | Path, *, require_labels: bool = False):
     bad_split = sorted(set(df["split"]) - set(SPLITS))
     if bad_split:
         raise InputError(f"unknown split value(s) {bad_split}; expected one of {list(SPLITS)}", path=p)
+    if "fold" in df.columns:
+        bad = [c for c, f in zip(df["case_id"], df["fold"]) if f != "" and not f.lstrip("-").isdigit()]
+        if bad:
+            raise InputError(f"fold must be an integer; cases {bad[:5]}", path=p)
 
-    problems = []
-    for col in [c for c in ("image", "label") if c in df.columns]:
+    problems: list[str] = []
+    cols = image_columns(df) + (["label"] if "label" in df.columns else [])
+    for col in cols:
         resolved = []
         for case, rel in zip(df["case_id"], df[col]):
             if rel == "":
                 resolved.append("")
-                if col == "image" or require_labels:
+                if col != "label" or require_labels:
                     problems.append(f"{case}: empty {col}")
                 continue
             f = Path(rel) if Path(rel).is_absolute() else (p.parent / rel)
@@ -52,10 +74,60 @@ def read_manifest(path: str | Path, *, require_labels: bool = False):
                 problems.append(f"{case}: {col} {rel} not found")
             resolved.append(str(f.resolve()) if f.exists() else str(f))
         df[col] = resolved
+    if check_hashes and "sha256" in df.columns:
+        for case, img, want in zip(df["case_id"], df["image"], df["sha256"]):
+            if want and Path(img).is_file() and file_sha256(img) != want.lower():
+                problems.append(f"{case}: image {Path(img).name} does not match its sha256 (changed since the manifest was written?)")
+    if label_table is not None and "label" in df.columns:
+        problems += _check_cases(df, label_table, image_columns(df))
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise InputError(f"{len(problems)} problem(s): {shown}", path=p)
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise InputError(f"{len(problems)} problem(s) found before training: {shown}", path=p)
     return df
+
+
+def _header(path: str):
+    import nibabel as nib
+
+    img = nib.load(path)
+    return img, tuple(img.shape[:3]), img.affine
+
+
+def _check_cases(df, table, image_cols: list[str]) -> list[str]:
+    """Label maps on their image's grid, with values from the table (files that exist only)."""
+    allowed = {0} | {lab.index for lab in table.labels}
+    problems = []
+    for row in df.itertuples(index=False):
+        row = row._asdict()
+        case, label = row["case_id"], row.get("label", "")
+        paths = [row[c] for c in image_cols] + ([label] if label else [])
+        if not all(p and Path(p).is_file() for p in paths):
+            continue  # missing files are reported already
+        try:
+            headers = [_header(p) for p in paths]
+        except Exception as exc:
+            problems.append(f"{case}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}); training reads NIfTI files")
+            continue
+        ref_shape, ref_affine = headers[0][1], headers[0][2]
+        for col, (_, shape, affine) in zip(image_cols[1:] + (["label"] if label else []), headers[1:]):
+            if shape != ref_shape:
+                problems.append(f"{case}: {col} shape {shape} differs from image shape {ref_shape}")
+            elif not np.allclose(affine, ref_affine, atol=1e-3):
+                problems.append(f"{case}: {col} affine differs from the image's by {np.abs(affine - ref_affine).max():.3g} mm")
+        if label:
+            values = set(np.unique(np.asanyarray(headers[-1][0].dataobj)).astype(int).tolist())
+            extra = sorted(values - allowed)
+            if extra:
+                problems.append(f"{case}: label values {extra} are not in label table {table.name!r}")
+    return problems
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def manifest_sha256(path: str | Path) -> str:

@@ -37,13 +37,21 @@ class PredictResult:
 def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
     from medseg.io.readers import case_id_for
 
-    ids = [case_id_for(p) for p in inputs]
+    ids = [case_id_for(_channel_paths(p)[0]) for p in inputs]
     seen: dict[str, str] = {}
     for cid, p in zip(ids, inputs):
         if cid in seen:
             raise InputError(f"inputs {seen[cid]} and {p} would both be written as case {cid!r}; rename one")
         seen[cid] = str(p)
     return ids
+
+
+def _channel_paths(src: PathLike) -> list:
+    """``"t1.nii.gz,t2.nii.gz"`` (a multi-channel case) -> its channel paths; a plain path -> [path]."""
+    text = str(src)
+    if "," in text and not Path(text).exists():
+        return [p for p in text.split(",") if p]
+    return [src]
 
 
 def _already_done(target: Path, sidecar: Path, model_sha) -> bool:
@@ -120,8 +128,9 @@ def predict_many(
             continue
         t0 = time.monotonic()
         try:
-            image = read_volume(src)
-            labels = predictor.predict(image, keep_probabilities=save_probabilities)
+            channels = _channel_paths(src)
+            image = read_volume(channels[0])
+            labels = predictor.predict([image, *channels[1:]], keep_probabilities=save_probabilities)
             outputs = {"label_map": target.name}
             if save_probabilities:
                 outputs["probabilities"] = _write_probabilities(labels.meta.pop("probabilities"), out_dir / f"{cid}.probabilities.nii.gz").name

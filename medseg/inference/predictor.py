@@ -57,6 +57,7 @@ class Predictor:
         self.preprocessing = dict(preprocessing)
         self.provenance = dict(provenance or {})
         self.progress = progress
+        self.in_channels = int(self.provenance.get("in_channels", 1))
 
     @property
     def model(self):
@@ -106,6 +107,7 @@ class Predictor:
             "weights_sha256": first.get("weights_sha256"),
             "model_name": first["model"]["name"],
             "trained_with": first.get("versions", {}),
+            "in_channels": int(first["model"].get("in_channels", 1)),
         }
         inference = {**defaults, **first["inference"], **inference_overrides}
         return cls([build_model(c) for c in ckpts], labels=labels, preprocessing=first["preprocessing"], inference=inference,
@@ -117,7 +119,10 @@ class Predictor:
 
         from medseg.inference.sliding_window import window_scores
 
+        from medseg.transforms.intensity import floor_value
+
         inf = self.inference
+        floor = floor_value(self.preprocessing)
         flips = [()] + [(a + 2,) for a in inf["tta_flips"]]
         total = None
         for model in self.models:
@@ -126,8 +131,8 @@ class Predictor:
                 logits = window_scores(
                     model, xi, roi_size=inf["roi_size"], overlap=inf["overlap"], sw_batch_size=inf["sw_batch_size"],
                     blend=inf["blend"], device=self.device, num_classes=self.labels.num_classes, amp=inf["amp"],
-                    channels_last=inf["channels_last"], skip_background=inf["skip_background"] and self.preprocessing.get("intensity", "ct_window") == "ct_window",
-                    progress=self.progress, stats=stats,
+                    channels_last=inf["channels_last"], skip_background=inf["skip_background"] and floor is not None,
+                    floor=floor or 0.0, progress=self.progress, stats=stats,
                 )
                 p = torch.softmax(logits[0].float(), dim=0)
                 if dims:
@@ -135,8 +140,30 @@ class Predictor:
                 total = p if total is None else total.add_(p)
         return (total / (len(self.models) * len(flips))).cpu()
 
-    def predict(self, source: Volume | str | os.PathLike, *, keep_probabilities: bool = False) -> Volume:
-        """Segment one image (a path, a DICOM folder or a Volume); the result sits on its grid.
+    def _read_channels(self, source) -> tuple[Volume, np.ndarray]:
+        """The reference volume (channel 0) and a ``(C, X, Y, Z)`` float32 array of all channels."""
+        from medseg.io.readers import read_volume
+        from medseg.io.volume import require_same_grid
+
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        if len(sources) != self.in_channels:
+            raise InputError(f"the model takes {self.in_channels} image channel(s) per case, {len(sources)} given; "
+                             "give one file per channel (CLI: comma-separated, in the training order)",
+                             path=getattr(sources[0], "source", sources[0]))
+        vols = [s if isinstance(s, Volume) else read_volume(s) for s in sources]
+        for v in vols[1:]:
+            require_same_grid(v, vols[0], what="channel image")
+        ref = vols[0]
+        if ref.array.size == 0 or min(ref.shape) < 1:
+            raise InputError(f"empty volume (shape {ref.shape}); expected an image with voxels", path=ref.source or None)
+        for v in vols:
+            if not np.issubdtype(np.asarray(v.array).dtype, np.number):
+                raise InputError(f"image voxels are {v.array.dtype}, expected numbers", path=v.source or None)
+        return ref, np.stack([np.asarray(v.array, dtype=np.float32) for v in vols])
+
+    def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
+        """Segment one image (a path, a DICOM folder or a Volume; a list of them for multi-channel
+        models); the result sits on the (first) image's grid.
 
         ``result.meta`` holds timing, windows run/skipped, peak memory and the
         mean winning probability per structure (``confidence``). With
@@ -147,28 +174,27 @@ class Predictor:
 
         from medseg.inference.labels_from_scores import labels_from_scores
         from medseg.io.geometry import from_closest_ras, to_closest_ras
-        from medseg.io.readers import read_volume
+        from medseg.transforms.intensity import normalize
         from medseg.transforms.spatial import resample, target_shape
 
         t0 = time.monotonic()
-        volume = source if isinstance(source, Volume) else read_volume(source)
-        if volume.array.size == 0 or min(volume.shape) < 1:
-            raise InputError(f"empty volume (shape {volume.shape}); expected an image with voxels", path=volume.source or None)
-        if not np.issubdtype(np.asarray(volume.array).dtype, np.number):
-            raise InputError(f"image voxels are {volume.array.dtype}, expected numbers", path=volume.source or None)
+        volume, channels = self._read_channels(source)
         t_read = time.monotonic() - t0
 
-        # 1. orient
-        array, affine, ornt = to_closest_ras(np.asarray(volume.array, dtype=np.float32), volume.affine)
-        oriented_shape = array.shape
+        # 1. orient (every channel the same way)
+        oriented = [to_closest_ras(c, volume.affine) for c in channels]
+        del channels
+        affine, ornt = oriented[0][1], oriented[0][2]
+        array = np.stack([o[0] for o in oriented])
+        del oriented
+        oriented_shape = array.shape[1:]
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         # 2. spacing
         size = target_shape(oriented_shape, spacing, self.preprocessing["spacing"])
-        x = resample(torch.from_numpy(array)[None], size, mode="trilinear")
+        x = resample(torch.from_numpy(array), size, mode="trilinear")
         del array
         # 3. intensity
-        lo, hi = (float(v) for v in self.preprocessing["window"])
-        x = ((x.clamp_(lo, hi) - lo) / (hi - lo))[None]
+        x = normalize(x, self.preprocessing)[None]
         # 4. windows -> probabilities on the network's grid
         stats: dict = {}
         t1 = time.monotonic()

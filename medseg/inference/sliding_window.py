@@ -112,6 +112,7 @@ def window_scores(
     amp: str = "off",
     channels_last: bool = False,
     skip_background: bool = False,
+    floor: float = 0.0,
     progress: bool = False,
     stats: dict | None = None,
 ) -> torch.Tensor:
@@ -119,7 +120,9 @@ def window_scores(
 
     Windows run on ``device`` (the model's). The stitched output stays on that
     device when it fits; on a CUDA out-of-memory error it is redone with the
-    stitched output on the CPU (windows still on the GPU).
+    stitched output on the CPU (windows still on the GPU). ``floor`` is the
+    normalised intensity of air: windows at or below it everywhere are skipped
+    (``skip_background``), and the image is padded with it at its borders.
     """
     from monai.inferers import sliding_window_inference
 
@@ -127,7 +130,8 @@ def window_scores(
     if num_classes is None:
         skip_background = False  # the runner needs the class count to fill skipped windows
     runner = WindowRunner(
-        model, num_classes=num_classes or 0, amp_dtype=resolve_amp(amp, device), channels_last=channels_last, skip_background=skip_background
+        model, num_classes=num_classes or 0, amp_dtype=resolve_amp(amp, device), channels_last=channels_last,
+        skip_background=skip_background, floor=floor,
     )
 
     def run(output_device):
@@ -139,7 +143,7 @@ def window_scores(
             overlap=float(overlap),
             mode=blend,
             padding_mode="constant",
-            cval=0.0,
+            cval=float(floor),
             sw_device=device,
             device=output_device,
             progress=progress,

@@ -1,8 +1,13 @@
-"""The training loop: cached MONAI pipelines, Dice+CE, validation Dice per structure.
+"""The training loop: cached MONAI pipelines, Dice+CE, validation Dice per structure, resume.
 
 A run directory holds ``config.yaml`` (resolved), ``run.json`` (versions,
-manifest hash, inputs, result), ``metrics.csv`` (one row per epoch),
-``best.pt`` (best validation mean Dice) and ``last.pt``.
+manifest hash, cases, result), ``metrics.csv`` (one row per epoch),
+``training_curve.png``, ``best.pt`` (best validation mean Dice), ``last.pt``
+and ``state.pt`` (optimizer, schedule and history, for ``--resume``).
+
+Every epoch reseeds all random number generators from ``seed + epoch``, so a
+run resumed after a kill repeats exactly the epochs an uninterrupted run
+would have done.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config import Config
-from medseg.errors import InputError
+from medseg.errors import ConfigError, InputError
 from medseg.labels import LabelTable
 
 log = logging.getLogger(__name__)
@@ -33,10 +38,18 @@ class TrainResult:
     seconds: float
 
 
-def _split(df, seed: int):
+def split_cases(df, seed: int, fold: int | None = None):
+    """Training and validation cases: ``fold`` column, else split=val, else a seeded 20% of train."""
     train = df[df["split"] == "train"]
+    if fold is not None:
+        if "fold" not in df.columns:
+            raise InputError("--fold given but the manifest has no 'fold' column (medseg manifest from-folder --folds K writes one)")
+        in_fold = train["fold"].astype(str) == str(fold)
+        if not in_fold.any():
+            raise InputError(f"no training case has fold {fold}; folds present: {sorted(set(train['fold']))}")
+        return train[~in_fold], train[in_fold]
     val = df[df["split"] == "val"]
-    if len(val) == 0:  # hold out 20% of the training cases, reproducibly
+    if len(val) == 0:
         if len(train) < 2:
             raise InputError("need at least 2 cases with split=train (or a split=val case) to validate")
         rng = np.random.default_rng(seed)
@@ -49,22 +62,32 @@ def _split(df, seed: int):
     return train, val
 
 
-def _records(df) -> list[dict]:
-    return [{"image": r.image, "label": r.label, "case_id": r.case_id} for r in df.itertuples()]
+def _records(df, image_cols: list[str]) -> list[dict]:
+    return [{**{c: getattr(r, c) for c in image_cols}, "label": r.label, "case_id": r.case_id} for r in df.itertuples()]
 
 
-def _check_label_range(dataset, table: LabelTable, split: str) -> None:
-    """Every label value must be in the table; report all offending cases at once."""
-    bad = []
-    allowed = {0} | {lab.index for lab in table.labels}
-    for item in dataset:
-        item = item[0] if isinstance(item, list) else item
-        values = set(np.unique(np.asarray(item["label"])).astype(int).tolist())
-        extra = values - allowed
-        if extra:
-            bad.append(f"{item.get('case_id', '?')}: {sorted(extra)}")
-    if bad:
-        raise InputError(f"{split} label maps hold values not in label table {table.name!r}: " + "; ".join(bad[:5]))
+def _reseed(seed: int, epoch: int, transform, generator) -> None:
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed + epoch)
+    transform.set_random_state(seed=seed + epoch)
+    generator.manual_seed(seed + epoch)
+
+
+def _training_amp(amp: str, device):
+    import torch
+
+    from medseg.inference.sliding_window import cpu_has_native_bf16
+
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type == "cuda":
+        return torch.float16
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def train(
@@ -75,121 +98,149 @@ def train(
     label_table: LabelTable | None = None,
     progress: bool = True,
     device=None,
+    resume: bool = False,
+    fold: int | None = None,
 ) -> TrainResult:
     import pandas as pd
     import torch
     import yaml
     from monai.data import CacheDataset, DataLoader, list_data_collate
     from monai.losses import DiceCELoss
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
     from monai.transforms import Compose
-    from monai.utils import set_determinism
     from tqdm.auto import tqdm
 
     from medseg.checkpoint import save_checkpoint, versions
-    from medseg.inference.sliding_window import default_device, window_scores
-    from medseg.io.atomic import write_csv, write_json, write_text
-    from medseg.manifest import manifest_sha256, read_manifest
+    from medseg.inference.sliding_window import default_device
+    from medseg.io.atomic import atomic_path, write_csv, write_json, write_text
+    from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_model
+    from medseg.training.curves import plot_training_curve
+    from medseg.training.validation import validate
+    from medseg.transforms.intensity import floor_value
     from medseg.transforms.presets import deterministic_transforms, random_transforms
 
     t0 = time.monotonic()
-    tc, ic = config.training, config.inference
+    tc = config.training
     if config.model.spatial_dims != 3:
-        from medseg.errors import ConfigError
-
         raise ConfigError("training 2D models is not available yet; use model.spatial_dims: 3")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = label_table or config.label_table()
     device = torch.device(device) if device else default_device()
-    set_determinism(seed=tc.seed)
 
-    df = read_manifest(manifest, require_labels=True)
-    train_df, val_df = _split(df, tc.seed)
+    state = _load_state(out, config) if resume else None
+    if not resume and (out / "state.pt").exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+
+    df = read_manifest(manifest, require_labels=True, label_table=table)
+    image_cols = image_columns(df)
+    train_df, val_df = split_cases(df, tc.seed, fold)
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     run_info = {
-        "command": "train",
-        "versions": versions(),
-        "manifest": str(manifest),
-        "manifest_sha256": manifest_sha256(manifest),
-        "train_cases": list(train_df["case_id"]),
-        "val_cases": list(val_df["case_id"]),
-        "labels": table.to_dict(),
-        "device": str(device),
+        "command": "train", "versions": versions(), "manifest": str(manifest), "manifest_sha256": manifest_sha256(manifest),
+        "fold": fold, "train_cases": list(train_df["case_id"]), "val_cases": list(val_df["case_id"]),
+        "labels": table.to_dict(), "device": str(device), "image_channels": image_cols,
     }
     write_json(out / "run.json", run_info)
 
-    det = deterministic_transforms(config.preprocessing)
-    train_ds = CacheDataset(_records(train_df), Compose(list(det.transforms) + list(random_transforms(tc, table.num_classes).transforms)), progress=progress, num_workers=0)
-    val_ds = CacheDataset(_records(val_df), det, progress=progress, num_workers=0)
-    _check_label_range(val_ds, table, "validation")
-    _check_label_range([{"label": d["label"], "case_id": d["case_id"]} for d in train_ds._cache], table, "training")
+    det = deterministic_transforms(config.preprocessing, image_cols)
+    pad = floor_value(vars(config.preprocessing)) or 0.0
+    train_tf = Compose(list(det.transforms) + list(random_transforms(tc, table.num_classes, pad_value=pad).transforms))
+    train_ds = CacheDataset(_records(train_df, image_cols), train_tf, progress=progress, num_workers=0)
+    val_ds = CacheDataset(_records(val_df, image_cols), det, progress=progress, num_workers=0)
+    generator = torch.Generator()
+    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=tc.num_workers,
+                        collate_fn=list_data_collate, generator=generator)
 
-    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=tc.num_workers, collate_fn=list_data_collate)
-    model = create_model(
-        config.model.name, spatial_dims=3, in_channels=1, out_channels=table.num_classes, **config.model.kwargs
-    ).to(device)
+    from monai.utils import set_determinism
+
+    set_determinism(seed=tc.seed)  # the initial weights
+    model = create_model(config.model.name, spatial_dims=3, in_channels=len(image_cols), out_channels=table.num_classes,
+                         **config.model.kwargs).to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=tc.learning_rate, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_ds) * tc.samples_per_image / tc.batch_size))
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=tc.epochs * steps_per_epoch, power=0.9)
-    dice_metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-
-    def validate() -> np.ndarray:
-        model.eval()
-        rows = []
-        for item in val_ds:
-            img = item["image"][None]
-            logits = window_scores(model, img, roi_size=ic.roi_size, overlap=ic.overlap, sw_batch_size=ic.sw_batch_size, blend=ic.blend, device=device)
-            pred = one_hot(logits.argmax(1, keepdim=True).cpu(), table.num_classes)
-            ref = one_hot(item["label"][None].long(), table.num_classes)
-            rows.append(dice_metric(pred, ref)[0].numpy())
-        model.train()
-        return np.nanmean(np.stack(rows), axis=0)  # per foreground class (index 1..max)
+    total_steps = tc.epochs * steps_per_epoch
+    if tc.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    else:
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=0.9)
+    amp_dtype = _training_amp(tc.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     names = {lab.index: lab.name for lab in table.labels}
-    history, best = [], (-1.0, 0, {})
+    history, best, start = [], (-1.0, 0, {}), 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start = list(state["history"]), int(state["epoch"]) + 1
+        best = (float(state["best"][0]), int(state["best"][1]), dict(state["best"][2]))
+        log.warning("resuming %s after epoch %d", out, start - 1)
     budget_s = tc.max_minutes * 60 if tc.max_minutes and tc.max_minutes > 0 else math.inf
-    extra = {"manifest_sha256": run_info["manifest_sha256"], "train_cases": run_info["train_cases"]}
-    bar = tqdm(range(1, tc.epochs + 1), desc="train", unit="epoch", disable=not progress)
-    epoch = 0
-    for epoch in bar:
+    extra = {"manifest_sha256": run_info["manifest_sha256"], "train_cases": run_info["train_cases"], "fold": fold}
+    bar = tqdm(total=(tc.epochs - start + 1) * steps_per_epoch, desc="train", unit="step", disable=not progress)
+    epoch = start - 1
+    for epoch in range(start, tc.epochs + 1):
+        _reseed(tc.seed, epoch, train_tf, generator)
         model.train()
         t_epoch, losses = time.monotonic(), []
         for batch in loader:
             x, y = batch["image"].to(device), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             losses.append(loss.detach().item())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best_dice=f"{max(best[0], 0):.3f}")
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "epoch_seconds": time.monotonic() - t_epoch}
         out_of_time = time.monotonic() - t0 > budget_s
         last = epoch == tc.epochs or out_of_time
         if epoch % tc.val_every == 0 or last:
-            per_class = validate()
-            dice = {names[i + 1]: float(d) for i, d in enumerate(per_class) if (i + 1) in names}
+            dice = validate(model, val_ds, config.inference, table, device, floor=pad)
             mean = float(np.nanmean(list(dice.values())))
             row.update({"val_mean_dice": mean, **{f"val_dice_{k}": v for k, v in dice.items()}})
+            ckpt_extra = {**extra, "epoch": epoch, "val_dice": dice}
             if mean > best[0]:
                 best = (mean, epoch, dice)
-                save_checkpoint(out / "best.pt", model, config=config, label_table=table, extra={**extra, "epoch": epoch, "val_dice": dice})
-            save_checkpoint(out / "last.pt", model, config=config, label_table=table, extra={**extra, "epoch": epoch, "val_dice": dice})
-            bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{mean:.3f}")
-        else:
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+                save_checkpoint(out / "best.pt", model, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
+            save_checkpoint(out / "last.pt", model, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
         history.append(row)
         write_csv(out / "metrics.csv", pd.DataFrame(history))
+        with atomic_path(out / "state.pt") as tmp:  # everything --resume needs, after every epoch
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch, "history": history, "best": [best[0], best[1], best[2]], "config": config.to_dict()}, tmp)
         if out_of_time:
             log.warning("stopping after epoch %d: the %.1f-minute budget is spent", epoch, tc.max_minutes)
             break
     bar.close()
+    if history:
+        plot_training_curve(pd.DataFrame(history), out / "training_curve.png")
 
     seconds = time.monotonic() - t0
+    if best[0] < 0:
+        raise InputError(f"{out}: no validation ran (the run was already complete?); nothing to report")
     result = TrainResult(out, out / "best.pt", best[1], best[0], best[2], epoch, seconds)
-    run_info.update({"best_epoch": best[1], "best_val_mean_dice": best[0], "best_val_dice": best[2], "epochs_run": epoch, "seconds": round(seconds, 1)})
+    run_info.update({"best_epoch": best[1], "best_val_mean_dice": best[0], "best_val_dice": best[2], "epochs_run": epoch,
+                     "seconds": round(seconds, 1), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"})
     write_json(out / "run.json", run_info)
     return result
+
+
+def _load_state(out: Path, config: Config) -> dict | None:
+    import torch
+
+    path = out / "state.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("config") != config.to_dict():
+        raise ConfigError(f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a new --out")
+    return state

