@@ -31,12 +31,14 @@ def train(
     fold: int | None = None,
     epochs: int | None = None,
     max_minutes: float | None = None,
+    nproc: int = 1,
 ):
     """Train a model from a YAML config and a data manifest; returns a ``TrainResult``.
 
     ``resume`` continues the run in ``out`` (same config) after its last finished
     epoch; ``fold`` validates on the manifest's cases of that fold; ``epochs`` and
-    ``max_minutes`` are shortcuts for ``training.epochs`` / ``training.max_minutes``.
+    ``max_minutes`` are shortcuts for ``training.epochs`` / ``training.max_minutes``;
+    ``nproc > 1`` trains with that many DistributedDataParallel processes.
     """
     from medseg.config import load_config
     from medseg.training.loop import train as _train
@@ -48,7 +50,8 @@ def train(
         overrides.append(f"training.max_minutes={float(max_minutes)}")
     cfg = load_config(config, overrides=overrides)
     table = cfg.label_table(base=Path(config).parent)
-    return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device, resume=resume, fold=fold)
+    return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device, resume=resume, fold=fold,
+                  nproc=nproc)
 
 
 def predict(

@@ -5,7 +5,8 @@ def _run(args) -> int:
     from medseg import api
 
     r = api.train(config=args.config, manifest=args.manifest, out=args.out, overrides=args.set, progress=not args.no_progress,
-                  resume=args.resume, fold=args.fold, epochs=args.epochs, max_minutes=args.max_minutes, device=args.device)
+                  resume=args.resume, fold=args.fold, epochs=args.epochs, max_minutes=args.max_minutes, device=args.device,
+                  nproc=args.nproc)
     print(f"best validation mean Dice {r.best_mean_dice:.3f} (epoch {r.best_epoch}); checkpoint {r.best_checkpoint}")
     for k, v in r.per_structure_dice.items():
         print(f"  {k:<16} {v:.3f}")
@@ -23,5 +24,6 @@ def add(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     s.add_argument("--fold", type=int, help="validate on the manifest's cases with this fold (others train)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    s.add_argument("--nproc", type=int, default=1, help="data-parallel processes (DDP: gloo on CPU, NCCL with one GPU each)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_run)

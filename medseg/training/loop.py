@@ -100,7 +100,13 @@ def train(
     device=None,
     resume: bool = False,
     fold: int | None = None,
+    nproc: int = 1,
+    _rank: int = 0,
 ) -> TrainResult:
+    """Train; with ``nproc > 1``, as that many DistributedDataParallel processes (gloo on CPU, NCCL on GPUs)."""
+    if nproc > 1 and _rank == 0 and not _distributed_ready():
+        return _spawn(nproc, config=config, manifest=manifest, out_dir=out_dir, label_table=label_table, progress=progress,
+                      device=device, resume=resume, fold=fold)
     import pandas as pd
     import torch
     import yaml
@@ -119,29 +125,39 @@ def train(
     from medseg.transforms.intensity import floor_value
     from medseg.transforms.presets import deterministic_transforms, random_transforms
 
+    import torch.distributed as dist
+
     t0 = time.monotonic()
     tc = config.training
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    main = rank == 0
+    progress = progress and main
     if config.model.spatial_dims != 3:
         raise ConfigError("training 2D models is not available yet; use model.spatial_dims: 3")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = label_table or config.label_table()
     device = torch.device(device) if device else default_device()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
 
     state = _load_state(out, config) if resume else None
-    if not resume and (out / "state.pt").exists():
+    if not resume and (out / "state.pt").exists() and main:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 
     df = read_manifest(manifest, require_labels=True, label_table=table)
     image_cols = image_columns(df)
     train_df, val_df = split_cases(df, tc.seed, fold)
-    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if main:
+        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     run_info = {
         "command": "train", "versions": versions(), "manifest": str(manifest), "manifest_sha256": manifest_sha256(manifest),
         "fold": fold, "train_cases": list(train_df["case_id"]), "val_cases": list(val_df["case_id"]),
-        "labels": table.to_dict(), "device": str(device), "image_channels": image_cols,
+        "labels": table.to_dict(), "device": str(device), "image_channels": image_cols, "processes": world,
     }
-    write_json(out / "run.json", run_info)
+    if main:
+        write_json(out / "run.json", run_info)
 
     det = deterministic_transforms(config.preprocessing, image_cols)
     pad = floor_value(vars(config.preprocessing)) or 0.0
@@ -149,7 +165,12 @@ def train(
     train_ds = CacheDataset(_records(train_df, image_cols), train_tf, progress=progress, num_workers=0)
     val_ds = CacheDataset(_records(val_df, image_cols), det, progress=progress, num_workers=0)
     generator = torch.Generator()
-    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=tc.num_workers,
+    sampler = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed)
+    loader = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=tc.num_workers,
                         collate_fn=list_data_collate, generator=generator)
 
     from monai.utils import set_determinism
@@ -157,12 +178,15 @@ def train(
     set_determinism(seed=tc.seed)  # the initial weights
     model = create_model(config.model.name, spatial_dims=3, in_channels=len(image_cols), out_channels=table.num_classes,
                          **config.model.kwargs).to(device)
+    net = model  # the plain module: validated and saved
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     if tc.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=tc.learning_rate, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_ds) * tc.samples_per_image / tc.batch_size))
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_ds) / world) * tc.samples_per_image / tc.batch_size))
     total_steps = tc.epochs * steps_per_epoch
     if tc.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
@@ -174,7 +198,7 @@ def train(
     names = {lab.index: lab.name for lab in table.labels}
     history, best, start = [], (-1.0, 0, {}), 1
     if state is not None:
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"]) + 1
@@ -185,7 +209,9 @@ def train(
     bar = tqdm(total=(tc.epochs - start + 1) * steps_per_epoch, desc="train", unit="step", disable=not progress)
     epoch = start - 1
     for epoch in range(start, tc.epochs + 1):
-        _reseed(tc.seed, epoch, train_tf, generator)
+        _reseed(tc.seed + rank * 100003, epoch, train_tf, generator)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
         t_epoch, losses = time.monotonic(), []
         for batch in loader:
@@ -201,26 +227,32 @@ def train(
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best_dice=f"{max(best[0], 0):.3f}")
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "epoch_seconds": time.monotonic() - t_epoch}
-        out_of_time = time.monotonic() - t0 > budget_s
+        out_of_time = _agree(time.monotonic() - t0 > budget_s, world)
         last = epoch == tc.epochs or out_of_time
-        if epoch % tc.val_every == 0 or last:
-            dice = validate(model, val_ds, config.inference, table, device, floor=pad)
+        if (epoch % tc.val_every == 0 or last) and main:
+            dice = validate(net, val_ds, config.inference, table, device, floor=pad)
             mean = float(np.nanmean(list(dice.values())))
             row.update({"val_mean_dice": mean, **{f"val_dice_{k}": v for k, v in dice.items()}})
             ckpt_extra = {**extra, "epoch": epoch, "val_dice": dice}
             if mean > best[0]:
                 best = (mean, epoch, dice)
-                save_checkpoint(out / "best.pt", model, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
-            save_checkpoint(out / "last.pt", model, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
+                save_checkpoint(out / "best.pt", net, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
+            save_checkpoint(out / "last.pt", net, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
         history.append(row)
-        write_csv(out / "metrics.csv", pd.DataFrame(history))
-        with atomic_path(out / "state.pt") as tmp:  # everything --resume needs, after every epoch
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch, "history": history, "best": [best[0], best[1], best[2]], "config": config.to_dict()}, tmp)
+        if world > 1:
+            dist.barrier()  # the others wait while the main process validates
+        if main:
+            write_csv(out / "metrics.csv", pd.DataFrame(history))
+            with atomic_path(out / "state.pt") as tmp:  # everything --resume needs, after every epoch
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "epoch": epoch, "history": history, "best": [best[0], best[1], best[2]], "config": config.to_dict()}, tmp)
         if out_of_time:
-            log.warning("stopping after epoch %d: the %.1f-minute budget is spent", epoch, tc.max_minutes)
+            if main:
+                log.warning("stopping after epoch %d: the %.1f-minute budget is spent", epoch, tc.max_minutes)
             break
     bar.close()
+    if not main:
+        return None  # type: ignore[return-value]
     if history:
         plot_training_curve(pd.DataFrame(history), out / "training_curve.png")
 
@@ -244,3 +276,54 @@ def _load_state(out: Path, config: Config) -> dict | None:
     if state.get("config") != config.to_dict():
         raise ConfigError(f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a new --out")
     return state
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """The main process's decision, shared with every process (so all stop together)."""
+    if world == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _distributed_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, nproc: int, port: int, kwargs: dict) -> None:
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() and kwargs.get("device") in (None, "cuda") else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=nproc)
+    try:
+        train(**kwargs, _rank=rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(nproc: int, **kwargs) -> TrainResult:
+    """Run ``train`` in ``nproc`` processes; the result is read back from the run directory."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(nproc, _free_port(), kwargs), nprocs=nproc, join=True)
+    out = Path(kwargs["out_dir"])
+    info = json.loads((out / "run.json").read_text())
+    return TrainResult(out, out / "best.pt", info["best_epoch"], info["best_val_mean_dice"], info["best_val_dice"],
+                       info["epochs_run"], info["seconds"])

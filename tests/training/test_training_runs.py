@@ -68,3 +68,15 @@ def test_config_change_refuses_resume(tiny_cohort, write_config, tmp_path):
     _train(write_config(epochs=1), tiny_cohort, tmp_path / "run")
     with pytest.raises(ConfigError, match="another config"):
         _train(write_config(epochs=2, learning_rate=0.01), tiny_cohort, tmp_path / "run", resume=True)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_trains_and_writes_one_checkpoint(tiny_cohort, write_config, tmp_path):
+    import torch
+
+    res = _train(write_config(epochs=2), tiny_cohort, tmp_path / "ddp", nproc=2, device="cpu")
+    info = __import__("json").loads((tmp_path / "ddp" / "run.json").read_text())
+    assert info["processes"] == 2 and res.epochs_run == 2
+    assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == ["best.pt", "last.pt", "state.pt"]
+    assert len(pd.read_csv(tmp_path / "ddp" / "metrics.csv")) == 2
+    torch.load(tmp_path / "ddp" / "best.pt", weights_only=True)
