@@ -68,6 +68,8 @@ class TrainingConfig:
     optimizer: str = "adamw"  # adamw | sgd (nesterov, momentum 0.99)
     schedule: str = "poly"  # poly | cosine
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA; bf16 | fp16 | off
+    adversarial_weight: float = 0.0  # > 0 adds a discriminator's loss (medseg/training/adversarial.py)
+    adversarial_lr: float = 1e-4
 
 
 @dataclass

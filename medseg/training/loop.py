@@ -192,6 +192,12 @@ def train(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     else:
         sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=0.9)
+    adversary = None
+    if tc.adversarial_weight > 0:
+        from medseg.training.adversarial import AdversarialTerm
+
+        adversary = AdversarialTerm(in_channels=len(image_cols), num_classes=table.num_classes, weight=tc.adversarial_weight,
+                                    lr=tc.adversarial_lr, device=device)
     amp_dtype = _training_amp(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -218,11 +224,16 @@ def train(
             x, y = batch["image"].to(device), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = loss_fn(model(x).float(), y)
+                logits = model(x).float()
+                loss = loss_fn(logits, y)
+                if adversary is not None:
+                    loss = loss + adversary.generator_loss(x, logits)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if adversary is not None:
+                adversary.discriminator_step(x, logits, y)
             losses.append(loss.detach().item())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best_dice=f"{max(best[0], 0):.3f}")
