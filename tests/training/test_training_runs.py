@@ -87,15 +87,15 @@ def test_adversarial_term_trains_the_discriminator_and_stays_optional(tiny_cohor
 
     from medseg.training.adversarial import AdversarialTerm
 
+    torch.manual_seed(0)
     term = AdversarialTerm(in_channels=1, num_classes=5, weight=0.1, lr=1e-3, device="cpu")
     x = torch.rand(2, 1, 32, 32, 16)
     y = torch.randint(0, 5, (2, 1, 32, 32, 16))
     blurry = torch.zeros(2, 5, 32, 32, 16)  # a "network" that is unsure everywhere
-    torch.manual_seed(0)
     first = term.discriminator_step(x, blurry, y)
-    for _ in range(40):
+    for _ in range(60):
         last = term.discriminator_step(x, blurry, y)
-    assert last < first * 0.8  # it learns to tell references from unsure maps (chance: 2 ln 2 = 1.39)
+    assert last < first * 0.7  # it learns to tell references from unsure maps (chance: 2 ln 2 = 1.39)
     assert term.generator_loss(x, blurry.requires_grad_()).item() > 0
     res = _train(write_config(epochs=1, adversarial_weight=0.05), tiny_cohort, tmp_path / "gan")
     assert res.best_checkpoint.exists()
