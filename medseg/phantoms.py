@@ -56,6 +56,7 @@ _ORGANS = (
     ("kidney_right", 3, 30.0, (39.0, -36.0, -22.0), (19.0, 17.0, 32.0)),
     ("kidney_left", 4, 30.0, (-39.0, -36.0, -20.0), (19.0, 17.0, 32.0)),
 )
+#: Smallest field of view (mm); cases draw theirs between this and (340, 300, 160).
 FOV_MM = (240.0, 180.0, 136.0)
 
 
@@ -95,18 +96,20 @@ def make_phantom(
 ) -> PhantomCase:
     """Generate one phantom. Anything not given is drawn from ``seed``.
 
-    ``fov_mm`` widens (or narrows) the field of view around the same anatomy,
-    e.g. to make a CT-sized volume that is mostly air for benchmarks.
+    ``fov_mm`` sets the field of view around the same anatomy (default: drawn,
+    so cases differ in how much air surrounds the body).
     """
     rng = np.random.default_rng(seed)
     # Draw every random choice even when overridden, so the anatomy depends on the seed alone.
     s_in, s_z = rng.uniform(0.6, 1.0), rng.uniform(1.5, 5.0)
     drawn_flips = tuple(bool(f) for f in rng.integers(0, 2, size=3))
     drawn_noise = rng.uniform(8.0, 14.0)
+    drawn_fov = (rng.uniform(240, 340), rng.uniform(180, 300), rng.uniform(136, 160))  # more or less air around the body
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (s_in, s_in, s_z)
     flips = tuple(flips) if flips is not None else drawn_flips
     noise = drawn_noise if noise_hu is None else float(noise_hu)
-    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov_mm or FOV_MM, spacing))
+    fov = tuple(float(f) for f in (fov_mm or drawn_fov))
+    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov, spacing))
 
     # Voxel -> world (RAS mm): rotate (oblique), flip axes, scale; random table position.
     oblique = _rotation(np.random.default_rng([seed, 1]), oblique_deg)  # own stream: anatomy unchanged
@@ -115,7 +118,8 @@ def make_phantom(
     affine[:3, :3] = direction * np.asarray(spacing)
     scanner_centre = rng.uniform(-60, 60, size=3)
     affine[:3, 3] = scanner_centre - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
-    body_centre = scanner_centre + np.r_[rng.uniform(-10, 10, size=2), 0.0]
+    slack = np.maximum(0.0, np.array(fov[:2]) / 2 - np.array([117.0, 89.0]))  # keep the body inside the field of view
+    body_centre = scanner_centre + np.r_[rng.uniform(-slack, slack), 0.0]
 
     # Patient-frame coordinates of every voxel centre, relative to the body centre.
     m = affine[:3, :3].astype(np.float32)
@@ -182,16 +186,46 @@ def make_phantom(
     )
 
 
-def write_dicom_series(case: PhantomCase, folder: str | os.PathLike, *, seed: int = 0) -> Path:
+def write_dicom_series(
+    case: PhantomCase,
+    folder: str | os.PathLike,
+    *,
+    seed: int = 0,
+    instance_order: str = "position",
+    slice_thickness: float | None = None,
+    drop_slices: tuple = (),
+    duplicate_slices: tuple = (),
+    tilt_deg: float = 0.0,
+    position_jitter_mm: float = 0.0,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    series_description: str = "synthetic abdomen phantom",
+    series_number: int = 1,
+    modality: str = "CT",
+    transfer_syntax: str | None = None,
+    enhanced: bool = False,
+) -> Path:
     """Write ``case.image`` as a CT series, one file per slice, under ``folder``.
 
     File names are random and InstanceNumbers follow slice position, so readers
     must sort by geometry. Pixel data is stored as unsigned HU + 1024 with
     RescaleIntercept -1024.
+
+    The keywords make the defects real exports have (all off by default):
+    ``instance_order="reversed"`` numbers instances against the slice normal;
+    ``slice_thickness`` writes a SliceThickness other than the step;
+    ``drop_slices``/``duplicate_slices`` leave out or repeat (with a new
+    SOPInstanceUID) slices by index; ``tilt_deg`` shifts each slice along the
+    column direction as a tilted gantry does, keeping the orientation;
+    ``position_jitter_mm`` moves slices randomly along the normal;
+    ``study_uid``/``series_uid``/``series_description``/``series_number``/``modality``
+    make another series or study; ``transfer_syntax`` compresses the pixel data
+    ("rle", "jpeg-ls", "deflate", "jpeg-lossless", "jpeg2000" or a UID);
+    ``enhanced`` writes one Enhanced CT multi-frame file instead.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,20 +234,28 @@ def write_dicom_series(case: PhantomCase, folder: str | os.PathLike, *, seed: in
     sx, sy, sz = vol.spacing
     row_cos = lps[:3, 0] / sx
     col_cos = lps[:3, 1] / sy
-    study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
+    study_uid, series_uid, for_uid = study_uid or generate_uid(), series_uid or generate_uid(), generate_uid()
     rng = np.random.default_rng(seed)
     normal = np.cross(row_cos, col_cos)
     positions = [lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3] for k in range(vol.shape[2])]
+    if tilt_deg:
+        positions = [p + col_cos * k * sz * np.tan(np.deg2rad(tilt_deg)) for k, p in enumerate(positions)]
+    if position_jitter_mm:
+        jitter = np.random.default_rng([seed, 2]).uniform(-position_jitter_mm, position_jitter_mm, len(positions))
+        positions = [p + normal * j for p, j in zip(positions, jitter)]
     rank = np.argsort(np.argsort([p @ normal for p in positions]))
+    if instance_order == "reversed":
+        rank = len(rank) - 1 - rank
+    thickness = sz if slice_thickness is None else float(slice_thickness)
 
-    for k in range(vol.shape[2]):
+    def header(sop_class) -> Dataset:
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
+        ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.PatientName = PHANTOM_PATIENT_NAME
         ds.PatientID = PHANTOM_PATIENT_ID
@@ -221,24 +263,101 @@ def write_dicom_series(case: PhantomCase, folder: str | os.PathLike, *, seed: in
         ds.PatientSex = "O"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
         ds.StudyDate = ds.SeriesDate = "20260101"
-        ds.Modality = "CT"
-        ds.SeriesDescription = "synthetic abdomen phantom"
-        ds.SeriesNumber, ds.InstanceNumber = 1, int(rank[k]) + 1
+        ds.Modality = modality
+        ds.SeriesDescription = series_description
+        ds.SeriesNumber = series_number
+        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        return ds
+
+    def stored(k: int) -> np.ndarray:
+        return np.ascontiguousarray(np.clip(vol.array[:, :, k].T + 1024, 0, 65535).astype(np.uint16))
+
+    if enhanced:
+        _write_enhanced_ct(header(EnhancedCTImageStorage), folder / f"{rng.integers(0, 2**48):012x}", positions,
+                           row_cos, col_cos, (sy, sx), thickness, [stored(k) for k in range(vol.shape[2])])
+        return folder
+    copies = [k for k in range(vol.shape[2]) if k not in set(drop_slices)] + [int(k) for k in duplicate_slices]
+    for k in copies:
+        ds = header(CTImageStorage)
+        ds.InstanceNumber = int(rank[k]) + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cos, *col_cos)]
         ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]  # row spacing, column spacing
-        ds.SliceThickness = f"{sz:.6f}"
-        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SliceThickness = f"{thickness:.6f}"
+        if tilt_deg:
+            ds.GantryDetectorTilt = f"{tilt_deg:.4f}"
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
         ds.WindowCenter, ds.WindowWidth = "40", "400"
-        pixels = np.clip(vol.array[:, :, k].T + 1024, 0, 65535).astype(np.uint16)
-        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.PixelData = stored(k).tobytes()
+        if transfer_syntax:
+            _encode(ds, transfer_syntax, stored(k))
         name = f"{rng.integers(0, 2**48):012x}"  # no extension, random order
         pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
     return folder
+
+
+def _encode(ds, syntax: str, pixels: np.ndarray) -> None:
+    """Compress ``ds``'s pixel data in place (test data for the readers' decoders)."""
+    import pydicom.uid as u
+
+    names = {"rle": u.RLELossless, "jpeg-ls": u.JPEGLSLossless, "deflate": u.DeflatedExplicitVRLittleEndian,
+             "jpeg-lossless": u.JPEGLosslessSV1, "jpeg2000": u.JPEG2000Lossless}
+    uid = names[syntax] if syntax in names else u.UID(syntax)
+    if uid == u.DeflatedExplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = uid
+    elif uid in (u.JPEGLosslessSV1, u.JPEG2000Lossless):  # no pydicom encoder: let GDCM encode, keep its stream
+        import tempfile
+
+        import pydicom
+        import SimpleITK as sitk
+
+        with tempfile.TemporaryDirectory() as tmp:
+            w = sitk.ImageFileWriter()
+            w.SetImageIO("GDCMImageIO")
+            w.SetFileName(f"{tmp}/x.dcm")
+            w.UseCompressionOn()
+            w.SetCompressor("JPEG" if uid == u.JPEGLosslessSV1 else "JPEG2000")
+            w.Execute(sitk.GetImageFromArray(pixels[None]))
+            coded = pydicom.dcmread(f"{tmp}/x.dcm")
+        ds.PixelData = coded.PixelData
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = coded.file_meta.TransferSyntaxUID
+    else:
+        ds.compress(uid)
+
+
+def _write_enhanced_ct(ds, path: Path, positions, row_cos, col_cos, pixel_spacing, thickness, frames) -> None:
+    """One Enhanced CT object: shared orientation/spacing/rescale, per-frame positions, frames in random order."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def item(**kw) -> Dataset:
+        d = Dataset()
+        for k, v in kw.items():
+            setattr(d, k, v)
+        return d
+
+    order = np.random.default_rng(len(frames)).permutation(len(frames))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.NumberOfFrames = len(frames)
+    shared = item(
+        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[f"{v:.8f}" for v in (*row_cos, *col_cos)])]),
+        PixelMeasuresSequence=Sequence([item(PixelSpacing=[f"{v:.6f}" for v in pixel_spacing],
+                                             SliceThickness=f"{thickness:.6f}")]),
+        PixelValueTransformationSequence=Sequence([item(RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU")]),
+    )
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([
+        item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[f"{v:.6f}" for v in positions[k]])]),
+             FrameContentSequence=Sequence([item(StackID="1", InStackPositionNumber=int(k) + 1)]))
+        for k in order
+    ])
+    ds.PixelData = b"".join(frames[k].tobytes() for k in order)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
 def write_cohort(

@@ -1,166 +1,211 @@
-"""DICOM series -> Volume.
+"""DICOM folders -> inventory, stacks and volumes.
+
+A folder (any tree, any file names, several studies and series, non-image
+objects, broken files) is scanned header-only (``medseg.io.dicom_scan``); each
+image series is planned into regular stacks with every geometry decision
+recorded (``medseg.io.dicom_geometry``); a rule picks the stack to segment
+(``medseg.io.dicom_select``); only then is pixel data decoded
+(``medseg.io.dicom_pixels``).
 
 Slices are sorted by their position along the slice normal (not by
 InstanceNumber or file name), the slice spacing comes from those positions (not
-from SliceThickness), RescaleSlope/Intercept are applied, and the affine is built
-from ImageOrientationPatient/ImagePositionPatient. Geometry that cannot be
-stacked into one regular grid is refused with the reason; nothing is guessed.
+from SliceThickness), RescaleSlope/Intercept are applied, and the affine is
+built from ImageOrientationPatient/ImagePositionPatient. Array axes are
+(columns, rows, slices); the affine maps them to RAS+ mm.
 
-Patient identifiers are never copied into the volume's metadata or messages.
+Study and series are named by salted hashes of their UIDs (``st...``/``se...``);
+patient identifiers are never copied into metadata, logs or tables unless the
+caller passes ``with_identifiers=True``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from medseg.errors import GeometryError, InputError
+from medseg.io.dicom_geometry import GeometryPolicy, plan_series
+from medseg.io.dicom_scan import ScanResult, iter_files, looks_like_dicom, scan_folder
+from medseg.io.dicom_select import Candidate, SelectionRule, select
 from medseg.io.volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
 
-#: Relative deviation of a slice gap from the median that is still one regular grid.
-SPACING_TOLERANCE = 0.01
-
-_IMAGE_TAGS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns")
+__all__ = ["is_dicom_folder", "read_dicom_series", "scan_inventory", "Inventory", "SelectionRule", "GeometryPolicy",
+           "volume_from_candidate"]
 
 
 def is_dicom_folder(path: Path) -> bool:
-    """A folder holding at least one file that starts with the DICOM preamble."""
-    if not path.is_dir():
-        return False
-    for f in _iter_files(path):
-        if _has_dicom_magic(f):
-            return True
-    return False
+    """A folder holding at least one file that may be DICOM."""
+    path = Path(path)
+    return path.is_dir() and any(looks_like_dicom(f) is None for f in iter_files(path))
 
 
-def _iter_files(folder: Path):
-    for root, _dirs, files in os.walk(folder):
-        for name in sorted(files):
-            yield Path(root) / name
+@dataclass
+class SeriesEntry:
+    series: object  # SeriesInfo
+    plans: list = field(default_factory=list)
+    findings: list = field(default_factory=list)  # series-level findings
+
+    @property
+    def segmentable(self) -> bool:
+        return self.series.not_image is None and any(p.refused is None for p in self.plans)
+
+    @property
+    def reason(self) -> str:
+        if self.series.not_image:
+            return self.series.not_image
+        if not self.plans:
+            skipped = [f.detail for f in self.findings if f.action == "skipped"]
+            return skipped[0] if skipped else "no frames with patient geometry (ImagePositionPatient/ImageOrientationPatient/PixelSpacing)"
+        refused = [p.refused for p in self.plans if p.refused]
+        if refused and len(refused) == len(self.plans):
+            return "refused: " + refused[0]
+        if refused:
+            return f"{len(refused)} of {len(self.plans)} stacks refused: {refused[0]}"
+        return ""
 
 
-def _has_dicom_magic(path: Path) -> bool:
+@dataclass
+class Inventory:
+    scan: ScanResult
+    entries: list = field(default_factory=list)
+
+    @property
+    def candidates(self) -> list:
+        return [Candidate(e.series, p) for e in self.entries if e.series.not_image is None for p in e.plans]
+
+    def tables(self, *, with_identifiers: bool = False):
+        """``(series, files)`` DataFrames: one row per series; one row per file not in an image stack."""
+        import pandas as pd
+
+        rows = [_series_row(e, with_identifiers) for e in self.entries]
+        files = [{"file": _rel(p, self.scan.root), "reason": r} for p, r in self.scan.skipped]
+        return pd.DataFrame(rows, columns=list(_series_row(None, with_identifiers))), pd.DataFrame(files, columns=["file", "reason"])
+
+
+def _rel(p: Path, root: Path) -> str:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+        return str(Path(p).relative_to(root))
+    except ValueError:
+        return str(p)
 
 
-def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
-    """Read the image series in ``folder`` (the largest one when there are several)."""
-    import pydicom
+def _fmt(values, nd=4) -> str:
+    return "" if values is None else " ".join(f"{float(v):.{nd}g}" for v in values)
 
+
+def _series_row(e: SeriesEntry | None, with_identifiers: bool) -> dict:
+    s = e.series if e else None
+    plans = e.plans if e else []
+    main = max(plans, key=lambda p: p.n_slices) if plans else None
+    first = main.slices[0] if main else (s.slices[0] if s and s.slices else None)
+    findings = []
+    if e:
+        seen = set()
+        for f in [*e.findings, *(f for p in plans for f in p.findings)]:
+            if str(f) not in seen:
+                seen.add(str(f))
+                findings.append(str(f))
+    row = {
+        "study_key": s.study_key if s else "", "series_key": s.series_key if s else "",
+        "modality": s.modality if s else "", "series_number": s.meta.get("SeriesNumber", "") if s else "",
+        "series_description": s.meta.get("SeriesDescription", "") if s else "",
+        "sop_class": s.sop_class if s else "", "n_files": len(s.files) if s else 0,
+        "n_frames": len(s.slices) if s else 0,
+        "rows": first.rows if first else "", "columns": first.cols if first else "",
+        "orientation": main.orientation if main else "", "image_orientation": _fmt(first.iop if first else None),
+        "pixel_spacing_mm": _fmt(first.pixel_spacing if first else None),
+        "slice_step_mm": round(main.step, 4) if main and main.step else "",
+        "slice_thickness_mm": first.thickness if first and first.thickness else "",
+        "n_volumes": sum(p.refused is None for p in plans),
+        "volume_shapes": "; ".join("x".join(map(str, p.shape)) + (f" [{p.label}]" if p.label else "") for p in plans),
+        "transfer_syntax": "; ".join(sorted(s.transfer_syntaxes)) if s else "",
+        "segmentable": bool(e.segmentable) if e else False, "reason": e.reason if e else "",
+        "findings": "; ".join(findings),
+    }
+    if with_identifiers:
+        row.update({k: (s.identifiers.get(k, "") if s else "") for k in
+                    ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
+                     "StudyInstanceUID", "SeriesInstanceUID")})
+    return row
+
+
+def scan_inventory(folder: str | os.PathLike, *, policy: GeometryPolicy | None = None, progress: bool = False,
+                   salt: str | None = None) -> Inventory:
+    """Scan ``folder`` header-only and plan every image series (no pixel data is read)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("not a folder; expected a folder of DICOM files", path=folder)
-
-    series: dict[str, list] = defaultdict(list)
-    skipped = 0
-    for f in _iter_files(folder):
-        if not _has_dicom_magic(f):
-            skipped += 1
+    scan = scan_folder(folder, progress=progress, salt=salt)
+    inv = Inventory(scan)
+    for s in sorted(scan.series.values(), key=lambda s: (s.study_key, s.series_key)):
+        if s.not_image:
+            inv.entries.append(SeriesEntry(s))
             continue
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types on corrupt files
-            log.warning("skipping unreadable DICOM file %s (%s)", f.name, type(exc).__name__)
-            skipped += 1
-            continue
-        if not all(hasattr(ds, t) for t in _IMAGE_TAGS):
-            skipped += 1  # localizers without geometry, SR, RTSTRUCT, ...
-            continue
-        series[str(ds.get("SeriesInstanceUID", "unknown"))].append((f, ds))
-
-    if not series:
-        raise InputError(
-            f"no DICOM image slices with geometry found ({skipped} other files); "
-            "expected a folder holding one CT/MR series",
-            path=folder,
-        )
-    if series_uid is not None:
-        if series_uid not in series:
-            raise InputError(f"series {series_uid!r} not found; {len(series)} image series present", path=folder)
-        chosen = series_uid
-    else:
-        chosen = max(series, key=lambda uid: len(series[uid]))
-        if len(series) > 1:
-            log.warning(
-                "%s holds %d image series; segmenting the largest (%d slices)",
-                folder.name, len(series), len(series[chosen]),
-            )
-    return _stack(series[chosen], folder, n_series=len(series))
+        plans, findings = plan_series(s.slices, policy=policy, spacing_between=s.spacing_between_slices)
+        inv.entries.append(SeriesEntry(s, plans, findings))
+    return inv
 
 
-def _stack(items: list, folder: Path, *, n_series: int) -> Volume:
-    first = items[0][1]
-    iop = np.array(first.ImageOrientationPatient, dtype=np.float64)
-    row_cos, col_cos = iop[:3], iop[3:]
-    normal = np.cross(row_cos, col_cos)
-    rows, cols = int(first.Rows), int(first.Columns)
-    for f, ds in items:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), iop, atol=1e-4):
-            raise GeometryError("slices with different orientations in one series; expected one stack", path=folder)
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise GeometryError("slices with different sizes in one series; expected one stack", path=folder)
+def volume_from_candidate(c: Candidate, source: str, *, selection: dict | None = None,
+                          with_identifiers: bool = False) -> Volume:
+    """Decode and stack one planned candidate; a refused plan raises ``GeometryError`` with its reason."""
+    from medseg.io.dicom_pixels import build_array
 
-    positions = np.array([np.array(ds.ImagePositionPatient, dtype=np.float64) for _, ds in items])
-    order = np.argsort(positions @ normal, kind="stable")
-    items = [items[i] for i in order]
-    positions = positions[order]
-    dist = positions @ normal
-
-    if len(items) > 1:
-        gaps = np.diff(dist)
-        if np.any(gaps < 1e-3):
-            raise GeometryError("two or more slices share a position; expected one slice per position", path=folder)
-        step = float(np.median(gaps))
-        if np.any(np.abs(gaps - step) > SPACING_TOLERANCE * step):
-            raise GeometryError(
-                f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm); "
-                "expected a regular stack (missing slices?)",
-                path=folder,
-            )
-        # The in-plane offset between slices must follow the normal (no gantry tilt).
-        along = (positions[-1] - positions[0]) / (len(items) - 1)
-        if np.linalg.norm(along - step * normal) > SPACING_TOLERANCE * step + 1e-3:
-            raise GeometryError("slices are not stacked along their normal (gantry tilt?)", path=folder)
-        slice_vec = along
-    else:
-        thickness = float(getattr(first, "SliceThickness", 1.0) or 1.0)
-        slice_vec = normal * thickness
-
-    dr, dc = (float(v) for v in first.PixelSpacing)  # row spacing, column spacing
-    lps = np.eye(4)
-    lps[:3, 0] = row_cos * dc  # i: along a row (column index)
-    lps[:3, 1] = col_cos * dr  # j: down a column (row index)
-    lps[:3, 2] = slice_vec
-    lps[:3, 3] = positions[0]
-
-    array = np.empty((cols, rows, len(items)), dtype=np.float32)
-    import pydicom
-
-    for k, (f, _) in enumerate(items):
-        try:
-            ds = pydicom.dcmread(f)
-            pixels = ds.pixel_array
-        except Exception as exc:
-            raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path=f) from None
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        array[:, :, k] = pixels.T.astype(np.float32) * slope + intercept
-
-    meta = {
-        "format": "dicom",
-        "modality": str(getattr(first, "Modality", "")),
-        "n_slices": len(items),
-        "n_image_series_in_folder": n_series,
+    plan, s = c.plan, c.series
+    if plan.refused:
+        raise GeometryError(f"series {c.key}: {plan.refused}", path=source)
+    array = build_array(plan)
+    info = {
+        "study_key": s.study_key, "series_key": s.series_key, "stack": plan.label, "key": c.key,
+        "modality": s.modality, "sop_class": s.sop_class, "orientation": plan.orientation,
+        "n_files": len(s.files), "n_source_frames": len(plan.slices), "slice_step_mm": plan.step,
+        "transfer_syntaxes": sorted(s.transfer_syntaxes), "header": dict(s.meta),
+        "findings": [f.to_dict() for f in plan.findings],
     }
-    return Volume(array, LPS_TO_RAS @ lps, str(folder), meta)
+    if selection:
+        info["selection"] = selection
+    if with_identifiers:
+        info["identifiers"] = dict(s.identifiers)
+    meta = {"format": "dicom", "modality": s.modality, "n_slices": plan.n_slices, "dicom": info}
+    return Volume(array, LPS_TO_RAS @ plan.lps, str(source), meta)
+
+
+def read_dicom_series(
+    folder: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    rule: SelectionRule | None = None,
+    policy: GeometryPolicy | None = None,
+    progress: bool = False,
+) -> Volume:
+    """Read the image stack of ``folder`` that ``rule`` picks (default: the largest).
+
+    ``series_uid`` (a SeriesInstanceUID or a ``se...`` key) overrides the rule's series.
+    The choice, the other candidates and every geometry finding are in ``volume.meta["dicom"]``.
+    """
+    folder = Path(folder)
+    inv = scan_inventory(folder, policy=policy, progress=progress)
+    cands = inv.candidates
+    if series_uid is not None:
+        rule = SelectionRule(**{**(rule.__dict__ if rule else {}), "series": series_uid})
+    if not cands:
+        n_other = len(inv.scan.skipped)
+        raise InputError(f"no DICOM image slices with geometry found ({n_other} other files); "
+                         "expected a folder holding one CT/MR series (run 'medseg dicom scan' to list what it holds)",
+                         path=folder)
+    chosen, record = select(cands, rule, folder=folder)
+    n_series = len({c.series.series_key for c in cands})
+    if len(cands) > 1:
+        log.warning("%s holds %d image stacks; segmenting %s: %s", folder.name, len(cands), chosen.describe(),
+                    record["reason"])
+    for f in chosen.plan.findings:
+        if f.action not in ("accepted",):
+            log.info("%s %s: %s", folder.name, chosen.key, f)
+    vol = volume_from_candidate(chosen, str(folder), selection=record)
+    vol.meta["n_image_series_in_folder"] = n_series
+    return vol
+

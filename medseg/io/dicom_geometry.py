@@ -1,0 +1,291 @@
+"""Turn the frames of one DICOM series into regular 3D stacks, recording every decision.
+
+Checks, in this order, each recorded as a ``Finding`` with the action taken:
+
+==========================  =================================================================
+kind                        action
+==========================  =================================================================
+no_geometry                 excluded (frames without position/orientation/pixel spacing)
+localizer                   excluded (ImageType LOCALIZER frames)
+mixed_orientation/size      split into one stack per orientation / matrix size
+duplicate_instance          dropped (the same SOPInstanceUID more than once)
+duplicate_positions         split by echo / temporal position / stack / acquisition, else refused
+missing_slices              refused, or resampled (``irregular="resample"``)
+uneven_spacing              refused, or resampled (``irregular="resample"``)
+spacing_jitter              accepted_with_warning (within tolerance, above header rounding)
+gantry_tilt                 resampled onto an orthogonal grid (default), or refused
+non_collinear               refused (positions do not lie on one line)
+thickness_differs_from_step accepted (the spacing is the step between positions)
+single_slice                accepted_with_warning (slice spacing from SliceThickness)
+==========================  =================================================================
+
+No pixel data is touched here; ``StackPlan`` says which frames to decode, in
+which order, and how to resample them (``medseg.io.dicom_pixels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+#: Relative deviation of a slice gap from the step that is still one regular grid.
+SPACING_TOLERANCE = 0.01
+#: Position differences below this are header rounding (mm), not findings.
+POSITION_TOLERANCE_MM = 0.01
+
+_SPLIT_KEYS = (("echo", "echo number"), ("temporal", "temporal position"), ("stack", "stack id"),
+               ("acquisition", "acquisition number"), ("trigger", "trigger time"))
+
+
+@dataclass
+class Finding:
+    kind: str
+    action: str  # refused | split | resampled | excluded | dropped | accepted | accepted_with_warning | skipped
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.action} ({self.detail})"
+
+
+@dataclass
+class GeometryPolicy:
+    irregular: str = "refuse"  # missing slices / uneven spacing: "refuse" or "resample"
+    tilt: str = "resample"  # gantry tilt: "resample" (orthogonal grid, as dcm2niix) or "refuse"
+    spacing_tolerance: float = SPACING_TOLERANCE
+    position_tolerance_mm: float = POSITION_TOLERANCE_MM
+
+    def __post_init__(self):
+        if self.irregular not in ("refuse", "resample") or self.tilt not in ("refuse", "resample"):
+            raise ValueError(f"irregular/tilt must be 'refuse' or 'resample', got {self.irregular!r}/{self.tilt!r}")
+
+
+@dataclass
+class StackPlan:
+    slices: list  # SliceInfo, sorted along the slice normal
+    lps: np.ndarray  # output grid: voxel -> LPS mm
+    shape: tuple
+    findings: list = field(default_factory=list)
+    refused: str | None = None
+    label: str = ""  # "" for the whole series, else what this part was split by
+    step: float | None = None  # slice step found (mm)
+    interp: tuple | None = None  # (lo, hi, weight) per output slice, when resampled along the normal
+    inplane_shift: np.ndarray | None = None  # (n_source, 2) voxel shifts that undo gantry tilt
+    orientation: str = ""
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.shape[2])
+
+
+def orientation_name(iop) -> str:
+    normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < np.cos(np.deg2rad(1.0)):
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def plan_series(slices: list, *, policy: GeometryPolicy | None = None, spacing_between: float | None = None):
+    """Plan the stacks of one series. Returns ``(plans, series_findings)``; each plan carries both."""
+    policy = policy or GeometryPolicy()
+    findings: list[Finding] = []
+    usable = [s for s in slices if s.iop is not None and s.ipp is not None and s.pixel_spacing is not None]
+    if len(usable) < len(slices):
+        findings.append(Finding("no_geometry", "excluded", f"{len(slices) - len(usable)} of {len(slices)} frames lack "
+                                "ImagePositionPatient/ImageOrientationPatient/PixelSpacing"))
+    loc = [s for s in usable if "LOCALIZER" in s.image_type]
+    if loc and len(loc) < len(usable):
+        findings.append(Finding("localizer", "excluded", f"{len(loc)} localizer/scout frame(s) (ImageType LOCALIZER)"))
+        usable = [s for s in usable if "LOCALIZER" not in s.image_type]
+    elif loc:
+        findings.append(Finding("localizer", "skipped", f"all {len(loc)} frame(s) are localizer/scout images "
+                                "(ImageType LOCALIZER): not segmented"))
+        return [], findings
+    if not usable:
+        return [], findings
+
+    groups: list[list] = []
+    for s in usable:
+        for g in groups:
+            ref = g[0]
+            if (s.rows, s.cols) == (ref.rows, ref.cols) and (
+                    (s.iop == ref.iop and s.pixel_spacing == ref.pixel_spacing)  # the usual case, fast
+                    or (np.allclose(s.iop, ref.iop, atol=1e-3)
+                        and np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=1e-4))):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    if len(groups) > 1:
+        groups.sort(key=len, reverse=True)
+        desc = ", ".join(f"{len(g)} x {orientation_name(g[0].iop)} {g[0].cols}x{g[0].rows}" for g in groups)
+        orients = {tuple(np.round(g[0].iop, 3)) for g in groups}
+        if len(orients) > 1:
+            findings.append(Finding("mixed_orientation", "split", f"{len(groups)} stacks: {desc}"))
+        if len(orients) < len(groups):
+            findings.append(Finding("mixed_size", "split", f"{len(groups)} stacks: {desc}"))
+
+    plans = []
+    for gi, group in enumerate(groups):
+        label = f"part{gi + 1}" if len(groups) > 1 else ""
+        for sub_label, sub, sub_findings, refused in _split_duplicates(group, policy):
+            full = "-".join(x for x in (label, sub_label) if x)
+            plan = _plan_stack(sub, policy, spacing_between, refused)
+            plan.label = full
+            plan.findings = findings + sub_findings + plan.findings
+            plans.append(plan)
+    return plans, findings
+
+
+def _normal(iop) -> np.ndarray:
+    return np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+
+
+def _split_duplicates(group: list, policy: GeometryPolicy):
+    """Yield (label, slices, findings, refusal) for one orientation group, resolving shared positions."""
+    findings: list[Finding] = []
+    normal = _normal(group[0].iop)
+
+    def n_dups(items) -> int:
+        d = np.sort(np.array([np.dot(s.ipp, normal) for s in items]))
+        return int(np.sum(np.diff(d) < policy.position_tolerance_mm)) if len(d) > 1 else 0
+
+    if not n_dups(group):
+        yield "", group, findings, None
+        return
+    seen, unique = set(), []
+    for s in group:
+        if s.sop_uid not in seen:
+            seen.add(s.sop_uid)
+            unique.append(s)
+    if len(unique) < len(group):
+        findings.append(Finding("duplicate_instance", "dropped",
+                                f"{len(group) - len(unique)} file(s) repeat an instance already read (same SOPInstanceUID)"))
+        group = unique
+        if not n_dups(group):
+            yield "", group, findings, None
+            return
+    n = n_dups(group)
+    for key, name in _SPLIT_KEYS:
+        values = [s.split_keys.get(key) for s in group]
+        distinct = sorted(set(values), key=lambda v: (v is None, _sortable(v)))
+        if len(distinct) < 2 or None in distinct:
+            continue
+        parts = [[s for s in group if s.split_keys.get(key) == v] for v in distinct]
+        if all(n_dups(p) == 0 for p in parts):
+            findings.append(Finding("duplicate_positions", "split",
+                                    f"{n} slice(s) share a position with another; split by {name} into {len(parts)} volumes"))
+            for v, p in zip(distinct, parts):
+                yield f"{key}{v}", p, list(findings), None
+            return
+    reason = (f"two or more slices share a position ({n} duplicate position(s), not told apart by echo, temporal "
+              "position, stack or acquisition number); expected one slice per position")
+    findings.append(Finding("duplicate_positions", "refused", reason))
+    yield "", group, findings, reason
+
+
+def _sortable(v):
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
+def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | None, refused: str | None) -> StackPlan:
+    first = slices[0]
+    iop = np.asarray(first.iop, dtype=np.float64)
+    row_cos, col_cos = iop[:3], iop[3:]
+    normal = np.cross(row_cos, col_cos)
+    dr, dc = first.pixel_spacing  # row spacing (between rows), column spacing
+    pos = np.array([s.ipp for s in slices], dtype=np.float64)
+    d = pos @ normal
+    order = np.argsort(d, kind="stable")
+    slices, pos, d = [slices[i] for i in order], pos[order], d[order]
+    findings: list[Finding] = []
+    interp = shift = None
+    n_out = len(slices)
+    tol_abs = policy.position_tolerance_mm
+    thickness = first.thickness
+
+    if len(slices) == 1:
+        step = float(thickness or spacing_between or 1.0)
+        source = "SliceThickness" if thickness else ("SpacingBetweenSlices" if spacing_between else "a default of 1 mm")
+        findings.append(Finding("single_slice", "accepted_with_warning", f"one slice; slice spacing {step:g} mm from {source}"))
+    else:
+        gaps = np.diff(d)
+        med = float(np.median(gaps))
+        step = float((d[-1] - d[0]) / (len(d) - 1))
+        tol = policy.spacing_tolerance * med
+        dev = np.abs(gaps - med)
+        if refused:
+            pass
+        elif dev.max() <= tol:
+            if dev.max() > tol_abs:
+                findings.append(Finding("spacing_jitter", "accepted_with_warning",
+                                        f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm "
+                                        f"(tolerance {policy.spacing_tolerance:.0%})"))
+        else:
+            mult = gaps / med
+            missing = np.all((dev <= tol) | ((np.abs(mult - np.round(mult)) * med <= tol) & (np.round(mult) >= 2)))
+            if missing:
+                n_missing = int(np.sum(np.round(mult) - 1))
+                kind = "missing_slices"
+                what = (f"missing slice(s): uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
+                        f"step {med:.3f} mm; {n_missing} slice(s) missing at {int(np.sum(dev > tol))} place(s))")
+            else:
+                kind = "uneven_spacing"
+                what = f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm)"
+            if policy.irregular == "resample":
+                step = med
+                n_out = int(round((d[-1] - d[0]) / step)) + 1
+                target = d[0] + step * np.arange(n_out)
+                hi = np.clip(np.searchsorted(d, target, side="left"), 1, len(d) - 1)
+                lo = hi - 1
+                w = np.clip((target - d[lo]) / (d[hi] - d[lo]), 0.0, 1.0)
+                interp = (lo, hi, w)
+                findings.append(Finding(kind, "resampled", f"{what}; linearly interpolated onto {n_out} slices "
+                                        f"{step:.3f} mm apart"))
+            else:
+                step = med
+                refused = (f"{what}; expected a regular stack. Re-export the complete series, or convert with "
+                           "--resample-irregular to interpolate onto a regular grid")
+                findings.append(Finding(kind, "refused", what))
+        if not refused:
+            # In-plane drift of each slice relative to the first (zero unless the stack is tilted).
+            t = (pos - pos[0]) - np.outer(d - d[0], normal)
+            dd = d - d[0]
+            v = (dd @ t) / float(dd @ dd)
+            resid = np.linalg.norm(t - np.outer(dd, v), axis=1).max()
+            drift = float(np.linalg.norm(v) * dd[-1])
+            if resid > max(tol_abs, policy.spacing_tolerance * abs(step)):
+                refused = (f"slice positions do not lie on one line (off by up to {resid:.3f} mm); expected one stack")
+                findings.append(Finding("non_collinear", "refused", refused))
+            elif drift > tol_abs:
+                angle = float(np.degrees(np.arctan(np.linalg.norm(v))))
+                what = f"slices are not stacked along their normal (gantry tilt {angle:.2f} deg, drift {drift:.2f} mm)"
+                if drift < 0.1 * min(dr, dc):
+                    findings.append(Finding("gantry_tilt", "accepted_with_warning", f"{what}; below 0.1 voxel"))
+                elif policy.tilt == "resample":
+                    shift = np.stack([(t @ row_cos) / dc, (t @ col_cos) / dr], axis=1)
+                    findings.append(Finding("gantry_tilt", "resampled", f"{what}; each slice shifted in-plane onto an "
+                                            "orthogonal grid (linear interpolation, outside filled with the minimum)"))
+                else:
+                    refused = f"{what}; expected an orthogonal stack (convert with tilt correction)"
+                    findings.append(Finding("gantry_tilt", "refused", what))
+        if not refused and thickness and abs(thickness - step) > policy.spacing_tolerance * abs(step):
+            findings.append(Finding("thickness_differs_from_step", "accepted",
+                                    f"SliceThickness {thickness:g} mm, step between positions {step:.4f} mm: "
+                                    "spacing set to the step"))
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * dc
+    lps[:3, 1] = col_cos * dr
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = pos[0]
+    return StackPlan(slices=slices, lps=lps, shape=(first.cols, first.rows, n_out), findings=findings,
+                     refused=refused, step=step, interp=interp, inplane_shift=shift,
+                     orientation=orientation_name(iop))

@@ -1,0 +1,94 @@
+"""Decode the frames a ``StackPlan`` names and build the volume's voxel array.
+
+Pixel data is decoded by pydicom's handlers (native, RLE, deflate, big endian;
+JPEG baseline/extended and JPEG 2000 through Pillow, JPEG-LS through pyjpegls)
+and, when pydicom has no decoder for a file (JPEG lossless process 14, 12-bit
+JPEG, ...), by SimpleITK's GDCM. RescaleSlope/Intercept are applied per frame
+(GDCM applies them itself). Gantry-tilt and irregular-spacing resampling from
+the plan are applied last.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def _decode_pydicom(path: Path):
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if (int(ds.get("NumberOfFrames", 1) or 1)) == 1:
+        arr = arr[None]
+    return arr, False  # stored values: rescale still to apply
+
+
+def _decode_sitk(path: Path):
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+    arr = sitk.GetArrayFromImage(img)  # (frames, rows, cols), already rescaled by GDCM
+    if arr.ndim == 2:
+        arr = arr[None]
+    return arr, True
+
+
+def decode_file(path: Path):
+    """All frames of one file as ``(frames, rows, cols)`` and whether rescale was already applied."""
+    try:
+        return _decode_pydicom(path)
+    except Exception as first:  # no pydicom decoder for this transfer syntax, or a codec error
+        try:
+            arr, rescaled = _decode_sitk(path)
+        except Exception:
+            raise InputError(f"cannot decode pixel data ({type(first).__name__}: {str(first)[:200]}); expected pixel "
+                             "data pydicom or SimpleITK/GDCM can decode: the file may be truncated or use a rare "
+                             "transfer syntax (install pylibjpeg, or re-export uncompressed)",
+                             path=path) from None
+        log.info("decoded %s with SimpleITK/GDCM (pydicom: %s)", path.name, type(first).__name__)
+        return arr, rescaled
+
+
+def build_array(plan) -> np.ndarray:
+    """The float32 voxel array ``(columns, rows, slices)`` of a stack plan, in HU for CT.
+
+    Frames are filled into a ``(slices, rows, columns)`` C-ordered buffer (each frame one
+    contiguous block) and returned as its transposed view, which is Fortran-ordered: the
+    layout NIfTI stores, with no copy.
+    """
+    n_src = len(plan.slices)
+    cols, rows = plan.shape[0], plan.shape[1]
+    src = np.empty((n_src, rows, cols), dtype=np.float32)
+    cache: dict = {}
+    for k, s in enumerate(plan.slices):
+        if s.path not in cache:
+            cache.clear()  # keep one multi-frame file decoded at a time
+            cache[s.path] = decode_file(s.path)
+        frames, rescaled = cache[s.path]
+        frame = frames[s.frame or 0]
+        if frame.shape != (rows, cols):
+            raise InputError(f"pixel matrix {frame.shape} differs from Rows x Columns {(rows, cols)}", path=s.path)
+        src[k] = frame
+        if not rescaled and (s.slope != 1.0 or s.intercept != 0.0):
+            src[k] *= np.float32(s.slope)
+            src[k] += np.float32(s.intercept)
+    if plan.inplane_shift is not None:
+        from scipy.ndimage import shift as nd_shift
+
+        fill = float(src.min())
+        for k in range(n_src):
+            di, dj = plan.inplane_shift[k]
+            if abs(di) > 1e-6 or abs(dj) > 1e-6:
+                src[k] = nd_shift(src[k], (dj, di), order=1, mode="constant", cval=fill)
+    if plan.interp is not None:
+        lo, hi, w = plan.interp
+        w = w.astype(np.float32)[:, None, None]
+        src = src[lo] * (1 - w) + src[hi] * w
+    return src.transpose(2, 1, 0)

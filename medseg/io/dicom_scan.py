@@ -1,0 +1,342 @@
+"""Walk a folder tree and read DICOM headers only (no pixel data).
+
+Every file ends up either in a series (grouped by study and series UID) or in
+the list of files that were not used, with the reason. Nothing stops the scan:
+a truncated file, a text file or a DICOMDIR is recorded and the walk goes on.
+
+Each image frame becomes one ``SliceInfo``: a classic file is one frame, an
+enhanced multi-frame object gives one per frame from its per-frame (or shared)
+functional groups. Patient identifiers are kept apart in
+``SeriesInfo.identifiers`` and only leave this module when a caller asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Default salt of the pseudonymous study/series keys; set MEDSEG_KEY_SALT for a site-specific one.
+DEFAULT_SALT = "medseg-v1"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+#: Modalities of objects that are not images to segment (skipped with the reason).
+NON_IMAGE_MODALITIES = {
+    "SR": "structured report", "RTSTRUCT": "RT structure set", "RTPLAN": "RT plan", "RTDOSE": "RT dose grid",
+    "RTRECORD": "RT treatment record", "SEG": "segmentation object", "PR": "presentation state",
+    "KO": "key object selection", "ECG": "waveform", "HD": "waveform", "DOC": "encapsulated document",
+    "REG": "registration", "FID": "fiducials", "RWV": "real world value map", "PLAN": "plan",
+}
+#: Words in a SOP class name that mark a non-image object (when the modality does not say).
+NON_IMAGE_SOP_WORDS = ("SR Storage", "Structure Set", "Plan Storage", "Segmentation", "Presentation State",
+                       "Key Object", "Waveform", "Encapsulated", "Dose", "Registration", "Raw Data",
+                       "Treatment Record", "Fiducials", "Surface", "Document")
+#: Series-level metadata copied to inventories and sidecars (nothing that identifies a person).
+SAFE_TAGS = ("Modality", "SeriesDescription", "SeriesNumber", "Manufacturer", "ManufacturerModelName",
+             "BodyPartExamined", "ConvolutionKernel", "KVP", "ContrastBolusAgent", "MagneticFieldStrength",
+             "EchoTime", "RepetitionTime", "FlipAngle", "SliceThickness", "ScanningSequence", "ImageType")
+IDENTIFYING_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
+                    "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@dataclass
+class SliceInfo:
+    """One image frame: where it is, how to decode it, and what tells it apart from its neighbours."""
+
+    path: Path
+    frame: int | None  # frame index inside a multi-frame file; None for a classic single-frame file
+    sop_uid: str
+    rows: int
+    cols: int
+    iop: tuple | None = None  # 6 direction cosines (row direction, column direction), LPS
+    ipp: tuple | None = None  # position of the first voxel, LPS mm
+    pixel_spacing: tuple | None = None  # (row spacing, column spacing) mm
+    thickness: float | None = None
+    slope: float = 1.0
+    intercept: float = 0.0
+    instance_number: int | None = None
+    image_type: tuple = ()
+    split_keys: dict = field(default_factory=dict)  # echo, temporal position, acquisition, stack
+
+
+@dataclass
+class SeriesInfo:
+    study_uid: str
+    series_uid: str
+    study_key: str
+    series_key: str
+    modality: str = ""
+    sop_class: str = ""
+    transfer_syntaxes: set = field(default_factory=set)
+    files: list = field(default_factory=list)
+    slices: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # SAFE_TAGS of the first file
+    identifiers: dict = field(default_factory=dict)  # IDENTIFYING_TAGS: only output on explicit request
+    not_image: str | None = None  # why this series is not an image series to segment
+    non_image_files: list = field(default_factory=list)  # (path, reason)
+    spacing_between_slices: float | None = None
+
+
+@dataclass
+class ScanResult:
+    root: Path
+    series: dict = field(default_factory=dict)  # (study_uid, series_uid) -> SeriesInfo
+    skipped: list = field(default_factory=list)  # (path, reason) of files that are in no series
+    n_files: int = 0
+
+
+def pseudonym(uid: str, *, prefix: str, salt: str | None = None) -> str:
+    """A stable, non-reversible key for a UID: salted SHA-256, 10 hex digits."""
+    salt = salt if salt is not None else os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
+    return prefix + hashlib.sha256(f"{salt}\x00{uid}".encode()).hexdigest()[:10]
+
+
+def iter_files(folder: Path):
+    """Every regular file under ``folder`` in a stable order (hidden files included; links followed)."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(root) / name
+
+
+def looks_like_dicom(path: Path) -> str | None:
+    """None when the file may be DICOM; otherwise the reason it is not."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        return f"cannot open ({exc.strerror})"
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return None
+    # Files without the 128-byte preamble (old exports) start with a group 0x0002/0x0008 tag.
+    if len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x08"):
+        return None
+    return "not DICOM (no DICM marker at byte 128)"
+
+
+#: Binary (US) tags among those read per file; every other tag read per file is a text value.
+_US_TAGS = {"Rows", "Columns", "SamplesPerPixel", "BitsAllocated"}
+_TAGS: dict = {}
+
+
+def _tag_value(ds, keyword: str):
+    """A header value without pydicom's full value conversion (the scan's hot path).
+
+    Text values come back as ``str`` or a list of ``str`` (multi-valued); US values as ``int``.
+    Elements pydicom has already converted are returned as they are.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return None
+    if not isinstance(elem, RawDataElement):
+        return elem.value
+    raw = elem.value
+    if raw is None or len(raw) == 0:
+        return None
+    if keyword in _US_TAGS:
+        return int.from_bytes(raw[:2], "little" if elem.is_little_endian else "big")
+    text = raw.decode("latin-1").strip("\x00 ")
+    parts = [p.strip("\x00 ") for p in text.split("\\")]
+    return parts if len(parts) > 1 else parts[0]
+
+
+def _floats(value, n: int) -> tuple | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _num(value, default=None):
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _group(item, seq: str, tag: str):
+    """``item.seq[0].tag`` or None."""
+    s = item.get(seq) if item is not None else None
+    if not s:
+        return None
+    return s[0].get(tag)
+
+
+def _frames_from_functional_groups(ds, path: Path, base: dict) -> list[SliceInfo]:
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    n = _int(ds.get("NumberOfFrames")) or len(per_frame)
+    out = []
+    for f in range(n):
+        item = per_frame[f] if f < len(per_frame) else None
+
+        def pick(seq, tag):
+            v = _group(item, seq, tag)
+            return v if v is not None else _group(shared, seq, tag)
+
+        keys = {
+            "stack": pick("FrameContentSequence", "StackID"),
+            "temporal": pick("FrameContentSequence", "TemporalPositionIndex"),
+            "echo": pick("MREchoSequence", "EffectiveEchoTime"),
+        }
+        out.append(SliceInfo(
+            path=path, frame=f, sop_uid=f"{base['sop_uid']}#{f}", rows=base["rows"], cols=base["cols"],
+            iop=_floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+            ipp=_floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3),
+            pixel_spacing=_floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2),
+            thickness=_num(pick("PixelMeasuresSequence", "SliceThickness")),
+            slope=_num(pick("PixelValueTransformationSequence", "RescaleSlope"), base["slope"]),
+            intercept=_num(pick("PixelValueTransformationSequence", "RescaleIntercept"), base["intercept"]),
+            instance_number=f + 1, image_type=base["image_type"],
+            split_keys={k: str(v) for k, v in keys.items() if v is not None},
+        ))
+    return out
+
+
+def _slices(ds, path: Path) -> list[SliceInfo]:
+    g = lambda kw: _tag_value(ds, kw)  # noqa: E731
+    base = {
+        "sop_uid": str(g("SOPInstanceUID") or path.name), "rows": _int(g("Rows")) or 0,
+        "cols": _int(g("Columns")) or 0, "slope": _num(g("RescaleSlope"), 1.0),
+        "intercept": _num(g("RescaleIntercept"), 0.0),
+        "image_type": tuple(str(v).upper() for v in _as_list(g("ImageType")) or ()),
+    }
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        return _frames_from_functional_groups(ds, path, base)
+    g = lambda kw: _tag_value(ds, kw)  # noqa: E731
+    keys = {"echo": g("EchoNumbers"), "temporal": g("TemporalPositionIdentifier"),
+            "acquisition": g("AcquisitionNumber"), "trigger": g("TriggerTime")}
+    return [SliceInfo(
+        path=path, frame=None, sop_uid=base["sop_uid"], rows=base["rows"], cols=base["cols"],
+        iop=_floats(_as_list(g("ImageOrientationPatient")), 6), ipp=_floats(_as_list(g("ImagePositionPatient")), 3),
+        pixel_spacing=_floats(_as_list(g("PixelSpacing")), 2), thickness=_num(g("SliceThickness")),
+        slope=base["slope"], intercept=base["intercept"], instance_number=_int(g("InstanceNumber")),
+        image_type=base["image_type"], split_keys={k: str(v) for k, v in keys.items() if v not in (None, "")},
+    )]
+
+
+def _as_list(value):
+    return [value] if isinstance(value, str | int | float) else value
+
+
+def _why_not_image(ds, modality: str, sop_name: str) -> str | None:
+    if modality in NON_IMAGE_MODALITIES:
+        return f"{modality} ({NON_IMAGE_MODALITIES[modality]}): not an image to segment, skipped"
+    for word in NON_IMAGE_SOP_WORDS:
+        if word.lower() in sop_name.lower():
+            return f"{sop_name}: not an image to segment, skipped"
+    if not _tag_value(ds, "Rows") or not _tag_value(ds, "Columns"):
+        return f"{sop_name or 'object'} without a pixel matrix (no Rows/Columns): skipped"
+    if (_int(_tag_value(ds, "SamplesPerPixel")) or 1) != 1:
+        return f"colour image ({ds.get('PhotometricInterpretation', '?')}): not a CT/MR intensity image, skipped"
+    return None
+
+
+def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str | None = None) -> ScanResult:
+    """Read the header of every file under ``folder``; never raises on a bad file."""
+    import pydicom
+    from pydicom.uid import UID
+    from tqdm.auto import tqdm
+
+    root = Path(folder)
+    files = list(iter_files(root))
+    result = ScanResult(root=root, n_files=len(files))
+    for path in tqdm(files, desc="scan", unit="file", disable=not progress):
+        reason = looks_like_dicom(path)
+        if reason:
+            result.skipped.append((path, reason))
+            continue
+        try:
+            with open(path, "rb") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                pixel_offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+            sop_class = str(_tag_value(ds, "SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+            if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+                result.skipped.append((path, "DICOMDIR index: ignored (files are found by walking the folder)"))
+                continue
+            if "SOPClassUID" not in ds and "Modality" not in ds and "Rows" not in ds:
+                result.skipped.append((path, "not a DICOM object (no SOPClassUID, Modality or Rows)"))
+                continue
+            modality = str(_tag_value(ds, "Modality") or "")
+            sop_name = UID(sop_class).name if sop_class else ""
+            study_uid = str(_tag_value(ds, "StudyInstanceUID") or "unknown-study")
+            series_uid = str(_tag_value(ds, "SeriesInstanceUID") or "unknown-series")
+            why_not = _why_not_image(ds, modality, sop_name)
+            short = None if why_not else _truncated_by(ds, pixel_offset, size)
+            if short:
+                result.skipped.append((path, f"truncated: the file ends {short} bytes before its pixel data does"))
+                continue
+            slices = [] if why_not else _slices(ds, path)
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        except Exception as exc:  # pydicom raises many types on corrupt files
+            result.skipped.append((path, f"unreadable DICOM header ({type(exc).__name__}: {str(exc)[:120]})"))
+            continue
+        key = (study_uid, series_uid)
+        info = result.series.get(key)
+        if info is None:
+            info = SeriesInfo(
+                study_uid, series_uid, pseudonym(study_uid, prefix="st", salt=salt),
+                pseudonym(series_uid, prefix="se", salt=salt), modality=modality, sop_class=sop_name,
+                meta={t: _plain(ds.get(t)) for t in SAFE_TAGS if ds.get(t) not in (None, "")},
+                identifiers={t: str(ds.get(t, "")) for t in IDENTIFYING_TAGS},
+                spacing_between_slices=_num(ds.get("SpacingBetweenSlices")),
+            )
+            result.series[key] = info
+        info.files.append(path)
+        info.transfer_syntaxes.add(ts.name if ts else "unknown")
+        if why_not:
+            info.non_image_files.append((path, why_not))
+        info.slices.extend(slices)
+    for info in result.series.values():
+        result.skipped.extend(info.non_image_files)
+        if not info.slices and info.non_image_files:
+            info.not_image = info.non_image_files[0][1]
+    return result
+
+
+def _truncated_by(ds, pixel_offset: int, size: int) -> int | None:
+    """Bytes missing from uncompressed pixel data (None when complete or not checkable)."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and (ts.is_compressed or ts.is_deflated):
+        return None
+    try:
+        g = lambda kw, d=None: _tag_value(ds, kw) or d  # noqa: E731
+        n = (int(g("Rows")) * int(g("Columns")) * int(g("SamplesPerPixel", 1))
+             * int(g("NumberOfFrames", 1)) * int(g("BitsAllocated")) + 7) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None
+    missing = pixel_offset + 8 + n - size  # 8: the shortest element header
+    return missing if missing > 0 else None
+
+
+def _plain(value):
+    """A header value as str/float/list of those (JSON- and CSV-friendly)."""
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, int | float):
+        return value
+    try:
+        return float(value) if type(value).__name__ in ("DSfloat", "IS", "DSdecimal") else str(value)
+    except (TypeError, ValueError):
+        return str(value)
