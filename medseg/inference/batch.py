@@ -145,6 +145,7 @@ def predict_many(
                 "case_id": cid, "source": str(src), "outputs": outputs, "labels": predictor.labels.to_dict(), "model": predictor.provenance,
                 "inference": predictor.inference, "shape": list(labels.shape), "affine": labels.affine.tolist(),
                 "spacing_mm": list(labels.spacing), "input_format": image.meta.get("format"),
+                "dicom": image.meta.get("dicom"),  # pseudonymised keys, geometry findings and actions, series selection
                 "seconds_total": round(time.monotonic() - t0, 3), **labels.meta, "versions": run_info["versions"],
             })
             result.outputs[cid] = target
