@@ -1,9 +1,19 @@
 """A small generic registry: names -> builder functions, with lazy plugin loading.
 
 Third-party packages add entries through the entry-point group given to the
-registry (``medseg.models`` for models): each entry point names a module that
-registers its builders on import. Nothing is imported until a name is asked for
-or the list is requested, and listing never builds anything. Importable without torch.
+registry (``medseg.models`` for models). The entry point's name is the entry's
+name and its object a builder callable::
+
+    [project.entry-points."medseg.models"]
+    my_net = "my_pkg.nets:build_my_net"
+
+(the builder's docstring's first line becomes the description; an optional
+``medseg_tags`` dict attribute on it gives tags such as ``dims`` and
+``divisor``). An entry point may instead name a module that registers its
+builders with the decorator on import. Nothing is imported until a name is
+asked for or the list is requested, and listing never builds anything. A plugin
+that fails to load is logged and remembered by name (``failed``); asking for it
+says why. Importable without torch.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ class Registry(Generic[T]):
         self.group = entry_point_group
         self._entries: dict[str, Entry[T]] = {}
         self._plugins_loaded = False
+        self.failed: dict[str, str] = {}  # plugin name -> why it could not be loaded
 
     def register(self, name: str, *, description: str = "", **tags) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: ``@MODELS.register("unet", description=...)``. A duplicate name raises."""
@@ -54,9 +65,24 @@ class Registry(Generic[T]):
 
         for ep in entry_points(group=self.group):
             try:
-                ep.load()
+                obj = ep.load()
+                if callable(obj) and not any(e.builder is obj for e in self._entries.values()):
+                    doc = (obj.__doc__ or "").strip().splitlines()
+                    tags = getattr(obj, "medseg_tags", None)
+                    self.register(ep.name, description=doc[0] if doc else f"plugin {ep.value}", **(tags if isinstance(tags, dict) else {}))(obj)
             except Exception as exc:  # a broken plugin must not break the others
-                log.warning("could not load %s plugin %r: %s", self.kind, ep.name, exc)
+                self.failed[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("could not load %s plugin %r (%s): %s", self.kind, ep.name, ep.value, self.failed[ep.name])
+
+    def reload_plugins(self) -> None:
+        """Scan the entry-point group again (after installing a plugin in a running process)."""
+        self._plugins_loaded = False
+        self._load_plugins()
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests, interactive use); unknown names are ignored."""
+        self._entries.pop(name, None)
+        self.failed.pop(name, None)
 
     def names(self, pattern: str | None = None) -> list[str]:
         self._load_plugins()
@@ -68,6 +94,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            if name in self.failed:
+                raise UnknownComponentError(f"{self.kind} plugin {name!r} is installed but failed to load: {self.failed[name]}") from None
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(sorted(self._entries))}"
             raise UnknownComponentError(f"unknown {self.kind} {name!r}; {hint}") from None

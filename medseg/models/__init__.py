@@ -3,13 +3,23 @@
 >>> from medseg.models import create_model, list_models
 >>> net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=5)
 
-Built-in families register themselves when this package is imported; plugins
-register through the ``medseg.models`` entry-point group. A new model is one
-file with a builder decorated by ``@MODELS.register(...)``.
+Built-in families (``unet.py``, ``fcn.py``, ``deeplab.py``; shared layers in
+``_blocks.py``) register themselves when this package is imported; plugins
+register through the ``medseg.models`` entry-point group (see
+``medseg.registry``). A new model is one file with a builder decorated by
+``@MODELS.register(name, description=..., dims=(2, 3), divisor=16, tiny={...})``
+and imported below; ``tiny`` holds small-width keyword arguments that the
+conformance tests build it with.
+
+Listing (``list_models``, ``model_info(name, params=False)``) builds nothing.
+Parameter counts (``model_info(name)``, ``param_count``) build the model on
+PyTorch's ``meta`` device: no memory is allocated and no weights initialised,
+and the count is cached per (name, spatial_dims).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from medseg.errors import ConfigError
@@ -17,7 +27,9 @@ from medseg.registry import Registry
 
 MODELS: Registry = Registry("model", entry_point_group="medseg.models")
 
-from medseg.models import unet  # noqa: E402,F401  (registers the built-ins)
+from medseg.models import deeplab, fcn, unet  # noqa: E402,F401  (register the built-ins)
+
+_FIXED = ("spatial_dims", "in_channels", "out_channels")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -25,16 +37,46 @@ def list_models(pattern: str | None = None) -> list[str]:
     return MODELS.names(pattern)
 
 
-def model_info(name: str) -> dict:
-    """What a model is, without building it: description, dims, options."""
-    entry = MODELS.get(name)
-    sig = inspect.signature(entry.builder)
-    options = {
+def _options(entry) -> dict:
+    params = inspect.signature(entry.builder).parameters.values()
+    return {
         p.name: (None if p.default is inspect.Parameter.empty else p.default)
-        for p in sig.parameters.values()
-        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in ("spatial_dims", "in_channels", "out_channels")
+        for p in params
+        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in _FIXED
     }
-    return {"name": name, "description": entry.description, **entry.tags, "options": options}
+
+
+def _accepts_any(entry) -> bool:
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(entry.builder).parameters.values())
+
+
+@functools.lru_cache(maxsize=None)
+def param_count(name: str, spatial_dims: int, in_channels: int = 1, out_channels: int = 2) -> int | None:
+    """Trainable parameters of ``name`` at its default width, counted on the meta device (nothing allocated).
+
+    ``None`` when the builder cannot run on the meta device (some plugins).
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            net = create_model(name, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels)
+    except Exception:  # noqa: BLE001 - a count is informative only
+        return None
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def model_info(name: str, *, params: bool = True) -> dict:
+    """What a model is: description, ``dims``, input size ``divisor``, options with defaults, and
+    ``params`` ({spatial_dims: parameter count at default width, 1 input channel, 2 classes}).
+
+    ``params=False`` skips the count and builds nothing.
+    """
+    entry = MODELS.get(name)
+    info = {"name": name, "description": entry.description, "dims": (2, 3), "divisor": 1, **entry.tags, "options": _options(entry)}
+    if params:
+        info["params"] = {d: param_count(name, d) for d in info["dims"]}
+    return info
 
 
 def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels: int, **kwargs):
@@ -42,14 +84,25 @@ def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels
     entry = MODELS.get(name)
     dims = entry.tags.get("dims", (2, 3))
     if spatial_dims not in dims:
-        raise ConfigError(f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}")
-    accepted = set(model_info(name)["options"])
-    unknown = set(kwargs) - accepted
-    if unknown:
-        raise ConfigError(
-            f"model {name!r} got unknown option(s) {sorted(unknown)}; accepted: {sorted(accepted) or 'none'}"
-        )
+        raise ConfigError(f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}; set model.spatial_dims to one of them")
+    if not _accepts_any(entry):
+        accepted = set(_options(entry))
+        unknown = set(kwargs) - accepted
+        if unknown:
+            raise ConfigError(
+                f"model {name!r} got unknown option(s) {sorted(unknown)}; accepted: {sorted(accepted) or 'none'}"
+            )
     return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
-__all__ = ["MODELS", "create_model", "list_models", "model_info"]
+__all__ = ["MODELS", "create_model", "list_models", "model_info", "param_count"]
+
+
+def create_volume_model(name: str, *, spatial_dims: int, in_channels: int, out_channels: int, **kwargs):
+    """A model that takes 3D volumes: 3D models as they are, 2D models run slice by slice (``SliceWise``)."""
+    net = create_model(name, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    if spatial_dims == 2:
+        from medseg.models.slicewise import SliceWise
+
+        net = SliceWise(net, axis=-1)
+    return net

@@ -1,18 +1,83 @@
-"""U-Net (MONAI's residual UNet) for 2D and 3D through one code path.
+"""U-Net family for 2D and 3D through one code path.
 
-Input sizes must be divisible by the product of ``strides``.
+- ``unet``: MONAI's residual U-Net (residual units in every stage, strided convs);
+  the default of the training configs.
+- ``unet_classic``: the original U-Net (Ronneberger et al. 2015): two 3x3
+  conv-BN-ReLU per stage, 2x max-pooling down, 2x2 transposed convolutions up,
+  skip connections by concatenation; 64-128-256-512-1024 at default width.
+- ``unet_attention``: the same network with attention gates on the skip
+  connections (Oktay et al. 2018): the decoder signal decides which skip voxels pass.
+
+Depth is ``len(channels) - 1`` down-sampling steps; input sizes must be divisible
+by ``2 ** (len(channels) - 1)`` (other sizes are zero-padded and cropped back).
 """
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
+from medseg.errors import ConfigError
 from medseg.models import MODELS
+from medseg.models._blocks import ConvNormAct, DoubleConv, PadToDivisor, conv, max_pool, up_conv
+
+
+class AttentionGate(nn.Module):
+    """Additive attention: ``skip * sigmoid(psi(relu(Wg g + Wx skip)))``, one weight per voxel."""
+
+    def __init__(self, spatial_dims: int, channels: int, inter: int, norm="batch"):
+        super().__init__()
+        self.wg = ConvNormAct(spatial_dims, channels, inter, 1, norm=norm, act=None)
+        self.wx = ConvNormAct(spatial_dims, channels, inter, 1, norm=norm, act=None)
+        self.psi = nn.Sequential(ConvNormAct(spatial_dims, inter, 1, 1, norm=norm, act=None), nn.Sigmoid())
+
+    def forward(self, g: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return skip * self.psi(torch.relu(self.wg(g) + self.wx(skip)))
+
+
+class UNet(PadToDivisor):
+    def __init__(self, spatial_dims, in_channels, out_channels, *, channels, norm="batch", act="relu", dropout=0.0, attention=False):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 2:
+            raise ConfigError(f"unet: channels needs at least 2 stages (one down-sampling), got {list(channels)}; e.g. [32, 64, 128, 256]")
+        self.divisor = 2 ** (len(channels) - 1)
+        kw = dict(norm=norm, act=act)
+        self.stem = DoubleConv(spatial_dims, in_channels, channels[0], **kw)
+        self.down = nn.ModuleList(
+            nn.Sequential(max_pool(spatial_dims), DoubleConv(spatial_dims, channels[i - 1], channels[i], dropout=dropout if i == len(channels) - 1 else 0.0, **kw))
+            for i in range(1, len(channels))
+        )
+        self.up = nn.ModuleList(up_conv(spatial_dims, channels[i], channels[i - 1]) for i in range(len(channels) - 1, 0, -1))
+        self.gates = nn.ModuleList(
+            (AttentionGate(spatial_dims, channels[i - 1], max(1, channels[i - 1] // 2), norm=norm) if attention else nn.Identity())
+            for i in range(len(channels) - 1, 0, -1)
+        )
+        self.decode = nn.ModuleList(DoubleConv(spatial_dims, 2 * channels[i - 1], channels[i - 1], **kw) for i in range(len(channels) - 1, 0, -1))
+        self.head = conv(spatial_dims, channels[0], out_channels, 1)
+        self.attention = attention
+
+    def _forward(self, x):
+        skips = [self.stem(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up, gate, decode in zip(self.up, self.gates, self.decode):
+            x = up(x)
+            skip = skips.pop()
+            if self.attention:
+                skip = gate(x, skip)
+            x = decode(torch.cat([skip, x], dim=1))
+        return self.head(x)
 
 
 @MODELS.register(
     "unet",
-    description="Residual U-Net (MONAI UNet): encoder-decoder with skip connections",
+    description="Residual U-Net (MONAI UNet): residual units, strided convs, skip connections",
     dims=(2, 3),
     divisor=8,
+    family="unet",
+    tiny={"channels": (4, 8, 8, 8)},
 )
 def unet(
     *,
@@ -25,13 +90,11 @@ def unet(
     norm: str = "instance",
     dropout: float = 0.0,
 ):
-    from monai.networks.nets import UNet
+    from monai.networks.nets import UNet as MonaiUNet
 
     if len(strides) != len(channels) - 1:
-        from medseg.errors import ConfigError
-
         raise ConfigError(f"unet: need one stride per down-sampling step: {len(channels)} channels need {len(channels) - 1} strides, got {len(strides)}")
-    return UNet(
+    return MonaiUNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
@@ -41,3 +104,45 @@ def unet(
         norm=norm,
         dropout=dropout,
     )
+
+
+@MODELS.register(
+    "unet_classic",
+    description="Original U-Net: double conv-BN-ReLU stages, max-pool down, transposed-conv up (64..1024)",
+    dims=(2, 3),
+    divisor=16,
+    family="unet",
+    tiny={"channels": (4, 4, 8, 8, 8)},
+)
+def unet_classic(
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    channels: tuple[int, ...] = (64, 128, 256, 512, 1024),
+    norm: str = "batch",
+    act: str = "relu",
+    dropout: float = 0.0,
+):
+    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout)
+
+
+@MODELS.register(
+    "unet_attention",
+    description="Attention U-Net: the classic U-Net with attention gates on the skip connections",
+    dims=(2, 3),
+    divisor=16,
+    family="unet",
+    tiny={"channels": (4, 4, 8, 8, 8)},
+)
+def unet_attention(
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    channels: tuple[int, ...] = (64, 128, 256, 512, 1024),
+    norm: str = "batch",
+    act: str = "relu",
+    dropout: float = 0.0,
+):
+    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout, attention=True)
