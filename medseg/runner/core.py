@@ -1,0 +1,220 @@
+"""``run_pipeline``: check everything, prepare the run directory, run the cases, rebuild the cohort outputs.
+
+Order of events in one invocation:
+
+1. load the pipeline (+ ``--set``), list the inputs, open the checkpoint: any
+   config or input-list problem is raised here, before a case starts;
+2. prepare RUN_DIR (remove temporaries of a killed run and stale cohort
+   outputs), write ``pipeline.yaml``, ``inputs.csv``, ``run.json``;
+3. run-level stages (plan, train) when the pipeline has them;
+4. skip the cases whose state is ``done`` for the same input fingerprint and
+   config hash with all outputs present; mark the rest ``pending``; run them
+   on the chosen engine (a failed case is recorded, the rest go on);
+5. rebuild ``volumes.csv`` & co., ``metrics.csv``, ``status.csv`` and
+   ``failures.csv`` from the per-case files, in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import ConfigError, InputError
+from medseg.runner.rundir import RUN_LOG, RunDir, now
+
+log = logging.getLogger(RUN_LOG)
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    n_cases: int
+    done: list = field(default_factory=list)  # case ids finished in this invocation
+    skipped: list = field(default_factory=list)  # done earlier, unchanged
+    failures: dict = field(default_factory=dict)  # case id -> "stage: error"
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 done with failures, 2 nothing done."""
+        n_ok = len(self.done) + len(self.skipped)
+        if n_ok == 0:
+            return 2
+        return 0 if not self.failures and n_ok == self.n_cases else 1
+
+
+def _json_rows(rd: RunDir, cases, key: str) -> tuple[list, list]:
+    rows, ids = [], []
+    for c in cases:
+        rec = rd.read_state(c.case_id) or {}
+        rel = (rec.get("outputs") or {}).get(key)
+        if rec.get("status") == "done" and rel:
+            rows += json.loads((rd.root / rel).read_text())
+            ids.append(c.case_id)
+    return rows, ids
+
+
+def aggregate(rd: RunDir, pipe, cases, table) -> None:
+    """Cohort outputs from the per-case files of every done case (input order)."""
+    import pandas as pd
+
+    import medseg
+    from medseg.io.atomic import write_csv
+
+    if pipe.has("report"):
+        from medseg.reporting import cohort
+        from medseg.reporting.volumes import volumes_frame
+
+        rep = pipe.stages["report"]
+        rows, ids = _json_rows(rd, cases, "volumes")
+        if rows:
+            ranges = cohort.read_reference_ranges(rep.reference_ranges) if rep.reference_ranges else None
+            df = cohort.add_outlier_flags(volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__}), ranges)
+            write_csv(rd.root / "volumes.csv", df)
+            wide, summary = cohort.wide_frame(df, table.names), cohort.summary_frame(df, table.names)
+            write_csv(rd.root / "volumes_wide.csv", wide)
+            write_csv(rd.root / "summary.csv", summary)
+            if rep.html and rep.qc:
+                from medseg.reporting.html import write_html
+
+                montages = {}
+                for cid in ids:
+                    qc = ((rd.read_state(cid) or {}).get("outputs") or {}).get("qc")
+                    montages[cid] = rd.root / qc if qc else None
+                write_html(rd.root / "report.html", df, wide, summary, table.names, montages,
+                           title=f"medseg run: {pipe.name}", notes=[f"Label table {table.name}; medseg {medseg.__version__}."])
+    if pipe.has("evaluate"):
+        from medseg.reporting.metrics import COLUMNS
+
+        rows, _ = _json_rows(rd, cases, "metrics")
+        if rows:
+            write_csv(rd.root / "metrics.csv", pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _write_inputs(rd: RunDir, cases) -> None:
+    import pandas as pd
+
+    from medseg.io.atomic import write_csv
+
+    write_csv(rd.root / "inputs.csv", pd.DataFrame(
+        [{"case_id": c.case_id, "kind": c.kind, "source": c.source, "label": c.label, "split": c.split,
+          "fingerprint": c.fingerprint} for c in cases],
+        columns=["case_id", "kind", "source", "label", "split", "fingerprint"]))
+
+
+def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, engine: str = "local",
+                 workers: int = 1, address: str | None = None, progress: bool = True, device: str | None = None,
+                 ray_init: dict | None = None) -> RunResult:
+    """Run ``pipeline`` (a YAML path) over ``input`` (a folder of cases or a manifest) into ``out``.
+
+    ``resume=True`` insists that ``out`` already holds a run; without it an
+    existing run directory is resumed all the same. ``ray_init``: extra
+    ``ray.init`` keywords (Python API only; e.g. a ``runtime_env``).
+    """
+    import yaml
+
+    import medseg
+    from medseg.checkpoint import load_checkpoint, versions
+    from medseg.io.atomic import write_json, write_text
+    from medseg.runner import inputs as inputs_mod
+    from medseg.runner.pipeline import load_pipeline
+
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        from medseg.runner.ray_engine import import_ray
+
+        import_ray()  # the install hint before any work
+    pipe = load_pipeline(pipeline, overrides=list(overrides or []))
+    if not pipe.has("predict"):
+        raise ConfigError(f"pipeline has no predict stage; nothing to run per case (stages: {', '.join(pipe.stages)})",
+                          path=pipeline)
+    cases, ignored = inputs_mod.discover(input, pipe)
+    rd = RunDir(out)
+    if resume and not (rd.root / "run.json").is_file():
+        raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=rd.root)
+    ckpt = None
+    if pipe.stages["predict"].model:
+        ckpt = load_checkpoint(pipe.stages["predict"].model)
+
+    rd.prepare()
+    handler = rd.open_log()
+    t_start = time.monotonic()
+    try:
+        log.info("run %s: %d cases from %s, engine %s x%d", pipe.name, len(cases), input, engine, workers)
+        if ignored:
+            log.info("not cases (ignored): %s", ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else ""))
+        write_text(rd.root / "pipeline.yaml", yaml.safe_dump(pipe.to_dict(), sort_keys=False))
+        _write_inputs(rd, cases)
+        prev = {}
+        try:
+            prev = json.loads((rd.root / "run.json").read_text())
+        except (OSError, ValueError):
+            pass
+        invocation = {"started": now(), "engine": engine, "workers": workers, "argv": sys.argv[1:] if sys.argv else []}
+        run_info = {"pipeline": pipe.name, "pipeline_file": str(Path(pipeline).resolve()), "input": str(Path(input).resolve()),
+                    "medseg_version": medseg.__version__, "versions": versions(), "state": "running",
+                    "n_cases": len(cases), "invocations": prev.get("invocations", []) + [invocation]}
+        write_json(rd.root / "run.json", run_info)
+
+        if pipe.has("train"):
+            from medseg.runner import learn
+
+            manifest = Path(input).resolve()
+            plan_result = learn.plan(rd, pipe, manifest) if pipe.has("plan") else None
+            ckpt = load_checkpoint(learn.train(rd, pipe, manifest, plan_result, progress=progress, device=device))
+        model_sha = ckpt["file_sha256"]
+        config_sha = pipe.case_config_sha256(model_sha)
+        run_info.update(model={"path": ckpt["path"], "sha256": model_sha, "name": ckpt["model"]["name"],
+                               "weights_sha256": ckpt.get("weights_sha256")}, config_sha256=config_sha)
+        write_json(rd.root / "run.json", run_info)
+
+        from medseg.runner.stages import RunContext
+
+        ctx = RunContext(root=str(rd.root), pipeline=pipe, config_sha256=config_sha, model_path=ckpt["path"],
+                         model_sha256=model_sha, labels=ckpt["labels"], engine=engine, device=device or "")
+        result = RunResult(rd.root, len(cases))
+        todo = []
+        for c in cases:
+            if rd.is_current(c, config_sha):
+                result.skipped.append(c.case_id)
+            else:
+                prev_rec = rd.read_state(c.case_id) or {}
+                rd.write_state(c.case_id, {"status": "pending", "attempt": prev_rec.get("attempt", 0), "source": c.source,
+                                           "fingerprint": c.fingerprint, "config_sha256": config_sha})
+                todo.append(c)
+        log.info("%d cases to do, %d already done", len(todo), len(result.skipped))
+
+        def on_record(rec: dict) -> None:
+            if rec["status"] == "done":
+                result.done.append(rec["case_id"])
+            else:
+                result.failures[rec["case_id"]] = f"{rec.get('stage')}: {rec.get('error')}"
+
+        if engine == "ray":
+            from medseg.runner.ray_engine import run_ray
+
+            run_ray(ctx, todo, workers=workers, address=address, progress=progress, on_record=on_record, init_kwargs=ray_init)
+        else:
+            from medseg.runner.local import run_local
+
+            run_local(ctx, todo, workers=workers, progress=progress, on_record=on_record)
+
+        aggregate(rd, pipe, cases, ctx.label_table())
+        counts = rd.write_tables(cases)
+        import resource
+
+        invocation.update(finished=now(), seconds=round(time.monotonic() - t_start, 3), done=len(result.done),
+                          skipped=len(result.skipped), failed=len(result.failures),
+                          peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
+        run_info.update(state="finished", counts=counts, exit_code=result.exit_code)
+        write_json(rd.root / "run.json", run_info)
+        log.info("finished: %d done now, %d already done, %d failed (exit %d)", len(result.done), len(result.skipped),
+                 len(result.failures), result.exit_code)
+        return result
+    finally:
+        RunDir.close_log(handler)

@@ -1,0 +1,160 @@
+"""The cases of a run: from a folder (one image file or DICOM sub-folder per case) or a manifest CSV.
+
+Each case gets a cheap fingerprint up front (sizes and modification times of
+its files: no pixel data is read before the run starts); the content hash
+(``input_sha256``) is computed while the case is read and stored in its state
+record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import ConfigError, InputError
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Case:
+    case_id: str
+    source: str  # absolute path of the image file or DICOM folder
+    kind: str  # "dicom" (a folder) or "image" (a file)
+    label: str = ""  # reference label map (manifests with a label column)
+    split: str = ""
+    fingerprint: str = ""
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    out = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(root) / f for f in sorted(files) if not f.startswith(".")]
+    return out
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over (relative name, size, mtime) of the input's files; "missing" when it does not exist."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    h = hashlib.sha256()
+    for f in _files_of(p):
+        st = f.stat()
+        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def content_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, or over (relative name, sha256) of every file of a folder."""
+    p = Path(path)
+    outer = hashlib.sha256()
+    for f in _files_of(p):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        if p.is_file():
+            return h.hexdigest()
+        outer.update(f"{f.relative_to(p)}\0{h.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def _check_id(cid: str, where) -> str:
+    if not cid or cid.startswith(".") or "/" in cid or "\\" in cid or cid in ("_train", "_plan"):
+        raise InputError(f"case id {cid!r} cannot name files; use letters, digits, '-', '_' and '.'", path=where)
+    return cid
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def from_folder(folder: Path) -> tuple[list[Case], list[str]]:
+    """One case per image file and per sub-folder (a DICOM series folder); returns ``(cases, ignored names)``."""
+    from medseg.io.readers import case_id_for
+
+    cases, ignored = [], []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if _is_image(child):
+            cases.append(Case(_check_id(case_id_for(child), child), str(child.resolve()), "image"))
+        elif child.is_dir():
+            cases.append(Case(_check_id(child.name, child), str(child.resolve()), "dicom"))
+        else:
+            ignored.append(child.name)
+    if not cases:
+        from medseg.io.dicom import is_dicom_folder
+
+        if is_dicom_folder(folder):  # the folder itself is one DICOM case
+            return [Case(_check_id(folder.resolve().name, folder), str(folder.resolve()), "dicom")], []
+        raise InputError("no cases found; expected image files (.nii.gz, .nrrd, .mha) and/or one sub-folder of "
+                         "DICOM files per case, or a manifest .csv", path=folder)
+    return cases, ignored
+
+
+def from_manifest(path: Path, column: str, label_column: str, split: str) -> list[Case]:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"cannot read as CSV ({str(exc).splitlines()[0]})", path=path) from None
+    for col in ("case_id", column):
+        if col not in df.columns:
+            raise ConfigError(f"manifest has no column {col!r} (columns: {', '.join(df.columns)}); "
+                              f"set the image column with --set input.column=NAME", path=path)
+    if split:
+        if "split" not in df.columns:
+            raise ConfigError(f"input.split is {split!r} but the manifest has no 'split' column", path=path)
+        df = df[df["split"] == split]
+        if df.empty:
+            raise InputError(f"no rows with split {split!r}", path=path)
+    dups = sorted(df.loc[df["case_id"].duplicated(), "case_id"].unique())
+    if dups:
+        raise InputError(f"duplicate case_id(s) {dups[:5]}; each case must appear once", path=path)
+
+    def resolve(rel: str) -> str:
+        if not rel:
+            return ""
+        p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        return str(p.resolve())
+
+    cases = []
+    for _, row in df.iterrows():
+        src = resolve(row[column])
+        kind = "dicom" if src and Path(src).is_dir() else "image"
+        cases.append(Case(_check_id(row["case_id"], path), src, kind, label=resolve(row.get(label_column, "")),
+                          split=row.get("split", "")))
+    return cases
+
+
+def discover(input_path, pipe) -> tuple[list[Case], list[str]]:
+    """The run's cases with fingerprints, and the names in a folder that are not cases."""
+    p = Path(input_path)
+    if not p.exists():
+        raise InputError("input not found; expected a folder of cases or a manifest .csv", path=p)
+    if p.is_file() and p.suffix.lower() == ".csv":
+        cases, ignored = from_manifest(p, pipe.input.column, pipe.input.label_column, pipe.input.split), []
+    elif p.is_dir():
+        if pipe.has("train"):
+            raise ConfigError("the train stage needs a manifest .csv as --input (with image, label and split columns)", path=p)
+        cases, ignored = from_folder(p)
+    else:
+        raise InputError("input is neither a folder nor a manifest .csv", path=p)
+    if pipe.has("evaluate"):
+        missing = [c.case_id for c in cases if not c.label]
+        if missing:
+            raise ConfigError(f"the evaluate stage needs a reference label per case (manifest column "
+                              f"{pipe.input.label_column!r}); none for {missing[:5]}", path=p)
+    for c in cases:
+        c.fingerprint = fingerprint(c.source) if c.source else "missing"
+        if c.label:
+            c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(c.label)}".encode()).hexdigest()
+    return cases, ignored

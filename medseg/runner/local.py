@@ -1,0 +1,83 @@
+"""The local engine: one process, the model loaded once, reading overlapped with inference.
+
+Three steps run side by side: ``workers`` reader threads hash and read the
+next cases (DICOM scan -> select -> convert; decoding and gzip release the
+GIL), the calling thread runs the network on the current case, and one writer
+thread writes the previous case's outputs (label map, SEG, tables, QC). Reads
+are submitted only while fewer than ``workers`` cases are read or waiting, and
+a case is handed to the writer only after the previous one is written, so at
+most ``workers + 2`` images are in memory however many cases there are.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from medseg.runner.stages import CaseFailure, fail, load_predictor, mark_running, now, predictor_info, read_case, segment, write_case
+
+
+def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=None) -> list[dict]:
+    """Process ``cases``; returns their final state records in the order they finished."""
+    from tqdm.auto import tqdm
+
+    if not cases:
+        return []
+    predictor = load_predictor(ctx)
+    info = predictor_info(predictor)
+    workers = max(1, int(workers))
+    records: list[dict] = []
+    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, smoothing=0.1)
+
+    def done(rec: dict) -> None:
+        records.append(rec)
+        bar.update(1)
+        bar.set_postfix(failed=sum(r["status"] == "failed" for r in records), refresh=False)
+        if on_record:
+            on_record(rec)
+
+    def write(loaded, labels, t0):
+        try:
+            return write_case(ctx, info, loaded, labels, t0=t0)
+        except CaseFailure as exc:
+            return fail(ctx, loaded.case, exc, attempt=loaded.attempt, started=loaded.started, t0=t0)
+
+    queue: collections.deque = collections.deque()
+    todo = iter(cases)
+
+    def submit(pool) -> None:
+        case = next(todo, None)
+        if case is not None:
+            started, t0 = now(), time.monotonic()
+            attempt = mark_running(ctx, case)
+            queue.append((case, attempt, started, t0, pool.submit(read_case, ctx, case)))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="medseg-read") as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix="medseg-write") as writer:
+        for _ in range(workers):
+            submit(readers)
+        writing = None
+        try:
+            while queue:
+                case, attempt, started, t0, fut = queue.popleft()
+                submit(readers)
+                try:
+                    loaded = fut.result()
+                    loaded.attempt, loaded.started = attempt, started
+                    labels = segment(predictor, loaded)
+                except CaseFailure as exc:
+                    done(fail(ctx, case, exc, attempt=attempt, started=started, t0=t0))
+                    continue
+                if writing is not None:
+                    done(writing.result())
+                writing = writer.submit(write, loaded, labels, t0)
+                del loaded, labels
+            if writing is not None:
+                done(writing.result())
+                writing = None
+        finally:
+            for item in queue:  # interrupted: do not start reads that nobody will use
+                item[-1].cancel()
+            bar.close()
+    return records

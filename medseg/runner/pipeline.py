@@ -1,0 +1,255 @@
+"""Pipeline files (``pipelines/*.yaml``): stages and their settings, strictly checked.
+
+A pipeline is a name, an ``input`` section (which manifest column holds the
+images, which split to process) and an ordered mapping of ``stages``. Stage
+names and keys are checked like training configs (unknown ones are refused
+with a "did you mean"), ``--set`` overrides are applied first
+(``predict.model=best.pt`` is short for ``stages.predict.model=best.pt``), and
+every file a stage names must exist: all of this before any case starts.
+
+Relative paths are tried against the working directory, then against the
+pipeline file's folder (and, for ``train.config``, ``configs/training``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.config import CONFIG_ROOT, _build, apply_overrides
+from medseg.errors import ConfigError
+
+
+@dataclass
+class InputSpec:
+    column: str = "image"  # manifest column holding the image file or DICOM folder (e.g. "dicom")
+    label_column: str = "label"  # manifest column with reference label maps (evaluate)
+    split: str = ""  # process only manifest rows of this split (e.g. "test"); empty: all rows
+
+
+@dataclass
+class ScanStage:
+    """Header-only scan of each DICOM folder and the geometry policy of its stacks."""
+
+    resample_irregular: bool = False  # interpolate missing slices / uneven spacing (default: refuse)
+    refuse_tilt: bool = False  # refuse gantry tilt (default: resample onto an orthogonal grid)
+
+
+@dataclass
+class SelectStage:
+    """Which image stack of a DICOM folder to segment (the largest that matches)."""
+
+    modalities: list = field(default_factory=list)  # e.g. [CT]; empty: any
+    min_slices: int = 1
+    description: str = ""  # regular expression searched in SeriesDescription
+
+
+@dataclass
+class ConvertStage:
+    write_nifti: bool = True  # keep the selected DICOM stack as cases/<id>/image.nii.gz (+ .json)
+
+
+@dataclass
+class PlanStage:
+    """Dataset fingerprint of the training cases (plan.json); optionally picks the training spacing."""
+
+    spacing: str = "config"  # config: keep the training config's spacing; median: the training images' median spacing
+
+
+@dataclass
+class TrainStage:
+    config: str = "phantom_demo"  # training recipe: a YAML path or a name in configs/training
+    overrides: dict = field(default_factory=dict)  # nested settings merged into it, e.g. {training: {epochs: 2}}
+
+
+@dataclass
+class PredictStage:
+    model: str = ""  # checkpoint (.pt); empty when a train stage makes it
+    device: str = ""  # cpu, cuda, cuda:1; empty: cuda when available
+    dicom_seg: bool = True  # write cases/<id>/seg.dcm for DICOM inputs
+    inference: dict = field(default_factory=dict)  # overrides of the checkpoint's inference settings
+
+
+@dataclass
+class EvaluateStage:
+    surface: bool = True  # HD95, ASSD, NSD besides overlap and volume errors
+    nsd_tolerance_mm: float = 0.0  # 0: the default tolerance
+
+
+@dataclass
+class ReportStage:
+    qc: bool = True  # montage per case (qc/<id>.png)
+    html: bool = True  # report.html (needs qc)
+    intensities: bool = True  # intensity statistics per structure from the image
+    min_size_ml: float = 0.0  # 0: off; smaller structures get status below_min_size
+    window: list = field(default_factory=list)  # QC grey window [low, high]; empty: automatic
+    reference_ranges: str = ""  # CSV/YAML of reference volume ranges for the outlier flags
+
+    #: Settings that only change the cohort tables, not any case's outputs.
+    AGGREGATE_ONLY = ("html", "reference_ranges")
+
+
+STAGES = {"scan": ScanStage, "select": SelectStage, "convert": ConvertStage, "plan": PlanStage, "train": TrainStage,
+          "predict": PredictStage, "evaluate": EvaluateStage, "report": ReportStage}
+ORDER = list(STAGES)
+#: Stages that run once per case (the rest run once per run).
+CASE_STAGES = ("scan", "select", "convert", "predict", "evaluate", "report")
+TOP_KEYS = ("name", "description", "input", "stages")
+
+
+@dataclass
+class Pipeline:
+    name: str
+    description: str
+    input: InputSpec
+    stages: dict  # stage name -> settings dataclass, in run order
+    source: str = ""
+
+    def has(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "input": dataclasses.asdict(self.input),
+                "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()}}
+
+    def case_config_sha256(self, model_sha256: str) -> str:
+        """Hash of everything that shapes a case's outputs: per-case stage settings and the model checksum."""
+        parts = {}
+        for name, st in self.stages.items():
+            if name not in CASE_STAGES:
+                continue
+            d = dataclasses.asdict(st)
+            for k in getattr(st, "AGGREGATE_ONLY", ()) + (("model", "device") if name == "predict" else ()):
+                d.pop(k, None)
+            parts[name] = d
+        parts["input"] = {"column": self.input.column, "label_column": self.input.label_column}
+        blob = json.dumps({"stages": parts, "model_sha256": model_sha256}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _unknown(key: str, known, where: str, what: str) -> ConfigError:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+    return ConfigError(f"{where}: unknown {what} {key!r}{hint}")
+
+
+def _expand_overrides(overrides, stage_names) -> list[str]:
+    out = []
+    for item in overrides or []:
+        head = item.split("=", 1)[0].strip().split(".")[0]
+        if head in STAGES:
+            if head not in stage_names:
+                raise ConfigError(f"override {item!r}: this pipeline has no stage {head!r} (stages: {', '.join(stage_names)})")
+            item = "stages." + item.strip()
+        out.append(item)
+    return out
+
+
+def resolve_path(ref: str, base: Path | None, extra: tuple[Path, ...] = ()) -> Path | None:
+    """``ref`` as given (absolute or against the working directory), else against ``base``, else ``extra`` folders."""
+    p = Path(ref).expanduser()
+    candidates = [p] + ([] if p.is_absolute() else [b / p for b in ([base] if base else []) + list(extra)])
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    return None
+
+
+def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[str] | None = None,
+                       base: Path | None = None) -> Pipeline:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with {', '.join(TOP_KEYS)}")
+    data = json.loads(json.dumps(data))  # a deep copy
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, dict) or not raw_stages:
+        raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> settings "
+                          f"(stages: {', '.join(ORDER)})")
+    data = apply_overrides(data, _expand_overrides(overrides, list(raw_stages)))
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _unknown(key, TOP_KEYS, source, "key")
+    stages = {}
+    for name, settings in data["stages"].items():
+        if name not in STAGES:
+            raise _unknown(name, ORDER, f"{source}: stages", "stage")
+        stages[name] = _build(STAGES[name], settings or {}, f"{source}: stages.{name}")
+    pipe = Pipeline(name=str(data.get("name") or Path(source).stem), description=str(data.get("description") or ""),
+                    input=_build(InputSpec, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
+    _validate(pipe, source, base)
+    return pipe
+
+
+def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        known = sorted(f.name for f in (CONFIG_ROOT.parent / "pipelines").glob("*.yaml"))
+        raise ConfigError(f"pipeline file not found; the shipped ones are pipelines/{', pipelines/'.join(known)}", path=p)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=p) from None
+    return pipeline_from_dict(data, source=str(p), overrides=overrides, base=p.parent.resolve())
+
+
+def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
+    names = list(pipe.stages)
+    ranks = [ORDER.index(n) for n in names]
+    for (a, ra), (b, rb) in zip(zip(names, ranks), zip(names[1:], ranks[1:])):
+        if rb < ra:
+            raise ConfigError(f"{source}: stage {b!r} must come before {a!r} (order: {' -> '.join(ORDER)})")
+    st = pipe.stages
+    for needs in ("evaluate", "report"):
+        if needs in st and "predict" not in st:
+            raise ConfigError(f"{source}: stage {needs!r} needs a 'predict' stage before it")
+    if "predict" in st:
+        pred = st["predict"]
+        if "train" in st:
+            if pred.model:
+                raise ConfigError(f"{source}: stages.predict.model is set but the train stage makes the model; remove one")
+        elif not pred.model:
+            raise ConfigError(f"{source}: stages.predict.model: no checkpoint given; add --set predict.model=PATH.pt")
+        else:
+            found = resolve_path(pred.model, base)
+            if found is None or not found.is_file():
+                raise ConfigError("stages.predict.model: checkpoint file not found", path=pred.model)
+            pred.model = str(found)
+        from medseg.config import InferenceConfig
+
+        allowed = [f.name for f in dataclasses.fields(InferenceConfig)]
+        for key in pred.inference:
+            if key not in allowed:
+                raise _unknown(key, allowed, f"{source}: stages.predict.inference", "key")
+    if "train" in st:
+        found = resolve_path(st["train"].config, base, (CONFIG_ROOT / "training",))
+        if found is None and not Path(st["train"].config).suffix:
+            found = resolve_path(st["train"].config + ".yaml", base, (CONFIG_ROOT / "training",))
+        if found is None or not found.is_file():
+            raise ConfigError("stages.train.config: training config not found (a YAML path or a name in configs/training)",
+                              path=st["train"].config)
+        st["train"].config = str(found)
+    if "plan" in st and st["plan"].spacing not in ("config", "median"):
+        raise ConfigError(f"{source}: stages.plan.spacing must be 'config' or 'median', found {st['plan'].spacing!r}")
+    if "report" in st:
+        rep = st["report"]
+        if rep.reference_ranges:
+            found = resolve_path(rep.reference_ranges, base)
+            if found is None or not found.is_file():
+                raise ConfigError("stages.report.reference_ranges: file not found", path=rep.reference_ranges)
+            rep.reference_ranges = str(found)
+        if rep.window and (len(rep.window) != 2 or not float(rep.window[0]) < float(rep.window[1])):
+            raise ConfigError(f"{source}: stages.report.window must be [low, high] with low < high")
+        if rep.min_size_ml < 0:
+            raise ConfigError(f"{source}: stages.report.min_size_ml must be >= 0")
+    if "select" in st and st["select"].description:
+        import re
+
+        try:
+            re.compile(st["select"].description)
+        except re.error as exc:
+            raise ConfigError(f"{source}: stages.select.description is not a regular expression ({exc})") from None

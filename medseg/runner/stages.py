@@ -1,0 +1,275 @@
+"""The per-case stages, shared by every engine: read (scan -> select -> convert), segment, write.
+
+``read_case`` runs in reader threads (local engine) or in a Ray actor;
+``segment`` needs the loaded model; ``write_case`` writes the case's outputs
+(label map, DICOM SEG, volumes rows, QC montage, metrics rows) and then, last,
+its ``done`` state record. A problem in any stage raises ``CaseFailure`` with
+the stage's name and a one-line reason; the engines record it and go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from medseg.errors import MedsegError
+from medseg.runner.rundir import RUN_LOG, RunDir, now, peak_rss_mb, reset_peak_rss
+
+log = logging.getLogger(RUN_LOG)
+
+
+class CaseFailure(Exception):
+    def __init__(self, stage: str, message: str):
+        self.stage = stage
+        self.message = message
+        super().__init__(f"{stage}: {message}")
+
+
+@contextlib.contextmanager
+def stage(name: str, case_id: str):
+    try:
+        yield
+    except CaseFailure:
+        raise
+    except MedsegError as exc:
+        raise CaseFailure(name, " ".join(str(exc).split())) from None
+    except Exception as exc:  # a bug must not stop the batch: recorded with its type, traceback in run.log
+        log.error("%s: internal error in %s:\n%s", case_id, name, traceback.format_exc())
+        first = (str(exc).splitlines() or [""])[0]
+        raise CaseFailure(name, f"internal error {type(exc).__name__}: {first}") from None
+
+
+@dataclass
+class RunContext:
+    """Everything a worker needs about the run (picklable: sent to Ray actors)."""
+
+    root: str
+    pipeline: object  # runner.pipeline.Pipeline
+    config_sha256: str
+    model_path: str
+    model_sha256: str
+    labels: dict  # the checkpoint's label table
+    engine: str = "local"
+    device: str = ""
+
+    @property
+    def rundir(self) -> RunDir:
+        return RunDir(self.root)
+
+    def label_table(self):
+        from medseg.labels import LabelTable
+
+        return LabelTable.from_dict(self.labels, source=self.model_path)
+
+
+@dataclass
+class Loaded:
+    case: object
+    image: object  # Volume
+    input_sha256: str
+    outputs: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    attempt: int = 1
+    started: str = ""
+
+
+def where() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def mark_running(ctx: RunContext, case) -> int:
+    """Write the ``running`` record; returns the attempt number."""
+    rd = ctx.rundir
+    prev = rd.read_state(case.case_id) or {}
+    attempt = int(prev.get("attempt") or 0) + 1
+    rd.write_state(case.case_id, {"status": "running", "attempt": attempt, "started": now(), "source": case.source,
+                                  "kind": case.kind, "fingerprint": case.fingerprint, "config_sha256": ctx.config_sha256,
+                                  "engine": ctx.engine, **where()})
+    return attempt
+
+
+def fail(ctx: RunContext, case, exc: CaseFailure, *, attempt: int, started: str, t0: float) -> dict:
+    rec = {"status": "failed", "stage": exc.stage, "error": exc.message, "attempt": attempt, "started": started,
+           "finished": now(), "seconds": round(time.monotonic() - t0, 3), "source": case.source, "kind": case.kind,
+           "fingerprint": case.fingerprint, "config_sha256": ctx.config_sha256, "engine": ctx.engine, **where()}
+    ctx.rundir.write_state(case.case_id, rec)
+    log.info("%s failed in %s: %s", case.case_id, exc.stage, exc.message)
+    return {**rec, "case_id": case.case_id}
+
+
+def load_predictor(ctx: RunContext):
+    from medseg.inference.predictor import Predictor
+
+    pred = ctx.pipeline.stages["predict"]
+    return Predictor.from_checkpoint(ctx.model_path, device=ctx.device or pred.device or None, progress=False,
+                                     **pred.inference)
+
+
+def _read_dicom(ctx: RunContext, case):
+    from medseg.io.dicom import scan_inventory, volume_from_candidate
+    from medseg.io.dicom_geometry import GeometryPolicy
+    from medseg.io.dicom_select import SelectionRule, select
+
+    st = ctx.pipeline.stages
+    scan, sel = st.get("scan"), st.get("select")
+    policy = GeometryPolicy(irregular="resample" if scan and scan.resample_irregular else "refuse",
+                            tilt="refuse" if scan and scan.refuse_tilt else "resample")
+    with stage("scan", case.case_id):
+        inv = scan_inventory(case.source, policy=policy)
+    with stage("select", case.case_id):
+        rule = SelectionRule(modalities=tuple(sel.modalities), min_slices=sel.min_slices,
+                             description=sel.description or None) if sel else None
+        chosen, record = select(inv.candidates, rule, folder=case.source)
+        log.info("%s: series %s (%s)", case.case_id, chosen.key, record["reason"])
+    with stage("convert", case.case_id):
+        return volume_from_candidate(chosen, case.source, selection=record)
+
+
+def read_case(ctx: RunContext, case) -> Loaded:
+    """Hash and read one input (DICOM: scan -> select -> convert); no model needed."""
+    from medseg.runner.inputs import content_sha256
+
+    t0 = time.monotonic()
+    with stage("read", case.case_id):
+        from medseg.errors import InputError
+
+        if not case.source or not os.path.exists(case.source):
+            raise InputError("no such file or folder", path=case.source or case.case_id)
+        sha = content_sha256(case.source)
+    outputs = {}
+    if case.kind == "dicom":
+        image = _read_dicom(ctx, case)
+        conv = ctx.pipeline.stages.get("convert")
+        if conv is not None and conv.write_nifti:
+            with stage("convert", case.case_id):
+                import medseg
+                from medseg.io.atomic import write_json
+                from medseg.io.readers import write_volume
+
+                cdir = ctx.rundir.case_dir(case.case_id)
+                target = write_volume(image, cdir / "image.nii.gz")
+                write_json(cdir / "image.json", {"medseg_version": medseg.__version__, "output": target.name,
+                                                 **image.meta["dicom"], "shape": list(image.shape),
+                                                 "spacing_mm": list(image.spacing), "affine_ras": image.affine.tolist()})
+                outputs.update(image=ctx.rundir.rel(target), image_sidecar=ctx.rundir.rel(cdir / "image.json"))
+    else:
+        with stage("read", case.case_id):
+            from medseg.io.readers import read_volume
+
+            image = read_volume(case.source)
+    return Loaded(case, image, sha, outputs, {"read": round(time.monotonic() - t0, 3)})
+
+
+def segment(predictor, loaded: Loaded):
+    """Run the network; the peak-memory window covers this case's inference."""
+    reset_peak_rss()
+    t0 = time.monotonic()
+    with stage("predict", loaded.case.case_id):
+        labels = predictor.predict(loaded.image)
+    loaded.seconds["predict"] = round(time.monotonic() - t0, 3)
+    labels.meta["peak_rss_mb"] = peak_rss_mb()
+    return labels
+
+
+def _plain(obj):
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *, t0: float) -> dict:
+    """Write the case's outputs, then its ``done`` record (returned)."""
+    import medseg
+    from medseg.io.atomic import write_json
+    from medseg.io.readers import write_label_map
+
+    case, rd, st = loaded.case, ctx.rundir, ctx.pipeline.stages
+    cid, cdir, table = case.case_id, rd.case_dir(case.case_id), ctx.label_table()
+    outputs = dict(loaded.outputs)
+    t1 = time.monotonic()
+    with stage("predict", cid):
+        if st["predict"].dicom_seg and case.kind == "dicom":
+            from medseg.io.seg import write_dicom_seg
+
+            outputs["dicom_seg"] = rd.rel(write_dicom_seg(labels, case.source, table, cdir / "seg.dcm",
+                                                          software_version=medseg.__version__))
+        outputs["labels"] = rd.rel(write_label_map(labels, cdir / "labels.nii.gz"))
+        meta = {k: v for k, v in labels.meta.items() if k != "probabilities"}
+        outputs["labels_sidecar"] = rd.rel(write_json(cdir / "labels.json", _plain({
+            "case_id": cid, "source": case.source, "labels": ctx.labels, "model": predictor_info["model"],
+            "inference": predictor_info["inference"], "shape": list(labels.shape), "affine": labels.affine.tolist(),
+            "spacing_mm": list(labels.spacing), "input_format": loaded.image.meta.get("format"), **meta})))
+    if "report" in st:
+        rep = st["report"]
+        with stage("report", cid):
+            from medseg.reporting.volumes import structure_rows
+
+            rows = structure_rows(cid, labels, table, loaded.image if rep.intensities else None,
+                                  min_size_ml=rep.min_size_ml or None)
+            for row in rows:
+                row.update(source_labels=outputs["labels"], source_image=case.source,
+                           intensity_sampling="same grid" if rep.intensities else "",
+                           model=predictor_info["model"].get("model_name", ""), model_sha256=ctx.model_sha256)
+            outputs["volumes"] = rd.rel(write_json(cdir / "volumes.json", _plain(rows)))
+            if rep.qc:
+                from medseg.reporting.tables import _safe_name
+                from medseg.reporting.qc import write_montage
+
+                png = write_montage(rd.qc_dir / f"{_safe_name(cid)}.png", labels.array, labels.affine, table,
+                                    loaded.image.array if rep.intensities else None, rows=rows, title=cid,
+                                    window=tuple(rep.window) if rep.window else None)
+                if png is not None:
+                    outputs["qc"] = rd.rel(png)
+    if "evaluate" in st:
+        ev = st["evaluate"]
+        with stage("evaluate", cid):
+            from medseg.io.geometry import align_to
+            from medseg.io.readers import read_volume
+            from medseg.io.volume import same_grid
+            from medseg.reporting.metrics import DEFAULT_NSD_TOLERANCE_MM, metric_rows
+
+            ref = read_volume(case.label)
+            if not same_grid(ref, labels):
+                ref = align_to(ref, labels)
+            rows = metric_rows(cid, labels, ref, table, surface=ev.surface,
+                               nsd_tolerance_mm=ev.nsd_tolerance_mm or DEFAULT_NSD_TOLERANCE_MM)
+            outputs["metrics"] = rd.rel(write_json(cdir / "metrics.json", _plain(rows)))
+    seconds = {**loaded.seconds, "write": round(time.monotonic() - t1, 3)}
+    rec = {"status": "done", "stage": "", "error": "", "attempt": loaded.attempt, "started": loaded.started,
+           "finished": now(), "seconds": round(time.monotonic() - t0, 3), "stage_seconds": seconds,
+           "peak_rss_mb": labels.meta.get("peak_rss_mb"), "source": case.source, "kind": case.kind,
+           "fingerprint": case.fingerprint, "input_sha256": loaded.input_sha256, "config_sha256": ctx.config_sha256,
+           "model_sha256": ctx.model_sha256, "outputs": outputs, "engine": ctx.engine, **where()}
+    rd.write_state(cid, rec)  # last: its presence marks the case as done
+    log.info("%s done in %.2f s (peak %.0f MB)", cid, rec["seconds"], rec["peak_rss_mb"] or 0)
+    return {**rec, "case_id": cid}
+
+
+def predictor_info(predictor) -> dict:
+    return {"model": dict(predictor.provenance), "inference": dict(predictor.inference)}
+
+
+def process_case(ctx: RunContext, predictor, case) -> dict:
+    """All stages of one case in this thread (the Ray engine's unit of work); returns its state record."""
+    t0, started = time.monotonic(), now()
+    attempt = mark_running(ctx, case)
+    try:
+        loaded = read_case(ctx, case)
+        loaded.attempt, loaded.started = attempt, started
+        labels = segment(predictor, loaded)
+        return write_case(ctx, predictor_info(predictor), loaded, labels, t0=t0)
+    except CaseFailure as exc:
+        return fail(ctx, case, exc, attempt=attempt, started=started, t0=t0)

@@ -1,0 +1,46 @@
+"""``pipelines/train_and_evaluate.yaml`` on a tiny coarse cohort: plan -> train -> predict (test split) -> evaluate -> report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medseg.cli import main
+
+PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "train_and_evaluate.yaml")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
+    from medseg.io.readers import write_label_map, write_volume
+    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        ph = make_phantom(800 + i, case_id=f"p{i}", spacing=(3.0, 3.0, 5.0))
+        write_volume(ph.image, tmp_path / "img" / f"p{i}.nii.gz")
+        write_label_map(ph.labels, tmp_path / "lab" / f"p{i}.nii.gz")
+        rows.append({"case_id": f"p{i}", "image": f"img/p{i}.nii.gz", "label": f"lab/p{i}.nii.gz", "split": split})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    args = ["run", PIPELINE, "--input", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "run"), "--no-progress",
+            "--set", "train.overrides.training.epochs=1", "--set", "train.overrides.training.val_every=1",
+            "--set", "plan.spacing=median", "--set", "report.qc=false"]
+    assert main(args) == 0
+    run = tmp_path / "run"
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["n_training_images"] == 3 and plan["median_spacing_mm"] == [3.0, 3.0, 5.0]
+    assert (run / "train" / "best.pt").is_file()
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["case_id"].unique()) == ["p3"] and len(metrics) == len(PHANTOM_LABELS.labels)
+    assert metrics["dice"].between(0, 1).all()
+    assert len(pd.read_csv(run / "volumes.csv")) == len(PHANTOM_LABELS.labels)
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["model"]["path"] == str(run / "train" / "best.pt")
+    trained = json.loads((run / "state" / "_train.json").read_text())["finished"]
+    capsys.readouterr()
+    assert main(args) == 0  # rerun: neither training nor the test case is redone
+    assert json.loads((run / "state" / "_train.json").read_text())["finished"] == trained
+    assert "0 done, 1 already done" in capsys.readouterr().out
