@@ -141,10 +141,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def build_model(ckpt: dict):
     """The checkpoint's network with its weights loaded, in eval mode."""
-    from medseg.models import create_model
+    from medseg.models import create_volume_model
 
     m = ckpt["model"]
-    model = create_model(
+    model = create_volume_model(
         m["name"], spatial_dims=m["spatial_dims"], in_channels=m["in_channels"], out_channels=m["out_channels"], **m["kwargs"]
     )
     try:

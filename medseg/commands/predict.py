@@ -17,6 +17,8 @@ def _overrides(args) -> dict:
         out["skip_background"] = False
     if args.no_channels_last:
         out["channels_last"] = False
+    if args.crf is not None:
+        out["crf_iterations"] = args.crf
     return out
 
 
@@ -49,5 +51,6 @@ def add(sub) -> None:
     g.add_argument("--tta-flips", help="comma-separated spatial axes to mirror (0=x L-R, 1=y, 2=z); never 0 for left/right labels")
     g.add_argument("--no-skip-background", action="store_true", help="run the network on air-only windows too")
     g.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
+    g.add_argument("--crf", type=int, metavar="ITERATIONS", help="dense-CRF refinement of the scores (DeepLab post-processing); 0 = off")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_run)

@@ -134,6 +134,11 @@ class Predictor:
                     channels_last=inf["channels_last"], skip_background=inf["skip_background"] and floor is not None,
                     floor=floor or 0.0, progress=self.progress, stats=stats,
                 )
+                if inf.get("crf_iterations", 0) > 0:
+                    from medseg.models.crf import crf_refine
+
+                    with torch.no_grad():
+                        logits = crf_refine(logits, xi.to(logits.device), iterations=int(inf["crf_iterations"]))
                 p = torch.softmax(logits[0].float(), dim=0)
                 if dims:
                     p = torch.flip(p, (dims[0] - 1,))

@@ -119,7 +119,7 @@ def train(
     from medseg.inference.sliding_window import default_device
     from medseg.io.atomic import atomic_path, write_csv, write_json, write_text
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
-    from medseg.models import create_model
+    from medseg.models import create_volume_model
     from medseg.training.curves import plot_training_curve
     from medseg.training.validation import validate
     from medseg.transforms.intensity import floor_value
@@ -133,8 +133,6 @@ def train(
     rank = dist.get_rank() if world > 1 else 0
     main = rank == 0
     progress = progress and main
-    if config.model.spatial_dims != 3:
-        raise ConfigError("training 2D models is not available yet; use model.spatial_dims: 3")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = label_table or config.label_table()
@@ -176,8 +174,8 @@ def train(
     from monai.utils import set_determinism
 
     set_determinism(seed=tc.seed)  # the initial weights
-    model = create_model(config.model.name, spatial_dims=3, in_channels=len(image_cols), out_channels=table.num_classes,
-                         **config.model.kwargs).to(device)
+    model = create_volume_model(config.model.name, spatial_dims=config.model.spatial_dims, in_channels=len(image_cols),
+                                out_channels=table.num_classes, **config.model.kwargs).to(device)
     net = model  # the plain module: validated and saved
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -112,7 +112,7 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
 
     df = read_manifest(manifest, require_labels=True)
     base = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
-    divisor = int(model_info((base.get("model") or {}).get("name", "unet")).get("divisor", 8))
+    divisor = int(model_info((base.get("model") or {}).get("name", "unet"), params=False).get("divisor", 8))
     fp = fingerprint(df, image_columns(df))
     cfg = apply_overrides(plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor), overrides)
     config_from_dict(cfg, source=str(out))  # refuse a plan the trainer would refuse

@@ -99,3 +99,20 @@ def test_adversarial_term_trains_the_discriminator_and_stays_optional(tiny_cohor
     assert term.generator_loss(x, blurry.requires_grad_()).item() > 0
     res = _train(write_config(epochs=1, adversarial_weight=0.05), tiny_cohort, tmp_path / "gan")
     assert res.best_checkpoint.exists()
+
+
+def test_a_2d_model_trains_slice_by_slice_and_predicts_on_the_input_grid(tiny_cohort, tmp_path):
+    import yaml
+
+    from conftest import tiny_config
+    from medseg.io.readers import read_volume
+
+    cfg = tiny_config(epochs=1)
+    cfg["model"] = {"name": "unet", "spatial_dims": 2, "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}}
+    path = tmp_path / "c2d.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = _train(path, tiny_cohort, tmp_path / "run2d")
+    img = tiny_cohort.parent / pd.read_csv(tiny_cohort)["image"][0]
+    out = api.predict(model=res.best_checkpoint, inputs=[img], out=tmp_path / "pred", progress=False, crf_iterations=2)
+    pred, ref = read_volume(out.outputs["img_0"]), read_volume(img)
+    assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine, atol=1e-5)
