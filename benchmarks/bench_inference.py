@@ -42,7 +42,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_reference(model_path: str, image_path: str, out: str) -> dict:
+def run_reference(model_path: str, image_path: str, out: str, windows: str = "issue") -> dict:
+    """The MONAI recipe; ``windows="issue"``: 96^3, overlap 0.5; ``"checkpoint"``: the checkpoint's own window and overlap."""
     import torch
     from monai.inferers import sliding_window_inference
     from monai.transforms import AsDiscrete, Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd
@@ -63,7 +64,8 @@ def run_reference(model_path: str, image_path: str, out: str) -> dict:
     ])
     data = pre({"image": image_path})
     with torch.inference_mode():
-        logits = sliding_window_inference(data["image"][None], (96, 96, 96), 4, model, overlap=0.5, mode="gaussian")
+        roi, overlap = ((96, 96, 96), 0.5) if windows == "issue" else (tuple(ckpt["inference"]["roi_size"]), ckpt["inference"]["overlap"])
+        logits = sliding_window_inference(data["image"][None], roi, 4, model, overlap=overlap, mode="gaussian")
     data["pred"] = logits[0]
     data["pred"].applied_operations = data["image"].applied_operations
     inv = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True)
@@ -96,7 +98,9 @@ def _child(args) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    if args.child == "make":  # the big phantom is made in a child so the parent's peak memory stays small
+    if args.child == "reference_ckpt":
+        res = run_reference(args.model, args.image, args.npy, windows="checkpoint")
+    elif args.child == "make":  # the big phantom is made in a child so the parent's peak memory stays small
         from medseg.io.readers import write_label_map, write_volume
         from medseg.phantoms import make_phantom
 
@@ -161,6 +165,9 @@ def main() -> None:
     ref = _spawn("reference", model, str(image), str(work / "ref.npy"))
     ref_labels = np.load(work / "ref.npy")
     rows = [("MONAI recipe (reference)", ref, 1.0, float("nan"))]
+    ref2 = _spawn("reference_ckpt", model, str(image), str(work / "ref2.npy"))
+    rows.append(("MONAI, checkpoint windows", ref2, mean_dice(np.load(work / "ref2.npy"), ref_labels, PHANTOM_LABELS.num_classes - 1),
+                 np.load(work / "ref2.npy")))
     variants = VARIANTS if args.variants == "all" else {"medseg (defaults)": {}}
     fp32_labels = None
     for name, overrides in variants.items():
@@ -175,6 +182,9 @@ def main() -> None:
     print(f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}")
     for name, res, d_ref, labels in rows:
         lab = ref_labels if isinstance(labels, float) else labels
+        if name.startswith("medseg"):
+            ref2_labels = np.load(work / "ref2.npy")
+            print(f"  (medseg defaults vs MONAI with the checkpoint's windows: Dice {mean_dice(lab, ref2_labels, 4):.4f})")
         d_fp32 = mean_dice(lab, fp32_labels, 4) if fp32_labels is not None else float("nan")
         d_truth = mean_dice(lab, truth, 4)
         win = f"{res.get('windows_run', '')}/{res.get('windows_skipped', '')}" if "windows_run" in res else ""
