@@ -8,6 +8,7 @@
    epoch, epochs done and the budget.
 
     .venv/bin/python benchmarks/bench_training.py [--minutes 6] [--n-train 16] [--n-test 4]
+    .venv/bin/python benchmarks/bench_training.py --minutes 0 --set training.adversarial_weight=0.05   # GAN term, all epochs
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,6 +29,9 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--min-spacing", type=float, default=2.5, help="planning floor for the spacing (CPU budget)")
     ap.add_argument("--work", help="folder for data and runs (default: a temp folder)")
+    ap.add_argument("--reference-monai", action="store_true", help="also train the plain MONAI recipe with the same budget and data")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the planned config, e.g. training.adversarial_weight=0.05 (to measure the adversarial term)")
     args = ap.parse_args()
 
     import os
@@ -43,7 +49,7 @@ def main() -> None:
     test_manifest = write_cohort(work / "test", args.n_test, seed=8000, split="test")
     t_data = time.monotonic() - t0
     planned, fp = plan(train_manifest, work / "planned.yaml", base_config=CONFIG_ROOT / "training" / "phantom_demo.yaml",
-                       min_spacing=args.min_spacing)
+                       min_spacing=args.min_spacing, overrides=args.set)
     cfg = load_config(planned)
     t1 = time.monotonic()
     res = api.train(config=planned, manifest=train_manifest, out=work / "run", max_minutes=args.minutes, progress=False)
@@ -65,7 +71,24 @@ def main() -> None:
     table.loc["mean"] = table.mean()
     print("\nDice on held-out phantoms:")
     print(table.round(3).to_string())
-    print(f"\nmean Dice {metrics['dice'].mean():.3f}  (target >= 0.90)")
+    print(f"\nmean Dice {metrics['dice'].mean():.3f}  (target >= 0.90); changes to the plan: {args.set or 'none'}")
+    if args.reference_monai:
+        import sys
+
+        from medseg.io.readers import read_volume
+        from medseg.reporting.metrics import dice
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from monai_reference_training import train_and_predict
+
+        minutes = args.minutes or t_train / 60
+        t2 = time.monotonic()
+        outs, epochs = train_and_predict(train_manifest, images, minutes=minutes)
+        names = ["liver", "spleen", "kidney_right", "kidney_left"]
+        scores = [[dice(o == k, read_volume(r).array == k) for k in range(1, 5)] for o, r in zip(outs, refs)]
+        print(f"\nplain MONAI recipe, same data and {minutes:.1f}-minute budget: {epochs} epochs in {time.monotonic() - t2:.0f}s; "
+              "Dice " + ", ".join(f"{n} {np.mean([s[i] for s in scores]):.3f}" for i, n in enumerate(names))
+              + f"; mean {np.mean(scores):.3f}")
     (work / "summary.json").write_text(json.dumps({"mean_dice": float(metrics["dice"].mean()), "epochs": int(len(hist)),
                                                    "seconds_train": t_train, "s_per_epoch": float(hist["epoch_seconds"].mean())}))
 
