@@ -52,7 +52,9 @@ def run_demo(*, out: str | Path, n_train: int = 16, n_test: int = 4, epochs: int
     pred = api.predict(model=result.best_checkpoint, inputs=dicom_dirs, out=out / "predictions", progress=progress)
     timings["predict_s"] = time.monotonic() - t2
     if pred.failures:
-        raise RuntimeError(f"demo predictions failed: {pred.failures}")
+        from medseg.errors import MedsegError
+
+        raise MedsegError(f"demo predictions failed: {pred.failures}", path=out / "predictions")
     preds = [pred.outputs[d.name] for d in dicom_dirs]
 
     report_dir = out / "report"

@@ -164,7 +164,9 @@ class Predictor:
         for v in vols:
             if not np.issubdtype(np.asarray(v.array).dtype, np.number):
                 raise InputError(f"image voxels are {v.array.dtype}, expected numbers", path=v.source or None)
-        return ref, np.stack([np.asarray(v.array, dtype=np.float32) for v in vols])
+        # One channel: a view, not a copy (a CT is hundreds of MB at float32).
+        return ref, np.stack([np.asarray(v.array, dtype=np.float32) for v in vols]) if len(vols) > 1 else \
+            np.asarray(ref.array, dtype=np.float32)[None]
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (a path, a DICOM folder or a Volume; a list of them for multi-channel
@@ -190,7 +192,7 @@ class Predictor:
         oriented = [to_closest_ras(c, volume.affine) for c in channels]
         del channels
         affine, ornt = oriented[0][1], oriented[0][2]
-        array = np.stack([o[0] for o in oriented])
+        array = np.stack([o[0] for o in oriented]) if len(oriented) > 1 else oriented[0][0][None]
         del oriented
         oriented_shape = array.shape[1:]
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
