@@ -9,7 +9,7 @@ demo config's own width). Reported per model:
 
 - ``dice``: best mean validation Dice over the foreground structures (held-out phantoms);
 - ``params``: trainable parameters at the benchmarked width (and at default width, 3D);
-- ``s/step``: mean seconds per training step (batch of 2 patches 64x64x48, forward +
+- ``s/step``: mean seconds per training step (the config's batch and patch, forward +
   backward + update), first epoch excluded;
 - ``crf``: the best checkpoint's sliding-window scores on the validation cases, argmax
   vs. ``crf_refine`` then argmax: Dice with and without the CRF and the CRF's seconds per case.
@@ -139,7 +139,9 @@ def main(argv=None) -> int:
         })
         print(json.dumps(rows[-1]), flush=True)
     table_df = pd.DataFrame(rows)
-    print(f"\n{args.cases} phantom cases, {args.epochs} epochs, CPU threads {torch.get_num_threads()}, patch 64x64x48 batch 2; "
+    tc = config.training
+    print(f"\n{args.cases} phantom cases, {args.epochs} epochs, CPU threads {torch.get_num_threads()}, "
+          f"patch {'x'.join(map(str, tc.patch_size))} batch {tc.batch_size}; "
           f"CRF on validation grids of ~{crf['voxels']:,} voxels")
     print(table_df.to_string(index=False))
     missed = table_df[table_df["dice"] < table_df["floor"]]

@@ -11,6 +11,7 @@ cases would show.
 
     .venv/bin/python benchmarks/bench_runner.py            # 50 cases
     .venv/bin/python benchmarks/bench_runner.py -n 10 --no-ray
+    .venv/bin/python benchmarks/bench_runner.py -n 50 --fov 300 240 150 --spacing 1.5 1.5 3   # flat memory?
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_data(root: Path, n: int) -> tuple[Path, Path]:
+def make_data(root: Path, n: int, spacing=(4.0, 4.0, 6.0), fov=None) -> tuple[Path, Path]:
     from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
     from medseg.io.readers import write_volume
@@ -40,7 +41,7 @@ def make_data(root: Path, n: int) -> tuple[Path, Path]:
     ckpt = save_checkpoint(root / "unet.pt", model, config=cfg, label_table=PHANTOM_LABELS)
     cases = root / "cases"
     for i in range(n):
-        ph = make_phantom(1000 + i, case_id=f"case{i:03d}", spacing=(4.0, 4.0, 6.0))
+        ph = make_phantom(1000 + i, case_id=f"case{i:03d}", spacing=tuple(spacing), fov_mm=tuple(fov) if fov else None)
         if i % 2:
             write_dicom_series(ph, cases / ph.case_id, seed=i)
         else:
@@ -71,12 +72,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=50, help="number of cases")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
+    ap.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 6.0], help="phantom voxel size (mm)")
+    ap.add_argument("--fov", type=float, nargs=3, help="fixed field of view (mm): every case the same size, "
+                    "so peak memory can be compared between runs of different lengths (default: drawn per case)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_runner_") as tmp:
         root = Path(tmp)
         t0 = time.monotonic()
-        cases, ckpt = make_data(root, args.n)
-        print(f"{args.n} cases written in {time.monotonic() - t0:.0f} s; cpu cores: {os.cpu_count()}")
+        cases, ckpt = make_data(root, args.n, args.spacing, args.fov)
+        size = "fixed fov " + "x".join(f"{f:g}" for f in args.fov) + " mm" if args.fov else "drawn fov"
+        print(f"{args.n} cases ({size}, spacing {'x'.join(f'{s:g}' for s in args.spacing)} mm) written in "
+              f"{time.monotonic() - t0:.0f} s; cpu cores: {os.cpu_count()}")
         settings = [("local", 1), ("local", 2)] + ([] if args.no_ray else [("ray", 2)])
         print(f"{'engine':<10}{'workers':>8}{'cases':>7}{'seconds':>9}{'cases/s':>9}{'driver peak MB':>16}"
               f"{'case peak MB first 10%':>24}{'last 10%':>10}")

@@ -84,7 +84,7 @@ class InferenceConfig:
     channels_last: bool = True  # channels-last memory layout for the network's convolutions
     skip_background: bool = True  # windows whose voxels are all at/below the intensity window's floor are not run
     tta_flips: list = field(default_factory=list)  # spatial axes (0, 1, 2 in RAS order) to mirror; never mirror L-R for lateral labels
-    slab_size: int = 16  # output slices per step when mapping scores back (bounds memory)
+    label_chunk: int = 1 << 20  # boundary voxels interpolated per step when mapping scores back (bounds memory)
     crf_iterations: int = 0  # > 0: dense-CRF refinement of the scores, guided by the image (medseg/models/crf.py)
 
 
@@ -223,7 +223,7 @@ def _validate(cfg: Config, source: str) -> None:
         (cfg.inference.blend in ("gaussian", "constant"), "inference.blend must be 'gaussian' or 'constant'"),
         (cfg.inference.amp in ("auto", "bf16", "fp16", "off"), f"inference.amp must be auto, bf16, fp16 or off, found {cfg.inference.amp!r}"),
         (all(a in (0, 1, 2) for a in cfg.inference.tta_flips), "inference.tta_flips lists spatial axes 0, 1, 2"),
-        (cfg.inference.slab_size >= 1 and cfg.inference.sw_batch_size >= 1, "inference.slab_size and sw_batch_size must be >= 1"),
+        (cfg.inference.label_chunk >= 1 and cfg.inference.sw_batch_size >= 1, "inference.label_chunk and sw_batch_size must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

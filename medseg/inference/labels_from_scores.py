@@ -1,63 +1,94 @@
-"""Class probabilities on the network's grid -> integer labels on the input's grid, in slabs.
+"""Class scores on the network's grid -> integer labels on the input's grid, in slabs.
 
-The probabilities live on the coarse, resampled grid (small). Mapping them back
-to the input's full resolution at once would hold ``classes x voxels`` floats
-(GBs for a large CT), so the output is built ``slab_size`` slices at a time:
-each slab is interpolated along the last axis first, then in-plane, then
-reduced to labels. Linear interpolation is separable, so the result is the same
-as trilinear resampling of the whole volume (``resample``'s edge-aligned
-grid), but the peak memory is ``classes x X x Y x slab_size`` floats.
+The scores (log-probabilities) live on the coarse, resampled grid (small). The
+label of an output voxel is the argmax of the trilinearly interpolated scores
+at its position (input voxel ``i`` at network position ``i * step``, the rule
+of ``medseg.transforms.spatial``), exactly as if the whole ``classes x voxels``
+score volume were resampled, but without ever holding it:
+
+- Linear interpolation is a convex combination of the 8 neighbouring network
+  voxels. Where all 8 have the same argmax ``k``, ``k`` wins at every point in
+  between, so the label is known without interpolating. A "cell map" on the
+  network grid records, for each cell of 2x2x2 neighbours, the shared label or
+  "mixed".
+- Only output voxels in mixed cells (near structure boundaries: a few percent
+  of a CT) get their scores interpolated, from their 8 neighbours.
+
+The peak is the label volume itself (one byte per voxel up to 254 classes) plus
+the scores of one chunk of boundary voxels: never ``classes x voxels`` floats.
+
+Interpolating log-probabilities gives the same argmax as interpolating logits
+(what MONAI's ``Invertd`` and nnU-Net do: the log-sum-exp term is the same for
+every class at a point), and still works for averaged ensembles and TTA.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from medseg.transforms.spatial import axis_weights
 
 
-def _linear_weights(n_in: int, n_out: int, start: int, stop: int):
-    """Source indices and weights of output positions ``start:stop`` (PyTorch's align_corners=False rule)."""
-    scale = n_in / n_out
-    dst = torch.arange(start, stop, dtype=torch.float64)
-    src = ((dst + 0.5) * scale - 0.5).clamp(min=0.0)
-    i0 = src.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    w1 = (src - i0.double()).clamp(0.0, 1.0)
-    return i0, i1, w1.float()
+
+def _shift_next(a: torch.Tensor, axis: int) -> torch.Tensor:
+    """``a`` shifted by one towards lower indices along ``axis`` (last slice repeated)."""
+    n = a.shape[axis]
+    if n == 1:
+        return a
+    return torch.cat([a.narrow(axis, 1, n - 1), a.narrow(axis, n - 1, 1)], dim=axis)
 
 
-def labels_from_scores(scores: torch.Tensor, out_shape, *, slab_size: int = 16, with_confidence: bool = False):
-    """``scores``: ``(C, x, y, z)`` probabilities; returns ``uint8/uint16 (X, Y, Z)`` labels.
+def cell_map(coarse: torch.Tensor, mixed: int) -> torch.Tensor:
+    """For each network voxel ``(i, j, k)``: the label shared by the cell of corners ``i..i+1, j..j+1,
+    k..k+1`` (clamped at the ends), or ``mixed``."""
+    lo = hi = coarse
+    for axis in range(3):
+        lo = torch.minimum(lo, _shift_next(lo, axis))
+        hi = torch.maximum(hi, _shift_next(hi, axis))
+    return torch.where(lo == hi, lo, torch.full_like(lo, mixed))
 
-    With ``with_confidence`` also returns per-label sums of the winning
-    probability and voxel counts (to report mean confidence per structure).
+
+def labels_from_scores(scores: torch.Tensor, out_shape, steps, *, chunk: int = 1 << 20, with_confidence: bool = False):
+    """``scores``: ``(C, x, y, z)`` log-probabilities on the network grid; ``steps``: network voxels
+    per output voxel along each axis (``s / t``). Returns ``uint8/uint16 (X, Y, Z)`` labels.
+
+    Boundary voxels are interpolated ``chunk`` at a time. With
+    ``with_confidence`` also returns, per label, the sum of the winning
+    probability over the network-grid voxels it wins and their count (the mean
+    is the structure's confidence figure).
     """
-    C, _, _, zin = scores.shape
+    C, nx, ny, nz = scores.shape
     X, Y, Z = (int(s) for s in out_shape)
-    dtype = torch.uint8 if C <= 256 else torch.int16
-    labels = torch.empty((X, Y, Z), dtype=dtype)
-    conf_sum = torch.zeros(C, dtype=torch.float64)
-    counts = torch.zeros(C, dtype=torch.int64)
-    in_plane_same = tuple(scores.shape[1:3]) == (X, Y)
-    for z0 in range(0, Z, slab_size):
-        z1 = min(Z, z0 + slab_size)
-        if zin == Z:
-            slab = scores[..., z0:z1]
-        else:
-            i0, i1, w1 = _linear_weights(zin, Z, z0, z1)
-            slab = scores[..., i0] * (1.0 - w1) + scores[..., i1] * w1  # (C, x, y, nz)
-        if not in_plane_same:
-            slab = F.interpolate(slab.permute(3, 0, 1, 2), size=(X, Y), mode="bilinear", align_corners=False)  # (nz, C, X, Y)
-            slab = slab.permute(1, 2, 3, 0)
-        best, idx = slab.max(dim=0)
-        labels[..., z0:z1] = idx.to(dtype)
-        if with_confidence:
-            conf_sum += torch.bincount(idx.flatten(), weights=best.flatten().double(), minlength=C)[:C]
-            counts += torch.bincount(idx.flatten(), minlength=C)[:C]
+    sx, sy, sz = (float(s) for s in steps)
+    scores = scores.float()
+    best, coarse = scores.max(dim=0)
+    small = C < 255
+    dtype, mixed = (torch.uint8, 255) if small else (torch.int32, -1)
+    cells = cell_map(coarse.to(dtype), mixed)
+    x0, x1, wx = axis_weights(nx, sx, 0, X)
+    y0, y1, wy = axis_weights(ny, sy, 0, Y)
+    z0, z1, wz = axis_weights(nz, sz, 0, Z)
+    # z on the small grid first, then whole planes (x), then rows (y): cheap gathers.
+    labels = cells.index_select(2, z0).index_select(0, x0).index_select(1, y0)  # (X, Y, Z): each voxel's cell
+    flat = labels.view(-1)
+    where = (flat == mixed).nonzero().squeeze(1)
+    for a in range(0, where.numel(), chunk):
+        idx = where[a:a + chunk]
+        iz, rest = idx % Z, idx // Z
+        iy, ix = rest % Y, rest // Y
+        acc = torch.zeros((C, idx.numel()), dtype=torch.float32)
+        for xi, xw in ((x0[ix], 1.0 - wx[ix]), (x1[ix], wx[ix])):
+            for yi, yw in ((y0[iy], 1.0 - wy[iy]), (y1[iy], wy[iy])):
+                for zi, zw in ((z0[iz], 1.0 - wz[iz]), (z1[iz], wz[iz])):
+                    acc.addcmul_(scores[:, xi, yi, zi], (xw * yw * zw)[None])
+        flat[idx] = acc.argmax(dim=0).to(dtype)
     out = labels.numpy()
-    if out.dtype == np.int16:
+    if not small:
         out = out.astype(np.uint16)
     if with_confidence:
+        won = coarse.flatten()
+        conf_sum = torch.bincount(won, weights=best.exp().flatten().double(), minlength=C)[:C]
+        counts = torch.bincount(won, minlength=C)[:C]
         return out, conf_sum.numpy(), counts.numpy()
     return out

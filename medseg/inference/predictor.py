@@ -2,13 +2,16 @@
 
 ``Predictor.predict`` runs, in order:
 
-1. orient    -- permute/flip the input to its closest RAS layout (exact, lossless)
-2. spacing   -- resample to the checkpoint's training spacing (edge-aligned grid)
-3. intensity -- the checkpoint's CT window, scaled to [0, 1]
-4. windows   -- sliding-window class scores -> probabilities (averaged over
-                flip TTA and over the models of an ensemble)
-then undoes 2 while reducing probabilities to labels slab by slab (bounded
-memory), undoes 1 on the labels, and checks that the shape equals the input's.
+1. orient    -- permute/flip the input to its closest RAS layout (exact, lossless;
+                a view: the flips are folded into step 2's gathers, no copy)
+2. spacing   -- resample to the checkpoint's training spacing, on MONAI
+                Spacingd's grid (first voxel centre kept, exact spacing)
+3. intensity -- the checkpoint's intensity preset (CT window, z-score, ...)
+4. windows   -- sliding-window class scores -> log-probabilities (averaged
+                over flip TTA and over the models of an ensemble)
+then undoes 2 while reducing the scores to labels (interpolating only near
+boundaries; bounded memory), undoes 1 on the labels, and checks that the
+shape equals the input's.
 The returned label map carries the input's affine unchanged.
 """
 
@@ -28,6 +31,9 @@ from medseg.io.volume import Volume
 from medseg.labels import LabelTable
 
 log = logging.getLogger(__name__)
+
+
+_TORCH_NATIVE = {np.dtype(t) for t in ("float32", "float64", "float16", "int8", "uint8", "int16", "int32", "int64")}
 
 
 def _default_inference() -> dict:
@@ -114,7 +120,10 @@ class Predictor:
                    device=device, provenance=provenance, progress=progress)
 
     def _probabilities(self, x, stats: dict):
-        """Average softmax over models and flips, on the network's grid: ``(C, x, y, z)`` on the CPU."""
+        """Log of the softmax averaged over models and flips, on the network's grid: ``(C, x, y, z)`` on the CPU.
+
+        With one model and no flips this is ``log_softmax(logits)``, whose
+        interpolated argmax equals that of the interpolated logits."""
         import torch
 
         from medseg.inference.sliding_window import window_scores
@@ -124,6 +133,7 @@ class Predictor:
         inf = self.inference
         floor = floor_value(self.preprocessing)
         flips = [()] + [(a + 2,) for a in inf["tta_flips"]]
+        n = len(self.models) * len(flips)
         total = None
         for model in self.models:
             for dims in flips:
@@ -139,11 +149,13 @@ class Predictor:
 
                     with torch.no_grad():
                         logits = crf_refine(logits, xi.to(logits.device), iterations=int(inf["crf_iterations"]))
+                if n == 1:
+                    return torch.log_softmax(logits[0].float(), dim=0).cpu()
                 p = torch.softmax(logits[0].float(), dim=0)
                 if dims:
                     p = torch.flip(p, (dims[0] - 1,))
                 total = p if total is None else total.add_(p)
-        return (total / (len(self.models) * len(flips))).cpu()
+        return total.div_(n).clamp_min_(torch.finfo(torch.float32).tiny).log_().cpu()
 
     def _read_channels(self, source) -> tuple[Volume, np.ndarray]:
         """The reference volume (channel 0) and a ``(C, X, Y, Z)`` float32 array of all channels."""
@@ -164,9 +176,14 @@ class Predictor:
         for v in vols:
             if not np.issubdtype(np.asarray(v.array).dtype, np.number):
                 raise InputError(f"image voxels are {v.array.dtype}, expected numbers", path=v.source or None)
-        # One channel: a view, not a copy (a CT is hundreds of MB at float32).
-        return ref, np.stack([np.asarray(v.array, dtype=np.float32) for v in vols]) if len(vols) > 1 else \
-            np.asarray(ref.array, dtype=np.float32)[None]
+        if len(vols) > 1:
+            return ref, np.stack([np.asarray(v.array, dtype=np.float32) for v in vols])
+        # One channel: a view in the stored type, not a copy (a CT is hundreds of MB at float32);
+        # resampling converts only the (much smaller) network-grid samples to float.
+        array = np.asarray(ref.array)
+        if array.dtype not in _TORCH_NATIVE or any(st < 0 for st in array.strides):
+            array = np.asarray(array, dtype=np.float32)
+        return ref, array[None]
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (a path, a DICOM folder or a Volume; a list of them for multi-channel
@@ -180,41 +197,38 @@ class Predictor:
         import torch
 
         from medseg.inference.labels_from_scores import labels_from_scores
-        from medseg.io.geometry import from_closest_ras, to_closest_ras
+        from medseg.io.geometry import closest_ras_view, from_closest_ras
         from medseg.transforms.intensity import normalize
-        from medseg.transforms.spatial import resample, target_shape
+        from medseg.transforms.spatial import grid_steps, resample, resampled_affine, target_shape
 
         t0 = time.monotonic()
         volume, channels = self._read_channels(source)
         t_read = time.monotonic() - t0
 
-        # 1. orient (every channel the same way)
-        oriented = [to_closest_ras(c, volume.affine) for c in channels]
-        del channels
-        affine, ornt = oriented[0][1], oriented[0][2]
-        array = np.stack([o[0] for o in oriented]) if len(oriented) > 1 else oriented[0][0][None]
-        del oriented
-        oriented_shape = array.shape[1:]
+        # 1. orient to the closest RAS (every channel the same way): a permuted view whose flips
+        #    the resampling gathers fold in, so the full-resolution volume is never copied
+        view, affine, ornt, reverse = closest_ras_view(channels, volume.affine)
+        oriented_shape = tuple(view.shape[1:])
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         # 2. spacing
         size = target_shape(oriented_shape, spacing, self.preprocessing["spacing"])
-        x = resample(torch.from_numpy(array), size, mode="trilinear")
-        del array
+        steps = grid_steps(spacing, self.preprocessing["spacing"])
+        x = resample(view, size, steps, mode="trilinear", reverse=reverse)
+        del view, channels
         # 3. intensity
         x = normalize(x, self.preprocessing)[None]
-        # 4. windows -> probabilities on the network's grid
+        # 4. windows -> log-probabilities on the network's grid
         stats: dict = {}
         t1 = time.monotonic()
-        probs = self._probabilities(x, stats)
+        log_probs = self._probabilities(x, stats)
         t_windows = time.monotonic() - t1
-        # undo 2 while reducing to labels, slab by slab
-        labels, conf_sum, counts = labels_from_scores(probs, oriented_shape, slab_size=int(self.inference["slab_size"]), with_confidence=True)
+        # undo 2 while reducing to labels
+        labels, conf_sum, counts = labels_from_scores(log_probs, oriented_shape, [1.0 / s for s in steps],
+                                                      chunk=int(self.inference.get("label_chunk", 1 << 20)), with_confidence=True)
         kept = None
         if keep_probabilities:
-            from medseg.transforms.spatial import resampled_affine
-
-            kept = (probs.permute(1, 2, 3, 0).numpy().copy(), resampled_affine(affine, oriented_shape, size))
-        del probs
+            kept = (log_probs.exp().permute(1, 2, 3, 0).numpy().copy(), resampled_affine(affine, steps))
+        del log_probs
         # undo 1
         labels = from_closest_ras(labels, ornt)
 

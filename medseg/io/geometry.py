@@ -27,6 +27,30 @@ def to_closest_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
     return np.ascontiguousarray(ras), new_affine, ornt
 
 
+def closest_ras_view(array: np.ndarray, affine: np.ndarray):
+    """``to_closest_ras`` for a channel-first ``(C, X, Y, Z)`` array without copying it.
+
+    Returns ``(tensor, affine_ras, ornt, reverse)``: ``tensor`` is a torch view
+    with the axes permuted into RAS order, and ``reverse[a]`` says that RAS axis
+    ``a`` runs backwards through it (the flip is left to whoever reads it, e.g.
+    ``resample(..., reverse=reverse)``).
+    """
+    import warnings
+
+    import torch
+
+    spatial = array.shape[1:]
+    ornt = nib.orientations.io_orientation(affine)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, spatial)
+    axes = [int(np.flatnonzero(ornt[:, 0] == a)[0]) for a in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only arrays (memory-mapped NIfTI): only read here
+        tensor = torch.from_numpy(array)
+    view = tensor.permute(0, *[i + 1 for i in axes])
+    reverse = tuple(bool(ornt[i, 1] < 0) for i in axes)
+    return view, new_affine, ornt, reverse
+
+
 def from_closest_ras(array_ras: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """Undo ``to_closest_ras`` on an array of the reoriented shape."""
     identity = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)

@@ -1,10 +1,19 @@
-"""Resampling to a target spacing with ``torch.nn.functional.interpolate``.
+"""Resampling to a target spacing, on MONAI ``Spacingd``'s grid.
 
-The grid convention is "voxel edges aligned" (``align_corners=False``): an axis
-of ``n`` voxels of size ``s`` becomes ``m = round(n * s / t)`` voxels of size
-``n * s / m`` covering the same extent, so resampling forward and back restores
-the original grid exactly. Training and inference share this function, so the
-network sees the same sampling in both.
+Grid convention (the one MONAI's ``Spacingd``/``Invertd`` use, so a MONAI
+recipe and medseg put the network's windows on the same points): the first
+voxel centre stays where it is, the new spacing is exactly the target, and an
+axis of ``n`` voxels of size ``s`` becomes ``m = round((n - 1) * s / t) + 1``
+voxels of size ``t``. Output voxel ``j`` samples input position ``j * t / s``
+(voxel units) with linear interpolation (or the nearest voxel for labels);
+positions past the last voxel take the border value. The inverse maps input
+voxel ``i`` to network position ``i * s / t`` on the same rule, so resampling
+forward and back restores the original grid exactly.
+
+Linear interpolation is separable: each axis is a gather of two neighbour
+slices and a lerp, shrinking axes first and the outermost in memory first,
+which keeps the work and the temporaries small for a large CT. Training and inference share this
+module, so the network sees the same sampling in both.
 """
 
 from __future__ import annotations
@@ -13,44 +22,89 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 
+def grid_steps(spacing: Sequence[float], target: Sequence[float]) -> tuple[float, ...]:
+    """Input-grid distance (in input voxels) between neighbouring output voxels: ``t / s`` per axis."""
+    return tuple(float(t) / float(s) for s, t in zip(spacing, target))
+
+
 def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+    """``round((n - 1) * s / t) + 1`` per axis (MONAI's ``compute_shape_offset`` rule)."""
+    return tuple(max(1, int(np.round((int(n) - 1) * float(s) / float(t))) + 1) for n, s, t in zip(shape, spacing, target))
 
 
-def resample(x: torch.Tensor, size: Sequence[int], *, mode: str = "trilinear") -> torch.Tensor:
-    """Resample a channel-first tensor ``(C, *spatial)`` to ``size``.
+def axis_weights(n_in: int, step: float, start: int, stop: int, reverse: bool = False):
+    """Linear interpolation of output positions ``start:stop`` at input positions ``j * step``:
+    neighbour indices ``i0, i1`` and the weight of ``i1`` (border values past the ends).
+    ``reverse``: the axis is stored backwards (index ``n_in - 1 - i``)."""
+    src = (torch.arange(start, stop, dtype=torch.float64) * float(step)).clamp(0.0, n_in - 1)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    w1 = (src - i0.double()).float()
+    if reverse:
+        i0, i1 = n_in - 1 - i0, n_in - 1 - i1
+    return i0, i1, w1
 
-    ``mode``: "trilinear"/"bilinear" for images and scores, "nearest" for labels
-    (``nearest-exact``, which is symmetric with the edge-aligned grid).
-    """
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[1:]) == size:
+
+def nearest_indices(n_in: int, step: float, n_out: int, reverse: bool = False) -> torch.Tensor:
+    src = torch.arange(n_out, dtype=torch.float64) * float(step)
+    idx = torch.floor(src + 0.5).long().clamp(0, n_in - 1)
+    return n_in - 1 - idx if reverse else idx
+
+
+def resample_axis(x: torch.Tensor, axis: int, n_out: int, step: float, *, mode: str = "linear", reverse: bool = False) -> torch.Tensor:
+    """Resample one axis of ``x`` to ``n_out`` samples at positions ``j * step`` (counted from
+    the far end when ``reverse``)."""
+    n_in = x.shape[axis]
+    if n_out == n_in and abs(step - 1.0) < 1e-9 and not reverse:
         return x
-    nd = len(size)
     if mode == "nearest":
-        out = F.interpolate(x[None].float(), size=size, mode="nearest-exact")[0]
-        return out.to(x.dtype)
-    if mode in ("linear", "bilinear", "trilinear"):
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
-    return F.interpolate(x[None].float(), size=size, mode=mode, align_corners=False)[0]
+        return x.index_select(axis, nearest_indices(n_in, step, n_out, reverse))
+    i0, i1, w1 = axis_weights(n_in, step, 0, n_out, reverse)
+    view = [1] * x.ndim
+    view[axis] = -1
+    a = x.index_select(axis, i0).float()
+    b = x.index_select(axis, i1).float()
+    return a.lerp_(b, w1.view(view))
 
 
-def resampled_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
-    """Affine of the grid ``resample`` produces (edge-aligned, same extent)."""
-    nd = len(in_shape)
-    scale = np.array([n / m for n, m in zip(in_shape, out_shape)], dtype=np.float64)
-    index_map = np.eye(nd + 1)
-    index_map[:nd, :nd] = np.diag(scale)
-    index_map[:nd, nd] = 0.5 * scale - 0.5
+def resample(x: torch.Tensor, size: Sequence[int], steps: Sequence[float], *, mode: str = "trilinear",
+             reverse: Sequence[bool] | None = None) -> torch.Tensor:
+    """Resample a channel-first tensor ``(C, *spatial)`` to ``size`` with ``steps`` (see :func:`grid_steps`).
+
+    ``mode``: "trilinear"/"bilinear"/"linear" for images and scores (float32
+    out), "nearest" for labels (dtype kept). ``reverse[a]``: spatial axis ``a``
+    is stored backwards, so the result is that of flipping it first, without
+    the copy a flip would make.
+    """
+    reverse = tuple(reverse) if reverse is not None else (False,) * len(size)
+    size = tuple(int(s) for s in size)
+    linear = mode in ("linear", "bilinear", "trilinear")
+    if not linear and mode != "nearest":
+        raise ValueError(f"resample mode {mode!r}: expected 'trilinear' or 'nearest'")
+    # Shrinking axes first (every later step then works on less data), the outermost in memory
+    # first among them (whole contiguous planes are gathered: a memcpy, not a strided walk);
+    # growing axes last, the least growing first.
+    shrink = [a for a in range(len(size)) if size[a] <= x.shape[a + 1]]
+    grow = [a for a in range(len(size)) if size[a] > x.shape[a + 1]]
+    order = sorted(shrink, key=lambda a: -abs(x.stride(a + 1))) + sorted(grow, key=lambda a: size[a] / x.shape[a + 1])
+    out = x
+    for a in order:
+        out = resample_axis(out, a + 1, size[a], steps[a], mode="linear" if linear else "nearest", reverse=reverse[a])
+    if linear and out.dtype != torch.float32:
+        out = out.float()
+    return out
+
+
+def resampled_affine(affine: np.ndarray, steps: Sequence[float]) -> np.ndarray:
+    """Affine of the grid :func:`resample` produces: same first voxel centre, axes scaled by ``steps``."""
+    nd = len(steps)
     full = np.eye(4)
-    full[:nd, :nd] = index_map[:nd, :nd]
-    full[:nd, 3] = index_map[:nd, nd]
+    full[:nd, :nd] = np.diag(np.asarray(steps, dtype=np.float64))
     return np.asarray(affine, dtype=np.float64) @ full
 
 
@@ -64,17 +118,17 @@ class ResampleToSpacingd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        ref_shape = None
+        ref = None
         for key, mode in zip(self.keys, self.modes):
             x = d[key]
             affine = np.asarray(x.affine, dtype=np.float64) if isinstance(x, MetaTensor) else np.eye(4)
-            spacing = np.linalg.norm(affine[:3, :3], axis=0)
-            in_shape = tuple(x.shape[1:])
             # All keys land on the first key's grid, so image and label stay aligned.
-            size = ref_shape or target_shape(in_shape, spacing, self.spacing)
-            ref_shape = size
-            out = resample(torch.as_tensor(x), size, mode=mode)
+            if ref is None:
+                spacing = np.linalg.norm(affine[:3, :3], axis=0)
+                ref = (target_shape(x.shape[1:], spacing, self.spacing), grid_steps(spacing, self.spacing))
+            size, steps = ref
+            out = resample(torch.as_tensor(x), size, steps, mode=mode)
             if isinstance(x, MetaTensor):
-                out = MetaTensor(out, affine=torch.as_tensor(resampled_affine(affine, in_shape, size)), meta={k: v for k, v in x.meta.items() if k != "affine"})
+                out = MetaTensor(out, affine=torch.as_tensor(resampled_affine(affine, steps)), meta={k: v for k, v in x.meta.items() if k != "affine"})
             d[key] = out
         return d

@@ -1,4 +1,4 @@
-"""Inference engine: slab-wise label mapping, window skipping, autocast, ensembles, bad inputs."""
+"""Inference engine: label mapping from scores, window skipping, autocast, ensembles, bad inputs."""
 
 import json
 
@@ -18,13 +18,14 @@ from medseg.transforms.spatial import resample
 
 
 @pytest.mark.parametrize("out_shape", [(90, 70, 41), (30, 20, 10), (45, 35, 17)])
-def test_slab_wise_labels_equal_whole_volume_trilinear_argmax(out_shape):
+def test_boundary_only_labels_equal_whole_volume_trilinear_argmax(out_shape):
     torch.manual_seed(0)
-    scores = torch.rand(5, 45, 35, 17)
-    expected = resample(scores, out_shape, mode="trilinear").argmax(0).numpy()
-    got, conf_sum, counts = labels_from_scores(scores, out_shape, slab_size=4, with_confidence=True)
+    scores = torch.rand(5, 45, 35, 17).log()
+    steps = [(n_in - 1) / (n_out - 1) * f for n_in, n_out, f in zip(scores.shape[1:], out_shape, (1.0, 0.9, 1.1))]
+    expected = resample(scores, out_shape, steps, mode="trilinear").argmax(0).numpy()
+    got, conf_sum, counts = labels_from_scores(scores, out_shape, steps, chunk=1000, with_confidence=True)
     np.testing.assert_array_equal(got, expected)
-    assert counts.sum() == np.prod(out_shape)
+    assert counts.sum() == np.prod(scores.shape[1:])  # confidence is counted on the network grid
     assert np.all(conf_sum <= counts + 1e-6)
 
 
