@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from medseg.models import create_model, param_count
     from medseg.models.presets import load_model_preset
     from medseg.phantoms import write_cohort
-    from medseg.training.loop import _split, train
+    from medseg.training.loop import split_cases, train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_models_"))
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         steps = max(1, math.ceil(n_train * tc.samples_per_image / tc.batch_size))
         s_step = float(hist["epoch_seconds"].iloc[1:].mean() / steps) if len(hist) > 1 else float(hist["epoch_seconds"].iloc[0] / steps)
         net = create_model(name, spatial_dims=3, in_channels=1, out_channels=table.num_classes, **config.model.kwargs)
-        _, val_df = _split(read_manifest(manifest, require_labels=True), tc.seed)
+        _, val_df = split_cases(read_manifest(manifest, require_labels=True), tc.seed)
         val = [{"image": r.image, "label": r.label, "case_id": r.case_id} for r in val_df.itertuples()]
         crf = crf_effect(out, config, table, val, json.loads(args.crf))
         rows.append({
