@@ -1,4 +1,4 @@
-"""Class scores on the network's grid -> integer labels on the input's grid, in slabs.
+"""Class scores on the network's grid -> integer labels on the input's grid.
 
 The scores (log-probabilities) live on the coarse, resampled grid (small). The
 label of an output voxel is the argmax of the trilinearly interpolated scores
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from medseg.transforms.spatial import axis_weights
-
 
 
 def _shift_next(a: torch.Tensor, axis: int) -> torch.Tensor:
