@@ -158,7 +158,8 @@ class Predictor:
         return total.div_(n).clamp_min_(torch.finfo(torch.float32).tiny).log_().cpu()
 
     def _read_channels(self, source) -> tuple[Volume, np.ndarray]:
-        """The reference volume (channel 0) and a ``(C, X, Y, Z)`` float32 array of all channels."""
+        """The reference volume (channel 0) and a ``(C, X, Y, Z)`` array of all channels: float32 for
+        several channels, the stored (torch-readable) type and no copy for one."""
         from medseg.io.readers import read_volume
         from medseg.io.volume import require_same_grid
 
@@ -224,7 +225,7 @@ class Predictor:
         t_windows = time.monotonic() - t1
         # undo 2 while reducing to labels
         labels, conf_sum, counts = labels_from_scores(log_probs, oriented_shape, [1.0 / s for s in steps],
-                                                      chunk=int(self.inference.get("label_chunk", 1 << 20)), with_confidence=True)
+                                                      chunk=int(self.inference["label_chunk"]), with_confidence=True)
         kept = None
         if keep_probabilities:
             kept = (log_probs.exp().permute(1, 2, 3, 0).numpy().copy(), resampled_affine(affine, steps))

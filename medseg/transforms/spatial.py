@@ -12,8 +12,8 @@ forward and back restores the original grid exactly.
 
 Linear interpolation is separable: each axis is a gather of two neighbour
 slices and a lerp, shrinking axes first and the outermost in memory first,
-which keeps the work and the temporaries small for a large CT. Training and inference share this
-module, so the network sees the same sampling in both.
+which keeps the work and the temporaries small for a large CT. Training and
+inference share this module, so the network sees the same sampling in both.
 """
 
 from __future__ import annotations
