@@ -61,7 +61,9 @@ class TrainingConfig:
     pos_fraction: float = 0.67  # share of patches centred on a labelled voxel
     learning_rate: float = 3e-3
     weight_decay: float = 1e-5
-    val_every: int = 5
+    val_every: int = 5  # epochs between validations (runs without a budget)
+    iterations_per_epoch: int = 250  # optimizer steps per epoch, whatever the number of cases (nnU-Net's 250)
+    val_interval: float = 0.1  # with max_minutes: validate about every this fraction of the budget (and at the end)
     seed: int = 0
     num_workers: int = 0
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -90,7 +92,10 @@ class InferenceConfig:
 
 @dataclass
 class Config:
-    labels: str = "abdomen_phantom"
+    #: The label table: a name under ``configs/labels``, a path, or the table itself
+    #: (``{name:, labels: [{index:, name:}, ...]}``, as ``medseg plan`` writes it).
+    #: No default: names in outputs come from the data, never from a fallback.
+    labels: typing.Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -100,9 +105,15 @@ class Config:
         return dataclasses.asdict(self)
 
     def label_table(self, base: Path | None = None):
+        """The config's label table; a ``ConfigError`` when it has none (never a default table)."""
         from medseg.labels import LabelTable
 
-        return LabelTable.from_yaml(resolve_label_table_path(self.labels, base))
+        if self.labels is None or self.labels == "":
+            raise ConfigError("the config has no label table ('labels:'); run `medseg plan MANIFEST --out CONFIG` "
+                              "(it writes the table from the data set), or add `labels: TABLE.yaml` to the config")
+        if isinstance(self.labels, dict):
+            return LabelTable.from_dict(self.labels, source="config labels")
+        return LabelTable.from_yaml(resolve_label_table_path(str(self.labels), base))
 
 
 def resolve_label_table_path(ref: str, base: Path | None = None) -> Path:
@@ -141,6 +152,8 @@ def _coerce(tp, value, where: str):
         return _build(tp, value, where)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, bool):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare off/no as false: `amp: off` means the string
     if tp in (int, str, bool, float):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {tp.__name__}, found {value!r}")
@@ -159,8 +172,10 @@ def _coerce(tp, value, where: str):
 def _parse_scalar(text: str):
     import yaml
 
+    from medseg import safe_yaml
+
     try:
-        return yaml.safe_load(text)
+        return safe_yaml.load(text)
     except yaml.YAMLError:
         return text
 
@@ -191,11 +206,13 @@ def config_from_dict(data: dict | None, *, source: str = "config", overrides: li
 def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Config:
     import yaml
 
+    from medseg import safe_yaml
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config file not found", path=p)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = safe_yaml.load_file(p) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=p) from None
     return config_from_dict(data, source=str(p), overrides=overrides)
@@ -204,6 +221,8 @@ def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Conf
 def _validate(cfg: Config, source: str) -> None:
     sd = cfg.model.spatial_dims
     checks = [
+        (cfg.labels is None or isinstance(cfg.labels, (str, dict)),
+         "labels must be a label table name, a path, or a mapping {name:, labels: [...]}"),
         (sd in (2, 3), f"model.spatial_dims must be 2 or 3, found {sd}"),
         (len(cfg.preprocessing.spacing) == 3, "preprocessing.spacing needs 3 values (mm)"),
         (all(float(s) > 0 for s in cfg.preprocessing.spacing), "preprocessing.spacing values must be > 0"),
@@ -219,6 +238,8 @@ def _validate(cfg: Config, source: str) -> None:
         (len(cfg.inference.roi_size) == 3, "inference.roi_size needs 3 values"),
         (0 <= cfg.inference.overlap < 1, "inference.overlap must be in [0, 1)"),
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
+        (cfg.training.iterations_per_epoch >= 1, "training.iterations_per_epoch must be >= 1"),
+        (0 < cfg.training.val_interval <= 1, "training.val_interval must be in (0, 1] (a fraction of the budget)"),
         (0 < cfg.training.pos_fraction <= 1, "training.pos_fraction must be in (0, 1]"),
         (cfg.inference.blend in ("gaussian", "constant"), "inference.blend must be 'gaussian' or 'constant'"),
         (cfg.inference.amp in ("auto", "bf16", "fp16", "off"), f"inference.amp must be auto, bf16, fp16 or off, found {cfg.inference.amp!r}"),

@@ -22,22 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.labels import Label, LabelTable
-
-
-def _label_table(labels: dict, name: str) -> LabelTable:
-    items = []
-    for k, v in labels.items():
-        # nnU-Net v2: name -> index (index may be a list for region-based training); v1/MSD: "index" -> name
-        if isinstance(v, (int, float)) and not str(k).isdigit():
-            idx, nm = int(v), str(k)
-        elif str(k).isdigit():
-            idx, nm = int(k), str(v)
-        else:
-            raise InputError(f"dataset.json label entry {k!r}: {v!r} is not 'name: index' or 'index: name' (region labels are not supported)")
-        if idx != 0:
-            items.append(Label(idx, re.sub(r"\W+", "_", nm.strip().lower()).strip("_") or f"label_{idx}"))
-    return LabelTable(name, tuple(sorted(items, key=lambda lab: lab.index)))
+from medseg.label_sources import table_from_dataset_json_labels
 
 
 def _modality(meta: dict) -> list[str]:
@@ -61,7 +46,7 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
     except ValueError as exc:
         raise InputError(f"dataset.json is not valid JSON ({exc})", path=meta_path) from None
     name = re.sub(r"\W+", "_", str(meta.get("name") or root.name)).strip("_").lower()
-    table = _label_table(meta.get("labels", {}), name)
+    table = table_from_dataset_json_labels(meta.get("labels", {}), name)
     channels = _modality(meta) or ["image"]
     out = Path(out)
     rows = []

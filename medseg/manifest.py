@@ -95,8 +95,9 @@ def _header(path: str):
 
 def _check_cases(df, table, image_cols: list[str]) -> list[str]:
     """Label maps on their image's grid, with values from the table (files that exist only)."""
-    allowed = {0} | {lab.index for lab in table.labels}
-    problems = []
+    from medseg.label_sources import check_table_against_values
+
+    problems, values = [], {}
     for row in df.itertuples(index=False):
         row = row._asdict()
         case, label = row["case_id"], row.get("label", "")
@@ -115,11 +116,8 @@ def _check_cases(df, table, image_cols: list[str]) -> list[str]:
             elif not np.allclose(affine, ref_affine, atol=1e-3):
                 problems.append(f"{case}: {col} affine differs from the image's by {np.abs(affine - ref_affine).max():.3g} mm")
         if label:
-            values = set(np.unique(np.asanyarray(headers[-1][0].dataobj)).astype(int).tolist())
-            extra = sorted(values - allowed)
-            if extra:
-                problems.append(f"{case}: label values {extra} are not in label table {table.name!r}")
-    return problems
+            values[case] = set(np.unique(np.asanyarray(headers[-1][0].dataobj)).astype(int).tolist())
+    return problems + check_table_against_values(table, values)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -373,11 +373,14 @@ def write_cohort(
     """Write ``n_cases`` phantoms (NIfTI image + label, optional DICOM) and a manifest CSV.
 
     The manifest has ``case_id, image, label, split`` (paths relative to it) plus
-    the true volume of every structure in mL (``true_<structure>_ml``).
+    the true volume of every structure in mL (``true_<structure>_ml``). The
+    phantoms' label table is written beside it as ``<manifest stem>_labels.yaml``
+    (where ``medseg plan`` looks for a data set's table).
     """
     import pandas as pd
+    import yaml
 
-    from medseg.io.atomic import write_csv
+    from medseg.io.atomic import write_csv, write_text
     from medseg.io.readers import write_label_map, write_volume
 
     out = Path(out_dir)
@@ -401,4 +404,6 @@ def write_cohort(
         rows.append(row)
     manifest = out / manifest_name
     write_csv(manifest, pd.DataFrame(rows))
+    write_text(manifest.with_name(manifest.stem + "_labels.yaml"),
+               "# written by medseg phantoms: the phantoms' structures\n" + yaml.safe_dump(PHANTOM_LABELS.to_dict(), sort_keys=False))
     return manifest

@@ -108,23 +108,59 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
 
 
 def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | None = None, memory_gb: float = 4.0,
-         min_spacing: float = 1.0, overrides: list[str] | None = None) -> tuple[Path, dict]:
-    """Fingerprint the manifest's training cases and write a config YAML (validated) to ``out``."""
+         min_spacing: float = 1.0, overrides: list[str] | None = None, labels: str | Path | None = None,
+         model: str | None = None) -> tuple[Path, dict]:
+    """Fingerprint the manifest's training cases and write a config YAML (validated) to ``out``.
+
+    The config carries the data set's label table inline (``medseg.label_sources``
+    says where it is looked for; ``labels`` names one explicitly), checked against
+    every label map first. ``model`` names a preset under ``configs/models`` whose
+    ``model`` section and per-family ``training`` recipe the plan starts from.
+    The fingerprint is written beside the config as ``<config stem>.fingerprint.json``.
+    """
     import yaml
 
     from medseg.config import apply_overrides, config_from_dict
-    from medseg.io.atomic import write_text
+    from medseg.io.atomic import write_json, write_text
+    from medseg.label_sources import check_table_against_values, label_values, table_for_manifest
     from medseg.manifest import image_columns, read_manifest
     from medseg.models import model_info
 
     df = read_manifest(manifest, require_labels=True)
     base = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
+    if model:
+        base = _with_model_preset(base or {}, model)
+    found = table_for_manifest(manifest, df, explicit=labels)
+    problems = check_table_against_values(found.table, label_values(df))
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise InputError(f"label table from {found.source} does not fit the label maps: {shown}", path=manifest)
     divisor = int(model_info((base.get("model") or {}).get("name", "unet"), params=False).get("divisor", 8))
     fp = fingerprint(df, image_columns(df))
-    cfg = apply_overrides(plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor), overrides)
+    fp["label_table_source"] = found.source
+    cfg = plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor)
+    cfg = {"labels": found.table.to_dict(), **{k: v for k, v in cfg.items() if k != "labels"}}
+    cfg = apply_overrides(cfg, overrides)
     config_from_dict(cfg, source=str(out))  # refuse a plan the trainer would refuse
-    import json
+    out = Path(out)
+    fp_path = out.with_name(out.name.split(".")[0] + ".fingerprint.json")
+    write_json(fp_path, fp)
+    head = (f"# written by medseg plan from {Path(manifest).name}; label table from {found.source}\n"
+            f"# data set fingerprint: {fp_path.name}\n")
+    write_text(out, head + yaml.safe_dump(cfg, sort_keys=False))
+    return out, fp
 
-    text = "# written by medseg plan from " + Path(manifest).name + "\n# fingerprint: " + json.dumps(fp) + "\n"
-    write_text(out, text + yaml.safe_dump(cfg, sort_keys=False))
-    return Path(out), fp
+
+def _with_model_preset(base: dict, name: str) -> dict:
+    """``base`` with the preset's model section and its per-family training recipe (``base`` keys win)."""
+    import copy
+
+    from medseg.models.presets import load_model_preset
+
+    preset = load_model_preset(name)
+    model = preset.get("model", preset) if isinstance(preset.get("model"), dict) else {k: preset[k] for k in ("name", "spatial_dims", "kwargs") if k in preset}
+    cfg = copy.deepcopy(base)
+    cfg["model"] = {**model, **(cfg.get("model") or {})} if cfg.get("model") else dict(model)
+    recipe = dict(preset.get("training") or {})
+    cfg["training"] = {**recipe, **(cfg.get("training") or {})}
+    return cfg

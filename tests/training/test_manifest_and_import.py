@@ -33,7 +33,8 @@ def test_all_manifest_problems_are_reported_together_with_case_ids(tmp_path):
     with pytest.raises(InputError) as err:
         read_manifest(tmp_path / "m.csv", require_labels=True, label_table=PHANTOM_LABELS)
     msg = str(err.value)
-    assert "4 problem(s)" in msg
+    assert "5 problem(s)" in msg
+    assert "names 2 (spleen), 3 (kidney_right), 4 (kidney_left) that no label map contains" in msg
     assert "missing: image nope.nii.gz not found" in msg
     assert "shape: label shape (8, 8, 9)" in msg
     assert "value: label values [7]" in msg
@@ -45,9 +46,9 @@ def test_nnunet_v2_folder_becomes_a_multichannel_manifest_with_folds(tmp_path):
     root = tmp_path / "Dataset001_Toy"
     for d in ("imagesTr", "labelsTr", "imagesTs"):
         (root / d).mkdir(parents=True)
-    for case in ("toy_001", "toy_002", "toy_003", "toy_004"):
+    for k, case in enumerate(("toy_001", "toy_002", "toy_003", "toy_004")):
         _nii(root / "imagesTr" / f"{case}_0000.nii.gz"), _nii(root / "imagesTr" / f"{case}_0001.nii.gz")
-        _nii(root / "labelsTr" / f"{case}.nii.gz", value=2)
+        _nii(root / "labelsTr" / f"{case}.nii.gz", value=1 + k % 2)
     _nii(root / "imagesTs" / "toy_101_0000.nii.gz"), _nii(root / "imagesTs" / "toy_101_0001.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "Left Thing": 1, "right-thing": 2},
