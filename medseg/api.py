@@ -4,6 +4,11 @@
 - ``predict(model=, inputs=, out=)``                -> one label map (+ JSON sidecar) per input
 - ``report(labels=, out=, images=, label_table=)``  -> ``volumes.csv``
 - ``evaluate(pred=, ref=, out=, label_table=)``     -> ``metrics.csv``
+- ``plan(manifest=, out=)``                         -> a training config with the data set's label table
+- ``run(pipeline=, input=, out=)``                  -> a resumable batch run directory
+- ``scan_dicom(folder=, out=)``, ``convert_dicom(folder=, out=)`` -> DICOM inventory / NIfTI + sidecars
+- ``import_dataset(folder=, out=)``                 -> manifest + label table from an nnU-Net/Decathlon folder
+- ``phantoms(out=, n=)``, ``demo(out=)``, ``list_models()``, ``model_info(name)``
 
 Errors in the user's input raise ``medseg.MedsegError`` subclasses with a
 one-line message naming the file. Each function delegates to the stage's own
@@ -114,3 +119,140 @@ def evaluate(
     from medseg.reporting.tables import write_metrics_report
 
     return write_metrics_report(pred=pred, ref=ref, out=out, label_table=label_table, case_ids=case_ids, **options)
+
+
+def plan(
+    *,
+    manifest: PathLike,
+    out: PathLike,
+    base_config: PathLike | None = None,
+    labels: PathLike | None = None,
+    model: str | None = None,
+    memory_gb: float = 4.0,
+    min_spacing: float = 1.0,
+    overrides: Sequence[str] | None = None,
+) -> tuple[Path, dict]:
+    """Write a training config derived from the manifest's data; returns ``(config path, fingerprint)``.
+
+    The label table comes from ``labels`` or the data set (``medseg.label_sources``);
+    ``model`` names a preset under ``configs/models`` (architecture + per-family recipe).
+    """
+    from medseg.training.planning import plan as _plan
+
+    return _plan(manifest, out, base_config=base_config, memory_gb=memory_gb, min_spacing=min_spacing,
+                 overrides=list(overrides or []), labels=labels, model=model)
+
+
+def run(
+    *,
+    pipeline: PathLike,
+    input: PathLike,
+    out: PathLike,
+    overrides: Sequence[str] | None = None,
+    resume: bool = False,
+    engine: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    progress: bool = True,
+    device: str | None = None,
+):
+    """Run a pipeline (a YAML path or a packaged pipeline name) over a folder or manifest; returns a ``RunResult``.
+
+    Running the same call again resumes: finished cases with unchanged inputs and settings are skipped.
+    """
+    from medseg.runner import run_pipeline
+
+    return run_pipeline(pipeline=pipeline, input=input, out=out, overrides=list(overrides or []), resume=resume, engine=engine,
+                        workers=workers, address=address, progress=progress, device=device)
+
+
+def _geometry_policy(resample_irregular: bool, refuse_tilt: bool):
+    from medseg.io.dicom_geometry import GeometryPolicy
+
+    return GeometryPolicy(irregular="resample" if resample_irregular else "refuse", tilt="refuse" if refuse_tilt else "resample")
+
+
+def scan_dicom(
+    *,
+    folder: PathLike,
+    out: PathLike,
+    resample_irregular: bool = False,
+    refuse_tilt: bool = False,
+    with_identifiers: bool = False,
+    salt: str | None = None,
+    progress: bool = True,
+):
+    """Header-only inventory of a DICOM folder: ``out`` (one row per series) and ``<out>_files.csv``.
+
+    Returns ``(inventory, series_csv, files_csv)``. Identifiers are written only with ``with_identifiers``.
+    """
+    from medseg.io.dicom_convert import write_inventory
+
+    return write_inventory(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), progress=progress,
+                           with_identifiers=with_identifiers, salt=salt)
+
+
+def convert_dicom(
+    *,
+    folder: PathLike,
+    out: PathLike,
+    modalities: Sequence[str] = (),
+    min_slices: int = 1,
+    description: str | None = None,
+    resample_irregular: bool = False,
+    refuse_tilt: bool = False,
+    with_identifiers: bool = False,
+    salt: str | None = None,
+    progress: bool = True,
+):
+    """Write each image series of a DICOM folder as NIfTI + JSON sidecar (findings, actions); returns the conversion result."""
+    from medseg.io.dicom_convert import convert_folder
+    from medseg.io.dicom_select import SelectionRule
+
+    rule = None
+    if modalities or min_slices > 1 or description:
+        rule = SelectionRule(modalities=tuple(modalities), min_slices=min_slices, description=description)
+    return convert_folder(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
+                          with_identifiers=with_identifiers, salt=salt)
+
+
+def import_dataset(*, folder: PathLike, out: PathLike, folds: int = 0, seed: int = 0) -> tuple[Path, Path]:
+    """Manifest + label table (``<out stem>_labels.yaml``) from an nnU-Net raw or Decathlon folder; returns both paths."""
+    from medseg.dataset_import import manifest_from_folder
+
+    return manifest_from_folder(folder, out, folds=folds, seed=seed)
+
+
+def phantoms(*, out: PathLike, n: int = 8, seed: int = 0, split: str = "train", dicom: bool = False) -> Path:
+    """Synthetic CT phantoms with exact truth, their manifest and label table; returns the manifest path."""
+    from medseg.phantoms import write_cohort
+
+    return write_cohort(out, n, seed=seed, split=split, dicom=dicom)
+
+
+def demo(*, out: PathLike, n_train: int = 16, n_test: int = 4, epochs: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Train on phantoms, segment DICOM phantoms, report; returns the demo's summary (``mean_dice``...)."""
+    from medseg.demo import run_demo
+
+    return run_demo(out=out, n_train=n_train, n_test=n_test, epochs=epochs, seed=seed, progress=progress)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names (builds nothing)."""
+    from medseg.models import list_models as _list
+
+    return _list(pattern)
+
+
+def model_info(name: str, *, params: bool = True) -> dict:
+    """A model's description, dims, input divisor, options and (``params``) parameter counts."""
+    from medseg.models import model_info as _info
+
+    return _info(name, params=params)
+
+
+def failed_plugins() -> dict[str, str]:
+    """Model plugins that failed to load: name -> why."""
+    from medseg.models import MODELS
+
+    return dict(MODELS.failed)

@@ -2,9 +2,9 @@
 
 
 def _run(args) -> int:
-    from medseg.demo import run_demo
+    from medseg import api
 
-    res = run_demo(out=args.out, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    res = api.demo(out=args.out, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     return 0 if res["mean_dice"] >= args.min_dice else 1
 
 

@@ -1,18 +1,12 @@
 """``medseg dicom scan`` (inventory of a DICOM folder) and ``medseg convert`` (image series -> NIfTI)."""
 
 
-def _policy(args):
-    from medseg.io.dicom_geometry import GeometryPolicy
-
-    return GeometryPolicy(irregular="resample" if args.resample_irregular else "refuse",
-                          tilt="refuse" if args.refuse_tilt else "resample")
-
-
 def _scan(args) -> int:
-    from medseg.io.dicom_convert import write_inventory
+    from medseg import api
 
-    inv, series_csv, files_csv = write_inventory(args.folder, args.out, policy=_policy(args), progress=not args.no_progress,
-                                                 with_identifiers=args.with_identifiers, salt=args.salt)
+    inv, series_csv, files_csv = api.scan_dicom(folder=args.folder, out=args.out, resample_irregular=args.resample_irregular,
+                                                refuse_tilt=args.refuse_tilt, progress=not args.no_progress,
+                                                with_identifiers=args.with_identifiers, salt=args.salt)
     n_ok = sum(e.segmentable for e in inv.entries)
     print(f"{inv.scan.n_files} files: {len(inv.entries)} series ({n_ok} segmentable), "
           f"{len(inv.scan.skipped)} files not in an image stack -> {series_csv}, {files_csv}")
@@ -20,14 +14,11 @@ def _scan(args) -> int:
 
 
 def _convert(args) -> int:
-    from medseg.io.dicom_convert import convert_folder
-    from medseg.io.dicom_select import SelectionRule
+    from medseg import api
 
-    rule = None
-    if args.modality or args.min_slices > 1 or args.description:
-        rule = SelectionRule(modalities=tuple(args.modality or ()), min_slices=args.min_slices, description=args.description)
-    r = convert_folder(args.folder, args.out, policy=_policy(args), rule=rule, progress=not args.no_progress,
-                       with_identifiers=args.with_identifiers, salt=args.salt)
+    r = api.convert_dicom(folder=args.folder, out=args.out, modalities=args.modality or (), min_slices=args.min_slices,
+                          description=args.description, resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt,
+                          progress=not args.no_progress, with_identifiers=args.with_identifiers, salt=args.salt)
     print(f"{len(r.outputs)} series converted, {len(r.refused)} refused -> {args.out} (see conversion.csv)")
     return r.exit_code
 

@@ -2,9 +2,9 @@
 
 
 def _from_folder(args) -> int:
-    from medseg.dataset_import import manifest_from_folder
+    from medseg import api
 
-    manifest, table = manifest_from_folder(args.folder, args.out, folds=args.folds, seed=args.seed)
+    manifest, table = api.import_dataset(folder=args.folder, out=args.out, folds=args.folds, seed=args.seed)
     print(f"wrote {manifest} and {table}")
     return 0
 

@@ -11,10 +11,10 @@ def _fmt_params(n) -> str:
 
 
 def _run(args) -> int:
-    from medseg.models import MODELS, list_models, model_info
+    from medseg import api
 
     if args.name:
-        info = model_info(args.name)
+        info = api.model_info(args.name)
         print(f"{info['name']}: {info['description']}")
         print(f"  dims: {list(info['dims'])}  input divisor: {info['divisor']}")
         counts = ", ".join(f"{d}D {_fmt_params(n)} ({n:,})" if n else f"{d}D ?" for d, n in info["params"].items())
@@ -23,17 +23,17 @@ def _run(args) -> int:
         for k, v in info["options"].items():
             print(f"    {k} = {v!r}")
         return 0
-    names = list_models(args.pattern)
+    names = api.list_models(args.pattern)
     header = f"{'name':<16} {'dims':<6} {'divisor':<8} "
     print(header + (f"{'params 2D':>10} {'params 3D':>10}  " if args.params else "") + "description")
     for name in names:
-        info = model_info(name, params=args.params)
+        info = api.model_info(name, params=args.params)
         row = f"{name:<16} {','.join(map(str, info['dims'])):<6} {info['divisor']!s:<8} "
         if args.params:
             p = info["params"]
             row += f"{_fmt_params(p[2]) if 2 in p else '-':>10} {_fmt_params(p[3]) if 3 in p else '-':>10}  "
         print(row + info["description"])
-    for name, why in sorted(MODELS.failed.items()):
+    for name, why in sorted(api.failed_plugins().items()):
         print(f"{name:<16} (plugin failed to load: {why})")
     return 0
 

@@ -2,9 +2,9 @@
 
 
 def _run(args) -> int:
-    from medseg.phantoms import write_cohort
+    from medseg import api
 
-    manifest = write_cohort(args.out, args.n, seed=args.seed, split=args.split, dicom=args.dicom)
+    manifest = api.phantoms(out=args.out, n=args.n, seed=args.seed, split=args.split, dicom=args.dicom)
     print(f"wrote {args.n} phantoms; manifest {manifest}")
     return 0
 

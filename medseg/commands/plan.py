@@ -2,10 +2,10 @@
 
 
 def _run(args) -> int:
-    from medseg.training.planning import plan
+    from medseg import api
 
-    path, fp = plan(args.manifest, args.out, base_config=args.base, memory_gb=args.memory_gb, min_spacing=args.min_spacing, overrides=args.set,
-                    labels=args.labels, model=args.model)
+    path, fp = api.plan(manifest=args.manifest, out=args.out, base_config=args.base, memory_gb=args.memory_gb, min_spacing=args.min_spacing,
+                        overrides=args.set, labels=args.labels, model=args.model)
     print(f"{fp['n_cases']} cases, {fp['modality']}, median spacing {[round(s, 2) for s in fp['spacing_median']]} mm, "
           f"labels from {fp['label_table_source']} -> {path}")
     return 0
