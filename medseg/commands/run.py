@@ -4,9 +4,9 @@ import sys
 
 
 def _run(args) -> int:
-    from medseg.runner import run_pipeline
+    from medseg import api
 
-    r = run_pipeline(pipeline=args.pipeline, input=args.input, out=args.out, overrides=args.set, resume=args.resume,
+    r = api.run(pipeline=args.pipeline, input=args.input, out=args.out, overrides=args.set, resume=args.resume,
                      engine=args.engine, workers=args.workers, address=args.address, progress=not args.no_progress,
                      device=args.device)
     print(f"{len(r.done)} done, {len(r.skipped)} already done, {len(r.failures)} failed of {r.n_cases} -> {r.run_dir}")
