@@ -22,8 +22,19 @@ def train_and_predict(train_manifest: Path, test_images: list[Path], *, minutes:
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
-    from monai.transforms import (AsDiscreted, Compose, CropForegroundd, EnsureChannelFirstd, Invertd, LoadImaged,
-                                  Orientationd, RandCropByPosNegLabeld, ScaleIntensityRanged, Spacingd, SpatialPadd)
+    from monai.transforms import (
+        AsDiscreted,
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        RandCropByPosNegLabeld,
+        ScaleIntensityRanged,
+        Spacingd,
+        SpatialPadd,
+    )
     from monai.utils import set_determinism
 
     set_determinism(seed)
@@ -63,3 +74,112 @@ def train_and_predict(train_manifest: Path, test_images: list[Path], *, minutes:
         d["pred"].applied_operations = d["image"].applied_operations
         outputs.append(post(d)["pred"][0].numpy().astype(np.uint8))
     return outputs, epochs
+
+
+def train_validate_predict(train_files: list[dict], val_files: list[dict], test_images: list[Path], *, minutes: float,
+                           num_classes: int, spacing=(2.0, 2.0, 2.0), patch=(64, 64, 64), channels=(16, 32, 64, 128, 256),
+                           res_units: int = 2, lr: float = 1e-3, batch_size: int = 2, val_every: float = 0.1,
+                           seed: int = 0) -> tuple[list[np.ndarray], dict]:
+    """The plain MONAI recipe of issue 12, for MR: z-score on the head, random patches, flips, the best checkpoint on validation.
+
+    LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> Spacingd -> NormalizeIntensityd(nonzero) ->
+    RandSpatialCropd (uniform random ``patch`` crops) -> RandFlipd on each axis; MONAI UNet ``channels`` with
+    ``res_units`` residual units and instance norm, DiceCELoss, Adam at a constant ``lr``. Validation (sliding
+    windows on the whole validation case) about every ``val_every`` of the budget and at its end, which the
+    final validation is planned into; the best state is kept. Returns the test label maps (on each input's grid) and
+    ``{"iterations", "seconds", "best_val_dice", "validations"}``.
+    """
+    import copy
+
+    import torch
+    from monai.data import CacheDataset, DataLoader, list_data_collate
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from monai.metrics import DiceMetric
+    from monai.networks.nets import UNet
+    from monai.networks.utils import one_hot
+    from monai.transforms import (
+        AsDiscreted,
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        RandFlipd,
+        RandSpatialCropd,
+        Spacingd,
+        SpatialPadd,
+    )
+    from monai.utils import set_determinism
+
+    t0 = time.monotonic()
+    budget = minutes * 60
+    set_determinism(seed)
+    keys = ["image", "label"]
+    pre = [LoadImaged(keys=keys), EnsureChannelFirstd(keys=keys), Orientationd(keys=keys, axcodes="RAS"),
+           Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")), NormalizeIntensityd(keys="image", nonzero=True)]
+    rand = [SpatialPadd(keys=keys, spatial_size=patch), RandSpatialCropd(keys=keys, roi_size=patch, random_size=False),
+            *[RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]]
+    ds = CacheDataset(train_files, Compose(pre + rand), progress=False)
+    val_ds = CacheDataset(val_files, Compose(pre), progress=False)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=list_data_collate)
+    model = UNet(3, 1, num_classes, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=res_units, norm="instance")
+    loss_fn, opt = DiceCELoss(to_onehot_y=True, softmax=True), torch.optim.Adam(model.parameters(), lr)
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+
+    def validate() -> float:
+        model.eval()
+        scores = []
+        with torch.inference_mode():
+            for item in val_ds:
+                logits = sliding_window_inference(item["image"][None], patch, 4, model, overlap=0.25, mode="gaussian")
+                metric.reset()
+                metric(one_hot(logits.argmax(1, keepdim=True), num_classes), one_hot(item["label"][None].long(), num_classes))
+                scores.append(float(metric.aggregate().nanmean()))
+        model.train()
+        return float(np.mean(scores))
+
+    iterations, best, best_state, val_s, step_s, validations = 0, -1.0, None, 1.0, 0.0, 0
+    next_val = val_every * budget
+    done = False
+    while not done:
+        for batch in loader:
+            elapsed = time.monotonic() - t0
+            if elapsed + 1.25 * val_s + step_s > budget:
+                done = True
+                break
+            t_step = time.monotonic()
+            opt.zero_grad()
+            loss = loss_fn(model(batch["image"]), batch["label"])
+            loss.backward()
+            opt.step()
+            iterations += 1
+            step_s = time.monotonic() - t_step
+            if time.monotonic() - t0 >= next_val:
+                t_val = time.monotonic()
+                score = validate()
+                validations += 1
+                val_s = time.monotonic() - t_val
+                next_val += val_every * budget
+                if score > best:
+                    best, best_state = score, copy.deepcopy(model.state_dict())
+    t_val = time.monotonic()
+    score = validate()
+    validations += 1
+    if score > best:
+        best, best_state = score, copy.deepcopy(model.state_dict())
+    seconds = time.monotonic() - t0
+    model.load_state_dict(best_state)
+    model.eval()
+    infer_pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
+                         Spacingd(keys="image", pixdim=spacing, mode="bilinear"), NormalizeIntensityd(keys="image", nonzero=True)])
+    post = Compose([Invertd(keys="pred", transform=infer_pre, orig_keys="image", nearest_interp=False), AsDiscreted(keys="pred", argmax=True)])
+    outputs = []
+    for img in test_images:
+        d = infer_pre({"image": str(img)})
+        with torch.inference_mode():
+            d["pred"] = sliding_window_inference(d["image"][None], patch, 4, model, overlap=0.25, mode="gaussian")[0]
+        d["pred"].applied_operations = d["image"].applied_operations
+        outputs.append(post(d)["pred"][0].numpy().astype(np.uint8))
+    return outputs, {"iterations": iterations, "seconds": seconds, "best_val_dice": best, "validations": validations}

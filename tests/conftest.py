@@ -81,7 +81,7 @@ def tiny_config(**training) -> dict:
         "labels": "abdomen_phantom",
         "model": TINY_MODEL,
         "preprocessing": {"spacing": [6.0, 6.0, 6.0], "crop_margin": 2},
-        "training": {"epochs": 3, "val_every": 1, "patch_size": [32, 32, 16], "batch_size": 2, "samples_per_image": 1, "amp": "off", **training},
+        "training": {"epochs": 3, "iterations_per_epoch": 2, "val_every": 1, "patch_size": [32, 32, 16], "batch_size": 2, "samples_per_image": 1, "amp": "off", **training},
         "inference": {"roi_size": [32, 32, 16], "sw_batch_size": 2},
     }
 

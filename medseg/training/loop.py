@@ -3,11 +3,26 @@
 A run directory holds ``config.yaml`` (resolved), ``run.json`` (versions,
 manifest hash, cases, result), ``metrics.csv`` (one row per epoch),
 ``training_curve.png``, ``best.pt`` (best validation mean Dice), ``last.pt``
-and ``state.pt`` (optimizer, schedule and history, for ``--resume``).
+and ``state.pt`` (optimizer, iterations, elapsed time and history, for ``--resume``).
+
+Schedules. An epoch is ``training.iterations_per_epoch`` optimizer steps
+(nnU-Net's 250 by default), whatever the number of cases: a 2-case data set
+trains as long as a 200-case one. Without a budget, ``training.epochs`` epochs
+run, the learning rate follows poly (power 0.9) or cosine on the fraction of
+the planned iterations done, and validation runs every ``val_every`` epochs.
+With ``training.max_minutes`` the budget rules instead (``epochs`` is not
+used): the learning rate follows the fraction of the budget spent, validation
+runs at the end of the first epoch past each ``val_interval`` fraction of the
+budget and at the end, and the last epoch stops early (its row records the
+iterations it did) when the next step would leave too little time for the
+final validation, checkpoints and curve, whose time is measured at each
+validation. ``metrics.csv`` records the cumulative iterations and elapsed
+seconds per epoch; ``state.pt`` records them too, so a resumed budget run
+continues its schedule from the time it had spent.
 
 Every epoch reseeds all random number generators from ``seed + epoch``, so a
-run resumed after a kill repeats exactly the epochs an uninterrupted run
-would have done.
+run (without a budget) resumed after a kill repeats exactly the epochs an
+uninterrupted run would have done.
 """
 
 from __future__ import annotations
@@ -53,7 +68,7 @@ def split_cases(df, seed: int, fold: int | None = None):
         if len(train) < 2:
             raise InputError("need at least 2 cases with split=train (or a split=val case) to validate")
         rng = np.random.default_rng(seed)
-        n_val = max(1, int(round(0.2 * len(train))))
+        n_val = max(1, round(0.2 * len(train)))
         pick = set(rng.choice(train["case_id"].to_numpy(), size=n_val, replace=False))
         val = train[train["case_id"].isin(pick)]
         train = train[~train["case_id"].isin(pick)]
@@ -109,6 +124,7 @@ def train(
                       device=device, resume=resume, fold=fold)
     import pandas as pd
     import torch
+    import torch.distributed as dist
     import yaml
     from monai.data import CacheDataset, DataLoader, list_data_collate
     from monai.losses import DiceCELoss
@@ -125,7 +141,12 @@ def train(
     from medseg.transforms.intensity import floor_value
     from medseg.transforms.presets import deterministic_transforms, random_transforms
 
-    import torch.distributed as dist
+    try:  # deep-supervision lists, weighted per scale
+        from medseg.training.losses import segmentation_loss
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while losses.py is not in the tree
+        if exc.name != "medseg.training.losses":
+            raise
+        segmentation_loss = _full_resolution_loss
 
     t0 = time.monotonic()
     tc = config.training
@@ -184,12 +205,10 @@ def train(
         opt = torch.optim.SGD(model.parameters(), lr=tc.learning_rate, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(train_ds) / world) * tc.samples_per_image / tc.batch_size))
-    total_steps = tc.epochs * steps_per_epoch
-    if tc.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    else:
-        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_steps, power=0.9)
+    ipe = tc.iterations_per_epoch
+    budget_s = tc.max_minutes * 60 if tc.max_minutes and tc.max_minutes > 0 else math.inf
+    budgeted = math.isfinite(budget_s)
+    total_steps = tc.epochs * ipe
     adversary = None
     if tc.adversarial_weight > 0:
         from medseg.training.adversarial import AdversarialTerm
@@ -199,46 +218,77 @@ def train(
     amp_dtype = _training_amp(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    names = {lab.index: lab.name for lab in table.labels}
-    history, best, start = [], (-1.0, 0, {}), 1
+    history, best, start, iteration, elapsed0 = [], (-1.0, 0, {}), 1, 0, 0.0
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"]) + 1
+        iteration, elapsed0 = int(state.get("iteration", 0)), float(state.get("elapsed_s", 0.0))
         best = (float(state["best"][0]), int(state["best"][1]), dict(state["best"][2]))
-        log.warning("resuming %s after epoch %d", out, start - 1)
-    budget_s = tc.max_minutes * 60 if tc.max_minutes and tc.max_minutes > 0 else math.inf
+        log.warning("resuming %s after epoch %d (%d iterations, %.0f s)", out, start - 1, iteration, elapsed0)
+
+    def elapsed() -> float:  # seconds counted against the budget, across resumes
+        return elapsed0 + time.monotonic() - t0
+
     extra = {"manifest_sha256": run_info["manifest_sha256"], "train_cases": run_info["train_cases"], "fold": fold}
-    bar = tqdm(total=(tc.epochs - start + 1) * steps_per_epoch, desc="train", unit="step", disable=not progress)
+    if budgeted and main:
+        log.info("budget %.1f min: epochs of %d iterations until it is spent (training.epochs is not used)", tc.max_minutes, ipe)
+    bar = tqdm(total=None if budgeted else max(0, total_steps - iteration), desc="train", unit="step", disable=not progress)
+    step_s, reserve_s = None, 1.0  # seconds per step; time kept for the final validation, checkpoints and the curve
+    next_val = (math.floor(elapsed() / (tc.val_interval * budget_s)) + 1) * tc.val_interval * budget_s if budgeted else math.inf
     epoch = start - 1
-    for epoch in range(start, tc.epochs + 1):
+    done = not budgeted and start > tc.epochs or budgeted and elapsed() + reserve_s >= budget_s and start > 1
+    while not done:
+        epoch += 1
         _reseed(tc.seed + rank * 100003, epoch, train_tf, generator)
         if sampler is not None:
             sampler.set_epoch(epoch)
         model.train()
-        t_epoch, losses = time.monotonic(), []
-        for batch in loader:
+        t_epoch, losses, batches, out_of_time = time.monotonic(), [], iter(loader), False
+        for _ in range(ipe):
+            # the schedule: poly/cosine on the spent fraction of the budget, or of the planned iterations
+            spent = elapsed() / budget_s if budgeted else iteration / total_steps
+            stop = budgeted and elapsed() + reserve_s + (step_s or 0.0) > budget_s
+            spent, stop = _agree_step(spent, stop, world)
+            if stop and losses:
+                out_of_time = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = tc.learning_rate * _lr_factor(spent, tc.schedule)
+            try:
+                batch = next(batches)
+            except StopIteration:  # a small data set: another pass in the same epoch
+                batches = iter(loader)
+                batch = next(batches)
+            t_step = time.monotonic()
             x, y = batch["image"].to(device), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x).float()
-                loss = loss_fn(logits, y)
+                outputs = model(x)
+                outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
+                logits = outputs[0] if isinstance(outputs, list) else outputs  # full resolution
+                loss = segmentation_loss(loss_fn, outputs, y)
                 if adversary is not None:
                     loss = loss + adversary.generator_loss(x, logits)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            sched.step()
             if adversary is not None:
                 adversary.discriminator_step(x, logits, y)
             losses.append(loss.detach().item())
+            iteration += 1
+            dt = time.monotonic() - t_step
+            step_s = dt if step_s is None else 0.9 * step_s + 0.1 * dt
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best_dice=f"{max(best[0], 0):.3f}")
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "epoch_seconds": time.monotonic() - t_epoch}
-        out_of_time = _agree(time.monotonic() - t0 > budget_s, world)
-        last = epoch == tc.epochs or out_of_time
-        if (epoch % tc.val_every == 0 or last) and main:
+        if budgeted and not out_of_time:
+            out_of_time = _agree_step(0.0, elapsed() + reserve_s + (step_s or 0.0) * 0.5 > budget_s, world)[1]
+        last = out_of_time if budgeted else epoch >= tc.epochs
+        row = {"epoch": epoch, "iterations": iteration, "elapsed_s": round(elapsed(), 2), "loss": float(np.mean(losses)),
+               "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.monotonic() - t_epoch}
+        due = elapsed() >= next_val if budgeted else epoch % tc.val_every == 0
+        t_val = time.monotonic()
+        if (due or last) and main:
             dice = validate(net, val_ds, config.inference, table, device, floor=pad)
             mean = float(np.nanmean(list(dice.values())))
             row.update({"val_mean_dice": mean, **{f"val_dice_{k}": v for k, v in dice.items()}})
@@ -247,18 +297,23 @@ def train(
                 best = (mean, epoch, dice)
                 save_checkpoint(out / "best.pt", net, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
             save_checkpoint(out / "last.pt", net, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
+        if budgeted and due:
+            next_val = (math.floor(elapsed() / (tc.val_interval * budget_s)) + 1) * tc.val_interval * budget_s
         history.append(row)
         if world > 1:
             dist.barrier()  # the others wait while the main process validates
         if main:
             write_csv(out / "metrics.csv", pd.DataFrame(history))
             with atomic_path(out / "state.pt") as tmp:  # everything --resume needs, after every epoch
-                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "epoch": epoch, "history": history, "best": [best[0], best[1], best[2]], "config": config.to_dict()}, tmp)
-        if out_of_time:
-            if main:
-                log.warning("stopping after epoch %d: the %.1f-minute budget is spent", epoch, tc.max_minutes)
-            break
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "iteration": iteration,
+                            "elapsed_s": elapsed(), "history": history, "best": [best[0], best[1], best[2]],
+                            "config": config.to_dict()}, tmp)
+        if due or last:  # validation + checkpoints + state: what the end of the run needs (with a margin)
+            reserve_s = max(reserve_s, 1.25 * (time.monotonic() - t_val) + 0.5)
+        if last:
+            if out_of_time and main:
+                log.warning("stopping after epoch %d (%d iterations): the %.1f-minute budget is spent", epoch, iteration, tc.max_minutes)
+            done = True
     bar.close()
     if not main:
         return None  # type: ignore[return-value]
@@ -270,9 +325,36 @@ def train(
         raise InputError(f"{out}: no validation ran (the run was already complete?); nothing to report")
     result = TrainResult(out, out / "best.pt", best[1], best[0], best[2], epoch, seconds)
     run_info.update({"best_epoch": best[1], "best_val_mean_dice": best[0], "best_val_dice": best[2], "epochs_run": epoch,
-                     "seconds": round(seconds, 1), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"})
+                     "iterations": iteration, "seconds": round(seconds, 1), "elapsed_s": round(elapsed(), 1),
+                     "budget_s": tc.max_minutes * 60 if budgeted else None,
+                     "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"})
     write_json(out / "run.json", run_info)
     return result
+
+
+def _full_resolution_loss(loss_fn, outputs, target):
+    """The loss on the full-resolution output only (used while ``medseg.training.losses`` is absent)."""
+    return loss_fn(outputs[0] if isinstance(outputs, list) else outputs, target)
+
+
+def _lr_factor(spent: float, schedule: str) -> float:
+    """The learning rate's multiplier at ``spent`` (0..1) of the run: poly (power 0.9, nnU-Net) or cosine."""
+    spent = min(max(float(spent), 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * spent))
+    return (1.0 - spent) ** 0.9
+
+
+def _agree_step(spent: float, stop: bool, world: int) -> tuple[float, bool]:
+    """The main process's schedule position and stop decision, shared with every process (same LR, same stop)."""
+    if world == 1:
+        return spent, stop
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(spent), 1.0 if stop else 0.0], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return float(t[0].item()), bool(t[1].item())
 
 
 def _load_state(out: Path, config: Config) -> dict | None:
@@ -285,18 +367,6 @@ def _load_state(out: Path, config: Config) -> dict | None:
     if state.get("config") != config.to_dict():
         raise ConfigError(f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a new --out")
     return state
-
-
-def _agree(flag: bool, world: int) -> bool:
-    """The main process's decision, shared with every process (so all stop together)."""
-    if world == 1:
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0])
-    dist.broadcast(t, src=0)
-    return bool(t.item())
 
 
 def _distributed_ready() -> bool:

@@ -1,0 +1,96 @@
+"""Budget-aware schedules: fixed-length epochs, the learning rate on the spent fraction of the budget, resume."""
+
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medseg import api
+from medseg.training.loop import _lr_factor
+
+
+def _train(cfg, manifest, out, **kw):
+    return api.train(config=cfg, manifest=manifest, out=out, progress=False, **kw)
+
+
+def test_lr_factor_poly_and_cosine():
+    assert _lr_factor(0.0, "poly") == 1.0 and _lr_factor(1.0, "poly") == 0.0
+    assert _lr_factor(0.5, "poly") == pytest.approx(0.5**0.9)
+    assert _lr_factor(0.5, "cosine") == pytest.approx(0.5) and _lr_factor(1.0, "cosine") == pytest.approx(0.0)
+    assert _lr_factor(1.7, "poly") == 0.0 and _lr_factor(-0.2, "cosine") == 1.0  # clipped to the run
+
+
+def test_an_epoch_is_a_fixed_number_of_iterations_whatever_the_number_of_cases(tiny_cohort, write_config, tmp_path):
+    # 3 training cases, batch 2: one pass is 2 steps; 5 iterations per epoch draw from more than one pass
+    _train(write_config(epochs=2, iterations_per_epoch=5, learning_rate=0.01), tiny_cohort, tmp_path / "run")
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(m["iterations"]) == [5, 10]
+    assert (np.diff(m["elapsed_s"]) > 0).all() and (m["elapsed_s"] > 0).all()
+    # poly on the planned iterations: the last step of epoch 1 is step 5 of 10 (4 done before it)
+    assert m["lr"][0] == pytest.approx(0.01 * (1 - 4 / 10) ** 0.9, rel=1e-6)
+    assert m["lr"][1] == pytest.approx(0.01 * (1 - 9 / 10) ** 0.9, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_budget_run_uses_its_budget_and_the_lr_follows_the_spent_fraction(tiny_cohort, write_config, tmp_path):
+    budget_min = 0.3
+    cfg = write_config(epochs=1, iterations_per_epoch=10, max_minutes=budget_min, learning_rate=0.004)
+    t = time.monotonic()
+    res = _train(cfg, tiny_cohort, tmp_path / "run")
+    wall = time.monotonic() - t
+    info = __import__("json").loads((tmp_path / "run" / "run.json").read_text())
+    budget = budget_min * 60
+    assert 0.9 * budget <= info["elapsed_s"] <= 1.04 * budget, info["elapsed_s"]
+    assert wall <= budget * 1.04 + 5  # + loading the config and building the run before the clock starts
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert {"iterations", "elapsed_s"} <= set(m.columns)
+    assert len(m) > 1, "epochs=1 is not a limit when there is a budget"
+    assert res.epochs_run == len(m) and info["iterations"] == m["iterations"].iloc[-1]
+    assert (np.diff(m["iterations"]) > 0).all() and (np.diff(m["elapsed_s"]) > 0).all()
+    # the lr of an epoch's last step is poly on the budget spent when that step began: after the previous epoch ended, before this one did
+    spent = np.clip(m["elapsed_s"].to_numpy() / budget, 0, 1)
+    factor = m["lr"].to_numpy() / 0.004
+    upper = np.concatenate([[1.0], (1 - spent[:-1]) ** 0.9])
+    assert ((1 - spent) ** 0.9 - 1e-9 <= factor).all() and (factor <= upper + 1e-9).all(), (factor, spent)
+    assert factor[-1] < 0.2 and (np.diff(factor) < 0).all()
+    # validation at a cadence of about 10% of the budget, and at the end
+    val = m.dropna(subset=["val_mean_dice"])
+    assert not np.isnan(m["val_mean_dice"].iloc[-1]) and len(val) >= 4
+    assert np.diff(val["elapsed_s"]).max() < 0.35 * budget
+
+
+@pytest.mark.slow
+def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_cohort, write_config, tmp_path):
+    budget_min = 0.4
+    cfg = write_config(epochs=1, iterations_per_epoch=10, max_minutes=budget_min, learning_rate=0.004)
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medseg", "train", "--no-progress", "--config", str(cfg), "--manifest", str(tiny_cohort), "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (run / "metrics.csv").exists() and len(pd.read_csv(run / "metrics.csv")) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(run / "state.pt", weights_only=True)
+    budget = budget_min * 60
+    assert state["elapsed_s"] < 0.8 * budget, "the run got too far before it could be killed"
+    killed_epoch, killed_iter, killed_lr = state["epoch"], state["iteration"], state["history"][-1]["lr"]
+
+    _train(cfg, tiny_cohort, run, resume=True)
+    m = pd.read_csv(run / "metrics.csv")
+    assert list(m["epoch"]) == list(range(1, len(m) + 1)) and len(m) > killed_epoch
+    after = m[m["epoch"] > killed_epoch]
+    assert after["iterations"].iloc[0] == killed_iter + 10  # iterations go on from the recorded count
+    assert after["elapsed_s"].iloc[0] > state["elapsed_s"]  # the clock goes on from the recorded time ...
+    assert after["lr"].iloc[0] < killed_lr  # ... and so does the schedule: no restart at the base learning rate
+    assert after["lr"].iloc[0] == pytest.approx(0.004 * (1 - after["elapsed_s"].iloc[0] / budget) ** 0.9, abs=0.004 * 0.05)
+    assert 0.9 * budget <= m["elapsed_s"].iloc[-1] <= 1.04 * budget
+    assert not math.isnan(m["val_mean_dice"].iloc[-1])
