@@ -17,6 +17,9 @@ from medseg.errors import CheckpointError
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "state_dict", "model", "labels", "preprocessing", "inference")
+_MODEL_KEYS = ("name", "spatial_dims", "kwargs", "out_channels")
+#: Label maps are written as uint8/uint16: no checkpoint may have more classes than uint16 holds.
+MAX_CLASSES = 1 << 16
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -134,9 +137,44 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"checkpoint format {ckpt['format_version']} is newer than this medseg reads ({FORMAT_VERSION}); upgrade medseg",
             path=p,
         )
+    _check_model_and_labels(ckpt, p)
     ckpt["file_sha256"] = file_sha256(p)
     ckpt["path"] = str(p)
     return ckpt
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_model_and_labels(ckpt: dict, p: Path) -> None:
+    """The network's declared shape and the label table must agree before anything is built:
+    one output channel per class (background + the largest label index)."""
+    from medseg.errors import ConfigError
+    from medseg.labels import LabelTable
+
+    m = ckpt["model"]
+    if not isinstance(m, dict) or any(k not in m for k in _MODEL_KEYS) or not isinstance(m.get("kwargs"), dict):
+        raise CheckpointError(f"not a medseg checkpoint: its 'model' entry needs {list(_MODEL_KEYS)} (kwargs a mapping)", path=p)
+    out, inp = m["out_channels"], m.get("in_channels", 1)
+    if not _positive_int(out) or not _positive_int(inp) or not _positive_int(m["spatial_dims"]):
+        raise CheckpointError(f"model declares in_channels={inp!r}, out_channels={out!r}, spatial_dims={m['spatial_dims']!r}; "
+                              "expected positive whole numbers: the checkpoint is damaged", path=p)
+    try:
+        labels = LabelTable.from_dict(ckpt["labels"], source="its label table")
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"unusable label table ({str(exc)[:200]})", path=p) from None
+    n = labels.num_classes
+    if n > MAX_CLASSES:
+        raise CheckpointError(f"label table's largest index is {n - 1}; label maps hold at most {MAX_CLASSES - 1}", path=p)
+    if n != out:
+        more = "more" if n > out else "fewer"
+        raise CheckpointError(
+            f"label table {labels.name!r} needs {n} output channels (background + largest index {n - 1}) but the network "
+            f"has {out}: {more} labels than the network can predict; the checkpoint is inconsistent (use the table it "
+            "was trained with, or retrain)",
+            path=p,
+        )
 
 
 def build_model(ckpt: dict):

@@ -13,6 +13,11 @@ then undoes 2 while reducing the scores to labels (interpolating only near
 boundaries; bounded memory), undoes 1 on the labels, and checks that the
 shape equals the input's.
 The returned label map carries the input's affine unchanged.
+
+Inputs are checked before any of this: NaN/Inf voxels are refused (or, with
+``nonfinite="replace"``, replaced by a stated value and recorded in
+``result.meta["findings"]``), and a network grid larger than the voxel limit
+(a broken voxel size) is refused before it is allocated.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
+from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError, MedsegError
 from medseg.io.volume import Volume
 from medseg.labels import LabelTable
 
@@ -35,13 +40,43 @@ log = logging.getLogger(__name__)
 
 _TORCH_NATIVE = {np.dtype(t) for t in ("float32", "float64", "float16", "int8", "uint8", "int16", "int32", "int64")}
 
+#: What to do with NaN/Inf voxels: "refuse" (default: one line naming the file and the count) or
+#: "replace" (with the intensity floor: CT window/clip low end, or the image's finite minimum for
+#: z-score; the count is recorded in ``meta["findings"]``).
+NONFINITE_POLICIES = ("refuse", "replace")
+#: Settings of the predictor itself (not of training), accepted like the inference options.
+_PREDICTOR_OPTIONS = {"nonfinite": "refuse"}
+
 
 def _default_inference() -> dict:
     import dataclasses
 
     from medseg.config import InferenceConfig
 
-    return dataclasses.asdict(InferenceConfig())
+    return {**_PREDICTOR_OPTIONS, **dataclasses.asdict(InferenceConfig())}
+
+
+def _finite_min(array: np.ndarray, slab_voxels: int = 1 << 24) -> float | None:
+    """Smallest finite voxel, slab by slab; None when there is none."""
+    step = max(1, slab_voxels // max(1, array.size // array.shape[-1]))
+    best = None
+    for k in range(0, array.shape[-1], step):
+        s = array[..., k:k + step]
+        vals = s[np.isfinite(s)]
+        if vals.size:
+            m = float(vals.min())
+            best = m if best is None else min(best, m)
+    return best
+
+
+def _replace_nonfinite(array: np.ndarray, value: float, slab_voxels: int = 1 << 24) -> np.ndarray:
+    """A copy of ``array`` with NaN/Inf set to ``value`` (the input itself is never changed)."""
+    out = np.array(array, copy=True)
+    step = max(1, slab_voxels // max(1, out.size // out.shape[-1]))
+    for k in range(0, out.shape[-1], step):
+        s = out[..., k:k + step]
+        s[~np.isfinite(s)] = value
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -50,7 +85,8 @@ def peak_rss_mb() -> float:
 
 
 class Predictor:
-    def __init__(self, models, *, labels: LabelTable, preprocessing: dict, inference: dict, device=None, provenance: dict | None = None, progress: bool = False):
+    def __init__(self, models, *, labels: LabelTable, preprocessing: dict, inference: dict, device=None,
+                 provenance: dict | None = None, progress: bool = False):
         import torch
 
         from medseg.inference.sliding_window import default_device, prepare_model
@@ -64,6 +100,8 @@ class Predictor:
         self.provenance = dict(provenance or {})
         self.progress = progress
         self.in_channels = int(self.provenance.get("in_channels", 1))
+        if self.inference["nonfinite"] not in NONFINITE_POLICIES:
+            raise ConfigError(f"nonfinite={self.inference['nonfinite']!r}: expected one of {list(NONFINITE_POLICIES)}")
 
     @property
     def model(self):
@@ -127,7 +165,6 @@ class Predictor:
         import torch
 
         from medseg.inference.sliding_window import window_scores
-
         from medseg.transforms.intensity import floor_value
 
         inf = self.inference
@@ -157,9 +194,10 @@ class Predictor:
                 total = p if total is None else total.add_(p)
         return total.div_(n).clamp_min_(torch.finfo(torch.float32).tiny).log_().cpu()
 
-    def _read_channels(self, source) -> tuple[Volume, np.ndarray]:
+    def _read_channels(self, source, findings: list) -> tuple[Volume, np.ndarray]:
         """The reference volume (channel 0) and a ``(C, X, Y, Z)`` array of all channels: float32 for
-        several channels, the stored (torch-readable) type and no copy for one."""
+        several channels, the stored (torch-readable) type and no copy for one (unless NaN/Inf voxels
+        are replaced: then a copy). Findings about the input are appended to ``findings``."""
         from medseg.io.readers import read_volume
         from medseg.io.volume import require_same_grid
 
@@ -175,16 +213,54 @@ class Predictor:
         if ref.array.size == 0 or min(ref.shape) < 1:
             raise InputError(f"empty volume (shape {ref.shape}); expected an image with voxels", path=ref.source or None)
         for v in vols:
-            if not np.issubdtype(np.asarray(v.array).dtype, np.number):
-                raise InputError(f"image voxels are {v.array.dtype}, expected numbers", path=v.source or None)
+            dt = np.asarray(v.array).dtype
+            if not np.issubdtype(dt, np.number) or np.issubdtype(dt, np.complexfloating):
+                raise InputError(f"image voxels are {v.array.dtype}, expected real numbers", path=v.source or None)
+        arrays = [self._finite_channel(np.asarray(v.array), v.source or ref.source, c, findings) for c, v in enumerate(vols)]
         if len(vols) > 1:
-            return ref, np.stack([np.asarray(v.array, dtype=np.float32) for v in vols])
+            return ref, np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
         # One channel: a view in the stored type, not a copy (a CT is hundreds of MB at float32);
         # resampling converts only the (much smaller) network-grid samples to float.
-        array = np.asarray(ref.array)
+        array = arrays[0]
         if array.dtype not in _TORCH_NATIVE or any(st < 0 for st in array.strides):
             array = np.asarray(array, dtype=np.float32)
         return ref, array[None]
+
+    def _fill_value(self, array: np.ndarray) -> tuple[float | None, str]:
+        """The value NaN/Inf voxels become with ``nonfinite="replace"``, and what it is."""
+        pre = self.preprocessing
+        kind = pre.get("intensity", "ct_window")
+        if kind == "ct_window":
+            return float(pre["window"][0]), "the intensity window's floor"
+        if kind == "ct_clip_zscore":
+            return float(pre["clip"][0]), "the intensity clip's floor"
+        return _finite_min(array), "the image's smallest finite value"
+
+    def _finite_channel(self, array: np.ndarray, source: str, channel: int, findings: list) -> np.ndarray:
+        """``array`` when all voxels are finite; else refuse, or (``nonfinite="replace"``) a copy with
+        them replaced and a finding recorded. NaN never reaches the network (where it would spread
+        and end as an all-background map) and is never taken for air."""
+        from medseg.io.volume import count_nonfinite
+
+        n = count_nonfinite(array)
+        if n == 0:
+            return array
+        total = int(array.size)
+        share = f"{n:,} of {total:,} voxels ({100.0 * n / total:.2g}%)"
+        where = f" in channel {channel}" if self.in_channels > 1 else ""
+        value, what = (None, "") if n == total else self._fill_value(array)
+        if value is None:
+            raise InputError(f"every voxel{where} is NaN or infinite ({total:,}); there is no image to segment", path=source or None)
+        if self.inference["nonfinite"] != "replace":
+            raise InputError(
+                f"{share}{where} are NaN or infinite; medseg does not segment them silently. Fix the image, or replace "
+                f"them with {value:g} ({what}) with --nonfinite replace (Python: nonfinite='replace')",
+                path=source or None,
+            )
+        log.warning("%s: %s%s are NaN or infinite; replaced with %g (%s)", Path(source).name, share, where, value, what)
+        findings.append({"kind": "nonfinite_voxels", "channel": channel, "count": n, "fraction": n / total,
+                         "action": f"replaced with {value:g} ({what})"})
+        return _replace_nonfinite(array, value)
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (a path, a DICOM folder or a Volume; a list of them for multi-channel
@@ -199,11 +275,13 @@ class Predictor:
 
         from medseg.inference.labels_from_scores import labels_from_scores
         from medseg.io.geometry import closest_ras_view, from_closest_ras
+        from medseg.io.readers import max_voxels
         from medseg.transforms.intensity import normalize
         from medseg.transforms.spatial import grid_steps, resample, resampled_affine, target_shape
 
         t0 = time.monotonic()
-        volume, channels = self._read_channels(source)
+        findings: list = []
+        volume, channels = self._read_channels(source, findings)
         t_read = time.monotonic() - t0
 
         # 1. orient to the closest RAS (every channel the same way): a permuted view whose flips
@@ -214,15 +292,36 @@ class Predictor:
         # 2. spacing
         size = target_shape(oriented_shape, spacing, self.preprocessing["spacing"])
         steps = grid_steps(spacing, self.preprocessing["spacing"])
+        n_grid, limit = int(np.prod([int(n) for n in size], dtype=object)), max_voxels()
+        if n_grid > limit:
+            raise InputError(
+                f"voxel size {tuple(round(float(s), 4) for s in spacing)} mm resampled to the network's "
+                f"{tuple(self.preprocessing['spacing'])} mm gives a grid of {tuple(size)} = {n_grid:,} voxels, over the "
+                f"limit of {limit:,} (MEDSEG_MAX_VOXELS); check the image's voxel size",
+                path=volume.source or None,
+            )
         x = resample(view, size, steps, mode="trilinear", reverse=reverse)
         del view, channels
         # 3. intensity
         x = normalize(x, self.preprocessing)[None]
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(
+                "intensities overflow 32-bit floats (|value| > 3.4e38) after resampling; the image's values or its "
+                "scaling (NIfTI scl_slope/scl_inter) are broken",
+                path=volume.source or None,
+            )
         # 4. windows -> log-probabilities on the network's grid
         stats: dict = {}
         t1 = time.monotonic()
         log_probs = self._probabilities(x, stats)
         t_windows = time.monotonic() - t1
+        bad = int((~torch.isfinite(log_probs)).sum())
+        if bad:
+            raise MedsegError(
+                f"the network's scores hold {bad:,} NaN/Inf values for this image, so no label can be trusted; "
+                "try --amp off (half precision can overflow); if that does not help, the checkpoint's weights are broken",
+                path=volume.source or None,
+            )
         # undo 2 while reducing to labels
         labels, conf_sum, counts = labels_from_scores(log_probs, oriented_shape, [1.0 / s for s in steps],
                                                       chunk=int(self.inference["label_chunk"]), with_confidence=True)
@@ -243,6 +342,7 @@ class Predictor:
             "network_grid": list(size),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "confidence": confidence,
+            "findings": findings,
             **stats,
         }
         if kept is not None:

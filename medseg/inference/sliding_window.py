@@ -72,7 +72,9 @@ class WindowRunner:
         if not self.skip_background:
             self.windows_run += x.shape[0]
             return self._forward(x)
-        keep = x.flatten(1).amax(dim=1) > self.floor + 1e-6
+        # "Not at or below the floor" rather than "above it": a window whose maximum is NaN is run,
+        # never taken for air (NaN compares false both ways).
+        keep = ~(x.flatten(1).amax(dim=1) <= self.floor + 1e-6)
         n_keep = int(keep.sum())
         self.windows_run += n_keep
         self.windows_skipped += x.shape[0] - n_keep

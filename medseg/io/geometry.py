@@ -11,7 +11,9 @@ import nibabel as nib
 import numpy as np
 
 from medseg.errors import GeometryError
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, check_affine
+
+__all__ = ["align_to", "check_affine", "closest_ras_view", "from_closest_ras", "to_closest_ras"]
 
 
 def to_closest_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import LPS_TO_RAS, Volume
 
@@ -38,7 +38,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", path=p)
-    if p.is_dir():
+    if p.is_dir() or p.name.upper() == "DICOMDIR":  # a DICOM folder, or the DICOMDIR index of one
         from medseg.io.dicom import read_dicom_series
 
         return read_dicom_series(p)
@@ -52,28 +52,235 @@ def read_volume(path: str | os.PathLike) -> Volume:
     )
 
 
+#: Voxels one input may hold, unless ``MEDSEG_MAX_VOXELS`` says otherwise: 2**30 (1024^3), twice
+#: the largest clinical CT (512 x 512 x 2000). Checked against the header before any voxel is read.
+MAX_VOXELS = 2**30
+#: Deflate (gzip, zlib) expands at most 1032:1 (RFC 1951: a 258-byte match costs at least 2 bits),
+#: so a compressed file of ``n`` bytes holds at most ``n * 1032`` bytes of voxels.
+DEFLATE_MAX_RATIO = 1032
+_SLACK_BYTES = 1 << 16  # headers, gzip members, rounding: never what decides a refusal
+_CHUNK_BYTES = 1 << 24
+
+
+def max_voxels() -> int:
+    """The voxel limit in force: ``MEDSEG_MAX_VOXELS`` (a positive integer) or ``MAX_VOXELS``."""
+    raw = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
+    if not raw:
+        return MAX_VOXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"MEDSEG_MAX_VOXELS={raw[:40]!r}: expected a positive whole number of voxels (default {MAX_VOXELS})")
+    return value
+
+
+def check_claim(p: Path, shape, itemsize: int, *, stored_bytes: int | None = None, max_ratio: float | None = None,
+                what: str = "header") -> int:
+    """Refuse a header whose claimed voxels exceed the voxel limit, or more bytes than the file can
+    hold (``stored_bytes * max_ratio``; ``max_ratio`` 1 for raw data, ``DEFLATE_MAX_RATIO`` for
+    gzip/zlib, None when unknown). Returns the claimed number of bytes. Nothing is allocated."""
+    dims = [int(d) for d in shape]
+    n_vox = 1
+    for d in dims:
+        n_vox *= max(d, 0)
+    if n_vox == 0:
+        raise InputError(f"the {what} gives shape {tuple(dims)}, which holds no voxels; expected an image", path=p)
+    limit = max_voxels()
+    if n_vox > limit:
+        raise InputError(
+            f"the {what} claims shape {tuple(dims)} = {n_vox:,} voxels, over medseg's limit of {limit:,}; "
+            "if the image is real, set MEDSEG_MAX_VOXELS to allow it (memory use grows with it)",
+            path=p,
+        )
+    n_bytes = n_vox * int(itemsize)
+    if stored_bytes is not None and max_ratio is not None:
+        can_hold = int(stored_bytes * max_ratio) + (_SLACK_BYTES if max_ratio > 1 else 0)
+        if n_bytes > can_hold:
+            how = "raw data" if max_ratio <= 1 else f"data compressed at most {max_ratio:g}:1"
+            raise InputError(
+                f"the {what} claims shape {tuple(dims)} = {n_bytes:,} bytes of voxels, but {stored_bytes:,} bytes of "
+                f"{how} can hold at most {can_hold:,}; the file is truncated or its header is corrupt",
+                path=p,
+            )
+    return n_bytes
+
+
+def _quiet_nibabel():
+    """nibabel logs (and silently repairs) bad header fields on load; medseg checks the raw header itself."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def quiet():
+        lg = logging.getLogger("nibabel.global")
+        was = lg.disabled
+        lg.disabled = True
+        try:
+            yield
+        finally:
+            lg.disabled = was
+
+    return quiet()
+
+
+def _raw_nifti_header(p: Path):
+    """The header as stored, before nibabel's repairs (which turn a zero pixdim into 1 mm)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(p), "rb") as fh:
+        head = fh.read(540)
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        n = klass.sizeof_hdr
+        if len(head) < n:
+            continue
+        for order in ("<", ">"):
+            if int(np.frombuffer(head[:4], dtype=order + "i4")[0]) == n:
+                return klass(binaryblock=head[:n], check=False)
+    raise ValueError("no NIfTI-1/NIfTI-2 header (sizeof_hdr is neither 348 nor 540)")
+
+
+def _check_nifti_geometry(p: Path, raw) -> None:
+    """Without an sform the grid comes from pixdim (qform or none): it must be a real voxel size."""
+    if int(raw["sform_code"]) > 0:
+        return  # the sform gives the grid; Volume checks that affine
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if np.all(np.isfinite(pixdim)) and np.all(pixdim > 0):
+        return
+    has = "a qform but no sform" if int(raw["qform_code"]) > 0 else "neither qform nor sform"
+    shown = tuple(float(f"{v:.4g}") for v in pixdim)
+    raise GeometryError(
+        f"voxel size (pixdim) {shown} mm is zero, negative or not a number and the header has {has}; "
+        "medseg does not guess a voxel size (nibabel would invent one): fix the header or re-export the image",
+        path=p,
+    )
+
+
+def _read_gz_voxels(p: Path, proxy, n_bytes: int) -> np.ndarray:
+    """Decompress the voxel data chunk by chunk into an unfilled buffer: only bytes that are really
+    in the file become resident, so a header that over-claims costs no memory before it is refused."""
+    from nibabel.openers import ImageOpener
+    from nibabel.volumeutils import apply_read_scaling
+
+    buf = np.empty(n_bytes, dtype=np.uint8)
+    view = memoryview(buf)
+    got = 0
+    with ImageOpener(str(p), "rb") as fh:
+        fh.seek(int(proxy.offset))
+        while got < n_bytes:
+            n = fh.readinto(view[got:got + _CHUNK_BYTES])
+            if not n:
+                break
+            got += n
+    if got < n_bytes:
+        raise InputError(f"truncated: the header claims {n_bytes:,} bytes of voxels, the file holds {got:,}", path=p)
+    raw = buf.view(proxy.dtype).reshape(proxy.shape, order=proxy.order)
+    return apply_read_scaling(raw, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter))
+
+
 def _read_nifti(p: Path) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(p))
-        array = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", path=p) from None
-    if array.ndim == 4 and array.shape[3] == 1:
+        raw = _raw_nifti_header(p)
+        with _quiet_nibabel():
+            img = nib.load(str(p))
+        shape, dtype, offset = img.shape, img.get_data_dtype(), int(img.dataobj.offset)
+    except Exception as exc:  # noqa: BLE001 -- a corrupt header makes nibabel raise many types; all are bad input
+        raise InputError(f"cannot read as NIfTI ({type(exc).__name__}: {str(exc)[:200]})", path=p) from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"expected a 3D image, found shape {tuple(shape)}", path=p)
+    compressed = p.name.lower().endswith(".gz")
+    size = p.stat().st_size
+    n_bytes = check_claim(p, img.shape, dtype.itemsize, stored_bytes=size if compressed else max(size - offset, 0),
+                          max_ratio=DEFLATE_MAX_RATIO if compressed else 1)
+    _check_nifti_geometry(p, raw)
+    try:
+        with _quiet_nibabel():
+            array = _read_gz_voxels(p, img.dataobj, n_bytes) if compressed else np.asanyarray(img.dataobj)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- corrupt deflate data, short files: bad input, one line
+        raise InputError(f"cannot read as NIfTI ({type(exc).__name__}: {str(exc)[:200]})", path=p) from None
+    if array.ndim == 4:
         array = array[..., 0]
-    if array.ndim != 3:
-        raise InputError(f"expected a 3D image, found shape {array.shape}", path=p)
     return Volume(array, img.affine, str(p), {"format": "nifti"})
+
+
+def _sitk_component_bytes(pixel_id: int) -> int:
+    import SimpleITK as sitk
+
+    try:
+        return int(sitk.Image([1, 1, 1], pixel_id).GetSizeOfPixelComponent())
+    except Exception:  # noqa: BLE001 -- unknown pixel type: count the largest scalar
+        return 8  # the largest scalar: the claim is over-counted, never under
+
+
+def _itk_stored_data(p: Path) -> tuple[int | None, float | None]:
+    """Bytes of voxel data on disk and the most they can expand (MetaImage/NRRD headers, read as text).
+
+    ``(None, None)`` when it cannot be told (a list of data files, bzip2...): then only the voxel limit applies."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(1 << 16).decode("latin-1")
+    except OSError:
+        return None, None
+    name = p.name.lower()
+    data_file, ratio = None, 1.0
+    if name.endswith((".mha", ".mhd")):
+        for line in head.splitlines():
+            key, _, value = line.partition("=")
+            key, value = key.strip().lower(), value.strip()
+            if key == "compresseddata" and value.lower() == "true":
+                ratio = DEFLATE_MAX_RATIO
+            if key == "elementdatafile":
+                data_file = None if value.upper() == "LOCAL" else value
+                break
+    else:  # NRRD: "field: value" lines up to a blank line
+        for line in head.splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            key, value = key.strip().lower(), value.strip().lstrip("=").strip()
+            if key == "encoding":
+                enc = value.lower()
+                ratio = {"raw": 1.0, "gzip": DEFLATE_MAX_RATIO, "gz": DEFLATE_MAX_RATIO, "hex": 1.0,
+                         "ascii": 8.0, "text": 8.0, "txt": 8.0}.get(enc)
+            if key in ("data file", "datafile"):
+                data_file = value
+    if ratio is None:
+        return None, None
+    if data_file is None:
+        return p.stat().st_size, ratio
+    if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+        return None, None
+    target = (p.parent / data_file)
+    return (target.stat().st_size, ratio) if target.is_file() else (None, None)
 
 
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
 
     try:
-        img = sitk.ReadImage(str(p))
-    except Exception as exc:
-        raise InputError(f"cannot read image ({exc})", path=p) from None
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        dim, size = reader.GetDimension(), reader.GetSize()
+        comp_bytes = _sitk_component_bytes(reader.GetPixelID()) * max(1, int(reader.GetNumberOfComponents()))
+    except Exception as exc:  # noqa: BLE001 -- SimpleITK raises RuntimeError with ITK's text; any failure is bad input
+        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__})", path=p) from None
+    if dim != 3:
+        raise InputError(f"expected a 3D image, found {dim}D", path=p)
+    stored, ratio = _itk_stored_data(p)
+    check_claim(p, size, comp_bytes, stored_bytes=stored, max_ratio=ratio)
+    try:
+        img = reader.Execute()
+    except Exception as exc:  # noqa: BLE001 -- as above
+        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__})", path=p) from None
     if img.GetDimension() != 3:
         raise InputError(f"expected a 3D image, found {img.GetDimension()}D", path=p)
     array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # ITK arrays are (z, y, x)

@@ -16,6 +16,55 @@ from medseg.errors import GeometryError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+#: Smallest voxel edge (mm) accepted as a measurement rather than a broken header (1 nm).
+MIN_VOXEL_MM = 1e-6
+#: An affine whose axes are this close to parallel (|det| / product of axis lengths) is singular.
+MIN_AXIS_INDEPENDENCE = 1e-6
+
+
+def check_affine(affine: np.ndarray, *, path: object | None = None) -> None:
+    """Refuse a voxel-to-world affine that cannot place voxels in the patient: non-finite
+    entries, a zero-length axis (zero voxel size) or axes that are parallel (singular).
+
+    Every volume passes here (``Volume`` calls it), so no grid with an invented or
+    degenerate geometry is ever measured in mm or mL.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise GeometryError(
+            "the image's affine holds NaN or infinite numbers, so its voxels have no position or size; "
+            "fix the header's geometry (NIfTI qform/sform, pixdim) or re-export the image",
+            path=path,
+        )
+    m = a[:3, :3]
+    sizes = np.linalg.norm(m, axis=0)
+    if np.any(sizes < MIN_VOXEL_MM):
+        raise GeometryError(
+            f"voxel size {tuple(float(f'{s:.4g}') for s in sizes)} mm: an axis has zero length, so volumes "
+            "cannot be measured; fix the header's voxel size (NIfTI pixdim/qform/sform) or re-export the image",
+            path=path,
+        )
+    if abs(float(np.linalg.det(m))) <= MIN_AXIS_INDEPENDENCE * float(np.prod(sizes)):
+        raise GeometryError(
+            "the image's affine is singular (two voxel axes point the same way), so voxels have no "
+            "well-defined position or volume; fix the header's orientation (qform/sform) or re-export the image",
+            path=path,
+        )
+
+
+def count_nonfinite(array: np.ndarray, *, slab_voxels: int = 1 << 24) -> int:
+    """Number of NaN/Inf voxels, counted slab by slab (temporaries stay small for a large CT).
+
+    Integer arrays are finite by construction and cost nothing.
+    """
+    a = np.asarray(array)
+    if not np.issubdtype(a.dtype, np.inexact) or a.size == 0:
+        return 0
+    if a.ndim == 0:
+        return int(not np.isfinite(a))
+    step = max(1, slab_voxels // max(1, a.size // a.shape[-1]))
+    return int(sum(int(np.count_nonzero(~np.isfinite(a[..., k:k + step]))) for k in range(0, a.shape[-1], step)))
+
 
 @dataclass
 class Volume:
@@ -34,6 +83,7 @@ class Volume:
             )
         if self.affine.shape != (4, 4):
             raise GeometryError(f"affine must be 4x4, found {self.affine.shape}", path=self.source or None)
+        check_affine(self.affine, path=self.source or None)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -49,7 +99,7 @@ class Volume:
         """Volume of one voxel: |det| of the affine's 3x3 part (exact also for oblique grids)."""
         return float(abs(np.linalg.det(self.affine[:3, :3])))
 
-    def with_array(self, array: np.ndarray, **meta) -> "Volume":
+    def with_array(self, array: np.ndarray, **meta) -> Volume:
         """A volume on the same grid holding other voxels (e.g. the label map)."""
         if tuple(array.shape) != self.shape:
             raise GeometryError(f"array shape {tuple(array.shape)} does not match the grid {self.shape}")

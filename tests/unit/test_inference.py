@@ -99,7 +99,7 @@ def test_empty_and_multichannel_inputs_get_clear_errors(oracle_checkpoint, tmp_p
 
 def test_ensemble_members_must_share_labels(oracle_checkpoint, tmp_path):
     ckpt = torch.load(oracle_checkpoint, weights_only=True)
-    ckpt["labels"] = {"name": "other", "labels": [{"index": 1, "name": "tumour"}]}
+    ckpt["labels"] = {"name": "other", "labels": [{"index": 4, "name": "tumour"}]}  # 5 classes, as the network has
     other = tmp_path / "other.pt"
     torch.save(ckpt, other)
     with pytest.raises(CheckpointError, match="one label table"):
