@@ -95,11 +95,13 @@ class LabelTable:
     def from_yaml(cls, path: str | Path) -> "LabelTable":
         import yaml
 
+        from medseg import safe_yaml
+
         p = Path(path)
         if not p.is_file():
             raise ConfigError("label table not found", path=p)
         try:
-            data = yaml.safe_load(p.read_text())
+            data = safe_yaml.load_file(p)
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML ({exc})", path=p) from None
         return cls.from_dict(data, source=str(p))

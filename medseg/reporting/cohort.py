@@ -45,9 +45,9 @@ def read_reference_ranges(path: str | os.PathLike) -> dict[str, tuple[float, flo
         raise InputError("reference ranges file not found", path=p)
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+            from medseg import safe_yaml
 
-            data = yaml.safe_load(p.read_text()) or {}
+            data = safe_yaml.load_file(p) or {}
             items = [(str(k), v[0], v[1]) for k, v in data.items()]
         else:
             df = pd.read_csv(p)

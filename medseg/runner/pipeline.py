@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.config import CONFIG_ROOT, _build, apply_overrides
+from medseg.config import CONFIG_ROOT, apply_overrides, build_dataclass
 from medseg.errors import ConfigError
 
 
@@ -176,9 +176,9 @@ def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[
     for name, settings in data["stages"].items():
         if name not in STAGES:
             raise _unknown(name, ORDER, f"{source}: stages", "stage")
-        stages[name] = _build(STAGES[name], settings or {}, f"{source}: stages.{name}")
+        stages[name] = build_dataclass(STAGES[name], settings or {}, f"{source}: stages.{name}")
     pipe = Pipeline(name=str(data.get("name") or Path(source).stem), description=str(data.get("description") or ""),
-                    input=_build(InputSpec, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
+                    input=build_dataclass(InputSpec, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
     _validate(pipe, source, base)
     return pipe
 
@@ -186,12 +186,14 @@ def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[
 def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
     import yaml
 
+    from medseg import safe_yaml
+
     p = Path(path)
     if not p.is_file():
         known = sorted(f.name for f in (CONFIG_ROOT.parent / "pipelines").glob("*.yaml"))
         raise ConfigError(f"pipeline file not found; the shipped ones are pipelines/{', pipelines/'.join(known)}", path=p)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = safe_yaml.load_file(p) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=p) from None
     return pipeline_from_dict(data, source=str(p), overrides=overrides, base=p.parent.resolve())
