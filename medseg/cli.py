@@ -21,6 +21,13 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a file name) shown escaped, so an error stays one line and forges none."""
+    import re
+
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from medseg.commands import MODULES
 
@@ -47,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medseg: %(levelname)s: %(message)s")
+    # A log line that cannot be written (disk full under run.log) is dropped, not printed as a traceback.
+    logging.raiseExceptions = False
     _quiet_third_party()
     try:
         return args.func(args)
     except MedsegError as exc:
         if args.verbose:
             logging.exception("details")
-        print(f"medseg: error: {exc}", file=sys.stderr)
+        print(f"medseg: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("medseg: interrupted", file=sys.stderr)

@@ -40,3 +40,24 @@ class CheckpointError(MedsegError):
 
 class OptionalDependencyError(MedsegError):
     """An optional package is needed; the message gives the install line."""
+
+
+class OutputError(MedsegError):
+    """An output cannot be written: read-only or full file system, a file where a folder is expected,
+    a folder that is not medseg's, a path that would overwrite an input, a run directory in use."""
+
+    #: errno values that concern the whole output location, not one case (a run stops on them).
+    FATAL_ERRNOS = (28, 30, 122)  # ENOSPC, EROFS, EDQUOT
+
+    def __init__(self, message: str, *, path: object | None = None, errno: int | None = None):
+        self.errno = errno
+        super().__init__(message, path=path)
+
+    @property
+    def fatal(self) -> bool:
+        return self.errno in self.FATAL_ERRNOS
+
+    @classmethod
+    def from_os(cls, exc: OSError, path: object, doing: str = "cannot write") -> OutputError:
+        """``OSError`` -> one line naming the output path (e.g. ``cannot write (No space left on device)``)."""
+        return cls(f"{doing} ({exc.strerror or type(exc).__name__})", path=path, errno=exc.errno)

@@ -5,15 +5,14 @@ Called by ``medseg.api.predict``; a bad input is recorded and the rest go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from medseg.errors import InputError, MedsegError
+from medseg.errors import InputError, MedsegError, OutputError
 from medseg.labels import LabelTable
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,11 @@ class PredictResult:
 
 
 def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
+    """Case ids of the inputs, checked (length, control characters) and unique."""
     from medseg.io.readers import case_id_for
+    from medseg.outputs import check_case_id
 
-    ids = [case_id_for(_channel_paths(p)[0]) for p in inputs]
+    ids = [check_case_id(case_id_for(_channel_paths(p)[0]), p) for p in inputs]
     seen: dict[str, str] = {}
     for cid, p in zip(ids, inputs):
         if cid in seen:
@@ -46,32 +47,17 @@ def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
     return ids
 
 
+def _targets(out_dir: Path, name: str) -> dict:
+    return {"label_map": out_dir / f"{name}.nii.gz", "sidecar": out_dir / f"{name}.json",
+            "dicom_seg": out_dir / f"{name}.seg.dcm", "probabilities": out_dir / f"{name}.probabilities.nii.gz"}
+
+
 def _channel_paths(src: PathLike) -> list:
     """``"t1.nii.gz,t2.nii.gz"`` (a multi-channel case) -> its channel paths; a plain path -> [path]."""
     text = str(src)
     if "," in text and not Path(text).exists():
         return [p for p in text.split(",") if p]
     return [src]
-
-
-def _already_done(target: Path, sidecar: Path, model_sha) -> bool:
-    if not (target.exists() and sidecar.exists()):
-        return False
-    try:
-        return json.loads(sidecar.read_text()).get("model", {}).get("model_sha256") == model_sha
-    except (OSError, ValueError):
-        return False
-
-
-def _write_probabilities(probs, path: Path) -> Path:
-    import nibabel as nib
-
-    from medseg.io.atomic import atomic_path
-
-    array, affine = probs
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(array.astype("float32"), affine), str(tmp))
-    return path
 
 
 def predict_many(
@@ -89,29 +75,43 @@ def predict_many(
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
 
-    Writes ``OUT/<case_id>.nii.gz`` on the input's grid, ``OUT/<case_id>.json``
-    (labels, model checksum, versions, settings, geometry, time, peak memory,
-    per-structure confidence), ``OUT/<case_id>.seg.dcm`` for DICOM inputs,
-    ``OUT/<case_id>.probabilities.nii.gz`` with ``save_probabilities`` (4D,
-    one volume per class, on the network's coarse grid with its own affine),
-    ``OUT/run.json`` and, when any case failed, ``OUT/failures.csv``. Cases
-    whose output exists and was made by the same model are skipped unless
-    ``overwrite``.
+    Writes, through ``medseg.outputs.write_case_outputs``, ``OUT/<name>.nii.gz``
+    on the input's grid, ``OUT/<name>.seg.dcm`` for DICOM inputs,
+    ``OUT/<name>.probabilities.nii.gz`` with ``save_probabilities`` (4D, one
+    volume per class, on the network's coarse grid with its own affine) and
+    ``OUT/<name>.json`` (the sidecar: labels, model checksum, versions,
+    settings, geometry, time, peak memory, per-structure confidence, findings
+    of optional outputs that failed); then ``OUT/run.json`` and, when any case
+    failed, ``OUT/failures.csv``. ``<name>`` is ``medseg.outputs.safe_name``
+    of the case id (the id itself unless it has characters other than
+    ``A-Za-z0-9_.-``). Cases whose output exists and was made by the same
+    model are skipped unless ``overwrite``. An output path that is an input
+    file, or lies inside an input folder, is refused before anything is
+    written (``OutputError``).
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    import medseg
     from medseg.checkpoint import versions
     from medseg.inference.predictor import Predictor
-    from medseg.io.atomic import write_csv, write_json
-    from medseg.io.readers import read_volume, write_label_map
+    from medseg.io.atomic import ensure_dir, write_csv, write_json
+    from medseg.io.readers import read_volume
+    from medseg.outputs import (
+        already_written,
+        refuse_overwriting_inputs,
+        safe_name,
+        write_case_outputs,
+    )
 
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ids = _case_ids(inputs)
+    names = {cid: safe_name(cid) for cid in ids}
+    all_targets = [out_dir / "run.json", out_dir / "failures.csv"]
+    all_targets += [t for cid in ids for t in _targets(out_dir, names[cid]).values()]
+    refuse_overwriting_inputs(all_targets, [c for p in inputs for c in _channel_paths(p)])
+    ensure_dir(out_dir)
     predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, progress=progress, **inference_overrides)
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
@@ -122,8 +122,8 @@ def predict_many(
 
     bar = tqdm(list(zip(ids, inputs)), desc="predict", unit="case", disable=not progress)
     for cid, src in bar:
-        target, sidecar = out_dir / f"{cid}.nii.gz", out_dir / f"{cid}.json"
-        if not overwrite and _already_done(target, sidecar, sha):
+        paths = _targets(out_dir, names[cid])
+        if not overwrite and already_written(paths["sidecar"], sha):
             result.skipped.append(cid)
             continue
         t0 = time.monotonic()
@@ -131,25 +131,19 @@ def predict_many(
             channels = _channel_paths(src)
             image = read_volume(channels[0])
             labels = predictor.predict([image, *channels[1:]], keep_probabilities=save_probabilities)
-            outputs = {"label_map": target.name}
-            if save_probabilities:
-                outputs["probabilities"] = _write_probabilities(labels.meta.pop("probabilities"), out_dir / f"{cid}.probabilities.nii.gz").name
-            if dicom_seg and image.meta.get("format") == "dicom":
-                from medseg.io.seg import write_dicom_seg
-
-                seg_path = write_dicom_seg(labels, src, predictor.labels, out_dir / f"{cid}.seg.dcm", software_version=medseg.__version__)
-                outputs["dicom_seg"] = seg_path.name
-            write_label_map(labels, target)
-            # The sidecar is written last: its presence marks the case as done.
-            write_json(sidecar, {
-                "case_id": cid, "source": str(src), "outputs": outputs, "labels": predictor.labels.to_dict(), "model": predictor.provenance,
-                "inference": predictor.inference, "shape": list(labels.shape), "affine": labels.affine.tolist(),
-                "spacing_mm": list(labels.spacing), "input_format": image.meta.get("format"),
-                "dicom": image.meta.get("dicom"),  # pseudonymised keys, geometry findings and actions, series selection
-                "seconds_total": round(time.monotonic() - t0, 3), **labels.meta, "versions": run_info["versions"],
-            })
-            result.outputs[cid] = target
+            write_case_outputs(
+                case_id=cid, labels=labels, image_meta=image.meta, source=str(src), table=predictor.labels,
+                provenance=predictor.provenance, inference=predictor.inference, label_map=paths["label_map"],
+                sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if dicom_seg else None,
+                probabilities=paths["probabilities"] if save_probabilities else None,
+                versions=run_info["versions"], started=t0)
+            result.outputs[cid] = paths["label_map"]
             bar.set_postfix(last=f"{time.monotonic() - t0:.1f}s")
+        except OutputError as exc:
+            if exc.fatal:  # full or read-only file system: every later case would fail the same way
+                raise
+            result.failures[cid] = str(exc)
+            log.error("%s: %s", cid, exc)
         except MedsegError as exc:
             result.failures[cid] = str(exc)
             log.error("%s: %s", cid, exc)

@@ -135,9 +135,10 @@ def write_volumes_report(
 
 
 def _safe_name(case_id: str) -> str:
-    import re
+    """The QC file name of a case: ``medseg.outputs.safe_name`` (unique: ``a b`` and ``a_b`` get different files)."""
+    from medseg.outputs import safe_name
 
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", case_id)
+    return safe_name(case_id)
 
 
 def write_metrics_report(

@@ -1,0 +1,235 @@
+"""The outputs of one predicted case, written in one place for ``medseg predict`` and ``medseg run``.
+
+``write_case_outputs`` writes, in this order:
+
+1. the label map (atomically): the result that must never be lost;
+2. optional outputs: the DICOM SEG (DICOM inputs), the class probabilities.
+   One that fails (highdicom refusing a header, a slice off the grid) becomes
+   a *finding* in the sidecar and one warning line; the case still succeeds;
+3. the JSON sidecar, last: its presence marks the case as written
+   (``already_written`` is the skip rule of ``medseg predict``).
+
+Sidecar schema (``SIDECAR_SCHEMA``), the same for both commands: ``case_id``,
+``source``, ``outputs`` (output kind -> file name, relative to the sidecar's
+folder: ``label_map``, ``dicom_seg``, ``probabilities``), ``findings`` (the
+predictor's findings about the input, e.g. non-finite voxels, followed by
+``{"kind": "output_not_written", "output", "error"}`` for each optional
+output that failed), ``labels``, ``model``, ``inference``, ``shape``,
+``affine``, ``spacing_mm``, ``input_format``, ``dicom`` (pseudonymised keys and
+geometry findings; null for image files), ``versions``, ``seconds_total`` and
+the predictor's per-case figures (``seconds``, ``peak_rss_mb``,
+``confidence``, ...).
+
+Also here, because every one of them turns a case into a file name:
+``check_case_id`` (bounded length, no control characters, no path
+separators), ``safe_name`` (an injective case id -> file name map) and
+``refuse_overwriting_inputs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from medseg.errors import InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SCHEMA = "medseg.case/1"
+#: Longest case id: file names stay below NAME_MAX (255 bytes) with the hash, suffixes and temp prefix.
+MAX_CASE_ID = 128
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_.-]")
+_HASHED = re.compile(r".*-[0-9a-f]{10}")  # what safe_name appends; such ids are hashed too, so no two ids meet
+
+
+# -- case ids and file names ---------------------------------------------------------------------
+
+def check_case_id(case_id: str, where: object = None) -> str:
+    """Refuse an id that cannot name files or would forge a log line; returns it unchanged."""
+    cid = str(case_id)
+    shown = repr(cid if len(cid) <= 60 else cid[:60] + "...")
+    if not cid.strip():
+        raise InputError("empty case id", path=where)
+    if len(cid) > MAX_CASE_ID:
+        raise InputError(f"case id {shown} is {len(cid)} characters long; at most {MAX_CASE_ID} (rename the input)",
+                         path=where)
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in "\u2028\u2029" for ch in cid):
+        raise InputError(f"case id {shown} contains control characters (newline, tab, ...); rename the input",
+                         path=where)
+    if "/" in cid or "\\" in cid or cid in (".", ".."):
+        raise InputError(f"case id {shown} cannot name files; use letters, digits, '-', '_' and '.'", path=where)
+    return cid
+
+
+def safe_name(case_id: str) -> str:
+    """The file name for a case id: the id itself when it is made of ``A-Za-z0-9_.-`` (not starting with '.'),
+    else the id with other characters replaced by '_' plus '-' and 10 hex digits of the id's sha256.
+
+    Injective: two different ids never share a name (``"a b"`` -> ``"a_b-<hash>"``, ``"a_b"`` -> ``"a_b"``); an
+    id that already ends like a hashed name is hashed as well, so no plain id can impersonate another's.
+    """
+    cid = str(case_id)
+    if _SAFE.fullmatch(cid) and not _HASHED.fullmatch(cid):
+        return cid
+    digest = hashlib.sha256(cid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    stem = _UNSAFE_CHAR.sub("_", cid)[:MAX_CASE_ID]
+    return f"{'_' + stem[1:] if stem.startswith('.') else stem}-{digest}"
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def refuse_overwriting_inputs(targets: Iterable, inputs: Iterable) -> None:
+    """Raise ``OutputError`` when an output path is an input file or lies inside an input folder.
+
+    Compared by resolved path and, for existing files, by ``os.path.samefile``
+    (hard links, bind mounts); checked before anything is written.
+    """
+    ins = [Path(p) for p in inputs if p and os.path.lexists(p)]
+    in_files = [(p, _real(p)) for p in ins if not p.is_dir()]
+    in_dirs = [(p, _real(p)) for p in ins if p.is_dir()]
+    for t in targets:
+        t = Path(t)
+        rt = _real(t)
+        for p, rp in in_files:
+            if rt == rp or (t.exists() and _samefile(t, p)):
+                raise OutputError(f"would overwrite input {p}; choose another --out", path=t)
+        for p, rp in in_dirs:
+            if rt == rp or rt.startswith(rp.rstrip(os.sep) + os.sep):
+                raise OutputError(f"would write inside input folder {p}; choose another --out", path=t)
+
+
+def _samefile(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# -- the writer ----------------------------------------------------------------------------------
+
+def already_written(sidecar: str | os.PathLike, model_sha256: str) -> bool:
+    """The skip rule: a sidecar (written last) made by the same model, with its label map present."""
+    p = Path(sidecar)
+    try:
+        side = json.loads(p.read_text())
+        label_map = p.parent / side["outputs"]["label_map"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return label_map.is_file() and (side.get("model") or {}).get("model_sha256") == model_sha256
+
+
+def plain(obj):
+    """Numpy values and arrays -> plain Python (for JSON)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _write_probabilities(probs, path: Path) -> Path:
+    import nibabel as nib
+
+    from medseg.io.atomic import atomic_path
+
+    array, affine = probs
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(array.astype("float32"), affine), str(tmp))
+    return path
+
+
+def _optional(kind: str, case_id: str, findings: list, write):
+    """Run one optional writer; a failure (other than a full or read-only disk) becomes a finding."""
+    try:
+        return write()
+    except OutputError as exc:
+        if exc.fatal:
+            raise
+        error = str(exc)
+    except Exception as exc:  # highdicom / pydicom refusals, off-grid slices: the label map is already safe
+        log.debug("%s: %s failed", case_id, kind, exc_info=True)
+        error = f"{type(exc).__name__}: {exc}"
+    error = " ".join(error.split())[:500]
+    findings.append({"kind": "output_not_written", "output": kind, "error": error})
+    log.warning("%s: %s not written: %s", case_id, kind.replace("_", " "), error)
+    return None
+
+
+def write_case_outputs(
+    *,
+    case_id: str,
+    labels,
+    image_meta: dict,
+    source: str,
+    table,
+    provenance: dict,
+    inference: dict,
+    label_map: str | os.PathLike,
+    sidecar: str | os.PathLike,
+    dicom_seg: str | os.PathLike | None = None,
+    probabilities: str | os.PathLike | None = None,
+    versions: dict | None = None,
+    started: float | None = None,
+) -> dict:
+    """Write one case's outputs (label map, then optional ones, then the sidecar); returns the sidecar dict.
+
+    ``labels``: the label map Volume (``labels.meta`` holds the predictor's
+    figures; ``"probabilities"`` there is written to ``probabilities`` when a
+    path is given). ``dicom_seg``: path of the SEG, written when ``source`` is
+    a DICOM folder. ``image_meta``: the input volume's ``meta``. An
+    ``OutputError`` on the label map or the sidecar is raised; optional outputs
+    fail softly (see the module docstring).
+    """
+    import medseg
+    from medseg.io.atomic import write_json
+    from medseg.io.readers import write_label_map
+
+    label_map, sidecar = Path(label_map), Path(sidecar)
+    meta = dict(labels.meta)
+    probs = meta.pop("probabilities", None)
+    base = sidecar.parent
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, base)
+
+    write_label_map(labels, label_map)
+    outputs, findings = {"label_map": rel(label_map)}, list(meta.pop("findings", None) or [])
+    if dicom_seg is not None and image_meta.get("format") == "dicom":
+        from medseg.io.seg import write_dicom_seg
+
+        seg = _optional("dicom_seg", case_id, findings, lambda: write_dicom_seg(
+            labels, source, table, dicom_seg, software_version=medseg.__version__))
+        if seg is not None:
+            outputs["dicom_seg"] = rel(Path(seg))
+    if probabilities is not None and probs is not None:
+        written = _optional("probabilities", case_id, findings, lambda: _write_probabilities(probs, Path(probabilities)))
+        if written is not None:
+            outputs["probabilities"] = rel(written)
+    if versions is None:
+        from medseg.checkpoint import versions as _versions
+
+        versions = _versions()
+    record = plain({
+        "schema": SIDECAR_SCHEMA, "case_id": case_id, "source": str(source), "outputs": outputs, "findings": findings,
+        "labels": table.to_dict(), "model": provenance, "inference": inference, "shape": list(labels.shape),
+        "affine": labels.affine.tolist(), "spacing_mm": list(labels.spacing), "input_format": image_meta.get("format"),
+        "dicom": image_meta.get("dicom"), **meta, "versions": versions,
+        "seconds_total": round(time.monotonic() - started, 3) if started is not None else None,
+    })
+    write_json(sidecar, record)  # last: its presence marks the case as written
+    return record
