@@ -4,7 +4,10 @@ Order of events in one invocation:
 
 1. load the pipeline (+ ``--set``), list the inputs, open the checkpoint: any
    config or input-list problem is raised here, before a case starts;
-2. prepare RUN_DIR (remove temporaries of a killed run and stale cohort
+2. claim RUN_DIR: a new or empty folder gets the run marker first, a
+   non-empty folder without it is refused (nothing of the user's is touched),
+   and the run takes the folder's lock (a second run on it is refused); then
+   prepare it (remove medseg's temporaries of a killed run and stale cohort
    outputs), write ``pipeline.yaml``, ``inputs.csv``, ``run.json``;
 3. run-level stages (plan, train) when the pipeline has them;
 4. skip the cases whose state is ``done`` for the same input fingerprint and
@@ -133,16 +136,22 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     if not pipe.has("predict"):
         raise ConfigError(f"pipeline has no predict stage; nothing to run per case (stages: {', '.join(pipe.stages)})",
                           path=pipeline)
-    cases, ignored = inputs_mod.discover(input, pipe)
     rd = RunDir(out)
+    rd.check_usable()  # before any work: --out is a file, or a foreign folder
+    cases, ignored = inputs_mod.discover(input, pipe)
     if resume and not (rd.root / "run.json").is_file():
         raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=rd.root)
     ckpt = None
     if pipe.stages["predict"].model:
         ckpt = load_checkpoint(pipe.stages["predict"].model)
 
-    rd.prepare()
-    handler = rd.open_log()
+    rd.claim()
+    try:
+        rd.prepare()
+        handler = rd.open_log()
+    except BaseException:
+        rd.release()
+        raise
     t_start = time.monotonic()
     try:
         log.info("run %s: %d cases from %s, engine %s x%d", pipe.name, len(cases), input, engine, workers)
@@ -218,3 +227,4 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         return result
     finally:
         RunDir.close_log(handler)
+        rd.release()

@@ -4,6 +4,11 @@ Each case gets a cheap fingerprint up front (sizes and modification times of
 its files: no pixel data is read before the run starts); the content hash
 (``input_sha256``) is computed while the case is read and stored in its state
 record.
+
+Listing never stops the run for one case's sake: a file inside a case folder
+that cannot be examined (a dangling link, a symlink loop, no permission) is
+hashed as "unreadable" and left to the readers, which skip it as ``predict``
+does; a case whose listing fails as a whole carries the error and fails alone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class Case:
     label: str = ""  # reference label map (manifests with a label column)
     split: str = ""
     fingerprint: str = ""
+    error: str = ""  # a problem found while listing: the case fails in its read stage with this line
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -39,14 +45,21 @@ def _files_of(path: Path) -> list[Path]:
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over (relative name, size, mtime) of the input's files; "missing" when it does not exist."""
+    """sha256 over (relative name, size, mtime) of the input's files; "missing" when it does not exist.
+
+    A file that cannot be examined (dangling link, symlink loop) counts with its errno instead.
+    """
     p = Path(path)
     if not p.exists():
         return "missing"
     h = hashlib.sha256()
     for f in _files_of(p):
-        st = f.stat()
-        h.update(f"{f.relative_to(p) if p.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        name = f.relative_to(p) if p.is_dir() else f.name
+        try:
+            st = f.stat()
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            h.update(f"{name}\0unreadable\0{exc.errno}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -56,17 +69,27 @@ def content_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     outer = hashlib.sha256()
     for f in _files_of(p):
         h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
+        try:
+            with open(f, "rb") as fh:
+                while block := fh.read(chunk):
+                    h.update(block)
+            digest = h.hexdigest()
+        except OSError as exc:
+            if p.is_file():
+                raise
+            digest = f"unreadable:{exc.errno}"  # a dangling link or loop inside a folder: the readers skip it too
         if p.is_file():
-            return h.hexdigest()
-        outer.update(f"{f.relative_to(p)}\0{h.hexdigest()}\n".encode())
+            return digest
+        outer.update(f"{f.relative_to(p)}\0{digest}\n".encode("utf-8", "surrogateescape"))
     return outer.hexdigest()
 
 
 def _check_id(cid: str, where) -> str:
-    if not cid or cid.startswith(".") or "/" in cid or "\\" in cid or cid in ("_train", "_plan"):
+    """Bounded length, no control characters or path separators, not '.'-hidden, not a run-level name."""
+    from medseg.outputs import check_case_id
+
+    check_case_id(cid, where)
+    if cid.startswith(".") or cid in ("_train", "_plan"):
         raise InputError(f"case id {cid!r} cannot name files; use letters, digits, '-', '_' and '.'", path=where)
     return cid
 
@@ -78,10 +101,14 @@ def _is_image(p: Path) -> bool:
 def from_folder(folder: Path) -> tuple[list[Case], list[str]]:
     """One case per image file and per sub-folder (a DICOM series folder); returns ``(cases, ignored names)``."""
     from medseg.io.readers import case_id_for
+    from medseg.runner.rundir import MARKER
 
     cases, ignored = [], []
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
+            continue
+        if (child / MARKER).is_file():  # a run directory (e.g. --out inside the input folder) is not a case
+            ignored.append(child.name)
             continue
         if _is_image(child):
             cases.append(Case(_check_id(case_id_for(child), child), str(child.resolve()), "image"))
@@ -104,7 +131,7 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
 
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any parser error means the user's file is not CSV)
         raise InputError(f"cannot read as CSV ({str(exc).splitlines()[0]})", path=path) from None
     for col in ("case_id", column):
         if col not in df.columns:
@@ -154,7 +181,11 @@ def discover(input_path, pipe) -> tuple[list[Case], list[str]]:
             raise ConfigError(f"the evaluate stage needs a reference label per case (manifest column "
                               f"{pipe.input.label_column!r}); none for {missing[:5]}", path=p)
     for c in cases:
-        c.fingerprint = fingerprint(c.source) if c.source else "missing"
-        if c.label:
-            c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(c.label)}".encode()).hexdigest()
+        try:
+            c.fingerprint = fingerprint(c.source) if c.source else "missing"
+            if c.label:
+                c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(c.label)}".encode()).hexdigest()
+        except OSError as exc:  # this case cannot be listed: it fails alone, in its read stage
+            c.fingerprint = "unreadable"
+            c.error = f"cannot list the case's files ({exc.strerror or type(exc).__name__})"
     return cases, ignored

@@ -2,13 +2,16 @@
 
 ```
 RUN_DIR/
+  .medseg-run           marker, written first when medseg creates the folder: only such a folder is used as a run
+                        directory (a non-empty folder without it is refused, so nothing of the user's is touched)
+  .medseg-lock          flock'ed while an invocation runs (pid, host, start time): a second run is refused
   pipeline.yaml         the resolved pipeline (after --set, paths made absolute)
   run.json              versions, model checksum, config hash, engine, every invocation with its counts
   inputs.csv            case_id, kind, source, fingerprint (sizes + mtimes; content hash is in the state record)
-  state/<case>.json     one record per case: pending | running | done | failed, error line, seconds, peak memory,
+  state/<name>.json     one record per case: pending | running | done | failed, error line, seconds, peak memory,
                         input_sha256, config_sha256, outputs (paths relative to RUN_DIR)
-  cases/<case>/         image.nii.gz (+ .json), labels.nii.gz (+ .json), seg.dcm, volumes.json, metrics.json
-  qc/<case>.png         montages
+  cases/<name>/         image.nii.gz (+ .json), labels.nii.gz (+ .json), seg.dcm, volumes.json, metrics.json
+  qc/<name>.png         montages (<name>: medseg.outputs.safe_name of the case id)
   volumes.csv, volumes_wide.csv, summary.csv, report.html, metrics.csv   cohort outputs (rebuilt at the end)
   status.csv            one row per case from the state records
   failures.csv          case_id, stage, error (header only when nothing failed)
@@ -18,22 +21,40 @@ RUN_DIR/
 Every file is written atomically (temporary sibling + rename); a case's state
 record turns ``done`` only after all its outputs exist, and cohort outputs are
 removed when an invocation starts and written when it ends, so a killed run
-never leaves a file that reads as complete but is not.
+never leaves a file that reads as complete but is not. Only medseg's own
+temporaries (``.tmp-medseg-*``) inside a folder carrying the marker are ever
+removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
-from medseg.io.atomic import write_json
+from medseg.errors import OutputError
+from medseg.io.atomic import TMP_PREFIX, ensure_dir, write_json
 
 STATES = ("pending", "running", "done", "failed")
 COHORT_FILES = ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html", "metrics.csv", "status.csv", "failures.csv")
 RUN_LOG = "medseg.run"  # the run.log logger (does not propagate to the console)
+MARKER = ".medseg-run"
+LOCK = ".medseg-lock"
+
+
+class _LogFileHandler(logging.FileHandler):
+    """run.log: a write that fails (disk full) drops the line instead of printing a traceback per line."""
+
+    def handleError(self, record) -> None:
+        self.failed = True
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().flush()
 
 
 def now() -> str:
@@ -72,14 +93,23 @@ class RunDir:
         self.log_path = self.root / "run.log"
 
     def case_dir(self, case_id: str) -> Path:
-        return self.cases_dir / case_id
+        from medseg.outputs import safe_name
+
+        return self.cases_dir / safe_name(case_id)
 
     def rel(self, path: str | os.PathLike) -> str:
         return str(Path(path).resolve().relative_to(self.root))
 
     # -- state records ------------------------------------------------------------------
     def state_path(self, case_id: str) -> Path:
-        return self.state_dir / f"{case_id}.json"
+        from medseg.outputs import safe_name
+
+        return self.state_dir / f"{safe_name(case_id)}.json"
+
+    def qc_path(self, case_id: str) -> Path:
+        from medseg.outputs import safe_name
+
+        return self.qc_dir / f"{safe_name(case_id)}.png"
 
     def read_state(self, case_id: str) -> dict | None:
         try:
@@ -99,26 +129,114 @@ class RunDir:
             return False
         return all((self.root / rel).is_file() for rel in (rec.get("outputs") or {}).values())
 
+    # -- ownership: marker and lock -----------------------------------------------------
+    def is_run_dir(self) -> bool:
+        return (self.root / MARKER).is_file()
+
+    def check_usable(self) -> None:
+        """Raise ``OutputError`` unless ``root`` is absent, an empty folder or a run directory (marker)."""
+        r = self.root
+        if not r.exists():
+            return
+        if not r.is_dir():
+            raise OutputError("--out names an existing file; give a new or empty folder, or a run directory", path=r)
+        if self.is_run_dir():
+            return
+        try:
+            empty = next(os.scandir(r), None) is None
+        except OSError as exc:
+            raise OutputError.from_os(exc, r, "cannot list") from None
+        if not empty:
+            raise OutputError(f"not a medseg run directory (no {MARKER}) and not empty; medseg will not write into "
+                              "or clean up a foreign folder: give a new or empty folder", path=r)
+
+    def adopt(self) -> None:
+        """Create the folder with its marker (written first), or accept a run directory; refuse anything else."""
+        self.check_usable()
+        ensure_dir(self.root)
+        if not self.is_run_dir():
+            self.check_usable()  # still empty: nobody else adopted it meanwhile
+            import medseg
+
+            write_json(self.root / MARKER, {"medseg_run_directory": 1, "created": now(), "medseg_version": medseg.__version__})
+
+    def claim(self) -> None:
+        """Create the folder (marker first) or adopt a run directory, and take its lock for this invocation.
+
+        The lock is ``flock`` on ``.medseg-lock``: held until ``release`` or
+        the process's death (the kernel drops it when a killed run's file
+        descriptors close), so a stale lock never blocks; a live one is refused
+        with the holder's pid, host and start time.
+        """
+        self.adopt()
+        import fcntl
+
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError.from_os(exc, path, "cannot create the run lock") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                holder = f" (pid {info.get('pid')} on {info.get('host')}, since {info.get('started')})"
+            os.close(fd)
+            raise OutputError(f"another medseg run is using this run directory{holder}; wait for it to finish "
+                              "or choose another --out", path=self.root) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now()}).encode(), 0)
+        except OSError:
+            pass  # the lock is held; its description is a courtesy
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)  # drops the flock
+
     # -- start of an invocation ---------------------------------------------------------
     def prepare(self) -> None:
-        """Create the layout; remove temporaries of a killed run and the cohort outputs (rebuilt at the end)."""
+        """Create the layout; remove medseg's temporaries of a killed run and the cohort outputs (rebuilt at the end).
+
+        Only in a run directory (marker present; a new or empty folder gets
+        it, anything else is refused), only files named ``.tmp-medseg-*``,
+        never through a symbolic link.
+        """
+        self.adopt()
         for d in (self.root, self.state_dir, self.cases_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        for tmp in self.root.rglob(".tmp-*"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+            ensure_dir(d)
+        for root, dirs, files in os.walk(self.root):  # does not follow links
+            for name in files:
+                f = Path(root) / name
+                if name.startswith(TMP_PREFIX) and not f.is_symlink():
+                    with contextlib.suppress(OSError):
+                        f.unlink()
         for name in COHORT_FILES:
-            (self.root / name).unlink(missing_ok=True)
+            f = self.root / name
+            if f.is_file() and not f.is_symlink():
+                try:
+                    f.unlink()
+                except OSError as exc:
+                    raise OutputError.from_os(exc, f, "cannot remove the previous cohort output") from None
 
     def open_log(self) -> logging.Handler:
         """run.log gets the runner's per-case lines and every medseg warning; returns the handler to close."""
-        handler = logging.FileHandler(self.log_path, encoding="utf-8")
+        try:
+            handler = _LogFileHandler(self.log_path, encoding="utf-8")
+            warn = _LogFileHandler(self.log_path, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError.from_os(exc, self.log_path) from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         run_log = logging.getLogger(RUN_LOG)
         run_log.setLevel(logging.INFO)
         run_log.propagate = False
         run_log.addHandler(handler)
-        warn = logging.FileHandler(self.log_path, encoding="utf-8")
         warn.setLevel(logging.WARNING)
         warn.setFormatter(handler.formatter)
         logging.getLogger("medseg").addHandler(warn)
@@ -131,8 +249,10 @@ class RunDir:
         warn = getattr(handler, "_medseg_warn", None)
         if warn is not None:
             logging.getLogger("medseg").removeHandler(warn)
-            warn.close()
-        handler.close()
+            with contextlib.suppress(OSError):
+                warn.close()
+        with contextlib.suppress(OSError):
+            handler.close()
 
     # -- end of an invocation -----------------------------------------------------------
     def write_tables(self, cases) -> dict:

@@ -2,9 +2,12 @@
 
 ``read_case`` runs in reader threads (local engine) or in a Ray actor;
 ``segment`` needs the loaded model; ``write_case`` writes the case's outputs
-(label map, DICOM SEG, volumes rows, QC montage, metrics rows) and then, last,
-its ``done`` state record. A problem in any stage raises ``CaseFailure`` with
-the stage's name and a one-line reason; the engines record it and go on.
+(label map, DICOM SEG and sidecar through ``medseg.outputs.write_case_outputs``,
+then volumes rows, QC montage, metrics rows) and then, last, its ``done``
+state record. A problem in any stage raises ``CaseFailure`` with the stage's
+name and a one-line reason; the engines record it and go on. A full or
+read-only file system (a fatal ``OutputError``) stops the run instead: every
+later case would fail the same way, and the rerun after freeing space resumes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, OutputError
 from medseg.runner.rundir import RUN_LOG, RunDir, now, peak_rss_mb, reset_peak_rss
 
 log = logging.getLogger(RUN_LOG)
@@ -36,9 +39,13 @@ def stage(name: str, case_id: str):
         yield
     except CaseFailure:
         raise
+    except OutputError as exc:
+        if exc.fatal:
+            raise
+        raise CaseFailure(name, " ".join(str(exc).split())) from None
     except MedsegError as exc:
         raise CaseFailure(name, " ".join(str(exc).split())) from None
-    except Exception as exc:  # a bug must not stop the batch: recorded with its type, traceback in run.log
+    except Exception as exc:  # noqa: BLE001 (a bug must not stop the batch: recorded with its type, traceback in run.log)
         log.error("%s: internal error in %s:\n%s", case_id, name, traceback.format_exc())
         first = (str(exc).splitlines() or [""])[0]
         raise CaseFailure(name, f"internal error {type(exc).__name__}: {first}") from None
@@ -138,6 +145,8 @@ def read_case(ctx: RunContext, case) -> Loaded:
     with stage("read", case.case_id):
         from medseg.errors import InputError
 
+        if case.error:
+            raise InputError(case.error, path=case.source or None)
         if not case.source or not os.path.exists(case.source):
             raise InputError("no such file or folder", path=case.source or case.case_id)
         sha = content_sha256(case.source)
@@ -176,42 +185,26 @@ def segment(predictor, loaded: Loaded):
     return labels
 
 
-def _plain(obj):
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *, t0: float) -> dict:
     """Write the case's outputs, then its ``done`` record (returned)."""
-    import medseg
     from medseg.io.atomic import write_json
-    from medseg.io.readers import write_label_map
+    from medseg.outputs import plain, write_case_outputs
 
     case, rd, st = loaded.case, ctx.rundir, ctx.pipeline.stages
     cid, cdir, table = case.case_id, rd.case_dir(case.case_id), ctx.label_table()
     outputs = dict(loaded.outputs)
     t1 = time.monotonic()
     with stage("predict", cid):
-        if st["predict"].dicom_seg and case.kind == "dicom":
-            from medseg.io.seg import write_dicom_seg
-
-            outputs["dicom_seg"] = rd.rel(write_dicom_seg(labels, case.source, table, cdir / "seg.dcm",
-                                                          software_version=medseg.__version__))
-        outputs["labels"] = rd.rel(write_label_map(labels, cdir / "labels.nii.gz"))
-        meta = {k: v for k, v in labels.meta.items() if k != "probabilities"}
-        outputs["labels_sidecar"] = rd.rel(write_json(cdir / "labels.json", _plain({
-            "case_id": cid, "source": case.source, "labels": ctx.labels, "model": predictor_info["model"],
-            "inference": predictor_info["inference"], "shape": list(labels.shape), "affine": labels.affine.tolist(),
-            "spacing_mm": list(labels.spacing), "input_format": loaded.image.meta.get("format"), **meta})))
+        side = write_case_outputs(
+            case_id=cid, labels=labels, image_meta=loaded.image.meta, source=case.source, table=table,
+            provenance=predictor_info["model"], inference=predictor_info["inference"],
+            label_map=cdir / "labels.nii.gz", sidecar=cdir / "labels.json",
+            dicom_seg=cdir / "seg.dcm" if st["predict"].dicom_seg and case.kind == "dicom" else None,
+            versions=predictor_info.get("versions"), started=t0)
+        outputs["labels"] = rd.rel(cdir / side["outputs"]["label_map"])
+        if "dicom_seg" in side["outputs"]:
+            outputs["dicom_seg"] = rd.rel(cdir / side["outputs"]["dicom_seg"])
+        outputs["labels_sidecar"] = rd.rel(cdir / "labels.json")
     if "report" in st:
         rep = st["report"]
         with stage("report", cid):
@@ -223,12 +216,11 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
                 row.update(source_labels=outputs["labels"], source_image=case.source,
                            intensity_sampling="same grid" if rep.intensities else "",
                            model=predictor_info["model"].get("model_name", ""), model_sha256=ctx.model_sha256)
-            outputs["volumes"] = rd.rel(write_json(cdir / "volumes.json", _plain(rows)))
+            outputs["volumes"] = rd.rel(write_json(cdir / "volumes.json", plain(rows)))
             if rep.qc:
-                from medseg.reporting.tables import _safe_name
                 from medseg.reporting.qc import write_montage
 
-                png = write_montage(rd.qc_dir / f"{_safe_name(cid)}.png", labels.array, labels.affine, table,
+                png = write_montage(rd.qc_path(cid), labels.array, labels.affine, table,
                                     loaded.image.array if rep.intensities else None, rows=rows, title=cid,
                                     window=tuple(rep.window) if rep.window else None)
                 if png is not None:
@@ -246,20 +238,23 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
                 ref = align_to(ref, labels)
             rows = metric_rows(cid, labels, ref, table, surface=ev.surface,
                                nsd_tolerance_mm=ev.nsd_tolerance_mm or DEFAULT_NSD_TOLERANCE_MM)
-            outputs["metrics"] = rd.rel(write_json(cdir / "metrics.json", _plain(rows)))
+            outputs["metrics"] = rd.rel(write_json(cdir / "metrics.json", plain(rows)))
     seconds = {**loaded.seconds, "write": round(time.monotonic() - t1, 3)}
     rec = {"status": "done", "stage": "", "error": "", "attempt": loaded.attempt, "started": loaded.started,
            "finished": now(), "seconds": round(time.monotonic() - t0, 3), "stage_seconds": seconds,
            "peak_rss_mb": labels.meta.get("peak_rss_mb"), "source": case.source, "kind": case.kind,
            "fingerprint": case.fingerprint, "input_sha256": loaded.input_sha256, "config_sha256": ctx.config_sha256,
-           "model_sha256": ctx.model_sha256, "outputs": outputs, "engine": ctx.engine, **where()}
+           "model_sha256": ctx.model_sha256, "outputs": outputs, "findings": side["findings"], "engine": ctx.engine,
+           **where()}
     rd.write_state(cid, rec)  # last: its presence marks the case as done
     log.info("%s done in %.2f s (peak %.0f MB)", cid, rec["seconds"], rec["peak_rss_mb"] or 0)
     return {**rec, "case_id": cid}
 
 
 def predictor_info(predictor) -> dict:
-    return {"model": dict(predictor.provenance), "inference": dict(predictor.inference)}
+    from medseg.checkpoint import versions
+
+    return {"model": dict(predictor.provenance), "inference": dict(predictor.inference), "versions": versions()}
 
 
 def process_case(ctx: RunContext, predictor, case) -> dict:

@@ -136,10 +136,10 @@ def test_done_record_is_current_only_for_same_inputs_config_and_outputs(tmp_path
     rd.state_path("a").write_text('{"status": "do')  # a torn record reads as not done
     assert not rd.is_current(case, "c1")
     # a killed run's temporaries and stale cohort tables are removed when a run starts
-    (rd.root / "cases" / "a" / ".tmp-1234-labels.nii.gz").write_bytes(b"half")
+    (rd.root / "cases" / "a" / ".tmp-medseg-1234-labels.nii.gz").write_bytes(b"half")
     (rd.root / "volumes.csv").write_text("stale")
     rd.prepare()
-    assert not list(rd.root.rglob(".tmp-*")) and not (rd.root / "volumes.csv").exists()
+    assert not list(rd.root.rglob(".tmp-medseg-*")) and not (rd.root / "volumes.csv").exists()
 
     assert RunResult(rd.root, 2, done=["a"], skipped=["b"]).exit_code == 0
     assert RunResult(rd.root, 2, done=["a"], failures={"b": "x"}).exit_code == 1
