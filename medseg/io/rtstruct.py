@@ -217,11 +217,8 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
             findings.append(Finding("duplicate_structure", "accepted",
                                     f"{len(names)} ROIs ({', '.join(map(repr, names))}) name structure "
                                     f"{table_name(table, index)!r}: united"))
-    array, overlaps = _combine(slices, shape, table, overlap)
-    for (win, lose), n in sorted(overlaps.items()):
-        rule = "smaller structure wins" if overlap == "smaller" else "later table entry wins"
-        findings.append(Finding("overlap", "resolved", f"{n} voxels in both {table_name(table, win)!r} and "
-                                f"{table_name(table, lose)!r}: given to {table_name(table, win)!r} ({rule})"))
+    array, overlaps = combine_structures(slices, shape, table, overlap)
+    findings += overlap_findings(overlaps, table, overlap)
     _count_findings(findings, counts, slice_tolerance)
     if unmapped:
         findings.append(Finding("unmapped_roi", "skipped", f"{len(unmapped)} ROI(s) match no structure of table "
@@ -248,8 +245,20 @@ def _even_odd_area(polys: list) -> float:
     return total
 
 
-def _combine(slices: dict, shape: tuple, table: LabelTable, rule: str):
-    """One label map from per-structure slice masks, overlaps resolved by ``rule``; overlap voxel counts."""
+def overlap_findings(overlaps: dict, table: LabelTable, rule: str) -> list:
+    out = []
+    for (win, lose), n in sorted(overlaps.items()):
+        how = "smaller structure wins" if rule == "smaller" else "later table entry wins"
+        out.append(Finding("overlap", "resolved", f"{n} voxels in both {table_name(table, win)!r} and "
+                           f"{table_name(table, lose)!r}: given to {table_name(table, win)!r} ({how})"))
+    return out
+
+
+def combine_structures(slices: dict, shape: tuple, table: LabelTable, rule: str):
+    """One label map from per-structure slice masks (``{label: {k: [mask, ...]}}``), overlaps resolved by ``rule``.
+
+    Returns the array and ``{(winner, loser): voxels}``.
+    """
     dtype = np.uint8 if table.num_classes <= 256 else np.uint16
     out = np.zeros(shape, dtype=dtype)
     sizes = {idx: sum(int(np.logical_or.reduce(ms).sum()) for ms in ks.values()) for idx, ks in slices.items()}

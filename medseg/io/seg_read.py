@@ -1,0 +1,127 @@
+"""DICOM SEG -> label map on the referenced image series' grid (highdicom).
+
+``read_dicom_seg(path, images)`` reads a Segmentation object (BINARY or
+FRACTIONAL; LABELMAP where highdicom supports it) and the series it references
+(by SeriesInstanceUID and source SOPInstanceUIDs, ``medseg.io.referenced``),
+and returns a ``LabelObject`` like ``medseg.io.rtstruct.read_rtstruct``:
+
+* Frames are taken per source instance (``get_pixels_by_source_instance``);
+  source slices the SEG has no frame for are empty. Each source instance's
+  slice index on medseg's grid comes from its position, so flipped and
+  reverse-ordered series need nothing special.
+* FRACTIONAL segments are rescaled to [0, 1] and a voxel belongs to the
+  segment when its value is >= ``fraction_threshold`` (default 0.5).
+* Segments map to structures of ``table`` by segment label (names as in
+  ``medseg.io.roi_names``: case, spaces, side words, synonyms) or, failing
+  that, by the coded concept: the SegmentedPropertyTypeCodeSequence code
+  value against the table's SNOMED codes. Without a table one is made from the
+  segment labels (with their SNOMED codes). Unmapped segments are listed.
+* Overlapping segments are resolved as for RTSTRUCT (smaller structure wins,
+  or ``overlap="table"``) and counted in findings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from medseg.errors import ConfigError, InputError
+from medseg.io.dicom_geometry import Finding
+from medseg.io.dicom_scan import pseudonym
+from medseg.io.rtstruct import OVERLAP_RULES, LabelObject, combine_structures, overlap_findings
+from medseg.io.volume import Volume
+from medseg.labels import LabelTable
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def seg_header(path_or_ds) -> dict:
+    """What a SEG references and holds: series UID, source SOP UIDs, segments (number, label, code)."""
+    import pydicom
+
+    ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, stop_before_pixels=True, force=True)
+    if str(ds.get("Modality", "")) != "SEG" and str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
+        raise InputError("not a DICOM Segmentation (Modality SEG)", path=getattr(ds, "filename", None))
+    series = [str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in s]
+    sops = {str(i.ReferencedSOPInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])
+            for i in s.get("ReferencedInstanceSequence", []) if "ReferencedSOPInstanceUID" in i}
+    segments = []
+    for item in ds.get("SegmentSequence", []):
+        code = item.get("SegmentedPropertyTypeCodeSequence")
+        code = code[0] if code else None
+        segments.append({"number": int(item.SegmentNumber), "name": str(item.get("SegmentLabel", f"segment {item.SegmentNumber}")),
+                         "code": str(code.CodeValue) if code is not None and "CodeValue" in code else None,
+                         "scheme": str(code.CodingSchemeDesignator) if code is not None and "CodingSchemeDesignator" in code else None})
+    return {"series_uid": series[0] if series else None, "sop_uids": sops, "segments": segments,
+            "type": str(ds.get("SegmentationType", "")), "key": pseudonym(str(ds.get("SOPInstanceUID", "")), prefix="sg")}
+
+
+def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None = None, synonyms: dict | None = None,
+                   fraction_threshold: float = 0.5, overlap: str = "smaller", inventory=None) -> LabelObject:
+    """Read the SEG at ``path`` onto the series it references, found in ``images`` (folder or files)."""
+    import highdicom as hd
+
+    from medseg.io.referenced import referenced_volume
+    from medseg.io.roi_names import NameMatcher, table_from_names
+
+    if overlap not in OVERLAP_RULES:
+        raise ConfigError(f"overlap rule {overlap!r}; expected one of {', '.join(OVERLAP_RULES)}")
+    head = seg_header(Path(path))
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as exc:  # highdicom refuses malformed objects with many exception types
+        raise InputError(f"cannot read the DICOM SEG ({type(exc).__name__}: {str(exc)[:200]})", path=path) from None
+    sop_uids = head["sop_uids"] | {str(u[2]) for u in seg.get_source_image_uids()}
+    ref = referenced_volume(images, series_uid=head["series_uid"], sop_uids=sop_uids, what=f"SEG {head['key']}",
+                            inventory=inventory)
+    image = ref.volume
+    segs = head["segments"]
+    if table is None:
+        table = table_from_names([s["name"] for s in segs], name="seg",
+                                 codes={s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")},
+                                 synonyms=synonyms)
+    matcher = NameMatcher(table, synonyms)
+    by_code = {str(lab.snomed): lab for lab in table.labels if lab.snomed}
+    findings: list[Finding] = []
+    sources = [uid for uid in ref.sop_slice if uid in sop_uids]
+    if not sources:
+        raise InputError("the SEG's frames reference no instance of its series (no source image references); "
+                         "expected a SEG made on this series", path=path)
+    slices: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    rois, unmapped = [], []
+    fractional = head["type"] == "FRACTIONAL"
+    for s in segs:
+        lab = matcher.match(s["name"]) or (by_code.get(s["code"]) if s["code"] else None)
+        how = "label" if matcher.match(s["name"]) else ("code" if lab else "")
+        rec = {"number": s["number"], "name": s["name"], "code": s["code"], "structure": lab.name if lab else "",
+               "label": lab.index if lab else None, "matched_by": how, "voxels": 0, "status": "mapped" if lab else "unmapped"}
+        rois.append(rec)
+        if lab is None:
+            unmapped.append(s["name"])
+            continue
+        px = seg.get_pixels_by_source_instance(sources, segment_numbers=[s["number"]], assert_missing_frames_are_empty=True,
+                                               rescale_fractional=True)
+        px = px[..., 0] if px.ndim == 4 else px
+        masks = px >= fraction_threshold if fractional else px > 0
+        for uid, frame in zip(sources, masks):
+            if frame.any():
+                slices[lab.index][ref.sop_slice[uid]].append(frame.T)
+                rec["voxels"] += int(frame.sum())
+    dup = defaultdict(list)
+    for r in rois:
+        if r["label"] is not None:
+            dup[r["label"]].append(r["name"])
+    for idx, names in dup.items():
+        if len(names) > 1:
+            findings.append(Finding("duplicate_structure", "accepted", f"{len(names)} segments ({', '.join(map(repr, names))}) "
+                                    f"name one structure: united"))
+    array, overlaps = combine_structures(slices, image.shape, table, overlap)
+    findings += overlap_findings(overlaps, table, overlap)
+    if unmapped:
+        findings.append(Finding("unmapped_segment", "skipped", f"{len(unmapped)} segment(s) match no structure of table "
+                                f"{table.name!r}: {', '.join(map(repr, unmapped))}"))
+    all_findings = list(image.meta.get("dicom", {}).get("findings", [])) + [f.to_dict() for f in findings]
+    meta = {"format": "dicom-seg", "label_object": head["key"], "label_table": table.to_dict(), "findings": all_findings}
+    labels = Volume(array, image.affine.copy(), str(path), meta)
+    return LabelObject(labels, image, table, rois, unmapped, all_findings)
