@@ -223,6 +223,17 @@ def import_dataset(*, folder: PathLike, out: PathLike, folds: int = 0, seed: int
     return manifest_from_folder(folder, out, folds=folds, seed=seed)
 
 
+def import_dicom(*, export: PathLike, out: PathLike, split: str = "train"):
+    """Manifest of every image series paired with the RTSTRUCT/SEG that references it, from a DICOM export.
+
+    Writes ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the NIfTI pairs under ``<stem>_cache/``;
+    returns a ``medseg.dicom_manifest.DicomManifest`` (paths, case ids, what was not paired and why).
+    """
+    from medseg.dicom_manifest import manifest_from_dicom
+
+    return manifest_from_dicom(export, out, split=split)
+
+
 def phantoms(*, out: PathLike, n: int = 8, seed: int = 0, split: str = "train", dicom: bool = False) -> Path:
     """Synthetic CT phantoms with exact truth, their manifest and label table; returns the manifest path."""
     from medseg.phantoms import write_cohort

@@ -1,0 +1,201 @@
+"""``medseg manifest from-dicom``: training cases from a hospital DICOM export (image series + RTSTRUCT/SEG).
+
+``manifest_from_dicom(export, out)`` scans the export header-only, finds every
+RT Structure Set and DICOM SEG in it, and pairs each with the image series it
+references (by SeriesInstanceUID, as ``medseg.io.referenced`` does; never by
+folder). Every pair becomes one case:
+
+* the image (the referenced stack, as medseg's DICOM reader builds it) and
+  its label map (the RTSTRUCT rasterised / the SEG read onto that grid) are
+  written as NIfTI under ``<out stem>_cache/<series key>/``, so training reads
+  voxels and never rasterises contours per epoch. A pair is converted again
+  only when its label object's bytes or the label table change
+  (``source.json`` records both);
+* its findings (the series' geometry findings, then the label object's) go
+  to ``findings.json`` beside them.
+
+Also written beside the manifest: ``<stem>_labels.yaml``, the label table made
+from the ROI / segment names of all paired objects (canonical names, synonyms
+applied, ``medseg.io.roi_names``; ``medseg plan`` picks it up), and
+``<stem>_unpaired.csv``, every object or series that did not become a case
+with the reason: a label object whose series is not in the export (or was
+refused), an image series no label object references, other objects
+(RTPLAN, RTDOSE, SR...), files that are not DICOM, pairs that failed to read.
+
+Case ids and every name written are pseudonymous keys (salted hashes of UIDs:
+``se...`` series, ``rs...`` structure sets, ``sg...`` SEGs); no patient name,
+ID, birth date or input path reaches file names, the CSVs or the logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError, MedsegError
+from medseg.io.dicom_scan import pseudonym
+
+log = logging.getLogger(__name__)
+
+UNPAIRED_COLUMNS = ["kind", "key", "modality", "reason"]
+
+
+@dataclass
+class DicomManifest:
+    manifest: Path
+    table: Path
+    unpaired: Path
+    cases: list = field(default_factory=list)  # case ids
+    unpaired_rows: list = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _label_objects(inv, salt):
+    """``(objects, others)``: RTSTRUCT/SEG headers found among the files that are not image slices, and the rest."""
+    import pydicom
+
+    from medseg.io.rtstruct import closed_rois, rtstruct_header
+    from medseg.io.seg_read import seg_header
+
+    objects, others = [], []
+    for path, reason in inv.scan.skipped:
+        path = Path(path)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            modality = str(ds.get("Modality", ""))
+        except Exception:
+            others.append({"kind": "file", "key": "file_" + hashlib.sha256(str(path).encode()).hexdigest()[:10],
+                           "modality": "", "reason": f"not used: {reason}"})
+            continue
+        key = pseudonym(str(ds.get("SOPInstanceUID", path)), prefix="ob", salt=salt)
+        try:
+            if modality == "RTSTRUCT":
+                head = rtstruct_header(pydicom.dcmread(path))
+                rois = closed_rois(head)
+                names = [r["name"] for r in rois]
+                objects.append({"kind": "rtstruct", "path": path, "key": pseudonym(str(ds.SOPInstanceUID), prefix="rs", salt=salt),
+                                "series_uid": head["series_uid"], "names": names,
+                                "colors": {r["name"]: r["color"] for r in rois if r["color"]}, "codes": {}})
+                continue
+            if modality == "SEG":
+                head = seg_header(ds)
+                segs = head["segments"]
+                objects.append({"kind": "seg", "path": path, "key": pseudonym(str(ds.SOPInstanceUID), prefix="sg", salt=salt),
+                                "series_uid": head["series_uid"], "names": [s["name"] for s in segs], "colors": {},
+                                "codes": {s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")}})
+                continue
+        except MedsegError as exc:
+            others.append({"kind": modality.lower(), "key": key, "modality": modality, "reason": f"unreadable: {exc}"})
+            continue
+        others.append({"kind": "object", "key": key, "modality": modality, "reason": f"not an image series or label object ({reason})"})
+    return objects, others
+
+
+def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, split: str = "train",
+                        synonyms: dict | None = None, salt: str | None = None, progress: bool = False) -> DicomManifest:
+    """Write the manifest ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the cached NIfTI pairs."""
+    import pandas as pd
+    import yaml
+
+    from medseg.io.atomic import write_csv, write_json, write_text
+    from medseg.io.dicom import scan_inventory
+    from medseg.io.readers import write_label_map, write_volume
+    from medseg.io.roi_names import table_from_names
+    from medseg.io.rtstruct import read_rtstruct
+    from medseg.io.seg_read import read_dicom_seg
+
+    export, out = Path(export), Path(out)
+    inv = scan_inventory(export, progress=progress, salt=salt)
+    objects, unpaired = _label_objects(inv, salt)
+    usable = {c.series.series_uid: c for c in inv.candidates if c.plan.refused is None}
+    refused = {e.series.series_uid: e.reason for e in inv.entries if e.series.not_image is None and not e.segmentable}
+    pairs = []
+    for ob in objects:
+        if ob["series_uid"] in usable:
+            pairs.append(ob)
+            continue
+        uid = ob["series_uid"]
+        skey = pseudonym(uid, prefix="se", salt=salt) if uid else "(none)"
+        why = (f"its image series {skey} is in the export but cannot be read ({refused[uid]})" if uid in refused
+               else f"references image series {skey}, which is not in the export")
+        unpaired.append({"kind": ob["kind"], "key": ob["key"], "modality": ob["kind"].upper(), "reason": why})
+    paired_series = {ob["series_uid"] for ob in pairs}
+    for e in inv.entries:
+        s = e.series
+        if s.not_image is not None:
+            continue
+        if s.series_uid not in paired_series:
+            reason = "no RTSTRUCT or SEG in the export references this series"
+            if not e.segmentable:
+                reason += f"; and it cannot be read ({e.reason})"
+            unpaired.append({"kind": "image_series", "key": s.series_key, "modality": s.modality, "reason": reason})
+    names, colors, codes = [], {}, {}
+    for ob in pairs:
+        names += ob["names"]
+        colors.update({k: v for k, v in ob["colors"].items() if k not in colors})
+        codes.update({k: v for k, v in ob["codes"].items() if k not in codes})
+    stem = out.stem
+    table = table_from_names(names, name=stem, colors=colors, codes=codes, synonyms=synonyms)
+    table_path = out.with_name(stem + "_labels.yaml")
+    cache = out.with_name(stem + "_cache")
+    n_per_series: dict = {}
+    for ob in pairs:
+        n_per_series[ob["series_uid"]] = n_per_series.get(ob["series_uid"], 0) + 1
+    rows = []
+    for ob in sorted(pairs, key=lambda o: (usable[o["series_uid"]].series.series_key, o["key"])):
+        cand = usable[ob["series_uid"]]
+        skey = cand.series.series_key
+        case_id = skey if n_per_series[ob["series_uid"]] == 1 else f"{skey}_{ob['key']}"
+        folder = cache / skey
+        img_path, lab_path = folder / "image.nii.gz", folder / f"{ob['key']}.label.nii.gz"
+        stamp = {"object_sha256": _sha256(ob["path"]), "table": table.to_dict(), "kind": ob["kind"]}
+        stamp_path = folder / f"{ob['key']}.source.json"
+        fresh = img_path.is_file() and lab_path.is_file() and stamp_path.is_file()
+        if fresh:
+            try:
+                fresh = json.loads(stamp_path.read_text()) == stamp
+            except ValueError:
+                fresh = False
+        if not fresh:
+            try:
+                reader = read_rtstruct if ob["kind"] == "rtstruct" else read_dicom_seg
+                res = reader(ob["path"], export, table=table, synonyms=synonyms, inventory=inv)
+            except MedsegError as exc:
+                unpaired.append({"kind": ob["kind"], "key": ob["key"], "modality": ob["kind"].upper(),
+                                 "reason": f"paired with series {skey} but could not be read: {exc}"})
+                continue
+            is_ct = (cand.series.modality == "CT" and np.all(np.isfinite(res.image.array))
+                     and np.array_equal(res.image.array, np.round(res.image.array))
+                     and res.image.array.min() >= -32768 and res.image.array.max() <= 32767)
+            write_volume(res.image, img_path, dtype=np.int16 if is_ct else None)
+            write_label_map(res.labels, lab_path)
+            write_json(folder / f"{ob['key']}.findings.json", {"case_id": case_id, "series_key": skey, "label_object": ob["key"],
+                                                               "rois": res.rois, "unmapped": res.unmapped,
+                                                               "findings": res.findings})
+            write_json(stamp_path, stamp)
+            log.info("case %s: %s %s -> label map (%d findings)", case_id, ob["kind"], ob["key"], len(res.findings))
+        rows.append({"case_id": case_id, "image": os.path.relpath(img_path, out.parent),
+                     "label": os.path.relpath(lab_path, out.parent), "split": split, "series_key": skey,
+                     "label_object": ob["key"], "label_kind": ob["kind"], "modality": cand.series.modality})
+    if not rows:
+        raise InputError(f"no image series with an RTSTRUCT or SEG that references it ({len(unpaired)} objects/series "
+                         "could not be paired); expected a DICOM export holding images and their structure sets", path=export)
+    write_csv(out, pd.DataFrame(rows))
+    write_text(table_path, "# written by medseg manifest from-dicom: structures from the ROI/segment names (synonyms applied)\n"
+               + yaml.safe_dump(table.to_dict(), sort_keys=False))
+    unpaired_path = out.with_name(stem + "_unpaired.csv")
+    write_csv(unpaired_path, pd.DataFrame(unpaired, columns=UNPAIRED_COLUMNS))
+    return DicomManifest(out, table_path, unpaired_path, [r["case_id"] for r in rows], unpaired)
