@@ -104,21 +104,9 @@ def _label_objects(inv, salt):
     return objects, others
 
 
-def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, split: str = "train",
-                        synonyms: dict | None = None, salt: str | None = None, progress: bool = False) -> DicomManifest:
-    """Write the manifest ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the cached NIfTI pairs."""
-    import pandas as pd
-    import yaml
-
-    from medseg.io.atomic import write_csv, write_json, write_text
-    from medseg.io.dicom import scan_inventory
-    from medseg.io.readers import write_label_map, write_volume
-    from medseg.io.roi_names import table_from_names
-    from medseg.io.rtstruct import read_rtstruct
-    from medseg.io.seg_read import read_dicom_seg
-
-    export, out = Path(export), Path(out)
-    inv = scan_inventory(export, progress=progress, salt=salt)
+def pair_label_objects(inv, *, salt: str | None = None):
+    """``(pairs, unpaired, usable)`` for a scanned inventory: label objects whose series is there, the rest with
+    reasons (as ``<stem>_unpaired.csv`` rows), and ``{series UID: Candidate}`` of the readable stacks."""
     objects, unpaired = _label_objects(inv, salt)
     usable = {c.series.series_uid: c for c in inv.candidates if c.plan.refused is None}
     refused = {e.series.series_uid: e.reason for e in inv.entries if e.series.not_image is None and not e.segmentable}
@@ -142,6 +130,67 @@ def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, sp
             if not e.segmentable:
                 reason += f"; and it cannot be read ({e.reason})"
             unpaired.append({"kind": "image_series", "key": s.series_key, "modality": s.modality, "reason": reason})
+    return pairs, unpaired, usable
+
+
+def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike, *, inventory=None,
+                          synonyms: dict | None = None, salt: str | None = None) -> list[dict]:
+    """Write every RTSTRUCT/SEG of ``folder`` as a label map on its series' grid, for ``medseg convert``.
+
+    Per object, beside the series' image as ``convert`` names it (``<study key>_<stack key>``):
+    ``<name>.<object key>.label.nii.gz``, ``.labels.yaml`` (its own table from its ROI/segment names) and
+    ``.findings.json``. Returns one row per object (``series_key, output, status, reason``); nothing raises
+    for one bad object.
+    """
+    import yaml
+
+    from medseg.io.atomic import write_json, write_text
+    from medseg.io.dicom import scan_inventory
+    from medseg.io.readers import write_label_map
+    from medseg.io.roi_names import table_from_names
+    from medseg.io.rtstruct import read_rtstruct
+    from medseg.io.seg_read import read_dicom_seg
+
+    folder, out = Path(folder), Path(out_dir)
+    inv = inventory if inventory is not None else scan_inventory(folder, salt=salt)
+    pairs, unpaired, usable = pair_label_objects(inv, salt=salt)
+    rows = [{"series_key": "", "label_object": u["key"], "output": "", "status": "skipped", "reason": u["reason"]}
+            for u in unpaired if u["kind"] in ("rtstruct", "seg")]
+    for ob in pairs:
+        c = usable[ob["series_uid"]]
+        name = f"{c.series.study_key}_{c.key}.{ob['key']}"
+        row = {"series_key": c.series.series_key, "label_object": ob["key"], "output": "", "status": "", "reason": ""}
+        table = table_from_names(ob["names"], name=ob["key"], colors=ob["colors"], codes=ob["codes"], synonyms=synonyms)
+        try:
+            reader = read_rtstruct if ob["kind"] == "rtstruct" else read_dicom_seg
+            res = reader(ob["path"], folder, table=table, synonyms=synonyms, inventory=inv)
+            target = write_label_map(res.labels, out / f"{name}.label.nii.gz")
+            write_text(out / f"{name}.labels.yaml", yaml.safe_dump(table.to_dict(), sort_keys=False))
+            write_json(out / f"{name}.findings.json", {"label_object": ob["key"], "series_key": c.series.series_key,
+                                                        "rois": res.rois, "unmapped": res.unmapped, "findings": res.findings})
+            row.update(output=target.name, status="converted", reason="; ".join(f"{f['kind']}: {f['action']}" for f in res.findings))
+        except MedsegError as exc:
+            row.update(status="refused", reason=str(exc))
+        rows.append(row)
+    return rows
+
+
+def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, split: str = "train",
+                        synonyms: dict | None = None, salt: str | None = None, progress: bool = False) -> DicomManifest:
+    """Write the manifest ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the cached NIfTI pairs."""
+    import pandas as pd
+    import yaml
+
+    from medseg.io.atomic import write_csv, write_json, write_text
+    from medseg.io.dicom import scan_inventory
+    from medseg.io.readers import write_label_map, write_volume
+    from medseg.io.roi_names import table_from_names
+    from medseg.io.rtstruct import read_rtstruct
+    from medseg.io.seg_read import read_dicom_seg
+
+    export, out = Path(export), Path(out)
+    inv = scan_inventory(export, progress=progress, salt=salt)
+    pairs, unpaired, usable = pair_label_objects(inv, salt=salt)
     names, colors, codes = [], {}, {}
     for ob in pairs:
         names += ob["names"]

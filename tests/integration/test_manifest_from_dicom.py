@@ -121,3 +121,20 @@ def test_cli_from_dicom(export, tmp_path):
     r = subprocess.run([sys.executable, "-m", "medseg", "manifest", "from-dicom", str(empty), "--out", str(tmp_path / "x.csv")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_convert_label_objects_for_medseg_convert(export, tmp_path):
+    from medseg.dicom_manifest import convert_label_objects
+
+    ex, truth_a, truth_b = export
+    rows = convert_label_objects(ex, tmp_path)
+    assert sorted(r["status"] for r in rows) == ["converted", "converted", "skipped"]
+    assert "not in the export" in next(r["reason"] for r in rows if r["status"] == "skipped")
+    for r in (r for r in rows if r["status"] == "converted"):
+        lab = read_volume(tmp_path / r["output"])
+        table = LabelTable.from_yaml(tmp_path / r["output"].replace(".label.nii.gz", ".labels.yaml"))
+        truth = truth_a if lab.shape == truth_a.shape and np.allclose(lab.affine, truth_a.affine) else truth_b
+        assert np.allclose(lab.affine, truth.affine, atol=1e-3)
+        for t in PHANTOM_LABELS.labels:
+            assert _dice(lab.array == table.by_name(t.name).index, truth.array == t.index) >= 0.98
+        assert (tmp_path / r["output"].replace(".label.nii.gz", ".findings.json")).is_file()
