@@ -250,6 +250,7 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(kit, tmp_pat
     assert len(json.loads((out / "run.json").read_text())["invocations"]) == 1
 
 
+@pytest.mark.slow  # two processes each load torch and a model: ~25 s
 def test_two_concurrent_runs_one_is_refused(kit, tmp_path):
     cases = cases_folder(kit, tmp_path / "cases", names=("n0", "n1", "n2"))
     out = tmp_path / "run"
