@@ -76,6 +76,8 @@ def predict(
 
     ``inference_overrides`` change the checkpoint's inference settings, e.g.
     ``sw_batch_size=8, amp="off", tta_flips=[2]``. See ``medseg.inference.batch.predict_many``.
+    Outputs are written by ``medseg.outputs.write_case_outputs`` (label map first; a DICOM SEG that cannot
+    be made is a finding in the sidecar, not a failure); an output path that is an input raises ``OutputError``.
     """
     from medseg.inference.batch import predict_many
 
@@ -159,6 +161,8 @@ def run(
     """Run a pipeline (a YAML path or a packaged pipeline name) over a folder or manifest; returns a ``RunResult``.
 
     Running the same call again resumes: finished cases with unchanged inputs and settings are skipped.
+    ``out`` must be new, empty or a run directory (it carries a ``.medseg-run`` marker); a non-empty folder
+    without it, a file, or a run directory another run holds (``.medseg-lock``) raise ``OutputError``.
     """
     from medseg.runner import run_pipeline
 
