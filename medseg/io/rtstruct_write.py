@@ -70,13 +70,15 @@ _PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.1"
 
 
-def _source_stack(folder: Path, labels: Volume):
+def _source_stack(folder: Path, labels: Volume, series_uid: str | None = None):
     """The planned stack of ``folder`` on ``labels``' grid and, per slice index, its SliceInfo."""
     from medseg.io.dicom import scan_inventory
 
     inv = scan_inventory(folder)
     for c in inv.candidates:
         p = c.plan
+        if series_uid and series_uid not in (c.series.series_uid, c.series.series_key):
+            continue
         if p.refused or tuple(p.shape) != labels.shape:
             continue
         if not np.allclose(LPS_TO_RAS @ p.lps, labels.affine, atol=1e-3):
@@ -112,21 +114,24 @@ def _ds(v: float) -> str:
 
 def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *,
                    software_version: str | None = None, level: float = CONTOUR_LEVEL, min_fragment_voxels: float = MIN_FRAGMENT_VOXELS,
-                   series_description: str = "medseg contours", findings: list | None = None) -> Path:
+                   series_description: str = "medseg contours", series_uid: str | None = None,
+                   findings: list | None = None) -> Path:
     """Write ``labels`` (on the grid of a series in ``dicom_folder``) as an RTSTRUCT at ``path``; return the path.
 
-    ``findings`` (optional list) receives ``{"kind", "action", "detail"}`` dicts (dropped fragments, absent structures).
+    ``series_uid`` (a SeriesInstanceUID or ``se...`` key) picks the source series when several share the grid
+    (default: the first stack on the grid). ``findings`` (optional list) receives ``{"kind", "action", "detail"}`` dicts (dropped fragments, absent structures).
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ImplicitVRLittleEndian, generate_uid
+    from scipy.ndimage import find_objects
 
     import medseg
     from medseg.io.atomic import atomic_path
 
     folder = Path(dicom_folder)
-    cand, by_k = _source_stack(folder, labels)
+    cand, by_k = _source_stack(folder, labels, series_uid)
     arr = np.asarray(labels.array)
     if arr.size and int(arr.max()) > table.num_classes - 1:
         raise GeometryError(f"label map holds value {int(arr.max())} outside label table {table.name!r}", path=labels.source or None)
@@ -172,14 +177,21 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     roi_items, contour_items, obs_items = [], [], []
     dropped = 0
     absent = []
+    boxes = find_objects(arr) if arr.size and arr.max() > 0 else []
     for n, lab in enumerate(table.labels, start=1):
-        ks = [k for k in range(arr.shape[2]) if k in by_k and np.any(arr[:, :, k] == lab.index)]
+        box = boxes[lab.index - 1] if lab.index - 1 < len(boxes) else None
         contours = []
-        for k in ks:
-            for poly in mask_contours(arr[:, :, k] == lab.index, level=level):
+        sub = arr[box] == lab.index if box is not None else np.zeros((0, 0, 0), bool)
+        offset = np.array([box[0].start, box[1].start], dtype=np.float64) if box is not None else np.zeros(2)
+        for kk in range(sub.shape[2]):
+            k = kk + box[2].start
+            if k not in by_k or not sub[:, :, kk].any():
+                continue
+            for poly in mask_contours(sub[:, :, kk], level=level):
                 if abs(polygon_area(poly)) < min_fragment_voxels:
                     dropped += 1
                     continue
+                poly = poly + offset
                 pts = np.c_[poly, np.full(len(poly), float(k)), np.ones(len(poly))] @ lps.T
                 contours.append(_item(
                     ContourImageSequence=Sequence([_item(ReferencedSOPClassUID=sop_class,

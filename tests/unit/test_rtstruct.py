@@ -206,3 +206,24 @@ def test_reader_matches_series_by_uid_not_folder(tmp_path):
     assert np.count_nonzero(res.labels.array != truth.array) <= 5
     with pytest.raises(InputError, match="references image series se"):
         read_rtstruct(rs, folder / "other")
+
+
+def test_writer_holes_as_contours_and_small_fragments_dropped(tmp_path):
+    case, folder, vol, _ = phantom_series(tmp_path, "oblique", seed=7)
+    table = LabelTable("t", (Label(1, "ring", (10, 20, 30)), Label(2, "absent")))
+    arr = np.zeros(vol.shape, np.uint8)
+    arr[50:120, 40:110, 5] = 1
+    arr[70:100, 60:90, 5] = 0  # a hole
+    arr[80:85, 70:75, 5] = 1  # an island inside the hole
+    arr[150, 150, 5] = 1  # a lone voxel: a fragment below one voxel face
+    found: list = []
+    path = write_rtstruct(vol.with_array(arr), folder, table, tmp_path / "ring.dcm", findings=found)
+    ds = pydicom.dcmread(path)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["ring"]  # no ROI for an absent structure
+    assert len(ds.ROIContourSequence[0].ContourSequence) == 3  # outer, hole, island
+    kinds = {f["kind"]: f for f in found}
+    assert kinds["small_fragment"]["detail"].startswith("1 contour") and "absent" in kinds["absent_structure"]["detail"]
+    res = read_rtstruct(path, folder, table=table)
+    want = arr.copy()
+    want[150, 150, 5] = 0
+    assert np.array_equal(res.labels.array, want)
