@@ -2,7 +2,8 @@
 
 A structure set or SEG names its series by SeriesInstanceUID and its slices
 by SOPInstanceUID; the folder it sits in proves nothing (exports put several
-series side by side). ``referenced_volume`` scans the given folder (or list of
+series side by side). Only an object that names neither is matched by its
+FrameOfReferenceUID, and then only when exactly one stack shares it. ``referenced_volume`` scans the given folder (or list of
 files) header-only, picks the stack whose series UID matches (or, when the
 object names no series, the stack holding most of its referenced instances),
 and reads it with ``medseg.io.dicom`` so the label map lands on exactly the
@@ -47,8 +48,11 @@ def _scan_root(images) -> tuple[Path, object]:
 
 
 def referenced_volume(images, *, series_uid: str | None, sop_uids: set, what: str = "object",
-                      inventory=None) -> Referenced:
-    """Read the stack of ``images`` that ``series_uid``/``sop_uids`` reference (``InputError`` if none)."""
+                      inventory=None, frame_of_reference=()) -> Referenced:
+    """Read the stack of ``images`` that ``series_uid``/``sop_uids`` reference (``InputError`` if none).
+
+    When the object names neither (``frame_of_reference`` given), the one stack on that frame of reference is used.
+    """
     from medseg.io.dicom import scan_inventory, volume_from_candidate
 
     if not isinstance(images, (str, os.PathLike)):
@@ -66,6 +70,17 @@ def referenced_volume(images, *, series_uid: str | None, sop_uids: set, what: st
             return len(sop_uids & {s.sop_uid for s in c.plan.slices})
 
         scored = sorted(pool, key=hits, reverse=True)
+        if not series_uid and not sop_uids and frame_of_reference:
+            # nothing names a series or an instance (some exports): the one stack on the frame of reference
+            same = [c for c in cands if _frame_of_reference(c.plan.slices[0].path) in frame_of_reference]
+            if not same:
+                raise InputError(f"the {what} names no series or instance, and no stack of the {len(cands)} found shares "
+                                 "its frame of reference; expected the folder to hold the series it was drawn on", path=root)
+            if len(same) > 1:
+                raise InputError(f"the {what} names no series or instance, and {len(same)} stacks share its frame of "
+                                 f"reference ({', '.join(c.key for c in same)}); expected one", path=root)
+            scored = same
+            by_series = same
         if not scored or (not by_series and hits(scored[0]) == 0):
             key = pseudonym(series_uid, prefix="se") if series_uid else "(none named)"
             refused = [c for c in inv.candidates if series_uid and c.series.series_uid == series_uid and c.plan.refused]

@@ -29,6 +29,9 @@ series' exact grid, as medseg's own DICOM reader builds it:
   listed last in the table (``overlap="table"``). Every overlapping pair is
   counted in an ``overlap`` finding.
 
+Why a structure's contour volume differs from its voxel volume: see
+``medseg.io.rtstruct_write``.
+
 Findings are ``{"kind", "action", "detail"}`` dicts, the format of the image
 series' geometry findings, and ``result.findings`` holds both (series first).
 """
@@ -139,7 +142,8 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
     head = rtstruct_header(Path(path))
     ds = head["dataset"]
     ref = referenced_volume(images, series_uid=head["series_uid"], sop_uids=head["sop_uids"],
-                            what=f"RTSTRUCT {head['key']}", inventory=inventory)
+                            what=f"RTSTRUCT {head['key']}", inventory=inventory,
+                            frame_of_reference=tuple(head["frame_of_reference"]))
     image = ref.volume
     findings: list[Finding] = []
     if table is None:

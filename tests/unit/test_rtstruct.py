@@ -206,6 +206,19 @@ def test_reader_matches_series_by_uid_not_folder(tmp_path):
     assert np.count_nonzero(res.labels.array != truth.array) <= 5
     with pytest.raises(InputError, match="references image series se"):
         read_rtstruct(rs, folder / "other")
+    # an export that names no series and no instance: the one stack on its frame of reference
+    ds = pydicom.dcmread(rs)
+    del ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    for item in ds.ROIContourSequence:
+        for c in item.ContourSequence:
+            del c.ContourImageSequence
+    ds.save_as(tmp_path / "bare.dcm")
+    res = read_rtstruct(tmp_path / "bare.dcm", folder, table=PHANTOM_LABELS)
+    assert np.count_nonzero(res.labels.array != truth.array) <= 5
+    with pytest.raises(InputError, match="names no series"):
+        ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = "1.2.3"
+        ds.save_as(tmp_path / "bare.dcm")
+        read_rtstruct(tmp_path / "bare.dcm", folder)
 
 
 def test_writer_holes_as_contours_and_small_fragments_dropped(tmp_path):
