@@ -153,8 +153,47 @@ def _write_probabilities(probs, path: Path) -> Path:
     return path
 
 
-def _optional(kind: str, case_id: str, findings: list, write):
-    """Run one optional writer; a failure (other than a full or read-only disk) becomes a finding."""
+#: Header values that identify a person; never copied from an error message into a sidecar or log.
+_IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+                "AccessionNumber", "IssuerOfPatientID", "PatientAddress", "PatientTelephoneNumbers")
+
+
+def _identifiers(dicom_folder) -> list[str]:
+    """The identifying header values of a DICOM folder's first readable file (and a PN's components)."""
+    import pydicom
+
+    for root, _dirs, files in os.walk(dicom_folder):
+        for name in sorted(files):
+            try:
+                ds = pydicom.dcmread(Path(root) / name, stop_before_pixels=True, specific_tags=list(_IDENTIFYING))
+            except Exception:  # noqa: BLE001 (not DICOM, unreadable: try the next file)
+                continue
+            values = set()
+            for kw in _IDENTIFYING:
+                v = ds.get(kw)
+                items = v if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [v]
+                for item in items:
+                    s = str(item or "").strip()
+                    if s:
+                        values.add(s)
+                        values.update(part for part in re.split(r"[\\^=]", s) if len(part.strip()) >= 3)
+            return sorted(values, key=len, reverse=True)
+    return []
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = re.sub(re.escape(s), "<redacted>", text, flags=re.IGNORECASE)
+    return text
+
+
+def _optional(kind: str, case_id: str, findings: list, write, *, dicom_folder=None):
+    """Run one optional writer; a failure (other than a full or read-only disk) becomes a finding.
+
+    The error text is kept (one line, 500 characters), with any identifying
+    header value of ``dicom_folder`` replaced by ``<redacted>``: a library's
+    message may quote the very PatientName it refused.
+    """
     try:
         return write()
     except OutputError as exc:
@@ -164,6 +203,11 @@ def _optional(kind: str, case_id: str, findings: list, write):
     except Exception as exc:  # highdicom / pydicom refusals, off-grid slices: the label map is already safe
         log.debug("%s: %s failed", case_id, kind, exc_info=True)
         error = f"{type(exc).__name__}: {exc}"
+    if dicom_folder is not None:
+        try:
+            error = _scrub(error, _identifiers(dicom_folder))
+        except Exception:  # noqa: BLE001 (cannot check the header: keep only the error's type)
+            error = error.split(":", 1)[0]
     error = " ".join(error.split())[:500]
     findings.append({"kind": "output_not_written", "output": kind, "error": error})
     log.warning("%s: %s not written: %s", case_id, kind.replace("_", " "), error)
@@ -213,7 +257,7 @@ def write_case_outputs(
         from medseg.io.seg import write_dicom_seg
 
         seg = _optional("dicom_seg", case_id, findings, lambda: write_dicom_seg(
-            labels, source, table, dicom_seg, software_version=medseg.__version__))
+            labels, source, table, dicom_seg, software_version=medseg.__version__), dicom_folder=source)
         if seg is not None:
             outputs["dicom_seg"] = rel(Path(seg))
     if probabilities is not None and probs is not None:

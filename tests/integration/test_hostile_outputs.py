@@ -162,6 +162,22 @@ def test_seg_failure_keeps_label_map_in_a_run_with_the_same_sidecar_schema(kit, 
     assert tree(cases) == before
 
 
+def test_a_seg_error_quoting_the_patient_name_is_recorded_without_it(kit, tmp_path, monkeypatch, caplog):
+    import medseg.io.seg
+    from medseg.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
+
+    def refuse(*args, **kwargs):
+        raise ValueError(f"value {PHANTOM_PATIENT_NAME!r} of PatientName (patient {PHANTOM_PATIENT_ID}) is invalid")
+
+    monkeypatch.setattr(medseg.io.seg, "write_dicom_seg", refuse)
+    out = tmp_path / "out"
+    assert main(["predict", "--no-progress", "--model", kit["model"], str(kit["dicom"]), "--out", str(out)]) == 0
+    finding = json.loads((out / "dicom.json").read_text())["findings"][-1]
+    assert finding["output"] == "dicom_seg" and "ValueError" in finding["error"] and "<redacted>" in finding["error"]
+    for secret in (PHANTOM_PATIENT_NAME, PHANTOM_PATIENT_ID, "LEAKCHECK"):
+        assert secret not in json.dumps(finding) and secret not in caplog.text
+
+
 # -- 2. outputs never overwrite an input -----------------------------------------------------------
 
 def test_predict_refuses_to_write_over_its_input(kit, tmp_path, capsys):
