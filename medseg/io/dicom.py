@@ -1,7 +1,8 @@
 """DICOM folders -> inventory, stacks and volumes.
 
 A folder (any tree, any file names, several studies and series, non-image
-objects, broken files) is scanned header-only (``medseg.io.dicom_scan``); each
+objects, broken files, bad symbolic links; a DICOMDIR is used, and a DICOMDIR
+file may be given instead of its folder) is scanned header-only (``medseg.io.dicom_scan``); each
 image series is planned into regular stacks with every geometry decision
 recorded (``medseg.io.dicom_geometry``); a rule picks the stack to segment
 (``medseg.io.dicom_select``); only then is pixel data decoded
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from medseg.errors import GeometryError, InputError
 from medseg.io.dicom_geometry import GeometryPolicy, plan_series
-from medseg.io.dicom_scan import ScanResult, iter_files, looks_like_dicom, scan_folder
+from medseg.io.dicom_scan import ScanResult, is_dicomdir_file, iter_files, looks_like_dicom, scan_folder
 from medseg.io.dicom_select import Candidate, SelectionRule, select
 from medseg.io.volume import LPS_TO_RAS, Volume
 
@@ -38,9 +39,9 @@ __all__ = ["is_dicom_folder", "read_dicom_series", "scan_inventory", "Inventory"
 
 
 def is_dicom_folder(path: Path) -> bool:
-    """A folder holding at least one file that may be DICOM."""
+    """A folder holding at least one file that may be DICOM, or a DICOMDIR file."""
     path = Path(path)
-    return path.is_dir() and any(looks_like_dicom(f) is None for f in iter_files(path))
+    return is_dicomdir_file(path) or (path.is_dir() and any(looks_like_dicom(f) is None for f in iter_files(path)))
 
 
 @dataclass
@@ -135,10 +136,10 @@ def _series_row(e: SeriesEntry | None, with_identifiers: bool) -> dict:
 
 def scan_inventory(folder: str | os.PathLike, *, policy: GeometryPolicy | None = None, progress: bool = False,
                    salt: str | None = None) -> Inventory:
-    """Scan ``folder`` header-only and plan every image series (no pixel data is read)."""
+    """Scan ``folder`` (or the files a DICOMDIR file lists) header-only and plan every image series (no pixel data is read)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("not a folder; expected a folder of DICOM files", path=folder)
+    if not folder.is_dir() and not is_dicomdir_file(folder):
+        raise InputError("not a folder; expected a folder of DICOM files (or a DICOMDIR file)", path=folder)
     scan = scan_folder(folder, progress=progress, salt=salt)
     inv = Inventory(scan)
     for s in sorted(scan.series.values(), key=lambda s: (s.study_key, s.series_key)):
@@ -174,6 +175,21 @@ def volume_from_candidate(c: Candidate, source: str, *, selection: dict | None =
     return Volume(array, LPS_TO_RAS @ plan.lps, str(source), meta)
 
 
+def no_images_error(inv: Inventory, folder) -> InputError:
+    """The one-line error for a folder without any image stack, naming the first file refused and why."""
+    return InputError(f"no DICOM image slices with geometry found ({len(inv.scan.skipped)} other files"
+                      f"{_first_refusal(inv)}); expected a folder holding one CT/MR series (run 'medseg dicom scan' "
+                      "to list what it holds)", path=folder)
+
+
+def _first_refusal(inv: Inventory) -> str:
+    """``; e.g. FILE: REASON`` for the first file that looked like DICOM but was not used (or "")."""
+    for path, reason in inv.scan.skipped:
+        if not reason.startswith(("not DICOM", "DICOMDIR")) and "not an image to segment" not in reason:
+            return f"; e.g. {_rel(path, inv.scan.root)}: {reason}"
+    return ""
+
+
 def read_dicom_series(
     folder: str | os.PathLike,
     *,
@@ -193,10 +209,7 @@ def read_dicom_series(
     if series_uid is not None:
         rule = SelectionRule(**{**(rule.__dict__ if rule else {}), "series": series_uid})
     if not cands:
-        n_other = len(inv.scan.skipped)
-        raise InputError(f"no DICOM image slices with geometry found ({n_other} other files); "
-                         "expected a folder holding one CT/MR series (run 'medseg dicom scan' to list what it holds)",
-                         path=folder)
+        raise no_images_error(inv, folder)
     chosen, record = select(cands, rule, folder=folder)
     n_series = len({c.series.series_key for c in cands})
     if len(cands) > 1:

@@ -52,12 +52,14 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
 
     import medseg
     from medseg.io.atomic import write_csv, write_json
-    from medseg.io.dicom import scan_inventory, volume_from_candidate
+    from medseg.io.dicom import no_images_error, scan_inventory, volume_from_candidate
     from medseg.io.readers import write_volume
 
+    inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
+    if not inv.candidates:  # nothing to convert is a mistake in the input: one line, exit 2, nothing written
+        raise no_images_error(inv, folder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
     result = ConvertResult()
     rows = []
     for e in inv.entries:

@@ -12,12 +12,48 @@ duplicate_instance          dropped (the same SOPInstanceUID more than once)
 duplicate_positions         split by echo / temporal position / stack / acquisition, else refused
 missing_slices              refused, or resampled (``irregular="resample"``)
 uneven_spacing              refused, or resampled (``irregular="resample"``)
+spacing_rounding            accepted (gaps vary, but no more than the header's rounding of positions explains)
 spacing_jitter              accepted_with_warning (within tolerance, above header rounding)
 gantry_tilt                 resampled onto an orthogonal grid (default), or refused
 non_collinear               refused (positions do not lie on one line)
 thickness_differs_from_step accepted (the spacing is the step between positions)
 single_slice                accepted_with_warning (slice spacing from SliceThickness)
+monochrome1                 inverted (MONOCHROME1 frames are turned into MONOCHROME2 sense on decoding)
 ==========================  =================================================================
+
+Slice spacing rule
+------------------
+Slices are sorted by their position ``d`` along the slice normal; ``m`` is the
+median gap between neighbours and the grid is ``d_0 + k * step`` with ``step``
+from the first to the last slice. Scanners write ImagePositionPatient as
+decimal text rounded to ``q`` mm (``q`` is read from the number of decimals in
+the header, e.g. 0.01 for ``"-112.35"``); each component is then off by up to
+``q/2``, so a position along the normal ``n`` is off by up to ``q/2 * |n|_1``
+(``|n|_1`` = sum of the absolute components: 1 for an axial stack, up to
+sqrt(3) for an oblique one), a gap by ``q * |n|_1`` and a gap's difference
+from the median gap by ``2 q |n|_1``. The stack is one regular grid when
+
+* every gap satisfies ``|gap - m| <= min(max(5% * m, 0.1 mm, 2 q |n|_1), 25% * m)``, and
+* every slice satisfies ``|d_k - (d_0 + k * step)| <= min(max(5% * m, 0.1 mm, q |n|_1), 25% * m)``.
+
+The 25 % cap means no rounding or tolerance can hide a missing slice (a gap of
+2 m deviates by 100 %) or a slice half a step out of place. Deviations within
+the rounding bound are recorded as ``spacing_rounding: accepted``; larger ones
+within tolerance as ``spacing_jitter: accepted_with_warning``; anything else is
+``missing_slices`` (every odd gap a whole multiple of ``m``) or
+``uneven_spacing``, refused unless ``irregular="resample"``. The in-plane checks
+(positions off one line, gantry tilt) also allow the rounding: in-plane drift
+below ``2 q sqrt(3)`` is rounding, not tilt.
+
+The reference tools: dicom2nifti (``common.validate_slice_increment``) refuses
+when any increment vector differs from the first one by more than
+``0.1 mm + 5 %`` per component (``numpy.allclose(rtol=0.05, atol=0.1)``);
+dcm2niix warns "Interslice distance varies" when any neighbour distance
+differs from the first one by more than 0.2 mm and still converts (with an
+equidistant ``_Eq`` copy in recent versions); ITK/SimpleITK's
+``ImageSeriesReader`` never refuses: it warns above a relative non-uniformity
+of 1e-4 and takes the spacing as the first-to-last distance / (n - 1), as
+medseg does, so an accepted stack has SimpleITK's geometry.
 
 No pixel data is touched here; ``StackPlan`` says which frames to decode, in
 which order, and how to resample them (``medseg.io.dicom_pixels``).
@@ -29,10 +65,20 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-#: Relative deviation of a slice gap from the step that is still one regular grid.
-SPACING_TOLERANCE = 0.01
+#: Relative deviation of a slice gap from the step that is still one regular grid (dicom2nifti's ``rtol``).
+SPACING_TOLERANCE = 0.05
+#: Absolute deviation (mm) still accepted, for thin slices where 5 % is below header precision (dicom2nifti's ``atol``).
+SPACING_TOLERANCE_MM = 0.1
+#: Nothing above this fraction of the step is ever accepted, whatever the rounding: a missing slice (a gap of
+#: twice the step, deviation 100 %) or a slice half a step off stays refused.
+MAX_SPACING_TOLERANCE = 0.25
 #: Position differences below this are header rounding (mm), not findings.
 POSITION_TOLERANCE_MM = 0.01
+
+#: What medseg does with MONOCHROME1 (minimum sample displayed as white), the finding's detail.
+MONOCHROME1_RULE = ("{n} of {m} frame(s) are MONOCHROME1 (lowest value shown white); stored values inverted over the "
+                    "BitsStored range (unsigned: 2**BitsStored - 1 - v, signed: -1 - v) before RescaleSlope/Intercept, "
+                    "as GDCM/SimpleITK do, so higher values are brighter as in MONOCHROME2")
 
 _SPLIT_KEYS = (("echo", "echo number"), ("temporal", "temporal position"), ("stack", "stack id"),
                ("acquisition", "acquisition number"), ("trigger", "trigger time"))
@@ -41,7 +87,7 @@ _SPLIT_KEYS = (("echo", "echo number"), ("temporal", "temporal position"), ("sta
 @dataclass
 class Finding:
     kind: str
-    action: str  # refused | split | resampled | excluded | dropped | accepted | accepted_with_warning | skipped
+    action: str  # refused | split | resampled | excluded | dropped | accepted | accepted_with_warning | skipped | inverted
     detail: str
 
     def to_dict(self) -> dict:
@@ -55,7 +101,8 @@ class Finding:
 class GeometryPolicy:
     irregular: str = "refuse"  # missing slices / uneven spacing: "refuse" or "resample"
     tilt: str = "resample"  # gantry tilt: "resample" (orthogonal grid, as dcm2niix) or "refuse"
-    spacing_tolerance: float = SPACING_TOLERANCE
+    spacing_tolerance: float = SPACING_TOLERANCE  # relative to the step
+    spacing_tolerance_mm: float = SPACING_TOLERANCE_MM  # absolute floor of the spacing tolerance
     position_tolerance_mm: float = POSITION_TOLERANCE_MM
 
     def __post_init__(self):
@@ -137,8 +184,27 @@ def plan_series(slices: list, *, policy: GeometryPolicy | None = None, spacing_b
             plan = _plan_stack(sub, policy, spacing_between, refused)
             plan.label = full
             plan.findings = findings + sub_findings + plan.findings
+            n_mono1 = sum(getattr(s, "photometric", "") == "MONOCHROME1" for s in plan.slices)
+            if n_mono1:
+                plan.findings.append(Finding("monochrome1", "inverted", MONOCHROME1_RULE.format(n=n_mono1, m=len(plan.slices))))
             plans.append(plan)
     return plans, findings
+
+
+def spacing_tolerances(step: float, rounding: float, policy: GeometryPolicy) -> tuple[float, float, float]:
+    """``(gap tolerance, grid tolerance, rounding bound of a gap's deviation)`` in mm (see the module docstring).
+
+    ``rounding`` is ``q * |n|_1``: the most header rounding can move a gap.
+    """
+    floor = max(policy.spacing_tolerance * step, policy.spacing_tolerance_mm)
+    cap = MAX_SPACING_TOLERANCE * step
+    return min(max(floor, 2.0 * rounding), cap), min(max(floor, rounding), cap), 2.0 * rounding
+
+
+def _quantum(slices) -> float:
+    """The coarsest rounding of ImagePositionPatient in these slices (mm); 0 when unknown (binary values)."""
+    qs = [s.ipp_quantum for s in slices if getattr(s, "ipp_quantum", None)]
+    return float(max(qs)) if qs else 0.0
 
 
 def _normal(iop) -> np.ndarray:
@@ -219,26 +285,38 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
         gaps = np.diff(d)
         med = float(np.median(gaps))
         step = float((d[-1] - d[0]) / (len(d) - 1))
-        tol = policy.spacing_tolerance * med
+        q = _quantum(slices)
+        rounding = q * float(np.abs(normal).sum())  # how far rounding can move a position along the normal, x2
+        tol, tol_pos, round_gap = spacing_tolerances(med, rounding, policy)
         dev = np.abs(gaps - med)
+        off_grid = np.abs(d - (d[0] + step * np.arange(len(d))))
         if refused:
             pass
-        elif dev.max() <= tol:
-            if dev.max() > tol_abs:
+        elif dev.max() <= tol and off_grid.max() <= tol_pos:
+            if dev.max() > tol_abs and dev.max() <= round_gap:
+                findings.append(Finding("spacing_rounding", "accepted",
+                                        f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm, within the "
+                                        f"rounding of positions to {q:g} mm in the header"))
+            elif dev.max() > tol_abs:
                 findings.append(Finding("spacing_jitter", "accepted_with_warning",
                                         f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm "
-                                        f"(tolerance {policy.spacing_tolerance:.0%})"))
+                                        f"(tolerance {tol:.3f} mm)"))
         else:
             mult = gaps / med
             missing = np.all((dev <= tol) | ((np.abs(mult - np.round(mult)) * med <= tol) & (np.round(mult) >= 2)))
-            if missing:
+            if dev.max() <= tol:
+                kind = "uneven_spacing"
+                what = (f"uneven slice spacing: slices drift from a regular grid by up to {off_grid.max():.3f} mm "
+                        f"(step {step:.3f} mm, tolerance {tol_pos:.3f} mm)")
+            elif missing:
                 n_missing = int(np.sum(np.round(mult) - 1))
                 kind = "missing_slices"
                 what = (f"missing slice(s): uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
                         f"step {med:.3f} mm; {n_missing} slice(s) missing at {int(np.sum(dev > tol))} place(s))")
             else:
                 kind = "uneven_spacing"
-                what = f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm)"
+                what = (f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm, "
+                        f"tolerance {tol:.3f} mm)")
             if policy.irregular == "resample":
                 step = med
                 n_out = int(round((d[-1] - d[0]) / step)) + 1
@@ -261,10 +339,11 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
             v = (dd @ t) / float(dd @ dd)
             resid = np.linalg.norm(t - np.outer(dd, v), axis=1).max()
             drift = float(np.linalg.norm(v) * dd[-1])
-            if resid > max(tol_abs, policy.spacing_tolerance * abs(step)):
+            inplane_rounding = 2.0 * q * np.sqrt(3.0)  # in-plane offset rounding can fake, first to last
+            if resid > max(tol_abs, policy.spacing_tolerance * abs(step), inplane_rounding):
                 refused = (f"slice positions do not lie on one line (off by up to {resid:.3f} mm); expected one stack")
                 findings.append(Finding("non_collinear", "refused", refused))
-            elif drift > tol_abs:
+            elif drift > max(tol_abs, inplane_rounding):
                 angle = float(np.degrees(np.arctan(np.linalg.norm(v))))
                 what = f"slices are not stacked along their normal (gantry tilt {angle:.2f} deg, drift {drift:.2f} mm)"
                 if drift < 0.1 * min(dr, dc):

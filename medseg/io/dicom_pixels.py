@@ -3,9 +3,14 @@
 Pixel data is decoded by pydicom's handlers (native, RLE, deflate, big endian;
 JPEG baseline/extended and JPEG 2000 through Pillow, JPEG-LS through pyjpegls)
 and, when pydicom has no decoder for a file (JPEG lossless process 14, 12-bit
-JPEG, ...), by SimpleITK's GDCM. RescaleSlope/Intercept are applied per frame
+JPEG, ...), by SimpleITK's GDCM. MONOCHROME1 frames (lowest value displayed
+white) are inverted over their stored range, ``2**BitsStored - 1 - v`` unsigned
+and ``-1 - v`` signed, before the rescale: GDCM's (and so SimpleITK's) rule,
+which leaves every frame in MONOCHROME2 sense (pydicom's ``pixel_array`` and
+``apply_voi_lut`` do not invert). RescaleSlope/Intercept are applied per frame
 (GDCM applies them itself). Gantry-tilt and irregular-spacing resampling from
-the plan are applied last.
+the plan are applied last. The stack's voxel count is checked against
+``max_voxels()`` before any buffer is allocated.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ def _decode_pydicom(path: Path):
     arr = ds.pixel_array
     if (int(ds.get("NumberOfFrames", 1) or 1)) == 1:
         arr = arr[None]
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        arr = invert_monochrome1(arr, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16),
+                                 signed=int(ds.get("PixelRepresentation") or 0) == 1)
     return arr, False  # stored values: rescale still to apply
+
+
+def invert_monochrome1(stored: np.ndarray, bits_stored: int, *, signed: bool) -> np.ndarray:
+    """MONOCHROME1 stored values in MONOCHROME2 sense: mirrored within the stored range (GDCM's rule)."""
+    if signed:
+        return (-1 - stored.astype(np.int64)).astype(np.int32)
+    top = (1 << max(1, min(int(bits_stored), 32))) - 1
+    return (top - stored.astype(np.int64)).astype(np.int64 if top > 2**31 - 1 else np.int32)
 
 
 def _decode_sitk(path: Path):
@@ -63,8 +79,15 @@ def build_array(plan) -> np.ndarray:
     contiguous block) and returned as its transposed view, which is Fortran-ordered: the
     layout NIfTI stores, with no copy.
     """
+    from medseg.io.dicom_scan import max_voxels
+
     n_src = len(plan.slices)
     cols, rows = plan.shape[0], plan.shape[1]
+    voxels = max(n_src, plan.n_slices) * rows * cols
+    if voxels > max_voxels():
+        raise InputError(f"the stack of {n_src} frame(s) of {cols} x {rows} pixels ({voxels:,} voxels) is larger than "
+                         f"the limit of {max_voxels():,} voxels (MEDSEG_MAX_VOXELS); expected one CT/MR series: "
+                         "raise the limit if the series is real", path=plan.slices[0].path.parent)
     src = np.empty((n_src, rows, cols), dtype=np.float32)
     cache: dict = {}
     for k, s in enumerate(plan.slices):

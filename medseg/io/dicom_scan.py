@@ -2,7 +2,23 @@
 
 Every file ends up either in a series (grouped by study and series UID) or in
 the list of files that were not used, with the reason. Nothing stops the scan:
-a truncated file, a text file or a DICOMDIR is recorded and the walk goes on.
+a truncated file, a text file, a dangling or looping symbolic link, a folder
+that cannot be listed, a FIFO or a header that claims more pixels than allowed
+is recorded and the walk goes on.
+
+A DICOMDIR is used: the files it references (by ReferencedFileID, relative to
+its folder; the names need no extension and are matched case-insensitively,
+as ISO 9660 media are often copied in lower case) are scanned, and what it
+references but is missing is reported on its line. When a folder is scanned,
+files the DICOMDIR does not list are scanned too, so a stale index hides
+nothing; when a DICOMDIR file itself is given, only what it references is read.
+
+Memory: before any pixel data is decoded, a header's Rows x Columns x frames is
+checked against ``max_voxels()`` (``MEDSEG_MAX_VOXELS``, default 2**31) and,
+where the transfer syntax allows, its bytes against the file size
+(uncompressed: the file must hold them; RLE: at most 64:1; deflate: at most
+1032:1; encapsulated: at least 8 bytes per frame). A file that fails is listed
+with the reason and never decoded.
 
 Each image frame becomes one ``SliceInfo``: a classic file is one frame, an
 enhanced multi-frame object gives one per frame from its per-frame (or shared)
@@ -12,14 +28,21 @@ functional groups. Patient identifiers are kept apart in
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: Most voxels one file or one stack may claim (before anything is decoded); MEDSEG_MAX_VOXELS overrides.
+DEFAULT_MAX_VOXELS = 2**31
+#: The most a lossless codec can shrink pixel data (claimed bytes per file byte), where that is bounded:
+#: RLE (PackBits) codes 128 equal bytes in 2; zlib's deflate at most 1032:1.
+_MAX_RATIO = {"1.2.840.10008.1.2.5": 64, "1.2.840.10008.1.2.1.99": 1032}
 #: Default salt of the pseudonymous study/series keys; set MEDSEG_KEY_SALT for a site-specific one.
 DEFAULT_SALT = "medseg-v1"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -54,6 +77,7 @@ class SliceInfo:
     cols: int
     iop: tuple | None = None  # 6 direction cosines (row direction, column direction), LPS
     ipp: tuple | None = None  # position of the first voxel, LPS mm
+    ipp_quantum: float | None = None  # 10**-decimals of the ImagePositionPatient text (header rounding), mm
     pixel_spacing: tuple | None = None  # (row spacing, column spacing) mm
     thickness: float | None = None
     slope: float = 1.0
@@ -61,6 +85,7 @@ class SliceInfo:
     instance_number: int | None = None
     image_type: tuple = ()
     split_keys: dict = field(default_factory=dict)  # echo, temporal position, acquisition, stack
+    photometric: str = "MONOCHROME2"  # MONOCHROME1 frames are inverted when decoded
 
 
 @dataclass
@@ -95,12 +120,167 @@ def pseudonym(uid: str, *, prefix: str, salt: str | None = None) -> str:
     return prefix + hashlib.sha256(f"{salt}\x00{uid}".encode()).hexdigest()[:10]
 
 
-def iter_files(folder: Path):
-    """Every regular file under ``folder`` in a stable order (hidden files included; links followed)."""
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
+def max_voxels() -> int:
+    """The voxel limit a header (or a stack) may claim: ``MEDSEG_MAX_VOXELS`` or ``DEFAULT_MAX_VOXELS``."""
+    from medseg.errors import ConfigError
+
+    raw = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(float(raw))
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise ConfigError(f"MEDSEG_MAX_VOXELS={raw!r} is not a positive whole number of voxels (default {DEFAULT_MAX_VOXELS})")
+    return value
+
+
+def iter_files(folder: Path, problems: list | None = None):
+    """Every regular file under ``folder`` in a stable order (hidden files included; links followed).
+
+    Nothing here raises: a dangling link, a link loop, a folder reached twice through links, a folder
+    that cannot be listed and anything that is not a regular file (FIFO, socket, device) is appended to
+    ``problems`` as ``(path, reason)`` and left out.
+    """
+    problems = [] if problems is None else problems
+    seen: set = set()
+    try:
+        st = os.stat(folder)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+
+    def onerror(exc: OSError) -> None:
+        problems.append((Path(exc.filename or folder), f"cannot list folder ({exc.strerror or exc}): skipped"))
+
+    for root, dirs, files in os.walk(folder, onerror=onerror, followlinks=True):
+        keep = []
+        for name in sorted(dirs):
+            path = Path(root) / name
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                problems.append((path, _link_problem(path, exc)))
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                problems.append((path, "symbolic link to a folder already scanned (a link loop or a second "
+                                       "link to it): skipped"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            keep.append(name)
+        dirs[:] = keep
         for name in sorted(files):
-            yield Path(root) / name
+            path = Path(root) / name
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                problems.append((path, _link_problem(path, exc)))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append((path, "not a regular file (FIFO, socket or device): skipped"))
+                continue
+            yield path
+
+
+def _link_problem(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (the link resolves to itself): skipped"
+    if os.path.islink(path) and exc.errno == errno.ENOENT:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"dangling symbolic link (its target {target!r} does not exist): skipped"
+    return f"cannot read ({exc.strerror or exc}): skipped"
+
+
+def read_dicomdir(path: Path) -> tuple[list[Path], str]:
+    """The files a DICOMDIR references that exist, and a one-line account of it (never raises).
+
+    References are resolved relative to the DICOMDIR's folder, case-insensitively when the exact
+    name is absent; a reference that leaves that folder is not followed.
+    """
+    import pydicom
+
+    base = path.parent
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        records = ds.get("DirectoryRecordSequence") or []
+        ids = []
+        for rec in records:
+            ref = rec.get("ReferencedFileID")
+            if ref is None:
+                continue
+            ids.append([str(ref)] if isinstance(ref, str) else [str(v) for v in ref])
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        return [], f"DICOMDIR index: unreadable ({type(exc).__name__}: {str(exc)[:120]}); the folder is scanned instead"
+    found, missing, outside = [], [], []
+    for parts in ids:
+        rel = "/".join(parts)
+        if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in parts) or Path(parts[0]).is_absolute():
+            outside.append(rel)
+            continue
+        target = _resolve_case_insensitive(base, parts)
+        if target is None:
+            missing.append(rel)
+        else:
+            found.append(target)
+    note = f"DICOMDIR index: used; {len(ids)} file(s) referenced, {len(found)} found"
+    if missing:
+        note += f", {len(missing)} missing (e.g. {missing[0]})"
+    if outside:
+        note += f", {len(outside)} pointing outside its folder not followed (e.g. {outside[0][:80]})"
+    return found, note
+
+
+def _resolve_case_insensitive(base: Path, parts: list) -> Path | None:
+    cur = base
+    for i, part in enumerate(parts):
+        nxt = cur / part
+        if not os.path.lexists(nxt):
+            try:
+                match = [n for n in os.listdir(cur) if n.upper() == part.upper()]
+            except OSError:
+                return None
+            if not match:
+                return None
+            nxt = cur / sorted(match)[0]
+        cur = nxt
+    return cur if cur.is_file() else None
+
+
+def is_dicomdir_file(path: Path) -> bool:
+    return Path(path).name.upper() == "DICOMDIR" and Path(path).is_file()
+
+
+def _check_claimed_size(ds, pixel_offset: int, size: int, limit: int) -> str | None:
+    """Why the pixel data this header claims must not be decoded (None when it may)."""
+    def g(kw):
+        return _tag_value(ds, kw)
+    rows, cols = _int(g("Rows")) or 0, _int(g("Columns")) or 0
+    frames = _int(g("NumberOfFrames"))
+    frames = 1 if frames is None else frames
+    samples = _int(g("SamplesPerPixel")) or 1
+    bits = _int(g("BitsAllocated")) or 8
+    if frames < 1:
+        return f"header claims {frames} frames: not an image, not decoded"
+    voxels = rows * cols * frames
+    if voxels > limit:
+        return (f"header claims {cols} x {rows} pixels x {frames} frame(s) = {voxels:,} voxels, more than the limit "
+                f"of {limit:,} (MEDSEG_MAX_VOXELS): refused before decoding")
+    nbytes = (voxels * samples * bits + 7) // 8
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ratio = _MAX_RATIO.get(str(ts)) if ts is not None else None
+    # Deflate compresses the whole dataset, so the reader's position says nothing: count the whole file.
+    held = size if ts is not None and ts.is_deflated else max(size - pixel_offset, 0)
+    if ratio and nbytes > ratio * held + 4096:
+        return (f"header claims {nbytes:,} bytes of pixel data, more than {ts.name} can code in the "
+                f"{held:,} bytes the file holds: refused before decoding")
+    if ts is not None and ts.is_encapsulated and frames > max(size - pixel_offset, 0) // 8:
+        return (f"header claims {frames:,} compressed frames, more than the {size - pixel_offset:,} bytes of "
+                "pixel data can hold: refused before decoding")
+    return None
 
 
 def looks_like_dicom(path: Path) -> str | None:
@@ -119,7 +299,7 @@ def looks_like_dicom(path: Path) -> str | None:
 
 
 #: Binary (US) tags among those read per file; every other tag read per file is a text value.
-_US_TAGS = {"Rows", "Columns", "SamplesPerPixel", "BitsAllocated"}
+_US_TAGS = {"Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"}
 _TAGS: dict = {}
 
 
@@ -157,6 +337,25 @@ def _floats(value, n: int) -> tuple | None:
     except (TypeError, ValueError):
         return None
     return out if len(out) == n else None
+
+
+def _quantum(value) -> float | None:
+    """The rounding step of decimal-string values (``"12.35"`` -> 0.01); None when not written as text."""
+    from decimal import Decimal, InvalidOperation
+
+    exps = []
+    for v in _as_list(value) or ():
+        text = getattr(v, "original_string", v)
+        if not isinstance(text, str):
+            return None
+        try:
+            exp = Decimal(text.strip()).as_tuple().exponent
+        except (InvalidOperation, ValueError):
+            return None
+        if not isinstance(exp, int):
+            return None
+        exps.append(min(max(exp, -12), 3))
+    return 10.0 ** min(exps) if exps else None
 
 
 def _num(value, default=None):
@@ -202,35 +401,40 @@ def _frames_from_functional_groups(ds, path: Path, base: dict) -> list[SliceInfo
             path=path, frame=f, sop_uid=f"{base['sop_uid']}#{f}", rows=base["rows"], cols=base["cols"],
             iop=_floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
             ipp=_floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3),
+            ipp_quantum=_quantum(pick("PlanePositionSequence", "ImagePositionPatient")),
             pixel_spacing=_floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2),
             thickness=_num(pick("PixelMeasuresSequence", "SliceThickness")),
             slope=_num(pick("PixelValueTransformationSequence", "RescaleSlope"), base["slope"]),
             intercept=_num(pick("PixelValueTransformationSequence", "RescaleIntercept"), base["intercept"]),
-            instance_number=f + 1, image_type=base["image_type"],
+            instance_number=f + 1, image_type=base["image_type"], photometric=base["photometric"],
             split_keys={k: str(v) for k, v in keys.items() if v is not None},
         ))
     return out
 
 
 def _slices(ds, path: Path) -> list[SliceInfo]:
-    g = lambda kw: _tag_value(ds, kw)  # noqa: E731
+    def g(kw):
+        return _tag_value(ds, kw)
+
     base = {
         "sop_uid": str(g("SOPInstanceUID") or path.name), "rows": _int(g("Rows")) or 0,
         "cols": _int(g("Columns")) or 0, "slope": _num(g("RescaleSlope"), 1.0),
         "intercept": _num(g("RescaleIntercept"), 0.0),
         "image_type": tuple(str(v).upper() for v in _as_list(g("ImageType")) or ()),
+        "photometric": str(g("PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
     }
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return _frames_from_functional_groups(ds, path, base)
-    g = lambda kw: _tag_value(ds, kw)  # noqa: E731
     keys = {"echo": g("EchoNumbers"), "temporal": g("TemporalPositionIdentifier"),
             "acquisition": g("AcquisitionNumber"), "trigger": g("TriggerTime")}
     return [SliceInfo(
         path=path, frame=None, sop_uid=base["sop_uid"], rows=base["rows"], cols=base["cols"],
         iop=_floats(_as_list(g("ImageOrientationPatient")), 6), ipp=_floats(_as_list(g("ImagePositionPatient")), 3),
+        ipp_quantum=_quantum(g("ImagePositionPatient")),
         pixel_spacing=_floats(_as_list(g("PixelSpacing")), 2), thickness=_num(g("SliceThickness")),
         slope=base["slope"], intercept=base["intercept"], instance_number=_int(g("InstanceNumber")),
         image_type=base["image_type"], split_keys={k: str(v) for k, v in keys.items() if v not in (None, "")},
+        photometric=base["photometric"],
     )]
 
 
@@ -252,14 +456,35 @@ def _why_not_image(ds, modality: str, sop_name: str) -> str | None:
 
 
 def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str | None = None) -> ScanResult:
-    """Read the header of every file under ``folder``; never raises on a bad file."""
+    """Read the header of every file under ``folder`` (or that a DICOMDIR file references); never raises on a bad file."""
     import pydicom
     from pydicom.uid import UID
     from tqdm.auto import tqdm
 
-    root = Path(folder)
-    files = list(iter_files(root))
-    result = ScanResult(root=root, n_files=len(files))
+    given = Path(folder)
+    limit = max_voxels()  # a bad MEDSEG_MAX_VOXELS is one ConfigError here, not one per file
+    problems: list = []
+    if is_dicomdir_file(given):
+        root = given.parent
+        indexes, files = [given], []
+    else:
+        root = given
+        files = list(iter_files(root, problems))
+        indexes = [f for f in files if f.name.upper() == "DICOMDIR"]
+    result = ScanResult(root=root)
+    result.skipped.extend(problems)
+    listed = {os.path.normcase(os.path.abspath(f)) for f in files}
+    for index in indexes:
+        refs, note = read_dicomdir(index)
+        result.skipped.append((index, note))
+        for ref in refs:
+            key = os.path.normcase(os.path.abspath(ref))
+            if key not in listed:
+                listed.add(key)
+                files.append(ref)
+    done = {os.path.normcase(os.path.abspath(f)) for f in indexes}
+    files = [f for f in files if os.path.normcase(os.path.abspath(f)) not in done]
+    result.n_files = len(files) + len(indexes)
     for path in tqdm(files, desc="scan", unit="file", disable=not progress):
         reason = looks_like_dicom(path)
         if reason:
@@ -271,7 +496,7 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
                 pixel_offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
             sop_class = str(_tag_value(ds, "SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
             if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-                result.skipped.append((path, "DICOMDIR index: ignored (files are found by walking the folder)"))
+                result.skipped.append((path, "DICOMDIR index under another name: not used (only files named DICOMDIR are)"))
                 continue
             if "SOPClassUID" not in ds and "Modality" not in ds and "Rows" not in ds:
                 result.skipped.append((path, "not a DICOM object (no SOPClassUID, Modality or Rows)"))
@@ -281,6 +506,10 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
             study_uid = str(_tag_value(ds, "StudyInstanceUID") or "unknown-study")
             series_uid = str(_tag_value(ds, "SeriesInstanceUID") or "unknown-series")
             why_not = _why_not_image(ds, modality, sop_name)
+            too_big = None if why_not else _check_claimed_size(ds, pixel_offset, size, limit)
+            if too_big:
+                result.skipped.append((path, too_big))
+                continue
             short = None if why_not else _truncated_by(ds, pixel_offset, size)
             if short:
                 result.skipped.append((path, f"truncated: the file ends {short} bytes before its pixel data does"))
@@ -319,7 +548,8 @@ def _truncated_by(ds, pixel_offset: int, size: int) -> int | None:
     if ts is not None and (ts.is_compressed or ts.is_deflated):
         return None
     try:
-        g = lambda kw, d=None: _tag_value(ds, kw) or d  # noqa: E731
+        def g(kw, d=None):
+            return _tag_value(ds, kw) or d
         n = (int(g("Rows")) * int(g("Columns")) * int(g("SamplesPerPixel", 1))
              * int(g("NumberOfFrames", 1)) * int(g("BitsAllocated")) + 7) // 8
     except (AttributeError, TypeError, ValueError):
