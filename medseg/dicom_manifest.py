@@ -9,8 +9,8 @@ folder). Every pair becomes one case:
   its label map (the RTSTRUCT rasterised / the SEG read onto that grid) are
   written as NIfTI under ``<out stem>_cache/<series key>/``, so training reads
   voxels and never rasterises contours per epoch. A pair is converted again
-  only when its label object's bytes or the label table change
-  (``source.json`` records both);
+  only when its label object's bytes, the series' instances or the label
+  table change (``<object key>.source.json`` records them);
 * its findings (the series' geometry findings, then the label object's) go
   to ``findings.json`` beside them.
 
@@ -83,7 +83,7 @@ def _label_objects(inv, salt):
         key = pseudonym(str(ds.get("SOPInstanceUID", path)), prefix="ob", salt=salt)
         try:
             if modality == "RTSTRUCT":
-                head = rtstruct_header(pydicom.dcmread(path))
+                head = rtstruct_header(ds)  # an RTSTRUCT has no pixel data: the header read is the whole object
                 rois = closed_rois(head)
                 names = [r["name"] for r in rois]
                 objects.append({"kind": "rtstruct", "path": path, "key": pseudonym(str(ds.SOPInstanceUID), prefix="rs", salt=salt),
@@ -210,7 +210,9 @@ def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, sp
         case_id = skey if n_per_series[ob["series_uid"]] == 1 else f"{skey}_{ob['key']}"
         folder = cache / skey
         img_path, lab_path = folder / "image.nii.gz", folder / f"{ob['key']}.label.nii.gz"
-        stamp = {"object_sha256": _sha256(ob["path"]), "table": table.to_dict(), "kind": ob["kind"]}
+        series_sha = hashlib.sha256("\n".join(sorted(x.sop_uid for x in cand.plan.slices)).encode()).hexdigest()
+        stamp = {"object_sha256": _sha256(ob["path"]), "series_instances_sha256": series_sha, "table": table.to_dict(),
+                 "kind": ob["kind"]}
         stamp_path = folder / f"{ob['key']}.source.json"
         fresh = img_path.is_file() and lab_path.is_file() and stamp_path.is_file()
         if fresh:
