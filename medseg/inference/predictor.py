@@ -44,6 +44,10 @@ _TORCH_NATIVE = {np.dtype(t) for t in ("float32", "float64", "float16", "int8", 
 #: "replace" (with the intensity floor: CT window/clip low end, or the image's finite minimum for
 #: z-score; the count is recorded in ``meta["findings"]``).
 NONFINITE_POLICIES = ("refuse", "replace")
+#: A network grid this many times the input's voxels (and over ``_GRID_FLOOR``) means a voxel size
+#: no scanner writes (a header in the wrong units, a corrupt affine): refused before it is allocated.
+MAX_UPSAMPLING = 64
+_GRID_FLOOR = 1 << 24
 #: Settings of the predictor itself (not of training), accepted like the inference options.
 _PREDICTOR_OPTIONS = {"nonfinite": "refuse"}
 
@@ -293,11 +297,14 @@ class Predictor:
         size = target_shape(oriented_shape, spacing, self.preprocessing["spacing"])
         steps = grid_steps(spacing, self.preprocessing["spacing"])
         n_grid, limit = int(np.prod([int(n) for n in size], dtype=object)), max_voxels()
-        if n_grid > limit:
+        n_input = int(np.prod([int(n) for n in oriented_shape], dtype=object))
+        if n_grid > limit or (n_grid > _GRID_FLOOR and n_grid > MAX_UPSAMPLING * n_input):
+            why = (f"over the limit of {limit:,} (MEDSEG_MAX_VOXELS)" if n_grid > limit else
+                   f"{n_grid / n_input:.0f} times the image's {n_input:,} (at most {MAX_UPSAMPLING} above {_GRID_FLOOR:,})")
             raise InputError(
                 f"voxel size {tuple(round(float(s), 4) for s in spacing)} mm resampled to the network's "
-                f"{tuple(self.preprocessing['spacing'])} mm gives a grid of {tuple(size)} = {n_grid:,} voxels, over the "
-                f"limit of {limit:,} (MEDSEG_MAX_VOXELS); check the image's voxel size",
+                f"{tuple(self.preprocessing['spacing'])} mm gives a grid of {tuple(size)} = {n_grid:,} voxels, {why}; "
+                "check the image's voxel size and units",
                 path=volume.source or None,
             )
         x = resample(view, size, steps, mode="trilinear", reverse=reverse)

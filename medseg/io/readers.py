@@ -58,6 +58,8 @@ MAX_VOXELS = 2**30
 #: Deflate (gzip, zlib) expands at most 1032:1 (RFC 1951: a 258-byte match costs at least 2 bits),
 #: so a compressed file of ``n`` bytes holds at most ``n * 1032`` bytes of voxels.
 DEFLATE_MAX_RATIO = 1032
+#: NIfTI xyzt_units spatial codes other than mm (2) or unknown (0): the factor to mm.
+_UNIT_TO_MM = {1: 1000.0, 3: 0.001}
 _SLACK_BYTES = 1 << 16  # headers, gzip members, rounding: never what decides a refusal
 _CHUNK_BYTES = 1 << 24
 
@@ -105,6 +107,12 @@ def check_claim(p: Path, shape, itemsize: int, *, stored_bytes: int | None = Non
                 path=p,
             )
     return n_bytes
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as one short line (library messages often span several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _quiet_nibabel():
@@ -189,7 +197,7 @@ def _read_nifti(p: Path) -> Volume:
             img = nib.load(str(p))
         shape, dtype, offset = img.shape, img.get_data_dtype(), int(img.dataobj.offset)
     except Exception as exc:  # noqa: BLE001 -- a corrupt header makes nibabel raise many types; all are bad input
-        raise InputError(f"cannot read as NIfTI ({type(exc).__name__}: {str(exc)[:200]})", path=p) from None
+        raise InputError(f"cannot read as NIfTI ({_why(exc)})", path=p) from None
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
@@ -205,10 +213,15 @@ def _read_nifti(p: Path) -> Volume:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 -- corrupt deflate data, short files: bad input, one line
-        raise InputError(f"cannot read as NIfTI ({type(exc).__name__}: {str(exc)[:200]})", path=p) from None
+        raise InputError(f"cannot read as NIfTI ({_why(exc)})", path=p) from None
     if array.ndim == 4:
         array = array[..., 0]
-    return Volume(array, img.affine, str(p), {"format": "nifti"})
+    affine, meta = np.array(img.affine, dtype=np.float64), {"format": "nifti"}
+    factor = _UNIT_TO_MM.get(int(raw["xyzt_units"]) & 0x07)
+    if factor is not None:  # nibabel keeps the file's units; medseg measures in mm (as ITK reads it)
+        affine[:3, :] *= factor
+        meta["units"] = f"{'metres' if factor > 1 else 'micrometres'} in the header, converted to mm"
+    return Volume(array, affine, str(p), meta)
 
 
 def _sitk_component_bytes(pixel_id: int) -> int:
@@ -262,6 +275,12 @@ def _itk_stored_data(p: Path) -> tuple[int | None, float | None]:
     return (target.stat().st_size, ratio) if target.is_file() else (None, None)
 
 
+def _itk_why(exc: BaseException) -> str:
+    """ITK's exception text is several lines of source locations; its last line says what went wrong."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {' '.join(lines[-1].split())[:200]}" if lines else type(exc).__name__
+
+
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
 
@@ -272,7 +291,7 @@ def _read_itk(p: Path) -> Volume:
         dim, size = reader.GetDimension(), reader.GetSize()
         comp_bytes = _sitk_component_bytes(reader.GetPixelID()) * max(1, int(reader.GetNumberOfComponents()))
     except Exception as exc:  # noqa: BLE001 -- SimpleITK raises RuntimeError with ITK's text; any failure is bad input
-        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__})", path=p) from None
+        raise InputError(f"cannot read image ({_itk_why(exc)})", path=p) from None
     if dim != 3:
         raise InputError(f"expected a 3D image, found {dim}D", path=p)
     stored, ratio = _itk_stored_data(p)
@@ -280,7 +299,7 @@ def _read_itk(p: Path) -> Volume:
     try:
         img = reader.Execute()
     except Exception as exc:  # noqa: BLE001 -- as above
-        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__})", path=p) from None
+        raise InputError(f"cannot read image ({_itk_why(exc)})", path=p) from None
     if img.GetDimension() != 3:
         raise InputError(f"expected a 3D image, found {img.GetDimension()}D", path=p)
     array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # ITK arrays are (z, y, x)

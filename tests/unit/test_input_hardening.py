@@ -207,8 +207,27 @@ def test_cli_singular_affine_is_one_line_exit_2(oracle_checkpoint, tmp_path, cap
 
 def test_broken_voxel_size_that_would_explode_the_network_grid_is_refused(oracle):
     huge = Volume(np.zeros((10, 10, 10), np.float32), np.diag([1e5, 1e5, 1e5, 1.0]), "huge.nii.gz")
-    with pytest.raises(InputError, match="huge.nii.gz.*over the limit"):
+    with pytest.raises(InputError, match="huge.nii.gz.*over the limit of 1,073,741,824"):
         oracle.predict(huge)
+    # 40 mm voxels (a header in cm, or a corrupt affine) -> 381^3 network voxels from 20^3: refused before allocating
+    coarse = Volume(np.zeros((20, 20, 20), np.float32), np.diag([40.0, 40.0, 40.0, 1.0]), "coarse.nii.gz")
+    with pytest.raises(InputError, match=r"coarse.nii.gz.*6913 times the image's 8,000"):
+        oracle.predict(coarse)
+    # a legitimately coarse image (4 mm -> the oracle's 2 mm: 8x) is segmented
+    ok = oracle.predict(Volume(np.zeros((40, 40, 30), np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "ok.nii.gz"))
+    assert ok.shape == (40, 40, 30) and not ok.array.any()
+
+
+@pytest.mark.parametrize("units,factor", [(1, 1000.0), (3, 0.001), (2, 1.0), (0, 1.0)])
+def test_nifti_spatial_units_are_converted_to_mm_as_itk_does(tmp_path, units, factor):
+    import SimpleITK as sitk
+
+    img = nib.Nifti1Image(ARRAY, np.diag([0.5, 0.5, 2.0, 1.0]))
+    img.header["xyzt_units"] = units | 8  # time in seconds: only the spatial bits count
+    nib.save(img, tmp_path / "units.nii")
+    vol = read_volume(tmp_path / "units.nii")
+    assert np.allclose(vol.spacing, np.array([0.5, 0.5, 2.0]) * factor)
+    assert np.allclose(vol.spacing, sitk.ReadImage(str(tmp_path / "units.nii")).GetSpacing())
 
 
 # --- 3. memory a header may claim ---------------------------------------------------------------
