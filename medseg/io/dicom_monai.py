@@ -10,7 +10,7 @@ DICOM::
     register_with_monai(); LoadImaged(keys="image")        # auto-selected for DICOM folders
     LoadImaged(keys="image", reader="medseg.io.dicom_monai.MedsegDicomReader")  # by dotted name
 
-Only folders are claimed (``verify_suffix``); files go to MONAI's own readers.
+Only folders (and DICOMDIR files) are claimed (``verify_suffix``); other files go to MONAI's own readers.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class MedsegDicomReader(ImageReader):
 
     def verify_suffix(self, filename) -> bool:
         names = ensure_tuple(filename)
-        return bool(names) and all(Path(str(f)).is_dir() and is_dicom_folder(Path(str(f))) for f in names)
+        return bool(names) and all(is_dicom_folder(Path(str(f))) for f in names)  # a DICOM folder or a DICOMDIR file
 
     def read(self, data, **kwargs):
         vols = [read_dicom_series(Path(str(f)), rule=self.rule, policy=self.policy) for f in ensure_tuple(data)]

@@ -2,9 +2,9 @@
 
 Every file ends up either in a series (grouped by study and series UID) or in
 the list of files that were not used, with the reason. Nothing stops the scan:
-a truncated file, a text file, a dangling or looping symbolic link, a folder
-that cannot be listed, a FIFO or a header that claims more pixels than allowed
-is recorded and the walk goes on.
+a truncated file, a text file, a dangling or looping symbolic link, a link to
+a folder (not followed), a folder that cannot be listed, a FIFO or a header
+that claims more pixels than allowed is recorded and the walk goes on.
 
 A DICOMDIR is used: the files it references (by ReferencedFileID, relative to
 its folder; the names need no extension and are matched case-insensitively,
@@ -137,39 +137,24 @@ def max_voxels() -> int:
 
 
 def iter_files(folder: Path, problems: list | None = None):
-    """Every regular file under ``folder`` in a stable order (hidden files included; links followed).
+    """Every regular file under ``folder`` in a stable order (hidden files included; links to files followed).
 
-    Nothing here raises: a dangling link, a link loop, a folder reached twice through links, a folder
-    that cannot be listed and anything that is not a regular file (FIFO, socket, device) is appended to
-    ``problems`` as ``(path, reason)`` and left out.
+    Nothing here raises: a dangling link, a link loop, a link to a folder (not followed, so a link to
+    ``/`` cannot make the scan walk the whole disk), a folder that cannot be listed and anything that
+    is not a regular file (FIFO, socket, device: opening one could block) is appended to ``problems``
+    as ``(path, reason)`` and left out.
     """
     problems = [] if problems is None else problems
-    seen: set = set()
-    try:
-        st = os.stat(folder)
-        seen.add((st.st_dev, st.st_ino))
-    except OSError:
-        pass
 
     def onerror(exc: OSError) -> None:
         problems.append((Path(exc.filename or folder), f"cannot list folder ({exc.strerror or exc}): skipped"))
 
-    for root, dirs, files in os.walk(folder, onerror=onerror, followlinks=True):
-        keep = []
-        for name in sorted(dirs):
+    for root, dirs, files in os.walk(folder, onerror=onerror):
+        dirs.sort()
+        for name in list(dirs):
             path = Path(root) / name
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                problems.append((path, _link_problem(path, exc)))
-                continue
-            if (st.st_dev, st.st_ino) in seen:
-                problems.append((path, "symbolic link to a folder already scanned (a link loop or a second "
-                                       "link to it): skipped"))
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            keep.append(name)
-        dirs[:] = keep
+            if os.path.islink(path):  # os.walk does not descend into it; say so
+                problems.append((path, _dir_link_problem(path)))
         for name in sorted(files):
             path = Path(root) / name
             try:
@@ -181,6 +166,17 @@ def iter_files(folder: Path, problems: list | None = None):
                 problems.append((path, "not a regular file (FIFO, socket or device): skipped"))
                 continue
             yield path
+
+
+def _dir_link_problem(path: Path) -> str:
+    try:
+        target = path.resolve(strict=True)
+        here = path.parent.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "symbolic link loop: not followed"
+    if target == here or target in here.parents:
+        return "symbolic link loop (it points to a folder that contains it): not followed"
+    return "symbolic link to a folder: not followed (give that folder itself to read it)"
 
 
 def _link_problem(path: Path, exc: OSError) -> str:

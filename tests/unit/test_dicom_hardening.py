@@ -185,6 +185,13 @@ def test_dicomdir_is_used_and_its_files_need_no_extension(tmp_path, dicomdir_cas
     assert vol.meta["n_image_series_in_folder"] == 1
     np.testing.assert_array_equal(align_to(vol, dicomdir_case.image).array, dicomdir_case.image.array)
 
+    from medseg.io.dicom_monai import MedsegDicomReader
+
+    reader = MedsegDicomReader()
+    assert reader.verify_suffix(str(media / "DICOMDIR")) and not reader.verify_suffix(str(next(iter(files))))
+    array, meta = reader.get_data(reader.read(str(media / "DICOMDIR")))
+    np.testing.assert_array_equal(array, vol.array)
+
 
 def test_dicomdir_reports_missing_files_and_finds_lower_case_copies(tmp_path, dicomdir_case):
     media = _fileset(write_dicom_series(dicomdir_case, tmp_path / "src"), tmp_path / "cd")
@@ -315,18 +322,22 @@ def test_bomb_through_the_command_line_is_one_line_exit_2_and_small(tmp_path):
 
 def test_link_loops_dangling_links_and_fifos_are_listed_and_the_scan_goes_on(tmp_path, dicomdir_case):
     folder = write_dicom_series(dicomdir_case, tmp_path / "case")
+    other = write_dicom_series(make_phantom(12, spacing=(8.0, 8.0, 10.0)), tmp_path / "elsewhere")
     os.symlink("nowhere", folder / "dangling")
     os.symlink("self_loop", folder / "self_loop")
     os.symlink(".", folder / "back_to_the_folder")
     os.symlink(folder.parent, folder / "up")  # a loop through the parent
+    os.symlink(other, folder / "linked_series")  # a link to a folder is not walked (it could be "/")
+    os.symlink(next(other.iterdir()), folder / "linked_file")  # a link to a file is read
     os.mkfifo(folder / "pipe")  # opening it would block the scan forever
     inv = scan_inventory(folder)
     reasons = {str(Path(p).relative_to(folder)): r for p, r in inv.scan.skipped}
     assert reasons["dangling"].startswith("dangling symbolic link")
     assert reasons["self_loop"].startswith("symbolic link loop")
-    assert reasons["back_to_the_folder"].startswith("symbolic link to a folder already scanned")
+    assert reasons["back_to_the_folder"].startswith("symbolic link loop") and reasons["up"].startswith("symbolic link loop")
+    assert reasons["linked_series"].startswith("symbolic link to a folder: not followed")
     assert reasons["pipe"].startswith("not a regular file")
+    assert len(inv.entries) == 2 and sorted(len(e.series.files) for e in inv.entries) == [1, dicomdir_case.image.shape[2]]
     vol = read_dicom_series(folder)
     np.testing.assert_array_equal(align_to(vol, dicomdir_case.image).array, dicomdir_case.image.array)
-    tables = inv.tables()[1]
-    assert {"dangling", "self_loop", "pipe"} <= set(tables.file)
+    assert {"dangling", "self_loop", "pipe", "up"} <= set(inv.tables()[1].file)
