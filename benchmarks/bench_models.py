@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,7 @@ RUNS = {
     "unet": None,
     "unet_classic": "unet_classic_small",
     "unet_attention": "unet_attention_small",
+    "unet_plain": "unet_plain_small",
     "fcn32s": "fcn8s_small",
     "fcn16s": "fcn8s_small",
     "fcn8s": "fcn8s_small",
@@ -49,7 +49,7 @@ RUNS = {
 #: fcn16s 0.768, fcn8s 0.819, deeplabv3 0.849, deeplabv3plus 0.933. The classic and attention U-Nets
 #: (no residual units, full-resolution first stage) learn far slower on this schedule; instance norm
 #: instead of batch norm made them worse (0.241 / 0.279), so the presets keep batch norm.
-FLOORS = {"unet": 0.85, "unet_classic": 0.25, "unet_attention": 0.3, "fcn32s": 0.6, "fcn16s": 0.65, "fcn8s": 0.7,
+FLOORS = {"unet": 0.85, "unet_classic": 0.25, "unet_attention": 0.3, "unet_plain": 0.5, "fcn32s": 0.6, "fcn16s": 0.65, "fcn8s": 0.7,
           "deeplabv3": 0.75, "deeplabv3plus": 0.85}
 
 
@@ -91,9 +91,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--iterations", type=int, default=0,
+                    help="optimizer steps per epoch (training.iterations_per_epoch); default: the number of training cases")
     ap.add_argument("--models", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--crf", default="{}", help="JSON kwargs for crf_refine, e.g. '{\"iterations\": 5}'")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for every model (after the preset's), e.g. training.learning_rate=0.001")
+    ap.add_argument("--kwargs", default="{}", help="JSON merged into every model's kwargs, e.g. '{\"norm\": \"instance\"}'")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -112,12 +117,21 @@ def main(argv=None) -> int:
     if not manifest.exists():
         write_cohort(work / "cohort", args.cases, seed=0)
     config_path = ROOT / "configs" / "training" / "phantom_demo.yaml"
+    base = load_config(config_path)
+    n_train = len(split_cases(read_manifest(manifest, require_labels=True), base.training.seed)[0])
+    iterations = args.iterations or n_train  # one epoch = one pass over the training cases at batch 1
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         preset = RUNS[name]
         overrides = [f"model.name={name}", f"training.epochs={args.epochs}", f"training.val_every={max(1, args.epochs // 2)}"]
-        if preset:
-            overrides.append("model.kwargs=" + json.dumps(load_model_preset(preset)["kwargs"]))
+        recipe = load_model_preset(preset) if preset else {"model": {"kwargs": {}}, "training": {}}
+        kwargs = {**recipe["model"]["kwargs"], **json.loads(args.kwargs)}
+        if kwargs:
+            overrides.append("model.kwargs=" + json.dumps(kwargs))
+        # the family's own recipe (learning rate, optimizer...) from its preset, as `medseg plan --model` uses it
+        overrides += [f"training.{k}={json.dumps(v)}" for k, v in recipe["training"].items()]
+        overrides.append(f"training.iterations_per_epoch={iterations}")
+        overrides += args.set
         config = load_config(config_path, overrides=overrides)
         table = config.label_table(base=config_path.parent)
         out = work / "runs" / name
@@ -125,8 +139,7 @@ def main(argv=None) -> int:
         result = train(config=config, manifest=manifest, out_dir=out, label_table=table, progress=False, device="cpu")
         hist = pd.read_csv(out / "metrics.csv")
         tc = config.training
-        n_train = len(json.loads((out / "run.json").read_text())["train_cases"])
-        steps = max(1, math.ceil(n_train * tc.samples_per_image / tc.batch_size))
+        steps = tc.iterations_per_epoch
         s_step = float(hist["epoch_seconds"].iloc[1:].mean() / steps) if len(hist) > 1 else float(hist["epoch_seconds"].iloc[0] / steps)
         net = create_model(name, spatial_dims=3, in_channels=1, out_channels=table.num_classes, **config.model.kwargs)
         _, val_df = split_cases(read_manifest(manifest, require_labels=True), tc.seed)
@@ -134,8 +147,11 @@ def main(argv=None) -> int:
         crf = crf_effect(out, config, table, val, json.loads(args.crf))
         rows.append({
             "model": name,
-            "width": preset or "config",
+            "preset": preset or "config",
+            "lr": tc.learning_rate,
+            "optim": tc.optimizer,
             "dice": round(result.best_mean_dice, 3),
+            "loss_end": round(float(hist["loss"].iloc[-1]), 3),
             "floor": FLOORS[name],
             "params": sum(p.numel() for p in net.parameters()),
             "params_default_3d": param_count(name, 3, 1, table.num_classes),
@@ -147,7 +163,7 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     table_df = pd.DataFrame(rows)
     tc = config.training
-    print(f"\n{args.cases} phantom cases, {args.epochs} epochs, CPU threads {torch.get_num_threads()}, "
+    print(f"\n{args.cases} phantom cases ({n_train} training), {args.epochs} epochs of {iterations} iterations, CPU threads {torch.get_num_threads()}, "
           f"patch {'x'.join(map(str, tc.patch_size))} batch {tc.batch_size}; "
           f"CRF on validation grids of ~{crf['voxels']:,} voxels")
     print(table_df.to_string(index=False))

@@ -3,7 +3,7 @@
 >>> from medseg.models import create_model, list_models
 >>> net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=5)
 
-Built-in families (``unet.py``, ``fcn.py``, ``deeplab.py``; shared layers in
+Built-in families (``unet.py``, ``plain_unet.py``, ``fcn.py``, ``deeplab.py``; shared layers in
 ``_blocks.py``) register themselves when this package is imported; plugins
 register through the ``medseg.models`` entry-point group (see
 ``medseg.registry``). A new model is one file with a builder decorated by
@@ -27,7 +27,7 @@ from medseg.registry import Registry
 
 MODELS: Registry = Registry("model", entry_point_group="medseg.models")
 
-from medseg.models import deeplab, fcn, unet  # noqa: E402,F401  (register the built-ins)
+from medseg.models import deeplab, fcn, plain_unet, unet  # noqa: E402,F401  (register the built-ins)
 
 _FIXED = ("spatial_dims", "in_channels", "out_channels")
 

@@ -34,7 +34,8 @@ class AtrousResNet(nn.Module):
     def __init__(self, spatial_dims, in_channels, *, channels, blocks, output_stride, norm, act):
         super().__init__()
         if len(channels) != len(blocks) or len(channels) < 2:
-            raise ConfigError(f"deeplab: channels and blocks need one entry per residual stage (at least 2); got channels {list(channels)}, blocks {list(blocks)}")
+            raise ConfigError(f"deeplab: channels and blocks need one entry per residual stage (at least 2); "
+                              f"got channels {list(channels)}, blocks {list(blocks)}")
         kw = dict(norm=norm, act=act)
         self.stem = nn.Sequential(
             ConvNormAct(spatial_dims, in_channels, channels[0], stride=2, **kw),

@@ -29,7 +29,8 @@ class FCN(PadToDivisor):
         channels, convs = tuple(int(c) for c in channels), tuple(int(n) for n in convs)
         n_skips = {32: 0, 16: 1, 8: 2}[output_stride]
         if len(convs) != len(channels):
-            raise ConfigError(f"fcn: need one conv count per stage: {len(channels)} channels, {len(convs)} conv counts; give convs with {len(channels)} entries")
+            raise ConfigError(f"fcn: need one conv count per stage: {len(channels)} channels, {len(convs)} conv counts; "
+                              f"give convs with {len(channels)} entries")
         if len(channels) < n_skips + 1:
             raise ConfigError(f"fcn{output_stride}s fuses {n_skips} earlier stage(s), so it needs at least {n_skips + 1} stages; got channels {list(channels)}")
         self.divisor = 2 ** len(channels)

@@ -1,14 +1,22 @@
 """Model presets: ``configs/models/<name>.yaml`` files that a training config can refer to by name.
 
 A preset is the ``model:`` section of a training config (``name``, ``spatial_dims``,
-``kwargs``) saved under a name, e.g. ``configs/models/deeplabv3_small.yaml``::
+``kwargs``) saved under a name, plus an optional ``training:`` mapping: the family's
+recipe, as ``training:`` keys of a config (``medseg.config.TrainingConfig`` fields), e.g.
+``configs/models/unet_plain_small.yaml``::
 
-    name: deeplabv3
+    name: unet_plain
     spatial_dims: 3
-    kwargs: {output_stride: 8, channels: [16, 32, 64, 128], atrous_rates: [1, 2, 3]}
+    kwargs: {channels: [16, 32, 64, 128, 160]}
+    training: {learning_rate: 0.01, optimizer: sgd}
 
-``load_model_preset("deeplabv3_small")`` returns that mapping, checked against the
-registry (the model exists, supports the dims, accepts the kwargs) without building it.
+``load_model_preset("unet_plain_small")`` returns
+``{"model": {"name", "spatial_dims", "kwargs"}, "training": {...}}`` (``training``
+empty when the preset has none), checked against the registry (the model exists,
+supports the dims, accepts the kwargs) and against ``TrainingConfig`` (known keys,
+right types) without building anything. A training config built from a preset
+takes both: ``model:`` from ``model`` and the ``training`` keys over its own
+(``preset_overrides`` gives them as ``--set`` strings).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 
 from medseg.errors import ConfigError
 
-_KEYS = {"name", "spatial_dims", "kwargs"}
+_KEYS = {"name", "spatial_dims", "kwargs", "training"}
 
 
 def preset_dir() -> Path:
@@ -32,7 +40,8 @@ def list_model_presets() -> list[str]:
 
 
 def load_model_preset(name: str, root: Path | None = None) -> dict:
-    """The preset ``name`` as ``{"name", "spatial_dims", "kwargs"}``; errors name the file and what is wrong."""
+    """The preset ``name`` as ``{"model": {"name", "spatial_dims", "kwargs"}, "training": {...}}``;
+    errors name the file and what is wrong."""
     import yaml
 
     from medseg.models import MODELS, _accepts_any, model_info
@@ -48,10 +57,32 @@ def load_model_preset(name: str, root: Path | None = None) -> dict:
     if not isinstance(data, dict) or set(data) - _KEYS or "name" not in data:
         raise ConfigError(f"{path}: a model preset is a mapping with keys {sorted(_KEYS)} ('name' required), found {data!r}")
     preset = {"name": str(data["name"]), "spatial_dims": int(data.get("spatial_dims", 3)), "kwargs": dict(data.get("kwargs") or {})}
+    training = _training_recipe(data.get("training"), path)
     info = model_info(preset["name"], params=False)  # unknown model -> UnknownComponentError with close matches
     if preset["spatial_dims"] not in info["dims"]:
         raise ConfigError(f"{path}: model {preset['name']!r} supports spatial_dims {list(info['dims'])}, the preset says {preset['spatial_dims']}")
     unknown = set(preset["kwargs"]) - set(info["options"])
     if unknown and not _accepts_any(MODELS.get(preset["name"])):
         raise ConfigError(f"{path}: model {preset['name']!r} has no option(s) {sorted(unknown)}; accepted: {sorted(info['options'])}")
-    return preset
+    return {"model": preset, "training": training}
+
+
+def _training_recipe(data, path: Path) -> dict:
+    """The preset's ``training:`` mapping, checked as ``TrainingConfig`` keys and types (``{}`` when absent)."""
+    from medseg.config import TrainingConfig, build_dataclass
+
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: 'training' is a mapping of training settings (e.g. {{learning_rate: 0.01, optimizer: sgd}}), found {data!r}")
+    build_dataclass(TrainingConfig, data, f"{path}: training")  # unknown keys ("did you mean"), wrong types
+    return dict(data)
+
+
+def preset_overrides(preset: dict) -> list[str]:
+    """A loaded preset as config overrides (``section.key=value``, values in JSON): ``model.*`` and its ``training.*``."""
+    import json
+
+    model = preset["model"]
+    out = [f"model.name={model['name']}", f"model.spatial_dims={model['spatial_dims']}", "model.kwargs=" + json.dumps(model["kwargs"])]
+    return out + [f"training.{k}={json.dumps(v)}" for k, v in preset["training"].items()]

@@ -10,6 +10,9 @@ keys are prefixed with ``net.``).
 
     net = SliceWise(create_model("unet_classic", spatial_dims=2, in_channels=1, out_channels=5))
 
+A 2D model with deep supervision (``unet_plain`` in training) returns a list of
+scales; each comes back as a volume with the slice axis kept at full size.
+
 Note that batch-norm statistics are then taken over all slices of a batch
 (correlated neighbours): use a slice-sampling loader for faithful 2D training.
 """
@@ -36,5 +39,10 @@ class SliceWise(nn.Module):
         v = x.movedim(self.axis, 2)  # (N, C, S, a, b)
         s, rest = v.shape[2], v.shape[3:]
         y = self.net(v.transpose(1, 2).reshape(n * s, c, *rest))
-        y = y.reshape(n, s, y.shape[1], *rest).transpose(1, 2)  # (N, out, S, a, b)
+        if isinstance(y, (list, tuple)):  # deep supervision: every scale back to (N, out, X, Y, Z) order
+            return [self._unfold(o, n, s) for o in y]
+        return self._unfold(y, n, s)
+
+    def _unfold(self, y: torch.Tensor, n: int, s: int) -> torch.Tensor:
+        y = y.reshape(n, s, *y.shape[1:]).transpose(1, 2)  # (N, out, S, a, b)
         return y.movedim(2, self.axis)

@@ -36,7 +36,8 @@ class AttentionGate(nn.Module):
 
 
 class UNet(PadToDivisor):
-    def __init__(self, spatial_dims, in_channels, out_channels, *, channels, norm="batch", act="relu", dropout=0.0, attention=False):
+    def __init__(self, spatial_dims, in_channels, out_channels, *, channels, norm="batch", act="relu", dropout=0.0, attention=False,
+                 deep_supervision=False, init="default"):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
@@ -45,7 +46,8 @@ class UNet(PadToDivisor):
         kw = dict(norm=norm, act=act)
         self.stem = DoubleConv(spatial_dims, in_channels, channels[0], **kw)
         self.down = nn.ModuleList(
-            nn.Sequential(max_pool(spatial_dims), DoubleConv(spatial_dims, channels[i - 1], channels[i], dropout=dropout if i == len(channels) - 1 else 0.0, **kw))
+            nn.Sequential(max_pool(spatial_dims),
+                          DoubleConv(spatial_dims, channels[i - 1], channels[i], dropout=dropout if i == len(channels) - 1 else 0.0, **kw))
             for i in range(1, len(channels))
         )
         self.up = nn.ModuleList(up_conv(spatial_dims, channels[i], channels[i - 1]) for i in range(len(channels) - 1, 0, -1))
@@ -56,19 +58,48 @@ class UNet(PadToDivisor):
         self.decode = nn.ModuleList(DoubleConv(spatial_dims, 2 * channels[i - 1], channels[i - 1], **kw) for i in range(len(channels) - 1, 0, -1))
         self.head = conv(spatial_dims, channels[0], out_channels, 1)
         self.attention = attention
+        self.deep_supervision = bool(deep_supervision)
+        # deep supervision: 1x1 heads on the decoder stages below full resolution (1/2, 1/4, ...)
+        self.aux_heads = nn.ModuleList(conv(spatial_dims, channels[i - 1], out_channels, 1) for i in range(2, len(channels))) \
+            if deep_supervision else nn.ModuleList()
+        if init == "he":
+            self.apply(_he_init)
+        elif init != "default":
+            raise ConfigError(f"unet: init must be 'default' or 'he', got {init!r}")
 
-    def _forward(self, x):
+    def forward(self, x):
+        if not (self.deep_supervision and self.training):
+            return super().forward(x)
+        outs = self._forward(x, all_scales=True)
+        if all(s % self.divisor == 0 for s in x.shape[2:]):
+            return outs
+        raise ConfigError(f"unet: deep supervision in training needs patch sizes divisible by {self.divisor}, got {list(x.shape[2:])}")
+
+    def _forward(self, x, all_scales=False):
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
         x = skips.pop()
+        outs = []
         for up, gate, decode in zip(self.up, self.gates, self.decode):
             x = up(x)
             skip = skips.pop()
             if self.attention:
                 skip = gate(x, skip)
             x = decode(torch.cat([skip, x], dim=1))
-        return self.head(x)
+            outs.append(x)
+        if not all_scales:
+            return self.head(x)
+        # full resolution first, then 1/2, 1/4, ... (the decoder's outputs in reverse order of computation)
+        return [self.head(outs[-1])] + [h(o) for h, o in zip(self.aux_heads, outs[-2::-1])]
+
+
+def _he_init(module: nn.Module) -> None:
+    """Kaiming-normal weights (gain for ReLU), zero biases, for convs and transposed convs."""
+    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 @MODELS.register(
@@ -123,8 +154,11 @@ def unet_classic(
     norm: str = "batch",
     act: str = "relu",
     dropout: float = 0.0,
+    deep_supervision: bool = False,
+    init: str = "default",
 ):
-    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout)
+    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout,
+                deep_supervision=deep_supervision, init=init)
 
 
 @MODELS.register(
@@ -144,5 +178,8 @@ def unet_attention(
     norm: str = "batch",
     act: str = "relu",
     dropout: float = 0.0,
+    deep_supervision: bool = False,
+    init: str = "default",
 ):
-    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout, attention=True)
+    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout, attention=True,
+                deep_supervision=deep_supervision, init=init)

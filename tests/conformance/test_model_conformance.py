@@ -3,7 +3,9 @@
 Parametrized over ``list_models()`` at collection time: a new model file (or an
 installed plugin) is enrolled without editing this test. Models are built at
 the width given by their ``tiny`` tag (default width when they have none) and at
-their default depth, so the registry's ``divisor`` applies.
+their default depth, so the registry's ``divisor`` applies. Models with deep
+supervision may return a list of logits in training (full resolution first); in
+eval mode every model returns one tensor.
 """
 
 import pytest
@@ -29,9 +31,14 @@ def test_forward_backward_shape_and_eval_determinism(name, dims):
 
     net.train()
     y = net(x)
-    assert y.shape == (2, 3, *shape[2:]), f"{name} {dims}D: output {tuple(y.shape)} for input {shape}"
-    assert torch.isfinite(y).all()
-    y.float().square().mean().backward()
+    # deep supervision: a list of logits, full resolution first, each scale no larger than the one before
+    outs = list(y) if isinstance(y, (list, tuple)) else [y]
+    assert outs[0].shape == (2, 3, *shape[2:]), f"{name} {dims}D: output {tuple(outs[0].shape)} for input {shape}"
+    for hi, lo in zip(outs, outs[1:]):
+        assert lo.shape[:2] == (2, 3) and all(b <= a for a, b in zip(hi.shape[2:], lo.shape[2:])), f"{name}: scales not in decreasing size"
+        assert any(b < a for a, b in zip(hi.shape[2:], lo.shape[2:])), f"{name}: two deep-supervision outputs at the same size"
+    assert all(torch.isfinite(o).all() for o in outs)
+    sum(o.float().square().mean() for o in outs).backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads), f"{name}: some parameters get no gradient"
     assert any(g.abs().sum() > 0 for g in grads)
@@ -39,9 +46,10 @@ def test_forward_backward_shape_and_eval_determinism(name, dims):
     net.eval()
     with torch.no_grad():
         a, b = net(x), net(x)
+    assert isinstance(a, torch.Tensor), f"{name}: eval mode must return one tensor (full-resolution logits)"
     assert torch.equal(a, b), f"{name} {dims}D is not deterministic in eval mode"
     with torch.no_grad():  # a sample's output does not depend on the rest of the batch in eval mode
-        assert torch.allclose(net(x[:1]), a[:1], atol=1e-5)
+        assert torch.allclose(net(x[:1]), a[:1], atol=1e-4)  # float noise only; batch statistics would differ by O(1)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -6,14 +6,14 @@ from medseg.models import MODELS, create_model, list_models, model_info, param_c
 from medseg.models.crf import crf_refine
 from medseg.models.slicewise import SliceWise
 
-FAMILIES = {"unet", "unet_classic", "unet_attention", "fcn32s", "fcn16s", "fcn8s", "deeplabv3", "deeplabv3plus"}
+FAMILIES = {"unet", "unet_classic", "unet_attention", "unet_plain", "fcn32s", "fcn16s", "fcn8s", "deeplabv3", "deeplabv3plus"}
 
 
 def test_listing_includes_every_family_and_builds_nothing(monkeypatch):
     built = []
     monkeypatch.setattr(torch.nn.Module, "__init__", lambda self, *a, **k: built.append(self))
     assert FAMILIES <= set(list_models())
-    assert list_models("unet*") == ["unet", "unet_attention", "unet_classic"]
+    assert list_models("unet*") == ["unet", "unet_attention", "unet_classic", "unet_plain"]
     info = model_info("unet_classic", params=False)
     assert info["dims"] == (2, 3) and info["divisor"] == 16 and "channels" in info["options"]
     assert built == []
@@ -25,6 +25,67 @@ def test_classic_unet_is_the_2015_network_at_default_width():
     # Ronneberger et al.'s U-Net with BN and 2x2 up-convolutions: ~31.0M parameters in 2D
     assert 30.9e6 < info["params"][2] < 31.1e6
     assert info["params"][3] > 2.5 * info["params"][2]  # 3x3x3 kernels
+
+
+def _plain_unet_params(cin, k, feats, kvol=27):
+    """nnU-Net's PlainConvUNet counted by hand: conv weights (no bias before the norm), affine instance norms,
+    transposed convs kernel = stride = 2 with bias, a 1x1 segmentation layer with bias per decoder stage."""
+    n, prev = 0, cin
+    for f in feats:  # encoder: two conv-norm-act per stage
+        n += prev * f * kvol + 2 * f + f * f * kvol + 2 * f
+        prev = f
+    for lo, hi in zip(feats[::-1], feats[-2::-1]):  # decoder, lowest resolution first
+        n += lo * hi * (8 if kvol == 27 else 4) + hi  # transposed conv
+        n += 2 * hi * hi * kvol + 2 * hi + hi * hi * kvol + 2 * hi  # two conv-norm-act on the concatenation
+        n += hi * k + k  # segmentation layer
+    return n
+
+
+def test_plain_unet_is_nnunets_network():
+    info = model_info("unet_plain")
+    assert info["options"]["channels"] == (32, 64, 128, 256, 320, 320) and info["divisor"] == 32
+    assert info["params"][3] == _plain_unet_params(1, 2, (32, 64, 128, 256, 320, 320))
+    assert info["params"][2] == _plain_unet_params(1, 2, (32, 64, 128, 256, 320, 320), kvol=9)
+    net = create_model("unet_plain", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16))
+    mods = list(net.modules())
+    assert not any(isinstance(m, (torch.nn.MaxPool3d, torch.nn.AvgPool3d, torch.nn.BatchNorm3d)) for m in mods)
+    norms = [m for m in mods if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert len(norms) == 2 * 3 + 2 * 2 and all(m.affine for m in norms)
+    acts = [m for m in mods if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(acts) == len(norms) and all(m.negative_slope == 0.01 for m in acts)
+    assert [stage[0][0].stride for stage in net.encoder] == [(1, 1, 1), (2, 2, 2), (2, 2, 2)]  # strided convs down
+    ups = [m for m in mods if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert [(u.kernel_size, u.stride) for u in ups] == [((2, 2, 2), (2, 2, 2))] * 2
+    convs = [m for m in mods if isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3)]
+    # He initialisation for LeakyReLU(0.01): weight std = sqrt(2 / (1 + 0.01^2) / fan_in)
+    w = convs[-1].weight.detach()
+    assert abs(float(w.std()) / (2 / 1.0001 / w[0].numel()) ** 0.5 - 1) < 0.1
+
+
+def test_plain_unet_deep_supervision_lists_the_scales_in_training_only():
+    net = create_model("unet_plain", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8))
+    x = torch.randn(2, 1, 32, 16, 24)
+    outs = net.train()(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 3, 32, 16, 24), (2, 3, 16, 8, 12), (2, 3, 8, 4, 6)]
+    with torch.no_grad():
+        full = net.eval()(x)
+    assert isinstance(full, torch.Tensor) and torch.allclose(full, outs[0].detach(), atol=1e-5)  # instance norm: same in both modes
+    net_plain = create_model("unet_plain", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8), deep_supervision=False)
+    net_plain.load_state_dict(net.state_dict())  # the same weights load with or without deep supervision
+    assert isinstance(net_plain.train()(x), torch.Tensor)
+    # sizes off the divisor: padded, and every scale cropped back to its share
+    odd = net.train()(torch.randn(1, 1, 20, 33, 7))
+    assert [tuple(o.shape[2:]) for o in odd] == [(20, 33, 7), (10, 17, 4), (5, 9, 2)]
+
+
+@pytest.mark.parametrize("name", ["unet_classic", "unet_attention"])
+def test_classic_unets_offer_deep_supervision_and_he_init(name):
+    net = create_model(name, spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 8, 8), deep_supervision=True, init="he")
+    outs = net.train()(torch.randn(2, 1, 32, 16))
+    assert [tuple(o.shape) for o in outs] == [(2, 3, 32, 16), (2, 3, 16, 8), (2, 3, 8, 4)]
+    assert isinstance(net.eval()(torch.randn(2, 1, 32, 16)), torch.Tensor)
+    with pytest.raises(ConfigError, match="init must be"):
+        create_model(name, spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), init="xavier")
 
 
 def test_param_count_matches_a_real_build():
@@ -146,15 +207,39 @@ def test_crf_checks_its_inputs():
 
 
 def test_every_model_preset_names_a_model_and_its_options(tmp_path):
+    from medseg.config import TrainingConfig
     from medseg.models.presets import list_model_presets, load_model_preset
 
     names = list_model_presets()
-    assert {"unet_classic_small", "fcn8s_small", "deeplabv3_small", "deeplabv3plus_small"} <= set(names)
+    assert {"unet_classic_small", "unet_plain_small", "fcn8s_small", "deeplabv3_small", "deeplabv3plus_small"} <= set(names)
+    fields = set(TrainingConfig.__dataclass_fields__)
     for name in names:
         p = load_model_preset(name)
-        assert p["name"] in list_models() and p["spatial_dims"] in (2, 3)
+        assert p["model"]["name"] in list_models() and p["model"]["spatial_dims"] in (2, 3)
+        assert set(p["training"]) <= fields
     (tmp_path / "bad.yaml").write_text("name: fcn8s\nkwargs: {depth: 3}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: model 'fcn8s' has no option\(s\) \['depth'\]"):
         load_model_preset("bad", root=tmp_path)
     with pytest.raises(ConfigError, match="did you mean fcn8s_small"):
         load_model_preset("fcn8s_smal")
+
+
+def test_a_preset_carries_its_family_training_recipe(tmp_path):
+    from medseg.config import config_from_dict
+    from medseg.models.presets import load_model_preset, preset_overrides
+
+    (tmp_path / "sgd.yaml").write_text("name: unet_plain\nspatial_dims: 2\nkwargs: {channels: [8, 16]}\n"
+                                       "training: {learning_rate: 0.01, optimizer: sgd}\n")
+    p = load_model_preset("sgd", root=tmp_path)
+    assert p == {"model": {"name": "unet_plain", "spatial_dims": 2, "kwargs": {"channels": [8, 16]}},
+                 "training": {"learning_rate": 0.01, "optimizer": "sgd"}}
+    cfg = config_from_dict({"training": {"epochs": 3, "learning_rate": 0.5}}, overrides=preset_overrides(p))
+    assert (cfg.model.name, cfg.model.spatial_dims, cfg.model.kwargs) == ("unet_plain", 2, {"channels": [8, 16]})
+    assert (cfg.training.learning_rate, cfg.training.optimizer, cfg.training.epochs) == (0.01, "sgd", 3)
+    assert load_model_preset("fcn8s_small")["training"] == {}
+    (tmp_path / "typo.yaml").write_text("name: fcn8s\ntraining: {learnig_rate: 0.01}\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: training: unknown key 'learnig_rate'; did you mean 'learning_rate'"):
+        load_model_preset("typo", root=tmp_path)
+    (tmp_path / "type.yaml").write_text("name: fcn8s\ntraining: {epochs: many}\n")
+    with pytest.raises(ConfigError, match="type.yaml: training.epochs: expected int"):
+        load_model_preset("type", root=tmp_path)
