@@ -17,7 +17,8 @@ Memory: before any pixel data is decoded, a header's Rows x Columns x frames is
 checked against ``max_voxels()`` (``MEDSEG_MAX_VOXELS``, default 2**31) and,
 where the transfer syntax allows, its bytes against the file size
 (uncompressed: the file must hold them; RLE: at most 64:1; deflate: at most
-1032:1; encapsulated: at least 8 bytes per frame). A file that fails is listed
+1032:1; other codecs: at most 1000:1 once over 256 MiB; encapsulated: at least
+8 bytes per frame). A file that fails is listed
 with the reason and never decoded.
 
 Each image frame becomes one ``SliceInfo``: a classic file is one frame, an
@@ -43,6 +44,9 @@ DEFAULT_MAX_VOXELS = 2**31
 #: The most a lossless codec can shrink pixel data (claimed bytes per file byte), where that is bounded:
 #: RLE (PackBits) codes 128 equal bytes in 2; zlib's deflate at most 1032:1.
 _MAX_RATIO = {"1.2.840.10008.1.2.5": 64, "1.2.840.10008.1.2.1.99": 1032}
+#: Other codecs (JPEG family, JPEG 2000) have no hard bound; above _PLAUSIBLE_BYTES (256 MiB) of claimed
+#: pixel data a ratio over _PLAUSIBLE_RATIO is refused: no real CT/MR image of that size compresses so far.
+_PLAUSIBLE_BYTES, _PLAUSIBLE_RATIO = 2**28, 1000
 #: Default salt of the pseudonymous study/series keys; set MEDSEG_KEY_SALT for a site-specific one.
 DEFAULT_SALT = "medseg-v1"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -273,6 +277,10 @@ def _check_claimed_size(ds, pixel_offset: int, size: int, limit: int) -> str | N
     if ratio and nbytes > ratio * held + 4096:
         return (f"header claims {nbytes:,} bytes of pixel data, more than {ts.name} can code in the "
                 f"{held:,} bytes the file holds: refused before decoding")
+    if ts is not None and ts.is_encapsulated and nbytes > _PLAUSIBLE_BYTES and nbytes > _PLAUSIBLE_RATIO * held:
+        return (f"header claims {nbytes:,} bytes of pixel data from {held:,} compressed bytes (over "
+                f"{_PLAUSIBLE_RATIO}:1; images with noise, as CT and MR have, do not compress so far): refused "
+                "before decoding")
     if ts is not None and ts.is_encapsulated and frames > max(size - pixel_offset, 0) // 8:
         return (f"header claims {frames:,} compressed frames, more than the {size - pixel_offset:,} bytes of "
                 "pixel data can hold: refused before decoding")

@@ -280,6 +280,7 @@ def test_a_header_claiming_65535_squared_pixels_is_refused_naming_the_file(tmp_p
 @pytest.mark.parametrize("kw,words", [
     (dict(rows=4096, cols=4096, syntax=RLELossless), "more than RLE Lossless can code"),
     (dict(rows=1, cols=1, frames=10**8), "compressed frames"),
+    (dict(rows=32768, cols=32768), "do not compress so far"),  # under the voxel limit, 2 GiB from 300 bytes
     (dict(rows=4096, cols=4096, syntax=DeflatedExplicitVRLittleEndian, payload=b"\0" * 64), "more than Deflated"),
     (dict(rows=4096, cols=4096, syntax=ExplicitVRLittleEndian, payload=b"\0" * 64), "truncated"),
 ])
