@@ -138,3 +138,15 @@ def test_convert_label_objects_for_medseg_convert(export, tmp_path):
         for t in PHANTOM_LABELS.labels:
             assert _dice(lab.array == table.by_name(t.name).index, truth.array == t.index) >= 0.98
         assert (tmp_path / r["output"].replace(".label.nii.gz", ".findings.json")).is_file()
+
+
+@pytest.mark.slow
+def test_plan_and_train_read_the_manifest(export, tmp_path):
+    from medseg import api
+
+    ex, *_ = export
+    res = manifest_from_dicom(ex, tmp_path / "cases.csv")
+    config, _ = api.plan(manifest=res.manifest, out=tmp_path / "plan.yaml", overrides=["training.patch_size=[32,32,16]"])
+    assert LabelTable.from_yaml(res.table).names == ["kidney_left", "kidney_right", "liver", "spleen"]
+    result = api.train(config=config, manifest=res.manifest, out=tmp_path / "run", epochs=1, device="cpu", progress=False)
+    assert (tmp_path / "run" / "best.pt").is_file(), result
