@@ -12,8 +12,9 @@ run, the learning rate follows poly (power 0.9) or cosine on the fraction of
 the planned iterations done, and validation runs every ``val_every`` epochs.
 With ``training.max_minutes`` the budget rules instead (``epochs`` is not
 used): the learning rate follows the fraction of the budget spent, validation
-runs at the end of the first epoch past each ``val_interval`` fraction of the
-budget and at the end, and the last epoch stops early (its row records the
+runs at each ``val_interval`` fraction of the budget (an epoch ends early when
+one is due, so long epochs on a slow machine keep the cadence) and at the end,
+and the last epoch stops early (its row records the
 iterations it did) when the next step would leave too little time for the
 final validation, checkpoints and curve, whose time is measured at each
 validation. ``metrics.csv`` records the cumulative iterations and elapsed
@@ -234,7 +235,7 @@ def train(
     if budgeted and main:
         log.info("budget %.1f min: epochs of %d iterations until it is spent (training.epochs is not used)", tc.max_minutes, ipe)
     bar = tqdm(total=None if budgeted else max(0, total_steps - iteration), desc="train", unit="step", disable=not progress)
-    step_s, reserve_s = None, 1.0  # seconds per step; time kept for the final validation, checkpoints and the curve
+    plotted, step_s, reserve_s, measured = 0, None, 1.0, None  # seconds per step; time kept for the final validation, checkpoints and the curve
     next_val = (math.floor(elapsed() / (tc.val_interval * budget_s)) + 1) * tc.val_interval * budget_s if budgeted else math.inf
     epoch = start - 1
     done = not budgeted and start > tc.epochs or budgeted and elapsed() + reserve_s >= budget_s and start > 1
@@ -253,6 +254,8 @@ def train(
             if stop and losses:
                 out_of_time = True
                 break
+            if losses and _agree_step(0.0, budgeted and elapsed() >= next_val, world)[1]:
+                break  # a budget run's epoch ends early when a validation is due (long epochs on a slow machine)
             for g in opt.param_groups:
                 g["lr"] = tc.learning_rate * _lr_factor(spent, tc.schedule)
             try:
@@ -308,8 +311,13 @@ def train(
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "iteration": iteration,
                             "elapsed_s": elapsed(), "history": history, "best": [best[0], best[1], best[2]],
                             "config": config.to_dict()}, tmp)
+            if due or last:  # the curve as training goes (and its time counts in the end's reserve)
+                plot_training_curve(pd.DataFrame(history), out / "training_curve.png")
+                plotted = len(history)
         if due or last:  # validation + checkpoints + state: what the end of the run needs (with a margin)
-            reserve_s = max(reserve_s, 1.25 * (time.monotonic() - t_val) + 0.5)
+            took = time.monotonic() - t_val
+            reserve_s = 1.25 * took + 0.5 if measured is None else 0.5 * reserve_s + 0.5 * (1.25 * took + 0.5)
+            measured = took
         if last:
             if out_of_time and main:
                 log.warning("stopping after epoch %d (%d iterations): the %.1f-minute budget is spent", epoch, iteration, tc.max_minutes)
@@ -317,7 +325,7 @@ def train(
     bar.close()
     if not main:
         return None  # type: ignore[return-value]
-    if history:
+    if history and plotted != len(history):
         plot_training_curve(pd.DataFrame(history), out / "training_curve.png")
 
     seconds = time.monotonic() - t0

@@ -39,15 +39,15 @@ def test_an_epoch_is_a_fixed_number_of_iterations_whatever_the_number_of_cases(t
 
 @pytest.mark.slow
 def test_a_budget_run_uses_its_budget_and_the_lr_follows_the_spent_fraction(tiny_cohort, write_config, tmp_path):
-    budget_min = 0.3
+    budget_min = 0.5
     cfg = write_config(epochs=1, iterations_per_epoch=10, max_minutes=budget_min, learning_rate=0.004)
     t = time.monotonic()
     res = _train(cfg, tiny_cohort, tmp_path / "run")
     wall = time.monotonic() - t
     info = __import__("json").loads((tmp_path / "run" / "run.json").read_text())
     budget = budget_min * 60
-    assert 0.9 * budget <= info["elapsed_s"] <= 1.04 * budget, info["elapsed_s"]
-    assert wall <= budget * 1.04 + 5  # + loading the config and building the run before the clock starts
+    assert 0.9 * budget <= info["elapsed_s"] <= 1.05 * budget, info["elapsed_s"]
+    assert wall <= budget * 1.05 + 5  # + loading the config and building the run before the clock starts
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert {"iterations", "elapsed_s"} <= set(m.columns)
     assert len(m) > 1, "epochs=1 is not a limit when there is a budget"
@@ -67,7 +67,7 @@ def test_a_budget_run_uses_its_budget_and_the_lr_follows_the_spent_fraction(tiny
 
 @pytest.mark.slow
 def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_cohort, write_config, tmp_path):
-    budget_min = 0.4
+    budget_min = 0.5
     cfg = write_config(epochs=1, iterations_per_epoch=10, max_minutes=budget_min, learning_rate=0.004)
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "medseg", "train", "--no-progress", "--config", str(cfg), "--manifest", str(tiny_cohort), "--out", str(run)]
@@ -88,9 +88,26 @@ def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_co
     m = pd.read_csv(run / "metrics.csv")
     assert list(m["epoch"]) == list(range(1, len(m) + 1)) and len(m) > killed_epoch
     after = m[m["epoch"] > killed_epoch]
-    assert after["iterations"].iloc[0] == killed_iter + 10  # iterations go on from the recorded count
+    assert killed_iter < after["iterations"].iloc[0] <= killed_iter + 10  # iterations go on from the recorded count
     assert after["elapsed_s"].iloc[0] > state["elapsed_s"]  # the clock goes on from the recorded time ...
     assert after["lr"].iloc[0] < killed_lr  # ... and so does the schedule: no restart at the base learning rate
-    assert after["lr"].iloc[0] == pytest.approx(0.004 * (1 - after["elapsed_s"].iloc[0] / budget) ** 0.9, abs=0.004 * 0.05)
-    assert 0.9 * budget <= m["elapsed_s"].iloc[-1] <= 1.04 * budget
+    # its last step began after the recorded time and before the epoch ended: poly on the budget spent then
+    factor = after["lr"].iloc[0] / 0.004
+    assert (1 - after["elapsed_s"].iloc[0] / budget) ** 0.9 <= factor <= (1 - state["elapsed_s"] / budget) ** 0.9
+    assert 0.9 * budget <= m["elapsed_s"].iloc[-1] <= 1.05 * budget
     assert not math.isnan(m["val_mean_dice"].iloc[-1])
+
+
+def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
+    from medseg.training.planning import plan_config
+
+    head = {"spacing_median": [2.0, 2.0, 2.0], "spacing_p10": [2.0, 2.0, 2.0], "shape_median": [99, 117, 95], "modality": "MR",
+            "foreground": {"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2}}
+    cpu = plan_config(head, gpu=False)["training"]
+    assert math.prod(cpu["patch_size"]) <= 96 * 96 * 64 and all(p % 8 == 0 for p in cpu["patch_size"])
+    assert cpu["iterations_per_epoch"] == 50 and cpu["samples_per_image"] == 1 and cpu["batch_size"] == 1
+    gpu = plan_config(head, gpu=True)["training"]
+    assert gpu["iterations_per_epoch"] == 250 and math.prod(gpu["patch_size"]) > 96 * 96 * 64 and "samples_per_image" not in gpu
+    base = {"training": {"iterations_per_epoch": 13, "samples_per_image": 2}}  # a base config's choice is kept
+    kept = plan_config(head, base=base, gpu=False)["training"]
+    assert kept["iterations_per_epoch"] == 13 and kept["samples_per_image"] == 2

@@ -1,6 +1,5 @@
 """Training runs on a tiny cohort: resume after SIGKILL, folds, moved run directories."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -51,7 +50,7 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_metrics(tiny_cohort, 
 def test_fold_validation_and_a_moved_run_directory(tiny_cohort, write_config, tmp_path):
     import json
 
-    res = _train(write_config(epochs=1), tiny_cohort, tmp_path / "run", fold=1)
+    _train(write_config(epochs=1), tiny_cohort, tmp_path / "run", fold=1)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["fold"] == 1 and sorted(info["val_cases"]) == ["c1"] and sorted(info["train_cases"]) == ["c0", "c2"]
     assert (tmp_path / "run" / "training_curve.png").stat().st_size > 1000
@@ -103,8 +102,8 @@ def test_adversarial_term_trains_the_discriminator_and_stays_optional(tiny_cohor
 
 def test_a_2d_model_trains_slice_by_slice_and_predicts_on_the_input_grid(tiny_cohort, tmp_path):
     import yaml
-
     from conftest import tiny_config
+
     from medseg.io.readers import read_volume
 
     cfg = tiny_config(epochs=1)
