@@ -171,7 +171,16 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
                "n_contours": 0, "n_skipped": 0, "voxels": 0, "contour_volume_ml": 0.0, "status": "mapped" if lab else "unmapped"}
         rois_out.append(rec)
         if lab is None:
-            unmapped.append(name)
+            closed = any(str(c.get("ContourGeometricType", "")) == "CLOSED_PLANAR" for c in item.get("ContourSequence", []))
+            if closed:
+                unmapped.append(name)
+            else:  # markers, lines: no area to map (their contours are counted below as skipped)
+                rec["status"] = "no_closed_contours"
+                for c in item.get("ContourSequence", []):
+                    ctype = str(c.get("ContourGeometricType", ""))
+                    counts[{"POINT": "point_contour", "OPEN_PLANAR": "open_contour",
+                            "OPEN_NONPLANAR": "open_contour"}.get(ctype, "bad_contour")] += 1
+                    rec["n_skipped"] += 1
             continue
         if roi.get("frame_of_reference") and ref.frame_of_reference and roi["frame_of_reference"] != ref.frame_of_reference:
             findings.append(Finding("other_frame_of_reference", "skipped",
@@ -216,6 +225,14 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
         rec["contour_volume_ml"] = round(rec["contour_volume_ml"], 4)
         if not polys:
             findings.append(Finding("empty_roi", "skipped", f"ROI {name!r} has no closed contour on this series"))
+    seen = {r["number"] for r in rois_out}
+    for r in head["rois"]:
+        if r["number"] not in seen:  # declared in StructureSetROISequence, never contoured
+            lab = matcher.match(r["name"])
+            rois_out.append({"number": r["number"], "name": r["name"], "structure": lab.name if lab else "",
+                             "label": lab.index if lab else None, "n_contours": 0, "n_skipped": 0, "voxels": 0,
+                             "contour_volume_ml": 0.0, "status": "no_contours"})
+            findings.append(Finding("empty_roi", "skipped", f"ROI {r['name']!r} has no contours"))
     for index, names in roi_of_label.items():
         if len(names) > 1:
             findings.append(Finding("duplicate_structure", "accepted",

@@ -171,6 +171,18 @@ def test_reader_findings_and_overlap_rule(tmp_path):
     pts = np.asarray(template.ContourData, float).reshape(-1, 3) + 0.4 * normal  # 0.4 slice off its slice
     off.ContourGeometricType, off.NumberOfContourPoints, off.ContourData = "CLOSED_PLANAR", len(pts), [f"{v:.4f}" for v in pts.ravel()]
     contours.append(off)
+    # a marker ROI (one POINT contour) and a declared ROI without contours: listed, not "unmapped"
+    marker = pydicom.Dataset()
+    marker.ROINumber, marker.ROIName = 4, "Iso"
+    big_ds.StructureSetROISequence.append(marker)
+    big_ds.ROIContourSequence.append(pydicom.Dataset())
+    big_ds.ROIContourSequence[-1].ReferencedROINumber = 4
+    mark = pydicom.Dataset()
+    mark.ContourGeometricType, mark.NumberOfContourPoints, mark.ContourData = "POINT", 1, list(template.ContourData)[:3]
+    big_ds.ROIContourSequence[-1].ContourSequence = pydicom.Sequence([mark])
+    empty = pydicom.Dataset()
+    empty.ROINumber, empty.ROIName = 5, "Planned"
+    big_ds.StructureSetROISequence.append(empty)
     path = tmp_path / "merged.dcm"
     big_ds.save_as(path)
 
@@ -178,12 +190,15 @@ def test_reader_findings_and_overlap_rule(tmp_path):
     kinds = {f["kind"]: f for f in res.findings}
     assert res.unmapped == ["Couch"] and "unmapped_roi" in kinds
     assert {"point_contour", "open_contour", "contour_off_slice", "overlap"} <= set(kinds)
-    assert kinds["point_contour"]["action"] == "skipped" and kinds["point_contour"]["detail"].startswith("1 ")
+    assert kinds["point_contour"]["action"] == "skipped" and kinds["point_contour"]["detail"].startswith("2 ")
+    assert "'Planned' has no contours" in kinds["empty_roi"]["detail"]
     n_small = int((small == 2).sum())
     assert kinds["overlap"]["detail"].startswith(f"{n_small} voxels")  # every small-box voxel was in both
     assert np.array_equal(res.labels.array == 2, small == 2)  # the smaller structure wins
     assert np.array_equal(res.labels.array == 1, (big == 1) & (small == 0))
-    assert {r["name"]: r["structure"] for r in res.rois} == {"External": "body", "LUNG LEFT": "lung_left", "Couch": ""}
+    assert {r["name"]: r["status"] for r in res.rois} == {"External": "mapped", "LUNG LEFT": "mapped", "Couch": "unmapped",
+                                                          "Iso": "no_closed_contours", "Planned": "no_contours"}
+    assert {r["name"]: r["structure"] for r in res.rois if r["structure"]} == {"External": "body", "LUNG LEFT": "lung_left"}
     # the other rule: the later table entry wins (here also lung_left); and with a 0.5 tolerance the off contour is kept
     res2 = read_rtstruct(path, folder, table=table, overlap="table")
     assert np.array_equal(res2.labels.array == 2, small == 2)
