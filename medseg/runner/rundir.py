@@ -142,13 +142,15 @@ class RunDir:
             raise OutputError("--out names an existing file; give a new or empty folder, or a run directory", path=r)
         if self.is_run_dir():
             return
-        try:
-            empty = next(os.scandir(r), None) is None
+        try:  # empty, or only what a run that is creating it right now has written (its marker's temporary)
+            empty = all(e.name.startswith((TMP_PREFIX, ".medseg-")) for e in os.scandir(r))
         except OSError as exc:
             raise OutputError.from_os(exc, r, "cannot list") from None
         if not empty:
+            hint = (f"; if it is a run of an older medseg, mark it with: touch {r / MARKER}"
+                    if (r / "run.json").is_file() and (r / "state").is_dir() else "")
             raise OutputError(f"not a medseg run directory (no {MARKER}) and not empty; medseg will not write into "
-                              "or clean up a foreign folder: give a new or empty folder", path=r)
+                              f"or clean up a foreign folder: give a new or empty folder{hint}", path=r)
 
     def adopt(self) -> None:
         """Create the folder with its marker (written first), or accept a run directory; refuse anything else."""

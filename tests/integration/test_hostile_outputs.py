@@ -277,7 +277,7 @@ def test_two_concurrent_runs_one_is_refused(kit, tmp_path):
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
     refused = [err for rc, err in results if rc == 2][0].strip().splitlines()
-    assert len(refused) == 1 and ("another medseg run" in refused[0] or "not a medseg run directory" in refused[0]), refused
+    assert len(refused) == 1 and "another medseg run is using this run directory" in refused[0], refused
     run = json.loads((out / "run.json").read_text())
     assert len(run["invocations"]) == 1 and run["state"] == "finished"
     assert all(json.loads((out / "state" / f"n{i}.json").read_text())["attempt"] == 1 for i in range(3))
