@@ -3,7 +3,9 @@
 Pixel data is decoded by pydicom's handlers (native, RLE, deflate, big endian;
 JPEG baseline/extended and JPEG 2000 through Pillow, JPEG-LS through pyjpegls)
 and, when pydicom has no decoder for a file (JPEG lossless process 14, 12-bit
-JPEG, ...), by SimpleITK's GDCM. MONOCHROME1 frames (lowest value displayed
+JPEG, ...), by SimpleITK's GDCM; GDCM is not tried on native (uncompressed)
+pixel data pydicom failed on, as it may misparse a corrupt file into a huge
+allocation. MONOCHROME1 frames (lowest value displayed
 white) are inverted over their stored range, ``2**BitsStored - 1 - v`` unsigned
 and ``-1 - v`` signed, before the rescale: GDCM's (and so SimpleITK's) rule,
 which leaves every frame in MONOCHROME2 sense (pydicom's ``pixel_array`` and
@@ -28,7 +30,8 @@ log = logging.getLogger(__name__)
 def _decode_pydicom(path: Path):
     import pydicom
 
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, force=True)  # as the scan read it (old exports lack the preamble)
+    _fill_transfer_syntax(ds)
     arr = ds.pixel_array
     if (int(ds.get("NumberOfFrames", 1) or 1)) == 1:
         arr = arr[None]
@@ -36,6 +39,34 @@ def _decode_pydicom(path: Path):
         arr = invert_monochrome1(arr, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16),
                                  signed=int(ds.get("PixelRepresentation") or 0) == 1)
     return arr, False  # stored values: rescale still to apply
+
+
+def _fill_transfer_syntax(ds) -> None:
+    """A file without (0002,0010) is decoded in the encoding its dataset was read in."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+def _is_compressed(path: Path) -> bool:
+    """Whether the file's pixel data is encapsulated (compressed): only then may GDCM try after pydicom failed."""
+    import pydicom
+
+    try:
+        ts = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.get("TransferSyntaxUID")
+        return bool(ts) and pydicom.uid.UID(ts).is_encapsulated
+    except Exception:  # pydicom raises many types on corrupt files
+        return False
 
 
 def invert_monochrome1(stored: np.ndarray, bits_stored: int, *, signed: bool) -> np.ndarray:
@@ -62,9 +93,11 @@ def decode_file(path: Path):
         return _decode_pydicom(path)
     except Exception as first:  # no pydicom decoder for this transfer syntax, or a codec error
         try:
+            if not _is_compressed(path):  # native pixel data pydicom cannot read is broken; GDCM would misread it
+                raise first
             arr, rescaled = _decode_sitk(path)
         except Exception:
-            raise InputError(f"cannot decode pixel data ({type(first).__name__}: {str(first)[:200]}); expected pixel "
+            raise InputError(f"cannot decode pixel data ({type(first).__name__}: {' '.join(str(first).split())[:200]}); expected pixel "
                              "data pydicom or SimpleITK/GDCM can decode: the file may be truncated or use a rare "
                              "transfer syntax (install pylibjpeg, or re-export uncompressed)",
                              path=path) from None

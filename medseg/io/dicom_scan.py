@@ -214,7 +214,7 @@ def read_dicomdir(path: Path) -> tuple[list[Path], str]:
                 continue
             ids.append([str(ref)] if isinstance(ref, str) else [str(v) for v in ref])
     except Exception as exc:  # pydicom raises many types on corrupt files
-        return [], f"DICOMDIR index: unreadable ({type(exc).__name__}: {str(exc)[:120]}); the folder is scanned instead"
+        return [], f"DICOMDIR index: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the folder is scanned instead"
     found, missing, outside = [], [], []
     for parts in ids:
         rel = "/".join(parts)
@@ -521,7 +521,7 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
             slices = [] if why_not else _slices(ds, path)
             ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         except Exception as exc:  # pydicom raises many types on corrupt files
-            result.skipped.append((path, f"unreadable DICOM header ({type(exc).__name__}: {str(exc)[:120]})"))
+            result.skipped.append((path, f"unreadable DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"))
             continue
         key = (study_uid, series_uid)
         info = result.series.get(key)
@@ -529,9 +529,9 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
             info = SeriesInfo(
                 study_uid, series_uid, pseudonym(study_uid, prefix="st", salt=salt),
                 pseudonym(series_uid, prefix="se", salt=salt), modality=modality, sop_class=sop_name,
-                meta={t: _plain(ds.get(t)) for t in SAFE_TAGS if ds.get(t) not in (None, "")},
-                identifiers={t: str(ds.get(t, "")) for t in IDENTIFYING_TAGS},
-                spacing_between_slices=_num(ds.get("SpacingBetweenSlices")),
+                meta={t: _plain(v) for t in SAFE_TAGS if (v := _get(ds, t)) not in (None, "")},
+                identifiers={t: str(_get(ds, t, "")) for t in IDENTIFYING_TAGS},
+                spacing_between_slices=_num(_get(ds, "SpacingBetweenSlices")),
             )
             result.series[key] = info
         info.files.append(path)
@@ -560,6 +560,14 @@ def _truncated_by(ds, pixel_offset: int, size: int) -> int | None:
         return None
     missing = pixel_offset + 8 + n - size  # 8: the shortest element header
     return missing if missing > 0 else None
+
+
+def _get(ds, keyword: str, default=None):
+    """``ds.get(keyword)``, or ``default`` when a corrupt element cannot be converted (an unknown VR, ...)."""
+    try:
+        return ds.get(keyword, default)
+    except Exception:  # pydicom raises many types on corrupt elements
+        return default
 
 
 def _plain(value):

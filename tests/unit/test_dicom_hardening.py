@@ -342,3 +342,37 @@ def test_link_loops_dangling_links_and_fifos_are_listed_and_the_scan_goes_on(tmp
     vol = read_dicom_series(folder)
     np.testing.assert_array_equal(align_to(vol, dicomdir_case.image).array, dicomdir_case.image.array)
     assert {"dangling", "self_loop", "pipe", "up"} <= set(inv.tables()[1].file)
+
+
+# ---------------------------------------------------------------- corrupted bytes
+
+@pytest.mark.parametrize("syntax", [None, "jpeg-lossless"])  # native (pydicom) and the GDCM fallback path
+def test_randomly_corrupted_series_give_one_line_errors_or_volumes(tmp_path, syntax):
+    import resource
+    import time
+
+    base = write_dicom_series(make_phantom(3, spacing=(16.0, 16.0, 20.0)), tmp_path / "base", transfer_syntax=syntax)
+    rng = np.random.default_rng(2026)
+    outcomes = {"volume": 0, "error": 0}
+    start = time.monotonic()
+    for i in range(40):
+        case = tmp_path / f"c{i}"
+        shutil.copytree(base, case)
+        for f in rng.choice(sorted(case.iterdir()), size=int(rng.integers(1, 4)), replace=False):
+            data = bytearray(f.read_bytes())
+            for _ in range(int(rng.integers(1, 20))):
+                data[int(rng.integers(128, len(data)))] = int(rng.integers(0, 256))
+            if rng.random() < 0.2:
+                data = data[: int(rng.integers(0, len(data)))]
+            f.write_bytes(bytes(data))
+        try:
+            vol = read_dicom_series(case)
+            assert np.isfinite(vol.array).all()
+            outcomes["volume"] += 1
+        except (InputError, GeometryError) as exc:  # anything else is a bug and fails the test with its traceback
+            assert "\n" not in str(exc) and str(case) in str(exc)
+            outcomes["error"] += 1
+        shutil.rmtree(case)
+    assert outcomes["volume"] and outcomes["error"]  # the corruption hit both headers and pixels
+    assert time.monotonic() - start < 60
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2 * 1024 * 1024  # KiB: the test process under 2 GB
