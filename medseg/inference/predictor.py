@@ -47,7 +47,7 @@ NONFINITE_POLICIES = ("refuse", "replace")
 #: A network grid this many times the input's voxels (and over ``_GRID_FLOOR``) means a voxel size
 #: no scanner writes (a header in the wrong units, a corrupt affine): refused before it is allocated.
 MAX_UPSAMPLING = 64
-_GRID_FLOOR = 1 << 24
+_GRID_FLOOR = 1 << 22
 #: Settings of the predictor itself (not of training), accepted like the inference options.
 _PREDICTOR_OPTIONS = {"nonfinite": "refuse"}
 
