@@ -317,9 +317,15 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
                 kind = "uneven_spacing"
                 what = (f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm, "
                         f"tolerance {tol:.3f} mm)")
-            if policy.irregular == "resample":
+            n_fill = int(round((d[-1] - d[0]) / med)) + 1 if med > 0 and np.isfinite(d).all() else -1
+            if policy.irregular == "resample" and not 0 < n_fill <= 4 * len(d):
                 step = med
-                n_out = int(round((d[-1] - d[0]) / step)) + 1
+                refused = (f"{what}; the regular grid would need {n_fill} slices for {len(d)} source slices: "
+                           "too sparse to interpolate; expected a regular stack")
+                findings.append(Finding(kind, "refused", refused))
+            elif policy.irregular == "resample":
+                step = med
+                n_out = n_fill
                 target = d[0] + step * np.arange(n_out)
                 hi = np.clip(np.searchsorted(d, target, side="left"), 1, len(d) - 1)
                 lo = hi - 1

@@ -376,3 +376,10 @@ def test_randomly_corrupted_series_give_one_line_errors_or_volumes(tmp_path, syn
     assert outcomes["volume"] and outcomes["error"]  # the corruption hit both headers and pixels
     assert time.monotonic() - start < 60
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2 * 1024 * 1024  # KiB: the test process under 2 GB
+
+
+def test_resampling_refuses_grids_far_larger_than_the_series(tmp_path):
+    # Four slices 1 mm apart and one 10 m away: "resample" would need 10,004 slices, interpolated from 5.
+    folder = mr_series(tmp_path / "far", step=1.0, decimals=2, positions=[0.0, 1.0, 2.0, 3.0, 10003.0])
+    with pytest.raises(GeometryError, match="too sparse to interpolate"):
+        read_dicom_series(folder, policy=GeometryPolicy(irregular="resample"))
