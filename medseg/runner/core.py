@@ -19,6 +19,7 @@ Order of events in one invocation:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -26,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError, InputError, OutputError
 from medseg.runner.rundir import RUN_LOG, RunDir, now
 
 log = logging.getLogger(RUN_LOG)
@@ -153,6 +154,7 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         rd.release()
         raise
     t_start = time.monotonic()
+    run_info = None
     try:
         log.info("run %s: %d cases from %s, engine %s x%d", pipe.name, len(cases), input, engine, workers)
         if ignored:
@@ -225,6 +227,12 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         log.info("finished: %d done now, %d already done, %d failed (exit %d)", len(result.done), len(result.skipped),
                  len(result.failures), result.exit_code)
         return result
+    except OutputError as exc:  # disk full, read-only: say so in run.json when it can still be written
+        if run_info is not None:
+            with contextlib.suppress(OutputError):
+                run_info.update(state="stopped", error=" ".join(str(exc).split()))
+                write_json(rd.root / "run.json", run_info)
+        raise
     finally:
         RunDir.close_log(handler)
         rd.release()

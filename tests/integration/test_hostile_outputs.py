@@ -331,6 +331,8 @@ def test_disk_full_mid_run_is_one_line_and_the_rerun_is_correct(kit, tmp_path, c
     assert "Traceback" not in err and "Logging error" not in err
     monkeypatch.setattr(os, "replace", real_replace)
     assert [json.loads((out / "state" / f"{c}.json").read_text())["status"] for c in ("d3", "n0")] == ["done", "done"]
+    stopped = json.loads((out / "run.json").read_text())
+    assert stopped["state"] == "stopped" and "No space left on device" in stopped["error"]
     assert main(run_args(kit, cases, out)) == 0
     assert "2 already done" in capsys.readouterr().out
     for name in ("volumes.csv", "volumes_wide.csv", "summary.csv", "failures.csv"):
