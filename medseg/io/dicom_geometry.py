@@ -286,7 +286,7 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
         med = float(np.median(gaps))
         step = float((d[-1] - d[0]) / (len(d) - 1))
         q = _quantum(slices)
-        rounding = q * float(np.abs(normal).sum())  # how far rounding can move a position along the normal, x2
+        rounding = q * float(np.abs(normal).sum())  # the most header rounding can change one gap (mm)
         tol, tol_pos, round_gap = spacing_tolerances(med, rounding, policy)
         dev = np.abs(gaps - med)
         off_grid = np.abs(d - (d[0] + step * np.arange(len(d))))

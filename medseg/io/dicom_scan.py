@@ -206,6 +206,8 @@ def read_dicomdir(path: Path) -> tuple[list[Path], str]:
     base = path.parent
     try:
         ds = pydicom.dcmread(path, force=True)
+        if "DirectoryRecordSequence" not in ds:
+            return [], "DICOMDIR index: no directory records (not a DICOMDIR): nothing referenced"
         records = ds.get("DirectoryRecordSequence") or []
         ids = []
         for rec in records:
