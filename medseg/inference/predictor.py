@@ -49,7 +49,7 @@ NONFINITE_POLICIES = ("refuse", "replace")
 MAX_UPSAMPLING = 64
 _GRID_FLOOR = 1 << 22
 #: Settings of the predictor itself (not of training), accepted like the inference options.
-_PREDICTOR_OPTIONS = {"nonfinite": "refuse"}
+PREDICTOR_OPTIONS = {"nonfinite": "refuse"}
 
 
 def _default_inference() -> dict:
@@ -57,7 +57,7 @@ def _default_inference() -> dict:
 
     from medseg.config import InferenceConfig
 
-    return {**_PREDICTOR_OPTIONS, **dataclasses.asdict(InferenceConfig())}
+    return {**PREDICTOR_OPTIONS, **dataclasses.asdict(InferenceConfig())}
 
 
 def _finite_min(array: np.ndarray, slab_voxels: int = 1 << 24) -> float | None:
