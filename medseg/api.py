@@ -209,15 +209,34 @@ def convert_dicom(
     salt: str | None = None,
     progress: bool = True,
 ):
-    """Write each image series of a DICOM folder as NIfTI + JSON sidecar (findings, actions); returns the conversion result."""
+    """Write each image series of a DICOM folder as NIfTI + JSON sidecar (findings, actions); returns the conversion result.
+
+    Every RTSTRUCT and DICOM SEG that references a converted series is written beside it as
+    ``<series>.<object>.label.nii.gz`` with its label table and findings (listed in ``label_conversion.csv``).
+    """
     from medseg.io.dicom_convert import convert_folder
     from medseg.io.dicom_select import SelectionRule
 
     rule = None
     if modalities or min_slices > 1 or description:
         rule = SelectionRule(modalities=tuple(modalities), min_slices=min_slices, description=description)
-    return convert_folder(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
-                          with_identifiers=with_identifiers, salt=salt)
+    result = convert_folder(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
+                            with_identifiers=with_identifiers, salt=salt)
+    result.label_maps = _convert_label_objects(folder, out, result.inventory, salt)
+    return result
+
+
+def _convert_label_objects(folder, out, inventory, salt) -> list[dict]:
+    """RTSTRUCT/SEG objects of the folder as label maps beside their series' image (``label_conversion.csv``)."""
+    import pandas as pd
+
+    from medseg.dicom_manifest import convert_label_objects
+    from medseg.io.atomic import write_csv
+
+    rows = convert_label_objects(folder, out, inventory=inventory, salt=salt)
+    if rows:
+        write_csv(Path(out) / "label_conversion.csv", pd.DataFrame(rows))
+    return rows
 
 
 def import_dataset(*, folder: PathLike, out: PathLike, folds: int = 0, seed: int = 0) -> tuple[Path, Path]:

@@ -19,7 +19,9 @@ def _convert(args) -> int:
     r = api.convert_dicom(folder=args.folder, out=args.out, modalities=args.modality or (), min_slices=args.min_slices,
                           description=args.description, resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt,
                           progress=not args.no_progress, with_identifiers=args.with_identifiers, salt=args.salt)
-    print(f"{len(r.outputs)} series converted, {len(r.refused)} refused -> {args.out} (see conversion.csv)")
+    n_lab = sum(row.get("status") == "converted" for row in r.label_maps)
+    extra = f", {n_lab} RTSTRUCT/SEG label maps" if r.label_maps else ""
+    print(f"{len(r.outputs)} series converted{extra}, {len(r.refused)} refused -> {args.out} (see conversion.csv)")
     return r.exit_code
 
 

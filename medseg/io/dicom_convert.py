@@ -37,6 +37,8 @@ def write_inventory(folder, out_csv, *, policy=None, progress=False, with_identi
 class ConvertResult:
     outputs: list = field(default_factory=list)  # NIfTI paths written
     refused: dict = field(default_factory=dict)  # stack key -> reason
+    inventory: object = None  # the header scan the conversion used (label objects are paired from it)
+    label_maps: list = field(default_factory=list)  # RTSTRUCT/SEG rows from medseg.dicom_manifest.convert_label_objects
 
     @property
     def exit_code(self) -> int:
@@ -60,7 +62,7 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
         raise no_images_error(inv, folder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = ConvertResult()
+    result = ConvertResult(inventory=inv)
     rows = []
     for e in inv.entries:
         if e.series.not_image or not e.plans:

@@ -140,6 +140,20 @@ def test_convert_label_objects_for_medseg_convert(export, tmp_path):
         assert (tmp_path / r["output"].replace(".label.nii.gz", ".findings.json")).is_file()
 
 
+def test_medseg_convert_writes_label_maps_beside_their_series(export, tmp_path):
+    from medseg.cli import main
+
+    ex, truth_a, _ = export
+    assert main(["convert", str(ex), "--out", str(tmp_path / "nii"), "--no-progress"]) == 0
+    conv = pd.read_csv(tmp_path / "nii" / "label_conversion.csv")
+    assert sorted(conv["status"]) == ["converted", "converted", "skipped"]
+    images = {p.name for p in (tmp_path / "nii").glob("*.nii.gz") if ".label." not in p.name}
+    for out in conv.loc[conv.status == "converted", "output"]:
+        assert out.split(".")[0] + ".nii.gz" in images  # beside the image of the series it references
+        lab, img = read_volume(tmp_path / "nii" / out), read_volume(tmp_path / "nii" / (out.split(".")[0] + ".nii.gz"))
+        assert lab.shape == img.shape and np.allclose(lab.affine, img.affine, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_plan_and_train_read_the_manifest(export, tmp_path):
     from medseg import api
