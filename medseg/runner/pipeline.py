@@ -222,8 +222,12 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
                 raise ConfigError("stages.predict.model: checkpoint file not found", path=pred.model)
             pred.model = str(found)
         from medseg.config import InferenceConfig
+        from medseg.inference.predictor import NONFINITE_POLICIES, PREDICTOR_OPTIONS
 
-        allowed = [f.name for f in dataclasses.fields(InferenceConfig)]
+        allowed = [f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS)
+        if pred.inference.get("nonfinite", "refuse") not in NONFINITE_POLICIES:
+            raise ConfigError(f"{source}: stages.predict.inference.nonfinite must be one of "
+                              f"{', '.join(NONFINITE_POLICIES)}, found {pred.inference['nonfinite']!r}")
         for key in pred.inference:
             if key not in allowed:
                 raise _unknown(key, allowed, f"{source}: stages.predict.inference", "key")

@@ -63,7 +63,7 @@ def one_line(capsys, argv, needle: str = "") -> str:
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     """An oracle checkpoint on a 4 mm grid and a few label-coded phantoms (NIfTI and DICOM) to copy from."""
-    from conftest import _register_oracle, label_coded
+    from helpers import label_coded, register_oracle
 
     from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
@@ -71,7 +71,7 @@ def kit(tmp_path_factory):
     from medseg.models import create_model
     from medseg.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
 
-    _register_oracle()
+    register_oracle()
     root = tmp_path_factory.mktemp("hostile_kit")
     cfg = config_from_dict({"model": {"name": "test_intensity_oracle"},
                             "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
@@ -117,8 +117,8 @@ def multi_valued_patient_name(folder: Path) -> None:
 
 def child_script(tmp_path: Path) -> Path:
     script = tmp_path / "child.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom conftest import _register_oracle\n"
-                      "_register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
+                      "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return script
 
 
@@ -441,6 +441,26 @@ def test_symlink_loop_and_dangling_link_in_a_case_folder_do_not_stop_the_run(kit
     # predict copes with the same folder; the run must do as well
     assert dcm["status"] == "done", dcm
     assert tree(cases) == before
+
+
+def test_run_refuses_non_finite_voxels_per_case_or_replaces_them_when_asked(kit, tmp_path, capsys):
+    import numpy as np
+
+    from medseg.io.readers import read_volume, write_volume
+
+    cases = cases_folder(kit, tmp_path / "cases", names=("n0",))
+    vol = read_volume(kit["niftis"][1])
+    arr = np.asarray(vol.array, dtype=np.float32).copy()
+    arr.flat[:: 97] = np.nan
+    write_volume(vol.with_array(arr), cases / "nan.nii.gz")
+    assert main(run_args(kit, cases, tmp_path / "refused")) == 1
+    rec = json.loads((tmp_path / "refused" / "state" / "nan.json").read_text())
+    assert rec["status"] == "failed" and "\n" not in rec["error"]
+    assert main(run_args(kit, cases, tmp_path / "replaced", "--set", "predict.inference.nonfinite=replace")) == 0
+    side = json.loads((tmp_path / "replaced" / "cases" / "nan" / "labels.json").read_text())
+    assert [f["kind"] for f in side["findings"]] == ["nonfinite_voxels"]
+    capsys.readouterr()
+    one_line(capsys, run_args(kit, cases, tmp_path / "bad", "--set", "predict.inference.nonfinite=zero"), "nonfinite")
 
 
 # -- 8. YAML: no aliases, bounded size --------------------------------------------------------------------
