@@ -12,7 +12,8 @@ run, the learning rate follows poly (power 0.9) or cosine on the fraction of
 the planned iterations done, and validation runs every ``val_every`` epochs.
 With ``training.max_minutes`` the budget rules instead (``epochs`` is not
 used): the learning rate follows the fraction of the budget spent, validation
-runs at each ``val_interval`` fraction of the budget (an epoch ends early when
+runs at each ``val_interval`` fraction of the budget, or less often when
+validating would take more than ~1/5 of the time (an epoch ends early when
 one is due, so long epochs on a slow machine keep the cadence) and at the end,
 and the last epoch stops early (its row records the
 iterations it did) when the next step would leave too little time for the
@@ -300,8 +301,6 @@ def train(
                 best = (mean, epoch, dice)
                 save_checkpoint(out / "best.pt", net, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
             save_checkpoint(out / "last.pt", net, config=config, label_table=table, extra=ckpt_extra, in_channels=len(image_cols))
-        if budgeted and due:
-            next_val = (math.floor(elapsed() / (tc.val_interval * budget_s)) + 1) * tc.val_interval * budget_s
         history.append(row)
         if world > 1:
             dist.barrier()  # the others wait while the main process validates
@@ -318,6 +317,8 @@ def train(
             took = time.monotonic() - t_val
             reserve_s = 1.25 * took + 0.5 if measured is None else 0.5 * reserve_s + 0.5 * (1.25 * took + 0.5)
             measured = took
+            if budgeted:  # the next mark of the cadence, and validation at most ~1/5 of the time (slow or shared machines)
+                next_val = max((math.floor(elapsed() / (tc.val_interval * budget_s)) + 1) * tc.val_interval * budget_s, elapsed() + 4 * took)
         if last:
             if out_of_time and main:
                 log.warning("stopping after epoch %d (%d iterations): the %.1f-minute budget is spent", epoch, iteration, tc.max_minutes)
