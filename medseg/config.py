@@ -33,7 +33,7 @@ class PreprocessingConfig:
     """Applied identically in training and inference (the checkpoint stores it)."""
 
     spacing: list = field(default_factory=lambda: [2.5, 2.5, 2.5])  # mm, target grid
-    intensity: str = "ct_window"  # ct_window | ct_clip_zscore | zscore (medseg/transforms/intensity.py)
+    intensity: str = "ct_window"  # a registered scheme: ct_window | ct_clip_zscore | zscore | plugins (medseg/transforms/intensity.py)
     window: list = field(default_factory=lambda: [-200.0, 250.0])  # HU, for ct_window
     clip: list = field(default_factory=list)  # HU [low, high], for ct_clip_zscore
     mean: float = 0.0  # foreground mean after clipping, for ct_clip_zscore
@@ -132,7 +132,8 @@ def resolve_label_table_path(ref: str, base: Path | None = None) -> Path:
     raise ConfigError(f"label table {ref!r} not found as a file or as a name in configs/labels; {hint}")
 
 
-def _build(cls, data, where: str):
+def build_dataclass(cls, data, where: str):
+    """A dataclass from a mapping, strictly: unknown keys ("did you mean"), wrong types -> ``ConfigError``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -149,7 +150,7 @@ def _build(cls, data, where: str):
 
 def _coerce(tp, value, where: str):
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is str and isinstance(value, bool):
@@ -198,7 +199,7 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 
 def config_from_dict(data: dict | None, *, source: str = "config", overrides: list[str] | None = None) -> Config:
     data = apply_overrides(dict(data or {}), overrides)
-    cfg = _build(Config, data, source)
+    cfg = build_dataclass(Config, data, source)
     _validate(cfg, source)
     return cfg
 
@@ -226,14 +227,11 @@ def _validate(cfg: Config, source: str) -> None:
         (sd in (2, 3), f"model.spatial_dims must be 2 or 3, found {sd}"),
         (len(cfg.preprocessing.spacing) == 3, "preprocessing.spacing needs 3 values (mm)"),
         (all(float(s) > 0 for s in cfg.preprocessing.spacing), "preprocessing.spacing values must be > 0"),
-        (cfg.preprocessing.intensity in ("ct_window", "ct_clip_zscore", "zscore"),
-         f"preprocessing.intensity {cfg.preprocessing.intensity!r}: expected ct_window, ct_clip_zscore or zscore"),
-        (cfg.preprocessing.intensity != "ct_clip_zscore" or (len(cfg.preprocessing.clip) == 2 and cfg.preprocessing.std > 0),
-         "preprocessing.intensity ct_clip_zscore needs clip: [low, high] and std > 0 (medseg plan writes them)"),
         (cfg.training.optimizer in ("adamw", "sgd"), f"training.optimizer must be adamw or sgd, found {cfg.training.optimizer!r}"),
         (cfg.training.schedule in ("poly", "cosine"), f"training.schedule must be poly or cosine, found {cfg.training.schedule!r}"),
         (cfg.training.amp in ("auto", "bf16", "fp16", "off"), f"training.amp must be auto, bf16, fp16 or off, found {cfg.training.amp!r}"),
-        (len(cfg.preprocessing.window) == 2 and cfg.preprocessing.window[0] < cfg.preprocessing.window[1], "preprocessing.window must be [low, high] HU with low < high"),
+        (len(cfg.preprocessing.window) == 2 and cfg.preprocessing.window[0] < cfg.preprocessing.window[1],
+         "preprocessing.window must be [low, high] HU with low < high"),
         (len(cfg.training.patch_size) == 3, "training.patch_size needs 3 values"),
         (len(cfg.inference.roi_size) == 3, "inference.roi_size needs 3 values"),
         (0 <= cfg.inference.overlap < 1, "inference.overlap must be in [0, 1)"),
@@ -249,3 +247,18 @@ def _validate(cfg: Config, source: str) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(f"{source}: {msg}")
+    _validate_intensity(cfg.preprocessing, source)
+
+
+def _validate_intensity(pre: PreprocessingConfig, source: str) -> None:
+    """The scheme must be registered (``medseg.transforms.intensity.INTENSITY``) and find what it needs in ``pre``."""
+    from medseg.errors import UnknownComponentError
+    from medseg.transforms.intensity import get_scheme
+
+    try:
+        scheme = get_scheme(pre.intensity)
+    except UnknownComponentError as exc:
+        raise ConfigError(f"{source}: preprocessing.intensity: {exc}") from None
+    problem = scheme.validate(dataclasses.asdict(pre))
+    if problem:
+        raise ConfigError(f"{source}: preprocessing.intensity {pre.intensity}: {problem}")

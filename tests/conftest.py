@@ -12,38 +12,35 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, label_coded, register_oracle, tiny_config  # noqa: F401  (fixtures below use them)
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 
-def _register_oracle():
-    import torch
+def _registered() -> dict:
+    from medseg.models import MODELS
+    from medseg.transforms.intensity import INTENSITY
 
+    return {"model": set(MODELS.names()), "intensity scheme": set(INTENSITY.names())}
+
+
+@pytest.fixture(autouse=True)
+def _no_registrations_left_behind():
+    """A test that registers a model or scheme must remove it (the session's oracle model excepted)."""
+    before = _registered()
+    yield
+    after = _registered()
+    left = {k: sorted(after[k] - before[k] - {"test_intensity_oracle"}) for k in after}
+    assert not any(left.values()), f"registrations left behind by this test: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _oracle_registered_for_the_session():
+    register_oracle()
+    yield
     from medseg.models import MODELS
 
-    if "test_intensity_oracle" in MODELS:
-        return
-
-    class IntensityOracle(torch.nn.Module):
-        def __init__(self, out_channels: int):
-            super().__init__()
-            self.register_buffer("centres", torch.linspace(0, 1, out_channels))
-
-        def forward(self, x):
-            c = self.centres.view(1, -1, *([1] * (x.ndim - 2)))
-            return -100.0 * (x - c) ** 2
-
-    @MODELS.register("test_intensity_oracle", description="test only: label = round(intensity)", dims=(2, 3), divisor=1)
-    def _oracle(*, spatial_dims: int, in_channels: int, out_channels: int):
-        return IntensityOracle(out_channels)
-
-
-def label_coded(case):
-    """A copy of a phantom whose image is label * 100 HU (the oracle's input)."""
-    from medseg.io.volume import Volume
-
-    img = case.labels.array.astype(np.float32) * 100.0
-    return Volume(img, case.image.affine.copy(), case.case_id)
+    MODELS.unregister("test_intensity_oracle")
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +50,7 @@ def oracle_checkpoint(tmp_path_factory):
     from medseg.models import create_model
     from medseg.phantoms import PHANTOM_LABELS
 
-    _register_oracle()
+    register_oracle()
     cfg = config_from_dict({
         "model": {"name": "test_intensity_oracle"},
         "preprocessing": {"window": [0, 400], "spacing": [2.0, 2.0, 2.0]},
@@ -72,19 +69,6 @@ def coarse_phantom():
 
 
 # --- small data sets for training tests: tiny volumes, a tiny network, a few epochs ---
-
-TINY_MODEL = {"name": "unet", "spatial_dims": 3, "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}}
-
-
-def tiny_config(**training) -> dict:
-    return {
-        "labels": "abdomen_phantom",
-        "model": TINY_MODEL,
-        "preprocessing": {"spacing": [6.0, 6.0, 6.0], "crop_margin": 2},
-        "training": {"epochs": 3, "iterations_per_epoch": 2, "val_every": 1, "patch_size": [32, 32, 16], "batch_size": 2, "samples_per_image": 1, "amp": "off", **training},
-        "inference": {"roi_size": [32, 32, 16], "sw_batch_size": 2},
-    }
-
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):

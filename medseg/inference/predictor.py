@@ -231,14 +231,10 @@ class Predictor:
         return ref, array[None]
 
     def _fill_value(self, array: np.ndarray) -> tuple[float | None, str]:
-        """The value NaN/Inf voxels become with ``nonfinite="replace"``, and what it is."""
-        pre = self.preprocessing
-        kind = pre.get("intensity", "ct_window")
-        if kind == "ct_window":
-            return float(pre["window"][0]), "the intensity window's floor"
-        if kind == "ct_clip_zscore":
-            return float(pre["clip"][0]), "the intensity clip's floor"
-        return _finite_min(array), "the image's smallest finite value"
+        """The value NaN/Inf voxels become with ``nonfinite="replace"``, and what it is (the intensity scheme says)."""
+        from medseg.transforms.intensity import get_scheme
+
+        return get_scheme(self.preprocessing.get("intensity", "ct_window")).fill_value(self.preprocessing, array)
 
     def _finite_channel(self, array: np.ndarray, source: str, channel: int, findings: list) -> np.ndarray:
         """``array`` when all voxels are finite; else refuse, or (``nonfinite="replace"``) a copy with

@@ -103,13 +103,11 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
         patch[int(np.argmax(patch))] -= divisor
     pre = cfg.setdefault("preprocessing", {})
     pre["spacing"] = [round(float(s), 3) for s in spacing]
-    if fp["modality"] == "CT":
-        f = fp["foreground"]
-        clipped_std = max(f["std"], 1e-3)
-        pre.update(intensity="ct_clip_zscore", clip=[round(f["p00_5"], 1), round(f["p99_5"], 1)],
-                   mean=round(f["mean"], 2), std=round(clipped_std, 2))
-    else:
-        pre["intensity"] = "zscore"
+    from medseg.transforms.intensity import get_scheme, scheme_for_modality
+
+    scheme = scheme_for_modality(fp["modality"])  # the first registered scheme planned for this modality
+    pre["intensity"] = scheme
+    pre.update(get_scheme(scheme).plan(fp))
     tr = cfg.setdefault("training", {})
     tr.update(patch_size=[int(p) for p in patch], batch_size=batch)
     tr.setdefault("iterations_per_epoch", 250 if gpu else 50)  # nnU-Net's 250; on a CPU ~15-30 s, so epochs keep a validation cadence

@@ -14,11 +14,12 @@ from medseg.config import PreprocessingConfig, TrainingConfig
 
 
 def _foreground_select(cfg: PreprocessingConfig):
-    """Which raw voxels are 'body' for the training crop: above foreground_hu (CT) or non-zero (MR)."""
-    if cfg.intensity == "zscore":
-        return lambda x: x != 0
-    threshold = float(cfg.foreground_hu)
-    return lambda x: x > threshold
+    """Which raw voxels are 'body' for the training crop (the intensity scheme says: above foreground_hu on CT, non-zero on MR)."""
+    import dataclasses
+
+    from medseg.transforms.intensity import get_scheme
+
+    return get_scheme(cfg.intensity).foreground(dataclasses.asdict(cfg))
 
 
 def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | None = None):

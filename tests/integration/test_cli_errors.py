@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import label_coded
+from helpers import label_coded
 from medseg.cli import main
 from medseg.io.readers import read_volume, write_volume
 from medseg.phantoms import make_phantom

@@ -31,7 +31,7 @@ BAD = ("bad_nifti", "zz_bad_dicom")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from conftest import _register_oracle, label_coded
+    from helpers import label_coded, register_oracle
 
     from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
@@ -39,7 +39,7 @@ def cohort(tmp_path_factory):
     from medseg.models import create_model
     from medseg.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
 
-    _register_oracle()
+    register_oracle()
     root = tmp_path_factory.mktemp("run_cohort")
     cfg = config_from_dict({"model": {"name": "test_intensity_oracle"},
                             "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
@@ -140,8 +140,8 @@ def test_rerun_skips_done_cases_and_retries_failed(cohort, reference, tmp_path, 
 
 def _child_script(tmp_path: Path) -> Path:
     script = tmp_path / "child.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom conftest import _register_oracle\n"
-                      "_register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
+                      "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return script
 
 
@@ -189,7 +189,7 @@ def test_ray_engine_writes_the_same_csvs(cohort, reference, tmp_path, monkeypatc
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     r = run_pipeline(pipeline=PIPELINE, input=cohort["cases"], out=out, overrides=[f"predict.model={cohort['model']}"],
                      engine="ray", workers=2, progress=False,
-                     ray_init={"runtime_env": {"env_vars": env, "worker_process_setup_hook": "conftest._register_oracle"}})
+                     ray_init={"runtime_env": {"env_vars": env, "worker_process_setup_hook": "helpers.register_oracle"}})
     assert r.exit_code == 1 and sorted(r.failures) == sorted(BAD)
     import ray
 

@@ -102,7 +102,7 @@ def test_adversarial_term_trains_the_discriminator_and_stays_optional(tiny_cohor
 
 def test_a_2d_model_trains_slice_by_slice_and_predicts_on_the_input_grid(tiny_cohort, tmp_path):
     import yaml
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     from medseg.io.readers import read_volume
 

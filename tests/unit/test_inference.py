@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import label_coded
+from helpers import label_coded
 from medseg.errors import CheckpointError, InputError
 from medseg.inference.labels_from_scores import labels_from_scores
 from medseg.inference.predictor import Predictor

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import label_coded
+from helpers import label_coded
 
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
 from medseg.inference.predictor import Predictor
