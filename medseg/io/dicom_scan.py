@@ -40,7 +40,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: Most voxels one file or one stack may claim (before anything is decoded); MEDSEG_MAX_VOXELS overrides.
-DEFAULT_MAX_VOXELS = 2**31
+from medseg.io.limits import MAX_VOXELS as DEFAULT_MAX_VOXELS  # noqa: E402,F401  (one limit for every reader)
+from medseg.io.limits import max_voxels  # noqa: E402,F401
+
 #: The most a lossless codec can shrink pixel data (claimed bytes per file byte), where that is bounded:
 #: RLE (PackBits) codes 128 equal bytes in 2; zlib's deflate at most 1032:1.
 _MAX_RATIO = {"1.2.840.10008.1.2.5": 64, "1.2.840.10008.1.2.1.99": 1032}
@@ -122,22 +124,6 @@ def pseudonym(uid: str, *, prefix: str, salt: str | None = None) -> str:
     """A stable, non-reversible key for a UID: salted SHA-256, 10 hex digits."""
     salt = salt if salt is not None else os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
     return prefix + hashlib.sha256(f"{salt}\x00{uid}".encode()).hexdigest()[:10]
-
-
-def max_voxels() -> int:
-    """The voxel limit a header (or a stack) may claim: ``MEDSEG_MAX_VOXELS`` or ``DEFAULT_MAX_VOXELS``."""
-    from medseg.errors import ConfigError
-
-    raw = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_VOXELS
-    try:
-        value = int(float(raw))
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise ConfigError(f"MEDSEG_MAX_VOXELS={raw!r} is not a positive whole number of voxels (default {DEFAULT_MAX_VOXELS})")
-    return value
 
 
 def iter_files(folder: Path, problems: list | None = None):

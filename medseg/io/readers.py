@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.errors import GeometryError, InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import LPS_TO_RAS, Volume
 
@@ -52,9 +52,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
     )
 
 
-#: Voxels one input may hold, unless ``MEDSEG_MAX_VOXELS`` says otherwise: 2**30 (1024^3), twice
-#: the largest clinical CT (512 x 512 x 2000). Checked against the header before any voxel is read.
-MAX_VOXELS = 2**30
+from medseg.io.limits import MAX_VOXELS, max_voxels  # noqa: E402,F401  (one limit for every reader)
+
 #: Deflate (gzip, zlib) expands at most 1032:1 (RFC 1951: a 258-byte match costs at least 2 bits),
 #: so a compressed file of ``n`` bytes holds at most ``n * 1032`` bytes of voxels.
 DEFLATE_MAX_RATIO = 1032
@@ -62,20 +61,6 @@ DEFLATE_MAX_RATIO = 1032
 _UNIT_TO_MM = {1: 1000.0, 3: 0.001}
 _SLACK_BYTES = 1 << 16  # headers, gzip members, rounding: never what decides a refusal
 _CHUNK_BYTES = 1 << 24
-
-
-def max_voxels() -> int:
-    """The voxel limit in force: ``MEDSEG_MAX_VOXELS`` (a positive integer) or ``MAX_VOXELS``."""
-    raw = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
-    if not raw:
-        return MAX_VOXELS
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"MEDSEG_MAX_VOXELS={raw[:40]!r}: expected a positive whole number of voxels (default {MAX_VOXELS})")
-    return value
 
 
 def check_claim(p: Path, shape, itemsize: int, *, stored_bytes: int | None = None, max_ratio: float | None = None,
