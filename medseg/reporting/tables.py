@@ -80,12 +80,10 @@ def write_volumes_report(
     are resampled onto it (``resample_order`` 1: linear, 0: nearest; see
     ``medseg.reporting.resample``). Needs no model and no GPU.
     """
-    import medseg
-    from medseg.io.atomic import write_csv
     from medseg.io.readers import case_id_for, read_volume
     from medseg.reporting import cohort
     from medseg.reporting.resample import image_on_label_grid
-    from medseg.reporting.volumes import structure_rows, volumes_frame
+    from medseg.reporting.volumes import structure_rows
 
     if not labels:
         raise InputError("no label maps given")
@@ -116,6 +114,20 @@ def write_volumes_report(
             montages[cid] = write_montage(out_dir / "qc" / f"{_safe_name(cid)}.png", lab.array, lab.affine, table, img_array,
                                           rows=case_rows, title=cid, window=window)
         del lab, img_array
+    return write_cohort(out_dir, rows, table, ranges=ranges, montages=montages if qc else None, html=html and qc)
+
+
+def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, ranges: dict | None = None,
+                 montages: dict | None = None, html: bool = True, title: str | None = None) -> Path:
+    """The one cohort aggregator (``medseg report`` and ``medseg run``): from per-case x structure rows,
+    ``volumes.csv`` (with outlier flags), ``volumes_wide.csv``, ``summary.csv`` and, with ``html`` and
+    ``montages`` (case id -> QC picture or None), ``report.html``. Returns the path of ``volumes.csv``."""
+    import medseg
+    from medseg.io.atomic import write_csv
+    from medseg.reporting import cohort
+    from medseg.reporting.volumes import volumes_frame
+
+    out_dir = Path(out_dir)
     df = volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__})
     df = cohort.add_outlier_flags(df, ranges)
     path = out_dir / "volumes.csv"
@@ -124,13 +136,14 @@ def write_volumes_report(
     summary = cohort.summary_frame(df, table.names)
     write_csv(out_dir / "volumes_wide.csv", wide)
     write_csv(out_dir / "summary.csv", summary)
-    if html and qc:
+    if html and montages is not None:
         from medseg.reporting.html import write_html
 
         notes = [f"Label table {table.name}; medseg {medseg.__version__}."]
         if ranges:
             notes.append(f"Outliers against reference ranges for: {', '.join(sorted(ranges))}; robust z-score for the rest.")
-        write_html(out_dir / "report.html", df, wide, summary, table.names, montages, notes=notes)
+        write_html(out_dir / "report.html", df, wide, summary, table.names, montages, notes=notes,
+                   **({"title": title} if title else {}))
     return path
 
 
