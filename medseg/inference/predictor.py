@@ -119,18 +119,32 @@ class Predictor:
         device=None,
         expected_labels: LabelTable | None = None,
         progress: bool = False,
+        folds: Sequence | None = None,
+        checkpoint: str = "final",
         **inference_overrides,
     ) -> "Predictor":
         """Load one checkpoint, or several (an ensemble: same labels and preprocessing required).
 
         ``expected_labels``: refuse a checkpoint trained for another label table.
         Keyword overrides change inference settings (``sw_batch_size=8, amp="off"``...).
+        An nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/) runs as nnU-Net runs it
+        (``medseg.models.external``): ``folds`` (default: every fold present) and ``checkpoint``
+        ("final" or "best") choose its weights.
         """
         from medseg.checkpoint import build_model, load_checkpoint
+        from medseg.models.external.nnunet import is_nnunet_folder
 
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths:
             raise CheckpointError("no checkpoint given")
+        if len(paths) == 1 and is_nnunet_folder(paths[0]):
+            from medseg.models.external.nnunet_predictor import from_folder
+
+            return from_folder(paths[0], device=device, progress=progress, folds=folds, checkpoint=checkpoint,
+                               expected_labels=expected_labels, **inference_overrides)
+        if folds is not None or checkpoint != "final":
+            raise CheckpointError("folds/checkpoint choose the weights of an nnU-Net model folder; "
+                                  f"{paths[0]} is not one (expected plans.json, dataset.json and fold_N/)")
         ckpts = [load_checkpoint(p) for p in paths]
         first = ckpts[0]
         labels = LabelTable.from_dict(first["labels"], source=str(paths[0]))

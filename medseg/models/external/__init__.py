@@ -1,0 +1,1 @@
+"""Models trained by other tools, run by medseg's predictor (nnU-Net v2 result folders)."""

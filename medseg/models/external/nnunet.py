@@ -1,0 +1,338 @@
+"""nnU-Net v2 trained-model folders as medseg models.
+
+A folder ``DatasetXXX_Name/Trainer__Plans__configuration/`` holds ``dataset.json``,
+``plans.json`` and ``fold_N/checkpoint_final.pth``. This module reads it without
+running anything from it:
+
+- checkpoints load with ``torch.load(weights_only=True)`` inside
+  ``torch.serialization.safe_globals`` naming only the numpy types an nnU-Net
+  checkpoint pickles (numpy scalars in its training log); anything else in the
+  pickle is refused with one line and never called. ``postprocessing.pkl`` is
+  never opened;
+- the network comes from ``plans.json`` (``architecture.network_class_name`` and
+  ``arch_kwargs``, or the older ``UNet_class_name`` format) for ``PlainConvUNet``
+  and ``ResidualEncoderUNet``; the classes named in ``arch_kwargs`` (conv, norm,
+  dropout, non-linearity) are looked up in a fixed table, never imported by name;
+- labels come from ``dataset.json`` (region-based labels are painted in
+  ``regions_class_order``, as nnU-Net does).
+
+Cascades, unknown network classes, custom readers and trainers that may change
+the architecture are refused with one line naming what is not supported.
+The networks are those of ``dynamic_network_architectures`` (the small
+pure-PyTorch package nnU-Net builds them with), an optional dependency:
+``pip install dynamic-network-architectures`` (or ``pip install medseg[nnunet]``).
+Its state-dict keys are nnU-Net's, so the weights load exactly.
+
+Preprocessing, sliding windows and export follow nnU-Net: see
+``medseg.models.external.nnunet_inference``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import CheckpointError, OptionalDependencyError
+from medseg.labels import Label, LabelTable
+
+CHECKPOINT_NAMES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
+SUPPORTED_NETWORKS = {
+    "PlainConvUNet": "dynamic_network_architectures.architectures.unet",
+    "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet",
+}
+SUPPORTED_NORMALIZATION = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization")
+SUPPORTED_READERS = (None, "SimpleITKIO", "NibabelIO")
+SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
+#: Trainers that keep nnU-Net's default network (they change epochs, mirroring, augmentation, loss or
+#: optimiser only); any other trainer may build another network and is refused.
+_TRAINER_OK = re.compile(
+    r"^nnUNetTrainer("
+    r"|_\d+epochs?(_NoMirroring)?"
+    r"|NoMirroring|_onlyMirror01(_\d+ep)?"
+    r"|NoDA|DA\d+\w*|DAOrd0|_noDummy2DDA|_DASegOrd0\w*"
+    r"|CELoss|DiceLoss\w*|DiceCELoss\w*|Topk\d*Loss\w*|_\w*Loss\w*"
+    r"|_probabilisticOversampling\w*"
+    r"|_Adam\w*|_SGD\w*|_Adan\w*|_\w*[Ll]r\w*|_Warmup\w*|_?NoDeepSupervision"
+    r")$"
+)
+_TORCH_CLASSES = {  # arch_kwargs entries nnU-Net would import by name -> the classes, from a fixed table
+    **{f"{p}{n}": ("torch.nn", n) for n in ("Conv1d", "Conv2d", "Conv3d") for p in ("torch.nn.modules.conv.", "torch.nn.")},
+    **{f"{p}{n}": ("torch.nn", n) for n in ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+       for p in ("torch.nn.modules.instancenorm.", "torch.nn.")},
+    **{f"{p}{n}": ("torch.nn", n) for n in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d") for p in ("torch.nn.modules.batchnorm.", "torch.nn.")},
+    **{f"{p}{n}": ("torch.nn", n) for n in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d") for p in ("torch.nn.modules.dropout.", "torch.nn.")},
+    **{f"{p}{n}": ("torch.nn", n) for n in ("LeakyReLU", "ReLU", "PReLU", "GELU") for p in ("torch.nn.modules.activation.", "torch.nn.")},
+}
+_INSTALL = "pip install dynamic-network-architectures  (or: pip install 'medseg[nnunet]')"
+
+
+def is_nnunet_folder(path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "plans.json").is_file() and (p / "dataset.json").is_file()
+
+
+def _numpy_safe_globals() -> list:
+    """Exactly the numpy objects an nnU-Net checkpoint pickles: scalars (``np.float64`` values in its
+    training log) and the dtypes they are rebuilt with. Nothing that can call other code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]
+    return [scalar, np.dtype, *dtypes]
+
+
+def load_nnunet_checkpoint(path) -> dict:
+    """``checkpoint_final.pth`` read without running code: weights-only unpickling with the numpy scalar
+    types allowed; a pickle naming anything else is refused (``CheckpointError``), and never called."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError("nnU-Net checkpoint not found", path=p)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any refusal or damage -> one line, never a traceback
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", why)
+        why = f"it pickles {m.group(1)}, which is not an allowed global (Unsupported global)" if m else why[:200]
+        raise CheckpointError(
+            f"not a loadable nnU-Net checkpoint ({why}); medseg reads nnU-Net checkpoints weights-only "
+            "(tensors, plain data and numpy scalars) and never runs code from them",
+            path=p,
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
+        raise CheckpointError("not an nnU-Net checkpoint: no 'network_weights' mapping", path=p)
+    init = ckpt.get("init_args")
+    if not isinstance(init, dict) or not isinstance(init.get("configuration"), str):
+        raise CheckpointError("not an nnU-Net v2 checkpoint: no init_args.configuration", path=p)
+    return ckpt
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable JSON ({str(exc).splitlines()[0][:160]})", path=path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("expected a JSON object", path=path)
+    return data
+
+
+def configuration_dict(plans: dict, name: str, *, path=None) -> dict:
+    """A configuration with its ``inherits_from`` chain resolved (as nnU-Net's PlansManager does)."""
+    confs = plans.get("configurations") or {}
+    if name not in confs:
+        raise CheckpointError(f"plans.json has no configuration {name!r} (has {sorted(confs)})", path=path)
+    conf = copy.deepcopy(confs[name])
+    seen = {name}
+    while "inherits_from" in conf:
+        parent = conf.pop("inherits_from")
+        if parent in seen or parent not in confs:
+            raise CheckpointError(f"configuration {name!r} inherits from {parent!r}, which is missing or circular", path=path)
+        seen.add(parent)
+        merged = copy.deepcopy(confs[parent])
+        merged.update(conf)
+        conf = merged
+    return conf
+
+
+def _old_plans_architecture(conf: dict, *, path=None) -> dict:
+    """nnU-Net's conversion of the older plans format (``UNet_class_name`` ...) to ``architecture``."""
+    cls = conf.get("UNet_class_name")
+    if cls not in SUPPORTED_NETWORKS:
+        raise CheckpointError(f"network {cls!r} is not supported; medseg runs {sorted(SUPPORTED_NETWORKS)}", path=path)
+    n = len(conf["n_conv_per_stage_encoder"])
+    dim = len(conf["patch_size"])
+    kwargs = {
+        "n_stages": n,
+        "features_per_stage": [min(conf["UNet_base_num_features"] * 2 ** i, conf["unet_max_num_features"]) for i in range(n)],
+        "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+        "kernel_sizes": conf["conv_kernel_sizes"],
+        "strides": conf["pool_op_kernel_sizes"],
+        ("n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage"): conf["n_conv_per_stage_encoder"],
+        "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"],
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    return {"network_class_name": f"{SUPPORTED_NETWORKS[cls]}.{cls}", "arch_kwargs": kwargs,
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def architecture(conf: dict, *, path=None) -> tuple[str, dict]:
+    """(class name, constructor kwargs with classes resolved from the fixed table)."""
+    import importlib
+
+    arch = conf.get("architecture") or _old_plans_architecture(conf, path=path)
+    full = str(arch.get("network_class_name", ""))
+    short = full.rsplit(".", 1)[-1]
+    if short not in SUPPORTED_NETWORKS or not full.startswith("dynamic_network_architectures."):
+        raise CheckpointError(f"network class {full!r} is not supported; medseg runs nnU-Net's "
+                              f"{' and '.join(sorted(SUPPORTED_NETWORKS))} (dynamic_network_architectures)", path=path)
+    kwargs = copy.deepcopy(dict(arch.get("arch_kwargs") or {}))
+    for key in arch.get("_kw_requires_import") or ():
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if value not in _TORCH_CLASSES:
+            raise CheckpointError(f"arch_kwargs.{key} = {value!r} is not a class medseg builds nnU-Net networks with "
+                                  "(torch convs, instance/batch norms, dropout, ReLU-family activations)", path=path)
+        mod, name = _TORCH_CLASSES[value]
+        kwargs[key] = getattr(importlib.import_module(mod), name)
+    return short, kwargs
+
+
+def build_network(class_name: str, kwargs: dict, in_channels: int, out_channels: int):
+    """nnU-Net's network, from dynamic_network_architectures, without deep supervision (inference)."""
+    try:
+        from dynamic_network_architectures.architectures import unet
+    except ImportError:
+        raise OptionalDependencyError(f"running nnU-Net models needs dynamic_network_architectures: {_INSTALL}") from None
+    cls = getattr(unet, class_name)
+    return cls(input_channels=in_channels, num_classes=out_channels, deep_supervision=False, **kwargs)
+
+
+@dataclass
+class NnunetLabels:
+    """nnU-Net's label handling: plain labels (softmax, argmax) or regions (sigmoid, painted in order)."""
+
+    table: LabelTable
+    heads: int
+    regions: bool
+    regions_class_order: tuple[int, ...] = ()
+
+
+def labels_from_dataset(dataset: dict, *, path=None) -> NnunetLabels:
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or labels.get("background") != 0:
+        raise CheckpointError("dataset.json: 'labels' needs 'background': 0", path=path)
+    entries = [(k, v) for k, v in labels.items() if k != "ignore"]
+    regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for _, v in entries)
+    name = str(dataset.get("name") or Path(path).parent.name if path else "nnunet")
+    if not regions:
+        values = sorted({int(v[0] if isinstance(v, (list, tuple)) else v) for _, v in entries})
+        names = {int(v[0] if isinstance(v, (list, tuple)) else v): k for k, v in entries}
+        table = LabelTable(name, tuple(Label(i, names[i]) for i in values if i != 0))
+        if values != list(range(len(values))):
+            raise CheckpointError(f"dataset.json labels {values} are not consecutive from 0, as nnU-Net requires", path=path)
+        return NnunetLabels(table, heads=len(values), regions=False)
+    fg = [(k, v) for k, v in entries if not (v == 0 or (isinstance(v, (list, tuple)) and set(v) == {0}))]
+    order = dataset.get("regions_class_order")
+    if not isinstance(order, list) or len(order) != len(fg):
+        raise CheckpointError(f"dataset.json: region-based labels need regions_class_order with {len(fg)} entries", path=path)
+    by_index: dict[int, str] = {}
+    for (k, _), idx in zip(fg, order):
+        by_index[int(idx)] = k  # a later region painted with the same index wins, as when painting
+    table = LabelTable(name, tuple(Label(i, n) for i, n in sorted(by_index.items()) if i != 0))
+    return NnunetLabels(table, heads=len(fg), regions=True, regions_class_order=tuple(int(i) for i in order))
+
+
+def discover_folds(folder: Path, checkpoint: str) -> list[str]:
+    found = []
+    for d in sorted(folder.glob("fold_*")):
+        if (d / checkpoint).is_file():
+            found.append(d.name[len("fold_"):])
+    return sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+
+
+@dataclass
+class NnunetModel:
+    """Everything an nnU-Net folder says about running it (plain data), plus the folds' weights."""
+
+    folder: Path
+    configuration: str
+    conf: dict
+    plans: dict
+    dataset: dict
+    trainer: str
+    folds: list[str]
+    checkpoint: str
+    labels: NnunetLabels
+    in_channels: int
+    network_class: str
+    network_kwargs: dict
+    mirror_axes: tuple[int, ...] | None
+    weights: list = field(default_factory=list, repr=False)
+
+    def networks(self):
+        """One network per fold with its weights, in eval mode."""
+        nets = []
+        for fold, state in zip(self.folds, self.weights):
+            net = build_network(self.network_class, self.network_kwargs, self.in_channels, self.labels.heads)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise CheckpointError(f"weights of fold {fold} do not fit the network plans.json describes: "
+                                      f"{str(exc).splitlines()[0][:200]}", path=self.folder) from None
+            nets.append(net.eval())
+        return nets
+
+
+def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> NnunetModel:
+    """Read and check an nnU-Net v2 trained-model folder (``folds``: e.g. ``[0, 1]`` or ``["all"]``;
+    default every ``fold_*`` holding the checkpoint; ``checkpoint``: "final" or "best")."""
+    folder = Path(path)
+    if not is_nnunet_folder(folder):
+        raise CheckpointError("not an nnU-Net trained-model folder (expected plans.json, dataset.json and fold_N/)", path=folder)
+    if checkpoint not in CHECKPOINT_NAMES:
+        raise CheckpointError(f"checkpoint {checkpoint!r}: expected one of {sorted(CHECKPOINT_NAMES)}", path=folder)
+    ck_name = CHECKPOINT_NAMES[checkpoint]
+    plans = _read_json(folder / "plans.json")
+    dataset = _read_json(folder / "dataset.json")
+    fold_names = [str(f) for f in folds] if folds else discover_folds(folder, ck_name)
+    if not fold_names:
+        raise CheckpointError(f"no fold_*/{ck_name} in this nnU-Net folder", path=folder)
+    ckpts = []
+    for f in fold_names:
+        ckpts.append(load_nnunet_checkpoint(folder / f"fold_{f}" / ck_name))
+    first = ckpts[0]
+    trainer = str(first.get("trainer_name", ""))
+    config_name = first["init_args"]["configuration"]
+    for f, c in zip(fold_names[1:], ckpts[1:]):
+        if c.get("trainer_name") != trainer or c["init_args"].get("configuration") != config_name:
+            raise CheckpointError(f"fold {f} was trained with another trainer or configuration than fold {fold_names[0]}", path=folder)
+    if not _TRAINER_OK.match(trainer):
+        raise CheckpointError(f"trainer {trainer!r} is not supported: it may build another network than plans.json "
+                              "describes; medseg runs nnUNetTrainer and its variants that change training only", path=folder)
+    conf = configuration_dict(plans, config_name, path=folder / "plans.json")
+    if conf.get("previous_stage") or "cascade" in config_name:
+        raise CheckpointError(f"configuration {config_name!r} is a cascade stage (needs the previous stage's "
+                              "segmentation); medseg does not run nnU-Net cascades", path=folder)
+    reader = plans.get("image_reader_writer")
+    if reader not in SUPPORTED_READERS or dataset.get("overwrite_image_reader_writer") not in SUPPORTED_READERS:
+        raise CheckpointError(f"image reader {dataset.get('overwrite_image_reader_writer') or reader!r} is not "
+                              "supported (medseg follows SimpleITKIO and NibabelIO)", path=folder)
+    if plans.get("label_manager", "LabelManager") != "LabelManager":
+        raise CheckpointError(f"label manager {plans['label_manager']!r} is not supported", path=folder)
+    for key in ("resampling_fn_data", "resampling_fn_probabilities"):
+        if conf.get(key) != SUPPORTED_RESAMPLING:
+            raise CheckpointError(f"{key} {conf.get(key)!r} is not supported (medseg follows {SUPPORTED_RESAMPLING})", path=folder)
+    schemes = conf.get("normalization_schemes") or []
+    bad = [s for s in schemes if s not in SUPPORTED_NORMALIZATION]
+    if bad:
+        raise CheckpointError(f"normalization {bad} is not supported (medseg follows {list(SUPPORTED_NORMALIZATION)})", path=folder)
+    channels = dataset.get("channel_names") or dataset.get("modality") or {}
+    in_channels = len(channels)
+    if in_channels < 1 or len(schemes) != in_channels:
+        raise CheckpointError(f"dataset.json names {in_channels} channel(s) but plans.json normalises {len(schemes)}", path=folder)
+    labels = labels_from_dataset(dataset, path=folder / "dataset.json")
+    cls, kwargs = architecture(conf, path=folder / "plans.json")
+    mirror = first.get("inference_allowed_mirroring_axes")
+    return NnunetModel(
+        folder=folder, configuration=config_name, conf=conf, plans=plans, dataset=dataset, trainer=trainer,
+        folds=fold_names, checkpoint=ck_name, labels=labels, in_channels=in_channels, network_class=cls,
+        network_kwargs=kwargs, mirror_axes=tuple(int(a) for a in mirror) if mirror is not None else None,
+        weights=[c["network_weights"] for c in ckpts],
+    )

@@ -1,0 +1,119 @@
+"""``Predictor`` for nnU-Net v2 folders: same inputs and outputs as medseg checkpoints, nnU-Net's steps inside.
+
+``NnunetPredictor.predict`` reads the channels through medseg's checks (channel
+count, same grid, NaN/Inf policy), puts them in nnU-Net's array order (the order
+SimpleITK and nnU-Net's NibabelIO give: ``array.transpose(2, 1, 0)``, spacing
+reversed), runs ``nnunet_inference`` (nnU-Net's preprocessing, sliding window,
+export) and returns the label map on the input grid with the input's affine.
+The label table, names included, is the model's ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.inference.predictor import Predictor, _default_inference, peak_rss_mb
+from medseg.io.volume import Volume
+
+#: Options that apply to nnU-Net models: ``overlap`` is ``1 - tile_step_size`` (nnU-Net: 0.5), ``mirror``
+#: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints.
+NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite")
+
+
+def folder_sha256(model) -> str:
+    """One hash over what defines the model: plans.json, dataset.json and each fold's checkpoint."""
+    from medseg.checkpoint import file_sha256
+
+    h = hashlib.sha256()
+    files = [model.folder / "plans.json", model.folder / "dataset.json"]
+    files += [model.folder / f"fold_{f}" / model.checkpoint for f in model.folds]
+    for f in files:
+        h.update(f.relative_to(model.folder).as_posix().encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+class NnunetPredictor(Predictor):
+    def __init__(self, model, *, device=None, progress: bool = False, inference: dict | None = None):
+        import torch
+
+        from medseg.inference.sliding_window import default_device
+
+        overrides = dict(inference or {})
+        unknown = set(overrides) - set(NNUNET_OPTIONS)
+        if unknown:
+            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to nnU-Net models (medseg follows nnU-Net's own "
+                              f"inference for them); accepted: {list(NNUNET_OPTIONS)}")
+        self.nnunet = model
+        self.device = torch.device(device) if device else default_device()
+        self.models = [net.to(self.device) for net in model.networks()]
+        self.labels = model.labels.table
+        self.in_channels = model.in_channels
+        self.progress = progress
+        self.inference = {**_default_inference(), "overlap": 0.5, "mirror": True, **overrides}
+        self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "amp": "off",
+                               "tta_flips": [], "skip_background": False, "channels_last": False, "sw_batch_size": 1,
+                               "engine": "nnunet"})
+        if not 0 <= float(self.inference["overlap"]) < 1:
+            raise ConfigError(f"overlap={self.inference['overlap']!r}: expected a number in [0, 1)")
+        self.preprocessing = {"intensity": "nnunet", "spacing": list(model.conf["spacing"]),
+                              "normalization_schemes": list(model.conf["normalization_schemes"]),
+                              "configuration": model.configuration}
+        self.provenance = {
+            "model_path": str(model.folder), "model_sha256": folder_sha256(model), "weights_sha256": None,
+            "model_name": f"nnunet:{model.network_class}", "format": "nnunetv2", "trainer": model.trainer,
+            "configuration": model.configuration, "folds": list(model.folds), "checkpoint": model.checkpoint,
+            "in_channels": model.in_channels, "trained_with": {},
+        }
+
+    def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
+        """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
+        (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
+        from medseg.models.external import nnunet_inference as nn
+
+        t0 = time.monotonic()
+        findings: list = []
+        volume, channels = self._read_channels(source, findings)
+        t_read = time.monotonic() - t0
+        spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
+        data = np.asarray(channels, dtype=np.float32).transpose(0, 3, 2, 1)  # nnU-Net's (z, y, x)
+        spacing = spacing_xyz[::-1]
+        x, props = nn.preprocess(data, spacing, self.nnunet)
+        del data, channels
+        if not np.all(np.isfinite(x)):
+            raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
+        t1 = time.monotonic()
+        logits = nn.predict_logits(self.models, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
+                                   device=self.device, mirror=bool(self.inference["mirror"]))
+        t_windows = time.monotonic() - t1
+        seg, probs = nn.export(logits, props, self.nnunet, probabilities=keep_probabilities)
+        labels = np.ascontiguousarray(seg.transpose(2, 1, 0))
+        if labels.shape != volume.shape:
+            raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
+                                path=volume.source)
+        counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
+        meta = {
+            "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
+            "seconds_windows": round(t_windows, 3), "network_grid": [int(s) for s in x.shape[1:]],
+            "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {}, "voxels": counts, "findings": findings,
+            "engine": "nnunet",
+        }
+        if probs is not None:
+            meta["probabilities"] = (np.ascontiguousarray(probs.transpose(3, 2, 1, 0)), volume.affine.copy())
+        return Volume(labels, volume.affine.copy(), volume.source, meta)
+
+
+def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
+    from medseg.errors import CheckpointError
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    model = load_nnunet_folder(path, folds=folds, checkpoint=checkpoint)
+    if expected_labels is not None and not model.labels.table.same_structures(expected_labels):
+        raise CheckpointError(f"model segments {model.labels.table.names} but {expected_labels.names} was asked for",
+                              path=Path(path))
+    return NnunetPredictor(model, device=device, progress=progress, inference=inference)

@@ -1,0 +1,221 @@
+"""nnU-Net v2 model folders: safe loading, network from plans.json, labels from dataset.json, refusals.
+
+These build small folders in nnU-Net's layout by hand (no nnunetv2 needed; the
+network tests need dynamic_network_architectures). The comparison with nnU-Net's
+own predictor is in test_nnunet_agreement.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import CheckpointError
+
+PLAIN_ARCH = {
+    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "arch_kwargs": {
+        "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2], "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+    },
+    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+}
+
+
+def _plans(arch=PLAIN_ARCH, **conf_extra):
+    conf = {"data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2, "patch_size": [16, 16, 16],
+            "median_image_size_in_voxels": [16, 16, 16], "spacing": [2.0, 2.0, 2.0],
+            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+            "architecture": arch, "batch_dice": False, **conf_extra}
+    return {"dataset_name": "Dataset900_T", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [2, 2, 2],
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "configurations": {"3d_fullres": conf},
+            "foreground_intensity_properties_per_channel": {"0": {"max": 400.0, "mean": 60.0, "median": 55.0, "min": -100.0,
+                                                                  "percentile_00_5": -50.0, "percentile_99_5": 300.0, "std": 40.0}}}
+
+
+def _net(heads, in_channels=1):
+    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
+    from medseg.models.external.nnunet import architecture, build_network
+
+    cls, kw = architecture(_plans()["configurations"]["3d_fullres"])
+    torch.manual_seed(0)
+    return build_network(cls, kw, in_channels, heads)
+
+
+def make_folder(root: Path, *, labels=None, trainer="nnUNetTrainer", plans=None, extra=None, folds=("0",), heads=None,
+                configuration="3d_fullres", regions_class_order=None) -> Path:
+    labels = labels or {"background": 0, "liver": 1, "spleen": 2}
+    folder = root / "Dataset900_T" / f"{trainer}__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    dataset = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}
+    if regions_class_order:
+        dataset["regions_class_order"] = regions_class_order
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    (folder / "plans.json").write_text(json.dumps(plans or _plans()))
+    if heads is None:
+        heads = len(labels) if not regions_class_order else len(regions_class_order)
+    net = _net(heads)
+    for f in folds:
+        (folder / f"fold_{f}").mkdir()
+        ckpt = {
+            "network_weights": net.state_dict(), "optimizer_state": {"state": {}, "param_groups": []},
+            "grad_scaler_state": None,
+            # nnU-Net's training log holds numpy scalars: what a plain weights-only load refuses
+            "logging": {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.5)], "epoch_end_timestamps": [1.0]},
+            "_best_ema": np.float64(0.5), "current_epoch": 1,
+            "init_args": {"plans": {}, "configuration": configuration, "fold": f, "dataset_json": {}},
+            "trainer_name": trainer, "inference_allowed_mirroring_axes": (0, 1, 2), **(extra or {}),
+        }
+        torch.save(ckpt, folder / f"fold_{f}" / "checkpoint_final.pth")
+    return folder
+
+
+class _Payload:
+    """Unpickling this would create ``marker`` (builtins.open): the stand-in for malicious code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_payload_is_refused_and_never_runs(tmp_path):
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    marker = tmp_path / "payload_ran"
+    folder = make_folder(tmp_path, extra={"evil": _Payload(marker)})
+    with pytest.raises(CheckpointError) as err:
+        load_nnunet_folder(folder)
+    msg = str(err.value)
+    assert "\n" not in msg and "Unsupported global" in msg and "io.open" in msg
+    assert not marker.exists()
+
+
+def test_payload_refused_through_the_cli_with_one_line(tmp_path):
+    marker = tmp_path / "payload_ran"
+    folder = make_folder(tmp_path, extra={"evil": _Payload(marker)})
+    img = tmp_path / "img.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(img))
+    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(folder), str(img), "--out", str(tmp_path / "o"),
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not a loadable nnU-Net checkpoint" in lines[0], r.stderr
+    assert not marker.exists()
+
+
+def test_postprocessing_pkl_is_never_unpickled(tmp_path):
+    from medseg.inference.predictor import Predictor
+
+    marker = tmp_path / "payload_ran"
+    folder = make_folder(tmp_path)
+    import pickle
+
+    (folder / "postprocessing.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    (folder / "crossval_results_folds_0").mkdir()
+    (folder / "crossval_results_folds_0" / "postprocessing.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    pred = Predictor.from_checkpoint(folder, device="cpu")
+    assert pred.labels.names == ["liver", "spleen"]
+    assert not marker.exists()
+
+
+def test_numpy_scalars_load_and_weights_fit_exactly(tmp_path):
+    from medseg.models.external.nnunet import load_nnunet_checkpoint, load_nnunet_folder
+
+    folder = make_folder(tmp_path, folds=("0", "1", "all"))
+    ck = load_nnunet_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    assert float(ck["_best_ema"]) == 0.5 and type(ck["_best_ema"]).__name__ == "float64"
+    model = load_nnunet_folder(folder)
+    assert model.folds == ["0", "1", "all"] and model.mirror_axes == (0, 1, 2)
+    nets = model.networks()
+    ref = _net(3)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(nets[0](x), ref.eval()(x))
+    assert load_nnunet_folder(folder, folds=[1]).folds == ["1"]
+    with pytest.raises(CheckpointError, match="checkpoint_best.pth"):
+        load_nnunet_folder(folder, checkpoint="best")
+
+
+def test_region_labels_painted_in_order(tmp_path):
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    labels = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing": 3}
+    model = load_nnunet_folder(make_folder(tmp_path, labels=labels, regions_class_order=[1, 2, 3]))
+    lab = model.labels
+    assert lab.regions and lab.heads == 3 and lab.regions_class_order == (1, 2, 3)
+    assert [(x.index, x.name) for x in lab.table.labels] == [(1, "whole_tumor"), (2, "tumor_core"), (3, "enhancing")]
+    # painting: each region's voxels (sigmoid > 0.5) get its index, later regions over earlier ones
+    from medseg.models.external import nnunet_inference as nn
+
+    logits = torch.full((3, 2, 2, 2), -5.0, dtype=torch.half)
+    logits[0, 0] = 5  # whole tumour in the first plane
+    logits[1, 0, 0] = 5  # core in one row of it
+    logits[2, 0, 0, 0] = 5  # enhancing in one voxel of that
+    props = {"spacing": [2.0, 2.0, 2.0], "network_spacing": [2.0, 2.0, 2.0], "shape_after_cropping": (2, 2, 2),
+             "shape_before_cropping": (3, 2, 2), "bbox": [[1, 3], [0, 2], [0, 2]]}
+    seg, _ = nn.export(logits, props, model)
+    assert seg.shape == (3, 2, 2)
+    assert (seg[0] == 0).all()  # outside the crop
+    assert seg[1, 0, 0] == 3 and seg[1, 0, 1] == 2 and (seg[1, 1] == 1).all() and (seg[2] == 0).all()
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"trainer": "nnUNetTrainerMedNeXt"}, "trainer 'nnUNetTrainerMedNeXt' is not supported"),
+    ({"configuration": "3d_cascade_fullres"}, "cascade"),
+    ({"plans_arch": "dynamic_network_architectures.architectures.unetr.UNETR"}, "network class .*UNETR.* is not supported"),
+    ({"plans_arch": "evil.module.Net"}, "not supported"),
+    ({"nonlin": "os.system"}, "arch_kwargs.nonlin = 'os.system' is not a class"),
+])
+def test_unsupported_models_are_refused_with_one_line(tmp_path, change, match):
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    plans = _plans()
+    conf = plans["configurations"]["3d_fullres"]
+    if "configuration" in change:
+        plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    if "plans_arch" in change:
+        conf["architecture"] = {**PLAIN_ARCH, "network_class_name": change["plans_arch"]}
+    if "nonlin" in change:
+        conf["architecture"] = json.loads(json.dumps(PLAIN_ARCH))
+        conf["architecture"]["arch_kwargs"]["nonlin"] = change["nonlin"]
+    folder = make_folder(tmp_path, plans=plans, trainer=change.get("trainer", "nnUNetTrainer"),
+                         configuration=change.get("configuration", "3d_fullres"))
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_nnunet_folder(folder).networks()
+    assert "\n" not in str(err.value)
+
+
+def test_older_plans_format_builds_the_same_network(tmp_path):
+    pytest.importorskip("dynamic_network_architectures", reason="needs dynamic_network_architectures")
+    from medseg.models.external.nnunet import architecture
+
+    old = {"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 16,
+           "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "patch_size": [16, 16, 16],
+           "conv_kernel_sizes": [[3, 3, 3]] * 3, "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+    new = _plans()["configurations"]["3d_fullres"]
+    assert architecture(old) == architecture(new)
+
+
+def test_medseg_checkpoint_options_refused_for_plain_files(tmp_path):
+    from medseg.inference.predictor import Predictor
+
+    with pytest.raises(CheckpointError, match="not one"):
+        Predictor.from_checkpoint(tmp_path / "x.pt", folds=[0])
