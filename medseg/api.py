@@ -69,6 +69,7 @@ def predict(
     overwrite: bool = False,
     expected_labels=None,
     dicom_seg: bool = True,
+    rtstruct: bool = False,
     save_probabilities: bool = False,
     **inference_overrides,
 ):
@@ -82,7 +83,7 @@ def predict(
     from medseg.inference.batch import predict_many
 
     return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite,
-                        expected_labels=expected_labels, dicom_seg=dicom_seg, save_probabilities=save_probabilities,
+                        expected_labels=expected_labels, dicom_seg=dicom_seg, rtstruct=rtstruct, save_probabilities=save_probabilities,
                         **inference_overrides)
 
 

@@ -3,7 +3,7 @@
 ``write_case_outputs`` writes, in this order:
 
 1. the label map (atomically): the result that must never be lost;
-2. optional outputs: the DICOM SEG (DICOM inputs), the class probabilities.
+2. optional outputs: the DICOM SEG and the RT Structure Set (DICOM inputs), the class probabilities.
    One that fails (highdicom refusing a header, a slice off the grid) becomes
    a *finding* in the sidecar and one warning line; the case still succeeds;
 3. the JSON sidecar, last: its presence marks the case as written
@@ -11,7 +11,7 @@
 
 Sidecar schema (``SIDECAR_SCHEMA``), the same for both commands: ``case_id``,
 ``source``, ``outputs`` (output kind -> file name, relative to the sidecar's
-folder: ``label_map``, ``dicom_seg``, ``probabilities``), ``findings`` (the
+folder: ``label_map``, ``dicom_seg``, ``rtstruct``, ``probabilities``), ``findings`` (the
 predictor's findings about the input, e.g. non-finite voxels, followed by
 ``{"kind": "output_not_written", "output", "error"}`` for each optional
 output that failed), ``labels``, ``model``, ``inference``, ``shape``,
@@ -226,6 +226,7 @@ def write_case_outputs(
     label_map: str | os.PathLike,
     sidecar: str | os.PathLike,
     dicom_seg: str | os.PathLike | None = None,
+    rtstruct: str | os.PathLike | None = None,
     probabilities: str | os.PathLike | None = None,
     versions: dict | None = None,
     started: float | None = None,
@@ -234,8 +235,9 @@ def write_case_outputs(
 
     ``labels``: the label map Volume (``labels.meta`` holds the predictor's
     figures; ``"probabilities"`` there is written to ``probabilities`` when a
-    path is given). ``dicom_seg``: path of the SEG, written when ``source`` is
-    a DICOM folder. ``image_meta``: the input volume's ``meta``. An
+    path is given). ``dicom_seg`` / ``rtstruct``: paths of the SEG / RT Structure
+    Set, written when ``source`` is a DICOM folder (contour findings, e.g. dropped
+    fragments, join the sidecar's findings). ``image_meta``: the input volume's ``meta``. An
     ``OutputError`` on the label map or the sidecar is raised; optional outputs
     fail softly (see the module docstring).
     """
@@ -260,6 +262,13 @@ def write_case_outputs(
             labels, source, table, dicom_seg, software_version=medseg.__version__), dicom_folder=source)
         if seg is not None:
             outputs["dicom_seg"] = rel(Path(seg))
+    if rtstruct is not None and image_meta.get("format") == "dicom":
+        from medseg.io.rtstruct_write import write_rtstruct
+
+        rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
+            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings), dicom_folder=source)
+        if rt is not None:
+            outputs["rtstruct"] = rel(Path(rt))
     if probabilities is not None and probs is not None:
         written = _optional("probabilities", case_id, findings, lambda: _write_probabilities(probs, Path(probabilities)))
         if written is not None:

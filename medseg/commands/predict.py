@@ -19,6 +19,8 @@ def _overrides(args) -> dict:
         out["channels_last"] = False
     if args.crf is not None:
         out["crf_iterations"] = args.crf
+    if args.nonfinite is not None:
+        out["nonfinite"] = args.nonfinite
     return out
 
 
@@ -27,7 +29,7 @@ def _run(args) -> int:
 
     model = args.model[0] if len(args.model) == 1 else args.model
     r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
-                    overwrite=args.overwrite, dicom_seg=not args.no_seg, save_probabilities=args.save_probabilities,
+                    overwrite=args.overwrite, dicom_seg=not args.no_seg, rtstruct=args.rtstruct, save_probabilities=args.save_probabilities,
                     **_overrides(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
@@ -43,7 +45,11 @@ def add(sub) -> None:
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
     s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG for DICOM inputs")
+    s.add_argument("--rtstruct", action="store_true",
+                   help="also write an RT Structure Set (contours per slice, referencing the source series) for DICOM inputs")
     s.add_argument("--save-probabilities", action="store_true", help="also write class probabilities (4D NIfTI on the network's grid)")
+    s.add_argument("--nonfinite", choices=["refuse", "replace"],
+                   help="NaN/Inf voxels: refuse the input (default) or replace them with the intensity floor, recorded as a finding")
     g = s.add_argument_group("inference settings (default: the checkpoint's)")
     g.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
     g.add_argument("--overlap", type=float, help="window overlap in [0, 1)")

@@ -49,7 +49,7 @@ def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
 
 def _targets(out_dir: Path, name: str) -> dict:
     return {"label_map": out_dir / f"{name}.nii.gz", "sidecar": out_dir / f"{name}.json",
-            "dicom_seg": out_dir / f"{name}.seg.dcm", "probabilities": out_dir / f"{name}.probabilities.nii.gz"}
+            "dicom_seg": out_dir / f"{name}.seg.dcm", "rtstruct": out_dir / f"{name}.rtstruct.dcm", "probabilities": out_dir / f"{name}.probabilities.nii.gz"}
 
 
 def _channel_paths(src: PathLike) -> list:
@@ -70,13 +70,15 @@ def predict_many(
     overwrite: bool = False,
     expected_labels: LabelTable | None = None,
     dicom_seg: bool = True,
+    rtstruct: bool = False,
     save_probabilities: bool = False,
     **inference_overrides,
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
 
     Writes, through ``medseg.outputs.write_case_outputs``, ``OUT/<name>.nii.gz``
-    on the input's grid, ``OUT/<name>.seg.dcm`` for DICOM inputs,
+    on the input's grid, ``OUT/<name>.seg.dcm`` for DICOM inputs (and, with
+    ``rtstruct``, ``OUT/<name>.rtstruct.dcm``: contours in patient coordinates),
     ``OUT/<name>.probabilities.nii.gz`` with ``save_probabilities`` (4D, one
     volume per class, on the network's coarse grid with its own affine) and
     ``OUT/<name>.json`` (the sidecar: labels, model checksum, versions,
@@ -135,6 +137,7 @@ def predict_many(
                 case_id=cid, labels=labels, image_meta=image.meta, source=str(src), table=predictor.labels,
                 provenance=predictor.provenance, inference=predictor.inference, label_map=paths["label_map"],
                 sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if dicom_seg else None,
+                rtstruct=paths["rtstruct"] if rtstruct else None,
                 probabilities=paths["probabilities"] if save_probabilities else None,
                 versions=run_info["versions"], started=t0)
             result.outputs[cid] = paths["label_map"]

@@ -66,31 +66,24 @@ def aggregate(rd: RunDir, pipe, cases, table) -> None:
     """Cohort outputs from the per-case files of every done case (input order)."""
     import pandas as pd
 
-    import medseg
     from medseg.io.atomic import write_csv
 
     if pipe.has("report"):
         from medseg.reporting import cohort
-        from medseg.reporting.volumes import volumes_frame
+        from medseg.reporting.tables import write_cohort
 
         rep = pipe.stages["report"]
         rows, ids = _json_rows(rd, cases, "volumes")
         if rows:
             ranges = cohort.read_reference_ranges(rep.reference_ranges) if rep.reference_ranges else None
-            df = cohort.add_outlier_flags(volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__}), ranges)
-            write_csv(rd.root / "volumes.csv", df)
-            wide, summary = cohort.wide_frame(df, table.names), cohort.summary_frame(df, table.names)
-            write_csv(rd.root / "volumes_wide.csv", wide)
-            write_csv(rd.root / "summary.csv", summary)
+            montages = None
             if rep.html and rep.qc:
-                from medseg.reporting.html import write_html
-
                 montages = {}
                 for cid in ids:
                     qc = ((rd.read_state(cid) or {}).get("outputs") or {}).get("qc")
                     montages[cid] = rd.root / qc if qc else None
-                write_html(rd.root / "report.html", df, wide, summary, table.names, montages,
-                           title=f"medseg run: {pipe.name}", notes=[f"Label table {table.name}; medseg {medseg.__version__}."])
+            write_cohort(rd.root, rows, table, ranges=ranges, montages=montages, html=bool(rep.html and rep.qc),
+                         title=f"medseg run: {pipe.name}")
     if pipe.has("evaluate"):
         from medseg.reporting.metrics import COLUMNS
 

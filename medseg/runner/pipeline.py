@@ -71,6 +71,7 @@ class PredictStage:
     model: str = ""  # checkpoint (.pt); empty when a train stage makes it
     device: str = ""  # cpu, cuda, cuda:1; empty: cuda when available
     dicom_seg: bool = True  # write cases/<id>/seg.dcm for DICOM inputs
+    rtstruct: bool = False  # write cases/<id>/rtstruct.dcm (RT Structure Set) for DICOM inputs
     inference: dict = field(default_factory=dict)  # overrides of the checkpoint's inference settings
 
 

@@ -200,10 +200,12 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
             provenance=predictor_info["model"], inference=predictor_info["inference"],
             label_map=cdir / "labels.nii.gz", sidecar=cdir / "labels.json",
             dicom_seg=cdir / "seg.dcm" if st["predict"].dicom_seg and case.kind == "dicom" else None,
+            rtstruct=cdir / "rtstruct.dcm" if st["predict"].rtstruct and case.kind == "dicom" else None,
             versions=predictor_info.get("versions"), started=t0)
         outputs["labels"] = rd.rel(cdir / side["outputs"]["label_map"])
-        if "dicom_seg" in side["outputs"]:
-            outputs["dicom_seg"] = rd.rel(cdir / side["outputs"]["dicom_seg"])
+        for kind in ("dicom_seg", "rtstruct"):
+            if kind in side["outputs"]:
+                outputs[kind] = rd.rel(cdir / side["outputs"][kind])
         outputs["labels_sidecar"] = rd.rel(cdir / "labels.json")
     if "report" in st:
         rep = st["report"]
