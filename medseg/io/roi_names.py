@@ -48,10 +48,10 @@ def default_synonyms() -> dict[str, tuple[str, ...]]:
     """The packaged synonyms: canonical name -> variants."""
     from importlib.resources import files
 
-    import yaml
+    from medseg import safe_yaml
 
     text = files("medseg").joinpath(SYNONYMS_RESOURCE).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    data = safe_yaml.load(text) or {}
     return _check_synonyms(data, source=SYNONYMS_RESOURCE)
 
 

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError
 from medseg.runner.rundir import RUN_LOG, now
 
 log = logging.getLogger(RUN_LOG)
@@ -34,38 +34,26 @@ def _current(rd, name: str, sha: str) -> dict | None:
 
 
 def plan(rd, pipe, manifest: Path) -> dict:
-    """Median spacing and shape of the training images (headers only) -> ``plan.json``."""
-    import nibabel as nib
-    import numpy as np
-    import pandas as pd
-
+    """The data set fingerprint of the training cases, by ``medseg plan``'s own planner -> ``fingerprint.json`` + ``plan.json``."""
     from medseg.io.atomic import write_json
-    from medseg.manifest import manifest_sha256
+    from medseg.manifest import image_columns, manifest_sha256, read_manifest
+    from medseg.training.planning import fingerprint
 
     sha = _sha({"plan": dataclasses.asdict(pipe.stages["plan"]), "manifest": manifest_sha256(manifest)})
     rec = _current(rd, "_plan", sha)
     if rec:
         return json.loads((rd.root / "plan.json").read_text())
     t0 = time.monotonic()
-    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    train = df[df["split"].isin(["train", "val"])] if "split" in df.columns else df
-    spacings, shapes = [], []
-    for rel in train["image"]:
-        p = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
-        try:
-            hdr = nib.load(str(p)).header
-        except Exception:
-            raise InputError("plan: cannot read the image header (plan reads NIfTI training images)", path=p) from None
-        spacings.append([float(z) for z in hdr.get_zooms()[:3]])
-        shapes.append([int(s) for s in hdr.get_data_shape()[:3]])
-    if not spacings:
-        raise InputError("plan: no training rows (split train/val) in the manifest", path=manifest)
-    result = {"n_training_images": len(spacings), "splits": df["split"].value_counts().to_dict() if "split" in df else {},
-              "median_spacing_mm": np.median(spacings, axis=0).round(3).tolist(),
-              "median_shape": np.median(shapes, axis=0).astype(int).tolist(), "spacing_choice": pipe.stages["plan"].spacing}
+    df = read_manifest(manifest, require_labels=True)
+    fp = fingerprint(df, image_columns(df))  # the training cases (split=train), as medseg plan chooses them
+    write_json(rd.root / "fingerprint.json", fp)
+    result = {"n_training_images": fp["n_cases"], "splits": df["split"].value_counts().to_dict(),
+              "median_spacing_mm": [round(float(s), 3) for s in fp["spacing_median"]],
+              "median_shape": [int(round(s)) for s in fp["shape_median"]], "modality": fp["modality"],
+              "spacing_choice": pipe.stages["plan"].spacing}
     write_json(rd.root / "plan.json", result)
     rd.write_state("_plan", {"status": "done", "config_sha256": sha, "seconds": round(time.monotonic() - t0, 3),
-                             "finished": now(), "outputs": {"plan": "plan.json"}})
+                             "finished": now(), "outputs": {"plan": "plan.json", "fingerprint": "fingerprint.json"}})
     log.info("plan: %s", result)
     return result
 

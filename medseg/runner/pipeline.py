@@ -55,7 +55,7 @@ class ConvertStage:
 
 @dataclass
 class PlanStage:
-    """Dataset fingerprint of the training cases (plan.json); optionally picks the training spacing."""
+    """Dataset fingerprint of the training cases by medseg plan's planner (fingerprint.json, plan.json); optionally picks the spacing."""
 
     spacing: str = "config"  # config: keep the training config's spacing; median: the training images' median spacing
 

@@ -130,6 +130,7 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     """
     import yaml
 
+    from medseg import safe_yaml
     from medseg.config import apply_overrides, config_from_dict
     from medseg.io.atomic import write_json, write_text
     from medseg.label_sources import check_table_against_values, label_values, table_for_manifest
@@ -137,7 +138,7 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     from medseg.models import model_info
 
     df = read_manifest(manifest, require_labels=True)
-    base = yaml.safe_load(Path(base_config).read_text()) if base_config else {}
+    base = (safe_yaml.load_file(base_config) or {}) if base_config else {}
     if model:
         base = _with_model_preset(base or {}, model)
     found = table_for_manifest(manifest, df, explicit=labels)

@@ -31,7 +31,8 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
     assert main(args) == 0
     run = tmp_path / "run"
     plan = json.loads((run / "plan.json").read_text())
-    assert plan["n_training_images"] == 3 and plan["median_spacing_mm"] == [3.0, 3.0, 5.0]
+    assert plan["n_training_images"] == 2 and plan["median_spacing_mm"] == [3.0, 3.0, 5.0]  # split=train, as medseg plan
+    assert json.loads((run / "fingerprint.json").read_text())["modality"] == "CT"
     assert (run / "train" / "best.pt").is_file()
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["case_id"].unique()) == ["p3"] and len(metrics) == len(PHANTOM_LABELS.labels)
