@@ -91,7 +91,7 @@ def main() -> None:
     print(f"\n{os.cpu_count()} CPU cores; data {t_data:.0f}s; planned from {fp['n_cases']} {fp['modality']} cases: "
           f"spacing {cfg.preprocessing.spacing} mm, patch {cfg.training.patch_size}, batch {cfg.training.batch_size}, "
           f"intensity {cfg.preprocessing.intensity} clip {cfg.preprocessing.clip}")
-    print(f"budget {args.minutes:.1f} min: trained {len(hist)} of {cfg.training.epochs} epochs in {t_train:.0f}s "
+    print(f"budget {args.minutes:.1f} min: trained {len(hist)} epochs, {int(hist['iterations'].iloc[-1])} iterations in {t_train:.0f}s "
           f"({hist['epoch_seconds'].mean():.2f} s/epoch); best validation Dice {res.best_mean_dice:.3f} at epoch {res.best_epoch}")
     table = metrics.pivot(index="case_id", columns="structure", values="dice")
     table.loc["mean"] = table.mean()
@@ -116,7 +116,8 @@ def main() -> None:
               "Dice " + ", ".join(f"{n} {np.mean([s[i] for s in scores]):.3f}" for i, n in enumerate(names))
               + f"; mean {np.mean(scores):.3f}")
     (work / "summary.json").write_text(json.dumps({"mean_dice": float(metrics["dice"].mean()), "epochs": int(len(hist)),
-                                                   "seconds_train": t_train, "s_per_epoch": float(hist["epoch_seconds"].mean())}))
+                                                   "iterations": int(hist["iterations"].iloc[-1]), "seconds_train": t_train,
+                                                   "s_per_epoch": float(hist["epoch_seconds"].mean())}))
 
 
 # --- the real MR data set -------------------------------------------------------------------------------------------
