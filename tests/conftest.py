@@ -19,9 +19,10 @@ warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 def _registered() -> dict:
     from medseg.models import MODELS
+    from medseg.runner.pipeline import STAGE_TYPES
     from medseg.transforms.intensity import INTENSITY
 
-    return {"model": set(MODELS.names()), "intensity scheme": set(INTENSITY.names())}
+    return {"model": set(MODELS.names()), "intensity scheme": set(INTENSITY.names()), "stage": set(STAGE_TYPES.names())}
 
 
 @pytest.fixture(autouse=True)

@@ -19,9 +19,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from medseg.config import CONFIG_ROOT, apply_overrides, build_dataclass
 from medseg.errors import ConfigError
+from medseg.registry import Registry
 
 
 @dataclass
@@ -94,11 +96,67 @@ class ReportStage:
     AGGREGATE_ONLY = ("html", "reference_ranges")
 
 
-STAGES = {"scan": ScanStage, "select": SelectStage, "convert": ConvertStage, "plan": PlanStage, "train": TrainStage,
-          "predict": PredictStage, "evaluate": EvaluateStage, "report": ReportStage}
-ORDER = list(STAGES)
-#: Stages that run once per case (the rest run once per run).
-CASE_STAGES = ("scan", "select", "convert", "predict", "evaluate", "report")
+class Stage:
+    """A pipeline stage type: its settings dataclass, its place in the order, and (plugins) what it does per case.
+
+    Built-in stages are run by the runner itself (``medseg.runner.stages``). A
+    plugin stage subclasses this, sets ``name``, ``settings`` (a dataclass whose
+    fields are the YAML keys) and ``rank`` (built-ins: scan 10, select 20,
+    convert 30, plan 40, train 50, predict 60, evaluate 70, report 80; a plugin
+    runs on each case after the built-in per-case stages, in rank order), and
+    implements ``run_case``. Register it with ``@register_stage`` or through the
+    ``medseg.stages`` entry-point group (``my_stage = "my_pkg.stages:MyStage"``).
+    """
+
+    name: ClassVar[str] = ""
+    settings: ClassVar[type] = object
+    rank: ClassVar[int] = 90
+    per_case: ClassVar[bool] = True
+    builtin: ClassVar[bool] = False
+
+    def run_case(self, settings, *, case_id: str, labels, image, table, case_dir: Path) -> dict:
+        """Do the stage's work for one segmented case; return ``{output kind: path}`` of the files written in ``case_dir``."""
+        return {}
+
+
+#: Pipeline stage types by name; plugins through the ``medseg.stages`` entry-point group.
+STAGE_TYPES: Registry = Registry("pipeline stage", entry_point_group="medseg.stages")
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: register a ``Stage`` subclass under ``cls.name`` (a duplicate name raises)."""
+    if not dataclasses.is_dataclass(cls.settings):
+        raise TypeError(f"stage {cls.name!r}: settings must be a dataclass")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    STAGE_TYPES.register(cls.name, description=doc[0] if doc else cls.name)(cls)
+    return cls
+
+
+def stage_type(name: str) -> Stage:
+    return STAGE_TYPES.get(name).builder()
+
+
+def stage_order() -> list[str]:
+    """Every registered stage name, in run order."""
+    return sorted(STAGE_TYPES.names(), key=lambda n: (stage_type(n).rank, n))
+
+
+def _builtin(name: str, settings: type, rank: int, per_case: bool, doc: str) -> None:
+    register_stage(type(f"{name.title()}StageType", (Stage,), {"name": name, "settings": settings, "rank": rank,
+                                                                "per_case": per_case, "builtin": True, "__doc__": doc}))
+
+
+for _args in (("scan", ScanStage, 10, True, "header-only scan of each DICOM folder"),
+              ("select", SelectStage, 20, True, "which image stack of a DICOM folder to segment"),
+              ("convert", ConvertStage, 30, True, "keep the selected stack as NIfTI"),
+              ("plan", PlanStage, 40, False, "data set fingerprint of the training cases"),
+              ("train", TrainStage, 50, False, "train once per run"),
+              ("predict", PredictStage, 60, True, "segment each case (label map, SEG, RTSTRUCT, sidecar)"),
+              ("evaluate", EvaluateStage, 70, True, "metrics against the reference labels"),
+              ("report", ReportStage, 80, True, "volumes per structure, QC montages, cohort tables")):
+    _builtin(*_args)
+
+
 TOP_KEYS = ("name", "description", "input", "stages")
 
 
@@ -121,7 +179,7 @@ class Pipeline:
         """Hash of everything that shapes a case's outputs: per-case stage settings and the model checksum."""
         parts = {}
         for name, st in self.stages.items():
-            if name not in CASE_STAGES:
+            if not stage_type(name).per_case:
                 continue
             d = dataclasses.asdict(st)
             for k in getattr(st, "AGGREGATE_ONLY", ()) + (("model", "device") if name == "predict" else ()):
@@ -142,7 +200,7 @@ def _expand_overrides(overrides, stage_names) -> list[str]:
     out = []
     for item in overrides or []:
         head = item.split("=", 1)[0].strip().split(".")[0]
-        if head in STAGES:
+        if head in STAGE_TYPES:
             if head not in stage_names:
                 raise ConfigError(f"override {item!r}: this pipeline has no stage {head!r} (stages: {', '.join(stage_names)})")
             item = "stages." + item.strip()
@@ -168,16 +226,16 @@ def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, dict) or not raw_stages:
         raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> settings "
-                          f"(stages: {', '.join(ORDER)})")
+                          f"(stages: {', '.join(stage_order())})")
     data = apply_overrides(data, _expand_overrides(overrides, list(raw_stages)))
     for key in data:
         if key not in TOP_KEYS:
             raise _unknown(key, TOP_KEYS, source, "key")
     stages = {}
     for name, settings in data["stages"].items():
-        if name not in STAGES:
-            raise _unknown(name, ORDER, f"{source}: stages", "stage")
-        stages[name] = build_dataclass(STAGES[name], settings or {}, f"{source}: stages.{name}")
+        if name not in STAGE_TYPES:
+            raise _unknown(name, stage_order(), f"{source}: stages", "stage")
+        stages[name] = build_dataclass(stage_type(name).settings, settings or {}, f"{source}: stages.{name}")
     pipe = Pipeline(name=str(data.get("name") or Path(source).stem), description=str(data.get("description") or ""),
                     input=build_dataclass(InputSpec, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
     _validate(pipe, source, base)
@@ -202,10 +260,13 @@ def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
 
 def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
     names = list(pipe.stages)
-    ranks = [ORDER.index(n) for n in names]
+    ranks = [stage_type(n).rank for n in names]
     for (a, ra), (b, rb) in zip(zip(names, ranks), zip(names[1:], ranks[1:])):
         if rb < ra:
-            raise ConfigError(f"{source}: stage {b!r} must come before {a!r} (order: {' -> '.join(ORDER)})")
+            raise ConfigError(f"{source}: stage {b!r} must come before {a!r} (order: {' -> '.join(stage_order())})")
+    plugins = [n for n in names if not stage_type(n).builtin]
+    if plugins and "predict" not in pipe.stages:
+        raise ConfigError(f"{source}: stage(s) {plugins} run on segmented cases and need a 'predict' stage")
     st = pipe.stages
     for needs in ("evaluate", "report"):
         if needs in st and "predict" not in st:

@@ -19,6 +19,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from medseg.errors import MedsegError, OutputError
 from medseg.runner.rundir import RUN_LOG, RunDir, now, peak_rss_mb, reset_peak_rss
@@ -241,6 +242,15 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
             rows = metric_rows(cid, labels, ref, table, surface=ev.surface,
                                nsd_tolerance_mm=ev.nsd_tolerance_mm or DEFAULT_NSD_TOLERANCE_MM)
             outputs["metrics"] = rd.rel(write_json(cdir / "metrics.json", plain(rows)))
+    from medseg.runner.pipeline import stage_type
+
+    for name, settings in st.items():  # plugin stages, in order, on the written case
+        kind = stage_type(name)
+        if kind.builtin or not kind.per_case:
+            continue
+        with stage(name, cid):
+            written = kind.run_case(settings, case_id=cid, labels=labels, image=loaded.image, table=table, case_dir=cdir) or {}
+            outputs.update({f"{name}.{k}": rd.rel(Path(v)) for k, v in written.items()})
     seconds = {**loaded.seconds, "write": round(time.monotonic() - t1, 3)}
     rec = {"status": "done", "stage": "", "error": "", "attempt": loaded.attempt, "started": loaded.started,
            "finished": now(), "seconds": round(time.monotonic() - t0, 3), "stage_seconds": seconds,
