@@ -52,7 +52,7 @@ _GRID_FLOOR = 1 << 22
 PREDICTOR_OPTIONS = {"nonfinite": "refuse"}
 
 
-def _default_inference() -> dict:
+def default_inference() -> dict:
     import dataclasses
 
     from medseg.config import InferenceConfig
@@ -96,7 +96,7 @@ class Predictor:
         from medseg.inference.sliding_window import default_device, prepare_model
 
         self.device = torch.device(device) if device else default_device()
-        self.inference = {**_default_inference(), **dict(inference)}
+        self.inference = {**default_inference(), **dict(inference)}
         models = models if isinstance(models, (list, tuple)) else [models]
         self.models = [prepare_model(m.to(self.device).eval(), channels_last=self.inference["channels_last"]) for m in models]
         self.labels = labels
@@ -159,7 +159,7 @@ class Predictor:
                 raise CheckpointError(f"ensemble member segments other structures than {paths[0]}; all members need one label table", path=p)
             if c["preprocessing"] != first["preprocessing"]:
                 raise CheckpointError(f"ensemble member was trained with other preprocessing than {paths[0]}", path=p)
-        defaults = _default_inference()
+        defaults = default_inference()
         unknown = set(inference_overrides) - set(defaults)
         if unknown:
             raise ConfigError(f"unknown inference option(s) {sorted(unknown)}; accepted: {sorted(defaults)}")
