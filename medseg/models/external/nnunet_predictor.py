@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.inference.predictor import Predictor, _default_inference, peak_rss_mb
+from medseg.inference.predictor import Predictor, default_inference, peak_rss_mb
 from medseg.io.volume import Volume
 
 #: Options that apply to nnU-Net models: ``overlap`` is ``1 - tile_step_size`` (nnU-Net: 0.5), ``mirror``
@@ -55,7 +55,7 @@ class NnunetPredictor(Predictor):
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
-        self.inference = {**_default_inference(), "overlap": 0.5, "mirror": True, **overrides}
+        self.inference = {**default_inference(), "overlap": 0.5, "mirror": True, **overrides}
         self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "amp": "off",
                                "tta_flips": [], "skip_background": False, "channels_last": False, "sw_batch_size": 1,
                                "engine": "nnunet"})
