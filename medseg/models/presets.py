@@ -42,8 +42,7 @@ def list_model_presets() -> list[str]:
 def load_model_preset(name: str, root: Path | None = None) -> dict:
     """The preset ``name`` as ``{"model": {"name", "spatial_dims", "kwargs"}, "training": {...}}``;
     errors name the file and what is wrong."""
-    import yaml
-
+    from medseg import safe_yaml
     from medseg.models import MODELS, _accepts_any, model_info
 
     root = Path(root) if root is not None else preset_dir()
@@ -53,7 +52,7 @@ def load_model_preset(name: str, root: Path | None = None) -> dict:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"known presets: {', '.join(known) or 'none'}"
         raise ConfigError(f"model preset {name!r} not found in {root}; {hint}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = safe_yaml.load_file(path) or {}
     if not isinstance(data, dict) or set(data) - _KEYS or "name" not in data:
         raise ConfigError(f"{path}: a model preset is a mapping with keys {sorted(_KEYS)} ('name' required), found {data!r}")
     preset = {"name": str(data["name"]), "spatial_dims": int(data.get("spatial_dims", 3)), "kwargs": dict(data.get("kwargs") or {})}
