@@ -139,16 +139,10 @@ def train(
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_volume_model
     from medseg.training.curves import plot_training_curve
+    from medseg.training.losses import full_resolution, segmentation_loss  # deep-supervision lists, weighted per scale
     from medseg.training.validation import validate
     from medseg.transforms.intensity import floor_value
     from medseg.transforms.presets import deterministic_transforms, random_transforms
-
-    try:  # deep-supervision lists, weighted per scale
-        from medseg.training.losses import segmentation_loss
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while losses.py is not in the tree
-        if exc.name != "medseg.training.losses":
-            raise
-        segmentation_loss = _full_resolution_loss
 
     t0 = time.monotonic()
     tc = config.training
@@ -270,7 +264,7 @@ def train(
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 outputs = model(x)
                 outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
-                logits = outputs[0] if isinstance(outputs, list) else outputs  # full resolution
+                logits = full_resolution(outputs)  # the adversarial term's input
                 loss = segmentation_loss(loss_fn, outputs, y)
                 if adversary is not None:
                     loss = loss + adversary.generator_loss(x, logits)
@@ -339,11 +333,6 @@ def train(
                      "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"})
     write_json(out / "run.json", run_info)
     return result
-
-
-def _full_resolution_loss(loss_fn, outputs, target):
-    """The loss on the full-resolution output only (used while ``medseg.training.losses`` is absent)."""
-    return loss_fn(outputs[0] if isinstance(outputs, list) else outputs, target)
 
 
 def _lr_factor(spent: float, schedule: str) -> float:
