@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.*
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medseg demo --out demo_out
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check medseg tests benchmarks
+
+# The full suite includes the wheel smoke test (tests/integration/test_wheel_install.py):
+# the built wheel installed in a fresh venv runs the demo, a pipeline by name and a label table by name.
+test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -191,7 +191,7 @@ def main() -> None:
         print(f"  done: {name.strip()} {res['seconds']:.2f}s", flush=True)
 
     truth = np.asarray(read_volume(truth_path).array)
-    print(f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}")
+    print(f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}")  # noqa: E501
     for name, res, d_ref, labels in rows:
         lab = ref_labels if isinstance(labels, float) else labels
         if name == "medseg (defaults)":
@@ -200,7 +200,7 @@ def main() -> None:
         d_fp32 = mean_dice(lab, fp32_labels, 4) if fp32_labels is not None else float("nan")
         d_truth = mean_dice(lab, truth, 4)
         win = f"{res.get('windows_run', '')}/{res.get('windows_skipped', '')}" if "windows_run" in res else ""
-        print(f"{name:<26} {res['seconds']:>8.2f} {ref['seconds'] / res['seconds']:>9.2f} {res['peak_rss_mb']:>12.0f} {d_ref:>12.4f} {d_fp32:>13.4f} {d_truth:>14.4f} {win:>20}")
+        print(f"{name:<26} {res['seconds']:>8.2f} {ref['seconds'] / res['seconds']:>9.2f} {res['peak_rss_mb']:>12.0f} {d_ref:>12.4f} {d_fp32:>13.4f} {d_truth:>14.4f} {win:>20}")  # noqa: E501
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from medseg.errors import ConfigError
 
-#: The repository's config folder (for installs from a checkout).
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+#: The packaged config folder (label tables, model presets, training recipes); ``configs/`` in a checkout links to it.
+CONFIG_ROOT = Path(__file__).resolve().parent / "resources" / "configs"
 
 
 @dataclass

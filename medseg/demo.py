@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 DEMO_CONFIG = CONFIG_ROOT / "training" / "phantom_demo.yaml"
 
 
-def run_demo(*, out: str | Path, n_train: int = 16, n_test: int = 4, epochs: int | None = None, seed: int = 0, progress: bool = True, config: str | Path | None = None) -> dict:
+def run_demo(*, out: str | Path, n_train: int = 16, n_test: int = 4, epochs: int | None = None, seed: int = 0, progress: bool = True, config: str | Path | None = None) -> dict:  # noqa: E501
     import pandas as pd
 
     from medseg import api

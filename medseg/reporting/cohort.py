@@ -31,6 +31,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.reporting.volumes import FOUND as JUDGED  # statuses with a measured volume
+
 Z_THRESHOLD = 3.5
 MIN_CASES = 5
 

@@ -246,11 +246,14 @@ def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
     import yaml
 
     from medseg import safe_yaml
+    from medseg.resources import find_pipeline, packaged_pipelines
 
     p = Path(path)
     if not p.is_file():
-        known = sorted(f.name for f in (CONFIG_ROOT.parent / "pipelines").glob("*.yaml"))
-        raise ConfigError(f"pipeline file not found; the shipped ones are pipelines/{', pipelines/'.join(known)}", path=p)
+        packaged = find_pipeline(str(path)) if len(Path(str(path)).parts) == 1 else None
+        if packaged is None:
+            raise ConfigError(f"pipeline file not found, and not a packaged pipeline name ({', '.join(packaged_pipelines())})", path=p)
+        p = packaged
     try:
         data = safe_yaml.load_file(p) or {}
     except yaml.YAMLError as exc:

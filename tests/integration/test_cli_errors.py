@@ -5,9 +5,8 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
-
 from helpers import label_coded
+
 from medseg.cli import main
 from medseg.io.readers import read_volume, write_volume
 from medseg.phantoms import make_phantom
@@ -24,7 +23,7 @@ def _one_line_error(capsys, argv, needle):
 
 def test_missing_checkpoint_and_missing_input(capsys, tmp_path, oracle_checkpoint):
     _one_line_error(capsys, ["predict", "--model", str(tmp_path / "nope.pt"), "x.nii.gz", "--out", str(tmp_path)], "nope.pt")
-    _one_line_error(capsys, ["report", "--labels", str(tmp_path / "absent.nii.gz"), "--label-table", "abdomen_phantom", "--out", str(tmp_path)], "absent.nii.gz")
+    _one_line_error(capsys, ["report", "--labels", str(tmp_path / "absent.nii.gz"), "--label-table", "abdomen_phantom", "--out", str(tmp_path)], "absent.nii.gz")  # noqa: E501
 
 
 def test_config_typo_names_the_file_and_the_fix(capsys, tmp_path):

@@ -1,11 +1,9 @@
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from medseg.config import load_config
-from medseg.manifest import image_columns, read_manifest
-from medseg.training.planning import fingerprint, plan, plan_config
+from medseg.training.planning import plan, plan_config
 from medseg.transforms.intensity import NormalizeIntensityByPresetd, floor_value, normalize
 
 

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from helpers import label_coded
+
 from medseg.errors import CheckpointError, InputError
 from medseg.inference.labels_from_scores import labels_from_scores
 from medseg.inference.predictor import Predictor
@@ -107,7 +107,6 @@ def test_ensemble_members_must_share_labels(oracle_checkpoint, tmp_path):
 
 
 def test_batch_writes_sidecar_probabilities_and_seg(oracle_checkpoint, tmp_path):
-    import json
 
     import nibabel as nib
 

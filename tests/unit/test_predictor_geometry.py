@@ -7,8 +7,8 @@ mix-up swaps the kidneys.
 
 import numpy as np
 import pytest
-
 from helpers import label_coded
+
 from medseg.inference.predictor import Predictor
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume

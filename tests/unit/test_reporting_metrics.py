@@ -48,7 +48,7 @@ def test_surface_distances_match_brute_force():
     d_ab, d_ba = surface_distances(a, b, spacing)
 
     def surf(m):
-        s = m & ~binary_erosion(m, structure=np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], bool), border_value=0)
+        s = m & ~binary_erosion(m, structure=np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], bool), border_value=0)  # noqa: E501
         return np.argwhere(s) * np.asarray(spacing)
 
     pa, pb = surf(a), surf(b)
