@@ -36,26 +36,60 @@ class Entry(Generic[T]):
     builder: Callable[..., T]
     description: str = ""
     tags: dict = field(default_factory=dict)
+    spec: object = None  # the typed metadata, for registries that have a ``spec_type``
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    """Names -> builders. ``spec_type`` (a dataclass) types the metadata given at registration:
+    an unknown key or a wrong value is an error at import time, not a silent tag."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None, *, spec_type: type | None = None):
         self.kind = kind
         self.group = entry_point_group
+        self.spec_type = spec_type
         self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}  # old name -> current name
         self._plugins_loaded = False
         self.failed: dict[str, str] = {}  # plugin name -> why it could not be loaded
 
-    def register(self, name: str, *, description: str = "", **tags) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator: ``@MODELS.register("unet", description=...)``. A duplicate name raises."""
+    def register(self, name: str, *, description: str = "", aliases: tuple[str, ...] = (), **tags) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: ``@MODELS.register("unet", description=...)``. A duplicate name raises.
+
+        ``aliases``: former names of this entry (a checkpoint saved under an old name still loads)."""
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered (by {self._entries[name].builder.__module__})")
-            self._entries[name] = Entry(name, fn, description, dict(tags))
+            if name in self._entries or name in self._aliases:
+                owner = self._entries[name].builder.__module__ if name in self._entries else f"alias of {self._aliases[name]!r}"
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {owner})")
+            spec = None
+            if self.spec_type is not None:
+                try:
+                    spec = self.spec_type(**tags)
+                except TypeError as exc:
+                    raise ValueError(f"{self.kind} {name!r}: {exc}") from None
+                tags_d = {k: getattr(spec, k) for k in tags}
+            else:
+                tags_d = dict(tags)
+            self._entries[name] = Entry(name, fn, description, tags_d, spec)
+            for old in aliases:
+                self.alias(old, name)
             return fn
 
         return deco
+
+    def alias(self, old: str, new: str) -> None:
+        """Let ``old`` (a renamed entry's former name) resolve to ``new``; a taken name raises."""
+        if old in self._entries or (old in self._aliases and self._aliases[old] != new):
+            raise ValueError(f"{self.kind} alias {old!r} is already taken")
+        self._aliases[old] = new
+
+    def remove_alias(self, old: str) -> None:
+        self._aliases.pop(old, None)
+
+    def resolve(self, name: str) -> str:
+        """The current name for ``name`` (itself, or what an alias points to)."""
+        self._load_plugins()
+        return self._aliases.get(name, name) if name not in self._entries else name
 
     def _load_plugins(self) -> None:
         if self._plugins_loaded or not self.group:
@@ -80,9 +114,11 @@ class Registry(Generic[T]):
         self._load_plugins()
 
     def unregister(self, name: str) -> None:
-        """Remove an entry (tests, interactive use); unknown names are ignored."""
+        """Remove an entry and its aliases (tests, interactive use); unknown names are ignored."""
         self._entries.pop(name, None)
         self.failed.pop(name, None)
+        for old in [a for a, n in self._aliases.items() if n == name or a == name]:
+            del self._aliases[old]
 
     def names(self, pattern: str | None = None) -> list[str]:
         self._load_plugins()
@@ -91,6 +127,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Entry[T]:
         self._load_plugins()
+        if name not in self._entries and name in self._aliases:
+            log.info("%s %r was renamed %r", self.kind, name, self._aliases[name])
+            name = self._aliases[name]
         try:
             return self._entries[name]
         except KeyError:
@@ -102,4 +141,4 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()
-        return name in self._entries
+        return name in self._entries or name in self._aliases

@@ -21,11 +21,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass, field
 
 from medseg.errors import ConfigError
 from medseg.registry import Registry
 
-MODELS: Registry = Registry("model", entry_point_group="medseg.models")
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model family tells the registry (typed: an unknown key is an error at registration)."""
+
+    family: str = ""  # architecture family (unet, fcn, deeplab...): for listings and comparisons
+    dims: tuple = (2, 3)  # spatial dims it supports
+    divisor: int = 1  # input sizes must be multiples of this (sliding windows, patches)
+    tiny: dict = field(default_factory=dict)  # small-width kwargs the conformance tests build it with
+    deep_supervision: bool = False  # train-mode forward may return a list of logits (full resolution first)
+
+
+MODELS: Registry = Registry("model", entry_point_group="medseg.models", spec_type=ModelSpec)
 
 from medseg.models import deeplab, fcn, plain_unet, unet  # noqa: E402,F401  (register the built-ins)
 
@@ -72,8 +84,11 @@ def model_info(name: str, *, params: bool = True) -> dict:
 
     ``params=False`` skips the count and builds nothing.
     """
+    import dataclasses
+
     entry = MODELS.get(name)
-    info = {"name": name, "description": entry.description, "dims": (2, 3), "divisor": 1, **entry.tags, "options": _options(entry)}
+    spec = entry.spec if entry.spec is not None else ModelSpec()
+    info = {"name": entry.name, "description": entry.description, **dataclasses.asdict(spec), "options": _options(entry)}
     if params:
         info["params"] = {d: param_count(name, d) for d in info["dims"]}
     return info
@@ -81,8 +96,8 @@ def model_info(name: str, *, params: bool = True) -> dict:
 
 def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels: int, **kwargs):
     """Build model ``name``. Unknown names and options raise a ``ConfigError`` naming the accepted ones."""
-    entry = MODELS.get(name)
-    dims = entry.tags.get("dims", (2, 3))
+    entry = MODELS.get(name)  # a renamed model's old name resolves to the current one
+    dims = (entry.spec or ModelSpec()).dims
     if spatial_dims not in dims:
         raise ConfigError(f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}; set model.spatial_dims to one of them")
     if not _accepts_any(entry):
@@ -95,7 +110,7 @@ def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels
     return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
-__all__ = ["MODELS", "create_model", "list_models", "model_info", "param_count"]
+__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_info", "param_count"]
 
 
 def create_volume_model(name: str, *, spatial_dims: int, in_channels: int, out_channels: int, **kwargs):

@@ -72,3 +72,34 @@ def test_a_fresh_process_sees_the_plugin(plugin_on_path):
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Conv2d(1, 4" in res.stdout
+
+
+def test_model_metadata_is_typed_and_renamed_models_still_load(tmp_path):
+    import pytest
+
+    from medseg.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from medseg.config import config_from_dict
+    from medseg.models import MODELS, ModelSpec, create_model, model_info
+    from medseg.phantoms import PHANTOM_LABELS
+
+    with pytest.raises(ValueError, match="unexpected keyword argument 'divisr'"):
+        MODELS.register("test_typo_model", divisr=8)(lambda **kw: None)
+    assert "test_typo_model" not in MODELS
+    assert isinstance(MODELS.get("unet").spec, ModelSpec) and model_info("unet", params=False)["divisor"] >= 1
+    # A checkpoint saved under a model's old name loads after the rename (the alias points to the new name).
+    net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=5, channels=[4, 8], strides=[2], num_res_units=0)
+    cfg = config_from_dict({"model": {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0}}})
+    path = save_checkpoint(tmp_path / "old.pt", net, config=cfg, label_table=PHANTOM_LABELS)
+    import torch
+
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck["model"]["name"] = "unet_legacy_name"
+    torch.save(ck, path)
+    MODELS.alias("unet_legacy_name", "unet")
+    try:
+        assert model_info("unet_legacy_name", params=False)["name"] == "unet"
+        rebuilt = build_model(load_checkpoint(path))
+        x = torch.zeros(1, 1, 16, 16, 16)
+        assert torch.equal(rebuilt.eval()(x), net.eval()(x))
+    finally:
+        MODELS.remove_alias("unet_legacy_name")
