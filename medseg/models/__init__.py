@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from medseg.errors import ConfigError
 from medseg.registry import Registry
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model family tells the registry (typed: an unknown key is an error at registration)."""
