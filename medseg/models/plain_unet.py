@@ -126,6 +126,7 @@ class PlainConvUNet(nn.Module):
     dims=(2, 3),
     divisor=32,
     family="unet",
+    deep_supervision=True,
     tiny={"channels": (4, 8, 8, 8, 8, 8)},
 )
 def unet_plain(
