@@ -67,6 +67,7 @@ class TrainingConfig:
     seed: int = 0
     num_workers: int = 0
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    loss: str = "dice_ce"  # a registered loss: dice_ce | dice | ce | plugins (medseg/training/losses.py)
     optimizer: str = "adamw"  # adamw | sgd (nesterov, momentum 0.99)
     schedule: str = "poly"  # poly | cosine
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA; bf16 | fp16 | off
@@ -248,6 +249,14 @@ def _validate(cfg: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {msg}")
     _validate_intensity(cfg.preprocessing, source)
+    from medseg.errors import UnknownComponentError
+    from medseg.training.losses import LOSSES
+
+    if cfg.training.loss not in LOSSES:
+        try:
+            LOSSES.get(cfg.training.loss)
+        except UnknownComponentError as exc:
+            raise ConfigError(f"{source}: training.loss: {exc}") from None
 
 
 def _validate_intensity(pre: PreprocessingConfig, source: str) -> None:

@@ -20,9 +20,11 @@ warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 def _registered() -> dict:
     from medseg.models import MODELS
     from medseg.runner.pipeline import STAGE_TYPES
+    from medseg.training.losses import LOSSES
     from medseg.transforms.intensity import INTENSITY
 
-    return {"model": set(MODELS.names()), "intensity scheme": set(INTENSITY.names()), "stage": set(STAGE_TYPES.names())}
+    return {"model": set(MODELS.names()), "intensity scheme": set(INTENSITY.names()), "stage": set(STAGE_TYPES.names()),
+            "loss": set(LOSSES.names())}
 
 
 @pytest.fixture(autouse=True)

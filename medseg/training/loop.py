@@ -129,7 +129,6 @@ def train(
     import torch.distributed as dist
     import yaml
     from monai.data import CacheDataset, DataLoader, list_data_collate
-    from monai.losses import DiceCELoss
     from monai.transforms import Compose
     from tqdm.auto import tqdm
 
@@ -139,7 +138,7 @@ def train(
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_volume_model
     from medseg.training.curves import plot_training_curve
-    from medseg.training.losses import full_resolution, segmentation_loss  # deep-supervision lists, weighted per scale
+    from medseg.training.losses import build_loss, full_resolution, segmentation_loss  # deep-supervision lists, weighted per scale
     from medseg.training.validation import validate
     from medseg.transforms.intensity import floor_value
     from medseg.transforms.presets import deterministic_transforms, random_transforms
@@ -196,7 +195,7 @@ def train(
     net = model  # the plain module: validated and saved
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = build_loss(tc.loss)  # training.loss: a name in medseg.training.losses.LOSSES
     if tc.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=tc.learning_rate, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
     else:

@@ -60,3 +60,39 @@ def segmentation_loss(loss_fn: Callable, outputs, target: torch.Tensor) -> torch
         term = w * loss_fn(out.float(), downsample_target(target, out.shape[2:]))
         total = term if total is None else total + term
     return total
+
+
+# --- the loss itself, chosen by name (``training.loss``) --------------------------------------------
+
+from medseg.registry import Registry  # noqa: E402
+
+#: Training losses by name; plugins through the ``medseg.losses`` entry-point group. A builder takes no
+#: arguments and returns ``loss(logits [B, C, ...], target [B, 1, ...] class indices) -> scalar``.
+LOSSES: Registry = Registry("loss", entry_point_group="medseg.losses")
+
+
+@LOSSES.register("dice_ce", description="Dice + cross-entropy, softmax over classes (nnU-Net's and MONAI's default)")
+def dice_ce():
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+@LOSSES.register("dice", description="soft Dice over the foreground and background classes, softmax")
+def dice():
+    from monai.losses import DiceLoss
+
+    return DiceLoss(to_onehot_y=True, softmax=True)
+
+
+@LOSSES.register("ce", description="cross-entropy over classes")
+def ce():
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target[:, 0].long())
+
+    return loss
+
+
+def build_loss(name: str) -> Callable:
+    """The loss registered as ``name`` (an unknown name: ``UnknownComponentError`` with close matches)."""
+    return LOSSES.get(name).builder()
