@@ -268,7 +268,7 @@ class Predictor:
         if self.inference["nonfinite"] != "replace":
             raise InputError(
                 f"{share}{where} are NaN or infinite; medseg does not segment them silently. Fix the image, or replace "
-                f"them with {value:g} ({what}) with --nonfinite replace (Python: nonfinite='replace')",
+                f"them with {value:g} ({what}) with --nonfinite replace (medseg run: --set predict.inference.nonfinite=replace; Python: nonfinite='replace')",
                 path=source or None,
             )
         log.warning("%s: %s%s are NaN or infinite; replaced with %g (%s)", Path(source).name, share, where, value, what)

@@ -94,8 +94,13 @@ def write_volumes_report(
         dup = sorted({c for c in ids if ids.count(c) > 1})
         raise InputError(f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids")
     table = _label_table(label_table, _sidecar_of(labels[0]))
-    ranges = reference_ranges if isinstance(reference_ranges, dict) or reference_ranges is None else cohort.read_reference_ranges(reference_ranges)
     out_dir = Path(out)
+    from medseg.outputs import refuse_overwriting_inputs
+
+    targets = [out_dir / n for n in ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html")]
+    refuse_overwriting_inputs(targets + ([out_dir / "qc" / f"{_safe_name(c)}.png" for c in ids] if qc else []),
+                              list(labels) + list(images or []))
+    ranges = reference_ranges if isinstance(reference_ranges, dict) or reference_ranges is None else cohort.read_reference_ranges(reference_ranges)
     rows, montages = [], {}
     for i, (cid, lab_path) in enumerate(zip(ids, labels)):
         lab = read_volume(lab_path)
@@ -189,5 +194,8 @@ def write_metrics_report(
     target = Path(out)
     if target.suffix.lower() != ".csv":
         target = target / "metrics.csv"
+    from medseg.outputs import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([target], list(pred) + list(ref))
     write_csv(target, pd.DataFrame(rows, columns=COLUMNS))
     return target

@@ -494,3 +494,22 @@ def test_alias_bombs_are_refused_in_pipelines_configs_and_set_values(kit, tmp_pa
         tracemalloc.stop()
     assert peak < 200 * 2**20 and time.monotonic() - t0 < 60
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_report_and_evaluate_never_write_into_their_inputs(tmp_path):
+    from medseg.cli import main
+    from medseg.io.readers import write_label_map
+    from medseg.phantoms import make_phantom, write_dicom_series
+
+    ph = make_phantom(41, case_id="r", spacing=(4.0, 4.0, 6.0))
+    series = write_dicom_series(ph, tmp_path / "series", seed=1)
+    write_label_map(ph.labels, tmp_path / "r.nii.gz")
+    before = {f.name: f.read_bytes() for f in series.iterdir()}
+    # --out is the DICOM folder given as the image: volumes.csv and qc/ would land among the user's files
+    assert main(["report", "--labels", str(tmp_path / "r.nii.gz"), "--images", str(series), "--label-table", "abdomen_phantom",
+                 "--out", str(series)]) == 2
+    assert {f.name: f.read_bytes() for f in series.iterdir()} == before
+    assert main(["evaluate", "--pred", str(tmp_path / "r.nii.gz"), "--ref", str(tmp_path / "r.nii.gz"), "--label-table",
+                 "abdomen_phantom", "--out", str(tmp_path / "r.nii.gz")]) == 2
+    assert main(["report", "--labels", str(tmp_path / "r.nii.gz"), "--label-table", "abdomen_phantom", "--out", str(tmp_path / "rep"),
+                 "--no-qc"]) == 0
