@@ -21,6 +21,10 @@ def _overrides(args) -> dict:
         out["crf_iterations"] = args.crf
     if args.nonfinite is not None:
         out["nonfinite"] = args.nonfinite
+    if args.folds is not None:  # nnU-Net model folders only
+        out["folds"] = [f.strip() for f in args.folds.split(",") if f.strip()]
+    if args.checkpoint is not None:
+        out["checkpoint"] = args.checkpoint
     return out
 
 
@@ -39,7 +43,7 @@ def _run(args) -> int:
 
 def add(sub) -> None:
     s = sub.add_parser("predict", help="segment images or DICOM folders; outputs sit on each input's grid")
-    s.add_argument("--model", required=True, action="append", help="checkpoint (.pt) from medseg train; repeat for an ensemble")
+    s.add_argument("--model", required=True, action="append", help="checkpoint (.pt) from medseg train (repeat: ensemble) or an nnU-Net v2 model folder")
     s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files or DICOM folders")
     s.add_argument("--out", required=True)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -58,5 +62,8 @@ def add(sub) -> None:
     g.add_argument("--no-skip-background", action="store_true", help="run the network on air-only windows too")
     g.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
     g.add_argument("--crf", type=int, metavar="ITERATIONS", help="dense-CRF refinement of the scores (DeepLab post-processing); 0 = off")
+    n = s.add_argument_group("nnU-Net v2 model folders (--model DatasetXXX_Name/Trainer__Plans__configuration)")
+    n.add_argument("--folds", help="comma-separated folds to average, e.g. 0,1 or all (default: every fold_N present)")
+    n.add_argument("--checkpoint", choices=["final", "best"], help="checkpoint_final.pth (default) or checkpoint_best.pth")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_run)

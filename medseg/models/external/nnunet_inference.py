@@ -266,12 +266,13 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True):
     x = torch.from_numpy(np.ascontiguousarray(data))
     total = None
     axes = model.mirror_axes if mirror else None
-    for net in nets:
-        net = net.to(device).eval()
-        p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step, device=device)
-        total = p if total is None else total.__iadd__(p)
-    if len(nets) > 1:
-        total /= len(nets)
+    with torch.inference_mode():
+        for net in nets:
+            net = net.to(device).eval()
+            p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step, device=device)
+            total = p if total is None else total.__iadd__(p)
+        if len(nets) > 1:
+            total /= len(nets)
     return total
 
 

@@ -100,7 +100,7 @@ class NnunetPredictor(Predictor):
         meta = {
             "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
             "seconds_windows": round(t_windows, 3), "network_grid": [int(s) for s in x.shape[1:]],
-            "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {}, "voxels": counts, "findings": findings,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {lab.name: None for lab in self.labels.labels}, "voxels": counts, "findings": findings,
             "engine": "nnunet",
         }
         if probs is not None:

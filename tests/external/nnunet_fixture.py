@@ -1,0 +1,107 @@
+"""Build and train a tiny nnU-Net v2 model on medseg phantoms (test fixture; needs nnunetv2).
+
+Run as a script so that nnU-Net's environment variables (read when nnunetv2 is
+imported) never leak into the test process:
+
+    python tests/external/nnunet_fixture.py ROOT
+
+writes ``ROOT/raw``, ``ROOT/preprocessed``, ``ROOT/results`` and a held-out image
+``ROOT/test/case_0000.nii.gz``; the trained-model folder is
+``ROOT/results/Dataset501_Phantom/nnUNetTrainer__nnUNetPlans__3d_fullres``.
+
+The trainer is nnU-Net's own ``nnUNetTrainer`` (same architecture and
+checkpoint format) cut to one epoch of two iterations: the weights are barely
+trained, which is all a faithfulness comparison needs (both tools run the same
+network on the same input). The subclass keeps the name ``nnUNetTrainer``, so
+nnU-Net's predictor finds it in its first module (searching further imports
+every trainer module, some of which need timm).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DATASET = "Dataset501_Phantom"
+MODEL_DIR = f"{DATASET}/nnUNetTrainer__nnUNetPlans__3d_fullres"
+#: Anisotropic CT (slices 12 mm, in-plane 3.5 mm: ratio > 3, so nnU-Net resamples the slice axis separately).
+SPACING = (3.5, 3.5, 12.0)
+TRAIN_SEEDS = (1, 2, 3, 4, 5)  # five: nnU-Net splits folds 0-4 with a 5-fold KFold
+TEST_SEED = 100
+#: One window of the planned patch (12 x 80 x 96): on a shared 2-core CPU each run of the network counts.
+TEST_FOV_MM = (290.0, 250.0, 140.0)
+#: Another grid than the training one, so both resamplings run (to 3.5 x 3.5 x 12 and the scores back);
+#: anisotropic (ratio 3.3 > 3): in-plane third order, the slice axis separately with order 0.
+TEST_SPACING = (3.0, 3.0, 10.0)
+
+
+def write_raw(root: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+
+    raw = root / "raw" / DATASET
+    (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (root / "test").mkdir(parents=True, exist_ok=True)
+
+    def save(array, affine, path):
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+
+    for seed in TRAIN_SEEDS:
+        case = make_phantom(seed, spacing=SPACING)
+        save(np.asarray(case.image.array, dtype=np.float32), case.image.affine, raw / "imagesTr" / f"case{seed:03d}_0000.nii.gz")
+        save(np.asarray(case.labels.array, dtype=np.uint8), case.labels.affine, raw / "labelsTr" / f"case{seed:03d}.nii.gz")
+    case = make_phantom(TEST_SEED, spacing=TEST_SPACING, fov_mm=TEST_FOV_MM)
+    save(np.asarray(case.image.array, dtype=np.float32), case.image.affine, root / "test" / "case_0000.nii.gz")
+    labels = {"background": 0, **{lab.name: lab.index for lab in PHANTOM_LABELS.labels}}
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(TRAIN_SEEDS), "file_ending": ".nii.gz",
+    }, indent=2))
+
+
+TRAIN = r'''
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _Base
+from batchgenerators.utilities.file_and_folder_operations import load_json, join
+import nnunetv2.paths as P
+
+class nnUNetTrainer(_Base):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+
+pre = join(P.nnUNet_preprocessed, "%(ds)s")
+plans = load_json(join(pre, "nnUNetPlans.json"))
+plans["configurations"]["3d_fullres"]["batch_size"] = 2
+plans["continue_training"] = False
+arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+arch["features_per_stage"] = [min(8 * 2 ** i, 64) for i in range(arch["n_stages"])]  # small: the tests run it on a CPU
+t = nnUNetTrainer(plans, "3d_fullres", %(fold)r, load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
+t.run_training()
+'''
+
+
+def build(root: Path, folds=("all",)) -> Path:
+    root = Path(root)
+    write_raw(root)
+    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results"), "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+                    "--verify_dataset_integrity"], env=env, check=True, stdout=subprocess.DEVNULL)
+    for fold in folds:
+        fold = int(fold) if str(fold).isdigit() else str(fold)
+        subprocess.run([sys.executable, "-c", TRAIN % {"ds": DATASET, "fold": fold}], env={**env, "nnUNet_n_proc_DA": "0"}, check=True,
+                       stdout=subprocess.DEVNULL)
+    return root / "results" / MODEL_DIR
+
+
+if __name__ == "__main__":
+    print(build(Path(sys.argv[1]), folds=tuple(sys.argv[2:]) or ("all",)))

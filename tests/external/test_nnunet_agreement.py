@@ -1,0 +1,132 @@
+"""medseg against nnU-Net v2's own predictor, on an nnU-Net model trained here (slow; needs nnunetv2).
+
+The model: nnU-Net's planner and trainer on five anisotropic CT phantoms
+(3.5 x 3.5 x 12 mm: the slice axis is resampled separately), folds 0 and 1, one
+epoch of two iterations each (tests/external/nnunet_fixture.py). Built once per
+test session. Compared on a held-out phantom: the preprocessed array, the
+logits, the probabilities and the label map, and the names ``medseg predict``
+writes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nnunetv2 = pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only: pip install 'medseg[nnunet]', "
+                                                  "or nnunetv2 --no-deps next to the pinned torch)")
+
+pytestmark = pytest.mark.slow
+FIXTURE = Path(__file__).with_name("nnunet_fixture.py")
+
+
+@pytest.fixture(scope="session")
+def nnunet_model(tmp_path_factory):
+    """Built once per session (about 2 min on 2 cores). ``MEDSEG_NNUNET_FIXTURE=DIR`` reuses (or builds once
+    into) ``DIR`` across sessions."""
+    import os
+
+    cached = os.environ.get("MEDSEG_NNUNET_FIXTURE")
+    if cached:
+        from importlib.util import module_from_spec, spec_from_file_location
+
+        spec = spec_from_file_location("nnunet_fixture", FIXTURE)
+        fx = module_from_spec(spec)
+        spec.loader.exec_module(fx)
+        folder = Path(cached) / "results" / fx.MODEL_DIR
+        if (folder / "fold_1" / "checkpoint_final.pth").is_file():
+            return folder, Path(cached) / "test" / "case_0000.nii.gz"
+    root = Path(cached) if cached else tmp_path_factory.mktemp("nnunet")
+    r = subprocess.run([sys.executable, str(FIXTURE), str(root), "0", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = Path(r.stdout.strip().splitlines()[-1])
+    assert (folder / "fold_0" / "checkpoint_final.pth").is_file() and (folder / "fold_1" / "checkpoint_final.pth").is_file()
+    return folder, root / "test" / "case_0000.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def reference(nnunet_model):
+    """nnU-Net's own predictor on the held-out image: its preprocessing, logits, label map and probabilities."""
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    folder, image = nnunet_model
+    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
+                        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(folder), use_folds=None, checkpoint_name="checkpoint_final.pth")
+    img, props = SimpleITKIO().read_images([str(image)])
+    pre = p.configuration_manager.preprocessor_class(verbose=False)
+    data, _, pprops = pre.run_case_npy(img.copy(), None, dict(props), p.plans_manager, p.configuration_manager, p.dataset_json)
+    logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+    # what predict_single_npy_array does after these two steps (running it again would double the time)
+    seg, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits.clone(), p.plans_manager, p.configuration_manager, p.label_manager, pprops, return_probabilities=True)
+    return {"img": img, "spacing": props["spacing"], "data": data, "logits": logits, "seg": seg, "probs": probs,
+            "folds": [str(f) for f in nnUNetPredictor.auto_detect_available_folds(str(folder), "checkpoint_final.pth")]}
+
+
+@pytest.fixture(scope="session")
+def ours(nnunet_model):
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    folder, _ = nnunet_model
+    return load_nnunet_folder(folder)
+
+
+def test_preprocessing_matches_nnunet(ours, reference):
+    from medseg.models.external import nnunet_inference as nn
+
+    assert ours.folds == reference["folds"] == ["0", "1"]
+    data, props = nn.preprocess(reference["img"], reference["spacing"], ours)
+    spacing = [reference["spacing"][i] for i in ours.plans["transpose_forward"]]
+    assert spacing != props["network_spacing"] and nn.separate_z(None, spacing, props["network_spacing"]) == (True, 0)
+    assert data.shape == reference["data"].shape
+    np.testing.assert_allclose(data, reference["data"], rtol=0, atol=1e-4)
+
+
+def test_logits_match_nnunet(ours, reference):
+    import torch
+
+    from medseg.models.external import nnunet_inference as nn
+
+    logits = nn.predict_logits(ours.networks(), reference["data"], ours)
+    assert logits.dtype == torch.float16 and logits.shape == reference["logits"].shape
+    np.testing.assert_allclose(logits.float().numpy(), reference["logits"].float().numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_label_map_and_probabilities_match_nnunet(nnunet_model, reference):
+    from medseg.inference.predictor import Predictor
+
+    folder, image = nnunet_model
+    pred = Predictor.from_checkpoint(folder, device="cpu")
+    out = pred.predict(image, keep_probabilities=True)
+    ref_seg = reference["seg"].transpose(2, 1, 0)  # nnU-Net's (z, y, x) -> the file's (x, y, z)
+    assert out.array.shape == ref_seg.shape
+    assert len(np.unique(ref_seg)) >= 2, "the reference predicts one class only: the comparison would prove nothing"
+    agree = float((out.array == ref_seg).mean())
+    assert agree >= 0.999, f"label agreement {agree:.5f}"
+    probs, affine = out.meta["probabilities"]
+    np.testing.assert_allclose(probs, reference["probs"].transpose(3, 2, 1, 0), rtol=0, atol=5e-3)
+    np.testing.assert_array_equal(affine, out.affine)
+
+
+def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp_path):
+    folder, image = nnunet_model
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(folder), str(image), "--out", str(out),
+                        "--folds", "1", "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sidecars = [p for p in out.glob("*.json") if p.name != "run.json"]
+    assert len(sidecars) == 1
+    side = json.loads(sidecars[0].read_text())
+    names = [lab["name"] for lab in side["labels"]["labels"]]
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert names == [k for k in dataset["labels"] if k != "background"]
+    assert side["model"]["format"] == "nnunetv2" and side["model"]["folds"] == ["1"]
