@@ -70,7 +70,8 @@ def test_normalisation_equals_nnunet(scheme, use_mask):
         assert (ours[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("tile, image", [((12, 80, 96), (12, 69, 83)), ((64, 64, 64), (150, 64, 97)), ((40, 48), (41, 200))])
+@pytest.mark.parametrize("tile, image", [((12, 80, 96), (12, 69, 83)), ((64, 64, 64), (150, 64, 97)), ((40, 48), (41, 200)),
+                                         ((40, 48), (30, 20))])
 def test_gaussian_steps_and_padding_equal_nnunet(tile, image):
     import torch
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
@@ -80,7 +81,7 @@ def test_gaussian_steps_and_padding_equal_nnunet(tile, image):
     assert torch.equal(nn.gaussian(tile), g)
     padded_size = [max(i, t) for i, t in zip(image, tile)]
     assert nn.steps_for(padded_size, tile, 0.5) == compute_steps_for_sliding_window(padded_size, tile, 0.5)
-    x = torch.randn(1, *image)
+    x = torch.randn(1, *image) if len(tile) == len(image) else torch.randn(2, 5, *image)  # 2D: a stack of slices
     ref, ref_sl = pad_nd_image(x, tile, "constant", {"value": 0}, True, None)
     ours, sl = nn.pad_to(x, tile)
     assert torch.equal(ours, ref) and tuple(sl) == tuple(ref_sl[1:])

@@ -47,11 +47,11 @@ def _plans(arch=PLAIN_ARCH, **conf_extra):
                                                                   "percentile_00_5": -50.0, "percentile_99_5": 300.0, "std": 40.0}}}
 
 
-def _net(heads, in_channels=1):
+def _net(heads, in_channels=1, conf=None):
     pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
     from medseg.models.external.nnunet import architecture, build_network
 
-    cls, kw = architecture(_plans()["configurations"]["3d_fullres"])
+    cls, kw = architecture(conf or _plans()["configurations"]["3d_fullres"])
     torch.manual_seed(0)
     return build_network(cls, kw, in_channels, heads)
 
@@ -68,11 +68,12 @@ def make_folder(root: Path, *, labels=None, trainer="nnUNetTrainer", plans=None,
     (folder / "plans.json").write_text(json.dumps(plans or _plans()))
     if heads is None:
         heads = len(labels) if not regions_class_order else len(regions_class_order)
-    net = _net(heads)
+    # weights of the planned network; a stand-in tensor where only the loading is under test
+    weights = {"w": torch.zeros(2)} if extra else _net(heads).state_dict()
     for f in folds:
         (folder / f"fold_{f}").mkdir()
         ckpt = {
-            "network_weights": net.state_dict(), "optimizer_state": {"state": {}, "param_groups": []},
+            "network_weights": weights, "optimizer_state": {"state": {}, "param_groups": []},
             "grad_scaler_state": None,
             # nnU-Net's training log holds numpy scalars: what a plain weights-only load refuses
             "logging": {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.5)], "epoch_end_timestamps": [1.0]},
@@ -219,3 +220,29 @@ def test_medseg_checkpoint_options_refused_for_plain_files(tmp_path):
 
     with pytest.raises(CheckpointError, match="not one"):
         Predictor.from_checkpoint(tmp_path / "x.pt", folds=[0])
+
+
+def test_residual_encoder_unet_from_plans(tmp_path):
+    """nnU-Net's ResEnc planner writes ResidualEncoderUNet with n_blocks_per_stage: built and loaded key for key."""
+    from medseg.models.external.nnunet import load_nnunet_checkpoint, load_nnunet_folder
+
+    arch = json.loads(json.dumps(PLAIN_ARCH))
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kw = arch["arch_kwargs"]
+    kw["n_blocks_per_stage"] = [1, 2, 2]
+    del kw["n_conv_per_stage"]
+    kw["n_conv_per_stage_decoder"] = [1, 1]
+    plans = _plans(arch)
+    folder = make_folder(tmp_path, plans=plans, trainer="nnUNetTrainer_onlyMirror01", heads=3)
+    # the folder's weights were made for the plain U-Net: they must not fit
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_nnunet_folder(folder).networks()
+    res = _net(3, conf=plans["configurations"]["3d_fullres"])
+    assert type(res).__name__ == "ResidualEncoderUNet"
+    ck = load_nnunet_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    ck["network_weights"] = res.state_dict()
+    torch.save(ck, folder / "fold_0" / "checkpoint_final.pth")
+    net = load_nnunet_folder(folder).networks()[0]
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), res.eval()(x))

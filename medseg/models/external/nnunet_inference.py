@@ -206,7 +206,8 @@ def pad_to(x, shape):
     new = [max(s, o) for s, o in zip(shape, old)]
     below = [(n - o) // 2 for n, o in zip(new, old)]
     above = [(n - o) // 2 + (n - o) % 2 for n, o in zip(new, old)]
-    slicer = tuple(slice(b, b + o) for b, o in zip(below, old))
+    # one slice per axis after the channels (a 2D patch on a 3D image leaves the slice axis whole)
+    slicer = (slice(None),) * (x.ndim - 1 - len(shape)) + tuple(slice(b, b + o) for b, o in zip(below, old))
     if any(below) or any(above):
         pad = [v for b, a in zip(reversed(below), reversed(above)) for v in (b, a)]
         x = F.pad(x, pad, "constant", 0)
