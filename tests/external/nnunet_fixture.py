@@ -27,6 +27,7 @@ from pathlib import Path
 
 DATASET = "Dataset501_Phantom"
 MODEL_DIR = f"{DATASET}/nnUNetTrainer__nnUNetPlans__3d_fullres"
+MODEL_DIR_2D = f"{DATASET}/nnUNetTrainer__nnUNetPlans__2d"
 #: Anisotropic CT (slices 12 mm, in-plane 3.5 mm: ratio > 3, so nnU-Net resamples the slice axis separately).
 SPACING = (3.5, 3.5, 12.0)
 TRAIN_SEEDS = (1, 2, 3, 4, 5)  # five: nnU-Net splits folds 0-4 with a 5-fold KFold
@@ -79,27 +80,39 @@ class nnUNetTrainer(_Base):
 
 pre = join(P.nnUNet_preprocessed, "%(ds)s")
 plans = load_json(join(pre, "nnUNetPlans.json"))
-plans["configurations"]["3d_fullres"]["batch_size"] = 2
+plans["configurations"]["%(conf)s"]["batch_size"] = 2
 plans["continue_training"] = False
-arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+arch = plans["configurations"]["%(conf)s"]["architecture"]["arch_kwargs"]
 arch["features_per_stage"] = [min(8 * 2 ** i, 64) for i in range(arch["n_stages"])]  # small: the tests run it on a CPU
-t = nnUNetTrainer(plans, "3d_fullres", %(fold)r, load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
+t = nnUNetTrainer(plans, "%(conf)s", %(fold)r, load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
 t.run_training()
 '''
 
 
-def build(root: Path, folds=("all",)) -> Path:
+def _env(root: Path) -> dict:
+    return {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+            "nnUNet_results": str(root / "results"), "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
+
+
+def train(root: Path, configuration: str, fold) -> None:
+    fold = int(fold) if str(fold).isdigit() else str(fold)
+    subprocess.run([sys.executable, "-c", TRAIN % {"ds": DATASET, "fold": fold, "conf": configuration}],
+                   env={**_env(root), "nnUNet_n_proc_DA": "0"}, check=True, stdout=subprocess.DEVNULL)
+
+
+def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
+    """Plan and preprocess (3d_fullres, and 2d unless ``two_d=False``), train 3d_fullres on ``folds`` and
+    2d on fold 0 (``MODEL_DIR_2D``). Returns the 3d_fullres model folder."""
     root = Path(root)
     write_raw(root)
-    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-           "nnUNet_results": str(root / "results"), "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
     bindir = Path(sys.executable).parent
-    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-                    "--verify_dataset_integrity"], env=env, check=True, stdout=subprocess.DEVNULL)
+    confs, nps = (["2d", "3d_fullres"], ["1", "1"]) if two_d else (["3d_fullres"], ["1"])
+    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", *confs, "-np", *nps, "-npfp", "1",
+                    "--verify_dataset_integrity"], env=_env(root), check=True, stdout=subprocess.DEVNULL)
     for fold in folds:
-        fold = int(fold) if str(fold).isdigit() else str(fold)
-        subprocess.run([sys.executable, "-c", TRAIN % {"ds": DATASET, "fold": fold}], env={**env, "nnUNet_n_proc_DA": "0"}, check=True,
-                       stdout=subprocess.DEVNULL)
+        train(root, "3d_fullres", fold)
+    if two_d:
+        train(root, "2d", 0)
     return root / "results" / MODEL_DIR
 
 

@@ -1,9 +1,9 @@
 """medseg against nnU-Net v2's own predictor, on an nnU-Net model trained here (slow; needs nnunetv2).
 
-The model: nnU-Net's planner and trainer on five anisotropic CT phantoms
-(3.5 x 3.5 x 12 mm: the slice axis is resampled separately), folds 0 and 1, one
-epoch of two iterations each (tests/external/nnunet_fixture.py). Built once per
-test session. Compared on a held-out phantom: the preprocessed array, the
+The models: nnU-Net's planner and trainer on five anisotropic CT phantoms
+(3.5 x 3.5 x 12 mm: the slice axis is resampled separately), 3d_fullres folds 0
+and 1 and 2d fold 0, one epoch of two iterations each (tests/external/nnunet_fixture.py).
+Built once per test session. Compared on a held-out phantom: the preprocessed array, the
 logits, the probabilities and the label map, and the names ``medseg predict``
 writes.
 """
@@ -39,7 +39,8 @@ def nnunet_model(tmp_path_factory):
         fx = module_from_spec(spec)
         spec.loader.exec_module(fx)
         folder = Path(cached) / "results" / fx.MODEL_DIR
-        if (folder / "fold_1" / "checkpoint_final.pth").is_file():
+        if (folder / "fold_1" / "checkpoint_final.pth").is_file() and \
+                (Path(cached) / "results" / fx.MODEL_DIR_2D / "fold_0" / "checkpoint_final.pth").is_file():
             return folder, Path(cached) / "test" / "case_0000.nii.gz"
     root = Path(cached) if cached else tmp_path_factory.mktemp("nnunet")
     r = subprocess.run([sys.executable, str(FIXTURE), str(root), "0", "1"], capture_output=True, text=True)
@@ -49,15 +50,13 @@ def nnunet_model(tmp_path_factory):
     return folder, root / "test" / "case_0000.nii.gz"
 
 
-@pytest.fixture(scope="session")
-def reference(nnunet_model):
-    """nnU-Net's own predictor on the held-out image: its preprocessing, logits, label map and probabilities."""
+def _reference(folder: Path, image: Path) -> dict:
+    """nnU-Net's own predictor on ``image``: its preprocessing, logits, label map and probabilities."""
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    folder, image = nnunet_model
     p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
                         device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(folder), use_folds=None, checkpoint_name="checkpoint_final.pth")
@@ -70,6 +69,22 @@ def reference(nnunet_model):
         logits.clone(), p.plans_manager, p.configuration_manager, p.label_manager, pprops, return_probabilities=True)
     return {"img": img, "spacing": props["spacing"], "data": data, "logits": logits, "seg": seg, "probs": probs,
             "folds": [str(f) for f in nnUNetPredictor.auto_detect_available_folds(str(folder), "checkpoint_final.pth")]}
+
+
+def _assert_same_output(out, ref):
+    ref_seg = ref["seg"].transpose(2, 1, 0)  # nnU-Net's (z, y, x) -> the file's (x, y, z)
+    assert out.array.shape == ref_seg.shape
+    assert len(np.unique(ref_seg)) >= 2, "the reference predicts one class only: the comparison would prove nothing"
+    agree = float((out.array == ref_seg).mean())
+    assert agree >= 0.999, f"label agreement {agree:.5f}"
+    probs, affine = out.meta["probabilities"]
+    np.testing.assert_allclose(probs, ref["probs"].transpose(3, 2, 1, 0), rtol=0, atol=5e-3)
+    np.testing.assert_array_equal(affine, out.affine)
+
+
+@pytest.fixture(scope="session")
+def reference(nnunet_model):
+    return _reference(*nnunet_model)
 
 
 @pytest.fixture(scope="session")
@@ -106,15 +121,23 @@ def test_label_map_and_probabilities_match_nnunet(nnunet_model, reference):
 
     folder, image = nnunet_model
     pred = Predictor.from_checkpoint(folder, device="cpu")
-    out = pred.predict(image, keep_probabilities=True)
-    ref_seg = reference["seg"].transpose(2, 1, 0)  # nnU-Net's (z, y, x) -> the file's (x, y, z)
-    assert out.array.shape == ref_seg.shape
-    assert len(np.unique(ref_seg)) >= 2, "the reference predicts one class only: the comparison would prove nothing"
-    agree = float((out.array == ref_seg).mean())
-    assert agree >= 0.999, f"label agreement {agree:.5f}"
-    probs, affine = out.meta["probabilities"]
-    np.testing.assert_allclose(probs, reference["probs"].transpose(3, 2, 1, 0), rtol=0, atol=5e-3)
-    np.testing.assert_array_equal(affine, out.affine)
+    _assert_same_output(pred.predict(image, keep_probabilities=True), reference)
+
+
+def test_2d_configuration_matches_nnunet(nnunet_model):
+    """nnU-Net's 2d configuration (slice by slice along its first axis, the slice spacing kept)."""
+    from medseg.inference.predictor import Predictor
+    from medseg.models.external import nnunet_inference as nn
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    folder3d, image = nnunet_model
+    folder = folder3d.parent / folder3d.name.replace("__3d_fullres", "__2d")
+    ref = _reference(folder, image)
+    model = load_nnunet_folder(folder)
+    assert len(model.conf["patch_size"]) == 2
+    data, _ = nn.preprocess(ref["img"], ref["spacing"], model)
+    np.testing.assert_allclose(data, ref["data"], rtol=0, atol=1e-4)
+    _assert_same_output(Predictor.from_checkpoint(folder, device="cpu").predict(image, keep_probabilities=True), ref)
 
 
 def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp_path):
