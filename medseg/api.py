@@ -42,7 +42,8 @@ def train(
 
     ``resume`` continues the run in ``out`` (same config) after its last finished
     epoch; ``fold`` validates on the manifest's cases of that fold; ``epochs`` and
-    ``max_minutes`` are shortcuts for ``training.epochs`` / ``training.max_minutes``;
+    ``max_minutes`` are shortcuts for ``training.epochs`` / ``training.max_minutes`` (with a budget the
+    learning rate follows the fraction of it spent and the run uses all of it; epochs are then not used);
     ``nproc > 1`` trains with that many DistributedDataParallel processes.
     """
     from medseg.config import load_config

@@ -20,7 +20,9 @@ def add(sub) -> None:
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=20")
     s.add_argument("--epochs", type=int, help="number of epochs (training.epochs)")
-    s.add_argument("--max-minutes", type=float, help="wall-clock budget: stop cleanly after the epoch that passes it, keep the best checkpoint")
+    s.add_argument("--max-minutes", type=float, help="wall-clock budget: the learning-rate schedule runs on the budget spent, validation every ~10%% "
+                        "of it, the run uses the whole budget (final validation included) and keeps the best checkpoint; "
+                        "epochs are then not used")
     s.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     s.add_argument("--fold", type=int, help="validate on the manifest's cases with this fold (others train)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
