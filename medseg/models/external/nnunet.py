@@ -220,7 +220,8 @@ def labels_from_dataset(dataset: dict, *, path=None) -> NnunetLabels:
         raise CheckpointError("dataset.json: 'labels' needs 'background': 0", path=path)
     entries = [(k, v) for k, v in labels.items() if k != "ignore"]
     regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for _, v in entries)
-    name = str(dataset.get("name") or Path(path).parent.name if path else "nnunet")
+    # the table's name: dataset.json's, else the DatasetXXX_Name folder above the model folder
+    name = str(dataset.get("name") or (Path(path).parent.parent.name if path else "") or "nnunet")
     if not regions:
         values = sorted({int(v[0] if isinstance(v, (list, tuple)) else v) for _, v in entries})
         names = {int(v[0] if isinstance(v, (list, tuple)) else v): k for k, v in entries}

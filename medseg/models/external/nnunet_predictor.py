@@ -117,3 +117,14 @@ def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="fi
         raise CheckpointError(f"model segments {model.labels.table.names} but {expected_labels.names} was asked for",
                               path=Path(path))
     return NnunetPredictor(model, device=device, progress=progress, inference=inference)
+
+
+def run_summary(path) -> dict:
+    """What ``medseg run`` records of its model, for an nnU-Net folder: the fields of a loaded medseg checkpoint
+    it reads (path, file_sha256 -- here over plans, dataset and every fold's checkpoint --, model name, labels).
+    The folder is loaded and checked (weights-only) before any case runs."""
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    model = load_nnunet_folder(path)
+    return {"path": str(model.folder), "file_sha256": folder_sha256(model), "weights_sha256": None,
+            "model": {"name": f"nnunet:{model.network_class}"}, "labels": model.labels.table.to_dict()}
