@@ -65,6 +65,48 @@ def write_raw(root: Path) -> None:
     }, indent=2))
 
 
+DATASET_MR = "Dataset502_PhantomMR"
+MODEL_DIR_MR = f"{DATASET_MR}/nnUNetTrainer__nnUNetPlans__3d_fullres"
+#: Regions as nnU-Net's BraTS-style datasets declare them: nested, painted in this order.
+MR_LABELS = {"background": 0, "organs": [1, 2, 3, 4], "kidneys": [3, 4], "kidney_left": 4}
+MR_REGIONS_ORDER = [1, 3, 4]
+MR_SPACING = (5.0, 5.0, 7.0)
+MR_FOV_MM = (420.0, 380.0, 150.0)  # much air: cropping to the body shrinks the image, so nnU-Net normalises in the mask
+
+
+def mr_channels(case):
+    """Two MR-like channels from a CT phantom: zero outside the body, two contrasts inside."""
+    import numpy as np
+
+    hu = np.asarray(case.image.array, dtype=np.float32)
+    body = hu > -500
+    return [np.where(body, hu + 1100.0, 0).astype(np.float32), np.where(body, 2000.0 - hu, 0).astype(np.float32)]
+
+
+def write_raw_mr(root: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.phantoms import make_phantom
+
+    raw = root / "raw" / DATASET_MR
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    (root / "test_mr").mkdir(parents=True, exist_ok=True)
+    for seed in TRAIN_SEEDS[:4]:
+        case = make_phantom(seed, spacing=MR_SPACING, fov_mm=MR_FOV_MM)
+        for c, ch in enumerate(mr_channels(case)):
+            nib.save(nib.Nifti1Image(ch, case.image.affine), str(raw / "imagesTr" / f"mr{seed:03d}_{c:04d}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine), str(raw / "labelsTr" / f"mr{seed:03d}.nii.gz"))
+    case = make_phantom(TEST_SEED, spacing=(4.5, 4.5, 6.0), fov_mm=MR_FOV_MM)
+    for c, ch in enumerate(mr_channels(case)):
+        nib.save(nib.Nifti1Image(ch, case.image.affine), str(root / "test_mr" / f"case_{c:04d}.nii.gz"))
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1", "1": "T2"}, "labels": MR_LABELS, "regions_class_order": MR_REGIONS_ORDER,
+        "numTraining": 4, "file_ending": ".nii.gz",
+    }, indent=2))
+
+
 TRAIN = r'''
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _Base
@@ -94,9 +136,9 @@ def _env(root: Path) -> dict:
             "nnUNet_results": str(root / "results"), "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
 
 
-def train(root: Path, configuration: str, fold) -> None:
+def train(root: Path, configuration: str, fold, dataset: str = DATASET) -> None:
     fold = int(fold) if str(fold).isdigit() else str(fold)
-    subprocess.run([sys.executable, "-c", TRAIN % {"ds": DATASET, "fold": fold, "conf": configuration}],
+    subprocess.run([sys.executable, "-c", TRAIN % {"ds": dataset, "fold": fold, "conf": configuration}],
                    env={**_env(root), "nnUNet_n_proc_DA": "0"}, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -116,5 +158,20 @@ def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
     return root / "results" / MODEL_DIR
 
 
+def build_mr(root: Path) -> Path:
+    """Two-channel MR-like dataset with zero background (z-score in the non-zero mask) and region labels;
+    3d_fullres, fold 'all'. Returns the model folder; the test image is ``ROOT/test_mr/case_000{0,1}.nii.gz``."""
+    root = Path(root)
+    write_raw_mr(root)
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "502", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+                    "--verify_dataset_integrity"], env=_env(root), check=True, stdout=subprocess.DEVNULL)
+    train(root, "3d_fullres", "all", dataset=DATASET_MR)
+    return root / "results" / MODEL_DIR_MR
+
+
 if __name__ == "__main__":
-    print(build(Path(sys.argv[1]), folds=tuple(sys.argv[2:]) or ("all",)))
+    if sys.argv[2:] == ["mr"]:
+        print(build_mr(Path(sys.argv[1])))
+    else:
+        print(build(Path(sys.argv[1]), folds=tuple(sys.argv[2:]) or ("all",)))

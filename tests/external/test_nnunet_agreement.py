@@ -50,7 +50,7 @@ def nnunet_model(tmp_path_factory):
     return folder, root / "test" / "case_0000.nii.gz"
 
 
-def _reference(folder: Path, image: Path) -> dict:
+def _reference(folder: Path, image, folds=None) -> dict:
     """nnU-Net's own predictor on ``image``: its preprocessing, logits, label map and probabilities."""
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
@@ -59,8 +59,8 @@ def _reference(folder: Path, image: Path) -> dict:
 
     p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
                         device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    p.initialize_from_trained_model_folder(str(folder), use_folds=None, checkpoint_name="checkpoint_final.pth")
-    img, props = SimpleITKIO().read_images([str(image)])
+    p.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name="checkpoint_final.pth")
+    img, props = SimpleITKIO().read_images([str(i) for i in (image if isinstance(image, (list, tuple)) else [image])])
     pre = p.configuration_manager.preprocessor_class(verbose=False)
     data, _, pprops = pre.run_case_npy(img.copy(), None, dict(props), p.plans_manager, p.configuration_manager, p.dataset_json)
     logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
@@ -153,3 +153,36 @@ def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp
     dataset = json.loads((folder / "dataset.json").read_text())
     assert names == [k for k in dataset["labels"] if k != "background"]
     assert side["model"]["format"] == "nnunetv2" and side["model"]["folds"] == ["1"]
+
+
+@pytest.fixture(scope="session")
+def nnunet_mr_model(tmp_path_factory):
+    """Two MR-like channels with zero background and region labels (nnunet_fixture.build_mr), fold 'all'."""
+    import os
+
+    cached = os.environ.get("MEDSEG_NNUNET_FIXTURE")
+    root = Path(cached) if cached else tmp_path_factory.mktemp("nnunet_mr")
+    folder = root / "results" / "Dataset502_PhantomMR" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
+        r = subprocess.run([sys.executable, str(FIXTURE), str(root), "mr"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return folder, [root / "test_mr" / f"case_{c:04d}.nii.gz" for c in (0, 1)]
+
+
+def test_mr_two_channels_masked_zscore_and_regions_match_nnunet(nnunet_mr_model):
+    from medseg.inference.predictor import Predictor
+    from medseg.models.external import nnunet_inference as nn
+    from medseg.models.external.nnunet import load_nnunet_folder
+
+    folder, images = nnunet_mr_model
+    model = load_nnunet_folder(folder)
+    assert model.folds == ["all"] and model.in_channels == 2
+    assert model.conf["normalization_schemes"] == ["ZScoreNormalization"] * 2 and model.conf["use_mask_for_norm"] == [True, True]
+    assert model.labels.regions and [lab.name for lab in model.labels.table.labels] == ["organs", "kidneys", "kidney_left"]
+    ref = _reference(folder, images, folds=("all",))
+    data, props = nn.preprocess(ref["img"], ref["spacing"], model)
+    assert props["shape_after_cropping"] != props["shape_before_cropping"]  # the crop to the body did something
+    np.testing.assert_allclose(data, ref["data"], rtol=0, atol=1e-4)
+    out = Predictor.from_checkpoint(folder, device="cpu").predict([str(i) for i in images], keep_probabilities=True)
+    assert set(np.unique(out.array)) <= {0, 1, 3, 4}
+    _assert_same_output(out, ref)

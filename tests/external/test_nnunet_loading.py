@@ -144,15 +144,21 @@ def test_numpy_scalars_load_and_weights_fit_exactly(tmp_path):
     ck = load_nnunet_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
     assert float(ck["_best_ema"]) == 0.5 and type(ck["_best_ema"]).__name__ == "float64"
     model = load_nnunet_folder(folder)
-    assert model.folds == ["0", "1", "all"] and model.mirror_axes == (0, 1, 2)
+    assert model.folds == ["0", "1"] and model.mirror_axes == (0, 1, 2)  # as nnU-Net: fold_all only when named
+    assert load_nnunet_folder(folder, folds=["all"]).folds == ["all"]
     nets = model.networks()
     ref = _net(3)
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(nets[0](x), ref.eval()(x))
     assert load_nnunet_folder(folder, folds=[1]).folds == ["1"]
-    with pytest.raises(CheckpointError, match="checkpoint_best.pth"):
-        load_nnunet_folder(folder, checkpoint="best")
+    for d in ("fold_0", "fold_1"):
+        (folder / d / "checkpoint_final.pth").rename(folder / d / "checkpoint_best.pth")
+    assert load_nnunet_folder(folder).folds == ["all"]  # no numbered fold left: the model trained on every case
+    assert load_nnunet_folder(folder, checkpoint="best").folds == ["0", "1"]
+    (folder / "fold_all" / "checkpoint_final.pth").unlink()
+    with pytest.raises(CheckpointError, match="checkpoint_final.pth"):
+        load_nnunet_folder(folder)
 
 
 def test_region_labels_painted_in_order(tmp_path):

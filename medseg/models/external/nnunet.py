@@ -241,11 +241,12 @@ def labels_from_dataset(dataset: dict, *, path=None) -> NnunetLabels:
 
 
 def discover_folds(folder: Path, checkpoint: str) -> list[str]:
-    found = []
-    for d in sorted(folder.glob("fold_*")):
-        if (d / checkpoint).is_file():
-            found.append(d.name[len("fold_"):])
-    return sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+    """The numbered folds holding ``checkpoint`` (nnU-Net's ``auto_detect_available_folds``); ``fold_all``
+    only when there is no numbered one (nnU-Net needs it named explicitly: a model trained on every case
+    is not averaged with the cross-validation folds)."""
+    found = [d.name[len("fold_"):] for d in folder.glob("fold_*") if (d / checkpoint).is_file()]
+    numbered = sorted((f for f in found if f.isdigit()), key=int)
+    return numbered or (["all"] if "all" in found else [])
 
 
 @dataclass
