@@ -23,6 +23,7 @@ Plan:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,9 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     fp = fingerprint(df, image_columns(df))
     fp["label_table_source"] = found.source
     cfg = plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor)
+    aug = cfg.setdefault("training", {}).setdefault("augmentation", {})
+    if "flip_axes" not in aug:  # mirroring as nnU-Net and the MONAI recipes do, except across a left/right distinction
+        aug["flip_axes"] = [] if has_sides(found.table) else [0, 1, 2]
     cfg = {"labels": found.table.to_dict(), **{k: v for k, v in cfg.items() if k != "labels"}}
     cfg = apply_overrides(cfg, overrides)
     config_from_dict(cfg, source=str(out))  # refuse a plan the trainer would refuse
@@ -160,6 +164,14 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
             f"# data set fingerprint: {fp_path.name}\n")
     write_text(out, head + yaml.safe_dump(cfg, sort_keys=False))
     return out, fp
+
+
+_SIDE = re.compile(r"(^|_)(left|right|lt|rt|l|r|sin|dx)(_|$)")
+
+
+def has_sides(table) -> bool:
+    """True when a structure name says left or right (``kidney_left``, ``Lt_Lung``, ``lung_l``...): no L-R mirroring then."""
+    return any(_SIDE.search(lab.name.lower()) for lab in table.labels)
 
 
 def _with_model_preset(base: dict, name: str) -> dict:

@@ -156,3 +156,16 @@ def test_plan_with_a_model_preset_takes_its_architecture_and_recipe(tmp_path):
     assert cfg.model.name == model["name"] == "deeplabv3" and cfg.model.kwargs == model["kwargs"]
     for key, value in (preset.get("training") or {}).items():
         assert getattr(cfg.training, key) == value
+
+
+def test_plan_mirrors_only_when_no_structure_has_a_side(tmp_path):
+    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.training.planning import has_sides
+
+    assert has_sides(PHANTOM_LABELS)  # kidney_right / kidney_left
+    manifest = _brainish(tmp_path / "d")
+    out, _ = plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
+    assert load_config(out).training.augmentation.flip_axes == [0, 1, 2]
+    (tmp_path / "d" / "labels.csv").write_text("index,name\n1,Lt Hippocampus\n2,Rt Hippocampus\n")
+    out, _ = plan(manifest, tmp_path / "plan2.yaml", min_spacing=2.0, memory_gb=0.2)
+    assert load_config(out).training.augmentation.flip_axes == []
