@@ -155,6 +155,15 @@ def test_slicewise_runs_a_2d_model_on_each_slice_independently():
         assert out_y.shape == (2, 3, 16, 12, 4)
 
 
+def test_slicewise_keeps_every_deep_supervision_scale_slice_by_slice():
+    net2d = create_model("unet_plain", spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 8))
+    vol = torch.randn(2, 1, 16, 12, 5)
+    outs = SliceWise(net2d).train()(vol)
+    assert [tuple(o.shape) for o in outs] == [(2, 3, 16, 12, 5), (2, 3, 8, 6, 5)]
+    assert torch.allclose(outs[1][1, :, :, :, 3], net2d(vol[1:2, :, :, :, 3])[1][0], atol=1e-5)
+    assert SliceWise(net2d).eval()(vol).shape == (2, 3, 16, 12, 5)
+
+
 def _brute_force_crf(scores, image, iterations, r, ta, tb, tg, wa, ws):
     import itertools
     import math
