@@ -1,13 +1,17 @@
 """Train every model family briefly on phantoms and print Dice, parameters and seconds per step side by side.
 
     .venv/bin/python benchmarks/bench_models.py [--cases 8] [--epochs 60] [--models unet,deeplabv3] [--work DIR]
+        [--iterations N] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}']
 
-Each model is trained exactly as ``medseg train --config configs/training/phantom_demo.yaml
---set model.name=NAME --set model.kwargs=...`` would (same recipe, same cases, same
-seed), at the CPU-friendly widths of the presets in ``configs/models`` (``unet`` at the
-demo config's own width). Reported per model:
+Each model is trained as ``medseg train --config configs/training/phantom_demo.yaml`` with
+the model section and the ``training:`` recipe of its preset in ``configs/models`` (learning
+rate, optimizer; ``unet`` at the demo config's own width and recipe) would be: same cases,
+same seed, same budget (``--epochs`` epochs of ``--iterations`` steps, by default one step per
+training case). ``--set`` / ``--kwargs`` apply one change to every model, for controlled
+experiments (benchmarks/results/2026-11-30_models_diagnosis.txt). Reported per model:
 
 - ``dice``: best mean validation Dice over the foreground structures (held-out phantoms);
+- ``loss_end``: the last epoch's mean training loss (with deep supervision, the weighted sum over scales);
 - ``params``: trainable parameters at the benchmarked width (and at default width, 3D);
 - ``s/step``: mean seconds per training step (the config's batch and patch, forward +
   backward + update), first epoch excluded;
@@ -43,14 +47,15 @@ RUNS = {
     "deeplabv3": "deeplabv3_small",
     "deeplabv3plus": "deeplabv3plus_small",
 }
-#: Dice floors, set from the run recorded below (8 cases, 60 epochs, 2-core CPU, quiet machine) about
-#: 0.07-0.1 under each measured value, so a regression fails the script and run-to-run noise does not.
-#: Measured best validation Dice: unet 0.942, unet_classic 0.321, unet_attention 0.395, fcn32s 0.724,
-#: fcn16s 0.768, fcn8s 0.819, deeplabv3 0.849, deeplabv3plus 0.933. The classic and attention U-Nets
-#: (no residual units, full-resolution first stage) learn far slower on this schedule; instance norm
-#: instead of batch norm made them worse (0.241 / 0.279), so the presets keep batch norm.
-FLOORS = {"unet": 0.85, "unet_classic": 0.25, "unet_attention": 0.3, "unet_plain": 0.5, "fcn32s": 0.6, "fcn16s": 0.65, "fcn8s": 0.7,
-          "deeplabv3": 0.75, "deeplabv3plus": 0.85}
+#: Dice floors (8 cases, 60 epochs), about 0.07-0.1 under each measured value, so a regression fails the
+#: script and run-to-run noise does not. Measured best validation Dice, 2026-11-30
+#: (benchmarks/results/2026-11-30_models_60_epochs.txt; shared CPU): unet 0.946, unet_plain 0.952,
+#: unet_attention 0.935, unet_classic 0.937 with the recipes of their presets (AdamW 0.01, affine instance norm;
+#: classic/attention also deep supervision, He init, LeakyReLU; why: 2026-11-30_models_diagnosis.txt).
+#: FCN and DeepLab were not re-run on 2026-11-30 (code and recipe unchanged): 2026-11-25 values fcn32s 0.724,
+#: fcn16s 0.768, fcn8s 0.819, deeplabv3 0.849, deeplabv3plus 0.933.
+FLOORS = {"unet": 0.85, "unet_classic": 0.85, "unet_attention": 0.85, "unet_plain": 0.85, "fcn32s": 0.6, "fcn16s": 0.65,
+          "fcn8s": 0.7, "deeplabv3": 0.75, "deeplabv3plus": 0.85}
 
 
 def crf_effect(run_dir: Path, config, table, val_cases: list[dict], crf_kwargs: dict) -> dict:
