@@ -14,20 +14,13 @@ import os
 from pathlib import Path
 
 from medseg.errors import CheckpointError
+from medseg.provenance import file_sha256, to_plain  # noqa: F401  (file_sha256: part of this module's API)
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "state_dict", "model", "labels", "preprocessing", "inference")
 _MODEL_KEYS = ("name", "spatial_dims", "kwargs", "out_channels")
 #: Label maps are written as uint8/uint16: no checkpoint may have more classes than uint16 holds.
 MAX_CLASSES = 1 << 16
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_sha256(state_dict) -> str:
@@ -60,36 +53,13 @@ def versions() -> dict:
     }.items()}
 
 
-def _plain(obj):
-    """Plain Python data only (what a weights-only load accepts besides tensors)."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, bool) or obj is None:
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    if isinstance(obj, str):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    return str(obj)
-
-
 def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None, in_channels: int = 1) -> Path:
     import torch
 
     from medseg.io.atomic import atomic_path
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = _plain({
+    payload = to_plain({
         "format_version": FORMAT_VERSION,
         "weights_sha256": weights_sha256(state),
         "model": {
@@ -105,7 +75,7 @@ def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extr
         "config": config.to_dict(),
         "versions": versions(),
         **(extra or {}),
-    })
+    }, keep_tensors=True)
     payload["state_dict"] = state
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.provenance import file_sha256
 
 SPLITS = ("train", "val", "test")
 _EXTRA_IMAGE = re.compile(r"^image_(\d+)$")
@@ -118,14 +119,6 @@ def _check_cases(df, table, image_cols: list[str]) -> list[str]:
         if label:
             values[case] = set(np.unique(np.asanyarray(headers[-1][0].dataobj)).astype(int).tolist())
     return problems + check_table_against_values(table, values)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_sha256(path: str | Path) -> str:

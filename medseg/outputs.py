@@ -128,18 +128,10 @@ def already_written(sidecar: str | os.PathLike, model_sha256: str) -> bool:
 
 
 def plain(obj):
-    """Numpy values and arrays -> plain Python (for JSON)."""
-    import numpy as np
+    """Numpy values and arrays -> plain Python (for JSON): ``medseg.provenance.to_plain``."""
+    from medseg.provenance import to_plain
 
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+    return to_plain(obj)
 
 
 def _write_probabilities(probs, path: Path) -> Path:

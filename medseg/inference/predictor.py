@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +33,7 @@ import numpy as np
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError, MedsegError
 from medseg.io.volume import Volume
 from medseg.labels import LabelTable
+from medseg.provenance import peak_rss_mb  # noqa: F401  (re-exported: nnU-Net predictor)
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,6 @@ def _replace_nonfinite(array: np.ndarray, value: float, slab_voxels: int = 1 << 
         s = out[..., k:k + step]
         s[~np.isfinite(s)] = value
     return out
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class Predictor:

@@ -14,6 +14,8 @@ import logging
 
 import torch
 
+from medseg.precision import autocast_dtype, cpu_has_native_bf16  # noqa: F401  (cpu_has_native_bf16 re-exported)
+
 log = logging.getLogger(__name__)
 
 #: Score given to the background class in skipped windows (others get 0).
@@ -24,27 +26,9 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None: full precision)."""
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16  # CPU autocast has no fast fp16
-    # auto
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    """The inference autocast dtype for ``amp`` on ``device`` (None: full precision): ``medseg.precision``."""
+    return autocast_dtype(amp, device)
 
 
 class WindowRunner:

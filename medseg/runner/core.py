@@ -218,11 +218,11 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
 
         aggregate(rd, pipe, cases, ctx.label_table())
         counts = rd.write_tables(cases)
-        import resource
+        from medseg.provenance import peak_rss_mb
 
         invocation.update(finished=now(), seconds=round(time.monotonic() - t_start, 3), done=len(result.done),
                           skipped=len(result.skipped), failed=len(result.failures),
-                          peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
+                          peak_rss_mb=peak_rss_mb())
         run_info.update(state="finished", counts=counts, exit_code=result.exit_code)
         write_json(rd.root / "run.json", run_info)
         log.info("finished: %d done now, %d already done, %d failed (exit %d)", len(result.done), len(result.skipped),

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from medseg.errors import OutputError
 from medseg.io.atomic import TMP_PREFIX, ensure_dir, write_json
+from medseg.provenance import peak_rss_mb, reset_peak_rss  # noqa: F401  (re-exported for the runner)
 
 STATES = ("pending", "running", "done", "failed")
 COHORT_FILES = ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html", "metrics.csv", "status.csv", "failures.csv")
@@ -59,29 +60,6 @@ class _LogFileHandler(logging.FileHandler):
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak-memory window for this process (Linux: /proc/self/clear_refs; elsewhere a no-op)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory since the last ``reset_peak_rss`` (Linux VmHWM), else since the process started."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
 class RunDir:

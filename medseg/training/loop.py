@@ -91,22 +91,6 @@ def _reseed(seed: int, epoch: int, transform, generator) -> None:
     generator.manual_seed(seed + epoch)
 
 
-def _training_amp(amp: str, device):
-    import torch
-
-    from medseg.inference.sliding_window import cpu_has_native_bf16
-
-    if amp == "off":
-        return None
-    if amp == "fp16" and device.type == "cuda":
-        return torch.float16
-    if amp in ("bf16", "fp16"):
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
 def train(
     *,
     config: Config,
@@ -137,6 +121,7 @@ def train(
     from medseg.io.atomic import atomic_path, write_csv, write_json, write_text
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_volume_model
+    from medseg.precision import autocast_dtype
     from medseg.training.curves import plot_training_curve
     from medseg.training.losses import build_loss, full_resolution, segmentation_loss  # deep-supervision lists, weighted per scale
     from medseg.training.validation import validate
@@ -210,7 +195,7 @@ def train(
 
         adversary = AdversarialTerm(in_channels=len(image_cols), num_classes=table.num_classes, weight=tc.adversarial_weight,
                                     lr=tc.adversarial_lr, device=device)
-    amp_dtype = _training_amp(tc.amp, device)
+    amp_dtype = autocast_dtype(tc.amp, device, training=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     history, best, start, iteration, elapsed0 = [], (-1.0, 0, {}), 1, 0, 0.0
