@@ -245,7 +245,7 @@ def test_a_preset_carries_its_family_training_recipe(tmp_path):
     cfg = config_from_dict({"training": {"epochs": 3, "learning_rate": 0.5}}, overrides=preset_overrides(p))
     assert (cfg.model.name, cfg.model.spatial_dims, cfg.model.kwargs) == ("unet_plain", 2, {"channels": [8, 16]})
     assert (cfg.training.learning_rate, cfg.training.optimizer, cfg.training.epochs) == (0.01, "sgd", 3)
-    assert load_model_preset("fcn8s_small")["training"] == {}
+    assert load_model_preset("deeplabv3plus_small")["training"] == {}
     (tmp_path / "typo.yaml").write_text("name: fcn8s\ntraining: {learnig_rate: 0.01}\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: training: unknown key 'learnig_rate'; did you mean 'learning_rate'"):
         load_model_preset("typo", root=tmp_path)
