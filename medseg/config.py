@@ -252,11 +252,10 @@ def _validate(cfg: Config, source: str) -> None:
     from medseg.errors import UnknownComponentError
     from medseg.training.losses import LOSSES
 
-    if cfg.training.loss not in LOSSES:
-        try:
-            LOSSES.get(cfg.training.loss)
-        except UnknownComponentError as exc:
-            raise ConfigError(f"{source}: training.loss: {exc}") from None
+    try:
+        LOSSES.get(cfg.training.loss)  # an unknown name: "did you mean" from the registry
+    except UnknownComponentError as exc:
+        raise ConfigError(f"{source}: training.loss: {exc}") from None
 
 
 def _validate_intensity(pre: PreprocessingConfig, source: str) -> None:

@@ -241,13 +241,18 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
     array, overlaps = combine_structures(slices, shape, table, overlap)
     findings += overlap_findings(overlaps, table, overlap)
     _count_findings(findings, counts, slice_tolerance)
+    return label_object(path, "rtstruct", head["key"], array, image, table, rois_out, unmapped, findings, unit="ROI")
+
+
+def label_object(path, fmt: str, key: str, array, image, table: LabelTable, rois, unmapped, findings: list, *, unit: str) -> LabelObject:
+    """The label map on ``image``'s grid with the series' findings followed by the object's (RTSTRUCT and SEG alike)."""
     if unmapped:
-        findings.append(Finding("unmapped_roi", "skipped", f"{len(unmapped)} ROI(s) match no structure of table "
+        findings.append(Finding(f"unmapped_{unit.lower()}", "skipped", f"{len(unmapped)} {unit}(s) match no structure of table "
                                 f"{table.name!r}: {', '.join(map(repr, unmapped))}"))
     all_findings = list(image.meta.get("dicom", {}).get("findings", [])) + [f.to_dict() for f in findings]
-    meta = {"format": "rtstruct", "label_object": head["key"], "label_table": table.to_dict(), "findings": all_findings}
+    meta = {"format": fmt, "label_object": key, "label_table": table.to_dict(), "findings": all_findings}
     labels = Volume(array, image.affine.copy(), str(path), meta)
-    return LabelObject(labels, image, table, rois_out, unmapped, all_findings)
+    return LabelObject(labels, image, table, rois, unmapped, all_findings)
 
 
 def table_name(table: LabelTable, index: int) -> str:

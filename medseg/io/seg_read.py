@@ -29,8 +29,7 @@ from pathlib import Path
 from medseg.errors import ConfigError, InputError
 from medseg.io.dicom_geometry import Finding
 from medseg.io.dicom_scan import pseudonym
-from medseg.io.rtstruct import OVERLAP_RULES, LabelObject, combine_structures, overlap_findings
-from medseg.io.volume import Volume
+from medseg.io.rtstruct import OVERLAP_RULES, LabelObject, combine_structures, label_object, overlap_findings
 from medseg.labels import LabelTable
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -118,10 +117,4 @@ def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None 
                                     f"name one structure: united"))
     array, overlaps = combine_structures(slices, image.shape, table, overlap)
     findings += overlap_findings(overlaps, table, overlap)
-    if unmapped:
-        findings.append(Finding("unmapped_segment", "skipped", f"{len(unmapped)} segment(s) match no structure of table "
-                                f"{table.name!r}: {', '.join(map(repr, unmapped))}"))
-    all_findings = list(image.meta.get("dicom", {}).get("findings", [])) + [f.to_dict() for f in findings]
-    meta = {"format": "dicom-seg", "label_object": head["key"], "label_table": table.to_dict(), "findings": all_findings}
-    labels = Volume(array, image.affine.copy(), str(path), meta)
-    return LabelObject(labels, image, table, rois, unmapped, all_findings)
+    return label_object(path, "dicom-seg", head["key"], array, image, table, rois, unmapped, findings, unit="segment")
