@@ -9,6 +9,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.*
+# nnunetv2 for tests/external (medseg compared with nnU-Net's own predictor). It is installed
+# without its dependencies because its chain (dynamic-network-architectures -> timm -> torchvision)
+# would replace the pinned torch; NNUNET_DEPS are the ones it imports, none of which touches torch.
+NNUNET      := nnunetv2>=2.5,<3 dynamic-network-architectures>=0.4
+NNUNET_DEPS := acvl-utils batchgenerators batchgeneratorsv2 blosc2 einops graphviz imagecodecs \
+               scikit-image scikit-learn seaborn tifffile yacs connected-components-3d
 
 .PHONY: demo test test-fast lint install clean
 
@@ -16,7 +22,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,ray]"
+	$(PY) -m pip install --quiet -e ".[dev,ray,pacs]"
+	$(PY) -m pip install --quiet --no-deps $(foreach p,$(NNUNET),"$(p)")
+	$(PY) -m pip install --quiet $(NNUNET_DEPS)
 	@touch $(STAMP)
 
 install: $(STAMP)
