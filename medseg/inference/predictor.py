@@ -127,18 +127,16 @@ class Predictor:
         ("final" or "best") choose its weights.
         """
         from medseg.checkpoint import build_model, load_checkpoint
-        from medseg.models.external.nnunet import is_nnunet_folder
+        from medseg.models import external
 
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths:
             raise CheckpointError("no checkpoint given")
-        if len(paths) == 1 and is_nnunet_folder(paths[0]):
-            from medseg.models.external.nnunet_predictor import from_folder
-
-            return from_folder(paths[0], device=device, progress=progress, folds=folds, checkpoint=checkpoint,
+        if len(paths) == 1 and external.is_external_model(paths[0]):
+            return external.load_predictor(paths[0], device=device, progress=progress, folds=folds, checkpoint=checkpoint,
                                expected_labels=expected_labels, **inference_overrides)
         if folds is not None or checkpoint != "final":
-            raise CheckpointError("folds/checkpoint choose the weights of an nnU-Net model folder; "
+            raise CheckpointError("folds/checkpoint choose the weights of a model folder (nnU-Net v2, ...); "
                                   f"{paths[0]} is not one (expected plans.json, dataset.json and fold_N/)")
         ckpts = [load_checkpoint(p) for p in paths]
         first = ckpts[0]

@@ -137,13 +137,11 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=rd.root)
     ckpt = None
     if pipe.stages["predict"].model:
-        from medseg.models.external.nnunet import is_nnunet_folder
+        from medseg.models import external
 
         model = pipe.stages["predict"].model
-        if is_nnunet_folder(model):  # an nnU-Net v2 trained-model folder (every fold present)
-            from medseg.models.external.nnunet_predictor import run_summary
-
-            ckpt = run_summary(model)
+        if external.is_external_model(model):  # a model folder of another tool (nnU-Net v2: every fold present)
+            ckpt = external.run_summary(model)
         else:
             ckpt = load_checkpoint(model)
 

@@ -283,9 +283,9 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
             raise ConfigError(f"{source}: stages.predict.model: no checkpoint given; add --set predict.model=PATH.pt")
         else:
             found = resolve_path(pred.model, base)
-            from medseg.models.external.nnunet import is_nnunet_folder
+            from medseg.models.external import is_external_model
 
-            if found is None or not (found.is_file() or is_nnunet_folder(found)):  # a checkpoint, or an nnU-Net v2 model folder
+            if found is None or not (found.is_file() or is_external_model(found)):  # a checkpoint, or a model folder of another tool
                 raise ConfigError("stages.predict.model: checkpoint file not found", path=pred.model)
             pred.model = str(found)
         from medseg.config import InferenceConfig

@@ -1,1 +1,74 @@
-"""Models trained by other tools, run by medseg's predictor (nnU-Net v2 result folders)."""
+"""Models trained by other tools, run by medseg's predictor: one table of the folder formats medseg recognises.
+
+Each format is a detector (cheap: a few ``stat`` calls, no imports of heavy libraries) and two
+functions named as ``"module:function"`` and imported only when a folder of that format is used:
+
+- ``predictor(path, *, device, progress, folds, checkpoint, expected_labels, **inference) -> Predictor``
+- ``summary(path) -> dict``: what ``medseg run`` records of its model before any case starts
+  (``path``, ``file_sha256``, ``weights_sha256``, ``model: {name}``, ``labels``), after checking the folder.
+
+The first format whose detector accepts a folder wins, so a more specific layout (a folder of
+several nnU-Net models) comes before the plain one. ``Predictor.from_checkpoint``, ``medseg run``
+and pipeline validation all ask this table; a new format is one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class ExternalFormat:
+    name: str
+    detect: Callable[[Path], bool]
+    predictor: str  # "module:function"
+    summary: str  # "module:function"
+    description: str = ""
+
+
+def _is_nnunet(p: Path) -> bool:
+    return p.is_dir() and (p / "plans.json").is_file() and (p / "dataset.json").is_file()
+
+
+FORMATS: list[ExternalFormat] = [
+    ExternalFormat("nnunet", _is_nnunet, "medseg.models.external.nnunet_predictor:from_folder",
+                   "medseg.models.external.nnunet_predictor:run_summary",
+                   "nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/)"),
+]
+
+
+def _call(ref: str):
+    module, func = ref.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def detect(path) -> ExternalFormat | None:
+    """The format of a model folder, or None (a medseg checkpoint file, or nothing medseg knows)."""
+    try:
+        p = Path(path)
+        if not p.is_dir():
+            return None
+    except (OSError, TypeError, ValueError):
+        return None
+    return next((f for f in FORMATS if f.detect(p)), None)
+
+
+def is_external_model(path) -> bool:
+    return detect(path) is not None
+
+
+def load_predictor(path, **kwargs):
+    fmt = detect(path)
+    if fmt is None:
+        raise ValueError(f"{path} is not a model folder medseg recognises")
+    return _call(fmt.predictor)(path, **kwargs)
+
+
+def run_summary(path) -> dict:
+    fmt = detect(path)
+    if fmt is None:
+        raise ValueError(f"{path} is not a model folder medseg recognises")
+    return _call(fmt.summary)(path)

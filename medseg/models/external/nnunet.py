@@ -70,8 +70,10 @@ _INSTALL = "pip install dynamic-network-architectures  (or: pip install 'medseg[
 
 
 def is_nnunet_folder(path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "plans.json").is_file() and (p / "dataset.json").is_file()
+    from medseg.models.external import detect
+
+    fmt = detect(path)
+    return fmt is not None and fmt.name == "nnunet"
 
 
 def _numpy_safe_globals() -> list:
