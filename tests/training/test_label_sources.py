@@ -166,6 +166,8 @@ def test_plan_mirrors_only_when_no_structure_has_a_side(tmp_path):
     manifest = _brainish(tmp_path / "d")
     out, _ = plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
     assert load_config(out).training.augmentation.flip_axes == [0, 1, 2]
+    assert load_config(out).inference.tta_flips == [0, 1, 2]  # predicts mirrored as it trained
     (tmp_path / "d" / "labels.csv").write_text("index,name\n1,Lt Hippocampus\n2,Rt Hippocampus\n")
     out, _ = plan(manifest, tmp_path / "plan2.yaml", min_spacing=2.0, memory_gb=0.2)
     assert load_config(out).training.augmentation.flip_axes == []
+    assert load_config(out).inference.tta_flips == []  # no L-R mirroring at test time either
