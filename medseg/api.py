@@ -6,6 +6,7 @@
 - ``evaluate(pred=, ref=, out=, label_table=)``     -> ``metrics.csv``
 - ``plan(manifest=, out=)``                         -> a training config with the data set's label table
 - ``run(pipeline=, input=, out=)``                  -> a resumable batch run directory
+- ``listen(ae_title=, port=, pipeline=, out=)``    -> a DICOM receiving node: each received study run through the pipeline
 - ``scan_dicom(folder=, out=)``, ``convert_dicom(folder=, out=)`` -> DICOM inventory / NIfTI + sidecars
 - ``import_dataset(folder=, out=)``                 -> manifest + label table from an nnU-Net/Decathlon folder
 - ``phantoms(out=, n=)``, ``demo(out=)``, ``list_models()``, ``model_info(name)``
@@ -170,6 +171,42 @@ def run(
 
     return run_pipeline(pipeline=pipeline, input=input, out=out, overrides=list(overrides or []), resume=resume, engine=engine,
                         workers=workers, address=address, progress=progress, device=device)
+
+
+def listen(
+    *,
+    ae_title: str,
+    port: int,
+    pipeline: PathLike,
+    out: PathLike,
+    host: str = "127.0.0.1",
+    allow_ae: Sequence[str] = (),
+    quiet_seconds: float = 30.0,
+    spool_max_gb: float = 20.0,
+    overrides: Sequence[str] | None = None,
+    tls_cert: PathLike | None = None,
+    tls_key: PathLike | None = None,
+    tls_ca: PathLike | None = None,
+    device: str | None = None,
+    keep_spool: bool = False,
+    stop=None,
+    console: bool = True,
+) -> dict:
+    """Run a C-STORE SCP (``medseg listen``) until SIGTERM/SIGINT or ``stop`` (a ``threading.Event``) is set.
+
+    Every received instance is on disk in ``out/spool`` before it is acknowledged; a study with no new
+    instance for ``quiet_seconds`` runs through ``pipeline`` (model loaded once) into ``out/run``.
+    Restarting on the same ``out`` processes what was received and not yet done, and nothing twice.
+    ``allow_ae``: the calling AE titles accepted (empty: any). Returns the studies' counts by status.
+    """
+    from medseg.pacs.listen import ListenConfig, run_listener
+
+    cfg = ListenConfig(ae_title=ae_title, port=int(port), pipeline=str(pipeline), out=str(out), host=host,
+                       allow_ae=tuple(allow_ae or ()), quiet_seconds=float(quiet_seconds), spool_max_gb=float(spool_max_gb),
+                       overrides=tuple(overrides or ()), tls_cert=str(tls_cert) if tls_cert else None,
+                       tls_key=str(tls_key) if tls_key else None, tls_ca=str(tls_ca) if tls_ca else None,
+                       device=device, keep_spool=keep_spool)
+    return run_listener(cfg, stop=stop, console=console)
 
 
 def _geometry_policy(resample_irregular: bool, refuse_tilt: bool):

@@ -6,4 +6,4 @@ takes the parsed args and returns an exit code. Modules import heavy packages
 To add a verb: write ``medseg/commands/<name>.py`` and list it in ``MODULES``.
 """
 
-MODULES = ("models", "phantoms", "dicom", "manifest", "plan", "train", "predict", "report", "run", "demo")
+MODULES = ("models", "phantoms", "dicom", "manifest", "plan", "train", "predict", "report", "run", "listen", "demo")

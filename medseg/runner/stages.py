@@ -110,12 +110,37 @@ def fail(ctx: RunContext, case, exc: CaseFailure, *, attempt: int, started: str,
     return {**rec, "case_id": case.case_id}
 
 
+_KEPT_PREDICTORS: dict | None = None  # while keep_predictors() is active: loaded predictors by model and settings
+
+
+@contextlib.contextmanager
+def keep_predictors():
+    """Inside this block ``load_predictor`` loads each (model checksum, device, inference settings) once and
+    hands the same predictor to every later run in this process (``medseg listen``: one model load for its
+    lifetime, however many studies it runs). Outside it every run loads its own, as before."""
+    global _KEPT_PREDICTORS
+    previous, _KEPT_PREDICTORS = _KEPT_PREDICTORS, {}
+    try:
+        yield _KEPT_PREDICTORS
+    finally:
+        _KEPT_PREDICTORS = previous
+
+
 def load_predictor(ctx: RunContext):
+    import json
+
     from medseg.inference.predictor import Predictor
 
     pred = ctx.pipeline.stages["predict"]
-    return Predictor.from_checkpoint(ctx.model_path, device=ctx.device or pred.device or None, progress=False,
-                                     **pred.inference)
+    device = ctx.device or pred.device or None
+    key = (ctx.model_path, ctx.model_sha256, device, json.dumps(pred.inference, sort_keys=True, default=str))
+    kept = _KEPT_PREDICTORS
+    if kept is not None and key in kept:
+        return kept[key]
+    predictor = Predictor.from_checkpoint(ctx.model_path, device=device, progress=False, **pred.inference)
+    if kept is not None:
+        kept[key] = predictor
+    return predictor
 
 
 def _read_dicom(ctx: RunContext, case):
