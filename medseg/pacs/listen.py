@@ -424,6 +424,7 @@ class Listener:
                 log.error("study %s failed: %s", k, err)
             else:
                 log.info("study %s received new instances while it was processed: it runs again when complete", k)
+        self.processing = []
         with contextlib.suppress(MedsegError):
             self.rebuild_tables()
 
