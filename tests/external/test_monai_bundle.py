@@ -361,3 +361,12 @@ def test_options_that_do_not_apply_are_refused(tmp_path):
         _predict(bundle, None, amp="bf16")
     with pytest.raises(CheckpointError, match="one models/model.pt"):
         _predict(bundle, None, folds=[0])
+
+
+def test_preprocessing_that_drops_the_geometry_is_refused(tmp_path):
+    cfg = bf.inference_config()
+    cfg["preprocessing"]["transforms"][-1] = {"_target_": "EnsureTyped", "keys": "image", "data_type": "numpy"}
+    bundle = bf.write_bundle(tmp_path / "bundle", _random_weights(), config=cfg)
+    _, img = _phantom_image(tmp_path, 3, spacing=(6.0, 6.0, 6.0))
+    with pytest.raises(CheckpointError, match="drops the image's geometry"):
+        _predict(bundle, img).predict(img)

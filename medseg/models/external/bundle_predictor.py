@@ -94,6 +94,7 @@ class BundlePredictor(Predictor):
         """Segment one image (or one per channel) as the bundle would; ``result.meta`` as for medseg checkpoints
         (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
         import torch
+        from monai.data import MetaTensor
         from monai.transforms import AsDiscreted, Invertd
 
         from medseg.models.external import monai_bundle as mb
@@ -107,6 +108,11 @@ class BundlePredictor(Predictor):
         data = pre({b.image_key: self._input(volume, channels)})
         del channels
         x = data[b.image_key]
+        if not isinstance(x, MetaTensor) or not x.applied_operations and any(
+                s.name in ("Orientationd", "Spacingd", "CropForegroundd", "DivisiblePadd", "SpatialPadd") for s in b.preprocessing):
+            raise CheckpointError("the bundle's preprocessing drops the image's geometry (EnsureTyped with data_type "
+                                  "numpy or track_meta false), so its prediction cannot be put back on the input's grid",
+                                  path=b.config_file)
         if not bool(torch.isfinite(x).all()):
             raise InputError("intensities overflow 32-bit floats after the bundle's preprocessing", path=volume.source or None)
         network_grid = [int(s) for s in x.shape[1:]]
