@@ -259,7 +259,8 @@ class Listener:
         ae.add_supported_context(Verification)
         if cfg.allow_ae:
             ae.require_calling_aet = list(cfg.allow_ae)
-        handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+        handlers = [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_STORE, self.on_store),
+                    (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
                     (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_ACCEPTED, self.on_accepted),
                     (evt.EVT_RELEASED, self.on_end), (evt.EVT_ABORTED, self.on_end)]
         try:
@@ -281,6 +282,25 @@ class Listener:
         with self._assoc_lock:
             return self._assoc_stats.setdefault(id(event.assoc), {"stored": 0, "again": 0, "refused": 0,
                                                                   "full_logged": False, "studies": set()})
+
+    def reserve_bytes(self) -> int:
+        """Free spool space below which a new association is refused (a tenth of the limit, at most 16 MiB)."""
+        return min(self.spool.max_bytes // 10, 16 * 1024**2)
+
+    def on_requested(self, event) -> None:
+        """A new association while the spool is (nearly) full: rejected, transient, "local limit exceeded"."""
+        free = self.spool.max_bytes - self.spool.used_bytes
+        if free >= self.reserve_bytes():
+            return
+        calling = event.assoc.requestor.primitive.calling_ae_title
+        if self.cfg.allow_ae and str(calling).strip() not in self.cfg.allow_ae:
+            return  # pynetdicom rejects it for its AE title (logged by on_rejected)
+        event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # rejected-transient, service provider, local limit exceeded
+        log.error("spool full (%s used of --spool-max-gb %g): association from AE %s refused (rejected transient: "
+                  "local limit exceeded); nothing spooled is lost. Raise the limit with --spool-max-gb or wait until "
+                  "received studies are processed (a done study's spool is freed), then resend",
+                  _size(self.spool.used_bytes), self.cfg.spool_max_gb, shown(calling))
+        event.assoc.kill()
 
     def on_accepted(self, event) -> None:
         self._stats(event)
@@ -483,9 +503,10 @@ class Listener:
                          "at the next start)", " ".join(self.processing))
             self.queue.put(None)
             self.worker.join()
-        counts = self.spool.counts()
-        log.info("stopped: %d studies processed in this session; %s", self.processed,
-                 ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no studies")
+        if server is not None:
+            counts = self.spool.counts()
+            log.info("stopped: %d studies processed in this session; %s", self.processed,
+                     ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no studies")
         if self._keep is not None:
             self._keep.__exit__(None, None, None)
             self._keep = None

@@ -42,10 +42,11 @@ def studies(tmp_path_factory):
 class Node:
     """``medseg listen`` in a child process (the oracle model registered), on a free port."""
 
-    def __init__(self, tmp: Path, out: Path, model: Path, *extra: str, quiet: float = 1.0, ae: str = "MEDSEG"):
+    def __init__(self, tmp: Path, out: Path, model: Path, *extra: str, quiet: float = 1.0, ae: str = "MEDSEG",
+                 pipeline: str = PIPELINE):
         self.out, self.ae, self.port = out, ae, free_port()
         self.stderr_path = tmp / f"listen-{time.monotonic_ns()}.err"
-        args = ["listen", "--ae-title", ae, "--port", str(self.port), "--pipeline", PIPELINE, "--out", str(out),
+        args = ["listen", "--ae-title", ae, "--port", str(self.port), "--pipeline", pipeline, "--out", str(out),
                 "--quiet-seconds", str(quiet), "--set", f"predict.model={model}", *extra]
         self.err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([sys.executable, str(child_script(tmp)), *args], stdout=subprocess.DEVNULL,
@@ -138,11 +139,14 @@ def test_received_study_is_segmented_as_a_folder_run(studies, pacs_oracle, tmp_p
 
 @needs_storescu
 def test_allow_list_and_full_spool_are_refused_and_nothing_spooled_is_lost(studies, pacs_oracle, tmp_path):
+    import pydicom
+
     from medseg.pacs.spool import instance_name
 
     s0, s1 = studies
     size0 = sum(f.stat().st_size for f in s0.folder.iterdir())
-    limit_gb = (size0 + 8000) / 1024**3  # room for study 0 (as sent, with its file meta), not for any of study 1
+    # room for study 0 and part of study 1; a new association is refused when less than a tenth of the limit is free
+    limit_gb = 1.5 * size0 / 1024**3
     out = tmp_path / "node"
     node = Node(tmp_path, out, pacs_oracle, "--allow-ae", "GOODSENDER", "OTHER", "--spool-max-gb", f"{limit_gb:.9f}",
                 quiet=120)
@@ -156,17 +160,19 @@ def test_allow_list_and_full_spool_are_refused_and_nothing_spooled_is_lost(studi
         assert ok.returncode == 0, ok.stderr
         k0, k1 = _key(s0), _key(s1)
         files0 = {f.name: f.read_bytes() for f in (out / "spool" / k0).iterdir()}
-        import pydicom
-
         assert sorted(files0) == sorted(instance_name(pydicom.dcmread(f).SOPInstanceUID) for f in s0.folder.iterdir())
 
-        full = node.send(s1.folder, aet="GOODSENDER")
-        assert full.returncode != 0 and "Refused: OutOfResources" in full.stderr, full.stderr
-        node.wait_for(f"spool full ({size0 / 1024**2:.1f} MB used of --spool-max-gb ")
+        part = node.send(s1.folder, aet="GOODSENDER")  # accepted; fills the spool part-way: A700
+        assert part.returncode != 0 and "Refused: OutOfResources" in part.stderr, part.stderr
         node.wait_for(f"refusing instances of study {k1} from AE 'GOODSENDER' with status A700 (out of resources)")
-        assert "Raise the limit with --spool-max-gb" in node.log()
-        assert not (out / "spool" / k1).exists() or not any((out / "spool" / k1).iterdir())
+        n1 = len(list((out / "spool" / k1).iterdir()))
+        assert 0 < n1 < len(list(s1.folder.iterdir()))
+        again = node.send(s1.folder, aet="GOODSENDER")  # a new association on a full spool: rejected
+        assert again.returncode != 0 and "Local Limit Exceeded" in again.stderr, again.stderr
+        node.wait_for("association from AE 'GOODSENDER' refused (rejected transient: local limit exceeded)")
+        assert node.log().count("spool full (") == 2 and "Raise the limit with --spool-max-gb" in node.log()
         assert {f.name: f.read_bytes() for f in (out / "spool" / k0).iterdir()} == files0  # intact
+        assert len(list((out / "spool" / k1).iterdir())) == n1
         assert _state(out, k1)["missing"] and _state(out, k0)["status"] == "received"
     finally:
         rc = node.stop(signal.SIGINT)
@@ -213,6 +219,7 @@ def test_sigkill_while_processing_then_restart_processes_once(studies, pacs_orac
     vol = pd.read_csv(out / "run" / "volumes.csv")
     assert vol["case_id"].tolist().count(key) == vol["structure"].nunique()  # one row per structure, once
     assert_no_identifiers(out, [st], node.stderr())
+
 
 
 # --- in-process: store statuses, recovery, the predictor cache -------------------------------------------------
