@@ -319,6 +319,15 @@ def test_spool_recover_requeues_cut_short_studies_and_keeps_done_ones(tmp_path):
         full.store("stdddd", "in9.dcm", b"w" * 20)
     assert full.studies["stdddd"].missing == {"in9.dcm"} and full.due(0.0) == ([], [full.studies["stdddd"]])
 
+    # an instance that arrives while its study is processed: the study runs again, its files stay
+    sp2 = Spool(tmp_path / "b", max_bytes=10**6)
+    sp2.recover()
+    sp2.store("steeee", "in1.dcm", b"a" * 10)
+    assert sp2.due(0.0)[0] == ["steeee"] and sp2.start_processing("steeee")
+    sp2.store("steeee", "in2.dcm", b"b" * 10)
+    assert sp2.finish("steeee", True, keep=False) == "received"
+    assert sorted(p.name for p in (tmp_path / "b" / "spool" / "steeee").iterdir()) == ["in1.dcm", "in2.dcm"]
+
 
 def test_the_predictor_is_loaded_once_while_kept(pacs_oracle):
     from medseg.checkpoint import load_checkpoint
