@@ -214,6 +214,8 @@ def _set(cfg: dict, path: str, value) -> dict:
     ("network_def._target_", "torch.nn.Identity", "network_def._target_", "not a network medseg runs"),
     ("network_def.channels", PWNED, "network_def.channels", "is an expression"),
     ("network_def.act", "%configs/other.json#act", "network_def.act", "is a macro"),
+    ("network_def.spatial_dims", 2, "network_def.spatial_dims", "medseg runs 3D bundles"),
+    ("network_def.kernel_size", "@network_def#kernel_size", "network_def.kernel_size", "nest too deeply (a cycle?)"),
     ("inferer", {"_target_": "SlidingWindowInferer", "roi_size": "@nowhere"}, "inferer.roi_size", "names no key"),
     ("inferer", {"_target_": "SaliencyInferer", "cam_name": "GradCAM", "target_layers": "x"}, "inferer._target_",
      "not an inferer medseg runs"),
@@ -392,7 +394,7 @@ def test_preprocessing_that_drops_the_geometry_is_refused(tmp_path, one_thread):
      "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "upsample_kernel_size": [[2, 2, 2]] * 2, "filters": [4, 8, 16],
      "norm_name": "instance", "deep_supervision": True, "deep_supr_num": 1},
     {"_target_": "AttentionUnet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2]},
-    {"_target_": "SwinUNETR", "spatial_dims": 2, "img_size": 64, "in_channels": 1, "out_channels": 3, "feature_size": 12,
+    {"_target_": "SwinUNETR", "spatial_dims": 3, "img_size": 64, "in_channels": 1, "out_channels": 3, "feature_size": 12,
      "depths": [1, 1, 1, 1], "use_checkpoint": False},
 ])
 def test_supported_networks_build_from_network_def(tmp_path, net, one_thread):
@@ -409,7 +411,7 @@ def test_supported_networks_build_from_network_def(tmp_path, net, one_thread):
     bundle = load_bundle(bf.write_bundle(tmp_path / "b", ref.state_dict(), config=bf.inference_config(network_def=net)))
     built = bundle.build_network()
     assert bundle.network == name and type(built) is type(ref)
-    # 2D SwinUNETR (same code path, a fraction of the 3D cost): its instance norms need 64 pixels a side
-    x = torch.randn(1, 1, 64, 64) if name == "SwinUNETR" else torch.randn(1, 1, 32, 32, 32)
+    n = 64 if name == "SwinUNETR" else 32  # SwinUNETR's instance norms need more than one voxel at the bottom
+    x = torch.randn(1, 1, n, n, n)
     with torch.no_grad():
         assert torch.equal(built(x), ref(x))

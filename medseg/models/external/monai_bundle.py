@@ -183,7 +183,8 @@ class _Resolver:
 
     def value(self, v, where: str, depth: int = 0):
         if depth > _MAX_REF_DEPTH:
-            self.fail(where, "references nest too deeply (a cycle?)")
+            base, *chain = where.split(" -> ")
+            self.fail(base, f"references nest too deeply (a cycle?): {' -> '.join(chain[:3])} ...")
         if isinstance(v, str):
             if v.startswith("$"):
                 self.fail(where, f"{_short(v)} is an expression; medseg does not evaluate bundle code")
@@ -335,6 +336,9 @@ def _network(r: _Resolver, config: dict) -> tuple[str, dict]:
         if k not in params:
             r.fail(f"network_def.{k}", f"{name} takes no keyword {k!r}")
         kwargs[k] = r.value(v, f"network_def.{k}")
+    dims = kwargs.get("spatial_dims", params["spatial_dims"].default if "spatial_dims" in params else 3)
+    if dims != 3:
+        r.fail("network_def.spatial_dims", f"{_short(dims)}: medseg runs 3D bundles (a 2D bundle's slicing is its own code)")
     for k in ("in_channels", "out_channels"):
         if not isinstance(kwargs.get(k), int) or kwargs[k] < 1:
             r.fail(f"network_def.{k}", f"expected a positive integer, found {_short(kwargs.get(k))}")
