@@ -160,8 +160,17 @@ def run(
     address: str | None = None,
     progress: bool = True,
     device: str | None = None,
+    query: Sequence[str] | None = None,
+    accessions: PathLike | None = None,
+    cache: PathLike | None = None,
+    cache_max_gb: float | None = None,
 ):
     """Run a pipeline (a YAML path or a packaged pipeline name) over a folder or manifest; returns a ``RunResult``.
+
+    ``input`` may also be a PACS (``dicomweb+http://HOST:PORT/dicom-web`` or ``dimse://AET@HOST:PORT``): one case
+    per study found by ``query`` (``["StudyDate=20260101-20260131", "modality=CT"]``) and/or ``accessions`` (a CSV
+    with a column AccessionNumber or StudyInstanceUID), retrieved into ``cache`` (at most ``cache_max_gb``).
+    A PACS that cannot be reached or refuses medseg raises ``medseg.pacs.PacsError`` (exit code 3 in the CLI).
 
     Running the same call again resumes: finished cases with unchanged inputs and settings are skipped.
     ``out`` must be new, empty or a run directory (it carries a ``.medseg-run`` marker); a non-empty folder
@@ -170,7 +179,8 @@ def run(
     from medseg.runner import run_pipeline
 
     return run_pipeline(pipeline=pipeline, input=input, out=out, overrides=list(overrides or []), resume=resume, engine=engine,
-                        workers=workers, address=address, progress=progress, device=device)
+                        workers=workers, address=address, progress=progress, device=device, query=list(query or []),
+                        accessions=accessions, cache=cache, cache_max_gb=cache_max_gb)
 
 
 def listen(

@@ -222,6 +222,7 @@ def write_case_outputs(
     probabilities: str | os.PathLike | None = None,
     versions: dict | None = None,
     started: float | None = None,
+    uid_seed: str | None = None,
 ) -> dict:
     """Write one case's outputs (label map, then optional ones, then the sidecar); returns the sidecar dict.
 
@@ -229,7 +230,9 @@ def write_case_outputs(
     figures; ``"probabilities"`` there is written to ``probabilities`` when a
     path is given). ``dicom_seg`` / ``rtstruct``: paths of the SEG / RT Structure
     Set, written when ``source`` is a DICOM folder (contour findings, e.g. dropped
-    fragments, join the sidecar's findings). ``image_meta``: the input volume's ``meta``. An
+    fragments, join the sidecar's findings). ``uid_seed``: makes their UIDs deterministic (the same case,
+    model and settings give the same objects again; ``medseg run`` passes a hash of the model and
+    settings). ``image_meta``: the input volume's ``meta``. An
     ``OutputError`` on the label map or the sidecar is raised; optional outputs
     fail softly (see the module docstring).
     """
@@ -251,14 +254,15 @@ def write_case_outputs(
         from medseg.io.seg import write_dicom_seg
 
         seg = _optional("dicom_seg", case_id, findings, lambda: write_dicom_seg(
-            labels, source, table, dicom_seg, software_version=medseg.__version__), dicom_folder=source)
+            labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed), dicom_folder=source)
         if seg is not None:
             outputs["dicom_seg"] = rel(Path(seg))
     if rtstruct is not None and image_meta.get("format") == "dicom":
         from medseg.io.rtstruct_write import write_rtstruct
 
         rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
-            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings), dicom_folder=source)
+            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed),
+            dicom_folder=source)
         if rt is not None:
             outputs["rtstruct"] = rel(Path(rt))
     if probabilities is not None and probs is not None:

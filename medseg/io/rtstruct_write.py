@@ -115,9 +115,11 @@ def _ds(v: float) -> str:
 def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *,
                    software_version: str | None = None, level: float = CONTOUR_LEVEL, min_fragment_voxels: float = MIN_FRAGMENT_VOXELS,
                    series_description: str = "medseg contours", series_uid: str | None = None,
-                   findings: list | None = None) -> Path:
+                   findings: list | None = None, uid_seed: str | None = None) -> Path:
     """Write ``labels`` (on the grid of a series in ``dicom_folder``) as an RTSTRUCT at ``path``; return the path.
 
+    ``uid_seed``: the object's SeriesInstanceUID and SOPInstanceUID are derived from it and the source series
+    (the same on every rerun; see ``medseg.io.seg.write_dicom_seg``); without it they are new each time.
     ``series_uid`` (a SeriesInstanceUID or ``se...`` key) picks the source series when several share the grid
     (default: the first stack on the grid). ``findings`` (optional list) receives ``{"kind", "action", "detail"}`` dicts (dropped fragments, absent structures).
     """
@@ -143,7 +145,9 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    src_series = str(src.get("SeriesInstanceUID", ""))
+    meta.MediaStorageSOPInstanceUID = (generate_uid(entropy_srcs=[uid_seed, src_series, "medseg RTSTRUCT instance"])
+                                       if uid_seed else generate_uid())
     meta.TransferSyntaxUID = ImplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = pydicom.Dataset()
@@ -155,7 +159,8 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     for kw in PATIENT_STUDY_ATTRIBUTES:  # Type 2 when absent from the source: present and empty
         setattr(ds, kw, src.get(kw, ""))
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = generate_uid(), 901, series_description
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, src_series, "medseg RTSTRUCT series"]) if uid_seed else generate_uid()
+    ds.SeriesNumber, ds.SeriesDescription = 901, series_description
     ds.OperatorsName = ""
     ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medseg", "medseg", version
     ds.FrameOfReferenceUID = for_uid

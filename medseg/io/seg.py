@@ -77,8 +77,25 @@ def _pixel_indices(ds, inv_affine: np.ndarray, shape) -> tuple | None:
     return tuple(np.round(base[a] + u[a] * c + v[a] * r).astype(np.intp) for a in range(3))
 
 
-def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *, software_version: str) -> Path:
-    """Write ``labels`` (on the DICOM series' grid) as a DICOM SEG referencing that series."""
+def _uid(seed: str | None, matched, what: str) -> str:
+    """A new UID, or (``seed``) one derived from the seed and the source series: stable across reruns."""
+    import highdicom as hd
+
+    if not seed:
+        return hd.UID()
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[seed, str(matched[0][0].get("SeriesInstanceUID", "")), f"medseg SEG {what}"])
+
+
+def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *, software_version: str,
+                    uid_seed: str | None = None) -> Path:
+    """Write ``labels`` (on the DICOM series' grid) as a DICOM SEG referencing that series.
+
+    ``uid_seed`` (e.g. a hash of the model and settings): the SEG's SeriesInstanceUID and SOPInstanceUID are
+    derived from it and the source SeriesInstanceUID, so writing the same case again gives the same object
+    (a PACS receiving it twice stores one instance); without it they are new each time.
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -109,7 +126,8 @@ def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: Labe
         pixel_array=remap[frames],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+        series_instance_uid=_uid(uid_seed, matched, "series"), series_number=900,
+        sop_instance_uid=_uid(uid_seed, matched, "instance"), instance_number=1,
         manufacturer="medseg", manufacturer_model_name="medseg", software_versions=software_version, device_serial_number="0",
         series_description="medseg segmentation",
     )

@@ -92,21 +92,30 @@ def aggregate(rd: RunDir, pipe, cases, table) -> None:
             write_csv(rd.root / "metrics.csv", pd.DataFrame(rows, columns=COLUMNS))
 
 
-def _write_inputs(rd: RunDir, cases) -> None:
+def _write_inputs(rd: RunDir, cases, pacs=None) -> None:
+    """inputs.csv; a PACS input adds ``query_row`` (the id list's row) and its source is the study's cache folder,
+    named by the case id (a salted hash of the StudyInstanceUID): no UID or patient identifier is written."""
     import pandas as pd
 
     from medseg.io.atomic import write_csv
 
+    columns = ["case_id", "kind", "source", "label", "split", "fingerprint"] + (["query_row"] if pacs is not None else [])
     write_csv(rd.root / "inputs.csv", pd.DataFrame(
         [{"case_id": c.case_id, "kind": c.kind, "source": c.source, "label": c.label, "split": c.split,
-          "fingerprint": c.fingerprint} for c in cases],
-        columns=["case_id", "kind", "source", "label", "split", "fingerprint"]))
+          "fingerprint": c.fingerprint, "query_row": getattr(c, "query_row", None)} for c in cases],
+        columns=columns))
 
 
 def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, engine: str = "local",
                  workers: int = 1, address: str | None = None, progress: bool = True, device: str | None = None,
-                 ray_init: dict | None = None) -> RunResult:
+                 ray_init: dict | None = None, query=None, accessions=None, cache=None,
+                 cache_max_gb: float | None = None) -> RunResult:
     """Run ``pipeline`` (a YAML path) over ``input`` (a folder of cases or a manifest) into ``out``.
+
+    ``input`` may be a PACS endpoint (``dicomweb+http://HOST:PORT/dicom-web``, ``dimse://AET@HOST:PORT``):
+    the studies found by ``query`` (``["StudyDate=20260101-20260131", "modality=CT"]``) and/or
+    ``accessions`` (a CSV of AccessionNumbers or StudyInstanceUIDs) become the cases, one per study,
+    retrieved into ``cache`` (default ``~/.cache/medseg/pacs``; at most ``cache_max_gb``) as they are read.
 
     ``resume=True`` insists that ``out`` already holds a run; without it an
     existing run directory is resumed all the same. ``ray_init``: extra
@@ -132,9 +141,20 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
                           path=pipeline)
     rd = RunDir(out)
     rd.check_usable()  # before any work: --out is a file, or a foreign folder
-    cases, ignored = inputs_mod.discover(input, pipe)
+    pacs = None
+    from medseg.pacs.endpoints import is_endpoint
+
+    if is_endpoint(str(input)):
+        from medseg.pacs.query import pacs_input
+
+        pacs = pacs_input(str(input), query=query, accessions=accessions, cache=cache, cache_max_gb=cache_max_gb)
+    elif query or accessions or cache or cache_max_gb is not None:
+        raise ConfigError("--query, --accessions, --cache and --cache-max-gb are for a PACS --input "
+                          "(dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT)")
+    input_shown = pacs.endpoint.display if pacs is not None else str(Path(input).resolve())
     if resume and not (rd.root / "run.json").is_file():
         raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=rd.root)
+    cases, ignored = inputs_mod.discover(input, pipe, pacs=pacs)
     ckpt = None
     if pipe.stages["predict"].model:
         from medseg.models import external
@@ -155,20 +175,22 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     t_start = time.monotonic()
     run_info = None
     try:
-        log.info("run %s: %d cases from %s, engine %s x%d", pipe.name, len(cases), input, engine, workers)
+        log.info("run %s: %d cases from %s, engine %s x%d", pipe.name, len(cases), input_shown, engine, workers)
         if ignored:
             log.info("not cases (ignored): %s", ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else ""))
         write_text(rd.root / "pipeline.yaml", yaml.safe_dump(pipe.to_dict(), sort_keys=False))
-        _write_inputs(rd, cases)
+        _write_inputs(rd, cases, pacs)
         prev = {}
         try:
             prev = json.loads((rd.root / "run.json").read_text())
         except (OSError, ValueError):
             pass
         invocation = {"started": now(), "engine": engine, "workers": workers, "argv": sys.argv[1:] if sys.argv else []}
-        run_info = {"pipeline": pipe.name, "pipeline_file": str(Path(pipeline).resolve()), "input": str(Path(input).resolve()),
+        run_info = {"pipeline": pipe.name, "pipeline_file": str(Path(pipeline).resolve()), "input": input_shown,
                     "medseg_version": medseg.__version__, "versions": versions(), "state": "running",
                     "n_cases": len(cases), "invocations": prev.get("invocations", []) + [invocation]}
+        if pacs is not None:
+            run_info["pacs"] = pacs.to_record()
         write_json(rd.root / "run.json", run_info)
 
         if pipe.has("train"):
@@ -185,8 +207,11 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
 
         from medseg.runner.stages import RunContext
 
+        sel = pipe.stages.get("select")
         ctx = RunContext(root=str(rd.root), pipeline=pipe, config_sha256=config_sha, model_path=ckpt["path"],
-                         model_sha256=model_sha, labels=ckpt["labels"], engine=engine, device=device or "")
+                         model_sha256=model_sha, labels=ckpt["labels"], engine=engine, device=device or "",
+                         pacs=pacs.context(sel.modalities if sel else ()) if pacs is not None else None,
+                         uid_seed=pipe.case_config_sha256(model_sha, exclude=("export",)))
         result = RunResult(rd.root, len(cases))
         todo = []
         for c in cases:
@@ -212,7 +237,7 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         else:
             from medseg.runner.local import run_local
 
-            run_local(ctx, todo, workers=workers, progress=progress, on_record=on_record)
+            run_local(ctx, todo, workers=workers, progress=progress, on_record=on_record, stats=invocation)
 
         aggregate(rd, pipe, cases, ctx.label_table())
         counts = rd.write_tables(cases)
@@ -233,5 +258,9 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
                 write_json(rd.root / "run.json", run_info)
         raise
     finally:
+        if pacs is not None and pacs.endpoint.retrieve == "move":
+            from medseg.pacs.retrieve import shutdown_storage_scps
+
+            shutdown_storage_scps()
         RunDir.close_log(handler)
         rd.release()

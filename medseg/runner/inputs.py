@@ -32,6 +32,8 @@ class Case:
     split: str = ""
     fingerprint: str = ""
     error: str = ""  # a problem found while listing: the case fails in its read stage with this line
+    remote: str = ""  # PACS input: the StudyInstanceUID to retrieve into ``source`` (in memory only, never written)
+    query_row: int | None = None  # PACS input with an id list: the row of the list that found the study
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -162,8 +164,36 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
     return cases
 
 
-def discover(input_path, pipe) -> tuple[list[Case], list[str]]:
-    """The run's cases with fingerprints, and the names in a folder that are not cases."""
+def from_pacs(pacs, pipe) -> list[Case]:
+    """One case per study the query finds (``pacs``: ``medseg.pacs.query.PacsInput``); an id-list row that finds
+    nothing becomes a case that fails with that reason. Case ids and fingerprints are salted hashes of the
+    StudyInstanceUID; ``source`` is the study's folder in the cache, filled when the case is read."""
+    from medseg.pacs import query as q
+    from medseg.pacs.retrieve import StudyCache
+
+    if pipe.has("train"):
+        raise ConfigError("the train stage needs a manifest .csv as --input, not a PACS")
+    result = q.find_studies(pacs.endpoint, pacs.filters, pacs.id_list)
+    cache = StudyCache(pacs.cache_dir, pacs.cache_max_bytes)
+    cases = [Case(_check_id(hit.key, pacs.endpoint.display), str(cache.path(hit.key)), "dicom",
+                  fingerprint=q.hashed(hit.study_uid, "fp"), remote=hit.study_uid, query_row=hit.query_row)
+             for hit in result.studies]
+    for m in result.missing:
+        cases.append(Case(m.key, "", "dicom", fingerprint="missing", query_row=m.query_row,
+                          error=f"row {m.query_row} of the id list: no study with this {m.keyword} on {pacs.endpoint.display}"))
+    if not cases:
+        raise InputError(f"{pacs.endpoint.display}: the query found no study; check the query keys "
+                         f"({', '.join(pacs.filters) or 'none'})")
+    return cases
+
+
+def discover(input_path, pipe, pacs=None) -> tuple[list[Case], list[str]]:
+    """The run's cases with fingerprints, and the names in a folder that are not cases.
+
+    ``pacs`` (``medseg.pacs.query.PacsInput``): the input is a PACS endpoint; one case per study found.
+    """
+    if pacs is not None:
+        return from_pacs(pacs, pipe), []
     p = Path(input_path)
     if not p.exists():
         raise InputError("input not found; expected a folder of cases or a manifest .csv", path=p)

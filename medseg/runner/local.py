@@ -18,8 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from medseg.runner.stages import CaseFailure, fail, load_predictor, mark_running, now, predictor_info, read_case, segment, write_case
 
 
-def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=None) -> list[dict]:
-    """Process ``cases``; returns their final state records in the order they finished."""
+def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=None, stats: dict | None = None) -> list[dict]:
+    """Process ``cases``; returns their final state records in the order they finished.
+
+    ``stats`` (a dict) receives ``input_wait_s``: the seconds inference waited for a case to be read (a PACS
+    input: retrieved), i.e. the time the network sat idle for want of data.
+    """
     from tqdm.auto import tqdm
 
     if not cases:
@@ -63,7 +67,12 @@ def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=
                 case, attempt, started, t0, fut = queue.popleft()
                 submit(readers)
                 try:
-                    loaded = fut.result()
+                    t_wait = time.monotonic()
+                    try:
+                        loaded = fut.result()
+                    finally:
+                        if stats is not None:
+                            stats["input_wait_s"] = round(stats.get("input_wait_s", 0.0) + time.monotonic() - t_wait, 3)
                     loaded.attempt, loaded.started = attempt, started
                     labels = segment(predictor, loaded)
                 except CaseFailure as exc:

@@ -96,13 +96,26 @@ class ReportStage:
     AGGREGATE_ONLY = ("html", "reference_ranges")
 
 
+@dataclass
+class ExportStage:
+    """Send each case's DICOM results to a PACS (STOW-RS or C-STORE; medseg.pacs.export)."""
+
+    destination: str = ""  # dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT[?calling=MEDSEG]
+    send: list = field(default_factory=lambda: ["dicom_seg", "rtstruct"])  # which of the case's objects (those written)
+    retries: int = 3  # per object, after the first attempt
+    backoff_s: float = 2.0  # wait before retry n: backoff_s * 2**(n-1) seconds, at most 60
+
+    #: Settings that do not change what a case sends (a rerun with other values redoes nothing).
+    AGGREGATE_ONLY = ("retries", "backoff_s")
+
+
 class Stage:
     """A pipeline stage type: its settings dataclass, its place in the order, and (plugins) what it does per case.
 
     Built-in stages are run by the runner itself (``medseg.runner.stages``). A
     plugin stage subclasses this, sets ``name``, ``settings`` (a dataclass whose
     fields are the YAML keys) and ``rank`` (built-ins: scan 10, select 20,
-    convert 30, plan 40, train 50, predict 60, evaluate 70, report 80; a plugin
+    convert 30, plan 40, train 50, predict 60, evaluate 70, report 80, export 95; a plugin
     runs on each case after the built-in per-case stages, in rank order), and
     implements ``run_case``. Register it with ``@register_stage`` or through the
     ``medseg.stages`` entry-point group (``my_stage = "my_pkg.stages:MyStage"``).
@@ -153,7 +166,8 @@ for _args in (("scan", ScanStage, 10, True, "header-only scan of each DICOM fold
               ("train", TrainStage, 50, False, "train once per run"),
               ("predict", PredictStage, 60, True, "segment each case (label map, SEG, RTSTRUCT, sidecar)"),
               ("evaluate", EvaluateStage, 70, True, "metrics against the reference labels"),
-              ("report", ReportStage, 80, True, "volumes per structure, QC montages, cohort tables")):
+              ("report", ReportStage, 80, True, "volumes per structure, QC montages, cohort tables"),
+              ("export", ExportStage, 95, True, "send each case's SEG / RTSTRUCT to a PACS (STOW-RS or C-STORE)")):
     _builtin(*_args)
 
 
@@ -175,11 +189,14 @@ class Pipeline:
         return {"name": self.name, "description": self.description, "input": dataclasses.asdict(self.input),
                 "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()}}
 
-    def case_config_sha256(self, model_sha256: str) -> str:
-        """Hash of everything that shapes a case's outputs: per-case stage settings and the model checksum."""
+    def case_config_sha256(self, model_sha256: str, *, exclude: tuple = ()) -> str:
+        """Hash of everything that shapes a case's outputs: per-case stage settings and the model checksum.
+
+        ``exclude``: stage names left out (the UIDs of a case's DICOM objects hash everything but ``export``).
+        """
         parts = {}
         for name, st in self.stages.items():
-            if not stage_type(name).per_case:
+            if not stage_type(name).per_case or name in exclude:
                 continue
             d = dataclasses.asdict(st)
             for k in getattr(st, "AGGREGATE_ONLY", ()) + (("model", "device") if name == "predict" else ()):
@@ -319,6 +336,8 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
             raise ConfigError(f"{source}: stages.report.window must be [low, high] with low < high")
         if rep.min_size_ml < 0:
             raise ConfigError(f"{source}: stages.report.min_size_ml must be >= 0")
+    if "export" in st:
+        _validate_export(st, source)
     if "select" in st and st["select"].description:
         import re
 
@@ -326,3 +345,27 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
             re.compile(st["select"].description)
         except re.error as exc:
             raise ConfigError(f"{source}: stages.select.description is not a regular expression ({exc})") from None
+
+
+def _validate_export(st: dict, source: str) -> None:
+    from medseg.pacs.endpoints import parse_endpoint
+
+    ex = st["export"]
+    if not ex.destination:
+        raise ConfigError(f"{source}: stages.export.destination: no destination given; add --set "
+                          "export.destination=dicomweb+http://HOST:PORT/dicom-web (or dimse://AET@HOST:PORT)")
+    parse_endpoint(ex.destination, what=f"{source}: stages.export.destination")
+    known = ("dicom_seg", "rtstruct")
+    send = [ex.send] if isinstance(ex.send, str) else list(ex.send)
+    for kind in send:
+        if kind not in known:
+            raise _unknown(kind, known, f"{source}: stages.export.send", "object")
+    if not send:
+        raise ConfigError(f"{source}: stages.export.send is empty; name dicom_seg and/or rtstruct")
+    pred = st.get("predict")
+    if pred is not None and not any(getattr(pred, k, False) for k in send):
+        raise ConfigError(f"{source}: stages.export sends {', '.join(send)} but the predict stage writes none of them; "
+                          f"set predict.{send[0]}=true")
+    if ex.retries < 0 or ex.backoff_s < 0:
+        raise ConfigError(f"{source}: stages.export.retries and backoff_s must be >= 0")
+    ex.send = send

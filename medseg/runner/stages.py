@@ -64,6 +64,8 @@ class RunContext:
     labels: dict  # the checkpoint's label table
     engine: str = "local"
     device: str = ""
+    pacs: dict | None = None  # PACS input: endpoint, cache folder and limit, modalities (medseg.pacs.query.PacsInput.context)
+    uid_seed: str = ""  # hash of the model and the settings that shape outputs: deterministic SEG/RTSTRUCT UIDs
 
     @property
     def rundir(self) -> RunDir:
@@ -107,7 +109,35 @@ def fail(ctx: RunContext, case, exc: CaseFailure, *, attempt: int, started: str,
            "fingerprint": case.fingerprint, "config_sha256": ctx.config_sha256, "engine": ctx.engine, **where()}
     ctx.rundir.write_state(case.case_id, rec)
     log.info("%s failed in %s: %s", case.case_id, exc.stage, exc.message)
+    release_study(ctx, case)
     return {**rec, "case_id": case.case_id}
+
+
+def _study_cache(ctx: RunContext):
+    from medseg.pacs.retrieve import StudyCache
+
+    return StudyCache(ctx.pacs["cache"], ctx.pacs.get("max_bytes"))
+
+
+def retrieve(ctx: RunContext, case) -> None:
+    """PACS input: fetch the case's study into the cache (``case.source``) unless it is there already."""
+    if not case.remote or ctx.pacs is None:
+        return
+    with stage("retrieve", case.case_id):
+        _study_cache(ctx).get(ctx.pacs["endpoint"], case.remote, case.case_id, modalities=ctx.pacs.get("modalities") or ())
+
+
+def release_study(ctx: RunContext, case) -> None:
+    """PACS input: the run is finished with the case's study; the cache may evict it."""
+    if case.remote and ctx.pacs is not None:
+        with contextlib.suppress(Exception):  # bookkeeping only: never fail a case over it
+            _study_cache(ctx).consume(case.case_id)
+
+
+def export_path(ctx: RunContext, case_id: str) -> Path:
+    from medseg.outputs import safe_name
+
+    return ctx.rundir.root / "export" / f"{safe_name(case_id)}.json"
 
 
 _KEPT_PREDICTORS: dict | None = None  # while keep_predictors() is active: loaded predictors by model and settings
@@ -173,6 +203,8 @@ def read_case(ctx: RunContext, case) -> Loaded:
 
         if case.error:
             raise InputError(case.error, path=case.source or None)
+    retrieve(ctx, case)
+    with stage("read", case.case_id):
         if not case.source or not os.path.exists(case.source):
             raise InputError("no such file or folder", path=case.source or case.case_id)
         sha = content_sha256(case.source)
@@ -227,7 +259,7 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
             label_map=cdir / "labels.nii.gz", sidecar=cdir / "labels.json",
             dicom_seg=cdir / "seg.dcm" if st["predict"].dicom_seg and case.kind == "dicom" else None,
             rtstruct=cdir / "rtstruct.dcm" if st["predict"].rtstruct and case.kind == "dicom" else None,
-            versions=predictor_info.get("versions"), started=t0)
+            versions=predictor_info.get("versions"), started=t0, uid_seed=ctx.uid_seed or None)
         outputs["labels"] = rd.rel(cdir / side["outputs"]["label_map"])
         for kind in ("dicom_seg", "rtstruct"):
             if kind in side["outputs"]:
@@ -276,6 +308,15 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
         with stage(name, cid):
             written = kind.run_case(settings, case_id=cid, labels=labels, image=loaded.image, table=table, case_dir=cdir) or {}
             outputs.update({f"{name}.{k}": rd.rel(Path(v)) for k, v in written.items()})
+    if "export" in st:  # last: what is sent is what the case wrote
+        ex = st["export"]
+        with stage("export", cid):
+            from medseg.pacs.export import export_case
+
+            record = export_path(ctx, cid)
+            export_case(ex.destination, {k: (rd.root / outputs[k]) if k in outputs else None for k in ex.send},
+                        record_path=record, case_id=cid, retries=ex.retries, backoff_s=ex.backoff_s, base=rd.root)
+            outputs["export"] = rd.rel(record)
     seconds = {**loaded.seconds, "write": round(time.monotonic() - t1, 3)}
     rec = {"status": "done", "stage": "", "error": "", "attempt": loaded.attempt, "started": loaded.started,
            "finished": now(), "seconds": round(time.monotonic() - t0, 3), "stage_seconds": seconds,
@@ -285,6 +326,7 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
            **where()}
     rd.write_state(cid, rec)  # last: its presence marks the case as done
     log.info("%s done in %.2f s (peak %.0f MB)", cid, rec["seconds"], rec["peak_rss_mb"] or 0)
+    release_study(ctx, case)
     return {**rec, "case_id": cid}
 
 

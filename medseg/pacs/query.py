@@ -1,0 +1,366 @@
+"""Find the studies of a run: QIDO-RS or C-FIND at study level.
+
+Query keys (``medseg run --query KEY=VALUE``, repeatable) are DICOM keywords
+or their short aliases::
+
+    PatientID (patient_id)          PatientName (patient)     e.g. DOE^* (wildcards * and ?)
+    StudyDate (date)                20260101, or a range 20260101-20260131, -20260131, 20260101-
+    ModalitiesInStudy (modality)    CT
+    StudyDescription (description)  AccessionNumber (accession)  StudyInstanceUID (study_uid)  StudyID
+    ReferringPhysicianName          InstitutionName
+
+An id list (``--accessions FILE.csv``) has a column ``AccessionNumber`` (or ``accession``) or
+``StudyInstanceUID`` (or ``study_uid``); every row is one query (combined with the keys above), and a row
+that finds no study is reported as a failed case of its own. The query's answers are never written with
+patient identifiers: a study is known by a salted hash of its UID from here on (``study_key``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import ConfigError, InputError
+from medseg.pacs.endpoints import Endpoint, PacsError, associate, dicomweb_client, http_error, make_ae
+
+KEYS = ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "ModalitiesInStudy", "StudyDescription",
+        "AccessionNumber", "StudyInstanceUID", "StudyID", "ReferringPhysicianName", "InstitutionName")
+ALIASES = {"patient_id": "PatientID", "patient": "PatientName", "patient_name": "PatientName", "date": "StudyDate",
+           "study_date": "StudyDate", "modality": "ModalitiesInStudy", "modalities": "ModalitiesInStudy",
+           "description": "StudyDescription", "accession": "AccessionNumber", "study_uid": "StudyInstanceUID"}
+#: Query values that identify a patient or a study: recorded only as salted hashes.
+IDENTIFYING = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "StudyID",
+               "ReferringPhysicianName")
+_DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Series that are never segmented (and never retrieved): medseg's own results and other non-image objects.
+NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "DOC", "REG", "FID", "PLAN")
+
+
+def salt() -> str:
+    from medseg.io.dicom_scan import DEFAULT_SALT
+
+    return os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
+
+
+def study_key(study_uid: str) -> str:
+    """The case id of a study: ``st`` + salted SHA-256 of its StudyInstanceUID (``medseg dicom scan``'s study key)."""
+    from medseg.io.dicom_scan import pseudonym
+
+    return pseudonym(study_uid, prefix="st")
+
+
+def hashed(value: str, prefix: str = "q") -> str:
+    return prefix + hashlib.sha256(f"{salt()}\x00{value}".encode()).hexdigest()[:10]
+
+
+def parse_query(items) -> dict:
+    """``["date=20260101-20260131", "modality=CT"]`` -> ``{"StudyDate": "20260101-20260131", "ModalitiesInStudy": "CT"}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--query {item!r}: expected KEY=VALUE, e.g. StudyDate=20260101-20260131 or modality=CT")
+        key, value = (s.strip() for s in item.split("=", 1))
+        keyword = ALIASES.get(key.lower(), key)
+        if keyword not in KEYS:
+            close = difflib.get_close_matches(key, list(KEYS) + list(ALIASES), n=1)
+            raise ConfigError(f"--query: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                                 f"; known: {', '.join(KEYS)}"))
+        if keyword in ("StudyDate", "PatientBirthDate"):
+            value = value.replace(" ", "")
+            if not value or not _DATE.match(value) or value == "-":
+                raise ConfigError(f"--query {key}={value!r}: expected a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD "
+                                  "(either end may be left open)")
+        if keyword == "StudyInstanceUID" and not _UID.match(value):
+            raise ConfigError(f"--query StudyInstanceUID: {value!r} is not a UID (digits and dots)")
+        if keyword in out and out[keyword] != value:
+            raise ConfigError(f"--query: {keyword} given twice ({out[keyword]!r} and {value!r})")
+        out[keyword] = value
+    return out
+
+
+def record_query(filters: dict) -> dict:
+    """The query as run.json keeps it: identifying values replaced by salted hashes."""
+    return {k: (hashed(v) if k in IDENTIFYING and v else v) for k, v in filters.items()}
+
+
+def read_id_list(path) -> tuple[str, list[tuple[int, str]]]:
+    """``(DICOM keyword, [(row number from 1, value), ...])`` of an accession / study UID list."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("--accessions: file not found; give a CSV with a column AccessionNumber or StudyInstanceUID", path=p)
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except Exception as exc:  # noqa: BLE001 (any parser error: not a CSV)
+        raise InputError(f"--accessions: cannot read as CSV ({str(exc).splitlines()[0]})", path=p) from None
+    columns = {c.strip(): c for c in df.columns}
+    for name, keyword in (("AccessionNumber", "AccessionNumber"), ("accession", "AccessionNumber"),
+                          ("accession_number", "AccessionNumber"), ("StudyInstanceUID", "StudyInstanceUID"),
+                          ("study_uid", "StudyInstanceUID"), ("study_instance_uid", "StudyInstanceUID")):
+        if name in columns:
+            values = [(i + 1, str(v).strip()) for i, v in enumerate(df[columns[name]])]
+            values = [(i, v) for i, v in values if v]
+            if not values:
+                raise InputError(f"--accessions: column {name!r} is empty", path=p)
+            if keyword == "StudyInstanceUID":
+                bad = [i for i, v in values if not _UID.match(v)]
+                if bad:
+                    raise InputError(f"--accessions: row(s) {bad[:5]} of column {name!r} are not UIDs", path=p)
+            return keyword, values
+    raise InputError(f"--accessions: no column AccessionNumber or StudyInstanceUID (columns: {', '.join(columns)})", path=p)
+
+
+@dataclass
+class StudyHit:
+    study_uid: str  # kept in memory only; never written
+    key: str  # study_key(study_uid): the case id
+    n_instances: int | None = None
+    modalities: tuple = ()
+    query_row: int | None = None  # the id list's row that found it
+
+
+@dataclass
+class Missing:
+    """An id list row that found no study."""
+
+    query_row: int
+    key: str  # salted hash of the value
+    keyword: str
+
+
+@dataclass
+class QueryResult:
+    studies: list = field(default_factory=list)  # StudyHit, in query order, each study once
+    missing: list = field(default_factory=list)  # Missing
+
+
+_RETURN_KEYS = ("StudyInstanceUID", "NumberOfStudyRelatedInstances", "ModalitiesInStudy")
+
+
+def _value(v):
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        return tuple(str(x) for x in v)
+    return str(v)
+
+
+PAGE = 500
+
+
+def paged(search, uid_tag: str) -> list[dict]:
+    """Every answer of a QIDO-RS search, page by page (limit/offset). A server that ignores ``offset`` (some
+    filters in some servers) would repeat its first page for ever under dicomweb-client's ``get_remaining``:
+    here a page that brings no new UID ends the search."""
+    out, seen, offset = [], set(), 0
+    while True:
+        page = search(limit=PAGE, offset=offset) or []
+        new = [item for item in page if ((item.get(uid_tag) or {}).get("Value") or [None])[0] not in seen]
+        for item in new:
+            seen.add(((item.get(uid_tag) or {}).get("Value") or [None])[0])
+        out += new
+        if len(page) < PAGE or not new:
+            return out
+        offset += len(page)
+
+
+def _search_dicomweb(ep: Endpoint, client, filters: dict) -> list[dict]:
+    params = dict(filters)
+    try:
+        found = paged(lambda **kw: client.search_for_studies(search_filters=params, fields=list(_RETURN_KEYS), **kw),
+                      "0020000D")
+    except Exception as exc:  # noqa: BLE001
+        raise http_error(exc, ep, "the study search (QIDO-RS)") from None
+    out = []
+    for item in found or []:
+        def tag(t):
+            return ((item.get(t) or {}).get("Value") or [None])
+
+        uid = tag("0020000D")[0]
+        if not uid:
+            continue
+        n = tag("00201208")[0]
+        mods = tuple(str(m) for m in ((item.get("00080061") or {}).get("Value") or []))
+        out.append({"uid": str(uid), "n": int(n) if n not in (None, "") else None, "modalities": mods})
+    return out
+
+
+def _search_dimse(ep: Endpoint, assoc, filters: dict) -> list[dict]:
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for k in _RETURN_KEYS:
+        setattr(ds, k, "")
+    for k, v in filters.items():
+        if k == "ModalitiesInStudy" and "\\" in v:
+            v = v.split("\\")
+        setattr(ds, k, v)
+    out = []
+    final = None
+    for status, identifier in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+        if not status:
+            raise PacsError(f"{ep.display}: no answer to C-FIND (connection lost or timed out); check the PACS")
+        final = int(status.Status)
+        if final in (0xFF00, 0xFF01) and identifier is not None:
+            uid = str(identifier.get("StudyInstanceUID", "") or "")
+            if not uid:
+                continue
+            n = identifier.get("NumberOfStudyRelatedInstances", None)
+            mods = _value(identifier.get("ModalitiesInStudy", None)) or ()
+            out.append({"uid": uid, "n": int(n) if n not in (None, "") else None,
+                        "modalities": mods if isinstance(mods, tuple) else (mods,)})
+    if final not in (0x0000, None):
+        raise PacsError(f"{ep.display}: C-FIND failed with status 0x{final:04X}; check the query keys and the PACS log")
+    return out
+
+
+def find_studies(ep: Endpoint, filters: dict | None = None, id_list: tuple[str, list] | None = None) -> QueryResult:
+    """The studies matching ``filters`` (and, with ``id_list`` = ``(keyword, [(row, value)])``, one query per row)."""
+    filters = dict(filters or {})
+    queries = [(None, filters)]
+    if id_list is not None:
+        keyword, rows = id_list
+        if keyword in filters:
+            raise ConfigError(f"--query {keyword} and --accessions both give {keyword}; use one")
+        queries = [(row, {**filters, keyword: value}) for row, value in rows]
+    result, seen = QueryResult(), set()
+    if ep.kind == "dicomweb":
+        client = dicomweb_client(ep)
+
+        def search(q):
+            return _search_dicomweb(ep, client, q)
+
+        assoc = None
+    else:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        ae = make_ae(ep)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = associate(ae, ep, "C-FIND")
+
+        def search(q):
+            return _search_dimse(ep, assoc, q)
+    try:
+        for row, q in queries:
+            hits = search(q)
+            if row is not None and not hits:
+                result.missing.append(Missing(row, hashed(q[id_list[0]], "ac" if id_list[0] == "AccessionNumber" else "su"),
+                                              id_list[0]))
+            for h in hits:
+                if h["uid"] in seen:
+                    continue
+                seen.add(h["uid"])
+                result.studies.append(StudyHit(h["uid"], study_key(h["uid"]), h["n"], tuple(h["modalities"]), row))
+    finally:
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+    return result
+
+
+@dataclass
+class SeriesHit:
+    series_uid: str
+    modality: str
+    n_instances: int | None = None
+
+
+def list_series(ep: Endpoint, study_uid: str, *, client=None, assoc=None) -> list[SeriesHit]:
+    """The series of a study with their modality and instance count (QIDO-RS / C-FIND at series level)."""
+    if ep.kind == "dicomweb":
+        client = client or dicomweb_client(ep)
+        try:
+            found = paged(lambda **kw: client.search_for_series(
+                study_instance_uid=study_uid, fields=["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"], **kw),
+                "0020000E")
+        except Exception as exc:  # noqa: BLE001
+            raise http_error(exc, ep, "the series search (QIDO-RS)") from None
+        out = []
+        for item in found or []:
+            def tag(t):
+                return ((item.get(t) or {}).get("Value") or [None])[0]
+
+            if tag("0020000E"):
+                n = tag("00201209")
+                out.append(SeriesHit(str(tag("0020000E")), str(tag("00080060") or ""), int(n) if n not in (None, "") else None))
+        return out
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = ""
+    ds.Modality = ""
+    ds.NumberOfSeriesRelatedInstances = ""
+    out, final = [], None
+    for status, identifier in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+        if not status:
+            raise PacsError(f"{ep.display}: no answer to C-FIND (connection lost or timed out); check the PACS")
+        final = int(status.Status)
+        if final in (0xFF00, 0xFF01) and identifier is not None and identifier.get("SeriesInstanceUID"):
+            n = identifier.get("NumberOfSeriesRelatedInstances", None)
+            out.append(SeriesHit(str(identifier.SeriesInstanceUID), str(identifier.get("Modality", "") or ""),
+                                 int(n) if n not in (None, "") else None))
+    if final not in (0x0000, None):
+        raise PacsError(f"{ep.display}: series C-FIND failed with status 0x{final:04X}; check the PACS log")
+    return out
+
+
+@dataclass
+class PacsInput:
+    """Everything ``medseg run --input ENDPOINT`` needs to find and fetch its studies."""
+
+    endpoint: Endpoint
+    filters: dict = field(default_factory=dict)
+    id_list: tuple | None = None  # (keyword, [(row, value)])
+    id_list_file: str = ""
+    cache_dir: str = ""
+    cache_max_bytes: int | None = None
+
+    def to_record(self) -> dict:
+        """What run.json keeps: the endpoint without credentials, the query with identifying values hashed."""
+        rec = {**self.endpoint.to_record(), "query": record_query(self.filters), "cache": self.cache_dir,
+               "cache_max_gb": round(self.cache_max_bytes / 1024**3, 3) if self.cache_max_bytes else None}
+        if self.id_list is not None:
+            rec["id_list"] = {"column": self.id_list[0], "rows": len(self.id_list[1])}
+        return rec
+
+    def context(self, modalities=()) -> dict:
+        """The part the readers need (``RunContext.pacs``: picklable)."""
+        return {"endpoint": self.endpoint, "cache": self.cache_dir, "max_bytes": self.cache_max_bytes,
+                "modalities": tuple(modalities or ())}
+
+
+def pacs_input(spec: str, *, query=None, accessions=None, cache=None, cache_max_gb=None) -> PacsInput:
+    """Check a PACS input (endpoint spec, ``--query`` items, ``--accessions`` CSV, cache folder and limit)."""
+    from medseg.pacs.endpoints import parse_endpoint
+    from medseg.pacs.retrieve import default_cache_dir
+
+    ep = parse_endpoint(spec, what="--input")
+    filters = parse_query(query)
+    id_list = read_id_list(accessions) if accessions else None
+    if not filters and id_list is None:
+        raise ConfigError(f"--input {ep.display}: give --query KEY=VALUE (e.g. StudyDate=20260101-20260131, modality=CT) "
+                          "or --accessions FILE.csv; medseg does not segment a whole archive unasked")
+    max_bytes = None
+    if cache_max_gb is not None:
+        try:
+            gb = float(cache_max_gb)
+        except (TypeError, ValueError):
+            gb = -1.0
+        if not gb > 0:
+            raise ConfigError(f"--cache-max-gb must be a positive number of GB, not {cache_max_gb!r}")
+        max_bytes = int(gb * 1024**3)
+    cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError("--cache names a file; give a folder for the study cache", path=cache_dir)
+    return PacsInput(ep, filters, id_list, str(Path(accessions).resolve()) if accessions else "", str(cache_dir.resolve()),
+                     max_bytes)
