@@ -43,7 +43,9 @@ def _run(args) -> int:
 
 def add(sub) -> None:
     s = sub.add_parser("predict", help="segment images or DICOM folders; outputs sit on each input's grid")
-    s.add_argument("--model", required=True, action="append", help="checkpoint (.pt) from medseg train (repeat: ensemble) or an nnU-Net v2 model folder")
+    s.add_argument("--model", required=True, action="append",
+                   help="checkpoint (.pt) from medseg train or medseg models import (repeat: ensemble), or a model folder: "
+                        "nnU-Net v2 (DatasetXXX/Trainer__Plans__conf), TotalSegmentator's results folder, a MONAI bundle")
     s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files or DICOM folders")
     s.add_argument("--out", required=True)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")

@@ -122,9 +122,9 @@ class Predictor:
 
         ``expected_labels``: refuse a checkpoint trained for another label table.
         Keyword overrides change inference settings (``sw_batch_size=8, amp="off"``...).
-        An nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/) runs as nnU-Net runs it
-        (``medseg.models.external``): ``folds`` (default: every fold present) and ``checkpoint``
-        ("final" or "best") choose its weights.
+        A model folder of another tool runs as that tool runs it (``medseg.models.external.FORMATS``: an
+        nnU-Net v2 trained-model folder, TotalSegmentator's results folder, a MONAI bundle); for nnU-Net
+        ``folds`` (default: every fold present) and ``checkpoint`` ("final" or "best") choose its weights.
         """
         from medseg.checkpoint import build_model, load_checkpoint
         from medseg.models import external
