@@ -222,6 +222,31 @@ def test_sigkill_while_processing_then_restart_processes_once(studies, pacs_orac
 
 
 
+@needs_storescu
+@pytest.mark.slow
+def test_results_of_a_received_study_arrive_in_orthanc(orthanc, pacs_oracle, tmp_path):
+    """The pipeline's export stage forwards the SEG of each received study; the listener only runs the pipeline."""
+    st = write_study(tmp_path / "study", 47)
+    out = tmp_path / "node"
+    key = _key(st)
+    node = Node(tmp_path, out, pacs_oracle, "--set", f"export.destination={orthanc.dimse_spec}", quiet=0.5,
+                pipeline="pacs_volumetry")
+    try:
+        assert node.send(st.folder).returncode == 0
+        node.wait_for(f"study {key} done", timeout=120)
+    finally:
+        assert node.stop() == 0
+    (seg,) = orthanc.seg_instances(st.study_uid)
+    assert seg["StudyInstanceUID"] == st.study_uid and seg["Modality"] == "SEG"
+    import pydicom
+
+    ds = pydicom.dcmread(out / "run" / "cases" / key / "seg.dcm")
+    assert seg["SOPInstanceUID"] == ds.SOPInstanceUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == st.series_uid
+    rec = json.loads((out / "run" / "export" / f"{key}.json").read_text())
+    assert rec["status"] == "sent"
+    assert_no_identifiers(out, [st], node.stderr())
+
 # --- in-process: store statuses, recovery, the predictor cache -------------------------------------------------
 
 def _in_process_node(out, model, **kw):
