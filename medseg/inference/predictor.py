@@ -60,7 +60,7 @@ def default_inference() -> dict:
     return {**PREDICTOR_OPTIONS, **dataclasses.asdict(InferenceConfig())}
 
 
-def _finite_min(array: np.ndarray, slab_voxels: int = 1 << 24) -> float | None:
+def finite_min(array: np.ndarray, slab_voxels: int = 1 << 24) -> float | None:
     """Smallest finite voxel, slab by slab; None when there is none."""
     step = max(1, slab_voxels // max(1, array.size // array.shape[-1]))
     best = None

@@ -74,9 +74,9 @@ class BundlePredictor(Predictor):
         }
 
     def _fill_value(self, array: np.ndarray) -> tuple[float | None, str]:
-        from medseg.inference.predictor import _finite_min
+        from medseg.inference.predictor import finite_min
 
-        return _finite_min(array), "the image's finite minimum"
+        return finite_min(array), "the image's finite minimum"
 
     def _input(self, volume: Volume, channels: np.ndarray):
         """What the bundle's LoadImaged + EnsureChannelFirstd give: channel-first float32 with the RAS affine."""
