@@ -223,54 +223,174 @@ def _slicers(image_size, patch):
     return [(slice(None), *[slice(s, s + t) for s, t in zip(c, patch)]) for c in itertools.product(*steps)]
 
 
-def _mirror_predict(net, x, mirror_axes):
+def mirror_combinations(mirror_axes, mirror=True) -> list[tuple]:
+    """The flips nnU-Net averages over (``_internal_maybe_mirror_and_predict``): every non-empty combination of
+    the checkpoint's axes (``mirror=True``: 7 for three axes), each axis alone (``"single"``: medseg's cheaper
+    TTA) or none (``False``). Axes in the network input's order (batch and channel first)."""
+    if not mirror_axes or mirror is False or mirror is None:
+        return []
+    axes = [m + 2 for m in mirror_axes]
+    if mirror == "single":
+        return [(a,) for a in axes]
+    return [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+
+def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None):
+    """The network's logits on ``x`` averaged over ``mirror_combinations``; float32 (the network's dtype)."""
     import torch
 
-    pred = net(x)
-    if mirror_axes:
-        axes = [m + 2 for m in mirror_axes]
-        combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-        for ax in combos:
-            pred += torch.flip(net(torch.flip(x, ax)), ax)
+    def run(t):
+        if amp_dtype is None:
+            return net(t)
+        with torch.autocast(device_type=t.device.type, dtype=amp_dtype):
+            return net(t).float()
+
+    pred = run(x)
+    combos = mirror_combinations(mirror_axes, mirror)
+    for ax in combos:
+        pred += torch.flip(run(torch.flip(x, ax)), ax)
+    if combos:
         pred /= (len(combos) + 1)
     return pred
 
 
-def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5, device="cpu", progress=None):
-    """``predict_sliding_window_return_logits``: float16 logits of one network on ``(C, ...)`` data."""
+#: Constant windows are recognised with this tolerance (the third-order resampling leaves rounding noise).
+_CONSTANT_TOL = 1e-5
+
+
+def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5, device="cpu", progress=None,
+                          mirror=True, batch: int = 1, amp_dtype=None, logits_dtype=None, skip_constant: bool = False,
+                          air_below: float | None = None, background=None, stats: dict | None = None):
+    """``predict_sliding_window_return_logits``: the logits of one network on ``(C, ...)`` data (float16 by default).
+
+    The defaults are nnU-Net's steps. medseg's faster paths (each off by default):
+
+    - ``batch``: windows per forward pass (each window's result is the same up to float rounding);
+    - ``amp_dtype``: autocast dtype for the network (``torch.bfloat16``...; nnU-Net: none on the CPU);
+    - ``mirror``: ``"single"`` mirrors each axis alone instead of every combination, ``False`` not at all;
+    - ``logits_dtype``: accumulate in this dtype (``torch.float32``; nnU-Net: float16);
+    - ``skip_constant``: a window whose input is one value everywhere (air clipped to the CT floor, zero
+      background, padding) gives the same network output wherever it lies: it runs once per value and is
+      reused -- no label change;
+    - ``air_below``: windows whose every (normalised) voxel is below this value are not run at all; voxels that
+      only such windows cover get ``background`` logits (a vector of ``heads`` values).
+    """
     import torch
 
+    batch = max(1, int(batch))
+    acc_dtype = logits_dtype or torch.half
     with torch.inference_mode():
         x, revert = pad_to(data, patch)
         slicers = _slicers(x.shape[1:], patch)
-        logits = torch.zeros((heads, *x.shape[1:]), dtype=torch.half)
-        weight = torch.zeros(x.shape[1:], dtype=torch.half)
+        logits = torch.zeros((heads, *x.shape[1:]), dtype=acc_dtype)
+        weight = torch.zeros(x.shape[1:], dtype=acc_dtype)
         g = gaussian(tuple(patch))
-        for n, sl in enumerate(slicers):
-            tile = torch.clone(x[sl][None], memory_format=torch.contiguous_format).to(device)
-            pred = _mirror_predict(net, tile, mirror_axes)[0].to("cpu")
+        if acc_dtype != torch.half:
+            g = g.to(acc_dtype)
+        cache: dict = {}
+        n_run = n_reused = n_skipped = 0
+
+        def add(sl, pred):
+            pred = pred.to("cpu", acc_dtype if acc_dtype != torch.half else pred.dtype)
             pred *= g
             logits[sl] += pred
             weight[sl[1:]] += g
+
+        pending: list = []
+
+        def flush():
+            nonlocal n_run
+            if not pending:
+                return
+            tiles = torch.cat([t for _, t, _ in pending]).to(device)
+            preds = _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype)
+            for (sl, _, key), p in zip(pending, preds):
+                if key is not None:
+                    cache[key] = p.clone()
+                add(sl, p)
+            n_run += len(pending)
+            pending.clear()
+
+        for n, sl in enumerate(slicers):
+            tile = x[sl][None]
+            key = None
+            if skip_constant or air_below is not None:
+                lo, hi = float(tile.min()), float(tile.max())
+                if air_below is not None and hi < air_below:
+                    n_skipped += 1
+                    continue
+                if skip_constant and hi - lo <= _CONSTANT_TOL:
+                    key = round(lo, 4)
+                    if key in cache:
+                        add(sl, cache[key].clone())
+                        n_reused += 1
+                        continue
+                    if any(k == key for _, _, k in pending):
+                        flush()  # its twin is about to run: reuse it
+                        add(sl, cache[key].clone())
+                        n_reused += 1
+                        continue
+            pending.append((sl, torch.clone(tile, memory_format=torch.contiguous_format), key))
+            if len(pending) >= batch:
+                flush()
             if progress:
                 progress(n + 1, len(slicers))
+        flush()
+        if n_skipped:
+            empty = weight == 0
+            weight[empty] = 1
+            if background is not None:
+                bg = torch.as_tensor(background, dtype=acc_dtype)
+                for c in range(heads):
+                    logits[c][empty] = bg[c]
         torch.div(logits, weight, out=logits)
         if torch.any(torch.isinf(logits)):
             raise FloatingPointError("infinite logits (float16 overflow), as nnU-Net would report")
+        if stats is not None:
+            stats["windows_run"] = stats.get("windows_run", 0) + n_run
+            stats["windows_reused"] = stats.get("windows_reused", 0) + n_reused
+            stats["windows_skipped"] = stats.get("windows_skipped", 0) + n_skipped
         return logits[(slice(None), *revert)]
 
 
-def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True):
-    """``predict_logits_from_preprocessed_data``: the folds' logits, averaged (float16)."""
+def air_threshold(model, air_hu: float) -> float | None:
+    """The normalised value of ``air_hu`` for a one-channel CT model (``CTNormalization``): a window entirely below
+    it is air. None for other schemes (windows of zero background are constant: ``skip_constant`` covers them)."""
+    conf = model.conf
+    if list(conf["normalization_schemes"]) != ["CTNormalization"]:
+        return None
+    props = model.plans.get("foreground_intensity_properties_per_channel", {}).get("0")
+    if not props:
+        return None
+    lo = float(props["percentile_00_5"])
+    if air_hu <= lo:  # air is clipped to the floor: windows of it are constant (reused, not skipped)
+        return None
+    return (min(air_hu, float(props["percentile_99_5"])) - props["mean"]) / max(props["std"], 1e-8)
+
+
+def background_logits(model) -> list:
+    """Logits that decode to background: class 0 wins (softmax), every region off (sigmoid)."""
+    lab = model.labels
+    if lab.regions:
+        return [-20.0] * lab.heads
+    return [20.0] + [0.0] * (lab.heads - 1)
+
+
+def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **fast):
+    """``predict_logits_from_preprocessed_data``: the folds' logits, averaged (float16 unless ``logits_dtype``).
+    ``fast``: medseg's switches of ``sliding_window_logits`` (default off: nnU-Net's steps)."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(data))
     total = None
     axes = model.mirror_axes if mirror else None
+    if fast.get("air_below") is not None and fast.get("background") is None:
+        fast["background"] = background_logits(model)
     with torch.inference_mode():
         for net in nets:
             net = net.to(device).eval()
-            p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step, device=device)
+            p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step,
+                                      device=device, mirror=mirror, **fast)
             total = p if total is None else total.__iadd__(p)
         if len(nets) > 1:
             total /= len(nets)
@@ -314,3 +434,100 @@ def export(logits, props: dict, model, *, probabilities: bool = False):
         pfull[0] = 1
     pfull[(slice(None), *sl)] = probs.numpy()
     return full, pfull.transpose([0] + [i + 1 for i in tb])
+
+
+# ---------------------------------------------------------------- medseg's label-only export
+def _linear_axis(n_in: int, n_out: int, nearest: bool):
+    """Source indices and weights of ``skimage.transform.resize`` (order 1, edge mode: ``scipy.ndimage.zoom`` on the
+    pixel grid) along one axis, or of the order-0 ``map_coordinates`` nnU-Net uses on the separate axis."""
+    import torch
+
+    if n_in == n_out:
+        i = torch.arange(n_out)
+        return i, i, torch.zeros(n_out)
+    c = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    if nearest:
+        i = torch.floor(c + 0.5).clamp(0, n_in - 1).long()
+        return i, i, torch.zeros(n_out)
+    c = c.clamp(0, n_in - 1)
+    i0 = torch.floor(c).long()
+    return i0, (i0 + 1).clamp(max=n_in - 1), (c - i0).float()
+
+
+def _decide(scores, lab):
+    """Labels from scores ``(heads, N)``: argmax, or the regions painted in ``regions_class_order`` (sigmoid > 0.5
+    is logit > 0)."""
+    import torch
+
+    if not lab.regions:
+        return scores.argmax(0)
+    out = torch.zeros(scores.shape[1:], dtype=torch.long)
+    for i, c in enumerate(lab.regions_class_order):
+        out[scores[i] > 0] = c
+    return out
+
+
+def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20) -> np.ndarray:
+    """The label map of ``export`` without resampling every class's scores to the full grid.
+
+    nnU-Net resamples each head's logits (order 1 in plane, the separate axis order 0) and then decides per voxel.
+    Linear interpolation is a convex combination of the 2x2x2 neighbouring grid values: where all of them decide
+    the same label (argmax, or region painting: every channel keeps its sign), every point between them does too.
+    So the label is looked up from the network grid there, and the scores are interpolated only for output voxels
+    whose neighbours disagree (near boundaries), ``chunk`` voxels at a time. Differences from ``export``: float32
+    instead of float16 rounding of the resampled scores (near-ties). Returns the label map in the reader's order;
+    the caller falls back to ``export`` for anything but order-1 probability resampling."""
+    import torch
+
+    plans, conf = model.plans, model.conf
+    tf = plans.get("transpose_forward", [0, 1, 2])
+    tb = plans.get("transpose_backward", [0, 1, 2])
+    kw = conf.get("resampling_fn_probabilities_kwargs", {})
+    spacing_t = [props["spacing"][i] for i in tf]
+    current = props["network_spacing"]
+    scores = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+    in_shape = tuple(scores.shape[1:])
+    out_shape = tuple(int(s) for s in props["shape_after_cropping"])
+    do_sep, axis = separate_z(kw.get("force_separate_z"), current, spacing_t,
+                              kw.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD))
+    lab = model.labels
+    axes = [_linear_axis(i, o, nearest=bool(do_sep and a == axis and kw.get("order_z", 0) == 0))
+            for a, (i, o) in enumerate(zip(in_shape, out_shape))]
+    coarse = _decide(scores.reshape(scores.shape[0], -1), lab).reshape(in_shape)
+    small = lab.table.num_classes < 255
+    dtype, mixed = (torch.uint8, 255) if small else (torch.int32, -1)
+    coarse = coarse.to(dtype)
+    lo = hi = coarse
+    for a, (i0, i1, w) in enumerate(axes):
+        if bool((w > 0).any()) and coarse.shape[a] > 1:
+            nxt_lo = torch.cat([lo.narrow(a, 1, lo.shape[a] - 1), lo.narrow(a, lo.shape[a] - 1, 1)], dim=a)
+            nxt_hi = torch.cat([hi.narrow(a, 1, hi.shape[a] - 1), hi.narrow(a, hi.shape[a] - 1, 1)], dim=a)
+            lo, hi = torch.minimum(lo, nxt_lo), torch.maximum(hi, nxt_hi)
+    cells = torch.where(lo == hi, lo, torch.full_like(lo, mixed))
+    (a0, a1, wa), (b0, b1, wb), (c0, c1, wc) = axes
+    seg = cells.index_select(2, c0).index_select(0, a0).index_select(1, b0)
+    flat = seg.view(-1)
+    where = (flat == mixed).nonzero().squeeze(1)
+    X, Y, Z = out_shape
+    sc = scores.float() if scores.dtype != torch.float32 else scores
+    for s in range(0, where.numel(), chunk):
+        idx = where[s:s + chunk]
+        iz, rest = idx % Z, idx // Z
+        iy, ix = rest % Y, rest // Y
+        acc = torch.zeros((sc.shape[0], idx.numel()), dtype=torch.float32)
+        for xi, xw in ((a0[ix], 1.0 - wa[ix]), (a1[ix], wa[ix])):
+            for yi, yw in ((b0[iy], 1.0 - wb[iy]), (b1[iy], wb[iy])):
+                for zi, zw in ((c0[iz], 1.0 - wc[iz]), (c1[iz], wc[iz])):
+                    acc.addcmul_(sc[:, xi, yi, zi], (xw * yw * zw)[None])
+        flat[idx] = _decide(acc, lab).to(dtype)
+    seg = seg.numpy()
+    out_dtype = np.uint8 if max(lab.table.num_classes - 1, 0) < 255 else np.uint16
+    full = np.zeros(props["shape_before_cropping"], dtype=out_dtype)
+    full[tuple(slice(a, b) for a, b in props["bbox"])] = seg
+    return full.transpose(tb)
+
+
+def labels_only_applies(model) -> bool:
+    """``labels_only`` reproduces order-1 resampling of the scores (nnU-Net's default) on 3D grids."""
+    kw = model.conf.get("resampling_fn_probabilities_kwargs", {})
+    return int(kw.get("order", 1)) == 1 and int(kw.get("order_z", 0)) in (0, 1) and len(model.conf["patch_size"]) == 3

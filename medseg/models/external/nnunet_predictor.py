@@ -21,8 +21,63 @@ from medseg.inference.predictor import Predictor, default_inference, peak_rss_mb
 from medseg.io.volume import Volume
 
 #: Options that apply to nnU-Net models: ``overlap`` is ``1 - tile_step_size`` (nnU-Net: 0.5), ``mirror``
-#: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints.
-NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite")
+#: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints; then medseg's faster
+#: paths (``NNUNET_FAITHFUL`` holds each one's default: nnU-Net's own step).
+NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_size", "skip_background", "air_hu",
+                  "export", "logits_dtype", "label_chunk")
+
+#: nnU-Net's own inference, step for step (the default).
+#:
+#: - ``amp``: ``"nnunet"`` as nnU-Net (float16 autocast on CUDA, none on a CPU), or ``off``/``bf16``/``fp16``/``auto``
+#:   (``medseg.precision``);
+#: - ``sw_batch_size``: windows per forward pass;
+#: - ``mirror``: ``True`` every combination of the checkpoint's mirror axes, ``"single"`` each axis alone, ``False``;
+#: - ``skip_background``: windows of one constant value run once and are reused (no label change), and on CT windows
+#:   entirely below ``air_hu`` are not run (their voxels background where no other window covers them);
+#: - ``export``: ``"nnunet"`` resamples every class's scores to the input grid, ``"labels"`` decides the label on
+#:   the network grid and interpolates scores only near boundaries;
+#: - ``logits_dtype``: ``"float16"`` as nnU-Net accumulates the windows, or ``"float32"``.
+NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_background": False, "air_hu": -500.0,
+                   "export": "nnunet", "logits_dtype": "float16"}
+#: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU
+#: (benchmarks/results/2026-11-30_nnunet.txt). Options given next to the preset override it.
+NNUNET_FAST = {"amp": "auto", "sw_batch_size": 2, "mirror": True, "skip_background": True, "air_hu": -500.0,
+               "export": "labels", "logits_dtype": "float32"}
+NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
+
+
+def nnunet_inference_options(overrides: dict | None = None) -> dict:
+    """The nnU-Net inference settings for ``overrides`` (a preset, then single options), checked."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(NNUNET_OPTIONS)
+    if unknown:
+        raise ConfigError(f"option(s) {sorted(unknown)} do not apply to nnU-Net models (medseg follows nnU-Net's own "
+                          f"inference for them); accepted: {list(NNUNET_OPTIONS)}")
+    preset = overrides.get("preset", "faithful")
+    if preset not in NNUNET_PRESETS:
+        raise ConfigError(f"preset={preset!r}: expected one of {list(NNUNET_PRESETS)}")
+    out = {"overlap": 0.5, "nonfinite": "refuse", "preset": preset, "label_chunk": 1 << 20, **NNUNET_PRESETS[preset],
+           **overrides}
+    if not 0 <= float(out["overlap"]) < 1:
+        raise ConfigError(f"overlap={out['overlap']!r}: expected a number in [0, 1)")
+    checks = {"amp": ("nnunet", "off", "bf16", "fp16", "auto"), "mirror": (True, False, "single"),
+              "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32")}
+    for key, allowed in checks.items():
+        if out[key] not in allowed:
+            raise ConfigError(f"{key}={out[key]!r}: expected one of {list(allowed)}")
+    if int(out["sw_batch_size"]) < 1:
+        raise ConfigError(f"sw_batch_size={out['sw_batch_size']!r}: expected a whole number >= 1")
+    return out
+
+
+def _amp_dtype(amp: str, device):
+    from medseg.precision import autocast_dtype
+
+    if amp == "nnunet":  # predict_sliding_window_return_logits: autocast only on CUDA (float16)
+        import torch
+
+        return torch.float16 if device.type == "cuda" else None
+    return autocast_dtype(amp, device)
 
 
 def folder_sha256(model) -> str:
@@ -44,23 +99,16 @@ class NnunetPredictor(Predictor):
 
         from medseg.inference.sliding_window import default_device
 
-        overrides = dict(inference or {})
-        unknown = set(overrides) - set(NNUNET_OPTIONS)
-        if unknown:
-            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to nnU-Net models (medseg follows nnU-Net's own "
-                              f"inference for them); accepted: {list(NNUNET_OPTIONS)}")
+        options = nnunet_inference_options(inference)
         self.nnunet = model
         self.device = torch.device(device) if device else default_device()
         self.models = [net.to(self.device) for net in model.networks()]
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
-        self.inference = {**default_inference(), "overlap": 0.5, "mirror": True, **overrides}
-        self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "amp": "off",
-                               "tta_flips": [], "skip_background": False, "channels_last": False, "sw_batch_size": 1,
-                               "engine": "nnunet"})
-        if not 0 <= float(self.inference["overlap"]) < 1:
-            raise ConfigError(f"overlap={self.inference['overlap']!r}: expected a number in [0, 1)")
+        self.inference = {**default_inference(), **options}
+        self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "tta_flips": [],
+                               "channels_last": False, "engine": "nnunet"})
         self.preprocessing = {"intensity": "nnunet", "spacing": list(model.conf["spacing"]),
                               "normalization_schemes": list(model.conf["normalization_schemes"]),
                               "configuration": model.configuration}
@@ -70,6 +118,18 @@ class NnunetPredictor(Predictor):
             "configuration": model.configuration, "folds": list(model.folds), "checkpoint": model.checkpoint,
             "in_channels": model.in_channels, "trained_with": {},
         }
+
+    def window_options(self) -> dict:
+        """Keyword arguments of ``nnunet_inference.predict_logits`` for this predictor's settings."""
+        import torch
+
+        from medseg.models.external import nnunet_inference as nn
+
+        inf = self.inference
+        skip = bool(inf["skip_background"])
+        return {"mirror": inf["mirror"], "batch": int(inf["sw_batch_size"]), "amp_dtype": _amp_dtype(inf["amp"], self.device),
+                "logits_dtype": torch.float32 if inf["logits_dtype"] == "float32" else None, "skip_constant": skip,
+                "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None}
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
@@ -88,10 +148,17 @@ class NnunetPredictor(Predictor):
         if not np.all(np.isfinite(x)):
             raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
         t1 = time.monotonic()
+        stats: dict = {}
         logits = nn.predict_logits(self.models, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
-                                   device=self.device, mirror=bool(self.inference["mirror"]))
+                                   device=self.device, **self.window_options(), stats=stats)
         t_windows = time.monotonic() - t1
-        seg, probs = nn.export(logits, props, self.nnunet, probabilities=keep_probabilities)
+        grid = [int(s) for s in x.shape[1:]]
+        del x
+        if self.inference["export"] == "labels" and not keep_probabilities and nn.labels_only_applies(self.nnunet):
+            seg, probs = nn.labels_only(logits, props, self.nnunet, chunk=int(self.inference["label_chunk"])), None
+        else:
+            seg, probs = nn.export(logits, props, self.nnunet, probabilities=keep_probabilities)
+        del logits
         labels = np.ascontiguousarray(seg.transpose(2, 1, 0))
         if labels.shape != volume.shape:
             raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
@@ -99,9 +166,9 @@ class NnunetPredictor(Predictor):
         counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
         meta = {
             "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
-            "seconds_windows": round(t_windows, 3), "network_grid": [int(s) for s in x.shape[1:]],
+            "seconds_windows": round(t_windows, 3), "network_grid": grid,
             "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {lab.name: None for lab in self.labels.labels}, "voxels": counts, "findings": findings,
-            "engine": "nnunet",
+            "engine": "nnunet", **stats,
         }
         if probs is not None:
             meta["probabilities"] = (np.ascontiguousarray(probs.transpose(3, 2, 1, 0)), volume.affine.copy())

@@ -1,0 +1,182 @@
+"""medseg's faster paths for nnU-Net v2 models: each switch against nnU-Net's own steps (the faithful default).
+
+Fast tests build their inputs here (a tiny convolutional network, smooth random logits whose answer the faithful
+functions give); the slow ones run the fast preset on the tiny nnU-Net models of tests/external/nnunet_fixture.py
+and require >= 99% of voxels to keep the faithful path's label (the faithful path itself matches nnUNetPredictor:
+test_nnunet_agreement.py). benchmarks/bench_nnunet.py measures the same on a CT-sized volume.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import ConfigError
+from medseg.models.external import nnunet_inference as nn
+from medseg.models.external.nnunet_predictor import NNUNET_FAITHFUL, NNUNET_FAST, nnunet_inference_options
+
+
+def _model(heads=4, regions=(), kwargs=None, patch=(8, 8, 8)):
+    labels = SimpleNamespace(heads=heads, regions=bool(regions), regions_class_order=tuple(regions),
+                             table=SimpleNamespace(num_classes=(max(regions) + 1) if regions else heads))
+    conf = {"patch_size": list(patch), "normalization_schemes": ["CTNormalization"],
+            "resampling_fn_probabilities_kwargs": kwargs or {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}}
+    return SimpleNamespace(plans={"transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+                                  "foreground_intensity_properties_per_channel": {"0": {
+                                      "percentile_00_5": -900.0, "percentile_99_5": 300.0, "mean": 0.0, "std": 100.0}}},
+                           conf=conf, labels=labels, mirror_axes=(0, 1, 2))
+
+
+def _smooth_logits(heads, shape, seed=0):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    out = np.stack([gaussian_filter(rng.normal(size=shape), 1.5) * 40 for _ in range(heads)])
+    return torch.from_numpy(out.astype(np.float16))
+
+
+def test_options_default_to_nnunet_and_check_values():
+    assert {k: nnunet_inference_options()[k] for k in NNUNET_FAITHFUL} == NNUNET_FAITHFUL
+    fast = nnunet_inference_options({"preset": "fast", "mirror": "single"})
+    assert fast["mirror"] == "single" and fast["export"] == NNUNET_FAST["export"] == "labels"
+    for bad in ({"preset": "fastest"}, {"mirror": "some"}, {"export": "probs"}, {"amp": "int8"}, {"sw_batch_size": 0},
+                {"roi_size": [64, 64, 64]}, {"overlap": 1.0}):
+        with pytest.raises(ConfigError):
+            nnunet_inference_options(bad)
+
+
+def test_mirror_combinations():
+    assert len(nn.mirror_combinations((0, 1, 2))) == 7
+    assert nn.mirror_combinations((0, 1, 2), "single") == [(2,), (3,), (4,)]
+    assert nn.mirror_combinations((0, 1, 2), False) == [] and nn.mirror_combinations(None) == []
+
+
+@pytest.mark.parametrize("case", ["separate_z", "isotropic", "regions", "downsample"])
+def test_labels_only_equals_resampling_every_class(case):
+    """The label-only export gives export()'s label map (scores resampled per class, then decided) but for
+    float16 near-ties."""
+    heads, regions, grid = 4, (), (9, 14, 12)
+    net_spacing, spacing, out_shape = [3.0, 1.0, 1.0], [3.0, 1.0, 1.0], (9, 14, 12)
+    if case == "separate_z":  # network 6 x 1 x 1 mm (anisotropic: the first axis order 0, separately)
+        net_spacing, spacing, out_shape = [6.0, 1.0, 1.0], [2.5, 0.7, 0.8], (22, 20, 15)
+    elif case == "isotropic":
+        net_spacing, spacing, out_shape = [1.5, 1.5, 1.5], [1.0, 0.8, 1.2], (14, 26, 15)
+    elif case == "regions":
+        heads, regions = 3, (1, 2, 3)
+        net_spacing, spacing, out_shape = [2.0, 2.0, 2.0], [1.0, 1.3, 0.9], (18, 22, 27)
+    else:
+        net_spacing, spacing, out_shape = [1.0, 1.0, 1.0], [1.6, 1.0, 2.2], (6, 14, 5)
+    model = _model(heads, regions)
+    logits = _smooth_logits(heads, grid)
+    if regions:
+        logits -= 10  # a share of background (every region off)
+    bbox = [[2, 2 + out_shape[0]], [0, out_shape[1]], [1, 1 + out_shape[2]]]
+    props = {"spacing": spacing, "network_spacing": net_spacing, "shape_after_cropping": out_shape,
+             "shape_before_cropping": (out_shape[0] + 3, out_shape[1], out_shape[2] + 2), "bbox": bbox}
+    ref, _ = nn.export(logits.clone(), props, model)
+    got = nn.labels_only(logits.clone(), props, model, chunk=97)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    assert len(np.unique(ref)) >= 3
+    assert float((got == ref).mean()) >= 0.999
+    assert (got[:2] == 0).all() and (got[:, :, :1] == 0).all()  # outside the crop
+
+
+def _tiny_net(heads=3):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
+                              torch.nn.LeakyReLU(), torch.nn.Conv3d(4, heads, 3, padding=1))
+    with torch.no_grad():
+        net[1].bias.normal_()
+    return net.eval()
+
+
+def _body_image(shape=(14, 36, 36), floor=-9.0):
+    """Normalised CT-like data: a noisy ellipsoid 'body' in air clipped to one floor value."""
+    rng = np.random.default_rng(1)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    body = (z / 0.9) ** 2 + (y / 0.3) ** 2 + (x / 0.3) ** 2 < 1
+    img = np.where(body, rng.normal(0.5, 1.0, shape), floor).astype(np.float32)
+    return torch.from_numpy(img[None]), body
+
+
+def test_constant_windows_run_once_and_change_nothing():
+    net, (x, _) = _tiny_net(), _body_image()
+    patch, axes = [8, 12, 12], (1,)
+    ref = nn.sliding_window_logits(net, x, patch, 3, axes)
+    stats: dict = {}
+    got = nn.sliding_window_logits(net, x, patch, 3, axes, skip_constant=True, stats=stats)
+    assert stats["windows_reused"] > 0 and stats["windows_run"] >= 1 and stats["windows_skipped"] == 0
+    assert torch.equal(got, ref)
+
+
+def test_air_windows_are_skipped_and_filled_as_background():
+    net, (x, body) = _tiny_net(), _body_image()
+    patch = [8, 12, 12]
+    stats: dict = {}
+    got = nn.sliding_window_logits(net, x, patch, 3, None, air_below=-5.0, background=[20.0, 0.0, 0.0], stats=stats,
+                                   logits_dtype=torch.float32)
+    assert stats["windows_skipped"] > 0
+    covered = got[0] != 20.0  # voxels some run window covers
+    assert not covered.all() and not body[~covered.numpy()].any()  # only air is left to the background fill
+    assert (got.argmax(0)[~covered] == 0).all()
+
+
+def test_window_batches_and_float32_accumulation_keep_the_logits():
+    net, (x, _) = _tiny_net(), _body_image()
+    patch, axes = [8, 12, 12], (0, 2)
+    ref = nn.sliding_window_logits(net, x, patch, 3, axes, logits_dtype=torch.float32)
+    got = nn.sliding_window_logits(net, x, patch, 3, axes, batch=3, logits_dtype=torch.float32)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    half = nn.sliding_window_logits(net, x, patch, 3, axes, batch=3)
+    assert half.dtype == torch.float16  # nnU-Net's accumulation (float16) unless asked otherwise
+    torch.testing.assert_close(half, nn.sliding_window_logits(net, x, patch, 3, axes), rtol=1e-2, atol=1e-2)
+
+
+def test_air_threshold_only_above_the_ct_clip_floor():
+    model = _model()
+    assert nn.air_threshold(model, -500.0) == pytest.approx(-5.0)
+    assert nn.air_threshold(model, -950.0) is None  # clipped to the floor anyway: constant windows cover it
+    model.conf["normalization_schemes"] = ["ZScoreNormalization"]
+    assert nn.air_threshold(model, -500.0) is None
+
+
+# ---------------------------------------------------------------- on nnU-Net-trained models (slow)
+def _agreement(a, b):
+    dice = {int(c): float(2 * ((a == c) & (b == c)).sum() / ((a == c).sum() + (b == c).sum()))
+            for c in np.unique(b) if c}
+    return float((a == b).mean()), dice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["ct", "mr"])
+def test_fast_preset_keeps_labels_on_nnunet_models(which, request):
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
+    from medseg.inference.predictor import Predictor
+
+    folder, image = request.getfixturevalue("nnunet_model" if which == "ct" else "nnunet_mr_model")
+    image = image if which == "ct" else [str(i) for i in image]
+    faithful = Predictor.from_checkpoint(folder, device="cpu").predict(image)
+    fast_pred = Predictor.from_checkpoint(folder, device="cpu", preset="fast")
+    assert fast_pred.inference["export"] == "labels" and fast_pred.inference["skip_background"] is True
+    fast = fast_pred.predict(image)
+    agree, dice = _agreement(fast.array, faithful.array)
+    assert len(dice) >= 3
+    assert agree >= 0.99, (agree, dice)
+    assert fast.meta["windows_run"] >= 1
+
+
+@pytest.fixture(scope="session")
+def nnunet_model(tmp_path_factory):
+    from test_nnunet_agreement import nnunet_model as build
+
+    return build.__wrapped__(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def nnunet_mr_model(tmp_path_factory):
+    from test_nnunet_agreement import nnunet_mr_model as build
+
+    return build.__wrapped__(tmp_path_factory)
