@@ -307,8 +307,11 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
             pred.model = str(found)
         from medseg.config import InferenceConfig
         from medseg.inference.predictor import NONFINITE_POLICIES, PREDICTOR_OPTIONS
+        from medseg.models.external.nnunet_predictor import NNUNET_OPTIONS
 
-        allowed = [f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS)
+        # nnU-Net model folders also take their own switches (mirror, preset, export...; medseg.models.external)
+        allowed = list(dict.fromkeys([f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS)
+                                     + list(NNUNET_OPTIONS)))
         if pred.inference.get("nonfinite", "refuse") not in NONFINITE_POLICIES:
             raise ConfigError(f"{source}: stages.predict.inference.nonfinite must be one of "
                               f"{', '.join(NONFINITE_POLICIES)}, found {pred.inference['nonfinite']!r}")
