@@ -25,6 +25,8 @@ def _overrides(args) -> dict:
         out["folds"] = [f.strip() for f in args.folds.split(",") if f.strip()]
     if args.checkpoint is not None:
         out["checkpoint"] = args.checkpoint
+    if args.preset is not None:
+        out["preset"] = args.preset
     return out
 
 
@@ -67,5 +69,8 @@ def add(sub) -> None:
     n = s.add_argument_group("nnU-Net v2 model folders (--model DatasetXXX_Name/Trainer__Plans__configuration)")
     n.add_argument("--folds", help="comma-separated folds to average, e.g. 0,1 or all (default: every fold_N present)")
     n.add_argument("--checkpoint", choices=["final", "best"], help="checkpoint_final.pth (default) or checkpoint_best.pth")
+    n.add_argument("--preset", choices=["faithful", "fast"],
+                   help="faithful: nnU-Net's own inference step for step (default); fast: medseg's faster paths "
+                        "(benchmarks/bench_nnunet.py measures their speed and label agreement)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_run)
