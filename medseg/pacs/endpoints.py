@@ -186,7 +186,8 @@ def require_dicomweb():
         import dicomweb_client
     except ImportError:
         raise OptionalDependencyError(INSTALL_HINT) from None
-    logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)
+    for name in ("dicomweb_client", "retrying"):  # retrying logs each failed request with a traceback
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return dicomweb_client
 
 
@@ -257,11 +258,22 @@ def associate(ae, ep: Endpoint, doing: str, **kw):
         raise PacsError(f"{ep.display}: association for {doing} rejected{reason}; check that the PACS knows medseg's "
                         f"AE title {ep.calling_aet!r} (and this host) and that the called AE title {ep.called_aet!r} "
                         "is right")
-    if assoc.is_aborted:
+    if assoc.is_aborted and _reachable(ep):
         raise PacsError(f"{ep.display}: association for {doing} aborted by the peer; check the PACS log and that it "
                         "accepts the requested SOP classes")
     raise PacsError(f"{ep.display}: cannot connect for {doing}; check the host and port and that the DICOM server is "
                     "running and reachable")
+
+
+def _reachable(ep: Endpoint) -> bool:
+    """Does anything accept a TCP connection at the endpoint? (pynetdicom reports a refused connection as an abort.)"""
+    import socket
+
+    try:
+        with socket.create_connection((ep.host, ep.port), timeout=min(ep.timeout, 10.0)):
+            return True
+    except OSError:
+        return False
 
 
 def echo(ep: Endpoint) -> None:

@@ -201,7 +201,7 @@ class StudyCache:
                 self._claim(key)
                 m = self.marker(key)
                 self._write_marker(self.path(key), {**m, "consumed": False, "used": time.time()})
-                log.info("%s: in the cache, not retrieved again", key)
+                log.info("%s: taken from the cache", key)
                 return self.path(key)
         ensure_dir(self.root)
         last: Exception | None = None

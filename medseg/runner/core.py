@@ -211,7 +211,8 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         ctx = RunContext(root=str(rd.root), pipeline=pipe, config_sha256=config_sha, model_path=ckpt["path"],
                          model_sha256=model_sha, labels=ckpt["labels"], engine=engine, device=device or "",
                          pacs=pacs.context(sel.modalities if sel else ()) if pacs is not None else None,
-                         uid_seed=pipe.case_config_sha256(model_sha, exclude=("export",)))
+                         uid_seed=pipe.case_config_sha256(model_sha, exclude=tuple(  # what shapes the SEG / RTSTRUCT
+                             n for n in pipe.stages if n not in ("scan", "select", "convert", "predict"))))
         result = RunResult(rd.root, len(cases))
         todo = []
         for c in cases:

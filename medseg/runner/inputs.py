@@ -175,6 +175,7 @@ def from_pacs(pacs, pipe) -> list[Case]:
         raise ConfigError("the train stage needs a manifest .csv as --input, not a PACS")
     result = q.find_studies(pacs.endpoint, pacs.filters, pacs.id_list)
     cache = StudyCache(pacs.cache_dir, pacs.cache_max_bytes)
+    cache.cleanup()  # retrievals of runs that were killed
     cases = [Case(_check_id(hit.key, pacs.endpoint.display), str(cache.path(hit.key)), "dicom",
                   fingerprint=q.hashed(hit.study_uid, "fp"), remote=hit.study_uid, query_row=hit.query_row)
              for hit in result.studies]

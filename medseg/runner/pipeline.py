@@ -192,7 +192,7 @@ class Pipeline:
     def case_config_sha256(self, model_sha256: str, *, exclude: tuple = ()) -> str:
         """Hash of everything that shapes a case's outputs: per-case stage settings and the model checksum.
 
-        ``exclude``: stage names left out (the UIDs of a case's DICOM objects hash everything but ``export``).
+        ``exclude``: stage names left out (the UIDs of a case's SEG / RTSTRUCT hash only the stages that shape them).
         """
         parts = {}
         for name, st in self.stages.items():
