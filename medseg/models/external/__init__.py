@@ -39,10 +39,19 @@ def _is_monai_bundle(p: Path) -> bool:
             and any((c / n).is_file() for n in ("inference.json", "inference.yaml", "inference.yml")))
 
 
+def _is_totalseg(p: Path) -> bool:
+    from medseg.models.external.totalseg import is_totalseg_folder
+
+    return is_totalseg_folder(p)
+
+
 FORMATS: list[ExternalFormat] = [
     ExternalFormat("monai_bundle", _is_monai_bundle, "medseg.models.external.bundle_predictor:from_folder",
                    "medseg.models.external.bundle_predictor:run_summary",
                    "MONAI bundle (configs/inference.json|yaml, configs/metadata.json, models/model.pt)"),
+    ExternalFormat("totalsegmentator", _is_totalseg, "medseg.models.external.totalseg:from_folder",
+                   "medseg.models.external.totalseg:run_summary",
+                   "TotalSegmentator's nnU-Net result folders (DatasetNNN_*/..., its parts merged as one model)"),
     ExternalFormat("nnunet", _is_nnunet, "medseg.models.external.nnunet_predictor:from_folder",
                    "medseg.models.external.nnunet_predictor:run_summary",
                    "nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/)"),

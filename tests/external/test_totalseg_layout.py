@@ -1,0 +1,323 @@
+"""TotalSegmentator's layout (its task's nnU-Net parts under one results folder) as one medseg model.
+
+The weights cannot be downloaded here, so the parts are small nnU-Net models in exactly TotalSegmentator's
+layout: ``DatasetNNN_*/nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres/{plans,dataset}.json`` and
+``fold_0/checkpoint_final.pth`` (nnU-Net's PlainConvUNet at 1.5 mm, seeded weights, other labels per part).
+The end-to-end test runs nnU-Net's own predictor on each part and does TotalSegmentator's steps (reorient,
+resample, merge, back) itself with nibabel and scipy, and compares the label maps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from medseg.errors import CheckpointError
+
+#: Part dataset ids of TotalSegmentator's ``total`` task and the label names each part gets here (other
+#: counts per part, so that the offsets of the combined numbering are exercised).
+PARTS = {
+    291: ("Dataset291_TotalSegmentator_part1_organs_1559subj", ["spleen", "kidney_right", "liver"]),
+    292: ("Dataset292_TotalSegmentator_part2_vertebrae_1532subj", ["vertebrae_L1", "vertebrae_L2"]),
+    293: ("Dataset293_TotalSegmentator_part3_cardiac_1559subj", ["heart", "aorta", "pulmonary_vein", "trachea"]),
+    294: ("Dataset294_TotalSegmentator_part4_muscles_1559subj", ["psoas_left"]),
+    295: ("Dataset295_TotalSegmentator_part5_ribs_1559subj", ["rib_left_1", "rib_right_1"]),
+}
+FAST = (297, "Dataset297_TotalSegmentator_total_3mm_1559subj", ["spleen", "liver", "heart"])
+ARCH = {
+    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "arch_kwargs": {
+        "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2], "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+    },
+    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+}
+
+
+def plans(spacing: float, patch=(32, 32, 32)) -> dict:
+    conf = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+            "patch_size": list(patch), "median_image_size_in_voxels": [64, 64, 64], "spacing": [spacing] * 3,
+            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+            "architecture": ARCH, "batch_dice": False}
+    return {"dataset_name": "DatasetX", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [spacing] * 3,
+            "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": conf},
+            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {"0": {"max": 400.0, "mean": 40.0, "median": 40.0, "min": -300.0,
+                                                                  "percentile_00_5": -200.0, "percentile_99_5": 300.0,
+                                                                  "std": 80.0}}}
+
+
+def make_part(root: Path, dataset: str, names, *, seed: int, spacing=1.5, trainer="nnUNetTrainerNoMirroring",
+              weights: bool = True, arch_plans=None) -> Path:
+    """One part in TotalSegmentator's layout; seeded random weights of the planned network (``weights``)."""
+    import torch
+
+    folder = root / dataset / f"{trainer}__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    labels = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 10,
+                                                     "file_ending": ".nii.gz"}))
+    p = arch_plans or plans(spacing)
+    (folder / "plans.json").write_text(json.dumps(p))
+    state = {"w": torch.zeros(1)}
+    if weights:
+        from medseg.models.external.nnunet import architecture, build_network
+
+        cls, kw = architecture(p["configurations"]["3d_fullres"])
+        torch.manual_seed(seed)
+        net = build_network(cls, kw, 1, len(labels))
+        with torch.no_grad():  # a random network: spread the classes' scores so that several classes win somewhere
+            last = net.decoder.seg_layers[-1]
+            last.weight.mul_(4.0)
+            last.bias.copy_(torch.linspace(-1.0, 1.0, len(labels)))
+        state = net.state_dict()
+    torch.save({"network_weights": state, "optimizer_state": {}, "grad_scaler_state": None,
+                "logging": {"mean_fg_dice": [np.float64(0.5)]}, "_best_ema": np.float64(0.5), "current_epoch": 1,
+                "init_args": {"plans": {}, "configuration": "3d_fullres", "fold": 0, "dataset_json": {}},
+                "trainer_name": trainer, "inference_allowed_mirroring_axes": None}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def make_total(root: Path, *, weights=True, skip=()) -> Path:
+    results = root / ".totalsegmentator" / "nnunet" / "results"
+    for i, (ds, names) in PARTS.items():
+        if i not in skip:
+            make_part(results, ds, names, seed=i, weights=weights)
+    return root / ".totalsegmentator"
+
+
+# ------------------------------------------------------------------------------------ fast, numpy only
+def test_merge_later_parts_overwrite_earlier_ones():
+    from medseg.models.external.totalseg import merge
+
+    a = np.array([[0, 1, 2, 2]])  # part 1: labels 1..2 -> 1..2
+    b = np.array([[3, 0, 1, 0]])  # part 2: labels 1..3 -> 3..5
+    c = np.array([[0, 0, 0, 1]])  # part 3: label 1 -> 6
+    luts = [np.array([0, 1, 2]), np.array([0, 3, 4, 5]), np.array([0, 6])]
+    out = merge([a, b, c], luts)
+    np.testing.assert_array_equal(out, [[5, 1, 3, 6]])  # background in a later part keeps the earlier label
+    assert out.dtype == np.uint8
+
+
+def test_combined_numbering_follows_part_order_and_dataset_json(tmp_path):
+    from medseg.labels import Label, LabelTable
+    from medseg.models.external.totalseg import TASKS, combined_labels
+
+    def part(names, ds):
+        return SimpleNamespace(labels=SimpleNamespace(table=LabelTable(ds, tuple(Label(i + 1, n) for i, n in enumerate(names))),
+                                                      regions=False), folder=tmp_path / ds / "m")
+
+    parts = [part(names, ds) for ds, names in PARTS.values()]
+    table, luts = combined_labels(TASKS[0], parts)
+    expected = [n for _, names in PARTS.values() for n in names]
+    assert table.names == expected and [lab.index for lab in table.labels] == list(range(1, len(expected) + 1))
+    assert list(luts[2]) == [0, 6, 7, 8, 9]  # part 3 starts after 3 + 2 labels
+    with pytest.raises(CheckpointError, match="'liver' is named by two parts"):
+        combined_labels(TASKS[0], [part(["liver"], "Dataset291_a"), part(["liver"], "Dataset292_b")])
+
+
+def test_triple_split_slabs_put_back_every_slice_once():
+    from medseg.models.external.totalseg import SPLIT_MARGIN, slabs
+
+    for n in (201, 240, 303):
+        z = np.arange(n)
+        out = np.full(n, -1)
+        for src, keep, dst in slabs(n):
+            piece = z[src]
+            assert len(piece) >= len(z[dst]) + SPLIT_MARGIN - 1  # each slab has context beyond what it keeps
+            out[dst] = piece[keep]
+        np.testing.assert_array_equal(out, z)
+
+
+def test_layout_is_found_from_the_home_folder_results_or_a_dataset(tmp_path):
+    from medseg.models import external
+    from medseg.models.external.totalseg import resolve
+
+    home = make_total(tmp_path, weights=False)
+    for p in (home, home / "nnunet", home / "nnunet" / "results"):
+        assert external.detect(p).name == "totalsegmentator"
+        task, folders = resolve(p)
+        assert task.name == "total" and [f.parent.name for f in folders] == [v[0] for v in PARTS.values()]
+    # a part's own model folder is a plain nnU-Net model
+    assert external.detect(folders[0]).name == "nnunet"
+    fast = make_part(tmp_path / "other", FAST[1], FAST[2], seed=0, spacing=3.0,
+                     trainer="nnUNetTrainer_4000epochs_NoMirroring", weights=False)
+    task, folders = resolve(fast.parent)
+    assert task.name == "total_fast" and task.spacing == 3.0 and folders == [fast]
+
+
+def test_missing_parts_and_ambiguous_models_are_refused_with_one_line(tmp_path):
+    from medseg.models.external.totalseg import resolve
+
+    home = make_total(tmp_path, weights=False, skip=(293, 295))
+    with pytest.raises(CheckpointError) as err:
+        resolve(home)
+    msg = str(err.value)
+    assert "\n" not in msg and "[293, 295] are missing" in msg and str(home) in msg
+    make_part(home / "nnunet" / "results", PARTS[293][0], PARTS[293][1], seed=1, weights=False)
+    make_part(home / "nnunet" / "results", PARTS[295][0], PARTS[295][1], seed=1, weights=False)
+    make_part(home / "nnunet" / "results", PARTS[295][0], PARTS[295][1], seed=1, weights=False, trainer="nnUNetTrainer")
+    assert resolve(home)[1][4].name.startswith("nnUNetTrainerNoMirroring__")  # TotalSegmentator's trainer preferred
+    make_part(home / "nnunet" / "results", PARTS[294][0], PARTS[294][1], seed=1, weights=False, trainer="nnUNetTrainer")
+    make_part(home / "nnunet" / "results", PARTS[294][0], PARTS[294][1], seed=1, weights=False, trainer="nnUNetTrainerDA5")
+    (home / "nnunet" / "results" / PARTS[294][0] / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres" / "plans.json").unlink()
+    with pytest.raises(CheckpointError, match="holds several models"):
+        resolve(home)
+
+
+def test_bad_part_is_refused_naming_its_folder(tmp_path):
+    pytest.importorskip("dynamic_network_architectures")
+    from medseg.inference.predictor import Predictor
+
+    home = make_total(tmp_path, weights=False)
+    bad = plans(1.5)
+    bad["configurations"]["3d_fullres"]["architecture"] = {**ARCH, "network_class_name": "mypackage.MyUNet"}
+    target = home / "nnunet" / "results" / PARTS[292][0] / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
+    (target / "plans.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError) as err:
+        Predictor.from_checkpoint(home, device="cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "mypackage.MyUNet" in msg and PARTS[292][0] in msg
+
+
+# ------------------------------------------------------------------------------------ end to end against nnU-Net
+def _tile_step_honoured() -> bool:
+    """Whether medseg's nnU-Net sliding window takes the tile step it is given (TotalSegmentator runs 0.8)."""
+    from medseg.models.external import nnunet_inference as nn
+
+    return "step" in inspect.signature(nn._slicers).parameters
+
+
+def _step() -> float:
+    return 0.8 if _tile_step_honoured() else 0.5
+
+
+def _reference(home: Path, image_path: Path, spacing: float, tmp: Path, step: float = 0.8) -> np.ndarray:
+    """TotalSegmentator's nnUNet_predict_image, redone here with nibabel, scipy and nnU-Net's own predictor."""
+    import nibabel as nib
+    import torch
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from scipy import ndimage
+
+    orig = nib.load(str(image_path))
+    img = nib.as_closest_canonical(nib.Nifti1Image(orig.get_fdata(), orig.affine))
+    zooms = np.array(img.header.get_zooms())
+    zoom = zooms / np.array([spacing] * 3)
+    data = ndimage.zoom(img.get_fdata(), zoom, order=1, mode="nearest").astype(np.int32)
+    aff = img.affine.copy()
+    aff[:3, :3] = aff[:3, :3] / zoom[None, :]
+    nib.save(nib.Nifti1Image(data, aff), str(tmp / "s01_0000.nii.gz"))
+    arr, props = SimpleITKIO().read_images([str(tmp / "s01_0000.nii.gz")])
+
+    combined = np.zeros(data.shape, np.uint8)
+    offset = 0
+    ids = sorted(PARTS) if spacing == 1.5 else [FAST[0]]
+    for i in ids:
+        ds = PARTS[i][0] if i in PARTS else FAST[1]
+        folder = next((home / "nnunet" / "results" / ds).glob("*__3d_fullres"))
+        pm = PlansManager(json.loads((folder / "plans.json").read_text()))
+        dj = json.loads((folder / "dataset.json").read_text())
+        cm = pm.get_configuration("3d_fullres")
+        ck = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+        net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                     cm.network_arch_init_kwargs_req_import, 1, len(dj["labels"]), deep_supervision=False)
+        p = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
+                            device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        p.manual_initialization(net, pm, cm, [ck["network_weights"]], dj, "nnUNetTrainerNoMirroring", None)
+        seg = p.predict_single_npy_array(arr.copy(), dict(props), None, None, False).transpose(2, 1, 0)
+        n = len(dj["labels"]) - 1
+        lut = np.array([0] + [k + offset for k in range(1, n + 1)], np.uint8)
+        mapped = lut[seg]
+        np.copyto(combined, mapped, where=mapped != 0)
+        offset += n
+    back = ndimage.zoom(combined, np.array(img.shape) / np.array(combined.shape), order=0, mode="nearest")
+    can = nib.Nifti1Image(back, img.affine)
+    undo = ornt_transform(axcodes2ornt("RAS"), io_orientation(orig.affine))
+    return np.asarray(can.as_reoriented(undo).dataobj)
+
+
+@pytest.mark.xfail(not _tile_step_honoured(), strict=False,
+                   reason="medseg.models.external.nnunet_inference._slicers ignores the tile step (always 0.5): "
+                          "nnU-Net models run with overlap=0.5 whatever is asked, TotalSegmentator's 0.8 included")
+def test_tile_step_reaches_the_windows():
+    from medseg.models.external import nnunet_inference as nn
+
+    assert _tile_step_honoured()
+    assert [len(s) for s in nn.steps_for((73, 64, 53), (32, 32, 32), 0.8)] == [3, 3, 2]
+
+
+@pytest.fixture(scope="module")
+def total_home(tmp_path_factory):
+    pytest.importorskip("dynamic_network_architectures")
+    root = tmp_path_factory.mktemp("totalseg")
+    return make_total(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flips,oblique", [((True, False, True), 0.0), ((False, True, False), 12.0)])
+def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tmp_path, flips, oblique):
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
+    import nibabel as nib
+
+    from medseg.inference.predictor import Predictor
+    from medseg.phantoms import make_phantom
+
+    case = make_phantom(7, spacing=(2.0, 2.6, 3.2), flips=flips, oblique_deg=oblique, fov_mm=(84.0, 72.0, 60.0), noise_hu=0)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(case.image.array).astype(np.int16), case.image.affine), str(path))
+    step = _step()
+    pred = Predictor.from_checkpoint(total_home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
+    expected_names = [n for _, names in PARTS.values() for n in names]
+    assert pred.labels.names == expected_names and pred.labels.num_classes == len(expected_names) + 1
+    assert pred.provenance["format"] == "totalsegmentator" and len(pred.provenance["parts"]) == 5
+    out = pred.predict(str(path))
+    ref = _reference(total_home, path, 1.5, tmp_path, step)
+    assert out.array.shape == case.image.shape and np.allclose(out.affine, nib.load(str(path)).affine)
+    values = set(np.unique(ref).tolist())
+    parts_seen = {next(i for i, (a, b) in enumerate([(1, 3), (4, 5), (6, 9), (10, 10), (11, 12)]) if a <= v <= b)
+                  for v in values - {0}}
+    assert len(parts_seen) >= 2, f"the reference labels come from parts {parts_seen} only: the merge would be untested"
+    agree = float((out.array == ref).mean())
+    assert agree >= 0.999, f"label agreement {agree:.5f}"
+
+
+@pytest.mark.slow
+def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
+    import nibabel as nib
+
+    from medseg.inference.predictor import Predictor
+    from medseg.phantoms import make_phantom
+
+    home = tmp_path / ".totalsegmentator"
+    make_part(home / "nnunet" / "results", FAST[1], FAST[2], seed=5, spacing=3.0,
+              trainer="nnUNetTrainer_4000epochs_NoMirroring")
+    case = make_phantom(3, spacing=(1.7, 1.7, 2.5), flips=(False, True, True), fov_mm=(120.0, 110.0, 100.0), noise_hu=0)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
+    step = _step()
+    pred = Predictor.from_checkpoint(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
+    assert pred.labels.names == FAST[2] and pred.provenance["task"] == "total_fast"
+    out = pred.predict(str(path))
+    assert out.meta["network_grid"] == [int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5))]
+    ref = _reference(home, path, 3.0, tmp_path, step)
+    assert len(np.unique(ref)) >= 2
+    assert float((out.array == ref).mean()) >= 0.999
