@@ -339,3 +339,14 @@ def failed_plugins() -> dict[str, str]:
     from medseg.models import MODELS
 
     return dict(MODELS.failed)
+
+
+def import_model(path: PathLike, *, out: PathLike, folds: Sequence | None = None, checkpoint: str = "final",
+                 force: bool = False) -> Path:
+    """Write a model folder of another tool (nnU-Net v2 trained-model folder, TotalSegmentator's results) as one
+    portable file that ``medseg predict --model FILE`` runs with the folder's labels; loads with
+    ``torch.load(weights_only=True)``. An existing ``out`` is refused unless ``force``. See
+    ``medseg.models.external.portable``."""
+    from medseg.models.external.portable import import_model as _import
+
+    return _import(path, out, folds=folds, checkpoint=checkpoint, force=force)

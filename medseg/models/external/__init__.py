@@ -27,6 +27,7 @@ class ExternalFormat:
     predictor: str  # "module:function"
     summary: str  # "module:function"
     description: str = ""
+    files: bool = False  # the detector takes files (a portable model), not folders
 
 
 def _is_nnunet(p: Path) -> bool:
@@ -37,6 +38,12 @@ def _is_monai_bundle(p: Path) -> bool:
     c = p / "configs"
     return (p.is_dir() and (c / "metadata.json").is_file() and not (p / "plans.json").is_file()
             and any((c / n).is_file() for n in ("inference.json", "inference.yaml", "inference.yml")))
+
+
+def _is_portable(p: Path) -> bool:
+    from medseg.models.external.portable import is_portable_file
+
+    return is_portable_file(p)
 
 
 def _is_totalseg(p: Path) -> bool:
@@ -55,6 +62,9 @@ FORMATS: list[ExternalFormat] = [
     ExternalFormat("nnunet", _is_nnunet, "medseg.models.external.nnunet_predictor:from_folder",
                    "medseg.models.external.nnunet_predictor:run_summary",
                    "nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/)"),
+    ExternalFormat("medseg_import", _is_portable, "medseg.models.external.portable:predictor",
+                   "medseg.models.external.portable:run_summary",
+                   "a model folder written as one file by medseg models import", files=True),
 ]
 
 
@@ -68,7 +78,7 @@ def detect(path) -> ExternalFormat | None:
     try:
         p = Path(path)
         if not p.is_dir():
-            return None
+            return next((f for f in FORMATS if f.files and f.detect(p)), None) if p.is_file() else None
     except (OSError, TypeError, ValueError):
         return None
     return next((f for f in FORMATS if f.detect(p)), None)
