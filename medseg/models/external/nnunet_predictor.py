@@ -41,7 +41,7 @@ NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_ba
                    "export": "nnunet", "logits_dtype": "float16"}
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU
 #: (benchmarks/results/2026-11-30_nnunet.txt). Options given next to the preset override it.
-NNUNET_FAST = {"amp": "auto", "sw_batch_size": 2, "mirror": True, "skip_background": True, "air_hu": -500.0,
+NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
                "export": "labels", "logits_dtype": "float32"}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
@@ -143,7 +143,7 @@ class NnunetPredictor(Predictor):
         spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
         data = np.asarray(channels, dtype=np.float32).transpose(0, 3, 2, 1)  # nnU-Net's (z, y, x)
         spacing = spacing_xyz[::-1]
-        x, props = nn.preprocess(data, spacing, self.nnunet)
+        x, props = nn.preprocess(data, spacing, self.nnunet, fill_holes=not self.inference["skip_background"])
         del data, channels
         if not np.all(np.isfinite(x)):
             raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
@@ -151,7 +151,7 @@ class NnunetPredictor(Predictor):
         stats: dict = {}
         logits = nn.predict_logits(self.models, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
                                    device=self.device, **self.window_options(), stats=stats)
-        t_windows = time.monotonic() - t1
+        t_windows, t_pre = time.monotonic() - t1, t1 - t0 - t_read
         grid = [int(s) for s in x.shape[1:]]
         del x
         if self.inference["export"] == "labels" and not keep_probabilities and nn.labels_only_applies(self.nnunet):
@@ -159,6 +159,7 @@ class NnunetPredictor(Predictor):
         else:
             seg, probs = nn.export(logits, props, self.nnunet, probabilities=keep_probabilities)
         del logits
+        t_export = time.monotonic() - t1 - t_windows
         labels = np.ascontiguousarray(seg.transpose(2, 1, 0))
         if labels.shape != volume.shape:
             raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
@@ -166,7 +167,8 @@ class NnunetPredictor(Predictor):
         counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
         meta = {
             "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
-            "seconds_windows": round(t_windows, 3), "network_grid": grid,
+            "seconds_preprocess": round(t_pre, 3), "seconds_windows": round(t_windows, 3),
+            "seconds_export": round(t_export, 3), "network_grid": grid,
             "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {lab.name: None for lab in self.labels.labels}, "voxels": counts, "findings": findings,
             "engine": "nnunet", **stats,
         }
