@@ -96,16 +96,31 @@ def report(
     images: Sequence[PathLike] | None = None,
     label_table=None,
     case_ids: Sequence[str] | None = None,
+    statistics_json: bool = False,
     **options,
 ) -> Path:
     """Write ``OUT/volumes.csv`` (+ cohort tables, QC montages, report.html); returns the CSV path.
 
     ``options``: ``min_size_ml``, ``reference_ranges``, ``resample_order``, ``qc``,
     ``html``, ``window``; see ``medseg.reporting.tables.write_volumes_report``.
+    ``statistics_json``: also ``OUT/statistics/<case>.json`` in TotalSegmentator's ``statistics.json``
+    format (needs ``images``; ``medseg.reporting.totalseg_stats``).
     """
     from medseg.reporting.tables import write_volumes_report
 
-    return write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids, **options)
+    if statistics_json and images is None:
+        from medseg.errors import InputError
+
+        raise InputError("--statistics-json needs --images: TotalSegmentator's statistics hold each structure's mean intensity")
+    path = write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids, **options)
+    if statistics_json:
+        from medseg.io.readers import case_id_for
+        from medseg.reporting.tables import _label_table, _sidecar_of
+        from medseg.reporting.totalseg_stats import write_cases
+
+        ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
+        write_cases(labels, images, out, _label_table(label_table, _sidecar_of(labels[0])), ids)
+    return path
 
 
 def evaluate(

@@ -10,8 +10,11 @@ def _report(args) -> int:
 
     path = api.report(labels=args.labels, images=args.images, label_table=args.label_table, out=args.out,
                       min_size_ml=args.min_size_ml, reference_ranges=args.reference_ranges, resample_order=0 if args.nearest else 1,
-                      qc=not args.no_qc, html=not (args.no_html or args.no_qc), window=tuple(args.window) if args.window else None)
+                      qc=not args.no_qc, html=not (args.no_html or args.no_qc), window=tuple(args.window) if args.window else None,
+                      statistics_json=args.statistics_json)
     print(f"wrote {path}" + ("" if args.no_qc or args.no_html else f" and {path.parent / 'report.html'}"))
+    if args.statistics_json:
+        print(f"wrote {path.parent / 'statistics'}/<case>.json (TotalSegmentator's statistics.json format)")
     return 0
 
 
@@ -40,6 +43,9 @@ def add(sub) -> None:
     s.add_argument("--window", nargs=2, type=float, metavar=("LEVEL", "WIDTH"), help="grey window of the QC pictures (default: CT 40/400 or percentiles)")
     s.add_argument("--no-qc", action="store_true", help="skip the QC montages (and report.html)")
     s.add_argument("--no-html", action="store_true", help="skip report.html")
+    s.add_argument("--statistics-json", action="store_true",
+                   help="also OUT/statistics/<case>.json in TotalSegmentator's statistics.json format (volume in mm3 and "
+                        "mean intensity per structure, its rounding and border rule); needs --images")
     s.set_defaults(func=_report)
 
     s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)")

@@ -321,3 +321,77 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     ref = _reference(home, path, 3.0, tmp_path, step)
     assert len(np.unique(ref)) >= 2
     assert float((out.array == ref).mean()) >= 0.999
+
+
+# ------------------------------------------------------------------------------------ statistics.json
+def _stats_phantom(tmp: Path):
+    """A label map with known volumes and intensities, and its image (same oblique-free, flipped grid)."""
+    import nibabel as nib
+
+    shape = (40, 36, 30)
+    affine = np.diag([-0.8, 1.25, -2.5, 1.0])
+    affine[:3, 3] = [30.0, -20.0, 10.0]
+    lab = np.zeros(shape, np.uint8)
+    img = np.full(shape, -1000.0, np.float32)
+    lab[10:20, 8:16, 6:12] = 1  # 480 voxels inside; 0.8 * 1.25 * 2.5 = 2.5 mm3 in float32 too -> 1200 mm3
+    img[10:20, 8:16, 6:9] = 100.0
+    img[10:20, 8:16, 9:12] = 51.0  # mean 75.5
+    lab[0:5, 20:30, 10:20] = 2  # within 3 voxels of the first face: TotalSegmentator reports 0 for it
+    lab[25:31, 20:26, 15:20] = 4  # 180 voxels
+    img[25:31, 20:26, 15:20] = -10.7  # int16 truncation: -10 ...
+    img[25:31, 20:23, 15:20] = 20.9  # ... and 20: mean 5.0 (the float mean would be 5.1)
+    nib.save(nib.Nifti1Image(lab, affine), str(tmp / "case1.nii.gz"))
+    nib.save(nib.Nifti1Image(img, affine), str(tmp / "case1_ct.nii.gz"))
+    (tmp / "table.yaml").write_text("name: t\nlabels:\n  - {index: 1, name: liver}\n  - {index: 2, name: spleen}\n"
+                                    "  - {index: 3, name: stomach}\n  - {index: 4, name: kidney_left}\n")
+    return tmp / "case1.nii.gz", tmp / "case1_ct.nii.gz", tmp / "table.yaml"
+
+
+def _independent_statistics(lab_path: Path, img_path: Path, names: dict) -> dict:
+    """get_basic_statistics' formulas on the whole arrays, as TotalSegmentator evaluates them."""
+    import nibabel as nib
+
+    seg = np.asarray(nib.load(str(lab_path)).dataobj)
+    ct_img = nib.load(str(img_path))
+    ct = ct_img.get_fdata().astype(np.int16)
+    sp = ct_img.header.get_zooms()
+    vox_vol = sp[0] * sp[1] * sp[2]
+    out = {}
+    for k, name in names.items():
+        data = seg == k
+        border = any(np.any(np.take(data, idx, axis=a)) for a in range(3)
+                     for idx in (range(3), range(data.shape[a] - 3, data.shape[a])))
+        if border:
+            out[name] = {"volume": 0.0, "intensity": 0.0}
+        else:
+            roi = data.astype(np.uint8)
+            out[name] = {"volume": data.sum() * vox_vol,
+                         "intensity": np.average(ct, weights=roi).round(5) if roi.sum() > 0 else 0.0}
+    return out
+
+
+def test_statistics_json_matches_totalsegmentators_formulas_on_a_known_phantom(tmp_path, capsys):
+    from medseg.cli import main
+
+    lab, img, table = _stats_phantom(tmp_path)
+    out = tmp_path / "report"
+    assert main(["report", "--labels", str(lab), "--images", str(img), "--label-table", str(table), "--out", str(out),
+                 "--statistics-json", "--no-qc"]) == 0
+    written = out / "statistics" / "case1.json"
+    stats = json.loads(written.read_text())
+    assert list(stats) == ["liver", "spleen", "stomach", "kidney_left"]
+    assert stats["liver"] == {"volume": 1200.0, "intensity": 75.5}
+    assert stats["spleen"] == {"volume": 0.0, "intensity": 0.0}  # touches the border
+    assert stats["stomach"] == {"volume": 0.0, "intensity": 0.0}  # absent
+    assert stats["kidney_left"] == {"volume": 450.0, "intensity": 5.0}
+    ref = _independent_statistics(lab, img, {1: "liver", 2: "spleen", 3: "stomach", 4: "kidney_left"})
+    assert written.read_text() == json.dumps(ref, indent=4)  # the same file, byte for byte
+
+
+def test_statistics_json_needs_images(tmp_path, capsys):
+    from medseg.cli import main
+
+    lab, _, table = _stats_phantom(tmp_path)
+    assert main(["report", "--labels", str(lab), "--label-table", str(table), "--out", str(tmp_path / "r"),
+                 "--statistics-json", "--no-qc"]) == 2
+    assert "--statistics-json needs --images" in capsys.readouterr().err
