@@ -148,6 +148,9 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         from medseg.pacs.query import pacs_input
 
         pacs = pacs_input(str(input), query=query, accessions=accessions, cache=cache, cache_max_gb=cache_max_gb)
+        if engine == "ray" and pacs.endpoint.retrieve == "move":
+            raise ConfigError("--engine ray with C-MOVE: every actor would open medseg's storage SCP on the same port; "
+                              "use retrieve=get (C-GET) or a DICOMweb endpoint, or the local engine")
     elif query or accessions or cache or cache_max_gb is not None:
         raise ConfigError("--query, --accessions, --cache and --cache-max-gb are for a PACS --input "
                           "(dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT)")

@@ -59,6 +59,18 @@ def skip_without_orthanc() -> None:
         pytest.skip(reason)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (a killed test run leaves no
+    Orthanc behind). Linux only; elsewhere nothing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -140,7 +152,8 @@ class OrthancServer:
             cfg = self.workdir / "orthanc.json"
             cfg.write_text(json.dumps(self.config(), indent=2))
             log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         preexec_fn=_die_with_parent)
             log.close()
             if self._wait_ready(timeout):
                 return self

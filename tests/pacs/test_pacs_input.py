@@ -179,6 +179,13 @@ def test_bad_endpoints_and_queries_are_one_line(orthanc, pacs_oracle, tmp_path, 
     _one_line(capsys, run(orthanc.dicomweb_spec, "--query", "StudyDescription=nothing like this"), 2, "found no study")
     assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
 
+    from medseg.pacs.endpoints import PacsError, echo, parse_endpoint
+
+    echo(parse_endpoint(orthanc.dimse_spec))  # C-ECHO
+    echo(parse_endpoint(orthanc.dicomweb_spec))  # a QIDO-RS search
+    with pytest.raises(PacsError, match="cannot connect"):
+        echo(parse_endpoint(f"dimse://ORTHANC@127.0.0.1:{dead}"))
+
 
 def test_endpoint_specs():
     from medseg.errors import ConfigError
