@@ -108,6 +108,13 @@ def test_bad_folders_are_refused_with_one_line_naming_them(tmp_path, capsys):
     assert main(["models", "import", str(folder), "--out", str(tmp_path / "b.pt")]) == 2
     line = _one_error_line(capsys)
     assert str(folder) in line and "FancyUNet" in line and not (tmp_path / "b.pt").exists()
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = \
+        "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32]
+    (folder / "plans.json").write_text(json.dumps(plans))  # plans that do not match the weights
+    assert main(["models", "import", str(folder), "--out", str(tmp_path / "b.pt")]) == 2
+    line = _one_error_line(capsys)
+    assert str(folder) in line and "do not fit the network plans.json describes" in line and not (tmp_path / "b.pt").exists()
     home = make_total(tmp_path / "ts", weights=False, skip=(294,))
     assert main(["models", "import", str(home), "--out", str(tmp_path / "c.pt")]) == 2
     assert "[294] are missing" in _one_error_line(capsys)

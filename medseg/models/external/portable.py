@@ -48,6 +48,7 @@ def is_portable_file(path) -> bool:
 
 
 def _model_entry(model, dir_name: str) -> dict:
+    model.networks()  # the weights must fit the network plans.json describes (else one line naming the folder)
     folds = {}
     for fold, state in zip(model.folds, model.weights):
         folds[str(fold)] = {"network_weights": {k: v.detach().cpu().clone() for k, v in state.items()},
