@@ -125,11 +125,16 @@ def test_unreachable_destination_fails_the_cases_then_another_destination_gets_t
     assert len(fails) == N and set(fails.stage) == {"export"} and fails.error.str.contains(dead, regex=False).all()
     for rec in records(out).values():
         assert rec["status"] == "failed" and rec["objects"][0]["attempts"] == 2
-    dest = orthanc_factory()  # C-STORE this time
-    assert main(args(out, orthanc.dicomweb_spec, dest.dimse_spec, pacs_oracle, cache)) == 0
+    dest = orthanc_factory()  # C-STORE this time, SEG and RTSTRUCT
+    assert main(args(out, orthanc.dicomweb_spec, dest.dimse_spec, pacs_oracle, cache, "--set", "predict.rtstruct=true",
+                     "--set", "export.send=[dicom_seg,rtstruct]")) == 0
     assert all(len(v) == 1 for v in segs_by_study(dest, studies).values())
+    for st in studies:
+        (rt,) = dest.series_of_study(st.study_uid, "RTSTRUCT")
+        assert len(rt["Instances"]) == 1
     for rec in records(out).values():
         assert rec["status"] == "sent" and rec["history"][-1]["destination"] == dead
+        assert [(o["kind"], o["status"]) for o in rec["objects"]] == [("dicom_seg", "sent"), ("rtstruct", "sent")]
     assert_no_identifiers(out, studies, captured.out, captured.err)
 
 
@@ -177,3 +182,56 @@ def _records_now(out) -> dict:
         except (OSError, ValueError):
             pass
     return recs
+
+
+def test_seg_and_rtstruct_uids_follow_the_seed(tmp_path):
+    import numpy as np
+    import pydicom
+
+    from medseg.io.readers import read_volume
+    from medseg.io.rtstruct_write import write_rtstruct
+    from medseg.io.seg import write_dicom_seg
+    from medseg.io.volume import Volume
+    from medseg.phantoms import PHANTOM_LABELS
+
+    from .orthanc import write_study
+
+    st = write_study(tmp_path / "s", 50, spacing=(6.0, 6.0, 8.0))
+    image = read_volume(st.folder)  # the series' own grid; HU = label * 100
+    labels = Volume(np.rint(image.array / 100).astype(np.uint8), image.affine, "s")
+
+    def uids(writer, name, seed):
+        path = tmp_path / f"{name}.dcm"
+        writer(labels, st.folder, PHANTOM_LABELS, path, software_version="t", uid_seed=seed)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.StudyInstanceUID == st.study_uid
+        return ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID
+
+    for writer in (write_dicom_seg, write_rtstruct):
+        a, b = uids(writer, "a", "seed1"), uids(writer, "b", "seed1")
+        assert a == b and a[0] == a[2] and a[0] != a[1]  # the same case and settings: the same object
+        assert uids(writer, "c", "seed2")[:2] != a[:2]  # other settings or model: another object
+        assert uids(writer, "d", None)[:2] != uids(writer, "e", None)[:2]  # no seed: new UIDs each time
+
+
+def test_export_stage_settings_are_checked(pacs_oracle):
+    from medseg.errors import ConfigError
+    from medseg.runner.pipeline import load_pipeline
+
+    base = [f"predict.model={pacs_oracle}"]
+    dest = "export.destination=dimse://PACS@127.0.0.1:104"
+    with pytest.raises(ConfigError, match="no destination"):
+        load_pipeline(PIPE, overrides=base)
+    with pytest.raises(ConfigError, match="stages.export.destination"):
+        load_pipeline(PIPE, overrides=[*base, "export.destination=dimse://PACS@127.0.0.1"])
+    with pytest.raises(ConfigError, match="did you mean 'dicom_seg'"):
+        load_pipeline(PIPE, overrides=[*base, dest, "export.send=[dicom_sag]"])
+    with pytest.raises(ConfigError, match="writes none of them"):
+        load_pipeline(PIPE, overrides=[*base, dest, "predict.dicom_seg=false"])
+    pipe = load_pipeline(PIPE, overrides=[*base, dest])
+    sha = pipe.case_config_sha256("m")
+    assert load_pipeline(PIPE, overrides=[*base, dest, "export.retries=9"]).case_config_sha256("m") == sha
+    other = load_pipeline(PIPE, overrides=[*base, "export.destination=dimse://PACS@127.0.0.1:105"])
+    assert other.case_config_sha256("m") != sha  # a new destination: every case is sent there
+    no_export = ("export", "report")
+    assert other.case_config_sha256("m", exclude=no_export) == pipe.case_config_sha256("m", exclude=no_export)
