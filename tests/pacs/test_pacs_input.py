@@ -216,3 +216,10 @@ def test_query_keys():
     for bad in (["StudyDate=yesterday"], ["nokey"], ["StudyInstanceUID=abc"], ["date=20260101", "StudyDate=20260102"]):
         with pytest.raises(ConfigError):
             parse_query(bad)
+
+
+def test_rejected_association_is_one_line(orthanc_factory, studies, pacs_oracle, tmp_path, capsys):
+    strict = orthanc_factory(extra_config={"DicomCheckCalledAet": True})
+    code = main(run_args(tmp_path / "run", f"dimse://WRONGAET@127.0.0.1:{strict.dicom_port}", pacs_oracle, tmp_path / "cache",
+                         "--query", "modality=CT"))
+    _one_line(capsys, code, 3, "rejected", "Called AE title not recognised", "'WRONGAET'")
