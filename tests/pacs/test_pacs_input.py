@@ -223,3 +223,23 @@ def test_rejected_association_is_one_line(orthanc_factory, studies, pacs_oracle,
     code = main(run_args(tmp_path / "run", f"dimse://WRONGAET@127.0.0.1:{strict.dicom_port}", pacs_oracle, tmp_path / "cache",
                          "--query", "modality=CT"))
     _one_line(capsys, code, 3, "rejected", "Called AE title not recognised", "'WRONGAET'")
+
+
+def test_a_study_that_cannot_be_retrieved_fails_alone(orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys):
+    from medseg.pacs.query import study_key
+
+    from .orthanc import write_study
+
+    mr = write_study(tmp_path / "mr", 77, modality="MR", study_date="20250101")  # the pipeline selects CT only
+    orthanc.upload(mr.folder)
+    ids = tmp_path / "ids.csv"
+    ids.write_text(f"StudyInstanceUID\n{mr.study_uid}\n{studies[1].study_uid}\n")
+    out = tmp_path / "run"
+    assert main(run_args(out, orthanc.dicomweb_spec, pacs_oracle, tmp_path / "cache", "--accessions", str(ids))) == 1
+    captured = capsys.readouterr()
+    fails = pd.read_csv(out / "failures.csv")
+    assert list(fails.case_id) == [study_key(mr.study_uid)] and list(fails.stage) == ["retrieve"]
+    assert "no image series of modality CT in this study (series found: MR)" in fails.error[0]
+    assert_same_volumes(out, folder_run, studies, subset=[studies[1]])
+    assert not (tmp_path / "cache" / study_key(mr.study_uid)).exists()
+    assert_no_identifiers(out, [*studies, mr], captured.out, captured.err)
