@@ -206,7 +206,12 @@ def _step() -> float:
     return 0.8 if _tile_step_honoured() else 0.5
 
 
-def _reference(home: Path, image_path: Path, spacing: float, tmp: Path, step: float = 0.8) -> np.ndarray:
+def _part_folders(home: Path, spacing: float) -> list[Path]:
+    ids = sorted(PARTS) if spacing == 1.5 else [FAST[0]]
+    return [next((home / "nnunet" / "results" / (PARTS[i][0] if i in PARTS else FAST[1])).glob("*__3d_fullres")) for i in ids]
+
+
+def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path, step: float = 0.8) -> np.ndarray:
     """TotalSegmentator's nnUNet_predict_image, redone here with nibabel, scipy and nnU-Net's own predictor."""
     import nibabel as nib
     import torch
@@ -229,10 +234,7 @@ def _reference(home: Path, image_path: Path, spacing: float, tmp: Path, step: fl
 
     combined = np.zeros(data.shape, np.uint8)
     offset = 0
-    ids = sorted(PARTS) if spacing == 1.5 else [FAST[0]]
-    for i in ids:
-        ds = PARTS[i][0] if i in PARTS else FAST[1]
-        folder = next((home / "nnunet" / "results" / ds).glob("*__3d_fullres"))
+    for folder in folders:
         pm = PlansManager(json.loads((folder / "plans.json").read_text()))
         dj = json.loads((folder / "dataset.json").read_text())
         cm = pm.get_configuration("3d_fullres")
@@ -289,7 +291,7 @@ def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tm
     assert pred.labels.names == expected_names and pred.labels.num_classes == len(expected_names) + 1
     assert pred.provenance["format"] == "totalsegmentator" and len(pred.provenance["parts"]) == 5
     out = pred.predict(str(path))
-    ref = _reference(total_home, path, 1.5, tmp_path, step)
+    ref = _reference(_part_folders(total_home, 1.5), path, 1.5, tmp_path, step)
     assert out.array.shape == case.image.shape and np.allclose(out.affine, nib.load(str(path)).affine)
     values = set(np.unique(ref).tolist())
     parts_seen = {next(i for i, (a, b) in enumerate([(1, 3), (4, 5), (6, 9), (10, 10), (11, 12)]) if a <= v <= b)
@@ -318,8 +320,57 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     assert pred.labels.names == FAST[2] and pred.provenance["task"] == "total_fast"
     out = pred.predict(str(path))
     assert out.meta["network_grid"] == [int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5))]
-    ref = _reference(home, path, 3.0, tmp_path, step)
+    ref = _reference(_part_folders(home, 3.0), path, 3.0, tmp_path, step)
     assert len(np.unique(ref)) >= 2
+    assert float((out.array == ref).mean()) >= 0.999
+
+
+@pytest.mark.slow
+def test_two_part_task_from_models_trained_by_nnunet(tmp_path):
+    """TotalSegmentator's two-part MR layout (datasets 850, 851) made of the models nnU-Net trains in
+    tests/external/nnunet_fixture.py (folds 0 and 1: other weights), each part with its own label names.
+    Uses the fixture cached in ``MEDSEG_NNUNET_FIXTURE`` (built there once, shared with test_nnunet_agreement)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
+    import nibabel as nib
+
+    from medseg.inference.predictor import Predictor
+    from medseg.phantoms import make_phantom
+
+    cached = os.environ.get("MEDSEG_NNUNET_FIXTURE")
+    if not cached:
+        pytest.skip("set MEDSEG_NNUNET_FIXTURE=DIR to reuse nnU-Net's trained fixture models (built once there)")
+    trained = Path(cached) / "results" / "Dataset501_Phantom" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    if not (trained / "fold_1" / "checkpoint_final.pth").is_file():
+        fixture = Path(__file__).with_name("nnunet_fixture.py")
+        r = subprocess.run([sys.executable, str(fixture), cached, "0", "1"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    home = tmp_path / "totalseg_home"
+    names = {850: ["liver_a", "spleen_a", "kidney_right_a", "kidney_left_a"], 851: ["liver_b", "spleen_b", "kidney_right_b", "kidney_left_b"]}
+    folders = []
+    for fold, (ds_id, labs) in enumerate(names.items()):
+        folder = home / "nnunet" / "results" / f"Dataset{ds_id}_TotalSegMRI_part{fold + 1}" / \
+            "nnUNetTrainer_2000epochs_NoMirroring__nnUNetPlans__3d_fullres"
+        (folder / "fold_0").mkdir(parents=True)
+        shutil.copy(trained / "plans.json", folder / "plans.json")
+        shutil.copy(trained / f"fold_{fold}" / "checkpoint_final.pth", folder / "fold_0" / "checkpoint_final.pth")
+        dataset = json.loads((trained / "dataset.json").read_text())
+        dataset["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(labs)}}
+        (folder / "dataset.json").write_text(json.dumps(dataset))
+        folders.append(folder)
+    case = make_phantom(101, spacing=(2.5, 2.5, 5.0), flips=(True, False, True), fov_mm=(250.0, 200.0, 120.0), noise_hu=0)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
+    step = _step()
+    pred = Predictor.from_checkpoint(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
+    assert pred.provenance["task"] == "total_mr" and pred.labels.names == names[850] + names[851]
+    out = pred.predict(str(path))
+    ref = _reference(folders, path, 1.5, tmp_path, step)
+    assert out.array.shape == case.image.shape and len(np.unique(ref)) >= 2
     assert float((out.array == ref).mean()) >= 0.999
 
 
