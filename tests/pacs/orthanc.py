@@ -46,10 +46,11 @@ def missing_reason() -> str:
         return f"Orthanc not installed ({ORTHANC}; Debian package 'orthanc')"
     if not Path(DICOMWEB_PLUGIN).is_file():
         return f"Orthanc DICOMweb plugin not installed ({DICOMWEB_PLUGIN}; Debian package 'orthanc-dicomweb')"
-    try:
-        import requests  # noqa: F401
-    except ImportError:
-        return "the Python package 'requests' is missing"
+    import importlib.util
+
+    for module, what in (("requests", "requests"), ("pynetdicom", "pynetdicom"), ("dicomweb_client", "dicomweb-client")):
+        if importlib.util.find_spec(module) is None:
+            return f"the Python package {what!r} is missing (pip install 'medseg[pacs]')"
     return ""
 
 
