@@ -115,11 +115,11 @@ def report(
     path = write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids, **options)
     if statistics_json:
         from medseg.io.readers import case_id_for
-        from medseg.reporting.tables import _label_table, _sidecar_of
+        from medseg.reporting.tables import report_label_table
         from medseg.reporting.totalseg_stats import write_cases
 
         ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
-        write_cases(labels, images, out, _label_table(label_table, _sidecar_of(labels[0])), ids)
+        write_cases(labels, images, out, report_label_table(label_table, labels), ids)
     return path
 
 

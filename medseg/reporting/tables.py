@@ -31,6 +31,11 @@ def _label_table(label_table: LabelTable | PathLike | None, fallback_sidecar: Pa
     raise InputError("no label table: pass --label-table (a YAML file or a name in configs/labels)")
 
 
+def report_label_table(label_table: LabelTable | PathLike | None, labels: Sequence[PathLike]) -> LabelTable:
+    """The label table a report of ``labels`` uses: the one given, else the first label map's predict sidecar's."""
+    return _label_table(label_table, _sidecar_of(labels[0]) if labels else None)
+
+
 def _sidecar_of(path: PathLike) -> Path:
     from medseg.io.readers import case_id_for
 
