@@ -238,11 +238,13 @@ def mirror_combinations(mirror_axes, mirror=True) -> list[tuple]:
     return [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
 
 
-def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None):
+def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_last=False):
     """The network's logits on ``x`` averaged over ``mirror_combinations``; float32 (the network's dtype)."""
     import torch
 
     def run(t):
+        if channels_last and t.ndim == 5:
+            t = t.contiguous(memory_format=torch.channels_last_3d)
         if amp_dtype is None:
             return net(t)
         with torch.autocast(device_type=t.device.type, dtype=amp_dtype):
@@ -263,7 +265,8 @@ _CONSTANT_TOL = 1e-5
 
 def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5, device="cpu", progress=None,
                           mirror=True, batch: int = 1, amp_dtype=None, logits_dtype=None, skip_constant: bool = False,
-                          air_below: float | None = None, background=None, stats: dict | None = None):
+                          air_below: float | None = None, background=None, stats: dict | None = None,
+                          channels_last: bool = False):
     """``predict_sliding_window_return_logits``: the logits of one network on ``(C, ...)`` data (float16 by default).
 
     The defaults are nnU-Net's steps. medseg's faster paths (each off by default):
@@ -272,6 +275,7 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
     - ``amp_dtype``: autocast dtype for the network (``torch.bfloat16``...; nnU-Net: none on the CPU);
     - ``mirror``: ``"single"`` mirrors each axis alone instead of every combination, ``False`` not at all;
     - ``logits_dtype``: accumulate in this dtype (``torch.float32``; nnU-Net: float16);
+    - ``channels_last``: windows in channels-last layout (the network's weights too: ``prepare_model``);
     - ``skip_constant``: a window whose input is one value everywhere (air clipped to the CT floor, zero
       background, padding) gives the same network output wherever it lies: it runs once per value and is
       reused -- no label change;
@@ -306,7 +310,7 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
             if not pending:
                 return
             tiles = torch.cat([t for _, t, _ in pending]).to(device)
-            preds = _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype)
+            preds = _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last)
             for (sl, _, key), p in zip(pending, preds):
                 if key is not None:
                     cache[key] = p.clone()
@@ -392,6 +396,10 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
     with torch.inference_mode():
         for net in nets:
             net = net.to(device).eval()
+            if fast.get("channels_last"):
+                from medseg.inference.sliding_window import prepare_model
+
+                net = prepare_model(net, channels_last=True)
             p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step,
                                       device=device, mirror=mirror, **fast)
             total = p if total is None else total.__iadd__(p)

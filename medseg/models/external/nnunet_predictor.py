@@ -24,7 +24,7 @@ from medseg.io.volume import Volume
 #: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints; then medseg's faster
 #: paths (``NNUNET_FAITHFUL`` holds each one's default: nnU-Net's own step).
 NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_size", "skip_background", "air_hu",
-                  "export", "logits_dtype", "label_chunk")
+                  "export", "logits_dtype", "label_chunk", "channels_last")
 
 #: nnU-Net's own inference, step for step (the default).
 #:
@@ -36,13 +36,14 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #:   entirely below ``air_hu`` are not run (their voxels background where no other window covers them);
 #: - ``export``: ``"nnunet"`` resamples every class's scores to the input grid, ``"labels"`` decides the label on
 #:   the network grid and interpolates scores only near boundaries;
-#: - ``logits_dtype``: ``"float16"`` as nnU-Net accumulates the windows, or ``"float32"``.
+#: - ``logits_dtype``: ``"float16"`` as nnU-Net accumulates the windows, or ``"float32"``;
+#: - ``channels_last``: the network and its windows in channels-last memory layout.
 NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_background": False, "air_hu": -500.0,
-                   "export": "nnunet", "logits_dtype": "float16"}
+                   "export": "nnunet", "logits_dtype": "float16", "channels_last": False}
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU
 #: (benchmarks/results/2026-11-30_nnunet.txt). Options given next to the preset override it.
 NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32"}
+               "export": "labels", "logits_dtype": "float32", "channels_last": False}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
@@ -108,7 +109,7 @@ class NnunetPredictor(Predictor):
         self.progress = progress
         self.inference = {**default_inference(), **options}
         self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "tta_flips": [],
-                               "channels_last": False, "engine": "nnunet"})
+                               "engine": "nnunet"})
         self.preprocessing = {"intensity": "nnunet", "spacing": list(model.conf["spacing"]),
                               "normalization_schemes": list(model.conf["normalization_schemes"]),
                               "configuration": model.configuration}
@@ -129,7 +130,8 @@ class NnunetPredictor(Predictor):
         skip = bool(inf["skip_background"])
         return {"mirror": inf["mirror"], "batch": int(inf["sw_batch_size"]), "amp_dtype": _amp_dtype(inf["amp"], self.device),
                 "logits_dtype": torch.float32 if inf["logits_dtype"] == "float32" else None, "skip_constant": skip,
-                "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None}
+                "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None,
+                "channels_last": bool(inf["channels_last"])}
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints

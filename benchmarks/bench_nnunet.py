@@ -1,0 +1,376 @@
+"""nnU-Net v2's own predictor vs medseg (faithful and fast) on one nnU-Net-trained model and a CT-sized volume.
+
+1. Trains (once; cached under ``--work``) an nnU-Net v2 model with nnU-Net's own planner and trainer on CT-like
+   phantoms (medseg.phantoms): 3d_fullres, fold ``all``, the planner's patch and spacing, the PlainConvUNet
+   narrowed (``--features``; nnU-Net's default 32..320 is too slow for this script on a 2-core CPU) and trained
+   for a few short epochs. The folder is a real nnU-Net result folder: nnUNetPredictor loads it.
+2. Makes a CT-like test volume of 512 x 512 x 200 voxels (0.8 x 0.8 x 1.0 mm, int16 HU, NIfTI).
+3. Runs, each in its own process (``nice -n 5``; own peak RSS):
+   - nnU-Net: ``nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+     perform_everything_on_device=False, device=cpu)`` + ``predict_single_npy_array`` on the image read by
+     its ``SimpleITKIO`` (nnU-Net's environment variables set in that process only);
+   - medseg faithful: ``Predictor.from_checkpoint(folder).predict(path)`` (the default);
+   - medseg fast: the same with ``preset="fast"``;
+   - one switch at a time (same process as one another, on the same preprocessed array): windows and export
+     seconds and label agreement with medseg faithful.
+4. Prints seconds, peak RSS, ratio vs nnUNetPredictor and label agreement (fraction of voxels equal, Dice per
+   structure, mean Dice) with nnU-Net's labels.
+
+    .venv/bin/python benchmarks/bench_nnunet.py [--work /tmp/medseg_bench_nnunet] [--out results.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATASET = "Dataset601_BenchCT"
+CONF = "3d_fullres"
+MODEL_DIR = f"{DATASET}/nnUNetTrainer__nnUNetPlans__{CONF}"
+TRAIN_SEEDS = (1, 2, 3, 4, 5, 6)
+TRAIN_SPACING = (2.0, 2.0, 3.0)
+TEST_SEED = 200
+TEST_SPACING = (0.8, 0.8, 1.0)
+TEST_FOV_MM = (410.0, 410.0, 200.0)  # 513 x 513 x 200 voxels
+
+TRAIN = r'''
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _Base
+from batchgenerators.utilities.file_and_folder_operations import load_json, join
+import nnunetv2.paths as P
+
+class nnUNetTrainer(_Base):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = %(epochs)d
+        self.num_iterations_per_epoch = %(iters)d
+        self.num_val_iterations_per_epoch = 1
+
+pre = join(P.nnUNet_preprocessed, "%(ds)s")
+plans = load_json(join(pre, "nnUNetPlans.json"))
+plans["configurations"]["%(conf)s"]["batch_size"] = 2
+plans["continue_training"] = False
+arch = plans["configurations"]["%(conf)s"]["architecture"]["arch_kwargs"]
+arch["features_per_stage"] = [min(%(f0)d * 2 ** i, %(fmax)d) for i in range(arch["n_stages"])]
+if %(patch)s:  # a smaller patch than planned (same number of poolings): training on a shared 2-core CPU
+    plans["configurations"]["%(conf)s"]["patch_size"] = %(patch)s
+t = nnUNetTrainer(plans, "%(conf)s", "all", load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
+t.run_training()
+'''
+
+
+def _env(work: Path) -> dict:
+    return {**os.environ, "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
+            "nnUNet_results": str(work / "results"), "nnUNet_compile": "f"}
+
+
+def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=None) -> Path:
+    import nibabel as nib
+
+    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+
+    folder = work / "results" / MODEL_DIR
+    if (folder / "fold_all" / "checkpoint_final.pth").is_file():
+        return folder
+    raw = work / "raw" / DATASET
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    for seed in TRAIN_SEEDS:
+        case = make_phantom(seed, spacing=TRAIN_SPACING)
+        nib.save(nib.Nifti1Image(np.asarray(case.image.array, np.float32), case.image.affine), str(raw / "imagesTr" / f"ct{seed:03d}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine), str(raw / "labelsTr" / f"ct{seed:03d}.nii.gz"))
+    labels = {"background": 0, **{lab.name: lab.index for lab in PHANTOM_LABELS.labels}}
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
+                                                  "numTraining": len(TRAIN_SEEDS), "file_ending": ".nii.gz"}, indent=2))
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", DATASET[7:10], "-c", CONF,
+                    "-np", "1", "-npfp", "1"], env=_env(work), check=True, stdout=subprocess.DEVNULL)
+    code = TRAIN % {"ds": DATASET, "conf": CONF, "epochs": epochs, "iters": iters, "f0": f0, "fmax": fmax,
+                   "patch": repr(list(patch)) if patch else "None"}
+    subprocess.run([sys.executable, "-c", code], env={**_env(work), "nnUNet_n_proc_DA": "0"}, check=True,
+                   stdout=subprocess.DEVNULL)
+    return folder
+
+
+def make_test_image(work: Path) -> Path:
+    import nibabel as nib
+
+    from medseg.phantoms import make_phantom
+
+    path = work / "test" / "ct_0000.nii.gz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        case = make_phantom(TEST_SEED, spacing=TEST_SPACING, fov_mm=TEST_FOV_MM)
+        hu = np.clip(np.round(np.asarray(case.image.array)), -1024, 3071).astype(np.int16)
+        nib.save(nib.Nifti1Image(hu, case.image.affine), str(path))
+        nib.save(nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine), str(work / "test" / "truth.nii.gz"))
+    return path
+
+
+# ---------------------------------------------------------------- workers (one process each)
+def _peak_mb() -> float:
+    from medseg.provenance import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (less sensitive to other processes on the cores than wall time)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def worker_nnunet(folder: str, image: str, out: str) -> dict:
+    import torch
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    t0 = time.monotonic()
+    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
+                        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    p.initialize_from_trained_model_folder(folder, use_folds=("all",), checkpoint_name="checkpoint_final.pth")
+    t1, c1 = time.monotonic(), _cpu_s()
+    img, props = SimpleITKIO().read_images([image])
+    seg = p.predict_single_npy_array(img, props, None, None, False)
+    seconds, cpu = time.monotonic() - t1, _cpu_s() - c1
+    np.save(out, np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8))  # (z, y, x) -> the file's (x, y, z)
+    return {"seconds": seconds, "cpu_seconds": cpu, "seconds_load": t1 - t0, "peak_rss_mb": _peak_mb(),
+            "threads": torch.get_num_threads()}
+
+
+def worker_medseg(folder: str, image: str, out: str, options: str) -> dict:
+    import torch
+
+    from medseg.inference.predictor import Predictor
+
+    t0 = time.monotonic()
+    pred = Predictor.from_checkpoint(folder, device="cpu", **json.loads(options))
+    t1, c1 = time.monotonic(), _cpu_s()
+    result = pred.predict(image)
+    seconds, cpu = time.monotonic() - t1, _cpu_s() - c1
+    np.save(out, result.array.astype(np.uint8))
+    keep = ("seconds_preprocess", "seconds_windows", "seconds_export", "windows_run", "windows_reused", "windows_skipped", "network_grid")
+    return {"seconds": seconds, "cpu_seconds": cpu, "seconds_load": t1 - t0, "peak_rss_mb": _peak_mb(),
+            "threads": torch.get_num_threads(), **{k: result.meta.get(k) for k in keep}}
+
+
+#: One switch at a time. ``base`` "faithful": on top of nnU-Net's steps; "bf16": on top of bf16 autocast (so
+#: that the slow full-precision windows run only once in this process).
+SWITCHES = [
+    ("amp bf16", "faithful", {"amp": "bf16"}),
+    ("export labels (on bf16 logits)", "bf16", {"export": "labels"}),
+    ("sw_batch_size 2 (+bf16)", "bf16", {"sw_batch_size": 2}),
+    ("skip_background (+bf16)", "bf16", {"skip_background": True}),
+    ("logits float32 (+bf16)", "bf16", {"logits_dtype": "float32"}),
+    ("mirror single (+bf16)", "bf16", {"mirror": "single"}),
+    ("mirror off (+bf16)", "bf16", {"mirror": False}),
+    ("channels_last (+bf16)", "bf16", {"channels_last": True}),  # last: it converts the loaded network in place
+]
+
+
+def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> dict:
+    """Each switch's windows and export seconds and its labels vs medseg faithful (the same preprocessed array)."""
+    import torch
+
+    from medseg.inference.predictor import Predictor
+    from medseg.models.external import nnunet_inference as nn
+    from medseg.models.external.nnunet_predictor import nnunet_inference_options
+
+    ref = np.load(faithful_labels)
+    pred = Predictor.from_checkpoint(folder, device="cpu")
+    model = pred.nnunet
+    volume, channels = pred._read_channels(image, [])
+    spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
+    data = np.asarray(channels, dtype=np.float32).transpose(0, 3, 2, 1)
+    x, props = nn.preprocess(data, spacing_xyz[::-1], model)
+    del data, channels
+    rows = []
+    bf16_logits = None
+    padded, _ = nn.pad_to(torch.from_numpy(x), list(model.conf["patch_size"]))
+    lo_hi = [(float(padded[sl].min()), float(padded[sl].max()))
+             for sl in nn._slicers(padded.shape[1:], list(model.conf["patch_size"]))]
+    del padded
+    air = nn.air_threshold(model, -500.0)
+    qualify = sum(1 for lo, hi in lo_hi if hi - lo <= 1e-5 or (air is not None and hi < air))
+    for name, base, opts in SWITCHES:
+        if name.startswith("skip_background") and not qualify:
+            rows.append({"name": name, "note": f"not run: none of the {len(lo_hi)} windows is constant or air on this image "
+                                               "(the body reaches every window), so it cannot change time or labels"})
+            continue
+        over = {"amp": "bf16"} if base == "bf16" else {}
+        pred.inference = nnunet_inference_options({**over, **opts})
+        stats: dict = {}
+        t0 = time.monotonic()
+        if name.startswith("export") and bf16_logits is not None:
+            logits = bf16_logits
+        else:
+            logits = nn.predict_logits(pred.models, x, model, step=0.5, device=pred.device, **pred.window_options(), stats=stats)
+        t1 = time.monotonic()
+        if pred.inference["export"] == "labels":
+            seg = nn.labels_only(logits, props, model)
+        else:
+            seg, _ = nn.export(logits, props, model)
+        t2 = time.monotonic()
+        if name == "amp bf16":
+            bf16_logits = logits
+        seg = seg.transpose(2, 1, 0)
+        row = {"name": name, "seconds_windows": None if name.startswith("export") else t1 - t0, "seconds_export": t2 - t1,
+               **agreement(seg, ref), **stats}
+        if name.startswith("export"):  # isolated: against the faithful export of the same bf16 logits
+            row["vs_bf16"] = agreement(seg, np.load(out + ".bf16.npy"))
+        if name == "amp bf16":
+            np.save(out + ".bf16.npy", seg)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return {"rows": rows, "peak_rss_mb": _peak_mb()}
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """Fraction of voxels equal and Dice per structure present in either (``b``: the reference)."""
+    dice = {}
+    for c in sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist())):
+        if c == 0:
+            continue
+        x, y = a == c, b == c
+        dice[int(c)] = round(float(2 * np.logical_and(x, y).sum() / max(1, x.sum() + y.sum())), 5)
+    return {"agree": float((a == b).mean()), "dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 1.0}
+
+
+def _spawn(kind: str, *args: str, env=None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="/tmp/medseg_bench_nnunet")
+    ap.add_argument("--out", help="also write the table here")
+    ap.add_argument("--features", default="8,128", help="PlainConvUNet width: first stage, cap (nnU-Net: 32,320)")
+    ap.add_argument("--patch", help="train with this patch instead of the planned one, e.g. 48,128,128")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=12)
+    ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each contender (the fastest counts)")
+    ap.add_argument("--no-switches", action="store_true", help="skip the one-switch-at-a-time table")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        fn = {"nnunet": worker_nnunet, "medseg": worker_medseg, "switches": worker_switches}[a.worker]
+        print(json.dumps(fn(*a.args)))
+        return
+
+    import torch
+
+    os.nice(max(0, 5 - os.nice(0)))  # nice 5 for this script and every process it starts
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    f0, fmax = (int(v) for v in a.features.split(","))
+    lines: list[str] = []
+
+    def say(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    t_start = time.monotonic()
+    load = os.getloadavg()
+    say(f"# bench_nnunet.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    say(f"# CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average at start {load[0]:.2f}; every run under nice -n 5.")
+    say("# The 2 cores are shared with other sessions' tests while this runs: absolute seconds are noisy,")
+    say("# the ratios within this one script are what counts.")
+    t0 = time.monotonic()
+    folder = build_model(work, f0, fmax, a.epochs, a.iters, [int(v) for v in a.patch.split(",")] if a.patch else None)
+    trained = time.monotonic() - t0
+    image = make_test_image(work)
+    plans = json.loads((folder / "plans.json").read_text())
+    conf = plans["configurations"][CONF]
+    arch = conf["architecture"]["arch_kwargs"]
+    import nibabel as nib
+
+    shape = nib.load(str(image)).shape
+    say(f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
+        f"{a.iters} iterations{'' if trained < 5 else f', trained here in {trained:.0f} s'})")
+    say(f"#   PlainConvUNet features_per_stage {arch['features_per_stage']} (narrowed from nnU-Net's 32..320 for "
+        f"this CPU), patch {conf['patch_size']}, spacing {conf['spacing']} mm, mirror axes from the checkpoint")
+    say(f"# input: {image.name} {shape[0]}x{shape[1]}x{shape[2]} int16 at {TEST_SPACING} mm (CT-like phantom, seed {TEST_SEED})")
+    say("")
+
+    labels = {k: str(work / f"labels_{k}.npy") for k in ("nnunet", "faithful", "fast")}
+    runs: dict = {k: [] for k in labels}
+    for rep in range(a.repeat):  # interleaved, so that a busy minute on the shared cores hits every contender
+        runs["nnunet"].append(_spawn("nnunet", str(folder), str(image), labels["nnunet"], env=_env(work)))
+        runs["faithful"].append(_spawn("medseg", str(folder), str(image), labels["faithful"], json.dumps({})))
+        runs["fast"].append(_spawn("medseg", str(folder), str(image), labels["fast"], json.dumps({"preset": "fast"})))
+        print(f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()), file=sys.stderr, flush=True)
+    res = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
+    ref = np.load(labels["nnunet"])
+    names = {int(k): n for n, k in json.loads((folder / "dataset.json").read_text())["labels"].items() if k}
+    base, base_cpu = res["nnunet"]["seconds"], min(r["cpu_seconds"] for r in runs["nnunet"])
+    say(f"{'run':<30}{'seconds':>8}{'x nnU-Net':>10}{'CPU s':>7}{'x nnU-Net':>10}{'peak RSS MB':>12}{'agree':>9}"
+        f"{'mean Dice':>10}  Dice per structure")
+    for key, title in (("nnunet", "nnUNetPredictor (CPU, fp32)"), ("faithful", "medseg faithful (default)"),
+                       ("fast", "medseg preset=fast")):
+        r = res[key]
+        cpu = min(x["cpu_seconds"] for x in runs[key])
+        ag = agreement(np.load(labels[key]), ref)
+        r["agreement"] = ag
+        per = " ".join(f"{names.get(c, c)}={d:.4f}" for c, d in ag["dice"].items())
+        say(f"{title:<30}{r['seconds']:>8.1f}{base / r['seconds']:>10.2f}{cpu:>7.0f}{base_cpu / cpu:>10.2f}"
+            f"{max(x['peak_rss_mb'] for x in runs[key]):>12.0f}{ag['agree']:>9.5f}{ag['mean_dice']:>10.4f}  {per}")
+    say(f"# seconds: the fastest of {a.repeat} interleaved runs (read + predict, model loading excluded), all: "
+        + "; ".join(f"{k} " + "/".join(f"{x['seconds']:.0f}" for x in v) for k, v in runs.items()))
+    say("# CPU s: user+sys seconds of that process (all threads), the smallest of the runs.")
+    say("# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs nnUNetPredictor.")
+    for key in ("faithful", "fast"):
+        r = res[key]
+        say(f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
+            f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows {r['seconds_windows']:.1f}, "
+            f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}")
+    fast_vs_faithful = agreement(np.load(labels["fast"]), np.load(labels["faithful"]))
+    say(f"# fast vs medseg faithful: agree {fast_vs_faithful['agree']:.5f}, mean Dice {fast_vs_faithful['mean_dice']:.4f} "
+        f"{fast_vs_faithful['dice']}")
+
+    if a.out:
+        Path(a.out).write_text("\n".join(lines) + "\n")
+    sw = None
+    if not a.no_switches:
+        try:
+            sw = _spawn("switches", str(folder), str(image), str(work / "switch"), labels["faithful"])
+        except SystemExit as exc:
+            say(f"# the one-switch table failed: {str(exc)[-500:]}")
+    if sw:
+        say("")
+        say("# one switch at a time, same preprocessed array, vs medseg faithful labels (faithful windows: "
+            f"{res['faithful']['seconds_windows']:.1f} s)")
+        say(f"{'switch':<34}{'windows s':>10}{'export s':>10}{'agree':>9}{'mean Dice':>10}  windows run/reused/skipped")
+        for row in sw["rows"]:
+            if "note" in row:
+                say(f"{row['name']:<34}  {row['note']}")
+                continue
+            w = "" if row["seconds_windows"] is None else f"{row['seconds_windows']:.1f}"
+            extra = f"{row.get('windows_run', '-')}/{row.get('windows_reused', '-')}/{row.get('windows_skipped', '-')}"
+            say(f"{row['name']:<34}{w:>10}{row['seconds_export']:>10.1f}{row['agree']:>9.5f}{row['mean_dice']:>10.4f}  {extra}")
+            if "vs_bf16" in row:
+                v = row["vs_bf16"]
+                say(f"{'  (vs faithful export, same logits)':<34}{'':>10}{'':>10}{v['agree']:>9.5f}{v['mean_dice']:>10.4f}")
+    say("")
+    say(f"# total {time.monotonic() - t_start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
+    if a.out:
+        Path(a.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
