@@ -9,7 +9,6 @@ resample, merge, back) itself with nibabel and scipy, and compares the label map
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -195,15 +194,8 @@ def test_bad_part_is_refused_naming_its_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ end to end against nnU-Net
-def _tile_step_honoured() -> bool:
-    """Whether medseg's nnU-Net sliding window takes the tile step it is given (TotalSegmentator runs 0.8)."""
-    from medseg.models.external import nnunet_inference as nn
-
-    return "step" in inspect.signature(nn._slicers).parameters
-
-
 def _step() -> float:
-    return 0.8 if _tile_step_honoured() else 0.5
+    return 0.8  # TotalSegmentator's tile step
 
 
 def _part_folders(home: Path, spacing: float) -> list[Path]:
@@ -256,14 +248,13 @@ def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path,
     return np.asarray(can.as_reoriented(undo).dataobj)
 
 
-@pytest.mark.xfail(not _tile_step_honoured(), strict=False,
-                   reason="medseg.models.external.nnunet_inference._slicers ignores the tile step (always 0.5): "
-                          "nnU-Net models run with overlap=0.5 whatever is asked, TotalSegmentator's 0.8 included")
 def test_tile_step_reaches_the_windows():
+    """The tile step reaches the windows (it was always 0.5: TotalSegmentator's 0.8 ran as 0.5)."""
     from medseg.models.external import nnunet_inference as nn
 
-    assert _tile_step_honoured()
     assert [len(s) for s in nn.steps_for((73, 64, 53), (32, 32, 32), 0.8)] == [3, 3, 2]
+    assert len(nn._slicers((73, 64, 53), (32, 32, 32), 0.8)) == 3 * 3 * 2
+    assert len(nn._slicers((73, 64, 53), (32, 32, 32), 0.5)) == 4 * 3 * 3
 
 
 @pytest.fixture(scope="module")

@@ -217,12 +217,12 @@ def pad_to(x, shape):
     return x, slicer
 
 
-def _slicers(image_size, patch):
+def _slicers(image_size, patch, step=0.5):
     if len(patch) < len(image_size):  # 2D network on a 3D image: slice by slice along the first axis
-        steps = steps_for(image_size[1:], patch)
+        steps = steps_for(image_size[1:], patch, step)
         return [(slice(None), d, *[slice(s, s + t) for s, t in zip((sx, sy), patch)])
                 for d in range(image_size[0]) for sx in steps[0] for sy in steps[1]]
-    steps = steps_for(image_size, patch)
+    steps = steps_for(image_size, patch, step)
     return [(slice(None), *[slice(s, s + t) for s, t in zip(c, patch)]) for c in itertools.product(*steps)]
 
 
@@ -288,7 +288,7 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
     acc_dtype = logits_dtype or torch.half
     with torch.inference_mode():
         x, revert = pad_to(data, patch)
-        slicers = _slicers(x.shape[1:], patch)
+        slicers = _slicers(x.shape[1:], patch, step)
         logits = torch.zeros((heads, *x.shape[1:]), dtype=acc_dtype)
         weight = torch.zeros(x.shape[1:], dtype=acc_dtype)
         g = gaussian(tuple(patch))
