@@ -43,7 +43,7 @@ NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_ba
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU
 #: (benchmarks/results/2026-11-30_nnunet.txt). Options given next to the preset override it.
 NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32", "channels_last": False}
+               "export": "labels", "logits_dtype": "float32", "channels_last": True}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
