@@ -125,14 +125,18 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
             raise _bad(spec, what, f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else
                                                                 f" (known: {', '.join(OPTIONS)})"))
         opts[key] = values[-1]
-    timeout = 30.0
-    if "timeout" in opts:
+    def number(key, cast, default, ok, rule):  # a numeric option, checked
+        if key not in opts:
+            return default
         try:
-            timeout = float(opts["timeout"])
+            value = cast(opts[key])
         except ValueError:
-            timeout = -1
-        if not 0 < timeout <= 3600:
-            raise _bad(spec, what, "timeout must be seconds between 0 and 3600")
+            value = None
+        if value is None or not ok(value):
+            raise _bad(spec, what, f"{key} must be {rule}")
+        return value
+
+    timeout = number("timeout", float, 30.0, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
     if scheme != "dimse":
         for key in opts:
             if OPTIONS[key] == "dimse":
@@ -155,14 +159,7 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
     retrieve = opts.get("retrieve", "get").lower()
     if retrieve not in ("get", "move"):
         raise _bad(spec, what, f"retrieve must be 'get' or 'move', not {retrieve!r}")
-    scp_port = 0
-    if "scp_port" in opts:
-        try:
-            scp_port = int(opts["scp_port"])
-        except ValueError:
-            scp_port = -1
-        if not 0 < scp_port < 65536:
-            raise _bad(spec, what, "scp_port must be a TCP port (1-65535)")
+    scp_port = number("scp_port", int, 0, lambda v: 0 < v < 65536, "a TCP port (1-65535)")
     if retrieve == "move" and not scp_port:
         raise _bad(spec, what, "retrieve=move needs scp_port=N (the port of medseg's storage SCP, known to the PACS "
                                f"as AE {calling!r})")

@@ -170,6 +170,16 @@ def paged(search, uid_tag: str) -> list[dict]:
         offset += len(page)
 
 
+def _json_values(item: dict, tag: str) -> list:
+    """The values of one attribute of a DICOM JSON object (QIDO-RS answer), ``[]`` when absent."""
+    return (item.get(tag) or {}).get("Value") or []
+
+
+def _json_value(item: dict, tag: str):
+    """The first value of one attribute of a DICOM JSON object, or None."""
+    return (_json_values(item, tag) or [None])[0]
+
+
 def _search_dicomweb(ep: Endpoint, client, filters: dict) -> list[dict]:
     params = dict(filters)
     try:
@@ -179,14 +189,11 @@ def _search_dicomweb(ep: Endpoint, client, filters: dict) -> list[dict]:
         raise http_error(exc, ep, "the study search (QIDO-RS)") from None
     out = []
     for item in found or []:
-        def tag(t):
-            return ((item.get(t) or {}).get("Value") or [None])
-
-        uid = tag("0020000D")[0]
+        uid = _json_value(item, "0020000D")
         if not uid:
             continue
-        n = tag("00201208")[0]
-        mods = tuple(str(m) for m in ((item.get("00080061") or {}).get("Value") or []))
+        n = _json_value(item, "00201208")
+        mods = tuple(str(m) for m in _json_values(item, "00080061"))
         out.append({"uid": str(uid), "n": int(n) if n not in (None, "") else None, "modalities": mods})
     return out
 
@@ -284,12 +291,10 @@ def list_series(ep: Endpoint, study_uid: str, *, client=None, assoc=None) -> lis
             raise http_error(exc, ep, "the series search (QIDO-RS)") from None
         out = []
         for item in found or []:
-            def tag(t):
-                return ((item.get(t) or {}).get("Value") or [None])[0]
-
-            if tag("0020000E"):
-                n = tag("00201209")
-                out.append(SeriesHit(str(tag("0020000E")), str(tag("00080060") or ""), int(n) if n not in (None, "") else None))
+            if _json_value(item, "0020000E"):
+                n = _json_value(item, "00201209")
+                out.append(SeriesHit(str(_json_value(item, "0020000E")), str(_json_value(item, "00080060") or ""),
+                                     int(n) if n not in (None, "") else None))
         return out
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind

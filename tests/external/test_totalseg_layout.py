@@ -28,17 +28,7 @@ PARTS = {
     295: ("Dataset295_TotalSegmentator_part5_ribs_1559subj", ["rib_left_1", "rib_right_1"]),
 }
 FAST = (297, "Dataset297_TotalSegmentator_total_3mm_1559subj", ["spleen", "liver", "heart"])
-ARCH = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
-        "n_conv_per_stage_decoder": [2, 2], "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
+from test_nnunet_loading import PLAIN_ARCH as ARCH  # noqa: E402  (the same tiny PlainConvUNet)
 
 
 def plans(spacing: float, patch=(32, 32, 32)) -> dict:
