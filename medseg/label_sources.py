@@ -151,23 +151,34 @@ def read_seg_nrrd_names(path: Path) -> LabelTable:
     return LabelTable(clean_name(path.name.split(".")[0], 0), tuple(sorted(items, key=lambda lab: lab.index)))
 
 
-def label_values(df) -> dict[str, set[int]]:
-    """The label values present in each case's label map (``case_id -> values``, background included)."""
+def label_values(df, known: dict[str, set[int]] | None = None) -> dict[str, set[int]]:
+    """The label values present in each case's label map (``case_id -> values``, background included).
+
+    ``known`` holds cases already read (the planner's fingerprint reads the training cases'
+    label maps once and passes their values here): they are not read again.
+    """
     import nibabel as nib
     import numpy as np
 
-    out = {}
+    out = dict(known or {})
     for case, path in zip(df["case_id"], df["label"]):
-        if not path:
+        if not path or case in out:
             continue
         try:
             data = np.asanyarray(nib.load(path).dataobj)
         except Exception as exc:
             raise InputError(f"case {case}: label map unreadable ({type(exc).__name__})", path=path) from None
-        if np.issubdtype(data.dtype, np.floating) and not np.array_equal(data, np.round(data)):
-            raise InputError(f"case {case}: label map holds non-integer values; expected integer labels", path=path)
-        out[case] = set(np.unique(data).astype(int).tolist())
+        out[case] = values_in(case, path, data)
     return out
+
+
+def values_in(case: str, path, data) -> set[int]:
+    """The integer label values of one label map array; non-integer values are a one-line error naming the case."""
+    import numpy as np
+
+    if np.issubdtype(data.dtype, np.floating) and not np.array_equal(data, np.round(data)):
+        raise InputError(f"case {case}: label map holds non-integer values; expected integer labels", path=path)
+    return set(np.unique(data).astype(int).tolist())
 
 
 def table_from_values(values: dict[str, set[int]], name: str) -> LabelTable:
@@ -198,8 +209,12 @@ def _dataset_json_candidates(manifest: Path, df) -> list[Path]:
     return out
 
 
-def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None = None) -> FoundTable:
-    """The label table for the manifest's data set (see the module docstring for the order)."""
+def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None = None,
+                       values: dict[str, set[int]] | None = None) -> FoundTable:
+    """The label table for the manifest's data set (see the module docstring for the order).
+
+    ``values`` (``label_values(df)``, when the caller already has it) saves reading the label maps again.
+    """
     from medseg.config import resolve_label_table_path
 
     manifest = Path(manifest)
@@ -224,7 +239,7 @@ def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None 
         if p.name.lower().endswith(".seg.nrrd"):
             return FoundTable(read_seg_nrrd_names(p), str(p))
     name = clean_name(manifest.stem, 0)
-    table = table_from_values(label_values(df), name)
+    table = table_from_values(values if values is not None else label_values(df), name)
     log.warning("no label table found for %s: the structures are named %s from the values in the label maps; name them with "
                 "`medseg plan --labels TABLE` (YAML, labels.csv, ITK-SNAP or dataset.json) or put labels.csv beside the manifest",
                 manifest.name, ", ".join(table.names))

@@ -38,8 +38,16 @@ _CPU_PATCH_VOXELS = 96 * 96 * 64
 _BYTES_PER_VOXEL_PER_CHANNEL = 4 * 40
 
 
-def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_case: int = 20000, seed: int = 0) -> dict:
+def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_case: int = 20000, seed: int = 0,
+                values: dict[str, set[int]] | None = None) -> dict:
+    """Spacing, shape, modality and foreground intensities of the training cases.
+
+    ``values``, when given, receives each label map's label values (``case_id -> values``) as it
+    is read, so that the planner's label check does not read these label maps a second time.
+    """
     import nibabel as nib
+
+    from medseg.label_sources import values_in
 
     rng = np.random.default_rng(seed)
     spacings, shapes, samples, air = [], [], [], []
@@ -57,7 +65,13 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
         air.append(float(np.percentile(data, 1)) < -500)
         label = getattr(row, "label", "")
         if label:
-            fg = np.asanyarray(nib.load(label).dataobj) > 0
+            try:
+                lab = np.asanyarray(nib.load(label).dataobj)
+            except Exception as exc:
+                raise InputError(f"case {row.case_id}: label map unreadable ({type(exc).__name__})", path=label) from None
+            if values is not None:
+                values[row.case_id] = values_in(row.case_id, label, lab)
+            fg = lab > 0
             vals = data[fg]
             if vals.size:
                 samples.append(rng.choice(vals, size=min(voxels_per_case, vals.size), replace=False))
@@ -142,13 +156,15 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     base = (safe_yaml.load_file(base_config) or {}) if base_config else {}
     if model:
         base = _with_model_preset(base or {}, model)
-    found = table_for_manifest(manifest, df, explicit=labels)
-    problems = check_table_against_values(found.table, label_values(df))
+    values: dict[str, set[int]] = {}
+    fp = fingerprint(df, image_columns(df), values=values)  # reads the training label maps once, for both
+    values = label_values(df, known=values)
+    found = table_for_manifest(manifest, df, explicit=labels, values=values)
+    problems = check_table_against_values(found.table, values)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise InputError(f"label table from {found.source} does not fit the label maps: {shown}", path=manifest)
     divisor = int(model_info((base.get("model") or {}).get("name", "unet"), params=False).get("divisor", 8))
-    fp = fingerprint(df, image_columns(df))
     fp["label_table_source"] = found.source
     cfg = plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor)
     aug = cfg.setdefault("training", {}).setdefault("augmentation", {})
