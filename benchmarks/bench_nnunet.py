@@ -174,6 +174,8 @@ SWITCHES = [
     ("logits float32 (+bf16)", "bf16", {"logits_dtype": "float32"}),
     ("mirror single (+bf16)", "bf16", {"mirror": "single"}),
     ("mirror off (+bf16)", "bf16", {"mirror": False}),
+    ("tile step 0.8 (+bf16)", "bf16", {"overlap": 0.2}),  # TotalSegmentator's step
+    ("cast weights (+bf16)", "bf16", {"cast": "weights"}),
     ("channels_last (+bf16)", "bf16", {"channels_last": True}),  # last: it converts the loaded network in place
 ]
 
@@ -214,7 +216,8 @@ def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> 
         if name.startswith("export") and bf16_logits is not None:
             logits = bf16_logits
         else:
-            logits = nn.predict_logits(pred.models, x, model, step=0.5, device=pred.device, **pred.window_options(), stats=stats)
+            logits = nn.predict_logits(pred.models, x, model, step=1 - float(pred.inference["overlap"]), device=pred.device,
+                                       **pred.window_options(), stats=stats)
         t1 = time.monotonic()
         if pred.inference["export"] == "labels":
             seg = nn.labels_only(logits, props, model)
@@ -246,6 +249,17 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
     return {"agree": float((a == b).mean()), "dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 1.0}
 
 
+def _truth_array(work: Path, shape) -> np.ndarray | None:
+    """The test phantom's true label map in the array order the predictors' labels are saved in (SimpleITK's z, y, x)."""
+    import SimpleITK as sitk
+
+    path = work / "test" / "truth.nii.gz"
+    if not path.is_file():
+        return None
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return arr if arr.shape == tuple(shape) else None
+
+
 def _spawn(kind: str, *args: str, env=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -264,6 +278,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each contender (the fastest counts)")
     ap.add_argument("--no-switches", action="store_true", help="skip the one-switch-at-a-time table")
+    ap.add_argument("--train-only", action="store_true", help="build (train) the model under --work and stop")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -294,6 +309,9 @@ def main() -> None:
     t0 = time.monotonic()
     folder = build_model(work, f0, fmax, a.epochs, a.iters, [int(v) for v in a.patch.split(",")] if a.patch else None)
     trained = time.monotonic() - t0
+    if a.train_only:
+        say(f"# model trained in {trained:.0f} s: {folder}")
+        return
     image = make_test_image(work)
     plans = json.loads((folder / "plans.json").read_text())
     conf = plans["configurations"][CONF]
@@ -339,6 +357,11 @@ def main() -> None:
         say(f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
             f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows {r['seconds_windows']:.1f}, "
             f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}")
+    truth = _truth_array(work, ref.shape)
+    if truth is not None:  # how well trained the model is: bf16 flips near-ties, which an undertrained model has many of
+        tr = agreement(ref, truth)
+        say(f"# nnUNetPredictor vs the phantom's true labels (how trained the model is): mean Dice {tr['mean_dice']:.4f} "
+            + " ".join(f"{names.get(c, c)}={d:.3f}" for c, d in tr["dice"].items()))
     fast_vs_faithful = agreement(np.load(labels["fast"]), np.load(labels["faithful"]))
     say(f"# fast vs medseg faithful: agree {fast_vs_faithful['agree']:.5f}, mean Dice {fast_vs_faithful['mean_dice']:.4f} "
         f"{fast_vs_faithful['dice']}")

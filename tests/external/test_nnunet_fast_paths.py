@@ -135,6 +135,22 @@ def test_window_batches_and_float32_accumulation_keep_the_logits():
     torch.testing.assert_close(half, nn.sliding_window_logits(net, x, patch, 3, axes), rtol=1e-2, atol=1e-2)
 
 
+def test_bf16_weights_cast_leaves_the_loaded_network_in_float32():
+    net, (x, _) = _tiny_net(), _body_image()
+    model = _model(heads=3, patch=(8, 12, 12))
+    ref = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32)
+    auto = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32, amp_dtype=torch.bfloat16)
+    cast = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32, amp_dtype=torch.bfloat16, cast_weights=True)
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the cast ran on a copy
+    assert not torch.equal(cast, auto)  # the weights really ran in bf16, not under autocast
+    scale = float(ref.abs().max())
+    for got in (auto, cast):  # both within bfloat16 rounding of the float32 logits
+        assert float((got - ref).abs().max()) < 0.05 * scale
+    assert nnunet_inference_options({"cast": "weights"})["cast"] == "weights"
+    with pytest.raises(ConfigError):
+        nnunet_inference_options({"cast": "int8"})
+
+
 def test_air_threshold_only_above_the_ct_clip_floor():
     model = _model()
     assert nn.air_threshold(model, -500.0) == pytest.approx(-5.0)

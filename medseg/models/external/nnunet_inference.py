@@ -238,8 +238,10 @@ def mirror_combinations(mirror_axes, mirror=True) -> list[tuple]:
     return [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
 
 
-def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_last=False):
-    """The network's logits on ``x`` averaged over ``mirror_combinations``; float32 (the network's dtype)."""
+def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_last=False, cast_weights=False):
+    """The network's logits on ``x`` averaged over ``mirror_combinations``; float32 (the network's dtype).
+
+    ``cast_weights``: the network's weights are already in ``amp_dtype``; the input is cast to it (no autocast)."""
     import torch
 
     def run(t):
@@ -247,6 +249,8 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
             t = t.contiguous(memory_format=torch.channels_last_3d)
         if amp_dtype is None:
             return net(t)
+        if cast_weights:
+            return net(t.to(amp_dtype)).float()
         with torch.autocast(device_type=t.device.type, dtype=amp_dtype):
             return net(t).float()
 
@@ -266,7 +270,7 @@ _CONSTANT_TOL = 1e-5
 def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5, device="cpu", progress=None,
                           mirror=True, batch: int = 1, amp_dtype=None, logits_dtype=None, skip_constant: bool = False,
                           air_below: float | None = None, background=None, stats: dict | None = None,
-                          channels_last: bool = False):
+                          channels_last: bool = False, cast_weights: bool = False):
     """``predict_sliding_window_return_logits``: the logits of one network on ``(C, ...)`` data (float16 by default).
 
     The defaults are nnU-Net's steps. medseg's faster paths (each off by default):
@@ -276,6 +280,9 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
     - ``mirror``: ``"single"`` mirrors each axis alone instead of every combination, ``False`` not at all;
     - ``logits_dtype``: accumulate in this dtype (``torch.float32``; nnU-Net: float16);
     - ``channels_last``: windows in channels-last layout (the network's weights too: ``prepare_model``);
+    - ``cast_weights``: with ``amp_dtype``, the network runs wholly in that dtype (weights cast by the caller,
+      normalisations included) instead of under autocast, which on a CPU converts the activations to float32
+      and back around every normalisation layer;
     - ``skip_constant``: a window whose input is one value everywhere (air clipped to the CT floor, zero
       background, padding) gives the same network output wherever it lies: it runs once per value and is
       reused -- no label change;
@@ -310,7 +317,7 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
             if not pending:
                 return
             tiles = torch.cat([t for _, t, _ in pending]).to(device)
-            preds = _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last)
+            preds = _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last, cast_weights)
             for (sl, _, key), p in zip(pending, preds):
                 if key is not None:
                     cache[key] = p.clone()
@@ -396,6 +403,10 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
     with torch.inference_mode():
         for net in nets:
             net = net.to(device).eval()
+            if fast.get("cast_weights") and fast.get("amp_dtype") is not None:
+                import copy
+
+                net = copy.deepcopy(net).to(dtype=fast["amp_dtype"])  # a copy: the loaded network stays float32
             if fast.get("channels_last"):
                 from medseg.inference.sliding_window import prepare_model
 

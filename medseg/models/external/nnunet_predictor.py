@@ -24,7 +24,7 @@ from medseg.io.volume import Volume
 #: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints; then medseg's faster
 #: paths (``NNUNET_FAITHFUL`` holds each one's default: nnU-Net's own step).
 NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_size", "skip_background", "air_hu",
-                  "export", "logits_dtype", "label_chunk", "channels_last")
+                  "export", "logits_dtype", "label_chunk", "channels_last", "cast")
 
 #: nnU-Net's own inference, step for step (the default).
 #:
@@ -37,13 +37,16 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #: - ``export``: ``"nnunet"`` resamples every class's scores to the input grid, ``"labels"`` decides the label on
 #:   the network grid and interpolates scores only near boundaries;
 #: - ``logits_dtype``: ``"float16"`` as nnU-Net accumulates the windows, or ``"float32"``;
-#: - ``channels_last``: the network and its windows in channels-last memory layout.
+#: - ``channels_last``: the network and its windows in channels-last memory layout;
+#: - ``cast``: with a reduced-precision ``amp``, ``"autocast"`` runs the network under ``torch.autocast`` (normalisation
+#:   layers in float32), ``"weights"`` casts a copy of the network to that dtype and runs it wholly in it (no
+#:   float32 round trip around every normalisation; benchmarks/bench_nnunet.py measures both).
 NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_background": False, "air_hu": -500.0,
-                   "export": "nnunet", "logits_dtype": "float16", "channels_last": False}
+                   "export": "nnunet", "logits_dtype": "float16", "channels_last": False, "cast": "autocast"}
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU
 #: (benchmarks/results/2026-11-30_nnunet.txt). Options given next to the preset override it.
 NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32", "channels_last": True}
+               "export": "labels", "logits_dtype": "float32", "channels_last": True, "cast": "autocast"}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
@@ -62,7 +65,7 @@ def nnunet_inference_options(overrides: dict | None = None) -> dict:
     if not 0 <= float(out["overlap"]) < 1:
         raise ConfigError(f"overlap={out['overlap']!r}: expected a number in [0, 1)")
     checks = {"amp": ("nnunet", "off", "bf16", "fp16", "auto"), "mirror": (True, False, "single"),
-              "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32")}
+              "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32"), "cast": ("autocast", "weights")}
     for key, allowed in checks.items():
         if out[key] not in allowed:
             raise ConfigError(f"{key}={out[key]!r}: expected one of {list(allowed)}")
@@ -131,7 +134,7 @@ class NnunetPredictor(Predictor):
         return {"mirror": inf["mirror"], "batch": int(inf["sw_batch_size"]), "amp_dtype": _amp_dtype(inf["amp"], self.device),
                 "logits_dtype": torch.float32 if inf["logits_dtype"] == "float32" else None, "skip_constant": skip,
                 "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None,
-                "channels_last": bool(inf["channels_last"])}
+                "channels_last": bool(inf["channels_last"]), "cast_weights": inf["cast"] == "weights"}
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
