@@ -101,6 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--iterations", type=int, default=0,
                     help="optimizer steps per epoch (training.iterations_per_epoch); default: the number of training cases")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="a wall-clock budget per family instead of --epochs (training.max_minutes: the schedule runs on "
+                         "the budget, so a cheaper network takes more steps); compare families only within one run")
     ap.add_argument("--models", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--crf", default="{}", help="JSON kwargs for crf_refine, e.g. '{\"iterations\": 5}'")
@@ -132,6 +135,8 @@ def main(argv=None) -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         preset = RUNS[name]
         overrides = [f"model.name={name}", f"training.epochs={args.epochs}", f"training.val_every={max(1, args.epochs // 2)}"]
+        if args.minutes:
+            overrides.append(f"training.max_minutes={args.minutes}")
         recipe = load_model_preset(preset) if preset else {"model": {"kwargs": {}}, "training": {}}
         kwargs = {**recipe["model"]["kwargs"], **json.loads(args.kwargs)}
         if kwargs:
@@ -159,6 +164,7 @@ def main(argv=None) -> int:
             "lr": tc.learning_rate,
             "optim": tc.optimizer,
             "dice": round(result.best_mean_dice, 3),
+            "steps": int(hist["iterations"].iloc[-1]) if "iterations" in hist else len(hist) * steps,
             "loss_end": round(float(hist["loss"].iloc[-1]), 3),
             "floor": FLOORS[name],
             "params": sum(p.numel() for p in net.parameters()),
@@ -171,7 +177,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     table_df = pd.DataFrame(rows)
     tc = config.training
-    print(f"\n{args.cases} phantom cases ({n_train} training), {args.epochs} epochs of {iterations} iterations, CPU threads {torch.get_num_threads()}, "
+    budget = f"{args.minutes:g} minutes per family" if args.minutes else f"{args.epochs} epochs"
+    print(f"\n{args.cases} phantom cases ({n_train} training), {budget} of {iterations} iterations, CPU threads {torch.get_num_threads()}, "
           f"patch {'x'.join(map(str, tc.patch_size))} batch {tc.batch_size}; "
           f"CRF on validation grids of ~{crf['voxels']:,} voxels")
     print(table_df.to_string(index=False))

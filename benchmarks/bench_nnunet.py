@@ -176,6 +176,8 @@ SWITCHES = [
     ("mirror off (+bf16)", "bf16", {"mirror": False}),
     ("tile step 0.8 (+bf16)", "bf16", {"overlap": 0.2}),  # TotalSegmentator's step
     ("cast weights (+bf16)", "bf16", {"cast": "weights"}),
+    ("cast weights + step 0.8 (+bf16)", "bf16", {"cast": "weights", "overlap": 0.2}),
+    ("cast weights + mirror single (+bf16)", "bf16", {"cast": "weights", "mirror": "single"}),
     ("channels_last (+bf16)", "bf16", {"channels_last": True}),  # last: it converts the loaded network in place
 ]
 
