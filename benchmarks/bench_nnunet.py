@@ -252,13 +252,13 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def _truth_array(work: Path, shape) -> np.ndarray | None:
-    """The test phantom's true label map in the array order the predictors' labels are saved in (SimpleITK's z, y, x)."""
-    import SimpleITK as sitk
+    """The test phantom's true label map, in the (x, y, z) array order the predictors' labels are saved in."""
+    import nibabel as nib
 
     path = work / "test" / "truth.nii.gz"
     if not path.is_file():
         return None
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    arr = np.asanyarray(nib.load(str(path)).dataobj)
     return arr if arr.shape == tuple(shape) else None
 
 
@@ -280,6 +280,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=12)
     ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each contender (the fastest counts)")
     ap.add_argument("--no-switches", action="store_true", help="skip the one-switch-at-a-time table")
+    ap.add_argument("--variant", help="also run preset fast with these options (JSON), e.g. '{\"cast\": \"weights\"}'")
     ap.add_argument("--train-only", action="store_true", help="build (train) the model under --work and stop")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -323,17 +324,21 @@ def main() -> None:
     shape = nib.load(str(image)).shape
     say(f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
         f"{a.iters} iterations{'' if trained < 5 else f', trained here in {trained:.0f} s'})")
-    say(f"#   PlainConvUNet features_per_stage {arch['features_per_stage']} (narrowed from nnU-Net's 32..320 for "
-        f"this CPU), patch {conf['patch_size']}, spacing {conf['spacing']} mm, mirror axes from the checkpoint")
+    narrowed = "" if arch["features_per_stage"][0] >= 32 else " (narrowed from nnU-Net's 32..320 for this CPU)"
+    say(f"#   PlainConvUNet features_per_stage {arch['features_per_stage']}{narrowed}, patch {conf['patch_size']}, "
+        f"spacing {conf['spacing']} mm, mirror axes from the checkpoint")
     say(f"# input: {image.name} {shape[0]}x{shape[1]}x{shape[2]} int16 at {TEST_SPACING} mm (CT-like phantom, seed {TEST_SEED})")
     say("")
 
-    labels = {k: str(work / f"labels_{k}.npy") for k in ("nnunet", "faithful", "fast")}
+    contenders = {"faithful": {}, "fast": {"preset": "fast"}}
+    if a.variant:
+        contenders["variant"] = {"preset": "fast", **json.loads(a.variant)}
+    labels = {k: str(work / f"labels_{k}.npy") for k in ("nnunet", *contenders)}
     runs: dict = {k: [] for k in labels}
     for rep in range(a.repeat):  # interleaved, so that a busy minute on the shared cores hits every contender
         runs["nnunet"].append(_spawn("nnunet", str(folder), str(image), labels["nnunet"], env=_env(work)))
-        runs["faithful"].append(_spawn("medseg", str(folder), str(image), labels["faithful"], json.dumps({})))
-        runs["fast"].append(_spawn("medseg", str(folder), str(image), labels["fast"], json.dumps({"preset": "fast"})))
+        for key, opts in contenders.items():
+            runs[key].append(_spawn("medseg", str(folder), str(image), labels[key], json.dumps(opts)))
         print(f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()), file=sys.stderr, flush=True)
     res = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     ref = np.load(labels["nnunet"])
@@ -342,7 +347,9 @@ def main() -> None:
     say(f"{'run':<30}{'seconds':>8}{'x nnU-Net':>10}{'CPU s':>7}{'x nnU-Net':>10}{'peak RSS MB':>12}{'agree':>9}"
         f"{'mean Dice':>10}  Dice per structure")
     for key, title in (("nnunet", "nnUNetPredictor (CPU, fp32)"), ("faithful", "medseg faithful (default)"),
-                       ("fast", "medseg preset=fast")):
+                       ("fast", "medseg preset=fast"), ("variant", f"fast + {a.variant}")):
+        if key not in runs:
+            continue
         r = res[key]
         cpu = min(x["cpu_seconds"] for x in runs[key])
         ag = agreement(np.load(labels[key]), ref)
@@ -354,7 +361,7 @@ def main() -> None:
         + "; ".join(f"{k} " + "/".join(f"{x['seconds']:.0f}" for x in v) for k, v in runs.items()))
     say("# CPU s: user+sys seconds of that process (all threads), the smallest of the runs.")
     say("# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs nnUNetPredictor.")
-    for key in ("faithful", "fast"):
+    for key in contenders:
         r = res[key]
         say(f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
             f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows {r['seconds_windows']:.1f}, "

@@ -43,10 +43,14 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #:   float32 round trip around every normalisation; benchmarks/bench_nnunet.py measures both).
 NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_background": False, "air_hu": -500.0,
                    "export": "nnunet", "logits_dtype": "float16", "channels_last": False, "cast": "autocast"}
-#: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU
-#: (benchmarks/results/2026-11-30_nnunet.txt). Options given next to the preset override it.
+#: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
+#: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
+#: with nnUNetPredictor; single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8 (0.958) do not, so the fast
+#: preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast + channels-last: at nnU-Net's
+#: full width (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt).
+#: Options given next to the preset override it.
 NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32", "channels_last": True, "cast": "autocast"}
+               "export": "labels", "logits_dtype": "float32", "channels_last": False, "cast": "weights"}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
