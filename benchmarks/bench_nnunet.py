@@ -259,7 +259,10 @@ def _truth_array(work: Path, shape) -> np.ndarray | None:
     if not path.is_file():
         return None
     arr = np.asanyarray(nib.load(str(path)).dataobj)
-    return arr if arr.shape == tuple(shape) else None
+    if arr.shape != tuple(shape):
+        print(f"# the truth {arr.shape} does not match the labels {tuple(shape)}: no model-vs-truth line", file=sys.stderr)
+        return None
+    return arr
 
 
 def _spawn(kind: str, *args: str, env=None) -> dict:

@@ -151,6 +151,21 @@ def test_bf16_weights_cast_leaves_the_loaded_network_in_float32():
         nnunet_inference_options({"cast": "int8"})
 
 
+def test_predictor_casts_its_networks_once_for_all_cases():
+    from medseg.models.external.nnunet_predictor import NnunetPredictor
+
+    pred = object.__new__(NnunetPredictor)  # only the network list matters here
+    pred.models, pred._cast = [_tiny_net(), _tiny_net()], None
+    opts = {"amp_dtype": torch.bfloat16, "cast_weights": True}
+    first = pred.networks(opts)
+    assert pred.networks(opts) is first and len(first) == 2  # the next case reuses the copies
+    assert all(p.dtype == torch.bfloat16 for net in first for p in net.parameters())
+    assert all(p.dtype == torch.float32 for net in pred.models for p in net.parameters())
+    assert nn.in_dtype(first[0], torch.bfloat16) is first[0]  # predict_logits does not copy them again
+    assert pred.networks({"amp_dtype": None, "cast_weights": True}) is pred.models
+    assert pred.networks({"amp_dtype": torch.bfloat16, "cast_weights": False}) is pred.models
+
+
 def test_air_threshold_only_above_the_ct_clip_floor():
     model = _model()
     assert nn.air_threshold(model, -500.0) == pytest.approx(-5.0)

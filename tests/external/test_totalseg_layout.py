@@ -184,8 +184,7 @@ def test_bad_part_is_refused_naming_its_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ end to end against nnU-Net
-def _step() -> float:
-    return 0.8  # TotalSegmentator's tile step
+STEP = 0.8  # TotalSegmentator's tile step
 
 
 def _part_folders(home: Path, spacing: float) -> list[Path]:
@@ -266,7 +265,7 @@ def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tm
     case = make_phantom(7, spacing=(2.0, 2.6, 3.2), flips=flips, oblique_deg=oblique, fov_mm=(84.0, 72.0, 60.0), noise_hu=0)
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.round(case.image.array).astype(np.int16), case.image.affine), str(path))
-    step = _step()
+    step = STEP
     pred = Predictor.from_checkpoint(total_home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     expected_names = [n for _, names in PARTS.values() for n in names]
     assert pred.labels.names == expected_names and pred.labels.num_classes == len(expected_names) + 1
@@ -296,7 +295,7 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     case = make_phantom(3, spacing=(1.7, 1.7, 2.5), flips=(False, True, True), fov_mm=(120.0, 110.0, 100.0), noise_hu=0)
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
-    step = _step()
+    step = STEP
     pred = Predictor.from_checkpoint(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     assert pred.labels.names == FAST[2] and pred.provenance["task"] == "total_fast"
     out = pred.predict(str(path))
@@ -346,7 +345,7 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path):
     case = make_phantom(101, spacing=(2.5, 2.5, 5.0), flips=(True, False, True), fov_mm=(250.0, 200.0, 120.0), noise_hu=0)
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
-    step = _step()
+    step = STEP
     pred = Predictor.from_checkpoint(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     assert pred.provenance["task"] == "total_mr" and pred.labels.names == names[850] + names[851]
     out = pred.predict(str(path))

@@ -390,6 +390,16 @@ def background_logits(model) -> list:
     return [20.0] + [0.0] * (lab.heads - 1)
 
 
+def in_dtype(net, dtype):
+    """``net`` with its weights in ``dtype``: itself when they already are, else a converted copy (the loaded network
+    is left as it is; ``NnunetPredictor`` keeps the copy for its later cases)."""
+    import copy
+
+    if next(net.parameters()).dtype == dtype:
+        return net
+    return copy.deepcopy(net).to(dtype=dtype)
+
+
 def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **fast):
     """``predict_logits_from_preprocessed_data``: the folds' logits, averaged (float16 unless ``logits_dtype``).
     ``fast``: medseg's switches of ``sliding_window_logits`` (default off: nnU-Net's steps)."""
@@ -404,9 +414,7 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
         for net in nets:
             net = net.to(device).eval()
             if fast.get("cast_weights") and fast.get("amp_dtype") is not None:
-                import copy
-
-                net = copy.deepcopy(net).to(dtype=fast["amp_dtype"])  # a copy: the loaded network stays float32
+                net = in_dtype(net, fast["amp_dtype"])
             if fast.get("channels_last"):
                 from medseg.inference.sliding_window import prepare_model
 

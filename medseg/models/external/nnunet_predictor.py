@@ -111,6 +111,7 @@ class NnunetPredictor(Predictor):
         self.nnunet = model
         self.device = torch.device(device) if device else default_device()
         self.models = [net.to(self.device) for net in model.networks()]
+        self._cast: tuple | None = None  # (dtype, the networks cast to it) for cast="weights", made once
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
@@ -140,6 +141,18 @@ class NnunetPredictor(Predictor):
                 "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None,
                 "channels_last": bool(inf["channels_last"]), "cast_weights": inf["cast"] == "weights"}
 
+    def networks(self, options: dict) -> list:
+        """The folds' networks to run with ``options`` (``window_options()``): with ``cast_weights``, copies in the
+        amp dtype, made on the first case and kept for the next ones."""
+        from medseg.models.external import nnunet_inference as nn
+
+        dtype = options["amp_dtype"]
+        if not options["cast_weights"] or dtype is None:
+            return self.models
+        if self._cast is None or self._cast[0] != dtype:
+            self._cast = (dtype, [nn.in_dtype(net, dtype) for net in self.models])
+        return self._cast[1]
+
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
         (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
@@ -158,8 +171,9 @@ class NnunetPredictor(Predictor):
             raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
         t1 = time.monotonic()
         stats: dict = {}
-        logits = nn.predict_logits(self.models, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
-                                   device=self.device, **self.window_options(), stats=stats)
+        options = self.window_options()
+        logits = nn.predict_logits(self.networks(options), x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
+                                   device=self.device, **options, stats=stats)
         t_windows, t_pre = time.monotonic() - t1, t1 - t0 - t_read
         grid = [int(s) for s in x.shape[1:]]
         del x
