@@ -27,6 +27,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -159,7 +160,8 @@ def worker_medseg(folder: str, image: str, out: str, options: str) -> dict:
     result = pred.predict(image)
     seconds, cpu = time.monotonic() - t1, _cpu_s() - c1
     np.save(out, result.array.astype(np.uint8))
-    keep = ("seconds_preprocess", "seconds_windows", "seconds_export", "windows_run", "windows_reused", "windows_skipped", "network_grid")
+    keep = ("seconds_preprocess", "seconds_windows", "seconds_export", "windows_run", "windows_reused", "windows_skipped", "network_grid",
+            "compiled", "compile_failed")
     return {"seconds": seconds, "cpu_seconds": cpu, "seconds_load": t1 - t0, "peak_rss_mb": _peak_mb(),
             "threads": torch.get_num_threads(), **{k: result.meta.get(k) for k in keep}}
 
@@ -341,7 +343,10 @@ def main() -> None:
     for rep in range(a.repeat):  # interleaved, so that a busy minute on the shared cores hits every contender
         runs["nnunet"].append(_spawn("nnunet", str(folder), str(image), labels["nnunet"], env=_env(work)))
         for key, opts in contenders.items():
-            runs[key].append(_spawn("medseg", str(folder), str(image), labels[key], json.dumps(opts)))
+            # an empty inductor cache for every run: compile="auto" pays its whole compile in the figure (a later
+            # process with the same network and window reuses the compiled code from the user's cache and is faster)
+            cache = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix=f"inductor_{key}_", dir=work)}
+            runs[key].append(_spawn("medseg", str(folder), str(image), labels[key], json.dumps(opts), env=cache))
         print(f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()), file=sys.stderr, flush=True)
     res = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     ref = np.load(labels["nnunet"])
@@ -368,7 +373,9 @@ def main() -> None:
         r = res[key]
         say(f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
             f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows {r['seconds_windows']:.1f}, "
-            f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}")
+            f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}"
+            + ("" if r.get("compiled") is None else f"; compiled {r['compiled']}"
+               + (f" (failed: {r['compile_failed']})" if r.get("compile_failed") else "")))
     truth = _truth_array(work, ref.shape)
     if truth is not None:  # how well trained the model is: bf16 flips near-ties, which an undertrained model has many of
         tr = agreement(ref, truth)

@@ -155,15 +155,52 @@ def test_predictor_casts_its_networks_once_for_all_cases():
     from medseg.models.external.nnunet_predictor import NnunetPredictor
 
     pred = object.__new__(NnunetPredictor)  # only the network list matters here
-    pred.models, pred._cast = [_tiny_net(), _tiny_net()], None
-    opts = {"amp_dtype": torch.bfloat16, "cast_weights": True}
+    pred.models, pred._prepared = [_tiny_net(), _tiny_net()], {}
+    opts = {"amp_dtype": torch.bfloat16, "cast_weights": True, "compile": False}
     first = pred.networks(opts)
     assert pred.networks(opts) is first and len(first) == 2  # the next case reuses the copies
     assert all(p.dtype == torch.bfloat16 for net in first for p in net.parameters())
     assert all(p.dtype == torch.float32 for net in pred.models for p in net.parameters())
     assert nn.in_dtype(first[0], torch.bfloat16) is first[0]  # predict_logits does not copy them again
-    assert pred.networks({"amp_dtype": None, "cast_weights": True}) is pred.models
-    assert pred.networks({"amp_dtype": torch.bfloat16, "cast_weights": False}) is pred.models
+    assert pred.networks({"amp_dtype": None, "cast_weights": True, "compile": False}) is pred.models
+    assert pred.networks({"amp_dtype": torch.bfloat16, "cast_weights": False, "compile": False}) is pred.models
+    both = pred.networks({**opts, "compile": True})  # compiled wrappers around the same bf16 copies, made once
+    assert [n.net for n in both] == first and pred.networks({**opts, "compile": True}) is both
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_eager_logits_and_falls_back_without_a_compiler(monkeypatch, caplog):
+    net, (x, _) = _tiny_net(), _body_image()
+    model = _model(heads=3, patch=(8, 12, 12))
+    ref = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32)
+    wrapped = nn.compiled(net)
+    got = nn.predict_logits([wrapped], x.numpy(), model, logits_dtype=torch.float32)
+    assert wrapped.failed is None and wrapped._compiled is not None  # it really ran compiled
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # same arithmetic up to operation order
+
+    def no_compiler(*a, **k):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+
+    light = nn.compiled(net, when="auto")  # a network this light is never worth compiling
+    torch.testing.assert_close(nn.predict_logits([light], x.numpy(), model, logits_dtype=torch.float32), ref)
+    assert light.eager_s < nn.COMPILE_AFTER_S and light._compiled is None
+    monkeypatch.setattr(nn, "COMPILE_AFTER_S", 0.0)  # as if it were heavy: compiled from the second window on
+    heavy = nn.compiled(net, when="auto")
+    got = nn.predict_logits([heavy], x.numpy(), model, logits_dtype=torch.float32)
+    assert heavy._compiled is not None and heavy.failed is None
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    broken = nn.compiled(net)
+    with caplog.at_level("WARNING", logger="medseg"):
+        again = nn.predict_logits([broken], x.numpy(), model, logits_dtype=torch.float32, compile=True)
+    assert broken.failed.startswith("RuntimeError: InvalidCxxCompiler") and "more lines" not in broken.failed
+    assert sum("runs uncompiled" in r.getMessage() for r in caplog.records) == 1  # one warning, not one per window
+    torch.testing.assert_close(again, ref)  # the eager network, exactly
+    assert nnunet_inference_options({"compile": True})["compile"] is True
+    assert nnunet_inference_options({"compile": "auto"})["compile"] == "auto"
+    with pytest.raises(ConfigError):
+        nnunet_inference_options({"compile": "yes"})
 
 
 def test_air_threshold_only_above_the_ct_clip_floor():

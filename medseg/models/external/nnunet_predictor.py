@@ -24,7 +24,8 @@ from medseg.io.volume import Volume
 #: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints; then medseg's faster
 #: paths (``NNUNET_FAITHFUL`` holds each one's default: nnU-Net's own step).
 NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_size", "skip_background", "air_hu",
-                  "export", "logits_dtype", "label_chunk", "channels_last", "cast")
+                  "export", "logits_dtype", "label_chunk", "channels_last", "cast",
+                  "compile")
 
 #: nnU-Net's own inference, step for step (the default).
 #:
@@ -40,17 +41,24 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #: - ``channels_last``: the network and its windows in channels-last memory layout;
 #: - ``cast``: with a reduced-precision ``amp``, ``"autocast"`` runs the network under ``torch.autocast`` (normalisation
 #:   layers in float32), ``"weights"`` casts a copy of the network to that dtype and runs it wholly in it (no
-#:   float32 round trip around every normalisation; benchmarks/bench_nnunet.py measures both).
+#:   float32 round trip around every normalisation; benchmarks/bench_nnunet.py measures both);
+#: - ``compile``: ``True`` the network (after the cast) compiled by ``torch.compile`` with frozen weights, once per
+#:   predictor (the first window pays the compile; later cases reuse it), eager where compiling fails; ``"auto"`` only
+#:   a network whose first forward pass takes ``nnunet_inference.COMPILE_AFTER_S`` or more (a heavy one).
 NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_background": False, "air_hu": -500.0,
-                   "export": "nnunet", "logits_dtype": "float16", "channels_last": False, "cast": "autocast"}
+                   "export": "nnunet", "logits_dtype": "float16", "channels_last": False, "cast": "autocast",
+                   "compile": False}
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
 #: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
 #: with nnUNetPredictor; single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8 (0.958) do not, so the fast
 #: preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast + channels-last: at nnU-Net's
-#: full width (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt).
+#: full width (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt);
+#: ``compile="auto"`` took them to 84.7 s, its compile included, and the whole case from 108.6 s to 96.3 s
+#: (benchmarks/results/2026-11-30_nnunet_full_width_compile.txt); a light network stays eager.
 #: Options given next to the preset override it.
 NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32", "channels_last": False, "cast": "weights"}
+               "export": "labels", "logits_dtype": "float32", "channels_last": False, "cast": "weights",
+               "compile": "auto"}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
@@ -69,7 +77,8 @@ def nnunet_inference_options(overrides: dict | None = None) -> dict:
     if not 0 <= float(out["overlap"]) < 1:
         raise ConfigError(f"overlap={out['overlap']!r}: expected a number in [0, 1)")
     checks = {"amp": ("nnunet", "off", "bf16", "fp16", "auto"), "mirror": (True, False, "single"),
-              "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32"), "cast": ("autocast", "weights")}
+              "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32"), "cast": ("autocast", "weights"),
+              "compile": (True, False, "auto")}
     for key, allowed in checks.items():
         if out[key] not in allowed:
             raise ConfigError(f"{key}={out[key]!r}: expected one of {list(allowed)}")
@@ -111,7 +120,7 @@ class NnunetPredictor(Predictor):
         self.nnunet = model
         self.device = torch.device(device) if device else default_device()
         self.models = [net.to(self.device) for net in model.networks()]
-        self._cast: tuple | None = None  # (dtype, the networks cast to it) for cast="weights", made once
+        self._prepared: dict = {}  # (cast dtype, compiled) -> the networks so prepared, made once per predictor
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
@@ -139,19 +148,24 @@ class NnunetPredictor(Predictor):
         return {"mirror": inf["mirror"], "batch": int(inf["sw_batch_size"]), "amp_dtype": _amp_dtype(inf["amp"], self.device),
                 "logits_dtype": torch.float32 if inf["logits_dtype"] == "float32" else None, "skip_constant": skip,
                 "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None,
-                "channels_last": bool(inf["channels_last"]), "cast_weights": inf["cast"] == "weights"}
+                "channels_last": bool(inf["channels_last"]), "cast_weights": inf["cast"] == "weights",
+                "compile": inf["compile"]}
 
     def networks(self, options: dict) -> list:
         """The folds' networks to run with ``options`` (``window_options()``): with ``cast_weights``, copies in the
-        amp dtype, made on the first case and kept for the next ones."""
+        amp dtype; with ``compile``, compiled; made on the first case and kept for the next ones."""
         from medseg.models.external import nnunet_inference as nn
 
-        dtype = options["amp_dtype"]
-        if not options["cast_weights"] or dtype is None:
+        dtype = options["amp_dtype"] if options["cast_weights"] else None
+        key = (dtype, options["compile"] or False)
+        if key == (None, False):
             return self.models
-        if self._cast is None or self._cast[0] != dtype:
-            self._cast = (dtype, [nn.in_dtype(net, dtype) for net in self.models])
-        return self._cast[1]
+        if (dtype, False) not in self._prepared:  # the cast copies, shared by the compiled wrappers
+            self._prepared[(dtype, False)] = [nn.in_dtype(net, dtype) for net in self.models] if dtype else self.models
+        if key not in self._prepared:
+            when = "auto" if options["compile"] == "auto" else "always"
+            self._prepared[key] = [nn.compiled(net, when=when) for net in self._prepared[(dtype, False)]]
+        return self._prepared[key]
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
@@ -172,8 +186,12 @@ class NnunetPredictor(Predictor):
         t1 = time.monotonic()
         stats: dict = {}
         options = self.window_options()
-        logits = nn.predict_logits(self.networks(options), x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
+        nets = self.networks(options)
+        logits = nn.predict_logits(nets, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
                                    device=self.device, **options, stats=stats)
+        if options["compile"]:  # whether torch.compile ran ("auto" leaves light networks eager), and why not
+            stats["compiled"] = all(getattr(n, "_compiled", None) is not None and n.failed is None for n in nets)
+            stats["compile_failed"] = next((n.failed for n in nets if getattr(n, "failed", None)), None)
         t_windows, t_pre = time.monotonic() - t1, t1 - t0 - t_read
         grid = [int(s) for s in x.shape[1:]]
         del x
