@@ -24,8 +24,10 @@ from medseg.models._blocks import ConvNormAct, PadToDivisor, conv, max_pool, up_
 
 
 class FCN(PadToDivisor):
-    def __init__(self, spatial_dims, in_channels, out_channels, *, output_stride=32, channels, convs, head_channels, norm="batch", act="relu", dropout=0.0):
+    def __init__(self, spatial_dims, in_channels, out_channels, *, output_stride=32, channels, convs, head_channels, norm="batch", act="relu", dropout=0.0,
+                 deep_supervision=False):
         super().__init__()
+        self.deep_supervision = bool(deep_supervision)
         channels, convs = tuple(int(c) for c in channels), tuple(int(n) for n in convs)
         n_skips = {32: 0, 16: 1, 8: 2}[output_stride]
         if len(convs) != len(channels):
@@ -55,15 +57,27 @@ class FCN(PadToDivisor):
         self.skip_up = nn.ModuleList(up_conv(spatial_dims, out_channels, out_channels, 2, bilinear_init=True) for _ in range(n_skips))
         self.final_up = up_conv(spatial_dims, out_channels, out_channels, 2 ** (len(channels) - n_skips), bilinear_init=True)
 
-    def _forward(self, x):
+    def forward(self, x):
+        if not (self.deep_supervision and self.training):
+            return super().forward(x)
+        size = x.shape[2:]
+        if any(s % self.divisor for s in size):
+            raise ConfigError(f"fcn with deep supervision trains on patches divisible by {self.divisor}; got {list(size)}")
+        return self._forward(x, all_scales=True)
+
+    def _forward(self, x, all_scales=False):
         pools = []
         for stage in self.stages:
             x = stage(x)
             pools.append(x)
         score = self.head(x)
+        scores = [score]
         for i, (scorer, up) in enumerate(zip(self.skip_scores, self.skip_up)):
             score = up(score) + scorer(pools[-2 - i])
-        return self.final_up(score)
+            scores.append(score)
+        out = self.final_up(score)
+        # deep supervision: the fused score maps at strides 8, 16 (and the head's at 32), highest resolution first
+        return [out, *scores[::-1]] if all_scales else out
 
 
 def _builder(output_stride: int):
@@ -78,9 +92,10 @@ def _builder(output_stride: int):
         norm: str = "batch",
         act: str = "relu",
         dropout: float = 0.0,
+        deep_supervision: bool = False,
     ):
         return FCN(spatial_dims, in_channels, out_channels, output_stride=output_stride, channels=channels, convs=convs,
-                   head_channels=head_channels, norm=norm, act=act, dropout=dropout)
+                   head_channels=head_channels, norm=norm, act=act, dropout=dropout, deep_supervision=deep_supervision)
 
     build.__name__ = f"fcn{output_stride}s"
     return build
@@ -91,4 +106,4 @@ _FUSES = {32: "stride-32 scores upsampled 32x", 16: "stride-32 scores fused with
           8: "scores fused with pool4 and pool3 scores, upsampled 8x"}
 for _os in (32, 16, 8):
     MODELS.register(f"fcn{_os}s", description=f"FCN-{_os}s: VGG-style encoder, {_FUSES[_os]}", dims=(2, 3), divisor=32,
-                    family="fcn", tiny=_TINY)(_builder(_os))
+                    family="fcn", tiny=_TINY, deep_supervision=True)(_builder(_os))

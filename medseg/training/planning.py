@@ -206,5 +206,8 @@ def _with_model_preset(base: dict, name: str) -> dict:
     cfg = copy.deepcopy(base)
     cfg["model"] = {**model, **(cfg.get("model") or {})} if cfg.get("model") else dict(model)
     recipe = dict(preset.get("training") or {})
-    cfg["training"] = {**recipe, **(cfg.get("training") or {})}
+    own = cfg.get("training") or {}
+    # a mapping such as augmentation merges key by key (the base's affine_prob does not drop the preset's rotate_deg)
+    cfg["training"] = {**recipe, **{k: {**recipe[k], **v} if isinstance(v, dict) and isinstance(recipe.get(k), dict) else v
+                                    for k, v in own.items()}}
     return cfg

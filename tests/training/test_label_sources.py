@@ -154,8 +154,19 @@ def test_plan_with_a_model_preset_takes_its_architecture_and_recipe(tmp_path):
     preset = load_model_preset("deeplabv3_small")
     model = preset.get("model", preset)
     assert cfg.model.name == model["name"] == "deeplabv3" and cfg.model.kwargs == model["kwargs"]
-    for key, value in (preset.get("training") or {}).items():
+    recipe = dict(preset.get("training") or {})
+    aug = recipe.pop("augmentation", {})
+    assert aug  # the preset's augmentation, merged key by key with what the planner adds (mirroring axes)
+    for key, value in recipe.items():
         assert getattr(cfg.training, key) == value
+    for key, value in aug.items():
+        assert getattr(cfg.training.augmentation, key) == value
+    assert cfg.training.augmentation.flip_axes == [0, 1, 2]
+    base = tmp_path / "base.yaml"  # a base config's own augmentation key wins, the preset's others stay
+    base.write_text("training: {augmentation: {affine_prob: 0.9}}\n")
+    out, _ = plan(manifest, tmp_path / "plan2.yaml", base_config=base, min_spacing=2.0, memory_gb=0.2, model="deeplabv3_small")
+    got = load_config(out).training.augmentation
+    assert got.affine_prob == 0.9 and got.rotate_deg == aug["rotate_deg"] and got.scale == aug["scale"]
 
 
 def test_plan_mirrors_only_when_no_structure_has_a_side(tmp_path):

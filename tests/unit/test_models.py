@@ -252,3 +252,19 @@ def test_a_preset_carries_its_family_training_recipe(tmp_path):
     (tmp_path / "type.yaml").write_text("name: fcn8s\ntraining: {epochs: many}\n")
     with pytest.raises(ConfigError, match="type.yaml: training.epochs: expected int"):
         load_model_preset("type", root=tmp_path)
+
+
+@pytest.mark.parametrize("name,strides", [("fcn8s", (8, 16, 32)), ("fcn16s", (16, 32)), ("fcn32s", (32,))])
+def test_fcn_deep_supervision_returns_its_score_maps_in_training_only(name, strides):
+    kw = dict(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 4, 8, 8, 8), convs=(1, 1, 1, 1, 1), head_channels=8)
+    net = create_model(name, deep_supervision=True, **kw).train()
+    outs = net(torch.randn(1, 1, 64, 64, 32))
+    assert [tuple(o.shape[2:]) for o in outs] == [(64, 64, 32)] + [(64 // s, 64 // s, 32 // s) for s in strides]
+    net.eval()  # inference: the full-resolution logits only, padded sizes cropped back
+    assert net(torch.randn(1, 1, 60, 64, 30)).shape == (1, 3, 60, 64, 30)
+    plain = create_model(name, **kw).train()
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 64, 64, 32)
+    plain.load_state_dict(net.state_dict())  # same weights: the full-resolution output is the same computation
+    net.train()
+    torch.testing.assert_close(net(x)[0], plain(x))
