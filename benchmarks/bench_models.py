@@ -58,7 +58,8 @@ RUNS = {
 #: (recipe changes moved them by 0.01-0.03; the evidence points at their stride-32/16/8 score maps);
 #: deeplabv3plus not re-run (2026-11-25: 0.933). At a 5-minute wall-clock budget (--minutes 5) with the wider FCN and
 #: DeepLabV3 presets (stronger augmentation, weight decay; benchmarks/results/2026-11-30_models_5min_new_presets.txt):
-#: unet_plain 0.956, deeplabv3 0.904, fcn8s 0.889, fcn16s 0.809, fcn32s 0.741.
+#: unet_plain 0.956, deeplabv3 0.904 (0.907 at AdamW 0.001, now its preset, against unet_plain 0.957), fcn8s 0.889,
+#: fcn16s 0.809, fcn32s 0.741.
 FLOORS = {"unet": 0.85, "unet_classic": 0.85, "unet_attention": 0.85, "unet_plain": 0.85, "fcn32s": 0.65, "fcn16s": 0.7,
           "fcn8s": 0.77, "deeplabv3": 0.78, "deeplabv3plus": 0.85}
 
