@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -356,6 +357,7 @@ def main() -> None:
             cache = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix=f"inductor_{key}_", dir=work)}
             n_cases = "1" if key == "faithful" else str(max(1, a.cases))
             runs[key].append(_spawn("medseg", str(folder), str(image), labels[key], json.dumps(opts), n_cases, env=cache))
+            shutil.rmtree(cache["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)  # this script's own folder: tens of MB each
         print(f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()), file=sys.stderr, flush=True)
     res = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     ref = np.load(labels["nnunet"])

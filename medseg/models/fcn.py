@@ -62,7 +62,8 @@ class FCN(PadToDivisor):
             return super().forward(x)
         size = x.shape[2:]
         if any(s % self.divisor for s in size):
-            raise ConfigError(f"fcn with deep supervision trains on patches divisible by {self.divisor}; got {list(size)}")
+            raise ConfigError(f"fcn with deep supervision trains on patches divisible by {self.divisor}; got {list(size)}: "
+                              f"set training.patch_size to multiples of {self.divisor} or model.kwargs.deep_supervision: false")
         return self._forward(x, all_scales=True)
 
     def _forward(self, x, all_scales=False):

@@ -409,7 +409,7 @@ COMPILE_AFTER_S = 0.5
 
 def compiled(net, *, when="always"):
     """``net`` run through ``torch.compile`` (inductor, weights frozen as constants), compiled for the window shape it
-    gets: on its first call (``when="always"``), or from the second call on if the first, run eagerly, took
+    gets: on its first call (``when="always"`` or ``True``), or from the second call on if the first, run eagerly, took
     ``COMPILE_AFTER_S`` or more (``when="auto"``). Where compiling or running the compiled code fails (no C++
     compiler on the server, an unsupported operator...), the eager network from then on, with one warning. Same
     arithmetic as ``net`` up to the order of floating-point operations (tests/external/test_nnunet_fast_paths.py)."""
@@ -455,8 +455,10 @@ def compiled(net, *, when="always"):
                 return out
             return self.net(x)
 
+    if when is True:  # the ``compile`` option's own values: True or "auto"
+        when = "always"
     if when not in ("always", "auto"):
-        raise ValueError(f"when={when!r}: expected 'always' or 'auto'")
+        raise ValueError(f"when={when!r}: expected 'always' (or True) or 'auto'")
     return CompiledNetwork(net, when)
 
 
@@ -477,7 +479,7 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
             if fast.get("cast_weights") and fast.get("amp_dtype") is not None:
                 net = in_dtype(net, fast["amp_dtype"])
             if compile_net and not hasattr(net, "failed"):  # NnunetPredictor passes them compiled already
-                net = compiled(net, when="auto" if compile_net == "auto" else "always")
+                net = compiled(net, when=compile_net)
             if fast.get("channels_last"):
                 from medseg.inference.sliding_window import prepare_model
 

@@ -163,8 +163,7 @@ class NnunetPredictor(Predictor):
         if (dtype, False) not in self._prepared:  # the cast copies, shared by the compiled wrappers
             self._prepared[(dtype, False)] = [nn.in_dtype(net, dtype) for net in self.models] if dtype else self.models
         if key not in self._prepared:
-            when = "auto" if options["compile"] == "auto" else "always"
-            self._prepared[key] = [nn.compiled(net, when=when) for net in self._prepared[(dtype, False)]]
+            self._prepared[key] = [nn.compiled(net, when=options["compile"]) for net in self._prepared[(dtype, False)]]
         return self._prepared[key]
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
