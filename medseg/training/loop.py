@@ -266,7 +266,7 @@ def train(
         if budgeted and not out_of_time:
             out_of_time = _agree_step(0.0, elapsed() + reserve_s + (step_s or 0.0) * 0.5 > budget_s, world)[1]
         last = out_of_time if budgeted else epoch >= tc.epochs
-        row = {"epoch": epoch, "iterations": iteration, "elapsed_s": round(elapsed(), 2), "loss": float(np.mean(losses)),
+        row = {"epoch": epoch, "iterations": iteration, "elapsed_s": round(elapsed(), 3), "loss": float(np.mean(losses)),
                "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.monotonic() - t_epoch}
         due = elapsed() >= next_val if budgeted else epoch % tc.val_every == 0
         t_val = time.monotonic()
