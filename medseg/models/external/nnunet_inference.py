@@ -24,13 +24,19 @@ ANISO_THRESHOLD = 3  # nnunetv2.configuration.ANISO_THRESHOLD
 
 
 # ---------------------------------------------------------------- resampling (preprocessing/resampling/default_resampling.py)
-def _resize(image: np.ndarray, shape, order: int) -> np.ndarray:
+def _resize(image: np.ndarray, shape, order: int, output=None) -> np.ndarray:
     """``skimage.transform.resize(image, shape, order, mode='edge', anti_aliasing=False)`` for float64 input:
-    ``scipy.ndimage.zoom`` on the pixel grid (``grid_mode``), edge mode 'nearest', clipped to the input's range."""
+    ``scipy.ndimage.zoom`` on the pixel grid (``grid_mode``), edge mode 'nearest', clipped to the input's range.
+
+    ``output`` (a dtype, float32 or float64): the result's dtype. ``zoom`` interpolates in float64 whatever the
+    input's float dtype (its spline prefilter converts exactly) and rounds once on storing, so a float32 image
+    resized straight to a float32 result equals the float64 route cast to float32, without the two float64
+    copies of the whole image (tests/external/test_nnunet_preprocessing.py)."""
     from scipy import ndimage as ndi
 
     factors = np.divide(image.shape, shape)
-    out = ndi.zoom(image, [1 / f for f in factors], order=order, mode="nearest", cval=0.0, grid_mode=True)
+    out = ndi.zoom(image, [1 / f for f in factors], output=output, order=order, mode="nearest", cval=0.0,
+                   grid_mode=True)
     if order > 0:
         np.clip(out, image.min(), image.max(), out=out)
     return out
@@ -72,6 +78,10 @@ def resample(data: np.ndarray, new_shape, current_spacing, new_spacing, *, order
     if not np.any(shape != new_shape):
         return data
     out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
+    if not do_sep and data.dtype in (np.float32, np.float64):  # straight to the output dtype: the same values
+        for c in range(data.shape[0]):
+            out[c] = _resize(data[c], new_shape, order, output=data.dtype)
+        return out
     data = data.astype(float, copy=False)
     for c in range(data.shape[0]):
         if not do_sep:
@@ -148,13 +158,15 @@ def normalize_channel(image: np.ndarray, scheme: str, use_mask: bool, props: dic
 
 
 # ---------------------------------------------------------------- the whole preprocessing (DefaultPreprocessor.run_case_npy)
-def preprocess(data: np.ndarray, spacing, model, *, fill_holes: bool = True) -> tuple[np.ndarray, dict]:
+def preprocess(data: np.ndarray, spacing, model, *, fill_holes: bool = True, inplace: bool = False) -> tuple[np.ndarray, dict]:
     """``data``: ``(C, ...)`` in nnU-Net's reader order, ``spacing`` likewise. Returns the network input
     and the properties export needs. ``fill_holes=False`` (medseg's fast path) skips filling the holes of the
-    non-zero mask where no channel normalises within it: same crop, same result, less time."""
+    non-zero mask where no channel normalises within it: same crop, same result, less time. ``inplace``: a
+    float32 ``data`` that the caller gives up is normalised where it lies instead of in a copy (one image's
+    worth of memory less at the peak)."""
     plans, conf = model.plans, model.conf
     tf = plans.get("transpose_forward", [0, 1, 2])
-    data = data.astype(np.float32).transpose([0, *[i + 1 for i in tf]])
+    data = data.astype(np.float32, copy=not inplace).transpose([0, *[i + 1 for i in tf]])
     original_spacing = [spacing[i] for i in tf]
     shape_before = data.shape[1:]
     mask = nonzero_mask(data, fill_holes=fill_holes or any(bool(u) for u in conf["use_mask_for_norm"]))
@@ -515,9 +527,12 @@ def export(logits, props: dict, model, *, probabilities: bool = False):
         p = probs.numpy()
         for i, c in enumerate(lab.regions_class_order):
             seg[p[i] > 0.5] = c
-    else:
-        seg = np.asarray(resampled).argmax(0)
     dtype = np.uint8 if max(lab.table.num_classes - 1, 0) < 255 else np.uint16
+    if not lab.regions:  # argmax slab by slab: no int64 index array the size of the image
+        r = np.asarray(resampled)
+        seg = np.empty(r.shape[1:], dtype=dtype)
+        for k in range(0, r.shape[1], 16):
+            seg[k:k + 16] = r[:, k:k + 16].argmax(0)
     full = np.zeros(props["shape_before_cropping"], dtype=dtype)
     sl = tuple(slice(a, b) for a, b in props["bbox"])
     full[sl] = seg

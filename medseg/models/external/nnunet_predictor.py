@@ -170,15 +170,19 @@ class NnunetPredictor(Predictor):
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
         (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
         from medseg.models.external import nnunet_inference as nn
+        from medseg.provenance import release_freed_memory
 
+        release_freed_memory()  # the previous case's freed arrays: not kept under this case's peak
         t0 = time.monotonic()
         findings: list = []
         volume, channels = self._read_channels(source, findings)
         t_read = time.monotonic() - t0
         spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
-        data = np.asarray(channels, dtype=np.float32).transpose(0, 3, 2, 1)  # nnU-Net's (z, y, x)
+        # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises in place
+        data = np.array(channels, dtype=np.float32).transpose(0, 3, 2, 1)
         spacing = spacing_xyz[::-1]
-        x, props = nn.preprocess(data, spacing, self.nnunet, fill_holes=not self.inference["skip_background"])
+        x, props = nn.preprocess(data, spacing, self.nnunet, fill_holes=not self.inference["skip_background"],
+                                 inplace=True)
         del data, channels
         if not np.all(np.isfinite(x)):
             raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
