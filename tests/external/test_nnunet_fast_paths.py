@@ -184,6 +184,15 @@ def test_compiled_network_gives_the_eager_logits_and_falls_back_without_a_compil
     light = nn.compiled(net, when="auto")  # a network this light is never worth compiling
     torch.testing.assert_close(nn.predict_logits([light], x.numpy(), model, logits_dtype=torch.float32), ref)
     assert light.eager_s < nn.COMPILE_AFTER_S and light._compiled is None
+    assert light.calls_left == 0  # the sliding window told it how many passes were coming, and they came
+    # a light network is worth compiling when enough passes are still to come: their eager seconds pay the compile
+    tile = x[None, :, :8, :12, :12].contiguous()
+    few, many = nn.compiled(net, when="auto"), nn.compiled(net, when="auto")
+    few.expect_calls(2)
+    many.expect_calls(10**7)  # even 10 microseconds a pass would leave 100 s of eager passes: >= COMPILE_WORTH_S
+    for wrapper in (few, many):
+        wrapper(tile), wrapper(tile)
+    assert few._compiled is None and many._compiled is not None and many.failed is None
     monkeypatch.setattr(nn, "COMPILE_AFTER_S", 0.0)  # as if it were heavy: compiled from the second window on
     heavy = nn.compiled(net, when="auto")
     got = nn.predict_logits([heavy], x.numpy(), model, logits_dtype=torch.float32)

@@ -315,6 +315,8 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
             g = g.to(acc_dtype)
         cache: dict = {}
         n_run = n_reused = n_skipped = 0
+        if hasattr(net, "expect_calls"):  # compile="auto" weighs the passes to come (at most: windows may be skipped)
+            net.expect_calls(-(-len(slicers) // batch) * (1 + len(mirror_combinations(mirror_axes, mirror))))
 
         def add(sl, pred):
             pred = pred.to("cpu", acc_dtype if acc_dtype != torch.half else pred.dtype)
@@ -417,12 +419,18 @@ def in_dtype(net, dtype):
 #: PlainConvUNet, 48x128x160 bf16 window: 0.99 s eager, 0.69 s compiled), so it pays after a few windows of a
 #: heavy network and never for a light one.
 COMPILE_AFTER_S = 0.5
+#: ... or whose eager passes still to run in this case (its first pass's seconds times the passes left: windows
+#: times mirrorings) would take this long: compiling (about 15 s cold) then saves more than it costs. A narrow
+#: network on a CT-sized case in float32 (512 passes of 0.17 s) is compiled, the same network cast to bf16
+#: (0.045 s a pass) is not.
+COMPILE_WORTH_S = 45.0
 
 
 def compiled(net, *, when="always"):
     """``net`` run through ``torch.compile`` (inductor, weights frozen as constants), compiled for the window shape it
     gets: on its first call (``when="always"`` or ``True``), or from the second call on if the first, run eagerly, took
-    ``COMPILE_AFTER_S`` or more (``when="auto"``). Where compiling or running the compiled code fails (no C++
+    ``COMPILE_AFTER_S`` or more, or that long times the calls still expected (``expect_calls``) is
+    ``COMPILE_WORTH_S`` or more (``when="auto"``). Where compiling or running the compiled code fails (no C++
     compiler on the server, an unsupported operator...), the eager network from then on, with one warning. Same
     arithmetic as ``net`` up to the order of floating-point operations (tests/external/test_nnunet_fast_paths.py)."""
     import time
@@ -436,14 +444,26 @@ def compiled(net, *, when="always"):
             self.when = when
             self.failed: str | None = None  # why the compiled network is not used
             self.eager_s: float | None = None  # the first forward pass's seconds (when="auto")
+            self.calls_left: int | None = None  # forward passes still to come in this case (expect_calls)
             object.__setattr__(self, "_compiled", None)  # not a submodule: parameters() are the network's
+
+        def expect_calls(self, n: int) -> None:
+            """The number of forward passes the caller is about to make (``when="auto"`` weighs them)."""
+            self.calls_left = int(n)
 
         def _use_compiled(self) -> bool:
             if self.failed is not None:
                 return False
-            return self.when == "always" or (self.eager_s is not None and self.eager_s >= COMPILE_AFTER_S)
+            if self.when == "always" or self._compiled is not None:
+                return True
+            if self.eager_s is None:
+                return False
+            left = self.eager_s * (self.calls_left or 0)
+            return self.eager_s >= COMPILE_AFTER_S or left >= COMPILE_WORTH_S
 
         def forward(self, x):
+            if self.calls_left:
+                self.calls_left -= 1
             if self._use_compiled():
                 import torch._inductor.config as inductor_config
 
