@@ -31,7 +31,7 @@ def _resize(image: np.ndarray, shape, order: int, output=None) -> np.ndarray:
     ``output`` (a dtype, float32 or float64): the result's dtype. ``zoom`` interpolates in float64 whatever the
     input's float dtype (its spline prefilter converts exactly) and rounds once on storing, so a float32 image
     resized straight to a float32 result equals the float64 route cast to float32, without the two float64
-    copies of the whole image (tests/external/test_nnunet_preprocessing.py)."""
+    copies of the whole image (tests/external/test_nnunet_functions.py)."""
     from scipy import ndimage as ndi
 
     factors = np.divide(image.shape, shape)
