@@ -185,6 +185,7 @@ class Listener:
         self.rd = RunDir(self.root)
         self.rd.claim()  # marker + lock: one listener per RUN_DIR (refused with the holder's pid otherwise)
         try:
+            self.rd.discard_temporaries()  # of writes a kill cut short: batch.csv, listen.json, spool, run/...
             self._open_log()
             todo = self.spool.recover()
             if not cfg.keep_spool:

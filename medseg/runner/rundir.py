@@ -191,12 +191,7 @@ class RunDir:
         self.adopt()
         for d in (self.root, self.state_dir, self.cases_dir):
             ensure_dir(d)
-        for root, dirs, files in os.walk(self.root):  # does not follow links
-            for name in files:
-                f = Path(root) / name
-                if name.startswith(TMP_PREFIX) and not f.is_symlink():
-                    with contextlib.suppress(OSError):
-                        f.unlink()
+        self.discard_temporaries()
         for name in COHORT_FILES:
             f = self.root / name
             if f.is_file() and not f.is_symlink():
@@ -204,6 +199,16 @@ class RunDir:
                     f.unlink()
                 except OSError as exc:
                     raise OutputError.from_os(exc, f, "cannot remove the previous cohort output") from None
+
+    def discard_temporaries(self) -> None:
+        """Remove the temporaries (``.tmp-medseg-*`` files) that writes cut short by a kill left anywhere under
+        this run directory; never through a symbolic link. Call it only while holding the lock, before writing."""
+        for root, _dirs, files in os.walk(self.root):  # does not follow links
+            for name in files:
+                f = Path(root) / name
+                if name.startswith(TMP_PREFIX) and not f.is_symlink():
+                    with contextlib.suppress(OSError):
+                        f.unlink()
 
     def open_log(self) -> logging.Handler:
         """run.log gets the runner's per-case lines and every medseg warning; returns the handler to close."""
