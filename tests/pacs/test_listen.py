@@ -12,6 +12,7 @@ acknowledged that is not on disk), the spool's recovery, the predictor cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,7 +30,22 @@ import pytest
 from .orthanc import assert_no_identifiers, child_script, free_port, write_study
 
 PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "dicom_volumetry.yaml")
-STORESCU = shutil.which("storescu")
+
+
+def _dcmtk_storescu() -> str | None:
+    """dcmtk's storescu on PATH: pynetdicom installs a ``storescu`` of its own into the virtual environment, with
+    other options and messages, which comes first on PATH in an activated environment."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        exe = shutil.which("storescu", path=folder)
+        if exe:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+                if "dcmtk" in version.lower():
+                    return exe
+    return None
+
+
+STORESCU = _dcmtk_storescu()
 needs_storescu = pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu is not installed (Debian package 'dcmtk')")
 
 
@@ -202,6 +218,8 @@ def test_sigkill_while_processing_then_restart_processes_once(studies, pacs_orac
     # a temporary of a write cut short is discarded at restart; a file not medseg's is not
     (out / "spool" / key / ".tmp-medseg-deadbeef-x.dcm").write_bytes(b"half")
     (out / "spool" / "not-medseg.txt").write_text("keep")
+    (out / ".tmp-medseg-cafe0123-batch.csv").write_text("half")  # as a kill during the batch table's write leaves it
+    (out / "not-medseg.csv").write_text("keep")
     n_files = len(list(st.folder.iterdir()))
     assert len(list((out / "spool" / key).glob("in*.dcm"))) == n_files
 
@@ -214,7 +232,7 @@ def test_sigkill_while_processing_then_restart_processes_once(studies, pacs_orac
     rec = json.loads((out / "run" / "state" / f"{key}.json").read_text())
     assert rec["status"] == "done"
     assert _state(out, key)["status"] == "done" and _state(out, key)["attempts"] == 2  # the cut-short one and this
-    assert (out / "spool" / "not-medseg.txt").read_text() == "keep"
+    assert (out / "spool" / "not-medseg.txt").read_text() == "keep" and (out / "not-medseg.csv").read_text() == "keep"
     assert not list(out.rglob(".tmp-medseg-*"))
     vol = pd.read_csv(out / "run" / "volumes.csv")
     assert vol["case_id"].tolist().count(key) == vol["structure"].nunique()  # one row per structure, once
