@@ -34,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+# nnU-Net's trainer script and environment, shared with the tests' nnU-Net fixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "external"))
+from nnunet_fixture import nnunet_env, train_code  # noqa: E402
+
 DATASET = "Dataset601_BenchCT"
 CONF = "3d_fullres"
 MODEL_DIR = f"{DATASET}/nnUNetTrainer__nnUNetPlans__{CONF}"
@@ -43,35 +47,8 @@ TEST_SEED = 200
 TEST_SPACING = (0.8, 0.8, 1.0)
 TEST_FOV_MM = (410.0, 410.0, 200.0)  # 513 x 513 x 200 voxels
 
-TRAIN = r'''
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _Base
-from batchgenerators.utilities.file_and_folder_operations import load_json, join
-import nnunetv2.paths as P
-
-class nnUNetTrainer(_Base):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = %(epochs)d
-        self.num_iterations_per_epoch = %(iters)d
-        self.num_val_iterations_per_epoch = 1
-
-pre = join(P.nnUNet_preprocessed, "%(ds)s")
-plans = load_json(join(pre, "nnUNetPlans.json"))
-plans["configurations"]["%(conf)s"]["batch_size"] = 2
-plans["continue_training"] = False
-arch = plans["configurations"]["%(conf)s"]["architecture"]["arch_kwargs"]
-arch["features_per_stage"] = [min(%(f0)d * 2 ** i, %(fmax)d) for i in range(arch["n_stages"])]
-if %(patch)s:  # a smaller patch than planned (same number of poolings): training on a shared 2-core CPU
-    plans["configurations"]["%(conf)s"]["patch_size"] = %(patch)s
-t = nnUNetTrainer(plans, "%(conf)s", "all", load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
-t.run_training()
-'''
-
-
 def _env(work: Path) -> dict:
-    return {**os.environ, "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
-            "nnUNet_results": str(work / "results"), "nnUNet_compile": "f"}
+    return nnunet_env(work, threads=None)  # the benchmark's processes keep the thread count they are given
 
 
 def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=None) -> Path:
@@ -95,8 +72,7 @@ def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=N
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", DATASET[7:10], "-c", CONF,
                     "-np", "1", "-npfp", "1"], env=_env(work), check=True, stdout=subprocess.DEVNULL)
-    code = TRAIN % {"ds": DATASET, "conf": CONF, "epochs": epochs, "iters": iters, "f0": f0, "fmax": fmax,
-                   "patch": repr(list(patch)) if patch else "None"}
+    code = train_code(DATASET, CONF, "all", epochs=epochs, iters=iters, f0=f0, fmax=fmax, patch=patch)
     subprocess.run([sys.executable, "-c", code], env={**_env(work), "nnUNet_n_proc_DA": "0"}, check=True,
                    stdout=subprocess.DEVNULL)
     return folder

@@ -107,6 +107,8 @@ def write_raw_mr(root: Path) -> None:
     }, indent=2))
 
 
+#: nnU-Net's own trainer in a subprocess (``train_code``), shortened and narrowed for a CPU. Also used by
+#: benchmarks/bench_nnunet.py.
 TRAIN = r'''
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _Base
@@ -116,8 +118,8 @@ import nnunetv2.paths as P
 class nnUNetTrainer(_Base):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
+        self.num_epochs = %(epochs)d
+        self.num_iterations_per_epoch = %(iters)d
         self.num_val_iterations_per_epoch = 1
 
 pre = join(P.nnUNet_preprocessed, "%(ds)s")
@@ -125,21 +127,37 @@ plans = load_json(join(pre, "nnUNetPlans.json"))
 plans["configurations"]["%(conf)s"]["batch_size"] = 2
 plans["continue_training"] = False
 arch = plans["configurations"]["%(conf)s"]["architecture"]["arch_kwargs"]
-arch["features_per_stage"] = [min(8 * 2 ** i, 64) for i in range(arch["n_stages"])]  # small: the tests run it on a CPU
+arch["features_per_stage"] = [min(%(f0)d * 2 ** i, %(fmax)d) for i in range(arch["n_stages"])]
+if %(patch)s:  # a smaller patch than planned (same number of poolings)
+    plans["configurations"]["%(conf)s"]["patch_size"] = %(patch)s
 t = nnUNetTrainer(plans, "%(conf)s", %(fold)r, load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
 t.run_training()
 '''
 
 
-def _env(root: Path) -> dict:
-    return {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-            "nnUNet_results": str(root / "results"), "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
+def train_code(dataset: str, configuration: str, fold, *, epochs: int = 1, iters: int = 2, f0: int = 8, fmax: int = 64,
+               patch=None) -> str:
+    """The script that trains ``dataset``/``configuration``/``fold`` with nnU-Net's trainer: ``epochs`` of ``iters``
+    iterations, the PlainConvUNet's stages ``f0 * 2**i`` features up to ``fmax`` (the tests: 8..64, small enough
+    for a CPU), the planned patch unless ``patch``."""
+    fold = int(fold) if str(fold).isdigit() else str(fold)
+    return TRAIN % {"ds": dataset, "conf": configuration, "fold": fold, "epochs": epochs, "iters": iters, "f0": f0,
+                    "fmax": fmax, "patch": repr(list(patch)) if patch else "None"}
+
+
+def nnunet_env(root: Path, *, threads: int | None = 2) -> dict:
+    """This environment with nnU-Net's folders under ``root`` (nnunetv2 reads them when imported: set them only in
+    the subprocesses that run it), its torch.compile off, and ``threads`` OpenMP threads (None: as inherited)."""
+    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results"), "nnUNet_compile": "f"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def train(root: Path, configuration: str, fold, dataset: str = DATASET) -> None:
-    fold = int(fold) if str(fold).isdigit() else str(fold)
-    subprocess.run([sys.executable, "-c", TRAIN % {"ds": dataset, "fold": fold, "conf": configuration}],
-                   env={**_env(root), "nnUNet_n_proc_DA": "0"}, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", train_code(dataset, configuration, fold)],
+                   env={**nnunet_env(root), "nnUNet_n_proc_DA": "0"}, check=True, stdout=subprocess.DEVNULL)
 
 
 def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
@@ -150,7 +168,7 @@ def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
     bindir = Path(sys.executable).parent
     confs, nps = (["2d", "3d_fullres"], ["1", "1"]) if two_d else (["3d_fullres"], ["1"])
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", *confs, "-np", *nps, "-npfp", "1",
-                    "--verify_dataset_integrity"], env=_env(root), check=True, stdout=subprocess.DEVNULL)
+                    "--verify_dataset_integrity"], env=nnunet_env(root), check=True, stdout=subprocess.DEVNULL)
     for fold in folds:
         train(root, "3d_fullres", fold)
     if two_d:
@@ -165,7 +183,7 @@ def build_mr(root: Path) -> Path:
     write_raw_mr(root)
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "502", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-                    "--verify_dataset_integrity"], env=_env(root), check=True, stdout=subprocess.DEVNULL)
+                    "--verify_dataset_integrity"], env=nnunet_env(root), check=True, stdout=subprocess.DEVNULL)
     train(root, "3d_fullres", "all", dataset=DATASET_MR)
     return root / "results" / MODEL_DIR_MR
 
