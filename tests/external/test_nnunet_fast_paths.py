@@ -181,7 +181,7 @@ def test_compiled_network_gives_the_eager_logits_and_falls_back_without_a_compil
     def no_compiler(*a, **k):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
 
-    light = nn.compiled(net, when="auto")  # a network this light is never worth compiling
+    light = nn.compiled(net, when="auto")  # a network this light, on a case this small, is not worth compiling
     torch.testing.assert_close(nn.predict_logits([light], x.numpy(), model, logits_dtype=torch.float32), ref)
     assert light.eager_s < nn.COMPILE_AFTER_S and light._compiled is None
     assert light.calls_left == 0  # the sliding window told it how many passes were coming, and they came
@@ -193,7 +193,17 @@ def test_compiled_network_gives_the_eager_logits_and_falls_back_without_a_compil
     for wrapper in (few, many):
         wrapper(tile), wrapper(tile)
     assert few._compiled is None and many._compiled is not None and many.failed is None
-    monkeypatch.setattr(nn, "COMPILE_AFTER_S", 0.0)  # as if it were heavy: compiled from the second window on
+    # in a batch, the eager seconds of the earlier cases count: the second case compiles where the first would not
+    # have (its own two passes: first-pass seconds x 2 < the threshold set here)
+    batch = nn.compiled(net, when="auto")
+    batch.expect_calls(2)
+    batch(tile), batch(tile)
+    assert batch._compiled is None and batch.spent_s >= batch.eager_s > 0
+    monkeypatch.setattr(nn, "COMPILE_WORTH_S", batch.spent_s + 1.5 * batch.eager_s)
+    batch.expect_calls(2)
+    batch(tile)
+    assert batch._compiled is not None and batch.failed is None
+    monkeypatch.setattr(nn, "COMPILE_WORTH_S", 0.0)  # as if it were heavy: compiled from the second window on
     heavy = nn.compiled(net, when="auto")
     got = nn.predict_logits([heavy], x.numpy(), model, logits_dtype=torch.float32)
     assert heavy._compiled is not None and heavy.failed is None

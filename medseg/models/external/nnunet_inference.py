@@ -414,23 +414,23 @@ def in_dtype(net, dtype):
     return copy.deepcopy(net).to(dtype=dtype)
 
 
-#: ``compile="auto"`` compiles a network whose first (eager) forward pass took at least this many seconds: inductor
-#: takes 5-15 s to compile an nnU-Net network on a 2-core CPU and saves about 30% of each later pass (full-width
-#: PlainConvUNet, 48x128x160 bf16 window: 0.99 s eager, 0.69 s compiled), so it pays after a few windows of a
-#: heavy network and never for a light one.
-COMPILE_AFTER_S = 0.5
-#: ... or whose eager passes still to run in this case (its first pass's seconds times the passes left: windows
-#: times mirrorings) would take this long: compiling (about 15 s cold) then saves more than it costs. A narrow
-#: network on a CT-sized case in float32 (512 passes of 0.17 s) is compiled, the same network cast to bf16
-#: (0.045 s a pass) is not.
+#: ``compile="auto"`` compiles a network once the eager seconds it has spent (this case and earlier ones of the same
+#: predictor) plus those its passes still expected in this case would take (its first pass's seconds times the
+#: passes: windows times mirrorings) reach this: inductor takes 5-15 s to compile an nnU-Net network on a 2-core CPU
+#: and saves 30-50% of each later pass (full-width PlainConvUNet, 48x128x160 window: bf16 0.99 s eager, 0.69 s
+#: compiled; float32 3.04 s, 1.46 s), so the compile is paid only where the passes repay it. A full-width network on
+#: a CT-sized case is compiled from its second pass; a narrow one in float32 (512 passes of 0.17 s) too; the same
+#: narrow network cast to bf16 (0.045 s a pass, 23 s a case) from its second case in a batch.
 COMPILE_WORTH_S = 45.0
+#: Where the caller gives no expectation (``expect_calls``), a network whose first pass took this long is compiled.
+COMPILE_AFTER_S = 0.5
 
 
 def compiled(net, *, when="always"):
     """``net`` run through ``torch.compile`` (inductor, weights frozen as constants), compiled for the window shape it
-    gets: on its first call (``when="always"`` or ``True``), or from the second call on if the first, run eagerly, took
-    ``COMPILE_AFTER_S`` or more, or that long times the calls still expected (``expect_calls``) is
-    ``COMPILE_WORTH_S`` or more (``when="auto"``). Where compiling or running the compiled code fails (no C++
+    gets: on its first call (``when="always"`` or ``True``), or (``when="auto"``) once its eager seconds so far plus
+    its first call's seconds times the calls still expected (``expect_calls``) reach ``COMPILE_WORTH_S`` (without
+    an expectation: once its first call took ``COMPILE_AFTER_S``). Where compiling or running the compiled code fails (no C++
     compiler on the server, an unsupported operator...), the eager network from then on, with one warning. Same
     arithmetic as ``net`` up to the order of floating-point operations (tests/external/test_nnunet_fast_paths.py)."""
     import time
@@ -444,6 +444,7 @@ def compiled(net, *, when="always"):
             self.when = when
             self.failed: str | None = None  # why the compiled network is not used
             self.eager_s: float | None = None  # the first forward pass's seconds (when="auto")
+            self.spent_s = 0.0  # seconds of every eager forward pass so far
             self.calls_left: int | None = None  # forward passes still to come in this case (expect_calls)
             object.__setattr__(self, "_compiled", None)  # not a submodule: parameters() are the network's
 
@@ -458,13 +459,15 @@ def compiled(net, *, when="always"):
                 return True
             if self.eager_s is None:
                 return False
-            left = self.eager_s * (self.calls_left or 0)
-            return self.eager_s >= COMPILE_AFTER_S or left >= COMPILE_WORTH_S
+            if self.calls_left is None:
+                return self.eager_s >= COMPILE_AFTER_S
+            return self.spent_s + self.eager_s * self.calls_left >= COMPILE_WORTH_S  # this call included
 
         def forward(self, x):
+            use = self._use_compiled()
             if self.calls_left:
                 self.calls_left -= 1
-            if self._use_compiled():
+            if use:
                 import torch._inductor.config as inductor_config
 
                 try:
@@ -480,12 +483,13 @@ def compiled(net, *, when="always"):
                     logging.getLogger("medseg").warning(
                         "torch.compile failed (%s); the network runs uncompiled (slower, same labels). Install a C++ "
                         "compiler (g++) or set the 'compile' option to false", self.failed)
+            t0 = time.perf_counter()
+            out = self.net(x)
+            dt = time.perf_counter() - t0
+            self.spent_s += dt
             if self.eager_s is None:
-                t0 = time.perf_counter()
-                out = self.net(x)
-                self.eager_s = time.perf_counter() - t0
-                return out
-            return self.net(x)
+                self.eager_s = dt
+            return out
 
     if when is True:  # the ``compile`` option's own values: True or "auto"
         when = "always"

@@ -43,9 +43,9 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #:   layers in float32), ``"weights"`` casts a copy of the network to that dtype and runs it wholly in it (no
 #:   float32 round trip around every normalisation; benchmarks/bench_nnunet.py measures both);
 #: - ``compile``: ``True`` the network (after the cast) compiled by ``torch.compile`` with frozen weights, once per
-#:   predictor (the first window pays the compile; later cases reuse it), eager where compiling fails; ``"auto"`` only
-#:   a network whose first forward pass takes ``nnunet_inference.COMPILE_AFTER_S`` or more (a heavy one), or whose
-#:   passes still to run in the case would take ``nnunet_inference.COMPILE_WORTH_S`` or more at that speed.
+#:   predictor (the first window pays the compile; later cases reuse it), eager where compiling fails; ``"auto"``
+#:   once the network's eager passes so far plus those still to run in the case would take
+#:   ``nnunet_inference.COMPILE_WORTH_S`` or more (a heavy network from its second pass; a light one in a batch).
 #:
 #: Faithful compiles heavy networks (``"auto"``) in nnU-Net's own precision: the same operations in another order
 #: and fused, as another thread count or CPU would run them (full-width 32..320 window, float32: logits within
