@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
@@ -30,16 +31,20 @@ def release_freed_memory() -> None:
     glibc keeps freed heap pages for reuse, so a second case in one process starts several hundred MB higher
     than the first and peaks that much higher (full-width nnU-Net, 513x513x200 CT: 2448 MB against 1787 MB;
     with this between the cases 2120 MB, benchmarks/results/2026-12-01_nnunet_memory.txt)."""
-    import ctypes
-    import ctypes.util
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
-    name = ctypes.util.find_library("c")
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the symbols already loaded into this process, looked up once; None elsewhere."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
-        pass
+        return None
 
 
 def peak_rss_mb() -> float:

@@ -185,7 +185,9 @@ class Listener:
         self.rd = RunDir(self.root)
         self.rd.claim()  # marker + lock: one listener per RUN_DIR (refused with the holder's pid otherwise)
         try:
-            self.rd.discard_temporaries()  # of writes a kill cut short: batch.csv, listen.json, spool, run/...
+            # of the listener's own writes a kill cut short (batch.csv, listen.json); spool/ and studies/ are swept
+            # by the spool's recovery below, run/ by the pipeline's run directory when it next runs
+            self.rd.discard_temporaries(recursive=False)
             self._open_log()
             todo = self.spool.recover()
             if not cfg.keep_spool:

@@ -200,10 +200,13 @@ class RunDir:
                 except OSError as exc:
                     raise OutputError.from_os(exc, f, "cannot remove the previous cohort output") from None
 
-    def discard_temporaries(self) -> None:
-        """Remove the temporaries (``.tmp-medseg-*`` files) that writes cut short by a kill left anywhere under
-        this run directory; never through a symbolic link. Call it only while holding the lock, before writing."""
-        for root, _dirs, files in os.walk(self.root):  # does not follow links
+    def discard_temporaries(self, *, recursive: bool = True) -> None:
+        """Remove the temporaries (``.tmp-medseg-*`` files) that writes cut short by a kill left under this run
+        directory (``recursive=False``: in its top folder only); never through a symbolic link. Call it only while
+        holding the lock, before writing."""
+        for root, dirs, files in os.walk(self.root):  # does not follow links
+            if not recursive:
+                dirs.clear()
             for name in files:
                 f = Path(root) / name
                 if name.startswith(TMP_PREFIX) and not f.is_symlink():

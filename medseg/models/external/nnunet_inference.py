@@ -78,14 +78,14 @@ def resample(data: np.ndarray, new_shape, current_spacing, new_spacing, *, order
     if not np.any(shape != new_shape):
         return data
     out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
-    if not do_sep and data.dtype in (np.float32, np.float64):  # straight to the output dtype: the same values
-        for c in range(data.shape[0]):
-            out[c] = _resize(data[c], new_shape, order, output=data.dtype)
-        return out
-    data = data.astype(float, copy=False)
+    # float32/float64 resize straight to their own dtype (the same values, no float64 copy of the image); float16
+    # and the separate-axis route go through float64 as nnU-Net does
+    direct = not do_sep and data.dtype in (np.float32, np.float64)
+    if not direct:
+        data = data.astype(float, copy=False)
     for c in range(data.shape[0]):
         if not do_sep:
-            out[c] = _resize(data[c], new_shape, order)
+            out[c] = _resize(data[c], new_shape, order, output=out.dtype if direct else None)
             continue
         shape_2d = np.delete(new_shape, axis)
         tmp = deepcopy(new_shape)
