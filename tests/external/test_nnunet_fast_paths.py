@@ -166,6 +166,16 @@ def test_predictor_casts_its_networks_once_for_all_cases():
     assert pred.networks({"amp_dtype": torch.bfloat16, "cast_weights": False, "compile": False}) is pred.models
     both = pred.networks({**opts, "compile": True})  # compiled wrappers around the same bf16 copies, made once
     assert [n.net for n in both] == first and pred.networks({**opts, "compile": True}) is both
+    from medseg.inference.channels_last import LayoutInstanceNorm
+
+    laid = pred.networks({**opts, "channels_last": True})  # copies of their own, laid out channels-last
+    assert pred.networks({**opts, "channels_last": True}) is laid
+    assert all(isinstance(n[1], LayoutInstanceNorm) and n[0].weight.dtype == torch.bfloat16 for n in laid)
+    assert all(n[0].weight.is_contiguous(memory_format=torch.channels_last_3d) for n in laid)
+    assert all(isinstance(n[1], torch.nn.InstanceNorm3d) for n in [*first, *pred.models])  # the others stay as they were
+    full = pred.networks({"amp_dtype": None, "cast_weights": False, "compile": False, "channels_last": True})
+    assert all(isinstance(n[1], LayoutInstanceNorm) and n is not m for n, m in zip(full, pred.models))
+    assert all(isinstance(m[1], torch.nn.InstanceNorm3d) for m in pred.models)
 
 
 @pytest.mark.slow

@@ -257,14 +257,18 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
     import torch
 
     def run(t):
-        if channels_last and t.ndim == 5:
-            t = t.contiguous(memory_format=torch.channels_last_3d)
+        if channels_last and t.ndim in (4, 5):
+            t = t.contiguous(memory_format=torch.channels_last_3d if t.ndim == 5 else torch.channels_last)
         if amp_dtype is None:
-            return net(t)
-        if cast_weights:
-            return net(t.to(amp_dtype)).float()
-        with torch.autocast(device_type=t.device.type, dtype=amp_dtype):
-            return net(t).float()
+            out = net(t)
+        elif cast_weights:
+            out = net(t.to(amp_dtype))
+        else:
+            with torch.autocast(device_type=t.device.type, dtype=amp_dtype):
+                out = net(t)
+        # float32 and channels-first: the flips, sums and the stitching below run on the usual layout (a few
+        # class channels to convert, against every later step striding across them)
+        return out.to(torch.float32, memory_format=torch.contiguous_format)
 
     pred = run(x)
     combos = mirror_combinations(mirror_axes, mirror)
@@ -514,12 +518,12 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
             net = net.to(device).eval()
             if fast.get("cast_weights") and fast.get("amp_dtype") is not None:
                 net = in_dtype(net, fast["amp_dtype"])
+            if fast.get("channels_last"):  # in place (NnunetPredictor passes its own laid-out copies: a no-op)
+                from medseg.inference.channels_last import channels_last_network
+
+                net = channels_last_network(net)
             if compile_net and not hasattr(net, "failed"):  # NnunetPredictor passes them compiled already
                 net = compiled(net, when=compile_net)
-            if fast.get("channels_last"):
-                from medseg.inference.sliding_window import prepare_model
-
-                net = prepare_model(net, channels_last=True)
             p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step,
                                       device=device, mirror=mirror, **fast)
             total = p if total is None else total.__iadd__(p)

@@ -38,7 +38,8 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #: - ``export``: ``"nnunet"`` resamples every class's scores to the input grid, ``"labels"`` decides the label on
 #:   the network grid and interpolates scores only near boundaries;
 #: - ``logits_dtype``: ``"float16"`` as nnU-Net accumulates the windows, or ``"float32"``;
-#: - ``channels_last``: the network and its windows in channels-last memory layout;
+#: - ``channels_last``: the network and its windows in channels-last memory layout, its instance norms kept in it
+#:   (``medseg.inference.channels_last``);
 #: - ``cast``: with a reduced-precision ``amp``, ``"autocast"`` runs the network under ``torch.autocast`` (normalisation
 #:   layers in float32), ``"weights"`` casts a copy of the network to that dtype and runs it wholly in it (no
 #:   float32 round trip around every normalisation; benchmarks/bench_nnunet.py measures both);
@@ -56,14 +57,16 @@ NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_ba
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
 #: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
 #: with nnUNetPredictor; single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8 (0.958) do not, so the fast
-#: preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast + channels-last: at nnU-Net's
-#: full width (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt);
-#: ``compile="auto"`` took them to 84.7 s, its compile included, and the whole case from 108.6 s to 96.3 s
-#: (benchmarks/results/2026-11-30_nnunet_full_width_compile.txt); a light network stays eager.
-#: Options given next to the preset override it.
+#: preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast: at nnU-Net's full width
+#: (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt). Then
+#: ``channels_last`` with layout-keeping instance norms (``medseg.inference.channels_last``) and no compile: the
+#: full-width bf16 window took 0.61-0.70 s eager against 0.98-1.04 s channels-first, and compiling it as well
+#: saved only 0.03 s a pass for 17 s of compile (the narrow network: 0.041 s eager, 0.034 s compiled, 12 s of
+#: compile), so eager is faster on one case and ``compile: true`` pays only over several cases of a batch
+#: (benchmarks/results/2026-12-01_channels_last_norm.txt). Options given next to the preset override it.
 NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32", "channels_last": False, "cast": "weights",
-               "compile": "auto"}
+               "export": "labels", "logits_dtype": "float32", "channels_last": True, "cast": "weights",
+               "compile": False}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
@@ -125,7 +128,7 @@ class NnunetPredictor(Predictor):
         self.nnunet = model
         self.device = torch.device(device) if device else default_device()
         self.models = [net.to(self.device) for net in model.networks()]
-        self._prepared: dict = {}  # (cast dtype, compiled) -> the networks so prepared, made once per predictor
+        self._prepared: dict = {}  # (cast dtype, channels-last, compiled) -> the networks so prepared, made once per predictor
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
@@ -158,17 +161,27 @@ class NnunetPredictor(Predictor):
 
     def networks(self, options: dict) -> list:
         """The folds' networks to run with ``options`` (``window_options()``): with ``cast_weights``, copies in the
-        amp dtype; with ``compile``, compiled; made on the first case and kept for the next ones."""
+        amp dtype; with ``channels_last``, copies laid out channels-last with layout-keeping instance norms; with
+        ``compile``, compiled; made on the first case and kept for the next ones (the loaded networks stay as
+        loaded)."""
+        import copy
+
+        from medseg.inference.channels_last import channels_last_network
         from medseg.models.external import nnunet_inference as nn
 
         dtype = options["amp_dtype"] if options["cast_weights"] else None
-        key = (dtype, options["compile"] or False)
-        if key == (None, False):
+        layout = bool(options.get("channels_last"))
+        key = (dtype, layout, options["compile"] or False)
+        if key == (None, False, False):
             return self.models
-        if (dtype, False) not in self._prepared:  # the cast copies, shared by the compiled wrappers
-            self._prepared[(dtype, False)] = [nn.in_dtype(net, dtype) for net in self.models] if dtype else self.models
+        base = (dtype, layout, False)
+        if base not in self._prepared:  # the cast / laid-out copies, shared by the compiled wrappers
+            nets = [nn.in_dtype(net, dtype) for net in self.models] if dtype else list(self.models)
+            if layout:
+                nets = [channels_last_network(n if n is not m else copy.deepcopy(m)) for n, m in zip(nets, self.models)]
+            self._prepared[base] = nets
         if key not in self._prepared:
-            self._prepared[key] = [nn.compiled(net, when=options["compile"]) for net in self._prepared[(dtype, False)]]
+            self._prepared[key] = [nn.compiled(net, when=options["compile"]) for net in self._prepared[base]]
         return self._prepared[key]
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
