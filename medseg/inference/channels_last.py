@@ -4,8 +4,8 @@ PyTorch's instance normalisation makes its input contiguous (channels first) bef
 network laid out channels-last every instance norm copies its input out of that layout and the next convolution
 copies it back. On a 2-core CPU a full-width nnU-Net window (48x128x160, bf16) spent 0.45 s of its 1.16 s in those
 copies. With one image in the batch, instance normalisation *is* batch normalisation with the batch's own
-statistics, which PyTorch computes in the channels-last layout itself: the same window then took 0.61-0.70 s
-against 0.98-1.04 s in the usual layout, with no compile (benchmarks/results/2026-12-01_channels_last_norm.txt).
+statistics, which PyTorch computes in the channels-last layout itself: the same window then took 0.61-0.72 s
+against 0.98-1.07 s in the usual layout, with no compile (benchmarks/results/2026-12-01_channels_last_norm.txt).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ MIN_CHANNELS = 16
 class LayoutInstanceNorm(torch.nn.Module):
     """An instance normalisation (its own weight, bias and eps, no running statistics) that keeps its input's memory
     layout: batch normalisation with the batch's statistics when the batch holds one image of ``MIN_CHANNELS`` or
-    more channels, PyTorch's instance norm otherwise. The statistics are summed in another order than instance norm's (float32: within 1e-4 relative on
-    a 983,040-voxel window), so it is for the reduced-precision paths, not for nnU-Net's own arithmetic."""
+    more channels, PyTorch's instance norm otherwise. The statistics are summed in another order than instance
+    norm's (float32 logits of a full-width window moved by 2e-4), so it is for the reduced-precision paths, not for
+    nnU-Net's own arithmetic."""
 
     def __init__(self, norm: torch.nn.Module):
         super().__init__()
