@@ -30,18 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build(features: tuple[int, int], classes: int = 5):
+    """nnU-Net's 3D PlainConvUNet as its CT plans describe it, built by medseg's nnU-Net loader (randomly initialised)."""
     import torch
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from medseg.models.external.nnunet import build_network
 
     f0, fmax = features
-    feats = [min(f0 * 2 ** i, fmax) for i in range(6)]
     torch.manual_seed(0)
-    return PlainConvUNet(input_channels=1, n_stages=6, features_per_stage=feats, conv_op=torch.nn.Conv3d,
-                         kernel_sizes=[[3, 3, 3]] * 6, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2],
-                                                                 [1, 2, 2]],
-                         n_conv_per_stage=[2] * 6, num_classes=classes, n_conv_per_stage_decoder=[2] * 5, conv_bias=True,
-                         norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False).eval()
+    kwargs = {"n_stages": 6, "features_per_stage": [min(f0 * 2 ** i, fmax) for i in range(6)], "conv_op": torch.nn.Conv3d,
+              "kernel_sizes": [[3, 3, 3]] * 6, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+              "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True,
+              "norm_op": torch.nn.InstanceNorm3d, "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+              "nonlin": torch.nn.LeakyReLU, "nonlin_kwargs": {"inplace": True}}
+    return build_network("PlainConvUNet", kwargs, 1, classes).eval()
 
 
 def timed(net, x, repeat: int):
