@@ -47,8 +47,14 @@ TEST_SEED = 200
 TEST_SPACING = (0.8, 0.8, 1.0)
 TEST_FOV_MM = (410.0, 410.0, 200.0)  # 513 x 513 x 200 voxels
 
-def _env(work: Path) -> dict:
-    return nnunet_env(work, threads=None)  # the benchmark's processes keep the thread count they are given
+def _env(work: Path, huge_pages: bool = False) -> dict:
+    """nnUNetPredictor's process: the thread count this script was given, and PyTorch's allocator as nnU-Net runs it
+    (importing medseg here set ``THP_MEM_ALLOC_ENABLE=1``, which a child would inherit) unless ``huge_pages``."""
+    env = nnunet_env(work, threads=None)
+    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    if huge_pages:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    return env
 
 
 def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=None) -> Path:
@@ -109,6 +115,7 @@ def _cpu_s() -> float:
 
 
 def worker_nnunet(folder: str, image: str, out: str) -> dict:
+    huge_pages = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")  # as torch's allocator reads it (medseg is imported later)
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -123,7 +130,7 @@ def worker_nnunet(folder: str, image: str, out: str) -> dict:
     seconds, cpu = time.monotonic() - t1, _cpu_s() - c1
     np.save(out, np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8))  # (z, y, x) -> the file's (x, y, z)
     return {"seconds": seconds, "cpu_seconds": cpu, "seconds_load": t1 - t0, "peak_rss_mb": _peak_mb(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "huge_pages": huge_pages}
 
 
 def worker_medseg(folder: str, image: str, out: str, options: str, cases: str = "1") -> dict:
@@ -268,6 +275,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each contender (the fastest counts)")
     ap.add_argument("--no-switches", action="store_true", help="skip the one-switch-at-a-time table")
     ap.add_argument("--variant", help="also run preset fast with these options (JSON), e.g. '{\"cast\": \"weights\"}'")
+    ap.add_argument("--reference-thp", action="store_true",
+                    help="also run nnUNetPredictor with THP_MEM_ALLOC_ENABLE=1 (the allocator setting medseg uses)")
     ap.add_argument("--train-only", action="store_true", help="build (train) the model under --work and stop")
     ap.add_argument("--cases", type=int, default=1,
                     help="the fast contenders predict the volume this many times in one process (a batch: the first case "
@@ -323,10 +332,12 @@ def main() -> None:
     contenders = {"faithful": {}, "fast": {"preset": "fast"}}
     if a.variant:
         contenders["variant"] = {"preset": "fast", **json.loads(a.variant)}
-    labels = {k: str(work / f"labels_{k}.npy") for k in ("nnunet", *contenders)}
+    references = ["nnunet"] + (["nnunet_thp"] if a.reference_thp else [])
+    labels = {k: str(work / f"labels_{k}.npy") for k in (*references, *contenders)}
     runs: dict = {k: [] for k in labels}
     for rep in range(a.repeat):  # interleaved, so that a busy minute on the shared cores hits every contender
-        runs["nnunet"].append(_spawn("nnunet", str(folder), str(image), labels["nnunet"], env=_env(work)))
+        for key in references:
+            runs[key].append(_spawn("nnunet", str(folder), str(image), labels[key], env=_env(work, key == "nnunet_thp")))
         for key, opts in contenders.items():
             # an empty inductor cache for every run: compile="auto" pays its whole compile in the figure (a later
             # process with the same network and window reuses the compiled code from the user's cache and is faster)
@@ -341,7 +352,8 @@ def main() -> None:
     base, base_cpu = res["nnunet"]["seconds"], min(r["cpu_seconds"] for r in runs["nnunet"])
     say(f"{'run':<30}{'seconds':>8}{'x nnU-Net':>10}{'CPU s':>7}{'x nnU-Net':>10}{'peak RSS MB':>12}{'agree':>9}"
         f"{'mean Dice':>10}  Dice per structure")
-    for key, title in (("nnunet", "nnUNetPredictor (CPU, fp32)"), ("faithful", "medseg faithful (default)"),
+    for key, title in (("nnunet", "nnUNetPredictor (CPU, fp32)"), ("nnunet_thp", "nnUNetPredictor + huge pages"),
+                       ("faithful", "medseg faithful (default)"),
                        ("fast", "medseg preset=fast"), ("variant", f"fast + {a.variant}")):
         if key not in runs:
             continue
@@ -355,6 +367,8 @@ def main() -> None:
     say(f"# seconds: the fastest of {a.repeat} interleaved runs (read + predict, model loading excluded), all: "
         + "; ".join(f"{k} " + "/".join(f"{x['seconds']:.0f}" for x in v) for k, v in runs.items()))
     say("# CPU s: user+sys seconds of that process (all threads), the smallest of the runs.")
+    say("# THP_MEM_ALLOC_ENABLE (PyTorch's allocator on transparent huge pages; medseg sets 1 when imported): "
+        + ", ".join(f"{k} {runs[k][0]['huge_pages']}" for k in references) + ", medseg 1")
     say("# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs nnUNetPredictor.")
     for key in contenders:
         r = res[key]
