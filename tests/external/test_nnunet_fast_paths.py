@@ -54,10 +54,13 @@ def test_mirror_combinations():
     assert nn.mirror_combinations((0, 1, 2), False) == [] and nn.mirror_combinations(None) == []
 
 
+@pytest.mark.parametrize("route", ["by_voxel", "by_slab"])
 @pytest.mark.parametrize("case", ["separate_z", "isotropic", "regions", "downsample"])
-def test_labels_only_equals_resampling_every_class(case):
+def test_labels_only_equals_resampling_every_class(case, route, monkeypatch):
     """The label-only export gives export()'s label map (scores resampled per class, then decided) but for
-    float16 near-ties."""
+    float16 near-ties, interpolating the undecided voxels one by one or (many undecided) slab by slab; slabs of
+    a few rows, so that several slabs and a short last one are covered."""
+    monkeypatch.setattr(nn, "_SLAB_VOXELS", 3 * 30 * 30 * 4)
     heads, regions, grid = 4, (), (9, 14, 12)
     net_spacing, spacing, out_shape = [3.0, 1.0, 1.0], [3.0, 1.0, 1.0], (9, 14, 12)
     if case == "separate_z":  # network 6 x 1 x 1 mm (anisotropic: the first axis order 0, separately)
@@ -77,7 +80,7 @@ def test_labels_only_equals_resampling_every_class(case):
     props = {"spacing": spacing, "network_spacing": net_spacing, "shape_after_cropping": out_shape,
              "shape_before_cropping": (out_shape[0] + 3, out_shape[1], out_shape[2] + 2), "bbox": bbox}
     ref, _ = nn.export(logits.clone(), props, model)
-    got = nn.labels_only(logits.clone(), props, model, chunk=97)
+    got = nn.labels_only(logits.clone(), props, model, chunk=97, dense_share=1.0 if route == "by_voxel" else 0.0)
     assert got.shape == ref.shape and got.dtype == ref.dtype
     assert len(np.unique(ref)) >= 3
     assert float((got == ref).mean()) >= 0.999

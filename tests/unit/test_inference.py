@@ -9,7 +9,7 @@ import torch
 from helpers import label_coded
 
 from medseg.errors import CheckpointError, InputError
-from medseg.inference.labels_from_scores import labels_from_scores
+from medseg.inference.labels_from_scores import first_argmax, labels_from_scores
 from medseg.inference.predictor import Predictor
 from medseg.inference.sliding_window import WindowRunner, resolve_amp, window_scores
 from medseg.io.volume import Volume
@@ -38,6 +38,27 @@ class _CountingNet(torch.nn.Module):
     def forward(self, x):
         self.seen += x.shape[0]
         return self.conv(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, np.float16, np.float32])
+def test_first_argmax_is_argmax_with_ties_to_the_first_class(dtype):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 4, (5, 7, 6, 5), generator=g).float()  # integer scores: many ties
+    s[:, 0, 0, 0] = 2.0  # all five equal: class 0
+    s[3, 1, 0, 0], s[4, 1, 0, 0] = 9.0, 9.0  # a tie between 3 and 4: class 3
+    scores = s.to(dtype) if isinstance(dtype, torch.dtype) else s.numpy().astype(dtype)
+    got = first_argmax(scores)
+    assert got.dtype == torch.uint8 and got.shape == s.shape[1:]
+    assert torch.equal(got.long(), s.argmax(0)) and np.array_equal(got.numpy(), s.numpy().argmax(0))
+    assert got[0, 0, 0] == 0 and got[1, 0, 0] == 3
+
+
+def test_first_argmax_leaves_nan_and_many_classes_to_torch():
+    s = torch.zeros(3, 4)
+    s[2, 1] = float("nan")
+    assert first_argmax(s).tolist() == s.argmax(0).tolist()  # NaN wins in torch: class 2 at voxel 1
+    many = torch.randn(300, 10)
+    assert torch.equal(first_argmax(many), many.argmax(0))
 
 
 def test_background_windows_are_skipped_and_foreground_scores_unchanged():
