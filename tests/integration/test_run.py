@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from medseg.cli import main
+from medseg.io.atomic import TMP_PREFIX
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "dicom_volumetry.yaml")
@@ -156,7 +157,9 @@ def test_sigkill_halfway_then_rerun_equals_uninterrupted(cohort, reference, tmp_
     done_before = set()
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            states = [json.loads(p.read_text()) for p in (out / "state").glob("*.json")] if (out / "state").is_dir() else []
+            # records only: an atomic write's temporary (.tmp-medseg-*-<case>.json) can be caught half-written
+            states = [json.loads(p.read_text()) for p in (out / "state").glob("*.json")
+                      if not p.name.startswith(TMP_PREFIX)] if (out / "state").is_dir() else []
             done_before = {s["case_id"] for s in states if s.get("status") == "done"}
             if len(done_before) >= 2:
                 break
