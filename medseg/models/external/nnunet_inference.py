@@ -619,8 +619,8 @@ DENSE_SHARE = 0.2
 _SLAB_VOXELS = 1 << 22
 
 
-def _decide_slabs(seg, mixed, scores, axes, lab) -> None:
-    """``seg`` (output grid, ``mixed`` where undecided) completed by interpolating ``scores`` along each axis in turn
+def _decide_slabs(seg, undecided, scores, axes, lab) -> None:
+    """``seg`` (output grid) completed where ``undecided`` (a mask of its shape) by interpolating ``scores`` along each axis in turn
     (``torch.lerp`` between the two source rows; the order-0 axis has weight 0): the last axis on the network's grid
     (one copy of the scores, the output's length along it), then slab by slab along the first axis and the second,
     deciding each slab; only its undecided voxels are written."""
@@ -629,7 +629,7 @@ def _decide_slabs(seg, mixed, scores, axes, lab) -> None:
     (a0, a1, wa), (b0, b1, wb), (c0, c1, wc) = axes
     heads = scores.shape[0]
     X, Y, Z = seg.shape
-    rows = (seg == mixed).reshape(X, -1).any(1)
+    rows = undecided.reshape(X, -1).any(1)
     k = max(1, _SLAB_VOXELS // max(1, heads * Y * Z))
     # the last axis first, on the network's grid: later gathers then copy whole rows
     along_z = torch.lerp(scores.index_select(3, c0), scores.index_select(3, c1), wc[None, None, None, :])
@@ -640,9 +640,8 @@ def _decide_slabs(seg, mixed, scores, axes, lab) -> None:
         e = min(X, s + k)
         t = torch.lerp(along_z.index_select(1, a0[s:e]), along_z.index_select(1, a1[s:e]), wa[s:e][None, :, None, None])
         t = torch.lerp(t.index_select(2, b0), t.index_select(2, b1), wb_)
-        block = seg[s:e]
-        undecided = block == mixed
-        block[undecided] = _decide(t.reshape(heads, -1), lab).reshape(block.shape).to(seg.dtype)[undecided]
+        block, todo = seg[s:e], undecided[s:e]
+        block[todo] = _decide(t.reshape(heads, -1), lab).reshape(block.shape).to(seg.dtype)[todo]
 
 
 def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20, dense_share: float = DENSE_SHARE) -> np.ndarray:
@@ -690,7 +689,7 @@ def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20, dense_share
     X, Y, Z = out_shape
     sc = scores.float() if scores.dtype != torch.float32 else scores
     if int(undecided.sum()) > dense_share * flat.numel():
-        _decide_slabs(seg, mixed, sc, axes, lab)
+        _decide_slabs(seg, undecided.view(seg.shape), sc, axes, lab)
         undecided[:] = False
     where = undecided.nonzero().squeeze(1)
     for s in range(0, where.numel(), chunk):
