@@ -211,7 +211,7 @@ def test_unsupported_models_are_refused_with_one_line(tmp_path, change, match):
 
 
 def test_older_plans_format_builds_the_same_network(tmp_path):
-    pytest.importorskip("dynamic_network_architectures", reason="needs dynamic_network_architectures")
+    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
     from medseg.models.external.nnunet import architecture
 
     old = {"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 16,

@@ -169,7 +169,7 @@ def test_missing_parts_and_ambiguous_models_are_refused_with_one_line(tmp_path):
 
 
 def test_bad_part_is_refused_naming_its_folder(tmp_path):
-    pytest.importorskip("dynamic_network_architectures")
+    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
     from medseg.inference.predictor import Predictor
 
     home = make_total(tmp_path, weights=False)
@@ -248,7 +248,7 @@ def test_tile_step_reaches_the_windows():
 
 @pytest.fixture(scope="module")
 def total_home(tmp_path_factory):
-    pytest.importorskip("dynamic_network_architectures")
+    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
     root = tmp_path_factory.mktemp("totalseg")
     return make_total(root)
 
