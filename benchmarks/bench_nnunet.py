@@ -57,7 +57,7 @@ def _env(work: Path, huge_pages: bool = False) -> dict:
     return env
 
 
-def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=None) -> Path:
+def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=None, adamw: float = 0.0) -> Path:
     import nibabel as nib
 
     from medseg.phantoms import PHANTOM_LABELS, make_phantom
@@ -78,7 +78,7 @@ def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=N
     bindir = Path(sys.executable).parent
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", DATASET[7:10], "-c", CONF,
                     "-np", "1", "-npfp", "1"], env=_env(work), check=True, stdout=subprocess.DEVNULL)
-    code = train_code(DATASET, CONF, "all", epochs=epochs, iters=iters, f0=f0, fmax=fmax, patch=patch)
+    code = train_code(DATASET, CONF, "all", epochs=epochs, iters=iters, f0=f0, fmax=fmax, patch=patch, adamw=adamw)
     subprocess.run([sys.executable, "-c", code], env={**_env(work), "nnUNet_n_proc_DA": "0"}, check=True,
                    stdout=subprocess.DEVNULL)
     return folder
@@ -231,6 +231,23 @@ def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> 
     return {"rows": rows, "peak_rss_mb": _peak_mb()}
 
 
+def window_flops(folder: Path) -> tuple[float, int]:
+    """Floating-point operations of one network pass on one window (convolutions, as ``torch.utils.flop_counter``
+    counts them: 2 per multiply-add) and the passes per window (mirrorings), for the achieved GFLOP/s lines."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medseg.inference.predictor import Predictor
+    from medseg.models.external.nnunet_inference import mirror_combinations
+
+    pred = Predictor.from_checkpoint(str(folder), device="cpu")
+    net = pred.networks({**pred.window_options(), "compile": False})[0].eval()
+    patch = pred.nnunet.conf["patch_size"]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros((1, pred.nnunet.in_channels, *patch)))
+    return counter.get_total_flops(), 1 + len(mirror_combinations(pred.nnunet.mirror_axes))
+
+
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
     """Fraction of voxels equal and Dice per structure present in either (``b``: the reference)."""
     dice = {}
@@ -272,6 +289,8 @@ def main() -> None:
     ap.add_argument("--patch", help="train with this patch instead of the planned one, e.g. 48,128,128")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--iters", type=int, default=12)
+    ap.add_argument("--adamw", type=float, default=0.0,
+                    help="train with nnunetv2's nnUNetTrainerAdam recipe (AdamW, poly) at this learning rate instead of its SGD")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each contender (the fastest counts)")
     ap.add_argument("--no-switches", action="store_true", help="skip the one-switch-at-a-time table")
     ap.add_argument("--variant", help="also run preset fast with these options (JSON), e.g. '{\"cast\": \"weights\"}'")
@@ -309,7 +328,8 @@ def main() -> None:
     say("# The 2 cores are shared with other sessions' tests while this runs: absolute seconds are noisy,")
     say("# the ratios within this one script are what counts.")
     t0 = time.monotonic()
-    folder = build_model(work, f0, fmax, a.epochs, a.iters, [int(v) for v in a.patch.split(",")] if a.patch else None)
+    folder = build_model(work, f0, fmax, a.epochs, a.iters, [int(v) for v in a.patch.split(",")] if a.patch else None,
+                         a.adamw)
     trained = time.monotonic() - t0
     if a.train_only:
         say(f"# model trained in {trained:.0f} s: {folder}")
@@ -377,6 +397,11 @@ def main() -> None:
             f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}"
             + ("" if r.get("compiled") is None else f"; compiled {r['compiled']}"
                + (f" (failed: {r['compile_failed']})" if r.get("compile_failed") else "")))
+    flops, per_window = window_flops(folder)
+    say(f"# one window pass: {flops / 1e9:.1f} GFLOP (convolutions; {per_window} passes a window with mirroring). Windows' "
+        "throughput: " + "; ".join(f"{k} {r['seconds_windows'] / (r['windows_run'] * per_window):.3f} s a pass, "
+                                     f"{flops * r['windows_run'] * per_window / r['seconds_windows'] / 1e9:.0f} GFLOP/s"
+                                     for k, r in ((k, res[k]) for k in contenders) if r["windows_run"]))
     for key in contenders:
         later = res[key].get("seconds_later_cases") or []
         if later:

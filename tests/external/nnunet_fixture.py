@@ -121,6 +121,17 @@ class nnUNetTrainer(_Base):
         self.num_epochs = %(epochs)d
         self.num_iterations_per_epoch = %(iters)d
         self.num_val_iterations_per_epoch = 1
+        if %(adamw)r:
+            self.initial_lr = %(adamw)r
+
+    def configure_optimizers(self):
+        if not %(adamw)r:
+            return super().configure_optimizers()
+        # nnunetv2's nnUNetTrainerAdam: AdamW (amsgrad) with the poly schedule, at initial_lr
+        from torch.optim import AdamW
+        from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+        opt = AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay, amsgrad=True)
+        return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
 
 pre = join(P.nnUNet_preprocessed, "%(ds)s")
 plans = load_json(join(pre, "nnUNetPlans.json"))
@@ -136,13 +147,14 @@ t.run_training()
 
 
 def train_code(dataset: str, configuration: str, fold, *, epochs: int = 1, iters: int = 2, f0: int = 8, fmax: int = 64,
-               patch=None) -> str:
+               patch=None, adamw: float = 0.0) -> str:
     """The script that trains ``dataset``/``configuration``/``fold`` with nnU-Net's trainer: ``epochs`` of ``iters``
     iterations, the PlainConvUNet's stages ``f0 * 2**i`` features up to ``fmax`` (the tests: 8..64, small enough
-    for a CPU), the planned patch unless ``patch``."""
+    for a CPU), the planned patch unless ``patch``; ``adamw``: nnunetv2's nnUNetTrainerAdam recipe (AdamW, amsgrad, poly)
+    at this initial learning rate instead of nnU-Net's SGD (trains a full-width network in hundreds of CPU steps)."""
     fold = int(fold) if str(fold).isdigit() else str(fold)
     return TRAIN % {"ds": dataset, "conf": configuration, "fold": fold, "epochs": epochs, "iters": iters, "f0": f0,
-                    "fmax": fmax, "patch": repr(list(patch)) if patch else "None"}
+                    "fmax": fmax, "patch": repr(list(patch)) if patch else "None", "adamw": float(adamw)}
 
 
 def nnunet_env(root: Path, *, threads: int | None = 2) -> dict:

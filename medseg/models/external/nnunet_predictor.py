@@ -56,7 +56,8 @@ NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_ba
                    "compile": "auto"}
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
 #: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
-#: with nnUNetPredictor; single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8 (0.958) do not, so the fast
+#: with nnUNetPredictor (the full-width 32..320 network trained: 0.9974 at 6.5x, benchmarks/results/
+#: 2026-12-01_nnunet_trained_full_width.txt); single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8 (0.958) do not, so the fast
 #: preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast: at nnU-Net's full width
 #: (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt). Then
 #: ``channels_last`` with layout-keeping instance norms (``medseg.inference.channels_last``) and no compile: the
