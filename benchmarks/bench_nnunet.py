@@ -341,8 +341,9 @@ def main() -> None:
     import nibabel as nib
 
     shape = nib.load(str(image)).shape
+    recipe = f", AdamW {a.adamw:g} (nnUNetTrainerAdam's recipe)" if a.adamw else ""
     say(f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
-        f"{a.iters} iterations{'' if trained < 5 else f', trained here in {trained:.0f} s'})")
+        f"{a.iters} iterations{recipe}{'' if trained < 5 else f', trained here in {trained:.0f} s'})")
     narrowed = "" if arch["features_per_stage"][0] >= 32 else " (narrowed from nnU-Net's 32..320 for this CPU)"
     say(f"#   PlainConvUNet features_per_stage {arch['features_per_stage']}{narrowed}, patch {conf['patch_size']}, "
         f"spacing {conf['spacing']} mm, mirror axes from the checkpoint")
