@@ -35,6 +35,7 @@ from medseg.io.dicom_geometry import GeometryPolicy
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
 from medseg.phantoms import make_phantom, write_dicom_series
+from medseg.provenance import peak_rss_mb, reset_peak_rss
 
 sitk = pytest.importorskip("SimpleITK")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -350,13 +351,13 @@ def test_link_loops_dangling_links_and_fifos_are_listed_and_the_scan_goes_on(tmp
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every corrupted value it reads
 @pytest.mark.parametrize("syntax", [None, "jpeg-lossless"])  # native (pydicom) and the GDCM fallback path
 def test_randomly_corrupted_series_give_one_line_errors_or_volumes(tmp_path, syntax):
-    import resource
     import time
 
     base = write_dicom_series(make_phantom(3, spacing=(16.0, 16.0, 20.0)), tmp_path / "base", transfer_syntax=syntax)
     rng = np.random.default_rng(2026)
     outcomes = {"volume": 0, "error": 0}
-    baseline = _reset_peak_rss_kib()
+    reset_peak_rss()  # this test's own peak, not the pytest process's, which earlier tests set
+    baseline = peak_rss_mb()
     start = time.monotonic()
     for i in range(40):
         case = tmp_path / f"c{i}"
@@ -378,29 +379,8 @@ def test_randomly_corrupted_series_give_one_line_errors_or_volumes(tmp_path, syn
         shutil.rmtree(case)
     assert outcomes["volume"] and outcomes["error"]  # the corruption hit both headers and pixels
     assert time.monotonic() - start < 60
-    # KiB: reading the 40 corrupted series grew this process by under 512 MB. The peak is reset at the start
-    # (Linux), not the whole pytest process's peak, which earlier tests set.
-    if baseline is not None:
-        assert _peak_rss_kib() - baseline < 512 << 10, _peak_rss_kib() - baseline
-    else:  # the process's whole peak, earlier tests included
-        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2 << 20
-
-
-def _peak_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise OSError("no VmHWM")
-
-
-def _reset_peak_rss_kib() -> int | None:
-    """This process's peak resident size reset to its current size (Linux ``clear_refs``): that size in KiB, or
-    None where the kernel does not offer it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _peak_rss_kib()
-    except OSError:
-        return None
+    grown = peak_rss_mb() - baseline  # MB: reading the 40 corrupted series grew this process by under 512 MB
+    assert grown < 512, grown
 
 
 def test_resampling_refuses_grids_far_larger_than_the_series(tmp_path):
