@@ -268,3 +268,30 @@ def test_fcn_deep_supervision_returns_its_score_maps_in_training_only(name, stri
     plain.load_state_dict(net.state_dict())  # same weights: the full-resolution output is the same computation
     net.train()
     torch.testing.assert_close(net(x)[0], plain(x))
+
+
+@pytest.mark.parametrize("dims,factor", [(2, 2), (2, 16), (3, 2), (3, 8), (3, 32)])
+def test_fcn_upsampling_equals_the_transposed_convolution_it_replaces(dims, factor):
+    """The sub-pixel form of FCN's upsampling layers gives torch's conv_transpose numbers and gradients."""
+    from medseg.models._blocks import SubpixelConvTranspose2d, SubpixelConvTranspose3d, up_conv
+
+    torch.manual_seed(factor)
+    layer = up_conv(dims, 3, 3, factor, bilinear_init=True).double()
+    assert isinstance(layer, SubpixelConvTranspose3d if dims == 3 else SubpixelConvTranspose2d)
+    with torch.no_grad():
+        layer.weight.add_(0.1 * torch.randn_like(layer.weight))  # not only the symmetric bilinear start
+    x = torch.randn(2, 3, *[3, 4, 2][:dims], dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    fn = torch.nn.functional.conv_transpose3d if dims == 3 else torch.nn.functional.conv_transpose2d
+    ref = fn(x, layer.weight, None, stride=factor, padding=factor // 2)
+    assert out.shape == ref.shape == (2, 3, *[factor * n for n in [3, 4, 2][:dims]])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad((out * g).sum(), (x, layer.weight))
+    rx, rw = torch.autograd.grad((ref * g).sum(), (x, layer.weight))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    # a state dict from torch's own layer loads unchanged (checkpoints written before stay valid)
+    plain = (torch.nn.ConvTranspose3d if dims == 3 else torch.nn.ConvTranspose2d)(3, 3, 2 * factor, stride=factor, padding=factor // 2, bias=False)
+    layer.load_state_dict(plain.double().state_dict())
+    torch.testing.assert_close(layer(x), plain(x))
