@@ -111,7 +111,28 @@ def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels
     return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
-__all__ = ["MODELS", "ModelSpec", "create_model", "list_models", "model_info", "param_count"]
+def input_divisor(name: str, *, spatial_dims: int = 3, **kwargs) -> int:
+    """What input sizes model ``name`` with these options must be multiples of to run without padding.
+
+    The network's own ``divisor`` (it follows its depth and strides: ``unet`` with four
+    strides of 2 needs 16, not the registry's 8), read from a build on the meta device
+    (no memory); the registry's ``divisor`` for networks that do not say.
+    """
+    import torch
+
+    entry = MODELS.get(name)
+    fallback = int((entry.spec or ModelSpec()).divisor)
+    try:
+        with torch.device("meta"):
+            net = create_model(name, spatial_dims=spatial_dims, in_channels=1, out_channels=2, **kwargs)
+    except ConfigError:
+        raise
+    except Exception:  # a third-party builder that cannot build on the meta device: its registered divisor
+        return fallback
+    return int(getattr(net, "divisor", fallback) or fallback)
+
+
+__all__ = ["MODELS", "ModelSpec", "create_model", "input_divisor", "list_models", "model_info", "param_count"]
 
 
 def create_volume_model(name: str, *, spatial_dims: int, in_channels: int, out_channels: int, **kwargs):

@@ -14,7 +14,10 @@ by ``2 ** (len(channels) - 1)`` (other sizes are zero-padded and cropped back).
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
@@ -102,6 +105,37 @@ def _he_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _padded_monai_unet():
+    """MONAI's ``UNet`` (same modules and state dict) that zero-pads inputs to a multiple of its strides' product and crops back.
+
+    MONAI's network fails on sizes its strides do not divide (a 88-voxel patch at 4 strides of 2);
+    every other family in the registry pads, so a planned patch or window fits any depth.
+    """
+    from monai.networks.nets import UNet as MonaiUNet
+
+    class PaddedUNet(MonaiUNet):
+        def divisors(self, ndim: int) -> list[int]:
+            """Per spatial axis: the product of the strides along it (a stride may be an int or one per axis)."""
+            return [math.prod(s if isinstance(s, int) else int(s[a]) for s in self.strides) for a in range(ndim)]
+
+        @property
+        def divisor(self) -> int:
+            return math.lcm(*self.divisors(self.dimensions))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            size = x.shape[2:]
+            target = [int(math.ceil(n / d) * d) for n, d in zip(size, self.divisors(len(size)))]
+            if list(size) == target:
+                return super().forward(x)
+            pad = []
+            for n, t in zip(reversed(size), reversed(target)):
+                pad += [0, t - n]
+            y = super().forward(F.pad(x, pad))
+            return y[(slice(None), slice(None), *(slice(0, n) for n in size))]
+
+    return PaddedUNet
+
+
 @MODELS.register(
     "unet",
     description="Residual U-Net (MONAI UNet): residual units, strided convs, skip connections",
@@ -121,11 +155,9 @@ def unet(
     norm: str = "instance",
     dropout: float = 0.0,
 ):
-    from monai.networks.nets import UNet as MonaiUNet
-
     if len(strides) != len(channels) - 1:
         raise ConfigError(f"unet: need one stride per down-sampling step: {len(channels)} channels need {len(channels) - 1} strides, got {len(strides)}")
-    return MonaiUNet(
+    return _padded_monai_unet()(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,

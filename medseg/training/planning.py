@@ -143,6 +143,8 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     ``model`` section and per-family ``training`` recipe the plan starts from.
     The fingerprint is written beside the config as ``<config stem>.fingerprint.json``.
     """
+    import copy
+
     import yaml
 
     from medseg import safe_yaml
@@ -150,7 +152,7 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     from medseg.io.atomic import write_json, write_text
     from medseg.label_sources import check_table_against_values, label_values, table_for_manifest
     from medseg.manifest import image_columns, read_manifest
-    from medseg.models import model_info
+    from medseg.models import input_divisor
 
     df = read_manifest(manifest, require_labels=True)
     base = (safe_yaml.load_file(base_config) or {}) if base_config else {}
@@ -164,7 +166,11 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise InputError(f"label table from {found.source} does not fit the label maps: {shown}", path=manifest)
-    divisor = int(model_info((base.get("model") or {}).get("name", "unet"), params=False).get("divisor", 8))
+    # plan for the network the config will build: the user's model.* overrides are applied before planning
+    # (patch sizes follow its depth and width), all overrides again after (so an explicit patch size wins)
+    base = apply_overrides(copy.deepcopy(base or {}), [o for o in overrides or [] if o.strip().startswith("model.")])
+    net = base.get("model") or {}
+    divisor = input_divisor(net.get("name", "unet"), spatial_dims=int(net.get("spatial_dims", 3)), **(net.get("kwargs") or {}))
     fp["label_table_source"] = found.source
     cfg = plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor)
     aug = cfg.setdefault("training", {}).setdefault("augmentation", {})

@@ -182,3 +182,16 @@ def test_plan_mirrors_only_when_no_structure_has_a_side(tmp_path):
     out, _ = plan(manifest, tmp_path / "plan2.yaml", min_spacing=2.0, memory_gb=0.2)
     assert load_config(out).training.augmentation.flip_axes == []
     assert load_config(out).inference.tta_flips == []  # no L-R mirroring at test time either
+
+
+def test_plan_sizes_patches_for_the_network_the_overrides_ask_for(tmp_path):
+    """A deeper U-Net asked for on the command line gets patches its strides divide (it used to fail in training)."""
+    manifest = _brainish(tmp_path / "d")
+    deep = "model.kwargs={channels: [4, 8, 8, 8, 8], strides: [2, 2, 2, 2], num_res_units: 1}"
+    out, _ = plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2, overrides=[deep])
+    cfg = load_config(out)
+    assert cfg.model.kwargs["strides"] == [2, 2, 2, 2]
+    assert all(p % 16 == 0 for p in cfg.training.patch_size) and cfg.inference.roi_size == cfg.training.patch_size
+    shallow, _ = plan(manifest, tmp_path / "plan8.yaml", min_spacing=2.0, memory_gb=0.2)
+    assert load_config(shallow).training.patch_size == [24, 24, 16]  # the default depth's multiples of 8
+    assert cfg.training.patch_size == [32, 32, 16]

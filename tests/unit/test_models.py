@@ -295,3 +295,20 @@ def test_fcn_upsampling_equals_the_transposed_convolution_it_replaces(dims, fact
     plain = (torch.nn.ConvTranspose3d if dims == 3 else torch.nn.ConvTranspose2d)(3, 3, 2 * factor, stride=factor, padding=factor // 2, bias=False)
     layer.load_state_dict(plain.double().state_dict())
     torch.testing.assert_close(layer(x), plain(x))
+
+
+def test_unet_pads_sizes_its_strides_do_not_divide_and_matches_monai_where_they_do():
+    from monai.networks.nets import UNet
+
+    from medseg.models import input_divisor
+
+    kw = {"channels": (4, 8, 8, 8, 8), "strides": (2, 2, 2, 2), "num_res_units": 1}
+    net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=3, **kw).eval()
+    assert input_divisor("unet", **kw) == net.divisor == 16 and input_divisor("unet") == 8
+    ref = UNet(3, 1, 3, **kw).eval()
+    ref.load_state_dict(net.state_dict())  # the same modules: checkpoints of either load in the other
+    x = torch.randn(1, 1, 32, 48, 40)
+    torch.testing.assert_close(net(x[..., :32]), ref(x[..., :32]))
+    odd = x[..., :36, :]  # 36 and 40 are not multiples of 16: padded with zeros, then cropped back
+    padded = torch.nn.functional.pad(odd, (0, 8, 0, 12, 0, 0))
+    torch.testing.assert_close(net(odd), ref(padded)[..., :32, :36, :40])
