@@ -106,8 +106,11 @@ def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
 
     head = {"spacing_median": [2.0, 2.0, 2.0], "spacing_p10": [2.0, 2.0, 2.0], "shape_median": [99, 117, 95], "modality": "MR",
             "foreground": {"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2}}
-    cpu = plan_config(head, gpu=False)["training"]
-    assert math.prod(cpu["patch_size"]) <= 96 * 96 * 64 and all(p % 8 == 0 for p in cpu["patch_size"])
+    planned = plan_config(head, gpu=False)
+    cpu = planned["training"]
+    # shrunk in steps of 8 to within 96x96x64 voxels (80x80x88), then up to the planned network's strides: 4 levels of 2
+    assert planned["model"]["kwargs"]["strides"] == [2, 2, 2, 2] and planned["model"]["kwargs"]["channels"][-1] == 256
+    assert cpu["patch_size"] == [80, 80, 96] and planned["inference"]["roi_size"] == cpu["patch_size"]
     assert cpu["iterations_per_epoch"] == 50 and cpu["samples_per_image"] == 1 and cpu["batch_size"] == 1
     gpu = plan_config(head, gpu=True)["training"]
     assert gpu["iterations_per_epoch"] == 250 and math.prod(gpu["patch_size"]) > 96 * 96 * 64 and "samples_per_image" not in gpu
