@@ -14,6 +14,7 @@ by ``2 ** (len(channels) - 1)`` (other sizes are zero-padded and cropped back).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -105,6 +106,7 @@ def _he_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+@functools.cache
 def _padded_monai_unet():
     """MONAI's ``UNet`` (same modules and state dict) that zero-pads inputs to a multiple of its strides' product and crops back.
 

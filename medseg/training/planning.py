@@ -19,8 +19,9 @@ Plan:
 - network: when the base config names none (or ``unet`` without options), MONAI's
   residual U-Net as deep as the patch allows (halving until ~4 voxels, 2-5 levels),
   16 features doubling to at most 256, two residual units per level (the plain MONAI
-  recipe's network; the 4-level, one-unit default lost to it on a real MR split:
-  0.922 vs 0.929 mean test Dice, 0.935 with this one, benchmarks/results/2026-12-01_training_real_depth.txt);
+  recipe's network; the earlier default, 16..128 with three down-samplings and one
+  unit, lost to that recipe on a real MR split: 0.922 vs 0.929 mean test Dice, this
+  one 0.927-0.935 in two runs; benchmarks/results/2026-12-01_training_real_depth.txt);
 - batch size 2 on a GPU (nnU-Net's choice); 1 on a CPU, where the same
   compute buys twice the optimizer steps (measured on the phantom demo:
   mean Dice 0.917 vs 0.834 after 50 epochs); inference windows = the patch size.
