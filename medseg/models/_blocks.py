@@ -125,8 +125,8 @@ def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return y[(slice(None), slice(None), *(slice(h, h + (m - 1) * f) for m in n))]
 
 
-class SubpixelConvTranspose3d(nn.ConvTranspose3d):
-    """``nn.ConvTranspose3d`` (same parameters and state dict) computed by ``subpixel_conv_transpose``.
+class _Subpixel:
+    """``forward`` by ``subpixel_conv_transpose``; mixed into torch's ConvTranspose layers (same parameters and state dict).
 
     Only for kernel ``2 * stride`` and padding ``stride // 2`` with an even stride (FCN's upsampling layers).
     """
@@ -137,13 +137,12 @@ class SubpixelConvTranspose3d(nn.ConvTranspose3d):
         return subpixel_conv_transpose(x, self.weight, self.bias, self.stride[0])
 
 
-class SubpixelConvTranspose2d(nn.ConvTranspose2d):
-    """The 2D ``SubpixelConvTranspose3d``."""
+class SubpixelConvTranspose3d(_Subpixel, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` computed as a sub-pixel convolution."""
 
-    def forward(self, x, output_size=None):
-        if output_size is not None:  # pragma: no cover - never used by medseg's models
-            return super().forward(x, output_size)
-        return subpixel_conv_transpose(x, self.weight, self.bias, self.stride[0])
+
+class SubpixelConvTranspose2d(_Subpixel, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` computed as a sub-pixel convolution."""
 
 
 def _linear_kernel(k: int, factor: int, spatial_dims: int) -> torch.Tensor:
@@ -163,6 +162,18 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
+def pad_to_multiples(x: torch.Tensor, divisors) -> torch.Tensor:
+    """``x`` zero-padded at the far end of each spatial axis to a multiple of that axis's divisor (``x`` itself when it is one)."""
+    size = x.shape[2:]
+    target = [int(math.ceil(s / d) * d) for s, d in zip(size, divisors)]
+    if list(size) == target:
+        return x
+    pad = []
+    for s, t in zip(reversed(size), reversed(target)):
+        pad += [0, t - s]
+    return F.pad(x, pad)
+
+
 class PadToDivisor(nn.Module):
     """Base for networks that need sizes divisible by ``self.divisor``: pads the input with zeros and crops the output.
 
@@ -174,14 +185,9 @@ class PadToDivisor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        target = [int(math.ceil(s / self.divisor) * self.divisor) for s in size]
-        if list(size) == target:
-            return self._forward(x)
-        pad = []
-        for s, t in zip(reversed(size), reversed(target)):
-            pad += [0, t - s]
-        y = self._forward(F.pad(x, pad))
-        return y[(slice(None), slice(None), *(slice(0, s) for s in size))]
+        padded = pad_to_multiples(x, [self.divisor] * len(size))
+        y = self._forward(padded)
+        return y if padded is x else y[(slice(None), slice(None), *(slice(0, s) for s in size))]
 
     def _forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError

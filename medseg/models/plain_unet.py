@@ -27,12 +27,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import MODELS
-from medseg.models._blocks import ConvNormAct, conv
+from medseg.models._blocks import ConvNormAct, conv, pad_to_multiples
 
 _NORM = ("instance", {"affine": True})
 _ACT = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
@@ -87,12 +86,7 @@ class PlainConvUNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         size = x.shape[2:]
-        target = [int(math.ceil(s / self.divisor) * self.divisor) for s in size]
-        if list(size) != target:
-            pad = []
-            for s, t in zip(reversed(size), reversed(target)):
-                pad += [0, t - s]
-            x = F.pad(x, pad)
+        x = pad_to_multiples(x, [self.divisor] * len(size))
         outs = self._forward(x, all_scales=self.deep_supervision and self.training)
         outs = [self._crop(o, size, x.shape[2:]) for o in outs]
         return outs if self.deep_supervision and self.training else outs[0]

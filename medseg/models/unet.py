@@ -18,12 +18,11 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models import MODELS
-from medseg.models._blocks import ConvNormAct, DoubleConv, PadToDivisor, conv, max_pool, up_conv
+from medseg.models._blocks import ConvNormAct, DoubleConv, PadToDivisor, conv, max_pool, pad_to_multiples, up_conv
 
 
 class AttentionGate(nn.Module):
@@ -126,14 +125,9 @@ def _padded_monai_unet():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             size = x.shape[2:]
-            target = [int(math.ceil(n / d) * d) for n, d in zip(size, self.divisors(len(size)))]
-            if list(size) == target:
-                return super().forward(x)
-            pad = []
-            for n, t in zip(reversed(size), reversed(target)):
-                pad += [0, t - n]
-            y = super().forward(F.pad(x, pad))
-            return y[(slice(None), slice(None), *(slice(0, n) for n in size))]
+            padded = pad_to_multiples(x, self.divisors(len(size)))
+            y = super().forward(padded)
+            return y if padded is x else y[(slice(None), slice(None), *(slice(0, n) for n in size))]
 
     return PaddedUNet
 
