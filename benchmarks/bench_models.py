@@ -47,6 +47,8 @@ RUNS = {
     "deeplabv3": "deeplabv3_small",
     "deeplabv3plus": "deeplabv3plus_small",
 }
+#: issue 12's comparison: every family within this much mean Dice of the best one trained in the same run
+BEST_MARGIN = 0.05
 #: Dice floors (8 cases, 60 epochs), about 0.07-0.1 under each measured value, so a regression fails the
 #: script and run-to-run noise does not. Measured best validation Dice, 2026-11-30
 #: (benchmarks/results/2026-11-30_models_60_epochs.txt; shared CPU): unet 0.946, unet_plain 0.952,
@@ -179,12 +181,17 @@ def main(argv=None) -> int:
         })
         print(json.dumps(rows[-1]), flush=True)
     table_df = pd.DataFrame(rows)
+    table_df.insert(table_df.columns.get_loc("dice") + 1, "vs_best", (table_df["dice"] - table_df["dice"].max()).round(3))
     tc = config.training
     budget = f"{args.minutes:g} minutes per family" if args.minutes else f"{args.epochs} epochs"
     print(f"\n{args.cases} phantom cases ({n_train} training), {budget} of {iterations} iterations, CPU threads {torch.get_num_threads()}, "
           f"patch {'x'.join(map(str, tc.patch_size))} batch {tc.batch_size}; "
           f"CRF on validation grids of ~{crf['voxels']:,} voxels")
     print(table_df.to_string(index=False))
+    best = table_df.loc[table_df["dice"].idxmax()]
+    near = table_df["vs_best"] >= -BEST_MARGIN
+    print(f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.3f}): {', '.join(table_df.loc[near, 'model'])}"
+          + (f"; further: {', '.join(table_df.loc[~near, 'model'])}" if (~near).any() else ""))
     missed = table_df[table_df["dice"] < table_df["floor"]]
     if len(missed):
         print(f"below the Dice floor: {', '.join(missed['model'])}")
