@@ -14,7 +14,8 @@ Plan:
 - intensity: CT -> clip to the foreground's 0.5/99.5 percentiles, then z-score
   with the foreground's mean and std; MR -> z-score per image;
 - on a CPU the patch is also shrunk (largest axis first) to at most 96x96x64
-  voxels (then rounded up to the planned network's strides), one patch per step (``samples_per_image: 1``) and epochs of 50
+  voxels (then up to a multiple of the planned network's strides, down where up would break the memory budget),
+  one patch per step (``samples_per_image: 1``) and epochs of 50
   iterations (250 on a GPU, as nnU-Net), unless the base config sets them;
 - network: when the base config names none (or ``unet`` without options), MONAI's
   residual U-Net as deep as the patch allows (halving until ~4 voxels, 2-5 levels),
@@ -111,28 +112,32 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
     spacing = np.maximum(spacing, min_spacing)
     median_vox = np.array(fp["shape_median"]) * np.array(fp["spacing_median"]) / spacing
     patch = np.minimum(np.maximum(np.ceil(median_vox / divisor) * divisor, divisor), 128).astype(int)
-    net_divisor = divisor
     model = cfg.setdefault("model", {})
-    if model.get("name", "unet") == "unet" and not model.get("kwargs"):
-        # no network chosen: MONAI's residual U-Net, as deep as the patch allows (nnU-Net: down-sample until the
-        # feature map is ~4 voxels), 16 features doubling per level up to 256, two residual units per level
-        depth = int(np.clip(np.floor(np.log2(patch.min() / 4)), 2, 5))
-        model.update(name="unet", kwargs={"channels": [min(16 * 2**i, 256) for i in range(depth + 1)], "strides": [2] * depth,
-                                          "num_res_units": 2})
-        net_divisor = 2**depth
-    width = int((cfg.get("model", {}).get("kwargs", {}).get("channels") or [16])[0])
+    default_net = model.get("name", "unet") == "unet" and not model.get("kwargs")
+    width = 16 if default_net else int(((model.get("kwargs") or {}).get("channels") or [16])[0])
     if gpu is None:
         import torch
 
         gpu = torch.cuda.is_available()
     batch = 2 if gpu else 1
     budget = memory_gb * 2**30
-    while batch * np.prod(patch) * width * _BYTES_PER_VOXEL_PER_CHANNEL > budget and patch.max() > divisor:
+
+    def fits(p) -> bool:
+        return batch * np.prod(p) * width * _BYTES_PER_VOXEL_PER_CHANNEL <= budget
+
+    while not fits(patch) and patch.max() > divisor:
         patch[int(np.argmax(patch))] -= divisor
     while not gpu and np.prod(patch) > _CPU_PATCH_VOXELS and patch.max() > divisor:  # CPU: steps, not context, are scarce
         patch[int(np.argmax(patch))] -= divisor
-    if net_divisor > divisor:  # sized in steps of the base divisor, then up to the planned network's strides (<= 128)
-        patch = np.minimum(np.ceil(patch / net_divisor) * net_divisor, 128 // net_divisor * net_divisor).astype(int)
+    if default_net:
+        # no network chosen: MONAI's residual U-Net, as deep as the patch allows (nnU-Net: down-sample until the
+        # feature map is ~4 voxels), 16 features doubling per level up to 256, two residual units per level
+        depth = int(np.clip(np.floor(np.log2(patch.min() / 4)), 2, 5))
+        model.update(name="unet", kwargs={"channels": [min(16 * 2**i, 256) for i in range(depth + 1)], "strides": [2] * depth,
+                                          "num_res_units": 2})
+        step = 2**depth  # the patch was sized in steps of the base divisor: now to multiples of the strides' product,
+        up = np.minimum(np.ceil(patch / step) * step, 128 // step * step)  # up (<= 128) unless that breaks the memory budget
+        patch = (up if fits(up) else np.maximum(np.floor(patch / step) * step, step)).astype(int)
     pre = cfg.setdefault("preprocessing", {})
     pre["spacing"] = [round(float(s), 3) for s in spacing]
     from medseg.transforms.intensity import get_scheme, scheme_for_modality

@@ -117,3 +117,20 @@ def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
     base = {"training": {"iterations_per_epoch": 13, "samples_per_image": 2}}  # a base config's choice is kept
     kept = plan_config(head, base=base, gpu=False)["training"]
     assert kept["iterations_per_epoch"] == 13 and kept["samples_per_image"] == 2
+
+
+@pytest.mark.parametrize("memory_gb", [0.2, 0.5, 1.0, 4.0])
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_planned_default_network_keeps_the_memory_budget_and_a_4_voxel_bottleneck(memory_gb, gpu):
+    # a 256^3 CT at 1 mm: the patch shrinks for the budget first, and the default network is chosen for the patch that is left
+    # (it used to be chosen for the unshrunk 128^3 patch: 5 levels, and rounding up to 32 broke the budget by up to 3x)
+    from medseg.training.planning import _BYTES_PER_VOXEL_PER_CHANNEL, plan_config
+
+    ct = {"spacing_median": [1.0] * 3, "spacing_p10": [1.0] * 3, "shape_median": [256, 256, 256], "modality": "CT",
+          "foreground": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0}}
+    planned = plan_config(ct, memory_gb=memory_gb, gpu=gpu)
+    patch, batch = planned["training"]["patch_size"], planned["training"]["batch_size"]
+    kw = planned["model"]["kwargs"]
+    assert batch * math.prod(patch) * kw["channels"][0] * _BYTES_PER_VOXEL_PER_CHANNEL <= memory_gb * 2**30
+    step = math.prod(kw["strides"])  # the strides' product: what patch sizes must be multiples of
+    assert all(p % step == 0 for p in patch) and min(patch) / step >= 4
