@@ -58,3 +58,29 @@ def channels_last_network(model: torch.nn.Module) -> torch.nn.Module:
 
     layout_instance_norms(model)
     return prepare_model(model, channels_last=True)
+
+
+def channels_last_training(model: torch.nn.Module, *, device: torch.device, batch_size: int, amp_dtype, world: int = 1) -> bool:
+    """Lay ``model`` out for training in channels-last with layout-keeping instance norms (in place) where that was
+    measured to pay: on a CPU, one image a step, reduced precision, one process. True when converted (the caller then
+    feeds channels-last batches). Only networks whose every instance norm has ``MIN_CHANNELS`` or more channels: under
+    that the norm falls back to the copying path and the layout costs more than it saves. Measured (bf16, batch 1):
+    nnU-Net's plain U-Net 16..256 on 80x80x96, 2 threads, 0.50 s a step against 0.66-0.86 s; on 96x96x64, one
+    thread, the FCN-8s preset 0.237 against 0.292 s, the DeepLabV3 preset 0.181 against 0.202 s, MONAI's residual
+    U-Net 16..128 0.225-0.230 against 0.230-0.237 s; the 8-channel presets (classic, attention) 10% slower, so they are
+    left alone. The parameters and their state_dict keys stay as they were (checkpoints unchanged)."""
+    if device.type != "cpu" or batch_size != 1 or amp_dtype is None or world != 1:
+        return False
+    norms = [m for m in model.modules() if isinstance(m, _INSTANCE_NORMS) and not m.track_running_stats]
+    if not norms or min(m.num_features for m in norms) < MIN_CHANNELS:
+        return False
+    layout_instance_norms(model)
+    channels_last_network(model)
+    return True
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in the channels-last layout of its rank when ``channels_last`` (else unchanged)."""
+    if channels_last and x.ndim in (4, 5):
+        return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+    return x

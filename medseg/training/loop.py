@@ -117,6 +117,7 @@ def train(
     from tqdm.auto import tqdm
 
     from medseg.checkpoint import save_checkpoint, versions
+    from medseg.inference.channels_last import channels_last_training, to_layout
     from medseg.inference.sliding_window import default_device
     from medseg.io.atomic import atomic_path, write_csv, write_json, write_text
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
@@ -177,6 +178,9 @@ def train(
     set_determinism(seed=tc.seed)  # the initial weights
     model = create_volume_model(config.model.name, spatial_dims=config.model.spatial_dims, in_channels=len(image_cols),
                                 out_channels=table.num_classes, **config.model.kwargs).to(device)
+    amp_dtype = autocast_dtype(tc.amp, device, training=True)
+    # CPU, batch 1, bf16: channels-last with layout-keeping instance norms (no copies around every norm)
+    cl = channels_last_training(model, device=device, batch_size=tc.batch_size, amp_dtype=amp_dtype, world=world)
     net = model  # the plain module: validated and saved
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -195,7 +199,6 @@ def train(
 
         adversary = AdversarialTerm(in_channels=len(image_cols), num_classes=table.num_classes, weight=tc.adversarial_weight,
                                     lr=tc.adversarial_lr, device=device)
-    amp_dtype = autocast_dtype(tc.amp, device, training=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     history, best, start, iteration, elapsed0 = [], (-1.0, 0, {}), 1, 0, 0.0
@@ -243,7 +246,7 @@ def train(
                 batches = iter(loader)
                 batch = next(batches)
             t_step = time.monotonic()
-            x, y = batch["image"].to(device), batch["label"].to(device)
+            x, y = to_layout(batch["image"].to(device), cl), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 outputs = model(x)
@@ -314,7 +317,7 @@ def train(
     run_info.update({"best_epoch": best[1], "best_val_mean_dice": best[0], "best_val_dice": best[2], "epochs_run": epoch,
                      "iterations": iteration, "seconds": round(seconds, 1), "elapsed_s": round(elapsed(), 1),
                      "budget_s": tc.max_minutes * 60 if budgeted else None,
-                     "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off"})
+                     "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": cl})
     write_json(out / "run.json", run_info)
     return result
 

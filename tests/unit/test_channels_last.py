@@ -75,3 +75,50 @@ def test_channels_last_network_keeps_the_logits_and_drops_the_norms_layout_copie
     assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in net.parameters() if p.ndim == 5)
     # each plain instance norm copies its input out of the layout and back; the layout-keeping ones do not
     assert _copies(net, xc) + 2 * 2 <= _copies(plain_cl, xc)
+
+
+def _wide_net(first: int):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, first, 3, padding=1), torch.nn.InstanceNorm3d(first, affine=True),
+                               torch.nn.LeakyReLU(0.01), torch.nn.Conv3d(first, MIN_CHANNELS, 3, padding=1),
+                               torch.nn.InstanceNorm3d(MIN_CHANNELS), torch.nn.LeakyReLU(0.01),
+                               torch.nn.Conv3d(MIN_CHANNELS, 3, 1))
+
+
+def test_channels_last_training_gives_the_same_loss_and_gradients():
+    import copy
+
+    from medseg.inference.channels_last import channels_last_training, to_layout
+
+    ref_net = _wide_net(MIN_CHANNELS)
+    net = copy.deepcopy(ref_net)
+    cpu = torch.device("cpu")
+    assert channels_last_training(net, device=cpu, batch_size=1, amp_dtype=torch.bfloat16)
+    x, y = torch.randn(1, 1, 10, 12, 14), torch.randint(0, 3, (1, 10, 12, 14))
+    losses = []
+    for model, inp in ((ref_net, x), (net, to_layout(x, True))):
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(inp), y)  # float32 here: the comparison is the layout, not bf16
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for (name, a), b in zip(ref_net.named_parameters(), net.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert net.state_dict().keys() == ref_net.state_dict().keys()
+
+
+@pytest.mark.parametrize(("first", "device", "batch", "amp", "world", "converted"), [
+    (MIN_CHANNELS, "cpu", 1, torch.bfloat16, 1, True),
+    (MIN_CHANNELS // 2, "cpu", 1, torch.bfloat16, 1, False),  # a narrow norm would take the copying path: no gain
+    (MIN_CHANNELS, "cpu", 2, torch.bfloat16, 1, False),       # batches of two: instance norm itself
+    (MIN_CHANNELS, "cpu", 1, None, 1, False),                 # float32: not measured to pay
+    (MIN_CHANNELS, "cuda", 1, torch.bfloat16, 1, False),
+    (MIN_CHANNELS, "cpu", 1, torch.bfloat16, 2, False),
+])
+def test_channels_last_training_only_where_it_was_measured_to_pay(first, device, batch, amp, world, converted):
+    from medseg.inference.channels_last import channels_last_training
+
+    net = _wide_net(first)
+    got = channels_last_training(net, device=torch.device(device), batch_size=batch, amp_dtype=amp, world=world)
+    assert got == converted
+    assert any(isinstance(m, LayoutInstanceNorm) for m in net.modules()) == converted
