@@ -66,9 +66,10 @@ def channels_last_training(model: torch.nn.Module, *, device: torch.device, batc
     feeds channels-last batches). Only networks whose every instance norm has ``MIN_CHANNELS`` or more channels: under
     that the norm falls back to the copying path and the layout costs more than it saves. Measured (bf16, batch 1):
     nnU-Net's plain U-Net 16..256 on 80x80x96, 2 threads, 0.50 s a step against 0.66-0.86 s; on 96x96x64, one
-    thread, the FCN-8s preset 0.237 against 0.292 s, the DeepLabV3 preset 0.181 against 0.202 s, MONAI's residual
-    U-Net 16..128 0.225-0.230 against 0.230-0.237 s; the 8-channel presets (classic, attention) 10% slower, so they are
-    left alone. The parameters and their state_dict keys stay as they were (checkpoints unchanged)."""
+    thread, the FCN-8s preset 0.237 against 0.292 s, the DeepLabV3 preset 0.181 against 0.202 s; the classic U-Net
+    preset (8-channel first stage) 10% slower if forced, so it is left alone, as is MONAI's residual U-Net (its last
+    up-convolution normalises the class channels; little to gain: 0.92-0.98x if forced). The parameters and their
+    state_dict keys stay as they were (checkpoints unchanged). Results: benchmarks/results/2026-12-01_training_channels_last.txt."""
     if device.type != "cpu" or batch_size != 1 or amp_dtype is None or world != 1:
         return False
     norms = [m for m in model.modules() if isinstance(m, _INSTANCE_NORMS) and not m.track_running_stats]
