@@ -1,7 +1,11 @@
 """Train every model family briefly on phantoms and print Dice, parameters and seconds per step side by side.
 
     .venv/bin/python benchmarks/bench_models.py [--cases 8] [--epochs 60] [--models unet,deeplabv3] [--work DIR]
-        [--iterations N] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}']
+        [--iterations N] [--minutes M] [--jobs 2] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}']
+
+Issue 12's comparison, every family at one wall-clock budget, on a 2-core machine (about 35 minutes):
+
+    .venv/bin/python benchmarks/bench_models.py --cases 8 --minutes 5 --iterations 6 --jobs 2
 
 Each model is trained as ``medseg train --config configs/training/phantom_demo.yaml`` with
 the model section and the ``training:`` recipe of its preset in ``configs/models`` (learning
@@ -115,7 +119,13 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every model (after the preset's), e.g. training.learning_rate=0.001")
     ap.add_argument("--kwargs", default="{}", help="JSON merged into every model's kwargs, e.g. '{\"norm\": \"instance\"}'")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="train the families in this many processes at once, one CPU thread each (the families dealt out in "
+                         "turn), and print one table over all of them; 1: one after the other in this process")
+    ap.add_argument("--rows-out", help=argparse.SUPPRESS)  # a --jobs worker writes its rows (JSON lines) here
     args = ap.parse_args(argv)
+    if args.jobs > 1:
+        return _run_jobs(args, argv if argv is not None else sys.argv[1:])
 
     import pandas as pd
     import torch
@@ -180,13 +190,25 @@ def main(argv=None) -> int:
             "crf_s_per_case": round(crf["crf_s_per_case"], 2),
         })
         print(json.dumps(rows[-1]), flush=True)
+        if args.rows_out:
+            with open(args.rows_out, "a") as fh:
+                fh.write(json.dumps(rows[-1]) + "\n")
+    if args.rows_out:
+        return 0
+    header = (f"\n{args.cases} phantom cases ({n_train} training), "
+              f"{f'{args.minutes:g} minutes per family' if args.minutes else f'{args.epochs} epochs'} of {iterations} iterations, "
+              f"CPU threads {torch.get_num_threads()}, patch {'x'.join(map(str, config.training.patch_size))} batch "
+              f"{config.training.batch_size}; CRF on validation grids of ~{crf['voxels']:,} voxels")
+    return _report(rows, header)
+
+
+def _report(rows: list[dict], header: str) -> int:
+    """The table over all families, each one's distance to the best, the families within ``BEST_MARGIN`` and the floors."""
+    import pandas as pd
+
     table_df = pd.DataFrame(rows)
     table_df.insert(table_df.columns.get_loc("dice") + 1, "vs_best", (table_df["dice"] - table_df["dice"].max()).round(3))
-    tc = config.training
-    budget = f"{args.minutes:g} minutes per family" if args.minutes else f"{args.epochs} epochs"
-    print(f"\n{args.cases} phantom cases ({n_train} training), {budget} of {iterations} iterations, CPU threads {torch.get_num_threads()}, "
-          f"patch {'x'.join(map(str, tc.patch_size))} batch {tc.batch_size}; "
-          f"CRF on validation grids of ~{crf['voxels']:,} voxels")
+    print(header)
     print(table_df.to_string(index=False))
     best = table_df.loc[table_df["dice"].idxmax()]
     near = table_df["vs_best"] >= -BEST_MARGIN
@@ -197,6 +219,49 @@ def main(argv=None) -> int:
         print(f"below the Dice floor: {', '.join(missed['model'])}")
         return 1
     return 0
+
+
+def _run_jobs(args, argv: list[str]) -> int:
+    """``--jobs N``: N worker processes of this script (one thread each) share the families out in turn and write their
+    rows to files; then one table over all of them, so every family is compared with the best of the whole run."""
+    import os
+    import subprocess
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_models_"))
+    manifest = work / "cohort" / "manifest.csv"
+    if not manifest.exists():  # once, before the workers start (they would race to write it)
+        from medseg.phantoms import write_cohort
+
+        write_cohort(work / "cohort", args.cases, seed=0)
+    keep, skip = [], False
+    for a in argv:  # the worker command line: this one without --jobs/--models/--work
+        if skip:
+            skip = False
+            continue
+        if a in ("--jobs", "--models", "--work", "--rows-out"):
+            skip = True
+            continue
+        if not a.startswith(("--jobs=", "--models=", "--work=", "--rows-out=")):
+            keep.append(a)
+    procs, outs = [], []
+    for j in range(min(args.jobs, len(models))):
+        share = models[j::args.jobs]
+        out = work / f"rows_{j}.jsonl"
+        out.unlink(missing_ok=True)
+        outs.append(out)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, __file__, *keep, "--models", ",".join(share), "--work", str(work),
+                                       "--rows-out", str(out)], env=env))
+    codes = [p.wait() for p in procs]
+    rows = [json.loads(line) for out in outs if out.exists() for line in out.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: models.index(r["model"]))
+    if any(codes) or len(rows) != len(models):
+        print(f"a worker failed (exit codes {codes}); rows for {[r['model'] for r in rows]} of {models}", file=sys.stderr)
+        return 2
+    budget = f"{args.minutes:g} minutes per family" if args.minutes else f"{args.epochs} epochs"
+    return _report(rows, f"\n{args.cases} phantom cases, {budget}, {len(procs)} processes at once of 1 CPU thread each "
+                         "(patch and batch: configs/training/phantom_demo.yaml)")
 
 
 if __name__ == "__main__":
