@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from medseg.inference.channels_last import channels_last_training, to_layout
+    from medseg.inference.channels_last import channels_last_training
+    from medseg.inference.sliding_window import to_layout
     from medseg.models import create_model
     from medseg.models.presets import load_model_preset
 

@@ -75,13 +75,5 @@ def channels_last_training(model: torch.nn.Module, *, device: torch.device, batc
     norms = [m for m in model.modules() if isinstance(m, _INSTANCE_NORMS) and not m.track_running_stats]
     if not norms or min(m.num_features for m in norms) < MIN_CHANNELS:
         return False
-    layout_instance_norms(model)
     channels_last_network(model)
     return True
-
-
-def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``x`` in the channels-last layout of its rank when ``channels_last`` (else unchanged)."""
-    if channels_last and x.ndim in (4, 5):
-        return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
-    return x

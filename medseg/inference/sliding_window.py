@@ -45,8 +45,7 @@ class WindowRunner:
         self.windows_skipped = 0
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.ndim in (4, 5):
-            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+        x = to_layout(x, self.channels_last)
         if self.amp_dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=self.amp_dtype):
                 return self.model(x).float()
@@ -67,6 +66,13 @@ class WindowRunner:
         if n_keep:
             out[keep] = self._forward(x[keep])
         return out
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in the channels-last layout of its rank (2D or 3D images) when ``channels_last``, else unchanged."""
+    if channels_last and x.ndim in (4, 5):
+        return x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+    return x
 
 
 def prepare_model(model, *, channels_last: bool):

@@ -117,8 +117,8 @@ def train(
     from tqdm.auto import tqdm
 
     from medseg.checkpoint import save_checkpoint, versions
-    from medseg.inference.channels_last import channels_last_training, to_layout
-    from medseg.inference.sliding_window import default_device
+    from medseg.inference.channels_last import channels_last_training
+    from medseg.inference.sliding_window import default_device, to_layout
     from medseg.io.atomic import atomic_path, write_csv, write_json, write_text
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_volume_model

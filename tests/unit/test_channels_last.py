@@ -88,7 +88,8 @@ def _wide_net(first: int):
 def test_channels_last_training_gives_the_same_loss_and_gradients():
     import copy
 
-    from medseg.inference.channels_last import channels_last_training, to_layout
+    from medseg.inference.channels_last import channels_last_training
+    from medseg.inference.sliding_window import to_layout
 
     ref_net = _wide_net(MIN_CHANNELS)
     net = copy.deepcopy(ref_net)

@@ -256,9 +256,10 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
     ``cast_weights``: the network's weights are already in ``amp_dtype``; the input is cast to it (no autocast)."""
     import torch
 
+    from medseg.inference.sliding_window import to_layout
+
     def run(t):
-        if channels_last and t.ndim in (4, 5):
-            t = t.contiguous(memory_format=torch.channels_last_3d if t.ndim == 5 else torch.channels_last)
+        t = to_layout(t, channels_last)
         if amp_dtype is None:
             out = net(t)
         elif cast_weights:
