@@ -1,17 +1,18 @@
 """Train every model family briefly on phantoms and print Dice, parameters and seconds per step side by side.
 
-    .venv/bin/python benchmarks/bench_models.py [--cases 8] [--epochs 60] [--models unet,deeplabv3] [--work DIR]
-        [--iterations N] [--minutes M] [--jobs 2] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}']
+    .venv/bin/python benchmarks/bench_models.py [--cases 8] [--minutes 10 | --minutes 0 --epochs 60] [--models unet,deeplabv3]
+        [--work DIR] [--iterations N] [--jobs 2] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}']
 
-Issue 12's comparison, every family at one wall-clock budget, on a 2-core machine (about 35 minutes):
+Issue 12's comparison, every family at one wall-clock budget (the defaults: 10 minutes each, two families at a time),
+on a 2-core machine about 55 minutes (benchmarks/results/2026-12-02_models_all_families_10min.txt):
 
-    .venv/bin/python benchmarks/bench_models.py --cases 8 --minutes 5 --iterations 6 --jobs 2
+    .venv/bin/python benchmarks/bench_models.py --cases 8 --minutes 10 --iterations 6 --jobs 2
 
 Each model is trained as ``medseg train --config configs/training/phantom_demo.yaml`` with
 the model section and the ``training:`` recipe of its preset in ``configs/models`` (learning
 rate, optimizer; ``unet`` at the demo config's own width and recipe) would be: same cases,
-same seed, same budget (``--epochs`` epochs of ``--iterations`` steps, by default one step per
-training case). ``--set`` / ``--kwargs`` apply one change to every model, for controlled
+same seed, same budget (``--minutes`` of wall clock each, or with ``--minutes 0`` ``--epochs`` epochs of
+``--iterations`` steps, by default one step per training case). ``--set`` / ``--kwargs`` apply one change to every model, for controlled
 experiments (benchmarks/results/2026-11-30_models_diagnosis.txt). Reported per model:
 
 - ``dice``: best mean validation Dice over the foreground structures (held-out phantoms);
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -110,18 +112,19 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--iterations", type=int, default=0,
                     help="optimizer steps per epoch (training.iterations_per_epoch); default: the number of training cases")
-    ap.add_argument("--minutes", type=float, default=0.0,
-                    help="a wall-clock budget per family instead of --epochs (training.max_minutes: the schedule runs on "
-                         "the budget, so a cheaper network takes more steps); compare families only within one run")
+    ap.add_argument("--minutes", type=float, default=10.0,
+                    help="a wall-clock budget per family (training.max_minutes: the schedule runs on the budget, so a cheaper "
+                         "network takes more steps); compare families only within one run; 0: --epochs instead")
     ap.add_argument("--models", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--crf", default="{}", help="JSON kwargs for crf_refine, e.g. '{\"iterations\": 5}'")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every model (after the preset's), e.g. training.learning_rate=0.001")
     ap.add_argument("--kwargs", default="{}", help="JSON merged into every model's kwargs, e.g. '{\"norm\": \"instance\"}'")
-    ap.add_argument("--jobs", type=int, default=1,
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="train the families in this many processes at once, one CPU thread each (the families dealt out in "
-                         "turn), and print one table over all of them; 1: one after the other in this process")
+                         "turn), and print one table over all of them; 1: one after the other in this process (default: 2 "
+                         "where there are 2 CPUs)")
     ap.add_argument("--rows-out", help=argparse.SUPPRESS)  # a --jobs worker writes its rows (JSON lines) here
     args = ap.parse_args(argv)
     if args.jobs > 1:
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
             "preset": preset or "config",
             "lr": tc.learning_rate,
             "optim": tc.optimizer,
-            "dice": round(result.best_mean_dice, 3),
+            "dice": round(result.best_mean_dice, 4),  # 4 places: the margin is judged on them
             "steps": int(hist["iterations"].iloc[-1]) if "iterations" in hist else len(hist) * steps,
             "loss_end": round(float(hist["loss"].iloc[-1]), 3),
             "floor": FLOORS[name],
@@ -207,12 +210,12 @@ def _report(rows: list[dict], header: str) -> int:
     import pandas as pd
 
     table_df = pd.DataFrame(rows)
-    table_df.insert(table_df.columns.get_loc("dice") + 1, "vs_best", (table_df["dice"] - table_df["dice"].max()).round(3))
+    table_df.insert(table_df.columns.get_loc("dice") + 1, "vs_best", (table_df["dice"] - table_df["dice"].max()).round(4))
     print(header)
     print(table_df.to_string(index=False))
     best = table_df.loc[table_df["dice"].idxmax()]
     near = table_df["vs_best"] >= -BEST_MARGIN
-    print(f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.3f}): {', '.join(table_df.loc[near, 'model'])}"
+    print(f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.4f}): {', '.join(table_df.loc[near, 'model'])}"
           + (f"; further: {', '.join(table_df.loc[~near, 'model'])}" if (~near).any() else ""))
     missed = table_df[table_df["dice"] < table_df["floor"]]
     if len(missed):
@@ -224,7 +227,6 @@ def _report(rows: list[dict], header: str) -> int:
 def _run_jobs(args, argv: list[str]) -> int:
     """``--jobs N``: N worker processes of this script (one thread each) share the families out in turn and write their
     rows to files; then one table over all of them, so every family is compared with the best of the whole run."""
-    import os
     import subprocess
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
