@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                          "where there are 2 CPUs)")
     ap.add_argument("--rows-out", help=argparse.SUPPRESS)  # a --jobs worker writes its rows (JSON lines) here
     args = ap.parse_args(argv)
-    if args.jobs > 1:
+    if args.jobs > 1 and not args.rows_out:  # a worker (--rows-out) trains its share itself
         return _run_jobs(args, argv if argv is not None else sys.argv[1:])
 
     import pandas as pd
@@ -253,7 +253,7 @@ def _run_jobs(args, argv: list[str]) -> int:
         out.unlink(missing_ok=True)
         outs.append(out)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, __file__, *keep, "--models", ",".join(share), "--work", str(work),
+        procs.append(subprocess.Popen([sys.executable, __file__, *keep, "--jobs", "1", "--models", ",".join(share), "--work", str(work),
                                        "--rows-out", str(out)], env=env))
     codes = [p.wait() for p in procs]
     rows = [json.loads(line) for out in outs if out.exists() for line in out.read_text().splitlines() if line.strip()]
