@@ -11,9 +11,9 @@ on a 2-core machine about 55 minutes (benchmarks/results/2026-12-02_models_all_f
 Each model is trained as ``medseg train --config configs/training/phantom_demo.yaml`` with
 the model section and the ``training:`` recipe of its preset in ``configs/models`` (learning
 rate, optimizer; ``unet`` at the demo config's own width and recipe) would be: same cases,
-same seed, same budget (``--minutes`` of wall clock each, or with ``--minutes 0`` ``--epochs`` epochs of
-``--iterations`` steps, by default one step per training case). ``--set`` / ``--kwargs`` apply one change to every model, for controlled
-experiments (benchmarks/results/2026-11-30_models_diagnosis.txt). Reported per model:
+same seed, same budget (``--minutes`` of wall clock each, or with ``--minutes 0`` ``--epochs``
+epochs of ``--iterations`` steps, by default one step per training case). ``--set`` / ``--kwargs``
+apply one change to every model, for controlled experiments (benchmarks/results/2026-11-30_models_diagnosis.txt). Reported per model:
 
 - ``dice``: best mean validation Dice over the foreground structures (held-out phantoms);
 - ``loss_end``: the last epoch's mean training loss (with deep supervision, the weighted sum over scales);
@@ -199,10 +199,14 @@ def main(argv=None) -> int:
     if args.rows_out:
         return 0
     header = (f"\n{args.cases} phantom cases ({n_train} training), "
-              f"{f'{args.minutes:g} minutes per family' if args.minutes else f'{args.epochs} epochs'} of {iterations} iterations, "
+              f"{_budget(args)} of {iterations} iterations, "
               f"CPU threads {torch.get_num_threads()}, patch {'x'.join(map(str, config.training.patch_size))} batch "
               f"{config.training.batch_size}; CRF on validation grids of ~{crf['voxels']:,} voxels")
     return _report(rows, header)
+
+
+def _budget(args) -> str:
+    return f"{args.minutes:g} minutes per family" if args.minutes else f"{args.epochs} epochs"
 
 
 def _report(rows: list[dict], header: str) -> int:
@@ -258,12 +262,15 @@ def _run_jobs(args, argv: list[str]) -> int:
     codes = [p.wait() for p in procs]
     rows = [json.loads(line) for out in outs if out.exists() for line in out.read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: models.index(r["model"]))
-    if any(codes) or len(rows) != len(models):
-        print(f"a worker failed (exit codes {codes}); rows for {[r['model'] for r in rows]} of {models}", file=sys.stderr)
+    failed = any(codes) or len(rows) != len(models)
+    status = _report(rows, f"\n{args.cases} phantom cases, {_budget(args)}, {len(procs)} processes at once of 1 CPU thread each "
+                           "(patch and batch: configs/training/phantom_demo.yaml)" + (" - INCOMPLETE" if failed else "")) if rows else 2
+    if failed:  # the families that finished are still reported above (their runs are under --work)
+        done = [r["model"] for r in rows]
+        print(f"a worker failed (exit codes {codes}): no row for {', '.join(m for m in models if m not in done)}; "
+              f"see its output above", file=sys.stderr)
         return 2
-    budget = f"{args.minutes:g} minutes per family" if args.minutes else f"{args.epochs} epochs"
-    return _report(rows, f"\n{args.cases} phantom cases, {budget}, {len(procs)} processes at once of 1 CPU thread each "
-                         "(patch and batch: configs/training/phantom_demo.yaml)")
+    return status
 
 
 if __name__ == "__main__":
