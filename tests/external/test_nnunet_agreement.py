@@ -5,7 +5,7 @@ The models: nnU-Net's planner and trainer on five anisotropic CT phantoms
 and 1 and 2d fold 0, one epoch of two iterations each (tests/external/nnunet_fixture.py).
 Built once per test session. Compared on a held-out phantom: the preprocessed array, the
 logits, the probabilities and the label map, and the names ``medseg predict``
-writes.
+writes. The fixtures are in tests/external/conftest.py.
 """
 
 from __future__ import annotations
@@ -22,32 +22,6 @@ nnunetv2 = pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (te
                                                   "or nnunetv2 --no-deps next to the pinned torch)")
 
 pytestmark = pytest.mark.slow
-FIXTURE = Path(__file__).with_name("nnunet_fixture.py")
-
-
-@pytest.fixture(scope="session")
-def nnunet_model(tmp_path_factory):
-    """Built once per session (about 2 min on 2 cores). ``MEDSEG_NNUNET_FIXTURE=DIR`` reuses (or builds once
-    into) ``DIR`` across sessions."""
-    import os
-
-    cached = os.environ.get("MEDSEG_NNUNET_FIXTURE")
-    if cached:
-        from importlib.util import module_from_spec, spec_from_file_location
-
-        spec = spec_from_file_location("nnunet_fixture", FIXTURE)
-        fx = module_from_spec(spec)
-        spec.loader.exec_module(fx)
-        folder = Path(cached) / "results" / fx.MODEL_DIR
-        if (folder / "fold_1" / "checkpoint_final.pth").is_file() and \
-                (Path(cached) / "results" / fx.MODEL_DIR_2D / "fold_0" / "checkpoint_final.pth").is_file():
-            return folder, Path(cached) / "test" / "case_0000.nii.gz"
-    root = Path(cached) if cached else tmp_path_factory.mktemp("nnunet")
-    r = subprocess.run([sys.executable, str(FIXTURE), str(root), "0", "1"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    folder = Path(r.stdout.strip().splitlines()[-1])
-    assert (folder / "fold_0" / "checkpoint_final.pth").is_file() and (folder / "fold_1" / "checkpoint_final.pth").is_file()
-    return folder, root / "test" / "case_0000.nii.gz"
 
 
 def _reference(folder: Path, image, folds=None) -> dict:
@@ -153,20 +127,6 @@ def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp
     dataset = json.loads((folder / "dataset.json").read_text())
     assert names == [k for k in dataset["labels"] if k != "background"]
     assert side["model"]["format"] == "nnunetv2" and side["model"]["folds"] == ["1"]
-
-
-@pytest.fixture(scope="session")
-def nnunet_mr_model(tmp_path_factory):
-    """Two MR-like channels with zero background and region labels (nnunet_fixture.build_mr), fold 'all'."""
-    import os
-
-    cached = os.environ.get("MEDSEG_NNUNET_FIXTURE")
-    root = Path(cached) if cached else tmp_path_factory.mktemp("nnunet_mr")
-    folder = root / "results" / "Dataset502_PhantomMR" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
-        r = subprocess.run([sys.executable, str(FIXTURE), str(root), "mr"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
-    return folder, [root / "test_mr" / f"case_{c:04d}.nii.gz" for c in (0, 1)]
 
 
 def test_mr_two_channels_masked_zscore_and_regions_match_nnunet(nnunet_mr_model):

@@ -273,17 +273,3 @@ def test_fast_preset_keeps_labels_on_nnunet_models(which, request):
     # labels 2 to 4 structures, depending on the build
     assert agree >= 0.99, (agree, dice)
     assert fast.meta["windows_run"] >= 1
-
-
-@pytest.fixture(scope="session")
-def nnunet_model(tmp_path_factory):
-    from test_nnunet_agreement import nnunet_model as build
-
-    return build.__wrapped__(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def nnunet_mr_model(tmp_path_factory):
-    from test_nnunet_agreement import nnunet_mr_model as build
-
-    return build.__wrapped__(tmp_path_factory)

@@ -306,14 +306,11 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_part_task_from_models_trained_by_nnunet(tmp_path):
+def test_two_part_task_from_models_trained_by_nnunet(tmp_path, request):
     """TotalSegmentator's two-part MR layout (datasets 850, 851) made of the models nnU-Net trains in
-    tests/external/nnunet_fixture.py (folds 0 and 1: other weights), each part with its own label names.
-    Uses the fixture cached in ``MEDSEG_NNUNET_FIXTURE`` (built there once, shared with test_nnunet_agreement)."""
-    import os
+    tests/external/nnunet_fixture.py (folds 0 and 1: other weights), each part with its own label names
+    (the session's fixture, tests/external/conftest.py, shared with test_nnunet_agreement)."""
     import shutil
-    import subprocess
-    import sys
 
     pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
     import nibabel as nib
@@ -321,14 +318,7 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path):
     from medseg.inference.predictor import Predictor
     from medseg.phantoms import make_phantom
 
-    cached = os.environ.get("MEDSEG_NNUNET_FIXTURE")
-    if not cached:
-        pytest.skip("set MEDSEG_NNUNET_FIXTURE=DIR to reuse nnU-Net's trained fixture models (built once there)")
-    trained = Path(cached) / "results" / "Dataset501_Phantom" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    if not (trained / "fold_1" / "checkpoint_final.pth").is_file():
-        fixture = Path(__file__).with_name("nnunet_fixture.py")
-        r = subprocess.run([sys.executable, str(fixture), cached, "0", "1"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
+    trained = request.getfixturevalue("nnunet_model")[0]  # after the importorskip: built only where nnunetv2 is
     home = tmp_path / "totalseg_home"
     names = {850: ["liver_a", "spleen_a", "kidney_right_a", "kidney_left_a"], 851: ["liver_b", "spleen_b", "kidney_right_b", "kidney_left_b"]}
     folders = []
