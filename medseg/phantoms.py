@@ -390,7 +390,8 @@ def write_cohort(
 
     out = Path(out_dir)
     jobs = [(out, seed + n, f"{prefix}_{seed + n:04d}", split, dicom) for n in range(n_cases)]
-    workers = max(1, min(workers or min(len(os.sched_getaffinity(0)), 4), n_cases))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # Linux: the CPUs this process may use
+    workers = max(1, min(workers or min(cpus, 4), n_cases))
     if workers == 1:
         rows = [_write_case(*job) for job in jobs]
     else:
