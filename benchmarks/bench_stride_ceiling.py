@@ -11,14 +11,17 @@ whatever the training recipe. (FCN's learned upsampling can exceed the trilinear
 prints the measured family Dice beside it, from the 2026-11-30 bench_models records.)
 
 ``--head learned`` probes FCN's own head instead, a transposed convolution (kernel 2s, stride s,
-initialised to trilinear interpolation) learned together with the coarse logits. Two numbers per stride:
+initialised to trilinear interpolation). Three numbers per stride: ``fixed`` keeps the head at its
+interpolation init and fits only the logits (the head of the FCN authors' released nets, whose upsampling
+layers have ``lr_mult: 0``: the same ceiling as the trilinear one up to alignment at the edges);
 ``fit`` learns head and logits on the validation cases themselves (what the head can represent), and
 ``frozen`` learns the head with free logits on the 6 training cases, freezes it, then fits only the
-validation cases' logits (how such a head carries over to unseen cases). Neither bounds a trained FCN:
+validation cases' logits (how such a head carries over to unseen cases). ``fixed`` bounds the authors' nets; neither
+of the other two bounds an FCN whose head learns (medseg's, as the paper's text describes):
 ``fit`` reached 1.000 at strides 16 and 32, so no construction limit holds for the learned head, and a
 trained FCN-32s (0.757) beats its ``frozen`` value (2026-12-02_learned_head_probe.txt).
 
-    .venv/bin/python benchmarks/bench_stride_ceiling.py [--strides 1,4,8,16,32] [--steps 300] [--head trilinear|learned]
+    .venv/bin/python benchmarks/bench_stride_ceiling.py [--strides 1,4,8,16,32] [--steps 300] [--head trilinear|learned [--modes fixed,fit,frozen]]
 """
 
 from __future__ import annotations
@@ -86,17 +89,25 @@ def fitted_ceiling(lab: np.ndarray, stride: int, steps: int) -> list[float]:
     return _dice(lab, head, z, k)
 
 
-def learned_head(train_labs: list[np.ndarray], val_labs: list[np.ndarray], stride: int, steps: int, k: int) -> dict:
-    """Mean validation Dice of FCN's learned up-convolution: ``fit`` on the validation truth, ``frozen`` from the training truth."""
+def learned_head(train_labs: list[np.ndarray], val_labs: list[np.ndarray], stride: int, steps: int, k: int,
+                 modes=("fixed", "fit", "frozen")) -> dict:
+    """Mean validation Dice of FCN's up-convolution: ``fixed`` at its interpolation init, ``fit`` on the validation truth,
+    ``frozen`` from the training truth (see the module docstring)."""
     import torch
 
     from medseg.models._blocks import up_conv
 
     out = {}
-    for mode in ("fit", "frozen"):
+    for mode in modes:
         torch.manual_seed(0)
         head = up_conv(3, k, k, stride, bilinear_init=True)
         val = [_targets(lab, stride, k) for lab in val_labs]
+        if mode == "fixed":  # the FCN authors' released nets: upsampling kept at its interpolation init (lr_mult 0)
+            for p in head.parameters():
+                p.requires_grad_(False)
+            _fit(val, head, [[z for _, _, z in val]], steps, [0.1])
+            out[mode] = float(np.mean([np.mean(_dice(lab, head, z, k)) for lab, (_, _, z) in zip(val_labs, val)]))
+            continue
         fit_on = val if mode == "fit" else [_targets(lab, stride, k) for lab in train_labs]
         _fit(fit_on, head, [[z for _, _, z in fit_on], list(head.parameters())], steps, [0.1, 0.01])
         if mode == "frozen":
@@ -114,6 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=8, help="phantom cohort size (bench_models: 8); its validation cases are scored")
     ap.add_argument("--head", choices=("trilinear", "learned"), default="trilinear",
                     help="trilinear: interpolated logits (DeepLabV3); learned: FCN's transposed convolution, see above")
+    ap.add_argument("--modes", default="fixed,fit,frozen", help="with --head learned: which of fixed, fit, frozen to run")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -141,8 +153,8 @@ def main(argv=None) -> int:
               f"transposed-convolution head (FCN's), {args.steps} Adam steps per fit; mean validation Dice:")
         for s in strides:
             t0 = time.perf_counter()
-            r = learned_head(train_labs, val_labs, s, args.steps, k)
-            print(f"stride {s:2d}: fit {r['fit']:.3f}  frozen {r['frozen']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            r = learned_head(train_labs, val_labs, s, args.steps, k, modes=args.modes.split(","))
+            print(f"stride {s:2d}: " + "  ".join(f"{m} {v:.3f}" for m, v in r.items()) + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
         return 0
     rows = []
     for cid in val["case_id"]:
