@@ -1,7 +1,8 @@
 """Manifests from the layouts public data sets come in: nnU-Net raw and Medical Segmentation Decathlon.
 
 - nnU-Net v2 raw: ``imagesTr/<case>_0000.nii.gz`` (one file per channel:
-  ``_0001``...), ``labelsTr/<case>.nii.gz``, ``imagesTs/``, and ``dataset.json``
+  ``_0001``...), ``labelsTr/<case>.nii.gz``, ``imagesTs/`` (``labelsTs/`` when the set
+  has test labels), and ``dataset.json``
   with ``labels`` as ``{"background": 0, "liver": 1}`` and ``channel_names``.
 - Decathlon (and nnU-Net v1): ``dataset.json`` with ``training``
   (``[{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]``),
@@ -57,12 +58,14 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
             rows.append(_row(root, item if isinstance(item, str) else item["image"], "", "test", n_channels=1))
     else:  # nnU-Net v2 layout, found on disk
         ending = meta.get("file_ending", ".nii.gz")
-        for split, img_dir, lab_dir in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", None)):
+        for split, img_dir, lab_dir in (("train", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs")):
             for f in sorted((root / img_dir).glob(f"*_0000{ending}")):
                 case = f.name[: -len(f"_0000{ending}")]
                 imgs = [root / img_dir / f"{case}_{c:04d}{ending}" for c in range(len(channels))]
-                lab = root / lab_dir / f"{case}{ending}" if lab_dir else None
-                rows.append(_row(root, imgs, lab if lab is not None else "", split, n_channels=len(channels), case=case))
+                lab = root / lab_dir / f"{case}{ending}"
+                if split == "test" and not lab.is_file():  # labelsTs/ is optional: test cases are predicted, and evaluated when labelled
+                    lab = ""
+                rows.append(_row(root, imgs, lab, split, n_channels=len(channels), case=case))
     if not rows:
         raise InputError("no cases found (imagesTr/ empty and no 'training' list in dataset.json)", path=root)
     df = pd.DataFrame(rows)
@@ -84,8 +87,8 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
 
 
 def _row(root: Path, images, label, split: str, *, n_channels: int, case: str | None = None) -> dict:
-    imgs = images if isinstance(images, list) else [root / str(images).lstrip("./") if not Path(str(images)).is_absolute() else Path(images)]
-    lab = label if isinstance(label, Path) else (root / str(label).lstrip("./") if label else "")
+    imgs = images if isinstance(images, list) else [root / str(images).removeprefix("./") if not Path(str(images)).is_absolute() else Path(images)]
+    lab = label if isinstance(label, Path) else (root / str(label).removeprefix("./") if label else "")
     case = case or re.sub(r"(\.nii(\.gz)?|\.nrrd|\.mha)$", "", Path(imgs[0]).name)
     row = {"case_id": case, "image": imgs[0]}
     for c, p in enumerate(imgs[1:], start=1):

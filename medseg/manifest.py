@@ -33,7 +33,11 @@ def image_columns(df) -> list[str]:
 
 
 def read_manifest(path: str | Path, *, require_labels: bool = False, label_table=None, check_hashes: bool = True):
-    """Read a manifest; resolve paths; report every problem at once (``InputError``)."""
+    """Read a manifest; resolve paths; report every problem at once (``InputError``).
+
+    ``require_labels``: every training and validation case needs a label map; test cases may
+    have none (an nnU-Net folder's ``imagesTs/``), since they are only predicted.
+    """
     import pandas as pd
 
     p = Path(path)
@@ -64,10 +68,10 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
     cols = image_columns(df) + (["label"] if "label" in df.columns else [])
     for col in cols:
         resolved = []
-        for case, rel in zip(df["case_id"], df[col]):
+        for case, rel, split in zip(df["case_id"], df[col], df["split"]):
             if rel == "":
                 resolved.append("")
-                if col != "label" or require_labels:
+                if col != "label" or require_labels and split != "test":  # test cases need no label: they are predicted
                     problems.append(f"{case}: empty {col}")
                 continue
             f = Path(rel) if Path(rel).is_absolute() else (p.parent / rel)

@@ -79,6 +79,40 @@ def test_the_table_from_folder_wrote_is_picked_up(tmp_path):
     assert found.source.endswith("dataset.json") and found.table.names == ["grey_matter", "white_matter"]
 
 
+def test_a_folder_with_unlabelled_test_images_plans_and_reads_for_training(tmp_path):
+    """imagesTs/ without labels (nnU-Net's layout) is predicted, not trained on: plan and train take the manifest."""
+    root = tmp_path / "Dataset003_Brain"
+    for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / d).mkdir(parents=True)
+    src = _brainish(tmp_path / "raw", values_per_case=((1, 2),) * 5)
+    for i in range(5):
+        split = "Tr" if i < 3 else "Ts"
+        (root / f"images{split}" / f"b_{i:03d}_0000.nii.gz").write_bytes((src.parent / f"img{i}.nii.gz").read_bytes())
+        if i != 4:  # b_003 has a test label (labelsTs/, when a set has them), b_004 none
+            (root / f"labels{split}" / f"b_{i:03d}.nii.gz").write_bytes((src.parent / f"lab{i}.nii.gz").read_bytes())
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "gm": 1, "wm": 2},
+                                                   "numTraining": 3, "file_ending": ".nii.gz"}))
+    manifest, _ = manifest_from_folder(root, tmp_path / "m" / "brain.csv")
+    written = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("case_id")
+    assert list(written["split"]) == ["train"] * 3 + ["test"] * 2
+    assert written.loc["b_003", "label"].endswith("labelsTs/b_003.nii.gz") and written.loc["b_004", "label"] == ""
+    out, fp = plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
+    assert fp["n_cases"] == 3  # the training cases
+    table = load_config(out).label_table()
+    df = read_manifest(manifest, require_labels=True, label_table=table)  # what medseg train reads first
+    assert df.set_index("case_id").loc["b_004", "label"] == ""
+    # a training case without its label map is still refused, by name
+    (root / "labelsTr" / "b_001.nii.gz").unlink()
+    manifest, _ = manifest_from_folder(root, tmp_path / "m2" / "brain.csv")
+    with pytest.raises(InputError, match="b_001: label .*not found"):
+        read_manifest(manifest, require_labels=True, label_table=table)
+    written = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    written.loc[written.case_id == "b_001", "label"] = ""
+    written.to_csv(manifest, index=False)
+    with pytest.raises(InputError, match="b_001: empty label"):
+        read_manifest(manifest, require_labels=True)
+
+
 def test_a_table_that_disagrees_with_the_label_values_fails_before_training_with_case_ids(tmp_path):
     manifest = _brainish(tmp_path / "d", values_per_case=((1, 2), (1, 3), (1, 2)))
     (tmp_path / "labels.yaml").write_text(yaml.safe_dump({"name": "brain", "labels": [
