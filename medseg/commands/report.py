@@ -49,8 +49,10 @@ def add(sub) -> None:
     s.set_defaults(func=_report)
 
     s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)")
-    s.add_argument("--pred", nargs="+", required=True)
-    s.add_argument("--ref", nargs="+", required=True)
+    s.add_argument("--pred", nargs="+", required=True, help="predicted label maps")
+    s.add_argument("--ref", nargs="+", required=True,
+                   help="reference label maps, paired with --pred by case name (the file name; nnU-Net's _0000 channel suffix "
+                        "ignored), or in the order given when the names differ")
     s.add_argument("--label-table")
     s.add_argument("--out", required=True, help="a .csv file or a folder")
     s.add_argument("--nsd-tolerance-mm", type=float, help="tolerance of the normalised surface Dice (default 2 mm)")

@@ -7,12 +7,15 @@ live in ``volumes``, ``metrics``/``surface``, ``cohort``, ``qc`` and ``html``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 from medseg.errors import InputError
 from medseg.labels import LabelTable
+
+log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
@@ -164,6 +167,30 @@ def _safe_name(case_id: str) -> str:
     return safe_name(case_id)
 
 
+def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike]) -> list:
+    """``ref`` in the order of ``pred``'s cases when the file names name the same cases, else as given.
+
+    Shell globs sort ``case_10_0000`` before ``case_1_0000`` but ``case_1`` before ``case_10``,
+    so predictions of nnU-Net-named inputs and their references come in different orders:
+    paired by position they would give a plausible, wrong Dice. Names match exactly or after
+    nnU-Net's channel suffix (``_0000``); when they do not match one to one, the order given
+    pairs them (the documented rule, for references named otherwise).
+    """
+    import re
+
+    from medseg.io.readers import case_id_for
+
+    for key in (case_id_for, lambda f: re.sub(r"_\d{4}$", "", case_id_for(f))):
+        p_ids, r_ids = [key(f) for f in pred], [key(f) for f in ref]
+        if len(set(p_ids)) == len(p_ids) and sorted(p_ids) == sorted(r_ids):
+            by_id = dict(zip(r_ids, ref))
+            paired = [by_id[i] for i in p_ids]
+            if paired != list(ref):
+                log.info("evaluate: references paired with predictions by case name, not by the order given")
+            return paired
+    return list(ref)
+
+
 def write_metrics_report(
     *,
     pred: Sequence[PathLike],
@@ -187,6 +214,7 @@ def write_metrics_report(
 
     if len(pred) != len(ref) or not pred:
         raise InputError(f"{len(pred)} predictions and {len(ref)} references; give them in pairs, in the same order")
+    ref = paired_by_case(pred, ref)
     table = _label_table(label_table, _sidecar_of(pred[0]))
     ids = list(case_ids) if case_ids else [case_id_for(p) for p in pred]
     rows = []

@@ -102,3 +102,34 @@ def test_empty_cases_are_explicit():
     for key in ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "volume_error_pct"):
         assert np.isnan(d[key]), key
     assert d["volume_error_ml"] == 0
+
+
+def test_evaluate_pairs_references_by_case_name_not_by_glob_order(tmp_path):
+    """Predictions of nnU-Net-named inputs (case_10_0000 sorts before case_1_0000) meet references named
+    case_1, case_10: each case's Dice must come from its own reference, whatever order the globs gave."""
+    import glob
+
+    import nibabel as nib
+    import pandas as pd
+
+    from medseg.api import evaluate
+
+    (tmp_path / "pred").mkdir(), (tmp_path / "ref").mkdir()
+    for case, size in (("case_1", 4), ("case_10", 8)):  # the same cube in prediction and reference: Dice 1 when paired right
+        lab = np.zeros((16, 16, 16), np.uint8)
+        lab[2:2 + size, 2:2 + size, 2:2 + size] = 1
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "pred" / f"{case}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "ref" / f"{case}.nii.gz"))
+    pred, ref = sorted(glob.glob(str(tmp_path / "pred" / "*"))), sorted(glob.glob(str(tmp_path / "ref" / "*")))
+    assert [p.split("/")[-1][:7] for p in pred] != [r.split("/")[-1][:7] for r in ref]  # the orders differ
+    table = LabelTable(name="t", labels=[Label(1, "cube")])
+    out = evaluate(pred=pred, ref=ref, out=tmp_path / "m.csv", label_table=table, surface=False)
+    rows = pd.read_csv(out)
+    assert sorted(rows["case_id"]) == ["case_10_0000", "case_1_0000"]
+    assert rows["dice"].tolist() == [1.0, 1.0]
+    # references named otherwise keep the documented rule: paired in the order given
+    (tmp_path / "ref" / "case_1.nii.gz").rename(tmp_path / "ref" / "truth_a.nii.gz")
+    (tmp_path / "ref" / "case_10.nii.gz").rename(tmp_path / "ref" / "truth_b.nii.gz")
+    out = evaluate(pred=pred, ref=[tmp_path / "ref" / "truth_b.nii.gz", tmp_path / "ref" / "truth_a.nii.gz"],
+                   out=tmp_path / "m2.csv", label_table=table, surface=False)
+    assert pd.read_csv(out)["dice"].tolist() == [1.0, 1.0]
