@@ -106,12 +106,14 @@ def report(
     ``statistics_json``: also ``OUT/statistics/<case>.json`` in TotalSegmentator's ``statistics.json``
     format (needs ``images``; ``medseg.reporting.totalseg_stats``).
     """
-    from medseg.reporting.tables import write_volumes_report
+    from medseg.reporting.tables import paired_by_case, write_volumes_report
 
     if statistics_json and images is None:
         from medseg.errors import InputError
 
         raise InputError("--statistics-json needs --images: TotalSegmentator's statistics hold each structure's mean intensity")
+    if images is not None:  # labelsTr/case_1 with imagesTr/case_1_0000: globs sort them differently
+        images = paired_by_case(labels, images, "images")
     path = write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids, **options)
     if statistics_json:
         from medseg.io.readers import case_id_for

@@ -32,7 +32,8 @@ def _evaluate(args) -> int:
 def add(sub) -> None:
     s = sub.add_parser("report", help="volumes.csv, cohort tables, QC montages and report.html from label maps (no model needed)")
     s.add_argument("--labels", nargs="+", required=True, help="label maps (NIfTI, NRRD, MHA or DICOM folders)")
-    s.add_argument("--images", nargs="+", help="one image per label map, in the same order (for intensities and QC pictures); "
+    s.add_argument("--images", nargs="+", help="one image per label map (for intensities and QC pictures), paired by case name (nnU-Net's _0000 "
+                   "ignored), in the order given when the names differ; "
                    "an image on another grid is resampled onto the label map's (linear; --nearest)")
     s.add_argument("--label-table", help="YAML label table or a name in configs/labels (default: from the predict sidecar)")
     s.add_argument("--out", required=True, help="output folder")

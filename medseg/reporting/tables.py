@@ -167,14 +167,15 @@ def _safe_name(case_id: str) -> str:
     return safe_name(case_id)
 
 
-def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike]) -> list:
+def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike], what: str = "references") -> list:
     """``ref`` in the order of ``pred``'s cases when the file names name the same cases, else as given.
 
     Shell globs sort ``case_10_0000`` before ``case_1_0000`` but ``case_1`` before ``case_10``,
     so predictions of nnU-Net-named inputs and their references come in different orders:
     paired by position they would give a plausible, wrong Dice. Names match exactly or after
     nnU-Net's channel suffix (``_0000``); when they do not match one to one, the order given
-    pairs them (the documented rule, for references named otherwise).
+    pairs them (the documented rule, for files named otherwise). ``medseg evaluate`` pairs its
+    references this way, ``medseg report`` its images.
     """
     import re
 
@@ -186,7 +187,7 @@ def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike]) -> list:
             by_id = dict(zip(r_ids, ref))
             paired = [by_id[i] for i in p_ids]
             if paired != list(ref):
-                log.info("evaluate: references paired with predictions by case name, not by the order given")
+                log.info("%s paired with the label maps by case name, not by the order given", what)
             return paired
     return list(ref)
 

@@ -133,3 +133,25 @@ def test_evaluate_pairs_references_by_case_name_not_by_glob_order(tmp_path):
     out = evaluate(pred=pred, ref=[tmp_path / "ref" / "truth_b.nii.gz", tmp_path / "ref" / "truth_a.nii.gz"],
                    out=tmp_path / "m2.csv", label_table=table, surface=False)
     assert pd.read_csv(out)["dice"].tolist() == [1.0, 1.0]
+
+
+def test_report_pairs_images_with_label_maps_by_case_name(tmp_path):
+    """labelsTr/case_1 + imagesTr/case_1_0000: each structure's intensity comes from its own case's image."""
+    import glob
+
+    import nibabel as nib
+    import pandas as pd
+
+    from medseg.api import report
+
+    (tmp_path / "labels").mkdir(), (tmp_path / "images").mkdir()
+    for case, value in (("case_1", 10.0), ("case_10", 100.0)):
+        lab = np.zeros((12, 12, 12), np.uint8)
+        lab[3:9, 3:9, 3:9] = 1
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "labels" / f"{case}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.full((12, 12, 12), value, np.float32), np.eye(4)), str(tmp_path / "images" / f"{case}_0000.nii.gz"))
+    labels, images = sorted(glob.glob(str(tmp_path / "labels" / "*"))), sorted(glob.glob(str(tmp_path / "images" / "*")))
+    out = report(labels=labels, images=images, out=tmp_path / "rep", label_table=LabelTable(name="t", labels=[Label(1, "cube")]),
+                 qc=False, html=False)
+    rows = pd.read_csv(out).set_index("case_id")
+    assert rows.loc["case_1", "intensity_mean"] == 10.0 and rows.loc["case_10", "intensity_mean"] == 100.0
