@@ -38,8 +38,12 @@ def train(
     epochs: int | None = None,
     max_minutes: float | None = None,
     nproc: int = 1,
+    labels=None,
 ):
     """Train a model from a YAML config and a data manifest; returns a ``TrainResult``.
+
+    ``labels`` (a ``LabelTable`` or a table file) replaces the config's label table: the
+    ``train_and_evaluate`` pipeline passes the data set's own.
 
     ``resume`` continues the run in ``out`` (same config) after its last finished
     epoch; ``fold`` validates on the manifest's cases of that fold; ``epochs`` and
@@ -56,7 +60,13 @@ def train(
     if max_minutes is not None:
         overrides.append(f"training.max_minutes={float(max_minutes)}")
     cfg = load_config(config, overrides=overrides)
-    table = cfg.label_table(base=Path(config).parent)
+    if labels is None:
+        table = cfg.label_table(base=Path(config).parent)
+    else:
+        from medseg.labels import LabelTable
+
+        table = labels if isinstance(labels, LabelTable) else LabelTable.from_yaml(labels)
+        cfg.labels = table.to_dict()  # the run's config.yaml and checkpoint name the table trained with
     return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device, resume=resume, fold=fold,
                   nproc=nproc)
 

@@ -210,10 +210,11 @@ def _dataset_json_candidates(manifest: Path, df) -> list[Path]:
 
 
 def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None = None,
-                       values: dict[str, set[int]] | None = None) -> FoundTable:
+                       values: dict[str, set[int]] | None = None, fallback: bool = True) -> FoundTable | None:
     """The label table for the manifest's data set (see the module docstring for the order).
 
     ``values`` (``label_values(df)``, when the caller already has it) saves reading the label maps again.
+    ``fallback=False``: ``None`` instead of naming the values ``label_1``... when the data set has no table.
     """
     from medseg.config import resolve_label_table_path
 
@@ -238,6 +239,8 @@ def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None 
     for p in beside:
         if p.name.lower().endswith(".seg.nrrd"):
             return FoundTable(read_seg_nrrd_names(p), str(p))
+    if not fallback:
+        return None
     name = clean_name(manifest.stem, 0)
     table = table_from_values(values if values is not None else label_values(df), name)
     log.warning("no label table found for %s: the structures are named %s from the values in the label maps; name them with "

@@ -70,6 +70,34 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def data_label_table(manifest: Path, config: str, overrides: list[str]):
+    """The table the pipeline trains with: the data set's own (as ``medseg plan`` finds it), never the recipe's.
+
+    A training recipe is shared between data sets (``phantom_demo`` names the phantoms' table), so a
+    table found with the data (the one ``from-folder`` wrote, ``dataset.json``, ``labels.csv``...) wins
+    over the recipe's, with a warning when they differ. Without one, the recipe's table is used when it
+    has one (checked against the label values before training), else the values are named ``label_N``.
+    """
+    from medseg.config import load_config
+    from medseg.label_sources import table_for_manifest
+    from medseg.manifest import read_manifest
+
+    df = read_manifest(manifest, require_labels=True)
+    found = table_for_manifest(manifest, df, fallback=False)
+    cfg = load_config(config, overrides=overrides)
+    recipe = cfg.label_table(base=Path(config).parent) if cfg.labels not in (None, "") else None
+    if found is None:
+        return recipe if recipe is not None else table_for_manifest(manifest, df).table
+    if recipe is not None and _entries(recipe) != _entries(found.table):
+        log.warning("train: the label table of %s (%s) is not used: the data set's, from %s, is (%s)", Path(config).name,
+                    ", ".join(recipe.names), found.source, ", ".join(found.table.names))
+    return found.table
+
+
+def _entries(table) -> list[tuple[int, str]]:
+    return [(lab.index, lab.name) for lab in table.labels]
+
+
 def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool, device) -> Path:
     """Train once per run into ``RUN_DIR/train/``; returns the best checkpoint."""
     from medseg import api
@@ -79,7 +107,9 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     overrides = _flatten(st.overrides)
     if plan_result and plan_result.get("spacing_choice") == "median":
         overrides.insert(0, f"preprocessing.spacing={plan_result['median_spacing_mm']}")
-    sha = _sha({"config": Path(st.config).read_text(), "overrides": overrides, "manifest": manifest_sha256(manifest)})
+    table = data_label_table(manifest, st.config, overrides)
+    sha = _sha({"config": Path(st.config).read_text(), "overrides": overrides, "manifest": manifest_sha256(manifest),
+                "labels": table.to_dict()})
     rec = _current(rd, "_train", sha)
     if rec:
         log.info("train: already done (%s)", rec["outputs"]["checkpoint"])
@@ -91,7 +121,7 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     resume = (train_dir / "state.pt").exists()
     try:  # a train stage killed midway continues after its last finished epoch
         result = api.train(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
-                           progress=progress, device=device, resume=resume)
+                           progress=progress, device=device, resume=resume, labels=table)
     except ConfigError as exc:
         if not (resume and "another config" in str(exc)):
             raise
@@ -100,7 +130,7 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
         log.info("train: settings changed since the interrupted training; starting it again")
         shutil.rmtree(train_dir)
         result = api.train(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
-                           progress=progress, device=device)
+                           progress=progress, device=device, labels=table)
     ckpt = Path(result.best_checkpoint)
     rd.write_state("_train", {"status": "done", "config_sha256": sha, "seconds": round(time.monotonic() - t0, 3),
                               "finished": now(), "best_epoch": result.best_epoch,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from medseg.cli import main
 
@@ -25,6 +26,10 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
         write_label_map(ph.labels, tmp_path / "lab" / f"p{i}.nii.gz")
         rows.append({"case_id": f"p{i}", "image": f"img/p{i}.nii.gz", "label": f"lab/p{i}.nii.gz", "split": split})
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    # the data set's own table (as from-folder writes it) names the values otherwise than the recipe (phantom_demo's
+    # abdomen_phantom): outputs must carry the data's names, never the recipe's
+    ours = [{"index": lab.index, "name": f"structure_{lab.index}"} for lab in PHANTOM_LABELS.labels]
+    (tmp_path / "manifest_labels.yaml").write_text(yaml.safe_dump({"name": "ours", "labels": ours}))
     args = ["run", PIPELINE, "--input", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "run"), "--no-progress",
             "--set", "train.overrides.training.epochs=1", "--set", "train.overrides.training.val_every=1",
             "--set", "plan.spacing=median", "--set", "report.qc=false"]
@@ -36,6 +41,8 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
     assert (run / "train" / "best.pt").is_file()
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["case_id"].unique()) == ["p3"] and len(metrics) == len(PHANTOM_LABELS.labels)
+    assert sorted(metrics["structure"]) == sorted(d["name"] for d in ours)
+    assert "liver" not in (run / "train" / "config.yaml").read_text() and "structure_1" in (run / "train" / "metrics.csv").read_text()
     assert metrics["dice"].between(0, 1).all()
     assert len(pd.read_csv(run / "volumes.csv")) == len(PHANTOM_LABELS.labels)
     run_json = json.loads((run / "run.json").read_text())

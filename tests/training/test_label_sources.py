@@ -229,3 +229,23 @@ def test_plan_sizes_patches_for_the_network_the_overrides_ask_for(tmp_path):
     shallow, _ = plan(manifest, tmp_path / "plan8.yaml", min_spacing=2.0, memory_gb=0.2)
     assert load_config(shallow).training.patch_size == [24, 24, 16]  # the default depth's multiples of 8
     assert cfg.training.patch_size == [32, 32, 16]
+
+
+def test_the_pipeline_trains_with_the_data_sets_table_not_the_recipes(tmp_path, caplog):
+    """train_and_evaluate's recipe (phantom_demo) names abdomen_phantom; brain data must not come out as 'liver'."""
+    from medseg.runner.learn import data_label_table
+
+    manifest = _brainish(tmp_path / "d", values_per_case=((1, 2),) * 3)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"labels": {"name": "abdomen", "labels": [{"index": 1, "name": "liver"}, {"index": 2, "name": "spleen"}]}}))
+    # no table with the data: the recipe's (checked against the label values before training, as medseg train does)
+    assert data_label_table(manifest, str(recipe), []).names == ["liver", "spleen"]
+    # the data set's table wins, said in a warning
+    (tmp_path / "d" / "labels.csv").write_text("index,name\n1,grey matter\n2,white matter\n")
+    with caplog.at_level(logging.WARNING):
+        assert data_label_table(manifest, str(recipe), []).names == ["grey_matter", "white_matter"]
+    assert "liver, spleen) is not used" in caplog.text and "labels.csv" in caplog.text
+    # a recipe without a table and data without one: the values, named label_N with plan's warning
+    (tmp_path / "d" / "labels.csv").unlink()
+    recipe.write_text(yaml.safe_dump({"training": {"epochs": 1}}))
+    assert data_label_table(manifest, str(recipe), []).names == ["label_1", "label_2"]
