@@ -147,6 +147,8 @@ def train(
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 
     df = read_manifest(manifest, require_labels=True, label_table=table)
+    if main:
+        _say_if_the_data_names_otherwise(manifest, df, table)
     image_cols = image_columns(df)
     train_df, val_df = split_cases(df, tc.seed, fold)
     if main:
@@ -320,6 +322,20 @@ def train(
                      "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": cl})
     write_json(out / "run.json", run_info)
     return result
+
+
+def _say_if_the_data_names_otherwise(manifest, df, table) -> None:
+    """A warning when the data set carries a label table (from-folder's, dataset.json, labels.csv...) that names its
+    values otherwise than the config: a config planned on another data set would put that set's names on this one's
+    structures. (``medseg plan --labels`` chooses another table on purpose; the warning then says what it replaced.)"""
+    from medseg.label_sources import table_for_manifest
+
+    found = table_for_manifest(manifest, df, fallback=False)
+    entries = [(lab.index, lab.name) for lab in table.labels]
+    if found is not None and [(lab.index, lab.name) for lab in found.table.labels] != entries:
+        log.warning("the config's label table (%s) is not the data set's (%s, from %s); outputs will use the config's names. "
+                    "Run `medseg plan` on this manifest for a config with the data's table", ", ".join(table.names),
+                    ", ".join(found.table.names), found.source)
 
 
 def _lr_factor(spent: float, schedule: str) -> float:

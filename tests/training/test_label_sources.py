@@ -166,7 +166,7 @@ def test_table_readers_reject_what_they_cannot_read(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_manifest_without_a_table_trains_with_label_n_names(tmp_path):
+def test_a_manifest_without_a_table_trains_with_label_n_names(tmp_path, caplog):
     from medseg import api
 
     manifest = _brainish(tmp_path / "d")
@@ -177,6 +177,12 @@ def test_a_manifest_without_a_table_trains_with_label_n_names(tmp_path):
     assert set(result.per_structure_dice) == {"label_1", "label_2"}
     cols = pd.read_csv(tmp_path / "run" / "metrics.csv").columns
     assert {"val_dice_label_1", "val_dice_label_2"} <= set(cols) and not any("liver" in c for c in cols)
+    assert "not the data set's" not in caplog.text
+    # the same config on a data set that carries its own table: training says whose names the outputs will carry
+    (tmp_path / "d" / "labels.csv").write_text("index,name\n1,grey matter\n2,white matter\n")
+    with caplog.at_level(logging.WARNING):
+        api.train(config=out, manifest=manifest, out=tmp_path / "run2", progress=False)
+    assert "the config's label table (label_1, label_2) is not the data set's (grey_matter, white_matter, from" in caplog.text
 
 
 def test_plan_with_a_model_preset_takes_its_architecture_and_recipe(tmp_path):
