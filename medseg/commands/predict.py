@@ -48,7 +48,8 @@ def add(sub) -> None:
     s.add_argument("--model", required=True, action="append",
                    help="checkpoint (.pt) from medseg train or medseg models import (repeat: ensemble), or a model folder: "
                         "nnU-Net v2 (DatasetXXX/Trainer__Plans__conf), TotalSegmentator's results folder, a MONAI bundle")
-    s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files or DICOM folders")
+    s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files, folders of them (each file a case; nnU-Net's "
+                   "case_0000, case_0001... are one case's channels) or DICOM folders")
     s.add_argument("--out", required=True)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")

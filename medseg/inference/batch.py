@@ -33,6 +33,42 @@ class PredictResult:
         return 1 if (self.outputs or self.skipped) else 2
 
 
+def expand_folders(inputs: Sequence[PathLike]) -> list:
+    """Inputs with every folder of image files replaced by its cases (a DICOM folder stays one input).
+
+    ``medseg predict --out pred imagesTs/`` as nnU-Net and TotalSegmentator users type it: each NIfTI/NRRD/MHA
+    file in a folder without DICOM files is a case, and where every file carries nnU-Net's channel suffix (``case_0000``,
+    ``case_0001``...) the files of one case are its channels, in order.
+    """
+    import re
+
+    from medseg.io.dicom import is_dicom_folder
+    from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for
+
+    out: list = []
+    for src in inputs:
+        folder = Path(str(src))
+        images = sorted(c for c in folder.iterdir() if c.is_file() and not c.name.startswith(".")
+                        and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)) if folder.is_dir() else []
+        if not images or is_dicom_folder(folder):  # a series folder with a stray NIfTI beside its slices stays DICOM
+            out.append(src)
+            continue
+        parts = [re.fullmatch(r"(.+)_(\d{4})", case_id_for(f)) for f in images]
+        if not all(parts):
+            out += images
+            continue
+        cases: dict[str, dict[int, Path]] = {}
+        for m, f in zip(parts, images):
+            cases.setdefault(m.group(1), {})[int(m.group(2))] = f
+        for case, channels in cases.items():
+            if sorted(channels) != list(range(len(channels))):
+                raise InputError(f"case {case} has channels {sorted(channels)}; nnU-Net's naming needs _0000, _0001... without gaps",
+                                 path=folder)
+            out.append(",".join(str(channels[k]) for k in range(len(channels))) if len(channels) > 1 else channels[0])
+        log.info("%s: %d cases (%d files)", folder, len(cases), len(images))
+    return out
+
+
 def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
     """Case ids of the inputs, checked (length, control characters) and unique."""
     from medseg.io.readers import case_id_for
@@ -105,6 +141,7 @@ def predict_many(
         write_case_outputs,
     )
 
+    inputs = expand_folders(inputs)
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")
     out_dir = Path(out)

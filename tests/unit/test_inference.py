@@ -170,3 +170,45 @@ def test_perfect_scores_round_trip_keeps_every_structure_volume():
         assert abs(got - true) / true < 0.02, (k, got, true)
         dice = 2 * int(((lab == k) & (back == k)).sum()) / (true + got)
         assert dice > 0.96, (k, dice)  # in place, not only the right size
+
+
+def test_a_folder_of_image_files_is_predicted_case_by_case(oracle_checkpoint, coarse_phantom, tmp_path):
+    """`medseg predict --out pred imagesTs/` as nnU-Net users type it: each file a case, nnU-Net channels grouped."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from medseg.api import predict
+    from medseg.inference.batch import expand_folders
+    from medseg.io.readers import write_volume
+
+    folder = tmp_path / "imagesTs"
+    write_volume(coarse_phantom.image, folder / "ab_0000.nii.gz")
+    write_volume(coarse_phantom.image, folder / "cd_0000.nii.gz")
+    (folder / "notes.txt").write_text("not an image")
+    result = predict(model=oracle_checkpoint, inputs=[folder], out=tmp_path / "pred", progress=False)
+    assert sorted(result.outputs) == ["ab_0000", "cd_0000"] and not result.failures
+    predict(model=oracle_checkpoint, inputs=[folder / "ab_0000.nii.gz"], out=tmp_path / "direct", progress=False)
+    direct = np.asanyarray(nib.load(tmp_path / "direct" / "ab_0000.nii.gz").dataobj)
+    assert (direct > 0).any()
+    for case in ("ab_0000", "cd_0000"):  # the same labels as the file given itself
+        np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "pred" / f"{case}.nii.gz").dataobj), direct)
+    # several channels per case: grouped in channel order; a gap is a one-line error naming the case
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    for name in ("x_0001", "x_0000", "y_0000", "y_0001"):
+        (multi / f"{name}.nii.gz").write_bytes(b"")
+    assert expand_folders([multi]) == [f"{multi}/x_0000.nii.gz,{multi}/x_0001.nii.gz", f"{multi}/y_0000.nii.gz,{multi}/y_0001.nii.gz"]
+    (multi / "y_0001.nii.gz").rename(multi / "y_0002.nii.gz")
+    with pytest.raises(InputError, match=r"case y has channels \[0, 2\]"):
+        expand_folders([multi])
+    # files not named by channel are one case each; a DICOM folder with a stray NIfTI stays one DICOM input
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.nii.gz").write_bytes(b""), (plain / "b.nrrd").write_bytes(b"")
+    assert expand_folders([plain]) == [plain / "a.nii.gz", plain / "b.nrrd"]
+    series = tmp_path / "series"
+    series.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), series / "1.dcm")
+    (series / "converted.nii.gz").write_bytes(b"")
+    assert expand_folders([series]) == [series]
