@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config import Config
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.labels import LabelTable
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,20 @@ def split_cases(df, seed: int, fold: int | None = None):
     if len(train) == 0:
         raise InputError("no training cases (split=train) in the manifest")
     return train, val
+
+
+def _cache(dataset_class, records: list[dict], transform, progress: bool):
+    """A ``CacheDataset`` of ``records``; medseg's input errors raised inside its transforms come out as themselves
+    (one line naming the file), not wrapped in MONAI's "applying transform" RuntimeError."""
+    try:
+        return dataset_class(records, transform, progress=progress, num_workers=0)
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, MedsegError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _records(df, image_cols: list[str]) -> list[dict]:
@@ -164,8 +178,8 @@ def train(
     det = deterministic_transforms(config.preprocessing, image_cols)
     pad = floor_value(vars(config.preprocessing)) or 0.0
     train_tf = Compose(list(det.transforms) + list(random_transforms(tc, table.num_classes, pad_value=pad).transforms))
-    train_ds = CacheDataset(_records(train_df, image_cols), train_tf, progress=progress, num_workers=0)
-    val_ds = CacheDataset(_records(val_df, image_cols), det, progress=progress, num_workers=0)
+    train_ds = _cache(CacheDataset, _records(train_df, image_cols), train_tf, progress)
+    val_ds = _cache(CacheDataset, _records(val_df, image_cols), det, progress)
     generator = torch.Generator()
     sampler = None
     if world > 1:

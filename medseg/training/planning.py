@@ -69,6 +69,10 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
         spacings.append(spacing)
         shapes.append(shape)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
+        if not np.isfinite(data).all():  # percentiles, the CT window and z-score statistics would all be NaN
+            raise InputError(f"case {row.case_id}: {int((~np.isfinite(data)).sum())} NaN/Inf voxel(s) in the image; "
+                             "planning and training need finite intensities (fix or mask them in the file)",
+                             path=getattr(row, image_cols[0]))
         air.append(float(np.percentile(data, 1)) < -500)
         label = getattr(row, "label", "")
         if label:

@@ -191,3 +191,21 @@ class NormalizeIntensityByPresetd(MapTransform):
                 out = MetaTensor(out, affine=x.affine, meta={k: v for k, v in x.meta.items() if k != "affine"})
             d[key] = out
         return d
+
+
+class RefuseNonFinited(MapTransform):
+    """NaN/Inf image voxels stop training with a one-line error naming the file: they would make every loss NaN
+    or shift the normalisation silently. Prediction has ``--nonfinite refuse|replace``; training does not guess.
+    (A MONAI ``Transform``, so that ``CacheDataset`` caches the deterministic steps after it.)"""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping:
+        from medseg.errors import InputError
+
+        for key in self.keys:
+            x = data[key]
+            if torch.is_floating_point(x):
+                bad = int((~torch.isfinite(x)).sum())
+                if bad:
+                    raise InputError(f"{bad} NaN/Inf voxel(s) in the image; training needs finite intensities "
+                                     "(fix or mask them in the file)", path=getattr(x, "meta", {}).get("filename_or_obj", key))
+        return data

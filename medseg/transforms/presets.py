@@ -34,13 +34,14 @@ def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | N
         Orientationd,
     )
 
-    from medseg.transforms.intensity import NormalizeIntensityByPresetd
+    from medseg.transforms.intensity import NormalizeIntensityByPresetd, RefuseNonFinited
     from medseg.transforms.spatial import ResampleToSpacingd
 
     image_keys = image_keys or ["image"]
     steps = [
         LoadImaged(keys=[*image_keys, "label"], reader="NibabelReader", image_only=True),
         EnsureChannelFirstd(keys=[*image_keys, "label"]),
+        RefuseNonFinited(keys=image_keys),
     ]
     if len(image_keys) > 1:
         steps += [ConcatItemsd(keys=image_keys, name="image"), DeleteItemsd(keys=[k for k in image_keys if k != "image"])]

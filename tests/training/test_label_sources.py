@@ -255,3 +255,21 @@ def test_the_pipeline_trains_with_the_data_sets_table_not_the_recipes(tmp_path, 
     (tmp_path / "d" / "labels.csv").unlink()
     recipe.write_text(yaml.safe_dump({"training": {"epochs": 1}}))
     assert data_label_table(manifest, str(recipe), []).names == ["label_1", "label_2"]
+
+
+def test_nan_voxels_in_a_training_image_are_a_one_line_error_not_a_nan_model(tmp_path, capsys):
+    from medseg.cli import main
+
+    manifest = _brainish(tmp_path / "d")
+    out, _ = plan(manifest, tmp_path / "plan.yaml", min_spacing=4.0, memory_gb=0.1, overrides=["training.epochs=1"])
+    img = nib.load(tmp_path / "d" / "img1.nii.gz")
+    data = np.asanyarray(img.dataobj).copy()
+    data[3, 4, 5], data[6, 7, 8] = np.nan, np.inf
+    nib.save(nib.Nifti1Image(data, img.affine), str(tmp_path / "d" / "img1.nii.gz"))
+    with pytest.raises(InputError, match="case1: 2 NaN/Inf voxel"):  # the planner: statistics would be NaN
+        plan(manifest, tmp_path / "plan2.yaml", min_spacing=4.0, memory_gb=0.1)
+    capsys.readouterr()
+    code = main(["train", "--config", str(out), "--manifest", str(manifest), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "img1.nii.gz" in err[0] and "2 NaN/Inf voxel(s)" in err[0]
+    assert not (tmp_path / "run" / "best.pt").exists()
