@@ -157,17 +157,16 @@ def label_values(df, known: dict[str, set[int]] | None = None) -> dict[str, set[
     ``known`` holds cases already read (the planner's fingerprint reads the training cases'
     label maps once and passes their values here): they are not read again.
     """
-    import nibabel as nib
-    import numpy as np
+    from medseg.io.readers import read_volume
 
     out = dict(known or {})
     for case, path in zip(df["case_id"], df["label"]):
         if not path or case in out:
             continue
         try:
-            data = np.asanyarray(nib.load(path).dataobj)
-        except Exception as exc:
-            raise InputError(f"case {case}: label map unreadable ({type(exc).__name__})", path=path) from None
+            data = read_volume(path).array
+        except InputError as exc:
+            raise InputError(f"case {case}: label map unreadable ({exc})", path=path) from None
         out[case] = values_in(case, path, data)
     return out
 

@@ -91,16 +91,12 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
     return df
 
 
-def _header(path: str):
-    import nibabel as nib
-
-    img = nib.load(path)
-    return img, tuple(img.shape[:3]), img.affine
 
 
 def _check_cases(df, table, image_cols: list[str]) -> list[str]:
     """Label maps on their image's grid, with values from the table (files that exist only)."""
-    from medseg.label_sources import check_table_against_values
+    from medseg.io.readers import read_grid, read_volume
+    from medseg.label_sources import check_table_against_values, values_in
 
     problems, values = [], {}
     for row in df.itertuples(index=False):
@@ -110,18 +106,18 @@ def _check_cases(df, table, image_cols: list[str]) -> list[str]:
         if not all(p and Path(p).is_file() for p in paths):
             continue  # missing files are reported already
         try:
-            headers = [_header(p) for p in paths]
-        except Exception as exc:
-            problems.append(f"{case}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}); training reads NIfTI files")
+            grids = [read_grid(p) for p in paths]
+            if label:
+                values[case] = values_in(case, label, read_volume(label).array)
+        except InputError as exc:
+            problems.append(f"{case}: unreadable ({exc}); training reads NIfTI, NRRD and MHA files")
             continue
-        ref_shape, ref_affine = headers[0][1], headers[0][2]
-        for col, (_, shape, affine) in zip(image_cols[1:] + (["label"] if label else []), headers[1:]):
+        ref_shape, ref_affine = grids[0]
+        for col, (shape, affine) in zip(image_cols[1:] + (["label"] if label else []), grids[1:]):
             if shape != ref_shape:
                 problems.append(f"{case}: {col} shape {shape} differs from image shape {ref_shape}")
             elif not np.allclose(affine, ref_affine, atol=1e-3):
                 problems.append(f"{case}: {col} affine differs from the image's by {np.abs(affine - ref_affine).max():.3g} mm")
-        if label:
-            values[case] = set(np.unique(np.asanyarray(headers[-1][0].dataobj)).astype(int).tolist())
     return problems + check_table_against_values(table, values)
 
 

@@ -33,6 +33,38 @@ def case_id_for(path: str | os.PathLike) -> str:
     return name
 
 
+def read_grid(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """The shape and RAS affine of a NIfTI/NRRD/MHA file from its header alone (no voxels read)."""
+    p = Path(path)
+    if _has_suffix(p, ITK_SUFFIXES):
+        import SimpleITK as sitk
+
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+        except Exception as exc:  # noqa: BLE001 -- SimpleITK raises RuntimeError with ITK's text
+            raise InputError(f"cannot read image ({_itk_why(exc)})", path=p) from None
+        if reader.GetDimension() != 3:
+            raise InputError(f"expected a 3D image, found {reader.GetDimension()}D", path=p)
+        lps = np.eye(4)
+        lps[:3, :3] = np.array(reader.GetDirection()).reshape(3, 3) * np.array(reader.GetSpacing())
+        lps[:3, 3] = reader.GetOrigin()
+        return tuple(int(n) for n in reader.GetSize()), LPS_TO_RAS @ lps
+    import nibabel as nib
+
+    try:
+        with _quiet_nibabel():
+            img = nib.load(str(p))
+    except Exception as exc:  # noqa: BLE001 -- a corrupt header makes nibabel raise many types; all are bad input
+        raise InputError(f"cannot read as NIfTI, NRRD or MHA ({_why(exc)})", path=p) from None
+    affine = np.array(img.affine, dtype=np.float64)
+    factor = _UNIT_TO_MM.get(int(img.header["xyzt_units"]) & 0x07) if "xyzt_units" in img.header else None
+    if factor is not None:  # as read_volume: the file's units in mm
+        affine[:3, :] *= factor
+    return tuple(int(n) for n in img.shape[:3]), affine
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a NIfTI/NRRD/MHA file or a DICOM folder. Bad input raises ``InputError``."""
     p = Path(path)

@@ -54,21 +54,22 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
     """
     import nibabel as nib
 
+    from medseg.io.readers import read_volume
     from medseg.label_sources import values_in
 
     rng = np.random.default_rng(seed)
     spacings, shapes, samples, air = [], [], [], []
     rows = df[df["split"] == "train"] if "split" in df.columns else df
     for row in list(rows.itertuples())[:max_cases]:
-        img = nib.load(getattr(row, image_cols[0]))
+        img = read_volume(getattr(row, image_cols[0]))  # NIfTI, NRRD or MHA, as training and inference read them
         ornt = nib.orientations.io_orientation(img.affine)
         perm = ornt[:, 0].astype(int)
         zooms = np.linalg.norm(img.affine[:3, :3], axis=0)
         spacing, shape = np.empty(3), np.empty(3)
-        spacing[perm], shape[perm] = zooms, np.array(img.shape[:3])
+        spacing[perm], shape[perm] = zooms, np.array(img.array.shape[:3])
         spacings.append(spacing)
         shapes.append(shape)
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.array, dtype=np.float32)
         if not np.isfinite(data).all():  # percentiles, the CT window and z-score statistics would all be NaN
             raise InputError(f"case {row.case_id}: {int((~np.isfinite(data)).sum())} NaN/Inf voxel(s) in the image; "
                              "planning and training need finite intensities (fix or mask them in the file)",
@@ -77,9 +78,9 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
         label = getattr(row, "label", "")
         if label:
             try:
-                lab = np.asanyarray(nib.load(label).dataobj)
-            except Exception as exc:
-                raise InputError(f"case {row.case_id}: label map unreadable ({type(exc).__name__})", path=label) from None
+                lab = read_volume(label).array
+            except InputError as exc:
+                raise InputError(f"case {row.case_id}: label map unreadable ({exc})", path=label) from None
             if values is not None:
                 values[row.case_id] = values_in(row.case_id, label, lab)
             fg = lab > 0

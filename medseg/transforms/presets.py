@@ -35,11 +35,12 @@ def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | N
     )
 
     from medseg.transforms.intensity import NormalizeIntensityByPresetd, RefuseNonFinited
+    from medseg.transforms.reader import VolumeReader
     from medseg.transforms.spatial import ResampleToSpacingd
 
     image_keys = image_keys or ["image"]
     steps = [
-        LoadImaged(keys=[*image_keys, "label"], reader="NibabelReader", image_only=True),
+        LoadImaged(keys=[*image_keys, "label"], reader=VolumeReader(), image_only=True),  # NIfTI, NRRD, MHA as inference reads them
         EnsureChannelFirstd(keys=[*image_keys, "label"]),
         RefuseNonFinited(keys=image_keys),
     ]

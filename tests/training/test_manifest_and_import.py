@@ -79,3 +79,53 @@ def test_decathlon_dataset_json_is_read(tmp_path):
 def test_missing_dataset_json_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no dataset.json"):
         manifest_from_folder(tmp_path, tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
+    """Grand-challenge sets come as .mha, Slicer's as .nrrd: the planner, the manifest check and the training
+    pipeline read them to the same arrays and RAS geometry as the NIfTI of the same data (oblique, flipped)."""
+    import SimpleITK as sitk
+    import torch
+
+    from medseg.config import load_config
+    from medseg.io.readers import write_label_map, write_volume
+    from medseg.io.volume import LPS_TO_RAS
+    from medseg.phantoms import make_phantom
+    from medseg.training.planning import fingerprint, plan
+    from medseg.transforms.presets import deterministic_transforms
+
+    def write_itk(vol, path):
+        lps = np.linalg.inv(LPS_TO_RAS) @ vol.affine
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(vol.array.transpose(2, 1, 0)))
+        img.SetSpacing(tuple(spacing)), img.SetOrigin(tuple(lps[:3, 3])), img.SetDirection(tuple((lps[:3, :3] / spacing).ravel()))
+        sitk.WriteImage(img, str(path))
+
+    rows = {"nii": [], "itk": []}
+    for i in range(3):
+        ph = make_phantom(900 + i, spacing=(3.0, 3.0, 5.0), flips=(True, False, i == 1), oblique_deg=12.0 * i, fov_mm=(200, 160, 120))
+        write_volume(ph.image, tmp_path / f"img{i}.nii.gz")
+        write_label_map(ph.labels, tmp_path / f"lab{i}.nii.gz")
+        write_itk(ph.image, tmp_path / f"img{i}{suffix}")
+        write_itk(ph.labels, tmp_path / f"lab{i}{suffix}")
+        split = "val" if i == 2 else "train"
+        rows["nii"].append({"case_id": f"c{i}", "image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "split": split})
+        rows["itk"].append({"case_id": f"c{i}", "image": f"img{i}{suffix}", "label": f"lab{i}{suffix}", "split": split})
+    for kind, r in rows.items():
+        pd.DataFrame(r).to_csv(tmp_path / f"{kind}.csv", index=False)
+    out, fp = plan(tmp_path / "itk.csv", tmp_path / "plan.yaml", min_spacing=3.0, memory_gb=0.1)
+    df_nii, df_itk = (read_manifest(tmp_path / f"{k}.csv", require_labels=True, label_table=load_config(out).label_table())
+                      for k in ("nii", "itk"))
+    ref = fingerprint(df_nii, image_columns(df_nii))  # NIfTI stores its affine in float32: equal to 1e-6
+    assert set(ref) | {"label_table_source"} == set(fp) and ref["modality"] == fp["modality"] == "CT"
+    for key in ("spacing_median", "spacing_p10", "shape_median"):
+        np.testing.assert_allclose(fp[key], ref[key], rtol=1e-6)
+    assert fp["foreground"] == pytest.approx(ref["foreground"], rel=1e-6)
+    det = deterministic_transforms(load_config(out).preprocessing)
+    for a, b in zip(df_nii.itertuples(), df_itk.itertuples()):
+        x, y = det({"image": a.image, "label": a.label}), det({"image": b.image, "label": b.label})
+        for key in ("image", "label"):  # after RAS reorientation, resampling to 3 mm and the body crop: the same voxels
+            assert y[key].shape == x[key].shape
+            torch.testing.assert_close(y[key], x[key], rtol=0, atol=1e-3)
+        assert set(torch.unique(x["label"]).tolist()) >= {0.0, 1.0, 2.0, 3.0}  # the structures are there
