@@ -91,8 +91,6 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
     return df
 
 
-
-
 def _check_cases(df, table, image_cols: list[str]) -> list[str]:
     """Label maps on their image's grid, with values from the table (files that exist only)."""
     from medseg.io.readers import read_grid, read_volume
