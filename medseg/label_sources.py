@@ -267,7 +267,8 @@ def _read_any(path: Path) -> LabelTable:
 
 
 def check_table_against_values(table: LabelTable, values: dict[str, set[int]]) -> list[str]:
-    """Problems, with case ids: values a map holds that the table does not name; table values no map holds."""
+    """Problems, with case ids: values a map holds that the table does not name; table values no map holds; a table
+    too sparse to train (FreeSurfer-style values: the network has one output per value up to the largest)."""
     named = {lab.index for lab in table.labels}
     problems = []
     for case, vals in values.items():
@@ -279,4 +280,9 @@ def check_table_against_values(table: LabelTable, values: dict[str, set[int]]) -
     if missing and values:
         problems.append("label table {!r} names {} that no label map contains ({} cases checked)".format(
             table.name, ", ".join(f"{lab.index} ({lab.name})" for lab in missing), len(values)))
+    n = len(table.labels)
+    if table.num_classes > max(32, 2 * (n + 1)):  # the network has one output per value up to the largest
+        problems.append(f"label table {table.name!r} numbers {n} structures up to {table.num_classes - 1}: the network would need "
+                        f"{table.num_classes} outputs (logits of that many channels per voxel); renumber the label maps 1..{n} "
+                        "(nnU-Net requires consecutive labels too)")
     return problems

@@ -273,3 +273,13 @@ def test_nan_voxels_in_a_training_image_are_a_one_line_error_not_a_nan_model(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "img1.nii.gz" in err[0] and "2 NaN/Inf voxel(s)" in err[0]
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_sparse_label_values_are_refused_before_the_network_is_sized_by_them(tmp_path):
+    """Values 1 and 200 (FreeSurfer-style numbering) would give the network 201 outputs: a one-line error, not an OOM."""
+    manifest = _brainish(tmp_path / "d", values_per_case=((1, 200),) * 3)
+    with pytest.raises(InputError, match=r"numbers 2 structures up to 200: the network would need 201 outputs.*renumber the label maps 1..2"):
+        plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
+    small_gap = _brainish(tmp_path / "e", values_per_case=((1, 3),) * 3)  # a gap is fine: 4 outputs for 2 structures
+    out, _ = plan(small_gap, tmp_path / "plan2.yaml", min_spacing=2.0, memory_gb=0.2)
+    assert load_config(out).label_table().num_classes == 4
