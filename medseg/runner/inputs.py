@@ -33,6 +33,7 @@ class Case:
     fingerprint: str = ""
     error: str = ""  # a problem found while listing: the case fails in its read stage with this line
     remote: str = ""  # PACS input: the StudyInstanceUID to retrieve into ``source`` (in memory only, never written)
+    channels: tuple = ()  # a multi-channel manifest's further image files (image_1, image_2...), in channel order
     query_row: int | None = None  # PACS input with an id list: the row of the list that found the study
 
 
@@ -155,12 +156,15 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
         p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         return str(p.resolve())
 
+    from medseg.manifest import image_columns
+
+    extra = image_columns(df)[1:] if column == "image" else []  # the channels training stacked: image, image_1, ...
     cases = []
     for _, row in df.iterrows():
         src = resolve(row[column])
         kind = "dicom" if src and Path(src).is_dir() else "image"
         cases.append(Case(_check_id(row["case_id"], path), src, kind, label=resolve(row.get(label_column, "")),
-                          split=row.get("split", "")))
+                          split=row.get("split", ""), channels=tuple(resolve(row[c]) for c in extra)))
     return cases
 
 
@@ -214,6 +218,8 @@ def discover(input_path, pipe, pacs=None) -> tuple[list[Case], list[str]]:
     for c in cases:
         try:
             c.fingerprint = fingerprint(c.source) if c.source else "missing"
+            for extra in c.channels:
+                c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(extra) if extra else 'missing'}".encode()).hexdigest()
             if c.label:
                 c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(c.label)}".encode()).hexdigest()
         except OSError as exc:  # this case cannot be listed: it fails alone, in its read stage

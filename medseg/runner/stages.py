@@ -237,7 +237,8 @@ def segment(predictor, loaded: Loaded):
     reset_peak_rss()
     t0 = time.monotonic()
     with stage("predict", loaded.case.case_id):
-        labels = predictor.predict(loaded.image)
+        channels = getattr(loaded.case, "channels", ())  # a multi-channel manifest: the further channels, read by the predictor
+        labels = predictor.predict([loaded.image, *channels] if channels else loaded.image)
     loaded.seconds["predict"] = round(time.monotonic() - t0, 3)
     labels.meta["peak_rss_mb"] = peak_rss_mb()
     return labels

@@ -52,3 +52,30 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
     assert main(args) == 0  # rerun: neither training nor the test case is redone
     assert json.loads((run / "state" / "_train.json").read_text())["finished"] == trained
     assert "0 done, 1 already done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_multichannel_manifest(tmp_path):
+    """Training stacks image, image_1...; the pipeline's predict stage must give the network the same channels."""
+    from medseg.io.readers import write_label_map, write_volume
+    from medseg.io.volume import Volume
+    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        ph = make_phantom(820 + i, case_id=f"m{i}", spacing=(3.0, 3.0, 5.0))
+        write_volume(ph.image, tmp_path / f"t1_{i}.nii.gz")
+        write_volume(Volume(-ph.image.array, ph.image.affine), tmp_path / f"t2_{i}.nii.gz")  # a second contrast
+        write_label_map(ph.labels, tmp_path / f"lab_{i}.nii.gz")
+        rows.append({"case_id": f"m{i}", "image": f"t1_{i}.nii.gz", "image_1": f"t2_{i}.nii.gz", "label": f"lab_{i}.nii.gz",
+                     "split": split})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    args = ["run", PIPELINE, "--input", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "run"), "--no-progress",
+            "--set", "train.overrides.training.epochs=1", "--set", "train.overrides.training.val_every=1",
+            "--set", "report.qc=false", "--set", "report.intensities=false"]
+    assert main(args) == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "train" / "run.json").read_text())["image_channels"] == ["image", "image_1"]
+    assert pd.read_csv(run / "failures.csv").empty
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["case_id"].unique()) == ["m3"] and len(metrics) == len(PHANTOM_LABELS.labels)
