@@ -99,10 +99,13 @@ def _write_inputs(rd: RunDir, cases, pacs=None) -> None:
 
     from medseg.io.atomic import write_csv
 
-    columns = ["case_id", "kind", "source", "label", "split", "fingerprint"] + (["query_row"] if pacs is not None else [])
+    multichannel = any(getattr(c, "channels", ()) for c in cases)
+    columns = (["case_id", "kind", "source"] + (["channels"] if multichannel else []) + ["label", "split", "fingerprint"]
+               + (["query_row"] if pacs is not None else []))
     write_csv(rd.root / "inputs.csv", pd.DataFrame(
-        [{"case_id": c.case_id, "kind": c.kind, "source": c.source, "label": c.label, "split": c.split,
-          "fingerprint": c.fingerprint, "query_row": getattr(c, "query_row", None)} for c in cases],
+        [{"case_id": c.case_id, "kind": c.kind, "source": c.source, "channels": ",".join(getattr(c, "channels", ())),
+          "label": c.label, "split": c.split, "fingerprint": c.fingerprint, "query_row": getattr(c, "query_row", None)}
+         for c in cases],
         columns=columns))
 
 

@@ -77,5 +77,6 @@ def test_train_and_evaluate_on_a_multichannel_manifest(tmp_path):
     run = tmp_path / "run"
     assert json.loads((run / "train" / "run.json").read_text())["image_channels"] == ["image", "image_1"]
     assert pd.read_csv(run / "failures.csv").empty
+    assert pd.read_csv(run / "inputs.csv").set_index("case_id").loc["m3", "channels"] == str(tmp_path / "t2_3.nii.gz")
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["case_id"].unique()) == ["m3"] and len(metrics) == len(PHANTOM_LABELS.labels)
