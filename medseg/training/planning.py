@@ -13,7 +13,7 @@ Plan:
   ``memory_gb``; every axis a multiple of the model's divisor;
 - intensity: CT -> clip to the foreground's 0.5/99.5 percentiles, then z-score
   with the foreground's mean and std; MR -> z-score per image;
-- on a CPU the patch is also shrunk (largest axis first) to at most 96x96x64
+- on a CPU the patch is also shrunk (largest axis first) to at most 64^3
   voxels (then up to a multiple of the planned network's strides, down where up would break the memory budget),
   one patch per step (``samples_per_image: 1``) and epochs of 50
   iterations (250 on a GPU, as nnU-Net), unless the base config sets them;
@@ -37,9 +37,12 @@ import numpy as np
 
 from medseg.errors import InputError
 
-#: On a CPU, the largest patch (voxels) planned: 96x96x64, the phantom demo's measured patch. A whole 2 mm head
-#: (104x120x96) took 9 s per step with 2 samples per image on 2 cores: 6 steps in a 1-minute budget.
-_CPU_PATCH_VOXELS = 96 * 96 * 64
+#: On a CPU, the largest patch (voxels) planned: 64^3, the plain MONAI recipe's patch. A whole 2 mm head (104x120x96)
+#: took 9 s per step with 2 samples per image on 2 cores (6 steps in a 1-minute budget); the earlier cap, 96x96x64
+#: (the head planned at 80x80x96), trained 1.5-1.9x fewer steps than 64^3 in 8 minutes and trailed it on real MR:
+#: seed 90 0.924-0.926 against 0.940 the same hour (the MONAI recipe 0.939), and 64^3 reached 0.941/0.942/0.927 on
+#: seeds 60/80/10 (the MONAI recipe 0.932/0.936/0.929); benchmarks/results/2026-12-02_training_real_patch64.txt.
+_CPU_PATCH_VOXELS = 64 * 64 * 64
 
 #: Bytes of activation memory per voxel of a patch, per unit of base width, per sample (rough, U-Net family, fp32, with gradients).
 _BYTES_PER_VOXEL_PER_CHANNEL = 4 * 40

@@ -108,12 +108,12 @@ def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
             "foreground": {"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2}}
     planned = plan_config(head, gpu=False)
     cpu = planned["training"]
-    # shrunk in steps of 8 to within 96x96x64 voxels (80x80x88), then up to the planned network's strides: 4 levels of 2
+    # shrunk in steps of 8 to within 64^3 voxels, then to the planned network's strides: 4 levels of 2 (the MONAI recipe's)
     assert planned["model"]["kwargs"]["strides"] == [2, 2, 2, 2] and planned["model"]["kwargs"]["channels"][-1] == 256
-    assert cpu["patch_size"] == [80, 80, 96] and planned["inference"]["roi_size"] == cpu["patch_size"]
+    assert cpu["patch_size"] == [64, 64, 64] and planned["inference"]["roi_size"] == cpu["patch_size"]
     assert cpu["iterations_per_epoch"] == 50 and cpu["samples_per_image"] == 1 and cpu["batch_size"] == 1
     gpu = plan_config(head, gpu=True)["training"]
-    assert gpu["iterations_per_epoch"] == 250 and math.prod(gpu["patch_size"]) > 96 * 96 * 64 and "samples_per_image" not in gpu
+    assert gpu["iterations_per_epoch"] == 250 and math.prod(gpu["patch_size"]) > 96 * 96 * 64 and "samples_per_image" not in gpu  # not capped
     base = {"training": {"iterations_per_epoch": 13, "samples_per_image": 2}}  # a base config's choice is kept
     kept = plan_config(head, base=base, gpu=False)["training"]
     assert kept["iterations_per_epoch"] == 13 and kept["samples_per_image"] == 2
