@@ -47,10 +47,7 @@ def read_grid(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
             raise InputError(f"cannot read image ({_itk_why(exc)})", path=p) from None
         if reader.GetDimension() != 3:
             raise InputError(f"expected a 3D image, found {reader.GetDimension()}D", path=p)
-        lps = np.eye(4)
-        lps[:3, :3] = np.array(reader.GetDirection()).reshape(3, 3) * np.array(reader.GetSpacing())
-        lps[:3, 3] = reader.GetOrigin()
-        return tuple(int(n) for n in reader.GetSize()), LPS_TO_RAS @ lps
+        return tuple(int(n) for n in reader.GetSize()), _ras_affine(reader)
     import nibabel as nib
 
     try:
@@ -320,11 +317,15 @@ def _read_itk(p: Path) -> Volume:
     if img.GetDimension() != 3:
         raise InputError(f"expected a 3D image, found {img.GetDimension()}D", path=p)
     array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # ITK arrays are (z, y, x)
-    direction = np.array(img.GetDirection()).reshape(3, 3)
+    return Volume(array, _ras_affine(img), str(p), {"format": "itk"})
+
+
+def _ras_affine(itk) -> np.ndarray:
+    """The RAS affine of a SimpleITK image or of a reader's header (ITK's geometry is LPS)."""
     lps = np.eye(4)
-    lps[:3, :3] = direction * np.array(img.GetSpacing())
-    lps[:3, 3] = img.GetOrigin()
-    return Volume(array, LPS_TO_RAS @ lps, str(p), {"format": "itk"})
+    lps[:3, :3] = np.array(itk.GetDirection()).reshape(3, 3) * np.array(itk.GetSpacing())
+    lps[:3, 3] = itk.GetOrigin()
+    return LPS_TO_RAS @ lps
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, dtype=None) -> Path:

@@ -88,14 +88,10 @@ def data_label_table(manifest: Path, config: str, overrides: list[str]):
     recipe = cfg.label_table(base=Path(config).parent) if cfg.labels not in (None, "") else None
     if found is None:
         return recipe if recipe is not None else table_for_manifest(manifest, df).table
-    if recipe is not None and _entries(recipe) != _entries(found.table):
+    if recipe is not None and not recipe.same_structures(found.table):
         log.warning("train: the label table of %s (%s) is not used: the data set's, from %s, is (%s)", Path(config).name,
                     ", ".join(recipe.names), found.source, ", ".join(found.table.names))
     return found.table
-
-
-def _entries(table) -> list[tuple[int, str]]:
-    return [(lab.index, lab.name) for lab in table.labels]
 
 
 def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool, device) -> Path:

@@ -345,8 +345,7 @@ def _say_if_the_data_names_otherwise(manifest, df, table) -> None:
     from medseg.label_sources import table_for_manifest
 
     found = table_for_manifest(manifest, df, fallback=False)
-    entries = [(lab.index, lab.name) for lab in table.labels]
-    if found is not None and [(lab.index, lab.name) for lab in found.table.labels] != entries:
+    if found is not None and not found.table.same_structures(table):
         log.warning("the config's label table (%s) is not the data set's (%s, from %s); outputs will use the config's names. "
                     "Run `medseg plan` on this manifest for a config with the data's table", ", ".join(table.names),
                     ", ".join(found.table.names), found.source)
