@@ -47,6 +47,9 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise InputError(f"cannot read as CSV ({exc})", path=p) from None
+    from medseg.io.atomic import unescape_frame
+
+    df = unescape_frame(df)  # the quote write_csv puts before a formula-like id or path
     needed = ["case_id", "image"] + (["label"] if require_labels else [])
     missing_cols = [c for c in needed if c not in df.columns]
     if missing_cols:

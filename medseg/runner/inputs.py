@@ -136,6 +136,9 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 (any parser error means the user's file is not CSV)
         raise InputError(f"cannot read as CSV ({str(exc).splitlines()[0]})", path=path) from None
+    from medseg.io.atomic import unescape_frame
+
+    df = unescape_frame(df)  # the quote write_csv puts before a formula-like id or path
     for col in ("case_id", column):
         if col not in df.columns:
             raise ConfigError(f"manifest has no column {col!r} (columns: {', '.join(df.columns)}); "
