@@ -83,9 +83,15 @@ def predict(
     dicom_seg: bool = True,
     rtstruct: bool = False,
     save_probabilities: bool = False,
+    modalities: Sequence[str] = (),
+    min_slices: int = 1,
+    series_description: str | None = None,
     **inference_overrides,
 ):
     """Segment every input with one loaded model (several checkpoints: an ensemble).
+
+    A DICOM folder holding several image series is one case per series that the selection rule
+    (``modalities``, ``min_slices``, ``series_description``: a regular expression) admits.
 
     ``inference_overrides`` change the checkpoint's inference settings, e.g.
     ``sw_batch_size=8, amp="off", tta_flips=[2]``. See ``medseg.inference.batch.predict_many``.
@@ -93,10 +99,14 @@ def predict(
     be made is a finding in the sidecar, not a failure); an output path that is an input raises ``OutputError``.
     """
     from medseg.inference.batch import predict_many
+    from medseg.io.dicom_select import SelectionRule
 
+    rule = None
+    if modalities or min_slices > 1 or series_description:
+        rule = SelectionRule(modalities=tuple(modalities), min_slices=int(min_slices), description=series_description)
     return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite,
                         expected_labels=expected_labels, dicom_seg=dicom_seg, rtstruct=rtstruct, save_probabilities=save_probabilities,
-                        **inference_overrides)
+                        rule=rule, **inference_overrides)
 
 
 def report(
@@ -111,13 +121,20 @@ def report(
 ) -> Path:
     """Write ``OUT/volumes.csv`` (+ cohort tables, QC montages, report.html); returns the CSV path.
 
+    ``labels`` and ``images`` may name folders (their label maps / images; probability maps left out). Each label
+    map's structure names travel with it (``medseg.reporting.label_names``); ``label_table`` names those of maps
+    that carry none.
+
     ``options``: ``min_size_ml``, ``reference_ranges``, ``resample_order``, ``qc``,
     ``html``, ``window``; see ``medseg.reporting.tables.write_volumes_report``.
     ``statistics_json``: also ``OUT/statistics/<case>.json`` in TotalSegmentator's ``statistics.json``
     format (needs ``images``; ``medseg.reporting.totalseg_stats``).
     """
+    from medseg.reporting.label_names import label_files
     from medseg.reporting.tables import paired_by_case, write_volumes_report
 
+    labels = label_files(labels)
+    images = label_files(images, "images") if images is not None else None
     if statistics_json and images is None:
         from medseg.errors import InputError
 
@@ -146,11 +163,17 @@ def evaluate(
 ) -> Path:
     """Write ``metrics.csv`` (Dice, IoU, HD95, ASSD, NSD, volume errors); ``out`` is a file or a folder.
 
+    ``pred`` and ``ref`` may name folders. Structures are compared by name, each file's names read from what
+    travels with it (predict sidecar, ``.labels.yaml``, dataset.json, a manifest's table); ``label_table``
+    names those of files that carry none. No name in common is refused in one line.
+
     ``options``: ``nsd_tolerance_mm``, ``surface``; see ``medseg.reporting.tables.write_metrics_report``.
     """
+    from medseg.reporting.label_names import label_files
     from medseg.reporting.tables import write_metrics_report
 
-    return write_metrics_report(pred=pred, ref=ref, out=out, label_table=label_table, case_ids=case_ids, **options)
+    return write_metrics_report(pred=label_files(pred, "predictions"), ref=label_files(ref, "references"), out=out,
+                                label_table=label_table, case_ids=case_ids, **options)
 
 
 def plan(
@@ -284,11 +307,13 @@ def convert_dicom(
     with_identifiers: bool = False,
     salt: str | None = None,
     progress: bool = True,
+    label_table=None,
 ):
     """Write each image series of a DICOM folder as NIfTI + JSON sidecar (findings, actions); returns the conversion result.
 
     Every RTSTRUCT and DICOM SEG that references a converted series is written beside it as
-    ``<series>.<object>.label.nii.gz`` with its label table and findings (listed in ``label_conversion.csv``).
+    ``<series>.<object>.label.nii.gz`` with its label table and findings (listed in ``label_conversion.csv``);
+    ``label_table`` (a table file or name) numbers their structures as it does (default: alphabetical).
     """
     from medseg.io.dicom_convert import convert_folder
     from medseg.io.dicom_select import SelectionRule
@@ -298,20 +323,33 @@ def convert_dicom(
         rule = SelectionRule(modalities=tuple(modalities), min_slices=min_slices, description=description)
     result = convert_folder(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
                             with_identifiers=with_identifiers, salt=salt)
-    result.label_maps = _convert_label_objects(folder, out, result.inventory, salt)
+    from medseg.reporting.label_names import explicit_table
+
+    result.label_maps = _convert_label_objects(folder, out, result.inventory, salt, explicit_table(label_table))
     return result
 
 
-def _convert_label_objects(folder, out, inventory, salt) -> list[dict]:
-    """RTSTRUCT/SEG objects of the folder as label maps beside their series' image (``label_conversion.csv``)."""
+def _convert_label_objects(folder, out, inventory, salt, numbering) -> list[dict]:
+    """RTSTRUCT/SEG objects of the folder as label maps beside their series' image (``label_conversion.csv``);
+    their rows of ``conversion.csv`` then say what they became instead of "skipped"."""
     import pandas as pd
 
     from medseg.dicom_manifest import convert_label_objects
     from medseg.io.atomic import write_csv
 
-    rows = convert_label_objects(folder, out, inventory=inventory, salt=salt)
+    rows = convert_label_objects(folder, out, inventory=inventory, salt=salt, numbering=numbering)
     if rows:
         write_csv(Path(out) / "label_conversion.csv", pd.DataFrame(rows))
+        conversion = Path(out) / "conversion.csv"
+        done = {r["object_series_key"]: r for r in rows if r.get("status") == "converted" and r.get("object_series_key")}
+        if done and conversion.is_file():
+            df = pd.read_csv(conversion, dtype=str, keep_default_na=False)
+            for i, key in df["series_key"].items():
+                if key in done and df.at[i, "status"] == "skipped":
+                    df.at[i, "status"] = "converted_to_label_map"
+                    df.at[i, "output"] = done[key]["output"]
+                    df.at[i, "reason"] = "label object written as a label map (label_conversion.csv)"
+            write_csv(conversion, df)
     return rows
 
 

@@ -134,7 +134,7 @@ def pair_label_objects(inv, *, salt: str | None = None):
 
 
 def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike, *, inventory=None,
-                          synonyms: dict | None = None, salt: str | None = None) -> list[dict]:
+                          synonyms: dict | None = None, salt: str | None = None, numbering=None) -> list[dict]:
     """Write every RTSTRUCT/SEG of ``folder`` as a label map on its series' grid, for ``medseg convert``.
 
     Per object, beside the series' image as ``convert`` names it (``<study key>_<stack key>``):
@@ -156,14 +156,18 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
     pairs, unpaired, usable = pair_label_objects(inv, salt=salt)
     rows = [{"series_key": "", "label_object": u["key"], "output": "", "status": "skipped", "reason": u["reason"]}
             for u in unpaired if u["kind"] in ("rtstruct", "seg")]
+    object_series = {Path(f): e.series.series_key for e in inv.entries if e.series.not_image for f in e.series.files}
     for ob in pairs:
         c = usable[ob["series_uid"]]
         name = f"{c.series.study_key}_{c.key}.{ob['key']}"
         row = {"series_key": c.series.series_key, "label_object": ob["key"], "output": "", "status": "", "reason": ""}
         table = table_from_names(ob["names"], name=ob["key"], colors=ob["colors"], codes=ob["codes"], synonyms=synonyms)
+        row["object_series_key"] = object_series.get(Path(ob["path"]), "")
         try:
             reader = read_rtstruct if ob["kind"] == "rtstruct" else read_dicom_seg
             res = reader(ob["path"], folder, table=table, synonyms=synonyms, inventory=inv)
+            if numbering is not None:
+                res.labels, table = _renumbered_as(res.labels, table, numbering)
             target = write_label_map(res.labels, out / f"{name}.label.nii.gz")
             write_text(out / f"{name}.labels.yaml", yaml.safe_dump(table.to_dict(), sort_keys=False))
             write_json(out / f"{name}.findings.json", {"label_object": ob["key"], "series_key": c.series.series_key,
@@ -173,6 +177,29 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
             row.update(status="refused", reason=str(exc))
         rows.append(row)
     return rows
+
+
+def _renumbered_as(labels, table, numbering):
+    """``labels`` (numbered by ``table``) renumbered as ``numbering`` names the structures; structures it does not
+    name follow its largest value. Returns the label map and the table that now names its values."""
+    from medseg.io.volume import Volume
+    from medseg.labels import Label, LabelTable
+    from medseg.reporting.label_names import renumbered, value_map
+
+    mapping = value_map(table, numbering)
+    top = max((lab.index for lab in numbering.labels), default=0)
+    extra = []
+    for lab in table.labels:
+        if lab.index not in mapping:
+            top += 1
+            mapping[lab.index] = top
+            extra.append(Label(top, lab.name, lab.color, lab.snomed))
+    if extra:
+        log.warning("structures %s are not in label table %r; numbered %s after it", [lab.name for lab in extra],
+                    numbering.name, [lab.index for lab in extra])
+    array = renumbered(labels.array, mapping)
+    out_table = LabelTable(numbering.name, tuple(lab for lab in numbering.labels) + tuple(extra))
+    return Volume(array, labels.affine, labels.source, labels.meta), out_table
 
 
 def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, split: str = "train",

@@ -116,15 +116,32 @@ def _samefile(a: Path, b: Path) -> bool:
 
 # -- the writer ----------------------------------------------------------------------------------
 
-def already_written(sidecar: str | os.PathLike, model_sha256: str) -> bool:
-    """The skip rule: a sidecar (written last) made by the same model, with its label map present."""
+def already_written(sidecar: str | os.PathLike, model_sha256: str, *, source: str | None = None,
+                    stack: str | None = None) -> bool:
+    """The skip rule: a sidecar (written last) made by the same model from the same input, with its label map present.
+
+    ``source`` (the case's files, comma-separated): an output of the same name made from another input (a case
+    of another folder, or the channel group of a different reading) is not this case's, and is not skipped.
+    ``stack``: the DICOM stack key when a folder holds several series (each its own case).
+    """
     p = Path(sidecar)
     try:
         side = json.loads(p.read_text())
         label_map = p.parent / side["outputs"]["label_map"]
-    except (OSError, ValueError, KeyError, TypeError):
+        made_from = str(side.get("source", ""))
+        made_key = ((side.get("dicom") or {}).get("key")) if stack else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if source is not None and _resolved(made_from) != _resolved(source):
+        return False
+    if stack is not None and made_key != stack:
         return False
     return label_map.is_file() and (side.get("model") or {}).get("model_sha256") == model_sha256
+
+
+def _resolved(source: str) -> list[str]:
+    """The channel files of a sidecar's ``source`` as absolute paths (a relative path from another cwd compares equal)."""
+    return [os.path.abspath(part) for part in str(source).split(",") if part]
 
 
 def plain(obj):
@@ -249,19 +266,22 @@ def write_case_outputs(
         return os.path.relpath(p, base)
 
     write_label_map(labels, label_map)
+    series_key = (image_meta.get("dicom") or {}).get("series_key")  # the series read, of those in the folder
     outputs, findings = {"label_map": rel(label_map)}, list(meta.pop("findings", None) or [])
     if dicom_seg is not None and image_meta.get("format") == "dicom":
         from medseg.io.seg import write_dicom_seg
 
         seg = _optional("dicom_seg", case_id, findings, lambda: write_dicom_seg(
-            labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed), dicom_folder=source)
+            labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed,
+            series_key=series_key), dicom_folder=source)
         if seg is not None:
             outputs["dicom_seg"] = rel(Path(seg))
     if rtstruct is not None and image_meta.get("format") == "dicom":
         from medseg.io.rtstruct_write import write_rtstruct
 
         rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
-            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed),
+            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed,
+            series_uid=series_key),
             dicom_folder=source)
         if rt is not None:
             outputs["rtstruct"] = rel(Path(rt))

@@ -18,7 +18,8 @@ def _convert(args) -> int:
 
     r = api.convert_dicom(folder=args.folder, out=args.out, modalities=args.modality or (), min_slices=args.min_slices,
                           description=args.description, resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt,
-                          progress=not args.no_progress, with_identifiers=args.with_identifiers, salt=args.salt)
+                          progress=not args.no_progress, with_identifiers=args.with_identifiers, salt=args.salt,
+                          label_table=args.label_table)
     n_lab = sum(row.get("status") == "converted" for row in r.label_maps)
     extra = f", {n_lab} RTSTRUCT/SEG label maps" if r.label_maps else ""
     print(f"{len(r.outputs)} series converted{extra}, {len(r.refused)} refused -> {args.out} (see conversion.csv)")
@@ -50,6 +51,9 @@ def add(sub) -> None:
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--modality", action="append", help="only this modality (repeatable), e.g. CT")
     c.add_argument("--min-slices", type=int, default=1, help="only stacks with at least this many slices")
-    c.add_argument("--description", help="only series whose description matches this regular expression")
+    c.add_argument("--series-description", "--description", dest="description",
+                   help="only series whose description matches this regular expression")
+    c.add_argument("--label-table", help="number the structures of converted RTSTRUCT/SEG objects as this table does "
+                   "(a YAML file or a name in configs/labels; default: alphabetical, names in <name>.labels.yaml)")
     _common(c)
     c.set_defaults(func=_convert)

@@ -36,6 +36,7 @@ def _run(args) -> int:
     model = args.model[0] if len(args.model) == 1 else args.model
     r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
                     overwrite=args.overwrite, dicom_seg=not args.no_seg, rtstruct=args.rtstruct, save_probabilities=args.save_probabilities,
+                    modalities=args.modality or (), min_slices=args.min_slices, series_description=args.series_description,
                     **_overrides(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
@@ -48,9 +49,14 @@ def add(sub) -> None:
     s.add_argument("--model", required=True, action="append",
                    help="checkpoint (.pt) from medseg train or medseg models import (repeat: ensemble), or a model folder: "
                         "nnU-Net v2 (DatasetXXX/Trainer__Plans__conf), TotalSegmentator's results folder, a MONAI bundle")
-    s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files, folders of them (each file a case; nnU-Net's "
-                   "case_0000, case_0001... are one case's channels) or DICOM folders")
-    s.add_argument("--out", required=True)
+    s.add_argument("inputs", nargs="+", help="NIfTI/NRRD/MHA files, folders of them (each file a case; for a model that "
+                   "takes several channels, nnU-Net's case_0000, case_0001... are one case's channels) or DICOM folders "
+                   "(a folder holding several image series, e.g. an export of several patients: one case per series)")
+    s.add_argument("--out", required=True, help="output folder: one label map (+ JSON sidecar, DICOM SEG) per case")
+    d = s.add_argument_group("DICOM series selection (which image series of a DICOM folder to segment)")
+    d.add_argument("--modality", action="append", help="only this modality (repeatable), e.g. CT")
+    d.add_argument("--min-slices", type=int, default=1, help="only stacks with at least this many slices")
+    d.add_argument("--series-description", help="only series whose description matches this regular expression")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
     s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG for DICOM inputs")
@@ -73,5 +79,5 @@ def add(sub) -> None:
     n.add_argument("--preset", choices=["faithful", "fast"],
                    help="faithful: nnU-Net's own inference step for step (default); fast: medseg's faster paths "
                         "(benchmarks/bench_nnunet.py measures their speed and label agreement)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_run)

@@ -26,16 +26,32 @@ def _evaluate(args) -> int:
         options["nsd_tolerance_mm"] = args.nsd_tolerance_mm
     path = api.evaluate(pred=args.pred, ref=args.ref, label_table=args.label_table, out=args.out, **options)
     print(f"wrote {path}")
+    print(_dice_summary(path))
     return 0
+
+
+def _dice_summary(path) -> str:
+    """``Dice (mean over N cases): liver 0.961, spleen 0.944 ...`` from metrics.csv, in the table's order."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    means = df.groupby("structure", sort=False)["dice"].mean()
+    parts = ", ".join(f"{name} {value:.3f}" if value == value else f"{name} n/a" for name, value in means.items())
+    return f"Dice (mean over {df['case_id'].nunique()} case(s)): {parts}"
 
 
 def add(sub) -> None:
     s = sub.add_parser("report", help="volumes.csv, cohort tables, QC montages and report.html from label maps (no model needed)")
-    s.add_argument("--labels", nargs="+", required=True, help="label maps (NIfTI, NRRD, MHA or DICOM folders)")
-    s.add_argument("--images", nargs="+", help="one image per label map (for intensities and QC pictures), paired by case name (nnU-Net's _0000 "
+    s.add_argument("--labels", nargs="+", required=True,
+                   help="label maps (NIfTI, NRRD, MHA) or folders of them (e.g. the --out of medseg predict; probability "
+                        "maps are left out); structure names come from each map's predict sidecar, .labels.yaml, "
+                        "dataset.json or manifest table")
+    s.add_argument("--images", nargs="+", help="images or a folder of them: one image per label map (for intensities and QC pictures), "
+                   "paired by case name (nnU-Net's _0000 "
                    "ignored), in the order given when the names differ; "
                    "an image on another grid is resampled onto the label map's (linear; --nearest)")
-    s.add_argument("--label-table", help="YAML label table or a name in configs/labels (default: from the predict sidecar)")
+    s.add_argument("--label-table", help="YAML label table or a name in configs/labels: the names of label maps that carry "
+                   "none (default: the names that travel with each map)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--min-size-ml", type=float, help="structures found but smaller than this get status below_min_size")
     s.add_argument("--reference-ranges", help="CSV (structure,low_ml,high_ml) or YAML ({structure: [low, high]}) for outlier flags; "
@@ -50,11 +66,12 @@ def add(sub) -> None:
     s.set_defaults(func=_report)
 
     s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)")
-    s.add_argument("--pred", nargs="+", required=True, help="predicted label maps")
+    s.add_argument("--pred", nargs="+", required=True, help="predicted label maps, or a folder of them (medseg predict's --out)")
     s.add_argument("--ref", nargs="+", required=True,
-                   help="reference label maps, paired with --pred by case name (the file name; nnU-Net's _0000 channel suffix "
-                        "ignored), or in the order given when the names differ")
-    s.add_argument("--label-table")
+                   help="reference label maps or a folder of them, paired with --pred by case name (the file name; nnU-Net's "
+                        "_0000 channel suffix ignored), or in the order given when the names differ")
+    s.add_argument("--label-table", help="YAML label table or a name in configs/labels naming the values of maps that "
+                   "carry no names; structures are always compared by name, never value with value")
     s.add_argument("--out", required=True, help="a .csv file or a folder")
     s.add_argument("--nsd-tolerance-mm", type=float, help="tolerance of the normalised surface Dice (default 2 mm)")
     s.add_argument("--no-surface", action="store_true", help="skip surface distances (HD95, ASSD, NSD)")

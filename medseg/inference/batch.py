@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import InputError, MedsegError, OutputError
+from medseg.io.dicom import is_dicom_folder, scan_inventory, volume_from_candidate
+from medseg.io.dicom_select import SelectionRule, select
+from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for, read_volume
 from medseg.labels import LabelTable
+from medseg.outputs import check_case_id
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -33,54 +38,159 @@ class PredictResult:
         return 1 if (self.outputs or self.skipped) else 2
 
 
-def expand_folders(inputs: Sequence[PathLike]) -> list:
-    """Inputs with every folder of image files replaced by its cases (a DICOM folder stays one input).
+#: nnU-Net's channel suffix: ``case_0000`` is channel 0 of ``case``.
+_CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
 
-    ``medseg predict --out pred imagesTs/`` as nnU-Net and TotalSegmentator users type it: each NIfTI/NRRD/MHA
-    file in a folder without DICOM files is a case, and where every file carries nnU-Net's channel suffix (``case_0000``,
-    ``case_0001``...) the files of one case are its channels, in order.
-    """
-    import re
 
-    from medseg.io.dicom import is_dicom_folder
-    from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for
+@dataclass
+class CaseInput:
+    """One case to segment: its id, its channel files (or DICOM folder) and, for one stack of a DICOM folder
+    that holds several, the planned candidate to decode (so the folder is scanned once, not once per case)."""
 
-    out: list = []
-    for src in inputs:
-        folder = Path(str(src))
-        images = sorted(c for c in folder.iterdir() if c.is_file() and not c.name.startswith(".")
-                        and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)) if folder.is_dir() else []
-        if not images or is_dicom_folder(folder):  # a series folder with a stray NIfTI beside its slices stays DICOM
-            out.append(src)
-            continue
-        parts = [re.fullmatch(r"(.+)_(\d{4})", case_id_for(f)) for f in images]
-        if not all(parts):
-            out += images
-            continue
-        cases: dict[str, dict[int, Path]] = {}
-        for m, f in zip(parts, images):
-            cases.setdefault(m.group(1), {})[int(m.group(2))] = f
-        for case, channels in cases.items():
-            if sorted(channels) != list(range(len(channels))):
-                raise InputError(f"case {case} has channels {sorted(channels)}; nnU-Net's naming needs _0000, _0001... without gaps",
-                                 path=folder)
-            out.append(",".join(str(channels[k]) for k in range(len(channels))) if len(channels) > 1 else channels[0])
-        log.info("%s: %d cases (%d files)", folder, len(cases), len(images))
+    case_id: str
+    channels: list  # paths: channel 0 first (a DICOM folder is one channel)
+    stack: object = None  # medseg.io.dicom_select.Candidate when the folder holds several admitted stacks
+    selection: dict | None = None  # how the stack was chosen (recorded in the sidecar)
+    error: InputError | None = None  # found while listing: the case fails alone with it
+
+    @property
+    def stack_key(self) -> str | None:
+        """The chosen stack's key when this case is one of several in its DICOM folder."""
+        return self.stack.key if self.stack is not None else None
+
+    @property
+    def source(self) -> str:
+        return ",".join(str(c) for c in self.channels)
+
+    def read(self):
+        """The reference volume (channel 0)."""
+        if self.error is not None:
+            raise self.error
+        if self.stack is not None:
+            return volume_from_candidate(self.stack, str(self.channels[0]), selection=self.selection)
+        return read_volume(self.channels[0])
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(c for c in folder.iterdir() if c.is_file() and not c.name.startswith(".")
+                  and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)
+                  and not c.name.lower().endswith(_DERIVED_SUFFIXES))
+
+
+#: Files medseg itself writes beside label maps that are not images to segment.
+_DERIVED_SUFFIXES = (".probabilities.nii.gz", ".probabilities.nii", ".label.nii.gz")
+
+
+def _grouped_channels(folder: Path, images: list[Path], in_channels: int) -> list[CaseInput]:
+    """nnU-Net's ``case_0000``, ``case_0001``... files as the channels of ``case``, checked against the model."""
+    parts = [_CHANNEL_SUFFIX.fullmatch(case_id_for(f)) for f in images]
+    unnamed = [f.name for f, m in zip(images, parts) if m is None]
+    if unnamed:
+        raise InputError(f"the model takes {in_channels} image channels per case, but {unnamed[0]} does not name its "
+                         f"channel; name each case's files CASE_0000 ... CASE_{in_channels - 1:04d} as nnU-Net does, or "
+                         "give one case's channel files comma-separated", path=folder)
+    cases: dict[str, dict[int, Path]] = {}
+    for m, f in zip(parts, images):
+        cases.setdefault(m.group(1), {})[int(m.group(2))] = f
+    out = []
+    for case, channels in cases.items():
+        if sorted(channels) != list(range(in_channels)):
+            raise InputError(f"case {case} has channels {sorted(channels)}; the model takes {in_channels} "
+                             f"(nnU-Net's naming: _0000 ... _{in_channels - 1:04d}, without gaps)", path=folder)
+        out.append(CaseInput(case, [channels[k] for k in range(in_channels)]))
     return out
 
 
-def _case_ids(inputs: Sequence[PathLike]) -> list[str]:
-    """Case ids of the inputs, checked (length, control characters) and unique."""
-    from medseg.io.readers import case_id_for
-    from medseg.outputs import check_case_id
+def _dicom_cases(folder: Path, rule: SelectionRule | None) -> list[CaseInput]:
+    """A DICOM folder: one case, or one case per admitted image stack when it holds several series
+    (an export of several patients or studies); a folder with nothing admitted fails as one case."""
+    inv = scan_inventory(folder)
+    cands = inv.candidates
+    matching = [c for c in cands if (rule or SelectionRule()).matches(c)]
+    n_series = len({c.series.series_key for c in matching})
+    if n_series <= 1:  # one series (maybe split into parts): the rule picks its stack when read
+        if rule is None:
+            return [CaseInput(folder.name, [folder])]
+        if not matching:
+            return [CaseInput(folder.name, [folder], error=_no_match(cands, rule, folder))]
+        chosen, record = select(matching, rule, folder=folder)
+        return [CaseInput(folder.name, [folder], stack=chosen, selection=record)]
+    by_series: dict[str, list] = {}
+    for c in matching:
+        by_series.setdefault(c.series.series_key, []).append(c)
+    out = []
+    for key, stacks in sorted(by_series.items()):
+        chosen, record = select(stacks, None, folder=folder)
+        record = {**record, "rule": (rule or SelectionRule()).describe(),
+                  "reason": f"one case per image series: the folder holds {n_series} series the rule admits"}
+        out.append(CaseInput(f"{folder.name}_{key}", [folder], stack=chosen, selection=record))
+    log.warning("%s holds %d image series; segmenting each as its own case (%s)", folder.name, n_series,
+                ", ".join(c.case_id for c in out))
+    return out
 
-    ids = [check_case_id(case_id_for(_channel_paths(p)[0]), p) for p in inputs]
+
+def _no_match(cands: list, rule: SelectionRule, folder: Path) -> InputError:
+    try:
+        select(cands, rule, folder=folder)
+    except InputError as exc:
+        return exc
+    return InputError("no image series matches the selection rule", path=folder)
+
+
+def expand_inputs(inputs: Sequence[PathLike], *, in_channels: int = 1, rule: SelectionRule | None = None) -> list[CaseInput]:
+    """The cases of ``inputs``: files, comma-separated channel files, folders of image files, DICOM folders.
+
+    A folder of NIfTI/NRRD/MHA files (without DICOM files) is one case per file when the model takes one channel
+    (``phantom_0000.nii.gz``, ``phantom_0001.nii.gz`` are two cases); when it takes several, nnU-Net's
+    ``case_0000``, ``case_0001``... files are one case's channels, checked against the model's channel count.
+    Probability maps medseg wrote (``*.probabilities.nii.gz``) are not cases. A DICOM folder holding several
+    image series that the selection ``rule`` admits (an export of several patients) is one case per series.
+    """
+    out: list[CaseInput] = []
+    for src in inputs:
+        channels = _channel_paths(src)
+        folder = Path(str(src))
+        if len(channels) > 1:
+            out.append(CaseInput(_channels_id(channels), channels))
+            continue
+        if not folder.is_dir():
+            out.append(CaseInput(case_id_for(src), [src]))
+            continue
+        images = _image_files(folder)
+        if is_dicom_folder(folder) or not images:  # a series folder with a stray NIfTI beside its slices stays DICOM
+            out += _dicom_cases(folder, rule) if is_dicom_folder(folder) else [CaseInput(case_id_for(src), [src])]
+            continue
+        if in_channels > 1:
+            out += _grouped_channels(folder, images, in_channels)
+        else:
+            out += [CaseInput(case_id_for(f), [f]) for f in images]
+        log.info("%s: %d files", folder, len(images))
+    return out
+
+
+def expand_folders(inputs: Sequence[PathLike], in_channels: int = 1) -> list:
+    """``expand_inputs`` as plain inputs: a path per case, several channels comma-separated."""
+    return [c.channels[0] if len(c.channels) == 1 else c.source for c in expand_inputs(inputs, in_channels=in_channels)]
+
+
+def _channels_id(channels: list) -> str:
+    """A multi-channel case's id: ``case`` for nnU-Net's ``case_0000,case_0001``, else the first file's name."""
+    ids = [case_id_for(c) for c in channels]
+    parts = [_CHANNEL_SUFFIX.fullmatch(i) for i in ids]
+    if all(parts) and len({m.group(1) for m in parts}) == 1:
+        return parts[0].group(1)
+    return ids[0]
+
+
+def _check_case_ids(cases: list[CaseInput]) -> list[str]:
+    """Case ids of the inputs, checked (length, control characters) and unique."""
     seen: dict[str, str] = {}
-    for cid, p in zip(ids, inputs):
-        if cid in seen:
-            raise InputError(f"inputs {seen[cid]} and {p} would both be written as case {cid!r}; rename one")
-        seen[cid] = str(p)
-    return ids
+    for c in cases:
+        check_case_id(c.case_id, c.channels[0])
+        if c.case_id in seen:
+            raise InputError(f"inputs {seen[c.case_id]} and {c.source} would both be written as case {c.case_id!r}; rename one")
+        seen[c.case_id] = c.source
+    return [c.case_id for c in cases]
 
 
 def _targets(out_dir: Path, name: str) -> dict:
@@ -108,6 +218,7 @@ def predict_many(
     dicom_seg: bool = True,
     rtstruct: bool = False,
     save_probabilities: bool = False,
+    rule: SelectionRule | None = None,
     **inference_overrides,
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
@@ -133,7 +244,6 @@ def predict_many(
     from medseg.checkpoint import versions
     from medseg.inference.predictor import Predictor
     from medseg.io.atomic import ensure_dir, write_csv, write_json
-    from medseg.io.readers import read_volume
     from medseg.outputs import (
         already_written,
         refuse_overwriting_inputs,
@@ -141,37 +251,41 @@ def predict_many(
         write_case_outputs,
     )
 
-    inputs = expand_folders(inputs)
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")
     out_dir = Path(out)
-    ids = _case_ids(inputs)
-    names = {cid: safe_name(cid) for cid in ids}
-    all_targets = [out_dir / "run.json", out_dir / "failures.csv"]
-    all_targets += [t for cid in ids for t in _targets(out_dir, names[cid]).values()]
-    refuse_overwriting_inputs(all_targets, [c for p in inputs for c in _channel_paths(p)])
-    ensure_dir(out_dir)
+    given = [c for p in inputs for c in _channel_paths(p)]
+    refuse_overwriting_inputs([out_dir / "run.json", out_dir / "failures.csv"], given)  # before the model loads
     predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, progress=progress, **inference_overrides)
+    cases = expand_inputs(inputs, in_channels=predictor.in_channels, rule=rule)
+    if not cases:
+        raise InputError("no images found in the inputs; expected image files or DICOM folders")
+    ids = _check_case_ids(cases)
+    names = {cid: safe_name(cid) for cid in ids}
+    all_targets = [t for cid in ids for t in _targets(out_dir, names[cid]).values()]
+    refuse_overwriting_inputs(all_targets, [c for case in cases for c in case.channels])
+    ensure_dir(out_dir)
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
     run_info = {"command": "predict", "versions": versions(), "model": predictor.provenance,
-                "device": str(predictor.device), "inputs": [str(p) for p in inputs], "labels": predictor.labels.to_dict(),
+                "device": str(predictor.device), "inputs": [c.source for c in cases], "labels": predictor.labels.to_dict(),
                 "inference": predictor.inference, "preprocessing": predictor.preprocessing}
     write_json(out_dir / "run.json", run_info)
+    log.info("%d case(s) in %d input(s)", len(cases), len(inputs))
 
-    bar = tqdm(list(zip(ids, inputs)), desc="predict", unit="case", disable=not progress)
-    for cid, src in bar:
+    bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
+    for case in bar:
+        cid = case.case_id
         paths = _targets(out_dir, names[cid])
-        if not overwrite and already_written(paths["sidecar"], sha):
+        if not overwrite and already_written(paths["sidecar"], sha, source=case.source, stack=case.stack_key):
             result.skipped.append(cid)
             continue
         t0 = time.monotonic()
         try:
-            channels = _channel_paths(src)
-            image = read_volume(channels[0])
-            labels = predictor.predict([image, *channels[1:]], keep_probabilities=save_probabilities)
+            image = case.read()
+            labels = predictor.predict([image, *case.channels[1:]], keep_probabilities=save_probabilities)
             write_case_outputs(
-                case_id=cid, labels=labels, image_meta=image.meta, source=str(src), table=predictor.labels,
+                case_id=cid, labels=labels, image_meta=image.meta, source=case.source, table=predictor.labels,
                 provenance=predictor.provenance, inference=predictor.inference, label_map=paths["label_map"],
                 sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if dicom_seg else None,
                 rtstruct=paths["rtstruct"] if rtstruct else None,

@@ -31,9 +31,15 @@ _TYPE2_SOURCE_ATTRIBUTES = (
 _ANATOMY_CATEGORY = ("123037004", "SCT", "Anatomical Structure")
 
 
-def _source_slices(folder: Path, labels: Volume):
-    """Header-only datasets of the series the label map was made on, each with its slice's voxel indices."""
+def _source_slices(folder: Path, labels: Volume, series_key: str | None = None):
+    """Header-only datasets of the series the label map was made on, each with its slice's voxel indices.
+
+    ``series_key`` (``se...``, the reader's pseudonym of the SeriesInstanceUID): only that series' slices, so a
+    folder holding several series on the same grid (an export of several patients) cannot mix them.
+    """
     import pydicom
+
+    from medseg.io.dicom_scan import pseudonym
 
     inv = np.linalg.inv(labels.affine)
     matched = []
@@ -45,6 +51,8 @@ def _source_slices(folder: Path, labels: Volume):
             except Exception:
                 continue
             if not all(hasattr(ds, t) for t in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")):
+                continue
+            if series_key and pseudonym(str(ds.get("SeriesInstanceUID", "")), prefix="se") != series_key:
                 continue
             index = _pixel_indices(ds, inv, labels.shape)
             if index is not None:
@@ -89,12 +97,13 @@ def _uid(seed: str | None, matched, what: str) -> str:
 
 
 def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *, software_version: str,
-                    uid_seed: str | None = None) -> Path:
+                    uid_seed: str | None = None, series_key: str | None = None) -> Path:
     """Write ``labels`` (on the DICOM series' grid) as a DICOM SEG referencing that series.
 
     ``uid_seed`` (e.g. a hash of the model and settings): the SEG's SeriesInstanceUID and SOPInstanceUID are
     derived from it and the source SeriesInstanceUID, so writing the same case again gives the same object
     (a PACS receiving it twice stores one instance); without it they are new each time.
+    ``series_key``: the source series' ``se...`` key when ``dicom_folder`` holds several series.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -102,7 +111,7 @@ def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: Labe
     from medseg.io.atomic import atomic_path
 
     folder = Path(dicom_folder)
-    matched = _source_slices(folder, labels)
+    matched = _source_slices(folder, labels, series_key)
     frames = np.stack([labels.array[idx] for _, idx in matched]).astype(np.uint16)
     if frames.max() > table.num_classes - 1:
         raise GeometryError(f"label map holds value {int(frames.max())} outside label table {table.name!r}", path=labels.source or None)

@@ -12,31 +12,27 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from medseg.errors import InputError
+from medseg.io.volume import Volume
 from medseg.labels import LabelTable
+from medseg.reporting.label_names import common_structures, explicit_table, one_table, renumbered, tables_for
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
 
-def _label_table(label_table: LabelTable | PathLike | None, fallback_sidecar: Path | None = None) -> LabelTable:
-    import json
-
-    from medseg.config import resolve_label_table_path
-
-    if isinstance(label_table, LabelTable):
-        return label_table
-    if label_table is not None:
-        return LabelTable.from_yaml(resolve_label_table_path(str(label_table)))
-    if fallback_sidecar is not None and fallback_sidecar.is_file():
-        return LabelTable.from_dict(json.loads(fallback_sidecar.read_text())["labels"], source=str(fallback_sidecar))
-    raise InputError("no label table: pass --label-table (a YAML file or a name in configs/labels)")
-
-
 def report_label_table(label_table: LabelTable | PathLike | None, labels: Sequence[PathLike]) -> LabelTable:
-    """The label table a report of ``labels`` uses: the one given, else the first label map's predict sidecar's."""
-    return _label_table(label_table, _sidecar_of(labels[0]) if labels else None)
+    """The label table a report of ``labels`` uses (``medseg.reporting.label_names.one_table``); the label maps
+    must number it alike (TotalSegmentator's statistics read each map's values as they are)."""
+    table, maps = one_table(labels, explicit_table(label_table))
+    for path, mapping in zip(labels, maps):
+        if any(k != v for k, v in mapping.items()):
+            raise InputError(f"numbers its structures otherwise than table {table.name!r}; --statistics-json needs label "
+                             "maps numbered alike", path=path)
+    return table
 
 
 def _sidecar_of(path: PathLike) -> Path:
@@ -101,7 +97,7 @@ def write_volumes_report(
     if len(set(ids)) != len(ids):
         dup = sorted({c for c in ids if ids.count(c) > 1})
         raise InputError(f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids")
-    table = _label_table(label_table, _sidecar_of(labels[0]))
+    table, value_maps = one_table(labels, explicit_table(label_table))
     out_dir = Path(out)
     from medseg.outputs import refuse_overwriting_inputs
 
@@ -111,7 +107,7 @@ def write_volumes_report(
     ranges = reference_ranges if isinstance(reference_ranges, dict) or reference_ranges is None else cohort.read_reference_ranges(reference_ranges)
     rows, montages = [], {}
     for i, (cid, lab_path) in enumerate(zip(ids, labels)):
-        lab = read_volume(lab_path)
+        lab = _on_table(read_volume(lab_path), value_maps[i])
         img_array, sampling = None, ""
         if images is not None:
             img_array, sampling = image_on_label_grid(read_volume(images[i]), lab, order=resample_order)
@@ -158,6 +154,12 @@ def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, rang
         write_html(out_dir / "report.html", df, wide, summary, table.names, montages, notes=notes,
                    **({"title": title} if title else {}))
     return path
+
+
+def _on_table(lab: Volume, mapping: dict[int, int], keep_unnamed: bool = True) -> Volume:
+    """The label map with its values renumbered by name onto the report's table (itself when nothing moves)."""
+    array = renumbered(np.asarray(lab.array), mapping, keep_unnamed=keep_unnamed)
+    return lab if array is lab.array else Volume(array, lab.affine, lab.source, lab.meta)
 
 
 def _safe_name(case_id: str) -> str:
@@ -216,11 +218,13 @@ def write_metrics_report(
     if len(pred) != len(ref) or not pred:
         raise InputError(f"{len(pred)} predictions and {len(ref)} references; give them in pairs, in the same order")
     ref = paired_by_case(pred, ref)
-    table = _label_table(label_table, _sidecar_of(pred[0]))
+    given = explicit_table(label_table)
+    pred_tables, ref_tables = tables_for(pred, given, "prediction"), tables_for(ref, given, "reference")
     ids = list(case_ids) if case_ids else [case_id_for(p) for p in pred]
+    matched = [common_structures(pt, rt, p, r) for (pt, _), (rt, _), p, r in zip(pred_tables, ref_tables, pred, ref)]
     rows = []
-    for cid, p, r in zip(ids, pred, ref):
-        pv, rv = read_volume(p), read_volume(r)
+    for cid, p, r, (table, mapping) in zip(ids, pred, ref, matched):
+        pv, rv = read_volume(p), _on_table(read_volume(r), mapping, keep_unnamed=False)
         if not same_grid(rv, pv):
             rv = align_to(rv, pv)
         rows += metric_rows(cid, pv, rv, table, surface=surface,

@@ -198,10 +198,12 @@ def test_a_folder_of_image_files_is_predicted_case_by_case(oracle_checkpoint, co
     multi.mkdir()
     for name in ("x_0001", "x_0000", "y_0000", "y_0001"):
         (multi / f"{name}.nii.gz").write_bytes(b"")
-    assert expand_folders([multi]) == [f"{multi}/x_0000.nii.gz,{multi}/x_0001.nii.gz", f"{multi}/y_0000.nii.gz,{multi}/y_0001.nii.gz"]
+    assert expand_folders([multi], in_channels=2) == [f"{multi}/x_0000.nii.gz,{multi}/x_0001.nii.gz",
+                                                      f"{multi}/y_0000.nii.gz,{multi}/y_0001.nii.gz"]
+    assert len(expand_folders([multi])) == 4  # a one-channel model: each file a case (tests/integration/test_first_hour.py)
     (multi / "y_0001.nii.gz").rename(multi / "y_0002.nii.gz")
     with pytest.raises(InputError, match=r"case y has channels \[0, 2\]"):
-        expand_folders([multi])
+        expand_folders([multi], in_channels=2)
     # files not named by channel are one case each; a DICOM folder with a stray NIfTI stays one DICOM input
     plain = tmp_path / "plain"
     plain.mkdir()

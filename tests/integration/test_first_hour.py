@@ -1,0 +1,219 @@
+"""Issue 38's traps: inputs that gave a wrong or partial result with exit 0 to a new user.
+
+Each test builds the input as a newcomer would meet it and asserts the right result (every case, every
+patient, Dice by structure name) or a one-line refusal with exit 2, never a partial result with exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import label_coded
+
+from medseg.cli import main
+from medseg.errors import InputError
+from medseg.inference.batch import expand_inputs
+from medseg.io.readers import write_label_map, write_volume
+from medseg.phantoms import make_phantom, write_dicom_series
+
+
+def _coded(seed: int, case_id: str, **kw):
+    case = make_phantom(seed, case_id=case_id, spacing=(1.6, 1.6, 4.0), **kw)
+    return case, label_coded(case)
+
+
+def _labels(path) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj)
+
+
+def _direct(oracle, source, tmp_path) -> np.ndarray:
+    """The labels of ``source`` predicted alone (the reference each case of a folder must equal)."""
+    from medseg.api import predict
+
+    out = tmp_path / "direct" / source.name
+    result = predict(model=oracle, inputs=[source], out=out, progress=False)
+    (path,) = result.outputs.values()
+    return _labels(path)
+
+
+def test_a_folder_of_phantom_files_is_one_case_per_file_for_a_one_channel_model(oracle_checkpoint, tmp_path, capsys):
+    """`medseg phantoms` writes phantom_0000, phantom_0001...: three cases, not one case of three channels."""
+    images = tmp_path / "ph" / "images"
+    truth = {}
+    for k in range(3):
+        case, coded = _coded(20 + k, f"phantom_{k:04d}")
+        write_volume(coded, images / f"phantom_{k:04d}.nii.gz")
+        truth[f"phantom_{k:04d}"] = _direct(oracle_checkpoint, images / f"phantom_{k:04d}.nii.gz", tmp_path)
+    out = tmp_path / "preds"
+    assert main(["predict", "--model", str(oracle_checkpoint), str(images), "--out", str(out), "--no-progress"]) == 0
+    assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
+    for cid, lab in truth.items():
+        np.testing.assert_array_equal(_labels(out / f"{cid}.nii.gz"), lab)
+
+
+def test_finished_case_detection_never_swallows_another_input(oracle_checkpoint, tmp_path, capsys):
+    """An --out that already holds phantom_0000 made from another file does not make this phantom_0000 'done'."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_volume(_coded(31, "phantom_0000")[1], first / "phantom_0000.nii.gz")
+    write_volume(_coded(32, "phantom_0000", flips=(True, False, False))[1], second / "phantom_0000.nii.gz")
+    lab_a = _direct(oracle_checkpoint, first / "phantom_0000.nii.gz", tmp_path)
+    lab_b = _direct(oracle_checkpoint, second / "phantom_0000.nii.gz", tmp_path)
+    write_volume(_coded(33, "phantom_0001")[1], second / "phantom_0001.nii.gz")
+    out = tmp_path / "preds"
+    assert main(["predict", "--model", str(oracle_checkpoint), str(first), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(oracle_checkpoint), str(second), "--out", str(out), "--no-progress",
+                 "--overwrite"]) == 0
+    assert "2 segmented, 0 already done" in capsys.readouterr().out
+    np.testing.assert_array_equal(_labels(out / "phantom_0000.nii.gz"), lab_b)
+    # the same input again is done; the other folder's file of the same name is not
+    assert main(["predict", "--model", str(oracle_checkpoint), str(second), "--out", str(out), "--no-progress"]) == 0
+    assert "0 segmented, 2 already done" in capsys.readouterr().out
+    assert main(["predict", "--model", str(oracle_checkpoint), str(first / "phantom_0000.nii.gz"), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "1 segmented, 0 already done" in capsys.readouterr().out
+    np.testing.assert_array_equal(_labels(out / "phantom_0000.nii.gz"), lab_a)
+
+
+def test_channel_grouping_follows_the_model(tmp_path):
+    """nnU-Net's _0000/_0001 files are one case's channels only for a model that takes several."""
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for name in ("x_0000", "x_0001", "y_0000", "y_0001"):
+        (folder / f"{name}.nii.gz").write_bytes(b"")
+    (folder / "x.probabilities.nii.gz").write_bytes(b"")  # medseg's own probability map is not a case
+    one = expand_inputs([folder], in_channels=1)
+    assert [c.case_id for c in one] == ["x_0000", "x_0001", "y_0000", "y_0001"]
+    two = expand_inputs([folder], in_channels=2)
+    assert [(c.case_id, [p.name for p in c.channels]) for c in two] == [
+        ("x", ["x_0000.nii.gz", "x_0001.nii.gz"]), ("y", ["y_0000.nii.gz", "y_0001.nii.gz"])]
+    with pytest.raises(InputError, match=r"case x has channels \[0, 1\]; the model takes 3"):
+        expand_inputs([folder], in_channels=3)
+    (folder / "z.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="z.nii.gz does not name its channel"):
+        expand_inputs([folder], in_channels=2)
+
+
+def test_predict_on_an_export_segments_every_patient(oracle_checkpoint, tmp_path, capsys):
+    """An export folder of three patients (one series each, same grid): three cases, each its own labels and SEG."""
+    import pydicom
+
+    export = tmp_path / "EXPORT"
+    truth = {}
+    for k, flips in enumerate([(False, False, False), (True, False, False), (False, True, True)]):
+        case, coded = _coded(40 + k, f"p{k}", flips=flips)
+        series = write_dicom_series(_as_case(case, coded), export / f"patient{k}" / "study" / "series", seed=40 + k)
+        truth[k] = _direct(oracle_checkpoint, series, tmp_path / str(k))
+    out = tmp_path / "preds"
+    assert main(["predict", "--model", str(oracle_checkpoint), str(export), "--out", str(out), "--no-progress"]) == 0
+    assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
+    sidecars = sorted(out.glob("EXPORT_se*.json"))
+    assert len(sidecars) == 3
+    found = set()
+    for side in sidecars:
+        lab = _labels(out / f"{side.stem}.nii.gz")
+        match = [k for k, t in truth.items() if np.array_equal(lab, t)]
+        assert len(match) == 1, side.name
+        found.add(match[0])
+        seg = pydicom.dcmread(out / f"{side.stem}.seg.dcm")
+        series = {str(r.SeriesInstanceUID) for r in seg.ReferencedSeriesSequence}
+        assert len(series) == 1  # only its own patient's slices, though all three share one grid
+        assert json.loads(side.read_text())["dicom"]["series_key"] in side.stem
+    assert found == {0, 1, 2}
+    # a selection rule that admits none of them is one line and exit 2, not an empty success
+    assert main(["predict", "--model", str(oracle_checkpoint), str(export), "--out", str(tmp_path / "none"),
+                 "--no-progress", "--modality", "MR"]) == 2
+    assert "no image series matches the selection rule (modality MR)" in capsys.readouterr().err
+
+
+def _as_case(case, coded):
+    """The phantom with its image replaced by the oracle's label-coded intensities."""
+    from dataclasses import replace
+
+    return replace(case, image=coded)
+
+
+
+def _cohort(tmp_path, n: int = 2):
+    """A folder as `medseg phantoms` lays it out (images/, labels/, manifest.csv, manifest_labels.yaml), oracle-coded."""
+    import yaml
+
+    from medseg.phantoms import PHANTOM_LABELS
+
+    root = tmp_path / "ph"
+    for k in range(n):
+        case, coded = _coded(60 + k, f"phantom_{k:04d}")
+        write_volume(coded, root / "images" / f"phantom_{k:04d}.nii.gz")
+        write_label_map(case.labels, root / "labels" / f"phantom_{k:04d}.nii.gz")
+    (root / "manifest.csv").write_text("case_id,image,label,split\n")
+    (root / "manifest_labels.yaml").write_text(yaml.safe_dump(PHANTOM_LABELS.to_dict(), sort_keys=False))
+    return root
+
+
+def test_report_and_evaluate_take_folders_and_skip_probability_maps(oracle_checkpoint, tmp_path, capsys):
+    import pandas as pd
+
+    root = _cohort(tmp_path)
+    preds = tmp_path / "preds"
+    assert main(["predict", "--model", str(oracle_checkpoint), str(root / "images"), "--out", str(preds), "--no-progress",
+                 "--save-probabilities"]) == 0
+    assert len(list(preds.glob("*.probabilities.nii.gz"))) == 2
+    assert main(["report", "--labels", str(preds), "--images", str(root / "images"), "--out", str(tmp_path / "rep"),
+                 "--no-qc"]) == 0
+    vols = pd.read_csv(tmp_path / "rep" / "volumes.csv")
+    assert sorted(vols["case_id"].unique()) == ["phantom_0000", "phantom_0001"]
+    assert {"liver", "spleen", "kidney_left", "kidney_right"} <= set(vols["structure"])
+    assert vols["intensity_mean"].notna().any()
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m.csv")]) == 0
+    assert "Dice (mean over 2 case(s)): liver 0.9" in capsys.readouterr().out
+    metrics = pd.read_csv(tmp_path / "m.csv")
+    assert len(metrics) == 8 and metrics["dice"].min() > 0.8
+    # references that carry no names, and no --label-table: one line, exit 2, not a value-by-value guess
+    (root / "manifest_labels.yaml").unlink()
+    assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m2.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "carries no label names" in err and "--label-table" in err and len(err.splitlines()) == 1
+    assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m2.csv"),
+                 "--label-table", "abdomen_phantom"]) == 0
+
+
+def test_evaluate_against_a_converted_rtstruct_compares_structures_by_name(oracle_checkpoint, tmp_path, capsys):
+    """convert numbers an RTSTRUCT's structures alphabetically; evaluate must match them by name (not Dice 0.0)."""
+    import pandas as pd
+    import yaml
+
+    from medseg.io.rtstruct_write import write_rtstruct
+    from medseg.phantoms import PHANTOM_LABELS
+
+    case, coded = _coded(70, "ct")
+    export = tmp_path / "export"
+    series = write_dicom_series(_as_case(case, coded), export / "series", seed=70)
+    (export / "rt").mkdir()
+    write_rtstruct(case.labels, series, PHANTOM_LABELS, export / "rt" / "truth.dcm", software_version="test")
+    assert main(["convert", str(export), "--out", str(tmp_path / "conv"), "--no-progress"]) == 0
+    (ref,) = (tmp_path / "conv").glob("*.label.nii.gz")
+    own = yaml.safe_load(next((tmp_path / "conv").glob("*.labels.yaml")).read_text())
+    assert [lab["name"] for lab in own["labels"]] == sorted(PHANTOM_LABELS.names)  # its own (alphabetical) numbering
+    conversion = pd.read_csv(tmp_path / "conv" / "conversion.csv")
+    assert "converted_to_label_map" in set(conversion["status"]) and "skipped" not in set(conversion["status"])
+    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "preds"),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path / "preds" / "series.nii.gz"), "--ref", str(ref),
+                 "--out", str(tmp_path / "m.csv")]) == 0
+    metrics = pd.read_csv(tmp_path / "m.csv").set_index("structure")
+    assert sorted(metrics.index) == sorted(PHANTOM_LABELS.names)
+    assert metrics["dice"].min() > 0.8, metrics["dice"]
+    # --label-table numbers the converted structures as the user's table does: value for value equal to the truth
+    assert main(["convert", str(export), "--out", str(tmp_path / "conv2"), "--no-progress", "--label-table",
+                 "abdomen_phantom"]) == 0
+    (numbered,) = (tmp_path / "conv2").glob("*.label.nii.gz")
+    lab, truth = _labels(numbered), case.labels.array
+    for item in PHANTOM_LABELS.labels:
+        k = item.index
+        dice = 2 * np.sum((lab == k) & (truth == k)) / (np.sum(lab == k) + np.sum(truth == k))
+        assert dice > 0.85, (item.name, dice)
