@@ -54,7 +54,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.io.contours import mask_contours, polygon_area
 from medseg.io.dicom_geometry import Finding
 from medseg.io.rtstruct import RTSTRUCT_SOP_CLASS
-from medseg.io.volume import LPS_TO_RAS, Volume
+from medseg.io.volume import LPS_TO_RAS, Volume, label_boxes
 from medseg.labels import LabelTable
 
 #: Marching-squares level on the 0/1 mask: contours 0.45 voxel from the structure's edge voxel centres (docstring).
@@ -127,7 +127,6 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     from pydicom.dataset import FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ImplicitVRLittleEndian, generate_uid
-    from scipy.ndimage import find_objects
 
     import medseg
     from medseg.io.atomic import atomic_path
@@ -182,9 +181,9 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     roi_items, contour_items, obs_items = [], [], []
     dropped = 0
     absent = []
-    boxes = find_objects(arr) if arr.size and arr.max() > 0 else []
+    boxes = label_boxes(arr)
     for n, lab in enumerate(table.labels, start=1):
-        box = boxes[lab.index - 1] if lab.index - 1 < len(boxes) else None
+        box = boxes.get(lab.index)
         contours = []
         sub = arr[box] == lab.index if box is not None else np.zeros((0, 0, 0), bool)
         offset = np.array([box[0].start, box[1].start], dtype=np.float64) if box is not None else np.zeros(2)

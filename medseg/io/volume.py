@@ -66,6 +66,35 @@ def count_nonfinite(array: np.ndarray, *, slab_voxels: int = 1 << 24) -> int:
     return int(sum(int(np.count_nonzero(~np.isfinite(a[..., k:k + step]))) for k in range(0, a.shape[-1], step)))
 
 
+#: Above this label value ``label_boxes`` compacts the values first: ``scipy.ndimage.find_objects`` keeps
+#: a box (48 bytes) per value from 1 to the largest, i.e. 100 GB for one voxel of 2**31 - 1.
+_DENSE_LABELS = 1 << 16
+
+
+def label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """``{value: bounding box}`` of every value > 0 present in integer array ``labels``.
+
+    Costs memory in proportion to the array and the number of values present, never to the largest value:
+    a map holding 2**31 - 1 is first renumbered 1..n over the values it holds (``np.unique``).
+    """
+    from scipy import ndimage
+
+    a = np.asarray(labels)
+    if a.size == 0:
+        return {}
+    top = int(a.max())
+    if top <= 0:
+        return {}
+    if top <= _DENSE_LABELS:
+        return {i + 1: box for i, box in enumerate(ndimage.find_objects(a)) if box is not None}
+    values = np.unique(a)
+    values = values[values > 0]
+    dense = np.searchsorted(values, a).astype(np.int32)  # the k-th present value -> k - 1
+    dense += 1
+    dense[a <= 0] = 0
+    return {int(values[i]): box for i, box in enumerate(ndimage.find_objects(dense)) if box is not None}
+
+
 @dataclass
 class Volume:
     array: np.ndarray

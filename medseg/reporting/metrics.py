@@ -57,9 +57,7 @@ def metric_rows(case_id: str, pred: Volume, ref: Volume, table: LabelTable, *, n
 
     ``surface=False`` skips the surface distances (their cells stay empty).
     """
-    from scipy import ndimage
-
-    from medseg.io.volume import require_same_grid
+    from medseg.io.volume import label_boxes, require_same_grid
     from medseg.reporting.surface import assd, hd95, nsd, surface_distances
     from medseg.reporting.volumes import as_label_array
 
@@ -68,7 +66,7 @@ def metric_rows(case_id: str, pred: Volume, ref: Volume, table: LabelTable, *, n
     vv_ml = ref.voxel_volume_mm3 / 1000.0
     nan = float("nan")
     # Per-label bounding boxes, so each structure is measured on the crop holding it in either map.
-    boxes_p, boxes_r = ndimage.find_objects(p), ndimage.find_objects(r)
+    boxes_p, boxes_r = label_boxes(p), label_boxes(r)  # from the values present, whatever the largest
     rows = []
     for lab in table.labels:
         sl = _union_box(lab.index, boxes_p, boxes_r)
@@ -92,9 +90,9 @@ def metric_rows(case_id: str, pred: Volume, ref: Volume, table: LabelTable, *, n
     return rows
 
 
-def _union_box(index: int, boxes_p: list, boxes_r: list) -> tuple[slice, ...] | None:
+def _union_box(index: int, boxes_p: dict, boxes_r: dict) -> tuple[slice, ...] | None:
     """Bounding box of label ``index`` in the prediction or the reference; None when in neither."""
-    found = [b[index - 1] for b in (boxes_p, boxes_r) if index - 1 < len(b) and b[index - 1] is not None]
+    found = [b[index] for b in (boxes_p, boxes_r) if index in b]
     if not found:
         return None
     return tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3))

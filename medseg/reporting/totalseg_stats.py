@@ -44,8 +44,7 @@ def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *,
     """``{structure: {"volume": mm3, "intensity": mean}}`` for every structure of ``table``, as
     TotalSegmentator's ``get_basic_statistics`` computes them. ``image``: a ``Volume`` (brought onto the
     label grid) or an array already on it."""
-    from scipy import ndimage
-
+    from medseg.io.volume import label_boxes
     from medseg.reporting.volumes import as_label_array
 
     lab = as_label_array(labels)
@@ -62,12 +61,12 @@ def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *,
         raise InputError("the image does not cover the whole label map (or holds NaN/Inf); TotalSegmentator's "
                          "statistics need an intensity under every voxel", path=labels.source or None)
     vox_vol = voxel_volume_mm3(labels.affine)
-    objects = ndimage.find_objects(lab) if lab.size and lab.max() > 0 else []
+    objects = label_boxes(lab)  # from the values present, whatever the largest
     shape = lab.shape
     out: dict = {}
     for entry in table.labels:
         k = entry.index
-        sl = objects[k - 1] if 0 < k <= len(objects) else None
+        sl = objects.get(k)
         if sl is None:  # no voxel: volume 0 * voxel volume, intensity 0.0
             out[entry.name] = {"volume": float(np.int64(0) * vox_vol), "intensity": 0.0}
             continue

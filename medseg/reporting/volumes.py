@@ -104,9 +104,7 @@ def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volum
     brought onto it (``medseg.reporting.resample.image_on_label_grid``; NaN marks
     voxels outside the image).
     """
-    from scipy import ndimage
-
-    from medseg.io.volume import require_same_grid
+    from medseg.io.volume import label_boxes, require_same_grid
 
     lab = as_label_array(labels)
     intensities = None
@@ -120,8 +118,8 @@ def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volum
     vv = labels.voxel_volume_mm3
     voxel_ml = vv / 1000.0
     spacing = "x".join(f"{s:.4g}" for s in labels.spacing)
-    objects = ndimage.find_objects(lab) if lab.size and lab.max() > 0 else []
-    present_values = {i + 1 for i, sl in enumerate(objects) if sl is not None}
+    objects = label_boxes(lab)  # from the values present: bounded whatever the largest value
+    present_values = set(objects)
     listed = {lb.index for lb in table.labels}
     entries = [(lb.name, lb.index) for lb in table.labels]
     entries += [(f"unlisted_{v}", v) for v in sorted(present_values - listed)]
@@ -129,7 +127,7 @@ def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volum
     rows = []
     for name, index in entries:
         row = {"case_id": case_id, "structure": name, "label": index, "voxel_volume_mm3": vv, "spacing_mm": spacing}
-        sl = objects[index - 1] if index in present_values else None
+        sl = objects.get(index)
         if sl is None:
             row.update(status="absent", voxel_count=0, volume_mm3=0.0, volume_ml=0.0, n_components=0)
             rows.append(row)
