@@ -217,3 +217,32 @@ def test_evaluate_against_a_converted_rtstruct_compares_structures_by_name(oracl
         k = item.index
         dice = 2 * np.sum((lab == k) & (truth == k)) / (np.sum(lab == k) + np.sum(truth == k))
         assert dice > 0.85, (item.name, dice)
+
+
+def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_work(tmp_path, capsys):
+    """`make demo` twice: the second run reuses the finished demo; other settings make it anew; a folder that is
+    not a demo's is refused in one line before any phantom is drawn."""
+    import time
+
+    from medseg.demo import DONE, _prepare
+
+    out = tmp_path / "demo_out"
+    args = ["demo", "--out", str(out), "--n-train", "3", "--n-test", "1", "--epochs", "1", "--min-dice", "0", "--no-progress"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "mean Dice" in first and (out / DONE).is_file()
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "reusing the finished demo" in second and "mean Dice" in second
+    metrics = [line for line in first.splitlines() if line.startswith("mean Dice")]
+    assert metrics == [line for line in second.splitlines() if line.startswith("mean Dice")]
+    # other settings: medseg's own output is made anew (its parts cleared), never refused
+    assert _prepare(out, {"n_train": 4}) is None and not (out / "model").exists() and not (out / DONE).exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("not medseg's")
+    t0 = time.monotonic()
+    assert main(["demo", "--out", str(foreign), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - t0 < 5 and len(err.splitlines()) == 1 and "--out NEW" in err
+    assert (foreign / "thesis.docx").read_text() == "not medseg's"
