@@ -163,6 +163,7 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     ds.OperatorsName = ""
     ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medseg", "medseg", version
     ds.FrameOfReferenceUID = for_uid
+    ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")  # Type 2 (Frame of Reference module)
     ds.StructureSetLabel = "medseg"
     ds.StructureSetName = "medseg contours"
     ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
