@@ -40,6 +40,7 @@ def fill_polygons(polygons: list, shape: tuple[int, int]) -> np.ndarray:
     n0, n1 = int(shape[0]), int(shape[1])
     out = np.zeros((n0, n1), dtype=bool)
     polys = [np.asarray(p, dtype=np.float64) for p in polygons if len(p) >= 3]
+    polys = [p for p in polys if np.isfinite(p).all()]  # a NaN/Inf point has no place on the grid
     if not polys:
         return out
     a0 = np.concatenate([p[:, 0] for p in polys])
@@ -62,9 +63,11 @@ def fill_polygons(polygons: list, shape: tuple[int, int]) -> np.ndarray:
             j0, j1 = max(0, int(np.ceil(xa - eps))), min(n1 - 1, int(np.floor(xb + eps)))
             if j1 >= j0:
                 out[a, j0:j1 + 1] = True
-    # On the contour: every voxel centre that an edge passes through (within eps).
+    # On the contour: every voxel centre that an edge passes through (within eps), on the rows of the image only
+    # (unclipped, one edge to a point 1e8 voxels away would enumerate 1e8 rows).
     amin, amax = np.minimum(a0, a1), np.maximum(a0, a1)
-    rows_lo, rows_hi = np.ceil(amin - eps).astype(np.int64), np.floor(amax + eps).astype(np.int64)
+    rows_lo = np.ceil(np.clip(amin - eps, -1.0, n0)).astype(np.int64).clip(0, None)
+    rows_hi = np.floor(np.clip(amax + eps, -1.0, n0)).astype(np.int64).clip(None, n0 - 1)
     count = np.maximum(rows_hi - rows_lo + 1, 0)
     if count.sum():
         e = np.repeat(np.arange(len(a0)), count)

@@ -199,6 +199,10 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
                 rec["n_skipped"] += 1
                 continue
             ijk = (to_vox @ data.reshape(-1, 3).T).T + inv[:3, 3]
+            if not np.isfinite(ijk).all():
+                counts["bad_contour"] += 1
+                rec["n_skipped"] += 1
+                continue
             ks = np.round(ijk[:, 2])
             if ks.min() != ks.max():
                 counts["non_planar_contour"] += 1
@@ -210,6 +214,14 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
                 counts["contour_off_slice" if 0 <= k < shape[2] else "contour_outside_image"] += 1
                 rec["n_skipped"] += 1
                 continue
+            lo, hi = ijk[:, :2].min(axis=0), ijk[:, :2].max(axis=0)
+            edge = np.array(shape[:2], dtype=np.float64) - 0.5  # the image spans -0.5 .. n - 0.5 voxels
+            if (hi < -0.5).any() or (lo > edge).any():
+                counts["contour_outside_image"] += 1
+                rec["n_skipped"] += 1
+                continue
+            if (lo < -0.5).any() or (hi > edge).any():
+                counts["contour_clipped"] += 1  # filled on the image's voxels only (fill_polygons clips)
             if off > SLICE_WARN:
                 counts["contour_between_slices"] += 1
             named = [ref.sop_slice.get(str(ci.get("ReferencedSOPInstanceUID", ""))) for ci in c.get("ContourImageSequence", [])]
@@ -312,7 +324,10 @@ def _count_findings(findings: list, counts: dict, tol: float) -> None:
         "bad_contour": ("skipped", "contour(s) with an unknown type or fewer than 3 points"),
         "non_planar_contour": ("skipped", "contour(s) whose points lie on more than one slice"),
         "contour_off_slice": ("skipped", f"contour(s) more than {tol:g} slice spacing from every slice"),
-        "contour_outside_image": ("skipped", "contour(s) beyond the first or last slice of the series"),
+        "contour_outside_image": ("skipped", "contour(s) beyond the first or last slice of the series or wholly "
+                                  "beyond the image's edges"),
+        "contour_clipped": ("accepted_with_warning", "contour(s) reaching beyond the image's edges: clipped to the "
+                            "image (the structure may be cut)"),
         "contour_between_slices": ("accepted_with_warning", f"contour(s) between {SLICE_WARN:g} and {tol:g} slice "
                                    "spacing off their slice: put on the nearest slice"),
         "contour_image_mismatch": ("accepted_with_warning", "contour(s) whose ContourImageSequence names another "
