@@ -20,6 +20,40 @@ from pathlib import Path
 from medseg.errors import ConfigError
 
 _LABEL_KEYS = {"index", "name", "color", "snomed"}
+#: The largest label value a table may name: DICOM SEG segment numbers and medseg's label maps are 16-bit, and a
+#: network has one output per value up to the largest.
+MAX_LABEL_INDEX = 65535
+MAX_NAME_LENGTH = 200
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _whole(value, lo: int, hi: int, key: str, source, hint: str = "") -> int:
+    """``value`` as a whole number in ``lo..hi``; anything else is a ``ConfigError`` naming ``key``."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: {_shown(value)} is not a whole number; expected {lo}-{hi}", path=source)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}: {value} is out of range; expected {lo}-{hi}{hint}", path=source)
+    return value
+
+
+def _label_name(value, key: str, source) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(f"{key}: {_shown(value)}; expected the structure's name as text", path=source)
+    name = str(value)
+    if not name.strip() or name.strip() in (".", ".."):
+        raise ConfigError(f"{key}: {_shown(value)} cannot name a structure; give it letters or digits", path=source)
+    if len(name) > MAX_NAME_LENGTH or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
+        raise ConfigError(f"{key}: {_shown(value)} is longer than {MAX_NAME_LENGTH} characters or holds control "
+                          "characters", path=source)
+    return name
 
 
 @dataclass(frozen=True)
@@ -40,6 +74,9 @@ class LabelTable:
         for lab in self.labels:
             if lab.index <= 0:
                 raise ConfigError(f"label table {self.name!r}: index {lab.index} for {lab.name!r}; indices start at 1 (0 is background)")
+            if lab.index > MAX_LABEL_INDEX:
+                raise ConfigError(f"label table {self.name!r}: index {lab.index} for {lab.name!r}; at most {MAX_LABEL_INDEX} "
+                                  "(label maps and DICOM SEG are 16-bit): renumber the labels")
             if lab.index in seen_idx or lab.name in seen_name:
                 raise ConfigError(f"label table {self.name!r}: duplicate index or name ({lab.index}, {lab.name!r})")
             seen_idx.add(lab.index)
@@ -75,21 +112,41 @@ class LabelTable:
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "label table") -> "LabelTable":
+        """A table from its mapping (``to_dict``'s form); every problem is one ``ConfigError`` naming ``source``
+        and the label's key (``labels[2].index: 'one' is not a whole number``), never a ``ValueError``."""
         if not isinstance(data, dict) or "labels" not in data:
-            raise ConfigError(f"{source}: expected a mapping with 'name' and 'labels'")
+            raise ConfigError("expected a mapping with 'name' and 'labels'", path=source)
         unknown = set(data) - {"name", "labels"}
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; expected 'name' and 'labels'")
+            raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; expected 'name' and 'labels'", path=source)
+        items = data["labels"]
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"'labels' is {type(items).__name__}; expected a list of {{index, name}} entries", path=source)
         labels = []
-        for item in data["labels"]:
+        for i, item in enumerate(items):
+            where = f"labels[{i}]"
             if not isinstance(item, dict) or "index" not in item or "name" not in item:
-                raise ConfigError(f"{source}: each label needs 'index' and 'name', found {item!r}")
+                raise ConfigError(f"{where}: each label needs 'index' and 'name', found {_shown(item)}", path=source)
             bad = set(item) - _LABEL_KEYS
             if bad:
-                raise ConfigError(f"{source}: unknown label key(s) {sorted(bad)}; allowed: {sorted(_LABEL_KEYS)}")
-            color = tuple(int(c) for c in item["color"]) if item.get("color") is not None else None
-            labels.append(Label(int(item["index"]), str(item["name"]), color, item.get("snomed")))
-        return cls(str(data.get("name", "unnamed")), tuple(sorted(labels, key=lambda lab: lab.index)))
+                raise ConfigError(f"{where}: unknown label key(s) {sorted(map(str, bad))}; allowed: {sorted(_LABEL_KEYS)}", path=source)
+            index = _whole(item["index"], 1, MAX_LABEL_INDEX, f"{where}.index", source,
+                           " (indices start at 1; 0 is background)")
+            name = _label_name(item["name"], f"{where}.name", source)
+            color = item.get("color")
+            if color is not None:
+                if not isinstance(color, (list, tuple)) or len(color) != 3:
+                    raise ConfigError(f"{where}.color: {_shown(color)}; expected [red, green, blue] as three whole numbers "
+                                      "0-255", path=source)
+                color = tuple(_whole(c, 0, 255, f"{where}.color", source) for c in color)
+            snomed = item.get("snomed")
+            if snomed is not None and (isinstance(snomed, bool) or not isinstance(snomed, (str, int))):
+                raise ConfigError(f"{where}.snomed: {_shown(snomed)}; expected a SNOMED code such as 10200004", path=source)
+            labels.append(Label(index, name, color, None if snomed is None else str(snomed)))
+        name = data.get("name", "unnamed")
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise ConfigError(f"name: {_shown(name)}; expected text", path=source)
+        return cls(str(name), tuple(sorted(labels, key=lambda lab: lab.index)))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "LabelTable":

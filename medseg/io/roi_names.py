@@ -37,6 +37,15 @@ def name_key(name: str) -> str:
     return " ".join(sorted(_SIDE.get(w, w) for w in words))
 
 
+def usable_name(name: str, number: int, what: str = "ROI") -> str:
+    """``name``, or ``'unnamed ROI <number>'`` when it has no letter or digit (``''``, ``'..'``, ``'***'``).
+
+    Such a name has an empty key: it would become a structure ``roi`` that no ROI matches, and its contours
+    would be lost. Callers record a finding when the name is replaced.
+    """
+    return str(name) if name_key(name) else f"unnamed {what} {number}"
+
+
 def snake_name(name: str) -> str:
     """A structure name for an unknown ROI name: lower-case snake case (``'GTV 1'`` -> ``'gtv_1'``)."""
     s = re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_")

@@ -95,11 +95,16 @@ def rtstruct_header(path_or_ds) -> dict:
                 series_uids.append(str(se.get("SeriesInstanceUID", "")))
                 sops.update(str(ci.ReferencedSOPInstanceUID) for ci in se.get("ContourImageSequence", [])
                             if "ReferencedSOPInstanceUID" in ci)
+    from medseg.io.roi_names import usable_name
+
     rois = {}
     for item in ds.get("StructureSetROISequence", []):
-        rois[int(item.ROINumber)] = {"number": int(item.ROINumber), "name": str(item.get("ROIName", "")),
+        raw = str(item.get("ROIName", ""))
+        rois[int(item.ROINumber)] = {"number": int(item.ROINumber), "name": usable_name(raw, int(item.ROINumber)),
                                      "frame_of_reference": str(item.get("ReferencedFrameOfReferenceUID", "")),
                                      "color": None, "types": defaultdict(int), "interpreted_type": ""}
+        if rois[int(item.ROINumber)]["name"] != raw:
+            rois[int(item.ROINumber)]["renamed_from"] = raw
     for obs in ds.get("RTROIObservationsSequence", []):
         n = int(obs.get("ReferencedROINumber", -1))
         if n in rois:
@@ -145,7 +150,8 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
                             what=f"RTSTRUCT {head['key']}", inventory=inventory,
                             frame_of_reference=tuple(head["frame_of_reference"]))
     image = ref.volume
-    findings: list[Finding] = []
+    findings: list[Finding] = [Finding("unnamed_roi", "renamed", f"ROI {r['number']}'s name {r['renamed_from']!r} has no letter "
+                                       f"or digit: read as {r['name']!r}") for r in head["rois"] if "renamed_from" in r]
     if table is None:
         closed = closed_rois(head)
         table = table_from_names([r["name"] for r in closed], name="rtstruct",

@@ -39,6 +39,8 @@ def seg_header(path_or_ds) -> dict:
     """What a SEG references and holds: series UID, source SOP UIDs, segments (number, label, code)."""
     import pydicom
 
+    from medseg.io.roi_names import usable_name
+
     ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, stop_before_pixels=True, force=True)
     if str(ds.get("Modality", "")) != "SEG" and str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
         raise InputError("not a DICOM Segmentation (Modality SEG)", path=getattr(ds, "filename", None))
@@ -49,7 +51,9 @@ def seg_header(path_or_ds) -> dict:
     for item in ds.get("SegmentSequence", []):
         code = item.get("SegmentedPropertyTypeCodeSequence")
         code = code[0] if code else None
-        segments.append({"number": int(item.SegmentNumber), "name": str(item.get("SegmentLabel", f"segment {item.SegmentNumber}")),
+        raw = str(item.get("SegmentLabel", f"segment {item.SegmentNumber}"))
+        name = usable_name(raw, int(item.SegmentNumber), "segment")
+        segments.append({"number": int(item.SegmentNumber), "name": name, **({"renamed_from": raw} if name != raw else {}),
                          "code": str(code.CodeValue) if code is not None and "CodeValue" in code else None,
                          "scheme": str(code.CodingSchemeDesignator) if code is not None and "CodingSchemeDesignator" in code else None})
     return {"series_uid": series[0] if series else None, "sop_uids": sops, "segments": segments,
@@ -82,7 +86,8 @@ def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None 
                                  synonyms=synonyms)
     matcher = NameMatcher(table, synonyms)
     by_code = {str(lab.snomed): lab for lab in table.labels if lab.snomed}
-    findings: list[Finding] = []
+    findings: list[Finding] = [Finding("unnamed_segment", "renamed", f"segment {s['number']}'s label {s['renamed_from']!r} has no "
+                                       f"letter or digit: read as {s['name']!r}") for s in segs if "renamed_from" in s]
     sources = [uid for uid in ref.sop_slice if uid in sop_uids]
     if not sources:
         raise InputError("the SEG's frames reference no instance of its series (no source image references); "
