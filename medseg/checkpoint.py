@@ -82,13 +82,27 @@ def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extr
     return Path(path)
 
 
+def _not_found_hint(p: Path) -> str:
+    """What to pass instead of a model path that is not a checkpoint file."""
+    if p.is_dir() and (p / "best.pt").is_file():
+        return f"is a training run folder, not a checkpoint; pass its best checkpoint: --model {p / 'best.pt'}"
+    if p.is_dir():
+        return ("is a folder but not a model medseg knows (a medseg checkpoint .pt, an nnU-Net v2 "
+                "DatasetXXX/Trainer__Plans__configuration folder, TotalSegmentator's results folder or a MONAI bundle)")
+    if "totalseg" in p.name.lower() or "nnunet" in str(p).lower() or p.name.startswith("Dataset"):
+        return ("not found; TotalSegmentator keeps its weights under ~/.totalsegmentator/nnunet/results "
+                "($TOTALSEG_HOME_DIR/nnunet/results): get them there with TotalSegmentator's totalseg_download_weights "
+                "on a machine with network access and copy that folder here (medseg downloads nothing)")
+    return "checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or a model folder"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check a checkpoint (weights only: no code is executed)."""
     import torch
 
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError("checkpoint not found", path=p)
+        raise CheckpointError(_not_found_hint(p), path=p)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -37,14 +37,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in MODULES:
         importlib.import_module(f"medseg.commands.{name}").add(sub)
+    for verb in _verbs(p).values():  # -v after the verb too (medseg predict ... -v); SUPPRESS keeps one given before it
+        for parser in [verb, *_verbs(verb).values()]:
+            if "--verbose" not in parser._option_string_actions:
+                parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                    help="log progress details and tracebacks")
     return p
+
+
+def _verbs(parser: argparse.ArgumentParser) -> dict:
+    """The sub-command parsers of ``parser`` by name (empty when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _parse(parser: argparse.ArgumentParser, argv):
+    """Parse; an argument the verb does not take is reported with the verb's usage, not the top-level one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verb = _verbs(parser).get(getattr(args, "command", None) or "")
+        inner = _verbs(verb).get(next((getattr(args, k) for k in vars(args) if k.endswith("_command")), "") or "") if verb else None
+        (inner or verb or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     from medseg.errors import MedsegError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.version:
         import medseg
 

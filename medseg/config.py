@@ -144,6 +144,9 @@ def build_dataclass(cls, data, where: str):
         if key not in names:
             close = difflib.get_close_matches(str(key), sorted(names), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(names))}"
+            if "inference" in names and key in {f.name for f in dataclasses.fields(InferenceConfig)}:
+                stage = where.rsplit(".", 1)[-1].rsplit(" ", 1)[-1]  # "x.yaml: stages.predict" -> "predict"
+                hint = f"; it is an inference setting: {stage}.inference.{key} (--set {stage}.inference.{key}=VALUE)"
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     return cls(**kwargs)

@@ -166,3 +166,24 @@ class LabelTable:
     def same_structures(self, other: "LabelTable") -> bool:
         """True when both tables map the same indices to the same names."""
         return [(lab.index, lab.name) for lab in self.labels] == [(lab.index, lab.name) for lab in other.labels]
+
+
+#: Distinct display colours (RGB) for structures whose table gives none, or gives one another structure already has.
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+
+
+def display_colors(table: LabelTable) -> dict[int, tuple[int, int, int]]:
+    """Index -> RGB for QC pictures, SEG and RTSTRUCT: the table's colour, unless an earlier structure has it
+    (atlases give left and right kidney one colour; a reader must tell them apart), then a palette colour not yet used."""
+    out: dict[int, tuple[int, int, int]] = {}
+    used: set = set()
+    spare = [c for c in PALETTE if c not in {lab.color for lab in table.labels}]
+    for n, lab in enumerate(table.labels):
+        color = tuple(int(c) for c in lab.color) if lab.color is not None else None
+        if color is None or color in used:
+            free = [c for c in spare if c not in used]
+            color = free[0] if free else PALETTE[n % len(PALETTE)]
+        used.add(color)
+        out[lab.index] = color  # type: ignore[assignment]
+    return out

@@ -34,7 +34,7 @@ def _common(p) -> None:
     p.add_argument("--with-identifiers", action="store_true",
                    help="also write PatientName/ID/BirthDate, AccessionNumber and UIDs (off: pseudonymous keys only)")
     p.add_argument("--salt", help="salt of the study/series keys (default: $MEDSEG_KEY_SALT or a fixed one)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)")
 
 
 def add(sub) -> None:
@@ -47,7 +47,7 @@ def add(sub) -> None:
     s.set_defaults(func=_scan)
 
     c = sub.add_parser("convert", help="write each image series of a DICOM folder as NIfTI + JSON sidecar")
-    c.add_argument("folder")
+    c.add_argument("folder", help="folder tree of DICOM files (any names, any nesting)")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--modality", action="append", help="only this modality (repeatable), e.g. CT")
     c.add_argument("--min-slices", type=int, default=1, help="only stacks with at least this many slices")

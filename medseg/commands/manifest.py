@@ -25,7 +25,7 @@ def add(sub) -> None:
     f.add_argument("folder", help="folder with dataset.json (imagesTr/, labelsTr/, imagesTs/)")
     f.add_argument("--out", required=True, help="manifest CSV to write; the label table goes beside it (<name>_labels.yaml)")
     f.add_argument("--folds", type=int, default=0, help="assign the training cases to K cross-validation folds")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     f.set_defaults(func=_from_folder)
     d = verbs.add_parser("from-dicom", help="manifest + label table from a DICOM export: image series paired with the "
                          "RTSTRUCT/SEG objects that reference them (converted to NIfTI once, cached beside the manifest)")

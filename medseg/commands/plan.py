@@ -13,7 +13,7 @@ def _run(args) -> int:
 
 def add(sub) -> None:
     s = sub.add_parser("plan", help="derive a training config (spacing, patch size, intensity scheme) from a manifest's data")
-    s.add_argument("manifest")
+    s.add_argument("manifest", help="data manifest .csv (case_id, image, label, split), e.g. from medseg manifest from-folder")
     s.add_argument("--out", required=True, help="config YAML to write")
     s.add_argument("--base", help="config whose other settings (model, epochs...) the plan starts from; its label table is not used")
     s.add_argument("--labels", help="label table (YAML, labels.csv, ITK-SNAP label file, dataset.json, .seg.nrrd, or a name under configs/labels); "

@@ -25,7 +25,8 @@ def add(sub) -> None:
                                    "Running the same command again resumes: finished cases whose inputs and settings "
                                    "are unchanged are skipped (a PACS study finished earlier is neither retrieved nor "
                                    "sent again).")
-    s.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/dicom_volumetry.yaml")
+    s.add_argument("pipeline", help="a packaged pipeline's name (dicom_volumetry, pacs_volumetry, train_and_evaluate) "
+                   "or a pipeline YAML file, e.g. my_pipeline.yaml")
     s.add_argument("--input", required=True, help="folder (one image file or DICOM sub-folder per case), manifest .csv, "
                    "or a PACS: dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT[?calling=MEDSEG&retrieve=move&scp_port=N]")
     s.add_argument("--out", required=True, help="run directory (created, or resumed when it holds a run)")
@@ -38,7 +39,7 @@ def add(sub) -> None:
                    help="local: reader threads overlapping inference; ray: actors, each with its own model")
     s.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: the pipeline's, else cuda when available)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)")
     g = s.add_argument_group("PACS input (--input ENDPOINT)")
     g.add_argument("--query", action="append", default=[], metavar="KEY=VALUE",
                    help="study filter, repeatable: StudyDate=20260101-20260131, modality=CT, PatientID=..., "

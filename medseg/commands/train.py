@@ -27,5 +27,5 @@ def add(sub) -> None:
     s.add_argument("--fold", type=int, help="validate on the manifest's cases with this fold (others train)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--nproc", type=int, default=1, help="data-parallel processes (DDP: gloo on CPU, NCCL with one GPU each)")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)")
     s.set_defaults(func=_run)

@@ -55,7 +55,7 @@ from medseg.io.contours import mask_contours, polygon_area
 from medseg.io.dicom_geometry import Finding
 from medseg.io.rtstruct import RTSTRUCT_SOP_CLASS
 from medseg.io.volume import LPS_TO_RAS, Volume, label_boxes
-from medseg.labels import LabelTable
+from medseg.labels import LabelTable, display_colors
 
 #: Marching-squares level on the 0/1 mask: contours 0.45 voxel from the structure's edge voxel centres (docstring).
 CONTOUR_LEVEL = 0.55
@@ -64,8 +64,6 @@ MIN_FRAGMENT_VOXELS = 1.0
 #: The patient and general study modules' attributes (Type 1 and 2) copied from the source series; nothing else.
 PATIENT_STUDY_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                             "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
-_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
 #: Study Component Management SOP Class: what RTReferencedStudySequence items reference (PS3.3 C.8.8.5).
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.1"
 
@@ -183,6 +181,7 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     dropped = 0
     absent = []
     boxes = label_boxes(arr)
+    colors = display_colors(table)
     for n, lab in enumerate(table.labels, start=1):
         box = boxes.get(lab.index)
         contours = []
@@ -209,7 +208,7 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
         number = len(roi_items) + 1
         roi_items.append(_item(ROINumber=number, ReferencedFrameOfReferenceUID=for_uid, ROIName=lab.name,
                                ROIGenerationAlgorithm="AUTOMATIC", ROIGenerationDescription=f"medseg {version}"))
-        color = lab.color or _PALETTE[(n - 1) % len(_PALETTE)]
+        color = colors[lab.index]
         contour_items.append(_item(ReferencedROINumber=number, ROIDisplayColor=[int(c) for c in color],
                                    ContourSequence=Sequence(contours)))
         obs = _item(ObservationNumber=number, ReferencedROINumber=number, RTROIInterpretedType="ORGAN", ROIInterpreter="")

@@ -19,7 +19,7 @@ import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.io.volume import LPS_TO_RAS, Volume
-from medseg.labels import LabelTable
+from medseg.labels import LabelTable, display_colors
 
 #: Type 2 attributes (present, may be empty) that highdicom copies from the source series.
 _TYPE2_SOURCE_ATTRIBUTES = (
@@ -117,6 +117,7 @@ def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: Labe
         raise GeometryError(f"label map holds value {int(frames.max())} outside label table {table.name!r}", path=labels.source or None)
     algorithm = hd.AlgorithmIdentificationSequence(name="medseg", version=software_version, family=codes.cid7162.ArtificialIntelligence)
     descriptions = []
+    colors = display_colors(table)
     for n, lab in enumerate(table.labels, start=1):
         prop = hd.sr.CodedConcept(lab.snomed, "SCT", lab.name) if lab.snomed else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
         descriptions.append(hd.seg.SegmentDescription(
@@ -125,6 +126,7 @@ def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: Labe
             segmented_property_type=prop,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*colors[lab.index]),
         ))
     # Segment numbers are 1..n in table order; remap label indices onto them.
     remap = np.zeros(table.num_classes, dtype=np.uint16)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io.volume import Volume
-from medseg.labels import LabelTable
+from medseg.labels import LabelTable, display_colors
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU)
 _DEFAULT_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -34,10 +34,8 @@ _DEFAULT_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
 
 
 def colour_of(table: LabelTable, index: int) -> tuple[float, float, float]:
-    for lab in table.labels:
-        if lab.index == index and lab.color is not None:
-            return tuple(c / 255.0 for c in lab.color)  # type: ignore[return-value]
-    r, g, b = _DEFAULT_COLOURS[index % len(_DEFAULT_COLOURS)]
+    """The structure's display colour (``medseg.labels.display_colors``: distinct, as in the SEG and RTSTRUCT)."""
+    r, g, b = display_colors(table).get(index) or _DEFAULT_COLOURS[index % len(_DEFAULT_COLOURS)]
     return (r / 255.0, g / 255.0, b / 255.0)
 
 

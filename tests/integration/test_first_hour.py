@@ -121,6 +121,8 @@ def test_predict_on_an_export_segments_every_patient(oracle_checkpoint, tmp_path
         seg = pydicom.dcmread(out / f"{side.stem}.seg.dcm")
         series = {str(r.SeriesInstanceUID) for r in seg.ReferencedSeriesSequence}
         assert len(series) == 1  # only its own patient's slices, though all three share one grid
+        colours = [tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence]
+        assert len(set(colours)) == len(colours) == 4  # left and right kidney told apart (one colour in the atlas)
         assert json.loads(side.read_text())["dicom"]["series_key"] in side.stem
     assert found == {0, 1, 2}
     # a selection rule that admits none of them is one line and exit 2, not an empty success
