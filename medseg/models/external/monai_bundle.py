@@ -143,15 +143,9 @@ def _read(path: Path):
     from medseg import safe_yaml
 
     if path.suffix == ".json":
-        try:
-            size = path.stat().st_size
-            if size > safe_yaml.MAX_BYTES:
-                raise ConfigError(f"larger than {safe_yaml.MAX_BYTES // 2**20} MiB", path=path)
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON ({exc.msg}, line {exc.lineno})", path=path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read ({getattr(exc, 'strerror', None) or exc})", path=path) from None
+        from medseg import safe_json
+
+        return safe_json.load_file(path)  # the YAML reader's size, depth and value limits
     import yaml
 
     try:

@@ -30,7 +30,6 @@ Preprocessing, sliding windows and export follow nnU-Net: see
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,10 +118,9 @@ def load_nnunet_checkpoint(path) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"unreadable JSON ({str(exc).splitlines()[0][:160]})", path=path) from None
+    from medseg import safe_json
+
+    data = safe_json.load_file(path, error=CheckpointError)  # bounded: size, depth, values (one line naming the file)
     if not isinstance(data, dict):
         raise CheckpointError("expected a JSON object", path=path)
     return data
