@@ -16,7 +16,6 @@ label table YAML next to it.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -42,10 +41,9 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise InputError("no dataset.json; expected an nnU-Net raw or Decathlon data set folder", path=root)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise InputError(f"dataset.json is not valid JSON ({exc})", path=meta_path) from None
+    from medseg import safe_json
+
+    meta = safe_json.load_file(meta_path, error=InputError)  # bounded size, depth and values; one line naming the file
     name = re.sub(r"\W+", "_", str(meta.get("name") or root.name)).strip("_").lower()
     table = table_from_dataset_json_labels(meta.get("labels", {}), name)
     channels = _modality(meta) or ["image"]

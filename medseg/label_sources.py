@@ -24,7 +24,6 @@ ids) and values the table names that no map contains are reported together.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -70,10 +69,9 @@ def table_from_dataset_json_labels(labels: dict, name: str) -> LabelTable:
 
 
 def read_dataset_json(path: Path) -> LabelTable:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"dataset.json is not readable JSON ({exc})", path=path) from None
+    from medseg import safe_json
+
+    meta = safe_json.load_file(path, error=InputError)  # bounded size, depth and values; one line naming the file
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
         raise InputError("dataset.json has no 'labels' mapping", path=path)
     name = clean_name(meta.get("name") or path.parent.name, 0)

@@ -82,3 +82,18 @@ def test_cli_reports_a_deep_plans_json_in_one_line(tmp_path, capsys):
     code = main(["models", "import", str(folder), "--out", str(tmp_path / "m.pt")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "plans.json" in err and "nested more than" in err, err
+
+
+def test_training_data_dataset_json_is_bounded_too(tmp_path):
+    from medseg.dataset_import import manifest_from_folder
+    from medseg.errors import InputError
+    from medseg.label_sources import read_dataset_json
+
+    (tmp_path / "dataset.json").write_text('{"labels": ' + DEEP + "}")
+    with pytest.raises(safe_json.UnsafeJSONError, match="nested more than"):
+        manifest_from_folder(tmp_path, tmp_path / "m.csv")
+    with pytest.raises(safe_json.UnsafeJSONError, match="nested more than"):
+        read_dataset_json(tmp_path / "dataset.json")
+    (tmp_path / "dataset.json").write_text('{"labels": ')
+    with pytest.raises(InputError, match="dataset.json: not valid JSON"):
+        read_dataset_json(tmp_path / "dataset.json")
