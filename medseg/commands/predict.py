@@ -37,6 +37,7 @@ def _run(args) -> int:
     r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
                     overwrite=args.overwrite, dicom_seg=not args.no_seg, rtstruct=args.rtstruct, save_probabilities=args.save_probabilities,
                     modalities=args.modality or (), min_slices=args.min_slices, series_description=args.series_description,
+                    resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt,
                     **_overrides(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
@@ -57,6 +58,10 @@ def add(sub) -> None:
     d.add_argument("--modality", action="append", help="only this modality (repeatable), e.g. CT")
     d.add_argument("--min-slices", type=int, default=1, help="only stacks with at least this many slices")
     d.add_argument("--series-description", help="only series whose description matches this regular expression")
+    d.add_argument("--resample-irregular", action="store_true",
+                   help="interpolate series with missing slices or uneven spacing onto a regular grid (default: refuse)")
+    d.add_argument("--refuse-tilt", action="store_true",
+                   help="refuse gantry-tilted series (default: resample them onto an orthogonal grid)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
     s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG for DICOM inputs")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import InputError, MedsegError, OutputError
-from medseg.io.dicom import is_dicom_folder, scan_inventory, volume_from_candidate
+from medseg.io.dicom import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
 from medseg.io.dicom_select import SelectionRule, select
 from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for, read_volume
 from medseg.labels import LabelTable
@@ -52,6 +52,7 @@ class CaseInput:
     stack: object = None  # medseg.io.dicom_select.Candidate when the folder holds several admitted stacks
     selection: dict | None = None  # how the stack was chosen (recorded in the sidecar)
     error: InputError | None = None  # found while listing: the case fails alone with it
+    n_series: int = 1  # image series the DICOM folder holds (recorded in the sidecar)
 
     @property
     def stack_key(self) -> str | None:
@@ -67,7 +68,9 @@ class CaseInput:
         if self.error is not None:
             raise self.error
         if self.stack is not None:
-            return volume_from_candidate(self.stack, str(self.channels[0]), selection=self.selection)
+            vol = volume_from_candidate(self.stack, str(self.channels[0]), selection=self.selection)
+            vol.meta["n_image_series_in_folder"] = self.n_series
+            return vol
         return read_volume(self.channels[0])
 
 
@@ -101,30 +104,32 @@ def _grouped_channels(folder: Path, images: list[Path], in_channels: int) -> lis
     return out
 
 
-def _dicom_cases(folder: Path, rule: SelectionRule | None) -> list[CaseInput]:
-    """A DICOM folder: one case, or one case per admitted image stack when it holds several series
-    (an export of several patients or studies); a folder with nothing admitted fails as one case."""
-    inv = scan_inventory(folder)
+def _dicom_cases(folder: Path, rule: SelectionRule | None, policy: GeometryPolicy | None = None) -> list[CaseInput]:
+    """A DICOM folder (scanned once, header-only): one case, or one case per image series the rule admits when
+    it holds several (an export of several patients or studies); a folder with nothing admitted fails as one case."""
+    inv = scan_inventory(folder, policy=policy)
     cands = inv.candidates
+    if not cands:
+        return [CaseInput(folder.name, [folder], error=no_images_error(inv, folder))]
     matching = [c for c in cands if (rule or SelectionRule()).matches(c)]
-    n_series = len({c.series.series_key for c in matching})
-    if n_series <= 1:  # one series (maybe split into parts): the rule picks its stack when read
-        if rule is None:
-            return [CaseInput(folder.name, [folder])]
-        if not matching:
-            return [CaseInput(folder.name, [folder], error=_no_match(cands, rule, folder))]
-        chosen, record = select(matching, rule, folder=folder)
-        return [CaseInput(folder.name, [folder], stack=chosen, selection=record)]
+    if not matching:
+        return [CaseInput(folder.name, [folder], error=_no_match(cands, rule, folder))]
     by_series: dict[str, list] = {}
     for c in matching:
         by_series.setdefault(c.series.series_key, []).append(c)
+    if len(by_series) == 1:  # one series (maybe split into parts): the rule picks its stack, as before
+        chosen, record = select(cands, rule, folder=folder)
+        if len(cands) > 1:
+            log.warning("%s holds %d image stacks; segmenting %s: %s", folder.name, len(cands), chosen.describe(),
+                        record["reason"])
+        return [CaseInput(folder.name, [folder], stack=chosen, selection=record, n_series=len(by_series))]
     out = []
     for key, stacks in sorted(by_series.items()):
         chosen, record = select(stacks, None, folder=folder)
         record = {**record, "rule": (rule or SelectionRule()).describe(),
-                  "reason": f"one case per image series: the folder holds {n_series} series the rule admits"}
-        out.append(CaseInput(f"{folder.name}_{key}", [folder], stack=chosen, selection=record))
-    log.warning("%s holds %d image series; segmenting each as its own case (%s)", folder.name, n_series,
+                  "reason": f"one case per image series: the folder holds {len(by_series)} series the rule admits"}
+        out.append(CaseInput(f"{folder.name}_{key}", [folder], stack=chosen, selection=record, n_series=len(by_series)))
+    log.warning("%s holds %d image series; segmenting each as its own case (%s)", folder.name, len(by_series),
                 ", ".join(c.case_id for c in out))
     return out
 
@@ -137,7 +142,8 @@ def _no_match(cands: list, rule: SelectionRule, folder: Path) -> InputError:
     return InputError("no image series matches the selection rule", path=folder)
 
 
-def expand_inputs(inputs: Sequence[PathLike], *, in_channels: int = 1, rule: SelectionRule | None = None) -> list[CaseInput]:
+def expand_inputs(inputs: Sequence[PathLike], *, in_channels: int = 1, rule: SelectionRule | None = None,
+                  policy: GeometryPolicy | None = None) -> list[CaseInput]:
     """The cases of ``inputs``: files, comma-separated channel files, folders of image files, DICOM folders.
 
     A folder of NIfTI/NRRD/MHA files (without DICOM files) is one case per file when the model takes one channel
@@ -158,7 +164,7 @@ def expand_inputs(inputs: Sequence[PathLike], *, in_channels: int = 1, rule: Sel
             continue
         images = _image_files(folder)
         if is_dicom_folder(folder) or not images:  # a series folder with a stray NIfTI beside its slices stays DICOM
-            out += _dicom_cases(folder, rule) if is_dicom_folder(folder) else [CaseInput(case_id_for(src), [src])]
+            out += _dicom_cases(folder, rule, policy) if is_dicom_folder(folder) else [CaseInput(case_id_for(src), [src])]
             continue
         if in_channels > 1:
             out += _grouped_channels(folder, images, in_channels)
@@ -219,6 +225,7 @@ def predict_many(
     rtstruct: bool = False,
     save_probabilities: bool = False,
     rule: SelectionRule | None = None,
+    policy: GeometryPolicy | None = None,
     **inference_overrides,
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
@@ -257,7 +264,7 @@ def predict_many(
     given = [c for p in inputs for c in _channel_paths(p)]
     refuse_overwriting_inputs([out_dir / "run.json", out_dir / "failures.csv"], given)  # before the model loads
     predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, progress=progress, **inference_overrides)
-    cases = expand_inputs(inputs, in_channels=predictor.in_channels, rule=rule)
+    cases = expand_inputs(inputs, in_channels=predictor.in_channels, rule=rule, policy=policy)
     if not cases:
         raise InputError("no images found in the inputs; expected image files or DICOM folders")
     ids = _check_case_ids(cases)

@@ -248,3 +248,14 @@ def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_wo
     err = capsys.readouterr().err.strip()
     assert time.monotonic() - t0 < 5 and len(err.splitlines()) == 1 and "--out NEW" in err
     assert (foreign / "thesis.docx").read_text() == "not medseg's"
+
+
+def test_predict_takes_the_geometry_option_its_error_suggests(oracle_checkpoint, tmp_path, capsys):
+    case, coded = _coded(80, "gap")
+    series = write_dicom_series(_as_case(case, coded), tmp_path / "gap", seed=80, drop_slices=(7,))
+    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "--resample-irregular" in capsys.readouterr().err
+    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "b"), "--no-progress",
+                 "--resample-irregular"]) == 0
+    side = json.loads((tmp_path / "b" / "gap.json").read_text())
+    assert side["dicom"]["selection"]["chosen"] == side["dicom"]["key"]
