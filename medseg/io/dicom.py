@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,12 @@ class Inventory:
         """``(series, files)`` DataFrames: one row per series; one row per file not in an image stack."""
         import pandas as pd
 
-        rows = [_series_row(e, with_identifiers) for e in self.entries]
+        rows = [{**_series_row(e, with_identifiers),
+                 "source_folder": source_folder(e.series, self.scan.root, with_identifiers=with_identifiers)}
+                for e in self.entries]
         files = [{"file": _rel(p, self.scan.root), "reason": r} for p, r in self.scan.skipped]
-        return pd.DataFrame(rows, columns=list(_series_row(None, with_identifiers))), pd.DataFrame(files, columns=["file", "reason"])
+        columns = [*_series_row(None, with_identifiers), "source_folder"]
+        return pd.DataFrame(rows, columns=columns), pd.DataFrame(files, columns=["file", "reason"])
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -92,6 +96,34 @@ def _rel(p: Path, root: Path) -> str:
         return str(Path(p).relative_to(root))
     except ValueError:
         return str(p)
+
+
+def source_folder(series, root: Path, *, with_identifiers: bool = False) -> str:
+    """The folder holding a series' files, relative to the scanned root (``.`` for the root itself).
+
+    Exports often name folders after the patient: any identifying header value of the series found in the
+    path (the name, its parts, the ID, birth date, accession number) is written ``<redacted>`` unless
+    ``with_identifiers``.
+    """
+    files = [Path(f) for f in getattr(series, "files", [])]
+    if not files:
+        return ""
+    try:
+        folder = Path(os.path.commonpath([str(f.parent) for f in files]))
+    except ValueError:
+        return ""
+    text = _rel(folder, root) if folder != Path(root) else "."
+    if with_identifiers:
+        return text
+    secrets = set()
+    for key, value in (getattr(series, "identifiers", None) or {}).items():
+        if key in ("StudyInstanceUID", "SeriesInstanceUID") or not value:
+            continue
+        parts = [str(value)] + [part for part in re.split(r"[\^\s,]+", str(value)) if len(part) >= 2]
+        secrets.update(part for part in parts if part.strip())
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = re.sub(re.escape(secret), "<redacted>", text, flags=re.IGNORECASE)
+    return text
 
 
 def _fmt(values, nd=4) -> str:

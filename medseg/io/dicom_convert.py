@@ -54,7 +54,7 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
 
     import medseg
     from medseg.io.atomic import write_csv, write_json
-    from medseg.io.dicom import no_images_error, scan_inventory, volume_from_candidate
+    from medseg.io.dicom import no_images_error, scan_inventory, source_folder, volume_from_candidate
     from medseg.io.readers import write_volume
 
     inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
@@ -67,12 +67,14 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
     for e in inv.entries:
         if e.series.not_image or not e.plans:
             rows.append({"study_key": e.series.study_key, "series_key": e.series.series_key, "stack": "",
-                         "modality": e.series.modality, "output": "", "status": "skipped", "reason": e.reason})
+                         "modality": e.series.modality, "output": "", "status": "skipped", "reason": e.reason,
+                         "source_folder": source_folder(e.series, inv.scan.root, with_identifiers=with_identifiers)})
     cands = [c for c in inv.candidates if rule is None or rule.matches(c)]
     for c in tqdm(cands, desc="convert", unit="series", disable=not progress):
         name = f"{c.series.study_key}_{c.key}"
         row = {"study_key": c.series.study_key, "series_key": c.series.series_key, "stack": c.plan.label,
-               "modality": c.series.modality, "output": "", "status": "", "reason": ""}
+               "modality": c.series.modality, "output": "", "status": "", "reason": "",
+               "source_folder": source_folder(c.series, inv.scan.root, with_identifiers=with_identifiers)}
         try:
             vol = volume_from_candidate(c, str(folder), with_identifiers=with_identifiers)
             target = write_volume(vol, out / f"{name}.nii.gz")
@@ -88,5 +90,5 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
             log.warning("%s: %s", c.key, c.plan.refused or exc)
         rows.append(row)
     write_csv(out / "conversion.csv", pd.DataFrame(rows, columns=["study_key", "series_key", "stack", "modality",
-                                                                  "output", "status", "reason"]))
+                                                                  "output", "status", "reason", "source_folder"]))
     return result

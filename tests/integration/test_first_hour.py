@@ -259,3 +259,27 @@ def test_predict_takes_the_geometry_option_its_error_suggests(oracle_checkpoint,
                  "--resample-irregular"]) == 0
     side = json.loads((tmp_path / "b" / "gap.json").read_text())
     assert side["dicom"]["selection"]["chosen"] == side["dicom"]["key"]
+
+
+def test_inventory_and_conversion_record_each_series_source_folder_without_identifiers(tmp_path):
+    import pandas as pd
+    import pydicom
+
+    from medseg.api import convert_dicom, scan_dicom
+
+    case = make_phantom(90, case_id="src", spacing=(3.0, 3.0, 6.0))
+    export = tmp_path / "export"
+    tmp_series = write_dicom_series(case, tmp_path / "tmp", seed=90)
+    name = str(pydicom.dcmread(next(tmp_series.iterdir()), stop_before_pixels=True).PatientName)
+    folder = export / f"{name.replace('^', '_')} study" / "CT"  # exports name folders after the patient
+    folder.parent.mkdir(parents=True)
+    tmp_series.rename(folder)
+    _, series_csv, _ = scan_dicom(folder=export, out=tmp_path / "inventory.csv", progress=False)
+    inv = pd.read_csv(series_csv, dtype=str, keep_default_na=False)
+    assert inv["source_folder"].tolist() == ["<redacted>_<redacted> study/CT"]  # LEAKCHECK_PHANTOM: both parts
+    assert "leakcheck" not in series_csv.read_text().lower()
+    convert_dicom(folder=export, out=tmp_path / "conv", progress=False)
+    conv = pd.read_csv(tmp_path / "conv" / "conversion.csv", dtype=str, keep_default_na=False)
+    assert conv["source_folder"].tolist() == inv["source_folder"].tolist()
+    _, series_csv, _ = scan_dicom(folder=export, out=tmp_path / "with_ids.csv", progress=False, with_identifiers=True)
+    assert pd.read_csv(series_csv)["source_folder"].tolist() == [str(folder.relative_to(export))]
