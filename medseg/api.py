@@ -124,7 +124,8 @@ def report(
 ) -> Path:
     """Write ``OUT/volumes.csv`` (+ cohort tables, QC montages, report.html); returns the CSV path.
 
-    ``labels`` and ``images`` may name folders (their label maps / images; probability maps left out). Each label
+    ``labels`` and ``images`` may name folders (their label maps / images; probability maps left out). Without
+    ``images``, the images the predict sidecars record are used when every one of them is still there. Each label
     map's structure names travel with it (``medseg.reporting.label_names``); ``label_table`` names those of maps
     that carry none.
 
@@ -134,10 +135,10 @@ def report(
     format (needs ``images``; ``medseg.reporting.totalseg_stats``).
     """
     from medseg.reporting.label_names import label_files
-    from medseg.reporting.tables import paired_by_case, write_volumes_report
+    from medseg.reporting.tables import paired_by_case, recorded_images, write_volumes_report
 
     labels = label_files(labels)
-    images = label_files(images, "images") if images is not None else None
+    images = label_files(images, "images") if images is not None else recorded_images(labels)
     if statistics_json and images is None:
         from medseg.errors import InputError
 

@@ -169,6 +169,25 @@ def _safe_name(case_id: str) -> str:
     return safe_name(case_id)
 
 
+def recorded_images(labels: Sequence[PathLike]) -> list[Path] | None:
+    """The image each label map was predicted from (its predict sidecar's ``source``, channel 0), when every
+    label map has one that still exists; else None (the report then has no intensities)."""
+    import json
+
+    found = []
+    for lab in labels:
+        try:
+            source = str(json.loads(_sidecar_of(lab).read_text()).get("source") or "")
+        except (OSError, ValueError, AttributeError):
+            return None
+        first = Path(source.split(",")[0]) if source else None
+        if first is None or not first.exists():
+            return None
+        found.append(first)
+    log.info("images for the report taken from the predict sidecars")
+    return found
+
+
 def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike], what: str = "references") -> list:
     """``ref`` in the order of ``pred``'s cases when the file names name the same cases, else as given.
 

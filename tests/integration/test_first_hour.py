@@ -169,6 +169,10 @@ def test_report_and_evaluate_take_folders_and_skip_probability_maps(oracle_check
     assert sorted(vols["case_id"].unique()) == ["phantom_0000", "phantom_0001"]
     assert {"liver", "spleen", "kidney_left", "kidney_right"} <= set(vols["structure"])
     assert vols["intensity_mean"].notna().any()
+    # without --images: the image each label map was predicted from (its sidecar's source)
+    assert main(["report", "--labels", str(preds), "--out", str(tmp_path / "rep2"), "--no-qc"]) == 0
+    again = pd.read_csv(tmp_path / "rep2" / "volumes.csv")
+    assert np.allclose(again["intensity_mean"].dropna(), vols["intensity_mean"].dropna())
     capsys.readouterr()
     assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m.csv")]) == 0
     assert "Dice (mean over 2 case(s)): liver 0.9" in capsys.readouterr().out
