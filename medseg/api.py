@@ -67,8 +67,13 @@ def train(
 
         table = labels if isinstance(labels, LabelTable) else LabelTable.from_yaml(labels)
         cfg.labels = table.to_dict()  # the run's config.yaml and checkpoint name the table trained with
-    return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device, resume=resume, fold=fold,
-                  nproc=nproc)
+    from medseg.command_log import command_log
+    from medseg.io.atomic import ensure_dir
+
+    ensure_dir(Path(out))
+    with command_log(Path(out) / "train.log"):  # what the console does not show: per-epoch lines, the budget
+        return _train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device,
+                      resume=resume, fold=fold, nproc=nproc)
 
 
 def predict(

@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medseg: %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console's level; log files beside outputs take INFO lines
+        handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     # A log line that cannot be written (disk full under run.log) is dropped, not printed as a traceback.
     logging.raiseExceptions = False
     _quiet_third_party()

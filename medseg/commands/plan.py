@@ -8,6 +8,8 @@ def _run(args) -> int:
                         overrides=args.set, labels=args.labels, model=args.model)
     print(f"{fp['n_cases']} cases, {fp['modality']}, median spacing {[round(s, 2) for s in fp['spacing_median']]} mm, "
           f"labels from {fp['label_table_source']} -> {path}")
+    if "spacing_planned" in fp:
+        print(f"planned spacing {[round(s, 2) for s in fp['spacing_planned']]} mm: {fp['spacing_reason']}")
     return 0
 
 

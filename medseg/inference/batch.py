@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.command_log import command_log
 from medseg.errors import InputError, MedsegError, OutputError
 from medseg.io.dicom import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
 from medseg.io.dicom_select import SelectionRule, select
@@ -212,6 +213,51 @@ def _channel_paths(src: PathLike) -> list:
     return [src]
 
 
+def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outputs: dict, *, overwrite: bool,
+             progress: bool, versions: dict) -> PredictResult:
+    """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all)."""
+    from tqdm.auto import tqdm
+
+    from medseg.outputs import already_written, write_case_outputs
+
+    sha = predictor.provenance["model_sha256"]
+    result = PredictResult()
+    bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
+    for case in bar:
+        cid = case.case_id
+        paths = _targets(out_dir, names[cid])
+        if not overwrite and already_written(paths["sidecar"], sha, source=case.source, stack=case.stack_key):
+            result.skipped.append(cid)
+            log.info("%s: already segmented by this model from this input", cid)
+            continue
+        t0 = time.monotonic()
+        try:
+            image = case.read()
+            labels = predictor.predict([image, *case.channels[1:]], keep_probabilities=outputs["probabilities"])
+            write_case_outputs(
+                case_id=cid, labels=labels, image_meta=image.meta, source=case.source, table=predictor.labels,
+                provenance=predictor.provenance, inference=predictor.inference, label_map=paths["label_map"],
+                sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if outputs["dicom_seg"] else None,
+                rtstruct=paths["rtstruct"] if outputs["rtstruct"] else None,
+                probabilities=paths["probabilities"] if outputs["probabilities"] else None,
+                versions=versions, started=t0)
+            result.outputs[cid] = paths["label_map"]
+            bar.set_postfix(last=f"{time.monotonic() - t0:.1f}s")
+            log.info("%s: segmented in %.1f s -> %s", cid, time.monotonic() - t0, paths["label_map"].name)
+        except OutputError as exc:
+            if exc.fatal:  # full or read-only file system: every later case would fail the same way
+                raise
+            result.failures[cid] = str(exc)
+            log.error("%s: %s", cid, exc)
+        except MedsegError as exc:
+            result.failures[cid] = str(exc)
+            log.error("%s: %s", cid, exc)
+        except Exception as exc:  # a bug must not stop the batch; it is recorded with its type
+            result.failures[cid] = f"internal error {type(exc).__name__}: {exc}"
+            log.exception("%s: unexpected error", cid)
+    return result
+
+
 def predict_many(
     *,
     model: PathLike | Sequence[PathLike],
@@ -246,17 +292,11 @@ def predict_many(
     written (``OutputError``).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from medseg.checkpoint import versions
     from medseg.inference.predictor import Predictor
     from medseg.io.atomic import ensure_dir, write_csv, write_json
-    from medseg.outputs import (
-        already_written,
-        refuse_overwriting_inputs,
-        safe_name,
-        write_case_outputs,
-    )
+    from medseg.outputs import refuse_overwriting_inputs, safe_name
 
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")
@@ -273,44 +313,17 @@ def predict_many(
     refuse_overwriting_inputs(all_targets, [c for case in cases for c in case.channels])
     ensure_dir(out_dir)
     sha = predictor.provenance["model_sha256"]
-    result = PredictResult()
     run_info = {"command": "predict", "versions": versions(), "model": predictor.provenance,
                 "device": str(predictor.device), "inputs": [c.source for c in cases], "labels": predictor.labels.to_dict(),
                 "inference": predictor.inference, "preprocessing": predictor.preprocessing}
     write_json(out_dir / "run.json", run_info)
-    log.info("%d case(s) in %d input(s)", len(cases), len(inputs))
-
-    bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
-    for case in bar:
-        cid = case.case_id
-        paths = _targets(out_dir, names[cid])
-        if not overwrite and already_written(paths["sidecar"], sha, source=case.source, stack=case.stack_key):
-            result.skipped.append(cid)
-            continue
-        t0 = time.monotonic()
-        try:
-            image = case.read()
-            labels = predictor.predict([image, *case.channels[1:]], keep_probabilities=save_probabilities)
-            write_case_outputs(
-                case_id=cid, labels=labels, image_meta=image.meta, source=case.source, table=predictor.labels,
-                provenance=predictor.provenance, inference=predictor.inference, label_map=paths["label_map"],
-                sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if dicom_seg else None,
-                rtstruct=paths["rtstruct"] if rtstruct else None,
-                probabilities=paths["probabilities"] if save_probabilities else None,
-                versions=run_info["versions"], started=t0)
-            result.outputs[cid] = paths["label_map"]
-            bar.set_postfix(last=f"{time.monotonic() - t0:.1f}s")
-        except OutputError as exc:
-            if exc.fatal:  # full or read-only file system: every later case would fail the same way
-                raise
-            result.failures[cid] = str(exc)
-            log.error("%s: %s", cid, exc)
-        except MedsegError as exc:
-            result.failures[cid] = str(exc)
-            log.error("%s: %s", cid, exc)
-        except Exception as exc:  # a bug must not stop the batch; it is recorded with its type
-            result.failures[cid] = f"internal error {type(exc).__name__}: {exc}"
-            log.exception("%s: unexpected error", cid)
+    outputs = {"dicom_seg": dicom_seg, "rtstruct": rtstruct, "probabilities": save_probabilities}
+    with command_log(out_dir / "predict.log"):
+        log.info("predict: %d case(s) in %d input(s), model %s", len(cases), len(inputs), sha[:12])
+        result = _segment(cases, predictor, out_dir, names, outputs, overwrite=overwrite, progress=progress,
+                          versions=run_info["versions"])
+        log.info("predict: %d segmented, %d already done, %d failed", len(result.outputs), len(result.skipped),
+                 len(result.failures))
     if result.failures:
         write_csv(out_dir / "failures.csv", pd.DataFrame([{"case_id": k, "error": v} for k, v in result.failures.items()]))
     return result

@@ -74,6 +74,9 @@ def split_cases(df, seed: int, fold: int | None = None):
         pick = set(rng.choice(train["case_id"].to_numpy(), size=n_val, replace=False))
         val = train[train["case_id"].isin(pick)]
         train = train[~train["case_id"].isin(pick)]
+        shown = ", ".join(map(str, val["case_id"].tolist()[:10])) + (" ..." if len(val) > 10 else "")
+        log.warning("no split=val rows: validating on %d case(s) drawn from the training rows (seed %d): %s; mark rows "
+                    "split=val to choose them", len(val), seed, shown)
     if len(train) == 0:
         raise InputError("no training cases (split=train) in the manifest")
     return train, val
@@ -281,7 +284,8 @@ def train(
             dt = time.monotonic() - t_step
             step_s = dt if step_s is None else 0.9 * step_s + 0.1 * dt
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best_dice=f"{max(best[0], 0):.3f}")
+            budget_left = {"elapsed": f"{elapsed():.0f}s", "left": f"{max(budget_s - elapsed(), 0):.0f}s"} if budgeted else {}
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", best_dice=f"{max(best[0], 0):.3f}", **budget_left)
         if budgeted and not out_of_time:
             out_of_time = _agree_step(0.0, elapsed() + reserve_s + (step_s or 0.0) * 0.5 > budget_s, world)[1]
         last = out_of_time if budgeted else epoch >= tc.epochs
@@ -318,7 +322,8 @@ def train(
                 next_val = max((math.floor(elapsed() / (tc.val_interval * budget_s)) + 1) * tc.val_interval * budget_s, elapsed() + 4 * took)
         if last:
             if out_of_time and main:
-                log.warning("stopping after epoch %d (%d iterations): the %.1f-minute budget is spent", epoch, iteration, tc.max_minutes)
+                log.info("stopping after epoch %d (%d iterations): the %.1f-minute budget is spent, as planned", epoch, iteration,
+                         tc.max_minutes)
             done = True
     bar.close()
     if not main:

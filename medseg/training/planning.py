@@ -114,10 +114,17 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
 
     cfg = copy.deepcopy(base or {})
     spacing = np.array(fp["spacing_median"], dtype=float)
+    reasons = []
     if spacing.max() > 3 * spacing.min():
         coarse = int(np.argmax(spacing))
         spacing[coarse] = fp["spacing_p10"][coarse]
+        reasons.append(f"axis {'xyz'[coarse]} is over 3x coarser than the finest, so its 10th percentile "
+                       f"({spacing[coarse]:.3g} mm) is used instead of its median (nnU-Net's rule for anisotropic data)")
+    if np.any(spacing < min_spacing):
+        reasons.append(f"axes finer than --min-spacing {min_spacing:g} mm are raised to it")
     spacing = np.maximum(spacing, min_spacing)
+    fp["spacing_planned"] = [float(v) for v in spacing]  # what medseg plan prints, with why it is not the median
+    fp["spacing_reason"] = "; ".join(reasons) or "the median spacing of the training cases"
     median_vox = np.array(fp["shape_median"]) * np.array(fp["spacing_median"]) / spacing
     patch = np.minimum(np.maximum(np.ceil(median_vox / divisor) * divisor, divisor), 128).astype(int)
     model = cfg.setdefault("model", {})

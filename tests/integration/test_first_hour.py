@@ -52,6 +52,8 @@ def test_a_folder_of_phantom_files_is_one_case_per_file_for_a_one_channel_model(
     assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
     for cid, lab in truth.items():
         np.testing.assert_array_equal(_labels(out / f"{cid}.nii.gz"), lab)
+    log_lines = (out / "predict.log").read_text().splitlines()  # a log beside the outputs, as medseg run keeps
+    assert sum(": segmented in " in line for line in log_lines) == 3
 
 
 def test_finished_case_detection_never_swallows_another_input(oracle_checkpoint, tmp_path, capsys):
@@ -287,3 +289,15 @@ def test_inventory_and_conversion_record_each_series_source_folder_without_ident
     assert conv["source_folder"].tolist() == inv["source_folder"].tolist()
     _, series_csv, _ = scan_dicom(folder=export, out=tmp_path / "with_ids.csv", progress=False, with_identifiers=True)
     assert pd.read_csv(series_csv)["source_folder"].tolist() == [str(folder.relative_to(export))]
+
+
+def test_the_validation_cases_drawn_from_training_rows_are_named(caplog):
+    import pandas as pd
+
+    from medseg.training.loop import split_cases
+
+    df = pd.DataFrame({"case_id": [f"c{k}" for k in range(10)], "split": ["train"] * 10})
+    with caplog.at_level("WARNING", logger="medseg"):
+        _, val = split_cases(df, seed=3)
+    (line,) = [r.getMessage() for r in caplog.records if "no split=val rows" in r.getMessage()]
+    assert all(cid in line for cid in val["case_id"]) and len(val) == 2

@@ -51,6 +51,9 @@ def test_a_budget_run_uses_its_budget_and_the_lr_follows_the_spent_fraction(tiny
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert {"iterations", "elapsed_s"} <= set(m.columns)
     assert len(m) > 1, "epochs=1 is not a limit when there is a budget"
+    # train.log beside the run: the budget's normal end is an INFO line, not a WARNING
+    (end,) = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "budget is spent" in line]
+    assert " INFO " in end
     assert res.epochs_run == len(m) and info["iterations"] == m["iterations"].iloc[-1]
     assert (np.diff(m["iterations"]) > 0).all() and (np.diff(m["elapsed_s"]) > 0).all()
     # the lr of an epoch's last step is poly on the budget spent when that step began: after the previous epoch ended, before this one did

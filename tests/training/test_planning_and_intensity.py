@@ -24,6 +24,10 @@ def test_anisotropic_spacing_and_memory_budget_shape_the_patch():
           "modality": "MR", "foreground": {}}
     cfg = plan_config(fp, memory_gb=1.0, min_spacing=0.5)
     assert cfg["preprocessing"]["spacing"] == [0.8, 0.8, 2.5]  # coarse axis: its 10th percentile
+    assert "axis z" in fp["spacing_reason"] and "10th percentile" in fp["spacing_reason"]  # medseg plan prints why
+    iso = {**fp, "spacing_median": [1.0, 1.0, 1.2]}
+    plan_config(iso, memory_gb=1.0, min_spacing=0.5)
+    assert iso["spacing_reason"] == "the median spacing of the training cases"
     assert cfg["preprocessing"]["intensity"] == "zscore"
     small = plan_config(fp, memory_gb=0.1, min_spacing=0.5)["training"]["patch_size"]
     big = plan_config(fp, memory_gb=8.0, min_spacing=0.5)["training"]["patch_size"]
