@@ -216,9 +216,8 @@ def _channel_paths(src: PathLike) -> list:
 def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outputs: dict, *, overwrite: bool,
              progress: bool, versions: dict) -> PredictResult:
     """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all)."""
-    from tqdm.auto import tqdm
-
     from medseg.outputs import already_written, write_case_outputs
+    from medseg.progress import progress_bar as tqdm
 
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()

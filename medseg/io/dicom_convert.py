@@ -50,12 +50,12 @@ class ConvertResult:
 def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, with_identifiers=False, salt=None):
     """Convert every image stack of ``folder`` (or those ``rule`` matches) to NIfTI + JSON sidecar."""
     import pandas as pd
-    from tqdm.auto import tqdm
 
     import medseg
     from medseg.io.atomic import write_csv, write_json
     from medseg.io.dicom import no_images_error, scan_inventory, source_folder, volume_from_candidate
     from medseg.io.readers import write_volume
+    from medseg.progress import progress_bar as tqdm
 
     inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
     if not inv.candidates:  # nothing to convert is a mistake in the input: one line, exit 2, nothing written

@@ -451,7 +451,8 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
     """Read the header of every file under ``folder`` (or that a DICOMDIR file references); never raises on a bad file."""
     import pydicom
     from pydicom.uid import UID
-    from tqdm.auto import tqdm
+
+    from medseg.progress import progress_bar as tqdm
 
     given = Path(folder)
     limit = max_voxels()  # a bad MEDSEG_MAX_VOXELS is one ConfigError here, not one per file

@@ -24,7 +24,7 @@ def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=
     ``stats`` (a dict) receives ``input_wait_s``: the seconds inference waited for a case to be read (a PACS
     input: retrieved), i.e. the time the network sat idle for want of data.
     """
-    from tqdm.auto import tqdm
+    from medseg.progress import progress_bar as tqdm
 
     if not cases:
         return []

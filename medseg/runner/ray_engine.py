@@ -54,8 +54,7 @@ def run_ray(ctx, cases, *, workers: int = 1, address: str | None = None, progres
     """Process ``cases`` on Ray actors; returns their state records in the order they finished."""
     import time
 
-    from tqdm.auto import tqdm
-
+    from medseg.progress import progress_bar as tqdm
     from medseg.runner.stages import CaseFailure, fail, now
 
     ray = import_ray()

@@ -131,7 +131,6 @@ def train(
     import yaml
     from monai.data import CacheDataset, DataLoader, list_data_collate
     from monai.transforms import Compose
-    from tqdm.auto import tqdm
 
     from medseg.checkpoint import save_checkpoint, versions
     from medseg.inference.channels_last import channels_last_training
@@ -140,6 +139,7 @@ def train(
     from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_volume_model
     from medseg.precision import autocast_dtype
+    from medseg.progress import progress_bar as tqdm
     from medseg.training.curves import plot_training_curve
     from medseg.training.losses import build_loss, full_resolution, segmentation_loss  # deep-supervision lists, weighted per scale
     from medseg.training.validation import validate
