@@ -93,6 +93,7 @@ def predict(
     series_description: str | None = None,
     resample_irregular: bool = False,
     refuse_tilt: bool = False,
+    sr: bool = True,
     **inference_overrides,
 ):
     """Segment every input with one loaded model (several checkpoints: an ensemble).
@@ -100,6 +101,7 @@ def predict(
     A DICOM folder holding several image series is one case per series that the selection rule
     (``modalities``, ``min_slices``, ``series_description``: a regular expression) admits.
     ``resample_irregular`` / ``refuse_tilt``: the geometry policy for DICOM series, as for ``convert_dicom``.
+    ``sr``: with the SEG of a DICOM case, a TID 1500 measurement report ``<case>.sr.dcm`` (``medseg.io.sr``).
 
     ``inference_overrides`` change the checkpoint's inference settings, e.g.
     ``sw_batch_size=8, amp="off", tta_flips=[2]``. See ``medseg.inference.batch.predict_many``.
@@ -114,7 +116,7 @@ def predict(
         rule = SelectionRule(modalities=tuple(modalities), min_slices=int(min_slices), description=series_description)
     return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite,
                         expected_labels=expected_labels, dicom_seg=dicom_seg, rtstruct=rtstruct, save_probabilities=save_probabilities,
-                        rule=rule, policy=_geometry_policy(resample_irregular, refuse_tilt), **inference_overrides)
+                        rule=rule, policy=_geometry_policy(resample_irregular, refuse_tilt), sr=sr, **inference_overrides)
 
 
 def report(

@@ -223,6 +223,17 @@ def _optional(kind: str, case_id: str, findings: list, write, *, dicom_folder=No
     return None
 
 
+def _write_sr(case_id, labels, table, image, seg: Path, path: Path, provenance: dict, uid_seed, modality):
+    import medseg
+    from medseg.io.sr import write_measurement_report
+    from medseg.reporting.volumes import structure_rows
+
+    rows = structure_rows(case_id, labels, table, image)
+    return write_measurement_report(seg, rows, table, path, software_version=medseg.__version__,
+                                    model_sha256=str(provenance.get("model_sha256", "")), uid_seed=uid_seed,
+                                    modality=str(modality or ""))
+
+
 def write_case_outputs(
     *,
     case_id: str,
@@ -240,6 +251,8 @@ def write_case_outputs(
     versions: dict | None = None,
     started: float | None = None,
     uid_seed: str | None = None,
+    sr: str | os.PathLike | None = None,
+    image=None,
 ) -> dict:
     """Write one case's outputs (label map, then optional ones, then the sidecar); returns the sidecar dict.
 
@@ -249,7 +262,9 @@ def write_case_outputs(
     Set, written when ``source`` is a DICOM folder (contour findings, e.g. dropped
     fragments, join the sidecar's findings). ``uid_seed``: makes their UIDs deterministic (the same case,
     model and settings give the same objects again; ``medseg run`` passes a hash of the model and
-    settings). ``image_meta``: the input volume's ``meta``. An
+    settings). ``sr``: path of the TID 1500 measurement report (``medseg.io.sr``), written when the SEG was:
+    volumes and, for CT with ``image`` (the input Volume), the mean and SD of HU per structure. ``image_meta``:
+    the input volume's ``meta``. An
     ``OutputError`` on the label map or the sidecar is raised; optional outputs
     fail softly (see the module docstring).
     """
@@ -276,6 +291,12 @@ def write_case_outputs(
             series_key=series_key), dicom_folder=source)
         if seg is not None:
             outputs["dicom_seg"] = rel(Path(seg))
+            if sr is not None:
+                report = _optional("sr", case_id, findings, lambda: _write_sr(
+                    case_id, labels, table, image, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")),
+                    dicom_folder=source)
+                if report is not None:
+                    outputs["sr"] = rel(Path(report))
     if rtstruct is not None and image_meta.get("format") == "dicom":
         from medseg.io.rtstruct_write import write_rtstruct
 

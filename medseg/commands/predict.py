@@ -37,7 +37,7 @@ def _run(args) -> int:
     r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
                     overwrite=args.overwrite, dicom_seg=not args.no_seg, rtstruct=args.rtstruct, save_probabilities=args.save_probabilities,
                     modalities=args.modality or (), min_slices=args.min_slices, series_description=args.series_description,
-                    resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt,
+                    resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt, sr=not args.no_sr,
                     **_overrides(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
@@ -64,7 +64,9 @@ def add(sub) -> None:
                    help="refuse gantry-tilted series (default: resample them onto an orthogonal grid)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
-    s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG for DICOM inputs")
+    s.add_argument("--no-seg", action="store_true", help="do not write DICOM SEG (nor the SR that references it) for DICOM inputs")
+    s.add_argument("--no-sr", action="store_true",
+                   help="do not write the DICOM SR measurement report (TID 1500: volume, mean/SD HU per structure) beside the SEG")
     s.add_argument("--rtstruct", action="store_true",
                    help="also write an RT Structure Set (contours per slice, referencing the source series) for DICOM inputs")
     s.add_argument("--save-probabilities", action="store_true", help="also write class probabilities (4D NIfTI on the network's grid)")

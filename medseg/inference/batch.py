@@ -201,7 +201,7 @@ def _check_case_ids(cases: list[CaseInput]) -> list[str]:
 
 
 def _targets(out_dir: Path, name: str) -> dict:
-    return {"label_map": out_dir / f"{name}.nii.gz", "sidecar": out_dir / f"{name}.json",
+    return {"label_map": out_dir / f"{name}.nii.gz", "sidecar": out_dir / f"{name}.json", "sr": out_dir / f"{name}.sr.dcm",
             "dicom_seg": out_dir / f"{name}.seg.dcm", "rtstruct": out_dir / f"{name}.rtstruct.dcm", "probabilities": out_dir / f"{name}.probabilities.nii.gz"}
 
 
@@ -239,7 +239,7 @@ def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outp
                 sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if outputs["dicom_seg"] else None,
                 rtstruct=paths["rtstruct"] if outputs["rtstruct"] else None,
                 probabilities=paths["probabilities"] if outputs["probabilities"] else None,
-                versions=versions, started=t0)
+                sr=paths["sr"] if outputs["sr"] else None, image=image, versions=versions, started=t0)
             result.outputs[cid] = paths["label_map"]
             bar.set_postfix(last=f"{time.monotonic() - t0:.1f}s")
             log.info("%s: segmented in %.1f s -> %s", cid, time.monotonic() - t0, paths["label_map"].name)
@@ -271,6 +271,7 @@ def predict_many(
     save_probabilities: bool = False,
     rule: SelectionRule | None = None,
     policy: GeometryPolicy | None = None,
+    sr: bool = True,
     **inference_overrides,
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
@@ -316,7 +317,7 @@ def predict_many(
                 "device": str(predictor.device), "inputs": [c.source for c in cases], "labels": predictor.labels.to_dict(),
                 "inference": predictor.inference, "preprocessing": predictor.preprocessing}
     write_json(out_dir / "run.json", run_info)
-    outputs = {"dicom_seg": dicom_seg, "rtstruct": rtstruct, "probabilities": save_probabilities}
+    outputs = {"dicom_seg": dicom_seg, "rtstruct": rtstruct, "probabilities": save_probabilities, "sr": sr and dicom_seg}
     with command_log(out_dir / "predict.log"):
         log.info("predict: %d case(s) in %d input(s), model %s", len(cases), len(inputs), sha[:12])
         result = _segment(cases, predictor, out_dir, names, outputs, overwrite=overwrite, progress=progress,

@@ -43,7 +43,7 @@ from medseg.pacs.endpoints import Endpoint, PacsError, associate, dicomweb_clien
 
 log = logging.getLogger("medseg.run")
 
-KINDS = ("dicom_seg", "rtstruct")
+KINDS = ("dicom_seg", "rtstruct", "sr")
 MAX_WAIT_S = 60.0
 #: C-STORE statuses that mean "stored" (success and the warnings: coerced, elements discarded, ...).
 STORED = (0x0000, 0xB000, 0xB006, 0xB007)

@@ -74,6 +74,7 @@ class PredictStage:
     device: str = ""  # cpu, cuda, cuda:1; empty: cuda when available
     dicom_seg: bool = True  # write cases/<id>/seg.dcm for DICOM inputs
     rtstruct: bool = False  # write cases/<id>/rtstruct.dcm (RT Structure Set) for DICOM inputs
+    sr: bool = True  # write cases/<id>/sr.dcm (TID 1500 measurement report referencing the SEG) for DICOM inputs
     inference: dict = field(default_factory=dict)  # overrides of the checkpoint's inference settings
 
 
@@ -358,17 +359,20 @@ def _validate_export(st: dict, source: str) -> None:
         raise ConfigError(f"{source}: stages.export.destination: no destination given; add --set "
                           "export.destination=dicomweb+http://HOST:PORT/dicom-web (or dimse://AET@HOST:PORT)")
     parse_endpoint(ex.destination, what=f"{source}: stages.export.destination")
-    known = ("dicom_seg", "rtstruct")
+    known = ("dicom_seg", "rtstruct", "sr")
     send = [ex.send] if isinstance(ex.send, str) else list(ex.send)
     for kind in send:
         if kind not in known:
             raise _unknown(kind, known, f"{source}: stages.export.send", "object")
     if not send:
-        raise ConfigError(f"{source}: stages.export.send is empty; name dicom_seg and/or rtstruct")
+        raise ConfigError(f"{source}: stages.export.send is empty; name dicom_seg, rtstruct and/or sr")
     pred = st.get("predict")
-    if pred is not None and not any(getattr(pred, k, False) for k in send):
+    def writes(kind: str) -> bool:  # the SR references the SEG: written only with it
+        return bool(getattr(pred, kind, False)) and (kind != "sr" or bool(pred.dicom_seg))
+
+    if pred is not None and not any(writes(k) for k in send):
         raise ConfigError(f"{source}: stages.export sends {', '.join(send)} but the predict stage writes none of them; "
-                          f"set predict.{send[0]}=true")
+                          f"set predict.{'dicom_seg' if send[0] == 'sr' else send[0]}=true")
     if ex.retries < 0 or ex.backoff_s < 0:
         raise ConfigError(f"{source}: stages.export.retries and backoff_s must be >= 0")
     ex.send = send

@@ -260,9 +260,10 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
             label_map=cdir / "labels.nii.gz", sidecar=cdir / "labels.json",
             dicom_seg=cdir / "seg.dcm" if st["predict"].dicom_seg and case.kind == "dicom" else None,
             rtstruct=cdir / "rtstruct.dcm" if st["predict"].rtstruct and case.kind == "dicom" else None,
-            versions=predictor_info.get("versions"), started=t0, uid_seed=ctx.uid_seed or None)
+            sr=cdir / "sr.dcm" if st["predict"].sr and st["predict"].dicom_seg and case.kind == "dicom" else None,
+            image=loaded.image, versions=predictor_info.get("versions"), started=t0, uid_seed=ctx.uid_seed or None)
         outputs["labels"] = rd.rel(cdir / side["outputs"]["label_map"])
-        for kind in ("dicom_seg", "rtstruct"):
+        for kind in ("dicom_seg", "rtstruct", "sr"):
             if kind in side["outputs"]:
                 outputs[kind] = rd.rel(cdir / side["outputs"][kind])
         outputs["labels_sidecar"] = rd.rel(cdir / "labels.json")

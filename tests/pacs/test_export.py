@@ -11,6 +11,7 @@ import sys
 import time
 
 import pandas as pd
+import pydicom
 import pytest
 
 from medseg.cli import main
@@ -70,8 +71,15 @@ def test_segs_arrive_and_reference_their_series(stow_run, studies):
         assert [r.SeriesInstanceUID for r in seg.ReferencedSeriesSequence] == [st.series_uid]
         rec = recs[study_key(st.study_uid)]
         assert rec["status"] == "sent" and rec["destination"] == dest.dicomweb_spec
-        (obj,) = rec["objects"]
+        obj, sr_obj = rec["objects"]  # the SEG, then the measurement report (SR) that references it
         assert obj["kind"] == "dicom_seg" and obj["status"] == "sent" and obj["sop_instance_uid"] == seg.SOPInstanceUID
+        assert sr_obj["kind"] == "sr" and sr_obj["status"] == "sent"
+        (sr_series,) = dest.series_of_study(st.study_uid, "SR")  # next to the SEG in the PACS
+        (sr_id,) = sr_series["Instances"]
+        sr = pydicom.dcmread(io.BytesIO(dest.instance_file(sr_id)))
+        assert sr.SOPInstanceUID == sr_obj["sop_instance_uid"]
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert evidence.ReferencedSOPInstanceUID == seg.SOPInstanceUID
         (found,) = dest.find("Series", {"SeriesInstanceUID": obj["series_instance_uid"]})  # found in the PACS by series
         assert found["MainDicomTags"]["Modality"] == "SEG"
         state = json.loads((out / "state" / f"{study_key(st.study_uid)}.json").read_text())
@@ -92,8 +100,8 @@ def test_rerun_and_changed_report_setting_send_nothing_new(stow_run, studies, or
     assert f"{N} done, 0 already done" in capsys.readouterr().out
     assert dest.count_instances() == before
     for cid, rec in records(out).items():
-        assert rec["status"] == "sent" and rec["objects"][0]["status"] == "already_sent"
-        assert rec["objects"][0]["sop_instance_uid"] == recs[cid]["objects"][0]["sop_instance_uid"]
+        assert rec["status"] == "sent" and [o["status"] for o in rec["objects"]] == ["already_sent", "already_sent"]
+        assert [o["sop_instance_uid"] for o in rec["objects"]] == [o["sop_instance_uid"] for o in recs[cid]["objects"]]
     assert (out / "run.log").read_text().count("retrieved") == N  # the cache served the redone cases
 
 
@@ -159,11 +167,11 @@ def test_sigkill_after_the_first_export_then_resume_loses_and_duplicates_nothing
         proc.wait()
     assert 1 <= len(sent_before) < N, "the run was not killed mid-way"
     assert not (out / "volumes.csv").exists()
-    assert len(sent_before) <= dest.count_instances() <= N
+    assert len(sent_before) <= dest.count_instances() <= 2 * N  # a SEG and an SR per study
 
     assert main([*cmd, "--resume"]) == 0
     segs = segs_by_study(dest, studies)
-    assert all(len(v) == 1 for v in segs.values()) and dest.count_instances() == N  # none lost, none twice
+    assert all(len(v) == 1 for v in segs.values()) and dest.count_instances() == 2 * N  # none lost, none twice
     recs = records(out)
     for cid in sent_before:  # sent before the kill: not sent again (done: skipped; not yet done: already_sent)
         assert recs[cid]["objects"][0]["status"] in ("sent", "already_sent")
