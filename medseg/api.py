@@ -127,6 +127,7 @@ def report(
     label_table=None,
     case_ids: Sequence[str] | None = None,
     statistics_json: bool = False,
+    longitudinal: bool | PathLike = False,
     **options,
 ) -> Path:
     """Write ``OUT/volumes.csv`` (+ cohort tables, QC montages, report.html); returns the CSV path.
@@ -140,6 +141,9 @@ def report(
     ``html``, ``window``; see ``medseg.reporting.tables.write_volumes_report``.
     ``statistics_json``: also ``OUT/statistics/<case>.json`` in TotalSegmentator's ``statistics.json``
     format (needs ``images``; ``medseg.reporting.totalseg_stats``).
+    ``longitudinal``: also ``OUT/longitudinal.csv`` (``medseg.reporting.longitudinal``): True pairs the studies of
+    one patient from the DICOM series the sidecars name; a manifest path (``case_id, subject, date``) pairs them
+    by its columns.
     """
     from medseg.reporting.label_names import label_files
     from medseg.reporting.tables import paired_by_case, recorded_images, write_volumes_report
@@ -153,6 +157,15 @@ def report(
     if images is not None:  # labelsTr/case_1 with imagesTr/case_1_0000: globs sort them differently
         images = paired_by_case(labels, images, "images")
     path = write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids, **options)
+    if longitudinal:
+        from medseg.io.readers import case_id_for
+        from medseg.reporting import longitudinal as lon
+
+        ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
+        points = (lon.time_points_from_dicom(labels, ids) if longitudinal is True
+                  else lon.time_points_from_manifest(longitudinal))
+        frame = lon.write_longitudinal(out, path, points, plots=options.get("html", True) and options.get("qc", True))
+        lon.add_to_html(Path(out) / "report.html", frame, out)
     if statistics_json:
         from medseg.io.readers import case_id_for
         from medseg.reporting.tables import report_label_table

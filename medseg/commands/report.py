@@ -11,10 +11,13 @@ def _report(args) -> int:
     path = api.report(labels=args.labels, images=args.images, label_table=args.label_table, out=args.out,
                       min_size_ml=args.min_size_ml, reference_ranges=args.reference_ranges, resample_order=0 if args.nearest else 1,
                       qc=not args.no_qc, html=not (args.no_html or args.no_qc), window=tuple(args.window) if args.window else None,
-                      statistics_json=args.statistics_json)
+                      statistics_json=args.statistics_json,
+                      longitudinal=(args.longitudinal if args.longitudinal != "dicom" else True) if args.longitudinal else False)
     print(f"wrote {path}" + ("" if args.no_qc or args.no_html else f" and {path.parent / 'report.html'}"))
     if args.statistics_json:
         print(f"wrote {path.parent / 'statistics'}/<case>.json (TotalSegmentator's statistics.json format)")
+    if args.longitudinal:
+        print(f"wrote {path.parent / 'longitudinal.csv'} (changes over time per patient and structure)")
     return 0
 
 
@@ -63,6 +66,10 @@ def add(sub) -> None:
     s.add_argument("--statistics-json", action="store_true",
                    help="also OUT/statistics/<case>.json in TotalSegmentator's statistics.json format (volume in mm3 and "
                         "mean intensity per structure, its rounding and border rule); needs --images")
+    s.add_argument("--longitudinal", nargs="?", const="dicom", metavar="MANIFEST",
+                   help="also longitudinal.csv: each patient's studies in date order, volume changes from baseline and "
+                        "previous (mL, %%), days between, flags; patients and dates from the DICOM series the predict "
+                        "sidecars name, or from MANIFEST's case_id, subject and date columns (no identifier or date is written)")
     s.set_defaults(func=_report)
 
     s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)")
