@@ -84,12 +84,26 @@ def aggregate(rd: RunDir, pipe, cases, table) -> None:
                     montages[cid] = rd.root / qc if qc else None
             write_cohort(rd.root, rows, table, ranges=ranges, montages=montages, html=bool(rep.html and rep.qc),
                          title=f"medseg run: {pipe.name}")
+            if rep.longitudinal:
+                _longitudinal(rd, ids, rep)
     if pipe.has("evaluate"):
         from medseg.reporting.metrics import COLUMNS
 
         rows, _ = _json_rows(rd, cases, "metrics")
         if rows:
             write_csv(rd.root / "metrics.csv", pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _longitudinal(rd: RunDir, ids: list, rep) -> None:
+    """``longitudinal.csv`` of the run's done cases (``report.longitudinal``: "dicom" or a manifest path)."""
+    from medseg.reporting import longitudinal as lon
+
+    if rep.longitudinal == "dicom":
+        points = lon.time_points_from_dicom([rd.case_dir(cid) / "labels.nii.gz" for cid in ids], ids)
+    else:
+        points = lon.time_points_from_manifest(rep.longitudinal)
+    frame = lon.write_longitudinal(rd.root, rd.root / "volumes.csv", points, plots=bool(rep.html and rep.qc))
+    lon.add_to_html(rd.root / "report.html", frame, rd.root)
 
 
 def _write_inputs(rd: RunDir, cases, pacs=None) -> None:

@@ -92,9 +92,11 @@ class ReportStage:
     min_size_ml: float = 0.0  # 0: off; smaller structures get status below_min_size
     window: list = field(default_factory=list)  # QC grey window [low, high]; empty: automatic
     reference_ranges: str = ""  # CSV/YAML of reference volume ranges for the outlier flags
+    longitudinal: str = ""  # longitudinal.csv: "dicom" (patients and dates from the series' headers) or a manifest
+    #                         .csv with case_id, subject and date columns; empty: off (medseg.reporting.longitudinal)
 
     #: Settings that only change the cohort tables, not any case's outputs.
-    AGGREGATE_ONLY = ("html", "reference_ranges")
+    AGGREGATE_ONLY = ("html", "reference_ranges", "longitudinal")
 
 
 @dataclass

@@ -77,3 +77,10 @@ def test_dicom_studies_of_one_patient_are_paired_by_a_hashed_id_and_their_dates(
     for structure, row in later.iterrows():
         assert np.isclose(row["change_from_baseline_ml"], vols[("study12", structure)] - vols[("study11", structure)])
     _no_identifiers(out, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, "LEAKCHECK", "20260110", "20260401")
+    # the pipeline setting: the same pairing in a run directory
+    run = tmp_path / "run"
+    assert main(["run", "dicom_volumetry", "--input", str(tmp_path / "export"), "--out", str(run), "--no-progress",
+                 "--set", f"predict.model={oracle_checkpoint}", "--set", "report.longitudinal=dicom"]) == 0
+    in_run = pd.read_csv(run / "longitudinal.csv")
+    assert sorted(in_run["days_from_baseline"].unique()) == [0, 81] and in_run["patient_key"].nunique() == 1
+    _no_identifiers(run, PHANTOM_PATIENT_ID, "LEAKCHECK", "20260110", "20260401")
