@@ -12,7 +12,20 @@ with options as a query string (``dimse://ORTHANC@pacs:4242?calling=MEDSEG&retri
     scp_port=N        dimse, retrieve=move: the port medseg's storage SCP listens on (the PACS must know
                       calling AET at this host and port as a move destination)
     scp_host=ADDR     dimse, retrieve=move: the address the storage SCP binds (default 127.0.0.1; 0.0.0.0: all)
-    timeout=S         seconds to wait for a connection or a response (default 30)
+    timeout=S         seconds to wait for a connection or for each read of a response (default 30)
+
+Bounds on what a server may send (a server that exceeds one gets a one-line PacsError, exit code 3):
+
+    max_studies=N     at most N studies per study search (QIDO-RS or C-FIND; default 10000): narrow the query
+    max_series=N      at most N series per study (default 1000)
+    max_pages=N       dicomweb: at most N pages of 500 answers per search (default 100)
+    query_deadline=S  dicomweb: each QIDO-RS request ends within S seconds in all (default 60), however slowly
+                      the server answers (``timeout`` bounds each read only)
+    retrieve_deadline=S  dicomweb: each WADO-RS request (one series) ends within S seconds (default 300)
+
+A QIDO-RS answer is read up to 64 MiB (``MAX_JSON_BYTES``) and must be DICOM JSON (a list of objects whose
+attributes are ``{"vr": ..., "Value": [...]}``); a WADO-RS answer is streamed to disk, instance by instance,
+never held in memory whole.
 
 DICOMweb credentials: ``user:password@`` in the URL (HTTP basic), or a bearer token in the environment
 variable ``MEDSEG_DICOMWEB_TOKEN``; neither is ever written to the run directory or printed
@@ -25,17 +38,29 @@ the endpoint and what to do, exit code 3).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
 import re
+import socket
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
 from medseg.errors import ConfigError, MedsegError, OptionalDependencyError
 
 INSTALL_HINT = "DICOM networking needs pynetdicom and dicomweb-client: pip install 'medseg[pacs]'"
-OPTIONS = {"calling": "dimse", "retrieve": "dimse", "scp_port": "dimse", "scp_host": "dimse", "timeout": "any"}
+OPTIONS = {"calling": "dimse", "retrieve": "dimse", "scp_port": "dimse", "scp_host": "dimse", "timeout": "any",
+           "max_studies": "any", "max_series": "any", "max_pages": "dicomweb", "query_deadline": "dicomweb",
+           "retrieve_deadline": "dicomweb"}
+MAX_STUDIES = 10000
+MAX_SERIES = 1000
+MAX_PAGES = 100
+QUERY_DEADLINE = 60.0
+RETRIEVE_DEADLINE = 300.0
+MAX_JSON_BYTES = 64 * 1024**2
+CHUNK = 1024**2
 DEFAULT_CALLING_AET = "MEDSEG"
 _SCHEMES = ("dicomweb+http", "dicomweb+https", "http", "https", "dimse")
 _SPEC_RE = re.compile(r"^(dicomweb\+https?|https?|dimse)://", re.IGNORECASE)
@@ -71,6 +96,11 @@ class Endpoint:
     scp_port: int = 0  # dimse, retrieve=move: medseg's storage SCP port
     scp_host: str = "127.0.0.1"
     timeout: float = 30.0
+    max_studies: int = MAX_STUDIES
+    max_series: int = MAX_SERIES
+    max_pages: int = MAX_PAGES
+    query_deadline: float = QUERY_DEADLINE
+    retrieve_deadline: float = RETRIEVE_DEADLINE
     username: str = field(default="", repr=False, compare=False)
     password: str = field(default="", repr=False, compare=False)
 
@@ -137,16 +167,24 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
         return value
 
     timeout = number("timeout", float, 30.0, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
+    bounds = {"max_studies": number("max_studies", int, MAX_STUDIES, lambda v: v > 0, "a positive whole number"),
+              "max_series": number("max_series", int, MAX_SERIES, lambda v: v > 0, "a positive whole number")}
+    for key in opts:
+        if OPTIONS[key] == ("dicomweb" if scheme == "dimse" else "dimse"):
+            raise _bad(spec, what, f"option {key!r} is for {OPTIONS[key]}:// endpoints")
     if scheme != "dimse":
-        for key in opts:
-            if OPTIONS[key] == "dimse":
-                raise _bad(spec, what, f"option {key!r} is for dimse:// endpoints")
+        bounds.update(
+            max_pages=number("max_pages", int, MAX_PAGES, lambda v: v > 0, "a positive whole number"),
+            query_deadline=number("query_deadline", float, QUERY_DEADLINE, lambda v: 0 < v <= 86400,
+                                  "seconds between 0 and 86400"),
+            retrieve_deadline=number("retrieve_deadline", float, RETRIEVE_DEADLINE, lambda v: 0 < v <= 86400,
+                                     "seconds between 0 and 86400"))
         web = scheme.removeprefix("dicomweb+")
         netloc = host if port is None else f"{host}:{port}"
         if ":" in host:  # IPv6 literal
             netloc = f"[{host}]" if port is None else f"[{host}]:{port}"
         url = urllib.parse.urlunsplit((web, netloc, parts.path.rstrip("/"), "", ""))
-        return Endpoint("dicomweb", host, port or (443 if web == "https" else 80), url=url, timeout=timeout,
+        return Endpoint("dicomweb", host, port or (443 if web == "https" else 80), url=url, timeout=timeout, **bounds,
                         username=urllib.parse.unquote(parts.username or ""), password=urllib.parse.unquote(parts.password or ""))
     if parts.path not in ("", "/"):
         raise _bad(spec, what, "a dimse:// endpoint has no path")
@@ -164,7 +202,7 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
         raise _bad(spec, what, "retrieve=move needs scp_port=N (the port of medseg's storage SCP, known to the PACS "
                                f"as AE {calling!r})")
     return Endpoint("dimse", host, port, called_aet=called, calling_aet=calling, retrieve=retrieve, scp_port=scp_port,
-                    scp_host=opts.get("scp_host", "127.0.0.1") or "127.0.0.1", timeout=timeout)
+                    scp_host=opts.get("scp_host", "127.0.0.1") or "127.0.0.1", timeout=timeout, **bounds)
 
 
 # --- the libraries -------------------------------------------------------------------------------------------
@@ -204,6 +242,210 @@ def dicomweb_client(ep: Endpoint):
     client = DICOMwebClient(ep.url, session=session, headers=headers or None, timeout=ep.timeout)
     client.set_http_retry_params(retry=False)
     return client
+
+
+# --- bounded HTTP: every request has a total deadline -----------------------------------------------------------
+#
+# requests' ``timeout`` bounds each read, so a server that drips a byte at a time is waited for for ever. Each
+# request medseg makes runs under a ``_Watch``: the connections it uses register their sockets (urllib3
+# connection classes below, through a thread-local), and when the deadline passes a timer shuts those sockets
+# down, which ends any read under way at once; the request then fails with a one-line PacsError.
+
+_local = threading.local()
+
+
+class _Watch:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def add(self, sock) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self._done:
+                return
+            self._socks.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def __enter__(self):
+        _local.watch = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        _local.watch = None
+
+
+def _shut(sock) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _register(sock) -> None:
+    watch = getattr(_local, "watch", None)
+    if watch is not None:
+        watch.add(sock)
+
+
+_POOLS: dict = {}
+
+
+def _pool_classes() -> dict:
+    """urllib3 pool classes whose connections register their sockets with the request's watch."""
+    if not _POOLS:
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+        from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+        def watched(base):
+            class Watched(base):
+                def connect(self):
+                    super().connect()
+                    _register(self.sock)
+
+                def request(self, *args, **kwargs):
+                    _register(self.sock)
+                    return super().request(*args, **kwargs)
+
+            Watched.__name__ = f"Watched{base.__name__}"
+            return Watched
+
+        class Pool(HTTPConnectionPool):
+            ConnectionCls = watched(HTTPConnection)
+
+        class SPool(HTTPSConnectionPool):
+            ConnectionCls = watched(HTTPSConnection)
+
+        _POOLS.update(http=Pool, https=SPool)
+    return _POOLS
+
+
+def web_session(ep: Endpoint):
+    """A ``requests.Session`` for ``ep`` (credentials, token) whose requests :func:`web_request` can bound."""
+    require_dicomweb()
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = _pool_classes()
+
+        def proxy_manager_for(self, *args, **kwargs):
+            manager = super().proxy_manager_for(*args, **kwargs)
+            manager.pool_classes_by_scheme = _pool_classes()
+            return manager
+
+    session = requests.Session()
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, Adapter())
+    if ep.username:
+        session.auth = (ep.username, ep.password)
+    token = os.environ.get("MEDSEG_DICOMWEB_TOKEN", "")
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    session.headers["Accept-Encoding"] = "identity"  # what is counted is what arrives: no decompression bombs
+    return session
+
+
+def deadline_error(ep: Endpoint, doing: str, seconds: float, option: str) -> PacsError:
+    return PacsError(f"{ep.display}: {doing} did not finish within its deadline of {seconds:g} s; the server is too slow "
+                     f"or answers without end; check it (or raise ?{option}=S)")
+
+
+@contextlib.contextmanager
+def web_request(ep: Endpoint, session, path: str, *, doing: str, accept: str, deadline: float, option: str,
+                params=None):
+    """GET ``ep.url + path`` with the body streamed (``resp.iter_content``), all of it within ``deadline`` seconds.
+
+    Any failure, in the request or while the caller reads the body, becomes a one-line :class:`PacsError`
+    (the deadline's own when it passed); the caller's own MedsegErrors pass through.
+    """
+    watch = _Watch(deadline)
+    with watch:
+        try:
+            resp = session.get(ep.url + path, params=params, headers={"Accept": accept}, stream=True,
+                               timeout=(min(ep.timeout, 30.0), ep.timeout))
+        except Exception as exc:  # noqa: BLE001 (requests raises many types)
+            raise (deadline_error(ep, doing, deadline, option) if watch.expired else http_error(exc, ep, doing)) from None
+        try:
+            if resp.status_code >= 400:
+                try:
+                    resp.raise_for_status()
+                except Exception as exc:  # noqa: BLE001
+                    raise http_error(exc, ep, doing) from None
+            yield resp
+            if watch.expired:  # the body ended because its sockets were shut down
+                raise deadline_error(ep, doing, deadline, option)
+        except MedsegError:
+            if watch.expired:
+                raise deadline_error(ep, doing, deadline, option) from None
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise (deadline_error(ep, doing, deadline, option) if watch.expired else http_error(exc, ep, doing)) from None
+        finally:
+            resp.close()
+
+
+def qido(ep: Endpoint, session, path: str, params: dict, doing: str) -> list[dict]:
+    """One QIDO-RS request: its DICOM JSON answer (a list of objects), read to at most ``MAX_JSON_BYTES``."""
+    import json
+
+    with web_request(ep, session, path, doing=doing, accept="application/dicom+json, application/json",
+                     deadline=ep.query_deadline, option="query_deadline", params=params) as resp:
+        if resp.status_code == 204:
+            return []
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            raise _too_large(ep, doing, int(declared))
+        body = bytearray()
+        for chunk in resp.iter_content(CHUNK):
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                raise _too_large(ep, doing, None)
+    if not body.strip():
+        return []
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise PacsError(f"{ep.display}: {doing} answered something that is not JSON ({exc.msg} at byte {exc.pos}); "
+                        "check the server's DICOMweb root and its log") from None
+    finally:
+        del body
+    if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
+        raise PacsError(f"{ep.display}: {doing} answered JSON that is not DICOM JSON (a list of objects, one per "
+                        f"match; got {_shape(answer)}); check the server")
+    return answer
+
+
+def _too_large(ep: Endpoint, doing: str, size: int | None) -> PacsError:
+    got = f"{size / 1024**2:.0f} MiB" if size else f"more than {MAX_JSON_BYTES // 1024**2} MiB"
+    return PacsError(f"{ep.display}: {doing} answered {got} of JSON for one page (limit {MAX_JSON_BYTES // 1024**2} "
+                     "MiB); the server ignores limit=; check it or narrow the query")
+
+
+def _shape(value) -> str:
+    if isinstance(value, list):
+        bad = next((v for v in value if not isinstance(v, dict)), None)
+        return f"a list holding {type(bad).__name__} {' '.join(repr(bad).split())[:40]}"
+    return f"{type(value).__name__} {' '.join(repr(value).split())[:40]}"
 
 
 def http_error(exc: Exception, ep: Endpoint, doing: str) -> PacsError:
@@ -276,11 +518,7 @@ def _reachable(ep: Endpoint) -> bool:
 def echo(ep: Endpoint) -> None:
     """Check the endpoint answers (C-ECHO, or a QIDO-RS search with limit 1); ``PacsError`` when not."""
     if ep.kind == "dicomweb":
-        client = dicomweb_client(ep)
-        try:
-            client.search_for_studies(limit=1, fields=["StudyInstanceUID"])
-        except Exception as exc:  # noqa: BLE001 (requests and dicomweb-client raise many types)
-            raise http_error(exc, ep, "a study search") from None
+        qido(ep, web_session(ep), "/studies", {"limit": 1, "includefield": "StudyInstanceUID"}, "a study search")
         return
     from pynetdicom.sop_class import Verification
 

@@ -17,6 +17,7 @@ patient identifiers: a study is known by a salted hash of its UID from here on (
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError, InputError
-from medseg.pacs.endpoints import Endpoint, PacsError, associate, dicomweb_client, http_error, make_ae
+from medseg.pacs.endpoints import Endpoint, PacsError, associate, make_ae, qido, web_session
 
 KEYS = ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "ModalitiesInStudy", "StudyDescription",
         "AccessionNumber", "StudyInstanceUID", "StudyID", "ReferringPhysicianName", "InstitutionName")
@@ -153,48 +154,113 @@ def _value(v):
 
 PAGE = 500
 
+#: DICOM JSON tags read from QIDO-RS answers, with their keywords (for messages).
+_TAGS = {"0020000D": "StudyInstanceUID", "0020000E": "SeriesInstanceUID", "00201208": "NumberOfStudyRelatedInstances",
+         "00201209": "NumberOfSeriesRelatedInstances", "00080061": "ModalitiesInStudy", "00080060": "Modality"}
 
-def paged(search, uid_tag: str) -> list[dict]:
-    """Every answer of a QIDO-RS search, page by page (limit/offset). A server that ignores ``offset`` (some
-    filters in some servers) would repeat its first page for ever under dicomweb-client's ``get_remaining``:
-    here a page that brings no new UID ends the search."""
+
+def _malformed(ep: Endpoint, doing: str, problem: str) -> PacsError:
+    return PacsError(f"{ep.display}: {doing} answered malformed DICOM JSON: {problem}; check the server (its QIDO-RS "
+                     "answers must follow PS3.18 F.2)")
+
+
+def _shown(value) -> str:
+    return " ".join(repr(value).split())[:60]
+
+
+def _json_values(item: dict, tag: str, ep: Endpoint, doing: str) -> list:
+    """The values of one attribute of a DICOM JSON object, ``[]`` when absent; checked to be
+    ``{"vr": "..", "Value": [...]}`` (``PacsError`` otherwise)."""
+    attr = item.get(tag)
+    if attr is None:
+        return []
+    name = f"attribute {tag} ({_TAGS.get(tag, '?')})"
+    if not isinstance(attr, dict):
+        raise _malformed(ep, doing, f"{name} is {_shown(attr)}, not an object {{\"vr\": ..., \"Value\": [...]}}")
+    values = attr.get("Value")
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise _malformed(ep, doing, f"{name} has \"Value\": {_shown(values)}, not a list")
+    return values
+
+
+def _json_uid(item: dict, tag: str, ep: Endpoint, doing: str) -> str | None:
+    values = _json_values(item, tag, ep, doing)
+    if not values or values[0] in (None, ""):
+        return None
+    uid = values[0]
+    if not isinstance(uid, str) or len(uid.strip()) > 64 or not _UID.match(uid.strip()):
+        raise _malformed(ep, doing, f"attribute {tag} ({_TAGS.get(tag, '?')}) has the value {_shown(uid)}, not a UID")
+    return uid.strip()
+
+
+def _count(value, ep: Endpoint, doing: str, what: str) -> int | None:
+    """An instance count (IS / UL) from a QIDO-RS or C-FIND answer: None when absent, ``PacsError`` when not a count."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        value = str(value)
+    try:
+        n = int(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise (_malformed(ep, doing, f"{what} has the value {_shown(value)}, not a number of instances")
+               if ep.kind == "dicomweb" else
+               PacsError(f"{ep.display}: {doing} answered {what} = {_shown(value)}, not a number of instances; check "
+                         "the PACS"))
+    return n
+
+
+def _json_count(item: dict, tag: str, ep: Endpoint, doing: str) -> int | None:
+    return _count((_json_values(item, tag, ep, doing) or [None])[0], ep, doing, f"attribute {tag} ({_TAGS[tag]})")
+
+
+def _json_strings(item: dict, tag: str, ep: Endpoint, doing: str) -> tuple:
+    values = _json_values(item, tag, ep, doing)
+    bad = next((v for v in values if not isinstance(v, str)), None)
+    if bad is not None:
+        raise _malformed(ep, doing, f"attribute {tag} ({_TAGS.get(tag, '?')}) holds {_shown(bad)}, not a code string")
+    return tuple(values)
+
+
+def paged(ep: Endpoint, session, path: str, params: dict, uid_tag: str, doing: str, *, max_items: int, option: str,
+          what: str) -> list[dict]:
+    """Every answer of a QIDO-RS search, page by page (limit/offset), each checked and bounded: at most
+    ``ep.max_pages`` pages and ``max_items`` answers (``PacsError`` naming the option to raise beyond). A server
+    that ignores ``offset`` would repeat its first page for ever: a page that brings no new UID ends the search."""
     out, seen, offset = [], set(), 0
-    while True:
-        page = search(limit=PAGE, offset=offset) or []
-        new = [item for item in page if ((item.get(uid_tag) or {}).get("Value") or [None])[0] not in seen]
-        for item in new:
-            seen.add(((item.get(uid_tag) or {}).get("Value") or [None])[0])
+    for _page in range(ep.max_pages):
+        page = qido(ep, session, path, {**params, "limit": PAGE, "offset": offset}, doing)
+        new = []
+        for item in page:
+            uid = _json_uid(item, uid_tag, ep, doing)
+            if uid not in seen:
+                seen.add(uid)
+                new.append(item)
         out += new
+        if len(out) > max_items:
+            raise PacsError(f"{ep.display}: {doing} found more than {max_items} {what}; narrow the query "
+                            f"(or raise ?{option}=N)")
         if len(page) < PAGE or not new:
             return out
         offset += len(page)
+    raise PacsError(f"{ep.display}: {doing} still had answers after {ep.max_pages} pages of {PAGE}; the server may "
+                    f"ignore offset= ; narrow the query (or raise ?max_pages=N)")
 
 
-def _json_values(item: dict, tag: str) -> list:
-    """The values of one attribute of a DICOM JSON object (QIDO-RS answer), ``[]`` when absent."""
-    return (item.get(tag) or {}).get("Value") or []
-
-
-def _json_value(item: dict, tag: str):
-    """The first value of one attribute of a DICOM JSON object, or None."""
-    return (_json_values(item, tag) or [None])[0]
-
-
-def _search_dicomweb(ep: Endpoint, client, filters: dict) -> list[dict]:
-    params = dict(filters)
-    try:
-        found = paged(lambda **kw: client.search_for_studies(search_filters=params, fields=list(_RETURN_KEYS), **kw),
-                      "0020000D")
-    except Exception as exc:  # noqa: BLE001
-        raise http_error(exc, ep, "the study search (QIDO-RS)") from None
+def _search_dicomweb(ep: Endpoint, session, filters: dict) -> list[dict]:
+    doing = "the study search (QIDO-RS)"
+    found = paged(ep, session, "/studies", {**filters, "includefield": list(_RETURN_KEYS)}, "0020000D", doing,
+                  max_items=ep.max_studies, option="max_studies", what="studies")
     out = []
-    for item in found or []:
-        uid = _json_value(item, "0020000D")
+    for item in found:
+        uid = _json_uid(item, "0020000D", ep, doing)
         if not uid:
             continue
-        n = _json_value(item, "00201208")
-        mods = tuple(str(m) for m in _json_values(item, "00080061"))
-        out.append({"uid": str(uid), "n": int(n) if n not in (None, "") else None, "modalities": mods})
+        out.append({"uid": uid, "n": _json_count(item, "00201208", ep, doing),
+                    "modalities": _json_strings(item, "00080061", ep, doing)})
     return out
 
 
@@ -220,13 +286,23 @@ def _search_dimse(ep: Endpoint, assoc, filters: dict) -> list[dict]:
             uid = str(identifier.get("StudyInstanceUID", "") or "")
             if not uid:
                 continue
-            n = identifier.get("NumberOfStudyRelatedInstances", None)
+            n = _count(identifier.get("NumberOfStudyRelatedInstances", None), ep, "C-FIND",
+                       "NumberOfStudyRelatedInstances")
             mods = _value(identifier.get("ModalitiesInStudy", None)) or ()
-            out.append({"uid": uid, "n": int(n) if n not in (None, "") else None,
-                        "modalities": mods if isinstance(mods, tuple) else (mods,)})
+            out.append({"uid": uid, "n": n, "modalities": mods if isinstance(mods, tuple) else (mods,)})
+            if len(out) > ep.max_studies:
+                _cancel(assoc)
+                raise PacsError(f"{ep.display}: the study search (C-FIND) found more than {ep.max_studies} studies; "
+                                "narrow the query (or raise ?max_studies=N)")
     if final not in (0x0000, None):
         raise PacsError(f"{ep.display}: C-FIND failed with status 0x{final:04X}; check the query keys and the PACS log")
     return out
+
+
+def _cancel(assoc) -> None:
+    """Stop a C-FIND whose answers medseg no longer reads: the association is aborted (no traceback, no wait)."""
+    with contextlib.suppress(Exception):
+        assoc.abort()
 
 
 def find_studies(ep: Endpoint, filters: dict | None = None, id_list: tuple[str, list] | None = None) -> QueryResult:
@@ -240,10 +316,10 @@ def find_studies(ep: Endpoint, filters: dict | None = None, id_list: tuple[str, 
         queries = [(row, {**filters, keyword: value}) for row, value in rows]
     result, seen = QueryResult(), set()
     if ep.kind == "dicomweb":
-        client = dicomweb_client(ep)
+        session = web_session(ep)
 
         def search(q):
-            return _search_dicomweb(ep, client, q)
+            return _search_dicomweb(ep, session, q)
 
         assoc = None
     else:
@@ -279,22 +355,19 @@ class SeriesHit:
     n_instances: int | None = None
 
 
-def list_series(ep: Endpoint, study_uid: str, *, client=None, assoc=None) -> list[SeriesHit]:
+def list_series(ep: Endpoint, study_uid: str, *, session=None, assoc=None) -> list[SeriesHit]:
     """The series of a study with their modality and instance count (QIDO-RS / C-FIND at series level)."""
     if ep.kind == "dicomweb":
-        client = client or dicomweb_client(ep)
-        try:
-            found = paged(lambda **kw: client.search_for_series(
-                study_instance_uid=study_uid, fields=["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"], **kw),
-                "0020000E")
-        except Exception as exc:  # noqa: BLE001
-            raise http_error(exc, ep, "the series search (QIDO-RS)") from None
+        doing = "the series search (QIDO-RS)"
+        found = paged(ep, session or web_session(ep), f"/studies/{study_uid}/series",
+                      {"includefield": ["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"]}, "0020000E",
+                      doing, max_items=ep.max_series, option="max_series", what="series in one study")
         out = []
-        for item in found or []:
-            if _json_value(item, "0020000E"):
-                n = _json_value(item, "00201209")
-                out.append(SeriesHit(str(_json_value(item, "0020000E")), str(_json_value(item, "00080060") or ""),
-                                     int(n) if n not in (None, "") else None))
+        for item in found:
+            uid = _json_uid(item, "0020000E", ep, doing)
+            if uid:
+                out.append(SeriesHit(uid, " ".join(_json_strings(item, "00080060", ep, doing)[:1]),
+                                     _json_count(item, "00201209", ep, doing)))
         return out
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
@@ -311,9 +384,13 @@ def list_series(ep: Endpoint, study_uid: str, *, client=None, assoc=None) -> lis
             raise PacsError(f"{ep.display}: no answer to C-FIND (connection lost or timed out); check the PACS")
         final = int(status.Status)
         if final in (0xFF00, 0xFF01) and identifier is not None and identifier.get("SeriesInstanceUID"):
-            n = identifier.get("NumberOfSeriesRelatedInstances", None)
-            out.append(SeriesHit(str(identifier.SeriesInstanceUID), str(identifier.get("Modality", "") or ""),
-                                 int(n) if n not in (None, "") else None))
+            n = _count(identifier.get("NumberOfSeriesRelatedInstances", None), ep, "the series C-FIND",
+                       "NumberOfSeriesRelatedInstances")
+            out.append(SeriesHit(str(identifier.SeriesInstanceUID), str(identifier.get("Modality", "") or ""), n))
+            if len(out) > ep.max_series:
+                _cancel(assoc)
+                raise PacsError(f"{ep.display}: the series search (C-FIND) found more than {ep.max_series} series in one "
+                                "study; check the PACS (or raise ?max_series=N)")
     if final not in (0x0000, None):
         raise PacsError(f"{ep.display}: series C-FIND failed with status 0x{final:04X}; check the PACS log")
     return out

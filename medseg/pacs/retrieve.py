@@ -39,7 +39,7 @@ from pathlib import Path
 
 from medseg.errors import InputError, OutputError
 from medseg.io.atomic import TMP_PREFIX, ensure_dir
-from medseg.pacs.endpoints import Endpoint, PacsError, associate, dicomweb_client, http_error, make_ae
+from medseg.pacs.endpoints import Endpoint, PacsError, associate, make_ae
 from medseg.pacs.query import NON_IMAGE_MODALITIES, hashed, list_series
 
 log = logging.getLogger("medseg.run")
@@ -210,7 +210,7 @@ class StudyCache:
             try:
                 ensure_dir(tmp)
                 t0 = time.monotonic()
-                n = retrieve_study(ep, study_uid, tmp, modalities=modalities)
+                n = retrieve_study(ep, study_uid, tmp, modalities=modalities, max_bytes=self.max_bytes)
                 size = _folder_bytes(tmp)
                 if self.max_bytes is not None and size > self.max_bytes:
                     raise InputError(f"study is {size / GB:.2f} GB, larger than the cache limit "
@@ -280,35 +280,166 @@ def _check_count(ep: Endpoint, series, counts: dict) -> int:
     return total
 
 
-def retrieve_study(ep: Endpoint, study_uid: str, dest: str | os.PathLike, *, modalities=()) -> int:
-    """Write the study's image series (of ``modalities`` when given) into ``dest``; returns the instance count."""
+def retrieve_study(ep: Endpoint, study_uid: str, dest: str | os.PathLike, *, modalities=(),
+                   max_bytes: int | None = None) -> int:
+    """Write the study's image series (of ``modalities`` when given) into ``dest``; returns the instance count.
+    Over DICOMweb the bodies are streamed to disk and a study past ``max_bytes`` stops at once (``InputError``)."""
     dest = Path(dest)
     if ep.kind == "dicomweb":
-        return _retrieve_dicomweb(ep, study_uid, dest, modalities)
+        return _retrieve_dicomweb(ep, study_uid, dest, modalities, max_bytes)
     if ep.retrieve == "move":
         return _retrieve_move(ep, study_uid, dest, modalities)
     return _retrieve_get(ep, study_uid, dest, modalities)
 
 
-def _retrieve_dicomweb(ep: Endpoint, study_uid: str, dest: Path, modalities) -> int:
+_WADO_ACCEPT = 'multipart/related; type="application/dicom"'
+_MAX_PART_HEADERS = 64 * 1024
+
+
+class _Parts:
+    """A ``multipart/related`` body fed in chunks and written part by part into files in ``dest`` (never more than a
+    chunk and a delimiter in memory); each finished part is handed to ``done(path)``."""
+
+    def __init__(self, boundary: bytes, dest: Path, done):
+        self.delim = b"\r\n--" + boundary
+        self.buf = bytearray(b"\r\n")  # the first boundary line then matches the delimiter too
+        self.state = "preamble"
+        self.dest, self.done = dest, done
+        self.fh = None
+        self.path: Path | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.state in ("preamble", "body"):
+                i = self.buf.find(self.delim)
+                if i < 0:
+                    keep = len(self.delim) - 1  # a delimiter may straddle two chunks
+                    if len(self.buf) > keep:
+                        if self.state == "body":
+                            self.fh.write(self.buf[:-keep])
+                        del self.buf[:-keep]
+                    return
+                if self.state == "body":
+                    self.fh.write(self.buf[:i])
+                    self._close()
+                del self.buf[:i + len(self.delim)]
+                self.state = "boundary"
+            if self.state == "boundary":  # "--" (the end) or transport padding and CRLF (a part follows)
+                if len(self.buf) < 2:
+                    return
+                if self.buf[:2] == b"--":
+                    self.state = "end"
+                    continue
+                j = self.buf.find(b"\r\n")
+                if j < 0:
+                    if len(self.buf) > 1024:
+                        raise ValueError("a boundary line without end")
+                    return
+                del self.buf[:j + 2]
+                self.state = "headers"
+            if self.state == "headers":
+                j = 0 if self.buf[:2] == b"\r\n" else self.buf.find(b"\r\n\r\n")
+                if j < 0:
+                    if len(self.buf) > _MAX_PART_HEADERS:
+                        raise ValueError("part headers longer than 64 KiB")
+                    return
+                del self.buf[:j + (2 if j == 0 else 4)]
+                self.path = self.dest / f"{TMP_PREFIX}part-{uuid.uuid4().hex[:12]}.dcm"
+                self.fh = open(self.path, "wb")
+                self.state = "body"
+            if self.state == "end":
+                self.buf.clear()  # the epilogue is ignored
+                return
+
+    def _close(self) -> None:
+        self.fh.close()
+        self.fh = None
+        path, self.path = self.path, None
+        self.done(path)
+
+    def close(self, complete: bool = True) -> None:
+        """After the last chunk: the closing delimiter must have arrived (``ValueError`` otherwise). A part cut
+        short is removed."""
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        if complete and self.state != "end":
+            raise ValueError("the body ended before its closing boundary")
+
+
+def _boundary(content_type: str) -> bytes | None:
+    from email.message import Message
+
+    msg = Message()
+    msg["content-type"] = content_type
+    if msg.get_content_type() != "multipart/related":
+        return None
+    b = msg.get_param("boundary")
+    return b.encode("latin-1") if isinstance(b, str) and 0 < len(b) <= 200 else None
+
+
+def _instance_uids(path: Path) -> tuple[str, str] | None:
+    """(SOPInstanceUID, SeriesInstanceUID) from a DICOM file's header (its large values not read); None when the
+    file is not in the DICOM file format."""
     import pydicom
 
-    client = dicomweb_client(ep)
-    series = _image_series(ep, study_uid, modalities, client=client)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=64 * 1024,
+                             specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
+        return str(ds.get("SOPInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 (pydicom raises many types on a file that is not DICOM)
+        return None
+
+
+def _retrieve_dicomweb(ep: Endpoint, study_uid: str, dest: Path, modalities, max_bytes: int | None = None) -> int:
+    from medseg.pacs.endpoints import CHUNK, web_request, web_session
+
+    session = web_session(ep)
+    series = _image_series(ep, study_uid, modalities, session=session)
     counts: dict = {}
+    received = 0
+    doing = "the retrieval (WADO-RS)"
     for s in series:
-        try:
-            for ds in client.iter_series(study_uid, s.series_uid):
-                sop = str(ds.get("SOPInstanceUID", "") or uuid.uuid4().hex)
+        def place(path: Path, sid=s.series_uid) -> None:
+            uids = _instance_uids(path)
+            if uids is None:
+                path.unlink()
+                raise PacsError(f"{ep.display}: {doing} sent a part that is not a DICOM file; check the server")
+            sop = uids[0] or uuid.uuid4().hex
+            try:
+                os.replace(path, dest / _name(sop))
+            except OSError as exc:
+                raise OutputError.from_os(exc, dest) from None
+            counts[sid] = counts.get(sid, 0) + 1
+
+        with web_request(ep, session, f"/studies/{study_uid}/series/{s.series_uid}", doing=doing, accept=_WADO_ACCEPT,
+                         deadline=ep.retrieve_deadline, option="retrieve_deadline") as resp:
+            boundary = _boundary(resp.headers.get("Content-Type", ""))
+            if boundary is None:
+                raise PacsError(f"{ep.display}: {doing} answered Content-Type "
+                                f"{' '.join(resp.headers.get('Content-Type', 'none').split())[:80]!r}, not "
+                                "multipart/related with a boundary; check the server")
+            parts = _Parts(boundary, dest, place)
+            try:
                 try:
-                    pydicom.dcmwrite(dest / _name(sop), ds, enforce_file_format=True)
-                except OSError as exc:
-                    raise OutputError.from_os(exc, dest) from None
-                counts[s.series_uid] = counts.get(s.series_uid, 0) + 1
-        except (PacsError, OutputError, InputError):
-            raise
-        except Exception as exc:  # noqa: BLE001 (requests, dicomweb-client, multipart parsing)
-            raise http_error(exc, ep, "the retrieval (WADO-RS)") from None
+                    for chunk in resp.iter_content(CHUNK):
+                        received += len(chunk)
+                        if max_bytes is not None and received > max_bytes:
+                            raise InputError(f"study is more than {max_bytes / GB:.2f} GB, larger than the cache limit "
+                                             f"({max_bytes / GB:.2f} GB); raise --cache-max-gb")
+                        parts.feed(chunk)
+                except BaseException:
+                    parts.close(complete=False)
+                    raise
+                parts.close()
+            except ValueError as exc:
+                raise PacsError(f"{ep.display}: {doing} sent a malformed multipart body ({exc}); check the server") from None
+            except OSError as exc:
+                raise OutputError.from_os(exc, dest) from None
     return _check_count(ep, series, counts)
 
 
@@ -346,20 +477,44 @@ def _storage_contexts():
     return out
 
 
+def _received_file(event) -> Path | None:
+    """Where pynetdicom wrote the received dataset when ``STORE_RECV_CHUNKED_DATASET`` is on (None otherwise)."""
+    try:
+        return Path(event.dataset_path)
+    except (AttributeError, TypeError):
+        return None
+
+
+def _received_uids(event) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) of a received instance, from its header only when it is on disk."""
+    path = _received_file(event)
+    if path is None:
+        ds = event.dataset
+    else:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=64 * 1024,
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+    return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
+
+
 def _writer(dest_for, counts: dict, lock: threading.Lock):
-    """A C-STORE handler: the instance's encoded bytes into ``dest_for(event)`` (None: refuse)."""
+    """A C-STORE handler: the instance's encoded bytes (or pynetdicom's file of them) into ``dest_for(event)``
+    (None: refuse)."""
     def handle(event):
         try:
             dest = dest_for(event)
             if dest is None:
                 return 0xA801  # Refused: move destination unknown / not expected
-            ds = event.dataset
             sop = str(event.request.AffectedSOPInstanceUID)
-            data = event.encoded_dataset(include_meta=True)
-            with open(dest / _name(sop), "wb") as fh:
-                fh.write(data)
+            src = _received_file(event)
+            if src is not None:
+                shutil.copyfile(src, dest / _name(sop))
+            else:
+                with open(dest / _name(sop), "wb") as fh:
+                    fh.write(event.encoded_dataset(include_meta=True))
+            sid = _received_uids(event)[1]
             with lock:
-                sid = str(ds.get("SeriesInstanceUID", ""))
                 counts[sid] = counts.get(sid, 0) + 1
             return 0x0000
         except OSError:
@@ -438,12 +593,15 @@ class _StorageSCP:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 
         def dest_for(event):
-            study = str(event.dataset.get("StudyInstanceUID", ""))
+            study = _received_uids(event)[0]
             with self.lock:
                 return self.routes.get(study)
 
         def handle(event):
-            study = str(event.dataset.get("StudyInstanceUID", "")) if event.dataset is not None else ""
+            try:
+                study = _received_uids(event)[0]
+            except Exception:  # noqa: BLE001 (not decodable: the writer refuses it)
+                study = ""
             with self.lock:
                 counts = self.counts.get(study)
             return _writer(dest_for, counts if counts is not None else {}, self.lock)(event)
