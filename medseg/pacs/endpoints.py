@@ -486,22 +486,37 @@ def associate(ae, ep: Endpoint, doing: str, **kw):
     assoc = ae.associate(ep.host, ep.port, ae_title=ep.called_aet, **kw)
     if assoc.is_established:
         return assoc
-    if assoc.is_rejected:
-        rsp = assoc.acceptor.primitive
+    rsp = assoc.acceptor.primitive if assoc.is_rejected else _unread_rejection(assoc) if assoc.is_aborted else None
+    if rsp is not None:
         reason = ""
-        if rsp is not None:
-            try:
-                reason = f" ({rsp.reason_str})"
-            except Exception:  # noqa: BLE001 (only for the message)
-                reason = ""
+        try:
+            reason = f" ({rsp.reason_str})"
+        except Exception:  # noqa: BLE001 (only for the message)
+            reason = ""
         raise PacsError(f"{ep.display}: association for {doing} rejected{reason}; check that the PACS knows medseg's "
                         f"AE title {ep.calling_aet!r} (and this host) and that the called AE title {ep.called_aet!r} "
                         "is right")
     if assoc.is_aborted and _reachable(ep):
-        raise PacsError(f"{ep.display}: association for {doing} aborted by the peer; check the PACS log and that it "
-                        "accepts the requested SOP classes")
+        raise PacsError(f"{ep.display}: association for {doing} rejected or aborted by the peer; check that the PACS "
+                        f"knows medseg's AE title {ep.calling_aet!r} (and this host), that the called AE title "
+                        f"{ep.called_aet!r} is right and that the PACS accepts {doing} (its log says why)")
     raise PacsError(f"{ep.display}: cannot connect for {doing}; check the host and port and that the DICOM server is "
                     "running and reachable")
+
+
+def _unread_rejection(assoc):
+    """The A-ASSOCIATE-RJ of an association pynetdicom reports as aborted, if it arrived.
+
+    pynetdicom (3.0) checks that the connection is up only after the peer's answer may have been read: a PACS
+    that rejects at once and closes the connection (Orthanc does) is then, now and again under load, taken for a
+    failed connection and the association aborted, with the rejection left unread in the DUL's queue.
+    """
+    try:
+        pending = list(assoc.dul.to_user_queue.queue)
+    except Exception:  # noqa: BLE001 (pynetdicom internals: only a better message is lost)
+        return None
+    return next((p for p in pending if getattr(p, "result", None) in (0x01, 0x02)
+                 and type(p).__name__ == "A_ASSOCIATE"), None)
 
 
 def _reachable(ep: Endpoint) -> bool:

@@ -225,6 +225,32 @@ def test_rejected_association_is_one_line(orthanc_factory, studies, pacs_oracle,
     _one_line(capsys, code, 3, "rejected", "Called AE title not recognised", "'WRONGAET'")
 
 
+def test_rejection_read_as_abort_is_still_a_rejection(orthanc_factory, monkeypatch):
+    """pynetdicom 3.0 checks that the connection is up only after sending the request; when its thread is slow
+    (load), Orthanc's rejection has arrived and the connection is closed by then, and pynetdicom aborts with the
+    rejection unread. The delay below makes that order certain: medseg still reports the rejection and its reason."""
+    import time
+
+    from pynetdicom.acse import ACSE
+
+    from medseg.pacs.endpoints import PacsError, echo, parse_endpoint
+
+    strict = orthanc_factory(extra_config={"DicomCheckCalledAet": True})
+    send_request = ACSE.send_request
+
+    def slow(self):
+        send_request(self)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ACSE, "send_request", slow)
+    with pytest.raises(PacsError, match=r"C-ECHO rejected \(Called AE title not recognised\).*'WRONGAET' is right"):
+        echo(parse_endpoint(f"dimse://WRONGAET@127.0.0.1:{strict.dicom_port}"))
+    monkeypatch.undo()
+    dead = free_port()  # nothing there: still "cannot connect", not a rejection
+    with pytest.raises(PacsError, match="cannot connect"):
+        echo(parse_endpoint(f"dimse://WRONGAET@127.0.0.1:{dead}"))
+
+
 def test_a_study_that_cannot_be_retrieved_fails_alone(orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys):
     from medseg.pacs.query import study_key
 
