@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError, InputError, MedsegError, OutputError
-from medseg.pacs.spool import GB, Spool, SpoolFull, instance_name, study_key
+from medseg.pacs.spool import GB, Spool, SpoolFull, instance_name, received_file, study_key
 
 log = logging.getLogger("medseg.listen")
 
@@ -158,6 +158,8 @@ class Listener:
         self._keep = None
         self._log_handler = None
         self.processed = 0
+        self._chunked_before: bool | None = None
+        self._rejects: dict[int, object] = {}  # id(association) -> the A-ASSOCIATE-RJ pynetdicom sent it
 
     # -- start ----------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -251,9 +253,14 @@ class Listener:
 
     # -- the SCP --------------------------------------------------------------------------------------------
     def start_server(self) -> None:
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, _config, evt
 
         cfg = self.cfg
+        # received datasets go straight to a file (pynetdicom's temporary, then copied into the spool in chunks):
+        # the listener's memory does not grow with the size of an instance
+        if self._chunked_before is None:
+            self._chunked_before = _config.STORE_RECV_CHUNKED_DATASET
+        _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=cfg.ae_title)
         for abstract, syntaxes in storage_contexts():
             ae.add_supported_context(abstract, syntaxes)
@@ -264,7 +271,8 @@ class Listener:
             ae.require_calling_aet = list(cfg.allow_ae)
         handlers = [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_STORE, self.on_store),
                     (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
-                    (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_ACCEPTED, self.on_accepted),
+                    (evt.EVT_ACSE_SENT, self.on_acse_sent), (evt.EVT_REJECTED, self.on_rejected),
+                    (evt.EVT_ACCEPTED, self.on_accepted),
                     (evt.EVT_RELEASED, self.on_end), (evt.EVT_ABORTED, self.on_end)]
         try:
             self.server = ae.start_server((cfg.host, int(cfg.port)), block=False, evt_handlers=handlers,
@@ -308,10 +316,30 @@ class Listener:
     def on_accepted(self, event) -> None:
         self._stats(event)
 
+    def on_acse_sent(self, event) -> None:
+        """Remember the A-ASSOCIATE-RJ pynetdicom sends, so that :meth:`on_rejected` can say why."""
+        rsp = event.primitive
+        if type(rsp).__name__ == "A_ASSOCIATE" and getattr(rsp, "result", None) in (0x01, 0x02):
+            with self._assoc_lock:
+                self._rejects[id(event.assoc)] = rsp
+
     def on_rejected(self, event) -> None:
         who = event.assoc.requestor
-        log.warning("association from AE %s (%s) refused: calling AE title not on the --allow-ae list (%s)",
-                    shown(who.ae_title), who.address, " ".join(self.cfg.allow_ae))
+        with self._assoc_lock:
+            rsp = self._rejects.pop(id(event.assoc), None)
+        why = (getattr(rsp, "result_source", None), getattr(rsp, "diagnostic", None))
+        if why == (0x03, 0x02):  # service provider (presentation): local limit exceeded
+            log.warning("association from AE %s (%s) refused: the association limit was reached (%d associations at "
+                        "once; rejected transient, local limit exceeded); the sender may retry later",
+                        shown(who.ae_title), who.address, self.ae.maximum_associations if self.ae else 0)
+        elif why == (0x01, 0x03) or rsp is None:
+            log.warning("association from AE %s (%s) refused: calling AE title not on the --allow-ae list (%s)",
+                        shown(who.ae_title), who.address, " ".join(self.cfg.allow_ae))
+        else:
+            reason = ""
+            with contextlib.suppress(Exception):
+                reason = f" ({rsp.reason_str})"
+            log.warning("association from AE %s (%s) refused%s", shown(who.ae_title), who.address, reason)
 
     def on_end(self, event) -> None:
         with self._assoc_lock:
@@ -337,13 +365,21 @@ class Listener:
             s["refused"] += 1
             return status(STATUS_OUT_OF_RESOURCES, "medseg listener is stopping")
         try:
-            ds = event.dataset
+            data = received_file(event)  # the instance on disk (pynetdicom's chunked receive): only its header is read
+            if data is not None:
+                import pydicom
+
+                ds = pydicom.dcmread(data, stop_before_pixels=True, defer_size=64 * 1024,
+                                     specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+            else:
+                ds = event.dataset
             study_uid = str(ds.get("StudyInstanceUID", "") or "")
             sop_uid = str(event.request.AffectedSOPInstanceUID or ds.get("SOPInstanceUID", "") or "")
             if not study_uid or not sop_uid:
                 s["refused"] += 1
                 return status(STATUS_CANNOT_UNDERSTAND, "no StudyInstanceUID or SOPInstanceUID")
-            data = event.encoded_dataset()
+            if data is None:
+                data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001 (a malformed dataset: refused, the listener goes on)
             s["refused"] += 1
             log.warning("instance from AE %s refused: cannot decode it (%s)", shown(event.assoc.requestor.ae_title),
@@ -510,6 +546,10 @@ class Listener:
             counts = self.spool.counts()
             log.info("stopped: %d studies processed in this session; %s", self.processed,
                      ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no studies")
+        if self._chunked_before is not None:
+            from pynetdicom import _config
+
+            _config.STORE_RECV_CHUNKED_DATASET, self._chunked_before = self._chunked_before, None
         if self._keep is not None:
             self._keep.__exit__(None, None, None)
             self._keep = None

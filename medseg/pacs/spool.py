@@ -45,6 +45,7 @@ log = logging.getLogger("medseg.listen")
 
 STATUSES = ("received", "complete", "processing", "done", "failed")
 GB = 1024**3
+CHUNK = 1024**2
 
 
 class SpoolFull(Exception):
@@ -69,6 +70,14 @@ def instance_name(sop_uid: str) -> str:
     return "in" + hashlib.sha256(f"{_salt()}\x00{sop_uid}".encode()).hexdigest()[:20] + ".dcm"
 
 
+def received_file(event) -> Path | None:
+    """The file pynetdicom received a C-STORE's dataset into (``_config.STORE_RECV_CHUNKED_DATASET``), or None."""
+    try:
+        return Path(event.dataset_path)
+    except (AttributeError, TypeError):
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -77,15 +86,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling: fsync'ed file, rename, fsync'ed folder."""
+def durable_write(path: Path, data) -> None:
+    """Write ``data`` (bytes, or a ``Path`` whose file is copied in chunks: never held in memory) to ``path``
+    through a temporary sibling: fsync'ed file, rename, fsync'ed folder."""
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            if isinstance(data, Path):
+                with open(data, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+            else:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -95,6 +109,15 @@ def durable_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise OutputError.from_os(exc, path) from None
+
+
+def _same(path: Path, data) -> bool:
+    """Is the file at ``path`` byte for byte ``data`` (bytes or a ``Path``)? Compared in chunks."""
+    if isinstance(data, Path):
+        import filecmp
+
+        return filecmp.cmp(path, data, shallow=False)
+    return path.read_bytes() == data
 
 
 @dataclass
@@ -194,12 +217,17 @@ class Spool:
         return self.spool_dir / key
 
     # -- receiving ------------------------------------------------------------------------------------------
-    def store(self, key: str, name: str, data: bytes, *, calling_aet: str = "") -> bool:
+    def store(self, key: str, name: str, data, *, calling_aet: str = "") -> bool:
         """Put one instance on disk (durably) before returning; False when the same instance was already there.
+        ``data``: its bytes, or a ``Path`` to the file pynetdicom received it into (copied in chunks; its size is
+        checked against the limit before anything is read).
 
         Raises :class:`SpoolFull` (nothing written) or ``OutputError`` (the write failed; nothing kept).
         """
-        n = len(data)
+        try:
+            n = data.stat().st_size if isinstance(data, Path) else len(data)
+        except OSError as exc:
+            raise OutputError.from_os(exc, data) from None
         path = self.spool_dir / key / name
         with self.lock:
             st = self.studies.get(key)
@@ -211,7 +239,7 @@ class Spool:
             elif calling_aet and calling_aet not in st.calling_aets:
                 st.calling_aets.append(calling_aet)
             with contextlib.suppress(OSError):
-                if path.stat().st_size == n and path.read_bytes() == data:
+                if path.stat().st_size == n and _same(path, data):
                     st.last_received = time.monotonic()
                     return False  # a resend of what is already on disk: acknowledged as stored, not rewritten
             if self.used_bytes + n > self.max_bytes:
