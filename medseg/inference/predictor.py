@@ -83,6 +83,17 @@ def _replace_nonfinite(array: np.ndarray, value: float, slab_voxels: int = 1 << 
     return out
 
 
+def _pass_dice(a, b, n_classes: int) -> list[float]:
+    """Per class, the Dice between two label grids (NaN where neither has the class)."""
+    import torch
+
+    a, b = a.reshape(-1), b.reshape(-1)
+    both = torch.bincount(a[a == b], minlength=n_classes).double()
+    na, nb = torch.bincount(a, minlength=n_classes).double(), torch.bincount(b, minlength=n_classes).double()
+    dice = (2 * both / (na + nb)).tolist()
+    return [d if (na[c] + nb[c]) > 0 else float("nan") for c, d in enumerate(dice)]
+
+
 class Predictor:
     def __init__(self, models, *, labels: LabelTable, preprocessing: dict, inference: dict, device=None,
                  provenance: dict | None = None, progress: bool = False):
@@ -182,7 +193,7 @@ class Predictor:
         floor = floor_value(self.preprocessing)
         flips = [()] + [(a + 2,) for a in inf["tta_flips"]]
         n = len(self.models) * len(flips)
-        total = None
+        total, first, agree = None, None, None
         for model in self.models:
             for dims in flips:
                 xi = torch.flip(x, dims) if dims else x
@@ -202,7 +213,15 @@ class Predictor:
                 p = torch.softmax(logits[0].float(), dim=0)
                 if dims:
                     p = torch.flip(p, (dims[0] - 1,))
+                winner = p.argmax(dim=0)
+                if first is None:
+                    first, agree = winner, []
+                else:
+                    agree.append(_pass_dice(first, winner, p.shape[0]))
                 total = p if total is None else total.add_(p)
+        if agree:  # Dice of each further pass (mirror, ensemble member) with the first, per class, averaged
+            stats["pass_agreement"] = {c: float(np.nanmean([a[c] for a in agree])) for c in range(1, p.shape[0])
+                                       if not all(np.isnan(a[c]) for a in agree)}
         return total.div_(n).clamp_min_(torch.finfo(torch.float32).tiny).log_().cpu()
 
     def _read_channels(self, source, findings: list) -> tuple[Volume, np.ndarray]:
@@ -274,7 +293,9 @@ class Predictor:
         models); the result sits on the (first) image's grid.
 
         ``result.meta`` holds timing, windows run/skipped, peak memory and the
-        mean winning probability per structure (``confidence``). With
+        mean winning probability per structure (``confidence``); with mirrored
+        test-time passes or an ensemble, ``pass_agreement``: per structure, the
+        Dice between each further pass's labels and the first's (network grid). With
         ``keep_probabilities``, ``result.meta["probabilities"]`` is
         ``(array (x, y, z, classes) float32, affine)`` on the network's grid.
         """
@@ -345,6 +366,9 @@ class Predictor:
         if labels.shape != volume.shape:
             raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)", path=volume.source)
         confidence = {lab.name: (float(conf_sum[lab.index] / counts[lab.index]) if counts[lab.index] else None) for lab in self.labels.labels}
+        if "pass_agreement" in stats:  # mirrored test-time passes / ensemble members: per-structure Dice between passes
+            by_index = stats.pop("pass_agreement")
+            stats["pass_agreement"] = {lab.name: by_index.get(lab.index) for lab in self.labels.labels}
         meta = {
             "seconds": round(time.monotonic() - t0, 3),
             "seconds_read": round(t_read, 3),
