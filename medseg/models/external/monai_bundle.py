@@ -34,6 +34,7 @@ from pathlib import Path
 
 from medseg.errors import CheckpointError, ConfigError, OptionalDependencyError
 from medseg.labels import Label, LabelTable
+from medseg.models.external import network_bounds as nb
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +335,106 @@ def _network(r: _Resolver, config: dict) -> tuple[str, dict]:
     if dims != 3:
         r.fail("network_def.spatial_dims", f"{_short(dims)}: medseg runs 3D bundles (a 2D bundle's slicing is its own code)")
     for k in ("in_channels", "out_channels"):
-        if not isinstance(kwargs.get(k), int) or kwargs[k] < 1:
-            r.fail(f"network_def.{k}", f"expected a positive integer, found {_short(kwargs.get(k))}")
+        if not nb.whole(kwargs.get(k)) or not 1 <= kwargs[k] <= nb.MAX_FEATURES:
+            r.fail(f"network_def.{k}", f"expected a whole number in 1..{nb.MAX_FEATURES}, found {_short(kwargs.get(k))}")
+    _check_network_bounds(name, kwargs, r)
     return name, kwargs
+
+
+# ------------------------------------------------------------------ bounds on network_def, before building
+
+_MAX_STAGES = 12
+_MAX_REPEATS = 16
+
+
+def _feats(v):
+    return nb.whole(v) and 1 <= v <= nb.MAX_FEATURES
+
+
+def _kernel(v):
+    return (nb.whole(v) and v in (1, 3, 5, 7)) or (isinstance(v, list) and len(v) == 3 and all(_kernel(x) and nb.whole(x) for x in v))
+
+
+def _stride(v):
+    return (nb.whole(v) and 1 <= v <= 4) or (isinstance(v, list) and len(v) == 3 and all(nb.whole(x) and 1 <= x <= 4 for x in v))
+
+
+def _up_kernel(v):
+    return (nb.whole(v) and 1 <= v <= 7) or (isinstance(v, list) and len(v) == 3 and all(nb.whole(x) and 1 <= x <= 7 for x in v))
+
+
+def _repeats(v):
+    return nb.whole(v) and 0 <= v <= _MAX_REPEATS
+
+
+def _unit(v):
+    return v is None or (nb.number(v) and 0 <= v <= 1)
+
+
+def _list_of(check, lo=1, hi=_MAX_STAGES):
+    def ok(v):
+        return isinstance(v, list) and lo <= len(v) <= hi and all(check(x) for x in v)
+    return ok
+
+
+_FEATS = _list_of(_feats, 1)
+#: Per network: keyword -> (check of its plain value, what is expected). The numbers that size a network
+#: (channels, filters, repeats, kernels, strides) are bounded; the remaining keywords are checked by
+#: building the network on the meta device (nothing allocated), which also counts its parameters.
+_NETWORK_BOUNDS = {
+    "UNet": {"channels": (_list_of(_feats, 2), f"2..{_MAX_STAGES} whole numbers of channels in 1..{nb.MAX_FEATURES}"),
+             "strides": (_list_of(_stride), "a list of strides in 1..4 (one per channel step)"),
+             "kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+             "up_kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+             "num_res_units": (_repeats, f"a whole number in 0..{_MAX_REPEATS}"),
+             "dropout": (_unit, "a number in 0..1")},
+    "AttentionUnet": {"channels": (_list_of(_feats, 2), f"2..{_MAX_STAGES} whole numbers of channels in 1..{nb.MAX_FEATURES}"),
+                      "strides": (_list_of(_stride), "a list of strides in 1..4 (one per channel step)"),
+                      "kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+                      "up_kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+                      "dropout": (_unit, "a number in 0..1")},
+    "SegResNet": {"init_filters": (_feats, f"a whole number of channels in 1..{nb.MAX_FEATURES}"),
+                  "blocks_down": (_list_of(_repeats), f"1..{_MAX_STAGES} whole numbers in 0..{_MAX_REPEATS}"),
+                  "blocks_up": (_list_of(_repeats, 0), f"0..{_MAX_STAGES} whole numbers in 0..{_MAX_REPEATS}"),
+                  "num_groups": (_feats, f"a whole number in 1..{nb.MAX_FEATURES}"),
+                  "dropout_prob": (_unit, "a number in 0..1")},
+    "DynUNet": {"kernel_size": (_list_of(_kernel), f"1..{_MAX_STAGES} odd kernel sizes 1..7 (or one per axis)"),
+                "strides": (_list_of(_stride), f"1..{_MAX_STAGES} strides in 1..4 (or one per axis)"),
+                "upsample_kernel_size": (_list_of(_up_kernel, 0), f"0..{_MAX_STAGES} kernel sizes in 1..7"),
+                "filters": (lambda v: v is None or _FEATS(v), f"whole numbers of channels in 1..{nb.MAX_FEATURES}"),
+                "deep_supr_num": (lambda v: nb.whole(v) and 0 <= v <= _MAX_STAGES, f"a whole number in 0..{_MAX_STAGES}"),
+                "dropout": (_unit, "a number in 0..1")},
+    # SwinUNETR reads tensor values while building (no meta-device count): its sizes are bounded here alone
+    "SwinUNETR": {"feature_size": (lambda v: nb.whole(v) and 12 <= v <= 96 and v % 12 == 0,
+                                   "a multiple of 12 in 12..96"),
+                  "depths": (_list_of(lambda v: nb.whole(v) and 1 <= v <= 8, 1, 4), "up to 4 whole numbers in 1..8"),
+                  "num_heads": (_list_of(lambda v: nb.whole(v) and 1 <= v <= 32, 1, 4), "up to 4 whole numbers in 1..32"),
+                  "patch_size": (lambda v: nb.whole(v) and 1 <= v <= 4, "a whole number in 1..4"),
+                  "window_size": (lambda v: nb.whole(v) and 1 <= v <= 16, "a whole number in 1..16"),
+                  "drop_rate": (_unit, "a number in 0..1"), "attn_drop_rate": (_unit, "a number in 0..1"),
+                  "dropout_path_rate": (_unit, "a number in 0..1")},
+}
+
+
+def _check_network_bounds(name: str, kwargs: dict, r: _Resolver) -> None:
+    """Bounds on the sizes ``network_def`` gives, then the network built on the meta device (nothing is
+    allocated): a keyword the class refuses, or more than ``max_parameters()`` parameters, is one line."""
+    import monai.networks.nets as nets
+
+    for k, (ok, expected) in _NETWORK_BOUNDS.get(name, {}).items():
+        if k in kwargs and not ok(kwargs[k]):
+            r.fail(f"network_def.{k}", f"{_short(kwargs[k])}: expected {expected}; medseg builds networks within these "
+                                       "bounds only (fix the bundle's value)")
+    cls = getattr(nets, name)
+    try:
+        count = nb.meta_parameter_count(lambda: cls(**kwargs))
+    except Exception as exc:  # the class's own checks: one line naming network_def, never a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        r.fail("network_def", f"{name} cannot be built from these values ({type(exc).__name__}: {first})")
+    limit = nb.max_parameters()
+    if count is not None and count > limit:
+        r.fail("network_def", f"{name} with these values has {count:,} parameters, over the limit of {limit:,} "
+                              "(MEDSEG_MAX_PARAMETERS): refused before allocating it")
 
 
 def _inferer(r: _Resolver) -> tuple[str, dict]:

@@ -30,12 +30,15 @@ Preprocessing, sliding windows and export follow nnU-Net: see
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import CheckpointError, OptionalDependencyError
+from medseg.io.limits import max_voxels
 from medseg.labels import Label, LabelTable
+from medseg.models.external import network_bounds as nb
 
 CHECKPOINT_NAMES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
 SUPPORTED_NETWORKS = {
@@ -144,12 +147,25 @@ def configuration_dict(plans: dict, name: str, *, path=None) -> dict:
     return conf
 
 
-def _old_plans_architecture(conf: dict, *, path=None) -> dict:
+_OLD_KEYS = {"conv_kernel_sizes": "kernel_sizes", "pool_op_kernel_sizes": "strides",
+             "n_conv_per_stage_encoder": "n_conv_per_stage"}
+
+
+def _old_plans_architecture(conf: dict, *, path=None, where: str = "") -> dict:
     """nnU-Net's conversion of the older plans format (``UNet_class_name`` ...) to ``architecture``."""
     cls = conf.get("UNet_class_name")
     if cls not in SUPPORTED_NETWORKS:
         raise CheckpointError(f"network {cls!r} is not supported; medseg runs {sorted(SUPPORTED_NETWORKS)}", path=path)
+    for key in ("UNet_base_num_features", "unet_max_num_features"):
+        if not nb.whole(conf.get(key)) or not 1 <= conf[key] <= nb.MAX_FEATURES:
+            _refuse(path, f"{where}{key}", conf.get(key), f"a whole number of features in 1..{nb.MAX_FEATURES}")
+    for key in ("n_conv_per_stage_encoder", "n_conv_per_stage_decoder", "conv_kernel_sizes", "pool_op_kernel_sizes",
+                "patch_size"):
+        if not isinstance(conf.get(key), list) or not conf[key]:
+            _refuse(path, f"{where}{key}", conf.get(key), "a non-empty list")
     n = len(conf["n_conv_per_stage_encoder"])
+    if not 1 <= n <= MAX_STAGES:
+        _refuse(path, f"{where}n_conv_per_stage_encoder", conf["n_conv_per_stage_encoder"], f"1..{MAX_STAGES} stages")
     dim = len(conf["patch_size"])
     kwargs = {
         "n_stages": n,
@@ -171,37 +187,246 @@ def _old_plans_architecture(conf: dict, *, path=None) -> dict:
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
 
 
-def architecture(conf: dict, *, path=None) -> tuple[str, dict]:
-    """(class name, constructor kwargs with classes resolved from the fixed table)."""
+# ------------------------------------------------------------------ the schema plans.json is checked against
+
+#: Bounds of what nnU-Net's planners write (at most 7 stages of 1-2 strides and 1/3 kernels, 1-6 blocks).
+MAX_STAGES = 12
+MAX_CONVS_PER_STAGE = 16
+KERNEL_SIZES = (1, 3, 5, 7)
+MAX_STRIDE = 4
+_CLASS_KEYS = ("conv_op", "norm_op", "dropout_op", "nonlin")
+_ARCH_KEYS = {
+    "PlainConvUNet": {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage",
+                      "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
+                      "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "nonlin_first"},
+    "ResidualEncoderUNet": {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_blocks_per_stage",
+                            "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
+                            "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "bottleneck_channels", "stem_channels"},
+}
+_REQUIRED = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder")
+
+
+def _flag(v):
+    return isinstance(v, bool)
+
+
+def _unit(v):
+    return nb.number(v) and 0 <= v <= 1
+
+
+#: Keyword arguments of the classes of the fixed table: name -> check of a plain value.
+_OP_KWARGS = {
+    "norm": {"eps": lambda v: nb.number(v) and 0 < v < 1, "momentum": lambda v: v is None or _unit(v),
+             "affine": _flag, "track_running_stats": _flag},
+    "Dropout": {"p": _unit, "inplace": _flag},
+    "LeakyReLU": {"negative_slope": lambda v: nb.number(v) and abs(v) <= 10, "inplace": _flag},
+    "ReLU": {"inplace": _flag},
+    "PReLU": {"num_parameters": lambda v: v == 1 and nb.whole(v), "init": lambda v: nb.number(v) and abs(v) <= 10},
+    "GELU": {"approximate": lambda v: v in ("none", "tanh")},
+}
+
+
+def _refuse(path, key: str, value, expected: str):
+    raise CheckpointError(f"{key} = {nb.short(value)}: expected {expected}; medseg builds only networks within "
+                          "these bounds (as nnU-Net's planners write them): fix or re-plan this value", path=path)
+
+
+def _class_name(value) -> str:
+    return _TORCH_CLASSES[value][1] if isinstance(value, str) and value in _TORCH_CLASSES else ""
+
+
+def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: str = "architecture.arch_kwargs.",
+                       conf_where: str = "", names: dict | None = None) -> int:
+    """Every arch_kwargs entry medseg passes on, and the configuration's patch and spacing, against bounds
+    (``CheckpointError`` naming plans.json and the key); returns the number of spatial dimensions."""
+    names = names or {}
+
+    def key(k, *idx):
+        return f"{where}{names.get(k, k)}" + "".join(f"[{i}]" for i in idx)
+
+    unknown = sorted(set(kw) - _ARCH_KEYS[short])
+    if unknown:
+        raise CheckpointError(f"{key(unknown[0])}: {short} takes no keyword {unknown[0]!r} (it takes "
+                              f"{', '.join(sorted(_ARCH_KEYS[short]))}): remove it or re-plan the model", path=path)
+    blocks = "n_conv_per_stage" if short == "PlainConvUNet" else "n_blocks_per_stage"
+    for k in (*_REQUIRED, blocks):
+        if k not in kw:
+            _refuse(path, key(k), None, f"a value ({short} needs it)")
+    n = kw["n_stages"]
+    if not nb.whole(n) or not 1 <= n <= MAX_STAGES:
+        _refuse(path, key("n_stages"), n, f"a whole number of stages in 1..{MAX_STAGES}")
+    for k in _CLASS_KEYS:
+        v = kw.get(k)
+        if v is None and k != "conv_op":
+            continue
+        if v not in _TORCH_CLASSES:
+            raise CheckpointError(f"arch_kwargs.{k} = {nb.short(v)} is not a class medseg builds nnU-Net networks with "
+                                  "(torch convs, instance/batch norms, dropout, ReLU-family activations)", path=path)
+    conv = _class_name(kw["conv_op"])
+    if conv not in ("Conv2d", "Conv3d"):
+        _refuse(path, key("conv_op"), kw["conv_op"], "a 2D or 3D convolution (torch.nn.Conv2d or Conv3d)")
+    dims = int(conv[4])
+    for k in ("norm_op", "dropout_op"):
+        c = _class_name(kw.get(k))
+        if c and c != "Dropout" and not c.endswith(f"{dims}d"):
+            _refuse(path, key(k), kw[k], f"the {dims}D variant, as conv_op is {conv}")
+    patch = conf.get("patch_size")
+    if not isinstance(patch, list) or len(patch) != dims or not all(nb.whole(p) and p >= 1 for p in patch):
+        _refuse(path, f"{conf_where}patch_size", patch, f"{dims} positive whole numbers (conv_op is {conv})")
+    limit = max_voxels()
+    if math.prod(patch) > limit:
+        _refuse(path, f"{conf_where}patch_size", patch, f"at most {limit:,} voxels (MEDSEG_MAX_VOXELS)")
+
+    def per_stage(k, count, ok, what, *, vector=False):
+        v = kw.get(k)
+        items = [v] * count if not isinstance(v, list) else v
+        if isinstance(v, list) and len(v) != count:
+            _refuse(path, key(k), v, f"{count} entries (one per stage; n_stages is {n})")
+        for i, item in enumerate(items):
+            parts = item if vector and isinstance(item, list) else [item]
+            if vector and isinstance(item, list) and len(item) != dims:
+                _refuse(path, key(k, i), item, f"{dims} entries (one per axis)")
+            if not parts or not all(nb.whole(x) and ok(x) for x in parts):
+                _refuse(path, key(k, i) if isinstance(v, list) else key(k), item, what)
+        return [(it if isinstance(it, list) else [it] * dims) for it in items] if vector else items
+
+    per_stage("features_per_stage", n, lambda x: 1 <= x <= nb.MAX_FEATURES, f"whole numbers of features in 1..{nb.MAX_FEATURES}")
+    per_stage("kernel_sizes", n, lambda x: x in KERNEL_SIZES, f"odd kernel sizes {KERNEL_SIZES}", vector=True)
+    strides = per_stage("strides", n, lambda x: 1 <= x <= MAX_STRIDE, f"strides in 1..{MAX_STRIDE}", vector=True)
+    per_stage(blocks, n, lambda x: 1 <= x <= MAX_CONVS_PER_STAGE, f"whole numbers in 1..{MAX_CONVS_PER_STAGE}")
+    if n > 1:
+        per_stage("n_conv_per_stage_decoder", n - 1, lambda x: 1 <= x <= MAX_CONVS_PER_STAGE,
+                  f"whole numbers in 1..{MAX_CONVS_PER_STAGE}")
+    total = [math.prod(s[a] for s in strides) for a in range(dims)]
+    if any(p % t for p, t in zip(patch, total)):
+        _refuse(path, f"{conf_where}patch_size", patch, f"multiples of the network's total stride {total} per axis")
+    if short == "ResidualEncoderUNet":
+        if kw.get("bottleneck_channels") is not None:
+            per_stage("bottleneck_channels", n, lambda x: 1 <= x <= nb.MAX_FEATURES,
+                      f"whole numbers of features in 1..{nb.MAX_FEATURES}")
+        s = kw.get("stem_channels")
+        if s is not None and not (nb.whole(s) and 1 <= s <= nb.MAX_FEATURES):
+            _refuse(path, key("stem_channels"), s, f"a whole number of features in 1..{nb.MAX_FEATURES}")
+    for k in ("conv_bias", "nonlin_first"):
+        if k in kw and not isinstance(kw[k], bool):
+            _refuse(path, key(k), kw[k], "true or false")
+    for op_key, kw_key in (("norm_op", "norm_op_kwargs"), ("dropout_op", "dropout_op_kwargs"), ("nonlin", "nonlin_kwargs")):
+        args = kw.get(kw_key)
+        if args is None:
+            continue
+        if not isinstance(args, dict):
+            _refuse(path, key(kw_key), args, "a mapping of keyword arguments (or null)")
+        c = _class_name(kw.get(op_key))
+        table = _OP_KWARGS["norm" if "Norm" in c else "Dropout" if c.startswith("Dropout") else c] if c else {}
+        for name, value in args.items():
+            if name not in table:
+                _refuse(path, key(kw_key, repr(name)), value,
+                        f"a keyword of {c or 'no class'} ({', '.join(table) or 'none: ' + op_key + ' is null'})")
+            if not table[name](value):
+                _refuse(path, key(kw_key, repr(name)), value, f"a plain value {c} accepts for {name}")
+    return dims
+
+
+_RESAMPLING_KWARGS = {"is_seg": lambda v: v is False, "order": lambda v: nb.whole(v) and 0 <= v <= 5,
+                      "order_z": lambda v: nb.whole(v) and 0 <= v <= 5,
+                      "force_separate_z": lambda v: v is None or isinstance(v, bool),
+                      "separate_z_anisotropy_threshold": lambda v: nb.number(v) and v > 0}
+
+
+def check_configuration(conf: dict, plans: dict, in_channels: int, *, path=None, where: str = "") -> None:
+    """The configuration's preprocessing values inference uses (spacing, masks, resampling, transposes)."""
+    dims = len(conf["patch_size"])
+    spacing = conf.get("spacing")
+    if not isinstance(spacing, list) or len(spacing) != dims or not all(nb.number(s) and 0 < s < 1e4 for s in spacing):
+        _refuse(path, f"{where}spacing", spacing, f"{dims} positive voxel sizes in mm")
+    masks = conf.get("use_mask_for_norm")
+    if not isinstance(masks, list) or len(masks) != in_channels or not all(isinstance(m, bool) for m in masks):
+        _refuse(path, f"{where}use_mask_for_norm", masks, f"{in_channels} true/false values (one per channel)")
+    for key in ("resampling_fn_data_kwargs", "resampling_fn_probabilities_kwargs"):
+        kw = conf.get(key, {})
+        if not isinstance(kw, dict):
+            _refuse(path, f"{where}{key}", kw, "a mapping of keyword arguments")
+        for name, value in kw.items():
+            if name not in _RESAMPLING_KWARGS or not _RESAMPLING_KWARGS[name](value):
+                _refuse(path, f"{where}{key}[{name!r}]", value,
+                        f"one of {', '.join(_RESAMPLING_KWARGS)} with a plain value (orders 0..5, is_seg false)")
+    for key in ("transpose_forward", "transpose_backward"):
+        t = plans.get(key, [0, 1, 2])
+        if not isinstance(t, list) or sorted(t) != [0, 1, 2] or not all(nb.whole(a) for a in t):
+            _refuse(path, key, t, "a permutation of [0, 1, 2]")
+
+
+def architecture(conf: dict, *, path=None, where: str = "") -> tuple[str, dict]:
+    """(class name, constructor kwargs with classes resolved from the fixed table), checked against the
+    bounds of :func:`check_architecture` (``where``: the configuration's key prefix in messages)."""
     import importlib
 
-    arch = conf.get("architecture") or _old_plans_architecture(conf, path=path)
+    arch = conf.get("architecture")
+    if arch is not None and not isinstance(arch, dict):
+        _refuse(path, f"{where}architecture", arch, "a mapping with network_class_name and arch_kwargs")
+    old = arch is None
+    arch = arch or _old_plans_architecture(conf, path=path, where=where)
     full = str(arch.get("network_class_name", ""))
     short = full.rsplit(".", 1)[-1]
     if short not in SUPPORTED_NETWORKS or not full.startswith("dynamic_network_architectures."):
         raise CheckpointError(f"network class {full!r} is not supported; medseg runs nnU-Net's "
                               f"{' and '.join(sorted(SUPPORTED_NETWORKS))} (dynamic_network_architectures)", path=path)
-    kwargs = copy.deepcopy(dict(arch.get("arch_kwargs") or {}))
-    for key in arch.get("_kw_requires_import") or ():
+    raw = arch.get("arch_kwargs") or {}
+    if not isinstance(raw, dict):
+        _refuse(path, f"{where}architecture.arch_kwargs", raw, "a mapping of keyword arguments")
+    kwargs = copy.deepcopy(dict(raw))
+    if old:
+        check_architecture(short, kwargs, conf, path=path, where=where, conf_where=where,
+                           names={v: k for k, v in _OLD_KEYS.items()})
+    else:
+        check_architecture(short, kwargs, conf, path=path, where=f"{where}architecture.arch_kwargs.", conf_where=where)
+    for key in _CLASS_KEYS:  # always from the fixed table (nnU-Net imports those in _kw_requires_import)
         value = kwargs.get(key)
         if value is None:
             continue
-        if value not in _TORCH_CLASSES:
-            raise CheckpointError(f"arch_kwargs.{key} = {value!r} is not a class medseg builds nnU-Net networks with "
-                                  "(torch convs, instance/batch norms, dropout, ReLU-family activations)", path=path)
         mod, name = _TORCH_CLASSES[value]
         kwargs[key] = getattr(importlib.import_module(mod), name)
     return short, kwargs
 
 
-def build_network(class_name: str, kwargs: dict, in_channels: int, out_channels: int):
-    """nnU-Net's network, from dynamic_network_architectures, without deep supervision (inference)."""
+def build_network(class_name: str, kwargs: dict, in_channels: int, out_channels: int, *, path=None):
+    """nnU-Net's network, from dynamic_network_architectures, without deep supervision (inference); its
+    parameters are counted on the meta device first and refused over ``max_parameters()``."""
     try:
         from dynamic_network_architectures.architectures import unet
     except ImportError:
         raise OptionalDependencyError(f"running nnU-Net models needs dynamic_network_architectures: {_INSTALL}") from None
+    if class_name not in SUPPORTED_NETWORKS:
+        raise CheckpointError(f"network class {class_name!r} is not supported", path=path)
     cls = getattr(unet, class_name)
-    return cls(input_channels=in_channels, num_classes=out_channels, deep_supervision=False, **kwargs)
+    check_network_size(class_name, kwargs, in_channels, out_channels, path=path)
+    try:
+        return cls(input_channels=in_channels, num_classes=out_channels, deep_supervision=False, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, IndexError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"plans.json describes a {class_name} that dynamic_network_architectures cannot build "
+                              f"({type(exc).__name__}: {first})", path=path) from None
+
+
+def check_network_size(class_name: str, kwargs: dict, in_channels: int, out_channels: int, *, path=None) -> int | None:
+    """The network's parameter count (on the meta device: nothing allocated), refused over ``max_parameters()``."""
+    try:
+        from dynamic_network_architectures.architectures import unet
+    except ImportError:
+        return None  # the network is never built here: predicting says what to install
+    cls = getattr(unet, class_name)
+    try:
+        count = nb.meta_parameter_count(lambda: cls(input_channels=in_channels, num_classes=out_channels,
+                                                    deep_supervision=False, **kwargs))
+    except (TypeError, ValueError, AssertionError, RuntimeError, IndexError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"plans.json describes a {class_name} that dynamic_network_architectures cannot build "
+                              f"({type(exc).__name__}: {first})", path=path) from None
+    limit = nb.max_parameters()
+    if count is not None and count > limit:
+        raise CheckpointError(f"the network plans.json describes has {count:,} parameters, over the limit of "
+                              f"{limit:,} (MEDSEG_MAX_PARAMETERS): refused before allocating it", path=path)
+    return count
 
 
 @dataclass
@@ -272,7 +497,8 @@ class NnunetModel:
         """One network per fold with its weights, in eval mode."""
         nets = []
         for fold, state in zip(self.folds, self.weights):
-            net = build_network(self.network_class, self.network_kwargs, self.in_channels, self.labels.heads)
+            net = build_network(self.network_class, self.network_kwargs, self.in_channels, self.labels.heads,
+                                path=self.folder / "plans.json")
             try:
                 net.load_state_dict(state)
             except RuntimeError as exc:
@@ -330,7 +556,9 @@ def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> Nnunet
     if in_channels < 1 or len(schemes) != in_channels:
         raise CheckpointError(f"dataset.json names {in_channels} channel(s) but plans.json normalises {len(schemes)}", path=folder)
     labels = labels_from_dataset(dataset, path=folder / "dataset.json")
-    cls, kwargs = architecture(conf, path=folder / "plans.json")
+    cls, kwargs = architecture(conf, path=folder / "plans.json", where=f"configurations.{config_name}.")
+    check_configuration(conf, plans, in_channels, path=folder / "plans.json", where=f"configurations.{config_name}.")
+    check_network_size(cls, kwargs, in_channels, labels.heads, path=folder / "plans.json")
     mirror = first.get("inference_allowed_mirroring_axes")
     return NnunetModel(
         folder=folder, configuration=config_name, conf=conf, plans=plans, dataset=dataset, trainer=trainer,
