@@ -1,7 +1,8 @@
 """``report.html``: one page for the run that opens from disk with no server.
 
-Top to bottom: what needs a look (outliers, structures cut by the border,
-below the minimum size, absent or unlisted), the cohort table (one row per
+Top to bottom: what needs a look (the quality verdicts, ``fail`` then
+``review``, with their reasons; without verdicts: outliers, structures cut by
+the border, below the minimum size or unlisted), the cohort table (one row per
 case, volumes in mL, click a column header to sort), the per-structure
 summary, a volume distribution plot per structure, and each case's QC
 montage (the case id in the table links to it).
@@ -33,6 +34,7 @@ td.touches_border{background:#fff4d6}
 td.below_min_size{background:#eee}
 td.outlier{background:#ffd6d6;font-weight:bold}
 .flags li{margin:2px 0}
+.flags li.qc-fail{color:#a00}
 figure{margin:1em 0;border-top:1px solid #ddd;padding-top:.5em}
 figure:target{outline:3px solid #36c}
 img{max-width:100%}
@@ -82,23 +84,34 @@ def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures
     for note in notes or []:
         parts.append(f"<p class='note'>{e(note)}</p>")
 
-    # What needs a look, first.
+    # What needs a look, first: quality verdicts fail, then review (medseg.reporting.quality), then the
+    # remaining outliers and statuses of a table without verdicts.
     flags = []
+    has_qc = "qc" in long_df.columns
     for _, r in long_df.iterrows():
         why = []
-        if _is_true(r.get("outlier")):
+        qc = r.get("qc") if has_qc and isinstance(r.get("qc"), str) else ""
+        if qc in ("fail", "review"):
+            why.append(f"{qc.upper()}: {r.get('qc_reasons') or ''}".strip())
+        if _is_true(r.get("outlier")) and not qc:
             basis = r.get("outlier_basis")
             z = r.get("robust_z")
             why.append(f"outlier ({basis}{'' if _isna(z) else f', z={z:.1f}'})")
-        if r["status"] in ("touches_border", "below_min_size", "not_in_label_table"):
+        if r["status"] in ("touches_border", "below_min_size", "not_in_label_table") and not qc:
             why.append(str(r["status"]))
         if why:
-            flags.append((0 if why[0].startswith("outlier") else 1, r["case_id"], r["structure"], r["volume_ml"], "; ".join(why)))
+            rank = {"fail": 0, "review": 1}.get(qc, 2 if why[0].startswith("outlier") else 3)
+            flags.append((rank, r["case_id"], r["structure"], r["volume_ml"], "; ".join(why)))
     parts.append("<h2 id='flags'>Needs a look</h2>")
+    if has_qc:
+        n_fail, n_review = sum(f[0] == 0 for f in flags), sum(f[0] == 1 for f in flags)
+        parts.append(f"<p class='note'>Quality verdicts without ground truth: {n_fail} fail, {n_review} review "
+                     "(codes and thresholds: medseg.reporting.quality).</p>")
     if flags:
         parts.append("<ul class='flags'>")
-        for _, cid, s, v, why in sorted(flags, key=lambda f: (f[0], f[1], f[2])):
-            parts.append(f"<li><a href='#{anchor(cid)}'>{e(cid)}</a> {e(s)}: {_fmt(v)} mL, {e(why)}</li>")
+        for rank, cid, s, v, why in sorted(flags, key=lambda f: (f[0], f[1], f[2])):
+            cls = {0: " class='qc-fail'", 1: " class='qc-review'"}.get(rank, "")
+            parts.append(f"<li{cls}><a href='#{anchor(cid)}'>{e(cid)}</a> {e(s)}: {_fmt(v)} mL, {e(why)}</li>")
         parts.append("</ul>")
     else:
         parts.append("<p>Nothing flagged.</p>")

@@ -23,7 +23,7 @@ position_unusual       centroid's left-right distance from the midline outside i
                        (input profile: a mirrored image, a liver found on the left)
 intensity_unusual      the structure's median intensity outside its training range (input profile)
 absent_usually_present absent here, present in most cases of the cohort
-not_ct / intensity / fov / spacing / body_shape / noise
+not_ct / not_mr / intensity / fov / spacing / body_shape / noise
                        the input unlike the model's training data (case level: every row of the case)
 nothing_found          no structure found in the whole image
 =====================  ======================================================================
@@ -117,6 +117,8 @@ class Thresholds:
     #: HU below which a CT image must have voxels (air at -1000, fat at -100): an image without any
     #: is not in Hounsfield units (an MR, a missing rescale intercept).
     ct_min_below_hu: float = -200.0
+    #: An MR model's input whose 1st percentile is below this is in Hounsfield units (air at -1000), not MR signal.
+    mr_p01_above: float = -500.0
 
 
 THRESHOLDS = Thresholds()
@@ -283,6 +285,9 @@ def input_reasons(image, expected: dict | None, th: Thresholds = THRESHOLDS) -> 
     out: list[tuple[str, str]] = []
     if ct and prof.get("image_min") is not None and prof["image_min"] > th.ct_min_below_hu:
         out.append((FAIL, f"not_ct(min {prof['image_min']:.0f}>{th.ct_min_below_hu:.0f} HU)"))
+    mr = str(expected.get("modality", "")).upper() == "MR"
+    if mr and prof.get("image_p01") is not None and prof["image_p01"] < th.mr_p01_above:
+        out.append((FAIL, f"not_mr(p01 {prof['image_p01']:.0f}<{th.mr_p01_above:.0f}: Hounsfield units?)"))
     spacing = expected.get("model_spacing_mm")
     if spacing:
         coarsest = max(spacing)
@@ -570,3 +575,25 @@ def assess_from_files(rows: list[dict], label_path, labels, image_array=None, th
     image = Volume(np.asarray(image_array), labels.affine) if image_array is not None else None
     return assess_case(rows, image=image, labels=labels, confidence=side.get("confidence"),
                        agreement=side.get("pass_agreement"), expected=expected, th=th)
+
+
+def assess_prediction(case_id: str, labels, table, image=None, provenance: dict | None = None,
+                      th: Thresholds = THRESHOLDS) -> list[dict]:
+    """One predicted case's ``volumes.csv`` rows with verdicts, from what ``write_case_outputs`` holds: the label
+    map (its ``meta`` has the predictor's ``confidence`` / ``pass_agreement``), the input image and the model's
+    provenance (``model_path`` for the input check). For the sidecar (``sidecar_verdicts``) and the SR
+    (``verdicts_by_structure``)."""
+    from medseg.reporting.volumes import structure_rows
+
+    rows = structure_rows(case_id, labels, table, image)
+    meta = getattr(labels, "meta", None) or {}
+    path = (provenance or {}).get("model_path")
+    return assess_case(rows, image=image, labels=labels, confidence=meta.get("confidence"),
+                       agreement=meta.get("pass_agreement"), expected=expected_for_model(path) if isinstance(path, str) else None,
+                       th=th)
+
+
+def sidecar_verdicts(rows) -> dict[str, dict]:
+    """``{structure: {"qc": ..., "qc_reasons": ...}}`` for a predict sidecar (the case's own signals, no cohort)."""
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    return {str(r["structure"]): {"qc": r.get("qc"), "qc_reasons": r.get("qc_reasons") or ""} for r in records}

@@ -112,6 +112,9 @@ def write_volumes_report(
         if images is not None:
             img_array, sampling = image_on_label_grid(read_volume(images[i]), lab, order=resample_order)
         case_rows = structure_rows(cid, lab, table, img_array, min_size_ml=min_size_ml)
+        from medseg.reporting.quality import assess_from_files  # qc verdicts (issue 33): sidecar confidence, input check
+
+        assess_from_files(case_rows, lab_path, lab, img_array)
         prov = _provenance(lab_path)
         for row in case_rows:
             row.update(source_labels=str(lab_path), source_image=str(images[i]) if images is not None else "",
@@ -139,6 +142,9 @@ def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, rang
     out_dir = Path(out_dir)
     df = volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__})
     df = cohort.add_outlier_flags(df, ranges)
+    from medseg.reporting.quality import add_cohort_verdicts  # qc, qc_reasons (issue 33)
+
+    df = add_cohort_verdicts(df)
     path = out_dir / "volumes.csv"
     write_csv(path, df)
     wide = cohort.wide_frame(df, table.names)

@@ -274,6 +274,12 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
 
             rows = structure_rows(cid, labels, table, loaded.image if rep.intensities else None,
                                   min_size_ml=rep.min_size_ml or None)
+            from medseg.reporting import quality  # qc, qc_reasons (issue 33); the cohort adds its own in write_cohort
+
+            model_path = predictor_info["model"].get("model_path")
+            quality.assess_case(rows, image=loaded.image, labels=labels, confidence=labels.meta.get("confidence"),
+                                agreement=labels.meta.get("pass_agreement"),
+                                expected=quality.expected_for_model(model_path) if isinstance(model_path, str) else None)
             for row in rows:
                 row.update(source_labels=outputs["labels"], source_image=case.source,
                            intensity_sampling="same grid" if rep.intensities else "",

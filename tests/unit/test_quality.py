@@ -171,3 +171,26 @@ def test_thresholds_live_in_one_dataclass():
     assert d["confidence_review"] == 0.80 and d["largest_share_fail"] == 0.60
     with pytest.raises(Exception):
         quality.THRESHOLDS.confidence_review = 0.5  # frozen
+
+
+def test_volumes_csv_and_html_carry_the_verdicts_fail_first(tmp_path, held_out):
+    from medseg.reporting.tables import write_cohort
+
+    a = held_out.labels.array.copy()
+    a[held_out.labels.array == 3], a[held_out.labels.array == 4] = 4, 3  # kidneys swapped: fail
+    lab = Volume(a, held_out.labels.affine)
+    rows = quality.assess_case(structure_rows("case_a", lab, PHANTOM_LABELS, held_out.image), image=held_out.image,
+                               labels=lab, confidence={**SURE, "spleen": 0.7})  # spleen unsure: review
+    path = write_cohort(tmp_path, rows, PHANTOM_LABELS, montages={"case_a": None})
+    df = pd.read_csv(path)
+    assert dict(zip(df["structure"], df["qc"])) == {"liver": "pass", "spleen": "review", "kidney_right": "fail",
+                                                    "kidney_left": "fail"}
+    page = (tmp_path / "report.html").read_text()
+    assert page.index("FAIL: wrong_side") < page.index("REVIEW: low_confidence(0.70&lt;0.80)")
+    assert "2 fail, 1 review" in page
+
+
+def test_ct_given_to_an_mr_checkpoint_fails(held_out):
+    expected = quality.expected_from_checkpoint({"preprocessing": {"intensity": "zscore", "spacing": [1.0, 1.0, 1.0]}})
+    rows = assess(held_out, expected=expected)
+    assert all(r["qc"] == "fail" and "not_mr(p01" in r["qc_reasons"] for r in rows.values())
