@@ -64,6 +64,7 @@ def _parse(parser: argparse.ArgumentParser, argv):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medseg.command_log import ConsoleFilter
     from medseg.errors import MedsegError
 
     parser = build_parser()
@@ -77,8 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="medseg: %(levelname)s: %(message)s")
+    logging.captureWarnings(True)  # library warnings become log records: the log files keep them, the console not
     for handler in logging.getLogger().handlers:  # the console's level; log files beside outputs take INFO lines
+        if type(handler) is not logging.StreamHandler:  # the console only (not a test harness's capture)
+            continue
         handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+        if not args.verbose and not any(isinstance(f, ConsoleFilter) for f in handler.filters):
+            handler.addFilter(ConsoleFilter())
     # A log line that cannot be written (disk full under run.log) is dropped, not printed as a traceback.
     logging.raiseExceptions = False
     _quiet_third_party()

@@ -12,6 +12,17 @@ import logging
 import os
 from pathlib import Path
 
+#: Third-party loggers whose warnings belong in the log file, not on the console (``logging.captureWarnings``
+#: sends ``warnings.warn`` to ``py.warnings``): a malformed header value pydicom repairs is not the user's to act on.
+LIBRARY_LOGGERS = ("py.warnings", "pydicom", "dicomweb_client", "pynetdicom", "highdicom", "monai")
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps the libraries' warnings off the console (they go to the log files); medseg's own lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(LIBRARY_LOGGERS) or record.levelno >= logging.ERROR
+
 
 class _QuietFileHandler(logging.FileHandler):
     def handleError(self, record) -> None:  # disk full: drop the line
@@ -32,11 +43,14 @@ def command_log(path: str | os.PathLike):
     level = logger.level
     if level == logging.NOTSET or level > logging.INFO:
         logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+    libraries = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    for lib in [logger, *libraries]:
+        lib.addHandler(handler)
     try:
         yield handler
     finally:
-        logger.removeHandler(handler)
+        for lib in [logger, *libraries]:
+            lib.removeHandler(handler)
         logger.setLevel(level)
         with contextlib.suppress(OSError):
             handler.close()

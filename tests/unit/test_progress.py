@@ -29,3 +29,29 @@ def test_progress_on_a_terminal_is_tqdms_bar():
     for _ in progress_bar(range(3), desc="x", file=out, mininterval=0):
         pass
     assert "\r" in out.getvalue()
+
+
+def test_library_warnings_go_to_the_log_file_not_the_console(tmp_path):
+    import logging
+    import warnings
+
+    from medseg.command_log import ConsoleFilter, command_log
+
+    console = io.StringIO()
+    handler = logging.StreamHandler(console)
+    handler.addFilter(ConsoleFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        with command_log(tmp_path / "predict.log"):
+            warnings.warn("The value length (18) exceeds the maximum length of 16 allowed for VR DS", UserWarning)
+            logging.getLogger("pydicom").warning("Invalid value for VR UI")
+            logging.getLogger("medseg.inference.batch").warning("case x: something the user must act on")
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+    assert "VR DS" not in console.getvalue() and "VR UI" not in console.getvalue()
+    assert "must act on" in console.getvalue()
+    text = (tmp_path / "predict.log").read_text()
+    assert "VR DS" in text and "VR UI" in text and "must act on" in text
