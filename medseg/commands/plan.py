@@ -20,7 +20,8 @@ def add(sub) -> None:
     s.add_argument("--base", help="config whose other settings (model, epochs...) the plan starts from; its label table is not used")
     s.add_argument("--labels", help="label table (YAML, labels.csv, ITK-SNAP label file, dataset.json, .seg.nrrd, or a name under configs/labels); "
                    "default: the table beside the manifest or in the data set, else label_1, label_2... from the values")
-    s.add_argument("--model", help="model preset under configs/models (its architecture and per-family training recipe)")
+    s.add_argument("--model", help="a model (a name medseg models lists: its family's preset, else its default width) "
+                   "or a model preset under configs/models (its architecture and per-family training recipe)")
     s.add_argument("--memory-gb", type=float, default=4.0, help="memory budget for training activations (default 4)")
     s.add_argument("--min-spacing", type=float, default=1.0, help="never plan a finer spacing than this (mm)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a planned value, e.g. training.patch_size=[64,64,64]")

@@ -10,6 +10,10 @@ recipe, as ``training:`` keys of a config (``medseg.config.TrainingConfig`` fiel
     kwargs: {channels: [16, 32, 64, 128, 160]}
     training: {learning_rate: 0.01, optimizer: sgd}
 
+``resolve_model_preset`` also takes the name of a registered model (what ``medseg models``
+lists, or an alias): the family's preset (``<name>_small``, else another preset of that model,
+3D first), else the model at its default width with no recipe of its own.
+
 ``load_model_preset("unet_plain_small")`` returns
 ``{"model": {"name", "spatial_dims", "kwargs"}, "training": {...}}`` (``training``
 empty when the preset has none), checked against the registry (the model exists,
@@ -85,3 +89,45 @@ def preset_overrides(preset: dict) -> list[str]:
     model = preset["model"]
     out = [f"model.name={model['name']}", f"model.spatial_dims={model['spatial_dims']}", "model.kwargs=" + json.dumps(model["kwargs"])]
     return out + [f"training.{k}={json.dumps(v)}" for k, v in preset["training"].items()]
+
+
+def _preset_models(root: Path) -> dict[str, tuple[str, int]]:
+    """preset name -> (model name, spatial_dims) as the preset files say (read, not checked)."""
+    from medseg import safe_yaml
+
+    out = {}
+    for path in sorted(root.glob("*.yaml")):
+        try:
+            data = safe_yaml.load_file(path) or {}
+        except Exception:  # noqa: BLE001 - a broken preset is reported when it is loaded by name
+            continue
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            dims = data.get("spatial_dims", 3)
+            out[path.stem] = (data["name"], dims if isinstance(dims, int) else 3)
+    return out
+
+
+def resolve_model_preset(name: str, root: Path | None = None) -> dict:
+    """A preset by its name, or by the name of a registered model (``medseg models``): that model's preset
+    (``<model>_small`` first, then its other presets, 3D before 2D), else the model itself at its default
+    width (``{"model": {"name", "spatial_dims", "kwargs": {}}, "training": {}}``). An unknown name is one
+    ``ConfigError`` listing both kinds of names."""
+    from medseg.models import MODELS, model_info
+
+    root = Path(root) if root is not None else preset_dir()
+    if (root / f"{name}.yaml").is_file():
+        return load_model_preset(name, root)
+    models = MODELS.names()
+    canonical = MODELS.resolve(name)
+    if canonical in models:
+        presets = {p: m for p, m in _preset_models(root).items() if MODELS.resolve(m[0]) == canonical}
+        if presets:
+            best = sorted(presets, key=lambda p: (p != f"{canonical}_small", presets[p][1] != 3, p))[0]
+            return load_model_preset(best, root)
+        dims = tuple(model_info(canonical, params=False)["dims"])
+        return {"model": {"name": canonical, "spatial_dims": 3 if 3 in dims else dims[0], "kwargs": {}}, "training": {}}
+    presets = sorted(p.stem for p in root.glob("*.yaml"))
+    close = difflib.get_close_matches(name, presets + models, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"model {name!r} is neither a model preset nor a model; {hint}presets ({root}): "
+                      f"{', '.join(presets) or 'none'}; models (medseg models): {', '.join(models)}")

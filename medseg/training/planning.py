@@ -177,7 +177,8 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     The config carries the data set's label table inline (``medseg.label_sources``
     says where it is looked for; ``labels`` names one explicitly), checked against
     every label map first. ``model`` names a preset under ``configs/models`` whose
-    ``model`` section and per-family ``training`` recipe the plan starts from.
+    ``model`` section and per-family ``training`` recipe the plan starts from, or a
+    registered model (``medseg models``): its family's preset, else its default width.
     The fingerprint is written beside the config as ``<config stem>.fingerprint.json``.
     """
     import copy
@@ -242,9 +243,9 @@ def _with_model_preset(base: dict, name: str) -> dict:
     """``base`` with the preset's model section and its per-family training recipe (``base`` keys win)."""
     import copy
 
-    from medseg.models.presets import load_model_preset
+    from medseg.models.presets import resolve_model_preset
 
-    preset = load_model_preset(name)
+    preset = resolve_model_preset(name)  # a preset, or a model name (its family's preset or default recipe)
     model = preset.get("model", preset) if isinstance(preset.get("model"), dict) else {k: preset[k] for k in ("name", "spatial_dims", "kwargs") if k in preset}
     cfg = copy.deepcopy(base)
     cfg["model"] = {**model, **(cfg.get("model") or {})} if cfg.get("model") else dict(model)
