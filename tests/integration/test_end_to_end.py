@@ -52,16 +52,18 @@ def test_cli_train_predict_report_evaluate(tmp_path, capsys):
     assert {"case_id", "structure", "dice", "volume_error_ml"} <= set(metrics.columns)
     assert len(metrics) == len(vol)
 
-    # No patient identifier from the DICOM headers reaches any output, except the
-    # DICOM SEG, which must name its patient to sit beside the series in a PACS.
+    # No patient identifier from the DICOM headers reaches any output, except the DICOM
+    # objects (SEG, SR), which must name their patient to sit beside the series in a PACS.
     segs = sorted(pred_dir.glob("*.seg.dcm"))
     assert len(segs) == len(dicom_dirs)
     import pydicom
 
     assert str(pydicom.dcmread(segs[0]).PatientName) == PHANTOM_PATIENT_NAME
+    srs = sorted(pred_dir.glob("*.sr.dcm"))  # the measurement report beside each SEG
+    assert len(srs) == len(dicom_dirs) and str(pydicom.dcmread(srs[0]).PatientName) == PHANTOM_PATIENT_NAME
     for out_dir in (run, pred_dir, report):
         for f in out_dir.rglob("*"):
-            if f.is_file() and f.suffix != ".pt" and not f.name.endswith(".seg.dcm"):
+            if f.is_file() and f.suffix != ".pt" and not f.name.endswith((".seg.dcm", ".sr.dcm")):
                 blob = f.read_bytes()
                 for secret in (PHANTOM_PATIENT_NAME, PHANTOM_PATIENT_ID, PHANTOM_BIRTH_DATE):
                     assert secret.encode() not in blob, (f, secret)

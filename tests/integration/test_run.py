@@ -115,8 +115,8 @@ def test_failures_are_isolated_and_recorded(cohort, reference, capsys):
     assert sorted(inputs["case_id"]) == sorted(good + list(BAD))  # notes.txt is not a case
     assert (out / "pipeline.yaml").is_file() and (out / "report.html").is_file()
     assert "case1 done" in (out / "run.log").read_text()
-    for f in out.rglob("*"):  # no patient identifier outside the DICOM SEG
-        if f.is_file() and f.name != "seg.dcm":
+    for f in out.rglob("*"):  # no patient identifier outside the DICOM objects (SEG, SR)
+        if f.is_file() and f.name not in ("seg.dcm", "sr.dcm"):
             blob = f.read_bytes()
             for secret in (PHANTOM_PATIENT_NAME, PHANTOM_PATIENT_ID, PHANTOM_BIRTH_DATE):
                 assert secret.encode() not in blob, (f, secret)

@@ -142,7 +142,8 @@ def test_batch_writes_sidecar_probabilities_and_seg(oracle_checkpoint, tmp_path)
     res = predict_many(model=oracle_checkpoint, inputs=[dicom, nifti], out=tmp_path / "out", device="cpu", progress=False, save_probabilities=True)
     assert not res.failures and set(res.outputs) == {"series", "nifti_case"}
     side = json.loads((tmp_path / "out" / "series.json").read_text())
-    assert side["outputs"] == {"label_map": "series.nii.gz", "dicom_seg": "series.seg.dcm", "probabilities": "series.probabilities.nii.gz"}
+    assert side["outputs"] == {"label_map": "series.nii.gz", "dicom_seg": "series.seg.dcm", "sr": "series.sr.dcm",
+                               "probabilities": "series.probabilities.nii.gz"}
     assert side["peak_rss_mb"] > 0 and side["inference"]["amp"] == "auto" and "liver" in side["confidence"]
     assert "dicom_seg" not in json.loads((tmp_path / "out" / "nifti_case.json").read_text())["outputs"]
     probs = nib.load(tmp_path / "out" / "nifti_case.probabilities.nii.gz")
