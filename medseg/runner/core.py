@@ -2,8 +2,9 @@
 
 Order of events in one invocation:
 
-1. load the pipeline (+ ``--set``), list the inputs, open the checkpoint: any
-   config or input-list problem is raised here, before a case starts;
+1. load the pipeline (+ ``--set``), list the inputs (one line on stderr: how many
+   cases were found), open the checkpoint: any config or input-list problem is
+   raised here, before a case starts;
 2. claim RUN_DIR: a new or empty folder gets the run marker first, a
    non-empty folder without it is refused (nothing of the user's is touched),
    and the run takes the folder's lock (a second run on it is refused); then
@@ -11,8 +12,10 @@ Order of events in one invocation:
    outputs), write ``pipeline.yaml``, ``inputs.csv``, ``run.json``;
 3. run-level stages (plan, train) when the pipeline has them;
 4. skip the cases whose state is ``done`` for the same input fingerprint and
-   config hash with all outputs present; mark the rest ``pending``; run them
-   on the chosen engine (a failed case is recorded, the rest go on);
+   config hash with all outputs present; mark the rest that have a record of an
+   earlier attempt ``pending`` (a case without one gets its record when it
+   starts: a manifest of a million rows writes no file per row up front); run
+   them on the chosen engine (a failed case is recorded, the rest go on);
 5. rebuild ``volumes.csv`` & co., ``metrics.csv``, ``status.csv`` and
    ``failures.csv`` from the per-case files, in input order.
 """
@@ -175,6 +178,9 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     if resume and not (rd.root / "run.json").is_file():
         raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=rd.root)
     cases, ignored = inputs_mod.discover(input, pipe, pacs=pacs)
+    print(f"medseg run: {len(cases):,} case{'s' if len(cases) != 1 else ''} found in {input_shown}"
+          + (f" ({len(ignored):,} other name{'s' if len(ignored) != 1 else ''} ignored)" if ignored else ""),
+          file=sys.stderr, flush=True)
     ckpt = None
     if pipe.stages["predict"].model:
         from medseg.models import external
@@ -236,10 +242,12 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
         result = RunResult(rd.root, len(cases))
         todo = []
         for c in cases:
-            if rd.is_current(c, config_sha):
+            prev_rec = rd.read_state(c.case_id)
+            if prev_rec is None:  # never started: its record is created when it starts (mark_running), not here
+                todo.append(c)
+            elif rd.is_current(c, config_sha, record=prev_rec):
                 result.skipped.append(c.case_id)
-            else:
-                prev_rec = rd.read_state(c.case_id) or {}
+            else:  # an earlier attempt's record (done under another config, failed, cut short): pending again
                 rd.write_state(c.case_id, {"status": "pending", "attempt": prev_rec.get("attempt", 0), "source": c.source,
                                            "fingerprint": c.fingerprint, "config_sha256": config_sha})
                 todo.append(c)

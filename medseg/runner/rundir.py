@@ -8,8 +8,9 @@ RUN_DIR/
   pipeline.yaml         the resolved pipeline (after --set, paths made absolute)
   run.json              versions, model checksum, config hash, engine, every invocation with its counts
   inputs.csv            case_id, kind, source, fingerprint (sizes + mtimes; content hash is in the state record)
-  state/<name>.json     one record per case: pending | running | done | failed, error line, seconds, peak memory,
-                        input_sha256, config_sha256, outputs (paths relative to RUN_DIR)
+  state/<name>.json     one record per case that has started: pending | running | done | failed, error line,
+                        seconds, peak memory, input_sha256, config_sha256, outputs (paths relative to RUN_DIR);
+                        a case without one has not started (status.csv lists it as pending)
   cases/<name>/         image.nii.gz (+ .json), labels.nii.gz (+ .json), seg.dcm, volumes.json, metrics.json
   qc/<name>.png         montages (<name>: medseg.outputs.safe_name of the case id)
   volumes.csv, volumes_wide.csv, summary.csv, report.html, metrics.csv   cohort outputs (rebuilt at the end)
@@ -98,9 +99,10 @@ class RunDir:
     def write_state(self, case_id: str, record: dict) -> None:
         write_json(self.state_path(case_id), {**record, "case_id": case_id, "updated": now()})
 
-    def is_current(self, case, config_sha256: str) -> bool:
-        """A case finished earlier with the same inputs (fingerprint) and config, its outputs all present."""
-        rec = self.read_state(case.case_id)
+    def is_current(self, case, config_sha256: str, *, record: dict | None = None) -> bool:
+        """A case finished earlier with the same inputs (fingerprint) and config, its outputs all present
+        (``record``: its state record, when already read)."""
+        rec = record if record is not None else self.read_state(case.case_id)
         if not rec or rec.get("status") != "done":
             return False
         if rec.get("fingerprint") != case.fingerprint or rec.get("config_sha256") != config_sha256:
