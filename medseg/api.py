@@ -214,7 +214,8 @@ def plan(
     """Write a training config derived from the manifest's data; returns ``(config path, fingerprint)``.
 
     The label table comes from ``labels`` or the data set (``medseg.label_sources``);
-    ``model`` names a preset under ``configs/models`` (architecture + per-family recipe).
+    ``model`` names a preset under ``configs/models`` (architecture + per-family recipe) or a model that
+    ``medseg models`` lists (its family's preset, else the model at its default width).
     """
     from medseg.training.planning import plan as _plan
 
