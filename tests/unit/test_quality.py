@@ -194,3 +194,26 @@ def test_ct_given_to_an_mr_checkpoint_fails(held_out):
     expected = quality.expected_from_checkpoint({"preprocessing": {"intensity": "zscore", "spacing": [1.0, 1.0, 1.0]}})
     rows = assess(held_out, expected=expected)
     assert all(r["qc"] == "fail" and "not_mr(p01" in r["qc_reasons"] for r in rows.values())
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_and_no_other_anatomy_passes(tmp_path):
+    """benchmarks/bench_qc.py --quick (about a minute): a freshly trained model; images of another anatomy or
+    modality never get ``pass``; the exchanged kidneys are caught."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_qc.py"
+    spec = importlib.util.spec_from_file_location("bench_qc", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "qc.txt"
+    assert bench.main(["--quick", "--out", str(out), "--csv", str(tmp_path / "rows.csv")]) == 0
+    text = out.read_text()
+    assert "other images passing 0 (target 0)" in text
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    swapped = rows[rows["group"] == "kidneys_swapped"].set_index("structure")
+    for side in ("kidney_left", "kidney_right"):
+        if swapped.loc[side, "status"] != "absent" and abs(swapped.loc[side, "centroid_x_mm"] - swapped.loc[side, "midline_x_mm"]) > 15:
+            assert "wrong_side" in swapped.loc[side, "qc_reasons"]
+    assert set(rows.loc[rows["group"] == "mr_like", "qc"]) == {"fail"}
