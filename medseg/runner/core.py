@@ -178,9 +178,6 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     if resume and not (rd.root / "run.json").is_file():
         raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=rd.root)
     cases, ignored = inputs_mod.discover(input, pipe, pacs=pacs)
-    print(f"medseg run: {len(cases):,} case{'s' if len(cases) != 1 else ''} found in {input_shown}"
-          + (f" ({len(ignored):,} other name{'s' if len(ignored) != 1 else ''} ignored)" if ignored else ""),
-          file=sys.stderr, flush=True)
     ckpt = None
     if pipe.stages["predict"].model:
         from medseg.models import external
@@ -198,6 +195,9 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     except BaseException:
         rd.release()
         raise
+    # once the run directory is ours (refusals before it stay one line on stderr): what the run will do
+    print(f"medseg run: {len(cases):,} case{'s' if len(cases) != 1 else ''} found in {input_shown}"
+          + (f" ({len(ignored):,} other name{'s' if len(ignored) != 1 else ''} ignored)" if ignored else ""), flush=True)
     t_start = time.monotonic()
     run_info = None
     try:

@@ -60,7 +60,8 @@ def test_console_entry_point_prints_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(tmp_path / "m.pt"), "a.nii.gz", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines() == [f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found"]
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines() == [
+        f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or a model folder"]
 
 
 def test_models_command_lists_without_building(capsys):

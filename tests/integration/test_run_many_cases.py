@@ -70,15 +70,15 @@ def test_state_records_are_created_as_cases_start(tmp_path, model, monkeypatch, 
 
 
 def test_a_run_says_how_many_cases_it_found_and_retries_failures(tmp_path, model, capsys):
-    """One line on stderr before the first case; a second invocation takes up the earlier records (all 5
-    missing files fail alone, twice)."""
+    """One line on stdout before the first case (stderr keeps one line for a refusal); a second invocation takes
+    up the earlier records (all 5 missing files fail alone, twice)."""
     from medseg.runner import core
 
     manifest = _manifest(tmp_path, 5)
     r = core.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
                           overrides=[f"predict.model={model}"])
-    err = capsys.readouterr().err
-    assert "medseg run: 5 cases found in " in err and str(manifest) in err, err
+    said = capsys.readouterr().out
+    assert "medseg run: 5 cases found in " in said and str(manifest) in said, said
     assert len(r.failures) == 5 and len(list((tmp_path / "run" / "state").iterdir())) == 5
     status = pd.read_csv(tmp_path / "run" / "status.csv")
     assert list(status["status"]) == ["failed"] * 5
