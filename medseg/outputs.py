@@ -223,15 +223,32 @@ def _optional(kind: str, case_id: str, findings: list, write, *, dicom_folder=No
     return None
 
 
-def _write_sr(case_id, labels, table, image, seg: Path, path: Path, provenance: dict, uid_seed, modality):
+def _write_sr(rows, table, seg: Path, path: Path, provenance: dict, uid_seed, modality):
     import medseg
     from medseg.io.sr import write_measurement_report
-    from medseg.reporting.volumes import structure_rows
+    from medseg.reporting.quality import verdicts_by_structure
 
-    rows = structure_rows(case_id, labels, table, image)
     return write_measurement_report(seg, rows, table, path, software_version=medseg.__version__,
                                     model_sha256=str(provenance.get("model_sha256", "")), uid_seed=uid_seed,
-                                    modality=str(modality or ""))
+                                    modality=str(modality or ""), verdicts=verdicts_by_structure(rows))
+
+
+def _assessed(case_id, labels, table, image, provenance, findings) -> list[dict] | None:
+    """The case's structure rows with their quality verdicts (``medseg.reporting.quality``), for the sidecar and
+    the SR; a failure is a finding, never a lost case."""
+    from medseg.reporting.quality import assess_prediction
+
+    try:
+        return assess_prediction(case_id, labels, table, image, provenance)
+    except Exception as exc:  # noqa: BLE001 (verdicts are an optional output)
+        findings.append({"kind": "qc", "action": "skipped", "detail": f"quality verdicts not computed: {type(exc).__name__}: {exc}"})
+        return None
+
+
+def _sidecar_qc(rows) -> dict | None:
+    from medseg.reporting.quality import sidecar_verdicts
+
+    return sidecar_verdicts(rows) if rows is not None else None
 
 
 def write_case_outputs(
@@ -283,6 +300,7 @@ def write_case_outputs(
     write_label_map(labels, label_map)
     series_key = (image_meta.get("dicom") or {}).get("series_key")  # the series read, of those in the folder
     outputs, findings = {"label_map": rel(label_map)}, list(meta.pop("findings", None) or [])
+    rows = _assessed(case_id, labels, table, image, provenance, findings)
     if dicom_seg is not None and image_meta.get("format") == "dicom":
         from medseg.io.seg import write_dicom_seg
 
@@ -291,10 +309,9 @@ def write_case_outputs(
             series_key=series_key), dicom_folder=source)
         if seg is not None:
             outputs["dicom_seg"] = rel(Path(seg))
-            if sr is not None:
+            if sr is not None and rows is not None:
                 report = _optional("sr", case_id, findings, lambda: _write_sr(
-                    case_id, labels, table, image, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")),
-                    dicom_folder=source)
+                    rows, table, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")), dicom_folder=source)
                 if report is not None:
                     outputs["sr"] = rel(Path(report))
     if rtstruct is not None and image_meta.get("format") == "dicom":
@@ -319,6 +336,7 @@ def write_case_outputs(
         "labels": table.to_dict(), "model": provenance, "inference": inference, "shape": list(labels.shape),
         "affine": labels.affine.tolist(), "spacing_mm": list(labels.spacing), "input_format": image_meta.get("format"),
         "dicom": image_meta.get("dicom"), **meta, "versions": versions,
+        "qc": _sidecar_qc(rows),
         "seconds_total": round(time.monotonic() - started, 3) if started is not None else None,
     })
     write_json(sidecar, record)  # last: its presence marks the case as written

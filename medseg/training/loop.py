@@ -233,6 +233,10 @@ def train(
         return elapsed0 + time.monotonic() - t0
 
     extra = {"manifest_sha256": run_info["manifest_sha256"], "train_cases": run_info["train_cases"], "fold": fold}
+    if main:  # what the inputs looked like: predictions on inputs far from it are flagged (medseg.reporting.quality)
+        profile = _input_profile(train_df, image_cols, table, str(vars(config.preprocessing).get("intensity", "")))
+        if profile:
+            extra["input_profile"] = profile
     if budgeted and main:
         log.info("budget %.1f min: epochs of %d iterations until it is spent (training.epochs is not used)", tc.max_minutes, ipe)
     bar = tqdm(total=None if budgeted else max(0, total_steps - iteration), desc="train", unit="step", disable=not progress)
@@ -341,6 +345,34 @@ def train(
                      "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": cl})
     write_json(out / "run.json", run_info)
     return result
+
+
+#: Training cases read for the checkpoint's input profile (the first ones of the manifest: deterministic).
+PROFILE_CASES = 24
+
+
+def _input_profile(df, image_cols: list[str], table, intensity: str) -> dict | None:
+    """``medseg.reporting.quality.training_profile`` of the first training cases; None (logged) when it fails:
+    the profile serves the quality verdicts and never stops a training run."""
+    from medseg.io.readers import read_volume
+    from medseg.reporting.quality import training_profile
+
+    rows = df.head(PROFILE_CASES)
+
+    def cases():
+        for _, row in rows.iterrows():
+            label = row.get("label")
+            yield read_volume(row[image_cols[0]]), read_volume(label) if isinstance(label, str) and label else None
+
+    t = time.monotonic()
+    try:
+        profile = training_profile(cases(), table, modality="CT" if intensity.startswith("ct") else "MR")
+    except Exception as exc:  # noqa: BLE001 (a bad case is the data checks' to report; the profile is optional)
+        log.warning("no input profile in the checkpoint (%s: %s); quality verdicts will not compare inputs with the "
+                    "training data", type(exc).__name__, exc)
+        return None
+    log.info("input profile of %d training case(s) in %.1f s", len(rows), time.monotonic() - t)
+    return profile
 
 
 def _say_if_the_data_names_otherwise(manifest, df, table) -> None:

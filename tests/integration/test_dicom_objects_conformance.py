@@ -121,6 +121,10 @@ def test_dcmqi_reads_the_sr_back_to_the_volumes_csv(written, name, tmp_path):
                     str(tmp_path / "sr.json")], check=True, capture_output=True, timeout=120)
     sr = json.loads((tmp_path / "sr.json").read_text())
     assert sr["observerContext"]["DeviceObserverName"] == "medseg"
+    side = json.loads((tmp / "pred" / f"{name}.json").read_text())
+    for group in sr["Measurements"]:  # the quality verdict of each structure, as in the predict sidecar
+        (evaluation,) = group["qualitativeEvaluations"]
+        assert evaluation["conceptValue"]["CodeValue"] == side["qc"][group["TrackingIdentifier"]]["qc"]
     rows = vols[vols["case_id"] == name].set_index("structure")
     found = rows[rows["voxel_count"] > 0]
     assert len(sr["Measurements"]) == len(found) >= 3
