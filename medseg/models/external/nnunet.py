@@ -259,13 +259,19 @@ def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: st
         v = kw.get(k)
         if v is None and k != "conv_op":
             continue
-        if v not in _TORCH_CLASSES:
+        if not isinstance(v, str) or v not in _TORCH_CLASSES:  # a list or dict here is no class name
             raise CheckpointError(f"arch_kwargs.{k} = {nb.short(v)} is not a class medseg builds nnU-Net networks with "
                                   "(torch convs, instance/batch norms, dropout, ReLU-family activations)", path=path)
     conv = _class_name(kw["conv_op"])
     if conv not in ("Conv2d", "Conv3d"):
         _refuse(path, key("conv_op"), kw["conv_op"], "a 2D or 3D convolution (torch.nn.Conv2d or Conv3d)")
     dims = int(conv[4])
+    for k, ok, what in (("norm_op", lambda c: "Norm" in c, "a normalisation class"),
+                        ("dropout_op", lambda c: c.startswith("Dropout"), "a dropout class"),
+                        ("nonlin", lambda c: c in _OP_KWARGS and c not in ("norm", "Dropout"), "an activation class")):
+        c = _class_name(kw.get(k))
+        if c and not ok(c):  # a convolution given as norm_op would build, and compute something else
+            _refuse(path, key(k), kw[k], what)
     for k in ("norm_op", "dropout_op"):
         c = _class_name(kw.get(k))
         if c and c != "Dropout" and not c.endswith(f"{dims}d"):
@@ -317,7 +323,9 @@ def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: st
         if not isinstance(args, dict):
             _refuse(path, key(kw_key), args, "a mapping of keyword arguments (or null)")
         c = _class_name(kw.get(op_key))
-        table = _OP_KWARGS["norm" if "Norm" in c else "Dropout" if c.startswith("Dropout") else c] if c else {}
+        table = _OP_KWARGS.get("norm" if "Norm" in c else "Dropout" if c.startswith("Dropout") else c, None) if c else {}
+        if table is None:  # e.g. a convolution given as norm_op: no keyword of it is one medseg passes on
+            _refuse(path, key(op_key), kw.get(op_key), f"a {op_key.replace('_op', '')} class, not {c}")
         for name, value in args.items():
             if name not in table:
                 _refuse(path, key(kw_key, repr(name)), value,
