@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from medseg.errors import ConfigError, MedsegError
-from medseg.safe_yaml import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from medseg.safe_yaml import MAX_BYTES, MAX_DEPTH, MAX_NODES, read_bounded
 
 #: A JSON string (escapes included), matched without backtracking: replaced by ``""`` before the bracket count.
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
@@ -60,15 +60,5 @@ def loads(text: str | bytes, *, source: str | Path | None = None, error: type[Me
 
 def load_file(path: str | Path, *, error: type[MedsegError] = ConfigError):
     """Read and parse a JSON file, refusing one larger than ``MAX_BYTES`` before reading it."""
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise error(f"cannot read ({exc.strerror or exc})", path=p) from None
-    if size > MAX_BYTES:
-        raise UnsafeJSONError(f"JSON is larger than {MAX_BYTES // 2**20} MiB", path=p)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise error(f"cannot read ({exc.strerror or exc})", path=p) from None
-    return loads(data, source=p, error=error)
+    data = read_bounded(path, kind="JSON", too_large=UnsafeJSONError, error=error)
+    return loads(data, source=Path(path), error=error)

@@ -66,13 +66,27 @@ def load(text: str | bytes, *, source: str | Path | None = None):
         loader.dispose()
 
 
-def load_file(path: str | Path):
-    """Read and parse a YAML file, refusing one larger than ``MAX_BYTES`` before reading it."""
+def read_bounded(path: str | Path, *, kind: str, too_large: type[ConfigError], error: type = ConfigError) -> bytes:
+    """The bytes of a user's file, refusing one larger than ``MAX_BYTES`` before reading it (one line, ``too_large``);
+    an OS error is one line too (``error``). Shared by the YAML and JSON readers."""
     p = Path(path)
     try:
         size = p.stat().st_size
     except OSError as exc:
-        raise ConfigError(f"cannot read ({exc.strerror or exc})", path=p) from None
+        raise error(f"cannot read ({exc.strerror or exc})", path=p) from None
     if size > MAX_BYTES:
-        raise UnsafeYAMLError(f"YAML is larger than {MAX_BYTES // 2**20} MiB", path=p)
-    return load(p.read_text(), source=p)
+        raise too_large(f"{kind} is larger than {MAX_BYTES // 2**20} MiB", path=p)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read ({exc.strerror or exc})", path=p) from None
+
+
+def load_file(path: str | Path):
+    """Read and parse a YAML file, refusing one larger than ``MAX_BYTES`` before reading it."""
+    data = read_bounded(path, kind="YAML", too_large=UnsafeYAMLError)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=Path(path)) from None
+    return load(text, source=Path(path))

@@ -15,15 +15,21 @@ from medseg.errors import ConfigError
 MAX_VOXELS = 2**30
 
 
-def max_voxels() -> int:
-    """The voxel limit in force: ``MEDSEG_MAX_VOXELS`` (a positive integer) or ``MAX_VOXELS``."""
-    raw = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
+def limit_from_env(name: str, default: int, unit: str) -> int:
+    """A limit a user may set: the environment variable ``name`` (a positive whole number, ``_`` allowed as a
+    digit separator) or ``default``; anything else is a one-line ``ConfigError``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return MAX_VOXELS
+        return default
     try:
         value = int(raw.replace("_", ""))
     except ValueError:
         value = 0
     if value <= 0:
-        raise ConfigError(f"MEDSEG_MAX_VOXELS={raw[:40]!r}: expected a positive whole number of voxels (default {MAX_VOXELS})")
+        raise ConfigError(f"{name}={raw[:40]!r}: expected a positive whole number of {unit} (default {default})")
     return value
+
+
+def max_voxels() -> int:
+    """The voxel limit in force: ``MEDSEG_MAX_VOXELS`` (a positive integer) or ``MAX_VOXELS``."""
+    return limit_from_env("MEDSEG_MAX_VOXELS", MAX_VOXELS, "voxels")

@@ -29,6 +29,7 @@ from pathlib import Path
 from medseg.errors import ConfigError, InputError
 from medseg.io.dicom_geometry import Finding
 from medseg.io.dicom_scan import pseudonym
+from medseg.io.limits import limit_from_env, max_voxels
 from medseg.io.rtstruct import OVERLAP_RULES, LabelObject, combine_structures, label_object, overlap_findings
 from medseg.labels import LabelTable
 
@@ -40,16 +41,7 @@ MAX_SEGMENTS = 1000
 
 
 def max_segments() -> int:
-    raw = os.environ.get("MEDSEG_MAX_SEGMENTS", "").strip()
-    if not raw:
-        return MAX_SEGMENTS
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"MEDSEG_MAX_SEGMENTS={raw[:40]!r}: expected a positive whole number (default {MAX_SEGMENTS})")
-    return value
+    return limit_from_env("MEDSEG_MAX_SEGMENTS", MAX_SEGMENTS, "segments")
 
 
 def _check_bounds(ds) -> None:
@@ -57,7 +49,6 @@ def _check_bounds(ds) -> None:
     the number of segments (at most ``max_segments()``, and for BINARY/FRACTIONAL at most one per frame, as
     each frame belongs to one segment), the frames' voxels (``max_voxels()``) and a FRACTIONAL SEG's
     MaximumFractionalValue (1..255 for its 8-bit frames; 0 would divide every value by zero)."""
-    from medseg.io.limits import max_voxels
 
     path = getattr(ds, "filename", None)
     stype = str(ds.get("SegmentationType", ""))

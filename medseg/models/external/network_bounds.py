@@ -16,10 +16,9 @@ The schema checks of each format live with its reader; what they share is here:
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable
 
-from medseg.errors import ConfigError
+from medseg.io.limits import limit_from_env
 
 #: Channels of any one layer.
 MAX_FEATURES = 2048
@@ -29,17 +28,7 @@ MAX_PARAMETERS = 10**9
 
 
 def max_parameters() -> int:
-    raw = os.environ.get("MEDSEG_MAX_PARAMETERS", "").strip()
-    if not raw:
-        return MAX_PARAMETERS
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"MEDSEG_MAX_PARAMETERS={raw[:40]!r}: expected a positive whole number of parameters "
-                          f"(default {MAX_PARAMETERS})")
-    return value
+    return limit_from_env("MEDSEG_MAX_PARAMETERS", MAX_PARAMETERS, "parameters")
 
 
 def whole(value) -> bool:
