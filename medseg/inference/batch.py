@@ -17,9 +17,9 @@ from medseg.command_log import command_log
 from medseg.errors import InputError, MedsegError, OutputError
 from medseg.io.dicom import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
 from medseg.io.dicom_select import SelectionRule, select
+from medseg.io.paths import check_case_id
 from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for, read_volume
 from medseg.labels import LabelTable
-from medseg.outputs import check_case_id
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -284,7 +284,7 @@ def predict_many(
     ``OUT/<name>.json`` (the sidecar: labels, model checksum, versions,
     settings, geometry, time, peak memory, per-structure confidence, findings
     of optional outputs that failed); then ``OUT/run.json`` and, when any case
-    failed, ``OUT/failures.csv``. ``<name>`` is ``medseg.outputs.safe_name``
+    failed, ``OUT/failures.csv``. ``<name>`` is ``medseg.io.paths.safe_name``
     of the case id (the id itself unless it has characters other than
     ``A-Za-z0-9_.-``). Cases whose output exists and was made by the same
     model are skipped unless ``overwrite``. An output path that is an input
@@ -296,7 +296,7 @@ def predict_many(
     from medseg.checkpoint import versions
     from medseg.inference.predictor import Predictor
     from medseg.io.atomic import ensure_dir, write_csv, write_json
-    from medseg.outputs import refuse_overwriting_inputs, safe_name
+    from medseg.io.paths import refuse_overwriting_inputs, safe_name
 
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")

@@ -99,7 +99,7 @@ def write_volumes_report(
         raise InputError(f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids")
     table, value_maps = one_table(labels, explicit_table(label_table))
     out_dir = Path(out)
-    from medseg.outputs import refuse_overwriting_inputs
+    from medseg.io.paths import refuse_overwriting_inputs
 
     targets = [out_dir / n for n in ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html")]
     refuse_overwriting_inputs(targets + ([out_dir / "qc" / f"{_safe_name(c)}.png" for c in ids] if qc else []),
@@ -169,8 +169,8 @@ def _on_table(lab: Volume, mapping: dict[int, int], keep_unnamed: bool = True) -
 
 
 def _safe_name(case_id: str) -> str:
-    """The QC file name of a case: ``medseg.outputs.safe_name`` (unique: ``a b`` and ``a_b`` get different files)."""
-    from medseg.outputs import safe_name
+    """The QC file name of a case: ``medseg.io.paths.safe_name`` (unique: ``a b`` and ``a_b`` get different files)."""
+    from medseg.io.paths import safe_name
 
     return safe_name(case_id)
 
@@ -257,7 +257,7 @@ def write_metrics_report(
     target = Path(out)
     if target.suffix.lower() != ".csv":
         target = target / "metrics.csv"
-    from medseg.outputs import refuse_overwriting_inputs
+    from medseg.io.paths import refuse_overwriting_inputs
 
     refuse_overwriting_inputs([target], list(pred) + list(ref))
     write_csv(target, pd.DataFrame(rows, columns=COLUMNS))

@@ -92,8 +92,8 @@ def write_cases(label_paths, image_paths, out_dir, table: LabelTable, case_ids) 
     """``OUT/statistics/<case>.json`` for each label map and its image; returns the paths written."""
     from pathlib import Path
 
+    from medseg.io.paths import safe_name
     from medseg.io.readers import read_volume
-    from medseg.outputs import safe_name
 
     written = []
     for cid, lab_path, img_path in zip(case_ids, label_paths, image_paths):

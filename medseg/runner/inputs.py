@@ -89,7 +89,7 @@ def content_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def _check_id(cid: str, where) -> str:
     """Bounded length, no control characters or path separators, not '.'-hidden, not a run-level name."""
-    from medseg.outputs import check_case_id
+    from medseg.io.paths import check_case_id
 
     check_case_id(cid, where)
     if cid.startswith(".") or cid in ("_train", "_plan"):

@@ -12,7 +12,7 @@ RUN_DIR/
                         seconds, peak memory, input_sha256, config_sha256, outputs (paths relative to RUN_DIR);
                         a case without one has not started (status.csv lists it as pending)
   cases/<name>/         image.nii.gz (+ .json), labels.nii.gz (+ .json), seg.dcm, volumes.json, metrics.json
-  qc/<name>.png         montages (<name>: medseg.outputs.safe_name of the case id)
+  qc/<name>.png         montages (<name>: medseg.io.paths.safe_name of the case id)
   volumes.csv, volumes_wide.csv, summary.csv, report.html, metrics.csv   cohort outputs (rebuilt at the end)
   status.csv            one row per case from the state records
   failures.csv          case_id, stage, error (header only when nothing failed)
@@ -72,7 +72,7 @@ class RunDir:
         self.log_path = self.root / "run.log"
 
     def case_dir(self, case_id: str) -> Path:
-        from medseg.outputs import safe_name
+        from medseg.io.paths import safe_name
 
         return self.cases_dir / safe_name(case_id)
 
@@ -81,12 +81,12 @@ class RunDir:
 
     # -- state records ------------------------------------------------------------------
     def state_path(self, case_id: str) -> Path:
-        from medseg.outputs import safe_name
+        from medseg.io.paths import safe_name
 
         return self.state_dir / f"{safe_name(case_id)}.json"
 
     def qc_path(self, case_id: str) -> Path:
-        from medseg.outputs import safe_name
+        from medseg.io.paths import safe_name
 
         return self.qc_dir / f"{safe_name(case_id)}.png"
 

@@ -135,7 +135,7 @@ def release_study(ctx: RunContext, case) -> None:
 
 
 def export_path(ctx: RunContext, case_id: str) -> Path:
-    from medseg.outputs import safe_name
+    from medseg.io.paths import safe_name
 
     return ctx.rundir.root / "export" / f"{safe_name(case_id)}.json"
 

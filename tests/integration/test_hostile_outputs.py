@@ -375,7 +375,7 @@ def test_run_log_on_a_full_disk_prints_no_logging_traceback(tmp_path, capsys):
 # -- 6. case ids: bounded, no control characters, unique file names ---------------------------------------
 
 def test_safe_name_is_injective_and_bounded():
-    from medseg.outputs import MAX_CASE_ID, safe_name
+    from medseg.io.paths import MAX_CASE_ID, safe_name
 
     ids = ["a b", "a_b", "a-b", "a/b", "a\\b", "ä_b", "a_b-" + "0" * 10, ".hidden", "_hidden", "x" * MAX_CASE_ID,
            "CASE", "case", "a.b", "a..b", "..", "a b" + " "]
