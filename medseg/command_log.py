@@ -44,13 +44,16 @@ def command_log(path: str | os.PathLike):
     if level == logging.NOTSET or level > logging.INFO:
         logger.setLevel(logging.INFO)
     libraries = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    disabled = {lib.name: lib.disabled for lib in libraries}  # a library's logging.config call may have disabled them
     for lib in [logger, *libraries]:
         lib.addHandler(handler)
+        lib.disabled = False
     try:
         yield handler
     finally:
         for lib in [logger, *libraries]:
             lib.removeHandler(handler)
+            lib.disabled = disabled.get(lib.name, lib.disabled)
         logger.setLevel(level)
         with contextlib.suppress(OSError):
             handler.close()

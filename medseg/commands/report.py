@@ -29,18 +29,8 @@ def _evaluate(args) -> int:
         options["nsd_tolerance_mm"] = args.nsd_tolerance_mm
     path = api.evaluate(pred=args.pred, ref=args.ref, label_table=args.label_table, out=args.out, **options)
     print(f"wrote {path}")
-    print(_dice_summary(path))
+    print(api.dice_summary(path))
     return 0
-
-
-def _dice_summary(path) -> str:
-    """``Dice (mean over N cases): liver 0.961, spleen 0.944 ...`` from metrics.csv, in the table's order."""
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    means = df.groupby("structure", sort=False)["dice"].mean()
-    parts = ", ".join(f"{name} {value:.3f}" if value == value else f"{name} n/a" for name, value in means.items())
-    return f"Dice (mean over {df['case_id'].nunique()} case(s)): {parts}"
 
 
 def add(sub) -> None:

@@ -96,3 +96,14 @@ def _union_box(index: int, boxes_p: dict, boxes_r: dict) -> tuple[slice, ...] | 
     if not found:
         return None
     return tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3))
+
+
+def dice_summary(metrics_csv) -> str:
+    """``Dice (mean over N case(s)): liver 0.961, spleen 0.944 ...`` from ``metrics.csv``, in the table's order
+    (what ``medseg evaluate`` prints)."""
+    import pandas as pd
+
+    df = pd.read_csv(metrics_csv)
+    means = df.groupby("structure", sort=False)["dice"].mean()
+    parts = ", ".join(f"{name} {value:.3f}" if value == value else f"{name} n/a" for name, value in means.items())
+    return f"Dice (mean over {df['case_id'].nunique()} case(s)): {parts}"

@@ -118,7 +118,8 @@ def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
     df_nii, df_itk = (read_manifest(tmp_path / f"{k}.csv", require_labels=True, label_table=load_config(out).label_table())
                       for k in ("nii", "itk"))
     ref = fingerprint(df_nii, image_columns(df_nii))  # NIfTI stores its affine in float32: equal to 1e-6
-    assert set(ref) | {"label_table_source"} == set(fp) and ref["modality"] == fp["modality"] == "CT"
+    planned = {"label_table_source", "spacing_planned", "spacing_reason"}  # what plan adds to the fingerprint
+    assert set(ref) | planned == set(fp) and ref["modality"] == fp["modality"] == "CT"
     for key in ("spacing_median", "spacing_p10", "shape_median"):
         np.testing.assert_allclose(fp[key], ref[key], rtol=1e-6)
     assert fp["foreground"] == pytest.approx(ref["foreground"], rel=1e-6)
