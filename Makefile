@@ -32,8 +32,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medseg demo --out demo_out
 
+# lint-imports checks the layering written in .importlinter (the architecture's contracts).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medseg tests benchmarks
+	$(VENV)/bin/lint-imports
 
 # The full suite includes the wheel smoke test (tests/integration/test_wheel_install.py):
 # the built wheel installed in a fresh venv runs the demo, a pipeline by name and a label table by name.

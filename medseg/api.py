@@ -60,6 +60,9 @@ def train(
     if max_minutes is not None:
         overrides.append(f"training.max_minutes={float(max_minutes)}")
     cfg = load_config(config, overrides=overrides)
+    from medseg.training.losses import check_loss_name
+
+    check_loss_name(cfg.training.loss, str(config))  # before the run folder is made
     if labels is None:
         table = cfg.label_table(base=Path(config).parent)
     else:

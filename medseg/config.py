@@ -252,13 +252,8 @@ def _validate(cfg: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {msg}")
     _validate_intensity(cfg.preprocessing, source)
-    from medseg.errors import UnknownComponentError
-    from medseg.training.losses import LOSSES
-
-    try:
-        LOSSES.get(cfg.training.loss)  # an unknown name: "did you mean" from the registry
-    except UnknownComponentError as exc:
-        raise ConfigError(f"{source}: training.loss: {exc}") from None
+    # training.loss is checked where losses are built (medseg.training.losses.check_loss_name, before any
+    # training work): config stays below training, so inference and reporting do not load training code.
 
 
 def _validate_intensity(pre: PreprocessingConfig, source: str) -> None:

@@ -122,6 +122,9 @@ def train(
     _rank: int = 0,
 ) -> TrainResult:
     """Train; with ``nproc > 1``, as that many DistributedDataParallel processes (gloo on CPU, NCCL on GPUs)."""
+    from medseg.training.losses import check_loss_name
+
+    check_loss_name(config.training.loss)  # before any work, in every process
     if nproc > 1 and _rank == 0 and not _distributed_ready():
         return _spawn(nproc, config=config, manifest=manifest, out_dir=out_dir, label_table=label_table, progress=progress,
                       device=device, resume=resume, fold=fold)

@@ -64,6 +64,7 @@ def segmentation_loss(loss_fn: Callable, outputs, target: torch.Tensor) -> torch
 
 # --- the loss itself, chosen by name (``training.loss``) --------------------------------------------
 
+from medseg.errors import ConfigError, UnknownComponentError  # noqa: E402
 from medseg.registry import Registry  # noqa: E402
 
 #: Training losses by name; plugins through the ``medseg.losses`` entry-point group. A builder takes no
@@ -91,6 +92,14 @@ def ce():
         return F.cross_entropy(logits, target[:, 0].long())
 
     return loss
+
+
+def check_loss_name(name: str, source: str = "config") -> None:
+    """Refuse an unknown ``training.loss`` in one line with the registry's "did you mean" (before any work)."""
+    try:
+        LOSSES.get(name)
+    except UnknownComponentError as exc:
+        raise ConfigError(f"{source}: training.loss: {exc}") from None
 
 
 def build_loss(name: str) -> Callable:

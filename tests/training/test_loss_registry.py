@@ -9,10 +9,15 @@ from medseg.errors import ConfigError
 from medseg.training.losses import LOSSES, build_loss
 
 
-def test_unknown_loss_names_are_refused_with_a_suggestion():
+def test_unknown_loss_names_are_refused_with_a_suggestion_before_any_training_work(tmp_path):
+    """Checked where losses are built (config is a leaf): training refuses before it reads the manifest."""
+    from medseg.training.loop import train
+
     assert config_from_dict({"training": {"loss": "dice"}}).training.loss == "dice"
+    bad = config_from_dict({"training": {"loss": "dice_cee"}})  # config alone does not load the training code
     with pytest.raises(ConfigError, match="unknown loss 'dice_cee'; did you mean dice_ce"):
-        config_from_dict({"training": {"loss": "dice_cee"}})
+        train(config=bad, manifest=tmp_path / "missing.csv", out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_builtin_losses_compute_known_values():
