@@ -152,7 +152,7 @@ def report(
     from medseg.reporting.tables import paired_by_case, recorded_images, write_volumes_report
 
     labels = label_files(labels)
-    images = label_files(images, "images") if images is not None else recorded_images(labels)
+    images = label_files(images, "images", images=True) if images is not None else recorded_images(labels)
     if statistics_json and images is None:
         from medseg.errors import InputError
 

@@ -40,10 +40,11 @@ PathLike = str | os.PathLike
 NOT_LABEL_MAPS = (".probabilities.nii.gz", ".probabilities.nii")
 
 
-def label_files(inputs: Sequence[PathLike], what: str = "label maps") -> list[Path]:
+def label_files(inputs: Sequence[PathLike], what: str = "label maps", *, images: bool = False) -> list[Path]:
     """``inputs`` with every folder replaced by its label map files (sorted), probability maps left out.
 
-    A folder without NIfTI/NRRD/MHA files (a DICOM folder) stays as it is.
+    In a folder ``medseg convert`` wrote, the label maps are its ``*.label.nii.gz`` (the series' images beside
+    them are not; with ``images`` it is the other way round); a folder without NIfTI/NRRD/MHA files (a DICOM folder) stays as it is.
     """
     out: list[Path] = []
     for item in inputs:
@@ -54,7 +55,10 @@ def label_files(inputs: Sequence[PathLike], what: str = "label maps") -> list[Pa
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
                        and f.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)
                        and not f.name.lower().endswith(NOT_LABEL_MAPS))
-        out += files if files else [p]
+        labelled = [f for f in files if case_id_for(f).endswith(".label")]  # medseg convert's label maps beside images
+        if images:
+            files = [f for f in files if f not in labelled]
+        out += (files if images else labelled or files) or [p]
     if not out:
         raise InputError(f"no {what} given")
     return out

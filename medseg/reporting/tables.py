@@ -216,7 +216,31 @@ def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike], what: str 
             if paired != list(ref):
                 log.info("%s paired with the label maps by case name, not by the order given", what)
             return paired
+    by_series = _paired_by_series(pred, ref)
+    if by_series is not None:
+        log.info("%s paired with the predictions by the DICOM series they were made on", what)
+        return by_series
     return list(ref)
+
+
+def _paired_by_series(pred: Sequence[PathLike], ref: Sequence[PathLike]) -> list | None:
+    """``ref`` paired with ``pred`` by DICOM series, or None: a prediction's sidecar names its series key
+    (``se...``) and ``medseg convert`` names a series' image and the label maps of its RTSTRUCT/SEG after it
+    (``<study key>_<series key>.<object key>.label.nii.gz``), so the names of the two sides differ but the
+    series is the same."""
+    import json
+
+    paired = []
+    for p in pred:
+        try:
+            key = (json.loads(_sidecar_of(p).read_text()).get("dicom") or {}).get("series_key")
+        except (OSError, ValueError, AttributeError):
+            return None
+        hits = [r for r in ref if key and f"_{key}" in Path(r).name]
+        if len(hits) != 1:
+            return None
+        paired.append(hits[0])
+    return paired if len({str(r) for r in paired}) == len(paired) else None
 
 
 def write_metrics_report(

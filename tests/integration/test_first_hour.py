@@ -301,3 +301,32 @@ def test_the_validation_cases_drawn_from_training_rows_are_named(caplog):
         _, val = split_cases(df, seed=3)
     (line,) = [r.getMessage() for r in caplog.records if "no split=val rows" in r.getMessage()]
     assert all(cid in line for cid in val["case_id"]) and len(val) == 2
+
+
+def test_evaluate_pairs_predictions_with_converted_labels_by_series(oracle_checkpoint, tmp_path, capsys):
+    """Two patients' RTSTRUCTs converted into one folder (named by study and series keys) against predictions
+    named by case: paired by the series each was made on, whatever the names' order; Dice by name."""
+    import pandas as pd
+
+    from medseg.io.rtstruct_write import write_rtstruct
+    from medseg.phantoms import PHANTOM_LABELS
+
+    export = tmp_path / "export"
+    for k, seed in enumerate((91, 92)):
+        case, coded = _coded(seed, f"p{k}", flips=[(False, False, False), (True, False, True)][k])
+        series = write_dicom_series(_as_case(case, coded), export / f"patient{k}" / "ct", seed=seed)
+        write_rtstruct(case.labels, series, PHANTOM_LABELS, export / f"patient{k}" / "rt.dcm", software_version="test")
+    assert main(["convert", str(export), "--out", str(tmp_path / "conv"), "--no-progress"]) == 0
+    assert main(["predict", "--model", str(oracle_checkpoint), str(export), "--out", str(tmp_path / "preds"),
+                 "--no-progress", "--no-sr"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path / "preds"), "--ref", str(tmp_path / "conv"),
+                 "--out", str(tmp_path / "m.csv")]) == 0
+    metrics = pd.read_csv(tmp_path / "m.csv")
+    assert len(metrics) == 8 and metrics["dice"].min() > 0.8, metrics[["case_id", "structure", "dice"]]
+    # given in opposite orders (the order pairs them wrong): the series still pairs them right
+    preds = sorted((tmp_path / "preds").glob("*.nii.gz"))
+    refs = sorted((tmp_path / "conv").glob("*.label.nii.gz"))
+    for order in (refs, refs[::-1]):
+        assert main(["evaluate", "--pred", *map(str, preds), "--ref", *map(str, order), "--out", str(tmp_path / "o.csv")]) == 0
+        assert pd.read_csv(tmp_path / "o.csv")["dice"].min() > 0.8
