@@ -196,6 +196,7 @@ def write_case_outputs(
     uid_seed: str | None = None,
     sr: str | os.PathLike | None = None,
     image=None,
+    assessed: list | None = None,
 ) -> dict:
     """Write one case's outputs (label map, then optional ones, then the sidecar); returns the sidecar dict.
 
@@ -207,7 +208,8 @@ def write_case_outputs(
     model and settings give the same objects again; ``medseg run`` passes a hash of the model and
     settings). ``sr``: path of the TID 1500 measurement report (``medseg.io.sr``), written when the SEG was:
     volumes and, for CT with ``image`` (the input Volume), the mean and SD of HU per structure. ``image_meta``:
-    the input volume's ``meta``. An
+    the input volume's ``meta``. ``assessed`` (a list): receives the case's structure rows with their quality
+    verdicts, as measured for the sidecar and the SR (``medseg run``'s report stage reuses them). An
     ``OutputError`` on the label map or the sidecar is raised; optional outputs
     fail softly (see the module docstring).
     """
@@ -227,6 +229,8 @@ def write_case_outputs(
     series_key = (image_meta.get("dicom") or {}).get("series_key")  # the series read, of those in the folder
     outputs, findings = {"label_map": rel(label_map)}, list(meta.pop("findings", None) or [])
     rows = _assessed(case_id, labels, table, image, provenance, findings)
+    if assessed is not None and rows is not None:  # the caller's report reuses them instead of measuring again
+        assessed.extend(rows)
     if dicom_seg is not None and image_meta.get("format") == "dicom":
         from medseg.io.seg import write_dicom_seg
 

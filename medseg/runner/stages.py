@@ -253,6 +253,7 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
     cid, cdir, table = case.case_id, rd.case_dir(case.case_id), ctx.label_table()
     outputs = dict(loaded.outputs)
     t1 = time.monotonic()
+    assessed: list = []  # the rows the writer measured for the sidecar and the SR
     with stage("predict", cid):
         side = write_case_outputs(
             case_id=cid, labels=labels, image_meta=loaded.image.meta, source=case.source, table=table,
@@ -261,7 +262,8 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
             dicom_seg=cdir / "seg.dcm" if st["predict"].dicom_seg and case.kind == "dicom" else None,
             rtstruct=cdir / "rtstruct.dcm" if st["predict"].rtstruct and case.kind == "dicom" else None,
             sr=cdir / "sr.dcm" if st["predict"].sr and st["predict"].dicom_seg and case.kind == "dicom" else None,
-            image=loaded.image, versions=predictor_info.get("versions"), started=t0, uid_seed=ctx.uid_seed or None)
+            image=loaded.image, versions=predictor_info.get("versions"), started=t0, uid_seed=ctx.uid_seed or None,
+            assessed=assessed)
         outputs["labels"] = rd.rel(cdir / side["outputs"]["label_map"])
         for kind in ("dicom_seg", "rtstruct", "sr"):
             if kind in side["outputs"]:
@@ -270,16 +272,19 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
     if "report" in st:
         rep = st["report"]
         with stage("report", cid):
-            from medseg.reporting.volumes import structure_rows
+            if assessed and rep.intensities and not rep.min_size_ml:  # measured once, for the sidecar, the SR and here
+                rows = [dict(r) for r in assessed]
+            else:
+                from medseg.reporting.volumes import structure_rows
 
-            rows = structure_rows(cid, labels, table, loaded.image if rep.intensities else None,
-                                  min_size_ml=rep.min_size_ml or None)
-            from medseg.reporting import quality  # qc, qc_reasons (issue 33); the cohort adds its own in write_cohort
+                rows = structure_rows(cid, labels, table, loaded.image if rep.intensities else None,
+                                      min_size_ml=rep.min_size_ml or None)
+                from medseg.reporting import quality  # qc, qc_reasons (issue 33); the cohort adds its own in write_cohort
 
-            model_path = predictor_info["model"].get("model_path")
-            quality.assess_case(rows, image=loaded.image, labels=labels, confidence=labels.meta.get("confidence"),
-                                agreement=labels.meta.get("pass_agreement"),
-                                expected=quality.expected_for_model(model_path) if isinstance(model_path, str) else None)
+                model_path = predictor_info["model"].get("model_path")
+                quality.assess_case(rows, image=loaded.image, labels=labels, confidence=labels.meta.get("confidence"),
+                                    agreement=labels.meta.get("pass_agreement"),
+                                    expected=quality.expected_for_model(model_path) if isinstance(model_path, str) else None)
             for row in rows:
                 row.update(source_labels=outputs["labels"], source_image=case.source,
                            intensity_sampling="same grid" if rep.intensities else "",
