@@ -112,11 +112,8 @@ def predict(
     be made is a finding in the sidecar, not a failure); an output path that is an input raises ``OutputError``.
     """
     from medseg.inference.batch import predict_many
-    from medseg.io.dicom_select import SelectionRule
 
-    rule = None
-    if modalities or min_slices > 1 or series_description:
-        rule = SelectionRule(modalities=tuple(modalities), min_slices=int(min_slices), description=series_description)
+    rule = _selection_rule(modalities, min_slices, series_description)
     return predict_many(model=model, inputs=inputs, out=out, device=device, progress=progress, overwrite=overwrite,
                         expected_labels=expected_labels, dicom_seg=dicom_seg, rtstruct=rtstruct, save_probabilities=save_probabilities,
                         rule=rule, policy=_geometry_policy(resample_irregular, refuse_tilt), sr=sr, **inference_overrides)
@@ -304,6 +301,15 @@ def listen(
     return run_listener(cfg, stop=stop, console=console)
 
 
+def _selection_rule(modalities: Sequence[str], min_slices: int, description: str | None):
+    """Which image series of a DICOM folder count (predict and convert): None when nothing narrows them."""
+    from medseg.io.dicom_select import SelectionRule
+
+    if not (modalities or int(min_slices) > 1 or description):
+        return None
+    return SelectionRule(modalities=tuple(modalities), min_slices=int(min_slices), description=description)
+
+
 def _geometry_policy(resample_irregular: bool, refuse_tilt: bool):
     from medseg.io.dicom_geometry import GeometryPolicy
 
@@ -351,11 +357,8 @@ def convert_dicom(
     ``label_table`` (a table file or name) numbers their structures as it does (default: alphabetical).
     """
     from medseg.io.dicom_convert import convert_folder
-    from medseg.io.dicom_select import SelectionRule
 
-    rule = None
-    if modalities or min_slices > 1 or description:
-        rule = SelectionRule(modalities=tuple(modalities), min_slices=min_slices, description=description)
+    rule = _selection_rule(modalities, min_slices, description)
     result = convert_folder(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
                             with_identifiers=with_identifiers, salt=salt)
     from medseg.reporting.label_names import explicit_table
