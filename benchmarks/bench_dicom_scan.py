@@ -5,7 +5,7 @@
 Writes ``--files`` CT slices (``--matrix`` squared, uncompressed, random file
 names, 4 series) to a temporary folder, then times, each best of ``--repeat``:
 
-* ``medseg scan (headers)``: ``medseg.io.dicom.scan_inventory`` (walk, headers, grouping, geometry plans);
+* ``medseg scan (headers)``: ``medseg.io.dicom.series.scan_inventory`` (walk, headers, grouping, geometry plans);
 * ``pydicom headers``: ``dcmread(stop_before_pixels=True)`` per file;
 * ``pydicom with pixels``: ``dcmread`` + ``pixel_array`` per file (what a reader that decodes everything does);
 * ``medseg read (pixels)``: ``read_dicom_series`` of the largest series, counted over that series' files.
@@ -28,7 +28,7 @@ def make_export(root: Path, n_files: int, matrix: int, n_series: int = 4) -> Non
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    from medseg.phantoms import PHANTOM_PATIENT_NAME
+    from medseg.data.phantoms import PHANTOM_PATIENT_NAME
 
     rng = np.random.default_rng(0)
     per = [n_files // n_series + (i < n_files % n_series) for i in range(n_series)]
@@ -78,8 +78,8 @@ def main() -> None:
 
     import pydicom
 
-    from medseg.io.dicom import read_dicom_series, scan_inventory
-    from medseg.io.dicom_scan import iter_files
+    from medseg.io.dicom.scan import iter_files
+    from medseg.io.dicom.series import read_dicom_series, scan_inventory
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

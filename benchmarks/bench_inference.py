@@ -49,7 +49,7 @@ def run_reference(model_path: str, image_path: str, out: str, windows: str = "is
     from monai.inferers import sliding_window_inference
     from monai.transforms import AsDiscrete, Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd
 
-    from medseg.checkpoint import build_model, load_checkpoint
+    from medseg.models.checkpoint import build_model, load_checkpoint
 
     ckpt = load_checkpoint(model_path)
     model = build_model(ckpt)
@@ -102,8 +102,8 @@ def _child(args) -> None:
     if args.child == "reference_ckpt":
         res = run_reference(args.model, args.image, args.npy, windows="checkpoint")
     elif args.child == "make":  # the big phantom is made in a child so the parent's peak memory stays small
+        from medseg.data.phantoms import make_phantom
         from medseg.io.readers import write_label_map, write_volume
-        from medseg.phantoms import make_phantom
 
         spacing = (0.6, 0.6, 0.7)
         shape = json.loads(args.overrides)["shape"]
@@ -142,7 +142,7 @@ def _spawn_once(kind: str, model: str, image: str, npy: str, overrides: dict | N
 def _train_small_model(work: Path) -> str:
     from medseg import api
     from medseg.config import CONFIG_ROOT
-    from medseg.phantoms import write_cohort
+    from medseg.data.phantoms import write_cohort
 
     manifest = write_cohort(work / "train", 8, seed=900)
     res = api.train(config=CONFIG_ROOT / "training" / "phantom_demo.yaml", manifest=manifest, out=work / "model",
@@ -164,8 +164,8 @@ def main() -> None:
     if args.child:
         return _child(args)
 
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.io.readers import read_volume
-    from medseg.phantoms import PHANTOM_LABELS
 
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     model = args.model or _spawn("train", "", str(work), "")["model"]

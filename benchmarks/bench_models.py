@@ -78,9 +78,9 @@ def crf_effect(run_dir: Path, config, table, val_cases: list[dict], crf_kwargs: 
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    from medseg.checkpoint import build_model, load_checkpoint
+    from medseg.inference.crf import crf_refine
     from medseg.inference.sliding_window import window_scores
-    from medseg.models.crf import crf_refine
+    from medseg.models.checkpoint import build_model, load_checkpoint
     from medseg.transforms.presets import deterministic_transforms
 
     model = build_model(load_checkpoint(run_dir / "best.pt"))
@@ -134,10 +134,10 @@ def main(argv=None) -> int:
     import torch
 
     from medseg.config import load_config
-    from medseg.manifest import read_manifest
+    from medseg.data.manifest import read_manifest
+    from medseg.data.phantoms import write_cohort
     from medseg.models import create_model, param_count
     from medseg.models.presets import load_model_preset
-    from medseg.phantoms import write_cohort
     from medseg.training.loop import split_cases, train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -237,7 +237,7 @@ def _run_jobs(args, argv: list[str]) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_models_"))
     manifest = work / "cohort" / "manifest.csv"
     if not manifest.exists():  # once, before the workers start (they would race to write it)
-        from medseg.phantoms import write_cohort
+        from medseg.data.phantoms import write_cohort
 
         write_cohort(work / "cohort", args.cases, seed=0)
     keep, skip = [], False

@@ -1,7 +1,7 @@
 """nnU-Net v2's own predictor vs medseg (faithful and fast) on one nnU-Net-trained model and a CT-sized volume.
 
 1. Trains (once; cached under ``--work``) an nnU-Net v2 model with nnU-Net's own planner and trainer on CT-like
-   phantoms (medseg.phantoms): 3d_fullres, fold ``all``, the planner's patch and spacing, the PlainConvUNet
+   phantoms (medseg.data.phantoms): 3d_fullres, fold ``all``, the planner's patch and spacing, the PlainConvUNet
    narrowed (``--features``; nnU-Net's default 32..320 is too slow for this script on a 2-core CPU) and trained
    for a few short epochs. The folder is a real nnU-Net result folder: nnUNetPredictor loads it.
 2. Makes a CT-like test volume of 512 x 512 x 200 voxels (0.8 x 0.8 x 1.0 mm, int16 HU, NIfTI).
@@ -60,7 +60,7 @@ def _env(work: Path, huge_pages: bool = False) -> dict:
 def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=None, adamw: float = 0.0) -> Path:
     import nibabel as nib
 
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
 
     folder = work / "results" / MODEL_DIR
     if (folder / "fold_all" / "checkpoint_final.pth").is_file():
@@ -87,7 +87,7 @@ def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=N
 def make_test_image(work: Path) -> Path:
     import nibabel as nib
 
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     path = work / "test" / "ct_0000.nii.gz"
     if not path.is_file():
@@ -177,9 +177,9 @@ def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> 
     """Each switch's windows and export seconds and its labels vs medseg faithful (the same preprocessed array)."""
     import torch
 
+    from medseg.adapters.nnunet import inference as nn
+    from medseg.adapters.nnunet.predictor import nnunet_inference_options
     from medseg.inference.predictor import Predictor
-    from medseg.models.external import nnunet_inference as nn
-    from medseg.models.external.nnunet_predictor import nnunet_inference_options
 
     ref = np.load(faithful_labels)
     pred = Predictor.from_checkpoint(folder, device="cpu")
@@ -237,8 +237,8 @@ def window_flops(folder: Path) -> tuple[float, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from medseg.adapters.nnunet.inference import mirror_combinations
     from medseg.inference.predictor import Predictor
-    from medseg.models.external.nnunet_inference import mirror_combinations
 
     pred = Predictor.from_checkpoint(str(folder), device="cpu")
     net = pred.networks({**pred.window_options(), "compile": False})[0].eval()

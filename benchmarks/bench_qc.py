@@ -55,7 +55,7 @@ RECIPE = {
 
 
 def phantom(seed: int):
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     rng = np.random.default_rng([seed, 7])
     s_in, s_z = rng.uniform(*BENCH_SPACING[0]), rng.uniform(*BENCH_SPACING[1])
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         model = train(work, len(train_seeds), args.minutes, train_seeds)
     predictor = Predictor.from_checkpoint(model, device="cpu")
     table = predictor.labels
-    from medseg.checkpoint import load_checkpoint
+    from medseg.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model)
     expected = quality.expected_from_checkpoint(ckpt)

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_data(root: Path, n: int, spacing=(4.0, 4.0, 6.0), fov=None) -> tuple[Path, Path]:
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
     from medseg.io.readers import write_volume
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+    from medseg.models.checkpoint import save_checkpoint
 
     cfg = config_from_dict({"model": {"name": "unet"}, "preprocessing": {"spacing": [4.0, 4.0, 4.0]},
                             "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4}})

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     import torch
     from scipy.ndimage import zoom
 
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
     from medseg.training.loop import split_cases
 
     torch.manual_seed(0)

@@ -66,7 +66,7 @@ def main() -> None:
 
     from medseg import api
     from medseg.config import CONFIG_ROOT, load_config
-    from medseg.phantoms import write_cohort
+    from medseg.data.phantoms import write_cohort
     from medseg.training.planning import plan
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_training_"))

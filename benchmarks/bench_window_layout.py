@@ -33,7 +33,7 @@ def build(features: tuple[int, int], classes: int = 5):
     """nnU-Net's 3D PlainConvUNet as its CT plans describe it, built by medseg's nnU-Net loader (randomly initialised)."""
     import torch
 
-    from medseg.models.external.nnunet import build_network
+    from medseg.adapters.nnunet.folder import build_network
 
     f0, fmax = features
     torch.manual_seed(0)

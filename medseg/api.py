@@ -104,11 +104,11 @@ def predict(
     A DICOM folder holding several image series is one case per series that the selection rule
     (``modalities``, ``min_slices``, ``series_description``: a regular expression) admits.
     ``resample_irregular`` / ``refuse_tilt``: the geometry policy for DICOM series, as for ``convert_dicom``.
-    ``sr``: with the SEG of a DICOM case, a TID 1500 measurement report ``<case>.sr.dcm`` (``medseg.io.sr``).
+    ``sr``: with the SEG of a DICOM case, a TID 1500 measurement report ``<case>.sr.dcm`` (``medseg.io.objects.sr``).
 
     ``inference_overrides`` change the checkpoint's inference settings, e.g.
     ``sw_batch_size=8, amp="off", tta_flips=[2]``. See ``medseg.inference.batch.predict_many``.
-    Outputs are written by ``medseg.outputs.write_case_outputs`` (label map first; a DICOM SEG that cannot
+    Outputs are written by ``medseg.inference.outputs.write_case_outputs`` (label map first; a DICOM SEG that cannot
     be made is a finding in the sidecar, not a failure); an output path that is an input raises ``OutputError``.
     """
     from medseg.inference.batch import predict_many
@@ -220,7 +220,7 @@ def plan(
 ) -> tuple[Path, dict]:
     """Write a training config derived from the manifest's data; returns ``(config path, fingerprint)``.
 
-    The label table comes from ``labels`` or the data set (``medseg.label_sources``);
+    The label table comes from ``labels`` or the data set (``medseg.data.label_sources``);
     ``model`` names a preset under ``configs/models`` (architecture + per-family recipe) or a model that
     ``medseg models`` lists (its family's preset, else the model at its default width).
     """
@@ -291,7 +291,7 @@ def listen(
     Restarting on the same ``out`` processes what was received and not yet done, and nothing twice.
     ``allow_ae``: the calling AE titles accepted (empty: any). Returns the studies' counts by status.
     """
-    from medseg.pacs.listen import ListenConfig, run_listener
+    from medseg.service.listen import ListenConfig, run_listener
 
     cfg = ListenConfig(ae_title=ae_title, port=int(port), pipeline=str(pipeline), out=str(out), host=host,
                        allow_ae=tuple(allow_ae or ()), quiet_seconds=float(quiet_seconds), spool_max_gb=float(spool_max_gb),
@@ -303,7 +303,7 @@ def listen(
 
 def _selection_rule(modalities: Sequence[str], min_slices: int, description: str | None):
     """Which image series of a DICOM folder count (predict and convert): None when nothing narrows them."""
-    from medseg.io.dicom_select import SelectionRule
+    from medseg.io.dicom.select import SelectionRule
 
     if not (modalities or int(min_slices) > 1 or description):
         return None
@@ -311,7 +311,7 @@ def _selection_rule(modalities: Sequence[str], min_slices: int, description: str
 
 
 def _geometry_policy(resample_irregular: bool, refuse_tilt: bool):
-    from medseg.io.dicom_geometry import GeometryPolicy
+    from medseg.io.dicom.geometry import GeometryPolicy
 
     return GeometryPolicy(irregular="resample" if resample_irregular else "refuse", tilt="refuse" if refuse_tilt else "resample")
 
@@ -330,7 +330,7 @@ def scan_dicom(
 
     Returns ``(inventory, series_csv, files_csv)``. Identifiers are written only with ``with_identifiers``.
     """
-    from medseg.io.dicom_convert import write_inventory
+    from medseg.io.dicom.convert import write_inventory
 
     return write_inventory(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), progress=progress,
                            with_identifiers=with_identifiers, salt=salt)
@@ -356,7 +356,7 @@ def convert_dicom(
     ``<series>.<object>.label.nii.gz`` with its label table and findings (listed in ``label_conversion.csv``);
     ``label_table`` (a table file or name) numbers their structures as it does (default: alphabetical).
     """
-    from medseg.io.dicom_convert import convert_folder
+    from medseg.io.dicom.convert import convert_folder
 
     rule = _selection_rule(modalities, min_slices, description)
     result = convert_folder(folder, out, policy=_geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
@@ -372,7 +372,7 @@ def _convert_label_objects(folder, out, inventory, salt, numbering) -> list[dict
     their rows of ``conversion.csv`` then say what they became instead of "skipped"."""
     import pandas as pd
 
-    from medseg.dicom_manifest import convert_label_objects
+    from medseg.data.dicom_manifest import convert_label_objects
     from medseg.io.atomic import write_csv
 
     rows = convert_label_objects(folder, out, inventory=inventory, salt=salt, numbering=numbering)
@@ -393,7 +393,7 @@ def _convert_label_objects(folder, out, inventory, salt, numbering) -> list[dict
 
 def import_dataset(*, folder: PathLike, out: PathLike, folds: int = 0, seed: int = 0) -> tuple[Path, Path]:
     """Manifest + label table (``<out stem>_labels.yaml``) from an nnU-Net raw or Decathlon folder; returns both paths."""
-    from medseg.dataset_import import manifest_from_folder
+    from medseg.data.dataset_import import manifest_from_folder
 
     return manifest_from_folder(folder, out, folds=folds, seed=seed)
 
@@ -402,16 +402,16 @@ def import_dicom(*, export: PathLike, out: PathLike, split: str = "train"):
     """Manifest of every image series paired with the RTSTRUCT/SEG that references it, from a DICOM export.
 
     Writes ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the NIfTI pairs under ``<stem>_cache/``;
-    returns a ``medseg.dicom_manifest.DicomManifest`` (paths, case ids, what was not paired and why).
+    returns a ``medseg.data.dicom_manifest.DicomManifest`` (paths, case ids, what was not paired and why).
     """
-    from medseg.dicom_manifest import manifest_from_dicom
+    from medseg.data.dicom_manifest import manifest_from_dicom
 
     return manifest_from_dicom(export, out, split=split)
 
 
 def phantoms(*, out: PathLike, n: int = 8, seed: int = 0, split: str = "train", dicom: bool = False) -> Path:
     """Synthetic CT phantoms with exact truth, their manifest and label table; returns the manifest path."""
-    from medseg.phantoms import write_cohort
+    from medseg.data.phantoms import write_cohort
 
     return write_cohort(out, n, seed=seed, split=split, dicom=dicom)
 
@@ -449,7 +449,7 @@ def import_model(path: PathLike, *, out: PathLike, folds: Sequence | None = None
     """Write a model folder of another tool (nnU-Net v2 trained-model folder, TotalSegmentator's results) as one
     portable file that ``medseg predict --model FILE`` runs with the folder's labels; loads with
     ``torch.load(weights_only=True)``. An existing ``out`` is refused unless ``force``. See
-    ``medseg.models.external.portable``."""
-    from medseg.models.external.portable import import_model as _import
+    ``medseg.adapters.portable``."""
+    from medseg.adapters.portable import import_model as _import
 
     return _import(path, out, folds=folds, checkpoint=checkpoint, force=force)

@@ -88,7 +88,7 @@ class InferenceConfig:
     skip_background: bool = True  # windows whose voxels are all at/below the intensity window's floor are not run
     tta_flips: list = field(default_factory=list)  # spatial axes (0, 1, 2 in RAS order) to mirror; never mirror L-R for lateral labels
     label_chunk: int = 1 << 20  # boundary voxels interpolated per step when mapping scores back (bounds memory)
-    crf_iterations: int = 0  # > 0: dense-CRF refinement of the scores, guided by the image (medseg/models/crf.py)
+    crf_iterations: int = 0  # > 0: dense-CRF refinement of the scores, guided by the image (medseg/inference/crf.py)
 
 
 @dataclass

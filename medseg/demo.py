@@ -59,7 +59,7 @@ def run_demo(*, out: str | Path, n_train: int = 16, n_test: int = 4, epochs: int
     import pandas as pd
 
     from medseg import api
-    from medseg.phantoms import write_cohort
+    from medseg.data.phantoms import write_cohort
 
     out = Path(out)
     t0 = time.monotonic()

@@ -48,10 +48,10 @@ def _oracle_registered_for_the_session():
 
 @pytest.fixture(scope="session")
 def oracle_checkpoint(tmp_path_factory):
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.models.checkpoint import save_checkpoint
 
     register_oracle()
     cfg = config_from_dict({
@@ -66,7 +66,7 @@ def oracle_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def coarse_phantom():
     """A phantom on a coarse grid (fast), with flips on two axes."""
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     return make_phantom(11, spacing=(1.6, 1.6, 4.0), flips=(True, False, True))
 
@@ -78,8 +78,8 @@ def tiny_cohort(tmp_path_factory):
     """Four coarse phantoms (NIfTI) and their manifest; the 4th is split=val."""
     import pandas as pd
 
+    from medseg.data.phantoms import make_phantom
     from medseg.io.readers import write_label_map, write_volume
-    from medseg.phantoms import make_phantom
 
     root = tmp_path_factory.mktemp("tiny_cohort")
     rows = []

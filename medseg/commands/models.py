@@ -1,6 +1,6 @@
 """``medseg models [NAME]``: list registered architectures (builds none) or show one model's options;
 ``medseg models import PATH --out MODEL.pt``: an nnU-Net v2 or TotalSegmentator folder as one portable file
-(``medseg.models.external.portable``).
+(``medseg.adapters.portable``).
 
 The listing reads only the registry. ``--params`` adds parameter counts at
 default width, computed by building each model on PyTorch's meta device (no

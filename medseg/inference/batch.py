@@ -15,8 +15,8 @@ from pathlib import Path
 
 from medseg.command_log import command_log
 from medseg.errors import InputError, MedsegError, OutputError
-from medseg.io.dicom import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
-from medseg.io.dicom_select import SelectionRule, select
+from medseg.io.dicom.select import SelectionRule, select
+from medseg.io.dicom.series import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
 from medseg.io.paths import check_case_id
 from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for, read_volume
 from medseg.labels import LabelTable
@@ -50,7 +50,7 @@ class CaseInput:
 
     case_id: str
     channels: list  # paths: channel 0 first (a DICOM folder is one channel)
-    stack: object = None  # medseg.io.dicom_select.Candidate when the folder holds several admitted stacks
+    stack: object = None  # medseg.io.dicom.select.Candidate when the folder holds several admitted stacks
     selection: dict | None = None  # how the stack was chosen (recorded in the sidecar)
     error: InputError | None = None  # found while listing: the case fails alone with it
     n_series: int = 1  # image series the DICOM folder holds (recorded in the sidecar)
@@ -216,7 +216,7 @@ def _channel_paths(src: PathLike) -> list:
 def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outputs: dict, *, overwrite: bool,
              progress: bool, versions: dict) -> PredictResult:
     """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all)."""
-    from medseg.outputs import already_written, write_case_outputs
+    from medseg.inference.outputs import already_written, write_case_outputs
     from medseg.progress import progress_bar as tqdm
 
     sha = predictor.provenance["model_sha256"]
@@ -276,7 +276,7 @@ def predict_many(
 ) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints).
 
-    Writes, through ``medseg.outputs.write_case_outputs``, ``OUT/<name>.nii.gz``
+    Writes, through ``medseg.inference.outputs.write_case_outputs``, ``OUT/<name>.nii.gz``
     on the input's grid, ``OUT/<name>.seg.dcm`` for DICOM inputs (and, with
     ``rtstruct``, ``OUT/<name>.rtstruct.dcm``: contours in patient coordinates),
     ``OUT/<name>.probabilities.nii.gz`` with ``save_probabilities`` (4D, one
@@ -293,10 +293,10 @@ def predict_many(
     """
     import pandas as pd
 
-    from medseg.checkpoint import versions
     from medseg.inference.predictor import Predictor
     from medseg.io.atomic import ensure_dir, write_csv, write_json
     from medseg.io.paths import refuse_overwriting_inputs, safe_name
+    from medseg.models.checkpoint import versions
 
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")

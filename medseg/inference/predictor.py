@@ -133,12 +133,12 @@ class Predictor:
 
         ``expected_labels``: refuse a checkpoint trained for another label table.
         Keyword overrides change inference settings (``sw_batch_size=8, amp="off"``...).
-        A model folder of another tool runs as that tool runs it (``medseg.models.external.FORMATS``: an
+        A model folder of another tool runs as that tool runs it (``medseg.adapters.formats.FORMATS``: an
         nnU-Net v2 trained-model folder, TotalSegmentator's results folder, a MONAI bundle); for nnU-Net
         ``folds`` (default: every fold present) and ``checkpoint`` ("final" or "best") choose its weights.
         """
-        from medseg.checkpoint import build_model, load_checkpoint
-        from medseg.models import external
+        from medseg.adapters import formats as external
+        from medseg.models.checkpoint import build_model, load_checkpoint
 
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths:
@@ -204,7 +204,7 @@ class Predictor:
                     floor=floor or 0.0, progress=self.progress, stats=stats,
                 )
                 if inf.get("crf_iterations", 0) > 0:
-                    from medseg.models.crf import crf_refine
+                    from medseg.inference.crf import crf_refine
 
                     with torch.no_grad():
                         logits = crf_refine(logits, xi.to(logits.device), iterations=int(inf["crf_iterations"]))

@@ -1,7 +1,7 @@
 """Read any supported input into a ``Volume``; write volumes and label maps.
 
 Inputs: NIfTI (``.nii``, ``.nii.gz``) through nibabel; NRRD/MHA/MHD through
-SimpleITK; a folder of DICOM files through ``medseg.io.dicom``.
+SimpleITK; a folder of DICOM files through ``medseg.io.dicom.series``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     if not p.exists():
         raise InputError("no such file or folder", path=p)
     if p.is_dir() or p.name.upper() == "DICOMDIR":  # a DICOM folder, or the DICOMDIR index of one
-        from medseg.io.dicom import read_dicom_series
+        from medseg.io.dicom.series import read_dicom_series
 
         return read_dicom_series(p)
     if _has_suffix(p, NIFTI_SUFFIXES):

@@ -8,7 +8,7 @@
 
 The libraries are pynetdicom (DIMSE) and dicomweb-client (DICOMweb): ``pip install 'medseg[pacs]'``.
 Nothing here writes a patient name, ID or birth date anywhere but into DICOM files: studies are named by
-salted hashes of their UIDs (``medseg.io.dicom_scan.pseudonym``).
+salted hashes of their UIDs (``medseg.io.dicom.scan.pseudonym``).
 """
 
 from medseg.pacs.endpoints import Endpoint, PacsError, is_endpoint, parse_endpoint  # noqa: F401

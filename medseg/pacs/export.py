@@ -13,7 +13,7 @@ each one, so a killed run knows exactly what went out. An object whose SOP
 Instance UID the record already lists as sent to this destination is not sent
 again (``status: "already_sent"``): a resumed or repeated run sends nothing
 twice. medseg makes the SEG and RTSTRUCT UIDs of a run case deterministic (from
-the source series, the model checksum and the settings: ``medseg.outputs``), so
+the source series, the model checksum and the settings: ``medseg.inference.outputs``), so
 even an object sent just before a crash, and sent again after it, arrives
 under the same UIDs: the PACS sees the same instance again, never a new one.
 

@@ -43,14 +43,14 @@ NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR",
 
 
 def salt() -> str:
-    from medseg.io.dicom_scan import DEFAULT_SALT
+    from medseg.io.dicom.scan import DEFAULT_SALT
 
     return os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
 
 
 def study_key(study_uid: str) -> str:
     """The case id of a study: ``st`` + salted SHA-256 of its StudyInstanceUID (``medseg dicom scan``'s study key)."""
-    from medseg.io.dicom_scan import pseudonym
+    from medseg.io.dicom.scan import pseudonym
 
     return pseudonym(study_uid, prefix="st")
 

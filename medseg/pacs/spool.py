@@ -3,7 +3,7 @@
 ```
 RUN_DIR/
   spool/<study>/<instance>.dcm   received instances as sent (DICOM file format); <study> = ``st`` + salted hash of the
-                                 StudyInstanceUID (``medseg.io.dicom_scan.pseudonym``, the keys medseg scan uses),
+                                 StudyInstanceUID (``medseg.io.dicom.scan.pseudonym``, the keys medseg scan uses),
                                  <instance> = ``in`` + salted hash of the SOPInstanceUID
   studies/<study>.json           state: received | complete | processing | done | failed (+ counts and times)
 ```
@@ -53,14 +53,14 @@ class SpoolFull(Exception):
 
 
 def _salt() -> str:
-    from medseg.io.dicom_scan import DEFAULT_SALT
+    from medseg.io.dicom.scan import DEFAULT_SALT
 
     return os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
 
 
 def study_key(study_uid: str) -> str:
     """``st`` + 10 hex digits: the key ``medseg scan`` gives the same study (same salt, MEDSEG_KEY_SALT)."""
-    from medseg.io.dicom_scan import pseudonym
+    from medseg.io.dicom.scan import pseudonym
 
     return pseudonym(str(study_uid), prefix="st")
 

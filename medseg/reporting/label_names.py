@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 
 from medseg.config import resolve_label_table_path
+from medseg.data.label_sources import read_dataset_json
 from medseg.errors import InputError
 from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for
-from medseg.label_sources import read_dataset_json
 from medseg.labels import LabelTable
 
 log = logging.getLogger(__name__)

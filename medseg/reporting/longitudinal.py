@@ -31,7 +31,7 @@ import pandas as pd
 
 from medseg.errors import InputError
 from medseg.io.atomic import write_csv
-from medseg.io.dicom_scan import pseudonym
+from medseg.io.dicom.scan import pseudonym
 from medseg.io.readers import case_id_for
 
 log = logging.getLogger(__name__)

@@ -555,7 +555,7 @@ def expected_for_model(model_path) -> dict:
         expected = {}
         if key and Path(key).is_file():
             try:
-                from medseg.checkpoint import load_checkpoint
+                from medseg.models.checkpoint import load_checkpoint
 
                 expected = expected_from_checkpoint(load_checkpoint(key))
             except Exception:  # noqa: BLE001 (not a medseg checkpoint, unreadable: no input check)

@@ -144,8 +144,8 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     import yaml
 
     import medseg
-    from medseg.checkpoint import load_checkpoint, versions
     from medseg.io.atomic import write_json, write_text
+    from medseg.models.checkpoint import load_checkpoint, versions
     from medseg.runner import inputs as inputs_mod
     from medseg.runner.pipeline import load_pipeline
 
@@ -180,7 +180,7 @@ def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, 
     cases, ignored = inputs_mod.discover(input, pipe, pacs=pacs)
     ckpt = None
     if pipe.stages["predict"].model:
-        from medseg.models import external
+        from medseg.adapters import formats as external
 
         model = pipe.stages["predict"].model
         if external.is_external_model(model):  # a model folder of another tool (nnU-Net v2: every fold present)

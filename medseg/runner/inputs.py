@@ -120,7 +120,7 @@ def from_folder(folder: Path) -> tuple[list[Case], list[str]]:
         else:
             ignored.append(child.name)
     if not cases:
-        from medseg.io.dicom import is_dicom_folder
+        from medseg.io.dicom.series import is_dicom_folder
 
         if is_dicom_folder(folder):  # the folder itself is one DICOM case
             return [Case(_check_id(folder.resolve().name, folder), str(folder.resolve()), "dicom")], []
@@ -159,7 +159,7 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
         p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         return str(p.resolve())
 
-    from medseg.manifest import image_columns
+    from medseg.data.manifest import image_columns
 
     extra = image_columns(df)[1:] if column == "image" else []  # the channels training stacked: image, image_1, ...
     cases = []

@@ -35,8 +35,8 @@ def _current(rd, name: str, sha: str) -> dict | None:
 
 def plan(rd, pipe, manifest: Path) -> dict:
     """The data set fingerprint of the training cases, by ``medseg plan``'s own planner -> ``fingerprint.json`` + ``plan.json``."""
+    from medseg.data.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.io.atomic import write_json
-    from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.training.planning import fingerprint
 
     sha = _sha({"plan": dataclasses.asdict(pipe.stages["plan"]), "manifest": manifest_sha256(manifest)})
@@ -79,8 +79,8 @@ def data_label_table(manifest: Path, config: str, overrides: list[str]):
     has one (checked against the label values before training), else the values are named ``label_N``.
     """
     from medseg.config import load_config
-    from medseg.label_sources import table_for_manifest
-    from medseg.manifest import read_manifest
+    from medseg.data.label_sources import table_for_manifest
+    from medseg.data.manifest import read_manifest
 
     df = read_manifest(manifest, require_labels=True)
     found = table_for_manifest(manifest, df, fallback=False)
@@ -97,7 +97,7 @@ def data_label_table(manifest: Path, config: str, overrides: list[str]):
 def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool, device) -> Path:
     """Train once per run into ``RUN_DIR/train/``; returns the best checkpoint."""
     from medseg import api
-    from medseg.manifest import manifest_sha256
+    from medseg.data.manifest import manifest_sha256
 
     st = pipe.stages["train"]
     overrides = _flatten(st.overrides)

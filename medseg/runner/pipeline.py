@@ -303,16 +303,16 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
             raise ConfigError(f"{source}: stages.predict.model: no checkpoint given; add --set predict.model=PATH.pt")
         else:
             found = resolve_path(pred.model, base)
-            from medseg.models.external import is_external_model
+            from medseg.adapters.formats import is_external_model
 
             if found is None or not (found.is_file() or is_external_model(found)):  # a checkpoint, or a model folder of another tool
                 raise ConfigError("stages.predict.model: checkpoint file not found", path=pred.model)
             pred.model = str(found)
+        from medseg.adapters.nnunet.predictor import NNUNET_OPTIONS
         from medseg.config import InferenceConfig
         from medseg.inference.predictor import NONFINITE_POLICIES, PREDICTOR_OPTIONS
-        from medseg.models.external.nnunet_predictor import NNUNET_OPTIONS
 
-        # nnU-Net model folders also take their own switches (mirror, preset, export...; medseg.models.external)
+        # nnU-Net model folders also take their own switches (mirror, preset, export...; medseg.adapters.formats)
         allowed = list(dict.fromkeys([f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS)
                                      + list(NNUNET_OPTIONS)))
         if pred.inference.get("nonfinite", "refuse") not in NONFINITE_POLICIES:

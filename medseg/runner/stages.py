@@ -2,7 +2,7 @@
 
 ``read_case`` runs in reader threads (local engine) or in a Ray actor;
 ``segment`` needs the loaded model; ``write_case`` writes the case's outputs
-(label map, DICOM SEG and sidecar through ``medseg.outputs.write_case_outputs``,
+(label map, DICOM SEG and sidecar through ``medseg.inference.outputs.write_case_outputs``,
 then volumes rows, QC montage, metrics rows) and then, last, its ``done``
 state record. A problem in any stage raises ``CaseFailure`` with the stage's
 name and a one-line reason; the engines record it and go on. A full or
@@ -174,9 +174,9 @@ def load_predictor(ctx: RunContext):
 
 
 def _read_dicom(ctx: RunContext, case):
-    from medseg.io.dicom import scan_inventory, volume_from_candidate
-    from medseg.io.dicom_geometry import GeometryPolicy
-    from medseg.io.dicom_select import SelectionRule, select
+    from medseg.io.dicom.geometry import GeometryPolicy
+    from medseg.io.dicom.select import SelectionRule, select
+    from medseg.io.dicom.series import scan_inventory, volume_from_candidate
 
     st = ctx.pipeline.stages
     scan, sel = st.get("scan"), st.get("select")
@@ -246,8 +246,8 @@ def segment(predictor, loaded: Loaded):
 
 def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *, t0: float) -> dict:
     """Write the case's outputs, then its ``done`` record (returned)."""
+    from medseg.inference.outputs import plain, write_case_outputs
     from medseg.io.atomic import write_json
-    from medseg.outputs import plain, write_case_outputs
 
     case, rd, st = loaded.case, ctx.rundir, ctx.pipeline.stages
     cid, cdir, table = case.case_id, rd.case_dir(case.case_id), ctx.label_table()
@@ -344,7 +344,7 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
 
 
 def predictor_info(predictor) -> dict:
-    from medseg.checkpoint import versions
+    from medseg.models.checkpoint import versions
 
     return {"model": dict(predictor.provenance), "inference": dict(predictor.inference), "versions": versions()}
 

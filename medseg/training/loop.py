@@ -135,12 +135,12 @@ def train(
     from monai.data import CacheDataset, DataLoader, list_data_collate
     from monai.transforms import Compose
 
-    from medseg.checkpoint import save_checkpoint, versions
+    from medseg.data.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.inference.channels_last import channels_last_training
     from medseg.inference.sliding_window import default_device, to_layout
     from medseg.io.atomic import atomic_path, write_csv, write_json, write_text
-    from medseg.manifest import image_columns, manifest_sha256, read_manifest
     from medseg.models import create_volume_model
+    from medseg.models.checkpoint import save_checkpoint, versions
     from medseg.precision import autocast_dtype
     from medseg.progress import progress_bar as tqdm
     from medseg.training.curves import plot_training_curve
@@ -382,7 +382,7 @@ def _say_if_the_data_names_otherwise(manifest, df, table) -> None:
     """A warning when the data set carries a label table (from-folder's, dataset.json, labels.csv...) that names its
     values otherwise than the config: a config planned on another data set would put that set's names on this one's
     structures. (``medseg plan --labels`` chooses another table on purpose; the warning then says what it replaced.)"""
-    from medseg.label_sources import table_for_manifest
+    from medseg.data.label_sources import table_for_manifest
 
     found = table_for_manifest(manifest, df, fallback=False)
     if found is not None and not found.table.same_structures(table):

@@ -57,8 +57,8 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
     """
     import nibabel as nib
 
+    from medseg.data.label_sources import values_in
     from medseg.io.readers import read_volume
-    from medseg.label_sources import values_in
 
     rng = np.random.default_rng(seed)
     spacings, shapes, samples, air = [], [], [], []
@@ -174,7 +174,7 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
          model: str | None = None) -> tuple[Path, dict]:
     """Fingerprint the manifest's training cases and write a config YAML (validated) to ``out``.
 
-    The config carries the data set's label table inline (``medseg.label_sources``
+    The config carries the data set's label table inline (``medseg.data.label_sources``
     says where it is looked for; ``labels`` names one explicitly), checked against
     every label map first. ``model`` names a preset under ``configs/models`` whose
     ``model`` section and per-family ``training`` recipe the plan starts from, or a
@@ -187,9 +187,9 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
 
     from medseg import safe_yaml
     from medseg.config import apply_overrides, config_from_dict
+    from medseg.data.label_sources import check_table_against_values, label_values, table_for_manifest
+    from medseg.data.manifest import image_columns, read_manifest
     from medseg.io.atomic import write_json, write_text
-    from medseg.label_sources import check_table_against_values, label_values, table_for_manifest
-    from medseg.manifest import image_columns, read_manifest
     from medseg.models import input_divisor
 
     df = read_manifest(manifest, require_labels=True)

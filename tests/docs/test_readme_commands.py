@@ -179,7 +179,7 @@ def demo_checkpoint(tmp_path_factory):
     import yaml
 
     from medseg import api
-    from medseg.phantoms import write_cohort
+    from medseg.data.phantoms import write_cohort
 
     root = tmp_path_factory.mktemp("demo_stand_in")
     manifest = write_cohort(root, 5, seed=900)  # as medseg phantoms writes them; the quick start's are 0000-0002 and 0010

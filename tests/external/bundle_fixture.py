@@ -126,7 +126,7 @@ def train_unet(iterations: int = 80, seed: int = 0) -> dict:
     from monai.networks.nets import UNet
     from monai.transforms import Compose, Orientationd, ScaleIntensityRanged, Spacingd
 
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     torch.manual_seed(seed)
     case = make_phantom(1, spacing=(4.0, 4.0, 4.0), fov_mm=(260.0, 200.0, 140.0))

@@ -43,7 +43,7 @@ def write_raw(root: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
 
     raw = root / "raw" / DATASET
     (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def write_raw_mr(root: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     raw = root / "raw" / DATASET_MR
     for sub in ("imagesTr", "labelsTr"):

@@ -33,7 +33,7 @@ def _nnunet_folder(root: Path) -> Path:
 def _image(tmp: Path, seed=4, flips=(True, False, False)) -> Path:
     import nibabel as nib
 
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     case = make_phantom(seed, spacing=(1.6, 1.6, 2.0), flips=flips, fov_mm=(70.0, 60.0, 50.0), noise_hu=0)
     path = tmp / "ct.nii.gz"
@@ -65,7 +65,7 @@ def test_import_writes_plain_data_and_predict_gives_the_folders_labels(tmp_path,
     for k, v in ck["network_weights"].items():
         assert torch.equal(m["folds"]["1"]["network_weights"][k], v)
     assert [lab["name"] for lab in data["labels"]["labels"]] == ["liver", "spleen", "kidney_left"]
-    from medseg.models import external
+    from medseg.adapters import formats as external
 
     summary = external.run_summary(out)  # what medseg run records of its model
     assert summary["path"] == str(out) and summary["labels"] == data["labels"]
@@ -131,7 +131,7 @@ class _Payload:
 def test_a_tampered_file_with_a_pickled_payload_is_refused_and_never_runs(tmp_path, capsys):
     import torch
 
-    from medseg.models.external.portable import MARKER
+    from medseg.adapters.portable import MARKER
 
     marker = tmp_path / "payload_ran"
     bad = tmp_path / "model.pt"

@@ -47,7 +47,7 @@ def _random_weights(seed: int = 0) -> dict:
 
 
 def _phantom_image(tmp_path: Path, seed: int, name: str = "img.nii.gz", **kw):
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     case = make_phantom(seed, fov_mm=(250.0, 190.0, 130.0), **kw)
     return case, bf.write_nifti(case.image, tmp_path / name)
@@ -231,7 +231,7 @@ def test_code_in_the_bundle_is_refused_with_one_line_and_never_runs(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     cfg = _set(bf.inference_config(), path, value)
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights(), config=cfg)
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     with pytest.raises(ConfigError) as err:
         load_bundle(bundle)
@@ -283,7 +283,7 @@ def test_pickled_payload_in_model_pt_does_not_run(tmp_path):
     marker = tmp_path / "payload_ran"
     weights = {"model": _random_weights(), "evil": _Payload(marker)}
     bundle = bf.write_bundle(tmp_path / "bundle", weights)
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     with pytest.raises(CheckpointError) as err:
         load_bundle(bundle)
@@ -294,14 +294,14 @@ def test_pickled_payload_in_model_pt_does_not_run(tmp_path):
 def test_torchscript_only_is_refused(tmp_path):
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights())
     (bundle / "models" / "model.pt").rename(bundle / "models" / "model.ts")
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     with pytest.raises(CheckpointError, match="does not run TorchScript"):
         load_bundle(bundle)
 
 
 def test_nested_and_dataparallel_state_dicts_load(tmp_path):
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     sd = _random_weights(3)
     for i, weights in enumerate(({"state_dict": sd}, {"model": {f"module.{k}": v for k, v in sd.items()}}, sd)):
@@ -311,7 +311,7 @@ def test_nested_and_dataparallel_state_dicts_load(tmp_path):
 
 
 def test_weights_for_another_network_are_refused(tmp_path):
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     cfg = bf.inference_config()
     cfg["network_def"]["channels"] = [8, 16, 32]
@@ -324,7 +324,7 @@ def test_weights_for_another_network_are_refused(tmp_path):
 
 
 def test_format_table_detects_bundles_and_not_nnunet_folders(tmp_path):
-    from medseg.models import external
+    from medseg.adapters import formats as external
 
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights())
     assert external.detect(bundle).name == "monai_bundle"
@@ -339,7 +339,7 @@ def test_format_table_detects_bundles_and_not_nnunet_folders(tmp_path):
 
 
 def test_labels_from_metadata_variants(tmp_path):
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     def labels(meta, cfg=None, name="b"):
         return load_bundle(bf.write_bundle(tmp_path / name, _random_weights(), config=cfg, meta=meta)).labels
@@ -402,7 +402,7 @@ def test_supported_networks_build_from_network_def(tmp_path, net, one_thread):
     (SwinUNETR's img_size, which current MONAI refuses and which never changed the weights, is dropped)."""
     import monai.networks.nets as nets
 
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     name = net["_target_"].rsplit(".", 1)[-1]
     kw = {k: v for k, v in net.items() if k not in ("_target_", "img_size")}

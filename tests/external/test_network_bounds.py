@@ -64,7 +64,7 @@ _DROP = object()
     ({"n_conv_per_stage": _DROP}, "arch_kwargs.n_conv_per_stage"),
 ])
 def test_hostile_arch_kwargs_are_one_line_naming_the_key(change, key):
-    from medseg.models.external.nnunet import architecture, build_network
+    from medseg.adapters.nnunet.folder import architecture, build_network
 
     with pytest.raises(CheckpointError) as err:
         cls, kw = architecture(_conf(**change), path="plans.json")
@@ -80,7 +80,7 @@ def test_hostile_arch_kwargs_are_one_line_naming_the_key(change, key):
     ([18, 16, 16], "total stride"),
 ])
 def test_patch_size_is_bounded(patch, why):
-    from medseg.models.external.nnunet import architecture
+    from medseg.adapters.nnunet.folder import architecture
 
     conf = _conf()
     conf["patch_size"] = patch
@@ -92,7 +92,7 @@ def test_patch_size_is_bounded(patch, why):
 _BIG = r"""
 import json, sys
 from medseg.errors import CheckpointError
-from medseg.models.external.nnunet import architecture, build_network
+from medseg.adapters.nnunet.folder import architecture, build_network
 try:
     cls, kw = architecture(json.loads(sys.argv[1]), path="plans.json")
     build_network(cls, kw, 1, 3, path="plans.json")
@@ -120,7 +120,7 @@ def test_parameter_count_is_bounded_before_allocating(monkeypatch):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "parameters, over the limit of 1,000,000,000 (MEDSEG_MAX_PARAMETERS)" in r.stdout, r.stdout
     assert time.monotonic() - t < 60
-    from medseg.models.external.nnunet import architecture, build_network
+    from medseg.adapters.nnunet.folder import architecture, build_network
 
     monkeypatch.setenv("MEDSEG_MAX_PARAMETERS", "1000")
     cls, kw = architecture(_conf(), path="plans.json")
@@ -130,7 +130,7 @@ def test_parameter_count_is_bounded_before_allocating(monkeypatch):
 
 def test_folder_with_absurd_features_is_refused_at_loading(tmp_path):
     """Through load_nnunet_folder: one line naming plans.json and the configuration's key, no allocation."""
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     plans = _plans(copy.deepcopy(PLAIN_ARCH))
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 100000]
@@ -148,7 +148,7 @@ def test_folder_with_absurd_features_is_refused_at_loading(tmp_path):
 
 
 def test_older_plans_format_is_bounded_too():
-    from medseg.models.external.nnunet import architecture
+    from medseg.adapters.nnunet.folder import architecture
 
     old = {"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 10**6,
            "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "patch_size": [16, 16, 16],
@@ -187,7 +187,7 @@ def _bundle(tmp_path, **network_changes):
 ])
 def test_bundle_network_def_is_bounded_before_building(tmp_path, change, key):
     """channels [4, 8, 1e6]/1000000 took 1.7 GB (maxrss) before the weights were refused; now nothing is built."""
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     folder = _bundle(tmp_path, **change)
     before = _rss_mb()
@@ -199,7 +199,7 @@ def test_bundle_network_def_is_bounded_before_building(tmp_path, change, key):
 
 
 def test_bundle_parameter_count_is_bounded(tmp_path, monkeypatch):
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     monkeypatch.setenv("MEDSEG_MAX_PARAMETERS", "1000")
     with pytest.raises(ConfigError, match=r"network_def: UNet with these values has [\d,]+ parameters, over the limit of 1,000"):

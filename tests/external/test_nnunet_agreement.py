@@ -63,14 +63,14 @@ def reference(nnunet_model):
 
 @pytest.fixture(scope="session")
 def ours(nnunet_model):
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     folder, _ = nnunet_model
     return load_nnunet_folder(folder)
 
 
 def test_preprocessing_matches_nnunet(ours, reference):
-    from medseg.models.external import nnunet_inference as nn
+    from medseg.adapters.nnunet import inference as nn
 
     assert ours.folds == reference["folds"] == ["0", "1"]
     data, props = nn.preprocess(reference["img"], reference["spacing"], ours)
@@ -83,7 +83,7 @@ def test_preprocessing_matches_nnunet(ours, reference):
 def test_logits_match_nnunet(ours, reference):
     import torch
 
-    from medseg.models.external import nnunet_inference as nn
+    from medseg.adapters.nnunet import inference as nn
 
     logits = nn.predict_logits(ours.networks(), reference["data"], ours)
     assert logits.dtype == torch.float16 and logits.shape == reference["logits"].shape
@@ -100,9 +100,9 @@ def test_label_map_and_probabilities_match_nnunet(nnunet_model, reference):
 
 def test_2d_configuration_matches_nnunet(nnunet_model):
     """nnU-Net's 2d configuration (slice by slice along its first axis, the slice spacing kept)."""
+    from medseg.adapters.nnunet import inference as nn
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
     from medseg.inference.predictor import Predictor
-    from medseg.models.external import nnunet_inference as nn
-    from medseg.models.external.nnunet import load_nnunet_folder
 
     folder3d, image = nnunet_model
     folder = folder3d.parent / folder3d.name.replace("__3d_fullres", "__2d")
@@ -130,9 +130,9 @@ def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp
 
 
 def test_mr_two_channels_masked_zscore_and_regions_match_nnunet(nnunet_mr_model):
+    from medseg.adapters.nnunet import inference as nn
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
     from medseg.inference.predictor import Predictor
-    from medseg.models.external import nnunet_inference as nn
-    from medseg.models.external.nnunet import load_nnunet_folder
 
     folder, images = nnunet_mr_model
     model = load_nnunet_folder(folder)

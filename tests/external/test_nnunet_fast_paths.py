@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.adapters.nnunet import inference as nn
+from medseg.adapters.nnunet.predictor import NNUNET_FAITHFUL, NNUNET_FAST, nnunet_inference_options
 from medseg.errors import ConfigError
-from medseg.models.external import nnunet_inference as nn
-from medseg.models.external.nnunet_predictor import NNUNET_FAITHFUL, NNUNET_FAST, nnunet_inference_options
 
 
 def _model(heads=4, regions=(), kwargs=None, patch=(8, 8, 8)):
@@ -155,7 +155,7 @@ def test_bf16_weights_cast_leaves_the_loaded_network_in_float32():
 
 
 def test_predictor_casts_its_networks_once_for_all_cases():
-    from medseg.models.external.nnunet_predictor import NnunetPredictor
+    from medseg.adapters.nnunet.predictor import NnunetPredictor
 
     pred = object.__new__(NnunetPredictor)  # only the network list matters here
     pred.models, pred._prepared = [_tiny_net(), _tiny_net()], {}

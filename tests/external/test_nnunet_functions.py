@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only: see the nnunet extra in pyproject.toml)")
 
-from medseg.models.external import nnunet_inference as nn  # noqa: E402
+from medseg.adapters.nnunet import inference as nn  # noqa: E402
 
 
 @pytest.mark.parametrize("shape, cur, new, kw", [

@@ -49,7 +49,7 @@ def _plans(arch=PLAIN_ARCH, **conf_extra):
 
 def _net(heads, in_channels=1, conf=None):
     pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
-    from medseg.models.external.nnunet import architecture, build_network
+    from medseg.adapters.nnunet.folder import architecture, build_network
 
     cls, kw = architecture(conf or _plans()["configurations"]["3d_fullres"])
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ class _Payload:
 
 
 def test_pickled_payload_is_refused_and_never_runs(tmp_path):
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     marker = tmp_path / "payload_ran"
     folder = make_folder(tmp_path, extra={"evil": _Payload(marker)})
@@ -138,7 +138,7 @@ def test_postprocessing_pkl_is_never_unpickled(tmp_path):
 
 
 def test_numpy_scalars_load_and_weights_fit_exactly(tmp_path):
-    from medseg.models.external.nnunet import load_nnunet_checkpoint, load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_checkpoint, load_nnunet_folder
 
     folder = make_folder(tmp_path, folds=("0", "1", "all"))
     ck = load_nnunet_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
@@ -162,7 +162,7 @@ def test_numpy_scalars_load_and_weights_fit_exactly(tmp_path):
 
 
 def test_region_labels_painted_in_order(tmp_path):
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     labels = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing": 3}
     model = load_nnunet_folder(make_folder(tmp_path, labels=labels, regions_class_order=[1, 2, 3]))
@@ -170,7 +170,7 @@ def test_region_labels_painted_in_order(tmp_path):
     assert lab.regions and lab.heads == 3 and lab.regions_class_order == (1, 2, 3)
     assert [(x.index, x.name) for x in lab.table.labels] == [(1, "whole_tumor"), (2, "tumor_core"), (3, "enhancing")]
     # painting: each region's voxels (sigmoid > 0.5) get its index, later regions over earlier ones
-    from medseg.models.external import nnunet_inference as nn
+    from medseg.adapters.nnunet import inference as nn
 
     logits = torch.full((3, 2, 2, 2), -5.0, dtype=torch.half)
     logits[0, 0] = 5  # whole tumour in the first plane
@@ -192,7 +192,7 @@ def test_region_labels_painted_in_order(tmp_path):
     ({"nonlin": "os.system"}, "arch_kwargs.nonlin = 'os.system' is not a class"),
 ])
 def test_unsupported_models_are_refused_with_one_line(tmp_path, change, match):
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     plans = _plans()
     conf = plans["configurations"]["3d_fullres"]
@@ -212,7 +212,7 @@ def test_unsupported_models_are_refused_with_one_line(tmp_path, change, match):
 
 def test_older_plans_format_builds_the_same_network(tmp_path):
     pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
-    from medseg.models.external.nnunet import architecture
+    from medseg.adapters.nnunet.folder import architecture
 
     old = {"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 16,
            "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "patch_size": [16, 16, 16],
@@ -230,7 +230,7 @@ def test_medseg_checkpoint_options_refused_for_plain_files(tmp_path):
 
 def test_residual_encoder_unet_from_plans(tmp_path):
     """nnU-Net's ResEnc planner writes ResidualEncoderUNet with n_blocks_per_stage: built and loaded key for key."""
-    from medseg.models.external.nnunet import load_nnunet_checkpoint, load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_checkpoint, load_nnunet_folder
 
     arch = json.loads(json.dumps(PLAIN_ARCH))
     arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

@@ -64,7 +64,7 @@ def make_part(root: Path, dataset: str, names, *, seed: int, spacing=1.5, traine
     (folder / "plans.json").write_text(json.dumps(p))
     state = {"w": torch.zeros(1)}
     if weights:
-        from medseg.models.external.nnunet import architecture, build_network
+        from medseg.adapters.nnunet.folder import architecture, build_network
 
         cls, kw = architecture(p["configurations"]["3d_fullres"])
         torch.manual_seed(seed)
@@ -91,7 +91,7 @@ def make_total(root: Path, *, weights=True, skip=()) -> Path:
 
 # ------------------------------------------------------------------------------------ fast, numpy only
 def test_merge_later_parts_overwrite_earlier_ones():
-    from medseg.models.external.totalseg import merge
+    from medseg.adapters.totalseg import merge
 
     a = np.array([[0, 1, 2, 2]])  # part 1: labels 1..2 -> 1..2
     b = np.array([[3, 0, 1, 0]])  # part 2: labels 1..3 -> 3..5
@@ -103,8 +103,8 @@ def test_merge_later_parts_overwrite_earlier_ones():
 
 
 def test_combined_numbering_follows_part_order_and_dataset_json(tmp_path):
+    from medseg.adapters.totalseg import TASKS, combined_labels
     from medseg.labels import Label, LabelTable
-    from medseg.models.external.totalseg import TASKS, combined_labels
 
     def part(names, ds):
         return SimpleNamespace(labels=SimpleNamespace(table=LabelTable(ds, tuple(Label(i + 1, n) for i, n in enumerate(names))),
@@ -120,7 +120,7 @@ def test_combined_numbering_follows_part_order_and_dataset_json(tmp_path):
 
 
 def test_triple_split_slabs_put_back_every_slice_once():
-    from medseg.models.external.totalseg import SPLIT_MARGIN, slabs
+    from medseg.adapters.totalseg import SPLIT_MARGIN, slabs
 
     for n in (201, 240, 303):
         z = np.arange(n)
@@ -133,8 +133,8 @@ def test_triple_split_slabs_put_back_every_slice_once():
 
 
 def test_layout_is_found_from_the_home_folder_results_or_a_dataset(tmp_path):
-    from medseg.models import external
-    from medseg.models.external.totalseg import resolve
+    from medseg.adapters import formats as external
+    from medseg.adapters.totalseg import resolve
 
     home = make_total(tmp_path, weights=False)
     for p in (home, home / "nnunet", home / "nnunet" / "results"):
@@ -150,7 +150,7 @@ def test_layout_is_found_from_the_home_folder_results_or_a_dataset(tmp_path):
 
 
 def test_missing_parts_and_ambiguous_models_are_refused_with_one_line(tmp_path):
-    from medseg.models.external.totalseg import resolve
+    from medseg.adapters.totalseg import resolve
 
     home = make_total(tmp_path, weights=False, skip=(293, 295))
     with pytest.raises(CheckpointError) as err:
@@ -239,7 +239,7 @@ def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path,
 
 def test_tile_step_reaches_the_windows():
     """The tile step reaches the windows (it was always 0.5: TotalSegmentator's 0.8 ran as 0.5)."""
-    from medseg.models.external import nnunet_inference as nn
+    from medseg.adapters.nnunet import inference as nn
 
     assert [len(s) for s in nn.steps_for((73, 64, 53), (32, 32, 32), 0.8)] == [3, 3, 2]
     assert len(nn._slicers((73, 64, 53), (32, 32, 32), 0.8)) == 3 * 3 * 2
@@ -259,8 +259,8 @@ def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tm
     pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
     import nibabel as nib
 
+    from medseg.data.phantoms import make_phantom
     from medseg.inference.predictor import Predictor
-    from medseg.phantoms import make_phantom
 
     case = make_phantom(7, spacing=(2.0, 2.6, 3.2), flips=flips, oblique_deg=oblique, fov_mm=(84.0, 72.0, 60.0), noise_hu=0)
     path = tmp_path / "ct.nii.gz"
@@ -286,8 +286,8 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
     import nibabel as nib
 
+    from medseg.data.phantoms import make_phantom
     from medseg.inference.predictor import Predictor
-    from medseg.phantoms import make_phantom
 
     home = tmp_path / ".totalsegmentator"
     make_part(home / "nnunet" / "results", FAST[1], FAST[2], seed=5, spacing=3.0,
@@ -315,8 +315,8 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path, request):
     pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
     import nibabel as nib
 
+    from medseg.data.phantoms import make_phantom
     from medseg.inference.predictor import Predictor
-    from medseg.phantoms import make_phantom
 
     trained = request.getfixturevalue("nnunet_model")[0]  # after the importorskip: built only where nnunetv2 is
     home = tmp_path / "totalseg_home"

@@ -46,7 +46,7 @@ def _base_niftis():
     """Two small valid images (int16 with scaling, float32), as raw header bytes + data."""
     import nibabel as nib
 
-    from medseg.phantoms import make_phantom
+    from medseg.data.phantoms import make_phantom
 
     case = make_phantom(5, spacing=(8.0, 8.0, 10.0))
     hu = case.image.array
@@ -140,7 +140,7 @@ DICOM_EDITS = {
 
 
 def _dicom_series(root: Path) -> Path:
-    from medseg.phantoms import PhantomCase, make_phantom, write_dicom_series
+    from medseg.data.phantoms import PhantomCase, make_phantom, write_dicom_series
 
     case = make_phantom(9, spacing=(8.0, 8.0, 12.0))
     src = root / "dicom_base"
@@ -189,10 +189,10 @@ def _tiny_checkpoint(path: Path) -> Path:
     """An untrained tiny U-Net: its answers do not matter, only that inputs reach it safely."""
     import torch
 
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     cfg = config_from_dict({

@@ -69,9 +69,9 @@ def test_fuzzed_label_tables_read_or_refuse_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def rtstruct(tmp_path_factory):
-    from medseg.io.dicom import read_dicom_series
-    from medseg.io.rtstruct_write import write_rtstruct
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+    from medseg.io.dicom.series import read_dicom_series
+    from medseg.io.objects.rtstruct import write_rtstruct
 
     tmp = tmp_path_factory.mktemp("rt")
     case = make_phantom(3, fov_mm=(120.0, 100.0, 60.0), spacing=(2.0, 2.0, 4.0))
@@ -105,8 +105,8 @@ def _mutate(ds, rng: random.Random) -> None:
 
 
 def test_fuzzed_rtstruct_contours_read_or_refuse_in_bounded_memory(rtstruct, tmp_path):
-    from medseg.io.dicom import scan_inventory
-    from medseg.io.rtstruct import read_rtstruct
+    from medseg.io.dicom.series import scan_inventory
+    from medseg.io.objects.rtstruct import read_rtstruct
 
     folder, path = rtstruct
     inventory = scan_inventory(folder)  # scanned once: the fuzz is of the contours, not of the series

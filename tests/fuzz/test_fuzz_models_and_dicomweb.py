@@ -50,7 +50,7 @@ def test_fuzzed_nnunet_architectures_build_small_or_refuse_in_one_line():
     sys.path.insert(0, str(Path(__file__).parents[1] / "external"))
     from test_nnunet_loading import PLAIN_ARCH, _plans
 
-    from medseg.models.external.nnunet import architecture, build_network
+    from medseg.adapters.nnunet.folder import architecture, build_network
 
     rng = random.Random(SEED)
     outcomes = {"built": 0, "refused": 0}

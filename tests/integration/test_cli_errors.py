@@ -8,8 +8,8 @@ import pandas as pd
 from helpers import label_coded
 
 from medseg.cli import main
+from medseg.data.phantoms import make_phantom
 from medseg.io.readers import read_volume, write_volume
-from medseg.phantoms import make_phantom
 
 
 def _one_line_error(capsys, argv, needle):

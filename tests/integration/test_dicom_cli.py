@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
-from medseg.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "unit"))
 from test_dicom_scan import make_messy_export  # noqa: E402

@@ -24,8 +24,8 @@ import pytest
 from helpers import label_coded
 
 from medseg.api import predict, report
+from medseg.data.phantoms import make_phantom, write_dicom_series
 from medseg.io.readers import read_volume
-from medseg.phantoms import make_phantom, write_dicom_series
 
 BIN = Path(sys.executable).parent
 DCIODVFY = shutil.which("dciodvfy", path=str(BIN)) or shutil.which("dciodvfy")
@@ -142,8 +142,8 @@ def test_dcmqi_reads_the_sr_back_to_the_volumes_csv(written, name, tmp_path):
 
 def test_sr_uids_are_stable_for_a_seed_and_reference_the_seg(written, tmp_path):
     import medseg
-    from medseg.io.sr import write_measurement_report
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.data.phantoms import PHANTOM_LABELS
+    from medseg.io.objects.sr import write_measurement_report
     from medseg.reporting.volumes import structure_rows
 
     tmp, _ = written

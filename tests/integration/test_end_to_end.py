@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from medseg.cli import main
+from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
 from medseg.io.readers import read_volume
-from medseg.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
 
 REQUIRED_VOLUME_COLUMNS = ["case_id", "structure", "label", "status", "voxel_count", "volume_ml", "intensity_mean", "intensity_std"]
 

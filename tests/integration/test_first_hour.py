@@ -14,10 +14,10 @@ import pytest
 from helpers import label_coded
 
 from medseg.cli import main
+from medseg.data.phantoms import make_phantom, write_dicom_series
 from medseg.errors import InputError
 from medseg.inference.batch import expand_inputs
 from medseg.io.readers import write_label_map, write_volume
-from medseg.phantoms import make_phantom, write_dicom_series
 
 
 def _coded(seed: int, case_id: str, **kw):
@@ -145,7 +145,7 @@ def _cohort(tmp_path, n: int = 2):
     """A folder as `medseg phantoms` lays it out (images/, labels/, manifest.csv, manifest_labels.yaml), oracle-coded."""
     import yaml
 
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.data.phantoms import PHANTOM_LABELS
 
     root = tmp_path / "ph"
     for k in range(n):
@@ -194,8 +194,8 @@ def test_evaluate_against_a_converted_rtstruct_compares_structures_by_name(oracl
     import pandas as pd
     import yaml
 
-    from medseg.io.rtstruct_write import write_rtstruct
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.data.phantoms import PHANTOM_LABELS
+    from medseg.io.objects.rtstruct import write_rtstruct
 
     case, coded = _coded(70, "ct")
     export = tmp_path / "export"
@@ -308,8 +308,8 @@ def test_evaluate_pairs_predictions_with_converted_labels_by_series(oracle_check
     named by case: paired by the series each was made on, whatever the names' order; Dice by name."""
     import pandas as pd
 
-    from medseg.io.rtstruct_write import write_rtstruct
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.data.phantoms import PHANTOM_LABELS
+    from medseg.io.objects.rtstruct import write_rtstruct
 
     export = tmp_path / "export"
     for k, seed in enumerate((91, 92)):

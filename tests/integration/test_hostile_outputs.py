@@ -65,11 +65,11 @@ def kit(tmp_path_factory):
     """An oracle checkpoint on a 4 mm grid and a few label-coded phantoms (NIfTI and DICOM) to copy from."""
     from helpers import label_coded, register_oracle
 
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
     from medseg.io.readers import write_volume
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
+    from medseg.models.checkpoint import save_checkpoint
 
     register_oracle()
     root = tmp_path_factory.mktemp("hostile_kit")
@@ -163,13 +163,13 @@ def test_seg_failure_keeps_label_map_in_a_run_with_the_same_sidecar_schema(kit, 
 
 
 def test_a_seg_error_quoting_the_patient_name_is_recorded_without_it(kit, tmp_path, monkeypatch, caplog):
-    import medseg.io.seg
-    from medseg.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
+    import medseg.io.objects.seg
+    from medseg.data.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
 
     def refuse(*args, **kwargs):
         raise ValueError(f"value {PHANTOM_PATIENT_NAME!r} of PatientName (patient {PHANTOM_PATIENT_ID}) is invalid")
 
-    monkeypatch.setattr(medseg.io.seg, "write_dicom_seg", refuse)
+    monkeypatch.setattr(medseg.io.objects.seg, "write_dicom_seg", refuse)
     out = tmp_path / "out"
     assert main(["predict", "--no-progress", "--model", kit["model"], str(kit["dicom"]), "--out", str(out)]) == 0
     finding = json.loads((out / "dicom.json").read_text())["findings"][-1]
@@ -498,8 +498,8 @@ def test_alias_bombs_are_refused_in_pipelines_configs_and_set_values(kit, tmp_pa
 
 def test_report_and_evaluate_never_write_into_their_inputs(tmp_path):
     from medseg.cli import main
+    from medseg.data.phantoms import make_phantom, write_dicom_series
     from medseg.io.readers import write_label_map
-    from medseg.phantoms import make_phantom, write_dicom_series
 
     ph = make_phantom(41, case_id="r", spacing=(4.0, 4.0, 6.0))
     series = write_dicom_series(ph, tmp_path / "series", seed=1)

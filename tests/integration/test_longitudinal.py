@@ -10,8 +10,8 @@ import pydicom
 from helpers import label_coded
 
 from medseg.cli import main
+from medseg.data.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 from medseg.io.readers import write_label_map
-from medseg.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 
 
 def _no_identifiers(folder, *secrets):

@@ -12,14 +12,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medseg.dicom_manifest import manifest_from_dicom
-from medseg.io.dicom import read_dicom_series
+from medseg.data.dicom_manifest import manifest_from_dicom
+from medseg.data.manifest import read_manifest
+from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
+from medseg.io.dicom.series import read_dicom_series
+from medseg.io.objects.rtstruct import write_rtstruct
+from medseg.io.objects.seg import write_dicom_seg
 from medseg.io.readers import read_volume
-from medseg.io.rtstruct_write import write_rtstruct
-from medseg.io.seg import write_dicom_seg
 from medseg.labels import Label, LabelTable
-from medseg.manifest import read_manifest
-from medseg.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 
 
 def _series(root, name, seed, **kw):
@@ -124,7 +124,7 @@ def test_cli_from_dicom(export, tmp_path):
 
 
 def test_convert_label_objects_for_medseg_convert(export, tmp_path):
-    from medseg.dicom_manifest import convert_label_objects
+    from medseg.data.dicom_manifest import convert_label_objects
 
     ex, truth_a, truth_b = export
     rows = convert_label_objects(ex, tmp_path)

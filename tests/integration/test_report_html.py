@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from medseg.cli import main
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
 from medseg.io.readers import write_label_map, write_volume
 from medseg.io.volume import Volume
-from medseg.phantoms import PHANTOM_LABELS, make_phantom
 
 LIVER_RGB = (221, 130, 101)
 HEADER_RGB = (238, 238, 255)  # table header background in report.html

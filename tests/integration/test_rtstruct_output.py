@@ -6,9 +6,9 @@ import numpy as np
 from helpers import label_coded
 
 from medseg.cli import main
+from medseg.data.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
+from medseg.io.objects.rtstruct import read_rtstruct
 from medseg.io.readers import read_volume
-from medseg.io.rtstruct import read_rtstruct
-from medseg.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
 
 
 def _dice(a, b):

@@ -34,11 +34,11 @@ BAD = ("bad_nifti", "zz_bad_dicom")
 def cohort(tmp_path_factory):
     from helpers import label_coded, register_oracle
 
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
     from medseg.io.readers import write_volume
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
+    from medseg.models.checkpoint import save_checkpoint
 
     register_oracle()
     root = tmp_path_factory.mktemp("run_cohort")
@@ -78,8 +78,8 @@ def reference(cohort, tmp_path_factory):
 
 
 def test_failures_are_isolated_and_recorded(cohort, reference, capsys):
+    from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
     from medseg.io.readers import read_volume
-    from medseg.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
 
     out, code = reference
     assert code == 1  # done with failures

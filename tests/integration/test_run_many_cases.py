@@ -20,10 +20,10 @@ N_ROWS = 20_000
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.models.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("many_model")
     cfg = config_from_dict({"model": {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2]}},

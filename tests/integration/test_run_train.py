@@ -16,8 +16,8 @@ PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "train_and_ev
 
 @pytest.mark.slow
 def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
     from medseg.io.readers import write_label_map, write_volume
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom
 
     rows = []
     for i, split in enumerate(["train", "train", "val", "test"]):
@@ -57,9 +57,9 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_and_evaluate_on_a_multichannel_manifest(tmp_path):
     """Training stacks image, image_1...; the pipeline's predict stage must give the network the same channels."""
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
     from medseg.io.readers import write_label_map, write_volume
     from medseg.io.volume import Volume
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom
 
     rows = []
     for i, split in enumerate(["train", "train", "val", "test"]):

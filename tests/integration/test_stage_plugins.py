@@ -10,9 +10,9 @@ import pytest
 from helpers import label_coded
 
 from medseg.cli import main
+from medseg.data.phantoms import PhantomCase, make_phantom
 from medseg.errors import ConfigError
 from medseg.io.readers import write_volume
-from medseg.phantoms import PhantomCase, make_phantom
 from medseg.runner.pipeline import STAGE_TYPES, Stage, pipeline_from_dict, register_stage, stage_order
 
 

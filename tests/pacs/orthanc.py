@@ -306,7 +306,7 @@ class Study:
     birth_date: str
     accession: str
     study_date: str
-    phantom: object = field(repr=False, default=None)  # medseg.phantoms.PhantomCase (labels: the true answer)
+    phantom: object = field(repr=False, default=None)  # medseg.data.phantoms.PhantomCase (labels: the true answer)
 
     @property
     def identifiers(self) -> tuple[str, str, str]:
@@ -326,7 +326,7 @@ def write_study(folder: str | os.PathLike, n: int, *, spacing=(4.0, 4.0, 6.0), s
     from helpers import label_coded
     from pydicom.uid import generate_uid
 
-    from medseg.phantoms import PhantomCase, make_phantom, write_dicom_series
+    from medseg.data.phantoms import PhantomCase, make_phantom, write_dicom_series
 
     folder = Path(folder)
     seed = 900 + n if seed is None else seed
@@ -383,10 +383,10 @@ def oracle_checkpoint_file(path: str | os.PathLike) -> Path:
     """A checkpoint of the intensity oracle (label = round(HU / 100)) on a 4 mm grid, as tests/integration/test_run.py."""
     from helpers import register_oracle
 
-    from medseg.checkpoint import save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.models import create_model
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.models.checkpoint import save_checkpoint
 
     register_oracle()
     cfg = config_from_dict({"model": {"name": "test_intensity_oracle"},

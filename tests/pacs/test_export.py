@@ -196,11 +196,11 @@ def test_seg_and_rtstruct_uids_follow_the_seed(tmp_path):
     import numpy as np
     import pydicom
 
+    from medseg.data.phantoms import PHANTOM_LABELS
+    from medseg.io.objects.rtstruct import write_rtstruct
+    from medseg.io.objects.seg import write_dicom_seg
     from medseg.io.readers import read_volume
-    from medseg.io.rtstruct_write import write_rtstruct
-    from medseg.io.seg import write_dicom_seg
     from medseg.io.volume import Volume
-    from medseg.phantoms import PHANTOM_LABELS
 
     from .orthanc import write_study
 

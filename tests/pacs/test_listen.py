@@ -268,7 +268,7 @@ def test_results_of_a_received_study_arrive_in_orthanc(orthanc, pacs_oracle, tmp
 # --- in-process: store statuses, recovery, the predictor cache -------------------------------------------------
 
 def _in_process_node(out, model, **kw):
-    from medseg.pacs.listen import ListenConfig, Listener
+    from medseg.service.listen import ListenConfig, Listener
 
     cfg = ListenConfig(ae_title="MEDSEG", port=free_port(), pipeline=PIPELINE, out=str(out),
                        overrides=(f"predict.model={model}",), quiet_seconds=kw.pop("quiet", 60.0), **kw)
@@ -373,7 +373,7 @@ def test_spool_recover_requeues_cut_short_studies_and_keeps_done_ones(tmp_path):
 
 
 def test_the_predictor_is_loaded_once_while_kept(pacs_oracle):
-    from medseg.checkpoint import load_checkpoint
+    from medseg.models.checkpoint import load_checkpoint
     from medseg.runner.pipeline import load_pipeline
     from medseg.runner.stages import RunContext, keep_predictors, load_predictor
 
@@ -408,7 +408,7 @@ def test_one_listener_per_directory(pacs_oracle, tmp_path):
     out = tmp_path / "node"
     node, stop, t = _in_process_node(out, pacs_oracle)
     try:
-        from medseg.pacs.listen import ListenConfig, Listener
+        from medseg.service.listen import ListenConfig, Listener
 
         second = Listener(ListenConfig(ae_title="MEDSEG", port=free_port(), pipeline=PIPELINE, out=str(out),
                                        overrides=(f"predict.model={pacs_oracle}",)))

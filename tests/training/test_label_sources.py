@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from medseg.config import config_from_dict, load_config
-from medseg.dataset_import import manifest_from_folder
+from medseg.data.dataset_import import manifest_from_folder
+from medseg.data.label_sources import read_itksnap, read_labels_csv, read_seg_nrrd_names, table_for_manifest
+from medseg.data.manifest import read_manifest
 from medseg.errors import ConfigError, InputError
-from medseg.label_sources import read_itksnap, read_labels_csv, read_seg_nrrd_names, table_for_manifest
-from medseg.manifest import read_manifest
 from medseg.training.planning import plan
 
 
@@ -210,7 +210,7 @@ def test_plan_with_a_model_preset_takes_its_architecture_and_recipe(tmp_path):
 
 
 def test_plan_mirrors_only_when_no_structure_has_a_side(tmp_path):
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.training.planning import has_sides
 
     assert has_sides(PHANTOM_LABELS)  # kidney_right / kidney_left

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medseg.dataset_import import manifest_from_folder
+from medseg.data.dataset_import import manifest_from_folder
+from medseg.data.manifest import image_columns, read_manifest
+from medseg.data.phantoms import PHANTOM_LABELS
 from medseg.errors import InputError
 from medseg.labels import LabelTable
-from medseg.manifest import image_columns, read_manifest
-from medseg.phantoms import PHANTOM_LABELS
 
 
 def _nii(path, shape=(8, 8, 8), value=0, affine=None):
@@ -89,9 +89,9 @@ def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
     import torch
 
     from medseg.config import load_config
+    from medseg.data.phantoms import make_phantom
     from medseg.io.readers import write_label_map, write_volume
     from medseg.io.volume import LPS_TO_RAS
-    from medseg.phantoms import make_phantom
     from medseg.training.planning import fingerprint, plan
     from medseg.transforms.presets import deterministic_transforms
 

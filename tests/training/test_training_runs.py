@@ -54,7 +54,7 @@ def test_fold_validation_and_a_moved_run_directory(tiny_cohort, write_config, tm
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["fold"] == 1 and sorted(info["val_cases"]) == ["c1"] and sorted(info["train_cases"]) == ["c0", "c2"]
     assert (tmp_path / "run" / "training_curve.png").stat().st_size > 1000
-    from medseg.checkpoint import load_checkpoint
+    from medseg.models.checkpoint import load_checkpoint
 
     profile = load_checkpoint(tmp_path / "run" / "best.pt")["input_profile"]  # what the quality verdicts compare with
     assert profile["n_cases"] == 2 and set(profile["structures"]) == {"liver", "spleen", "kidney_right", "kidney_left"}

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from medseg.checkpoint import build_model, load_checkpoint
 from medseg.errors import CheckpointError
 from medseg.inference.predictor import Predictor
 from medseg.labels import Label, LabelTable
+from medseg.models.checkpoint import build_model, load_checkpoint
 
 
 def test_checkpoint_loads_weights_only_with_provenance(oracle_checkpoint):

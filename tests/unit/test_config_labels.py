@@ -1,9 +1,9 @@
 import pytest
 
 from medseg.config import CONFIG_ROOT, config_from_dict, load_config
+from medseg.data.phantoms import PHANTOM_LABELS
 from medseg.errors import ConfigError
 from medseg.labels import LabelTable
-from medseg.phantoms import PHANTOM_LABELS
 
 
 def test_shipped_phantom_label_table_matches_the_generator():

@@ -6,12 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 
+from medseg.data.phantoms import PhantomCase, make_phantom, write_dicom_series
 from medseg.errors import GeometryError
-from medseg.io.dicom import read_dicom_series, scan_inventory
-from medseg.io.dicom_geometry import GeometryPolicy
+from medseg.io.dicom.geometry import GeometryPolicy
+from medseg.io.dicom.series import read_dicom_series, scan_inventory
 from medseg.io.geometry import align_to
 from medseg.io.volume import Volume
-from medseg.phantoms import PhantomCase, make_phantom, write_dicom_series
 
 RESAMPLE = GeometryPolicy(irregular="resample")
 

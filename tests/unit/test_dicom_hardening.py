@@ -28,13 +28,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from medseg.data.phantoms import make_phantom, write_dicom_series
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.io.dicom import read_dicom_series, scan_inventory
-from medseg.io.dicom_convert import convert_folder
-from medseg.io.dicom_geometry import GeometryPolicy
+from medseg.io.dicom.convert import convert_folder
+from medseg.io.dicom.geometry import GeometryPolicy
+from medseg.io.dicom.series import read_dicom_series, scan_inventory
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
-from medseg.phantoms import make_phantom, write_dicom_series
 from medseg.provenance import peak_rss_mb, reset_peak_rss
 
 sitk = pytest.importorskip("SimpleITK")
@@ -186,7 +186,7 @@ def test_dicomdir_is_used_and_its_files_need_no_extension(tmp_path, dicomdir_cas
     assert vol.meta["n_image_series_in_folder"] == 1
     np.testing.assert_array_equal(align_to(vol, dicomdir_case.image).array, dicomdir_case.image.array)
 
-    from medseg.io.dicom_monai import MedsegDicomReader
+    from medseg.io.dicom.monai_reader import MedsegDicomReader
 
     reader = MedsegDicomReader()
     assert reader.verify_suffix(str(media / "DICOMDIR")) and not reader.verify_suffix(str(next(iter(files))))

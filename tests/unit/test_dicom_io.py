@@ -3,10 +3,10 @@ import os
 import numpy as np
 import pytest
 
+from medseg.data.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 from medseg.errors import GeometryError, InputError
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume, write_volume
-from medseg.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 
 
 @pytest.fixture(scope="module")

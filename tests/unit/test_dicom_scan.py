@@ -7,13 +7,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from medseg.data.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 from medseg.errors import InputError
-from medseg.io.dicom import read_dicom_series, scan_inventory
-from medseg.io.dicom_scan import pseudonym
-from medseg.io.dicom_select import SelectionRule
+from medseg.io.dicom.scan import pseudonym
+from medseg.io.dicom.select import SelectionRule
+from medseg.io.dicom.series import read_dicom_series, scan_inventory
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
-from medseg.phantoms import PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 
 
 def make_messy_export(root, big, small):
@@ -120,7 +120,7 @@ def test_file_without_preamble_is_read(tmp_path):
 def test_monai_loadimaged_reads_dicom_folders_like_nifti(tmp_path, phantoms):
     from monai.transforms import LoadImaged
 
-    from medseg.io.dicom_monai import MedsegDicomReader, register_with_monai
+    from medseg.io.dicom.monai_reader import MedsegDicomReader, register_with_monai
     from medseg.io.readers import write_volume
 
     big = phantoms[0]

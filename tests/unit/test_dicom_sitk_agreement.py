@@ -12,10 +12,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medseg.io.dicom import read_dicom_series
+from medseg.data.phantoms import PhantomCase, make_phantom, write_dicom_series
+from medseg.io.dicom.series import read_dicom_series
 from medseg.io.geometry import align_to
 from medseg.io.volume import LPS_TO_RAS, Volume
-from medseg.phantoms import PhantomCase, make_phantom, write_dicom_series
 
 sitk = pytest.importorskip("SimpleITK")
 

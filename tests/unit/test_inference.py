@@ -8,12 +8,12 @@ import pytest
 import torch
 from helpers import label_coded
 
+from medseg.data.phantoms import make_phantom
 from medseg.errors import CheckpointError, InputError
 from medseg.inference.labels_from_scores import first_argmax, labels_from_scores
 from medseg.inference.predictor import Predictor
 from medseg.inference.sliding_window import WindowRunner, resolve_amp, window_scores
 from medseg.io.volume import Volume
-from medseg.phantoms import make_phantom
 from medseg.transforms.spatial import resample
 
 
@@ -131,9 +131,9 @@ def test_batch_writes_sidecar_probabilities_and_seg(oracle_checkpoint, tmp_path)
 
     import nibabel as nib
 
+    from medseg.data.phantoms import PhantomCase, write_dicom_series
     from medseg.inference.batch import predict_many
     from medseg.io.readers import write_volume
-    from medseg.phantoms import PhantomCase, write_dicom_series
 
     case = make_phantom(53, spacing=(2.0, 2.0, 4.0), flips=(False, True, True))
     coded = case.labels.with_array(label_coded(case).array)

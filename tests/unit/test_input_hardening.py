@@ -19,12 +19,12 @@ import pytest
 import torch
 from helpers import label_coded
 
+from medseg.data.phantoms import make_phantom
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
 from medseg.inference.predictor import Predictor
 from medseg.inference.sliding_window import WindowRunner
 from medseg.io.readers import DEFLATE_MAX_RATIO, MAX_VOXELS, max_voxels, read_volume
 from medseg.io.volume import Volume, check_affine, count_nonfinite
-from medseg.phantoms import make_phantom
 
 
 def write_raw_nifti(path, array, *, srow=None, sform_code=0, qform_code=0, pixdim=(1.0, 1.0, 1.0), shape=None,
@@ -342,7 +342,7 @@ def _edited(oracle_checkpoint, tmp_path, name, edit):
 
 
 def test_label_table_larger_than_the_network_is_refused_at_load(oracle_checkpoint, tmp_path):
-    from medseg.checkpoint import load_checkpoint
+    from medseg.models.checkpoint import load_checkpoint
 
     def more_labels(ckpt):
         ckpt["labels"]["labels"].append({"index": 40, "name": "extra"})
@@ -363,7 +363,7 @@ def test_label_table_larger_than_the_network_is_refused_at_load(oracle_checkpoin
     ("no_model_keys.pt", lambda c: c.update(model={"name": "unet"}), "'model' entry needs"),
 ])
 def test_inconsistent_checkpoints_are_refused_at_load(oracle_checkpoint, tmp_path, name, edit, match):
-    from medseg.checkpoint import load_checkpoint
+    from medseg.models.checkpoint import load_checkpoint
 
     with pytest.raises(CheckpointError, match=match) as err:
         load_checkpoint(_edited(oracle_checkpoint, tmp_path, name, edit))

@@ -65,9 +65,9 @@ def test_report_cli_gives_one_line_for_a_careless_table(tmp_path, capsys):
 
 
 def _phantom_rtstruct(tmp_path):
-    from medseg.io.dicom import read_dicom_series
-    from medseg.io.rtstruct_write import write_rtstruct
-    from medseg.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+    from medseg.data.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+    from medseg.io.dicom.series import read_dicom_series
+    from medseg.io.objects.rtstruct import write_rtstruct
 
     case = make_phantom(3, fov_mm=(120.0, 100.0, 60.0), spacing=(2.0, 2.0, 4.0), flips=(False, False, False))
     folder = write_dicom_series(case, tmp_path / "ct")
@@ -76,7 +76,7 @@ def _phantom_rtstruct(tmp_path):
 
 
 def test_nameless_rois_keep_their_contours(tmp_path):
-    from medseg.io.rtstruct import read_rtstruct
+    from medseg.io.objects.rtstruct import read_rtstruct
 
     folder, labels, ds = _phantom_rtstruct(tmp_path)
     rois = ds.StructureSetROISequence
@@ -96,8 +96,7 @@ def test_nameless_rois_keep_their_contours(tmp_path):
 
 
 def test_nameless_seg_segment_keeps_its_pixels(tmp_path):
-    from medseg.io.seg import write_dicom_seg
-    from medseg.io.seg_read import read_dicom_seg
+    from medseg.io.objects.seg import read_dicom_seg, write_dicom_seg
 
     folder, labels, _ = _phantom_rtstruct(tmp_path)
     labels = labels.with_array((labels.array == 1).astype(np.uint8))

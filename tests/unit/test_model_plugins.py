@@ -77,10 +77,10 @@ def test_a_fresh_process_sees_the_plugin(plugin_on_path):
 def test_model_metadata_is_typed_and_renamed_models_still_load(tmp_path):
     import pytest
 
-    from medseg.checkpoint import build_model, load_checkpoint, save_checkpoint
     from medseg.config import config_from_dict
+    from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.models import MODELS, ModelSpec, create_model, model_info
-    from medseg.phantoms import PHANTOM_LABELS
+    from medseg.models.checkpoint import build_model, load_checkpoint, save_checkpoint
 
     with pytest.raises(ValueError, match="unexpected keyword argument 'divisr'"):
         MODELS.register("test_typo_model", divisr=8)(lambda **kw: None)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError, UnknownComponentError
+from medseg.inference.crf import crf_refine
 from medseg.models import MODELS, create_model, list_models, model_info, param_count
-from medseg.models.crf import crf_refine
 from medseg.models.slicewise import SliceWise
 
 FAMILIES = {"unet", "unet_classic", "unet_attention", "unet_plain", "fcn32s", "fcn16s", "fcn8s", "deeplabv3", "deeplabv3plus"}

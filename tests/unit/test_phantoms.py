@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medseg.phantoms import PHANTOM_LABELS, make_phantom
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
 
 
 def test_same_seed_same_case_and_truth_counts_match_label_map(coarse_phantom):
@@ -58,7 +58,7 @@ def test_cohort_drawn_in_threads_equals_the_serial_one(tmp_path, monkeypatch):
     import nibabel as nib
     import pandas as pd
 
-    import medseg.phantoms as ph
+    import medseg.data.phantoms as ph
 
     real = ph.make_phantom
     monkeypatch.setattr(ph, "make_phantom", lambda seed, case_id: real(seed, case_id=case_id, spacing=(4.0, 4.0, 5.0)))

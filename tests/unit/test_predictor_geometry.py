@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from helpers import label_coded
 
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
 from medseg.inference.predictor import Predictor
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
-from medseg.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
 from medseg.reporting.metrics import dice
 
 GRIDS = {
@@ -62,7 +62,7 @@ def test_prediction_sits_on_the_input_grid(oracle, grid):
 def test_dicom_input_prediction_sits_on_the_dicom_grid(oracle, tmp_path):
     case = make_phantom(32, spacing=(1.4, 1.4, 3.0), flips=(True, False, True))
     coded = case.labels.with_array(label_coded(case).array)
-    from medseg.phantoms import PhantomCase
+    from medseg.data.phantoms import PhantomCase
 
     folder = write_dicom_series(PhantomCase(case.case_id, coded, case.labels, case.voxel_counts), tmp_path / "d")
     _check(oracle, read_volume(folder), case.labels)

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
 from medseg.io.volume import Volume
 from medseg.labels import Label, LabelTable
-from medseg.phantoms import PHANTOM_LABELS, make_phantom
 from medseg.reporting import cohort, quality
 from medseg.reporting.volumes import structure_rows
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
 from medseg.io.volume import Volume
-from medseg.phantoms import PHANTOM_LABELS, make_phantom
 from medseg.reporting.metrics import dice, metric_rows
 from medseg.reporting.volumes import structure_rows, volumes_frame
 

@@ -6,14 +6,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 from medseg.errors import InputError
-from medseg.io.contours import fill_polygons, mask_contours
-from medseg.io.dicom import read_dicom_series
-from medseg.io.roi_names import NameMatcher, canonical_name, table_from_names
-from medseg.io.rtstruct import read_rtstruct
-from medseg.io.rtstruct_write import write_rtstruct
+from medseg.io.dicom.series import read_dicom_series
+from medseg.io.objects.contours import fill_polygons, mask_contours
+from medseg.io.objects.roi_names import NameMatcher, canonical_name, table_from_names
+from medseg.io.objects.rtstruct import read_rtstruct, write_rtstruct
 from medseg.labels import Label, LabelTable
-from medseg.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
 
 # Typical CT grids (in-plane 0.7-1 mm, slices 1.5-5 mm), every one non-square (columns != rows).
 GRIDS = {

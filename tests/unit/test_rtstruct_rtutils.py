@@ -14,10 +14,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.io.rtstruct import read_rtstruct
-from medseg.io.rtstruct_write import write_rtstruct
+from medseg.data.phantoms import PHANTOM_LABELS
+from medseg.io.objects.rtstruct import read_rtstruct, write_rtstruct
 from medseg.io.volume import LPS_TO_RAS
-from medseg.phantoms import PHANTOM_LABELS
 
 rt_utils = pytest.importorskip("rt_utils")
 

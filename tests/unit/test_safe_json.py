@@ -54,7 +54,7 @@ def _nnunet_folder(root, plans_text: str, dataset_text: str | None = None):
 
 @pytest.mark.parametrize("which", ["plans.json", "dataset.json"])
 def test_nnunet_folder_with_deep_json_gives_one_line(tmp_path, which):
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     folder = _nnunet_folder(tmp_path, DEEP if which == "plans.json" else "{}", DEEP if which == "dataset.json" else None)
     with pytest.raises(MedsegError, match="nested more than") as exc:
@@ -64,7 +64,7 @@ def test_nnunet_folder_with_deep_json_gives_one_line(tmp_path, which):
 
 def test_monai_bundle_with_deep_json_gives_one_line(tmp_path):
     pytest.importorskip("monai")
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "models").mkdir()
@@ -85,9 +85,9 @@ def test_cli_reports_a_deep_plans_json_in_one_line(tmp_path, capsys):
 
 
 def test_training_data_dataset_json_is_bounded_too(tmp_path):
-    from medseg.dataset_import import manifest_from_folder
+    from medseg.data.dataset_import import manifest_from_folder
+    from medseg.data.label_sources import read_dataset_json
     from medseg.errors import InputError
-    from medseg.label_sources import read_dataset_json
 
     (tmp_path / "dataset.json").write_text('{"labels": ' + DEEP + "}")
     with pytest.raises(safe_json.UnsafeJSONError, match="nested more than"):

@@ -14,11 +14,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from medseg.data.phantoms import make_phantom, write_dicom_series
 from medseg.errors import InputError
-from medseg.io.dicom import read_dicom_series
-from medseg.io.seg import write_dicom_seg
+from medseg.io.dicom.series import read_dicom_series
+from medseg.io.objects.seg import write_dicom_seg
 from medseg.labels import Label, LabelTable
-from medseg.phantoms import make_phantom, write_dicom_series
 
 LIVER = LabelTable("t", (Label(1, "liver"),))
 
@@ -73,7 +73,7 @@ def _many_segments(seg_path, out, n):
 
 
 def test_fractional_maximum_zero_is_one_line(tmp_path):
-    from medseg.io.seg_read import read_dicom_seg
+    from medseg.io.objects.seg import read_dicom_seg
 
     folder, _ = _series(tmp_path, "ct", 2)
     path = _fractional_seg(folder, tmp_path / "frac0.dcm", max_value=0)
@@ -84,7 +84,7 @@ def test_fractional_maximum_zero_is_one_line(tmp_path):
 
 def test_fractional_values_over_the_maximum_are_one_line(tmp_path):
     """A declared maximum of 10 with frames holding 204: highdicom's RuntimeError becomes one InputError."""
-    from medseg.io.seg_read import read_dicom_seg
+    from medseg.io.objects.seg import read_dicom_seg
 
     folder, _ = _series(tmp_path, "ct", 2)
     path = _fractional_seg(folder, tmp_path / "frac10.dcm", max_value=10)
@@ -95,7 +95,7 @@ def test_fractional_values_over_the_maximum_are_one_line(tmp_path):
 def test_seg_declaring_more_segments_than_allowed_is_refused_from_the_header(tmp_path, monkeypatch):
     """2,000 declared segments over 12 frames: refused before highdicom indexes it (10,000 took 40 s to index and
     58 s to read one segment of; now about a second for the header)."""
-    from medseg.io.seg_read import read_dicom_seg, seg_header
+    from medseg.io.objects.seg import read_dicom_seg, seg_header
 
     folder, vol = _series(tmp_path, "ct", 2)
     many = _many_segments(_binary_seg(folder, vol, tmp_path / "one.dcm"), tmp_path / "many.dcm", 2000)
@@ -112,7 +112,7 @@ def test_seg_declaring_more_segments_than_allowed_is_refused_from_the_header(tmp
 
 
 def test_manifest_lists_hostile_segs_as_unpaired_and_keeps_the_good_case(tmp_path):
-    from medseg.dicom_manifest import manifest_from_dicom
+    from medseg.data.dicom_manifest import manifest_from_dicom
 
     ex = tmp_path / "EXPORT"
     a, vol_a = _series(ex, "a", 1)

@@ -4,10 +4,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from medseg.data.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
 from medseg.io.geometry import align_to
+from medseg.io.objects.seg import write_dicom_seg
 from medseg.io.readers import read_volume
-from medseg.io.seg import write_dicom_seg
-from medseg.phantoms import PHANTOM_LABELS, make_phantom, write_dicom_series
 
 
 @pytest.mark.parametrize("flips,oblique", [((True, False, True), 0.0), ((False, True, False), 20.0)])

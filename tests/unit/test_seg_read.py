@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from test_rtstruct import phantom_series  # same folder (pytest puts it on sys.path)
 
-from medseg.io.seg import write_dicom_seg
-from medseg.io.seg_read import read_dicom_seg
+from medseg.data.phantoms import PHANTOM_LABELS
+from medseg.io.objects.seg import read_dicom_seg, write_dicom_seg
 from medseg.labels import Label, LabelTable
-from medseg.phantoms import PHANTOM_LABELS
 
 
 @pytest.mark.parametrize("grid", ["flipped", "oblique"])

@@ -46,8 +46,8 @@ def test_blocker_hides_the_packages(tmp_path):
 
 def test_nnunet_tests_skip_with_a_reason_without_nnunetv2(tmp_path):
     env = _env(tmp_path)
-    r = subprocess.run([sys.executable, "-c", "import medseg.api, medseg.models.external, medseg.models.external.nnunet, "
-                        "medseg.models.external.totalseg"], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", "import medseg.api, medseg.adapters.formats, medseg.adapters.nnunet.folder, "
+                        "medseg.adapters.totalseg"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "not slow", *FILES],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

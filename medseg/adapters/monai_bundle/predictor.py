@@ -32,8 +32,8 @@ class BundlePredictor(Predictor):
     def __init__(self, bundle, *, device=None, progress: bool = False, inference: dict | None = None):
         import torch
 
+        from medseg.adapters.monai_bundle import bundle as mb
         from medseg.inference.sliding_window import default_device
-        from medseg.models.external import monai_bundle as mb
 
         overrides = {k: v for k, v in dict(inference or {}).items() if v is not None}
         unknown = set(overrides) - set(BUNDLE_OPTIONS)
@@ -97,7 +97,7 @@ class BundlePredictor(Predictor):
         from monai.data import MetaTensor
         from monai.transforms import AsDiscreted, Invertd
 
-        from medseg.models.external import monai_bundle as mb
+        from medseg.adapters.monai_bundle import bundle as mb
 
         b = self.bundle
         t0 = time.monotonic()
@@ -178,7 +178,7 @@ class BundlePredictor(Predictor):
 
 
 def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
-    from medseg.models.external.monai_bundle import load_bundle
+    from medseg.adapters.monai_bundle.bundle import load_bundle
 
     if folds is not None or checkpoint != "final":
         raise CheckpointError("folds/checkpoint choose nnU-Net weights; a MONAI bundle has one models/model.pt", path=Path(path))
@@ -192,7 +192,7 @@ def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="fi
 def run_summary(path) -> dict:
     """What ``medseg run`` records of a bundle before any case runs: path, one hash over the config,
     metadata.json and model.pt, model name and labels (the bundle is read and checked, weights-only)."""
-    from medseg.models.external.monai_bundle import bundle_sha256, load_bundle
+    from medseg.adapters.monai_bundle.bundle import bundle_sha256, load_bundle
 
     bundle = load_bundle(path)
     return {"path": str(bundle.folder), "file_sha256": bundle_sha256(bundle), "weights_sha256": None,

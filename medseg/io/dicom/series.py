@@ -2,11 +2,11 @@
 
 A folder (any tree, any file names, several studies and series, non-image
 objects, broken files, bad symbolic links; a DICOMDIR is used, and a DICOMDIR
-file may be given instead of its folder) is scanned header-only (``medseg.io.dicom_scan``); each
+file may be given instead of its folder) is scanned header-only (``medseg.io.dicom.scan``); each
 image series is planned into regular stacks with every geometry decision
-recorded (``medseg.io.dicom_geometry``); a rule picks the stack to segment
-(``medseg.io.dicom_select``); only then is pixel data decoded
-(``medseg.io.dicom_pixels``).
+recorded (``medseg.io.dicom.geometry``); a rule picks the stack to segment
+(``medseg.io.dicom.select``); only then is pixel data decoded
+(``medseg.io.dicom.pixels``).
 
 Slices are sorted by their position along the slice normal (not by
 InstanceNumber or file name), the slice spacing comes from those positions (not
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import GeometryError, InputError
-from medseg.io.dicom_geometry import GeometryPolicy, plan_series
-from medseg.io.dicom_scan import ScanResult, is_dicomdir_file, iter_files, looks_like_dicom, scan_folder
-from medseg.io.dicom_select import Candidate, SelectionRule, select
+from medseg.io.dicom.geometry import GeometryPolicy, plan_series
+from medseg.io.dicom.scan import ScanResult, is_dicomdir_file, iter_files, looks_like_dicom, scan_folder
+from medseg.io.dicom.select import Candidate, SelectionRule, select
 from medseg.io.volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def scan_inventory(folder: str | os.PathLike, *, policy: GeometryPolicy | None =
 def volume_from_candidate(c: Candidate, source: str, *, selection: dict | None = None,
                           with_identifiers: bool = False) -> Volume:
     """Decode and stack one planned candidate; a refused plan raises ``GeometryError`` with its reason."""
-    from medseg.io.dicom_pixels import build_array
+    from medseg.io.dicom.pixels import build_array
 
     plan, s = c.plan, c.series
     if plan.refused:

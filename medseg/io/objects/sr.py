@@ -70,7 +70,7 @@ def write_measurement_report(seg_path: str | os.PathLike, rows: list[dict], tabl
                              verdicts: dict | None = None, modality: str | None = None) -> Path:
     """Write the TID 1500 report of ``rows`` (``medseg.reporting.volumes.structure_rows`` of the case) at ``path``.
 
-    ``seg_path``: the case's SEG (segment ``n`` is the ``n``-th structure of ``table``, as ``medseg.io.seg``
+    ``seg_path``: the case's SEG (segment ``n`` is the ``n``-th structure of ``table``, as ``medseg.io.objects.seg``
     writes it). Structures absent from the label map get no group. ``verdicts``: structure name -> ``pass``,
     ``review`` or ``fail`` (the quality verdict), written as a qualitative evaluation. ``modality``: the source
     series' (HU statistics only for CT); default: from the SOP class of the images the SEG references.

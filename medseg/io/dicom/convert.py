@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def write_inventory(folder, out_csv, *, policy=None, progress=False, with_identifiers=False, salt=None):
     """Scan ``folder`` and write the two inventory CSVs. Returns ``(inventory, series_csv, files_csv)``."""
     from medseg.io.atomic import write_csv
-    from medseg.io.dicom import scan_inventory
+    from medseg.io.dicom.series import scan_inventory
 
     inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
     series, files = inv.tables(with_identifiers=with_identifiers)
@@ -38,7 +38,7 @@ class ConvertResult:
     outputs: list = field(default_factory=list)  # NIfTI paths written
     refused: dict = field(default_factory=dict)  # stack key -> reason
     inventory: object = None  # the header scan the conversion used (label objects are paired from it)
-    label_maps: list = field(default_factory=list)  # RTSTRUCT/SEG rows from medseg.dicom_manifest.convert_label_objects
+    label_maps: list = field(default_factory=list)  # RTSTRUCT/SEG rows from medseg.data.dicom_manifest.convert_label_objects
 
     @property
     def exit_code(self) -> int:
@@ -53,7 +53,7 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
 
     import medseg
     from medseg.io.atomic import write_csv, write_json
-    from medseg.io.dicom import no_images_error, scan_inventory, source_folder, volume_from_candidate
+    from medseg.io.dicom.series import no_images_error, scan_inventory, source_folder, volume_from_candidate
     from medseg.io.readers import write_volume
     from medseg.progress import progress_bar as tqdm
 

@@ -1,7 +1,7 @@
 """``medseg models import``: a model folder of another tool as one portable medseg file.
 
 An nnU-Net v2 trained-model folder (``plans.json``, ``dataset.json``, ``fold_N/checkpoint_*.pth``) or a
-TotalSegmentator results folder (its task's parts, see ``medseg.models.external.totalseg``) is read and
+TotalSegmentator results folder (its task's parts, see ``medseg.adapters.totalseg``) is read and
 checked as ``medseg predict --model DIR`` reads it, and written as one ``torch.save`` file of plain data:
 
     {"medseg_external_model": 1, "kind": "nnunet" | "totalsegmentator", "labels": {...},
@@ -62,9 +62,9 @@ def import_model(path, out, *, folds=None, checkpoint: str = "final", force: boo
     unless ``force``). Returns ``out``."""
     import torch
 
-    from medseg.checkpoint import versions
+    from medseg.adapters import formats as external
     from medseg.io.atomic import atomic_path
-    from medseg.models import external
+    from medseg.models.checkpoint import versions
     from medseg.provenance import to_plain
 
     src, target = Path(path), Path(out)
@@ -78,14 +78,14 @@ def import_model(path, out, *, folds=None, checkpoint: str = "final", force: boo
     if target.resolve() == src.resolve() or src.resolve() in target.resolve().parents:
         raise OutputError("--out lies inside the model folder being imported; write it elsewhere", path=target)
     if fmt.name == "nnunet":
-        from medseg.models.external.nnunet import load_nnunet_folder
-        from medseg.models.external.nnunet_predictor import folder_sha256
+        from medseg.adapters.nnunet.folder import load_nnunet_folder
+        from medseg.adapters.nnunet.predictor import folder_sha256
 
         model = load_nnunet_folder(src, folds=folds, checkpoint=checkpoint)
         entries = [_model_entry(model, f"{src.parent.name or 'Dataset'}/{src.name}")]
         labels, sha = model.labels.table, folder_sha256(model)
     else:
-        from medseg.models.external import totalseg
+        from medseg.adapters import totalseg
 
         task, parts = totalseg.load_parts(src, folds=folds, checkpoint=checkpoint)
         entries = [_model_entry(m, f"{m.folder.parent.name}/{m.folder.name}") for m in parts]
@@ -155,7 +155,7 @@ def _checkpoint_kind(data: dict) -> str:
 
 def predictor(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
     """The imported model's predictor: the same code as for its folder, on the folder recreated from the file."""
-    from medseg.checkpoint import file_sha256
+    from medseg.models.checkpoint import file_sha256
 
     data = _load(path)
     if checkpoint != "final" and checkpoint != _checkpoint_kind(data):
@@ -164,9 +164,9 @@ def predictor(path, *, device=None, progress=False, folds=None, checkpoint="fina
     with tempfile.TemporaryDirectory(prefix="medseg-import-") as tmp:
         folder = _materialise(data, Path(tmp), path)
         if data["kind"] == "nnunet":
-            from medseg.models.external.nnunet_predictor import from_folder
+            from medseg.adapters.nnunet.predictor import from_folder
         else:
-            from medseg.models.external.totalseg import from_folder
+            from medseg.adapters.totalseg import from_folder
         pred = from_folder(folder, device=device, progress=progress, folds=folds, checkpoint=_checkpoint_kind(data),
                            expected_labels=expected_labels, **inference)
     pred.provenance.update({"model_path": str(path), "model_sha256": file_sha256(path), "imported_from": data["source"],
@@ -175,15 +175,15 @@ def predictor(path, *, device=None, progress=False, folds=None, checkpoint="fina
 
 
 def run_summary(path) -> dict:
-    from medseg.checkpoint import file_sha256
+    from medseg.models.checkpoint import file_sha256
 
     data = _load(path)
     with tempfile.TemporaryDirectory(prefix="medseg-import-") as tmp:
         folder = _materialise(data, Path(tmp), path)
         if data["kind"] == "nnunet":
-            from medseg.models.external.nnunet_predictor import run_summary as summary
+            from medseg.adapters.nnunet.predictor import run_summary as summary
         else:
-            from medseg.models.external.totalseg import run_summary as summary
+            from medseg.adapters.totalseg import run_summary as summary
         out = summary(folder)
     out.update({"path": str(path), "file_sha256": file_sha256(path)})
     return out

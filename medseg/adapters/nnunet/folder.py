@@ -24,7 +24,7 @@ pure-PyTorch package nnU-Net builds them with), an optional dependency:
 Its state-dict keys are nnU-Net's, so the weights load exactly.
 
 Preprocessing, sliding windows and export follow nnU-Net: see
-``medseg.models.external.nnunet_inference``.
+``medseg.adapters.nnunet.inference``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.adapters import network_bounds as nb
 from medseg.errors import CheckpointError, OptionalDependencyError
 from medseg.io.limits import max_voxels
 from medseg.labels import Label, LabelTable
-from medseg.models.external import network_bounds as nb
 
 CHECKPOINT_NAMES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
 SUPPORTED_NETWORKS = {
@@ -72,7 +72,7 @@ _INSTALL = "pip install dynamic-network-architectures  (or: pip install 'medseg[
 
 
 def is_nnunet_folder(path) -> bool:
-    from medseg.models.external import detect
+    from medseg.adapters.formats import detect
 
     fmt = detect(path)
     return fmt is not None and fmt.name == "nnunet"

@@ -21,7 +21,7 @@ a line). Holes come out as separate contours; collinear points are dropped.
 The polygons cut the corners of the voxel staircase (a lone voxel becomes a
 diamond of half its area), so a contour-based area is smaller than the voxel
 count by about ``perimeter_in_voxels / 8`` voxels per slice (more above 0.5): see
-``medseg.io.rtstruct_write`` for what that means for volumes.
+``medseg.io.objects.rtstruct`` for what that means for volumes.
 """
 
 from __future__ import annotations

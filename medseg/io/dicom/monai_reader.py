@@ -5,10 +5,10 @@
 RAS affine), so transform pipelines need not care whether a case is NIfTI or
 DICOM::
 
-    from medseg.io.dicom_monai import MedsegDicomReader, register_with_monai
+    from medseg.io.dicom.monai_reader import MedsegDicomReader, register_with_monai
     LoadImaged(keys="image", reader=MedsegDicomReader())   # explicit
     register_with_monai(); LoadImaged(keys="image")        # auto-selected for DICOM folders
-    LoadImaged(keys="image", reader="medseg.io.dicom_monai.MedsegDicomReader")  # by dotted name
+    LoadImaged(keys="image", reader="medseg.io.dicom.monai_reader.MedsegDicomReader")  # by dotted name
 
 Only folders (and DICOMDIR files) are claimed (``verify_suffix``); other files go to MONAI's own readers.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from medseg.io.dicom import is_dicom_folder, read_dicom_series
+from medseg.io.dicom.series import is_dicom_folder, read_dicom_series
 
 READER_KEY = "medsegdicomreader"
 

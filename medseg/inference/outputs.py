@@ -151,7 +151,7 @@ def _optional(kind: str, case_id: str, findings: list, write, *, dicom_folder=No
 
 def _write_sr(rows, table, seg: Path, path: Path, provenance: dict, uid_seed, modality):
     import medseg
-    from medseg.io.sr import write_measurement_report
+    from medseg.io.objects.sr import write_measurement_report
     from medseg.reporting.quality import verdicts_by_structure
 
     return write_measurement_report(seg, rows, table, path, software_version=medseg.__version__,
@@ -206,7 +206,7 @@ def write_case_outputs(
     Set, written when ``source`` is a DICOM folder (contour findings, e.g. dropped
     fragments, join the sidecar's findings). ``uid_seed``: makes their UIDs deterministic (the same case,
     model and settings give the same objects again; ``medseg run`` passes a hash of the model and
-    settings). ``sr``: path of the TID 1500 measurement report (``medseg.io.sr``), written when the SEG was:
+    settings). ``sr``: path of the TID 1500 measurement report (``medseg.io.objects.sr``), written when the SEG was:
     volumes and, for CT with ``image`` (the input Volume), the mean and SD of HU per structure. ``image_meta``:
     the input volume's ``meta``. ``assessed`` (a list): receives the case's structure rows with their quality
     verdicts, as measured for the sidecar and the SR (``medseg run``'s report stage reuses them). An
@@ -232,7 +232,7 @@ def write_case_outputs(
     if assessed is not None and rows is not None:  # the caller's report reuses them instead of measuring again
         assessed.extend(rows)
     if dicom_seg is not None and image_meta.get("format") == "dicom":
-        from medseg.io.seg import write_dicom_seg
+        from medseg.io.objects.seg import write_dicom_seg
 
         seg = _optional("dicom_seg", case_id, findings, lambda: write_dicom_seg(
             labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed,
@@ -245,7 +245,7 @@ def write_case_outputs(
                 if report is not None:
                     outputs["sr"] = rel(Path(report))
     if rtstruct is not None and image_meta.get("format") == "dicom":
-        from medseg.io.rtstruct_write import write_rtstruct
+        from medseg.io.objects.rtstruct import write_rtstruct
 
         rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
             labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed,
@@ -258,7 +258,7 @@ def write_case_outputs(
         if written is not None:
             outputs["probabilities"] = rel(written)
     if versions is None:
-        from medseg.checkpoint import versions as _versions
+        from medseg.models.checkpoint import versions as _versions
 
         versions = _versions()
     record = plain({

@@ -96,8 +96,8 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
 
 def _check_cases(df, table, image_cols: list[str]) -> list[str]:
     """Label maps on their image's grid, with values from the table (files that exist only)."""
+    from medseg.data.label_sources import check_table_against_values, values_in
     from medseg.io.readers import read_grid, read_volume
-    from medseg.label_sources import check_table_against_values, values_in
 
     problems, values = [], {}
     for row in df.itertuples(index=False):

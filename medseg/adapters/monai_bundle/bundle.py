@@ -32,9 +32,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.adapters import network_bounds as nb
 from medseg.errors import CheckpointError, ConfigError, OptionalDependencyError
 from medseg.labels import Label, LabelTable
-from medseg.models.external import network_bounds as nb
 
 log = logging.getLogger(__name__)
 
@@ -619,7 +619,7 @@ def bundle_sha256(bundle_or_folder) -> str:
     """One hash over what defines the model: the inference config, metadata.json and models/model.pt."""
     import hashlib
 
-    from medseg.checkpoint import file_sha256
+    from medseg.models.checkpoint import file_sha256
 
     folder = bundle_or_folder.folder if isinstance(bundle_or_folder, Bundle) else Path(bundle_or_folder)
     cfg = next(folder / "configs" / n for n in CONFIG_NAMES if (folder / "configs" / n).is_file())

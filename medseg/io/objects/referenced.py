@@ -6,7 +6,7 @@ series side by side). Only an object that names neither is matched by its
 FrameOfReferenceUID, and then only when exactly one stack shares it. ``referenced_volume`` scans the given folder (or list of
 files) header-only, picks the stack whose series UID matches (or, when the
 object names no series, the stack holding most of its referenced instances),
-and reads it with ``medseg.io.dicom`` so the label map lands on exactly the
+and reads it with ``medseg.io.dicom.series`` so the label map lands on exactly the
 grid medseg segments and reports on. ``slice_of_sop`` then maps each source
 instance to its slice index on that grid (by geometry, so reverse-ordered,
 flipped and oblique series need nothing special).
@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.dicom_scan import pseudonym
+from medseg.io.dicom.scan import pseudonym
 from medseg.io.volume import LPS_TO_RAS, Volume
 
 
 @dataclass
 class Referenced:
     volume: Volume
-    candidate: object  # medseg.io.dicom_select.Candidate
+    candidate: object  # medseg.io.dicom.select.Candidate
     frame_of_reference: str
     sop_slice: dict = field(default_factory=dict)  # SOPInstanceUID -> slice index k on the volume's grid
 
@@ -53,7 +53,7 @@ def referenced_volume(images, *, series_uid: str | None, sop_uids: set, what: st
 
     When the object names neither (``frame_of_reference`` given), the one stack on that frame of reference is used.
     """
-    from medseg.io.dicom import scan_inventory, volume_from_candidate
+    from medseg.io.dicom.series import scan_inventory, volume_from_candidate
 
     if not isinstance(images, (str, os.PathLike)):
         images = [Path(f) for f in images]

@@ -163,7 +163,7 @@ class Listener:
 
     # -- start ----------------------------------------------------------------------------------------------
     def open(self) -> None:
-        from medseg.checkpoint import load_checkpoint
+        from medseg.models.checkpoint import load_checkpoint
         from medseg.runner.pipeline import load_pipeline
         from medseg.runner.rundir import RunDir
 
@@ -179,7 +179,7 @@ class Listener:
         model = pipe.stages["predict"].model
         if not model:
             raise ConfigError("the pipeline names no model: --set predict.model=PATH", path=cfg.pipeline)
-        from medseg.models import external
+        from medseg.adapters import formats as external
 
         ckpt = external.run_summary(model) if external.is_external_model(model) else load_checkpoint(model)
         self.pipe, self.ckpt = pipe, ckpt

@@ -112,7 +112,7 @@ def build_array(plan) -> np.ndarray:
     contiguous block) and returned as its transposed view, which is Fortran-ordered: the
     layout NIfTI stores, with no copy.
     """
-    from medseg.io.dicom_scan import max_voxels
+    from medseg.io.dicom.scan import max_voxels
 
     n_src = len(plan.slices)
     cols, rows = plan.shape[0], plan.shape[1]

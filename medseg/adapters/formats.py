@@ -41,29 +41,29 @@ def _is_monai_bundle(p: Path) -> bool:
 
 
 def _is_portable(p: Path) -> bool:
-    from medseg.models.external.portable import is_portable_file
+    from medseg.adapters.portable import is_portable_file
 
     return is_portable_file(p)
 
 
 def _is_totalseg(p: Path) -> bool:
-    from medseg.models.external.totalseg import is_totalseg_folder
+    from medseg.adapters.totalseg import is_totalseg_folder
 
     return is_totalseg_folder(p)
 
 
 FORMATS: list[ExternalFormat] = [
-    ExternalFormat("monai_bundle", _is_monai_bundle, "medseg.models.external.bundle_predictor:from_folder",
-                   "medseg.models.external.bundle_predictor:run_summary",
+    ExternalFormat("monai_bundle", _is_monai_bundle, "medseg.adapters.monai_bundle.predictor:from_folder",
+                   "medseg.adapters.monai_bundle.predictor:run_summary",
                    "MONAI bundle (configs/inference.json|yaml, configs/metadata.json, models/model.pt)"),
-    ExternalFormat("totalsegmentator", _is_totalseg, "medseg.models.external.totalseg:from_folder",
-                   "medseg.models.external.totalseg:run_summary",
+    ExternalFormat("totalsegmentator", _is_totalseg, "medseg.adapters.totalseg:from_folder",
+                   "medseg.adapters.totalseg:run_summary",
                    "TotalSegmentator's nnU-Net result folders (DatasetNNN_*/..., its parts merged as one model)"),
-    ExternalFormat("nnunet", _is_nnunet, "medseg.models.external.nnunet_predictor:from_folder",
-                   "medseg.models.external.nnunet_predictor:run_summary",
+    ExternalFormat("nnunet", _is_nnunet, "medseg.adapters.nnunet.predictor:from_folder",
+                   "medseg.adapters.nnunet.predictor:run_summary",
                    "nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/)"),
-    ExternalFormat("medseg_import", _is_portable, "medseg.models.external.portable:predictor",
-                   "medseg.models.external.portable:run_summary",
+    ExternalFormat("medseg_import", _is_portable, "medseg.adapters.portable:predictor",
+                   "medseg.adapters.portable:run_summary",
                    "a model folder written as one file by medseg models import", files=True),
 ]
 

@@ -108,7 +108,7 @@ def _amp_dtype(amp: str, device):
 
 def folder_sha256(model) -> str:
     """One hash over what defines the model: plans.json, dataset.json and each fold's checkpoint."""
-    from medseg.checkpoint import file_sha256
+    from medseg.models.checkpoint import file_sha256
 
     h = hashlib.sha256()
     files = [model.folder / "plans.json", model.folder / "dataset.json"]
@@ -150,7 +150,7 @@ class NnunetPredictor(Predictor):
         """Keyword arguments of ``nnunet_inference.predict_logits`` for this predictor's settings."""
         import torch
 
-        from medseg.models.external import nnunet_inference as nn
+        from medseg.adapters.nnunet import inference as nn
 
         inf = self.inference
         skip = bool(inf["skip_background"])
@@ -167,8 +167,8 @@ class NnunetPredictor(Predictor):
         loaded)."""
         import copy
 
+        from medseg.adapters.nnunet import inference as nn
         from medseg.inference.channels_last import channels_last_network
-        from medseg.models.external import nnunet_inference as nn
 
         dtype = options["amp_dtype"] if options["cast_weights"] else None
         layout = bool(options.get("channels_last"))
@@ -188,7 +188,7 @@ class NnunetPredictor(Predictor):
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
         (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
-        from medseg.models.external import nnunet_inference as nn
+        from medseg.adapters.nnunet import inference as nn
         from medseg.provenance import release_freed_memory
 
         release_freed_memory()  # the previous case's freed arrays: not kept under this case's peak
@@ -241,8 +241,8 @@ class NnunetPredictor(Predictor):
 
 
 def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
     from medseg.errors import CheckpointError
-    from medseg.models.external.nnunet import load_nnunet_folder
 
     model = load_nnunet_folder(path, folds=folds, checkpoint=checkpoint)
     if expected_labels is not None and not model.labels.table.same_structures(expected_labels):
@@ -255,7 +255,7 @@ def run_summary(path) -> dict:
     """What ``medseg run`` records of its model, for an nnU-Net folder: the fields of a loaded medseg checkpoint
     it reads (path, file_sha256 -- here over plans, dataset and every fold's checkpoint --, model name, labels).
     The folder is loaded and checked (weights-only) before any case runs."""
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     model = load_nnunet_folder(path)
     return {"path": str(model.folder), "file_sha256": folder_sha256(model), "weights_sha256": None,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.label_sources import table_from_dataset_json_labels
 from medseg.errors import InputError
-from medseg.label_sources import table_from_dataset_json_labels
 
 
 def _modality(meta: dict) -> list[str]:

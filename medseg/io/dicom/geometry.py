@@ -56,7 +56,7 @@ of 1e-4 and takes the spacing as the first-to-last distance / (n - 1), as
 medseg does, so an accepted stack has SimpleITK's geometry.
 
 No pixel data is touched here; ``StackPlan`` says which frames to decode, in
-which order, and how to resample them (``medseg.io.dicom_pixels``).
+which order, and how to resample them (``medseg.io.dicom.pixels``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``manifest_from_dicom(export, out)`` scans the export header-only, finds every
 RT Structure Set and DICOM SEG in it, and pairs each with the image series it
-references (by SeriesInstanceUID, as ``medseg.io.referenced`` does; never by
+references (by SeriesInstanceUID, as ``medseg.io.objects.referenced`` does; never by
 folder). Every pair becomes one case:
 
 * the image (the referenced stack, as medseg's DICOM reader builds it) and
@@ -16,7 +16,7 @@ folder). Every pair becomes one case:
 
 Also written beside the manifest: ``<stem>_labels.yaml``, the label table made
 from the ROI / segment names of all paired objects (canonical names, synonyms
-applied, ``medseg.io.roi_names``; ``medseg plan`` picks it up), and
+applied, ``medseg.io.objects.roi_names``; ``medseg plan`` picks it up), and
 ``<stem>_unpaired.csv``, every object or series that did not become a case
 with the reason: a label object whose series is not in the export (or was
 refused), an image series no label object references, other objects
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError, MedsegError
-from medseg.io.dicom_scan import pseudonym
+from medseg.io.dicom.scan import pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def _label_objects(inv, salt):
     """``(objects, others)``: RTSTRUCT/SEG headers found among the files that are not image slices, and the rest."""
     import pydicom
 
-    from medseg.io.rtstruct import closed_rois, rtstruct_header
-    from medseg.io.seg_read import seg_header
+    from medseg.io.objects.rtstruct import closed_rois, rtstruct_header
+    from medseg.io.objects.seg import seg_header
 
     objects, others = [], []
     for path, reason in inv.scan.skipped:
@@ -145,11 +145,11 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
     import yaml
 
     from medseg.io.atomic import write_json, write_text
-    from medseg.io.dicom import scan_inventory
+    from medseg.io.dicom.series import scan_inventory
+    from medseg.io.objects.roi_names import table_from_names
+    from medseg.io.objects.rtstruct import read_rtstruct
+    from medseg.io.objects.seg import read_dicom_seg
     from medseg.io.readers import write_label_map
-    from medseg.io.roi_names import table_from_names
-    from medseg.io.rtstruct import read_rtstruct
-    from medseg.io.seg_read import read_dicom_seg
 
     folder, out = Path(folder), Path(out_dir)
     inv = inventory if inventory is not None else scan_inventory(folder, salt=salt)
@@ -209,11 +209,11 @@ def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, sp
     import yaml
 
     from medseg.io.atomic import write_csv, write_json, write_text
-    from medseg.io.dicom import scan_inventory
+    from medseg.io.dicom.series import scan_inventory
+    from medseg.io.objects.roi_names import table_from_names
+    from medseg.io.objects.rtstruct import read_rtstruct
+    from medseg.io.objects.seg import read_dicom_seg
     from medseg.io.readers import write_label_map, write_volume
-    from medseg.io.roi_names import table_from_names
-    from medseg.io.rtstruct import read_rtstruct
-    from medseg.io.seg_read import read_dicom_seg
 
     export, out = Path(export), Path(out)
     inv = scan_inventory(export, progress=progress, salt=salt)

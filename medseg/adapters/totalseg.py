@@ -40,7 +40,7 @@ What is reproduced, with where TotalSegmentator does it (``totalsegmentator/``, 
   ``dataset.json`` of each part present (never from a list of its own), which gives the same table
   for TotalSegmentator's weights.
 
-Each part is an nnU-Net folder run by ``medseg.models.external.nnunet_predictor`` (its faithful
+Each part is an nnU-Net folder run by ``medseg.adapters.nnunet.predictor`` (its faithful
 nnU-Net inference); what is not reproduced: TotalSegmentator's optional steps (``--roi_subset``
 cropping, ``--body_seg``, ``--remove_small_blobs``, ``--higher_order_resampling``), which are off by
 default for ``total``; DICOM input is read by medseg, not by dcm2niix.
@@ -257,7 +257,7 @@ def slabs(n: int) -> list[tuple[slice, slice, slice]]:
 
 # ----------------------------------------------------------------------------------------- the predictor
 def folder_hash(parts) -> str:
-    from medseg.models.external.nnunet_predictor import folder_sha256
+    from medseg.adapters.nnunet.predictor import folder_sha256
 
     h = hashlib.sha256()
     for model in parts:
@@ -269,7 +269,7 @@ def folder_hash(parts) -> str:
 def load_parts(path, *, folds=None, checkpoint="final"):
     """(task, [NnunetModel per part]) after every check; fold 0 by default (TotalSegmentator's ``folds=[0]``),
     else every fold present."""
-    from medseg.models.external.nnunet import load_nnunet_folder
+    from medseg.adapters.nnunet.folder import load_nnunet_folder
 
     task, folders = resolve(path)
     parts = []
@@ -295,8 +295,8 @@ class TotalSegmentatorPredictor(Predictor):
                  path=None):
         import torch
 
+        from medseg.adapters.nnunet.predictor import NNUNET_OPTIONS, NnunetPredictor
         from medseg.inference.sliding_window import default_device
-        from medseg.models.external.nnunet_predictor import NNUNET_OPTIONS, NnunetPredictor
 
         overrides = dict(inference or {})
         unknown = set(overrides) - set(NNUNET_OPTIONS)
