@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg import safe_json
 from medseg.data.label_sources import table_from_dataset_json_labels
 from medseg.errors import InputError
+from medseg.io.atomic import write_csv, write_text
 
 
 def _modality(meta: dict) -> list[str]:
@@ -35,14 +37,10 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
     import pandas as pd
     import yaml
 
-    from medseg.io.atomic import write_csv, write_text
-
     root = Path(folder)
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise InputError("no dataset.json; expected an nnU-Net raw or Decathlon data set folder", path=root)
-    from medseg import safe_json
-
     meta = safe_json.load_file(meta_path, error=InputError)  # bounded size, depth and values; one line naming the file
     name = re.sub(r"\W+", "_", str(meta.get("name") or root.name)).strip("_").lower()
     table = table_from_dataset_json_labels(meta.get("labels", {}), name)
@@ -60,8 +58,8 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
             for f in sorted((root / img_dir).glob(f"*_0000{ending}")):
                 case = f.name[: -len(f"_0000{ending}")]
                 imgs = [root / img_dir / f"{case}_{c:04d}{ending}" for c in range(len(channels))]
-                lab = root / lab_dir / f"{case}{ending}"
-                if split == "test" and not lab.is_file():  # labelsTs/ is optional: test cases are predicted, and evaluated when labelled
+                lab: Path | str = root / lab_dir / f"{case}{ending}"
+                if split == "test" and not Path(lab).is_file():  # labelsTs/ is optional: test cases are predicted, and evaluated when labelled
                     lab = ""
                 rows.append(_row(root, imgs, lab, split, n_channels=len(channels), case=case))
     if not rows:

@@ -38,8 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.label_names import renumbered, value_map
 from medseg.errors import InputError, MedsegError
+from medseg.io.atomic import write_csv, write_json, write_text
 from medseg.io.dicom.scan import pseudonym
+from medseg.io.dicom.series import scan_inventory
+from medseg.io.objects.roi_names import table_from_names
+from medseg.io.objects.rtstruct import closed_rois, read_rtstruct, rtstruct_header
+from medseg.io.objects.seg import read_dicom_seg, seg_header
+from medseg.io.readers import write_label_map, write_volume
+from medseg.io.volume import Volume
+from medseg.labels import Label, LabelTable
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +75,6 @@ def _sha256(path: Path) -> str:
 def _label_objects(inv, salt):
     """``(objects, others)``: RTSTRUCT/SEG headers found among the files that are not image slices, and the rest."""
     import pydicom
-
-    from medseg.io.objects.rtstruct import closed_rois, rtstruct_header
-    from medseg.io.objects.seg import seg_header
 
     objects, others = [], []
     for path, reason in inv.scan.skipped:
@@ -144,13 +150,6 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
     """
     import yaml
 
-    from medseg.io.atomic import write_json, write_text
-    from medseg.io.dicom.series import scan_inventory
-    from medseg.io.objects.roi_names import table_from_names
-    from medseg.io.objects.rtstruct import read_rtstruct
-    from medseg.io.objects.seg import read_dicom_seg
-    from medseg.io.readers import write_label_map
-
     folder, out = Path(folder), Path(out_dir)
     inv = inventory if inventory is not None else scan_inventory(folder, salt=salt)
     pairs, unpaired, usable = pair_label_objects(inv, salt=salt)
@@ -182,10 +181,6 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
 def _renumbered_as(labels, table, numbering):
     """``labels`` (numbered by ``table``) renumbered as ``numbering`` names the structures; structures it does not
     name follow its largest value. Returns the label map and the table that now names its values."""
-    from medseg.io.volume import Volume
-    from medseg.labels import Label, LabelTable
-    from medseg.reporting.label_names import renumbered, value_map
-
     mapping = value_map(table, numbering)
     top = max((lab.index for lab in numbering.labels), default=0)
     extra = []
@@ -207,13 +202,6 @@ def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, sp
     """Write the manifest ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the cached NIfTI pairs."""
     import pandas as pd
     import yaml
-
-    from medseg.io.atomic import write_csv, write_json, write_text
-    from medseg.io.dicom.series import scan_inventory
-    from medseg.io.objects.roi_names import table_from_names
-    from medseg.io.objects.rtstruct import read_rtstruct
-    from medseg.io.objects.seg import read_dicom_seg
-    from medseg.io.readers import write_label_map, write_volume
 
     export, out = Path(export), Path(out)
     inv = scan_inventory(export, progress=progress, salt=salt)

@@ -29,7 +29,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg import safe_json
+from medseg.config import resolve_label_table_path
 from medseg.errors import ConfigError, InputError
+from medseg.io.readers import read_volume
 from medseg.labels import Label, LabelTable
 
 log = logging.getLogger(__name__)
@@ -69,8 +72,6 @@ def table_from_dataset_json_labels(labels: dict, name: str) -> LabelTable:
 
 
 def read_dataset_json(path: Path) -> LabelTable:
-    from medseg import safe_json
-
     meta = safe_json.load_file(path, error=InputError)  # bounded size, depth and values; one line naming the file
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
         raise InputError("dataset.json has no 'labels' mapping", path=path)
@@ -116,7 +117,8 @@ def read_itksnap(path: Path) -> LabelTable | None:
         seen_line = True
         idx = int(m.group(1))
         if idx != 0:
-            color = tuple(min(255, int(m.group(i))) for i in (2, 3, 4))
+            r, g, b = (min(255, int(m.group(i))) for i in (2, 3, 4))
+            color = (r, g, b)
             items.append(Label(idx, clean_name(m.group(5), idx), color))
     if not seen_line:
         return None
@@ -155,8 +157,6 @@ def label_values(df, known: dict[str, set[int]] | None = None) -> dict[str, set[
     ``known`` holds cases already read (the planner's fingerprint reads the training cases'
     label maps once and passes their values here): they are not read again.
     """
-    from medseg.io.readers import read_volume
-
     out = dict(known or {})
     for case, path in zip(df["case_id"], df["label"]):
         if not path or case in out:
@@ -213,8 +213,6 @@ def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None 
     ``values`` (``label_values(df)``, when the caller already has it) saves reading the label maps again.
     ``fallback=False``: ``None`` instead of naming the values ``label_1``... when the data set has no table.
     """
-    from medseg.config import resolve_label_table_path
-
     manifest = Path(manifest)
     if explicit:
         path = resolve_label_table_path(str(explicit), Path.cwd())

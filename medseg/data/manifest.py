@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.label_sources import check_table_against_values, values_in
 from medseg.errors import InputError
+from medseg.io.atomic import unescape_frame
+from medseg.io.readers import read_grid, read_volume
 from medseg.provenance import file_sha256
 
 SPLITS = ("train", "val", "test")
@@ -47,8 +50,6 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise InputError(f"cannot read as CSV ({exc})", path=p) from None
-    from medseg.io.atomic import unescape_frame
-
     df = unescape_frame(df)  # the quote write_csv puts before a formula-like id or path
     needed = ["case_id", "image"] + (["label"] if require_labels else [])
     missing_cols = [c for c in needed if c not in df.columns]
@@ -96,9 +97,6 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
 
 def _check_cases(df, table, image_cols: list[str]) -> list[str]:
     """Label maps on their image's grid, with values from the table (files that exist only)."""
-    from medseg.data.label_sources import check_table_against_values, values_in
-    from medseg.io.readers import read_grid, read_volume
-
     problems, values = [], {}
     for row in df.itertuples(index=False):
         row = row._asdict()

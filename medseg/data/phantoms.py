@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.io.atomic import write_csv, write_text
+from medseg.io.readers import write_label_map, write_volume
 from medseg.io.volume import LPS_TO_RAS, Volume
 from medseg.labels import Label, LabelTable
 
@@ -99,7 +101,47 @@ def make_phantom(
     ``fov_mm`` sets the field of view around the same anatomy (default: drawn,
     so cases differ in how much air surrounds the body).
     """
+    # One random stream, drawn from in a fixed order by the steps below: the anatomy depends on the seed alone.
     rng = np.random.default_rng(seed)
+    grid, noise = _draw_grid(rng, seed, spacing, flips, oblique_deg, noise_hu, fov_mm)
+    x, y, z = _patient_coordinates(grid)
+    image, cavity = _draw_body(rng, x, y, z, grid.shape)
+    labels = _draw_organs(rng, x, y, z, cavity, image)
+    del x, y, z, cavity
+
+    # Scanner blur (about 1 mm) and quantum noise.
+    from scipy.ndimage import gaussian_filter
+
+    image = gaussian_filter(image, sigma=[0.6 / s for s in grid.spacing])
+    image += rng.normal(0.0, noise, size=grid.shape).astype(np.float32)
+    image = np.clip(np.round(image), -1024, 3071).astype(np.float32)
+
+    case_id = case_id or f"phantom_{seed:04d}"
+    counts = {name: int(np.count_nonzero(labels == lab)) for name, lab, *_ in _ORGANS}
+    meta = {"phantom_seed": seed, "noise_hu": float(noise), "flips": list(grid.flips), "oblique_deg": oblique_deg}
+    return PhantomCase(
+        case_id,
+        Volume(image, grid.affine, case_id, dict(meta)),
+        Volume(labels, grid.affine, case_id, dict(meta)),
+        counts,
+    )
+
+
+@dataclass
+class _Grid:
+    """Where a phantom's voxels are: its sampling and, in RAS mm, the body's centre."""
+
+    spacing: tuple
+    flips: tuple
+    shape: tuple
+    affine: np.ndarray  # voxel -> RAS mm
+    body_centre: np.ndarray
+
+
+def _draw_grid(rng: np.random.Generator, seed: int, spacing, flips, oblique_deg: float, noise_hu, fov_mm
+               ) -> tuple[_Grid, float]:
+    """The voxel grid (spacing, flips, field of view, oblique rotation, table position) and the noise level:
+    what is given, else drawn."""
     # Draw every random choice even when overridden, so the anatomy depends on the seed alone.
     s_in, s_z = rng.uniform(0.6, 1.0), rng.uniform(1.5, 5.0)
     drawn_flips = tuple(bool(f) for f in rng.integers(0, 2, size=3))
@@ -120,16 +162,23 @@ def make_phantom(
     affine[:3, 3] = scanner_centre - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
     slack = np.maximum(0.0, np.array(fov[:2]) / 2 - np.array([117.0, 89.0]))  # keep the body inside the field of view
     body_centre = scanner_centre + np.r_[rng.uniform(-slack, slack), 0.0]
+    return _Grid(spacing, flips, shape, affine, body_centre), noise
 
-    # Patient-frame coordinates of every voxel centre, relative to the body centre.
-    m = affine[:3, :3].astype(np.float32)
-    t = (affine[:3, 3] - body_centre).astype(np.float32)
-    idx = [np.arange(n, dtype=np.float32) for n in shape]
+
+def _patient_coordinates(grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient-frame coordinates (float32 mm) of every voxel centre, relative to the body centre."""
+    m = grid.affine[:3, :3].astype(np.float32)
+    t = (grid.affine[:3, 3] - grid.body_centre).astype(np.float32)
+    idx = [np.arange(n, dtype=np.float32) for n in grid.shape]
     x, y, z = (
         m[a, 0] * idx[0][:, None, None] + m[a, 1] * idx[1][None, :, None] + m[a, 2] * idx[2][None, None, :] + t[a]
         for a in range(3)
     )
+    return x, y, z
 
+
+def _draw_body(rng: np.random.Generator, x, y, z, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The body in air (HU, float32), before the organs, blur and noise, and the abdominal cavity's mask."""
     # Body: elliptic cylinder; fat layer, muscle wall, abdominal cavity.
     a_body, b_body = rng.uniform(98, 112), rng.uniform(74, 84)
     fat, wall = rng.uniform(5, 10), rng.uniform(5, 8)
@@ -152,8 +201,12 @@ def make_phantom(
     spine_y = -b_cav + rng.uniform(10, 14)
     image[((x / 30) ** 2 + ((y - spine_y + 4) / 14) ** 2 <= 1) & cavity] = 45.0
     image[(x**2 + (y - spine_y) ** 2 <= rng.uniform(11, 14) ** 2)] = rng.uniform(300, 450)
+    return image, cavity
 
-    labels = np.zeros(shape, dtype=np.uint8)
+
+def _draw_organs(rng: np.random.Generator, x, y, z, cavity: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The label map (uint8) of the four organs, painted into ``image`` with their HU as they are drawn."""
+    labels = np.zeros(image.shape, dtype=np.uint8)
     for name, lab, hu, centre, semi in _ORGANS:
         c = np.asarray(centre) + rng.uniform(-6, 6, size=3)
         s = np.asarray(semi) * rng.uniform(0.85, 1.15, size=3)
@@ -167,23 +220,7 @@ def make_phantom(
         labels[mask] = lab
         image[mask] = hu + rng.uniform(-4, 4)
         del px, py, pz, bumps
-
-    # Scanner blur (about 1 mm) and quantum noise.
-    from scipy.ndimage import gaussian_filter
-
-    image = gaussian_filter(image, sigma=[0.6 / s for s in spacing])
-    image += rng.normal(0.0, noise, size=shape).astype(np.float32)
-    image = np.clip(np.round(image), -1024, 3071).astype(np.float32)
-
-    case_id = case_id or f"phantom_{seed:04d}"
-    counts = {name: int(np.count_nonzero(labels == lab)) for name, lab, *_ in _ORGANS}
-    meta = {"phantom_seed": seed, "noise_hu": float(noise), "flips": list(flips), "oblique_deg": oblique_deg}
-    return PhantomCase(
-        case_id,
-        Volume(image, affine, case_id, dict(meta)),
-        Volume(labels, affine, case_id, dict(meta)),
-        counts,
-    )
+    return labels
 
 
 def write_dicom_series(
@@ -224,8 +261,7 @@ def write_dicom_series(
     ``enhanced`` writes one Enhanced CT multi-frame file instead.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -234,21 +270,73 @@ def write_dicom_series(
     sx, sy, sz = vol.spacing
     row_cos = lps[:3, 0] / sx
     col_cos = lps[:3, 1] / sy
-    study_uid, series_uid, for_uid = study_uid or generate_uid(), series_uid or generate_uid(), generate_uid()
+    series = _SeriesHeader(study_uid or generate_uid(), series_uid or generate_uid(), generate_uid(), modality,
+                           series_description, series_number, vol.shape)
     rng = np.random.default_rng(seed)
-    normal = np.cross(row_cos, col_cos)
-    positions = [lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3] for k in range(vol.shape[2])]
-    if tilt_deg:
-        positions = [p + col_cos * k * sz * np.tan(np.deg2rad(tilt_deg)) for k, p in enumerate(positions)]
-    if position_jitter_mm:
-        jitter = np.random.default_rng([seed, 2]).uniform(-position_jitter_mm, position_jitter_mm, len(positions))
-        positions = [p + normal * j for p, j in zip(positions, jitter)]
-    rank = np.argsort(np.argsort([p @ normal for p in positions]))
+    positions, rank = _slice_positions(lps, (row_cos, col_cos), sz, vol.shape[2], seed=seed, tilt_deg=tilt_deg,
+                                       jitter_mm=position_jitter_mm)
     if instance_order == "reversed":
         rank = len(rank) - 1 - rank
     thickness = sz if slice_thickness is None else float(slice_thickness)
 
-    def header(sop_class) -> Dataset:
+    if enhanced:
+        _write_enhanced_ct(series.dataset(EnhancedCTImageStorage), folder / f"{rng.integers(0, 2**48):012x}", positions,
+                           row_cos, col_cos, (sy, sx), thickness, [_stored(vol, k) for k in range(vol.shape[2])])
+        return folder
+    copies = [k for k in range(vol.shape[2]) if k not in set(drop_slices)] + [int(k) for k in duplicate_slices]
+    for k in copies:
+        ds = series.dataset(CTImageStorage)
+        ds.InstanceNumber = int(rank[k]) + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cos, *col_cos)]
+        ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]  # row spacing, column spacing
+        ds.SliceThickness = f"{thickness:.6f}"
+        if tilt_deg:
+            ds.GantryDetectorTilt = f"{tilt_deg:.4f}"
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+        ds.PixelData = _stored(vol, k).tobytes()
+        if transfer_syntax:
+            _encode(ds, transfer_syntax, _stored(vol, k))
+        name = f"{rng.integers(0, 2**48):012x}"  # no extension, random order
+        pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
+    return folder
+
+
+def _slice_positions(lps: np.ndarray, cosines: tuple, sz: float, n: int, *, seed: int, tilt_deg: float,
+                     jitter_mm: float) -> tuple[list, np.ndarray]:
+    """Each slice's ImagePositionPatient (LPS mm; shifted by the gantry tilt, jittered along the normal) and its
+    rank along the normal."""
+    row_cos, col_cos = cosines
+    normal = np.cross(row_cos, col_cos)
+    positions = [lps[:3, :3] @ np.array([0.0, 0.0, k]) + lps[:3, 3] for k in range(n)]
+    if tilt_deg:
+        positions = [p + col_cos * k * sz * np.tan(np.deg2rad(tilt_deg)) for k, p in enumerate(positions)]
+    if jitter_mm:
+        jitter = np.random.default_rng([seed, 2]).uniform(-jitter_mm, jitter_mm, len(positions))
+        positions = [p + normal * j for p, j in zip(positions, jitter)]
+    rank = np.argsort(np.argsort([p @ normal for p in positions]))
+    return positions, rank
+
+
+@dataclass
+class _SeriesHeader:
+    """What every file of a phantom series shares: identifiers, UIDs and the pixel format."""
+
+    study_uid: str
+    series_uid: str
+    for_uid: str
+    modality: str
+    series_description: str
+    series_number: int
+    shape: tuple
+
+    def dataset(self, sop_class):
+        """A new instance's dataset (a new SOPInstanceUID) of SOP class ``sop_class``, without geometry or pixels."""
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -261,42 +349,20 @@ def write_dicom_series(
         ds.PatientID = PHANTOM_PATIENT_ID
         ds.PatientBirthDate = PHANTOM_BIRTH_DATE
         ds.PatientSex = "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = self.study_uid, self.series_uid, self.for_uid
         ds.StudyDate = ds.SeriesDate = "20260101"
-        ds.Modality = modality
-        ds.SeriesDescription = series_description
-        ds.SeriesNumber = series_number
-        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+        ds.Modality = self.modality
+        ds.SeriesDescription = self.series_description
+        ds.SeriesNumber = self.series_number
+        ds.Rows, ds.Columns = self.shape[1], self.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         return ds
 
-    def stored(k: int) -> np.ndarray:
-        return np.ascontiguousarray(np.clip(vol.array[:, :, k].T + 1024, 0, 65535).astype(np.uint16))
 
-    if enhanced:
-        _write_enhanced_ct(header(EnhancedCTImageStorage), folder / f"{rng.integers(0, 2**48):012x}", positions,
-                           row_cos, col_cos, (sy, sx), thickness, [stored(k) for k in range(vol.shape[2])])
-        return folder
-    copies = [k for k in range(vol.shape[2]) if k not in set(drop_slices)] + [int(k) for k in duplicate_slices]
-    for k in copies:
-        ds = header(CTImageStorage)
-        ds.InstanceNumber = int(rank[k]) + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cos, *col_cos)]
-        ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]  # row spacing, column spacing
-        ds.SliceThickness = f"{thickness:.6f}"
-        if tilt_deg:
-            ds.GantryDetectorTilt = f"{tilt_deg:.4f}"
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-        ds.WindowCenter, ds.WindowWidth = "40", "400"
-        ds.PixelData = stored(k).tobytes()
-        if transfer_syntax:
-            _encode(ds, transfer_syntax, stored(k))
-        name = f"{rng.integers(0, 2**48):012x}"  # no extension, random order
-        pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
-    return folder
+def _stored(vol: Volume, k: int) -> np.ndarray:
+    """Slice ``k`` as stored: unsigned HU + 1024, rows x columns."""
+    return np.ascontiguousarray(np.clip(vol.array[:, :, k].T + 1024, 0, 65535).astype(np.uint16))
 
 
 def _encode(ds, syntax: str, pixels: np.ndarray) -> None:
@@ -386,8 +452,6 @@ def write_cohort(
     import pandas as pd
     import yaml
 
-    from medseg.io.atomic import write_csv, write_text
-
     out = Path(out_dir)
     jobs = [(out, seed + n, f"{prefix}_{seed + n:04d}", split, dicom) for n in range(n_cases)]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # Linux: the CPUs this process may use
@@ -408,14 +472,12 @@ def write_cohort(
 
 def _write_case(out: Path, seed: int, case_id: str, split: str, dicom: bool) -> dict:
     """One phantom's files and its manifest row."""
-    from medseg.io.readers import write_label_map, write_volume
-
     case = make_phantom(seed, case_id=case_id)
     img_path = out / "images" / f"{case.case_id}.nii.gz"
     lab_path = out / "labels" / f"{case.case_id}.nii.gz"
     write_volume(case.image, img_path, dtype=np.int16)
     write_label_map(case.labels, lab_path)
-    row = {"case_id": case.case_id, "image": str(img_path.relative_to(out)), "label": str(lab_path.relative_to(out)), "split": split}
+    row: dict[str, str | float] = {"case_id": case.case_id, "image": str(img_path.relative_to(out)), "label": str(lab_path.relative_to(out)), "split": split}
     if dicom:
         row["dicom"] = str(write_dicom_series(case, out / "dicom" / case.case_id, seed=seed).relative_to(out))
     row.update({f"true_{k}_ml": v for k, v in case.volumes_ml.items()})

@@ -13,6 +13,8 @@ import numpy as np
 
 from medseg.errors import GeometryError, InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom.series import read_dicom_series
+from medseg.io.limits import MAX_VOXELS, max_voxels  # noqa: F401  (MAX_VOXELS: one limit for every reader)
 from medseg.io.volume import LPS_TO_RAS, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -68,8 +70,6 @@ def read_volume(path: str | os.PathLike) -> Volume:
     if not p.exists():
         raise InputError("no such file or folder", path=p)
     if p.is_dir() or p.name.upper() == "DICOMDIR":  # a DICOM folder, or the DICOMDIR index of one
-        from medseg.io.dicom.series import read_dicom_series
-
         return read_dicom_series(p)
     if _has_suffix(p, NIFTI_SUFFIXES):
         return _read_nifti(p)
@@ -80,8 +80,6 @@ def read_volume(path: str | os.PathLike) -> Volume:
         path=p,
     )
 
-
-from medseg.io.limits import MAX_VOXELS, max_voxels  # noqa: E402,F401  (one limit for every reader)
 
 #: Deflate (gzip, zlib) expands at most 1032:1 (RFC 1951: a 258-byte match costs at least 2 bits),
 #: so a compressed file of ``n`` bytes holds at most ``n * 1032`` bytes of voxels.
@@ -187,7 +185,7 @@ def _read_gz_voxels(p: Path, proxy, n_bytes: int) -> np.ndarray:
     from nibabel.volumeutils import apply_read_scaling
 
     buf = np.empty(n_bytes, dtype=np.uint8)
-    view = memoryview(buf)
+    view = buf.data  # a memoryview of the buffer
     got = 0
     with ImageOpener(str(p), "rb") as fh:
         fh.seek(int(proxy.offset))
@@ -257,7 +255,8 @@ def _itk_stored_data(p: Path) -> tuple[int | None, float | None]:
     except OSError:
         return None, None
     name = p.name.lower()
-    data_file, ratio = None, 1.0
+    data_file: str | None = None
+    ratio: float | None = 1.0
     if name.endswith((".mha", ".mhd")):
         for line in head.splitlines():
             key, _, value = line.partition("=")

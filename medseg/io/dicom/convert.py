@@ -14,16 +14,18 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import medseg
 from medseg.errors import MedsegError
+from medseg.io.atomic import write_csv, write_json
+from medseg.io.dicom.series import no_images_error, scan_inventory, source_folder, volume_from_candidate
+from medseg.io.readers import write_volume
+from medseg.progress import progress_bar as tqdm
 
 log = logging.getLogger(__name__)
 
 
 def write_inventory(folder, out_csv, *, policy=None, progress=False, with_identifiers=False, salt=None):
     """Scan ``folder`` and write the two inventory CSVs. Returns ``(inventory, series_csv, files_csv)``."""
-    from medseg.io.atomic import write_csv
-    from medseg.io.dicom.series import scan_inventory
-
     inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
     series, files = inv.tables(with_identifiers=with_identifiers)
     out_csv = Path(out_csv)
@@ -50,12 +52,6 @@ class ConvertResult:
 def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, with_identifiers=False, salt=None):
     """Convert every image stack of ``folder`` (or those ``rule`` matches) to NIfTI + JSON sidecar."""
     import pandas as pd
-
-    import medseg
-    from medseg.io.atomic import write_csv, write_json
-    from medseg.io.dicom.series import no_images_error, scan_inventory, source_folder, volume_from_candidate
-    from medseg.io.readers import write_volume
-    from medseg.progress import progress_bar as tqdm
 
     inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
     if not inv.candidates:  # nothing to convert is a mistake in the input: one line, exit 2, nothing written

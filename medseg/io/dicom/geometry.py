@@ -262,6 +262,7 @@ def _sortable(v):
 
 
 def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | None, refused: str | None) -> StackPlan:
+    """One stack's plan: its slices sorted along the normal, the grid, and every geometry finding."""
     first = slices[0]
     iop = np.asarray(first.iop, dtype=np.float64)
     row_cos, col_cos = iop[:3], iop[3:]
@@ -272,9 +273,9 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
     order = np.argsort(d, kind="stable")
     slices, pos, d = [slices[i] for i in order], pos[order], d[order]
     findings: list[Finding] = []
-    interp = shift = None
+    interp: tuple | None = None
+    shift: np.ndarray | None = None
     n_out = len(slices)
-    tol_abs = policy.position_tolerance_mm
     thickness = first.thickness
 
     if len(slices) == 1:
@@ -282,85 +283,10 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
         source = "SliceThickness" if thickness else ("SpacingBetweenSlices" if spacing_between else "a default of 1 mm")
         findings.append(Finding("single_slice", "accepted_with_warning", f"one slice; slice spacing {step:g} mm from {source}"))
     else:
-        gaps = np.diff(d)
-        med = float(np.median(gaps))
-        step = float((d[-1] - d[0]) / (len(d) - 1))
         q = _quantum(slices)
-        rounding = q * float(np.abs(normal).sum())  # the most header rounding can change one gap (mm)
-        tol, tol_pos, round_gap = spacing_tolerances(med, rounding, policy)
-        dev = np.abs(gaps - med)
-        off_grid = np.abs(d - (d[0] + step * np.arange(len(d))))
-        if refused:
-            pass
-        elif dev.max() <= tol and off_grid.max() <= tol_pos:
-            if dev.max() > tol_abs and dev.max() <= round_gap:
-                findings.append(Finding("spacing_rounding", "accepted",
-                                        f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm, within the "
-                                        f"rounding of positions to {q:g} mm in the header"))
-            elif dev.max() > tol_abs:
-                findings.append(Finding("spacing_jitter", "accepted_with_warning",
-                                        f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm "
-                                        f"(tolerance {tol:.3f} mm)"))
-        else:
-            mult = gaps / med
-            missing = np.all((dev <= tol) | ((np.abs(mult - np.round(mult)) * med <= tol) & (np.round(mult) >= 2)))
-            if dev.max() <= tol:
-                kind = "uneven_spacing"
-                what = (f"uneven slice spacing: slices drift from a regular grid by up to {off_grid.max():.3f} mm "
-                        f"(step {step:.3f} mm, tolerance {tol_pos:.3f} mm)")
-            elif missing:
-                n_missing = int(np.sum(np.round(mult) - 1))
-                kind = "missing_slices"
-                what = (f"missing slice(s): uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
-                        f"step {med:.3f} mm; {n_missing} slice(s) missing at {int(np.sum(dev > tol))} place(s))")
-            else:
-                kind = "uneven_spacing"
-                what = (f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm, "
-                        f"tolerance {tol:.3f} mm)")
-            n_fill = int(round((d[-1] - d[0]) / med)) + 1 if med > 0 and np.isfinite(d).all() else -1
-            if policy.irregular == "resample" and not 0 < n_fill <= 4 * len(d):
-                step = med
-                refused = (f"{what}; the regular grid would need {n_fill} slices for {len(d)} source slices: "
-                           "too sparse to interpolate; expected a regular stack")
-                findings.append(Finding(kind, "refused", refused))
-            elif policy.irregular == "resample":
-                step = med
-                n_out = n_fill
-                target = d[0] + step * np.arange(n_out)
-                hi = np.clip(np.searchsorted(d, target, side="left"), 1, len(d) - 1)
-                lo = hi - 1
-                w = np.clip((target - d[lo]) / (d[hi] - d[lo]), 0.0, 1.0)
-                interp = (lo, hi, w)
-                findings.append(Finding(kind, "resampled", f"{what}; linearly interpolated onto {n_out} slices "
-                                        f"{step:.3f} mm apart"))
-            else:
-                step = med
-                refused = (f"{what}; expected a regular stack. Re-export the complete series, or convert with "
-                           "--resample-irregular to interpolate onto a regular grid")
-                findings.append(Finding(kind, "refused", what))
+        step, n_out, interp, refused = _plan_spacing(d, normal, q, policy, refused, findings)
         if not refused:
-            # In-plane drift of each slice relative to the first (zero unless the stack is tilted).
-            t = (pos - pos[0]) - np.outer(d - d[0], normal)
-            dd = d - d[0]
-            v = (dd @ t) / float(dd @ dd)
-            resid = np.linalg.norm(t - np.outer(dd, v), axis=1).max()
-            drift = float(np.linalg.norm(v) * dd[-1])
-            inplane_rounding = 2.0 * q * np.sqrt(3.0)  # in-plane offset rounding can fake, first to last
-            if resid > max(tol_abs, policy.spacing_tolerance * abs(step), inplane_rounding):
-                refused = (f"slice positions do not lie on one line (off by up to {resid:.3f} mm); expected one stack")
-                findings.append(Finding("non_collinear", "refused", refused))
-            elif drift > max(tol_abs, inplane_rounding):
-                angle = float(np.degrees(np.arctan(np.linalg.norm(v))))
-                what = f"slices are not stacked along their normal (gantry tilt {angle:.2f} deg, drift {drift:.2f} mm)"
-                if drift < 0.1 * min(dr, dc):
-                    findings.append(Finding("gantry_tilt", "accepted_with_warning", f"{what}; below 0.1 voxel"))
-                elif policy.tilt == "resample":
-                    shift = np.stack([(t @ row_cos) / dc, (t @ col_cos) / dr], axis=1)
-                    findings.append(Finding("gantry_tilt", "resampled", f"{what}; each slice shifted in-plane onto an "
-                                            "orthogonal grid (linear interpolation, outside filled with the minimum)"))
-                else:
-                    refused = f"{what}; expected an orthogonal stack (convert with tilt correction)"
-                    findings.append(Finding("gantry_tilt", "refused", what))
+            shift, refused = _plan_tilt(pos, d, normal, (row_cos, col_cos), (dr, dc), step, q, policy, findings)
         if not refused and thickness and abs(thickness - step) > policy.spacing_tolerance * abs(step):
             findings.append(Finding("thickness_differs_from_step", "accepted",
                                     f"SliceThickness {thickness:g} mm, step between positions {step:.4f} mm: "
@@ -374,3 +300,109 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
     return StackPlan(slices=slices, lps=lps, shape=(first.cols, first.rows, n_out), findings=findings,
                      refused=refused, step=step, interp=interp, inplane_shift=shift,
                      orientation=orientation_name(iop))
+
+
+def _plan_spacing(d: np.ndarray, normal: np.ndarray, q: float, policy: GeometryPolicy, refused: str | None,
+                  findings: list) -> tuple[float, int, tuple | None, str | None]:
+    """The slice step along the normal from the sorted positions ``d`` (mm), checked against a regular grid:
+    ``(step, output slices, interpolation or None, refusal or None)``; findings are appended to ``findings``."""
+    gaps = np.diff(d)
+    med = float(np.median(gaps))
+    step = float((d[-1] - d[0]) / (len(d) - 1))
+    rounding = q * float(np.abs(normal).sum())  # the most header rounding can change one gap (mm)
+    tol, tol_pos, round_gap = spacing_tolerances(med, rounding, policy)
+    tol_abs = policy.position_tolerance_mm
+    dev = np.abs(gaps - med)
+    off_grid = np.abs(d - (d[0] + step * np.arange(len(d))))
+    if refused:
+        pass
+    elif dev.max() <= tol and off_grid.max() <= tol_pos:
+        if dev.max() > tol_abs and dev.max() <= round_gap:
+            findings.append(Finding("spacing_rounding", "accepted",
+                                    f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm, within the "
+                                    f"rounding of positions to {q:g} mm in the header"))
+        elif dev.max() > tol_abs:
+            findings.append(Finding("spacing_jitter", "accepted_with_warning",
+                                    f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm "
+                                    f"(tolerance {tol:.3f} mm)"))
+    else:
+        return _plan_irregular(d, gaps, med, step, tol, tol_pos, policy, findings)
+    return step, len(d), None, refused
+
+
+def _plan_irregular(d: np.ndarray, gaps: np.ndarray, med: float, step: float, tol: float, tol_pos: float,
+                    policy: GeometryPolicy, findings: list) -> tuple[float, int, tuple | None, str | None]:
+    """Slices off a regular grid (missing slices, uneven spacing): refused, or resampled when ``policy`` says so.
+    Returns as ``_plan_spacing``; the step becomes the median gap ``med``."""
+    dev = np.abs(gaps - med)
+    off_grid = np.abs(d - (d[0] + step * np.arange(len(d))))
+    mult = gaps / med
+    missing = np.all((dev <= tol) | ((np.abs(mult - np.round(mult)) * med <= tol) & (np.round(mult) >= 2)))
+    if dev.max() <= tol:
+        kind = "uneven_spacing"
+        what = (f"uneven slice spacing: slices drift from a regular grid by up to {off_grid.max():.3f} mm "
+                f"(step {step:.3f} mm, tolerance {tol_pos:.3f} mm)")
+    elif missing:
+        n_missing = int(np.sum(np.round(mult) - 1))
+        kind = "missing_slices"
+        what = (f"missing slice(s): uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
+                f"step {med:.3f} mm; {n_missing} slice(s) missing at {int(np.sum(dev > tol))} place(s))")
+    else:
+        kind = "uneven_spacing"
+        what = (f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm, "
+                f"tolerance {tol:.3f} mm)")
+    n_fill = int(round((d[-1] - d[0]) / med)) + 1 if med > 0 and np.isfinite(d).all() else -1
+    if policy.irregular == "resample" and not 0 < n_fill <= 4 * len(d):
+        refused = (f"{what}; the regular grid would need {n_fill} slices for {len(d)} source slices: "
+                   "too sparse to interpolate; expected a regular stack")
+        findings.append(Finding(kind, "refused", refused))
+        return med, len(d), None, refused
+    if policy.irregular == "resample":
+        step = med
+        n_out = n_fill
+        target = d[0] + step * np.arange(n_out)
+        hi = np.clip(np.searchsorted(d, target, side="left"), 1, len(d) - 1)
+        lo = hi - 1
+        w = np.clip((target - d[lo]) / (d[hi] - d[lo]), 0.0, 1.0)
+        findings.append(Finding(kind, "resampled", f"{what}; linearly interpolated onto {n_out} slices "
+                                f"{step:.3f} mm apart"))
+        return step, n_out, (lo, hi, w), None
+    refused = (f"{what}; expected a regular stack. Re-export the complete series, or convert with "
+               "--resample-irregular to interpolate onto a regular grid")
+    findings.append(Finding(kind, "refused", what))
+    return med, len(d), None, refused
+
+
+def _plan_tilt(pos: np.ndarray, d: np.ndarray, normal: np.ndarray, cosines: tuple, spacing: tuple, step: float,
+               q: float, policy: GeometryPolicy, findings: list) -> tuple[np.ndarray | None, str | None]:
+    """In-plane drift of each slice relative to the first (zero unless the gantry was tilted): accepted when
+    below 0.1 voxel, else undone by per-slice in-plane shifts or refused as ``policy`` says. Returns
+    ``(shifts or None, refusal or None)``; findings are appended to ``findings``."""
+    row_cos, col_cos = cosines
+    dr, dc = spacing
+    tol_abs = policy.position_tolerance_mm
+    t = (pos - pos[0]) - np.outer(d - d[0], normal)
+    dd = d - d[0]
+    v = (dd @ t) / float(dd @ dd)
+    resid = np.linalg.norm(t - np.outer(dd, v), axis=1).max()
+    drift = float(np.linalg.norm(v) * dd[-1])
+    inplane_rounding = 2.0 * q * np.sqrt(3.0)  # in-plane offset rounding can fake, first to last
+    if resid > max(tol_abs, policy.spacing_tolerance * abs(step), inplane_rounding):
+        refused = (f"slice positions do not lie on one line (off by up to {resid:.3f} mm); expected one stack")
+        findings.append(Finding("non_collinear", "refused", refused))
+        return None, refused
+    if drift > max(tol_abs, inplane_rounding):
+        angle = float(np.degrees(np.arctan(np.linalg.norm(v))))
+        what = f"slices are not stacked along their normal (gantry tilt {angle:.2f} deg, drift {drift:.2f} mm)"
+        if drift < 0.1 * min(dr, dc):
+            findings.append(Finding("gantry_tilt", "accepted_with_warning", f"{what}; below 0.1 voxel"))
+        elif policy.tilt == "resample":
+            shift = np.stack([(t @ row_cos) / dc, (t @ col_cos) / dr], axis=1)
+            findings.append(Finding("gantry_tilt", "resampled", f"{what}; each slice shifted in-plane onto an "
+                                    "orthogonal grid (linear interpolation, outside filled with the minimum)"))
+            return shift, None
+        else:
+            refused = f"{what}; expected an orthogonal stack (convert with tilt correction)"
+            findings.append(Finding("gantry_tilt", "refused", what))
+            return None, refused
+    return None, None

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.io.limits import max_voxels
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def build_array(plan) -> np.ndarray:
     contiguous block) and returned as its transposed view, which is Fortran-ordered: the
     layout NIfTI stores, with no copy.
     """
-    from medseg.io.dicom.scan import max_voxels
-
     n_src = len(plan.slices)
     cols, rows = plan.shape[0], plan.shape[1]
     voxels = max(n_src, plan.n_slices) * rows * cols

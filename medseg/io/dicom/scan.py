@@ -14,7 +14,7 @@ files the DICOMDIR does not list are scanned too, so a stale index hides
 nothing; when a DICOMDIR file itself is given, only what it references is read.
 
 Memory: before any pixel data is decoded, a header's Rows x Columns x frames is
-checked against ``max_voxels()`` (``MEDSEG_MAX_VOXELS``, default 2**31) and,
+checked against ``max_voxels()`` (``MEDSEG_MAX_VOXELS``, default 2**30) and,
 where the transfer syntax allows, its bytes against the file size
 (uncompressed: the file must hold them; RLE: at most 64:1; deflate: at most
 1032:1; other codecs: at most 1000:1 once over 256 MiB; encapsulated: at least
@@ -36,12 +36,18 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-
-log = logging.getLogger(__name__)
+from typing import TYPE_CHECKING
 
 #: Most voxels one file or one stack may claim (before anything is decoded); MEDSEG_MAX_VOXELS overrides.
-from medseg.io.limits import MAX_VOXELS as DEFAULT_MAX_VOXELS  # noqa: E402,F401  (one limit for every reader)
-from medseg.io.limits import max_voxels  # noqa: E402,F401
+from medseg.io.limits import MAX_VOXELS as DEFAULT_MAX_VOXELS  # noqa: F401  (one limit for every reader)
+from medseg.io.limits import max_voxels
+from medseg.progress import progress_bar as tqdm
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+    from pydicom.uid import UID
+
+log = logging.getLogger(__name__)
 
 #: The most a lossless codec can shrink pixel data (claimed bytes per file byte), where that is bounded:
 #: RLE (PackBits) codes 128 equal bytes in 2; zlib's deflate at most 1032:1.
@@ -262,7 +268,7 @@ def _check_claimed_size(ds, pixel_offset: int, size: int, limit: int) -> str | N
     ratio = _MAX_RATIO.get(str(ts)) if ts is not None else None
     # Deflate compresses the whole dataset, so the reader's position says nothing: count the whole file.
     held = size if ts is not None and ts.is_deflated else max(size - pixel_offset, 0)
-    if ratio and nbytes > ratio * held + 4096:
+    if ratio and ts is not None and nbytes > ratio * held + 4096:  # (a ratio implies a transfer syntax)
         return (f"header claims {nbytes:,} bytes of pixel data, more than {ts.name} can code in the "
                 f"{held:,} bytes the file holds: refused before decoding")
     if ts is not None and ts.is_encapsulated and nbytes > _PLAUSIBLE_BYTES and nbytes > _PLAUSIBLE_RATIO * held:
@@ -449,11 +455,6 @@ def _why_not_image(ds, modality: str, sop_name: str) -> str | None:
 
 def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str | None = None) -> ScanResult:
     """Read the header of every file under ``folder`` (or that a DICOMDIR file references); never raises on a bad file."""
-    import pydicom
-    from pydicom.uid import UID
-
-    from medseg.progress import progress_bar as tqdm
-
     given = Path(folder)
     limit = max_voxels()  # a bad MEDSEG_MAX_VOXELS is one ConfigError here, not one per file
     problems: list = []
@@ -466,6 +467,20 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
         indexes = [f for f in files if f.name.upper() == "DICOMDIR"]
     result = ScanResult(root=root)
     result.skipped.extend(problems)
+    files = _with_indexed_files(files, indexes, result)
+    result.n_files = len(files) + len(indexes)
+    for path in tqdm(files, desc="scan", unit="file", disable=not progress):
+        _scan_file(path, result, limit, salt)
+    for info in result.series.values():
+        result.skipped.extend(info.non_image_files)
+        if not info.slices and info.non_image_files:
+            info.not_image = info.non_image_files[0][1]
+    return result
+
+
+def _with_indexed_files(files: list, indexes: list, result: ScanResult) -> list:
+    """``files`` and every file a DICOMDIR of ``indexes`` references (once each), less the indexes themselves;
+    each index's note goes to ``result.skipped``."""
     listed = {os.path.normcase(os.path.abspath(f)) for f in files}
     for index in indexes:
         refs, note = read_dicomdir(index)
@@ -476,63 +491,85 @@ def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str 
                 listed.add(key)
                 files.append(ref)
     done = {os.path.normcase(os.path.abspath(f)) for f in indexes}
-    files = [f for f in files if os.path.normcase(os.path.abspath(f)) not in done]
-    result.n_files = len(files) + len(indexes)
-    for path in tqdm(files, desc="scan", unit="file", disable=not progress):
-        reason = looks_like_dicom(path)
-        if reason:
-            result.skipped.append((path, reason))
-            continue
-        try:
-            with open(path, "rb") as fh:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-                pixel_offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
-            sop_class = str(_tag_value(ds, "SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
-            if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-                result.skipped.append((path, "DICOMDIR index under another name: not used (only files named DICOMDIR are)"))
-                continue
-            if "SOPClassUID" not in ds and "Modality" not in ds and "Rows" not in ds:
-                result.skipped.append((path, "not a DICOM object (no SOPClassUID, Modality or Rows)"))
-                continue
-            modality = str(_tag_value(ds, "Modality") or "")
-            sop_name = UID(sop_class).name if sop_class else ""
-            study_uid = str(_tag_value(ds, "StudyInstanceUID") or "unknown-study")
-            series_uid = str(_tag_value(ds, "SeriesInstanceUID") or "unknown-series")
-            why_not = _why_not_image(ds, modality, sop_name)
-            too_big = None if why_not else _check_claimed_size(ds, pixel_offset, size, limit)
-            if too_big:
-                result.skipped.append((path, too_big))
-                continue
-            short = None if why_not else _truncated_by(ds, pixel_offset, size)
-            if short:
-                result.skipped.append((path, f"truncated: the file ends {short} bytes before its pixel data does"))
-                continue
-            slices = [] if why_not else _slices(ds, path)
-            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        except Exception as exc:  # pydicom raises many types on corrupt files
-            result.skipped.append((path, f"unreadable DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"))
-            continue
-        key = (study_uid, series_uid)
-        info = result.series.get(key)
-        if info is None:
-            info = SeriesInfo(
-                study_uid, series_uid, pseudonym(study_uid, prefix="st", salt=salt),
-                pseudonym(series_uid, prefix="se", salt=salt), modality=modality, sop_class=sop_name,
-                meta={t: _plain(v) for t in SAFE_TAGS if (v := _get(ds, t)) not in (None, "")},
-                identifiers={t: str(_get(ds, t, "")) for t in IDENTIFYING_TAGS},
-                spacing_between_slices=_num(_get(ds, "SpacingBetweenSlices")),
-            )
-            result.series[key] = info
-        info.files.append(path)
-        info.transfer_syntaxes.add(ts.name if ts else "unknown")
-        if why_not:
-            info.non_image_files.append((path, why_not))
-        info.slices.extend(slices)
-    for info in result.series.values():
-        result.skipped.extend(info.non_image_files)
-        if not info.slices and info.non_image_files:
-            info.not_image = info.non_image_files[0][1]
-    return result
+    return [f for f in files if os.path.normcase(os.path.abspath(f)) not in done]
+
+
+@dataclass
+class _Header:
+    """What ``scan_folder`` keeps of one file's header."""
+
+    ds: Dataset  # without pixel data
+    modality: str
+    sop_name: str
+    study_uid: str
+    series_uid: str
+    why_not: str | None  # why the file is not an image to segment (None: it is)
+    slices: list  # its frames (empty when not an image)
+    transfer_syntax: UID | None
+
+
+def _scan_file(path: Path, result: ScanResult, limit: int, salt: str | None) -> None:
+    """Add one file to its series in ``result``, or to ``result.skipped`` with the reason."""
+    reason = looks_like_dicom(path)
+    if reason:
+        result.skipped.append((path, reason))
+        return
+    try:
+        head = _read_header(path, limit)
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        result.skipped.append((path, f"unreadable DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"))
+        return
+    if isinstance(head, str):
+        result.skipped.append((path, head))
+        return
+    ds = head.ds
+    key = (head.study_uid, head.series_uid)
+    info = result.series.get(key)
+    if info is None:
+        info = SeriesInfo(
+            head.study_uid, head.series_uid, pseudonym(head.study_uid, prefix="st", salt=salt),
+            pseudonym(head.series_uid, prefix="se", salt=salt), modality=head.modality, sop_class=head.sop_name,
+            meta={t: _plain(v) for t in SAFE_TAGS if (v := _get(ds, t)) not in (None, "")},
+            identifiers={t: str(_get(ds, t, "")) for t in IDENTIFYING_TAGS},
+            spacing_between_slices=_num(_get(ds, "SpacingBetweenSlices")),
+        )
+        result.series[key] = info
+    info.files.append(path)
+    ts = head.transfer_syntax
+    info.transfer_syntaxes.add(ts.name if ts else "unknown")
+    if head.why_not:
+        info.non_image_files.append((path, head.why_not))
+    info.slices.extend(head.slices)
+
+
+def _read_header(path: Path, limit: int) -> _Header | str:
+    """The header of one file, or why the file is not used (a DICOMDIR, no DICOM object, too large, truncated).
+    A corrupt header raises whatever pydicom raises."""
+    import pydicom
+    from pydicom.uid import UID
+
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+        pixel_offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    sop_class = str(_tag_value(ds, "SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return "DICOMDIR index under another name: not used (only files named DICOMDIR are)"
+    if "SOPClassUID" not in ds and "Modality" not in ds and "Rows" not in ds:
+        return "not a DICOM object (no SOPClassUID, Modality or Rows)"
+    modality = str(_tag_value(ds, "Modality") or "")
+    sop_name = UID(sop_class).name if sop_class else ""
+    study_uid = str(_tag_value(ds, "StudyInstanceUID") or "unknown-study")
+    series_uid = str(_tag_value(ds, "SeriesInstanceUID") or "unknown-series")
+    why_not = _why_not_image(ds, modality, sop_name)
+    too_big = None if why_not else _check_claimed_size(ds, pixel_offset, size, limit)
+    if too_big:
+        return too_big
+    short = None if why_not else _truncated_by(ds, pixel_offset, size)
+    if short:
+        return f"truncated: the file ends {short} bytes before its pixel data does"
+    slices = [] if why_not else _slices(ds, path)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return _Header(ds, modality, sop_name, study_uid, series_uid, why_not, slices, ts)
 
 
 def _truncated_by(ds, pixel_offset: int, size: int) -> int | None:

@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass
 
 from medseg.errors import InputError
+from medseg.io.dicom.geometry import StackPlan
+from medseg.io.dicom.scan import SeriesInfo
 
 
 @dataclass
 class Candidate:
-    series: object  # dicom_scan.SeriesInfo
-    plan: object  # dicom_geometry.StackPlan
+    series: SeriesInfo
+    plan: StackPlan
 
     @property
     def key(self) -> str:

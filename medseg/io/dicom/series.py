@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import GeometryError, InputError
-from medseg.io.dicom.geometry import GeometryPolicy, plan_series
-from medseg.io.dicom.scan import ScanResult, is_dicomdir_file, iter_files, looks_like_dicom, scan_folder
+from medseg.io.dicom.geometry import Finding, GeometryPolicy, StackPlan, plan_series
+from medseg.io.dicom.pixels import build_array
+from medseg.io.dicom.scan import ScanResult, SeriesInfo, is_dicomdir_file, iter_files, looks_like_dicom, scan_folder
 from medseg.io.dicom.select import Candidate, SelectionRule, select
 from medseg.io.volume import LPS_TO_RAS, Volume
 
@@ -47,9 +48,9 @@ def is_dicom_folder(path: Path) -> bool:
 
 @dataclass
 class SeriesEntry:
-    series: object  # SeriesInfo
-    plans: list = field(default_factory=list)
-    findings: list = field(default_factory=list)  # series-level findings
+    series: SeriesInfo
+    plans: list[StackPlan] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # series-level findings
 
     @property
     def segmentable(self) -> bool:
@@ -115,7 +116,7 @@ def source_folder(series, root: Path, *, with_identifiers: bool = False) -> str:
     text = _rel(folder, root) if folder != Path(root) else "."
     if with_identifiers:
         return text
-    secrets = set()
+    secrets: set[str] = set()
     for key, value in (getattr(series, "identifiers", None) or {}).items():
         if key in ("StudyInstanceUID", "SeriesInstanceUID") or not value:
             continue
@@ -186,8 +187,6 @@ def scan_inventory(folder: str | os.PathLike, *, policy: GeometryPolicy | None =
 def volume_from_candidate(c: Candidate, source: str, *, selection: dict | None = None,
                           with_identifiers: bool = False) -> Volume:
     """Decode and stack one planned candidate; a refused plan raises ``GeometryError`` with its reason."""
-    from medseg.io.dicom.pixels import build_array
-
     plan, s = c.plan, c.series
     if plan.refused:
         raise GeometryError(f"series {c.key}: {plan.refused}", path=source)

@@ -23,18 +23,20 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.dicom.scan import pseudonym
+from medseg.io.dicom.select import Candidate
+from medseg.io.dicom.series import scan_inventory, volume_from_candidate
 from medseg.io.volume import LPS_TO_RAS, Volume
 
 
 @dataclass
 class Referenced:
     volume: Volume
-    candidate: object  # medseg.io.dicom.select.Candidate
+    candidate: Candidate
     frame_of_reference: str
     sop_slice: dict = field(default_factory=dict)  # SOPInstanceUID -> slice index k on the volume's grid
 
 
-def _scan_root(images) -> tuple[Path, object]:
+def _scan_root(images) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     """A folder to scan for ``images`` (a folder, or a list of files linked into a temporary folder)."""
     if isinstance(images, (str, os.PathLike)):
         p = Path(images)
@@ -53,8 +55,6 @@ def referenced_volume(images, *, series_uid: str | None, sop_uids: set, what: st
 
     When the object names neither (``frame_of_reference`` given), the one stack on that frame of reference is used.
     """
-    from medseg.io.dicom.series import scan_inventory, volume_from_candidate
-
     if not isinstance(images, (str, os.PathLike)):
         images = [Path(f) for f in images]
         if not images:

@@ -20,7 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
 
+from medseg import safe_yaml
 from medseg.errors import ConfigError
 from medseg.labels import Label, LabelTable
 
@@ -55,10 +58,6 @@ def snake_name(name: str) -> str:
 @lru_cache(maxsize=1)
 def default_synonyms() -> dict[str, tuple[str, ...]]:
     """The packaged synonyms: canonical name -> variants."""
-    from importlib.resources import files
-
-    from medseg import safe_yaml
-
     text = files("medseg").joinpath(SYNONYMS_RESOURCE).read_text(encoding="utf-8")
     data = safe_yaml.load(text) or {}
     return _check_synonyms(data, source=SYNONYMS_RESOURCE)
@@ -66,10 +65,6 @@ def default_synonyms() -> dict[str, tuple[str, ...]]:
 
 def load_synonyms(path) -> dict[str, tuple[str, ...]]:
     """A user synonyms file (same format as the packaged one)."""
-    from pathlib import Path
-
-    from medseg import safe_yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError("ROI synonyms file not found", path=p)
@@ -141,6 +136,13 @@ def table_from_names(names, *, name: str = "roi_names", colors: dict | None = No
         else:
             col, code = found[c]
             found[c] = (col or colors.get(n), code or codes.get(n))
-    labels = tuple(Label(i, c, tuple(int(v) for v in found[c][0]) if found[c][0] is not None else None, found[c][1])
-                   for i, c in enumerate(sorted(found), start=1))
+    labels = tuple(Label(i, c, _rgb(found[c][0]), found[c][1]) for i, c in enumerate(sorted(found), start=1))
     return LabelTable(name, labels)
+
+
+def _rgb(color) -> tuple[int, int, int] | None:
+    """A display colour (an ROIDisplayColor triple) as three whole numbers."""
+    if color is None:
+        return None
+    r, g, b = (int(v) for v in color)
+    return (r, g, b)

@@ -7,7 +7,8 @@ DICOM SEG output for predictions made on a DICOM series (highdicom).
 The SEG references the source series: one frame per source slice, placed by
 the source slices' own geometry (so masks cannot come out flipped), one
 segment per structure of the label table, with the SNOMED CT code from the
-table when it has one. Written atomically as ``<case_id>.seg.dcm``.
+table when it has one. Written atomically at the path given (``medseg predict``
+names it ``<case_id>.seg.dcm``, ``medseg run`` ``seg.dcm``).
 
 A SEG is a clinical object meant to sit beside its series in a PACS, so it
 carries the series' patient and study modules (copied by highdicom from the
@@ -34,9 +35,9 @@ and returns a ``LabelObject`` like ``medseg.io.objects.rtstruct.read_rtstruct``:
   value against the table's SNOMED codes. Without a table one is made from the
   segment labels (with their SNOMED codes). Unmapped segments are listed.
 * Overlapping segments are resolved as for RTSTRUCT (smaller structure wins,
-  or ``overlap="table"``) and counted in findings.
+  or ``overlap="table"``; ``medseg.io.objects.label_objects``) and counted in
+  findings.
 """
-
 
 from __future__ import annotations
 
@@ -46,21 +47,86 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.errors import GeometryError, InputError
+from medseg.io.atomic import atomic_path
 from medseg.io.dicom.geometry import Finding
 from medseg.io.dicom.scan import pseudonym
 from medseg.io.limits import limit_from_env, max_voxels
-from medseg.io.objects.rtstruct import OVERLAP_RULES, LabelObject, combine_structures, label_object, overlap_findings
+from medseg.io.objects.label_objects import LabelObject, check_overlap_rule, combine_structures, label_object, overlap_findings
+from medseg.io.objects.referenced import referenced_volume
+from medseg.io.objects.roi_names import NameMatcher, table_from_names, usable_name
 from medseg.io.volume import LPS_TO_RAS, Volume
 from medseg.labels import LabelTable, display_colors
 
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Segments one SEG may declare unless ``MEDSEG_MAX_SEGMENTS`` says otherwise (TotalSegmentator's SEGs hold
+#: 117): checked from the header, before highdicom indexes the object (its index of 10,000 segments took 40 s
+#: and reading them 4 minutes).
+MAX_SEGMENTS = 1000
+#: Type 2 attributes of the source slices a SEG copies: written empty where an export left them out.
 _TYPE2_SOURCE_ATTRIBUTES = (
     "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime",
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
 )
-
 #: SNOMED CT "Anatomical structure": the category of every organ segment.
 _ANATOMY_CATEGORY = ("123037004", "SCT", "Anatomical Structure")
+
+
+def max_segments() -> int:
+    """The segment limit in force: ``MEDSEG_MAX_SEGMENTS`` (a positive integer) or ``MAX_SEGMENTS``."""
+    return limit_from_env("MEDSEG_MAX_SEGMENTS", MAX_SEGMENTS, "segments")
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+
+
+def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *, software_version: str,
+                    uid_seed: str | None = None, series_key: str | None = None) -> Path:
+    """Write ``labels`` (on the DICOM series' grid) as a DICOM SEG referencing that series.
+
+    ``uid_seed`` (e.g. a hash of the model and settings): the SEG's SeriesInstanceUID and SOPInstanceUID are
+    derived from it and the source SeriesInstanceUID, so writing the same case again gives the same object
+    (a PACS receiving it twice stores one instance); without it they are new each time.
+    ``series_key``: the source series' ``se...`` key when ``dicom_folder`` holds several series.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    folder = Path(dicom_folder)
+    matched = _source_slices(folder, labels, series_key)
+    frames = np.stack([labels.array[idx] for _, idx in matched]).astype(np.uint16)
+    if frames.max() > table.num_classes - 1:
+        raise GeometryError(f"label map holds value {int(frames.max())} outside label table {table.name!r}", path=labels.source or None)
+    algorithm = hd.AlgorithmIdentificationSequence(name="medseg", version=software_version, family=codes.cid7162.ArtificialIntelligence)
+    descriptions = []
+    colors = display_colors(table)
+    for n, lab in enumerate(table.labels, start=1):
+        prop = hd.sr.CodedConcept(lab.snomed, "SCT", lab.name) if lab.snomed else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=n, segment_label=lab.name,
+            segmented_property_category=hd.sr.CodedConcept(*_ANATOMY_CATEGORY),
+            segmented_property_type=prop,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*colors[lab.index]),
+        ))
+    # Segment numbers are 1..n in table order; remap label indices onto them.
+    remap = np.zeros(table.num_classes, dtype=np.uint16)
+    for n, lab in enumerate(table.labels, start=1):
+        remap[lab.index] = n
+    seg = hd.seg.Segmentation(
+        source_images=[ds for ds, _ in matched],
+        pixel_array=remap[frames],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=_uid(uid_seed, matched, "series"), series_number=900,
+        sop_instance_uid=_uid(uid_seed, matched, "instance"), instance_number=1,
+        manufacturer="medseg", manufacturer_model_name="medseg", software_versions=software_version, device_serial_number="0",
+        series_description="medseg segmentation",
+    )
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return Path(path)
 
 
 def _source_slices(folder: Path, labels: Volume, series_key: str | None = None):
@@ -70,8 +136,6 @@ def _source_slices(folder: Path, labels: Volume, series_key: str | None = None):
     folder holding several series on the same grid (an export of several patients) cannot mix them.
     """
     import pydicom
-
-    from medseg.io.dicom.scan import pseudonym
 
     inv = np.linalg.inv(labels.affine)
     matched = []
@@ -128,66 +192,7 @@ def _uid(seed: str | None, matched, what: str) -> str:
     return generate_uid(entropy_srcs=[seed, str(matched[0][0].get("SeriesInstanceUID", "")), f"medseg SEG {what}"])
 
 
-def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *, software_version: str,
-                    uid_seed: str | None = None, series_key: str | None = None) -> Path:
-    """Write ``labels`` (on the DICOM series' grid) as a DICOM SEG referencing that series.
-
-    ``uid_seed`` (e.g. a hash of the model and settings): the SEG's SeriesInstanceUID and SOPInstanceUID are
-    derived from it and the source SeriesInstanceUID, so writing the same case again gives the same object
-    (a PACS receiving it twice stores one instance); without it they are new each time.
-    ``series_key``: the source series' ``se...`` key when ``dicom_folder`` holds several series.
-    """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    from medseg.io.atomic import atomic_path
-
-    folder = Path(dicom_folder)
-    matched = _source_slices(folder, labels, series_key)
-    frames = np.stack([labels.array[idx] for _, idx in matched]).astype(np.uint16)
-    if frames.max() > table.num_classes - 1:
-        raise GeometryError(f"label map holds value {int(frames.max())} outside label table {table.name!r}", path=labels.source or None)
-    algorithm = hd.AlgorithmIdentificationSequence(name="medseg", version=software_version, family=codes.cid7162.ArtificialIntelligence)
-    descriptions = []
-    colors = display_colors(table)
-    for n, lab in enumerate(table.labels, start=1):
-        prop = hd.sr.CodedConcept(lab.snomed, "SCT", lab.name) if lab.snomed else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=n, segment_label=lab.name,
-            segmented_property_category=hd.sr.CodedConcept(*_ANATOMY_CATEGORY),
-            segmented_property_type=prop,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*colors[lab.index]),
-        ))
-    # Segment numbers are 1..n in table order; remap label indices onto them.
-    remap = np.zeros(table.num_classes, dtype=np.uint16)
-    for n, lab in enumerate(table.labels, start=1):
-        remap[lab.index] = n
-    seg = hd.seg.Segmentation(
-        source_images=[ds for ds, _ in matched],
-        pixel_array=remap[frames],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=_uid(uid_seed, matched, "series"), series_number=900,
-        sop_instance_uid=_uid(uid_seed, matched, "instance"), instance_number=1,
-        manufacturer="medseg", manufacturer_model_name="medseg", software_versions=software_version, device_serial_number="0",
-        series_description="medseg segmentation",
-    )
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return Path(path)
-
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-#: Segments one SEG may declare unless ``MEDSEG_MAX_SEGMENTS`` says otherwise (TotalSegmentator's SEGs hold
-#: 117): checked from the header, before highdicom indexes the object (its index of 10,000 segments took 40 s
-#: and reading them 4 minutes).
-MAX_SEGMENTS = 1000
-
-
-def max_segments() -> int:
-    return limit_from_env("MEDSEG_MAX_SEGMENTS", MAX_SEGMENTS, "segments")
+# -- reading ----------------------------------------------------------------------------------------------------
 
 
 def _check_bounds(ds) -> None:
@@ -227,8 +232,6 @@ def seg_header(path_or_ds) -> dict:
     """What a SEG references and holds: series UID, source SOP UIDs, segments (number, label, code)."""
     import pydicom
 
-    from medseg.io.objects.roi_names import usable_name
-
     ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, stop_before_pixels=True, force=True)
     if str(ds.get("Modality", "")) != "SEG" and str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
         raise InputError("not a DICOM Segmentation (Modality SEG)", path=getattr(ds, "filename", None))
@@ -254,11 +257,7 @@ def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None 
     """Read the SEG at ``path`` onto the series it references, found in ``images`` (folder or files)."""
     import highdicom as hd
 
-    from medseg.io.objects.referenced import referenced_volume
-    from medseg.io.objects.roi_names import NameMatcher, table_from_names
-
-    if overlap not in OVERLAP_RULES:
-        raise ConfigError(f"overlap rule {overlap!r}; expected one of {', '.join(OVERLAP_RULES)}")
+    check_overlap_rule(overlap)
     head = seg_header(Path(path))
     try:
         seg = hd.seg.segread(path)
