@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 from pathlib import Path
 
-from medseg.errors import CheckpointError
+from medseg import __version__
+from medseg.errors import CheckpointError, ConfigError
+from medseg.io.atomic import atomic_path
+from medseg.labels import LabelTable
+from medseg.models._registry import create_volume_model
 from medseg.provenance import file_sha256, to_plain  # noqa: F401  (file_sha256: part of this module's API)
 
 FORMAT_VERSION = 1
@@ -36,16 +41,12 @@ def weights_sha256(state_dict) -> str:
 
 
 def versions() -> dict:
-    import platform
-
     import monai
     import numpy
     import torch
 
-    import medseg
-
     return {k: str(v) for k, v in {
-        "medseg": medseg.__version__,
+        "medseg": __version__,
         "monai": monai.__version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -55,8 +56,6 @@ def versions() -> dict:
 
 def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None, in_channels: int = 1) -> Path:
     import torch
-
-    from medseg.io.atomic import atomic_path
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = to_plain({
@@ -134,9 +133,6 @@ def _positive_int(value) -> bool:
 def _check_model_and_labels(ckpt: dict, p: Path) -> None:
     """The network's declared shape and the label table must agree before anything is built:
     one output channel per class (background + the largest label index)."""
-    from medseg.errors import ConfigError
-    from medseg.labels import LabelTable
-
     m = ckpt["model"]
     if not isinstance(m, dict) or any(k not in m for k in _MODEL_KEYS) or not isinstance(m.get("kwargs"), dict):
         raise CheckpointError(f"not a medseg checkpoint: its 'model' entry needs {list(_MODEL_KEYS)} (kwargs a mapping)", path=p)
@@ -163,8 +159,6 @@ def _check_model_and_labels(ckpt: dict, p: Path) -> None:
 
 def build_model(ckpt: dict):
     """The checkpoint's network with its weights loaded, in eval mode."""
-    from medseg.models import create_volume_model
-
     m = ckpt["model"]
     model = create_volume_model(
         m["name"], spatial_dims=m["spatial_dims"], in_channels=m["in_channels"], out_channels=m["out_channels"], **m["kwargs"]

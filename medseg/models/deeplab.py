@@ -24,8 +24,8 @@ from monai.networks.layers.factories import Pool
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import MODELS
 from medseg.models._blocks import ConvNormAct, PadToDivisor, ResBlock, act_layer, conv, resize
+from medseg.models._registry import MODELS
 
 
 class AtrousResNet(nn.Module):

@@ -19,8 +19,8 @@ from __future__ import annotations
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import MODELS
 from medseg.models._blocks import ConvNormAct, PadToDivisor, conv, max_pool, up_conv
+from medseg.models._registry import MODELS
 
 
 class FCN(PadToDivisor):

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import MODELS
 from medseg.models._blocks import ConvNormAct, conv, pad_to_multiples
+from medseg.models._registry import MODELS
 
 _NORM = ("instance", {"affine": True})
 _ACT = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})

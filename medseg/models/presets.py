@@ -26,16 +26,18 @@ takes both: ``model:`` from ``model`` and the ``training`` keys over its own
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 
+from medseg import safe_yaml
+from medseg.config import CONFIG_ROOT, TrainingConfig, build_dataclass
 from medseg.errors import ConfigError
+from medseg.models._registry import MODELS, _accepts_any, model_info
 
 _KEYS = {"name", "spatial_dims", "kwargs", "training"}
 
 
 def preset_dir() -> Path:
-    from medseg.config import CONFIG_ROOT
-
     return CONFIG_ROOT / "models"
 
 
@@ -46,9 +48,6 @@ def list_model_presets() -> list[str]:
 def load_model_preset(name: str, root: Path | None = None) -> dict:
     """The preset ``name`` as ``{"model": {"name", "spatial_dims", "kwargs"}, "training": {...}}``;
     errors name the file and what is wrong."""
-    from medseg import safe_yaml
-    from medseg.models import MODELS, _accepts_any, model_info
-
     root = Path(root) if root is not None else preset_dir()
     path = root / f"{name}.yaml"
     if not path.is_file():
@@ -72,8 +71,6 @@ def load_model_preset(name: str, root: Path | None = None) -> dict:
 
 def _training_recipe(data, path: Path) -> dict:
     """The preset's ``training:`` mapping, checked as ``TrainingConfig`` keys and types (``{}`` when absent)."""
-    from medseg.config import TrainingConfig, build_dataclass
-
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -84,8 +81,6 @@ def _training_recipe(data, path: Path) -> dict:
 
 def preset_overrides(preset: dict) -> list[str]:
     """A loaded preset as config overrides (``section.key=value``, values in JSON): ``model.*`` and its ``training.*``."""
-    import json
-
     model = preset["model"]
     out = [f"model.name={model['name']}", f"model.spatial_dims={model['spatial_dims']}", "model.kwargs=" + json.dumps(model["kwargs"])]
     return out + [f"training.{k}={json.dumps(v)}" for k, v in preset["training"].items()]
@@ -93,8 +88,6 @@ def preset_overrides(preset: dict) -> list[str]:
 
 def _preset_models(root: Path) -> dict[str, tuple[str, int]]:
     """preset name -> (model name, spatial_dims) as the preset files say (read, not checked)."""
-    from medseg import safe_yaml
-
     out = {}
     for path in sorted(root.glob("*.yaml")):
         try:
@@ -112,8 +105,6 @@ def resolve_model_preset(name: str, root: Path | None = None) -> dict:
     (``<model>_small`` first, then its other presets, 3D before 2D), else the model itself at its default
     width (``{"model": {"name", "spatial_dims", "kwargs": {}}, "training": {}}``). An unknown name is one
     ``ConfigError`` listing both kinds of names."""
-    from medseg.models import MODELS, model_info
-
     root = Path(root) if root is not None else preset_dir()
     if (root / f"{name}.yaml").is_file():
         return load_model_preset(name, root)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models import MODELS
 from medseg.models._blocks import ConvNormAct, DoubleConv, PadToDivisor, conv, max_pool, pad_to_multiples, up_conv
+from medseg.models._registry import MODELS
 
 
 class AttentionGate(nn.Module):

@@ -1,1 +1,1 @@
-"""Training from a data manifest: ``medseg.training.loop.train``."""
+"""Training from a data manifest: ``medseg.training.trainer`` (``Trainer``, ``train``, ``train_from_files``)."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medseg.io.atomic import atomic_path
+
 
 def plot_training_curve(history, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from medseg.io.atomic import atomic_path
 
     x = "iterations" if "iterations" in history else "epoch"  # budget runs end some epochs early: iterations are the clock
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))

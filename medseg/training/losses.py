@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from medseg.errors import ConfigError, UnknownComponentError
+from medseg.registry import Registry
+
 
 def deep_supervision_weights(n: int) -> list[float]:
     """nnU-Net's weights for ``n`` outputs, highest resolution first: 1/2**i, the last 0, normalised to sum 1."""
@@ -63,9 +66,6 @@ def segmentation_loss(loss_fn: Callable, outputs, target: torch.Tensor) -> torch
 
 
 # --- the loss itself, chosen by name (``training.loss``) --------------------------------------------
-
-from medseg.errors import ConfigError, UnknownComponentError  # noqa: E402
-from medseg.registry import Registry  # noqa: E402
 
 #: Training losses by name; plugins through the ``medseg.losses`` entry-point group. A builder takes no
 #: arguments and returns ``loss(logits [B, C, ...], target [B, 1, ...] class indices) -> scalar``.

@@ -30,12 +30,23 @@ Plan:
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from medseg import safe_yaml
+from medseg.config import apply_overrides, config_from_dict
+from medseg.data.label_sources import check_table_against_values, label_values, table_for_manifest, values_in
+from medseg.data.manifest import image_columns, read_manifest
 from medseg.errors import InputError
+from medseg.io.atomic import write_json, write_text
+from medseg.io.readers import read_volume
+from medseg.models import input_divisor
+from medseg.models.presets import resolve_model_preset
+from medseg.transforms.intensity import check_preprocessing, get_scheme, scheme_for_modality
 
 #: On a CPU, the largest patch (voxels) planned: 64^3, the plain MONAI recipe's patch. A whole 2 mm head (104x120x96)
 #: took 9 s per step with 2 samples per image on 2 cores (6 steps in a 1-minute budget); the earlier cap, 96x96x64
@@ -56,9 +67,6 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
     is read, so that the planner's label check does not read these label maps a second time.
     """
     import nibabel as nib
-
-    from medseg.data.label_sources import values_in
-    from medseg.io.readers import read_volume
 
     rng = np.random.default_rng(seed)
     spacings, shapes, samples, air = [], [], [], []
@@ -155,8 +163,6 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
         patch = (up if fits(up) else np.maximum(np.floor(patch / step) * step, step)).astype(int)
     pre = cfg.setdefault("preprocessing", {})
     pre["spacing"] = [round(float(s), 3) for s in spacing]
-    from medseg.transforms.intensity import get_scheme, scheme_for_modality
-
     scheme = scheme_for_modality(fp["modality"])  # the first registered scheme planned for this modality
     pre["intensity"] = scheme
     pre.update(get_scheme(scheme).plan(fp))
@@ -181,17 +187,6 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     registered model (``medseg models``): its family's preset, else its default width.
     The fingerprint is written beside the config as ``<config stem>.fingerprint.json``.
     """
-    import copy
-
-    import yaml
-
-    from medseg import safe_yaml
-    from medseg.config import apply_overrides, config_from_dict
-    from medseg.data.label_sources import check_table_against_values, label_values, table_for_manifest
-    from medseg.data.manifest import image_columns, read_manifest
-    from medseg.io.atomic import write_json, write_text
-    from medseg.models import input_divisor
-
     df = read_manifest(manifest, require_labels=True)
     base = (safe_yaml.load_file(base_config) or {}) if base_config else {}
     if model:
@@ -221,7 +216,7 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
         inf["tta_flips"] = list(aug["flip_axes"])
     cfg = {"labels": found.table.to_dict(), **{k: v for k, v in cfg.items() if k != "labels"}}
     cfg = apply_overrides(cfg, overrides)
-    config_from_dict(cfg, source=str(out))  # refuse a plan the trainer would refuse
+    check_preprocessing(config_from_dict(cfg, source=str(out)).preprocessing, str(out))  # refuse a plan the trainer would refuse
     out = Path(out)
     fp_path = out.with_name(out.name.split(".")[0] + ".fingerprint.json")
     write_json(fp_path, fp)
@@ -241,10 +236,6 @@ def has_sides(table) -> bool:
 
 def _with_model_preset(base: dict, name: str) -> dict:
     """``base`` with the preset's model section and its per-family training recipe (``base`` keys win)."""
-    import copy
-
-    from medseg.models.presets import resolve_model_preset
-
     preset = resolve_model_preset(name)  # a preset, or a model name (its family's preset or default recipe)
     model = preset.get("model", preset) if isinstance(preset.get("model"), dict) else {k: preset[k] for k in ("name", "spatial_dims", "kwargs") if k in preset}
     cfg = copy.deepcopy(base)

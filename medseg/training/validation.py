@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from medseg.inference.sliding_window import window_scores
+
 
 def validate(model, dataset, inference, table, device, *, floor: float = 0.0) -> dict:
     """Mean Dice over validation cases for each structure of ``table`` (NaN where a structure is in none)."""
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
-
-    from medseg.inference.sliding_window import window_scores
 
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     was_training = model.training

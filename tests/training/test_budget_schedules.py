@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medseg import api
-from medseg.training.loop import _lr_factor
+from medseg.training.schedule import lr_factor
 
 
 def _train(cfg, manifest, out, **kw):
@@ -20,10 +20,10 @@ def _train(cfg, manifest, out, **kw):
 
 
 def test_lr_factor_poly_and_cosine():
-    assert _lr_factor(0.0, "poly") == 1.0 and _lr_factor(1.0, "poly") == 0.0
-    assert _lr_factor(0.5, "poly") == pytest.approx(0.5**0.9)
-    assert _lr_factor(0.5, "cosine") == pytest.approx(0.5) and _lr_factor(1.0, "cosine") == pytest.approx(0.0)
-    assert _lr_factor(1.7, "poly") == 0.0 and _lr_factor(-0.2, "cosine") == 1.0  # clipped to the run
+    assert lr_factor(0.0, "poly") == 1.0 and lr_factor(1.0, "poly") == 0.0
+    assert lr_factor(0.5, "poly") == pytest.approx(0.5**0.9)
+    assert lr_factor(0.5, "cosine") == pytest.approx(0.5) and lr_factor(1.0, "cosine") == pytest.approx(0.0)
+    assert lr_factor(1.7, "poly") == 0.0 and lr_factor(-0.2, "cosine") == 1.0  # clipped to the run
 
 
 def test_an_epoch_is_a_fixed_number_of_iterations_whatever_the_number_of_cases(tiny_cohort, write_config, tmp_path):

@@ -239,7 +239,7 @@ def test_plan_sizes_patches_for_the_network_the_overrides_ask_for(tmp_path):
 
 def test_the_pipeline_trains_with_the_data_sets_table_not_the_recipes(tmp_path, caplog):
     """train_and_evaluate's recipe (phantom_demo) names abdomen_phantom; brain data must not come out as 'liver'."""
-    from medseg.runner.learn import data_label_table
+    from medseg.runner.training_stages import data_label_table
 
     manifest = _brainish(tmp_path / "d", values_per_case=((1, 2),) * 3)
     recipe = tmp_path / "recipe.yaml"
