@@ -24,7 +24,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from medseg.adapters import totalseg
+from medseg.adapters.nnunet import predictor as nnunet_predictor
+from medseg.adapters.nnunet.folder import load_nnunet_folder
 from medseg.errors import CheckpointError, OutputError
+from medseg.inference.load import detect
+from medseg.io.atomic import atomic_path
+from medseg.models.checkpoint import versions
+from medseg.provenance import file_sha256, to_plain
 
 MARKER = "medseg_external_model"
 FORMAT_VERSION = 1
@@ -62,13 +69,9 @@ def import_model(path, out, *, folds=None, checkpoint: str = "final", force: boo
     unless ``force``). Returns ``out``."""
     import torch
 
-    from medseg.adapters import formats as external
-    from medseg.io.atomic import atomic_path
-    from medseg.models.checkpoint import versions
-    from medseg.provenance import to_plain
 
     src, target = Path(path), Path(out)
-    fmt = external.detect(src)
+    fmt = detect(src)
     if fmt is None or fmt.name not in KINDS:
         what = f"a {fmt.name} folder" if fmt is not None else "not a model folder medseg recognises"
         raise CheckpointError(f"{what}; medseg models import takes an nnU-Net v2 trained-model folder (plans.json, "
@@ -78,15 +81,10 @@ def import_model(path, out, *, folds=None, checkpoint: str = "final", force: boo
     if target.resolve() == src.resolve() or src.resolve() in target.resolve().parents:
         raise OutputError("--out lies inside the model folder being imported; write it elsewhere", path=target)
     if fmt.name == "nnunet":
-        from medseg.adapters.nnunet.folder import load_nnunet_folder
-        from medseg.adapters.nnunet.predictor import folder_sha256
-
         model = load_nnunet_folder(src, folds=folds, checkpoint=checkpoint)
         entries = [_model_entry(model, f"{src.parent.name or 'Dataset'}/{src.name}")]
-        labels, sha = model.labels.table, folder_sha256(model)
+        labels, sha = model.labels.table, nnunet_predictor.folder_sha256(model)
     else:
-        from medseg.adapters import totalseg
-
         task, parts = totalseg.load_parts(src, folds=folds, checkpoint=checkpoint)
         entries = [_model_entry(m, f"{m.folder.parent.name}/{m.folder.name}") for m in parts]
         labels, _ = totalseg.combined_labels(task, parts)
@@ -155,18 +153,13 @@ def _checkpoint_kind(data: dict) -> str:
 
 def predictor(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
     """The imported model's predictor: the same code as for its folder, on the folder recreated from the file."""
-    from medseg.models.checkpoint import file_sha256
-
     data = _load(path)
     if checkpoint != "final" and checkpoint != _checkpoint_kind(data):
         raise CheckpointError(f"this file holds the {_checkpoint_kind(data)} checkpoint only; import the folder again "
                               f"with --checkpoint {checkpoint}", path=path)
     with tempfile.TemporaryDirectory(prefix="medseg-import-") as tmp:
         folder = _materialise(data, Path(tmp), path)
-        if data["kind"] == "nnunet":
-            from medseg.adapters.nnunet.predictor import from_folder
-        else:
-            from medseg.adapters.totalseg import from_folder
+        from_folder = nnunet_predictor.from_folder if data["kind"] == "nnunet" else totalseg.from_folder
         pred = from_folder(folder, device=device, progress=progress, folds=folds, checkpoint=_checkpoint_kind(data),
                            expected_labels=expected_labels, **inference)
     pred.provenance.update({"model_path": str(path), "model_sha256": file_sha256(path), "imported_from": data["source"],
@@ -175,15 +168,11 @@ def predictor(path, *, device=None, progress=False, folds=None, checkpoint="fina
 
 
 def run_summary(path) -> dict:
-    from medseg.models.checkpoint import file_sha256
-
+    """What ``medseg run`` records of an imported model: its folder's summary, with this file's path and hash."""
     data = _load(path)
     with tempfile.TemporaryDirectory(prefix="medseg-import-") as tmp:
         folder = _materialise(data, Path(tmp), path)
-        if data["kind"] == "nnunet":
-            from medseg.adapters.nnunet.predictor import run_summary as summary
-        else:
-            from medseg.adapters.totalseg import run_summary as summary
+        summary = nnunet_predictor.run_summary if data["kind"] == "nnunet" else totalseg.run_summary
         out = summary(folder)
     out.update({"path": str(path), "file_sha256": file_sha256(path)})
     return out

@@ -53,13 +53,17 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
+from medseg.adapters.nnunet.folder import load_nnunet_folder
+from medseg.adapters.nnunet.predictor import NnunetOptions, NnunetPredictor, folder_sha256
 from medseg.errors import CheckpointError, ConfigError, GeometryError
-from medseg.inference.predictor import Predictor, peak_rss_mb
+from medseg.inference.predictor import intensity_fill_value, read_case_channels, resolve_device
 from medseg.io.volume import Volume
 from medseg.labels import Label, LabelTable
+from medseg.provenance import peak_rss_mb
 
 
 @dataclass(frozen=True)
@@ -257,8 +261,6 @@ def slabs(n: int) -> list[tuple[slice, slice, slice]]:
 
 # ----------------------------------------------------------------------------------------- the predictor
 def folder_hash(parts) -> str:
-    from medseg.adapters.nnunet.predictor import folder_sha256
-
     h = hashlib.sha256()
     for model in parts:
         h.update(model.folder.parent.name.encode())
@@ -269,8 +271,6 @@ def folder_hash(parts) -> str:
 def load_parts(path, *, folds=None, checkpoint="final"):
     """(task, [NnunetModel per part]) after every check; fold 0 by default (TotalSegmentator's ``folds=[0]``),
     else every fold present."""
-    from medseg.adapters.nnunet.folder import load_nnunet_folder
-
     task, folders = resolve(path)
     parts = []
     for folder in folders:
@@ -288,30 +288,34 @@ def load_parts(path, *, folds=None, checkpoint="final"):
     return task, parts
 
 
-class TotalSegmentatorPredictor(Predictor):
-    """TotalSegmentator's task as one model: reorient, resample, nnU-Net per part, merge, back to the input grid."""
+@dataclass(frozen=True)
+class TotalsegOptions:
+    """The options of a TotalSegmentator model: nnU-Net's (``NNUNET_OPTIONS``) for every part, on
+    TotalSegmentator's settings (tile step 0.8, no mirroring) that the options given override."""
 
-    def __init__(self, task: Task, parts, *, device=None, progress: bool = False, inference: dict | None = None,
-                 path=None):
-        import torch
+    nnunet: NnunetOptions
 
-        from medseg.adapters.nnunet.predictor import NNUNET_OPTIONS, NnunetPredictor
-        from medseg.inference.sliding_window import default_device
-
+    @classmethod
+    def parse(cls, inference: Mapping[str, Any] | None = None) -> "TotalsegOptions":
         overrides = dict(inference or {})
-        unknown = set(overrides) - set(NNUNET_OPTIONS)
-        if unknown:
-            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to TotalSegmentator models (medseg follows "
-                              f"TotalSegmentator's own inference for them); accepted: {list(NNUNET_OPTIONS)}")
+        part_opts = {"overlap": round(1.0 - TILE_STEP, 10), "mirror": False, **overrides}
+        return cls(NnunetOptions.parse(part_opts, model_kind="TotalSegmentator models",
+                                       follows="TotalSegmentator's own inference"))
+
+
+class TotalSegmentatorPredictor:
+    """TotalSegmentator's task as one ``Predictor``: reorient, resample, nnU-Net per part, merge, back to the input grid."""
+
+    def __init__(self, task: Task, parts, *, device=None, progress: bool = False, options: TotalsegOptions | None = None,
+                 path=None):
+        options = options if options is not None else TotalsegOptions.parse()
         self.task = task
         self.parts = parts
-        self.device = torch.device(device) if device else default_device()
+        self.device = resolve_device(device)
         self.progress = progress
         self.in_channels = 1
         self.labels, self.luts = combined_labels(task, parts)
-        # TotalSegmentator's settings for every part (tile step 0.8, no mirroring); options given override them
-        part_opts = {"overlap": round(1.0 - TILE_STEP, 10), "mirror": False, **overrides}
-        self.predictors = [NnunetPredictor(m, device=self.device, progress=False, inference=part_opts) for m in parts]
+        self.predictors = [NnunetPredictor(m, device=self.device, progress=False, options=options.nnunet) for m in parts]
         self.inference = {**self.predictors[0].inference, "engine": "totalsegmentator"}
         self.inference.pop("roi_size", None)
         self.preprocessing = {"intensity": "nnunet", "reorient": "RAS (closest canonical)",
@@ -324,6 +328,11 @@ class TotalSegmentatorPredictor(Predictor):
                        "checkpoint": m.checkpoint} for m in parts],
             "in_channels": 1, "trained_with": {},
         }
+
+    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
+        """The case's image through medseg's checks (one channel, NaN/Inf policy)."""
+        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
+                                  fill_value=intensity_fill_value(self.preprocessing), findings=findings)
 
     def _label_dtype(self):
         return np.uint8 if self.labels.num_classes - 1 < 256 else np.uint16
@@ -341,7 +350,7 @@ class TotalSegmentatorPredictor(Predictor):
                               "drop --save-probabilities")
         t0 = time.monotonic()
         findings: list = []
-        volume, channels = self._read_channels(source, findings)
+        volume, channels = self.read(source, findings)
         data = np.asarray(channels[0], dtype=np.float64)  # get_fdata()
         del channels
         shape_in = data.shape
@@ -372,8 +381,10 @@ class TotalSegmentatorPredictor(Predictor):
 
 
 def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
+    """The ``totalsegmentator`` format's loader: the task's predictor, its options (``TotalsegOptions``) checked first."""
+    options = TotalsegOptions.parse(inference)
     task, parts = load_parts(path, folds=folds, checkpoint=checkpoint)
-    pred = TotalSegmentatorPredictor(task, parts, device=device, progress=progress, inference=inference, path=path)
+    pred = TotalSegmentatorPredictor(task, parts, device=device, progress=progress, options=options, path=path)
     if expected_labels is not None and not pred.labels.same_structures(expected_labels):
         raise CheckpointError(f"model segments {pred.labels.names} but {expected_labels.names} was asked for", path=Path(path))
     return pred

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import medseg.adapters  # noqa: F401  (registers the model-folder formats with medseg.inference.load)
+
 FIXTURE = Path(__file__).with_name("nnunet_fixture.py")
 
 

@@ -51,7 +51,7 @@ def test_import_writes_plain_data_and_predict_gives_the_folders_labels(tmp_path,
     import nibabel as nib
     import torch
 
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     folder = _nnunet_folder(tmp_path / "models")
     out = tmp_path / "model.pt"
@@ -65,13 +65,13 @@ def test_import_writes_plain_data_and_predict_gives_the_folders_labels(tmp_path,
     for k, v in ck["network_weights"].items():
         assert torch.equal(m["folds"]["1"]["network_weights"][k], v)
     assert [lab["name"] for lab in data["labels"]["labels"]] == ["liver", "spleen", "kidney_left"]
-    from medseg.adapters import formats as external
+    from medseg.inference import load as external
 
     summary = external.run_summary(out)  # what medseg run records of its model
     assert summary["path"] == str(out) and summary["labels"] == data["labels"]
 
     image = _image(tmp_path)
-    ref = Predictor.from_checkpoint(folder, device="cpu").predict(str(image))
+    ref = load_predictor(folder, device="cpu").predict(str(image))
     assert len(np.unique(ref.array)) >= 2, "the folder's model predicts one class: the comparison would prove nothing"
     assert main(["predict", "--model", str(out), str(image), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     written = [p for p in (tmp_path / "pred").glob("*.nii.gz")]
@@ -156,7 +156,7 @@ def test_models_listing_and_one_model_still_work(capsys):
 def test_totalsegmentator_folder_imports_as_one_file(tmp_path):
     import torch
 
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     home = make_total(tmp_path / "ts")
     out = tmp_path / "total.pt"
@@ -166,8 +166,8 @@ def test_totalsegmentator_folder_imports_as_one_file(tmp_path):
     data = torch.load(out, weights_only=True)
     assert data["kind"] == "totalsegmentator" and [m["dir"].split("/")[0] for m in data["models"]] == [v[0] for v in PARTS.values()]
     image = _image(tmp_path, seed=9, flips=(False, True, True))
-    a = Predictor.from_checkpoint(home, device="cpu", overlap=0.5)
-    b = Predictor.from_checkpoint(out, device="cpu", overlap=0.5)
+    a = load_predictor(home, device="cpu", overlap=0.5)
+    b = load_predictor(out, device="cpu", overlap=0.5)
     assert a.labels.to_dict() == b.labels.to_dict() and b.provenance["model_path"] == str(out)
     ra, rb = a.predict(str(image)), b.predict(str(image))
     assert len(np.unique(ra.array)) >= 2

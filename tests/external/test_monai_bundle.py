@@ -54,9 +54,9 @@ def _phantom_image(tmp_path: Path, seed: int, name: str = "img.nii.gz", **kw):
 
 
 def _predict(bundle: Path, image: Path, **kw):
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
-    return Predictor.from_checkpoint(bundle, device="cpu", **kw)
+    return load_predictor(bundle, device="cpu", **kw)
 
 
 # ------------------------------------------------------------------------------------ against MONAI
@@ -324,7 +324,7 @@ def test_weights_for_another_network_are_refused(tmp_path):
 
 
 def test_format_table_detects_bundles_and_not_nnunet_folders(tmp_path):
-    from medseg.adapters import formats as external
+    from medseg.inference import load as external
 
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights())
     assert external.detect(bundle).name == "monai_bundle"

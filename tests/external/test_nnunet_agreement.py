@@ -91,10 +91,10 @@ def test_logits_match_nnunet(ours, reference):
 
 
 def test_label_map_and_probabilities_match_nnunet(nnunet_model, reference):
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     folder, image = nnunet_model
-    pred = Predictor.from_checkpoint(folder, device="cpu")
+    pred = load_predictor(folder, device="cpu")
     _assert_same_output(pred.predict(image, keep_probabilities=True), reference)
 
 
@@ -102,7 +102,7 @@ def test_2d_configuration_matches_nnunet(nnunet_model):
     """nnU-Net's 2d configuration (slice by slice along its first axis, the slice spacing kept)."""
     from medseg.adapters.nnunet import inference as nn
     from medseg.adapters.nnunet.folder import load_nnunet_folder
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     folder3d, image = nnunet_model
     folder = folder3d.parent / folder3d.name.replace("__3d_fullres", "__2d")
@@ -111,7 +111,7 @@ def test_2d_configuration_matches_nnunet(nnunet_model):
     assert len(model.conf["patch_size"]) == 2
     data, _ = nn.preprocess(ref["img"], ref["spacing"], model)
     np.testing.assert_allclose(data, ref["data"], rtol=0, atol=1e-4)
-    _assert_same_output(Predictor.from_checkpoint(folder, device="cpu").predict(image, keep_probabilities=True), ref)
+    _assert_same_output(load_predictor(folder, device="cpu").predict(image, keep_probabilities=True), ref)
 
 
 def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp_path):
@@ -132,7 +132,7 @@ def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp
 def test_mr_two_channels_masked_zscore_and_regions_match_nnunet(nnunet_mr_model):
     from medseg.adapters.nnunet import inference as nn
     from medseg.adapters.nnunet.folder import load_nnunet_folder
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     folder, images = nnunet_mr_model
     model = load_nnunet_folder(folder)
@@ -143,6 +143,6 @@ def test_mr_two_channels_masked_zscore_and_regions_match_nnunet(nnunet_mr_model)
     data, props = nn.preprocess(ref["img"], ref["spacing"], model)
     assert props["shape_after_cropping"] != props["shape_before_cropping"]  # the crop to the body did something
     np.testing.assert_allclose(data, ref["data"], rtol=0, atol=1e-4)
-    out = Predictor.from_checkpoint(folder, device="cpu").predict([str(i) for i in images], keep_probabilities=True)
+    out = load_predictor(folder, device="cpu").predict([str(i) for i in images], keep_probabilities=True)
     assert set(np.unique(out.array)) <= {0, 1, 3, 4}
     _assert_same_output(out, ref)

@@ -254,17 +254,17 @@ def _agreement(a, b):
 @pytest.mark.parametrize("which", ["ct", "ct_2d", "mr"])
 def test_fast_preset_keeps_labels_on_nnunet_models(which, request):
     pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only)")
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     folder, image = request.getfixturevalue("nnunet_mr_model" if which == "mr" else "nnunet_model")
     image = [str(i) for i in image] if which == "mr" else image
     if which == "ct_2d":  # the same data set's 2d configuration: 2D windows, channels-last 2D layout
         folder = folder.parent / folder.name.replace("__3d_fullres", "__2d")
-    faithful = Predictor.from_checkpoint(folder, device="cpu").predict(image)
+    faithful = load_predictor(folder, device="cpu").predict(image)
     # bf16 (the preset's amp: auto) is left out here: the fixture's networks are trained for two iterations, so
     # their class scores are near ties everywhere and bf16 rounding flips labels by chance (0.984-1.0 of voxels from
     # one fixture build to the next); bench_nnunet.py measures it. The other switches must keep the labels.
-    fast_pred = Predictor.from_checkpoint(folder, device="cpu", preset="fast", amp="off")
+    fast_pred = load_predictor(folder, device="cpu", preset="fast", amp="off")
     assert fast_pred.inference["export"] == "labels" and fast_pred.inference["skip_background"] is True
     assert fast_pred.inference["amp"] == "off"
     fast = fast_pred.predict(image)

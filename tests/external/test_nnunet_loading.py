@@ -123,7 +123,7 @@ def test_payload_refused_through_the_cli_with_one_line(tmp_path):
 
 
 def test_postprocessing_pkl_is_never_unpickled(tmp_path):
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     marker = tmp_path / "payload_ran"
     folder = make_folder(tmp_path)
@@ -132,7 +132,7 @@ def test_postprocessing_pkl_is_never_unpickled(tmp_path):
     (folder / "postprocessing.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     (folder / "crossval_results_folds_0").mkdir()
     (folder / "crossval_results_folds_0" / "postprocessing.pkl").write_bytes(pickle.dumps(_Payload(marker)))
-    pred = Predictor.from_checkpoint(folder, device="cpu")
+    pred = load_predictor(folder, device="cpu")
     assert pred.labels.names == ["liver", "spleen"]
     assert not marker.exists()
 
@@ -222,10 +222,10 @@ def test_older_plans_format_builds_the_same_network(tmp_path):
 
 
 def test_medseg_checkpoint_options_refused_for_plain_files(tmp_path):
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     with pytest.raises(CheckpointError, match="not one"):
-        Predictor.from_checkpoint(tmp_path / "x.pt", folds=[0])
+        load_predictor(tmp_path / "x.pt", folds=[0])
 
 
 def test_residual_encoder_unet_from_plans(tmp_path):

@@ -133,8 +133,8 @@ def test_triple_split_slabs_put_back_every_slice_once():
 
 
 def test_layout_is_found_from_the_home_folder_results_or_a_dataset(tmp_path):
-    from medseg.adapters import formats as external
     from medseg.adapters.totalseg import resolve
+    from medseg.inference import load as external
 
     home = make_total(tmp_path, weights=False)
     for p in (home, home / "nnunet", home / "nnunet" / "results"):
@@ -170,7 +170,7 @@ def test_missing_parts_and_ambiguous_models_are_refused_with_one_line(tmp_path):
 
 def test_bad_part_is_refused_naming_its_folder(tmp_path):
     pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     home = make_total(tmp_path, weights=False)
     bad = plans(1.5)
@@ -178,7 +178,7 @@ def test_bad_part_is_refused_naming_its_folder(tmp_path):
     target = home / "nnunet" / "results" / PARTS[292][0] / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
     (target / "plans.json").write_text(json.dumps(bad))
     with pytest.raises(CheckpointError) as err:
-        Predictor.from_checkpoint(home, device="cpu")
+        load_predictor(home, device="cpu")
     msg = str(err.value)
     assert "\n" not in msg and "mypackage.MyUNet" in msg and PARTS[292][0] in msg
 
@@ -260,13 +260,13 @@ def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tm
     import nibabel as nib
 
     from medseg.data.phantoms import make_phantom
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     case = make_phantom(7, spacing=(2.0, 2.6, 3.2), flips=flips, oblique_deg=oblique, fov_mm=(84.0, 72.0, 60.0), noise_hu=0)
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.round(case.image.array).astype(np.int16), case.image.affine), str(path))
     step = STEP
-    pred = Predictor.from_checkpoint(total_home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
+    pred = load_predictor(total_home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     expected_names = [n for _, names in PARTS.values() for n in names]
     assert pred.labels.names == expected_names and pred.labels.num_classes == len(expected_names) + 1
     assert pred.provenance["format"] == "totalsegmentator" and len(pred.provenance["parts"]) == 5
@@ -287,7 +287,7 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     import nibabel as nib
 
     from medseg.data.phantoms import make_phantom
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     home = tmp_path / ".totalsegmentator"
     make_part(home / "nnunet" / "results", FAST[1], FAST[2], seed=5, spacing=3.0,
@@ -296,7 +296,7 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
     step = STEP
-    pred = Predictor.from_checkpoint(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
+    pred = load_predictor(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     assert pred.labels.names == FAST[2] and pred.provenance["task"] == "total_fast"
     out = pred.predict(str(path))
     assert out.meta["network_grid"] == [int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5))]
@@ -316,7 +316,7 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path, request):
     import nibabel as nib
 
     from medseg.data.phantoms import make_phantom
-    from medseg.inference.predictor import Predictor
+    from medseg.inference.load import load_predictor
 
     trained = request.getfixturevalue("nnunet_model")[0]  # after the importorskip: built only where nnunetv2 is
     home = tmp_path / "totalseg_home"
@@ -336,7 +336,7 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path, request):
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
     step = STEP
-    pred = Predictor.from_checkpoint(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
+    pred = load_predictor(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     assert pred.provenance["task"] == "total_mr" and pred.labels.names == names[850] + names[851]
     out = pred.predict(str(path))
     ref = _reference(folders, path, 1.5, tmp_path, step)

@@ -27,14 +27,17 @@ name a bundle gives), so medseg's preprocessing, windows and inversion are MONAI
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg import safe_json, safe_yaml
 from medseg.adapters import network_bounds as nb
 from medseg.errors import CheckpointError, ConfigError, OptionalDependencyError
 from medseg.labels import Label, LabelTable
+from medseg.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +144,7 @@ def is_bundle(p: Path) -> bool:
 
 
 def _read(path: Path):
-    from medseg import safe_yaml
-
     if path.suffix == ".json":
-        from medseg import safe_json
-
         return safe_json.load_file(path)  # the YAML reader's size, depth and value limits
     import yaml
 
@@ -617,10 +616,6 @@ def build_inferer(bundle: Bundle, **overrides):
 
 def bundle_sha256(bundle_or_folder) -> str:
     """One hash over what defines the model: the inference config, metadata.json and models/model.pt."""
-    import hashlib
-
-    from medseg.models.checkpoint import file_sha256
-
     folder = bundle_or_folder.folder if isinstance(bundle_or_folder, Bundle) else Path(bundle_or_folder)
     cfg = next(folder / "configs" / n for n in CONFIG_NAMES if (folder / "configs" / n).is_file())
     h = hashlib.sha256()

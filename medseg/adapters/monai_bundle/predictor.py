@@ -1,4 +1,4 @@
-"""``Predictor`` for MONAI bundles: same inputs and outputs as medseg checkpoints, the bundle's MONAI steps inside.
+"""A ``Predictor`` (``medseg.inference.protocol``) for MONAI bundles: same inputs and outputs as medseg checkpoints, the bundle's MONAI steps inside.
 
 ``BundlePredictor.predict`` reads the channels through medseg's checks (channel count,
 same grid, NaN/Inf policy), hands them to the bundle's preprocessing as MONAI's
@@ -15,26 +15,34 @@ Every transform and network is MONAI's own class, built from the literal setting
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
+from medseg.adapters.monai_bundle import bundle as mb
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError, MedsegError
-from medseg.inference.predictor import Predictor, default_inference, peak_rss_mb
+from medseg.inference.predictor import check_nonfinite_policy, default_inference, finite_min, read_case_channels, resolve_device
 from medseg.io.volume import Volume
+from medseg.provenance import peak_rss_mb
 
 #: Options that apply to bundles: the window batch and overlap (default: the bundle's), ``nonfinite`` as for
 #: medseg checkpoints. The rest of the inference is the bundle's.
 BUNDLE_OPTIONS = ("overlap", "sw_batch_size", "nonfinite")
+_GEOMETRY_STEPS = ("Orientationd", "Spacingd", "CropForegroundd", "DivisiblePadd", "SpatialPadd")
 
 
-class BundlePredictor(Predictor):
-    def __init__(self, bundle, *, device=None, progress: bool = False, inference: dict | None = None):
-        import torch
+@dataclass(frozen=True)
+class BundleOptions:
+    """The options of a MONAI bundle (``BUNDLE_OPTIONS``); None: the bundle's own value."""
 
-        from medseg.adapters.monai_bundle import bundle as mb
-        from medseg.inference.sliding_window import default_device
+    overlap: Any = None
+    sw_batch_size: Any = None
+    nonfinite: str = "refuse"
 
+    @classmethod
+    def parse(cls, inference: Mapping[str, Any] | None = None) -> "BundleOptions":
         overrides = {k: v for k, v in dict(inference or {}).items() if v is not None}
         unknown = set(overrides) - set(BUNDLE_OPTIONS)
         if unknown:
@@ -44,25 +52,42 @@ class BundlePredictor(Predictor):
             raise ConfigError(f"overlap={overrides['overlap']!r}: expected a number in [0, 1)")
         if "sw_batch_size" in overrides and int(overrides["sw_batch_size"]) < 1:
             raise ConfigError(f"sw_batch_size={overrides['sw_batch_size']!r}: expected a positive integer")
+        out = cls(**overrides)
+        check_nonfinite_policy(out.nonfinite)
+        return out
+
+    def given(self) -> dict:
+        """The window settings given (not the bundle's)."""
+        return {k: getattr(self, k) for k in ("overlap", "sw_batch_size") if getattr(self, k) is not None}
+
+
+def _fill_value(array: np.ndarray) -> tuple[float | None, str]:
+    return finite_min(array), "the image's finite minimum"
+
+
+class BundlePredictor:
+    """A MONAI bundle as a ``Predictor``: medseg's input checks, the bundle's own transforms and inferer."""
+
+    def __init__(self, bundle, *, device=None, progress: bool = False, options: BundleOptions | None = None):
+        options = options if options is not None else BundleOptions.parse()
+        given = options.given()
         self.bundle = bundle
-        self.device = torch.device(device) if device else default_device()
+        self.device = resolve_device(device)
         self.models = [bundle.build_network().to(self.device)]
         self.labels = bundle.labels
         self.in_channels = bundle.in_channels
         self.progress = progress
         ik = bundle.inferer_kwargs
         sliding = bundle.inferer == "SlidingWindowInferer"
-        self.inference = {**default_inference(), "nonfinite": overrides.get("nonfinite", "refuse")}
+        self.inference = {**default_inference(), "nonfinite": options.nonfinite}
         self.inference.update({
             "roi_size": list(np.broadcast_to(ik["roi_size"], (3,))) if sliding else None,
-            "overlap": float(overrides.get("overlap", ik.get("overlap", 0.25))) if sliding else 0.0,
-            "sw_batch_size": int(overrides.get("sw_batch_size", ik.get("sw_batch_size", 1))) if sliding else 1,
+            "overlap": float(given.get("overlap", ik.get("overlap", 0.25))) if sliding else 0.0,
+            "sw_batch_size": int(given.get("sw_batch_size", ik.get("sw_batch_size", 1))) if sliding else 1,
             "blend": ik.get("mode", "constant") if sliding else None, "amp": "off", "tta_flips": [],
             "skip_background": False, "channels_last": False, "engine": "monai_bundle", "inferer": bundle.inferer,
         })
-        if self.inference["nonfinite"] not in ("refuse", "replace"):
-            raise ConfigError(f"nonfinite={self.inference['nonfinite']!r}: expected one of ['refuse', 'replace']")
-        self._overrides = {k: self.inference[k] for k in ("overlap", "sw_batch_size") if sliding and k in overrides}
+        self._overrides = {k: self.inference[k] for k in ("overlap", "sw_batch_size") if sliding and k in given}
         self.preprocessing = {"intensity": "monai_bundle",
                               "transforms": [{"name": s.name, **s.kwargs} for s in bundle.preprocessing],
                               "postprocessing": [{"name": s.name, **s.kwargs} for s in bundle.postprocessing]}
@@ -73,10 +98,10 @@ class BundlePredictor(Predictor):
             "in_channels": bundle.in_channels, "trained_with": {},
         }
 
-    def _fill_value(self, array: np.ndarray) -> tuple[float | None, str]:
-        from medseg.inference.predictor import finite_min
-
-        return finite_min(array), "the image's finite minimum"
+    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
+        """The case's channels through medseg's checks; NaN/Inf voxels become the image's finite minimum."""
+        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
+                                  fill_value=_fill_value, findings=findings)
 
     def _input(self, volume: Volume, channels: np.ndarray):
         """What the bundle's LoadImaged + EnsureChannelFirstd give: channel-first float32 with the RAS affine."""
@@ -90,43 +115,28 @@ class BundlePredictor(Predictor):
                 "filename_or_obj": ""}
         return MetaTensor(array, affine=affine, meta=meta)
 
-    def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
-        """Segment one image (or one per channel) as the bundle would; ``result.meta`` as for medseg checkpoints
-        (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
+    def _scores(self, x, volume: Volume):
+        """The bundle's inferer on the preprocessed image: the first head's scores ``(C, ...)`` in float32 on the CPU."""
         import torch
-        from monai.data import MetaTensor
-        from monai.transforms import AsDiscreted, Invertd
 
-        from medseg.adapters.monai_bundle import bundle as mb
-
-        b = self.bundle
-        t0 = time.monotonic()
-        findings: list = []
-        volume, channels = self._read_channels(source, findings)
-        t_read = time.monotonic() - t0
-        pre = mb.build_preprocessing(b)
-        data = pre({b.image_key: self._input(volume, channels)})
-        del channels
-        x = data[b.image_key]
-        if not isinstance(x, MetaTensor) or not x.applied_operations and any(
-                s.name in ("Orientationd", "Spacingd", "CropForegroundd", "DivisiblePadd", "SpatialPadd") for s in b.preprocessing):
-            raise CheckpointError("the bundle's preprocessing drops the image's geometry (EnsureTyped with data_type "
-                                  "numpy or track_meta false), so its prediction cannot be put back on the input's grid",
-                                  path=b.config_file)
-        if not bool(torch.isfinite(x).all()):
-            raise InputError("intensities overflow 32-bit floats after the bundle's preprocessing", path=volume.source or None)
-        network_grid = [int(s) for s in x.shape[1:]]
-        t1 = time.monotonic()
-        inferer = mb.build_inferer(b, **self._overrides)
+        inferer = mb.build_inferer(self.bundle, **self._overrides)
         with torch.no_grad():
             pred = inferer(x[None].as_tensor().to(self.device), self.models[0])
         if isinstance(pred, (tuple, list)):  # deep supervision heads: the first is the prediction
             pred = pred[0]
         pred = pred[0].float().cpu()
-        t_windows = time.monotonic() - t1
         if not bool(torch.isfinite(pred).all()):
             raise MedsegError("the network's scores hold NaN/Inf values for this image, so no label can be trusted; "
                               "the bundle's weights may be broken", path=volume.source or None)
+        return pred
+
+    def _postprocess(self, data: dict, pred, pre, keep_probabilities: bool):
+        """The bundle's postprocessing, finished by medseg where it stops short of a label map on the input's grid:
+        (data with the label map, (probabilities, whether on the input's grid) or None)."""
+        import torch
+        from monai.transforms import AsDiscreted, Invertd
+
+        b = self.bundle
         data[b.pred_key] = pred
         activated = inverted = discrete = False
         probs = None
@@ -149,6 +159,12 @@ class BundlePredictor(Predictor):
             data = AsDiscreted(keys=b.pred_key, **kwargs)(data)
         if not inverted:
             data = Invertd(keys=b.pred_key, transform=pre, orig_keys=b.image_key, nearest_interp=True)(data)
+        return data, probs
+
+    def _label_map(self, data: dict, volume: Volume) -> np.ndarray:
+        import torch
+
+        b = self.bundle
         labels = np.asarray(torch.as_tensor(data[b.pred_key]).detach().cpu().numpy())
         if labels.ndim == 4:
             if labels.shape[0] != 1:
@@ -159,6 +175,49 @@ class BundlePredictor(Predictor):
         if labels.shape != volume.shape:
             raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape}: the bundle's "
                                 "postprocessing does not invert its preprocessing", path=volume.source)
+        return labels
+
+    def _probabilities_on_input(self, probs, data: dict, pre) -> np.ndarray:
+        """``(x, y, z, classes)`` float32 on the input's grid (inverted linearly when the bundle did not)."""
+        import torch
+        from monai.transforms import Invertd
+
+        b = self.bundle
+        p, on_input = probs
+        if not on_input:
+            d = Invertd(keys=b.pred_key, transform=pre, orig_keys=b.image_key, nearest_interp=False)(
+                {b.image_key: data[b.image_key], b.pred_key: p})
+            p = d[b.pred_key]
+        p = np.asarray(torch.as_tensor(p).float().cpu().numpy())
+        return np.ascontiguousarray(np.moveaxis(p, 0, -1))
+
+    def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
+        """Segment one image (or one per channel) as the bundle would; ``result.meta`` as for medseg checkpoints
+        (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
+        import torch
+        from monai.data import MetaTensor
+
+        b = self.bundle
+        t0 = time.monotonic()
+        findings: list = []
+        volume, channels = self.read(source, findings)
+        t_read = time.monotonic() - t0
+        pre = mb.build_preprocessing(b)
+        data = pre({b.image_key: self._input(volume, channels)})
+        del channels
+        x = data[b.image_key]
+        if not isinstance(x, MetaTensor) or not x.applied_operations and any(s.name in _GEOMETRY_STEPS for s in b.preprocessing):
+            raise CheckpointError("the bundle's preprocessing drops the image's geometry (EnsureTyped with data_type "
+                                  "numpy or track_meta false), so its prediction cannot be put back on the input's grid",
+                                  path=b.config_file)
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("intensities overflow 32-bit floats after the bundle's preprocessing", path=volume.source or None)
+        network_grid = [int(s) for s in x.shape[1:]]
+        t1 = time.monotonic()
+        pred = self._scores(x, volume)
+        t_windows = time.monotonic() - t1
+        data, probs = self._postprocess(data, pred, pre, keep_probabilities)
+        labels = self._label_map(data, volume)
         counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
         meta = {
             "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
@@ -167,33 +226,25 @@ class BundlePredictor(Predictor):
             "voxels": counts, "findings": findings, "engine": "monai_bundle",
         }
         if probs is not None:
-            p, on_input = probs
-            if not on_input:
-                d = Invertd(keys=b.pred_key, transform=pre, orig_keys=b.image_key, nearest_interp=False)(
-                    {b.image_key: data[b.image_key], b.pred_key: p})
-                p = d[b.pred_key]
-            p = np.asarray(torch.as_tensor(p).float().cpu().numpy())
-            meta["probabilities"] = (np.ascontiguousarray(np.moveaxis(p, 0, -1)), volume.affine.copy())
+            meta["probabilities"] = (self._probabilities_on_input(probs, data, pre), volume.affine.copy())
         return Volume(labels, volume.affine.copy(), volume.source, meta)
 
 
 def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
-    from medseg.adapters.monai_bundle.bundle import load_bundle
-
+    """The ``monai_bundle`` format's loader: the bundle's predictor, its options (``BundleOptions``) checked first."""
     if folds is not None or checkpoint != "final":
         raise CheckpointError("folds/checkpoint choose nnU-Net weights; a MONAI bundle has one models/model.pt", path=Path(path))
-    bundle = load_bundle(path)
+    options = BundleOptions.parse(inference)
+    bundle = mb.load_bundle(path)
     if expected_labels is not None and not bundle.labels.same_structures(expected_labels):
         raise CheckpointError(f"model segments {bundle.labels.names} but {expected_labels.names} was asked for",
                               path=Path(path))
-    return BundlePredictor(bundle, device=device, progress=progress, inference=inference)
+    return BundlePredictor(bundle, device=device, progress=progress, options=options)
 
 
 def run_summary(path) -> dict:
     """What ``medseg run`` records of a bundle before any case runs: path, one hash over the config,
     metadata.json and model.pt, model name and labels (the bundle is read and checked, weights-only)."""
-    from medseg.adapters.monai_bundle.bundle import bundle_sha256, load_bundle
-
-    bundle = load_bundle(path)
-    return {"path": str(bundle.folder), "file_sha256": bundle_sha256(bundle), "weights_sha256": None,
+    bundle = mb.load_bundle(path)
+    return {"path": str(bundle.folder), "file_sha256": mb.bundle_sha256(bundle), "weights_sha256": None,
             "model": {"name": f"monai_bundle:{bundle.network}"}, "labels": bundle.labels.to_dict()}

@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg import safe_json
 from medseg.adapters import network_bounds as nb
 from medseg.errors import CheckpointError, OptionalDependencyError
 from medseg.io.limits import max_voxels
@@ -72,10 +73,12 @@ _INSTALL = "pip install dynamic-network-architectures  (or: pip install 'medseg[
 
 
 def is_nnunet_folder(path) -> bool:
-    from medseg.adapters.formats import detect
-
-    fmt = detect(path)
-    return fmt is not None and fmt.name == "nnunet"
+    """Cheap: a folder holding ``plans.json`` and ``dataset.json`` (the ``nnunet`` format's detector)."""
+    try:
+        p = Path(path)
+        return p.is_dir() and (p / "plans.json").is_file() and (p / "dataset.json").is_file()
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _numpy_safe_globals() -> list:
@@ -121,8 +124,6 @@ def load_nnunet_checkpoint(path) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    from medseg import safe_json
-
     data = safe_json.load_file(path, error=CheckpointError)  # bounded: size, depth, values (one line naming the file)
     if not isinstance(data, dict):
         raise CheckpointError("expected a JSON object", path=path)
@@ -235,15 +236,12 @@ def _class_name(value) -> str:
     return _TORCH_CLASSES[value][1] if isinstance(value, str) and value in _TORCH_CLASSES else ""
 
 
-def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: str = "architecture.arch_kwargs.",
-                       conf_where: str = "", names: dict | None = None) -> int:
-    """Every arch_kwargs entry medseg passes on, and the configuration's patch and spacing, against bounds
-    (``CheckpointError`` naming plans.json and the key); returns the number of spatial dimensions."""
-    names = names or {}
+def _arch_key(where: str, names: dict, k, *idx) -> str:
+    return f"{where}{names.get(k, k)}" + "".join(f"[{i}]" for i in idx)
 
-    def key(k, *idx):
-        return f"{where}{names.get(k, k)}" + "".join(f"[{i}]" for i in idx)
 
+def _check_classes(short: str, kw: dict, path, key) -> tuple[int, str, int]:
+    """The keywords, stage count and class names of arch_kwargs: (n_stages, conv class, spatial dimensions)."""
     unknown = sorted(set(kw) - _ARCH_KEYS[short])
     if unknown:
         raise CheckpointError(f"{key(unknown[0])}: {short} takes no keyword {unknown[0]!r} (it takes "
@@ -276,25 +274,30 @@ def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: st
         c = _class_name(kw.get(k))
         if c and c != "Dropout" and not c.endswith(f"{dims}d"):
             _refuse(path, key(k), kw[k], f"the {dims}D variant, as conv_op is {conv}")
-    patch = conf.get("patch_size")
-    if not isinstance(patch, list) or len(patch) != dims or not all(nb.whole(p) and p >= 1 for p in patch):
-        _refuse(path, f"{conf_where}patch_size", patch, f"{dims} positive whole numbers (conv_op is {conv})")
-    limit = max_voxels()
-    if math.prod(patch) > limit:
-        _refuse(path, f"{conf_where}patch_size", patch, f"at most {limit:,} voxels (MEDSEG_MAX_VOXELS)")
+    return n, conv, dims
+
+
+def _per_stage(kw: dict, path, key, n: int, dims: int, k, count, ok, what, *, vector=False):
+    """One per-stage entry of arch_kwargs (a value or a list of ``count``), each item checked by ``ok``."""
+    v = kw.get(k)
+    items = [v] * count if not isinstance(v, list) else v
+    if isinstance(v, list) and len(v) != count:
+        _refuse(path, key(k), v, f"{count} entries (one per stage; n_stages is {n})")
+    for i, item in enumerate(items):
+        parts = item if vector and isinstance(item, list) else [item]
+        if vector and isinstance(item, list) and len(item) != dims:
+            _refuse(path, key(k, i), item, f"{dims} entries (one per axis)")
+        if not parts or not all(nb.whole(x) and ok(x) for x in parts):
+            _refuse(path, key(k, i) if isinstance(v, list) else key(k), item, what)
+    return [(it if isinstance(it, list) else [it] * dims) for it in items] if vector else items
+
+
+def _check_stages(short: str, kw: dict, path, key, n: int, dims: int, patch, conf_where: str) -> None:
+    """The per-stage features, kernels, strides and block counts, and the patch against the total stride."""
+    blocks = "n_conv_per_stage" if short == "PlainConvUNet" else "n_blocks_per_stage"
 
     def per_stage(k, count, ok, what, *, vector=False):
-        v = kw.get(k)
-        items = [v] * count if not isinstance(v, list) else v
-        if isinstance(v, list) and len(v) != count:
-            _refuse(path, key(k), v, f"{count} entries (one per stage; n_stages is {n})")
-        for i, item in enumerate(items):
-            parts = item if vector and isinstance(item, list) else [item]
-            if vector and isinstance(item, list) and len(item) != dims:
-                _refuse(path, key(k, i), item, f"{dims} entries (one per axis)")
-            if not parts or not all(nb.whole(x) and ok(x) for x in parts):
-                _refuse(path, key(k, i) if isinstance(v, list) else key(k), item, what)
-        return [(it if isinstance(it, list) else [it] * dims) for it in items] if vector else items
+        return _per_stage(kw, path, key, n, dims, k, count, ok, what, vector=vector)
 
     per_stage("features_per_stage", n, lambda x: 1 <= x <= nb.MAX_FEATURES, f"whole numbers of features in 1..{nb.MAX_FEATURES}")
     per_stage("kernel_sizes", n, lambda x: x in KERNEL_SIZES, f"odd kernel sizes {KERNEL_SIZES}", vector=True)
@@ -313,6 +316,10 @@ def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: st
         s = kw.get("stem_channels")
         if s is not None and not (nb.whole(s) and 1 <= s <= nb.MAX_FEATURES):
             _refuse(path, key("stem_channels"), s, f"a whole number of features in 1..{nb.MAX_FEATURES}")
+
+
+def _check_op_kwargs(kw: dict, path, key) -> None:
+    """The flags and the keyword arguments given to the norm, dropout and activation classes."""
     for k in ("conv_bias", "nonlin_first"):
         if k in kw and not isinstance(kw[k], bool):
             _refuse(path, key(k), kw[k], "true or false")
@@ -332,6 +339,26 @@ def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: st
                         f"a keyword of {c or 'no class'} ({', '.join(table) or 'none: ' + op_key + ' is null'})")
             if not table[name](value):
                 _refuse(path, key(kw_key, repr(name)), value, f"a plain value {c} accepts for {name}")
+
+
+def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: str = "architecture.arch_kwargs.",
+                       conf_where: str = "", names: dict | None = None) -> int:
+    """Every arch_kwargs entry medseg passes on, and the configuration's patch and spacing, against bounds
+    (``CheckpointError`` naming plans.json and the key); returns the number of spatial dimensions."""
+    names = names or {}
+
+    def key(k, *idx):
+        return _arch_key(where, names, k, *idx)
+
+    n, conv, dims = _check_classes(short, kw, path, key)
+    patch = conf.get("patch_size")
+    if not isinstance(patch, list) or len(patch) != dims or not all(nb.whole(p) and p >= 1 for p in patch):
+        _refuse(path, f"{conf_where}patch_size", patch, f"{dims} positive whole numbers (conv_op is {conv})")
+    limit = max_voxels()
+    if math.prod(patch) > limit:
+        _refuse(path, f"{conf_where}patch_size", patch, f"at most {limit:,} voxels (MEDSEG_MAX_VOXELS)")
+    _check_stages(short, kw, path, key, n, dims, patch, conf_where)
+    _check_op_kwargs(kw, path, key)
     return dims
 
 

@@ -20,6 +20,10 @@ from copy import deepcopy
 
 import numpy as np
 
+from medseg.inference.channels_last import channels_last_network
+from medseg.inference.labels_from_scores import first_argmax
+from medseg.inference.sliding_window import to_layout
+
 ANISO_THRESHOLD = 3  # nnunetv2.configuration.ANISO_THRESHOLD
 
 
@@ -256,7 +260,6 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
     ``cast_weights``: the network's weights are already in ``amp_dtype``; the input is cast to it (no autocast)."""
     import torch
 
-    from medseg.inference.sliding_window import to_layout
 
     def run(t):
         t = to_layout(t, channels_last)
@@ -282,6 +285,97 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
 
 #: Constant windows are recognised with this tolerance (the third-order resampling leaves rounding noise).
 _CONSTANT_TOL = 1e-5
+
+
+class _Windows:
+    """The running sums of one network's windows: Gaussian-weighted logits and weights, the constant windows'
+    cache (``skip_constant``) and the windows waiting for the next batch."""
+
+    def __init__(self, run, shape, heads: int, patch, acc_dtype, *, batch: int, device):
+        import torch
+
+        self.run, self.batch, self.device, self.acc_dtype = run, batch, device, acc_dtype
+        self.logits = torch.zeros((heads, *shape), dtype=acc_dtype)
+        self.weight = torch.zeros(shape, dtype=acc_dtype)
+        g = gaussian(tuple(patch))
+        if acc_dtype != torch.half:
+            g = g.to(acc_dtype)
+        self.g = g
+        self.cache: dict = {}
+        self.pending: list = []
+        self.n_run = self.n_reused = self.n_skipped = 0
+
+    def add(self, sl, pred) -> None:
+        import torch
+
+        pred = pred.to("cpu", self.acc_dtype if self.acc_dtype != torch.half else pred.dtype)
+        pred *= self.g
+        self.logits[sl] += pred
+        self.weight[sl[1:]] += self.g
+
+    def flush(self) -> None:
+        import torch
+
+        if not self.pending:
+            return
+        tiles = torch.cat([t for _, t, _ in self.pending]).to(self.device)
+        preds = self.run(tiles)
+        for (sl, _, key), p in zip(self.pending, preds):
+            if key is not None:
+                self.cache[key] = p.clone()
+            self.add(sl, p)
+        self.n_run += len(self.pending)
+        self.pending.clear()
+
+    def visit(self, sl, tile, *, skip_constant: bool, air_below: float | None) -> bool:
+        """Skip, reuse or queue the window ``sl`` (``tile``: its input); True when it was queued to run."""
+        import torch
+
+        key = None
+        if skip_constant or air_below is not None:
+            lo, hi = float(tile.min()), float(tile.max())
+            if air_below is not None and hi < air_below:
+                self.n_skipped += 1
+                return False
+            if skip_constant and hi - lo <= _CONSTANT_TOL:
+                key = round(lo, 4)
+                if key in self.cache:
+                    self.add(sl, self.cache[key].clone())
+                    self.n_reused += 1
+                    return False
+                if any(k == key for _, _, k in self.pending):
+                    self.flush()  # its twin is about to run: reuse it
+                    self.add(sl, self.cache[key].clone())
+                    self.n_reused += 1
+                    return False
+        self.pending.append((sl, torch.clone(tile, memory_format=torch.contiguous_format), key))
+        if len(self.pending) >= self.batch:
+            self.flush()
+        return True
+
+    def finish(self, heads: int, background):
+        """The averaged logits (``background`` where only skipped windows lay); refuses infinite ones."""
+        import torch
+
+        self.flush()
+        logits, weight = self.logits, self.weight
+        if self.n_skipped:
+            empty = weight == 0
+            weight[empty] = 1
+            if background is not None:
+                bg = torch.as_tensor(background, dtype=self.acc_dtype)
+                for c in range(heads):
+                    logits[c][empty] = bg[c]
+        torch.div(logits, weight, out=logits)
+        if torch.any(torch.isinf(logits)):
+            raise FloatingPointError("infinite logits (float16 overflow), as nnU-Net would report")
+        return logits
+
+    def record(self, stats: dict | None) -> None:
+        if stats is not None:
+            stats["windows_run"] = stats.get("windows_run", 0) + self.n_run
+            stats["windows_reused"] = stats.get("windows_reused", 0) + self.n_reused
+            stats["windows_skipped"] = stats.get("windows_skipped", 0) + self.n_skipped
 
 
 def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5, device="cpu", progress=None,
@@ -313,76 +407,15 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
     with torch.inference_mode():
         x, revert = pad_to(data, patch)
         slicers = _slicers(x.shape[1:], patch, step)
-        logits = torch.zeros((heads, *x.shape[1:]), dtype=acc_dtype)
-        weight = torch.zeros(x.shape[1:], dtype=acc_dtype)
-        g = gaussian(tuple(patch))
-        if acc_dtype != torch.half:
-            g = g.to(acc_dtype)
-        cache: dict = {}
-        n_run = n_reused = n_skipped = 0
+        windows = _Windows(lambda tiles: _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last, cast_weights),
+                           x.shape[1:], heads, patch, acc_dtype, batch=batch, device=device)
         if hasattr(net, "expect_calls"):  # compile="auto" weighs the passes to come (at most: windows may be skipped)
             net.expect_calls(-(-len(slicers) // batch) * (1 + len(mirror_combinations(mirror_axes, mirror))))
-
-        def add(sl, pred):
-            pred = pred.to("cpu", acc_dtype if acc_dtype != torch.half else pred.dtype)
-            pred *= g
-            logits[sl] += pred
-            weight[sl[1:]] += g
-
-        pending: list = []
-
-        def flush():
-            nonlocal n_run
-            if not pending:
-                return
-            tiles = torch.cat([t for _, t, _ in pending]).to(device)
-            preds = _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last, cast_weights)
-            for (sl, _, key), p in zip(pending, preds):
-                if key is not None:
-                    cache[key] = p.clone()
-                add(sl, p)
-            n_run += len(pending)
-            pending.clear()
-
         for n, sl in enumerate(slicers):
-            tile = x[sl][None]
-            key = None
-            if skip_constant or air_below is not None:
-                lo, hi = float(tile.min()), float(tile.max())
-                if air_below is not None and hi < air_below:
-                    n_skipped += 1
-                    continue
-                if skip_constant and hi - lo <= _CONSTANT_TOL:
-                    key = round(lo, 4)
-                    if key in cache:
-                        add(sl, cache[key].clone())
-                        n_reused += 1
-                        continue
-                    if any(k == key for _, _, k in pending):
-                        flush()  # its twin is about to run: reuse it
-                        add(sl, cache[key].clone())
-                        n_reused += 1
-                        continue
-            pending.append((sl, torch.clone(tile, memory_format=torch.contiguous_format), key))
-            if len(pending) >= batch:
-                flush()
-            if progress:
+            if windows.visit(sl, x[sl][None], skip_constant=skip_constant, air_below=air_below) and progress:
                 progress(n + 1, len(slicers))
-        flush()
-        if n_skipped:
-            empty = weight == 0
-            weight[empty] = 1
-            if background is not None:
-                bg = torch.as_tensor(background, dtype=acc_dtype)
-                for c in range(heads):
-                    logits[c][empty] = bg[c]
-        torch.div(logits, weight, out=logits)
-        if torch.any(torch.isinf(logits)):
-            raise FloatingPointError("infinite logits (float16 overflow), as nnU-Net would report")
-        if stats is not None:
-            stats["windows_run"] = stats.get("windows_run", 0) + n_run
-            stats["windows_reused"] = stats.get("windows_reused", 0) + n_reused
-            stats["windows_skipped"] = stats.get("windows_skipped", 0) + n_skipped
+        logits = windows.finish(heads, background)
+        windows.record(stats)
         return logits[(slice(None), *revert)]
 
 
@@ -520,7 +553,6 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
             if fast.get("cast_weights") and fast.get("amp_dtype") is not None:
                 net = in_dtype(net, fast["amp_dtype"])
             if fast.get("channels_last"):  # in place (NnunetPredictor passes its own laid-out copies: a no-op)
-                from medseg.inference.channels_last import channels_last_network
 
                 net = channels_last_network(net)
             if compile_net and not hasattr(net, "failed"):  # NnunetPredictor passes them compiled already
@@ -557,7 +589,6 @@ def export(logits, props: dict, model, *, probabilities: bool = False):
         for i, c in enumerate(lab.regions_class_order):
             seg[p[i] > 0.5] = c
     dtype = np.uint8 if max(lab.table.num_classes - 1, 0) < 255 else np.uint16
-    from medseg.inference.labels_from_scores import first_argmax
 
     if not lab.regions:  # argmax slab by slab: the running maximum of one slab at a time, not of the image
         r = np.asarray(resampled)
@@ -600,7 +631,6 @@ def _decide(scores, lab):
     is logit > 0)."""
     import torch
 
-    from medseg.inference.labels_from_scores import first_argmax
 
     if not lab.regions:
         return first_argmax(scores)

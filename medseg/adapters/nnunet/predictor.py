@@ -1,4 +1,4 @@
-"""``Predictor`` for nnU-Net v2 folders: same inputs and outputs as medseg checkpoints, nnU-Net's steps inside.
+"""A ``Predictor`` (``medseg.inference.protocol``) for nnU-Net v2 folders: same inputs and outputs as medseg checkpoints, nnU-Net's steps inside.
 
 ``NnunetPredictor.predict`` reads the channels through medseg's checks (channel
 count, same grid, NaN/Inf policy), puts them in nnU-Net's array order (the order
@@ -10,15 +10,24 @@ The label table, names included, is the model's ``dataset.json``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.inference.predictor import Predictor, default_inference, peak_rss_mb
+from medseg.adapters.nnunet import inference as nn
+from medseg.adapters.nnunet.folder import load_nnunet_folder
+from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
+from medseg.inference.channels_last import channels_last_network
+from medseg.inference.predictor import default_inference, intensity_fill_value, read_case_channels, resolve_device
 from medseg.io.volume import Volume
+from medseg.precision import autocast_dtype
+from medseg.provenance import file_sha256, peak_rss_mb, release_freed_memory
 
 #: Options that apply to nnU-Net models: ``overlap`` is ``1 - tile_step_size`` (nnU-Net: 0.5), ``mirror``
 #: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints; then medseg's faster
@@ -71,34 +80,65 @@ NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_backgrou
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
+_CHOICES = {"amp": ("nnunet", "off", "bf16", "fp16", "auto"), "mirror": (True, False, "single"),
+            "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32"), "cast": ("autocast", "weights"),
+            "compile": (True, False, "auto")}
+
+
+@dataclass(frozen=True)
+class NnunetOptions:
+    """The inference options of an nnU-Net model (``NNUNET_OPTIONS``), as given (values are not converted): a
+    preset's switches, then the options given next to it. ``parse`` checks them; ``as_dict`` is what the
+    predictor records (in this field order)."""
+
+    overlap: Any = 0.5
+    nonfinite: str = "refuse"
+    preset: str = "faithful"
+    label_chunk: Any = 1 << 20
+    amp: Any = "nnunet"
+    sw_batch_size: Any = 1
+    mirror: Any = True
+    skip_background: Any = False
+    air_hu: Any = -500.0
+    export: str = "nnunet"
+    logits_dtype: str = "float16"
+    channels_last: Any = False
+    cast: str = "autocast"
+    compile: Any = "auto"
+
+    @classmethod
+    def parse(cls, overrides: Mapping[str, Any] | None = None, *, model_kind: str = "nnU-Net models",
+              follows: str = "nnU-Net's own inference") -> "NnunetOptions":
+        """The settings for ``overrides`` (a preset, then single options), checked; an unknown key names
+        ``model_kind`` and whose inference medseg ``follows`` for it."""
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - set(NNUNET_OPTIONS)
+        if unknown:
+            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to {model_kind} (medseg follows {follows} "
+                              f"for them); accepted: {list(NNUNET_OPTIONS)}")
+        preset = overrides.get("preset", "faithful")
+        if preset not in NNUNET_PRESETS:
+            raise ConfigError(f"preset={preset!r}: expected one of {list(NNUNET_PRESETS)}")
+        out = cls(**{"preset": preset, **NNUNET_PRESETS[preset], **overrides})
+        if not 0 <= float(out.overlap) < 1:
+            raise ConfigError(f"overlap={out.overlap!r}: expected a number in [0, 1)")
+        for key, allowed in _CHOICES.items():
+            if getattr(out, key) not in allowed:
+                raise ConfigError(f"{key}={getattr(out, key)!r}: expected one of {list(allowed)}")
+        if int(out.sw_batch_size) < 1:
+            raise ConfigError(f"sw_batch_size={out.sw_batch_size!r}: expected a whole number >= 1")
+        return out
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
 def nnunet_inference_options(overrides: dict | None = None) -> dict:
     """The nnU-Net inference settings for ``overrides`` (a preset, then single options), checked."""
-    overrides = dict(overrides or {})
-    unknown = set(overrides) - set(NNUNET_OPTIONS)
-    if unknown:
-        raise ConfigError(f"option(s) {sorted(unknown)} do not apply to nnU-Net models (medseg follows nnU-Net's own "
-                          f"inference for them); accepted: {list(NNUNET_OPTIONS)}")
-    preset = overrides.get("preset", "faithful")
-    if preset not in NNUNET_PRESETS:
-        raise ConfigError(f"preset={preset!r}: expected one of {list(NNUNET_PRESETS)}")
-    out = {"overlap": 0.5, "nonfinite": "refuse", "preset": preset, "label_chunk": 1 << 20, **NNUNET_PRESETS[preset],
-           **overrides}
-    if not 0 <= float(out["overlap"]) < 1:
-        raise ConfigError(f"overlap={out['overlap']!r}: expected a number in [0, 1)")
-    checks = {"amp": ("nnunet", "off", "bf16", "fp16", "auto"), "mirror": (True, False, "single"),
-              "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32"), "cast": ("autocast", "weights"),
-              "compile": (True, False, "auto")}
-    for key, allowed in checks.items():
-        if out[key] not in allowed:
-            raise ConfigError(f"{key}={out[key]!r}: expected one of {list(allowed)}")
-    if int(out["sw_batch_size"]) < 1:
-        raise ConfigError(f"sw_batch_size={out['sw_batch_size']!r}: expected a whole number >= 1")
-    return out
+    return NnunetOptions.parse(overrides).as_dict()
 
 
 def _amp_dtype(amp: str, device):
-    from medseg.precision import autocast_dtype
-
     if amp == "nnunet":  # predict_sliding_window_return_logits: autocast only on CUDA (float16)
         import torch
 
@@ -108,8 +148,6 @@ def _amp_dtype(amp: str, device):
 
 def folder_sha256(model) -> str:
     """One hash over what defines the model: plans.json, dataset.json and each fold's checkpoint."""
-    from medseg.models.checkpoint import file_sha256
-
     h = hashlib.sha256()
     files = [model.folder / "plans.json", model.folder / "dataset.json"]
     files += [model.folder / f"fold_{f}" / model.checkpoint for f in model.folds]
@@ -119,21 +157,19 @@ def folder_sha256(model) -> str:
     return h.hexdigest()
 
 
-class NnunetPredictor(Predictor):
-    def __init__(self, model, *, device=None, progress: bool = False, inference: dict | None = None):
-        import torch
+class NnunetPredictor:
+    """An nnU-Net v2 model (its folds) as a ``Predictor``: medseg's input checks, nnU-Net's steps."""
 
-        from medseg.inference.sliding_window import default_device
-
-        options = nnunet_inference_options(inference)
+    def __init__(self, model, *, device=None, progress: bool = False, options: NnunetOptions | None = None):
+        options = options if options is not None else NnunetOptions.parse()
         self.nnunet = model
-        self.device = torch.device(device) if device else default_device()
+        self.device = resolve_device(device)
         self.models = [net.to(self.device) for net in model.networks()]
         self._prepared: dict = {}  # (cast dtype, channels-last, compiled) -> the networks so prepared, made once per predictor
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
-        self.inference = {**default_inference(), **options}
+        self.inference = {**default_inference(), **options.as_dict()}
         self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "tta_flips": [],
                                "engine": "nnunet"})
         self.preprocessing = {"intensity": "nnunet", "spacing": list(model.conf["spacing"]),
@@ -146,11 +182,14 @@ class NnunetPredictor(Predictor):
             "in_channels": model.in_channels, "trained_with": {},
         }
 
+    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
+        """The case's channels through medseg's checks (channel count, same grid, NaN/Inf policy)."""
+        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
+                                  fill_value=intensity_fill_value(self.preprocessing), findings=findings)
+
     def window_options(self) -> dict:
         """Keyword arguments of ``nnunet_inference.predict_logits`` for this predictor's settings."""
         import torch
-
-        from medseg.adapters.nnunet import inference as nn
 
         inf = self.inference
         skip = bool(inf["skip_background"])
@@ -165,10 +204,6 @@ class NnunetPredictor(Predictor):
         amp dtype; with ``channels_last``, copies laid out channels-last with layout-keeping instance norms; with
         ``compile``, compiled; made on the first case and kept for the next ones (the loaded networks stay as
         loaded)."""
-        import copy
-
-        from medseg.adapters.nnunet import inference as nn
-        from medseg.inference.channels_last import channels_last_network
 
         dtype = options["amp_dtype"] if options["cast_weights"] else None
         layout = bool(options.get("channels_last"))
@@ -185,16 +220,24 @@ class NnunetPredictor(Predictor):
             self._prepared[key] = [nn.compiled(net, when=options["compile"]) for net in self._prepared[base]]
         return self._prepared[key]
 
+    def _logits(self, x: np.ndarray, stats: dict):
+        """nnU-Net's sliding window over the preprocessed case, with this predictor's switches."""
+        options = self.window_options()
+        nets = self.networks(options)
+        logits = nn.predict_logits(nets, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
+                                   device=self.device, **options, stats=stats)
+        if options["compile"]:  # whether torch.compile ran ("auto" leaves light networks eager), and why not
+            stats["compiled"] = all(getattr(n, "_compiled", None) is not None and n.failed is None for n in nets)
+            stats["compile_failed"] = next((n.failed for n in nets if getattr(n, "failed", None)), None)
+        return logits
+
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
         (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
-        from medseg.adapters.nnunet import inference as nn
-        from medseg.provenance import release_freed_memory
-
         release_freed_memory()  # the previous case's freed arrays: not kept under this case's peak
         t0 = time.monotonic()
         findings: list = []
-        volume, channels = self._read_channels(source, findings)
+        volume, channels = self.read(source, findings)
         t_read = time.monotonic() - t0
         spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
         # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises in place
@@ -207,13 +250,7 @@ class NnunetPredictor(Predictor):
             raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
         t1 = time.monotonic()
         stats: dict = {}
-        options = self.window_options()
-        nets = self.networks(options)
-        logits = nn.predict_logits(nets, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
-                                   device=self.device, **options, stats=stats)
-        if options["compile"]:  # whether torch.compile ran ("auto" leaves light networks eager), and why not
-            stats["compiled"] = all(getattr(n, "_compiled", None) is not None and n.failed is None for n in nets)
-            stats["compile_failed"] = next((n.failed for n in nets if getattr(n, "failed", None)), None)
+        logits = self._logits(x, stats)
         t_windows, t_pre = time.monotonic() - t1, t1 - t0 - t_read
         grid = [int(s) for s in x.shape[1:]]
         del x
@@ -241,22 +278,19 @@ class NnunetPredictor(Predictor):
 
 
 def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
-    from medseg.adapters.nnunet.folder import load_nnunet_folder
-    from medseg.errors import CheckpointError
-
+    """The ``nnunet`` format's loader: the folder's predictor, its options (``NnunetOptions``) checked first."""
+    options = NnunetOptions.parse(inference)
     model = load_nnunet_folder(path, folds=folds, checkpoint=checkpoint)
     if expected_labels is not None and not model.labels.table.same_structures(expected_labels):
         raise CheckpointError(f"model segments {model.labels.table.names} but {expected_labels.names} was asked for",
                               path=Path(path))
-    return NnunetPredictor(model, device=device, progress=progress, inference=inference)
+    return NnunetPredictor(model, device=device, progress=progress, options=options)
 
 
 def run_summary(path) -> dict:
     """What ``medseg run`` records of its model, for an nnU-Net folder: the fields of a loaded medseg checkpoint
     it reads (path, file_sha256 -- here over plans, dataset and every fold's checkpoint --, model name, labels).
     The folder is loaded and checked (weights-only) before any case runs."""
-    from medseg.adapters.nnunet.folder import load_nnunet_folder
-
     model = load_nnunet_folder(path)
     return {"path": str(model.folder), "file_sha256": folder_sha256(model), "weights_sha256": None,
             "model": {"name": f"nnunet:{model.network_class}"}, "labels": model.labels.table.to_dict()}
