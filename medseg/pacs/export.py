@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.io.atomic import write_json
 from medseg.pacs.endpoints import Endpoint, PacsError, associate, dicomweb_client, http_error, make_ae, parse_endpoint
 
 log = logging.getLogger("medseg.run")
@@ -139,8 +140,6 @@ def export_case(destination: str | Endpoint, objects: dict, *, record_path: str 
 
     ``base``: file names in the record are relative to it (default: the record's folder's parent).
     """
-    from medseg.io.atomic import write_json
-
     ep = destination if isinstance(destination, Endpoint) else parse_endpoint(destination, what="export destination")
     record_path = Path(record_path)
     base = Path(base) if base is not None else record_path.parent.parent

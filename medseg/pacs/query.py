@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import ConfigError, InputError
 from medseg.pacs.endpoints import Endpoint, PacsError, associate, make_ae, qido, web_session
+from medseg.pacs.keys import hashed, salt, study_key  # noqa: F401  (salt, study_key: part of this module's API)
 
 KEYS = ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "ModalitiesInStudy", "StudyDescription",
         "AccessionNumber", "StudyInstanceUID", "StudyID", "ReferringPhysicianName", "InstitutionName")
@@ -40,23 +39,6 @@ _DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: Series that are never segmented (and never retrieved): medseg's own results and other non-image objects.
 NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "DOC", "REG", "FID", "PLAN")
-
-
-def salt() -> str:
-    from medseg.io.dicom.scan import DEFAULT_SALT
-
-    return os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
-
-
-def study_key(study_uid: str) -> str:
-    """The case id of a study: ``st`` + salted SHA-256 of its StudyInstanceUID (``medseg dicom scan``'s study key)."""
-    from medseg.io.dicom.scan import pseudonym
-
-    return pseudonym(study_uid, prefix="st")
-
-
-def hashed(value: str, prefix: str = "q") -> str:
-    return prefix + hashlib.sha256(f"{salt()}\x00{value}".encode()).hexdigest()[:10]
 
 
 def parse_query(items) -> dict:
@@ -394,55 +376,3 @@ def list_series(ep: Endpoint, study_uid: str, *, session=None, assoc=None) -> li
     if final not in (0x0000, None):
         raise PacsError(f"{ep.display}: series C-FIND failed with status 0x{final:04X}; check the PACS log")
     return out
-
-
-@dataclass
-class PacsInput:
-    """Everything ``medseg run --input ENDPOINT`` needs to find and fetch its studies."""
-
-    endpoint: Endpoint
-    filters: dict = field(default_factory=dict)
-    id_list: tuple | None = None  # (keyword, [(row, value)])
-    id_list_file: str = ""
-    cache_dir: str = ""
-    cache_max_bytes: int | None = None
-
-    def to_record(self) -> dict:
-        """What run.json keeps: the endpoint without credentials, the query with identifying values hashed."""
-        rec = {**self.endpoint.to_record(), "query": record_query(self.filters), "cache": self.cache_dir,
-               "cache_max_gb": round(self.cache_max_bytes / 1024**3, 3) if self.cache_max_bytes else None}
-        if self.id_list is not None:
-            rec["id_list"] = {"column": self.id_list[0], "rows": len(self.id_list[1])}
-        return rec
-
-    def context(self, modalities=()) -> dict:
-        """The part the readers need (``RunContext.pacs``: picklable)."""
-        return {"endpoint": self.endpoint, "cache": self.cache_dir, "max_bytes": self.cache_max_bytes,
-                "modalities": tuple(modalities or ())}
-
-
-def pacs_input(spec: str, *, query=None, accessions=None, cache=None, cache_max_gb=None) -> PacsInput:
-    """Check a PACS input (endpoint spec, ``--query`` items, ``--accessions`` CSV, cache folder and limit)."""
-    from medseg.pacs.endpoints import parse_endpoint
-    from medseg.pacs.retrieve import default_cache_dir
-
-    ep = parse_endpoint(spec, what="--input")
-    filters = parse_query(query)
-    id_list = read_id_list(accessions) if accessions else None
-    if not filters and id_list is None:
-        raise ConfigError(f"--input {ep.display}: give --query KEY=VALUE (e.g. StudyDate=20260101-20260131, modality=CT) "
-                          "or --accessions FILE.csv; medseg does not segment a whole archive unasked")
-    max_bytes = None
-    if cache_max_gb is not None:
-        try:
-            gb = float(cache_max_gb)
-        except (TypeError, ValueError):
-            gb = -1.0
-        if not gb > 0:
-            raise ConfigError(f"--cache-max-gb must be a positive number of GB, not {cache_max_gb!r}")
-        max_bytes = int(gb * 1024**3)
-    cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
-    if cache_dir.exists() and not cache_dir.is_dir():
-        raise ConfigError("--cache names a file; give a folder for the study cache", path=cache_dir)
-    return PacsInput(ep, filters, id_list, str(Path(accessions).resolve()) if accessions else "", str(cache_dir.resolve()),
-                     max_bytes)

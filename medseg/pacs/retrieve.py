@@ -39,8 +39,9 @@ from pathlib import Path
 
 from medseg.errors import InputError, OutputError
 from medseg.io.atomic import TMP_PREFIX, ensure_dir
-from medseg.pacs.endpoints import Endpoint, PacsError, associate, make_ae
-from medseg.pacs.query import NON_IMAGE_MODALITIES, hashed, list_series
+from medseg.pacs.endpoints import CHUNK, Endpoint, PacsError, associate, make_ae, web_request, web_session
+from medseg.pacs.keys import hashed
+from medseg.pacs.query import NON_IMAGE_MODALITIES, list_series
 
 log = logging.getLogger("medseg.run")
 
@@ -396,8 +397,6 @@ def _instance_uids(path: Path) -> tuple[str, str] | None:
 
 
 def _retrieve_dicomweb(ep: Endpoint, study_uid: str, dest: Path, modalities, max_bytes: int | None = None) -> int:
-    from medseg.pacs.endpoints import CHUNK, web_request, web_session
-
     session = web_session(ep)
     series = _image_series(ep, study_uid, modalities, session=session)
     counts: dict = {}

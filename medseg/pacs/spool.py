@@ -40,6 +40,7 @@ from pathlib import Path
 
 from medseg.errors import OutputError
 from medseg.io.atomic import TMP_PREFIX, ensure_dir
+from medseg.pacs.keys import salt, study_key  # noqa: F401  (study_key: part of this module's API)
 
 log = logging.getLogger("medseg.listen")
 
@@ -52,22 +53,9 @@ class SpoolFull(Exception):
     """Storing would take the spool past its size limit."""
 
 
-def _salt() -> str:
-    from medseg.io.dicom.scan import DEFAULT_SALT
-
-    return os.environ.get("MEDSEG_KEY_SALT", DEFAULT_SALT)
-
-
-def study_key(study_uid: str) -> str:
-    """``st`` + 10 hex digits: the key ``medseg scan`` gives the same study (same salt, MEDSEG_KEY_SALT)."""
-    from medseg.io.dicom.scan import pseudonym
-
-    return pseudonym(str(study_uid), prefix="st")
-
-
 def instance_name(sop_uid: str) -> str:
     """``in`` + 20 hex digits of the salted SHA-256 of the SOPInstanceUID, ``.dcm``."""
-    return "in" + hashlib.sha256(f"{_salt()}\x00{sop_uid}".encode()).hexdigest()[:20] + ".dcm"
+    return "in" + hashlib.sha256(f"{salt()}\x00{sop_uid}".encode()).hexdigest()[:20] + ".dcm"
 
 
 def received_file(event) -> Path | None:

@@ -18,7 +18,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from medseg.data.manifest import image_columns
 from medseg.errors import ConfigError, InputError
+from medseg.io.atomic import unescape_frame
+from medseg.io.dicom.series import is_dicom_folder
+from medseg.io.paths import check_case_id
+from medseg.io.readers import case_id_for
+from medseg.pacs import query as q
+from medseg.pacs.retrieve import StudyCache
+from medseg.runner.rundir import MARKER
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -89,8 +97,6 @@ def content_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def _check_id(cid: str, where) -> str:
     """Bounded length, no control characters or path separators, not '.'-hidden, not a run-level name."""
-    from medseg.io.paths import check_case_id
-
     check_case_id(cid, where)
     if cid.startswith(".") or cid in ("_train", "_plan"):
         raise InputError(f"case id {cid!r} cannot name files; use letters, digits, '-', '_' and '.'", path=where)
@@ -103,9 +109,6 @@ def _is_image(p: Path) -> bool:
 
 def from_folder(folder: Path) -> tuple[list[Case], list[str]]:
     """One case per image file and per sub-folder (a DICOM series folder); returns ``(cases, ignored names)``."""
-    from medseg.io.readers import case_id_for
-    from medseg.runner.rundir import MARKER
-
     cases, ignored = [], []
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
@@ -120,8 +123,6 @@ def from_folder(folder: Path) -> tuple[list[Case], list[str]]:
         else:
             ignored.append(child.name)
     if not cases:
-        from medseg.io.dicom.series import is_dicom_folder
-
         if is_dicom_folder(folder):  # the folder itself is one DICOM case
             return [Case(_check_id(folder.resolve().name, folder), str(folder.resolve()), "dicom")], []
         raise InputError("no cases found; expected image files (.nii.gz, .nrrd, .mha) and/or one sub-folder of "
@@ -136,8 +137,6 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 (any parser error means the user's file is not CSV)
         raise InputError(f"cannot read as CSV ({str(exc).splitlines()[0]})", path=path) from None
-    from medseg.io.atomic import unescape_frame
-
     df = unescape_frame(df)  # the quote write_csv puts before a formula-like id or path
     for col in ("case_id", column):
         if col not in df.columns:
@@ -159,8 +158,6 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
         p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         return str(p.resolve())
 
-    from medseg.data.manifest import image_columns
-
     extra = image_columns(df)[1:] if column == "image" else []  # the channels training stacked: image, image_1, ...
     cases = []
     for _, row in df.iterrows():
@@ -172,12 +169,9 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
 
 
 def from_pacs(pacs, pipe) -> list[Case]:
-    """One case per study the query finds (``pacs``: ``medseg.pacs.query.PacsInput``); an id-list row that finds
+    """One case per study the query finds (``pacs``: ``medseg.pacs.source.PacsInput``); an id-list row that finds
     nothing becomes a case that fails with that reason. Case ids and fingerprints are salted hashes of the
     StudyInstanceUID; ``source`` is the study's folder in the cache, filled when the case is read."""
-    from medseg.pacs import query as q
-    from medseg.pacs.retrieve import StudyCache
-
     if pipe.has("train"):
         raise ConfigError("the train stage needs a manifest .csv as --input, not a PACS")
     result = q.find_studies(pacs.endpoint, pacs.filters, pacs.id_list)
@@ -198,7 +192,7 @@ def from_pacs(pacs, pipe) -> list[Case]:
 def discover(input_path, pipe, pacs=None) -> tuple[list[Case], list[str]]:
     """The run's cases with fingerprints, and the names in a folder that are not cases.
 
-    ``pacs`` (``medseg.pacs.query.PacsInput``): the input is a PACS endpoint; one case per study found.
+    ``pacs`` (``medseg.pacs.source.PacsInput``): the input is a PACS endpoint; one case per study found.
     """
     if pacs is not None:
         return from_pacs(pacs, pipe), []

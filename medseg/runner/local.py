@@ -15,7 +15,9 @@ import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from medseg.runner.stages import CaseFailure, fail, load_predictor, mark_running, now, predictor_info, read_case, segment, write_case
+from medseg.progress import progress_bar as tqdm
+from medseg.runner.case_work import CaseFailure, fail, mark_running, now, read_case, segment, write_case
+from medseg.runner.model import load_predictor, predictor_info
 
 
 def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=None, stats: dict | None = None) -> list[dict]:
@@ -24,8 +26,6 @@ def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=
     ``stats`` (a dict) receives ``input_wait_s``: the seconds inference waited for a case to be read (a PACS
     input: retrieved), i.e. the time the network sat idle for want of data.
     """
-    from medseg.progress import progress_bar as tqdm
-
     if not cases:
         return []
     predictor = load_predictor(ctx)

@@ -1,7 +1,7 @@
 """The Ray engine: the same per-case stages as Ray actors, writing the same run directory.
 
 Each actor loads the model once (one GPU per actor when the cluster has GPUs)
-and runs whole cases (``stages.process_case``), writing outputs and state
+and runs whole cases (``case_work.process_case``), writing outputs and state
 records itself, so RUN_DIR must be on a filesystem every node sees. The
 driver keeps two cases in flight per actor (bounded memory in the object
 store: only small state records travel back) and shows the progress bar.
@@ -11,16 +11,24 @@ down afterwards; with one, the run joins that cluster.
 
 from __future__ import annotations
 
+import logging
+import time
+
 from medseg.errors import OptionalDependencyError
+from medseg.optional import available, optional_import
+from medseg.progress import progress_bar as tqdm
+from medseg.runner.case_work import CaseFailure, fail, now, process_case
+from medseg.runner.model import load_predictor
+from medseg.runner.rundir import RUN_LOG
 
 INSTALL_HINT = "the Ray engine needs Ray; install it with: pip install 'medseg[ray]' (or pip install 'ray[default]>=2.9')"
+ray = optional_import("ray", extra="ray", purpose="the Ray engine")
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise OptionalDependencyError(INSTALL_HINT) from None
+    """Ray, checked now: the install hint before any work."""
+    if not available("ray"):
+        raise OptionalDependencyError(INSTALL_HINT)
     return ray
 
 
@@ -28,11 +36,6 @@ class CaseWorker:
     """A Ray actor: the model loaded once, whole cases processed one after another."""
 
     def __init__(self, ctx):
-        import logging
-
-        from medseg.runner.rundir import RUN_LOG
-        from medseg.runner.stages import load_predictor
-
         self.ctx = ctx
         run_log = logging.getLogger(RUN_LOG)
         if not run_log.handlers:  # append this worker's lines to the shared run.log
@@ -44,20 +47,13 @@ class CaseWorker:
         self.predictor = load_predictor(ctx)
 
     def run(self, case) -> dict:
-        from medseg.runner.stages import process_case
-
         return process_case(self.ctx, self.predictor, case)
 
 
 def run_ray(ctx, cases, *, workers: int = 1, address: str | None = None, progress: bool = True, on_record=None,
             init_kwargs: dict | None = None) -> list[dict]:
     """Process ``cases`` on Ray actors; returns their state records in the order they finished."""
-    import time
-
-    from medseg.progress import progress_bar as tqdm
-    from medseg.runner.stages import CaseFailure, fail, now
-
-    ray = import_ray()
+    import_ray()
     if not cases:
         return []
     workers = max(1, int(workers))

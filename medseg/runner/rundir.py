@@ -30,6 +30,7 @@ removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -37,8 +38,10 @@ import socket
 import time
 from pathlib import Path
 
+import medseg
 from medseg.errors import OutputError
-from medseg.io.atomic import TMP_PREFIX, ensure_dir, write_json
+from medseg.io.atomic import TMP_PREFIX, ensure_dir, write_csv, write_json
+from medseg.io.paths import safe_name
 from medseg.provenance import peak_rss_mb, reset_peak_rss  # noqa: F401  (re-exported for the runner)
 
 STATES = ("pending", "running", "done", "failed")
@@ -72,8 +75,6 @@ class RunDir:
         self.log_path = self.root / "run.log"
 
     def case_dir(self, case_id: str) -> Path:
-        from medseg.io.paths import safe_name
-
         return self.cases_dir / safe_name(case_id)
 
     def rel(self, path: str | os.PathLike) -> str:
@@ -81,13 +82,9 @@ class RunDir:
 
     # -- state records ------------------------------------------------------------------
     def state_path(self, case_id: str) -> Path:
-        from medseg.io.paths import safe_name
-
         return self.state_dir / f"{safe_name(case_id)}.json"
 
     def qc_path(self, case_id: str) -> Path:
-        from medseg.io.paths import safe_name
-
         return self.qc_dir / f"{safe_name(case_id)}.png"
 
     def read_state(self, case_id: str) -> dict | None:
@@ -138,8 +135,6 @@ class RunDir:
         ensure_dir(self.root)
         if not self.is_run_dir():
             self.check_usable()  # still empty: nobody else adopted it meanwhile
-            import medseg
-
             write_json(self.root / MARKER, {"medseg_run_directory": 1, "created": now(), "medseg_version": medseg.__version__})
 
     def claim(self) -> None:
@@ -151,8 +146,6 @@ class RunDir:
         with the holder's pid, host and start time.
         """
         self.adopt()
-        import fcntl
-
         path = self.root / LOCK
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -248,8 +241,6 @@ class RunDir:
     def write_tables(self, cases) -> dict:
         """``status.csv`` and ``failures.csv`` from the state records; returns counts by status."""
         import pandas as pd
-
-        from medseg.io.atomic import write_csv
 
         rows, fails = [], []
         for c in cases:

@@ -183,6 +183,7 @@ def test_sigkill_halfway_then_rerun_equals_uninterrupted(cohort, reference, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.needs_ray
 def test_ray_engine_writes_the_same_csvs(cohort, reference, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from medseg.runner import run_pipeline

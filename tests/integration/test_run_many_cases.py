@@ -46,7 +46,7 @@ class _Stop(KeyboardInterrupt):
 
 
 def test_state_records_are_created_as_cases_start(tmp_path, model, monkeypatch, caplog):
-    from medseg.runner import core, local
+    from medseg.runner import local, run
 
     seen = {}
     real = local.mark_running
@@ -61,7 +61,7 @@ def test_state_records_are_created_as_cases_start(tmp_path, model, monkeypatch, 
     manifest = _manifest(tmp_path, N_ROWS)
     t0 = time.monotonic()
     with pytest.raises(_Stop):
-        core.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
+        run.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
                           overrides=[f"predict.model={model}"])
     assert seen["state_files"] == 0, seen  # was 20,000: one "pending" record per row before any case ran
     assert sum(1 for _ in (tmp_path / "run" / "state").iterdir()) == 1
@@ -72,10 +72,10 @@ def test_state_records_are_created_as_cases_start(tmp_path, model, monkeypatch, 
 def test_a_run_says_how_many_cases_it_found_and_retries_failures(tmp_path, model, capsys):
     """One line on stdout before the first case (stderr keeps one line for a refusal); a second invocation takes
     up the earlier records (all 5 missing files fail alone, twice)."""
-    from medseg.runner import core
+    from medseg.runner import run
 
     manifest = _manifest(tmp_path, 5)
-    r = core.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
+    r = run.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
                           overrides=[f"predict.model={model}"])
     said = capsys.readouterr().out
     assert "medseg run: 5 cases found in " in said and str(manifest) in said, said
@@ -83,7 +83,7 @@ def test_a_run_says_how_many_cases_it_found_and_retries_failures(tmp_path, model
     status = pd.read_csv(tmp_path / "run" / "status.csv")
     assert list(status["status"]) == ["failed"] * 5
     # the second invocation finds the earlier records: the failed cases run again (attempt 2), no new files
-    r = core.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
+    r = run.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
                           overrides=[f"predict.model={model}"])
     assert len(r.failures) == 5 and len(list((tmp_path / "run" / "state").iterdir())) == 5
     assert list(pd.read_csv(tmp_path / "run" / "status.csv")["attempt"]) == [2] * 5

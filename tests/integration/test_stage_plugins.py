@@ -13,7 +13,7 @@ from medseg.cli import main
 from medseg.data.phantoms import PhantomCase, make_phantom
 from medseg.errors import ConfigError
 from medseg.io.readers import write_volume
-from medseg.runner.pipeline import STAGE_TYPES, Stage, pipeline_from_dict, register_stage, stage_order
+from medseg.runner.settings import STAGE_TYPES, Stage, pipeline_from_dict, register_stage, stage_order
 
 
 @dataclass

@@ -224,7 +224,7 @@ def test_seg_and_rtstruct_uids_follow_the_seed(tmp_path):
 
 def test_export_stage_settings_are_checked(pacs_oracle):
     from medseg.errors import ConfigError
-    from medseg.runner.pipeline import load_pipeline
+    from medseg.runner.settings import load_pipeline
 
     base = [f"predict.model={pacs_oracle}"]
     dest = "export.destination=dimse://PACS@127.0.0.1:104"

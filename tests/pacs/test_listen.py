@@ -46,7 +46,12 @@ def _dcmtk_storescu() -> str | None:
 
 
 STORESCU = _dcmtk_storescu()
-needs_storescu = pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu is not installed (Debian package 'dcmtk')")
+_no_storescu = pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu is not installed (Debian package 'dcmtk')")
+
+
+def needs_storescu(test):
+    """Skipped without dcmtk's storescu; marked ``needs_dcmtk`` (``pytest -m "not needs_dcmtk"``)."""
+    return pytest.mark.needs_dcmtk(_no_storescu(test))
 
 
 @pytest.fixture(scope="module")
@@ -374,8 +379,9 @@ def test_spool_recover_requeues_cut_short_studies_and_keeps_done_ones(tmp_path):
 
 def test_the_predictor_is_loaded_once_while_kept(pacs_oracle):
     from medseg.models.checkpoint import load_checkpoint
-    from medseg.runner.pipeline import load_pipeline
-    from medseg.runner.stages import RunContext, keep_predictors, load_predictor
+    from medseg.runner.case_work import RunContext
+    from medseg.runner.model import keep_predictors, load_predictor
+    from medseg.runner.settings import load_pipeline
 
     ck = load_checkpoint(pacs_oracle)
     pipe = load_pipeline(PIPELINE, overrides=[f"predict.model={pacs_oracle}", "predict.device=cpu"])

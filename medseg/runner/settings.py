@@ -1,4 +1,8 @@
-"""Pipeline files (``pipelines/*.yaml``): stages and their settings, strictly checked.
+"""Pipeline files (``pipelines/*.yaml``) -> checked settings: one ``*Settings`` dataclass per stage, strictly checked.
+
+Names: a ``*Settings`` dataclass holds one stage's YAML keys; a ``Stage`` is a stage *type* (its settings
+class, its rank, and for plugins what it does per case), registered in ``STAGE_TYPES``; the per-case run
+code of the built-in stages is in ``medseg.runner.case_work``.
 
 A pipeline is a name, an ``input`` section (which manifest column holds the
 images, which split to process) and an ordered mapping of ``stages``. Stage
@@ -17,24 +21,33 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from medseg.config import CONFIG_ROOT, apply_overrides, build_dataclass
+import yaml
+
+from medseg import safe_yaml
+from medseg.adapters.nnunet.predictor import NNUNET_OPTIONS
+from medseg.config import CONFIG_ROOT, InferenceConfig, apply_overrides, build_dataclass
 from medseg.errors import ConfigError
+from medseg.inference.load import is_external_model
+from medseg.inference.predictor import NONFINITE_POLICIES, PREDICTOR_OPTIONS
+from medseg.pacs.endpoints import parse_endpoint
 from medseg.registry import Registry
+from medseg.resources import find_pipeline, packaged_pipelines
 
 
 @dataclass
-class InputSpec:
+class InputSettings:
     column: str = "image"  # manifest column holding the image file or DICOM folder (e.g. "dicom")
     label_column: str = "label"  # manifest column with reference label maps (evaluate)
     split: str = ""  # process only manifest rows of this split (e.g. "test"); empty: all rows
 
 
 @dataclass
-class ScanStage:
+class ScanSettings:
     """Header-only scan of each DICOM folder and the geometry policy of its stacks."""
 
     resample_irregular: bool = False  # interpolate missing slices / uneven spacing (default: refuse)
@@ -42,7 +55,7 @@ class ScanStage:
 
 
 @dataclass
-class SelectStage:
+class SelectSettings:
     """Which image stack of a DICOM folder to segment (the largest that matches)."""
 
     modalities: list = field(default_factory=list)  # e.g. [CT]; empty: any
@@ -51,25 +64,25 @@ class SelectStage:
 
 
 @dataclass
-class ConvertStage:
+class ConvertSettings:
     write_nifti: bool = True  # keep the selected DICOM stack as cases/<id>/image.nii.gz (+ .json)
 
 
 @dataclass
-class PlanStage:
+class PlanSettings:
     """Dataset fingerprint of the training cases by medseg plan's planner (fingerprint.json, plan.json); optionally picks the spacing."""
 
     spacing: str = "config"  # config: keep the training config's spacing; median: the training images' median spacing
 
 
 @dataclass
-class TrainStage:
+class TrainSettings:
     config: str = "phantom_demo"  # training recipe: a YAML path or a name in configs/training
     overrides: dict = field(default_factory=dict)  # nested settings merged into it, e.g. {training: {epochs: 2}}
 
 
 @dataclass
-class PredictStage:
+class PredictSettings:
     model: str = ""  # checkpoint (.pt); empty when a train stage makes it
     device: str = ""  # cpu, cuda, cuda:1; empty: cuda when available
     dicom_seg: bool = True  # write cases/<id>/seg.dcm for DICOM inputs
@@ -79,13 +92,13 @@ class PredictStage:
 
 
 @dataclass
-class EvaluateStage:
+class EvaluateSettings:
     surface: bool = True  # HD95, ASSD, NSD besides overlap and volume errors
     nsd_tolerance_mm: float = 0.0  # 0: the default tolerance
 
 
 @dataclass
-class ReportStage:
+class ReportSettings:
     qc: bool = True  # montage per case (qc/<id>.png)
     html: bool = True  # report.html (needs qc)
     intensities: bool = True  # intensity statistics per structure from the image
@@ -100,7 +113,7 @@ class ReportStage:
 
 
 @dataclass
-class ExportStage:
+class ExportSettings:
     """Send each case's DICOM results to a PACS (STOW-RS or C-STORE; medseg.pacs.export)."""
 
     destination: str = ""  # dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT[?calling=MEDSEG]
@@ -115,7 +128,7 @@ class ExportStage:
 class Stage:
     """A pipeline stage type: its settings dataclass, its place in the order, and (plugins) what it does per case.
 
-    Built-in stages are run by the runner itself (``medseg.runner.stages``). A
+    Built-in stages are run by the runner itself (``medseg.runner.case_work``). A
     plugin stage subclasses this, sets ``name``, ``settings`` (a dataclass whose
     fields are the YAML keys) and ``rank`` (built-ins: scan 10, select 20,
     convert 30, plan 40, train 50, predict 60, evaluate 70, report 80, export 95; a plugin
@@ -162,15 +175,15 @@ def _builtin(name: str, settings: type, rank: int, per_case: bool, doc: str) -> 
                                                                 "per_case": per_case, "builtin": True, "__doc__": doc}))
 
 
-for _args in (("scan", ScanStage, 10, True, "header-only scan of each DICOM folder"),
-              ("select", SelectStage, 20, True, "which image stack of a DICOM folder to segment"),
-              ("convert", ConvertStage, 30, True, "keep the selected stack as NIfTI"),
-              ("plan", PlanStage, 40, False, "data set fingerprint of the training cases"),
-              ("train", TrainStage, 50, False, "train once per run"),
-              ("predict", PredictStage, 60, True, "segment each case (label map, SEG, RTSTRUCT, sidecar)"),
-              ("evaluate", EvaluateStage, 70, True, "metrics against the reference labels"),
-              ("report", ReportStage, 80, True, "volumes per structure, QC montages, cohort tables"),
-              ("export", ExportStage, 95, True, "send each case's SEG / RTSTRUCT to a PACS (STOW-RS or C-STORE)")):
+for _args in (("scan", ScanSettings, 10, True, "header-only scan of each DICOM folder"),
+              ("select", SelectSettings, 20, True, "which image stack of a DICOM folder to segment"),
+              ("convert", ConvertSettings, 30, True, "keep the selected stack as NIfTI"),
+              ("plan", PlanSettings, 40, False, "data set fingerprint of the training cases"),
+              ("train", TrainSettings, 50, False, "train once per run"),
+              ("predict", PredictSettings, 60, True, "segment each case (label map, SEG, RTSTRUCT, sidecar)"),
+              ("evaluate", EvaluateSettings, 70, True, "metrics against the reference labels"),
+              ("report", ReportSettings, 80, True, "volumes per structure, QC montages, cohort tables"),
+              ("export", ExportSettings, 95, True, "send each case's SEG / RTSTRUCT to a PACS (STOW-RS or C-STORE)")):
     _builtin(*_args)
 
 
@@ -181,7 +194,7 @@ TOP_KEYS = ("name", "description", "input", "stages")
 class Pipeline:
     name: str
     description: str
-    input: InputSpec
+    input: InputSettings
     stages: dict  # stage name -> settings dataclass, in run order
     source: str = ""
 
@@ -257,17 +270,12 @@ def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[
             raise _unknown(name, stage_order(), f"{source}: stages", "stage")
         stages[name] = build_dataclass(stage_type(name).settings, settings or {}, f"{source}: stages.{name}")
     pipe = Pipeline(name=str(data.get("name") or Path(source).stem), description=str(data.get("description") or ""),
-                    input=build_dataclass(InputSpec, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
+                    input=build_dataclass(InputSettings, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
     _validate(pipe, source, base)
     return pipe
 
 
 def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
-    import yaml
-
-    from medseg import safe_yaml
-    from medseg.resources import find_pipeline, packaged_pipelines
-
     p = Path(path)
     if not p.is_file():
         packaged = find_pipeline(str(path)) if len(Path(str(path)).parts) == 1 else None
@@ -303,16 +311,10 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
             raise ConfigError(f"{source}: stages.predict.model: no checkpoint given; add --set predict.model=PATH.pt")
         else:
             found = resolve_path(pred.model, base)
-            from medseg.adapters.formats import is_external_model
-
             if found is None or not (found.is_file() or is_external_model(found)):  # a checkpoint, or a model folder of another tool
                 raise ConfigError("stages.predict.model: checkpoint file not found", path=pred.model)
             pred.model = str(found)
-        from medseg.adapters.nnunet.predictor import NNUNET_OPTIONS
-        from medseg.config import InferenceConfig
-        from medseg.inference.predictor import NONFINITE_POLICIES, PREDICTOR_OPTIONS
-
-        # nnU-Net model folders also take their own switches (mirror, preset, export...; medseg.adapters.formats)
+        # nnU-Net model folders also take their own switches (mirror, preset, export...; medseg.inference.load)
         allowed = list(dict.fromkeys([f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS)
                                      + list(NNUNET_OPTIONS)))
         if pred.inference.get("nonfinite", "refuse") not in NONFINITE_POLICIES:
@@ -345,8 +347,6 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
     if "export" in st:
         _validate_export(st, source)
     if "select" in st and st["select"].description:
-        import re
-
         try:
             re.compile(st["select"].description)
         except re.error as exc:
@@ -354,8 +354,6 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
 
 
 def _validate_export(st: dict, source: str) -> None:
-    from medseg.pacs.endpoints import parse_endpoint
-
     ex = st["export"]
     if not ex.destination:
         raise ConfigError(f"{source}: stages.export.destination: no destination given; add --set "

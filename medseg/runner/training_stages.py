@@ -1,9 +1,11 @@
-"""Run-level stages of ``train_and_evaluate``: plan (dataset fingerprint) and train (once per run).
+"""The run-level stages of a pipeline such as ``train_and_evaluate``: plan (data set fingerprint) and train (once per run).
 
 Each writes a state record (``state/_plan.json``, ``state/_train.json``) with
 the hash of what it depends on (manifest bytes, settings); a rerun skips a
 stage whose record is ``done`` with the same hash and whose outputs exist. A
-training killed midway starts again from the beginning on the next run.
+training killed midway resumes on the next run after its last finished epoch
+(``RUN_DIR/train/state.pt``); only when its settings changed meanwhile does it
+start again from the beginning.
 """
 
 from __future__ import annotations
@@ -12,11 +14,20 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
+import yaml
+
+from medseg.config import load_config
+from medseg.data.label_sources import table_for_manifest
+from medseg.data.manifest import image_columns, manifest_sha256, read_manifest
 from medseg.errors import ConfigError
+from medseg.io.atomic import write_json
 from medseg.runner.rundir import RUN_LOG, now
+from medseg.training.planning import fingerprint
+from medseg.training.trainer import train_from_files
 
 log = logging.getLogger(RUN_LOG)
 
@@ -35,10 +46,6 @@ def _current(rd, name: str, sha: str) -> dict | None:
 
 def plan(rd, pipe, manifest: Path) -> dict:
     """The data set fingerprint of the training cases, by ``medseg plan``'s own planner -> ``fingerprint.json`` + ``plan.json``."""
-    from medseg.data.manifest import image_columns, manifest_sha256, read_manifest
-    from medseg.io.atomic import write_json
-    from medseg.training.planning import fingerprint
-
     sha = _sha({"plan": dataclasses.asdict(pipe.stages["plan"]), "manifest": manifest_sha256(manifest)})
     rec = _current(rd, "_plan", sha)
     if rec:
@@ -59,8 +66,6 @@ def plan(rd, pipe, manifest: Path) -> dict:
 
 
 def _flatten(d: dict, prefix: str = "") -> list[str]:
-    import yaml
-
     out = []
     for k, v in d.items():
         if isinstance(v, dict):
@@ -78,10 +83,6 @@ def data_label_table(manifest: Path, config: str, overrides: list[str]):
     over the recipe's, with a warning when they differ. Without one, the recipe's table is used when it
     has one (checked against the label values before training), else the values are named ``label_N``.
     """
-    from medseg.config import load_config
-    from medseg.data.label_sources import table_for_manifest
-    from medseg.data.manifest import read_manifest
-
     df = read_manifest(manifest, require_labels=True)
     found = table_for_manifest(manifest, df, fallback=False)
     cfg = load_config(config, overrides=overrides)
@@ -96,9 +97,6 @@ def data_label_table(manifest: Path, config: str, overrides: list[str]):
 
 def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool, device) -> Path:
     """Train once per run into ``RUN_DIR/train/``; returns the best checkpoint."""
-    from medseg import api
-    from medseg.data.manifest import manifest_sha256
-
     st = pipe.stages["train"]
     overrides = _flatten(st.overrides)
     if plan_result and plan_result.get("spacing_choice") == "median":
@@ -116,16 +114,14 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     train_dir = rd.root / "train"
     resume = (train_dir / "state.pt").exists()
     try:  # a train stage killed midway continues after its last finished epoch
-        result = api.train(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
+        result = train_from_files(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
                            progress=progress, device=device, resume=resume, labels=table)
     except ConfigError as exc:
         if not (resume and "another config" in str(exc)):
             raise
-        import shutil
-
         log.info("train: settings changed since the interrupted training; starting it again")
         shutil.rmtree(train_dir)
-        result = api.train(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
+        result = train_from_files(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
                            progress=progress, device=device, labels=table)
     ckpt = Path(result.best_checkpoint)
     rd.write_state("_train", {"status": "done", "config_sha256": sha, "seconds": round(time.monotonic() - t0, 3),
