@@ -15,7 +15,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from medseg import safe_yaml
 from medseg.errors import ConfigError
+from medseg.labels import LabelTable
 
 #: The packaged config folder (label tables, model presets, training recipes); ``configs/`` in a checkout links to it.
 CONFIG_ROOT = Path(__file__).resolve().parent / "resources" / "configs"
@@ -105,10 +109,8 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def label_table(self, base: Path | None = None):
+    def label_table(self, base: Path | None = None) -> LabelTable:
         """The config's label table; a ``ConfigError`` when it has none (never a default table)."""
-        from medseg.labels import LabelTable
-
         if self.labels is None or self.labels == "":
             raise ConfigError("the config has no label table ('labels:'); run `medseg plan MANIFEST --out CONFIG` "
                               "(it writes the table from the data set), or add `labels: TABLE.yaml` to the config")
@@ -175,10 +177,6 @@ def _coerce(tp, value, where: str):
 
 
 def _parse_scalar(text: str):
-    import yaml
-
-    from medseg import safe_yaml
-
     try:
         return safe_yaml.load(text)
     except yaml.YAMLError:
@@ -209,10 +207,6 @@ def config_from_dict(data: dict | None, *, source: str = "config", overrides: li
 
 
 def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Config:
-    import yaml
-
-    from medseg import safe_yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config file not found", path=p)
@@ -251,20 +245,6 @@ def _validate(cfg: Config, source: str) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(f"{source}: {msg}")
-    _validate_intensity(cfg.preprocessing, source)
-    # training.loss is checked where losses are built (medseg.training.losses.check_loss_name, before any
-    # training work): config stays below training, so inference and reporting do not load training code.
-
-
-def _validate_intensity(pre: PreprocessingConfig, source: str) -> None:
-    """The scheme must be registered (``medseg.transforms.intensity.INTENSITY``) and find what it needs in ``pre``."""
-    from medseg.errors import UnknownComponentError
-    from medseg.transforms.intensity import get_scheme
-
-    try:
-        scheme = get_scheme(pre.intensity)
-    except UnknownComponentError as exc:
-        raise ConfigError(f"{source}: preprocessing.intensity: {exc}") from None
-    problem = scheme.validate(dataclasses.asdict(pre))
-    if problem:
-        raise ConfigError(f"{source}: preprocessing.intensity {pre.intensity}: {problem}")
+    # training.loss and preprocessing.intensity are checked where losses and preprocessing are built
+    # (medseg.training.losses.check_loss_name, medseg.transforms.intensity.check_preprocessing; medseg train and
+    # plan call both before any work): config is a leaf, so inference and reporting load no training code.

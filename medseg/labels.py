@@ -17,6 +17,9 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from medseg import safe_yaml
 from medseg.errors import ConfigError
 
 _LABEL_KEYS = {"index", "name", "color", "snomed"}
@@ -150,10 +153,6 @@ class LabelTable:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "LabelTable":
-        import yaml
-
-        from medseg import safe_yaml
-
         p = Path(path)
         if not p.is_file():
             raise ConfigError("label table not found", path=p)

@@ -1,9 +1,9 @@
 """``medseg demo``: train on phantoms, segment DICOM phantoms, report."""
 
+from medseg import api
+
 
 def _run(args) -> int:
-    from medseg import api
-
     res = api.demo(out=args.out, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     return 0 if res["mean_dice"] >= args.min_dice else 1
 

@@ -1,9 +1,9 @@
 """``medseg dicom scan`` (inventory of a DICOM folder) and ``medseg convert`` (image series -> NIfTI)."""
 
+from medseg import api
+
 
 def _scan(args) -> int:
-    from medseg import api
-
     inv, series_csv, files_csv = api.scan_dicom(folder=args.folder, out=args.out, resample_irregular=args.resample_irregular,
                                                 refuse_tilt=args.refuse_tilt, progress=not args.no_progress,
                                                 with_identifiers=args.with_identifiers, salt=args.salt)
@@ -14,8 +14,6 @@ def _scan(args) -> int:
 
 
 def _convert(args) -> int:
-    from medseg import api
-
     r = api.convert_dicom(folder=args.folder, out=args.out, modalities=args.modality or (), min_slices=args.min_slices,
                           description=args.description, resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt,
                           progress=not args.no_progress, with_identifiers=args.with_identifiers, salt=args.salt,

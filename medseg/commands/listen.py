@@ -1,9 +1,9 @@
 """``medseg listen --ae-title AE --port N --pipeline P.yaml --out RUN_DIR``: a DICOM receiving node."""
 
+from medseg import api
+
 
 def _listen(args) -> int:
-    from medseg import api
-
     api.listen(ae_title=args.ae_title, port=args.port, pipeline=args.pipeline, out=args.out, host=args.host,
                allow_ae=args.allow_ae, quiet_seconds=args.quiet_seconds, spool_max_gb=args.spool_max_gb,
                overrides=args.set, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,

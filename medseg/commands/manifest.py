@@ -1,17 +1,15 @@
 """``medseg manifest from-folder`` (nnU-Net raw / Decathlon folder) and ``from-dicom`` (DICOM export with RTSTRUCT/SEG)."""
 
+from medseg import api
+
 
 def _from_folder(args) -> int:
-    from medseg import api
-
     manifest, table = api.import_dataset(folder=args.folder, out=args.out, folds=args.folds, seed=args.seed)
     print(f"wrote {manifest} and {table}")
     return 0
 
 
 def _from_dicom(args) -> int:
-    from medseg import api
-
     res = api.import_dicom(export=args.export, out=args.out, split=args.split)
     print(f"wrote {res.manifest} ({len(res.cases)} cases) and {res.table}; "
           f"{len(res.unpaired_rows)} objects/series not paired, with reasons, in {res.unpaired}")

@@ -7,15 +7,15 @@ default width, computed by building each model on PyTorch's meta device (no
 memory, no weights); ``medseg models NAME`` always shows them.
 """
 
+from medseg import api
+from medseg.errors import ConfigError
+
 
 def _fmt_params(n) -> str:
     return "?" if n is None else (f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.0f}k")
 
 
 def _import(args) -> int:
-    from medseg import api
-    from medseg.errors import ConfigError
-
     if not args.path or not args.out:
         raise ConfigError("usage: medseg models import PATH --out MODEL.pt [--force] [--folds 0,1] [--checkpoint best]")
     folds = [f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None
@@ -25,9 +25,6 @@ def _import(args) -> int:
 
 
 def _run(args) -> int:
-    from medseg import api
-    from medseg.errors import ConfigError
-
     if args.name == "import":
         return _import(args)
     if args.path or args.out:

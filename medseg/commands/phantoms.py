@@ -1,9 +1,9 @@
 """``medseg phantoms``: write synthetic CT phantoms with exact truth and a manifest."""
 
+from medseg import api
+
 
 def _run(args) -> int:
-    from medseg import api
-
     manifest = api.phantoms(out=args.out, n=args.n, seed=args.seed, split=args.split, dicom=args.dicom)
     print(f"wrote {args.n} phantoms; manifest {manifest}")
     return 0

@@ -1,9 +1,9 @@
 """``medseg plan``: write a training config derived from the data set."""
 
+from medseg import api
+
 
 def _run(args) -> int:
-    from medseg import api
-
     path, fp = api.plan(manifest=args.manifest, out=args.out, base_config=args.base, memory_gb=args.memory_gb, min_spacing=args.min_spacing,
                         overrides=args.set, labels=args.labels, model=args.model)
     print(f"{fp['n_cases']} cases, {fp['modality']}, median spacing {[round(s, 2) for s in fp['spacing_median']]} mm, "

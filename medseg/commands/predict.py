@@ -2,6 +2,8 @@
 
 import sys
 
+from medseg import api
+
 
 def _overrides(args) -> dict:
     out = {}
@@ -30,15 +32,17 @@ def _overrides(args) -> dict:
     return out
 
 
-def _run(args) -> int:
-    from medseg import api
+def _options(args) -> api.PredictOptions:
+    return api.PredictOptions(device=args.device, progress=not args.no_progress, overwrite=args.overwrite,
+                              dicom_seg=not args.no_seg, rtstruct=args.rtstruct, save_probabilities=args.save_probabilities,
+                              sr=not args.no_sr, modalities=tuple(args.modality or ()), min_slices=args.min_slices,
+                              series_description=args.series_description, resample_irregular=args.resample_irregular,
+                              refuse_tilt=args.refuse_tilt, inference=_overrides(args))
 
+
+def _run(args) -> int:
     model = args.model[0] if len(args.model) == 1 else args.model
-    r = api.predict(model=model, inputs=args.inputs, out=args.out, device=args.device, progress=not args.no_progress,
-                    overwrite=args.overwrite, dicom_seg=not args.no_seg, rtstruct=args.rtstruct, save_probabilities=args.save_probabilities,
-                    modalities=args.modality or (), min_slices=args.min_slices, series_description=args.series_description,
-                    resample_irregular=args.resample_irregular, refuse_tilt=args.refuse_tilt, sr=not args.no_sr,
-                    **_overrides(args))
+    r = api.predict(model=model, inputs=args.inputs, out=args.out, options=_options(args))
     print(f"{len(r.outputs)} segmented, {len(r.skipped)} already done, {len(r.failures)} failed -> {args.out}")
     for cid, err in r.failures.items():
         print(f"  failed {cid}: {err}", file=sys.stderr)

@@ -1,13 +1,13 @@
 """``medseg report`` (volumes.csv, cohort tables, QC montages, report.html) and ``medseg evaluate`` (metrics.csv).
 
 Both work on any label maps on disk (medseg's or another tool's) and need no model and no GPU.
-Both go through ``medseg.api``, which delegates to ``medseg.reporting.tables``.
+Both go through ``medseg.api``, which delegates to ``medseg.reporting.report``.
 """
+
+from medseg import api
 
 
 def _report(args) -> int:
-    from medseg import api
-
     path = api.report(labels=args.labels, images=args.images, label_table=args.label_table, out=args.out,
                       min_size_ml=args.min_size_ml, reference_ranges=args.reference_ranges, resample_order=0 if args.nearest else 1,
                       qc=not args.no_qc, html=not (args.no_html or args.no_qc), window=tuple(args.window) if args.window else None,
@@ -22,8 +22,6 @@ def _report(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from medseg import api
-
     options = {"surface": not args.no_surface}
     if args.nsd_tolerance_mm is not None:
         options["nsd_tolerance_mm"] = args.nsd_tolerance_mm

@@ -2,10 +2,10 @@
 
 import sys
 
+from medseg import api
+
 
 def _run(args) -> int:
-    from medseg import api
-
     r = api.run(pipeline=args.pipeline, input=args.input, out=args.out, overrides=args.set, resume=args.resume,
                      engine=args.engine, workers=args.workers, address=args.address, progress=not args.no_progress,
                      device=args.device, query=args.query, accessions=args.accessions, cache=args.cache,

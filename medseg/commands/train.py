@@ -1,9 +1,9 @@
 """``medseg train``: train a model from a config and a data manifest."""
 
+from medseg import api
+
 
 def _run(args) -> int:
-    from medseg import api
-
     r = api.train(config=args.config, manifest=args.manifest, out=args.out, overrides=args.set, progress=not args.no_progress,
                   resume=args.resume, fold=args.fold, epochs=args.epochs, max_minutes=args.max_minutes, device=args.device,
                   nproc=args.nproc)

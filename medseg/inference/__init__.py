@@ -1,14 +1,6 @@
-"""Inference: sliding-window scores and the Predictor that maps them back onto the input grid."""
+"""Inference: sliding-window scores and the Predictor that maps them back onto the input grid.
 
-from __future__ import annotations
-
-
-def __getattr__(name):  # lazy: importing medseg.inference does not import torch
-    if name == "Predictor":
-        from medseg.inference.predictor import Predictor
-
-        return Predictor
-    raise AttributeError(name)
-
-
-__all__ = ["Predictor"]
+Modules: ``predictor`` (``Predictor``), ``load`` (which predictor a model path gets), ``sliding_window``,
+``labels_from_scores``, ``crf``, ``channels_last``, ``batch`` (``medseg predict``) and ``outputs`` (one case's files).
+Importing the package imports none of them (nor torch).
+"""

@@ -12,14 +12,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from medseg.command_log import command_log
 from medseg.errors import InputError, MedsegError, OutputError
-from medseg.io.dicom.select import SelectionRule, select
+from medseg.inference.load import load_predictor
+from medseg.inference.outputs import already_written, write_case_outputs
+from medseg.io.atomic import ensure_dir, write_csv, write_json
+from medseg.io.dicom.select import Candidate, SelectionRule, select
 from medseg.io.dicom.series import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
-from medseg.io.paths import check_case_id
+from medseg.io.paths import check_case_id, refuse_overwriting_inputs, safe_name
 from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for, read_volume
 from medseg.labels import LabelTable
+from medseg.models import checkpoint
+from medseg.progress import progress_bar as tqdm
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -39,6 +47,47 @@ class PredictResult:
         return 1 if (self.outputs or self.skipped) else 2
 
 
+@dataclass
+class PredictOptions:
+    """The settings of one ``medseg predict`` request, built once by the command line (or ``medseg.api.predict`` from
+    its keywords) and read by ``predict_many``: the device, which image series of a DICOM folder count, which outputs
+    to write, and ``inference``: changes to the model's inference settings (``sw_batch_size=8, amp="off",
+    tta_flips=[2]``...; which keys apply depends on the model's format, each says)."""
+
+    device: str | None = None
+    progress: bool = True
+    overwrite: bool = False
+    expected_labels: LabelTable | None = None  # refuse a model trained for another label table
+    dicom_seg: bool = True
+    rtstruct: bool = False
+    save_probabilities: bool = False
+    sr: bool = True  # with the SEG of a DICOM case, its TID 1500 measurement report
+    modalities: Sequence[str] = ()  # DICOM series selection: only these modalities...
+    min_slices: int = 1  # ... stacks of at least this many slices ...
+    series_description: str | None = None  # ... whose description matches this regular expression
+    resample_irregular: bool = False  # geometry policy: interpolate irregular series (default: refuse them)
+    refuse_tilt: bool = False  # geometry policy: refuse gantry-tilted series (default: resample them)
+    inference: dict = field(default_factory=dict)
+
+    def selection_rule(self) -> SelectionRule | None:
+        return selection_rule(self.modalities, self.min_slices, self.series_description)
+
+    def geometry_policy(self) -> GeometryPolicy:
+        return geometry_policy(self.resample_irregular, self.refuse_tilt)
+
+
+def selection_rule(modalities: Sequence[str], min_slices: int, description: str | None) -> SelectionRule | None:
+    """Which image series of a DICOM folder count (predict and convert): None when nothing narrows them."""
+    if not (modalities or int(min_slices) > 1 or description):
+        return None
+    return SelectionRule(modalities=tuple(modalities), min_slices=int(min_slices), description=description)
+
+
+def geometry_policy(resample_irregular: bool, refuse_tilt: bool) -> GeometryPolicy:
+    """What is done with DICOM series on irregular or tilted grids (predict, scan and convert)."""
+    return GeometryPolicy(irregular="resample" if resample_irregular else "refuse", tilt="refuse" if refuse_tilt else "resample")
+
+
 #: nnU-Net's channel suffix: ``case_0000`` is channel 0 of ``case``.
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
 
@@ -50,7 +99,7 @@ class CaseInput:
 
     case_id: str
     channels: list  # paths: channel 0 first (a DICOM folder is one channel)
-    stack: object = None  # medseg.io.dicom.select.Candidate when the folder holds several admitted stacks
+    stack: Candidate | None = None  # the stack to decode when the folder holds several admitted stacks
     selection: dict | None = None  # how the stack was chosen (recorded in the sidecar)
     error: InputError | None = None  # found while listing: the case fails alone with it
     n_series: int = 1  # image series the DICOM folder holds (recorded in the sidecar)
@@ -95,7 +144,8 @@ def _grouped_channels(folder: Path, images: list[Path], in_channels: int) -> lis
                          "give one case's channel files comma-separated", path=folder)
     cases: dict[str, dict[int, Path]] = {}
     for m, f in zip(parts, images):
-        cases.setdefault(m.group(1), {})[int(m.group(2))] = f
+        if m is not None:  # (every name matched: checked above)
+            cases.setdefault(m.group(1), {})[int(m.group(2))] = f
     out = []
     for case, channels in cases.items():
         if sorted(channels) != list(range(in_channels)):
@@ -135,7 +185,7 @@ def _dicom_cases(folder: Path, rule: SelectionRule | None, policy: GeometryPolic
     return out
 
 
-def _no_match(cands: list, rule: SelectionRule, folder: Path) -> InputError:
+def _no_match(cands: list, rule: SelectionRule | None, folder: Path) -> InputError:
     try:
         select(cands, rule, folder=folder)
     except InputError as exc:
@@ -183,8 +233,8 @@ def expand_folders(inputs: Sequence[PathLike], in_channels: int = 1) -> list:
 def _channels_id(channels: list) -> str:
     """A multi-channel case's id: ``case`` for nnU-Net's ``case_0000,case_0001``, else the first file's name."""
     ids = [case_id_for(c) for c in channels]
-    parts = [_CHANNEL_SUFFIX.fullmatch(i) for i in ids]
-    if all(parts) and len({m.group(1) for m in parts}) == 1:
+    parts = [m for m in (_CHANNEL_SUFFIX.fullmatch(i) for i in ids) if m is not None]
+    if len(parts) == len(ids) and len({m.group(1) for m in parts}) == 1:
         return parts[0].group(1)
     return ids[0]
 
@@ -216,9 +266,6 @@ def _channel_paths(src: PathLike) -> list:
 def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outputs: dict, *, overwrite: bool,
              progress: bool, versions: dict) -> PredictResult:
     """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all)."""
-    from medseg.inference.outputs import already_written, write_case_outputs
-    from medseg.progress import progress_bar as tqdm
-
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
     bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
@@ -257,24 +304,9 @@ def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outp
     return result
 
 
-def predict_many(
-    *,
-    model: PathLike | Sequence[PathLike],
-    inputs: Sequence[PathLike],
-    out: PathLike,
-    device=None,
-    progress: bool = True,
-    overwrite: bool = False,
-    expected_labels: LabelTable | None = None,
-    dicom_seg: bool = True,
-    rtstruct: bool = False,
-    save_probabilities: bool = False,
-    rule: SelectionRule | None = None,
-    policy: GeometryPolicy | None = None,
-    sr: bool = True,
-    **inference_overrides,
-) -> PredictResult:
-    """Segment every input with one loaded model (or an ensemble: several checkpoints).
+def predict_many(*, model: PathLike | Sequence[PathLike], inputs: Sequence[PathLike], out: PathLike,
+                 options: PredictOptions | None = None) -> PredictResult:
+    """Segment every input with one loaded model (or an ensemble: several checkpoints), as ``options`` say.
 
     Writes, through ``medseg.inference.outputs.write_case_outputs``, ``OUT/<name>.nii.gz``
     on the input's grid, ``OUT/<name>.seg.dcm`` for DICOM inputs (and, with
@@ -291,20 +323,15 @@ def predict_many(
     file, or lies inside an input folder, is refused before anything is
     written (``OutputError``).
     """
-    import pandas as pd
-
-    from medseg.inference.predictor import Predictor
-    from medseg.io.atomic import ensure_dir, write_csv, write_json
-    from medseg.io.paths import refuse_overwriting_inputs, safe_name
-    from medseg.models.checkpoint import versions
-
+    opts = options or PredictOptions()
     if not inputs:
         raise InputError("no inputs given; expected image files or DICOM folders")
     out_dir = Path(out)
     given = [c for p in inputs for c in _channel_paths(p)]
     refuse_overwriting_inputs([out_dir / "run.json", out_dir / "failures.csv"], given)  # before the model loads
-    predictor = Predictor.from_checkpoint(model, device=device, expected_labels=expected_labels, progress=progress, **inference_overrides)
-    cases = expand_inputs(inputs, in_channels=predictor.in_channels, rule=rule, policy=policy)
+    predictor = load_predictor(model, device=opts.device, expected_labels=opts.expected_labels, progress=opts.progress,
+                               **opts.inference)
+    cases = expand_inputs(inputs, in_channels=predictor.in_channels, rule=opts.selection_rule(), policy=opts.geometry_policy())
     if not cases:
         raise InputError("no images found in the inputs; expected image files or DICOM folders")
     ids = _check_case_ids(cases)
@@ -313,14 +340,16 @@ def predict_many(
     refuse_overwriting_inputs(all_targets, [c for case in cases for c in case.channels])
     ensure_dir(out_dir)
     sha = predictor.provenance["model_sha256"]
-    run_info = {"command": "predict", "versions": versions(), "model": predictor.provenance,
-                "device": str(predictor.device), "inputs": [c.source for c in cases], "labels": predictor.labels.to_dict(),
-                "inference": predictor.inference, "preprocessing": predictor.preprocessing}
+    run_info: dict[str, Any] = {"command": "predict", "versions": checkpoint.versions(), "model": predictor.provenance,
+                                "device": str(predictor.device), "inputs": [c.source for c in cases],
+                                "labels": predictor.labels.to_dict(), "inference": predictor.inference,
+                                "preprocessing": predictor.preprocessing}
     write_json(out_dir / "run.json", run_info)
-    outputs = {"dicom_seg": dicom_seg, "rtstruct": rtstruct, "probabilities": save_probabilities, "sr": sr and dicom_seg}
+    outputs = {"dicom_seg": opts.dicom_seg, "rtstruct": opts.rtstruct, "probabilities": opts.save_probabilities,
+               "sr": opts.sr and opts.dicom_seg}
     with command_log(out_dir / "predict.log"):
         log.info("predict: %d case(s) in %d input(s), model %s", len(cases), len(inputs), sha[:12])
-        result = _segment(cases, predictor, out_dir, names, outputs, overwrite=overwrite, progress=progress,
+        result = _segment(cases, predictor, out_dir, names, outputs, overwrite=opts.overwrite, progress=opts.progress,
                           versions=run_info["versions"])
         log.info("predict: %d segmented, %d already done, %d failed", len(result.outputs), len(result.skipped),
                  len(result.failures))

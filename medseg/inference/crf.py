@@ -30,6 +30,16 @@ import torch.nn.functional as F
 _CACHE_ELEMENTS = 2**25
 
 
+def _check_shapes(scores: torch.Tensor, image: torch.Tensor, kernel_size: int) -> None:
+    """``crf_refine``'s arguments: a ``ValueError`` naming what does not fit."""
+    if scores.ndim not in (4, 5):
+        raise ValueError(f"crf_refine: scores must be (N, C, H, W) or (N, C, H, W, D), got shape {tuple(scores.shape)}")
+    if image.ndim != scores.ndim or image.shape[0] != scores.shape[0] or image.shape[2:] != scores.shape[2:]:
+        raise ValueError(f"crf_refine: image {tuple(image.shape)} must be (N, K, *spatial) on the scores' grid {tuple(scores.shape)}")
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise ValueError(f"crf_refine: kernel_size must be odd and >= 3, got {kernel_size}")
+
+
 def crf_refine(
     scores: torch.Tensor,
     image: torch.Tensor,
@@ -61,12 +71,7 @@ def crf_refine(
     Runs on the tensors' device and dtype (computed in float32 at least); wrap in
     ``torch.no_grad()`` at inference (it is differentiable otherwise).
     """
-    if scores.ndim not in (4, 5):
-        raise ValueError(f"crf_refine: scores must be (N, C, H, W) or (N, C, H, W, D), got shape {tuple(scores.shape)}")
-    if image.ndim != scores.ndim or image.shape[0] != scores.shape[0] or image.shape[2:] != scores.shape[2:]:
-        raise ValueError(f"crf_refine: image {tuple(image.shape)} must be (N, K, *spatial) on the scores' grid {tuple(scores.shape)}")
-    if kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"crf_refine: kernel_size must be odd and >= 3, got {kernel_size}")
+    _check_shapes(scores, image, kernel_size)
     if iterations <= 0:
         return scores
     d = scores.ndim - 2

@@ -33,7 +33,19 @@ import re
 import time
 from pathlib import Path
 
+import nibabel as nib
+import pydicom
+
+import medseg
 from medseg.errors import OutputError
+from medseg.io.atomic import atomic_path, write_json
+from medseg.io.objects import seg as seg_objects  # (module attribute: a test replaces write_dicom_seg)
+from medseg.io.objects.rtstruct import write_rtstruct
+from medseg.io.objects.sr import write_measurement_report
+from medseg.io.readers import write_label_map
+from medseg.models import checkpoint
+from medseg.provenance import to_plain
+from medseg.reporting.quality import assess_prediction, expected_from_checkpoint, sidecar_verdicts, verdicts_by_structure
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +84,29 @@ def _resolved(source: str) -> list[str]:
 
 def plain(obj):
     """Numpy values and arrays -> plain Python (for JSON): ``medseg.provenance.to_plain``."""
-    from medseg.provenance import to_plain
-
     return to_plain(obj)
 
 
+_EXPECTED_CACHE: dict[str, dict] = {}
+
+
+def expected_for_model(model_path) -> dict:
+    """What a medseg checkpoint file expects of its inputs (``medseg.reporting.quality.expected_from_checkpoint``;
+    cached); {} when it cannot be read. The input check of the quality verdicts: ``medseg predict`` and ``run`` pass
+    it to ``medseg.reporting.quality``, ``medseg report`` passes this function (reporting loads no checkpoint)."""
+    key = str(model_path or "")
+    if key not in _EXPECTED_CACHE:
+        expected = {}
+        if key and Path(key).is_file():
+            try:
+                expected = expected_from_checkpoint(checkpoint.load_checkpoint(key))
+            except Exception:  # noqa: BLE001 (not a medseg checkpoint, unreadable: no input check)
+                expected = {}
+        _EXPECTED_CACHE[key] = expected
+    return _EXPECTED_CACHE[key]
+
+
 def _write_probabilities(probs, path: Path) -> Path:
-    import nibabel as nib
-
-    from medseg.io.atomic import atomic_path
-
     array, affine = probs
     with atomic_path(path) as tmp:
         nib.save(nib.Nifti1Image(array.astype("float32"), affine), str(tmp))
@@ -95,8 +120,6 @@ _IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs
 
 def _identifiers(dicom_folder) -> list[str]:
     """The identifying header values of a DICOM folder's first readable file (and a PN's components)."""
-    import pydicom
-
     for root, _dirs, files in os.walk(dicom_folder):
         for name in sorted(files):
             try:
@@ -150,10 +173,6 @@ def _optional(kind: str, case_id: str, findings: list, write, *, dicom_folder=No
 
 
 def _write_sr(rows, table, seg: Path, path: Path, provenance: dict, uid_seed, modality):
-    import medseg
-    from medseg.io.objects.sr import write_measurement_report
-    from medseg.reporting.quality import verdicts_by_structure
-
     return write_measurement_report(seg, rows, table, path, software_version=medseg.__version__,
                                     model_sha256=str(provenance.get("model_sha256", "")), uid_seed=uid_seed,
                                     modality=str(modality or ""), verdicts=verdicts_by_structure(rows))
@@ -162,18 +181,15 @@ def _write_sr(rows, table, seg: Path, path: Path, provenance: dict, uid_seed, mo
 def _assessed(case_id, labels, table, image, provenance, findings) -> list[dict] | None:
     """The case's structure rows with their quality verdicts (``medseg.reporting.quality``), for the sidecar and
     the SR; a failure is a finding, never a lost case."""
-    from medseg.reporting.quality import assess_prediction
-
+    path = (provenance or {}).get("model_path")
     try:
-        return assess_prediction(case_id, labels, table, image, provenance)
+        return assess_prediction(case_id, labels, table, image, expected=expected_for_model(path) if isinstance(path, str) else None)
     except Exception as exc:  # noqa: BLE001 (verdicts are an optional output)
         findings.append({"kind": "qc", "action": "skipped", "detail": f"quality verdicts not computed: {type(exc).__name__}: {exc}"})
         return None
 
 
 def _sidecar_qc(rows) -> dict | None:
-    from medseg.reporting.quality import sidecar_verdicts
-
     return sidecar_verdicts(rows) if rows is not None else None
 
 
@@ -213,61 +229,59 @@ def write_case_outputs(
     ``OutputError`` on the label map or the sidecar is raised; optional outputs
     fail softly (see the module docstring).
     """
-    import medseg
-    from medseg.io.atomic import write_json
-    from medseg.io.readers import write_label_map
-
     label_map, sidecar = Path(label_map), Path(sidecar)
     meta = dict(labels.meta)
     probs = meta.pop("probabilities", None)
-    base = sidecar.parent
-
-    def rel(p: Path) -> str:
-        return os.path.relpath(p, base)
-
     write_label_map(labels, label_map)
-    series_key = (image_meta.get("dicom") or {}).get("series_key")  # the series read, of those in the folder
-    outputs, findings = {"label_map": rel(label_map)}, list(meta.pop("findings", None) or [])
+    outputs, findings = {"label_map": _relative(label_map, sidecar)}, list(meta.pop("findings", None) or [])
     rows = _assessed(case_id, labels, table, image, provenance, findings)
     if assessed is not None and rows is not None:  # the caller's report reuses them instead of measuring again
         assessed.extend(rows)
-    if dicom_seg is not None and image_meta.get("format") == "dicom":
-        from medseg.io.objects.seg import write_dicom_seg
-
-        seg = _optional("dicom_seg", case_id, findings, lambda: write_dicom_seg(
-            labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed,
-            series_key=series_key), dicom_folder=source)
-        if seg is not None:
-            outputs["dicom_seg"] = rel(Path(seg))
-            if sr is not None and rows is not None:
-                report = _optional("sr", case_id, findings, lambda: _write_sr(
-                    rows, table, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")), dicom_folder=source)
-                if report is not None:
-                    outputs["sr"] = rel(Path(report))
-    if rtstruct is not None and image_meta.get("format") == "dicom":
-        from medseg.io.objects.rtstruct import write_rtstruct
-
-        rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
-            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed,
-            series_uid=series_key),
-            dicom_folder=source)
-        if rt is not None:
-            outputs["rtstruct"] = rel(Path(rt))
+    if image_meta.get("format") == "dicom":
+        _write_dicom_objects(outputs, findings, case_id=case_id, labels=labels, image_meta=image_meta, source=source,
+                             table=table, provenance=provenance, sidecar=sidecar, rows=rows, dicom_seg=dicom_seg,
+                             rtstruct=rtstruct, sr=sr, uid_seed=uid_seed)
     if probabilities is not None and probs is not None:
         written = _optional("probabilities", case_id, findings, lambda: _write_probabilities(probs, Path(probabilities)))
         if written is not None:
-            outputs["probabilities"] = rel(written)
-    if versions is None:
-        from medseg.models.checkpoint import versions as _versions
-
-        versions = _versions()
+            outputs["probabilities"] = _relative(written, sidecar)
     record = plain({
         "schema": SIDECAR_SCHEMA, "case_id": case_id, "source": str(source), "outputs": outputs, "findings": findings,
         "labels": table.to_dict(), "model": provenance, "inference": inference, "shape": list(labels.shape),
         "affine": labels.affine.tolist(), "spacing_mm": list(labels.spacing), "input_format": image_meta.get("format"),
-        "dicom": image_meta.get("dicom"), **meta, "versions": versions,
+        "dicom": image_meta.get("dicom"), **meta, "versions": checkpoint.versions() if versions is None else versions,
         "qc": _sidecar_qc(rows),
         "seconds_total": round(time.monotonic() - started, 3) if started is not None else None,
     })
     write_json(sidecar, record)  # last: its presence marks the case as written
     return record
+
+
+def _relative(path: Path, sidecar: Path) -> str:
+    """An output's name in the sidecar: relative to the sidecar's folder."""
+    return os.path.relpath(path, sidecar.parent)
+
+
+def _write_dicom_objects(outputs: dict, findings: list, *, case_id: str, labels, image_meta: dict, source: str, table,
+                         provenance: dict, sidecar: Path, rows, dicom_seg, rtstruct, sr, uid_seed) -> None:
+    """The DICOM SEG (and the SR that references it) and the RT Structure Set of a DICOM case, each optional: what is
+    written joins ``outputs``, what fails ``findings``."""
+    series_key = (image_meta.get("dicom") or {}).get("series_key")  # the series read, of those in the folder
+    if dicom_seg is not None:
+        seg = _optional("dicom_seg", case_id, findings, lambda: seg_objects.write_dicom_seg(
+            labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed,
+            series_key=series_key), dicom_folder=source)
+        if seg is not None:
+            outputs["dicom_seg"] = _relative(Path(seg), sidecar)
+            if sr is not None and rows is not None:
+                report = _optional("sr", case_id, findings, lambda: _write_sr(
+                    rows, table, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")), dicom_folder=source)
+                if report is not None:
+                    outputs["sr"] = _relative(Path(report), sidecar)
+    if rtstruct is not None:
+        rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
+            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed,
+            series_uid=series_key),
+            dicom_folder=source)
+        if rt is not None:
+            outputs["rtstruct"] = _relative(Path(rt), sidecar)

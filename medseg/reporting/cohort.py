@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg import safe_yaml
 from medseg.errors import InputError
 from medseg.reporting.volumes import FOUND as JUDGED  # statuses with a measured volume
 
@@ -46,8 +47,6 @@ def read_reference_ranges(path: str | os.PathLike) -> dict[str, tuple[float, flo
         raise InputError("reference ranges file not found", path=p)
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            from medseg import safe_yaml
-
             data = safe_yaml.load_file(p) or {}
             items = [(str(k), v[0], v[1]) for k, v in data.items()]
         else:

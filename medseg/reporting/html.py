@@ -22,6 +22,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from medseg.io.atomic import write_text
+from medseg.reporting.qc import distribution_png
+from medseg.reporting.volumes import FOUND
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -70,10 +75,6 @@ def _data_uri(png: bytes) -> str:
 def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures: list[str], montages: dict[str, Path | None],
                *, title: str = "medseg volumes report", notes: list[str] | None = None, embed_limit_mb: float = 30.0) -> Path:
     """Write ``report.html`` (atomically) from the cohort tables and the montage files."""
-    from medseg.io.atomic import write_text
-    from medseg.reporting.qc import distribution_png
-    from medseg.reporting.volumes import FOUND
-
     out = Path(path)
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
@@ -83,9 +84,19 @@ def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures
                  "Yellow: cut by the image border (a lower bound). Red: outlier. Grey: absent or below the minimum size.</p>")
     for note in notes or []:
         parts.append(f"<p class='note'>{e(note)}</p>")
+    parts += _flags_section(long_df)
+    parts += _cohort_table(long_df, wide_df, structures)
+    parts += _summary_table(summary_df)
+    parts += _distributions(long_df, structures)
+    parts += _montages(montages, wide_df, out, embed_limit_mb)
+    parts.append("</body></html>\n")
+    return write_text(out, "\n".join(parts))
 
-    # What needs a look, first: quality verdicts fail, then review (medseg.reporting.quality), then the
-    # remaining outliers and statuses of a table without verdicts.
+
+def _flags_section(long_df) -> list[str]:
+    """What needs a look, first: quality verdicts fail, then review (medseg.reporting.quality), then the
+    remaining outliers and statuses of a table without verdicts."""
+    e = html.escape
     flags = []
     has_qc = "qc" in long_df.columns
     for _, r in long_df.iterrows():
@@ -102,7 +113,7 @@ def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures
         if why:
             rank = {"fail": 0, "review": 1}.get(qc, 2 if why[0].startswith("outlier") else 3)
             flags.append((rank, r["case_id"], r["structure"], r["volume_ml"], "; ".join(why)))
-    parts.append("<h2 id='flags'>Needs a look</h2>")
+    parts = ["<h2 id='flags'>Needs a look</h2>"]
     if has_qc:
         n_fail, n_review = sum(f[0] == 0 for f in flags), sum(f[0] == 1 for f in flags)
         parts.append(f"<p class='note'>Quality verdicts without ground truth: {n_fail} fail, {n_review} review "
@@ -115,10 +126,13 @@ def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures
         parts.append("</ul>")
     else:
         parts.append("<p>Nothing flagged.</p>")
+    return parts
 
-    # Cohort table.
+
+def _cohort_table(long_df, wide_df, structures: list[str]) -> list[str]:
+    e = html.escape
     status_of = {(r.case_id, r.structure): r for r in long_df.itertuples()}
-    parts.append("<h2>Cohort</h2><table id='cohort'><thead><tr><th class='t' onclick='sortTable(this)'>case</th>")
+    parts = ["<h2>Cohort</h2><table id='cohort'><thead><tr><th class='t' onclick='sortTable(this)'>case</th>"]
     parts += [f"<th onclick='sortTable(this)'>{e(s)} (mL)</th>" for s in structures]
     parts.append("</tr></thead><tbody>")
     for _, w in wide_df.iterrows():
@@ -135,28 +149,36 @@ def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures
             cells.append(f"<td class='{' '.join(cls)}' data-v='{'' if _isna(v) else v}' title='{e(status)}'>{text}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
+    return parts
 
-    # Summary.
-    parts.append("<h2>Summary (cases with the structure present)</h2><table id='summary'><thead><tr>")
+
+def _summary_table(summary_df) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Summary (cases with the structure present)</h2><table id='summary'><thead><tr>"]
     parts += [f"<th class='{'t' if c == 'structure' else ''}' onclick='sortTable(this)'>{e(c)}</th>" for c in summary_df.columns]
     parts.append("</tr></thead><tbody>")
     for _, r in summary_df.iterrows():
         parts.append("<tr>" + "".join(f"<td class='{'t' if c == 'structure' else ''}'>{_fmt(r[c])}</td>" for c in summary_df.columns) + "</tr>")
     parts.append("</tbody></table>")
+    return parts
 
-    # Distributions.
+
+def _distributions(long_df, structures: list[str]) -> list[str]:
     values, flagged = {}, {}
     for s in structures:
         part = long_df[(long_df["structure"] == s) & long_df["status"].isin(FOUND)]
         values[s] = part["volume_ml"].to_numpy(dtype=float)
         flagged[s] = part["outlier"].fillna(False).to_numpy(dtype=bool) if "outlier" in part else np.zeros(len(part), bool)
-    parts.append("<h2>Volume distributions</h2>")
-    parts.append(f"<img alt='volume distribution per structure' src='{_data_uri(distribution_png(values, flagged))}'>")
+    return ["<h2>Volume distributions</h2>",
+            f"<img alt='volume distribution per structure' src='{_data_uri(distribution_png(values, flagged))}'>"]
 
-    # Montages.
+
+def _montages(montages: dict[str, Path | None], wide_df, out: Path, embed_limit_mb: float) -> list[str]:
+    """The QC montages, embedded, or linked from qc/ when together they are over ``embed_limit_mb``."""
+    e = html.escape
     total = sum(p.stat().st_size for p in montages.values() if p is not None and p.is_file())
     embed = total <= embed_limit_mb * 1e6
-    parts.append("<h2>QC montages</h2>")
+    parts = ["<h2>QC montages</h2>"]
     if not embed:
         parts.append(f"<p class='note'>Montages ({total / 1e6:.0f} MB) are linked from qc/, which must stay next to this page.</p>")
     for cid in wide_df["case_id"]:
@@ -168,8 +190,7 @@ def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures
             src = _data_uri(p.read_bytes()) if embed else os.path.relpath(p, out.parent).replace(os.sep, "/")
             parts.append(f"<img alt='QC montage {e(cid)}' src='{e(src)}'>")
         parts.append("</figure>")
-    parts.append("</body></html>\n")
-    return write_text(out, "\n".join(parts))
+    return parts
 
 
 def _is_true(v) -> bool:
@@ -177,8 +198,6 @@ def _is_true(v) -> bool:
 
 
 def _isna(v) -> bool:
-    import pandas as pd
-
     try:
         return bool(pd.isna(v))
     except (TypeError, ValueError):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from medseg.errors import InputError
-from medseg.io.atomic import write_csv
+from medseg.io.atomic import atomic_path, write_csv, write_text
 from medseg.io.dicom.scan import pseudonym
 from medseg.io.readers import case_id_for
 
@@ -196,8 +196,6 @@ def _plot(path: Path, patient: str, group: pd.DataFrame) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medseg.io.atomic import atomic_path
-
     fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=100)
     for structure, rows in group.groupby("structure"):
         line = ax.plot(rows["days_from_baseline"], rows["volume_ml"], marker="o", label=str(structure))[0]
@@ -239,6 +237,5 @@ def add_to_html(report_html: PathLike, frame_csv: PathLike, out_dir: PathLike) -
                             f"{html.escape(str(r.flag_reasons))}</li>" for r in flagged.itertuples())
             parts.append(f"<ul>{items}</ul>")
     text = page.read_text(encoding="utf-8")
-    from medseg.io.atomic import write_text
 
     write_text(page, text.replace("</body></html>", "\n".join(parts) + "\n</body></html>", 1))

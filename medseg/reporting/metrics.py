@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, label_boxes, require_same_grid
 from medseg.labels import LabelTable
+from medseg.reporting.surface import assd, hd95, nsd, surface_distances
+from medseg.reporting.volumes import as_label_array
 
 COLUMNS = ["case_id", "structure", "label", "status", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "nsd_tolerance_mm",
            "volume_pred_ml", "volume_ref_ml", "volume_error_ml", "volume_error_pct", "abs_volume_error_ml", "abs_volume_error_pct"]
@@ -57,10 +59,6 @@ def metric_rows(case_id: str, pred: Volume, ref: Volume, table: LabelTable, *, n
 
     ``surface=False`` skips the surface distances (their cells stay empty).
     """
-    from medseg.io.volume import label_boxes, require_same_grid
-    from medseg.reporting.surface import assd, hd95, nsd, surface_distances
-    from medseg.reporting.volumes import as_label_array
-
     require_same_grid(pred, ref, what="prediction")
     p, r = as_label_array(pred), as_label_array(ref)
     vv_ml = ref.voxel_volume_mm3 / 1000.0

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.io.atomic import atomic_path
+from medseg.io.geometry import to_closest_ras
 from medseg.io.volume import Volume
 from medseg.labels import LabelTable, display_colors
+from medseg.reporting.volumes import structure_rows
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU)
 _DEFAULT_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -80,12 +83,7 @@ def write_montage(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarra
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from medseg.io.atomic import atomic_path
-    from medseg.io.geometry import to_closest_ras
-
     if rows is None:
-        from medseg.reporting.volumes import structure_rows
-
         rows = structure_rows("", Volume(labels, affine), table)
     found = [r for r in rows if r.get("voxel_count") and r["voxel_count"] > 0][:max_rows]
     if not found:

@@ -37,6 +37,9 @@ ranges over the training cases). A checkpoint that stores one under
 that does not is checked against what its preprocessing implies (a CT
 intensity scheme expects Hounsfield units with air; the training spacing).
 
+Reading a checkpoint is not this module's (reporting loads no model code): callers pass what the model expects
+(``expected``, from ``medseg.inference.outputs.expected_for_model``), or that function itself (``expected_of``).
+
 Entry points: ``assess_case`` (one case's rows, at predict/report time),
 ``add_cohort_verdicts`` (the long table, after ``cohort.add_outlier_flags``),
 ``verdicts_by_structure`` (for the DICOM SR writer).
@@ -44,10 +47,17 @@ Entry points: ``assess_case`` (one case's rows, at predict/report time),
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from medseg.io.readers import case_id_for
+from medseg.io.volume import Volume
+from medseg.reporting.volumes import structure_rows
 
 PASS, REVIEW, FAIL = "pass", "review", "fail"
 _RANK = {PASS: 0, REVIEW: 1, FAIL: 2}
@@ -214,8 +224,6 @@ def training_profile(cases, table=None, *, modality: str = "CT") -> dict:
     its volume (mL) and median intensity, and the share of cases where it is present. Plain JSON:
     store it in a checkpoint as ``input_profile`` (``expected_from_checkpoint`` reads it).
     """
-    from medseg.reporting.volumes import structure_rows
-
     ct = modality.upper() == "CT"
     stats: dict[str, list] = {}
     per: dict[str, dict[str, list]] = {}
@@ -530,11 +538,6 @@ def thresholds_dict(th: Thresholds = THRESHOLDS) -> dict:
 # -- from files (``medseg report``) -------------------------------------------------------------
 
 def _sidecar(label_path) -> dict:
-    import json
-    from pathlib import Path
-
-    from medseg.io.readers import case_id_for
-
     p = Path(label_path).parent / f"{case_id_for(label_path)}.json"
     try:
         side = json.loads(p.read_text())
@@ -543,55 +546,31 @@ def _sidecar(label_path) -> dict:
     return side if isinstance(side, dict) else {}
 
 
-_EXPECTED_CACHE: dict[str, dict] = {}
-
-
-def expected_for_model(model_path) -> dict:
-    """``expected_from_checkpoint`` of a medseg checkpoint file (cached); {} when it cannot be read."""
-    key = str(model_path or "")
-    if key not in _EXPECTED_CACHE:
-        from pathlib import Path
-
-        expected = {}
-        if key and Path(key).is_file():
-            try:
-                from medseg.models.checkpoint import load_checkpoint
-
-                expected = expected_from_checkpoint(load_checkpoint(key))
-            except Exception:  # noqa: BLE001 (not a medseg checkpoint, unreadable: no input check)
-                expected = {}
-        _EXPECTED_CACHE[key] = expected
-    return _EXPECTED_CACHE[key]
-
-
-def assess_from_files(rows: list[dict], label_path, labels, image_array=None, th: Thresholds = THRESHOLDS) -> list[dict]:
+def assess_from_files(rows: list[dict], label_path, labels, image_array=None, th: Thresholds = THRESHOLDS,
+                      expected_of: Callable[[str], dict] | None = None) -> list[dict]:
     """``assess_case`` for a label map on disk: confidence, pass agreement and the model (for the input
-    check) from its predict sidecar, when there is one; ``image_array`` on the label map's grid."""
-    from medseg.io.volume import Volume
-
+    check) from its predict sidecar, when there is one; ``image_array`` on the label map's grid.
+    ``expected_of``: what the model at a path expects of its inputs (``medseg.inference.outputs.expected_for_model``);
+    None: no input check."""
     side = _sidecar(label_path)
     model = side.get("model") or {}
     path = model.get("model_path")
-    expected = expected_for_model(path) if isinstance(path, str) else {}
+    expected = expected_of(path) if isinstance(path, str) and expected_of is not None else {}
     image = Volume(np.asarray(image_array), labels.affine) if image_array is not None else None
     return assess_case(rows, image=image, labels=labels, confidence=side.get("confidence"),
                        agreement=side.get("pass_agreement"), expected=expected, th=th)
 
 
-def assess_prediction(case_id: str, labels, table, image=None, provenance: dict | None = None,
+def assess_prediction(case_id: str, labels, table, image=None, expected: dict | None = None,
                       th: Thresholds = THRESHOLDS) -> list[dict]:
     """One predicted case's ``volumes.csv`` rows with verdicts, from what ``write_case_outputs`` holds: the label
-    map (its ``meta`` has the predictor's ``confidence`` / ``pass_agreement``), the input image and the model's
-    provenance (``model_path`` for the input check). For the sidecar (``sidecar_verdicts``) and the SR
+    map (its ``meta`` has the predictor's ``confidence`` / ``pass_agreement``), the input image and what the model
+    expects of its inputs (``expected``, for the input check). For the sidecar (``sidecar_verdicts``) and the SR
     (``verdicts_by_structure``)."""
-    from medseg.reporting.volumes import structure_rows
-
     rows = structure_rows(case_id, labels, table, image)
     meta = getattr(labels, "meta", None) or {}
-    path = (provenance or {}).get("model_path")
     return assess_case(rows, image=image, labels=labels, confidence=meta.get("confidence"),
-                       agreement=meta.get("pass_agreement"), expected=expected_for_model(path) if isinstance(path, str) else None,
-                       th=th)
+                       agreement=meta.get("pass_agreement"), expected=expected, th=th)
 
 
 def sidecar_verdicts(rows) -> dict[str, dict]:

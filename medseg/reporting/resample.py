@@ -17,16 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from medseg.errors import GeometryError
-from medseg.io.volume import Volume
+from medseg.io.geometry import align_to
+from medseg.io.volume import Volume, same_grid
 
 METHODS = {0: "nearest", 1: "linear"}
 
 
 def image_on_label_grid(image: Volume, labels: Volume, *, order: int = 1, atol: float = 1e-3) -> tuple[np.ndarray, str]:
     """``(array on labels' grid as float32, method)``; see the module docstring for the methods."""
-    from medseg.io.geometry import align_to
-    from medseg.io.volume import same_grid
-
     if order not in METHODS:
         raise ValueError(f"order must be 0 (nearest) or 1 (linear), not {order}")
     if same_grid(image, labels, atol=atol):

@@ -28,8 +28,13 @@ import json
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.volume import Volume
+from medseg.io.atomic import write_text
+from medseg.io.paths import safe_name
+from medseg.io.readers import read_volume
+from medseg.io.volume import Volume, label_boxes, same_grid
 from medseg.labels import LabelTable
+from medseg.reporting.resample import image_on_label_grid
+from medseg.reporting.volumes import as_label_array
 
 BORDER = 3  # statistics.touches_border: the first and last three voxels of each axis
 
@@ -44,14 +49,8 @@ def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *,
     """``{structure: {"volume": mm3, "intensity": mean}}`` for every structure of ``table``, as
     TotalSegmentator's ``get_basic_statistics`` computes them. ``image``: a ``Volume`` (brought onto the
     label grid) or an array already on it."""
-    from medseg.io.volume import label_boxes
-    from medseg.reporting.volumes import as_label_array
-
     lab = as_label_array(labels)
     if isinstance(image, Volume):
-        from medseg.io.volume import same_grid
-        from medseg.reporting.resample import image_on_label_grid
-
         ct = np.asarray(image.array) if same_grid(image, labels) else image_on_label_grid(image, labels, order=1)[0]
     else:
         ct = np.asarray(image)
@@ -83,17 +82,12 @@ def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *,
 
 def write_statistics(path, stats: dict):
     """``json.dump(stats, f, indent=4)`` as TotalSegmentator writes it (atomically)."""
-    from medseg.io.atomic import write_text
-
     return write_text(path, json.dumps(stats, indent=4))
 
 
 def write_cases(label_paths, image_paths, out_dir, table: LabelTable, case_ids) -> list:
     """``OUT/statistics/<case>.json`` for each label map and its image; returns the paths written."""
     from pathlib import Path
-
-    from medseg.io.paths import safe_name
-    from medseg.io.readers import read_volume
 
     written = []
     for cid, lab_path, img_path in zip(case_ids, label_paths, image_paths):

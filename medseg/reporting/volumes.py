@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, label_boxes, require_same_grid
 from medseg.labels import LabelTable
 
 COLUMNS = [
@@ -104,8 +104,6 @@ def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volum
     brought onto it (``medseg.reporting.resample.image_on_label_grid``; NaN marks
     voxels outside the image).
     """
-    from medseg.io.volume import label_boxes, require_same_grid
-
     lab = as_label_array(labels)
     intensities = None
     if isinstance(image, Volume):

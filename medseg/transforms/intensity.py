@@ -21,13 +21,15 @@ keyed MONAI wrapper used in training, so both paths compute the same numbers.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Hashable, Mapping
+import dataclasses
+from typing import Any, Callable, ClassVar, Hashable, Mapping
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from medseg.errors import ConfigError, InputError, UnknownComponentError
 from medseg.registry import Registry
 
 #: Intensity schemes by name; plugins through the ``medseg.intensity`` entry-point group.
@@ -81,6 +83,23 @@ def register_scheme(cls: type[IntensityScheme]) -> type[IntensityScheme]:
 def get_scheme(name: str) -> IntensityScheme:
     """The scheme registered as ``name`` (an unknown name: ``UnknownComponentError`` with close matches)."""
     return INTENSITY.get(name).builder()
+
+
+def check_preprocessing(pre: Any, source: str) -> None:
+    """``preprocessing.intensity`` names a registered scheme that finds what it needs in ``pre`` (a
+    ``PreprocessingConfig`` or its mapping); else a ``ConfigError`` naming ``source``.
+
+    Checked where the preprocessing is built (``presets.deterministic_transforms``) and, before any work, by
+    ``medseg train`` and ``medseg plan``: ``medseg.config`` stays a leaf that knows no scheme.
+    """
+    values = dataclasses.asdict(pre) if dataclasses.is_dataclass(pre) and not isinstance(pre, type) else dict(pre)
+    try:
+        scheme = get_scheme(values.get("intensity"))
+    except UnknownComponentError as exc:
+        raise ConfigError(f"{source}: preprocessing.intensity: {exc}") from None
+    problem = scheme.validate(values)
+    if problem:
+        raise ConfigError(f"{source}: preprocessing.intensity {values.get('intensity')}: {problem}")
 
 
 def scheme_for_modality(modality: str) -> str:
@@ -199,8 +218,6 @@ class RefuseNonFinited(MapTransform):
     (A MONAI ``Transform``, so that ``CacheDataset`` caches the deterministic steps after it.)"""
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping:
-        from medseg.errors import InputError
-
         for key in self.keys:
             x = data[key]
             if torch.is_floating_point(x):

@@ -10,34 +10,41 @@ The spacing and intensity steps are the very functions inference uses.
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+)
+
 from medseg.config import PreprocessingConfig, TrainingConfig
+from medseg.transforms.intensity import NormalizeIntensityByPresetd, RefuseNonFinited, check_preprocessing, get_scheme
+from medseg.transforms.reader import VolumeReader
+from medseg.transforms.spatial import ResampleToSpacingd
 
 
 def _foreground_select(cfg: PreprocessingConfig):
     """Which raw voxels are 'body' for the training crop (the intensity scheme says: above foreground_hu on CT, non-zero on MR)."""
-    import dataclasses
-
-    from medseg.transforms.intensity import get_scheme
-
     return get_scheme(cfg.intensity).foreground(dataclasses.asdict(cfg))
 
 
 def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | None = None):
-    from monai.transforms import (
-        Compose,
-        ConcatItemsd,
-        CropForegroundd,
-        DeleteItemsd,
-        EnsureChannelFirstd,
-        EnsureTyped,
-        LoadImaged,
-        Orientationd,
-    )
-
-    from medseg.transforms.intensity import NormalizeIntensityByPresetd, RefuseNonFinited
-    from medseg.transforms.reader import VolumeReader
-    from medseg.transforms.spatial import ResampleToSpacingd
-
+    check_preprocessing(cfg, "config")  # (medseg train and plan checked it before any work, naming the config file)
     image_keys = image_keys or ["image"]
     steps = [
         LoadImaged(keys=[*image_keys, "label"], reader=VolumeReader(), image_only=True),  # NIfTI, NRRD, MHA as inference reads them
@@ -58,19 +65,6 @@ def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | N
 
 def random_transforms(train: TrainingConfig, num_classes: int, *, pad_value: float = 0.0):
     """Patch sampling (positive/negative) and augmentation, per ``train.augmentation``."""
-    import numpy as np
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrastd,
-        RandAffined,
-        RandCropByPosNegLabeld,
-        RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-        SpatialPadd,
-    )
-
     aug = train.augmentation
     pos = train.pos_fraction
     steps = [

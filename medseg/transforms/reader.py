@@ -12,29 +12,25 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import ImageReader
-from monai.utils import ensure_tuple
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from medseg.errors import InputError
+from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, read_volume
 
 
 class VolumeReader(ImageReader):
     """``LoadImaged(reader=VolumeReader())``: one 3D file per key."""
 
     def verify_suffix(self, filename) -> bool:
-        from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES
-
         return all(Path(str(f)).name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES) for f in ensure_tuple(filename))
 
     def read(self, data, **kwargs):
-        from medseg.errors import InputError
-        from medseg.io.readers import read_volume
-
         files = ensure_tuple(data)
         if len(files) != 1:
             raise InputError(f"expected one image file per key, got {len(files)}", path=str(files[0]))
         return read_volume(files[0])
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        from monai.utils import MetaKeys, SpaceKeys
-
         meta = {
             MetaKeys.AFFINE: img.affine.copy(),
             MetaKeys.ORIGINAL_AFFINE: img.affine.copy(),

@@ -12,7 +12,7 @@ from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_PATIENT_ID, PHANTOM
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "unit"))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "unit" / "io"))
 from test_dicom_scan import make_messy_export  # noqa: E402
 
 

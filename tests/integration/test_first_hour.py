@@ -232,7 +232,8 @@ def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_wo
     not a demo's is refused in one line before any phantom is drawn."""
     import time
 
-    from medseg.demo import DONE, _prepare
+    from medseg.api import DEMO_DONE as DONE
+    from medseg.api import _prepare_demo as _prepare
 
     out = tmp_path / "demo_out"
     args = ["demo", "--out", str(out), "--n-train", "3", "--n-test", "1", "--epochs", "1", "--min-dice", "0", "--no-progress"]

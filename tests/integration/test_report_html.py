@@ -60,6 +60,7 @@ def _chrome(binary, tmp_path, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.needs_chromium
 def test_report_cli_writes_tables_montages_and_a_page_that_renders(tmp_path):
     labels, images, cases = _cohort(tmp_path)
     out = tmp_path / "report"

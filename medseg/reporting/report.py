@@ -7,17 +7,32 @@ live in ``volumes``, ``metrics``/``surface``, ``cohort``, ``qc`` and ``html``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
+import medseg
+from medseg.data.label_names import common_structures, explicit_table, one_table, renumbered, tables_for
 from medseg.errors import InputError
-from medseg.io.volume import Volume
+from medseg.io.atomic import write_csv
+from medseg.io.geometry import align_to
+from medseg.io.paths import refuse_overwriting_inputs, safe_name
+from medseg.io.readers import case_id_for, read_volume
+from medseg.io.volume import Volume, same_grid
 from medseg.labels import LabelTable
-from medseg.reporting.label_names import common_structures, explicit_table, one_table, renumbered, tables_for
+from medseg.reporting import cohort
+from medseg.reporting.html import write_html
+from medseg.reporting.metrics import COLUMNS, DEFAULT_NSD_TOLERANCE_MM, metric_rows
+from medseg.reporting.qc import write_montage
+from medseg.reporting.quality import add_cohort_verdicts, assess_from_files
+from medseg.reporting.resample import image_on_label_grid
+from medseg.reporting.volumes import structure_rows, volumes_frame
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +40,7 @@ PathLike = str | os.PathLike
 
 
 def report_label_table(label_table: LabelTable | PathLike | None, labels: Sequence[PathLike]) -> LabelTable:
-    """The label table a report of ``labels`` uses (``medseg.reporting.label_names.one_table``); the label maps
+    """The label table a report of ``labels`` uses (``medseg.data.label_names.one_table``); the label maps
     must number it alike (TotalSegmentator's statistics read each map's values as they are)."""
     table, maps = one_table(labels, explicit_table(label_table))
     for path, mapping in zip(labels, maps):
@@ -36,15 +51,11 @@ def report_label_table(label_table: LabelTable | PathLike | None, labels: Sequen
 
 
 def _sidecar_of(path: PathLike) -> Path:
-    from medseg.io.readers import case_id_for
-
     return Path(path).parent / f"{case_id_for(path)}.json"
 
 
 def _provenance(label_path: PathLike) -> dict:
     """Model name and checksum from a ``predict`` sidecar next to the label map (empty when there is none)."""
-    import json
-
     sidecar = _sidecar_of(label_path)
     model = {}
     if sidecar.is_file():
@@ -68,6 +79,7 @@ def write_volumes_report(
     qc: bool = True,
     html: bool = True,
     window: tuple[float, float] | None = None,
+    expected_of: Callable[[str], dict] | None = None,
 ) -> Path:
     """Write the report folder and return the path of ``OUT/volumes.csv``.
 
@@ -82,13 +94,10 @@ def write_volumes_report(
     Without ``label_table`` the table is taken from the first label map's JSON
     sidecar (as ``predict`` writes it). Images on another grid than their label map
     are resampled onto it (``resample_order`` 1: linear, 0: nearest; see
-    ``medseg.reporting.resample``). Needs no model and no GPU.
+    ``medseg.reporting.resample``). Needs no model and no GPU. ``expected_of``: what the model a sidecar names expects
+    of its inputs, for the quality verdicts' input check (``medseg.api.report`` passes
+    ``medseg.inference.outputs.expected_for_model``; None: no input check).
     """
-    from medseg.io.readers import case_id_for, read_volume
-    from medseg.reporting import cohort
-    from medseg.reporting.resample import image_on_label_grid
-    from medseg.reporting.volumes import structure_rows
-
     if not labels:
         raise InputError("no label maps given")
     if images is not None and len(images) != len(labels):
@@ -99,8 +108,6 @@ def write_volumes_report(
         raise InputError(f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids")
     table, value_maps = one_table(labels, explicit_table(label_table))
     out_dir = Path(out)
-    from medseg.io.paths import refuse_overwriting_inputs
-
     targets = [out_dir / n for n in ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html")]
     refuse_overwriting_inputs(targets + ([out_dir / "qc" / f"{_safe_name(c)}.png" for c in ids] if qc else []),
                               list(labels) + list(images or []))
@@ -112,17 +119,13 @@ def write_volumes_report(
         if images is not None:
             img_array, sampling = image_on_label_grid(read_volume(images[i]), lab, order=resample_order)
         case_rows = structure_rows(cid, lab, table, img_array, min_size_ml=min_size_ml)
-        from medseg.reporting.quality import assess_from_files  # qc verdicts (issue 33): sidecar confidence, input check
-
-        assess_from_files(case_rows, lab_path, lab, img_array)
+        assess_from_files(case_rows, lab_path, lab, img_array, expected_of=expected_of)  # qc verdicts (issue 33)
         prov = _provenance(lab_path)
         for row in case_rows:
             row.update(source_labels=str(lab_path), source_image=str(images[i]) if images is not None else "",
                        intensity_sampling=sampling, **prov)
         rows += case_rows
         if qc:
-            from medseg.reporting.qc import write_montage
-
             montages[cid] = write_montage(out_dir / "qc" / f"{_safe_name(cid)}.png", lab.array, lab.affine, table, img_array,
                                           rows=case_rows, title=cid, window=window)
         del lab, img_array
@@ -134,17 +137,10 @@ def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, rang
     """The one cohort aggregator (``medseg report`` and ``medseg run``): from per-case x structure rows,
     ``volumes.csv`` (with outlier flags), ``volumes_wide.csv``, ``summary.csv`` and, with ``html`` and
     ``montages`` (case id -> QC picture or None), ``report.html``. Returns the path of ``volumes.csv``."""
-    import medseg
-    from medseg.io.atomic import write_csv
-    from medseg.reporting import cohort
-    from medseg.reporting.volumes import volumes_frame
-
     out_dir = Path(out_dir)
     df = volumes_frame(rows, {"label_table": table.name, "medseg_version": medseg.__version__})
     df = cohort.add_outlier_flags(df, ranges)
-    from medseg.reporting.quality import add_cohort_verdicts  # qc, qc_reasons (issue 33)
-
-    df = add_cohort_verdicts(df)
+    df = add_cohort_verdicts(df)  # qc, qc_reasons (issue 33)
     path = out_dir / "volumes.csv"
     write_csv(path, df)
     wide = cohort.wide_frame(df, table.names)
@@ -152,8 +148,6 @@ def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, rang
     write_csv(out_dir / "volumes_wide.csv", wide)
     write_csv(out_dir / "summary.csv", summary)
     if html and montages is not None:
-        from medseg.reporting.html import write_html
-
         notes = [f"Label table {table.name}; medseg {medseg.__version__}."]
         if ranges:
             notes.append(f"Outliers against reference ranges for: {', '.join(sorted(ranges))}; robust z-score for the rest.")
@@ -170,16 +164,12 @@ def _on_table(lab: Volume, mapping: dict[int, int], keep_unnamed: bool = True) -
 
 def _safe_name(case_id: str) -> str:
     """The QC file name of a case: ``medseg.io.paths.safe_name`` (unique: ``a b`` and ``a_b`` get different files)."""
-    from medseg.io.paths import safe_name
-
     return safe_name(case_id)
 
 
 def recorded_images(labels: Sequence[PathLike]) -> list[Path] | None:
     """The image each label map was predicted from (its predict sidecar's ``source``, channel 0), when every
     label map has one that still exists; else None (the report then has no intensities)."""
-    import json
-
     found = []
     for lab in labels:
         try:
@@ -204,10 +194,6 @@ def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike], what: str 
     pairs them (the documented rule, for files named otherwise). ``medseg evaluate`` pairs its
     references this way, ``medseg report`` its images.
     """
-    import re
-
-    from medseg.io.readers import case_id_for
-
     for key in (case_id_for, lambda f: re.sub(r"_\d{4}$", "", case_id_for(f))):
         p_ids, r_ids = [key(f) for f in pred], [key(f) for f in ref]
         if len(set(p_ids)) == len(p_ids) and sorted(p_ids) == sorted(r_ids):
@@ -228,8 +214,6 @@ def _paired_by_series(pred: Sequence[PathLike], ref: Sequence[PathLike]) -> list
     (``se...``) and ``medseg convert`` names a series' image and the label maps of its RTSTRUCT/SEG after it
     (``<study key>_<series key>.<object key>.label.nii.gz``), so the names of the two sides differ but the
     series is the same."""
-    import json
-
     paired = []
     for p in pred:
         try:
@@ -256,14 +240,6 @@ def write_metrics_report(
     """Write ``metrics.csv`` (``medseg.reporting.metrics``: overlap, surface distances, volume
     differences per case x structure); ``out`` is a file or folder. Label maps on grids that
     differ only in axis order are matched losslessly; other grid pairs are refused."""
-    import pandas as pd
-
-    from medseg.io.atomic import write_csv
-    from medseg.io.geometry import align_to
-    from medseg.io.readers import case_id_for, read_volume
-    from medseg.io.volume import same_grid
-    from medseg.reporting.metrics import COLUMNS, DEFAULT_NSD_TOLERANCE_MM, metric_rows
-
     if len(pred) != len(ref) or not pred:
         raise InputError(f"{len(pred)} predictions and {len(ref)} references; give them in pairs, in the same order")
     ref = paired_by_case(pred, ref)
@@ -281,8 +257,6 @@ def write_metrics_report(
     target = Path(out)
     if target.suffix.lower() != ".csv":
         target = target / "metrics.csv"
-    from medseg.io.paths import refuse_overwriting_inputs
-
     refuse_overwriting_inputs([target], list(pred) + list(ref))
     write_csv(target, pd.DataFrame(rows, columns=COLUMNS))
     return target
