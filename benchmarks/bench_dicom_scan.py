@@ -1,6 +1,6 @@
 """Header-only scan vs reading with pixels, in files/s, on a generated DICOM export.
 
-    .venv/bin/python benchmarks/bench_dicom_scan.py [--files 2000] [--matrix 512] [--repeat 3]
+    .venv/bin/python benchmarks/bench_dicom_scan.py [--files 2000] [--matrix 512] [--repeat 3] [--smoke]
 
 Writes ``--files`` CT slices (``--matrix`` squared, uncompressed, random file
 names, 4 series) to a temporary folder, then times, each best of ``--repeat``:
@@ -74,7 +74,10 @@ def main() -> None:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--matrix", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="the smallest setting (40 files of 64x64, once): a test that the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.files, args.matrix, args.repeat = 40, 64, 1
 
     import pydicom
 

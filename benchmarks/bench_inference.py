@@ -12,6 +12,7 @@ with the reference and with medseg in full precision.
 
     .venv/bin/python benchmarks/bench_inference.py                 # trains a small model first (~2 min)
     .venv/bin/python benchmarks/bench_inference.py --model demo_out/model/best.pt
+    .venv/bin/python benchmarks/bench_inference.py --smoke         # seconds: that it runs
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def _child(args) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    print("RESULT " + json.dumps(_child_result(args)))
+
+
+def _child_result(args) -> dict:
     if args.child == "reference_ckpt":
         res = run_reference(args.model, args.image, args.npy, windows="checkpoint")
     elif args.child == "make":  # the big phantom is made in a child so the parent's peak memory stays small
@@ -113,11 +118,13 @@ def _child(args) -> None:
         res = {"shape": list(case.image.shape), "air": float((case.image.array < -900).mean()), "spacing": spacing}
     elif args.child == "train":
         res = {"model": _train_small_model(Path(args.image))}
+    elif args.child == "untrained":
+        res = {"model": _untrained_model(Path(args.image))}
     elif args.child == "reference":
         res = run_reference(args.model, args.image, args.npy)
     else:
         res = run_medseg(args.model, args.image, args.npy, json.loads(args.overrides))
-    print("RESULT " + json.dumps(res))
+    return res
 
 
 def _spawn(kind: str, model: str, image: str, npy: str, overrides: dict | None = None, repeat: int = 1) -> dict:
@@ -130,7 +137,14 @@ def _spawn(kind: str, model: str, image: str, npy: str, overrides: dict | None =
     return res
 
 
+#: --smoke: every "child" runs in this process (seconds each instead of a fresh interpreter's; peak RSS is then this
+#: process's, so not each variant's own)
+IN_PROCESS = False
+
+
 def _spawn_once(kind: str, model: str, image: str, npy: str, overrides: dict | None = None) -> dict:
+    if IN_PROCESS:
+        return _child_result(argparse.Namespace(child=kind, model=model, image=image, npy=npy, overrides=json.dumps(overrides or {})))
     cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--image", image, "--npy", npy, "--overrides", json.dumps(overrides or {})]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -150,6 +164,18 @@ def _train_small_model(work: Path) -> str:
     return str(res.best_checkpoint)
 
 
+def _untrained_model(work: Path) -> str:
+    """--smoke: the demo config's U-Net, untrained, on 32^3 windows (seconds depend on the weights little; labels are noise)."""
+    from medseg.config import CONFIG_ROOT, load_config
+    from medseg.data.phantoms import PHANTOM_LABELS
+    from medseg.models import create_model
+    from medseg.models.checkpoint import save_checkpoint
+
+    cfg = load_config(CONFIG_ROOT / "training" / "phantom_demo.yaml", overrides=["preprocessing.spacing=[4,4,4]", "inference.roi_size=[32,32,32]"])
+    model = create_model(cfg.model.name, spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes, **cfg.model.kwargs)
+    return str(save_checkpoint(work / "untrained.pt", model, config=cfg, label_table=PHANTOM_LABELS))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint; default: train a small one on phantoms first")
@@ -160,15 +186,20 @@ def main() -> None:
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--npy", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (an untrained U-Net on 4 mm / 32^3 windows, a "
+                    "48x48x32 volume, every variant once, in this process): a test that the script runs")
     args = ap.parse_args()
     if args.child:
         return _child(args)
+    if args.smoke:
+        global IN_PROCESS
+        IN_PROCESS, args.shape, args.repeat = True, [48, 48, 32], 1
 
     from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.io.readers import read_volume
 
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
-    model = args.model or _spawn("train", "", str(work), "")["model"]
+    model = args.model or _spawn("untrained" if args.smoke else "train", "", str(work), "")["model"]
     image, truth_path = work / "ct.nii.gz", work / "truth.nii.gz"
     made = _spawn("make", model, str(image), str(truth_path), {"shape": args.shape})
     print(f"volume {tuple(made['shape'])}, {made['air']:.0%} air, spacing {tuple(made['spacing'])} mm; model {model}; "

@@ -1,7 +1,7 @@
 """Train every model family briefly on phantoms and print Dice, parameters and seconds per step side by side.
 
     .venv/bin/python benchmarks/bench_models.py [--cases 8] [--minutes 10 | --minutes 0 --epochs 60] [--models unet,deeplabv3]
-        [--work DIR] [--iterations N] [--jobs 2] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}']
+        [--work DIR] [--iterations N] [--jobs 2] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}'] [--smoke]
 
 Issue 12's comparison, every family at one wall-clock budget (the defaults: 10 minutes each, two families at a time),
 on a 2-core machine about 55 minutes (benchmarks/results/2026-12-02_models_all_families_10min.txt):
@@ -40,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 #: model -> preset in configs/models (None: the training config's own kwargs)
 RUNS = {
@@ -126,12 +127,22 @@ def main(argv=None) -> int:
                          "turn), and print one table over all of them; 1: one after the other in this process (default: 2 "
                          "where there are 2 CPUs)")
     ap.add_argument("--rows-out", help=argparse.SUPPRESS)  # a --jobs worker writes its rows (JSON lines) here
+    ap.add_argument("--smoke", action="store_true",
+                    help="the smallest setting (unet on 3 phantoms at 4 mm, one step on 32^3 patches, one CRF step; the Dice floors are "
+                         "printed, not judged): a test that the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.cases, args.minutes, args.epochs, args.iterations, args.jobs = 3, 0.0, 1, 1, 1
+        args.models = "unet" if args.models == ap.get_default("models") else args.models
+        args.set = ["preprocessing.spacing=[4,4,4]", "training.patch_size=[32,32,32]", "inference.roi_size=[64,64,48]",
+                    "inference.overlap=0", *args.set]
+        args.crf = '{"iterations": 1, "kernel_size": 3}' if args.crf == ap.get_default("crf") else args.crf
     if args.jobs > 1 and not args.rows_out:  # a worker (--rows-out) trains its share itself
         return _run_jobs(args, argv if argv is not None else sys.argv[1:])
 
     import pandas as pd
     import torch
+    from _smoke import coarse_cohort
 
     from medseg.config import load_config
     from medseg.data.manifest import read_manifest
@@ -144,7 +155,10 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_models_"))
     manifest = work / "cohort" / "manifest.csv"
     if not manifest.exists():
-        write_cohort(work / "cohort", args.cases, seed=0)
+        if args.smoke:
+            coarse_cohort(work / "cohort", args.cases, seed=0)
+        else:
+            write_cohort(work / "cohort", args.cases, seed=0)
     config_path = ROOT / "configs" / "training" / "phantom_demo.yaml"
     base = load_config(config_path)
     n_train = len(split_cases(read_manifest(manifest, require_labels=True), base.training.seed)[0])
@@ -202,7 +216,8 @@ def main(argv=None) -> int:
               f"{_budget(args)} of {iterations} iterations, "
               f"CPU threads {torch.get_num_threads()}, patch {'x'.join(map(str, config.training.patch_size))} batch "
               f"{config.training.batch_size}; CRF on validation grids of ~{crf['voxels']:,} voxels")
-    return _report(rows, header)
+    status = _report(rows, header)
+    return 0 if args.smoke else status
 
 
 def _budget(args) -> str:

@@ -17,6 +17,7 @@ and the run process's peak RSS.
 
     .venv/bin/python benchmarks/bench_pacs.py                 # 20 studies, 2 reader threads, + C-GET
     .venv/bin/python benchmarks/bench_pacs.py -n 5 --workers 1 --no-dimse
+    .venv/bin/python benchmarks/bench_pacs.py --smoke                            # seconds: that it runs
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="reader (retrieval) threads (default 2)")
     ap.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 5.0], help="phantom voxel size in mm")
     ap.add_argument("--no-dimse", action="store_true", help="skip the C-GET run")
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (1 study at 8 mm, 1 reader thread; folder and DICOMweb, no C-GET): "
+                    "a test that the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.workers, args.spacing, args.no_dimse = 1, 1, [8.0, 8.0, 8.0], True
 
     from pacs.orthanc import OrthancServer, missing_reason
 

@@ -24,6 +24,7 @@ the share of good structures flagged. Written to ``benchmarks/results/<date>_qc.
     .venv/bin/python benchmarks/bench_qc.py                      # trains ~4 min, ~8 min in all
     .venv/bin/python benchmarks/bench_qc.py --model RUN/best.pt  # reuse a phantom checkpoint
     .venv/bin/python benchmarks/bench_qc.py --quick              # < 2 min: smoke test, not a measurement
+    .venv/bin/python benchmarks/bench_qc.py --smoke              # seconds: that it runs (tests/unit/test_benchmark_scripts.py)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FAIL_DICE = 0.8
 TARGET_SENS, TARGET_FPR = 0.90, 0.10
 BENCH_SPACING = ((1.5, 2.5), (2.0, 4.0))  # in-plane, slice (mm): coarse, so the phantoms are cheap
+SMOKE_SPACING = ((4.0, 4.5), (5.0, 6.0))  # --smoke: coarser still (seconds, not a measurement)
+_spacing = BENCH_SPACING  # the range phantom() draws from (main sets it)
 
 # the small recipe (5 mm grid, 8-16-32 U-Net): about 0.85 mean validation Dice after ~3.5 min on 2 cores
 RECIPE = {
@@ -58,7 +61,7 @@ def phantom(seed: int):
     from medseg.data.phantoms import make_phantom
 
     rng = np.random.default_rng([seed, 7])
-    s_in, s_z = rng.uniform(*BENCH_SPACING[0]), rng.uniform(*BENCH_SPACING[1])
+    s_in, s_z = rng.uniform(*_spacing[0]), rng.uniform(*_spacing[1])
     return make_phantom(seed, spacing=(s_in, s_in, s_z))
 
 
@@ -257,9 +260,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "2026-12-07_qc.txt"))
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--csv", help="also write every judged row (signals, verdict, Dice) to this CSV")
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (3 training phantoms, a few seconds of training, "
+                    "one case per group, phantoms at 4-6 mm; writes --out only when given): a test that the script runs")
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes, args.clean, args.per_degradation = 0.6, 3, 1
+    global _spacing
+    _spacing = BENCH_SPACING
+    if args.smoke:
+        args.minutes, args.clean, args.per_degradation = 0.03, 1, 1
+        _spacing = SMOKE_SPACING
 
     import pandas as pd
 
@@ -270,7 +280,7 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="bench_qc_") if not args.work else None
     work = Path(args.work or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    train_seeds = range(100, 100 + (6 if args.quick else 18))
+    train_seeds = range(100, 100 + (3 if args.smoke else 6 if args.quick else 18))
     if args.model:
         model = Path(args.model)
     else:
@@ -284,7 +294,7 @@ def main(argv=None) -> int:
     val = ckpt.get("val_dice") or {}
     trained = (f"epoch {ckpt.get('epoch')}, validation Dice " + ", ".join(f"{k} {v:.3f}" for k, v in val.items())) if val else ""
     del ckpt
-    prof_seeds = train_seeds[: (4 if args.quick else 12)]
+    prof_seeds = train_seeds[: (2 if args.smoke else 4 if args.quick else 12)]
     expected.update({k: v for k, v in quality.training_profile(((p.image, p.labels) for p in map(phantom, prof_seeds)),
                                                                table).items() if k != "modality"})
     print(f"[{time.monotonic() - t0:5.0f}s] model {model}; input profile from {len(prof_seeds)} training phantoms", flush=True)
@@ -353,7 +363,7 @@ def main(argv=None) -> int:
     judged = df[df["dice"].notna()]
     fails, goods = judged[judged["failed"]], judged[~judged["failed"]]
 
-    lines = [f"bench_qc: {'quick (smoke test)' if args.quick else 'full'}; model {model.name} "
+    lines = [f"bench_qc: {'smoke' if args.smoke else 'quick (smoke test)' if args.quick else 'full'}; model {model.name} "
              f"({'given' if args.model else f'trained {args.minutes:g} min on {len(train_seeds)} phantoms'}); "
              f"failure = Dice < {FAIL_DICE} (or <90% of a cut organ inside the image)",
              f"checkpoint: {trained}; spacing {RECIPE['preprocessing']['spacing'] if not args.model else 'its own'}",
@@ -395,7 +405,7 @@ def main(argv=None) -> int:
               f"time {time.monotonic() - t0:.0f} s"]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.quick or args.out != ap.get_default("out"):
+    if not (args.quick or args.smoke) or args.out != ap.get_default("out"):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"written to {args.out}")

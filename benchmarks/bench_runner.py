@@ -11,6 +11,7 @@ cases would show.
 
     .venv/bin/python benchmarks/bench_runner.py            # 50 cases
     .venv/bin/python benchmarks/bench_runner.py -n 10 --no-ray
+    .venv/bin/python benchmarks/bench_runner.py --smoke [--no-ray]                 # seconds: that it runs
     .venv/bin/python benchmarks/bench_runner.py -n 50 --fov 300 240 150 --spacing 1.5 1.5 3   # flat memory?
 """
 
@@ -75,7 +76,11 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 6.0], help="phantom voxel size (mm)")
     ap.add_argument("--fov", type=float, nargs=3, help="fixed field of view (mm): every case the same size, "
                     "so peak memory can be compared between runs of different lengths (default: drawn per case)")
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (2 cases at 8 mm; local engine with 1 worker, "
+                    "Ray with 1 unless --no-ray): a test that the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.spacing = 2, [8.0, 8.0, 8.0]
     with tempfile.TemporaryDirectory(prefix="bench_runner_") as tmp:
         root = Path(tmp)
         t0 = time.monotonic()
@@ -84,6 +89,8 @@ def main() -> None:
         print(f"{args.n} cases ({size}, spacing {'x'.join(f'{s:g}' for s in args.spacing)} mm) written in "
               f"{time.monotonic() - t0:.0f} s; cpu cores: {os.cpu_count()}")
         settings = [("local", 1), ("local", 2)] + ([] if args.no_ray else [("ray", 2)])
+        if args.smoke:
+            settings = [("local", 1)] + ([] if args.no_ray else [("ray", 1)])
         print(f"{'engine':<10}{'workers':>8}{'cases':>7}{'seconds':>9}{'cases/s':>9}{'driver peak MB':>16}"
               f"{'case peak MB first 10%':>24}{'last 10%':>10}")
         for engine, workers in settings:

@@ -21,7 +21,7 @@ of the other two bounds an FCN whose head learns (medseg's, as the paper's text 
 ``fit`` reached 1.000 at strides 16 and 32, so no construction limit holds for the learned head, and a
 trained FCN-32s (0.757) beats its ``frozen`` value (2026-12-02_learned_head_probe.txt).
 
-    .venv/bin/python benchmarks/bench_stride_ceiling.py [--strides 1,4,8,16,32] [--steps 300] [--head trilinear|learned [--modes fixed,fit,frozen]]
+    .venv/bin/python benchmarks/bench_stride_ceiling.py [--strides 1,4,8,16,32] [--steps 300] [--head trilinear|learned [--modes fixed,fit,frozen]] [--smoke]
 """
 
 from __future__ import annotations
@@ -120,7 +120,10 @@ def main(argv=None) -> int:
     ap.add_argument("--head", choices=("trilinear", "learned"), default="trilinear",
                     help="trilinear: interpolated logits (DeepLabV3); learned: FCN's transposed convolution, see above")
     ap.add_argument("--modes", default=",".join(MODES), help="with --head learned: which of fixed, fit, frozen to run")
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (strides 1,8, 2 steps, 4 cases): a test that it runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.strides, args.steps, args.cases = "1,8", 2, 4
     modes = args.modes.split(",")
     if not set(modes) <= set(MODES):
         ap.error(f"--modes takes {', '.join(MODES)}; got {args.modes}")

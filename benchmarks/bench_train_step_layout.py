@@ -1,7 +1,7 @@
 """Seconds per training step, channels-first against channels-last with layout-keeping instance norms, per model preset.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train_step_layout.py [--models fcn8s_small,deeplabv3_small]
-        [--patch 96,96,64] [--threads 1] [--steps 5]
+        [--patch 96,96,64] [--threads 1] [--steps 5] [--smoke]
 
 Each preset's network (``none``: the phantom demo's MONAI U-Net) takes ``--steps`` timed training steps (forward,
 backward, AdamW; bf16 autocast, batch 1, random input) after two warm-up steps, in each layout, in this one process;
@@ -52,7 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("--patch", default="96,96,64")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (the demo U-Net and unet_plain_small, patch 32x32x16, "
+                    "one timed step): a test that it runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.models, args.patch, args.steps = "none,unet_plain_small", "32,32,16", 1
 
     import pandas as pd
     import torch

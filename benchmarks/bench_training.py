@@ -7,7 +7,7 @@
 4. predicts the held-out cases and prints Dice per structure, seconds per
    epoch, epochs done and the budget.
 
-    .venv/bin/python benchmarks/bench_training.py [--minutes 6] [--n-train 16] [--n-test 4]
+    .venv/bin/python benchmarks/bench_training.py [--minutes 6] [--n-train 16] [--n-test 4] [--smoke]
     .venv/bin/python benchmarks/bench_training.py --minutes 0 --set training.adversarial_weight=0.05   # GAN term, all epochs
 
 ``--real``: a real labelled MR data set instead of the phantoms, against the plain MONAI recipe with the same budget:
@@ -56,7 +56,14 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=1, help="--real: validation cases")
     ap.add_argument("--seed", type=int, default=0, help="--real: seed of the first case (cases are seed, seed+1, ...)")
     ap.add_argument("--skip-monai", action="store_true", help="--real: only medseg (to measure planner choices)")
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (3 + 1 phantoms at 4 mm, one training step, "
+                    "planned at 4 mm; not with --real): a test that the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        if args.real:
+            ap.error("--smoke runs the phantom benchmark only (--real needs the MNI template and minutes)")
+        args.n_train, args.n_test, args.minutes, args.min_spacing = 3, 1, 0.0, 4.0
+        args.set = ["training.epochs=1", "training.iterations_per_epoch=1", "training.val_every=1", *args.set]
     if args.real:
         return real_benchmark(args)
 
@@ -69,10 +76,17 @@ def main() -> None:
     from medseg.data.phantoms import write_cohort
     from medseg.training.planning import plan
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _smoke import coarse_cohort
+
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_training_"))
     t0 = time.monotonic()
-    train_manifest = write_cohort(work / "train", args.n_train, seed=3000)
-    test_manifest = write_cohort(work / "test", args.n_test, seed=8000, split="test")
+    if args.smoke:
+        train_manifest = coarse_cohort(work / "train", args.n_train, seed=3000)
+        test_manifest = coarse_cohort(work / "test", args.n_test, seed=8000, split="test")
+    else:
+        train_manifest = write_cohort(work / "train", args.n_train, seed=3000)
+        test_manifest = write_cohort(work / "test", args.n_test, seed=8000, split="test")
     t_data = time.monotonic() - t0
     planned, fp = plan(train_manifest, work / "planned.yaml", base_config=CONFIG_ROOT / "training" / "phantom_demo.yaml",
                        min_spacing=args.min_spacing, overrides=args.set)
@@ -99,13 +113,10 @@ def main() -> None:
     print(table.round(3).to_string())
     print(f"\nmean Dice {metrics['dice'].mean():.3f}  (target >= 0.90); changes to the plan: {args.set or 'none'}")
     if args.reference_monai:
-        import sys
+        from monai_reference_training import train_and_predict
 
         from medseg.io.readers import read_volume
         from medseg.reporting.metrics import dice
-
-        sys.path.insert(0, str(Path(__file__).parent))
-        from monai_reference_training import train_and_predict
 
         minutes = args.minutes or t_train / 60
         t2 = time.monotonic()

@@ -1,6 +1,6 @@
 """One nnU-Net window, several ways: seconds per forward pass and logits against nnU-Net's float32 pass.
 
-    .venv/bin/python benchmarks/bench_window_layout.py [--patch 48,128,160] [--features 32,320] [--compile]
+    .venv/bin/python benchmarks/bench_window_layout.py [--patch 48,128,160] [--features 32,320] [--compile] [--smoke]
 
 The network is nnU-Net's full-width 3D PlainConvUNet (``dynamic_network_architectures``, as nnU-Net's planner
 configures it for CT: six stages 32..320, instance norm, LeakyReLU), randomly initialised (seed 0): the seconds do
@@ -76,7 +76,10 @@ def main(argv=None) -> int:
     ap.add_argument("--features", default="32,320", help="first stage, cap (nnU-Net: 32,320)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also compiled rows (each compile takes 10-20 s here)")
+    ap.add_argument("--smoke", action="store_true", help="the smallest setting (window 16x64x64, features 2,8, one pass): a test that it runs")
     a = ap.parse_args(argv)
+    if a.smoke:
+        a.patch, a.features, a.repeat = "16,64,64", "2,8", 1
     patch = [int(v) for v in a.patch.split(",")]
     base = build(tuple(int(v) for v in a.features.split(",")))
     x = torch.randn(1, 1, *patch, generator=torch.Generator().manual_seed(1))
