@@ -32,10 +32,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medseg demo --out demo_out
 
-# lint-imports checks the layering written in .importlinter (the architecture's contracts).
+# lint-imports checks the layering written in .importlinter (the architecture's contracts); mypy checks the
+# modules whose types the rest builds on (pyproject.toml [tool.mypy]). pre-commit runs the same (.pre-commit-config.yaml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check medseg tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The full suite includes the wheel smoke test (tests/integration/test_wheel_install.py):
 # the built wheel installed in a fresh venv runs the demo, a pipeline by name and a label table by name.

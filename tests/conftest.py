@@ -16,10 +16,32 @@ from helpers import TINY_MODEL, label_coded, register_oracle, tiny_config  # noq
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
+# --- markers for what a test needs (declared in pyproject.toml; pytest runs with --strict-markers) ---
+# A test is marked from the fixtures it asks for and the folder it lives in, so a new test that uses the
+# ``orthanc`` fixture is ``needs_orthanc`` without anyone remembering to say so:
+#   pytest -m "not needs_orthanc"          everything but the tests that start Orthanc
+#   pytest -m "not slow and not needs_nnunet"
+NEEDS_BY_FIXTURE = {
+    "orthanc": "needs_orthanc", "orthanc_factory": "needs_orthanc",
+    "nnunet_model": "needs_nnunet", "nnunet_mr_model": "needs_nnunet",
+}
+NEEDS_BY_FOLDER = {"external": "needs_nnunet"}
+# Tests needing a program rather than a fixture (Chromium, dcmtk, Ray) carry their marker explicitly.
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        needs = {NEEDS_BY_FIXTURE[f] for f in getattr(item, "fixturenames", ()) if f in NEEDS_BY_FIXTURE}
+        folder = item.path.parent.name
+        if folder in NEEDS_BY_FOLDER:
+            needs.add(NEEDS_BY_FOLDER[folder])
+        for marker in sorted(needs):
+            item.add_marker(getattr(pytest.mark, marker))
+
 
 def _registered() -> dict:
     from medseg.models import MODELS
-    from medseg.runner.pipeline import STAGE_TYPES
+    from medseg.runner.settings import STAGE_TYPES
     from medseg.training.losses import LOSSES
     from medseg.transforms.intensity import INTENSITY
 

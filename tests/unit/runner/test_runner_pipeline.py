@@ -10,9 +10,9 @@ import pytest
 
 from medseg.cli import main
 from medseg.errors import ConfigError, InputError, OptionalDependencyError
-from medseg.runner.pipeline import load_pipeline, pipeline_from_dict
+from medseg.runner.settings import load_pipeline, pipeline_from_dict
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VOLUMETRY = ROOT / "pipelines" / "dicom_volumetry.yaml"
 
 
@@ -115,8 +115,8 @@ def test_inputs_from_folder_and_manifest(tmp_path):
 
 
 def test_done_record_is_current_only_for_same_inputs_config_and_outputs(tmp_path):
-    from medseg.runner.core import RunResult
     from medseg.runner.inputs import Case
+    from medseg.runner.run import RunResult
     from medseg.runner.rundir import RunDir
 
     rd = RunDir(tmp_path / "run")

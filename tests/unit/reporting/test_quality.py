@@ -174,7 +174,7 @@ def test_thresholds_live_in_one_dataclass():
 
 
 def test_volumes_csv_and_html_carry_the_verdicts_fail_first(tmp_path, held_out):
-    from medseg.reporting.tables import write_cohort
+    from medseg.reporting.report import write_cohort
 
     a = held_out.labels.array.copy()
     a[held_out.labels.array == 3], a[held_out.labels.array == 4] = 4, 3  # kidneys swapped: fail
@@ -203,7 +203,7 @@ def test_bench_quick_runs_and_no_other_anatomy_passes(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_qc.py"
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_qc.py"
     spec = importlib.util.spec_from_file_location("bench_qc", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -8,7 +8,8 @@ import torch
 
 from medseg.config import config_from_dict
 from medseg.errors import ConfigError
-from medseg.transforms.intensity import INTENSITY, floor_value, get_scheme, normalize, scheme_for_modality
+from medseg.transforms.intensity import INTENSITY, check_preprocessing, floor_value, get_scheme, normalize, scheme_for_modality
+from medseg.transforms.presets import deterministic_transforms
 
 PLUGIN = '''
 import torch
@@ -54,14 +55,20 @@ def test_builtin_schemes_compute_their_documented_numbers():
 
 
 def test_config_validation_asks_the_registry():
-    with pytest.raises(ConfigError, match="unknown intensity scheme 'zscroe'; did you mean zscore"):
-        config_from_dict({"preprocessing": {"intensity": "zscroe"}})
+    """The config (a leaf) takes any name; the check is the transforms', run where preprocessing is built and by
+    medseg train / plan before any work, with the message config validation gave."""
+    cfg = config_from_dict({"preprocessing": {"intensity": "zscroe"}})
+    with pytest.raises(ConfigError, match="^x.yaml: preprocessing.intensity: unknown intensity scheme 'zscroe'; did you mean zscore"):
+        check_preprocessing(cfg.preprocessing, "x.yaml")
     with pytest.raises(ConfigError, match="ct_clip_zscore needs clip"):
-        config_from_dict({"preprocessing": {"intensity": "ct_clip_zscore"}})
+        check_preprocessing(config_from_dict({"preprocessing": {"intensity": "ct_clip_zscore"}}).preprocessing, "x.yaml")
+    with pytest.raises(ConfigError, match="ct_clip_zscore needs clip"):
+        deterministic_transforms(config_from_dict({"preprocessing": {"intensity": "ct_clip_zscore"}}).preprocessing)
 
 
 def test_a_plugin_scheme_registers_validates_and_normalises(plugin_scheme):
     cfg = config_from_dict({"preprocessing": {"intensity": plugin_scheme}})
+    check_preprocessing(cfg.preprocessing, "x.yaml")
     assert cfg.preprocessing.intensity == plugin_scheme
     x = torch.linspace(0, 100, 1000)[None]
     y = normalize(x, {"intensity": plugin_scheme})

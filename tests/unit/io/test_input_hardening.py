@@ -130,14 +130,14 @@ def test_window_whose_maximum_is_nan_is_never_taken_for_air():
 
 
 def test_batch_sidecar_carries_the_replacement_finding(oracle_checkpoint, coded_case, tmp_path):
-    from medseg.inference.batch import predict_many
+    from medseg.inference.batch import PredictOptions, predict_many
     from medseg.io.readers import write_volume
 
     _, coded = coded_case
     poisoned, n = _poison(coded, seed=3)
     src = write_volume(poisoned, tmp_path / "in" / "poisoned.nii.gz")
-    res = predict_many(model=oracle_checkpoint, inputs=[src], out=tmp_path / "out", device="cpu", progress=False,
-                       dicom_seg=False, nonfinite="replace")
+    res = predict_many(model=oracle_checkpoint, inputs=[src], out=tmp_path / "out",
+                       options=PredictOptions(device="cpu", progress=False, dicom_seg=False, inference={"nonfinite": "replace"}))
     assert not res.failures
     side = json.loads((tmp_path / "out" / "poisoned.json").read_text())
     assert side["findings"][0]["count"] == n and side["findings"][0]["kind"] == "nonfinite_voxels"

@@ -132,14 +132,15 @@ def test_batch_writes_sidecar_probabilities_and_seg(oracle_checkpoint, tmp_path)
     import nibabel as nib
 
     from medseg.data.phantoms import PhantomCase, write_dicom_series
-    from medseg.inference.batch import predict_many
+    from medseg.inference.batch import PredictOptions, predict_many
     from medseg.io.readers import write_volume
 
     case = make_phantom(53, spacing=(2.0, 2.0, 4.0), flips=(False, True, True))
     coded = case.labels.with_array(label_coded(case).array)
     dicom = write_dicom_series(PhantomCase("c", coded, case.labels, case.voxel_counts), tmp_path / "series")
     nifti = write_volume(coded, tmp_path / "nifti_case.nii.gz")
-    res = predict_many(model=oracle_checkpoint, inputs=[dicom, nifti], out=tmp_path / "out", device="cpu", progress=False, save_probabilities=True)
+    res = predict_many(model=oracle_checkpoint, inputs=[dicom, nifti], out=tmp_path / "out",
+                       options=PredictOptions(device="cpu", progress=False, save_probabilities=True))
     assert not res.failures and set(res.outputs) == {"series", "nifti_case"}
     side = json.loads((tmp_path / "out" / "series.json").read_text())
     assert side["outputs"] == {"label_map": "series.nii.gz", "dicom_seg": "series.seg.dcm", "sr": "series.sr.dcm",
