@@ -18,8 +18,9 @@ from medseg.io.readers import write_label_map, write_volume
 SPACING = (4.0, 4.0, 5.0)
 
 
-def coarse_cohort(out: Path, n_cases: int, *, seed: int = 0, split: str = "train", prefix: str = "phantom",
-                  spacing=SPACING) -> Path:
+def coarse_cohort(
+    out: Path, n_cases: int, *, seed: int = 0, split: str = "train", prefix: str = "phantom", spacing=SPACING
+) -> Path:
     """``write_cohort``'s manifest (case_id, image, label, split, true volumes; paths relative to it) and label table
     (``manifest_labels.yaml``) on a coarse grid."""
     import pandas as pd
@@ -32,8 +33,15 @@ def coarse_cohort(out: Path, n_cases: int, *, seed: int = 0, split: str = "train
         img, lab = out / "images" / f"{case.case_id}.nii.gz", out / "labels" / f"{case.case_id}.nii.gz"
         write_volume(case.image, img, dtype=np.int16)
         write_label_map(case.labels, lab)
-        rows.append({"case_id": case.case_id, "image": str(img.relative_to(out)), "label": str(lab.relative_to(out)), "split": split,
-                     **{f"true_{k}_ml": v for k, v in case.volumes_ml.items()}})
+        rows.append(
+            {
+                "case_id": case.case_id,
+                "image": str(img.relative_to(out)),
+                "label": str(lab.relative_to(out)),
+                "split": split,
+                **{f"true_{k}_ml": v for k, v in case.volumes_ml.items()},
+            }
+        )
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     manifest.with_name("manifest_labels.yaml").write_text(yaml.safe_dump(PHANTOM_LABELS.to_dict(), sort_keys=False))

@@ -74,7 +74,11 @@ def main() -> None:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--matrix", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--smoke", action="store_true", help="the smallest setting (40 files of 64x64, once): a test that the script runs")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (40 files of 64x64, once): a test that the script runs",
+    )
     args = p.parse_args()
     if args.smoke:
         args.files, args.matrix, args.repeat = 40, 64, 1
@@ -89,7 +93,9 @@ def main() -> None:
         t0 = time.perf_counter()
         make_export(root, args.files, args.matrix)
         files = list(iter_files(root))
-        print(f"wrote {len(files)} files ({args.matrix}x{args.matrix}, uncompressed) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {len(files)} files ({args.matrix}x{args.matrix}, uncompressed) in {time.perf_counter() - t0:.1f} s"
+        )
         for f in files:  # warm the page cache so both sides read from memory
             f.read_bytes()
 

@@ -48,7 +48,16 @@ def run_reference(model_path: str, image_path: str, out: str, windows: str = "is
     """The MONAI recipe; ``windows="issue"``: 96^3, overlap 0.5; ``"checkpoint"``: the checkpoint's own window and overlap."""
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.transforms import AsDiscrete, Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd
+    from monai.transforms import (
+        AsDiscrete,
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     from medseg.models.checkpoint import build_model, load_checkpoint
 
@@ -57,16 +66,22 @@ def run_reference(model_path: str, image_path: str, out: str, windows: str = "is
     pre_cfg = ckpt["preprocessing"]
     lo, hi = pre_cfg["window"]
     t0 = time.monotonic()
-    pre = Compose([
-        LoadImaged(keys="image", image_only=False),
-        EnsureChannelFirstd(keys="image"),
-        Orientationd(keys="image", axcodes="RAS"),
-        Spacingd(keys="image", pixdim=pre_cfg["spacing"], mode="bilinear"),
-        ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
-    ])
+    pre = Compose(
+        [
+            LoadImaged(keys="image", image_only=False),
+            EnsureChannelFirstd(keys="image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=pre_cfg["spacing"], mode="bilinear"),
+            ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
     data = pre({"image": image_path})
     with torch.inference_mode():
-        roi, overlap = ((96, 96, 96), 0.5) if windows == "issue" else (tuple(ckpt["inference"]["roi_size"]), ckpt["inference"]["overlap"])
+        roi, overlap = (
+            ((96, 96, 96), 0.5)
+            if windows == "issue"
+            else (tuple(ckpt["inference"]["roi_size"]), ckpt["inference"]["overlap"])
+        )
         logits = sliding_window_inference(data["image"][None], roi, 4, model, overlap=overlap, mode="gaussian")
     data["pred"] = logits[0]
     data["pred"].applied_operations = data["image"].applied_operations
@@ -85,8 +100,13 @@ def run_medseg(model_path: str, image_path: str, out: str, overrides: dict) -> d
     labels = predictor.predict(image_path)
     seconds = time.monotonic() - t0
     np.save(out, labels.array)
-    return {"seconds": seconds, "peak_rss_mb": _peak_mb(), "windows_run": labels.meta.get("windows_run"),
-            "windows_skipped": labels.meta.get("windows_skipped"), "amp": labels.meta.get("amp")}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": _peak_mb(),
+        "windows_run": labels.meta.get("windows_run"),
+        "windows_skipped": labels.meta.get("windows_skipped"),
+        "amp": labels.meta.get("amp"),
+    }
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray, n_labels: int) -> float:
@@ -112,7 +132,9 @@ def _child_result(args) -> dict:
 
         spacing = (0.6, 0.6, 0.7)
         shape = json.loads(args.overrides)["shape"]
-        case = make_phantom(4242, spacing=spacing, fov_mm=tuple(n * s for n, s in zip(shape, spacing)), flips=(True, True, False))
+        case = make_phantom(
+            4242, spacing=spacing, fov_mm=tuple(n * s for n, s in zip(shape, spacing, strict=False)), flips=(True, True, False)
+        )
         write_volume(case.image, args.image, dtype=np.int16)
         write_label_map(case.labels, args.npy)
         res = {"shape": list(case.image.shape), "air": float((case.image.array < -900).mean()), "spacing": spacing}
@@ -144,8 +166,23 @@ IN_PROCESS = False
 
 def _spawn_once(kind: str, model: str, image: str, npy: str, overrides: dict | None = None) -> dict:
     if IN_PROCESS:
-        return _child_result(argparse.Namespace(child=kind, model=model, image=image, npy=npy, overrides=json.dumps(overrides or {})))
-    cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--image", image, "--npy", npy, "--overrides", json.dumps(overrides or {})]
+        return _child_result(
+            argparse.Namespace(child=kind, model=model, image=image, npy=npy, overrides=json.dumps(overrides or {}))
+        )
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--model",
+        model,
+        "--image",
+        image,
+        "--npy",
+        npy,
+        "--overrides",
+        json.dumps(overrides or {}),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not line:
@@ -159,8 +196,13 @@ def _train_small_model(work: Path) -> str:
     from medseg.data.phantoms import write_cohort
 
     manifest = write_cohort(work / "train", 8, seed=900)
-    res = api.train(config=CONFIG_ROOT / "training" / "phantom_demo.yaml", manifest=manifest, out=work / "model",
-                    overrides=["training.epochs=80", "training.val_every=20"], progress=False)
+    res = api.train(
+        config=CONFIG_ROOT / "training" / "phantom_demo.yaml",
+        manifest=manifest,
+        out=work / "model",
+        overrides=["training.epochs=80", "training.val_every=20"],
+        progress=False,
+    )
     return str(res.best_checkpoint)
 
 
@@ -171,8 +213,13 @@ def _untrained_model(work: Path) -> str:
     from medseg.models import create_model
     from medseg.models.checkpoint import save_checkpoint
 
-    cfg = load_config(CONFIG_ROOT / "training" / "phantom_demo.yaml", overrides=["preprocessing.spacing=[4,4,4]", "inference.roi_size=[32,32,32]"])
-    model = create_model(cfg.model.name, spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes, **cfg.model.kwargs)
+    cfg = load_config(
+        CONFIG_ROOT / "training" / "phantom_demo.yaml",
+        overrides=["preprocessing.spacing=[4,4,4]", "inference.roi_size=[32,32,32]"],
+    )
+    model = create_model(
+        cfg.model.name, spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes, **cfg.model.kwargs
+    )
     return str(save_checkpoint(work / "untrained.pt", model, config=cfg, label_table=PHANTOM_LABELS))
 
 
@@ -186,8 +233,12 @@ def main() -> None:
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--npy", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
-    ap.add_argument("--smoke", action="store_true", help="the smallest setting (an untrained U-Net on 4 mm / 32^3 windows, a "
-                    "48x48x32 volume, every variant once, in this process): a test that the script runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (an untrained U-Net on 4 mm / 32^3 windows, a "
+        "48x48x32 volume, every variant once, in this process): a test that the script runs",
+    )
     args = ap.parse_args()
     if args.child:
         return _child(args)
@@ -202,15 +253,24 @@ def main() -> None:
     model = args.model or _spawn("untrained" if args.smoke else "train", "", str(work), "")["model"]
     image, truth_path = work / "ct.nii.gz", work / "truth.nii.gz"
     made = _spawn("make", model, str(image), str(truth_path), {"shape": args.shape})
-    print(f"volume {tuple(made['shape'])}, {made['air']:.0%} air, spacing {tuple(made['spacing'])} mm; model {model}; "
-          f"{os.cpu_count()} CPU cores", flush=True)
+    print(
+        f"volume {tuple(made['shape'])}, {made['air']:.0%} air, spacing {tuple(made['spacing'])} mm; model {model}; "
+        f"{os.cpu_count()} CPU cores",
+        flush=True,
+    )
 
     ref = _spawn("reference", model, str(image), str(work / "ref.npy"), repeat=args.repeat)
     ref_labels = np.load(work / "ref.npy")
     rows = [("MONAI recipe (reference)", ref, 1.0, float("nan"))]
     ref2 = _spawn("reference_ckpt", model, str(image), str(work / "ref2.npy"), repeat=args.repeat)
-    rows.append(("MONAI, checkpoint windows", ref2, mean_dice(np.load(work / "ref2.npy"), ref_labels, PHANTOM_LABELS.num_classes - 1),
-                 np.load(work / "ref2.npy")))
+    rows.append(
+        (
+            "MONAI, checkpoint windows",
+            ref2,
+            mean_dice(np.load(work / "ref2.npy"), ref_labels, PHANTOM_LABELS.num_classes - 1),
+            np.load(work / "ref2.npy"),
+        )
+    )
     variants = VARIANTS if args.variants == "all" else {"medseg (defaults)": {}}
     fp32_labels = None
     for name, overrides in variants.items():
@@ -222,16 +282,22 @@ def main() -> None:
         print(f"  done: {name.strip()} {res['seconds']:.2f}s", flush=True)
 
     truth = np.asarray(read_volume(truth_path).array)
-    print(f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}")  # noqa: E501
+    print(
+        f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}"
+    )  # noqa: E501
     for name, res, d_ref, labels in rows:
         lab = ref_labels if isinstance(labels, float) else labels
         if name == "medseg (defaults)":
             ref2_labels = np.load(work / "ref2.npy")
-            print(f"  (medseg defaults vs MONAI with the checkpoint's windows: Dice {mean_dice(lab, ref2_labels, 4):.4f})")
+            print(
+                f"  (medseg defaults vs MONAI with the checkpoint's windows: Dice {mean_dice(lab, ref2_labels, 4):.4f})"
+            )
         d_fp32 = mean_dice(lab, fp32_labels, 4) if fp32_labels is not None else float("nan")
         d_truth = mean_dice(lab, truth, 4)
         win = f"{res.get('windows_run', '')}/{res.get('windows_skipped', '')}" if "windows_run" in res else ""
-        print(f"{name:<26} {res['seconds']:>8.2f} {ref['seconds'] / res['seconds']:>9.2f} {res['peak_rss_mb']:>12.0f} {d_ref:>12.4f} {d_fp32:>13.4f} {d_truth:>14.4f} {win:>20}")  # noqa: E501
+        print(
+            f"{name:<26} {res['seconds']:>8.2f} {ref['seconds'] / res['seconds']:>9.2f} {res['peak_rss_mb']:>12.0f} {d_ref:>12.4f} {d_fp32:>13.4f} {d_truth:>14.4f} {win:>20}"
+        )  # noqa: E501
 
 
 if __name__ == "__main__":

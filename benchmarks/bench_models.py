@@ -69,8 +69,17 @@ BEST_MARGIN = 0.05
 #: DeepLabV3 presets (stronger augmentation, weight decay; benchmarks/results/2026-11-30_models_5min_new_presets.txt):
 #: unet_plain 0.956, deeplabv3 0.904 (0.907 at AdamW 0.001, now its preset, against unet_plain 0.957), fcn8s 0.889,
 #: fcn16s 0.809, fcn32s 0.741.
-FLOORS = {"unet": 0.85, "unet_classic": 0.85, "unet_attention": 0.85, "unet_plain": 0.85, "fcn32s": 0.65, "fcn16s": 0.7,
-          "fcn8s": 0.77, "deeplabv3": 0.78, "deeplabv3plus": 0.85}
+FLOORS = {
+    "unet": 0.85,
+    "unet_classic": 0.85,
+    "unet_attention": 0.85,
+    "unet_plain": 0.85,
+    "fcn32s": 0.65,
+    "fcn16s": 0.7,
+    "fcn8s": 0.77,
+    "deeplabv3": 0.78,
+    "deeplabv3plus": 0.85,
+}
 
 
 def crf_effect(run_dir: Path, config, table, val_cases: list[dict], crf_kwargs: dict) -> dict:
@@ -92,7 +101,15 @@ def crf_effect(run_dir: Path, config, table, val_cases: list[dict], crf_kwargs: 
     for rec in val_cases:
         item = det(rec)
         img, ref = item["image"][None], one_hot(item["label"][None].long(), k)
-        scores = window_scores(model, img, roi_size=ic.roi_size, overlap=ic.overlap, sw_batch_size=ic.sw_batch_size, blend=ic.blend, device="cpu")
+        scores = window_scores(
+            model,
+            img,
+            roi_size=ic.roi_size,
+            overlap=ic.overlap,
+            sw_batch_size=ic.sw_batch_size,
+            blend=ic.blend,
+            device="cpu",
+        )
         plain.append(metric(one_hot(scores.argmax(1, keepdim=True), k), ref)[0].numpy())
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -111,31 +128,58 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--iterations", type=int, default=0,
-                    help="optimizer steps per epoch (training.iterations_per_epoch); default: the number of training cases")
-    ap.add_argument("--minutes", type=float, default=10.0,
-                    help="a wall-clock budget per family (training.max_minutes: the schedule runs on the budget, so a cheaper "
-                         "network takes more steps); compare families only within one run; 0: --epochs instead")
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=0,
+        help="optimizer steps per epoch (training.iterations_per_epoch); default: the number of training cases",
+    )
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="a wall-clock budget per family (training.max_minutes: the schedule runs on the budget, so a cheaper "
+        "network takes more steps); compare families only within one run; 0: --epochs instead",
+    )
     ap.add_argument("--models", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--crf", default="{}", help="JSON kwargs for crf_refine, e.g. '{\"iterations\": 5}'")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra config override for every model (after the preset's), e.g. training.learning_rate=0.001")
-    ap.add_argument("--kwargs", default="{}", help="JSON merged into every model's kwargs, e.g. '{\"norm\": \"instance\"}'")
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                    help="train the families in this many processes at once, one CPU thread each (the families dealt out in "
-                         "turn), and print one table over all of them; 1: one after the other in this process (default: 2 "
-                         "where there are 2 CPUs)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every model (after the preset's), e.g. training.learning_rate=0.001",
+    )
+    ap.add_argument(
+        "--kwargs", default="{}", help='JSON merged into every model\'s kwargs, e.g. \'{"norm": "instance"}\''
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="train the families in this many processes at once, one CPU thread each (the families dealt out in "
+        "turn), and print one table over all of them; 1: one after the other in this process (default: 2 "
+        "where there are 2 CPUs)",
+    )
     ap.add_argument("--rows-out", help=argparse.SUPPRESS)  # a --jobs worker writes its rows (JSON lines) here
-    ap.add_argument("--smoke", action="store_true",
-                    help="the smallest setting (unet on 3 phantoms at 4 mm, one step on 32^3 patches, one CRF step; the Dice floors are "
-                         "printed, not judged): a test that the script runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (unet on 3 phantoms at 4 mm, one step on 32^3 patches, one CRF step; the Dice floors are "
+        "printed, not judged): a test that the script runs",
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.cases, args.minutes, args.epochs, args.iterations, args.jobs = 3, 0.0, 1, 1, 1
         args.models = "unet" if args.models == ap.get_default("models") else args.models
-        args.set = ["preprocessing.spacing=[4,4,4]", "training.patch_size=[32,32,32]", "inference.roi_size=[64,64,48]",
-                    "inference.overlap=0", *args.set]
+        args.set = [
+            "preprocessing.spacing=[4,4,4]",
+            "training.patch_size=[32,32,32]",
+            "inference.roi_size=[64,64,48]",
+            "inference.overlap=0",
+            *args.set,
+        ]
         args.crf = '{"iterations": 1, "kernel_size": 3}' if args.crf == ap.get_default("crf") else args.crf
     if args.jobs > 1 and not args.rows_out:  # a worker (--rows-out) trains its share itself
         return _run_jobs(args, argv if argv is not None else sys.argv[1:])
@@ -166,7 +210,11 @@ def main(argv=None) -> int:
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         preset = RUNS[name]
-        overrides = [f"model.name={name}", f"training.epochs={args.epochs}", f"training.val_every={max(1, args.epochs // 2)}"]
+        overrides = [
+            f"model.name={name}",
+            f"training.epochs={args.epochs}",
+            f"training.val_every={max(1, args.epochs // 2)}",
+        ]
         if args.minutes:
             overrides.append(f"training.max_minutes={args.minutes}")
         recipe = load_model_preset(preset) if preset else {"model": {"kwargs": {}}, "training": {}}
@@ -185,37 +233,45 @@ def main(argv=None) -> int:
         hist = pd.read_csv(out / "metrics.csv")
         tc = config.training
         steps = tc.iterations_per_epoch
-        s_step = float(hist["epoch_seconds"].iloc[1:].mean() / steps) if len(hist) > 1 else float(hist["epoch_seconds"].iloc[0] / steps)
+        s_step = (
+            float(hist["epoch_seconds"].iloc[1:].mean() / steps)
+            if len(hist) > 1
+            else float(hist["epoch_seconds"].iloc[0] / steps)
+        )
         net = create_model(name, spatial_dims=3, in_channels=1, out_channels=table.num_classes, **config.model.kwargs)
         _, val_df = split_cases(read_manifest(manifest, require_labels=True), tc.seed)
         val = [{"image": r.image, "label": r.label, "case_id": r.case_id} for r in val_df.itertuples()]
         crf = crf_effect(out, config, table, val, json.loads(args.crf))
-        rows.append({
-            "model": name,
-            "preset": preset or "config",
-            "lr": tc.learning_rate,
-            "optim": tc.optimizer,
-            "dice": round(result.best_mean_dice, 4),  # 4 places: the margin is judged on them
-            "steps": int(hist["iterations"].iloc[-1]) if "iterations" in hist else len(hist) * steps,
-            "loss_end": round(float(hist["loss"].iloc[-1]), 3),
-            "floor": FLOORS[name],
-            "params": sum(p.numel() for p in net.parameters()),
-            "params_default_3d": param_count(name, 3, 1, table.num_classes),
-            "s_per_step": round(s_step, 2),
-            "dice_crf_off": round(crf["dice_plain"], 3),
-            "dice_crf_on": round(crf["dice_crf"], 3),
-            "crf_s_per_case": round(crf["crf_s_per_case"], 2),
-        })
+        rows.append(
+            {
+                "model": name,
+                "preset": preset or "config",
+                "lr": tc.learning_rate,
+                "optim": tc.optimizer,
+                "dice": round(result.best_mean_dice, 4),  # 4 places: the margin is judged on them
+                "steps": int(hist["iterations"].iloc[-1]) if "iterations" in hist else len(hist) * steps,
+                "loss_end": round(float(hist["loss"].iloc[-1]), 3),
+                "floor": FLOORS[name],
+                "params": sum(p.numel() for p in net.parameters()),
+                "params_default_3d": param_count(name, 3, 1, table.num_classes),
+                "s_per_step": round(s_step, 2),
+                "dice_crf_off": round(crf["dice_plain"], 3),
+                "dice_crf_on": round(crf["dice_crf"], 3),
+                "crf_s_per_case": round(crf["crf_s_per_case"], 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         if args.rows_out:
             with open(args.rows_out, "a") as fh:
                 fh.write(json.dumps(rows[-1]) + "\n")
     if args.rows_out:
         return 0
-    header = (f"\n{args.cases} phantom cases ({n_train} training), "
-              f"{_budget(args)} of {iterations} iterations, "
-              f"CPU threads {torch.get_num_threads()}, patch {'x'.join(map(str, config.training.patch_size))} batch "
-              f"{config.training.batch_size}; CRF on validation grids of ~{crf['voxels']:,} voxels")
+    header = (
+        f"\n{args.cases} phantom cases ({n_train} training), "
+        f"{_budget(args)} of {iterations} iterations, "
+        f"CPU threads {torch.get_num_threads()}, patch {'x'.join(map(str, config.training.patch_size))} batch "
+        f"{config.training.batch_size}; CRF on validation grids of ~{crf['voxels']:,} voxels"
+    )
     status = _report(rows, header)
     return 0 if args.smoke else status
 
@@ -229,13 +285,17 @@ def _report(rows: list[dict], header: str) -> int:
     import pandas as pd
 
     table_df = pd.DataFrame(rows)
-    table_df.insert(table_df.columns.get_loc("dice") + 1, "vs_best", (table_df["dice"] - table_df["dice"].max()).round(4))
+    table_df.insert(
+        table_df.columns.get_loc("dice") + 1, "vs_best", (table_df["dice"] - table_df["dice"].max()).round(4)
+    )
     print(header)
     print(table_df.to_string(index=False))
     best = table_df.loc[table_df["dice"].idxmax()]
     near = table_df["vs_best"] >= -BEST_MARGIN
-    print(f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.4f}): {', '.join(table_df.loc[near, 'model'])}"
-          + (f"; further: {', '.join(table_df.loc[~near, 'model'])}" if (~near).any() else ""))
+    print(
+        f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.4f}): {', '.join(table_df.loc[near, 'model'])}"
+        + (f"; further: {', '.join(table_df.loc[~near, 'model'])}" if (~near).any() else "")
+    )
     missed = table_df[table_df["dice"] < table_df["floor"]]
     if len(missed):
         print(f"below the Dice floor: {', '.join(missed['model'])}")
@@ -267,23 +327,49 @@ def _run_jobs(args, argv: list[str]) -> int:
             keep.append(a)
     procs, outs = [], []
     for j in range(min(args.jobs, len(models))):
-        share = models[j::args.jobs]
+        share = models[j :: args.jobs]
         out = work / f"rows_{j}.jsonl"
         out.unlink(missing_ok=True)
         outs.append(out)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, __file__, *keep, "--jobs", "1", "--models", ",".join(share), "--work", str(work),
-                                       "--rows-out", str(out)], env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    *keep,
+                    "--jobs",
+                    "1",
+                    "--models",
+                    ",".join(share),
+                    "--work",
+                    str(work),
+                    "--rows-out",
+                    str(out),
+                ],
+                env=env,
+            )
+        )
     codes = [p.wait() for p in procs]
     rows = [json.loads(line) for out in outs if out.exists() for line in out.read_text().splitlines() if line.strip()]
     rows.sort(key=lambda r: models.index(r["model"]))
     failed = any(codes) or len(rows) != len(models)
-    status = _report(rows, f"\n{args.cases} phantom cases, {_budget(args)}, {len(procs)} processes at once of 1 CPU thread each "
-                           "(patch and batch: configs/training/phantom_demo.yaml)" + (" - INCOMPLETE" if failed else "")) if rows else 2
+    status = (
+        _report(
+            rows,
+            f"\n{args.cases} phantom cases, {_budget(args)}, {len(procs)} processes at once of 1 CPU thread each "
+            "(patch and batch: configs/training/phantom_demo.yaml)" + (" - INCOMPLETE" if failed else ""),
+        )
+        if rows
+        else 2
+    )
     if failed:  # the families that finished are still reported above (their runs are under --work)
         done = [r["model"] for r in rows]
-        print(f"a worker failed (exit codes {codes}): no row for {', '.join(m for m in models if m not in done)}; "
-              f"see its output above", file=sys.stderr)
+        print(
+            f"a worker failed (exit codes {codes}): no row for {', '.join(m for m in models if m not in done)}; "
+            f"see its output above",
+            file=sys.stderr,
+        )
         return 2
     return status
 

@@ -48,6 +48,7 @@ TEST_SEED = 200
 TEST_SPACING = (0.8, 0.8, 1.0)
 TEST_FOV_MM = (410.0, 410.0, 200.0)  # 513 x 513 x 200 voxels
 
+
 def _env(work: Path, huge_pages: bool = False) -> dict:
     """nnUNetPredictor's process: the thread count this script was given, and PyTorch's allocator as nnU-Net runs it
     (importing medseg here set ``THP_MEM_ALLOC_ENABLE=1``, which a child would inherit) unless ``huge_pages``."""
@@ -71,17 +72,32 @@ def build_model(work: Path, f0: int, fmax: int, epochs: int, iters: int, patch=N
         (raw / sub).mkdir(parents=True, exist_ok=True)
     for seed in TRAIN_SEEDS:
         case = make_phantom(seed, spacing=TRAIN_SPACING)
-        nib.save(nib.Nifti1Image(np.asarray(case.image.array, np.float32), case.image.affine), str(raw / "imagesTr" / f"ct{seed:03d}_0000.nii.gz"))
-        nib.save(nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine), str(raw / "labelsTr" / f"ct{seed:03d}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.asarray(case.image.array, np.float32), case.image.affine),
+            str(raw / "imagesTr" / f"ct{seed:03d}_0000.nii.gz"),
+        )
+        nib.save(
+            nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine),
+            str(raw / "labelsTr" / f"ct{seed:03d}.nii.gz"),
+        )
     labels = {"background": 0, **{lab.name: lab.index for lab in PHANTOM_LABELS.labels}}
-    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
-                                                  "numTraining": len(TRAIN_SEEDS), "file_ending": ".nii.gz"}, indent=2))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(TRAIN_SEEDS), "file_ending": ".nii.gz"},
+            indent=2,
+        )
+    )
     bindir = Path(sys.executable).parent
-    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", DATASET[7:10], "-c", CONF,
-                    "-np", "1", "-npfp", "1"], env=_env(work), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", DATASET[7:10], "-c", CONF, "-np", "1", "-npfp", "1"],
+        env=_env(work),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     code = train_code(DATASET, CONF, "all", epochs=epochs, iters=iters, f0=f0, fmax=fmax, patch=patch, adamw=adamw)
-    subprocess.run([sys.executable, "-c", code], env={**_env(work), "nnUNet_n_proc_DA": "0"}, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", code], env={**_env(work), "nnUNet_n_proc_DA": "0"}, check=True, stdout=subprocess.DEVNULL
+    )
     return folder
 
 
@@ -96,18 +112,32 @@ def make_test_image(work: Path, spacing=TEST_SPACING, fov_mm=TEST_FOV_MM) -> Pat
         case = make_phantom(TEST_SEED, spacing=spacing, fov_mm=fov_mm)
         hu = np.clip(np.round(np.asarray(case.image.array)), -1024, 3071).astype(np.int16)
         nib.save(nib.Nifti1Image(hu, case.image.affine), str(path))
-        nib.save(nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine), str(work / "test" / "truth.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine),
+            str(work / "test" / "truth.nii.gz"),
+        )
     return path
 
 
 #: --smoke: nnU-Net's 3D PlainConvUNet, three stages of 4..16 features, on a 4 mm grid (random weights, seed 0)
 SMOKE_ARCH = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-                    "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
-                    "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
-                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                    "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+    "arch_kwargs": {
+        "n_stages": 3,
+        "features_per_stage": [4, 8, 16],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 3,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    },
     "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
 }
 
@@ -122,33 +152,69 @@ def smoke_model(work: Path) -> Path:
 
     folder = work / "results" / MODEL_DIR
     (folder / "fold_all").mkdir(parents=True, exist_ok=True)
-    conf = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-            "patch_size": [16, 32, 32], "median_image_size_in_voxels": [30, 70, 70], "spacing": [5.0, 4.0, 4.0],
-            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": SMOKE_ARCH, "batch_dice": False}
-    plans = {"dataset_name": DATASET, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [5.0, 4.0, 4.0],
-             "original_median_shape_after_transp": [30, 70, 70], "image_reader_writer": "SimpleITKIO",
-             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {CONF: conf},
-             "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {"0": {"max": 400.0, "mean": 60.0, "median": 55.0, "min": -100.0,
-                                                                   "percentile_00_5": -50.0, "percentile_99_5": 300.0, "std": 40.0}}}
+    conf = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [16, 32, 32],
+        "median_image_size_in_voxels": [30, 70, 70],
+        "spacing": [5.0, 4.0, 4.0],
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": SMOKE_ARCH,
+        "batch_dice": False,
+    }
+    plans = {
+        "dataset_name": DATASET,
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [5.0, 4.0, 4.0],
+        "original_median_shape_after_transp": [30, 70, 70],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {CONF: conf},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {
+                "max": 400.0,
+                "mean": 60.0,
+                "median": 55.0,
+                "min": -100.0,
+                "percentile_00_5": -50.0,
+                "percentile_99_5": 300.0,
+                "std": 40.0,
+            }
+        },
+    }
     labels = {"background": 0, **{lab.name: lab.index for lab in PHANTOM_LABELS.labels}}
     (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 6,
-                                                     "file_ending": ".nii.gz"}))
+    (folder / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 6, "file_ending": ".nii.gz"})
+    )
     cls, kw = architecture(conf)
     torch.manual_seed(0)
     net = build_network(cls, kw, 1, len(labels))
-    torch.save({"network_weights": net.state_dict(), "optimizer_state": {}, "grad_scaler_state": None, "logging": {},
-                "_best_ema": 0.0, "current_epoch": 0, "init_args": {"plans": plans, "configuration": CONF, "fold": "all",
-                                                                   "dataset_json": {}},
-                "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_all" / "checkpoint_final.pth")
+    torch.save(
+        {
+            "network_weights": net.state_dict(),
+            "optimizer_state": {},
+            "grad_scaler_state": None,
+            "logging": {},
+            "_best_ema": 0.0,
+            "current_epoch": 0,
+            "init_args": {"plans": plans, "configuration": CONF, "fold": "all", "dataset_json": {}},
+            "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        },
+        folder / "fold_all" / "checkpoint_final.pth",
+    )
     return folder
 
 
@@ -168,22 +234,40 @@ def _cpu_s() -> float:
 
 
 def worker_nnunet(folder: str, image: str, out: str) -> dict:
-    huge_pages = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")  # as torch's allocator reads it (medseg is imported later)
+    huge_pages = os.environ.get(
+        "THP_MEM_ALLOC_ENABLE", "unset"
+    )  # as torch's allocator reads it (medseg is imported later)
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     t0 = time.monotonic()
-    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
-                        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    p = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=True,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
     p.initialize_from_trained_model_folder(folder, use_folds=("all",), checkpoint_name="checkpoint_final.pth")
     t1, c1 = time.monotonic(), _cpu_s()
     img, props = SimpleITKIO().read_images([image])
     seg = p.predict_single_npy_array(img, props, None, None, False)
     seconds, cpu = time.monotonic() - t1, _cpu_s() - c1
-    np.save(out, np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8))  # (z, y, x) -> the file's (x, y, z)
-    return {"seconds": seconds, "cpu_seconds": cpu, "seconds_load": t1 - t0, "peak_rss_mb": _peak_mb(),
-            "threads": torch.get_num_threads(), "huge_pages": huge_pages}
+    np.save(
+        out, np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8)
+    )  # (z, y, x) -> the file's (x, y, z)
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "seconds_load": t1 - t0,
+        "peak_rss_mb": _peak_mb(),
+        "threads": torch.get_num_threads(),
+        "huge_pages": huge_pages,
+    }
 
 
 def worker_medseg(folder: str, image: str, out: str, options: str, cases: str = "1") -> dict:
@@ -203,10 +287,26 @@ def worker_medseg(folder: str, image: str, out: str, options: str, cases: str = 
         pred.predict(image)
         later.append(time.monotonic() - t2)
     np.save(out, result.array.astype(np.uint8))
-    keep = ("seconds_preprocess", "seconds_windows", "seconds_export", "windows_run", "windows_reused", "windows_skipped", "network_grid",
-            "compiled", "compile_failed")
-    return {"seconds": seconds, "cpu_seconds": cpu, "seconds_load": t1 - t0, "peak_rss_mb": _peak_mb(),
-            "threads": torch.get_num_threads(), "seconds_later_cases": later, **{k: result.meta.get(k) for k in keep}}
+    keep = (
+        "seconds_preprocess",
+        "seconds_windows",
+        "seconds_export",
+        "windows_run",
+        "windows_reused",
+        "windows_skipped",
+        "network_grid",
+        "compiled",
+        "compile_failed",
+    )
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "seconds_load": t1 - t0,
+        "peak_rss_mb": _peak_mb(),
+        "threads": torch.get_num_threads(),
+        "seconds_later_cases": later,
+        **{k: result.meta.get(k) for k in keep},
+    }
 
 
 #: One switch at a time. ``base`` "faithful": on top of nnU-Net's steps; "bf16": on top of bf16 autocast (so
@@ -246,15 +346,22 @@ def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> 
     rows = []
     bf16_logits = None
     padded, _ = nn.pad_to(torch.from_numpy(x), list(model.conf["patch_size"]))
-    lo_hi = [(float(padded[sl].min()), float(padded[sl].max()))
-             for sl in nn._slicers(padded.shape[1:], list(model.conf["patch_size"]))]
+    lo_hi = [
+        (float(padded[sl].min()), float(padded[sl].max()))
+        for sl in nn._slicers(padded.shape[1:], list(model.conf["patch_size"]))
+    ]
     del padded
     air = nn.air_threshold(model, -500.0)
     qualify = sum(1 for lo, hi in lo_hi if hi - lo <= 1e-5 or (air is not None and hi < air))
     for name, base, opts in SWITCHES:
         if name.startswith("skip_background") and not qualify:
-            rows.append({"name": name, "note": f"not run: none of the {len(lo_hi)} windows is constant or air on this image "
-                                               "(the body reaches every window), so it cannot change time or labels"})
+            rows.append(
+                {
+                    "name": name,
+                    "note": f"not run: none of the {len(lo_hi)} windows is constant or air on this image "
+                    "(the body reaches every window), so it cannot change time or labels",
+                }
+            )
             continue
         over = {"amp": "bf16"} if base == "bf16" else {}
         pred.inference = nnunet_inference_options({**over, **opts})
@@ -263,8 +370,15 @@ def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> 
         if name.startswith("export") and bf16_logits is not None:
             logits = bf16_logits
         else:
-            logits = nn.predict_logits(pred.models, x, model, step=1 - float(pred.inference["overlap"]), device=pred.device,
-                                       **pred.window_options(), stats=stats)
+            logits = nn.predict_logits(
+                pred.models,
+                x,
+                model,
+                step=1 - float(pred.inference["overlap"]),
+                device=pred.device,
+                **pred.window_options(),
+                stats=stats,
+            )
         t1 = time.monotonic()
         if pred.inference["export"] == "labels":
             seg = nn.labels_only(logits, props, model)
@@ -274,8 +388,13 @@ def worker_switches(folder: str, image: str, out: str, faithful_labels: str) -> 
         if name == "amp bf16":
             bf16_logits = logits
         seg = seg.transpose(2, 1, 0)
-        row = {"name": name, "seconds_windows": None if name.startswith("export") else t1 - t0, "seconds_export": t2 - t1,
-               **agreement(seg, ref), **stats}
+        row = {
+            "name": name,
+            "seconds_windows": None if name.startswith("export") else t1 - t0,
+            "seconds_export": t2 - t1,
+            **agreement(seg, ref),
+            **stats,
+        }
         if name.startswith("export"):  # isolated: against the faithful export of the same bf16 logits
             row["vs_bf16"] = agreement(seg, np.load(out + ".bf16.npy"))
         if name == "amp bf16":
@@ -310,7 +429,11 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
             continue
         x, y = a == c, b == c
         dice[int(c)] = round(float(2 * np.logical_and(x, y).sum() / max(1, x.sum() + y.sum())), 5)
-    return {"agree": float((a == b).mean()), "dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else 1.0}
+    return {
+        "agree": float((a == b).mean()),
+        "dice": dice,
+        "mean_dice": float(np.mean(list(dice.values()))) if dice else 1.0,
+    }
 
 
 def _truth_array(work: Path, shape) -> np.ndarray | None:
@@ -322,7 +445,9 @@ def _truth_array(work: Path, shape) -> np.ndarray | None:
         return None
     arr = np.asanyarray(nib.load(str(path)).dataobj)
     if arr.shape != tuple(shape):
-        print(f"# the truth {arr.shape} does not match the labels {tuple(shape)}: no model-vs-truth line", file=sys.stderr)
+        print(
+            f"# the truth {arr.shape} does not match the labels {tuple(shape)}: no model-vs-truth line", file=sys.stderr
+        )
         return None
     return arr
 
@@ -350,21 +475,35 @@ def main() -> None:
     ap.add_argument("--patch", help="train with this patch instead of the planned one, e.g. 48,128,128")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--iters", type=int, default=12)
-    ap.add_argument("--adamw", type=float, default=0.0,
-                    help="train with nnunetv2's nnUNetTrainerAdam recipe (AdamW, poly) at this learning rate instead of its SGD")
+    ap.add_argument(
+        "--adamw",
+        type=float,
+        default=0.0,
+        help="train with nnunetv2's nnUNetTrainerAdam recipe (AdamW, poly) at this learning rate instead of its SGD",
+    )
     ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each contender (the fastest counts)")
     ap.add_argument("--no-switches", action="store_true", help="skip the one-switch-at-a-time table")
-    ap.add_argument("--variant", help="also run preset fast with these options (JSON), e.g. '{\"cast\": \"weights\"}'")
-    ap.add_argument("--reference-thp", action="store_true",
-                    help="also run nnUNetPredictor with THP_MEM_ALLOC_ENABLE=1 (the allocator setting medseg uses)")
+    ap.add_argument("--variant", help='also run preset fast with these options (JSON), e.g. \'{"cast": "weights"}\'')
+    ap.add_argument(
+        "--reference-thp",
+        action="store_true",
+        help="also run nnUNetPredictor with THP_MEM_ALLOC_ENABLE=1 (the allocator setting medseg uses)",
+    )
     ap.add_argument("--train-only", action="store_true", help="build (train) the model under --work and stop")
-    ap.add_argument("--cases", type=int, default=1,
-                    help="the fast contenders predict the volume this many times in one process (a batch: the first case "
-                         "pays the compile); their later cases' seconds are printed too")
-    ap.add_argument("--smoke", action="store_true",
-                    help="the smallest setting: a small untrained PlainConvUNet written in nnU-Net's folder layout instead of "
-                         "training one, a 4 mm test phantom, one round, every worker in this process, no one-switch table, in a temporary --work: "
-                         "a test that the script runs")
+    ap.add_argument(
+        "--cases",
+        type=int,
+        default=1,
+        help="the fast contenders predict the volume this many times in one process (a batch: the first case "
+        "pays the compile); their later cases' seconds are printed too",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting: a small untrained PlainConvUNet written in nnU-Net's folder layout instead of "
+        "training one, a 4 mm test phantom, one round, every worker in this process, no one-switch table, in a temporary --work: "
+        "a test that the script runs",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -395,21 +534,28 @@ def main() -> None:
     t_start = time.monotonic()
     load = os.getloadavg()
     say(f"# bench_nnunet.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    say(f"# CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), load average at start {load[0]:.2f}; every run under nice -n 5.")
+    say(
+        f"# CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average at start {load[0]:.2f}; every run under nice -n 5."
+    )
     say("# The 2 cores are shared with other sessions' tests while this runs: absolute seconds are noisy,")
     say("# the ratios within this one script are what counts.")
     t0 = time.monotonic()
     if a.smoke:
         folder = smoke_model(work)
     else:
-        folder = build_model(work, f0, fmax, a.epochs, a.iters, [int(v) for v in a.patch.split(",")] if a.patch else None,
-                             a.adamw)
+        folder = build_model(
+            work, f0, fmax, a.epochs, a.iters, [int(v) for v in a.patch.split(",")] if a.patch else None, a.adamw
+        )
     trained = time.monotonic() - t0
     if a.train_only:
         say(f"# model trained in {trained:.0f} s: {folder}")
         return
-    image = make_test_image(work, spacing=(4.0, 4.0, 5.0), fov_mm=(130.0, 130.0, 80.0)) if a.smoke else make_test_image(work)
+    image = (
+        make_test_image(work, spacing=(4.0, 4.0, 5.0), fov_mm=(130.0, 130.0, 80.0))
+        if a.smoke
+        else make_test_image(work)
+    )
     plans = json.loads((folder / "plans.json").read_text())
     conf = plans["configurations"][CONF]
     arch = conf["architecture"]["arch_kwargs"]
@@ -417,12 +563,18 @@ def main() -> None:
 
     shape = nib.load(str(image)).shape
     recipe = f", AdamW {a.adamw:g} (nnUNetTrainerAdam's recipe)" if a.adamw else ""
-    say(f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
-        f"{a.iters} iterations{recipe}{'' if trained < 5 else f', trained here in {trained:.0f} s'})")
+    say(
+        f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
+        f"{a.iters} iterations{recipe}{'' if trained < 5 else f', trained here in {trained:.0f} s'})"
+    )
     narrowed = "" if arch["features_per_stage"][0] >= 32 else " (narrowed from nnU-Net's 32..320 for this CPU)"
-    say(f"#   PlainConvUNet features_per_stage {arch['features_per_stage']}{narrowed}, patch {conf['patch_size']}, "
-        f"spacing {conf['spacing']} mm, mirror axes from the checkpoint")
-    say(f"# input: {image.name} {shape[0]}x{shape[1]}x{shape[2]} int16 at {TEST_SPACING} mm (CT-like phantom, seed {TEST_SEED})")
+    say(
+        f"#   PlainConvUNet features_per_stage {arch['features_per_stage']}{narrowed}, patch {conf['patch_size']}, "
+        f"spacing {conf['spacing']} mm, mirror axes from the checkpoint"
+    )
+    say(
+        f"# input: {image.name} {shape[0]}x{shape[1]}x{shape[2]} int16 at {TEST_SPACING} mm (CT-like phantom, seed {TEST_SEED})"
+    )
     say("")
 
     contenders = {"faithful": {}, "fast": {"preset": "fast"}}
@@ -433,24 +585,40 @@ def main() -> None:
     runs: dict = {k: [] for k in labels}
     for rep in range(a.repeat):  # interleaved, so that a busy minute on the shared cores hits every contender
         for key in references:
-            runs[key].append(_spawn("nnunet", str(folder), str(image), labels[key], env=_env(work, key == "nnunet_thp")))
+            runs[key].append(
+                _spawn("nnunet", str(folder), str(image), labels[key], env=_env(work, key == "nnunet_thp"))
+            )
         for key, opts in contenders.items():
             # an empty inductor cache for every run: compile="auto" pays its whole compile in the figure (a later
             # process with the same network and window reuses the compiled code from the user's cache and is faster)
             cache = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix=f"inductor_{key}_", dir=work)}
             n_cases = "1" if key == "faithful" else str(max(1, a.cases))
-            runs[key].append(_spawn("medseg", str(folder), str(image), labels[key], json.dumps(opts), n_cases, env=cache))
-            shutil.rmtree(cache["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)  # this script's own folder: tens of MB each
-        print(f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()), file=sys.stderr, flush=True)
+            runs[key].append(
+                _spawn("medseg", str(folder), str(image), labels[key], json.dumps(opts), n_cases, env=cache)
+            )
+            shutil.rmtree(
+                cache["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True
+            )  # this script's own folder: tens of MB each
+        print(
+            f"round {rep + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     res = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     ref = np.load(labels["nnunet"])
     names = {int(k): n for n, k in json.loads((folder / "dataset.json").read_text())["labels"].items() if k}
     base, base_cpu = res["nnunet"]["seconds"], min(r["cpu_seconds"] for r in runs["nnunet"])
-    say(f"{'run':<30}{'seconds':>8}{'x nnU-Net':>10}{'CPU s':>7}{'x nnU-Net':>10}{'peak RSS MB':>12}{'agree':>9}"
-        f"{'mean Dice':>10}  Dice per structure")
-    for key, title in (("nnunet", "nnUNetPredictor (CPU, fp32)"), ("nnunet_thp", "nnUNetPredictor + huge pages"),
-                       ("faithful", "medseg faithful (default)"),
-                       ("fast", "medseg preset=fast"), ("variant", f"fast + {a.variant}")):
+    say(
+        f"{'run':<30}{'seconds':>8}{'x nnU-Net':>10}{'CPU s':>7}{'x nnU-Net':>10}{'peak RSS MB':>12}{'agree':>9}"
+        f"{'mean Dice':>10}  Dice per structure"
+    )
+    for key, title in (
+        ("nnunet", "nnUNetPredictor (CPU, fp32)"),
+        ("nnunet_thp", "nnUNetPredictor + huge pages"),
+        ("faithful", "medseg faithful (default)"),
+        ("fast", "medseg preset=fast"),
+        ("variant", f"fast + {a.variant}"),
+    ):
         if key not in runs:
             continue
         r = res[key]
@@ -458,40 +626,70 @@ def main() -> None:
         ag = agreement(np.load(labels[key]), ref)
         r["agreement"] = ag
         per = " ".join(f"{names.get(c, c)}={d:.4f}" for c, d in ag["dice"].items())
-        say(f"{title:<30}{r['seconds']:>8.1f}{base / r['seconds']:>10.2f}{cpu:>7.0f}{base_cpu / cpu:>10.2f}"
-            f"{max(x['peak_rss_mb'] for x in runs[key]):>12.0f}{ag['agree']:>9.5f}{ag['mean_dice']:>10.4f}  {per}")
-    say(f"# seconds: the fastest of {a.repeat} interleaved runs (read + predict, model loading excluded), all: "
-        + "; ".join(f"{k} " + "/".join(f"{x['seconds']:.0f}" for x in v) for k, v in runs.items()))
+        say(
+            f"{title:<30}{r['seconds']:>8.1f}{base / r['seconds']:>10.2f}{cpu:>7.0f}{base_cpu / cpu:>10.2f}"
+            f"{max(x['peak_rss_mb'] for x in runs[key]):>12.0f}{ag['agree']:>9.5f}{ag['mean_dice']:>10.4f}  {per}"
+        )
+    say(
+        f"# seconds: the fastest of {a.repeat} interleaved runs (read + predict, model loading excluded), all: "
+        + "; ".join(f"{k} " + "/".join(f"{x['seconds']:.0f}" for x in v) for k, v in runs.items())
+    )
     say("# CPU s: user+sys seconds of that process (all threads), the smallest of the runs.")
-    say("# THP_MEM_ALLOC_ENABLE (PyTorch's allocator on transparent huge pages; medseg sets 1 when imported): "
-        + ", ".join(f"{k} {runs[k][0]['huge_pages']}" for k in references) + ", medseg 1")
-    say("# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs nnUNetPredictor.")
+    say(
+        "# THP_MEM_ALLOC_ENABLE (PyTorch's allocator on transparent huge pages; medseg sets 1 when imported): "
+        + ", ".join(f"{k} {runs[k][0]['huge_pages']}" for k in references)
+        + ", medseg 1"
+    )
+    say(
+        "# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs nnUNetPredictor."
+    )
     for key in contenders:
         r = res[key]
-        say(f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
+        say(
+            f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
             f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows {r['seconds_windows']:.1f}, "
             f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}"
-            + ("" if r.get("compiled") is None else f"; compiled {r['compiled']}"
-               + (f" (failed: {r['compile_failed']})" if r.get("compile_failed") else "")))
+            + (
+                ""
+                if r.get("compiled") is None
+                else f"; compiled {r['compiled']}"
+                + (f" (failed: {r['compile_failed']})" if r.get("compile_failed") else "")
+            )
+        )
     flops, per_window = window_flops(folder)
-    say(f"# one window pass: {flops / 1e9:.1f} GFLOP (convolutions; {per_window} passes a window with mirroring). Windows' "
-        "throughput: " + "; ".join(f"{k} {r['seconds_windows'] / (r['windows_run'] * per_window):.3f} s a pass, "
-                                     f"{flops * r['windows_run'] * per_window / r['seconds_windows'] / 1e9:.0f} GFLOP/s"
-                                     for k, r in ((k, res[k]) for k in contenders) if r["windows_run"]))
+    say(
+        f"# one window pass: {flops / 1e9:.1f} GFLOP (convolutions; {per_window} passes a window with mirroring). Windows' "
+        "throughput: "
+        + "; ".join(
+            f"{k} {r['seconds_windows'] / (r['windows_run'] * per_window):.3f} s a pass, "
+            f"{flops * r['windows_run'] * per_window / r['seconds_windows'] / 1e9:.0f} GFLOP/s"
+            for k, r in ((k, res[k]) for k in contenders)
+            if r["windows_run"]
+        )
+    )
     for key in contenders:
         later = res[key].get("seconds_later_cases") or []
         if later:
             mean = sum(later) / len(later)
-            say(f"# medseg {key}, later cases in the same process: " + ", ".join(f"{x:.1f}" for x in later)
-                + f" s (mean {mean:.1f} s, {base / mean:.2f}x nnUNetPredictor's one case)")
+            say(
+                f"# medseg {key}, later cases in the same process: "
+                + ", ".join(f"{x:.1f}" for x in later)
+                + f" s (mean {mean:.1f} s, {base / mean:.2f}x nnUNetPredictor's one case)"
+            )
     truth = _truth_array(work, ref.shape)
-    if truth is not None:  # how well trained the model is: bf16 flips near-ties, which an undertrained model has many of
+    if (
+        truth is not None
+    ):  # how well trained the model is: bf16 flips near-ties, which an undertrained model has many of
         tr = agreement(ref, truth)
-        say(f"# nnUNetPredictor vs the phantom's true labels (how trained the model is): mean Dice {tr['mean_dice']:.4f} "
-            + " ".join(f"{names.get(c, c)}={d:.3f}" for c, d in tr["dice"].items()))
+        say(
+            f"# nnUNetPredictor vs the phantom's true labels (how trained the model is): mean Dice {tr['mean_dice']:.4f} "
+            + " ".join(f"{names.get(c, c)}={d:.3f}" for c, d in tr["dice"].items())
+        )
     fast_vs_faithful = agreement(np.load(labels["fast"]), np.load(labels["faithful"]))
-    say(f"# fast vs medseg faithful: agree {fast_vs_faithful['agree']:.5f}, mean Dice {fast_vs_faithful['mean_dice']:.4f} "
-        f"{fast_vs_faithful['dice']}")
+    say(
+        f"# fast vs medseg faithful: agree {fast_vs_faithful['agree']:.5f}, mean Dice {fast_vs_faithful['mean_dice']:.4f} "
+        f"{fast_vs_faithful['dice']}"
+    )
 
     if a.out:
         Path(a.out).write_text("\n".join(lines) + "\n")
@@ -503,8 +701,10 @@ def main() -> None:
             say(f"# the one-switch table failed: {str(exc)[-500:]}")
     if sw:
         say("")
-        say("# one switch at a time, same preprocessed array, vs medseg faithful labels (faithful windows: "
-            f"{res['faithful']['seconds_windows']:.1f} s)")
+        say(
+            "# one switch at a time, same preprocessed array, vs medseg faithful labels (faithful windows: "
+            f"{res['faithful']['seconds_windows']:.1f} s)"
+        )
         say(f"{'switch':<34}{'windows s':>10}{'export s':>10}{'agree':>9}{'mean Dice':>10}  windows run/reused/skipped")
         for row in sw["rows"]:
             if "note" in row:
@@ -512,10 +712,14 @@ def main() -> None:
                 continue
             w = "" if row["seconds_windows"] is None else f"{row['seconds_windows']:.1f}"
             extra = f"{row.get('windows_run', '-')}/{row.get('windows_reused', '-')}/{row.get('windows_skipped', '-')}"
-            say(f"{row['name']:<34}{w:>10}{row['seconds_export']:>10.1f}{row['agree']:>9.5f}{row['mean_dice']:>10.4f}  {extra}")
+            say(
+                f"{row['name']:<34}{w:>10}{row['seconds_export']:>10.1f}{row['agree']:>9.5f}{row['mean_dice']:>10.4f}  {extra}"
+            )
             if "vs_bf16" in row:
                 v = row["vs_bf16"]
-                say(f"{'  (vs faithful export, same logits)':<34}{'':>10}{'':>10}{v['agree']:>9.5f}{v['mean_dice']:>10.4f}")
+                say(
+                    f"{'  (vs faithful export, same logits)':<34}{'':>10}{'':>10}{v['agree']:>9.5f}{v['mean_dice']:>10.4f}"
+                )
     say("")
     say(f"# total {time.monotonic() - t_start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     if a.out:

@@ -48,11 +48,28 @@ _spacing = BENCH_SPACING  # the range phantom() draws from (main sets it)
 # the small recipe (5 mm grid, 8-16-32 U-Net): about 0.85 mean validation Dice after ~3.5 min on 2 cores
 RECIPE = {
     "labels": "abdomen_phantom",
-    "model": {"name": "unet", "spatial_dims": 3, "kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}},
-    "preprocessing": {"spacing": [5.0, 5.0, 5.0], "intensity": "ct_window", "window": [-200, 250], "foreground_hu": -500,
-                      "crop_margin": 4},
-    "training": {"epochs": 400, "patch_size": [48, 48, 32], "batch_size": 2, "samples_per_image": 1, "learning_rate": 0.01,
-                 "iterations_per_epoch": 8, "val_every": 10, "seed": 0},
+    "model": {
+        "name": "unet",
+        "spatial_dims": 3,
+        "kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
+    },
+    "preprocessing": {
+        "spacing": [5.0, 5.0, 5.0],
+        "intensity": "ct_window",
+        "window": [-200, 250],
+        "foreground_hu": -500,
+        "crop_margin": 4,
+    },
+    "training": {
+        "epochs": 400,
+        "patch_size": [48, 48, 32],
+        "batch_size": 2,
+        "samples_per_image": 1,
+        "learning_rate": 0.01,
+        "iterations_per_epoch": 8,
+        "val_every": 10,
+        "seed": 0,
+    },
     "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
 }
 
@@ -78,18 +95,23 @@ def train(work: Path, n_train: int, minutes: float, seeds: range):
         img, lab = work / "train" / f"p{seed}.nii.gz", work / "train" / f"p{seed}_seg.nii.gz"
         write_volume(ph.image, img, dtype=np.int16)
         write_label_map(ph.labels, lab)
-        rows.append({"case_id": f"p{seed}", "image": str(img), "label": str(lab), "split": "val" if i % 6 == 5 else "train"})
+        rows.append(
+            {"case_id": f"p{seed}", "image": str(img), "label": str(lab), "split": "val" if i % 6 == 5 else "train"}
+        )
     manifest = work / "train" / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     config = work / "recipe.yaml"
     config.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
     result = api.train(config=config, manifest=manifest, out=work / "model", max_minutes=minutes, progress=False)
-    print(f"trained {result.epochs_run} epochs in {result.seconds:.0f} s: validation mean Dice {result.best_mean_dice:.3f}",
-          flush=True)
+    print(
+        f"trained {result.epochs_run} epochs in {result.seconds:.0f} s: validation mean Dice {result.best_mean_dice:.3f}",
+        flush=True,
+    )
     return result.best_checkpoint
 
 
 # -- degradations (image, truth) -> (image, truth, full-truth volumes or None) ------------------------
+
 
 def _vol(a, like):
     from medseg.io.volume import Volume
@@ -105,7 +127,9 @@ def bias(ph, rng):
     from scipy.ndimage import zoom
 
     coarse = rng.uniform(0.6, 1.4, size=(3, 3, 2))
-    field = zoom(coarse, [n / c for n, c in zip(ph.image.shape, coarse.shape)], order=3)[: ph.image.shape[0], : ph.image.shape[1], : ph.image.shape[2]]
+    field = zoom(coarse, [n / c for n, c in zip(ph.image.shape, coarse.shape, strict=False)], order=3)[
+        : ph.image.shape[0], : ph.image.shape[1], : ph.image.shape[2]
+    ]
     return _vol((ph.image.array + 1000.0) * field.astype(np.float32) - 1000.0, ph.image), ph.labels
 
 
@@ -133,7 +157,9 @@ def mr_like(ph, rng):
     hu = ph.image.array
     pts_hu = [-1024, -500, -120, -80, 0, 30, 45, 60, 300, 3071]
     pts_mr = [0, 20, 900, 850, 300, 380, 420, 520, 150, 100]
-    return _vol(np.interp(hu, pts_hu, pts_mr).astype(np.float32) + rng.normal(0, 15, hu.shape).astype(np.float32), ph.image), ph.labels
+    return _vol(
+        np.interp(hu, pts_hu, pts_mr).astype(np.float32) + rng.normal(0, 15, hu.shape).astype(np.float32), ph.image
+    ), ph.labels
 
 
 def truncate(ph, rng):
@@ -163,11 +189,20 @@ def mirror(ph, rng):
     return _vol(np.flip(ph.image.array, axis).copy(), ph.image), _vol(np.flip(ph.labels.array, axis).copy(), ph.labels)
 
 
-DEGRADATIONS = {"noise70": noise, "bias": bias, "shift150": shift, "no_intercept": lambda ph, rng: shift(ph, rng, 1024.0),
-                "streaks": streaks, "mr_like": mr_like, "truncated": truncate, "mirrored": mirror}
+DEGRADATIONS = {
+    "noise70": noise,
+    "bias": bias,
+    "shift150": shift,
+    "no_intercept": lambda ph, rng: shift(ph, rng, 1024.0),
+    "streaks": streaks,
+    "mr_like": mr_like,
+    "truncated": truncate,
+    "mirrored": mirror,
+}
 
 
 # -- images without truth -------------------------------------------------------------------------
+
 
 def _dicom_volume(path: Path):
     import pydicom
@@ -175,7 +210,9 @@ def _dicom_volume(path: Path):
     from medseg.io.volume import LPS_TO_RAS, Volume
 
     ds = pydicom.dcmread(path)
-    a = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    a = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+        getattr(ds, "RescaleIntercept", 0) or 0
+    )
     ps = [float(v) for v in ds.PixelSpacing]
     dz = float(getattr(ds, "SliceThickness", 1) or 1)
     aff = np.diag([ps[1], ps[0], dz, 1.0])
@@ -224,6 +261,7 @@ def other_images(rng) -> dict:
 
 # -- measurement ----------------------------------------------------------------------------------
 
+
 def dice(pred, truth, index) -> float | None:
     p, t = pred == index, truth == index
     n = int(p.sum()) + int(t.sum())
@@ -260,8 +298,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "2026-12-07_qc.txt"))
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--csv", help="also write every judged row (signals, verdict, Dice) to this CSV")
-    ap.add_argument("--smoke", action="store_true", help="the smallest setting (3 training phantoms, a few seconds of training, "
-                    "one case per group, phantoms at 4-6 mm; writes --out only when given): a test that the script runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (3 training phantoms, a few seconds of training, "
+        "one case per group, phantoms at 4-6 mm; writes --out only when given): a test that the script runs",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.minutes, args.clean, args.per_degradation = 0.6, 3, 1
@@ -292,12 +334,24 @@ def main(argv=None) -> int:
     ckpt = load_checkpoint(model)
     expected = quality.expected_from_checkpoint(ckpt)
     val = ckpt.get("val_dice") or {}
-    trained = (f"epoch {ckpt.get('epoch')}, validation Dice " + ", ".join(f"{k} {v:.3f}" for k, v in val.items())) if val else ""
+    trained = (
+        (f"epoch {ckpt.get('epoch')}, validation Dice " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+        if val
+        else ""
+    )
     del ckpt
     prof_seeds = train_seeds[: (2 if args.smoke else 4 if args.quick else 12)]
-    expected.update({k: v for k, v in quality.training_profile(((p.image, p.labels) for p in map(phantom, prof_seeds)),
-                                                               table).items() if k != "modality"})
-    print(f"[{time.monotonic() - t0:5.0f}s] model {model}; input profile from {len(prof_seeds)} training phantoms", flush=True)
+    expected.update(
+        {
+            k: v
+            for k, v in quality.training_profile(((p.image, p.labels) for p in map(phantom, prof_seeds)), table).items()
+            if k != "modality"
+        }
+    )
+    print(
+        f"[{time.monotonic() - t0:5.0f}s] model {model}; input profile from {len(prof_seeds)} training phantoms",
+        flush=True,
+    )
 
     rng = np.random.default_rng(0)
     rows = []
@@ -349,8 +403,14 @@ def main(argv=None) -> int:
         found = [r for r in case_rows if r["status"] != "absent"] or case_rows
         passed = [r["structure"] for r in found if r["qc"] == "pass"]
         worst = max((r["qc"] for r in case_rows), key=["pass", "review", "fail"].index)
-        others.append((name, "PASS:" + ",".join(passed) if passed else worst,
-                       "; ".join(dict.fromkeys(r["qc_reasons"] for r in case_rows if r["qc_reasons"]))[:160], image.shape))
+        others.append(
+            (
+                name,
+                "PASS:" + ",".join(passed) if passed else worst,
+                "; ".join(dict.fromkeys(r["qc_reasons"] for r in case_rows if r["qc_reasons"]))[:160],
+                image.shape,
+            )
+        )
     print(f"[{time.monotonic() - t0:5.0f}s] other images", flush=True)
 
     df = pd.DataFrame(rows)
@@ -363,20 +423,28 @@ def main(argv=None) -> int:
     judged = df[df["dice"].notna()]
     fails, goods = judged[judged["failed"]], judged[~judged["failed"]]
 
-    lines = [f"bench_qc: {'smoke' if args.smoke else 'quick (smoke test)' if args.quick else 'full'}; model {model.name} "
-             f"({'given' if args.model else f'trained {args.minutes:g} min on {len(train_seeds)} phantoms'}); "
-             f"failure = Dice < {FAIL_DICE} (or <90% of a cut organ inside the image)",
-             f"checkpoint: {trained}; spacing {RECIPE['preprocessing']['spacing'] if not args.model else 'its own'}",
-             f"structures judged: {len(judged)} ({len(fails)} failed, {len(goods)} good) in {df['case_id'].nunique()} cases",
-             "", "Dice and verdicts per group (structures with truth):",
-             f"{'group':<16}{'n':>4}{'failed':>8}{'mean Dice':>11}{'pass':>6}{'review':>8}{'fail':>6}"]
+    lines = [
+        f"bench_qc: {'smoke' if args.smoke else 'quick (smoke test)' if args.quick else 'full'}; model {model.name} "
+        f"({'given' if args.model else f'trained {args.minutes:g} min on {len(train_seeds)} phantoms'}); "
+        f"failure = Dice < {FAIL_DICE} (or <90% of a cut organ inside the image)",
+        f"checkpoint: {trained}; spacing {RECIPE['preprocessing']['spacing'] if not args.model else 'its own'}",
+        f"structures judged: {len(judged)} ({len(fails)} failed, {len(goods)} good) in {df['case_id'].nunique()} cases",
+        "",
+        "Dice and verdicts per group (structures with truth):",
+        f"{'group':<16}{'n':>4}{'failed':>8}{'mean Dice':>11}{'pass':>6}{'review':>8}{'fail':>6}",
+    ]
     for g, part in judged.groupby("group", sort=False):
         vc = part["qc"].value_counts()
-        lines.append(f"{g:<16}{len(part):>4}{int(part['failed'].sum()):>8}{part['dice'].mean():>11.3f}"
-                     f"{vc.get('pass', 0):>6}{vc.get('review', 0):>8}{vc.get('fail', 0):>6}")
+        lines.append(
+            f"{g:<16}{len(part):>4}{int(part['failed'].sum()):>8}{part['dice'].mean():>11.3f}"
+            f"{vc.get('pass', 0):>6}{vc.get('review', 0):>8}{vc.get('fail', 0):>6}"
+        )
     codes = sorted({code(r) for t in judged["qc_reasons"] for r in str(t).split(";") if r.strip()})
-    lines += ["", "Per signal (a structure is flagged by a signal when its qc_reasons name it):",
-              f"{'signal':<24}{'failures flagged':>18}{'good flagged':>15}"]
+    lines += [
+        "",
+        "Per signal (a structure is flagged by a signal when its qc_reasons name it):",
+        f"{'signal':<24}{'failures flagged':>18}{'good flagged':>15}",
+    ]
     for c in codes:
         hit = judged["qc_reasons"].map(lambda t, c=c: any(code(r) == c for r in str(t).split(";") if r.strip()))
         lines.append(f"{c:<24}{_share(hit[judged['failed']]):>18}{_share(hit[~judged['failed']]):>15}")
@@ -384,25 +452,37 @@ def main(argv=None) -> int:
     fpr = goods["flagged"].mean() if len(goods) else float("nan")
     sens_fail = (fails["qc"] == "fail").mean() if len(fails) else float("nan")
     fpr_fail = (goods["qc"] == "fail").mean() if len(goods) else float("nan")
-    lines += [f"{'combined (review+fail)':<24}{_share(fails['flagged']):>18}{_share(goods['flagged']):>15}",
-              f"{'combined (fail only)':<24}{_share(fails['qc'] == 'fail'):>18}{_share(goods['qc'] == 'fail'):>15}"]
+    lines += [
+        f"{'combined (review+fail)':<24}{_share(fails['flagged']):>18}{_share(goods['flagged']):>15}",
+        f"{'combined (fail only)':<24}{_share(fails['qc'] == 'fail'):>18}{_share(goods['qc'] == 'fail'):>15}",
+    ]
     missed = fails[~fails["flagged"]]
     if len(missed):
-        lines += ["", "failures not flagged:"] + [f"  {r.case_id} {r.structure}: Dice {r.dice:.3f}" for r in missed.itertuples()]
+        lines += ["", "failures not flagged:"] + [
+            f"  {r.case_id} {r.structure}: Dice {r.dice:.3f}" for r in missed.itertuples()
+        ]
     noisy = goods[goods["flagged"]]
     if len(noisy):
-        lines += ["", "good structures flagged:"] + [f"  {r.case_id} {r.structure}: Dice {r.dice:.3f}: {r.qc} {r.qc_reasons}"
-                                                    for r in noisy.itertuples()]
+        lines += ["", "good structures flagged:"] + [
+            f"  {r.case_id} {r.structure}: Dice {r.dice:.3f}: {r.qc} {r.qc_reasons}" for r in noisy.itertuples()
+        ]
     lines += ["", "Images of other anatomy / modality (no truth; none may pass):"]
     lines += [f"  {n} {shape}: {verdict}  [{why}]" for n, verdict, why, shape in others]
     n_other_pass = sum(v.startswith("PASS") for _, v, _, _ in others)
     met = sens >= TARGET_SENS and fpr <= TARGET_FPR and n_other_pass == 0
-    lines += ["", f"ratio/target: failures flagged {sens:.1%} (target >= {TARGET_SENS:.0%}), good flagged {fpr:.1%} "
-                  f"(target <= {TARGET_FPR:.0%}), other images passing {n_other_pass} (target 0): "
-                  + ("MET" if met else f"NOT MET (distance: {max(0.0, TARGET_SENS - sens):.1%} sensitivity, "
-                                       f"{max(0.0, fpr - TARGET_FPR):.1%} false flags, {n_other_pass} images)"),
-              f"fail verdicts alone: failures {sens_fail:.1%}, good {fpr_fail:.1%}",
-              f"time {time.monotonic() - t0:.0f} s"]
+    lines += [
+        "",
+        f"ratio/target: failures flagged {sens:.1%} (target >= {TARGET_SENS:.0%}), good flagged {fpr:.1%} "
+        f"(target <= {TARGET_FPR:.0%}), other images passing {n_other_pass} (target 0): "
+        + (
+            "MET"
+            if met
+            else f"NOT MET (distance: {max(0.0, TARGET_SENS - sens):.1%} sensitivity, "
+            f"{max(0.0, fpr - TARGET_FPR):.1%} false flags, {n_other_pass} images)"
+        ),
+        f"fail verdicts alone: failures {sens_fail:.1%}, good {fpr_fail:.1%}",
+        f"time {time.monotonic() - t0:.0f} s",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not (args.quick or args.smoke) or args.out != ap.get_default("out"):

@@ -33,8 +33,13 @@ import time
 import numpy as np
 
 #: measured best validation Dice at the bench budget (benchmarks/results/2026-11-30_models_*.txt)
-MEASURED = {8: "fcn8s 0.849-0.865, deeplabv3 (OS 8) 0.859", 16: "fcn16s 0.785", 32: "fcn32s 0.732",
-            1: "unet_plain 0.952 (full-resolution head)", 4: "deeplabv3plus (decoder at stride 4) 0.933"}
+MEASURED = {
+    8: "fcn8s 0.849-0.865, deeplabv3 (OS 8) 0.859",
+    16: "fcn16s 0.785",
+    32: "fcn32s 0.732",
+    1: "unet_plain 0.952 (full-resolution head)",
+    4: "deeplabv3plus (decoder at stride 4) 0.933",
+}
 
 
 def _targets(lab: np.ndarray, stride: int, k: int):
@@ -54,7 +59,7 @@ def _fit(items, head, params, steps: int, lrs) -> None:
     import torch
     import torch.nn.functional as F
 
-    opt = torch.optim.Adam([{"params": p, "lr": lr} for p, lr in zip(params, lrs)])
+    opt = torch.optim.Adam([{"params": p, "lr": lr} for p, lr in zip(params, lrs, strict=False)])
     for _ in range(steps):
         loss = 0.0
         for t, oh, z in items:
@@ -72,8 +77,10 @@ def _dice(lab: np.ndarray, head, z, k: int) -> list[float]:
     import torch
 
     with torch.no_grad():
-        pred = head(z).argmax(1)[0, :lab.shape[0], :lab.shape[1], :lab.shape[2]].numpy()
-    return [2 * float(((pred == c) & (lab == c)).sum()) / float((pred == c).sum() + (lab == c).sum()) for c in range(1, k)]
+        pred = head(z).argmax(1)[0, : lab.shape[0], : lab.shape[1], : lab.shape[2]].numpy()
+    return [
+        2 * float(((pred == c) & (lab == c)).sum()) / float((pred == c).sum() + (lab == c).sum()) for c in range(1, k)
+    ]
 
 
 def fitted_ceiling(lab: np.ndarray, stride: int, steps: int) -> list[float]:
@@ -92,7 +99,9 @@ def fitted_ceiling(lab: np.ndarray, stride: int, steps: int) -> list[float]:
 MODES = ("fixed", "fit", "frozen")
 
 
-def learned_head(train_labs: list[np.ndarray], val_labs: list[np.ndarray], stride: int, steps: int, k: int, mode: str) -> float:
+def learned_head(
+    train_labs: list[np.ndarray], val_labs: list[np.ndarray], stride: int, steps: int, k: int, mode: str
+) -> float:
     """Mean validation Dice of FCN's up-convolution, ``mode`` one of ``MODES``: ``fixed`` at its interpolation init,
     ``fit`` learned on the validation truth, ``frozen`` learned on the training truth (see the module docstring)."""
     import torch
@@ -109,18 +118,26 @@ def learned_head(train_labs: list[np.ndarray], val_labs: list[np.ndarray], strid
         for p in head.parameters():
             p.requires_grad_(False)
         _fit(val, head, [[z for _, _, z in val]], steps, [0.1])
-    return float(np.mean([np.mean(_dice(lab, head, z, k)) for lab, (_, _, z) in zip(val_labs, val)]))
+    return float(np.mean([np.mean(_dice(lab, head, z, k)) for lab, (_, _, z) in zip(val_labs, val, strict=False)]))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strides", default="1,4,8,16,32")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--cases", type=int, default=8, help="phantom cohort size (bench_models: 8); its validation cases are scored")
-    ap.add_argument("--head", choices=("trilinear", "learned"), default="trilinear",
-                    help="trilinear: interpolated logits (DeepLabV3); learned: FCN's transposed convolution, see above")
+    ap.add_argument(
+        "--cases", type=int, default=8, help="phantom cohort size (bench_models: 8); its validation cases are scored"
+    )
+    ap.add_argument(
+        "--head",
+        choices=("trilinear", "learned"),
+        default="trilinear",
+        help="trilinear: interpolated logits (DeepLabV3); learned: FCN's transposed convolution, see above",
+    )
     ap.add_argument("--modes", default=",".join(MODES), help="with --head learned: which of fixed, fit, frozen to run")
-    ap.add_argument("--smoke", action="store_true", help="the smallest setting (strides 1,8, 2 steps, 4 cases): a test that it runs")
+    ap.add_argument(
+        "--smoke", action="store_true", help="the smallest setting (strides 1,8, 2 steps, 4 cases): a test that it runs"
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.strides, args.steps, args.cases = "1,8", 2, 4
@@ -149,8 +166,10 @@ def main(argv=None) -> int:
     if args.head == "learned":
         train_labs, val_labs = [label_map(c) for c in train["case_id"]], [label_map(c) for c in val["case_id"]]
         k = len(PHANTOM_LABELS.names) + 1
-        print(f"validation cases {list(val['case_id'])}, training cases {list(train['case_id'])} at {grid} mm; learned "
-              f"transposed-convolution head (FCN's), {args.steps} Adam steps per fit; mean validation Dice:")
+        print(
+            f"validation cases {list(val['case_id'])}, training cases {list(train['case_id'])} at {grid} mm; learned "
+            f"transposed-convolution head (FCN's), {args.steps} Adam steps per fit; mean validation Dice:"
+        )
         for s in strides:
             for mode in modes:  # one line per fit as it ends: a learned fit at stride 32 takes minutes
                 t0 = time.perf_counter()
@@ -163,13 +182,22 @@ def main(argv=None) -> int:
         for s in strides:
             t0 = time.perf_counter()
             d = fitted_ceiling(lab, s, args.steps)
-            rows.append({"case": cid, "stride": s, **{n: round(v, 3) for n, v in zip(PHANTOM_LABELS.names, d)},
-                         "mean": round(float(np.mean(d)), 3), "s": round(time.perf_counter() - t0, 1)})
+            rows.append(
+                {
+                    "case": cid,
+                    "stride": s,
+                    **{n: round(v, 3) for n, v in zip(PHANTOM_LABELS.names, d, strict=False)},
+                    "mean": round(float(np.mean(d)), 3),
+                    "s": round(time.perf_counter() - t0, 1),
+                }
+            )
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     summary = df.groupby("stride")["mean"].agg(["mean", "min"]).round(3)
     summary["measured at the bench budget"] = [MEASURED.get(s, "") for s in summary.index]
-    print(f"\nvalidation cases {list(val['case_id'])} at {grid} mm; trilinear head, logits fitted to the truth ({args.steps} Adam steps)")
+    print(
+        f"\nvalidation cases {list(val['case_id'])} at {grid} mm; trilinear head, logits fitted to the truth ({args.steps} Adam steps)"
+    )
     print("bar (issue 12): within 0.05 of the best family (unet_plain 0.952) -> 0.902")
     print(summary.to_string())
     return 0

@@ -52,8 +52,12 @@ def main(argv=None) -> int:
     ap.add_argument("--patch", default="96,96,64")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--smoke", action="store_true", help="the smallest setting (the demo U-Net and unet_plain_small, patch 32x32x16, "
-                    "one timed step): a test that it runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (the demo U-Net and unet_plain_small, patch 32x32x16, "
+        "one timed step): a test that it runs",
+    )
     args = ap.parse_args(argv)
     if args.smoke:
         args.models, args.patch, args.steps = "none,unet_plain_small", "32,32,16", 1
@@ -82,8 +86,16 @@ def main(argv=None) -> int:
 
             channels_last_network(net)
         last = step_seconds(net, to_layout(x, True), args.steps)
-        rows.append({"preset": preset, "model": spec["name"], "channels_first_s": round(first, 3), "channels_last_s": round(last, 3),
-                     "ratio_last_first": round(last / first, 2), "converted": converted})
+        rows.append(
+            {
+                "preset": preset,
+                "model": spec["name"],
+                "channels_first_s": round(first, 3),
+                "channels_last_s": round(last, 3),
+                "ratio_last_first": round(last / first, 2),
+                "converted": converted,
+            }
+        )
         print(rows[-1], flush=True)
     print(f"\npatch {patch}, batch 1, bf16 autocast, {args.threads} thread(s), {args.steps} timed steps each")
     print(pd.DataFrame(rows).to_string(index=False))

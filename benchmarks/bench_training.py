@@ -49,15 +49,28 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--min-spacing", type=float, default=2.5, help="planning floor for the spacing (CPU budget)")
     ap.add_argument("--work", help="folder for data and runs (default: a temp folder)")
-    ap.add_argument("--reference-monai", action="store_true", help="also train the plain MONAI recipe with the same budget and data")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="change the planned config, e.g. training.adversarial_weight=0.05 (to measure the adversarial term)")
-    ap.add_argument("--real", action="store_true", help="the real MR brain data set (see above) against the plain MONAI recipe")
+    ap.add_argument(
+        "--reference-monai", action="store_true", help="also train the plain MONAI recipe with the same budget and data"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the planned config, e.g. training.adversarial_weight=0.05 (to measure the adversarial term)",
+    )
+    ap.add_argument(
+        "--real", action="store_true", help="the real MR brain data set (see above) against the plain MONAI recipe"
+    )
     ap.add_argument("--n-val", type=int, default=1, help="--real: validation cases")
     ap.add_argument("--seed", type=int, default=0, help="--real: seed of the first case (cases are seed, seed+1, ...)")
     ap.add_argument("--skip-monai", action="store_true", help="--real: only medseg (to measure planner choices)")
-    ap.add_argument("--smoke", action="store_true", help="the smallest setting (3 + 1 phantoms at 4 mm, one training step, "
-                    "planned at 4 mm; not with --real): a test that the script runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (3 + 1 phantoms at 4 mm, one training step, "
+        "planned at 4 mm; not with --real): a test that the script runs",
+    )
     args = ap.parse_args()
     if args.smoke:
         if args.real:
@@ -88,8 +101,13 @@ def main() -> None:
         train_manifest = write_cohort(work / "train", args.n_train, seed=3000)
         test_manifest = write_cohort(work / "test", args.n_test, seed=8000, split="test")
     t_data = time.monotonic() - t0
-    planned, fp = plan(train_manifest, work / "planned.yaml", base_config=CONFIG_ROOT / "training" / "phantom_demo.yaml",
-                       min_spacing=args.min_spacing, overrides=args.set)
+    planned, fp = plan(
+        train_manifest,
+        work / "planned.yaml",
+        base_config=CONFIG_ROOT / "training" / "phantom_demo.yaml",
+        min_spacing=args.min_spacing,
+        overrides=args.set,
+    )
     cfg = load_config(planned)
     t1 = time.monotonic()
     res = api.train(config=planned, manifest=train_manifest, out=work / "run", max_minutes=args.minutes, progress=False)
@@ -102,11 +120,15 @@ def main() -> None:
     metrics = pd.read_csv(api.evaluate(pred=preds, ref=refs, out=work / "metrics.csv", surface=False))
     hist = pd.read_csv(work / "run" / "metrics.csv")
 
-    print(f"\n{os.cpu_count()} CPU cores; data {t_data:.0f}s; planned from {fp['n_cases']} {fp['modality']} cases: "
-          f"spacing {cfg.preprocessing.spacing} mm, patch {cfg.training.patch_size}, batch {cfg.training.batch_size}, "
-          f"intensity {cfg.preprocessing.intensity} clip {cfg.preprocessing.clip}")
-    print(f"budget {args.minutes:.1f} min: trained {len(hist)} epochs, {int(hist['iterations'].iloc[-1])} iterations in {t_train:.0f}s "
-          f"({hist['epoch_seconds'].mean():.2f} s/epoch); best validation Dice {res.best_mean_dice:.3f} at epoch {res.best_epoch}")
+    print(
+        f"\n{os.cpu_count()} CPU cores; data {t_data:.0f}s; planned from {fp['n_cases']} {fp['modality']} cases: "
+        f"spacing {cfg.preprocessing.spacing} mm, patch {cfg.training.patch_size}, batch {cfg.training.batch_size}, "
+        f"intensity {cfg.preprocessing.intensity} clip {cfg.preprocessing.clip}"
+    )
+    print(
+        f"budget {args.minutes:.1f} min: trained {len(hist)} epochs, {int(hist['iterations'].iloc[-1])} iterations in {t_train:.0f}s "
+        f"({hist['epoch_seconds'].mean():.2f} s/epoch); best validation Dice {res.best_mean_dice:.3f} at epoch {res.best_epoch}"
+    )
     table = metrics.pivot(index="case_id", columns="structure", values="dice")
     table.loc["mean"] = table.mean()
     print("\nDice on held-out phantoms:")
@@ -122,13 +144,24 @@ def main() -> None:
         t2 = time.monotonic()
         outs, epochs = train_and_predict(train_manifest, images, minutes=minutes)
         names = ["liver", "spleen", "kidney_right", "kidney_left"]
-        scores = [[dice(o == k, read_volume(r).array == k) for k in range(1, 5)] for o, r in zip(outs, refs)]
-        print(f"\nplain MONAI recipe, same data and {minutes:.1f}-minute budget: {epochs} epochs in {time.monotonic() - t2:.0f}s; "
-              "Dice " + ", ".join(f"{n} {np.mean([s[i] for s in scores]):.3f}" for i, n in enumerate(names))
-              + f"; mean {np.mean(scores):.3f}")
-    (work / "summary.json").write_text(json.dumps({"mean_dice": float(metrics["dice"].mean()), "epochs": int(len(hist)),
-                                                   "iterations": int(hist["iterations"].iloc[-1]), "seconds_train": t_train,
-                                                   "s_per_epoch": float(hist["epoch_seconds"].mean())}))
+        scores = [[dice(o == k, read_volume(r).array == k) for k in range(1, 5)] for o, r in zip(outs, refs, strict=False)]
+        print(
+            f"\nplain MONAI recipe, same data and {minutes:.1f}-minute budget: {epochs} epochs in {time.monotonic() - t2:.0f}s; "
+            "Dice "
+            + ", ".join(f"{n} {np.mean([s[i] for s in scores]):.3f}" for i, n in enumerate(names))
+            + f"; mean {np.mean(scores):.3f}"
+        )
+    (work / "summary.json").write_text(
+        json.dumps(
+            {
+                "mean_dice": float(metrics["dice"].mean()),
+                "epochs": int(len(hist)),
+                "iterations": int(hist["iterations"].iloc[-1]),
+                "seconds_train": t_train,
+                "s_per_epoch": float(hist["epoch_seconds"].mean()),
+            }
+        )
+    )
 
 
 # --- the real MR data set -------------------------------------------------------------------------------------------
@@ -148,7 +181,9 @@ def template_files() -> dict[str, Path]:
     files = {k: root / TEMPLATE.format(k) for k in ("t1", "gm", "wm")}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
-        raise SystemExit(f"nilearn is installed but lacks {missing}; this benchmark needs a nilearn wheel that ships the ICBM152 2009a template")
+        raise SystemExit(
+            f"nilearn is installed but lacks {missing}; this benchmark needs a nilearn wheel that ships the ICBM152 2009a template"
+        )
     return files
 
 
@@ -172,21 +207,39 @@ def derive_case(files: dict[str, Path], seed: int, *, spacing: float = 2.0):
     centre = src_affine[:3, :3] @ (src_shape / 2) + src_affine[:3, 3]
     ang = np.deg2rad(rng.uniform(-10, 10, 3))
     cx, cy, cz, sx, sy, sz = *np.cos(ang), *np.sin(ang)
-    rot = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-           @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
+    rot = (
+        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    )
     lin = rot @ np.diag(rng.uniform(0.9, 1.1, 3))
     moved = (world - centre) @ lin.T + centre + rng.uniform(-6, 6, 3)
     coarse = np.maximum(2, np.round(shape * spacing / 40).astype(int))
-    disp = np.stack([ndimage.zoom(rng.normal(0, 3.0, coarse), shape / coarse, order=3) for _ in range(3)], axis=-1).reshape(-1, 3)
+    disp = np.stack(
+        [ndimage.zoom(rng.normal(0, 3.0, coarse), shape / coarse, order=3) for _ in range(3)], axis=-1
+    ).reshape(-1, 3)
     src_vox = (moved + disp - src_affine[:3, 3]) @ np.linalg.inv(src_affine[:3, :3]).T
-    sample = {k: ndimage.map_coordinates(v, src_vox.T, order=1, mode="constant", cval=0.0).reshape(*shape) for k, v in vols.items()}
+    sample = {
+        k: ndimage.map_coordinates(v, src_vox.T, order=1, mode="constant", cval=0.0).reshape(*shape)
+        for k, v in vols.items()
+    }
     gm, wm = sample["gm"] / 255.0, sample["wm"] / 255.0
     label = np.argmax(np.stack([1.0 - gm - wm, gm, wm]), axis=0).astype(np.uint8)
     # MR acquisition: smooth bias field, random gain, Rician noise
     grid = [np.linspace(-1, 1, n) for n in shape]
     xx, yy, zz = np.meshgrid(*grid, indexing="ij")
     c = rng.normal(0, 0.08, 9)
-    log_bias = c[0] * xx + c[1] * yy + c[2] * zz + c[3] * xx * yy + c[4] * yy * zz + c[5] * xx * zz + c[6] * xx**2 + c[7] * yy**2 + c[8] * zz**2
+    log_bias = (
+        c[0] * xx
+        + c[1] * yy
+        + c[2] * zz
+        + c[3] * xx * yy
+        + c[4] * yy * zz
+        + c[5] * xx * zz
+        + c[6] * xx**2
+        + c[7] * yy**2
+        + c[8] * zz**2
+    )
     image = sample["t1"] * np.exp(log_bias) * rng.uniform(2.0, 6.0)
     noise_sd = 0.03 * np.percentile(image, 99)
     image = np.sqrt((image + rng.normal(0, noise_sd, shape)) ** 2 + rng.normal(0, noise_sd, shape) ** 2)
@@ -208,13 +261,22 @@ def write_real_dataset(out: Path, *, n_train: int, n_val: int, n_test: int, seed
         for kind, arr in (("images", image), ("labels", label)):
             (out / kind).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr, affine), out / kind / f"{case_id}.nii.gz")
-        rows.append({"case_id": case_id, "image": f"images/{case_id}.nii.gz", "label": f"labels/{case_id}.nii.gz", "split": split,
-                     "modality": "MR"})
+        rows.append(
+            {
+                "case_id": case_id,
+                "image": f"images/{case_id}.nii.gz",
+                "label": f"labels/{case_id}.nii.gz",
+                "split": split,
+                "modality": "MR",
+            }
+        )
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     table = {"name": "brain_tissue_mni152", "labels": [{"index": k, "name": v} for k, v in TISSUES.items()]}
-    (out / "manifest_labels.yaml").write_text("# grey and white matter of the MNI ICBM152 2009a template (bench_training.py --real)\n"
-                                              + yaml.safe_dump(table, sort_keys=False))
+    (out / "manifest_labels.yaml").write_text(
+        "# grey and white matter of the MNI ICBM152 2009a template (bench_training.py --real)\n"
+        + yaml.safe_dump(table, sort_keys=False)
+    )
     return manifest
 
 
@@ -244,42 +306,98 @@ def real_benchmark(args) -> None:
     refs = [np.asanyarray(nib.load(manifest.parent / p).dataobj) for p in test["label"]]
 
     sets = [x for s in args.set for x in ("--set", s)]
-    _medseg("plan", str(manifest), "--out", str(work / "plan.yaml"), "--labels", str(manifest.parent / "manifest_labels.yaml"), *sets)
+    _medseg(
+        "plan",
+        str(manifest),
+        "--out",
+        str(work / "plan.yaml"),
+        "--labels",
+        str(manifest.parent / "manifest_labels.yaml"),
+        *sets,
+    )
     cfg = load_config(work / "plan.yaml")
     t1 = time.monotonic()
-    _medseg("train", "--no-progress", "--config", str(work / "plan.yaml"), "--manifest", str(manifest), "--out", str(work / "run"),
-            "--max-minutes", str(args.minutes))
+    _medseg(
+        "train",
+        "--no-progress",
+        "--config",
+        str(work / "plan.yaml"),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(work / "run"),
+        "--max-minutes",
+        str(args.minutes),
+    )
     t_train = time.monotonic() - t1
-    _medseg("predict", "--no-progress", "--model", str(work / "run" / "best.pt"), *map(str, images), "--out", str(work / "pred"))
+    _medseg(
+        "predict",
+        "--no-progress",
+        "--model",
+        str(work / "run" / "best.pt"),
+        *map(str, images),
+        "--out",
+        str(work / "pred"),
+    )
     info = json.loads((work / "run" / "run.json").read_text())
     hist = pd.read_csv(work / "run" / "metrics.csv")
     preds = [read_volume(work / "pred" / f"{Path(p).name.replace('.nii.gz', '')}.nii.gz").array for p in images]
-    ours = {name: float(np.mean([dice(p == k, r == k) for p, r in zip(preds, refs)])) for k, name in TISSUES.items()}
-    rows = {"medseg": {**ours, "mean": float(np.mean(list(ours.values()))), "iterations": int(info["iterations"]),
-                       "train_s": float(info["seconds"]), "val_best": float(info["best_val_mean_dice"])}}
+    ours = {name: float(np.mean([dice(p == k, r == k) for p, r in zip(preds, refs, strict=False)])) for k, name in TISSUES.items()}
+    rows = {
+        "medseg": {
+            **ours,
+            "mean": float(np.mean(list(ours.values()))),
+            "iterations": int(info["iterations"]),
+            "train_s": float(info["seconds"]),
+            "val_best": float(info["best_val_mean_dice"]),
+        }
+    }
     if not args.skip_monai:
         sys.path.insert(0, str(Path(__file__).parent))
         from monai_reference_training import train_validate_predict
 
         def files(split):
-            return [{"image": str(manifest.parent / r.image), "label": str(manifest.parent / r.label)} for r in df[df["split"] == split].itertuples()]
+            return [
+                {"image": str(manifest.parent / r.image), "label": str(manifest.parent / r.label)}
+                for r in df[df["split"] == split].itertuples()
+            ]
 
-        outs, ref_info = train_validate_predict(files("train"), files("val"), images, minutes=args.minutes, num_classes=len(TISSUES) + 1,
-                                                spacing=tuple(cfg.preprocessing.spacing), seed=args.seed)
-        theirs = {name: float(np.mean([dice(o == k, r == k) for o, r in zip(outs, refs)])) for k, name in TISSUES.items()}
-        rows["MONAI recipe"] = {**theirs, "mean": float(np.mean(list(theirs.values()))), "iterations": ref_info["iterations"],
-                                "train_s": ref_info["seconds"], "val_best": ref_info["best_val_dice"]}
+        outs, ref_info = train_validate_predict(
+            files("train"),
+            files("val"),
+            images,
+            minutes=args.minutes,
+            num_classes=len(TISSUES) + 1,
+            spacing=tuple(cfg.preprocessing.spacing),
+            seed=args.seed,
+        )
+        theirs = {
+            name: float(np.mean([dice(o == k, r == k) for o, r in zip(outs, refs, strict=False)])) for k, name in TISSUES.items()
+        }
+        rows["MONAI recipe"] = {
+            **theirs,
+            "mean": float(np.mean(list(theirs.values()))),
+            "iterations": ref_info["iterations"],
+            "train_s": ref_info["seconds"],
+            "val_best": ref_info["best_val_dice"],
+        }
     table = pd.DataFrame(rows).T
     if "MONAI recipe" in rows:
         table.loc["ratio medseg/MONAI"] = table.loc["medseg"] / table.loc["MONAI recipe"]
     tc = cfg.training
-    print(f"\n{os.cpu_count()} CPU cores; {len(df)} cases derived from the MNI ICBM152 2009a template (seeds {args.seed}..{args.seed + len(df) - 1}): "
-          f"{(df['split'] == 'train').sum()} train, {(df['split'] == 'val').sum()} val, {len(test)} test; data {t_data:.0f}s")
-    print(f"medseg plan: spacing {cfg.preprocessing.spacing} mm, patch {tc.patch_size}, batch {tc.batch_size}, "
-          f"{tc.iterations_per_epoch} iterations/epoch, lr {tc.learning_rate} ({tc.optimizer}, {tc.schedule}), model {cfg.model.name} "
-          f"{cfg.model.kwargs}; changes: {args.set or 'none'}")
-    print(f"budget {args.minutes:g} min each: medseg {len(hist)} epochs, {info['iterations']} iterations, {info['seconds']:.0f}s in train() "
-          f"({t_train:.0f}s for the command); validations {int(hist['val_mean_dice'].notna().sum())}")
+    print(
+        f"\n{os.cpu_count()} CPU cores; {len(df)} cases derived from the MNI ICBM152 2009a template (seeds {args.seed}..{args.seed + len(df) - 1}): "
+        f"{(df['split'] == 'train').sum()} train, {(df['split'] == 'val').sum()} val, {len(test)} test; data {t_data:.0f}s"
+    )
+    print(
+        f"medseg plan: spacing {cfg.preprocessing.spacing} mm, patch {tc.patch_size}, batch {tc.batch_size}, "
+        f"{tc.iterations_per_epoch} iterations/epoch, lr {tc.learning_rate} ({tc.optimizer}, {tc.schedule}), model {cfg.model.name} "
+        f"{cfg.model.kwargs}; changes: {args.set or 'none'}"
+    )
+    print(
+        f"budget {args.minutes:g} min each: medseg {len(hist)} epochs, {info['iterations']} iterations, {info['seconds']:.0f}s in train() "
+        f"({t_train:.0f}s for the command); validations {int(hist['val_mean_dice'].notna().sum())}"
+    )
     print("\ntest Dice per structure (mean over the test cases), iterations and training seconds:")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     (work / "summary.json").write_text(json.dumps({"budget_min": args.minutes, "rows": rows}, indent=1))

@@ -37,11 +37,20 @@ def build(features: tuple[int, int], classes: int = 5):
 
     f0, fmax = features
     torch.manual_seed(0)
-    kwargs = {"n_stages": 6, "features_per_stage": [min(f0 * 2 ** i, fmax) for i in range(6)], "conv_op": torch.nn.Conv3d,
-              "kernel_sizes": [[3, 3, 3]] * 6, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
-              "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5, "conv_bias": True,
-              "norm_op": torch.nn.InstanceNorm3d, "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-              "nonlin": torch.nn.LeakyReLU, "nonlin_kwargs": {"inplace": True}}
+    kwargs = {
+        "n_stages": 6,
+        "features_per_stage": [min(f0 * 2**i, fmax) for i in range(6)],
+        "conv_op": torch.nn.Conv3d,
+        "kernel_sizes": [[3, 3, 3]] * 6,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+        "n_conv_per_stage": [2] * 6,
+        "n_conv_per_stage_decoder": [2] * 5,
+        "conv_bias": True,
+        "norm_op": torch.nn.InstanceNorm3d,
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "nonlin": torch.nn.LeakyReLU,
+        "nonlin_kwargs": {"inplace": True},
+    }
     return build_network("PlainConvUNet", kwargs, 1, classes).eval()
 
 
@@ -76,7 +85,11 @@ def main(argv=None) -> int:
     ap.add_argument("--features", default="32,320", help="first stage, cap (nnU-Net: 32,320)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also compiled rows (each compile takes 10-20 s here)")
-    ap.add_argument("--smoke", action="store_true", help="the smallest setting (window 16x64x64, features 2,8, one pass): a test that it runs")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest setting (window 16x64x64, features 2,8, one pass): a test that it runs",
+    )
     a = ap.parse_args(argv)
     if a.smoke:
         a.patch, a.features, a.repeat = "16,64,64", "2,8", 1
@@ -88,24 +101,46 @@ def main(argv=None) -> int:
     def bf16(net):
         return copy.deepcopy(net).to(torch.bfloat16)
 
-    rows = [("float32, channels-first (nnU-Net on a CPU)", lambda: base, x),
-            ("bf16 weights, channels-first", lambda: bf16(base), x.bfloat16()),
-            ("bf16 weights, channels-last", lambda: bf16(base).to(memory_format=cl), x.bfloat16().contiguous(memory_format=cl)),
-            ("bf16 weights, channels-last, layout norms (fast)", lambda: channels_last_network(bf16(base)),
-             x.bfloat16().contiguous(memory_format=cl)),
-            ("float32, channels-last, layout norms", lambda: channels_last_network(copy.deepcopy(base)),
-             x.contiguous(memory_format=cl))]
+    rows = [
+        ("float32, channels-first (nnU-Net on a CPU)", lambda: base, x),
+        ("bf16 weights, channels-first", lambda: bf16(base), x.bfloat16()),
+        (
+            "bf16 weights, channels-last",
+            lambda: bf16(base).to(memory_format=cl),
+            x.bfloat16().contiguous(memory_format=cl),
+        ),
+        (
+            "bf16 weights, channels-last, layout norms (fast)",
+            lambda: channels_last_network(bf16(base)),
+            x.bfloat16().contiguous(memory_format=cl),
+        ),
+        (
+            "float32, channels-last, layout norms",
+            lambda: channels_last_network(copy.deepcopy(base)),
+            x.contiguous(memory_format=cl),
+        ),
+    ]
     if a.compile:
+
         def compiled(make):
             def build_compiled():
                 with inductor_config.patch(freezing=True):
                     return torch.compile(make(), dynamic=False)
+
             return build_compiled
-        rows += [("float32 compiled (faithful)", compiled(lambda: copy.deepcopy(base)), x),
-                 ("bf16 weights, channels-last, layout norms, compiled", compiled(lambda: channels_last_network(bf16(base))),
-                  x.bfloat16().contiguous(memory_format=cl))]
-    print(f"# bench_window_layout.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; window {patch}, PlainConvUNet features {a.features}, 5 classes")
+
+        rows += [
+            ("float32 compiled (faithful)", compiled(lambda: copy.deepcopy(base)), x),
+            (
+                "bf16 weights, channels-last, layout norms, compiled",
+                compiled(lambda: channels_last_network(bf16(base))),
+                x.bfloat16().contiguous(memory_format=cl),
+            ),
+        ]
+    print(
+        f"# bench_window_layout.py  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; window {patch}, PlainConvUNet features {a.features}, 5 classes"
+    )
     print(f"{'run':<52}{'s/pass':>8}{'x fp32':>8}{'first s':>9}{'max |dlogit|':>14}{'argmax =':>10}")
     ref = ref_s = None
     for name, make, inp in rows:
@@ -116,7 +151,9 @@ def main(argv=None) -> int:
         diff = float((out - ref).abs().max())
         same = float((out.argmax(1) == ref.argmax(1)).float().mean())
         print(f"{name:<52}{best:>8.3f}{ref_s / best:>8.2f}{first:>9.1f}{diff:>14.2e}{same:>10.5f}", flush=True)
-    print(f"# logit scale: max |logit| {float(ref.abs().max()):.2f}; 'first s' is the first pass (a cold compile's included)")
+    print(
+        f"# logit scale: max |logit| {float(ref.abs().max()):.2f}; 'first s' is the first pass (a cold compile's included)"
+    )
     return 0
 
 

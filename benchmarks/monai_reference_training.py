@@ -19,8 +19,17 @@ from pathlib import Path
 import numpy as np
 
 
-def train_and_predict(train_manifest: Path, test_images: list[Path], *, minutes: float, spacing=(2.5, 2.5, 2.5),
-                      patch=(96, 96, 64), window=(-200.0, 250.0), num_classes: int = 5, seed: int = 0) -> tuple[list[np.ndarray], int]:
+def train_and_predict(
+    train_manifest: Path,
+    test_images: list[Path],
+    *,
+    minutes: float,
+    spacing=(2.5, 2.5, 2.5),
+    patch=(96, 96, 64),
+    window=(-200.0, 250.0),
+    num_classes: int = 5,
+    seed: int = 0,
+) -> tuple[list[np.ndarray], int]:
     import pandas as pd
     import torch
     from monai.data import CacheDataset, DataLoader, list_data_collate
@@ -44,15 +53,25 @@ def train_and_predict(train_manifest: Path, test_images: list[Path], *, minutes:
 
     set_determinism(seed)
     df = pd.read_csv(train_manifest)
-    files = [{"image": str(train_manifest.parent / r.image), "label": str(train_manifest.parent / r.label)} for r in df.itertuples()]
+    files = [
+        {"image": str(train_manifest.parent / r.image), "label": str(train_manifest.parent / r.label)}
+        for r in df.itertuples()
+    ]
     lo, hi = window
-    pre = [LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
-           Orientationd(keys=["image", "label"], axcodes="RAS"),
-           Spacingd(keys=["image", "label"], pixdim=spacing, mode=("bilinear", "nearest")),
-           ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
-           CropForegroundd(keys=["image", "label"], source_key="image", margin=12)]
-    rand = [SpatialPadd(keys=["image", "label"], spatial_size=patch),
-            RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch, pos=2, neg=1, num_samples=1)]
+    pre = [
+        LoadImaged(keys=["image", "label"]),
+        EnsureChannelFirstd(keys=["image", "label"]),
+        Orientationd(keys=["image", "label"], axcodes="RAS"),
+        Spacingd(keys=["image", "label"], pixdim=spacing, mode=("bilinear", "nearest")),
+        ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        CropForegroundd(keys=["image", "label"], source_key="image", margin=12),
+    ]
+    rand = [
+        SpatialPadd(keys=["image", "label"], spatial_size=patch),
+        RandCropByPosNegLabeld(
+            keys=["image", "label"], label_key="label", spatial_size=patch, pos=2, neg=1, num_samples=1
+        ),
+    ]
     ds = CacheDataset(files, Compose(pre + rand), progress=False)
     loader = DataLoader(ds, batch_size=1, shuffle=True, collate_fn=list_data_collate)
     model = UNet(3, 1, num_classes, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, norm="instance")
@@ -67,10 +86,21 @@ def train_and_predict(train_manifest: Path, test_images: list[Path], *, minutes:
             opt.step()
         epochs += 1
     model.eval()
-    infer_pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
-                         Spacingd(keys="image", pixdim=spacing, mode="bilinear"),
-                         ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)])
-    post = Compose([Invertd(keys="pred", transform=infer_pre, orig_keys="image", nearest_interp=False), AsDiscreted(keys="pred", argmax=True)])
+    infer_pre = Compose(
+        [
+            LoadImaged(keys="image"),
+            EnsureChannelFirstd(keys="image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=spacing, mode="bilinear"),
+            ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+    post = Compose(
+        [
+            Invertd(keys="pred", transform=infer_pre, orig_keys="image", nearest_interp=False),
+            AsDiscreted(keys="pred", argmax=True),
+        ]
+    )
     outputs = []
     for img in test_images:
         d = infer_pre({"image": str(img)})
@@ -81,10 +111,22 @@ def train_and_predict(train_manifest: Path, test_images: list[Path], *, minutes:
     return outputs, epochs
 
 
-def train_validate_predict(train_files: list[dict], val_files: list[dict], test_images: list[Path], *, minutes: float,
-                           num_classes: int, spacing=(2.0, 2.0, 2.0), patch=(64, 64, 64), channels=(16, 32, 64, 128, 256),
-                           res_units: int = 2, lr: float = 1e-3, batch_size: int = 2, val_every: float = 0.1,
-                           seed: int = 0) -> tuple[list[np.ndarray], dict]:
+def train_validate_predict(
+    train_files: list[dict],
+    val_files: list[dict],
+    test_images: list[Path],
+    *,
+    minutes: float,
+    num_classes: int,
+    spacing=(2.0, 2.0, 2.0),
+    patch=(64, 64, 64),
+    channels=(16, 32, 64, 128, 256),
+    res_units: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 2,
+    val_every: float = 0.1,
+    seed: int = 0,
+) -> tuple[list[np.ndarray], dict]:
     """The plain MONAI recipe of issue 12, for MR: z-score on the head, random patches, flips, the best checkpoint on validation.
 
     LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> Spacingd -> NormalizeIntensityd(nonzero) ->
@@ -122,14 +164,30 @@ def train_validate_predict(train_files: list[dict], val_files: list[dict], test_
     budget = minutes * 60
     set_determinism(seed)
     keys = ["image", "label"]
-    pre = [LoadImaged(keys=keys), EnsureChannelFirstd(keys=keys), Orientationd(keys=keys, axcodes="RAS"),
-           Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")), NormalizeIntensityd(keys="image", nonzero=True)]
-    rand = [SpatialPadd(keys=keys, spatial_size=patch), RandSpatialCropd(keys=keys, roi_size=patch, random_size=False),
-            *[RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]]
+    pre = [
+        LoadImaged(keys=keys),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS"),
+        Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")),
+        NormalizeIntensityd(keys="image", nonzero=True),
+    ]
+    rand = [
+        SpatialPadd(keys=keys, spatial_size=patch),
+        RandSpatialCropd(keys=keys, roi_size=patch, random_size=False),
+        *[RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)],
+    ]
     ds = CacheDataset(train_files, Compose(pre + rand), progress=False)
     val_ds = CacheDataset(val_files, Compose(pre), progress=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=list_data_collate)
-    model = UNet(3, 1, num_classes, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=res_units, norm="instance")
+    model = UNet(
+        3,
+        1,
+        num_classes,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=res_units,
+        norm="instance",
+    )
     loss_fn, opt = DiceCELoss(to_onehot_y=True, softmax=True), torch.optim.Adam(model.parameters(), lr)
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
 
@@ -140,7 +198,10 @@ def train_validate_predict(train_files: list[dict], val_files: list[dict], test_
             for item in val_ds:
                 logits = sliding_window_inference(item["image"][None], patch, 4, model, overlap=0.25, mode="gaussian")
                 metric.reset()
-                metric(one_hot(logits.argmax(1, keepdim=True), num_classes), one_hot(item["label"][None].long(), num_classes))
+                metric(
+                    one_hot(logits.argmax(1, keepdim=True), num_classes),
+                    one_hot(item["label"][None].long(), num_classes),
+                )
                 scores.append(float(metric.aggregate().nanmean()))
         model.train()
         return float(np.mean(scores))
@@ -177,9 +238,21 @@ def train_validate_predict(train_files: list[dict], val_files: list[dict], test_
     seconds = time.monotonic() - t0
     model.load_state_dict(best_state)
     model.eval()
-    infer_pre = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
-                         Spacingd(keys="image", pixdim=spacing, mode="bilinear"), NormalizeIntensityd(keys="image", nonzero=True)])
-    post = Compose([Invertd(keys="pred", transform=infer_pre, orig_keys="image", nearest_interp=False), AsDiscreted(keys="pred", argmax=True)])
+    infer_pre = Compose(
+        [
+            LoadImaged(keys="image"),
+            EnsureChannelFirstd(keys="image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=spacing, mode="bilinear"),
+            NormalizeIntensityd(keys="image", nonzero=True),
+        ]
+    )
+    post = Compose(
+        [
+            Invertd(keys="pred", transform=infer_pre, orig_keys="image", nearest_interp=False),
+            AsDiscreted(keys="pred", argmax=True),
+        ]
+    )
     outputs = []
     for img in test_images:
         d = infer_pre({"image": str(img)})
@@ -194,11 +267,15 @@ def main(argv=None) -> int:
     """``--smoke``: both recipes on tiny inputs (2 training phantoms and 1 test phantom at 4 mm, 32^3 patches, a budget of
     about two seconds), with the test Dice of each against the phantom's truth: a test that the recipes run."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="run both recipes on tiny inputs (the module is otherwise a library)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="run both recipes on tiny inputs (the module is otherwise a library)"
+    )
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     args = ap.parse_args(argv)
     if not args.smoke:
-        ap.error("this module is the reference recipes of bench_training.py (--reference-monai, --real); run it with --smoke to test them")
+        ap.error(
+            "this module is the reference recipes of bench_training.py (--reference-monai, --real); run it with --smoke to test them"
+        )
     sys.path.insert(0, str(Path(__file__).parent))
     import pandas as pd
     from _smoke import SPACING, coarse_cohort
@@ -213,19 +290,31 @@ def main(argv=None) -> int:
         test = pd.read_csv(test_manifest)
         images = [test_manifest.parent / p for p in test["image"]]
         truth = [read_volume(test_manifest.parent / p).array for p in test["label"]]
-        files = [{"image": str(train_manifest.parent / r.image), "label": str(train_manifest.parent / r.label)}
-                 for r in pd.read_csv(train_manifest).itertuples()]
+        files = [
+            {"image": str(train_manifest.parent / r.image), "label": str(train_manifest.parent / r.label)}
+            for r in pd.read_csv(train_manifest).itertuples()
+        ]
         rows = []
         t0 = time.monotonic()
         outs, epochs = train_and_predict(train_manifest, images, minutes=0.02, spacing=SPACING, patch=(32, 32, 32))
         rows.append(("train_and_predict (CT)", f"{epochs} epochs", time.monotonic() - t0, outs))
         t0 = time.monotonic()
-        outs, info = train_validate_predict(files[:1], files[1:], images, minutes=0.03, num_classes=5, spacing=SPACING,
-                                            patch=(32, 32, 32), channels=(8, 16), res_units=1, val_every=0.5)
+        outs, info = train_validate_predict(
+            files[:1],
+            files[1:],
+            images,
+            minutes=0.03,
+            num_classes=5,
+            spacing=SPACING,
+            patch=(32, 32, 32),
+            channels=(8, 16),
+            res_units=1,
+            val_every=0.5,
+        )
         rows.append(("train_validate_predict", f"{info['iterations']} iterations", time.monotonic() - t0, outs))
     print(f"{'recipe':<26}{'trained':>15}{'seconds':>9}{'test Dice':>11}")
     for name, trained, seconds, outs in rows:
-        mean = float(np.nanmean([[dice(o == k, t == k) for k in range(1, 5)] for o, t in zip(outs, truth)]))
+        mean = float(np.nanmean([[dice(o == k, t == k) for k in range(1, 5)] for o, t in zip(outs, truth, strict=False)]))
         print(f"{name:<26}{trained:>15}{seconds:>9.1f}{mean:>11.3f}")
     return 0
 

@@ -83,8 +83,20 @@ def train(
     learning rate follows the fraction of it spent and the run uses all of it; epochs are then not used);
     ``nproc > 1`` trains with that many DistributedDataParallel processes.
     """
-    return trainer.train_from_files(config=config, manifest=manifest, out=out, overrides=overrides, progress=progress, device=device,
-                                    resume=resume, fold=fold, epochs=epochs, max_minutes=max_minutes, nproc=nproc, labels=labels)
+    return trainer.train_from_files(
+        config=config,
+        manifest=manifest,
+        out=out,
+        overrides=overrides,
+        progress=progress,
+        device=device,
+        resume=resume,
+        fold=fold,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        nproc=nproc,
+        labels=labels,
+    )
 
 
 def predict(
@@ -124,12 +136,26 @@ def predict(
     ``out`` are then not read, and inference overrides go in ``options.inference``.
     """
     if options is None:
-        options = PredictOptions(device=device, progress=progress, overwrite=overwrite, expected_labels=expected_labels,
-                                 dicom_seg=dicom_seg, rtstruct=rtstruct, save_probabilities=save_probabilities, sr=sr,
-                                 modalities=tuple(modalities), min_slices=min_slices, series_description=series_description,
-                                 resample_irregular=resample_irregular, refuse_tilt=refuse_tilt, inference=dict(inference_overrides))
+        options = PredictOptions(
+            device=device,
+            progress=progress,
+            overwrite=overwrite,
+            expected_labels=expected_labels,
+            dicom_seg=dicom_seg,
+            rtstruct=rtstruct,
+            save_probabilities=save_probabilities,
+            sr=sr,
+            modalities=tuple(modalities),
+            min_slices=min_slices,
+            series_description=series_description,
+            resample_irregular=resample_irregular,
+            refuse_tilt=refuse_tilt,
+            inference=dict(inference_overrides),
+        )
     elif inference_overrides:
-        raise TypeError(f"predict() takes inference overrides in options.inference when options is given: {sorted(inference_overrides)}")
+        raise TypeError(
+            f"predict() takes inference overrides in options.inference when options is given: {sorted(inference_overrides)}"
+        )
     return predict_many(model=model, inputs=inputs, out=out, options=options)
 
 
@@ -162,15 +188,27 @@ def report(
     labels = label_files(labels)
     images = label_files(images, "images", images=True) if images is not None else recorded_images(labels)
     if statistics_json and images is None:
-        raise InputError("--statistics-json needs --images: TotalSegmentator's statistics hold each structure's mean intensity")
+        raise InputError(
+            "--statistics-json needs --images: TotalSegmentator's statistics hold each structure's mean intensity"
+        )
     if images is not None:  # labelsTr/case_1 with imagesTr/case_1_0000: globs sort them differently
         images = paired_by_case(labels, images, "images")
-    path = write_volumes_report(labels=labels, out=out, images=images, label_table=label_table, case_ids=case_ids,
-                                expected_of=expected_for_model, **options)
+    path = write_volumes_report(
+        labels=labels,
+        out=out,
+        images=images,
+        label_table=label_table,
+        case_ids=case_ids,
+        expected_of=expected_for_model,
+        **options,
+    )
     if longitudinal:
         ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
-        points = (lon.time_points_from_dicom(labels, ids) if longitudinal is True
-                  else lon.time_points_from_manifest(longitudinal))
+        points = (
+            lon.time_points_from_dicom(labels, ids)
+            if longitudinal is True
+            else lon.time_points_from_manifest(longitudinal)
+        )
         frame = lon.write_longitudinal(out, path, points, plots=options.get("html", True) and options.get("qc", True))
         lon.add_to_html(Path(out) / "report.html", frame, out)
     if statistics_json:
@@ -196,8 +234,14 @@ def evaluate(
 
     ``options``: ``nsd_tolerance_mm``, ``surface``; see ``medseg.reporting.report.write_metrics_report``.
     """
-    return write_metrics_report(pred=label_files(pred, "predictions"), ref=label_files(ref, "references"), out=out,
-                                label_table=label_table, case_ids=case_ids, **options)
+    return write_metrics_report(
+        pred=label_files(pred, "predictions"),
+        ref=label_files(ref, "references"),
+        out=out,
+        label_table=label_table,
+        case_ids=case_ids,
+        **options,
+    )
 
 
 def dice_summary(metrics_csv: PathLike) -> str:
@@ -222,8 +266,16 @@ def plan(
     ``model`` names a preset under ``configs/models`` (architecture + per-family recipe) or a model that
     ``medseg models`` lists (its family's preset, else the model at its default width).
     """
-    return planning.plan(manifest, out, base_config=base_config, memory_gb=memory_gb, min_spacing=min_spacing,
-                 overrides=list(overrides or []), labels=labels, model=model)
+    return planning.plan(
+        manifest,
+        out,
+        base_config=base_config,
+        memory_gb=memory_gb,
+        min_spacing=min_spacing,
+        overrides=list(overrides or []),
+        labels=labels,
+        model=model,
+    )
 
 
 def run(
@@ -254,9 +306,22 @@ def run(
     ``out`` must be new, empty or a run directory (it carries a ``.medseg-run`` marker); a non-empty folder
     without it, a file, or a run directory another run holds (``.medseg-lock``) raise ``OutputError``.
     """
-    return run_pipeline(pipeline=pipeline, input=input, out=out, overrides=list(overrides or []), resume=resume, engine=engine,
-                        workers=workers, address=address, progress=progress, device=device, query=list(query or []),
-                        accessions=accessions, cache=cache, cache_max_gb=cache_max_gb)
+    return run_pipeline(
+        pipeline=pipeline,
+        input=input,
+        out=out,
+        overrides=list(overrides or []),
+        resume=resume,
+        engine=engine,
+        workers=workers,
+        address=address,
+        progress=progress,
+        device=device,
+        query=list(query or []),
+        accessions=accessions,
+        cache=cache,
+        cache_max_gb=cache_max_gb,
+    )
 
 
 def listen(
@@ -285,11 +350,22 @@ def listen(
     Restarting on the same ``out`` processes what was received and not yet done, and nothing twice.
     ``allow_ae``: the calling AE titles accepted (empty: any). Returns the studies' counts by status.
     """
-    cfg = ListenConfig(ae_title=ae_title, port=int(port), pipeline=str(pipeline), out=str(out), host=host,
-                       allow_ae=tuple(allow_ae or ()), quiet_seconds=float(quiet_seconds), spool_max_gb=float(spool_max_gb),
-                       overrides=tuple(overrides or ()), tls_cert=str(tls_cert) if tls_cert else None,
-                       tls_key=str(tls_key) if tls_key else None, tls_ca=str(tls_ca) if tls_ca else None,
-                       device=device, keep_spool=keep_spool)
+    cfg = ListenConfig(
+        ae_title=ae_title,
+        port=int(port),
+        pipeline=str(pipeline),
+        out=str(out),
+        host=host,
+        allow_ae=tuple(allow_ae or ()),
+        quiet_seconds=float(quiet_seconds),
+        spool_max_gb=float(spool_max_gb),
+        overrides=tuple(overrides or ()),
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None,
+        tls_ca=str(tls_ca) if tls_ca else None,
+        device=device,
+        keep_spool=keep_spool,
+    )
     return run_listener(cfg, stop=stop, console=console)
 
 
@@ -307,8 +383,14 @@ def scan_dicom(
 
     Returns ``(inventory, series_csv, files_csv)``. Identifiers are written only with ``with_identifiers``.
     """
-    return write_inventory(folder, out, policy=geometry_policy(resample_irregular, refuse_tilt), progress=progress,
-                           with_identifiers=with_identifiers, salt=salt)
+    return write_inventory(
+        folder,
+        out,
+        policy=geometry_policy(resample_irregular, refuse_tilt),
+        progress=progress,
+        with_identifiers=with_identifiers,
+        salt=salt,
+    )
 
 
 def convert_dicom(
@@ -332,8 +414,15 @@ def convert_dicom(
     ``label_table`` (a table file or name) numbers their structures as it does (default: alphabetical).
     """
     rule = selection_rule(modalities, min_slices, description)
-    result = convert_folder(folder, out, policy=geometry_policy(resample_irregular, refuse_tilt), rule=rule, progress=progress,
-                            with_identifiers=with_identifiers, salt=salt)
+    result = convert_folder(
+        folder,
+        out,
+        policy=geometry_policy(resample_irregular, refuse_tilt),
+        rule=rule,
+        progress=progress,
+        with_identifiers=with_identifiers,
+        salt=salt,
+    )
     result.label_maps = _convert_label_objects(folder, out, result.inventory, salt, explicit_table(label_table))
     return result
 
@@ -345,7 +434,9 @@ def _convert_label_objects(folder, out, inventory, salt, numbering) -> list[dict
     if rows:
         write_csv(Path(out) / "label_conversion.csv", pd.DataFrame(rows))
         conversion = Path(out) / "conversion.csv"
-        done = {r["object_series_key"]: r for r in rows if r.get("status") == "converted" and r.get("object_series_key")}
+        done = {
+            r["object_series_key"]: r for r in rows if r.get("status") == "converted" and r.get("object_series_key")
+        }
         if done and conversion.is_file():
             df = pd.read_csv(conversion, dtype=str, keep_default_na=False)
             for i, key in df["series_key"].items():
@@ -383,8 +474,16 @@ DEMO_PARTS = ("data", "model", "predictions", "report")
 DEMO_MARKER, DEMO_DONE = ".medseg-demo", "demo.json"
 
 
-def demo(*, out: PathLike, n_train: int = 16, n_test: int = 4, epochs: int | None = None, seed: int = 0, progress: bool = True,
-         config: PathLike | None = None) -> dict:
+def demo(
+    *,
+    out: PathLike,
+    n_train: int = 16,
+    n_test: int = 4,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    config: PathLike | None = None,
+) -> dict:
     """Train on phantoms, segment DICOM phantoms, report; returns the demo's summary (``mean_dice``...).
 
     The whole job on synthetic CT phantoms, through this module's own functions: a training cohort (NIfTI) and held-out
@@ -403,10 +502,18 @@ def demo(*, out: PathLike, n_train: int = 16, n_test: int = 4, epochs: int | Non
     def say(msg: str) -> None:
         print(f"[demo {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
-    settings = {"n_train": n_train, "n_test": n_test, "epochs": epochs, "seed": seed, "config": str(config or DEMO_CONFIG)}
+    settings = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "epochs": epochs,
+        "seed": seed,
+        "config": str(config or DEMO_CONFIG),
+    }
     done = _prepare_demo(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("written by medseg demo: this folder is its output, made anew when the settings change\n")
+    (out / DEMO_MARKER).write_text(
+        "written by medseg demo: this folder is its output, made anew when the settings change\n"
+    )
     test_manifest = out / "data" / "test" / "manifest.csv"
     if done:
         say(f"reusing the finished demo in {out} (same settings): its phantoms and model {done['checkpoint']}")
@@ -423,15 +530,29 @@ def demo(*, out: PathLike, n_train: int = 16, n_test: int = 4, epochs: int | Non
     timings["predict_s"] = time.monotonic() - t2
     if pred.failures:
         raise MedsegError(f"demo predictions failed: {pred.failures}", path=out / "predictions")
-    preds = [pred.outputs.get(d.name, out / "predictions" / f"{d.name}.nii.gz") for d in dicom_dirs]  # made now or before
+    preds = [
+        pred.outputs.get(d.name, out / "predictions" / f"{d.name}.nii.gz") for d in dicom_dirs
+    ]  # made now or before
 
     report_dir = out / "report"
     volumes = report(labels=preds, images=dicom_dirs, out=report_dir)
-    metrics_path = evaluate(pred=preds, ref=truth, out=report_dir / "metrics.csv", case_ids=[d.name for d in dicom_dirs])
+    metrics_path = evaluate(
+        pred=preds, ref=truth, out=report_dir / "metrics.csv", case_ids=[d.name for d in dicom_dirs]
+    )
     mean_dice = _print_demo_result(pd.read_csv(metrics_path), volumes, metrics_path, checkpoint, timings, t0)
-    (out / DEMO_DONE).write_text(json.dumps({"settings": settings, "checkpoint": str(Path(checkpoint).relative_to(out)),
-                                             "mean_dice": mean_dice}, indent=1))
-    return {"mean_dice": mean_dice, "volumes_csv": volumes, "metrics_csv": metrics_path, "checkpoint": checkpoint, **timings}
+    (out / DEMO_DONE).write_text(
+        json.dumps(
+            {"settings": settings, "checkpoint": str(Path(checkpoint).relative_to(out)), "mean_dice": mean_dice},
+            indent=1,
+        )
+    )
+    return {
+        "mean_dice": mean_dice,
+        "volumes_csv": volumes,
+        "metrics_csv": metrics_path,
+        "checkpoint": checkpoint,
+        **timings,
+    }
 
 
 def _prepare_demo(out: Path, settings: dict) -> dict | None:
@@ -441,10 +562,13 @@ def _prepare_demo(out: Path, settings: dict) -> dict | None:
     """
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return None
-    ours = out.is_dir() and ((out / DEMO_MARKER).is_file() or {c.name for c in out.iterdir()} <= {*DEMO_PARTS, DEMO_DONE})
+    ours = out.is_dir() and (
+        (out / DEMO_MARKER).is_file() or {c.name for c in out.iterdir()} <= {*DEMO_PARTS, DEMO_DONE}
+    )
     if not ours:  # (a demo folder of an earlier medseg has the parts and no marker)
-        raise OutputError("holds files that medseg demo did not write; choose another folder (medseg demo --out NEW)",
-                          path=out)
+        raise OutputError(
+            "holds files that medseg demo did not write; choose another folder (medseg demo --out NEW)", path=out
+        )
     try:
         done = json.loads((out / DEMO_DONE).read_text()) if (out / DEMO_DONE).is_file() else None
     except (OSError, ValueError):
@@ -463,13 +587,17 @@ def _demo_data_and_model(out: Path, settings: dict, progress: bool, say, timings
     n_train, n_test, seed, epochs = settings["n_train"], settings["n_test"], settings["seed"], settings["epochs"]
     say(f"generating {n_train} training phantoms and {n_test} held-out DICOM phantoms in {out / 'data'}")
     train_manifest = write_cohort(out / "data" / "train", n_train, seed=seed + 1000, split="train")
-    test_manifest = write_cohort(out / "data" / "test", n_test, seed=seed + 5000, split="test", dicom=True, prefix="test")
+    test_manifest = write_cohort(
+        out / "data" / "test", n_test, seed=seed + 5000, split="test", dicom=True, prefix="test"
+    )
     timings["data_s"] = time.monotonic() - t0
 
     overrides = [f"training.epochs={epochs}"] if epochs else []
     say("training (progress bar below)")
     t1 = time.monotonic()
-    result = train(config=settings["config"], manifest=train_manifest, out=out / "model", overrides=overrides, progress=progress)
+    result = train(
+        config=settings["config"], manifest=train_manifest, out=out / "model", overrides=overrides, progress=progress
+    )
     timings["train_s"] = time.monotonic() - t1
     checkpoint = result.best_checkpoint
     say(f"best validation mean Dice {result.best_mean_dice:.3f} at epoch {result.best_epoch}; checkpoint {checkpoint}")
@@ -507,8 +635,9 @@ def failed_plugins() -> dict[str, str]:
     return dict(models.MODELS.failed)
 
 
-def import_model(path: PathLike, *, out: PathLike, folds: Sequence | None = None, checkpoint: str = "final",
-                 force: bool = False) -> Path:
+def import_model(
+    path: PathLike, *, out: PathLike, folds: Sequence | None = None, checkpoint: str = "final", force: bool = False
+) -> Path:
     """Write a model folder of another tool (nnU-Net v2 trained-model folder, TotalSegmentator's results) as one
     portable file that ``medseg predict --model FILE`` runs with the folder's labels; loads with
     ``torch.load(weights_only=True)``. An existing ``out`` is refused unless ``force``. See

@@ -38,8 +38,12 @@ VERBS: dict[str, Verb] = {
     "plan": Verb("plan", "derive a training config (spacing, patch size, intensity scheme) from a manifest's data"),
     "train": Verb("train", "train a model from a config and a data manifest"),
     "predict": Verb("predict", "segment images or DICOM folders; outputs sit on each input's grid"),
-    "report": Verb("report", "volumes.csv, cohort tables, QC montages and report.html from label maps (no model needed)"),
-    "evaluate": Verb("report", "Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)"),
+    "report": Verb(
+        "report", "volumes.csv, cohort tables, QC montages and report.html from label maps (no model needed)"
+    ),
+    "evaluate": Verb(
+        "report", "Dice, IoU, HD95, ASSD, NSD and volume error against reference label maps (metrics.csv)"
+    ),
     "run": Verb("run", "run a pipeline (pipelines/*.yaml) over a folder or manifest; resumable"),
     "listen": Verb("listen", "receive DICOM studies (C-STORE SCP) and run a pipeline on each complete study"),
     "demo": Verb("demo", "train on phantoms, segment DICOM phantoms, report (about 5 minutes on 2 CPU cores)"),
@@ -77,11 +81,18 @@ def build_parser(verbs=None) -> argparse.ArgumentParser:
             importlib.import_module(f"medseg.commands.{verb.module}").add(sub)
         else:
             sub.add_parser(name, help=verb.help)
-    for verb_parser in _verbs(p).values():  # -v after the verb too (medseg predict ... -v); SUPPRESS keeps one given before it
+    for verb_parser in _verbs(
+        p
+    ).values():  # -v after the verb too (medseg predict ... -v); SUPPRESS keeps one given before it
         for parser in [verb_parser, *_verbs(verb_parser).values()]:
             if "--verbose" not in parser._option_string_actions:
-                parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                    help="log progress details and tracebacks")
+                parser.add_argument(
+                    "-v",
+                    "--verbose",
+                    action="store_true",
+                    default=argparse.SUPPRESS,
+                    help="log progress details and tracebacks",
+                )
     return p
 
 
@@ -98,7 +109,11 @@ def _parse(parser: argparse.ArgumentParser, argv):
     args, extra = parser.parse_known_args(argv)
     if extra:
         verb = _verbs(parser).get(getattr(args, "command", None) or "")
-        inner = _verbs(verb).get(next((getattr(args, k) for k in vars(args) if k.endswith("_command")), "") or "") if verb else None
+        inner = (
+            _verbs(verb).get(next((getattr(args, k) for k in vars(args) if k.endswith("_command")), "") or "")
+            if verb
+            else None
+        )
         (inner or verb or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 

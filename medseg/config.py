@@ -90,7 +90,9 @@ class InferenceConfig:
     amp: str = "auto"  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else off; or bf16 / fp16 / off
     channels_last: bool = True  # channels-last memory layout for the network's convolutions
     skip_background: bool = True  # windows whose voxels are all at/below the intensity window's floor are not run
-    tta_flips: list = field(default_factory=list)  # spatial axes (0, 1, 2 in RAS order) to mirror; never mirror L-R for lateral labels
+    tta_flips: list = field(
+        default_factory=list
+    )  # spatial axes (0, 1, 2 in RAS order) to mirror; never mirror L-R for lateral labels
     label_chunk: int = 1 << 20  # boundary voxels interpolated per step when mapping scores back (bounds memory)
     crf_iterations: int = 0  # > 0: dense-CRF refinement of the scores, guided by the image (medseg/inference/crf.py)
 
@@ -112,8 +114,10 @@ class Config:
     def label_table(self, base: Path | None = None) -> LabelTable:
         """The config's label table; a ``ConfigError`` when it has none (never a default table)."""
         if self.labels is None or self.labels == "":
-            raise ConfigError("the config has no label table ('labels:'); run `medseg plan MANIFEST --out CONFIG` "
-                              "(it writes the table from the data set), or add `labels: TABLE.yaml` to the config")
+            raise ConfigError(
+                "the config has no label table ('labels:'); run `medseg plan MANIFEST --out CONFIG` "
+                "(it writes the table from the data set), or add `labels: TABLE.yaml` to the config"
+            )
         if isinstance(self.labels, dict):
             return LabelTable.from_dict(self.labels, source="config labels")
         return LabelTable.from_yaml(resolve_label_table_path(str(self.labels), base))
@@ -220,16 +224,29 @@ def load_config(path: str | Path, *, overrides: list[str] | None = None) -> Conf
 def _validate(cfg: Config, source: str) -> None:
     sd = cfg.model.spatial_dims
     checks = [
-        (cfg.labels is None or isinstance(cfg.labels, (str, dict)),
-         "labels must be a label table name, a path, or a mapping {name:, labels: [...]}"),
+        (
+            cfg.labels is None or isinstance(cfg.labels, (str, dict)),
+            "labels must be a label table name, a path, or a mapping {name:, labels: [...]}",
+        ),
         (sd in (2, 3), f"model.spatial_dims must be 2 or 3, found {sd}"),
         (len(cfg.preprocessing.spacing) == 3, "preprocessing.spacing needs 3 values (mm)"),
         (all(float(s) > 0 for s in cfg.preprocessing.spacing), "preprocessing.spacing values must be > 0"),
-        (cfg.training.optimizer in ("adamw", "sgd"), f"training.optimizer must be adamw or sgd, found {cfg.training.optimizer!r}"),
-        (cfg.training.schedule in ("poly", "cosine"), f"training.schedule must be poly or cosine, found {cfg.training.schedule!r}"),
-        (cfg.training.amp in ("auto", "bf16", "fp16", "off"), f"training.amp must be auto, bf16, fp16 or off, found {cfg.training.amp!r}"),
-        (len(cfg.preprocessing.window) == 2 and cfg.preprocessing.window[0] < cfg.preprocessing.window[1],
-         "preprocessing.window must be [low, high] HU with low < high"),
+        (
+            cfg.training.optimizer in ("adamw", "sgd"),
+            f"training.optimizer must be adamw or sgd, found {cfg.training.optimizer!r}",
+        ),
+        (
+            cfg.training.schedule in ("poly", "cosine"),
+            f"training.schedule must be poly or cosine, found {cfg.training.schedule!r}",
+        ),
+        (
+            cfg.training.amp in ("auto", "bf16", "fp16", "off"),
+            f"training.amp must be auto, bf16, fp16 or off, found {cfg.training.amp!r}",
+        ),
+        (
+            len(cfg.preprocessing.window) == 2 and cfg.preprocessing.window[0] < cfg.preprocessing.window[1],
+            "preprocessing.window must be [low, high] HU with low < high",
+        ),
         (len(cfg.training.patch_size) == 3, "training.patch_size needs 3 values"),
         (len(cfg.inference.roi_size) == 3, "inference.roi_size needs 3 values"),
         (0 <= cfg.inference.overlap < 1, "inference.overlap must be in [0, 1)"),
@@ -238,9 +255,15 @@ def _validate(cfg: Config, source: str) -> None:
         (0 < cfg.training.val_interval <= 1, "training.val_interval must be in (0, 1] (a fraction of the budget)"),
         (0 < cfg.training.pos_fraction <= 1, "training.pos_fraction must be in (0, 1]"),
         (cfg.inference.blend in ("gaussian", "constant"), "inference.blend must be 'gaussian' or 'constant'"),
-        (cfg.inference.amp in ("auto", "bf16", "fp16", "off"), f"inference.amp must be auto, bf16, fp16 or off, found {cfg.inference.amp!r}"),
+        (
+            cfg.inference.amp in ("auto", "bf16", "fp16", "off"),
+            f"inference.amp must be auto, bf16, fp16 or off, found {cfg.inference.amp!r}",
+        ),
         (all(a in (0, 1, 2) for a in cfg.inference.tta_flips), "inference.tta_flips lists spatial axes 0, 1, 2"),
-        (cfg.inference.label_chunk >= 1 and cfg.inference.sw_batch_size >= 1, "inference.label_chunk and sw_batch_size must be >= 1"),
+        (
+            cfg.inference.label_chunk >= 1 and cfg.inference.sw_batch_size >= 1,
+            "inference.label_chunk and sw_batch_size must be >= 1",
+        ),
     ]
     for ok, msg in checks:
         if not ok:

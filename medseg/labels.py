@@ -54,8 +54,10 @@ def _label_name(value, key: str, source) -> str:
     if not name.strip() or name.strip() in (".", ".."):
         raise ConfigError(f"{key}: {_shown(value)} cannot name a structure; give it letters or digits", path=source)
     if len(name) > MAX_NAME_LENGTH or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
-        raise ConfigError(f"{key}: {_shown(value)} is longer than {MAX_NAME_LENGTH} characters or holds control "
-                          "characters", path=source)
+        raise ConfigError(
+            f"{key}: {_shown(value)} is longer than {MAX_NAME_LENGTH} characters or holds control characters",
+            path=source,
+        )
     return name
 
 
@@ -76,10 +78,14 @@ class LabelTable:
         seen_idx, seen_name = set(), set()
         for lab in self.labels:
             if lab.index <= 0:
-                raise ConfigError(f"label table {self.name!r}: index {lab.index} for {lab.name!r}; indices start at 1 (0 is background)")
+                raise ConfigError(
+                    f"label table {self.name!r}: index {lab.index} for {lab.name!r}; indices start at 1 (0 is background)"
+                )
             if lab.index > MAX_LABEL_INDEX:
-                raise ConfigError(f"label table {self.name!r}: index {lab.index} for {lab.name!r}; at most {MAX_LABEL_INDEX} "
-                                  "(label maps and DICOM SEG are 16-bit): renumber the labels")
+                raise ConfigError(
+                    f"label table {self.name!r}: index {lab.index} for {lab.name!r}; at most {MAX_LABEL_INDEX} "
+                    "(label maps and DICOM SEG are 16-bit): renumber the labels"
+                )
             if lab.index in seen_idx or lab.name in seen_name:
                 raise ConfigError(f"label table {self.name!r}: duplicate index or name ({lab.index}, {lab.name!r})")
             seen_idx.add(lab.index)
@@ -124,7 +130,9 @@ class LabelTable:
             raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; expected 'name' and 'labels'", path=source)
         items = data["labels"]
         if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"'labels' is {type(items).__name__}; expected a list of {{index, name}} entries", path=source)
+            raise ConfigError(
+                f"'labels' is {type(items).__name__}; expected a list of {{index, name}} entries", path=source
+            )
         labels = []
         for i, item in enumerate(items):
             where = f"labels[{i}]"
@@ -132,19 +140,27 @@ class LabelTable:
                 raise ConfigError(f"{where}: each label needs 'index' and 'name', found {_shown(item)}", path=source)
             bad = set(item) - _LABEL_KEYS
             if bad:
-                raise ConfigError(f"{where}: unknown label key(s) {sorted(map(str, bad))}; allowed: {sorted(_LABEL_KEYS)}", path=source)
-            index = _whole(item["index"], 1, MAX_LABEL_INDEX, f"{where}.index", source,
-                           " (indices start at 1; 0 is background)")
+                raise ConfigError(
+                    f"{where}: unknown label key(s) {sorted(map(str, bad))}; allowed: {sorted(_LABEL_KEYS)}",
+                    path=source,
+                )
+            index = _whole(
+                item["index"], 1, MAX_LABEL_INDEX, f"{where}.index", source, " (indices start at 1; 0 is background)"
+            )
             name = _label_name(item["name"], f"{where}.name", source)
             color = item.get("color")
             if color is not None:
                 if not isinstance(color, (list, tuple)) or len(color) != 3:
-                    raise ConfigError(f"{where}.color: {_shown(color)}; expected [red, green, blue] as three whole numbers "
-                                      "0-255", path=source)
+                    raise ConfigError(
+                        f"{where}.color: {_shown(color)}; expected [red, green, blue] as three whole numbers 0-255",
+                        path=source,
+                    )
                 color = tuple(_whole(c, 0, 255, f"{where}.color", source) for c in color)
             snomed = item.get("snomed")
             if snomed is not None and (isinstance(snomed, bool) or not isinstance(snomed, (str, int))):
-                raise ConfigError(f"{where}.snomed: {_shown(snomed)}; expected a SNOMED code such as 10200004", path=source)
+                raise ConfigError(
+                    f"{where}.snomed: {_shown(snomed)}; expected a SNOMED code such as 10200004", path=source
+                )
             labels.append(Label(index, name, color, None if snomed is None else str(snomed)))
         name = data.get("name", "unnamed")
         if not isinstance(name, (str, int)) or isinstance(name, bool):
@@ -168,8 +184,20 @@ class LabelTable:
 
 
 #: Distinct display colours (RGB) for structures whose table gives none, or gives one another structure already has.
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
 
 
 def display_colors(table: LabelTable) -> dict[int, tuple[int, int, int]]:

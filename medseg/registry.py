@@ -52,14 +52,20 @@ class Registry(Generic[T]):
         self._plugins_loaded = False
         self.failed: dict[str, str] = {}  # plugin name -> why it could not be loaded
 
-    def register(self, name: str, *, description: str = "", aliases: tuple[str, ...] = (), **tags) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str, *, description: str = "", aliases: tuple[str, ...] = (), **tags
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: ``@MODELS.register("unet", description=...)``. A duplicate name raises.
 
         ``aliases``: former names of this entry (a checkpoint saved under an old name still loads)."""
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries or name in self._aliases:
-                owner = self._entries[name].builder.__module__ if name in self._entries else f"alias of {self._aliases[name]!r}"
+                owner = (
+                    self._entries[name].builder.__module__
+                    if name in self._entries
+                    else f"alias of {self._aliases[name]!r}"
+                )
                 raise ValueError(f"{self.kind} {name!r} is already registered (by {owner})")
             spec = None
             if self.spec_type is not None:
@@ -103,7 +109,11 @@ class Registry(Generic[T]):
                 if callable(obj) and not any(e.builder is obj for e in self._entries.values()):
                     doc = (obj.__doc__ or "").strip().splitlines()
                     tags = getattr(obj, "medseg_tags", None)
-                    self.register(ep.name, description=doc[0] if doc else f"plugin {ep.value}", **(tags if isinstance(tags, dict) else {}))(obj)
+                    self.register(
+                        ep.name,
+                        description=doc[0] if doc else f"plugin {ep.value}",
+                        **(tags if isinstance(tags, dict) else {}),
+                    )(obj)
             except Exception as exc:  # a broken plugin must not break the others
                 self.failed[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("could not load %s plugin %r (%s): %s", self.kind, ep.name, ep.value, self.failed[ep.name])
@@ -134,7 +144,9 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             if name in self.failed:
-                raise UnknownComponentError(f"{self.kind} plugin {name!r} is installed but failed to load: {self.failed[name]}") from None
+                raise UnknownComponentError(
+                    f"{self.kind} plugin {name!r} is installed but failed to load: {self.failed[name]}"
+                ) from None
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(sorted(self._entries))}"
             raise UnknownComponentError(f"unknown {self.kind} {name!r}; {hint}") from None

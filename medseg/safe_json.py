@@ -31,7 +31,7 @@ def _check_shape(text: str, source) -> None:
 
     bare = _STRING.sub('""', text).encode("utf-8", "replace")
     b = np.frombuffer(bare, dtype=np.uint8)
-    step = (np.isin(b, (ord("["), ord("{"))).astype(np.int64) - np.isin(b, (ord("]"), ord("}"))))
+    step = np.isin(b, (ord("["), ord("{"))).astype(np.int64) - np.isin(b, (ord("]"), ord("}")))
     depth = int(np.cumsum(step).max(initial=0))
     if depth > MAX_DEPTH:
         raise UnsafeJSONError(f"JSON is nested more than {MAX_DEPTH} levels deep", path=source)

@@ -22,8 +22,10 @@ warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 #   pytest -m "not needs_orthanc"          everything but the tests that start Orthanc
 #   pytest -m "not slow and not needs_nnunet"
 NEEDS_BY_FIXTURE = {
-    "orthanc": "needs_orthanc", "orthanc_factory": "needs_orthanc",
-    "nnunet_model": "needs_nnunet", "nnunet_mr_model": "needs_nnunet",
+    "orthanc": "needs_orthanc",
+    "orthanc_factory": "needs_orthanc",
+    "nnunet_model": "needs_nnunet",
+    "nnunet_mr_model": "needs_nnunet",
 }
 NEEDS_BY_FOLDER = {"external": "needs_nnunet"}
 # Tests needing a program rather than a fixture (Chromium, dcmtk, Ray) carry their marker explicitly.
@@ -45,8 +47,12 @@ def _registered() -> dict:
     from medseg.training.losses import LOSSES
     from medseg.transforms.intensity import INTENSITY
 
-    return {"model": set(MODELS.names()), "intensity scheme": set(INTENSITY.names()), "stage": set(STAGE_TYPES.names()),
-            "loss": set(LOSSES.names())}
+    return {
+        "model": set(MODELS.names()),
+        "intensity scheme": set(INTENSITY.names()),
+        "stage": set(STAGE_TYPES.names()),
+        "loss": set(LOSSES.names()),
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -76,13 +82,19 @@ def oracle_checkpoint(tmp_path_factory):
     from medseg.models.checkpoint import save_checkpoint
 
     register_oracle()
-    cfg = config_from_dict({
-        "model": {"name": "test_intensity_oracle"},
-        "preprocessing": {"window": [0, 400], "spacing": [2.0, 2.0, 2.0]},
-        "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
-    })
-    model = create_model("test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes)
-    return save_checkpoint(tmp_path_factory.mktemp("oracle") / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS)
+    cfg = config_from_dict(
+        {
+            "model": {"name": "test_intensity_oracle"},
+            "preprocessing": {"window": [0, 400], "spacing": [2.0, 2.0, 2.0]},
+            "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
+        }
+    )
+    model = create_model(
+        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
+    )
+    return save_checkpoint(
+        tmp_path_factory.mktemp("oracle") / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +106,7 @@ def coarse_phantom():
 
 
 # --- small data sets for training tests: tiny volumes, a tiny network, a few epochs ---
+
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
@@ -109,7 +122,15 @@ def tiny_cohort(tmp_path_factory):
         case = make_phantom(700 + i, spacing=(3.0, 3.0, 5.0), fov_mm=(240, 180, 136))
         write_volume(case.image, root / f"img_{i}.nii.gz", dtype=np.int16)
         write_label_map(case.labels, root / f"lab_{i}.nii.gz")
-        rows.append({"case_id": f"c{i}", "image": f"img_{i}.nii.gz", "label": f"lab_{i}.nii.gz", "split": "val" if i == 3 else "train", "fold": str(i % 2)})
+        rows.append(
+            {
+                "case_id": f"c{i}",
+                "image": f"img_{i}.nii.gz",
+                "label": f"lab_{i}.nii.gz",
+                "split": "val" if i == 3 else "train",
+                "fold": str(i % 2),
+            }
+        )
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return root / "manifest.csv"
 

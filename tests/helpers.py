@@ -44,7 +44,11 @@ def label_coded(case):
 
 # --- small data sets for training tests: tiny volumes, a tiny network, a few epochs ---
 
-TINY_MODEL = {"name": "unet", "spatial_dims": 3, "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}}
+TINY_MODEL = {
+    "name": "unet",
+    "spatial_dims": 3,
+    "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
+}
 
 
 def tiny_config(**training) -> dict:
@@ -52,7 +56,15 @@ def tiny_config(**training) -> dict:
         "labels": "abdomen_phantom",
         "model": TINY_MODEL,
         "preprocessing": {"spacing": [6.0, 6.0, 6.0], "crop_margin": 2},
-        "training": {"epochs": 3, "iterations_per_epoch": 2, "val_every": 1, "patch_size": [32, 32, 16], "batch_size": 2,
-                     "samples_per_image": 1, "amp": "off", **training},
+        "training": {
+            "epochs": 3,
+            "iterations_per_epoch": 2,
+            "val_every": 1,
+            "patch_size": [32, 32, 16],
+            "batch_size": 2,
+            "samples_per_image": 1,
+            "amp": "off",
+            **training,
+        },
         "inference": {"roi_size": [32, 32, 16], "sw_batch_size": 2},
     }

@@ -22,19 +22,44 @@ from medseg.inference.load import ModelFormat, register_format
 
 def _is_monai_bundle(p: Path) -> bool:
     c = p / "configs"
-    return (p.is_dir() and (c / "metadata.json").is_file() and not (p / "plans.json").is_file()
-            and any((c / n).is_file() for n in ("inference.json", "inference.yaml", "inference.yml")))
+    return (
+        p.is_dir()
+        and (c / "metadata.json").is_file()
+        and not (p / "plans.json").is_file()
+        and any((c / n).is_file() for n in ("inference.json", "inference.yaml", "inference.yml"))
+    )
 
 
 FORMATS: tuple[ModelFormat, ...] = (
-    ModelFormat("monai_bundle", _is_monai_bundle, bundle_predictor.from_folder, bundle_predictor.run_summary,
-                "MONAI bundle (configs/inference.json|yaml, configs/metadata.json, models/model.pt)"),
-    ModelFormat("totalsegmentator", totalseg.is_totalseg_folder, totalseg.from_folder, totalseg.run_summary,
-                "TotalSegmentator's nnU-Net result folders (DatasetNNN_*/..., its parts merged as one model)"),
-    ModelFormat("nnunet", is_nnunet_folder, nnunet_predictor.from_folder, nnunet_predictor.run_summary,
-                "nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/)"),
-    ModelFormat("medseg_import", portable.is_portable_file, portable.predictor, portable.run_summary,
-                "a model folder written as one file by medseg models import", files=True),
+    ModelFormat(
+        "monai_bundle",
+        _is_monai_bundle,
+        bundle_predictor.from_folder,
+        bundle_predictor.run_summary,
+        "MONAI bundle (configs/inference.json|yaml, configs/metadata.json, models/model.pt)",
+    ),
+    ModelFormat(
+        "totalsegmentator",
+        totalseg.is_totalseg_folder,
+        totalseg.from_folder,
+        totalseg.run_summary,
+        "TotalSegmentator's nnU-Net result folders (DatasetNNN_*/..., its parts merged as one model)",
+    ),
+    ModelFormat(
+        "nnunet",
+        is_nnunet_folder,
+        nnunet_predictor.from_folder,
+        nnunet_predictor.run_summary,
+        "nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_N/)",
+    ),
+    ModelFormat(
+        "medseg_import",
+        portable.is_portable_file,
+        portable.predictor,
+        portable.run_summary,
+        "a model folder written as one file by medseg models import",
+        files=True,
+    ),
 )
 
 

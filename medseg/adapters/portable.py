@@ -57,11 +57,20 @@ def is_portable_file(path) -> bool:
 def _model_entry(model, dir_name: str) -> dict:
     model.networks()  # the weights must fit the network plans.json describes (else one line naming the folder)
     folds = {}
-    for fold, state in zip(model.folds, model.weights):
-        folds[str(fold)] = {"network_weights": {k: v.detach().cpu().clone() for k, v in state.items()},
-                            "inference_allowed_mirroring_axes": list(model.mirror_axes) if model.mirror_axes is not None else None}
-    return {"dir": dir_name, "plans": model.plans, "dataset": model.dataset, "configuration": model.configuration,
-            "trainer": model.trainer, "checkpoint": model.checkpoint, "folds": folds}
+    for fold, state in zip(model.folds, model.weights, strict=False):
+        folds[str(fold)] = {
+            "network_weights": {k: v.detach().cpu().clone() for k, v in state.items()},
+            "inference_allowed_mirroring_axes": list(model.mirror_axes) if model.mirror_axes is not None else None,
+        }
+    return {
+        "dir": dir_name,
+        "plans": model.plans,
+        "dataset": model.dataset,
+        "configuration": model.configuration,
+        "trainer": model.trainer,
+        "checkpoint": model.checkpoint,
+        "folds": folds,
+    }
 
 
 def import_model(path, out, *, folds=None, checkpoint: str = "final", force: bool = False) -> Path:
@@ -69,13 +78,15 @@ def import_model(path, out, *, folds=None, checkpoint: str = "final", force: boo
     unless ``force``). Returns ``out``."""
     import torch
 
-
     src, target = Path(path), Path(out)
     fmt = detect(src)
     if fmt is None or fmt.name not in KINDS:
         what = f"a {fmt.name} folder" if fmt is not None else "not a model folder medseg recognises"
-        raise CheckpointError(f"{what}; medseg models import takes an nnU-Net v2 trained-model folder (plans.json, "
-                              "dataset.json, fold_N/) or TotalSegmentator's results folder", path=src)
+        raise CheckpointError(
+            f"{what}; medseg models import takes an nnU-Net v2 trained-model folder (plans.json, "
+            "dataset.json, fold_N/) or TotalSegmentator's results folder",
+            path=src,
+        )
     if target.exists() and not force:
         raise OutputError("exists; give another --out, or --force to replace it", path=target)
     if target.resolve() == src.resolve() or src.resolve() in target.resolve().parents:
@@ -89,9 +100,17 @@ def import_model(path, out, *, folds=None, checkpoint: str = "final", force: boo
         entries = [_model_entry(m, f"{m.folder.parent.name}/{m.folder.name}") for m in parts]
         labels, _ = totalseg.combined_labels(task, parts)
         sha = totalseg.folder_hash(parts)
-    payload = to_plain({MARKER: FORMAT_VERSION, "kind": fmt.name, "labels": labels.to_dict(),
-                        "source": {"name": src.resolve().name, "sha256": sha}, "versions": versions(), "models": entries},
-                       keep_tensors=True)
+    payload = to_plain(
+        {
+            MARKER: FORMAT_VERSION,
+            "kind": fmt.name,
+            "labels": labels.to_dict(),
+            "source": {"name": src.resolve().name, "sha256": sha},
+            "versions": versions(),
+            "models": entries,
+        },
+        keep_tensors=True,
+    )
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)
     return target
@@ -106,16 +125,22 @@ def _load(path) -> dict:
     except Exception as exc:  # refusal or damage -> one line
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
-        raise CheckpointError(f"not a readable imported model ({why[:160]}); medseg loads it weights-only and never runs "
-                              "code from it: import the folder again with medseg models import", path=p) from None
+        raise CheckpointError(
+            f"not a readable imported model ({why[:160]}); medseg loads it weights-only and never runs "
+            "code from it: import the folder again with medseg models import",
+            path=p,
+        ) from None
     if not isinstance(data, dict) or data.get(MARKER) is None:
         raise CheckpointError("not a model written by medseg models import", path=p)
     if data[MARKER] > FORMAT_VERSION:
-        raise CheckpointError(f"imported-model format {data[MARKER]} is newer than this medseg reads ({FORMAT_VERSION}); "
-                              "upgrade medseg", path=p)
+        raise CheckpointError(
+            f"imported-model format {data[MARKER]} is newer than this medseg reads ({FORMAT_VERSION}); upgrade medseg",
+            path=p,
+        )
     if data.get("kind") not in KINDS or not isinstance(data.get("models"), list) or not data["models"]:
-        raise CheckpointError(f"imported model of unknown kind {data.get('kind')!r} or without models; import the folder again",
-                              path=p)
+        raise CheckpointError(
+            f"imported model of unknown kind {data.get('kind')!r} or without models; import the folder again", path=p
+        )
     return data
 
 
@@ -138,10 +163,15 @@ def _materialise(data: dict, root: Path, path) -> Path:
             if not str(fold).isdigit() and fold != "all":
                 raise CheckpointError(f"imported model has a bad fold name {fold!r}", path=path)
             (d / f"fold_{fold}").mkdir(exist_ok=True)
-            torch.save({"network_weights": f["network_weights"], "trainer_name": m["trainer"],
-                        "init_args": {"configuration": m["configuration"]},
-                        "inference_allowed_mirroring_axes": f.get("inference_allowed_mirroring_axes")},
-                       d / f"fold_{fold}" / name)
+            torch.save(
+                {
+                    "network_weights": f["network_weights"],
+                    "trainer_name": m["trainer"],
+                    "init_args": {"configuration": m["configuration"]},
+                    "inference_allowed_mirroring_axes": f.get("inference_allowed_mirroring_axes"),
+                },
+                d / f"fold_{fold}" / name,
+            )
     if data["kind"] == "nnunet":
         return root / Path(str(data["models"][0]["dir"]))
     return root
@@ -155,15 +185,31 @@ def predictor(path, *, device=None, progress=False, folds=None, checkpoint="fina
     """The imported model's predictor: the same code as for its folder, on the folder recreated from the file."""
     data = _load(path)
     if checkpoint != "final" and checkpoint != _checkpoint_kind(data):
-        raise CheckpointError(f"this file holds the {_checkpoint_kind(data)} checkpoint only; import the folder again "
-                              f"with --checkpoint {checkpoint}", path=path)
+        raise CheckpointError(
+            f"this file holds the {_checkpoint_kind(data)} checkpoint only; import the folder again "
+            f"with --checkpoint {checkpoint}",
+            path=path,
+        )
     with tempfile.TemporaryDirectory(prefix="medseg-import-") as tmp:
         folder = _materialise(data, Path(tmp), path)
         from_folder = nnunet_predictor.from_folder if data["kind"] == "nnunet" else totalseg.from_folder
-        pred = from_folder(folder, device=device, progress=progress, folds=folds, checkpoint=_checkpoint_kind(data),
-                           expected_labels=expected_labels, **inference)
-    pred.provenance.update({"model_path": str(path), "model_sha256": file_sha256(path), "imported_from": data["source"],
-                            "format": f"{pred.provenance.get('format', data['kind'])} (imported)"})
+        pred = from_folder(
+            folder,
+            device=device,
+            progress=progress,
+            folds=folds,
+            checkpoint=_checkpoint_kind(data),
+            expected_labels=expected_labels,
+            **inference,
+        )
+    pred.provenance.update(
+        {
+            "model_path": str(path),
+            "model_sha256": file_sha256(path),
+            "imported_from": data["source"],
+            "format": f"{pred.provenance.get('format', data['kind'])} (imported)",
+        }
+    )
     return pred
 
 

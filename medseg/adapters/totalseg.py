@@ -123,7 +123,9 @@ def _datasets(path) -> dict[int, Path]:
 
 
 def _model_folders(dataset_dir: Path) -> list[Path]:
-    return sorted(d for d in dataset_dir.glob("*__*__*") if (d / "plans.json").is_file() and (d / "dataset.json").is_file())
+    return sorted(
+        d for d in dataset_dir.glob("*__*__*") if (d / "plans.json").is_file() and (d / "dataset.json").is_file()
+    )
 
 
 def is_totalseg_folder(path) -> bool:
@@ -139,23 +141,31 @@ def resolve(path) -> tuple[Task, list[Path]]:
     p = Path(path)
     found = {i: d for i, d in _datasets(p).items() if _model_folders(d)}
     if not found:
-        raise CheckpointError("no TotalSegmentator model here (expected DatasetNNN_*/Trainer__Plans__3d_fullres/ folders "
-                              "as under ~/.totalsegmentator/nnunet/results)", path=p)
+        raise CheckpointError(
+            "no TotalSegmentator model here (expected DatasetNNN_*/Trainer__Plans__3d_fullres/ folders "
+            "as under ~/.totalsegmentator/nnunet/results)",
+            path=p,
+        )
     task = next((t for t in TASKS if all(i in found for i in t.parts)), None)
     if task is None:
         t = next(t for t in TASKS if any(i in found for i in t.parts))
         missing = [i for i in t.parts if i not in found]
         raise CheckpointError(
             f"TotalSegmentator task {t.name!r} needs the datasets {list(t.parts)}; {missing} are missing: download them "
-            f"(TotalSegmentator's totalseg_download_weights) or copy their DatasetNNN_* folders here", path=p)
+            f"(TotalSegmentator's totalseg_download_weights) or copy their DatasetNNN_* folders here",
+            path=p,
+        )
     folders = []
     for i in task.parts:
         models = _model_folders(found[i])
         if len(models) > 1:
             preferred = [m for m in models if m.name.split("__")[0] == task.trainer]
             if len(preferred) != 1:
-                raise CheckpointError(f"{found[i].name} holds several models ({[m.name for m in models]}); keep the one "
-                                      f"TotalSegmentator runs ({task.trainer}__nnUNetPlans__3d_fullres)", path=found[i])
+                raise CheckpointError(
+                    f"{found[i].name} holds several models ({[m.name for m in models]}); keep the one "
+                    f"TotalSegmentator runs ({task.trainer}__nnUNetPlans__3d_fullres)",
+                    path=found[i],
+                )
             models = preferred
         folders.append(models[0])
     return task, folders
@@ -170,14 +180,17 @@ def combined_labels(task: Task, parts) -> tuple[LabelTable, list[np.ndarray]]:
     for model in parts:
         table = model.labels.table
         if model.labels.regions:
-            raise CheckpointError("part has region-based labels; TotalSegmentator's parts label one class per voxel",
-                                  path=model.folder)
+            raise CheckpointError(
+                "part has region-based labels; TotalSegmentator's parts label one class per voxel", path=model.folder
+            )
         lut = np.zeros(table.num_classes, dtype=np.int64)
         for lab in table.labels:
             if lab.name in seen:
-                raise CheckpointError(f"label {lab.name!r} is named by two parts ({seen[lab.name]} and "
-                                      f"{model.folder.parent.name}); TotalSegmentator's parts name distinct structures",
-                                      path=model.folder)
+                raise CheckpointError(
+                    f"label {lab.name!r} is named by two parts ({seen[lab.name]} and "
+                    f"{model.folder.parent.name}); TotalSegmentator's parts name distinct structures",
+                    path=model.folder,
+                )
             seen[lab.name] = model.folder.parent.name
             lut[lab.index] = lab.index + offset
             labels.append(Label(lab.index + offset, lab.name))
@@ -190,7 +203,7 @@ def merge(part_maps, luts, dtype=np.uint8) -> np.ndarray:
     """TotalSegmentator's merge: each part's map through its lookup table, copied where non-zero, in part order
     (a later part overwrites an earlier one where it labels a voxel)."""
     out = np.zeros(part_maps[0].shape, dtype=dtype)
-    for seg, lut in zip(part_maps, luts):
+    for seg, lut in zip(part_maps, luts, strict=False):
         mapped = lut.astype(dtype)[np.asarray(seg)]
         np.copyto(out, mapped, where=mapped != 0)
     return out
@@ -254,9 +267,11 @@ def to_shape(labels: np.ndarray, shape) -> np.ndarray:
 def slabs(n: int) -> list[tuple[slice, slice, slice]]:
     """nnunet.py's triple split along the last axis: (input slab, part of its prediction kept, where it goes)."""
     third, m = n // 3, SPLIT_MARGIN
-    return [(slice(0, third + m), slice(0, third), slice(0, third)),
-            (slice(third + 1 - m, third * 2 + m), slice(m - 1, m - 1 + third), slice(third, third * 2)),
-            (slice(third * 2 + 1 - m, n), slice(m - 1, None), slice(third * 2, n))]
+    return [
+        (slice(0, third + m), slice(0, third), slice(0, third)),
+        (slice(third + 1 - m, third * 2 + m), slice(m - 1, m - 1 + third), slice(third, third * 2)),
+        (slice(third * 2 + 1 - m, n), slice(m - 1, None), slice(third * 2, n)),
+    ]
 
 
 # ----------------------------------------------------------------------------------------- the predictor
@@ -279,11 +294,15 @@ def load_parts(path, *, folds=None, checkpoint="final"):
             use = ["0"]
         model = load_nnunet_folder(folder, folds=use, checkpoint=checkpoint)
         if model.in_channels != 1:
-            raise CheckpointError(f"part takes {model.in_channels} image channels; TotalSegmentator's parts take one image",
-                                  path=folder)
+            raise CheckpointError(
+                f"part takes {model.in_channels} image channels; TotalSegmentator's parts take one image", path=folder
+            )
         if len(model.conf["patch_size"]) != 3:
-            raise CheckpointError(f"part is a {len(model.conf['patch_size'])}D configuration ({model.configuration}); "
-                                  "TotalSegmentator's parts are 3d_fullres", path=folder)
+            raise CheckpointError(
+                f"part is a {len(model.conf['patch_size'])}D configuration ({model.configuration}); "
+                "TotalSegmentator's parts are 3d_fullres",
+                path=folder,
+            )
         parts.append(model)
     return task, parts
 
@@ -299,15 +318,26 @@ class TotalsegOptions:
     def parse(cls, inference: Mapping[str, Any] | None = None) -> "TotalsegOptions":
         overrides = dict(inference or {})
         part_opts = {"overlap": round(1.0 - TILE_STEP, 10), "mirror": False, **overrides}
-        return cls(NnunetOptions.parse(part_opts, model_kind="TotalSegmentator models",
-                                       follows="TotalSegmentator's own inference"))
+        return cls(
+            NnunetOptions.parse(
+                part_opts, model_kind="TotalSegmentator models", follows="TotalSegmentator's own inference"
+            )
+        )
 
 
 class TotalSegmentatorPredictor:
     """TotalSegmentator's task as one ``Predictor``: reorient, resample, nnU-Net per part, merge, back to the input grid."""
 
-    def __init__(self, task: Task, parts, *, device=None, progress: bool = False, options: TotalsegOptions | None = None,
-                 path=None):
+    def __init__(
+        self,
+        task: Task,
+        parts,
+        *,
+        device=None,
+        progress: bool = False,
+        options: TotalsegOptions | None = None,
+        path=None,
+    ):
         options = options if options is not None else TotalsegOptions.parse()
         self.task = task
         self.parts = parts
@@ -315,24 +345,47 @@ class TotalSegmentatorPredictor:
         self.progress = progress
         self.in_channels = 1
         self.labels, self.luts = combined_labels(task, parts)
-        self.predictors = [NnunetPredictor(m, device=self.device, progress=False, options=options.nnunet) for m in parts]
+        self.predictors = [
+            NnunetPredictor(m, device=self.device, progress=False, options=options.nnunet) for m in parts
+        ]
         self.inference = {**self.predictors[0].inference, "engine": "totalsegmentator"}
         self.inference.pop("roi_size", None)
-        self.preprocessing = {"intensity": "nnunet", "reorient": "RAS (closest canonical)",
-                              "spacing": [task.spacing] * 3, "resample_order": 1, "resampled_dtype": "int32"}
+        self.preprocessing = {
+            "intensity": "nnunet",
+            "reorient": "RAS (closest canonical)",
+            "spacing": [task.spacing] * 3,
+            "resample_order": 1,
+            "resampled_dtype": "int32",
+        }
         self.provenance = {
             "model_path": str(path if path is not None else parts[0].folder.parent.parent),
-            "model_sha256": folder_hash(parts), "weights_sha256": None,
-            "model_name": f"totalsegmentator:{task.name}", "format": "totalsegmentator", "task": task.name,
-            "parts": [{"dataset": m.folder.parent.name, "model": m.folder.name, "folds": list(m.folds),
-                       "checkpoint": m.checkpoint} for m in parts],
-            "in_channels": 1, "trained_with": {},
+            "model_sha256": folder_hash(parts),
+            "weights_sha256": None,
+            "model_name": f"totalsegmentator:{task.name}",
+            "format": "totalsegmentator",
+            "task": task.name,
+            "parts": [
+                {
+                    "dataset": m.folder.parent.name,
+                    "model": m.folder.name,
+                    "folds": list(m.folds),
+                    "checkpoint": m.checkpoint,
+                }
+                for m in parts
+            ],
+            "in_channels": 1,
+            "trained_with": {},
         }
 
     def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
         """The case's image through medseg's checks (one channel, NaN/Inf policy)."""
-        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
-                                  fill_value=intensity_fill_value(self.preprocessing), findings=findings)
+        return read_case_channels(
+            source,
+            in_channels=self.in_channels,
+            nonfinite=self.inference["nonfinite"],
+            fill_value=intensity_fill_value(self.preprocessing),
+            findings=findings,
+        )
 
     def _label_dtype(self):
         return np.uint8 if self.labels.num_classes - 1 < 256 else np.uint16
@@ -346,8 +399,9 @@ class TotalSegmentatorPredictor:
 
     def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
         if keep_probabilities:
-            raise ConfigError("TotalSegmentator models give one merged label map, no class probabilities; "
-                              "drop --save-probabilities")
+            raise ConfigError(
+                "TotalSegmentator models give one merged label map, no class probabilities; drop --save-probabilities"
+            )
         t0 = time.monotonic()
         findings: list = []
         volume, channels = self.read(source, findings)
@@ -370,23 +424,35 @@ class TotalSegmentatorPredictor:
         seg = undo_canonical(to_shape(seg, shape_c), ornt)
         labels = np.ascontiguousarray(seg)
         if labels.shape != tuple(shape_in):
-            raise GeometryError(f"prediction shape {labels.shape} differs from the input's {shape_in} (internal error)",
-                                path=volume.source or None)
+            raise GeometryError(
+                f"prediction shape {labels.shape} differs from the input's {shape_in} (internal error)",
+                path=volume.source or None,
+            )
         counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
-        meta = {"seconds": round(time.monotonic() - t0, 3), "seconds_windows": round(t_parts, 3),
-                "network_grid": [int(s) for s in ss], "peak_rss_mb": round(peak_rss_mb(), 1),
-                "confidence": {lab.name: None for lab in self.labels.labels}, "voxels": counts, "findings": findings,
-                "engine": "totalsegmentator"}
+        meta = {
+            "seconds": round(time.monotonic() - t0, 3),
+            "seconds_windows": round(t_parts, 3),
+            "network_grid": [int(s) for s in ss],
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "confidence": {lab.name: None for lab in self.labels.labels},
+            "voxels": counts,
+            "findings": findings,
+            "engine": "totalsegmentator",
+        }
         return Volume(labels, volume.affine.copy(), volume.source, meta)
 
 
-def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
+def from_folder(
+    path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference
+):
     """The ``totalsegmentator`` format's loader: the task's predictor, its options (``TotalsegOptions``) checked first."""
     options = TotalsegOptions.parse(inference)
     task, parts = load_parts(path, folds=folds, checkpoint=checkpoint)
     pred = TotalSegmentatorPredictor(task, parts, device=device, progress=progress, options=options, path=path)
     if expected_labels is not None and not pred.labels.same_structures(expected_labels):
-        raise CheckpointError(f"model segments {pred.labels.names} but {expected_labels.names} was asked for", path=Path(path))
+        raise CheckpointError(
+            f"model segments {pred.labels.names} but {expected_labels.names} was asked for", path=Path(path)
+        )
     return pred
 
 
@@ -394,5 +460,10 @@ def run_summary(path) -> dict:
     """What ``medseg run`` records of its model (the parts are loaded and checked, weights-only)."""
     task, parts = load_parts(path)
     table, _ = combined_labels(task, parts)
-    return {"path": str(path), "file_sha256": folder_hash(parts), "weights_sha256": None,
-            "model": {"name": f"totalsegmentator:{task.name}"}, "labels": table.to_dict()}
+    return {
+        "path": str(path),
+        "file_sha256": folder_hash(parts),
+        "weights_sha256": None,
+        "model": {"name": f"totalsegmentator:{task.name}"},
+        "labels": table.to_dict(),
+    }

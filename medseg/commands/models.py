@@ -57,14 +57,28 @@ def _run(args) -> int:
 def add(sub) -> None:
     s = sub.add_parser("models", help="list registered models (builds none), or import a model folder of another tool")
     s.add_argument("name", nargs="?", help="show one model's options and parameter counts; or 'import' (below)")
-    s.add_argument("path", nargs="?", help="with 'import': an nnU-Net v2 trained-model folder or TotalSegmentator's results "
-                   "folder, written as one portable file (medseg models import PATH --out MODEL.pt)")
+    s.add_argument(
+        "path",
+        nargs="?",
+        help="with 'import': an nnU-Net v2 trained-model folder or TotalSegmentator's results "
+        "folder, written as one portable file (medseg models import PATH --out MODEL.pt)",
+    )
     s.add_argument("--out", help="with 'import': the file to write (refused if it exists, unless --force)")
     s.add_argument("--force", action="store_true", help="with 'import': replace an existing --out")
-    s.add_argument("--folds", help="with 'import': comma-separated folds to keep (default: every fold_N present; "
-                   "TotalSegmentator: fold 0)")
-    s.add_argument("--checkpoint", choices=["final", "best"], default="final",
-                   help="with 'import': checkpoint_final.pth (default) or checkpoint_best.pth")
+    s.add_argument(
+        "--folds",
+        help="with 'import': comma-separated folds to keep (default: every fold_N present; TotalSegmentator: fold 0)",
+    )
+    s.add_argument(
+        "--checkpoint",
+        choices=["final", "best"],
+        default="final",
+        help="with 'import': checkpoint_final.pth (default) or checkpoint_best.pth",
+    )
     s.add_argument("--pattern", help="glob filter, e.g. 'unet*'")
-    s.add_argument("--params", action="store_true", help="add parameter counts at default width (built on the meta device: no memory)")
+    s.add_argument(
+        "--params",
+        action="store_true",
+        help="add parameter counts at default width (built on the meta device: no memory)",
+    )
     s.set_defaults(func=_run)

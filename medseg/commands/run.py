@@ -6,10 +6,22 @@ from medseg import api
 
 
 def _run(args) -> int:
-    r = api.run(pipeline=args.pipeline, input=args.input, out=args.out, overrides=args.set, resume=args.resume,
-                     engine=args.engine, workers=args.workers, address=args.address, progress=not args.no_progress,
-                     device=args.device, query=args.query, accessions=args.accessions, cache=args.cache,
-                     cache_max_gb=args.cache_max_gb)
+    r = api.run(
+        pipeline=args.pipeline,
+        input=args.input,
+        out=args.out,
+        overrides=args.set,
+        resume=args.resume,
+        engine=args.engine,
+        workers=args.workers,
+        address=args.address,
+        progress=not args.no_progress,
+        device=args.device,
+        query=args.query,
+        accessions=args.accessions,
+        cache=args.cache,
+        cache_max_gb=args.cache_max_gb,
+    )
     print(f"{len(r.done)} done, {len(r.skipped)} already done, {len(r.failures)} failed of {r.n_cases} -> {r.run_dir}")
     for cid, err in r.failures.items():
         print(f"  failed {cid}: {err}", file=sys.stderr)
@@ -19,34 +31,73 @@ def _run(args) -> int:
 
 
 def add(sub) -> None:
-    s = sub.add_parser("run", help="run a pipeline (pipelines/*.yaml) over a folder or manifest; resumable",
-                       description="Exit code: 0 all cases done, 1 done with failures (see failures.csv), 2 nothing done "
-                                   "or a usage error, 3 a PACS (--input ENDPOINT) cannot be reached or refuses medseg. "
-                                   "Running the same command again resumes: finished cases whose inputs and settings "
-                                   "are unchanged are skipped (a PACS study finished earlier is neither retrieved nor "
-                                   "sent again).")
-    s.add_argument("pipeline", help="a packaged pipeline's name (dicom_volumetry, pacs_volumetry, train_and_evaluate) "
-                   "or a pipeline YAML file, e.g. my_pipeline.yaml")
-    s.add_argument("--input", required=True, help="folder (one image file or DICOM sub-folder per case), manifest .csv, "
-                   "or a PACS: dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT[?calling=MEDSEG&retrieve=move&scp_port=N]")
+    s = sub.add_parser(
+        "run",
+        help="run a pipeline (pipelines/*.yaml) over a folder or manifest; resumable",
+        description="Exit code: 0 all cases done, 1 done with failures (see failures.csv), 2 nothing done "
+        "or a usage error, 3 a PACS (--input ENDPOINT) cannot be reached or refuses medseg. "
+        "Running the same command again resumes: finished cases whose inputs and settings "
+        "are unchanged are skipped (a PACS study finished earlier is neither retrieved nor "
+        "sent again).",
+    )
+    s.add_argument(
+        "pipeline",
+        help="a packaged pipeline's name (dicom_volumetry, pacs_volumetry, train_and_evaluate) "
+        "or a pipeline YAML file, e.g. my_pipeline.yaml",
+    )
+    s.add_argument(
+        "--input",
+        required=True,
+        help="folder (one image file or DICOM sub-folder per case), manifest .csv, "
+        "or a PACS: dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT[?calling=MEDSEG&retrieve=move&scp_port=N]",
+    )
     s.add_argument("--out", required=True, help="run directory (created, or resumed when it holds a run)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline setting, e.g. predict.model=best.pt or input.column=dicom (repeatable)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline setting, e.g. predict.model=best.pt or input.column=dicom (repeatable)",
+    )
     s.add_argument("--resume", action="store_true", help="continue the run in --out (error if there is none)")
-    s.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local (default): this process; ray: Ray actors (pip install 'medseg[ray]')")
-    s.add_argument("--workers", type=int, default=1,
-                   help="local: reader threads overlapping inference; ray: actors, each with its own model")
+    s.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local (default): this process; ray: Ray actors (pip install 'medseg[ray]')",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local: reader threads overlapping inference; ray: actors, each with its own model",
+    )
     s.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: the pipeline's, else cuda when available)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)")
+    s.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)"
+    )
     g = s.add_argument_group("PACS input (--input ENDPOINT)")
-    g.add_argument("--query", action="append", default=[], metavar="KEY=VALUE",
-                   help="study filter, repeatable: StudyDate=20260101-20260131, modality=CT, PatientID=..., "
-                        "StudyDescription=..., AccessionNumber=... (one case per study found)")
-    g.add_argument("--accessions", metavar="FILE.csv",
-                   help="CSV with a column AccessionNumber or StudyInstanceUID: one query per row")
-    g.add_argument("--cache", metavar="DIR", help="study cache folder (default ~/.cache/medseg/pacs, or $MEDSEG_PACS_CACHE)")
-    g.add_argument("--cache-max-gb", type=float, metavar="GB",
-                   help="cache size limit: finished studies are evicted, least recently used first")
+    g.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="study filter, repeatable: StudyDate=20260101-20260131, modality=CT, PatientID=..., "
+        "StudyDescription=..., AccessionNumber=... (one case per study found)",
+    )
+    g.add_argument(
+        "--accessions",
+        metavar="FILE.csv",
+        help="CSV with a column AccessionNumber or StudyInstanceUID: one query per row",
+    )
+    g.add_argument(
+        "--cache", metavar="DIR", help="study cache folder (default ~/.cache/medseg/pacs, or $MEDSEG_PACS_CACHE)"
+    )
+    g.add_argument(
+        "--cache-max-gb",
+        type=float,
+        metavar="GB",
+        help="cache size limit: finished studies are evicted, least recently used first",
+    )
     s.set_defaults(func=_run)

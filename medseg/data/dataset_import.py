@@ -59,7 +59,9 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
                 case = f.name[: -len(f"_0000{ending}")]
                 imgs = [root / img_dir / f"{case}_{c:04d}{ending}" for c in range(len(channels))]
                 lab: Path | str = root / lab_dir / f"{case}{ending}"
-                if split == "test" and not Path(lab).is_file():  # labelsTs/ is optional: test cases are predicted, and evaluated when labelled
+                if (
+                    split == "test" and not Path(lab).is_file()
+                ):  # labelsTs/ is optional: test cases are predicted, and evaluated when labelled
                     lab = ""
                 rows.append(_row(root, imgs, lab, split, n_channels=len(channels), case=case))
     if not rows:
@@ -77,13 +79,22 @@ def manifest_from_folder(folder: str | Path, out: str | Path, *, folds: int = 0,
         df["fold"] = fold
     write_csv(out, df)
     table_path = out.with_name(out.stem + "_labels.yaml")
-    write_text(table_path, "# written by medseg manifest from-folder from " + str(meta_path.name) + "\n"
-               + yaml.safe_dump({**table.to_dict(), "labels": table.to_dict()["labels"]}, sort_keys=False))
+    write_text(
+        table_path,
+        "# written by medseg manifest from-folder from "
+        + str(meta_path.name)
+        + "\n"
+        + yaml.safe_dump({**table.to_dict(), "labels": table.to_dict()["labels"]}, sort_keys=False),
+    )
     return out, table_path
 
 
 def _row(root: Path, images, label, split: str, *, n_channels: int, case: str | None = None) -> dict:
-    imgs = images if isinstance(images, list) else [root / str(images).removeprefix("./") if not Path(str(images)).is_absolute() else Path(images)]
+    imgs = (
+        images
+        if isinstance(images, list)
+        else [root / str(images).removeprefix("./") if not Path(str(images)).is_absolute() else Path(images)]
+    )
     lab = label if isinstance(label, Path) else (root / str(label).removeprefix("./") if label else "")
     case = case or re.sub(r"(\.nii(\.gz)?|\.nrrd|\.mha)$", "", Path(imgs[0]).name)
     row = {"case_id": case, "image": imgs[0]}

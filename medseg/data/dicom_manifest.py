@@ -83,8 +83,14 @@ def _label_objects(inv, salt):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             modality = str(ds.get("Modality", ""))
         except Exception:
-            others.append({"kind": "file", "key": "file_" + hashlib.sha256(str(path).encode()).hexdigest()[:10],
-                           "modality": "", "reason": f"not used: {reason}"})
+            others.append(
+                {
+                    "kind": "file",
+                    "key": "file_" + hashlib.sha256(str(path).encode()).hexdigest()[:10],
+                    "modality": "",
+                    "reason": f"not used: {reason}",
+                }
+            )
             continue
         key = pseudonym(str(ds.get("SOPInstanceUID", path)), prefix="ob", salt=salt)
         try:
@@ -92,21 +98,44 @@ def _label_objects(inv, salt):
                 head = rtstruct_header(ds)  # an RTSTRUCT has no pixel data: the header read is the whole object
                 rois = closed_rois(head)
                 names = [r["name"] for r in rois]
-                objects.append({"kind": "rtstruct", "path": path, "key": pseudonym(str(ds.SOPInstanceUID), prefix="rs", salt=salt),
-                                "series_uid": head["series_uid"], "names": names,
-                                "colors": {r["name"]: r["color"] for r in rois if r["color"]}, "codes": {}})
+                objects.append(
+                    {
+                        "kind": "rtstruct",
+                        "path": path,
+                        "key": pseudonym(str(ds.SOPInstanceUID), prefix="rs", salt=salt),
+                        "series_uid": head["series_uid"],
+                        "names": names,
+                        "colors": {r["name"]: r["color"] for r in rois if r["color"]},
+                        "codes": {},
+                    }
+                )
                 continue
             if modality == "SEG":
                 head = seg_header(ds)
                 segs = head["segments"]
-                objects.append({"kind": "seg", "path": path, "key": pseudonym(str(ds.SOPInstanceUID), prefix="sg", salt=salt),
-                                "series_uid": head["series_uid"], "names": [s["name"] for s in segs], "colors": {},
-                                "codes": {s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")}})
+                objects.append(
+                    {
+                        "kind": "seg",
+                        "path": path,
+                        "key": pseudonym(str(ds.SOPInstanceUID), prefix="sg", salt=salt),
+                        "series_uid": head["series_uid"],
+                        "names": [s["name"] for s in segs],
+                        "colors": {},
+                        "codes": {s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")},
+                    }
+                )
                 continue
         except MedsegError as exc:
             others.append({"kind": modality.lower(), "key": key, "modality": modality, "reason": f"unreadable: {exc}"})
             continue
-        others.append({"kind": "object", "key": key, "modality": modality, "reason": f"not an image series or label object ({reason})"})
+        others.append(
+            {
+                "kind": "object",
+                "key": key,
+                "modality": modality,
+                "reason": f"not an image series or label object ({reason})",
+            }
+        )
     return objects, others
 
 
@@ -123,8 +152,11 @@ def pair_label_objects(inv, *, salt: str | None = None):
             continue
         uid = ob["series_uid"]
         skey = pseudonym(uid, prefix="se", salt=salt) if uid else "(none)"
-        why = (f"its image series {skey} is in the export but cannot be read ({refused[uid]})" if uid in refused
-               else f"references image series {skey}, which is not in the export")
+        why = (
+            f"its image series {skey} is in the export but cannot be read ({refused[uid]})"
+            if uid in refused
+            else f"references image series {skey}, which is not in the export"
+        )
         unpaired.append({"kind": ob["kind"], "key": ob["key"], "modality": ob["kind"].upper(), "reason": why})
     paired_series = {ob["series_uid"] for ob in pairs}
     for e in inv.entries:
@@ -139,8 +171,15 @@ def pair_label_objects(inv, *, salt: str | None = None):
     return pairs, unpaired, usable
 
 
-def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike, *, inventory=None,
-                          synonyms: dict | None = None, salt: str | None = None, numbering=None) -> list[dict]:
+def convert_label_objects(
+    folder: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    inventory=None,
+    synonyms: dict | None = None,
+    salt: str | None = None,
+    numbering=None,
+) -> list[dict]:
     """Write every RTSTRUCT/SEG of ``folder`` as a label map on its series' grid, for ``medseg convert``.
 
     Per object, beside the series' image as ``convert`` names it (``<study key>_<stack key>``):
@@ -153,8 +192,11 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
     folder, out = Path(folder), Path(out_dir)
     inv = inventory if inventory is not None else scan_inventory(folder, salt=salt)
     pairs, unpaired, usable = pair_label_objects(inv, salt=salt)
-    rows = [{"series_key": "", "label_object": u["key"], "output": "", "status": "skipped", "reason": u["reason"]}
-            for u in unpaired if u["kind"] in ("rtstruct", "seg")]
+    rows = [
+        {"series_key": "", "label_object": u["key"], "output": "", "status": "skipped", "reason": u["reason"]}
+        for u in unpaired
+        if u["kind"] in ("rtstruct", "seg")
+    ]
     object_series = {Path(f): e.series.series_key for e in inv.entries if e.series.not_image for f in e.series.files}
     for ob in pairs:
         c = usable[ob["series_uid"]]
@@ -169,9 +211,21 @@ def convert_label_objects(folder: str | os.PathLike, out_dir: str | os.PathLike,
                 res.labels, table = _renumbered_as(res.labels, table, numbering)
             target = write_label_map(res.labels, out / f"{name}.label.nii.gz")
             write_text(out / f"{name}.labels.yaml", yaml.safe_dump(table.to_dict(), sort_keys=False))
-            write_json(out / f"{name}.findings.json", {"label_object": ob["key"], "series_key": c.series.series_key,
-                                                        "rois": res.rois, "unmapped": res.unmapped, "findings": res.findings})
-            row.update(output=target.name, status="converted", reason="; ".join(f"{f['kind']}: {f['action']}" for f in res.findings))
+            write_json(
+                out / f"{name}.findings.json",
+                {
+                    "label_object": ob["key"],
+                    "series_key": c.series.series_key,
+                    "rois": res.rois,
+                    "unmapped": res.unmapped,
+                    "findings": res.findings,
+                },
+            )
+            row.update(
+                output=target.name,
+                status="converted",
+                reason="; ".join(f"{f['kind']}: {f['action']}" for f in res.findings),
+            )
         except MedsegError as exc:
             row.update(status="refused", reason=str(exc))
         rows.append(row)
@@ -190,15 +244,26 @@ def _renumbered_as(labels, table, numbering):
             mapping[lab.index] = top
             extra.append(Label(top, lab.name, lab.color, lab.snomed))
     if extra:
-        log.warning("structures %s are not in label table %r; numbered %s after it", [lab.name for lab in extra],
-                    numbering.name, [lab.index for lab in extra])
+        log.warning(
+            "structures %s are not in label table %r; numbered %s after it",
+            [lab.name for lab in extra],
+            numbering.name,
+            [lab.index for lab in extra],
+        )
     array = renumbered(labels.array, mapping)
     out_table = LabelTable(numbering.name, tuple(lab for lab in numbering.labels) + tuple(extra))
     return Volume(array, labels.affine, labels.source, labels.meta), out_table
 
 
-def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, split: str = "train",
-                        synonyms: dict | None = None, salt: str | None = None, progress: bool = False) -> DicomManifest:
+def manifest_from_dicom(
+    export: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "train",
+    synonyms: dict | None = None,
+    salt: str | None = None,
+    progress: bool = False,
+) -> DicomManifest:
     """Write the manifest ``out``, ``<stem>_labels.yaml``, ``<stem>_unpaired.csv`` and the cached NIfTI pairs."""
     import pandas as pd
     import yaml
@@ -226,8 +291,12 @@ def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, sp
         folder = cache / skey
         img_path, lab_path = folder / "image.nii.gz", folder / f"{ob['key']}.label.nii.gz"
         series_sha = hashlib.sha256("\n".join(sorted(x.sop_uid for x in cand.plan.slices)).encode()).hexdigest()
-        stamp = {"object_sha256": _sha256(ob["path"]), "series_instances_sha256": series_sha, "table": table.to_dict(),
-                 "kind": ob["kind"]}
+        stamp = {
+            "object_sha256": _sha256(ob["path"]),
+            "series_instances_sha256": series_sha,
+            "table": table.to_dict(),
+            "kind": ob["kind"],
+        }
         stamp_path = folder / f"{ob['key']}.source.json"
         fresh = img_path.is_file() and lab_path.is_file() and stamp_path.is_file()
         if fresh:
@@ -240,28 +309,61 @@ def manifest_from_dicom(export: str | os.PathLike, out: str | os.PathLike, *, sp
                 reader = read_rtstruct if ob["kind"] == "rtstruct" else read_dicom_seg
                 res = reader(ob["path"], export, table=table, synonyms=synonyms, inventory=inv)
             except MedsegError as exc:
-                unpaired.append({"kind": ob["kind"], "key": ob["key"], "modality": ob["kind"].upper(),
-                                 "reason": f"paired with series {skey} but could not be read: {exc}"})
+                unpaired.append(
+                    {
+                        "kind": ob["kind"],
+                        "key": ob["key"],
+                        "modality": ob["kind"].upper(),
+                        "reason": f"paired with series {skey} but could not be read: {exc}",
+                    }
+                )
                 continue
-            is_ct = (cand.series.modality == "CT" and np.all(np.isfinite(res.image.array))
-                     and np.array_equal(res.image.array, np.round(res.image.array))
-                     and res.image.array.min() >= -32768 and res.image.array.max() <= 32767)
+            is_ct = (
+                cand.series.modality == "CT"
+                and np.all(np.isfinite(res.image.array))
+                and np.array_equal(res.image.array, np.round(res.image.array))
+                and res.image.array.min() >= -32768
+                and res.image.array.max() <= 32767
+            )
             write_volume(res.image, img_path, dtype=np.int16 if is_ct else None)
             write_label_map(res.labels, lab_path)
-            write_json(folder / f"{ob['key']}.findings.json", {"case_id": case_id, "series_key": skey, "label_object": ob["key"],
-                                                               "rois": res.rois, "unmapped": res.unmapped,
-                                                               "findings": res.findings})
+            write_json(
+                folder / f"{ob['key']}.findings.json",
+                {
+                    "case_id": case_id,
+                    "series_key": skey,
+                    "label_object": ob["key"],
+                    "rois": res.rois,
+                    "unmapped": res.unmapped,
+                    "findings": res.findings,
+                },
+            )
             write_json(stamp_path, stamp)
             log.info("case %s: %s %s -> label map (%d findings)", case_id, ob["kind"], ob["key"], len(res.findings))
-        rows.append({"case_id": case_id, "image": os.path.relpath(img_path, out.parent),
-                     "label": os.path.relpath(lab_path, out.parent), "split": split, "series_key": skey,
-                     "label_object": ob["key"], "label_kind": ob["kind"], "modality": cand.series.modality})
+        rows.append(
+            {
+                "case_id": case_id,
+                "image": os.path.relpath(img_path, out.parent),
+                "label": os.path.relpath(lab_path, out.parent),
+                "split": split,
+                "series_key": skey,
+                "label_object": ob["key"],
+                "label_kind": ob["kind"],
+                "modality": cand.series.modality,
+            }
+        )
     if not rows:
-        raise InputError(f"no image series with an RTSTRUCT or SEG that references it ({len(unpaired)} objects/series "
-                         "could not be paired); expected a DICOM export holding images and their structure sets", path=export)
+        raise InputError(
+            f"no image series with an RTSTRUCT or SEG that references it ({len(unpaired)} objects/series "
+            "could not be paired); expected a DICOM export holding images and their structure sets",
+            path=export,
+        )
     write_csv(out, pd.DataFrame(rows))
-    write_text(table_path, "# written by medseg manifest from-dicom: structures from the ROI/segment names (synonyms applied)\n"
-               + yaml.safe_dump(table.to_dict(), sort_keys=False))
+    write_text(
+        table_path,
+        "# written by medseg manifest from-dicom: structures from the ROI/segment names (synonyms applied)\n"
+        + yaml.safe_dump(table.to_dict(), sort_keys=False),
+    )
     unpaired_path = out.with_name(stem + "_unpaired.csv")
     write_csv(unpaired_path, pd.DataFrame(unpaired, columns=UNPAIRED_COLUMNS))
     return DicomManifest(out, table_path, unpaired_path, [r["case_id"] for r in rows], unpaired)

@@ -52,9 +52,14 @@ def label_files(inputs: Sequence[PathLike], what: str = "label maps", *, images:
         if not p.is_dir():
             out.append(p)
             continue
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                       and f.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)
-                       and not f.name.lower().endswith(NOT_LABEL_MAPS))
+        files = sorted(
+            f
+            for f in p.iterdir()
+            if f.is_file()
+            and not f.name.startswith(".")
+            and f.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)
+            and not f.name.lower().endswith(NOT_LABEL_MAPS)
+        )
         labelled = [f for f in files if case_id_for(f).endswith(".label")]  # medseg convert's label maps beside images
         if images:
             files = [f for f in files if f not in labelled]
@@ -79,7 +84,9 @@ def travelling_table(path: PathLike) -> tuple[LabelTable | None, str]:
         table = _sidecar_table(str(sidecar))
         if table is not None:
             return table, str(sidecar)
-    for cand in dict.fromkeys([folder / f"{stem}.labels.yaml", folder / f"{re.sub(r'[.]label$', '', stem)}.labels.yaml"]):
+    for cand in dict.fromkeys(
+        [folder / f"{stem}.labels.yaml", folder / f"{re.sub(r'[.]label$', '', stem)}.labels.yaml"]
+    ):
         if cand.is_file():
             return LabelTable.from_yaml(cand), str(cand)
     for cand in (folder / "dataset.json", folder.parent / "dataset.json"):
@@ -108,7 +115,11 @@ def _dataset_table(path: str) -> LabelTable:
 def _manifest_table(folder: str) -> tuple[LabelTable, str] | None:
     """``<stem>_labels.yaml`` beside ``<stem>.csv`` in ``folder``, when exactly one such pair is there."""
     try:
-        found = [t for t in Path(folder).glob("*_labels.yaml") if t.with_name(t.name[: -len("_labels.yaml")] + ".csv").is_file()]
+        found = [
+            t
+            for t in Path(folder).glob("*_labels.yaml")
+            if t.with_name(t.name[: -len("_labels.yaml")] + ".csv").is_file()
+        ]
     except OSError:
         return None
     if len(found) != 1:
@@ -140,8 +151,10 @@ def renumbered(array: np.ndarray, mapping: dict[int, int], *, keep_unnamed: bool
     present = set(np.unique(array).tolist()) - {0}
     others = present - set(mapping)
     if keep_unnamed and others & set(mapping.values()):
-        raise InputError(f"value {min(others & set(mapping.values()))} is named by no label table of this file but is "
-                         "another structure's value after matching by name; name every value of the label map")
+        raise InputError(
+            f"value {min(others & set(mapping.values()))} is named by no label table of this file but is "
+            "another structure's value after matching by name; name every value of the label map"
+        )
     if not moved and not others:
         return array
     top = max([*mapping.values(), *(others if keep_unnamed else [])], default=0)
@@ -165,31 +178,42 @@ def tables_for(paths: Sequence[PathLike], given: LabelTable | None, what: str) -
         table, origin = travelling_table(p)
         if table is None:
             if given is None:
-                raise InputError(f"the {what} carries no label names (no predict sidecar, .labels.yaml, dataset.json or "
-                                 "manifest table beside it); pass --label-table naming the structure of each value",
-                                 path=p)
+                raise InputError(
+                    f"the {what} carries no label names (no predict sidecar, .labels.yaml, dataset.json or "
+                    "manifest table beside it); pass --label-table naming the structure of each value",
+                    path=p,
+                )
             table, origin = given, "--label-table"
         out.append((table, origin))
     return out
 
 
-def common_structures(pred: LabelTable, ref: LabelTable, pred_path: PathLike, ref_path: PathLike) -> tuple[LabelTable, dict[int, int]]:
+def common_structures(
+    pred: LabelTable, ref: LabelTable, pred_path: PathLike, ref_path: PathLike
+) -> tuple[LabelTable, dict[int, int]]:
     """The structures ``pred`` and ``ref`` both name (in ``pred``'s numbering) and the map of ``ref``'s values onto it.
 
     No name in common is a one-line refusal; names only one side has are left out with a warning.
     """
     mapping = value_map(ref, pred)
     if not mapping:
-        raise InputError(f"the prediction {Path(pred_path).name} names [{_names(pred)}] and the reference names "
-                         f"[{_names(ref)}]: no structure in common, so nothing can be compared by name; give label "
-                         "tables that name the same structures (medseg convert --label-table numbers converted ones)",
-                         path=ref_path)
+        raise InputError(
+            f"the prediction {Path(pred_path).name} names [{_names(pred)}] and the reference names "
+            f"[{_names(ref)}]: no structure in common, so nothing can be compared by name; give label "
+            "tables that name the same structures (medseg convert --label-table numbers converted ones)",
+            path=ref_path,
+        )
     keep = set(mapping.values())
     only_pred = [lab.name for lab in pred.labels if lab.index not in keep]
     only_ref = [lab.name for lab in ref.labels if lab.index not in mapping]
     if only_pred or only_ref:
-        log.warning("%s: compared by name on %d structure(s); only in the prediction: %s; only in the reference: %s",
-                    case_id_for(pred_path), len(keep), ", ".join(only_pred) or "none", ", ".join(only_ref) or "none")
+        log.warning(
+            "%s: compared by name on %d structure(s); only in the prediction: %s; only in the reference: %s",
+            case_id_for(pred_path),
+            len(keep),
+            ", ".join(only_pred) or "none",
+            ", ".join(only_ref) or "none",
+        )
     table = LabelTable(pred.name, tuple(lab for lab in pred.labels if lab.index in keep))
     return table, mapping
 
@@ -203,14 +227,17 @@ def one_table(paths: Sequence[PathLike], given: LabelTable | None) -> tuple[Labe
     tables = tables_for(paths, given, "label map")
     target = given if given is not None else tables[0][0]
     maps = []
-    for p, (table, origin) in zip(paths, tables):
+    for p, (table, origin) in zip(paths, tables, strict=False):
         mapping = value_map(table, target)
         missing = [lab.name for lab in table.labels if lab.index not in mapping]
         absent = sorted(set(target.names) - {lab.name for lab in target.labels if lab.index in set(mapping.values())})
         if missing or absent:
-            raise InputError(f"its label names ({origin}: {_names(table)}) are not those of the report's table "
-                             f"{target.name!r} ({_names(target)}); report label maps of one table together, or pass "
-                             "--label-table", path=p)
+            raise InputError(
+                f"its label names ({origin}: {_names(table)}) are not those of the report's table "
+                f"{target.name!r} ({_names(target)}); report label maps of one table together, or pass "
+                "--label-table",
+                path=p,
+            )
         if any(k != v for k, v in mapping.items()):
             log.info("%s: values renumbered by name onto table %r", Path(p).name, target.name)
         maps.append(mapping)

@@ -65,7 +65,9 @@ def table_from_dataset_json_labels(labels: dict, name: str) -> LabelTable:
         elif str(k).isdigit():
             idx, nm = int(k), str(v)
         else:
-            raise InputError(f"dataset.json label entry {k!r}: {v!r} is not 'name: index' or 'index: name' (region labels are not supported)")
+            raise InputError(
+                f"dataset.json label entry {k!r}: {v!r} is not 'name: index' or 'index: name' (region labels are not supported)"
+            )
         if idx != 0:
             items.append(Label(idx, clean_name(nm, idx)))
     return LabelTable(name, tuple(sorted(items, key=lambda lab: lab.index)))
@@ -88,8 +90,11 @@ def read_labels_csv(path: Path) -> LabelTable:
     icol = next((cols[c] for c in _CSV_INDEX if c in cols), None)
     ncol = next((cols[c] for c in _CSV_NAME if c in cols and cols[c] != icol), None)
     if icol is None or ncol is None:
-        raise InputError(f"labels CSV needs an index column ({'/'.join(_CSV_INDEX)}) and a name column ({'/'.join(_CSV_NAME)}); "
-                         f"found {list(rows[0])}", path=path)
+        raise InputError(
+            f"labels CSV needs an index column ({'/'.join(_CSV_INDEX)}) and a name column ({'/'.join(_CSV_NAME)}); "
+            f"found {list(rows[0])}",
+            path=path,
+        )
     items = []
     for r in rows:
         raw = str(r[icol]).strip()
@@ -145,7 +150,9 @@ def read_seg_nrrd_names(path: Path) -> LabelTable:
         value = fields.get(f"Segment{i}_LabelValue", str(i + 1))
         layer = fields.get(f"Segment{i}_Layer", "0")
         if layer not in ("", "0"):
-            raise InputError(f"segment {i} is on layer {layer}; overlapping segments cannot form one label map", path=path)
+            raise InputError(
+                f"segment {i} is on layer {layer}; overlapping segments cannot form one label map", path=path
+            )
         idx = int(value)
         items.append(Label(idx, clean_name(fields[f"Segment{i}_Name"], idx)))
     return LabelTable(clean_name(path.name.split(".")[0], 0), tuple(sorted(items, key=lambda lab: lab.index)))
@@ -158,7 +165,7 @@ def label_values(df, known: dict[str, set[int]] | None = None) -> dict[str, set[
     label maps once and passes their values here): they are not read again.
     """
     out = dict(known or {})
-    for case, path in zip(df["case_id"], df["label"]):
+    for case, path in zip(df["case_id"], df["label"], strict=False):
         if not path or case in out:
             continue
         try:
@@ -183,7 +190,9 @@ def table_from_values(values: dict[str, set[int]], name: str) -> LabelTable:
     if not found:
         raise InputError("no label map holds any structure (all background); nothing to train")
     if found[0] < 0:
-        raise InputError(f"label maps hold negative values {[v for v in found if v < 0]}; labels are 0 (background) or positive")
+        raise InputError(
+            f"label maps hold negative values {[v for v in found if v < 0]}; labels are 0 (background) or positive"
+        )
     return LabelTable(name, tuple(Label(v, f"label_{v}") for v in found))
 
 
@@ -206,8 +215,14 @@ def _dataset_json_candidates(manifest: Path, df) -> list[Path]:
     return out
 
 
-def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None = None,
-                       values: dict[str, set[int]] | None = None, fallback: bool = True) -> FoundTable | None:
+def table_for_manifest(
+    manifest: str | Path,
+    df,
+    *,
+    explicit: str | Path | None = None,
+    values: dict[str, set[int]] | None = None,
+    fallback: bool = True,
+) -> FoundTable | None:
     """The label table for the manifest's data set (see the module docstring for the order).
 
     ``values`` (``label_values(df)``, when the caller already has it) saves reading the label maps again.
@@ -238,9 +253,12 @@ def table_for_manifest(manifest: str | Path, df, *, explicit: str | Path | None 
         return None
     name = clean_name(manifest.stem, 0)
     table = table_from_values(values if values is not None else label_values(df), name)
-    log.warning("no label table found for %s: the structures are named %s from the values in the label maps; name them with "
-                "`medseg plan --labels TABLE` (YAML, labels.csv, ITK-SNAP or dataset.json) or put labels.csv beside the manifest",
-                manifest.name, ", ".join(table.names))
+    log.warning(
+        "no label table found for %s: the structures are named %s from the values in the label maps; name them with "
+        "`medseg plan --labels TABLE` (YAML, labels.csv, ITK-SNAP or dataset.json) or put labels.csv beside the manifest",
+        manifest.name,
+        ", ".join(table.names),
+    )
     return FoundTable(table, "label values in the label maps (no table found)", generated=True)
 
 
@@ -257,8 +275,11 @@ def _read_any(path: Path) -> LabelTable:
         return read_seg_nrrd_names(path)
     t = read_itksnap(path)
     if t is None:
-        raise ConfigError("label table format not recognised; expected YAML, dataset.json, labels.csv, an ITK-SNAP label "
-                          "description or a .seg.nrrd", path=path)
+        raise ConfigError(
+            "label table format not recognised; expected YAML, dataset.json, labels.csv, an ITK-SNAP label "
+            "description or a .seg.nrrd",
+            path=path,
+        )
     return t
 
 
@@ -274,11 +295,16 @@ def check_table_against_values(table: LabelTable, values: dict[str, set[int]]) -
     present = set().union(*values.values()) if values else set()
     missing = [lab for lab in table.labels if lab.index not in present]
     if missing and values:
-        problems.append("label table {!r} names {} that no label map contains ({} cases checked)".format(
-            table.name, ", ".join(f"{lab.index} ({lab.name})" for lab in missing), len(values)))
+        problems.append(
+            "label table {!r} names {} that no label map contains ({} cases checked)".format(
+                table.name, ", ".join(f"{lab.index} ({lab.name})" for lab in missing), len(values)
+            )
+        )
     n = len(table.labels)
     if table.num_classes > max(32, 2 * (n + 1)):  # the network has one output per value up to the largest
-        problems.append(f"label table {table.name!r} numbers {n} structures up to {table.num_classes - 1}: the network would need "
-                        f"{table.num_classes} outputs (logits of that many channels per voxel); renumber the label maps 1..{n} "
-                        "(nnU-Net requires consecutive labels too)")
+        problems.append(
+            f"label table {table.name!r} numbers {n} structures up to {table.num_classes - 1}: the network would need "
+            f"{table.num_classes} outputs (logits of that many channels per voxel); renumber the label maps 1..{n} "
+            "(nnU-Net requires consecutive labels too)"
+        )
     return problems

@@ -64,7 +64,7 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
     if bad_split:
         raise InputError(f"unknown split value(s) {bad_split}; expected one of {list(SPLITS)}", path=p)
     if "fold" in df.columns:
-        bad = [c for c, f in zip(df["case_id"], df["fold"]) if f != "" and not f.lstrip("-").isdigit()]
+        bad = [c for c, f in zip(df["case_id"], df["fold"], strict=False) if f != "" and not f.lstrip("-").isdigit()]
         if bad:
             raise InputError(f"fold must be an integer; cases {bad[:5]}", path=p)
 
@@ -72,7 +72,7 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
     cols = image_columns(df) + (["label"] if "label" in df.columns else [])
     for col in cols:
         resolved = []
-        for case, rel, split in zip(df["case_id"], df[col], df["split"]):
+        for case, rel, split in zip(df["case_id"], df[col], df["split"], strict=False):
             if rel == "":
                 resolved.append("")
                 if col != "label" or require_labels and split != "test":  # test cases need no label: they are predicted
@@ -84,9 +84,11 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
             resolved.append(str(f.resolve()) if f.exists() else str(f))
         df[col] = resolved
     if check_hashes and "sha256" in df.columns:
-        for case, img, want in zip(df["case_id"], df["image"], df["sha256"]):
+        for case, img, want in zip(df["case_id"], df["image"], df["sha256"], strict=False):
             if want and Path(img).is_file() and file_sha256(img) != want.lower():
-                problems.append(f"{case}: image {Path(img).name} does not match its sha256 (changed since the manifest was written?)")
+                problems.append(
+                    f"{case}: image {Path(img).name} does not match its sha256 (changed since the manifest was written?)"
+                )
     if label_table is not None and "label" in df.columns:
         problems += _check_cases(df, label_table, image_columns(df))
     if problems:
@@ -112,11 +114,13 @@ def _check_cases(df, table, image_cols: list[str]) -> list[str]:
             problems.append(f"{case}: unreadable ({exc}); training reads NIfTI, NRRD and MHA files")
             continue
         ref_shape, ref_affine = grids[0]
-        for col, (shape, affine) in zip(image_cols[1:] + (["label"] if label else []), grids[1:]):
+        for col, (shape, affine) in zip(image_cols[1:] + (["label"] if label else []), grids[1:], strict=False):
             if shape != ref_shape:
                 problems.append(f"{case}: {col} shape {shape} differs from image shape {ref_shape}")
             elif not np.allclose(affine, ref_affine, atol=1e-3):
-                problems.append(f"{case}: {col} affine differs from the image's by {np.abs(affine - ref_affine).max():.3g} mm")
+                problems.append(
+                    f"{case}: {col} affine differs from the image's by {np.abs(affine - ref_affine).max():.3g} mm"
+                )
     return problems + check_table_against_values(table, values)
 
 

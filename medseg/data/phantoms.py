@@ -138,20 +138,25 @@ class _Grid:
     body_centre: np.ndarray
 
 
-def _draw_grid(rng: np.random.Generator, seed: int, spacing, flips, oblique_deg: float, noise_hu, fov_mm
-               ) -> tuple[_Grid, float]:
+def _draw_grid(
+    rng: np.random.Generator, seed: int, spacing, flips, oblique_deg: float, noise_hu, fov_mm
+) -> tuple[_Grid, float]:
     """The voxel grid (spacing, flips, field of view, oblique rotation, table position) and the noise level:
     what is given, else drawn."""
     # Draw every random choice even when overridden, so the anatomy depends on the seed alone.
     s_in, s_z = rng.uniform(0.6, 1.0), rng.uniform(1.5, 5.0)
     drawn_flips = tuple(bool(f) for f in rng.integers(0, 2, size=3))
     drawn_noise = rng.uniform(8.0, 14.0)
-    drawn_fov = (rng.uniform(240, 340), rng.uniform(180, 300), rng.uniform(136, 160))  # more or less air around the body
+    drawn_fov = (
+        rng.uniform(240, 340),
+        rng.uniform(180, 300),
+        rng.uniform(136, 160),
+    )  # more or less air around the body
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (s_in, s_in, s_z)
     flips = tuple(flips) if flips is not None else drawn_flips
     noise = drawn_noise if noise_hu is None else float(noise_hu)
     fov = tuple(float(f) for f in (fov_mm or drawn_fov))
-    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov, spacing))
+    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov, spacing, strict=False))
 
     # Voxel -> world (RAS mm): rotate (oblique), flip axes, scale; random table position.
     oblique = _rotation(np.random.default_rng([seed, 1]), oblique_deg)  # own stream: anatomy unchanged
@@ -207,11 +212,13 @@ def _draw_body(rng: np.random.Generator, x, y, z, shape: tuple) -> tuple[np.ndar
 def _draw_organs(rng: np.random.Generator, x, y, z, cavity: np.ndarray, image: np.ndarray) -> np.ndarray:
     """The label map (uint8) of the four organs, painted into ``image`` with their HU as they are drawn."""
     labels = np.zeros(image.shape, dtype=np.uint8)
-    for name, lab, hu, centre, semi in _ORGANS:
+    for _name, lab, hu, centre, semi in _ORGANS:
         c = np.asarray(centre) + rng.uniform(-6, 6, size=3)
         s = np.asarray(semi) * rng.uniform(0.85, 1.15, size=3)
         rot = _rotation(rng, 15.0).astype(np.float32)
-        px, py, pz = ((rot[a, 0] * (x - c[0]) + rot[a, 1] * (y - c[1]) + rot[a, 2] * (z - c[2])) / s[a] for a in range(3))
+        px, py, pz = (
+            (rot[a, 0] * (x - c[0]) + rot[a, 1] * (y - c[1]) + rot[a, 2] * (z - c[2])) / s[a] for a in range(3)
+        )
         bumps = np.zeros_like(px)
         for _ in range(3):
             w = rng.normal(size=3) * 2.0
@@ -270,18 +277,34 @@ def write_dicom_series(
     sx, sy, sz = vol.spacing
     row_cos = lps[:3, 0] / sx
     col_cos = lps[:3, 1] / sy
-    series = _SeriesHeader(study_uid or generate_uid(), series_uid or generate_uid(), generate_uid(), modality,
-                           series_description, series_number, vol.shape)
+    series = _SeriesHeader(
+        study_uid or generate_uid(),
+        series_uid or generate_uid(),
+        generate_uid(),
+        modality,
+        series_description,
+        series_number,
+        vol.shape,
+    )
     rng = np.random.default_rng(seed)
-    positions, rank = _slice_positions(lps, (row_cos, col_cos), sz, vol.shape[2], seed=seed, tilt_deg=tilt_deg,
-                                       jitter_mm=position_jitter_mm)
+    positions, rank = _slice_positions(
+        lps, (row_cos, col_cos), sz, vol.shape[2], seed=seed, tilt_deg=tilt_deg, jitter_mm=position_jitter_mm
+    )
     if instance_order == "reversed":
         rank = len(rank) - 1 - rank
     thickness = sz if slice_thickness is None else float(slice_thickness)
 
     if enhanced:
-        _write_enhanced_ct(series.dataset(EnhancedCTImageStorage), folder / f"{rng.integers(0, 2**48):012x}", positions,
-                           row_cos, col_cos, (sy, sx), thickness, [_stored(vol, k) for k in range(vol.shape[2])])
+        _write_enhanced_ct(
+            series.dataset(EnhancedCTImageStorage),
+            folder / f"{rng.integers(0, 2**48):012x}",
+            positions,
+            row_cos,
+            col_cos,
+            (sy, sx),
+            thickness,
+            [_stored(vol, k) for k in range(vol.shape[2])],
+        )
         return folder
     copies = [k for k in range(vol.shape[2]) if k not in set(drop_slices)] + [int(k) for k in duplicate_slices]
     for k in copies:
@@ -304,8 +327,9 @@ def write_dicom_series(
     return folder
 
 
-def _slice_positions(lps: np.ndarray, cosines: tuple, sz: float, n: int, *, seed: int, tilt_deg: float,
-                     jitter_mm: float) -> tuple[list, np.ndarray]:
+def _slice_positions(
+    lps: np.ndarray, cosines: tuple, sz: float, n: int, *, seed: int, tilt_deg: float, jitter_mm: float
+) -> tuple[list, np.ndarray]:
     """Each slice's ImagePositionPatient (LPS mm; shifted by the gantry tilt, jittered along the normal) and its
     rank along the normal."""
     row_cos, col_cos = cosines
@@ -315,7 +339,7 @@ def _slice_positions(lps: np.ndarray, cosines: tuple, sz: float, n: int, *, seed
         positions = [p + col_cos * k * sz * np.tan(np.deg2rad(tilt_deg)) for k, p in enumerate(positions)]
     if jitter_mm:
         jitter = np.random.default_rng([seed, 2]).uniform(-jitter_mm, jitter_mm, len(positions))
-        positions = [p + normal * j for p, j in zip(positions, jitter)]
+        positions = [p + normal * j for p, j in zip(positions, jitter, strict=False)]
     rank = np.argsort(np.argsort([p @ normal for p in positions]))
     return positions, rank
 
@@ -349,7 +373,11 @@ class _SeriesHeader:
         ds.PatientID = PHANTOM_PATIENT_ID
         ds.PatientBirthDate = PHANTOM_BIRTH_DATE
         ds.PatientSex = "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = self.study_uid, self.series_uid, self.for_uid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
+            self.study_uid,
+            self.series_uid,
+            self.for_uid,
+        )
         ds.StudyDate = ds.SeriesDate = "20260101"
         ds.Modality = self.modality
         ds.SeriesDescription = self.series_description
@@ -369,8 +397,13 @@ def _encode(ds, syntax: str, pixels: np.ndarray) -> None:
     """Compress ``ds``'s pixel data in place (test data for the readers' decoders)."""
     import pydicom.uid as u
 
-    names = {"rle": u.RLELossless, "jpeg-ls": u.JPEGLSLossless, "deflate": u.DeflatedExplicitVRLittleEndian,
-             "jpeg-lossless": u.JPEGLosslessSV1, "jpeg2000": u.JPEG2000Lossless}
+    names = {
+        "rle": u.RLELossless,
+        "jpeg-ls": u.JPEGLSLossless,
+        "deflate": u.DeflatedExplicitVRLittleEndian,
+        "jpeg-lossless": u.JPEGLosslessSV1,
+        "jpeg2000": u.JPEG2000Lossless,
+    }
     uid = names[syntax] if syntax in names else u.UID(syntax)
     if uid == u.DeflatedExplicitVRLittleEndian:
         ds.file_meta.TransferSyntaxUID = uid
@@ -412,16 +445,21 @@ def _write_enhanced_ct(ds, path: Path, positions, row_cos, col_cos, pixel_spacin
     ds.NumberOfFrames = len(frames)
     shared = item(
         PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[f"{v:.8f}" for v in (*row_cos, *col_cos)])]),
-        PixelMeasuresSequence=Sequence([item(PixelSpacing=[f"{v:.6f}" for v in pixel_spacing],
-                                             SliceThickness=f"{thickness:.6f}")]),
+        PixelMeasuresSequence=Sequence(
+            [item(PixelSpacing=[f"{v:.6f}" for v in pixel_spacing], SliceThickness=f"{thickness:.6f}")]
+        ),
         PixelValueTransformationSequence=Sequence([item(RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU")]),
     )
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    ds.PerFrameFunctionalGroupsSequence = Sequence([
-        item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[f"{v:.6f}" for v in positions[k]])]),
-             FrameContentSequence=Sequence([item(StackID="1", InStackPositionNumber=int(k) + 1)]))
-        for k in order
-    ])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [
+            item(
+                PlanePositionSequence=Sequence([item(ImagePositionPatient=[f"{v:.6f}" for v in positions[k]])]),
+                FrameContentSequence=Sequence([item(StackID="1", InStackPositionNumber=int(k) + 1)]),
+            )
+            for k in order
+        ]
+    )
     ds.PixelData = b"".join(frames[k].tobytes() for k in order)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
@@ -454,7 +492,9 @@ def write_cohort(
 
     out = Path(out_dir)
     jobs = [(out, seed + n, f"{prefix}_{seed + n:04d}", split, dicom) for n in range(n_cases)]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # Linux: the CPUs this process may use
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )  # Linux: the CPUs this process may use
     workers = max(1, min(workers or min(cpus, 4), n_cases))
     if workers == 1:
         rows = [_write_case(*job) for job in jobs]
@@ -465,8 +505,11 @@ def write_cohort(
             rows = list(pool.map(lambda job: _write_case(*job), jobs))
     manifest = out / manifest_name
     write_csv(manifest, pd.DataFrame(rows))
-    write_text(manifest.with_name(manifest.stem + "_labels.yaml"),
-               "# written by medseg phantoms: the phantoms' structures\n" + yaml.safe_dump(PHANTOM_LABELS.to_dict(), sort_keys=False))
+    write_text(
+        manifest.with_name(manifest.stem + "_labels.yaml"),
+        "# written by medseg phantoms: the phantoms' structures\n"
+        + yaml.safe_dump(PHANTOM_LABELS.to_dict(), sort_keys=False),
+    )
     return manifest
 
 
@@ -477,7 +520,12 @@ def _write_case(out: Path, seed: int, case_id: str, split: str, dicom: bool) -> 
     lab_path = out / "labels" / f"{case.case_id}.nii.gz"
     write_volume(case.image, img_path, dtype=np.int16)
     write_label_map(case.labels, lab_path)
-    row: dict[str, str | float] = {"case_id": case.case_id, "image": str(img_path.relative_to(out)), "label": str(lab_path.relative_to(out)), "split": split}
+    row: dict[str, str | float] = {
+        "case_id": case.case_id,
+        "image": str(img_path.relative_to(out)),
+        "label": str(lab_path.relative_to(out)),
+        "split": split,
+    }
     if dicom:
         row["dicom"] = str(write_dicom_series(case, out / "dicom" / case.case_id, seed=seed).relative_to(out))
     row.update({f"true_{k}_ml": v for k, v in case.volumes_ml.items()})

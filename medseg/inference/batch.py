@@ -22,7 +22,13 @@ from medseg.inference.load import load_predictor
 from medseg.inference.outputs import already_written, write_case_outputs
 from medseg.io.atomic import ensure_dir, write_csv, write_json
 from medseg.io.dicom.select import Candidate, SelectionRule, select
-from medseg.io.dicom.series import GeometryPolicy, is_dicom_folder, no_images_error, scan_inventory, volume_from_candidate
+from medseg.io.dicom.series import (
+    GeometryPolicy,
+    is_dicom_folder,
+    no_images_error,
+    scan_inventory,
+    volume_from_candidate,
+)
 from medseg.io.paths import check_case_id, refuse_overwriting_inputs, safe_name
 from medseg.io.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, case_id_for, read_volume
 from medseg.labels import LabelTable
@@ -85,7 +91,9 @@ def selection_rule(modalities: Sequence[str], min_slices: int, description: str 
 
 def geometry_policy(resample_irregular: bool, refuse_tilt: bool) -> GeometryPolicy:
     """What is done with DICOM series on irregular or tilted grids (predict, scan and convert)."""
-    return GeometryPolicy(irregular="resample" if resample_irregular else "refuse", tilt="refuse" if refuse_tilt else "resample")
+    return GeometryPolicy(
+        irregular="resample" if resample_irregular else "refuse", tilt="refuse" if refuse_tilt else "resample"
+    )
 
 
 #: nnU-Net's channel suffix: ``case_0000`` is channel 0 of ``case``.
@@ -125,9 +133,14 @@ class CaseInput:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(c for c in folder.iterdir() if c.is_file() and not c.name.startswith(".")
-                  and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)
-                  and not c.name.lower().endswith(_DERIVED_SUFFIXES))
+    return sorted(
+        c
+        for c in folder.iterdir()
+        if c.is_file()
+        and not c.name.startswith(".")
+        and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)
+        and not c.name.lower().endswith(_DERIVED_SUFFIXES)
+    )
 
 
 #: Files medseg itself writes beside label maps that are not images to segment.
@@ -137,20 +150,26 @@ _DERIVED_SUFFIXES = (".probabilities.nii.gz", ".probabilities.nii", ".label.nii.
 def _grouped_channels(folder: Path, images: list[Path], in_channels: int) -> list[CaseInput]:
     """nnU-Net's ``case_0000``, ``case_0001``... files as the channels of ``case``, checked against the model."""
     parts = [_CHANNEL_SUFFIX.fullmatch(case_id_for(f)) for f in images]
-    unnamed = [f.name for f, m in zip(images, parts) if m is None]
+    unnamed = [f.name for f, m in zip(images, parts, strict=False) if m is None]
     if unnamed:
-        raise InputError(f"the model takes {in_channels} image channels per case, but {unnamed[0]} does not name its "
-                         f"channel; name each case's files CASE_0000 ... CASE_{in_channels - 1:04d} as nnU-Net does, or "
-                         "give one case's channel files comma-separated", path=folder)
+        raise InputError(
+            f"the model takes {in_channels} image channels per case, but {unnamed[0]} does not name its "
+            f"channel; name each case's files CASE_0000 ... CASE_{in_channels - 1:04d} as nnU-Net does, or "
+            "give one case's channel files comma-separated",
+            path=folder,
+        )
     cases: dict[str, dict[int, Path]] = {}
-    for m, f in zip(parts, images):
+    for m, f in zip(parts, images, strict=False):
         if m is not None:  # (every name matched: checked above)
             cases.setdefault(m.group(1), {})[int(m.group(2))] = f
     out = []
     for case, channels in cases.items():
         if sorted(channels) != list(range(in_channels)):
-            raise InputError(f"case {case} has channels {sorted(channels)}; the model takes {in_channels} "
-                             f"(nnU-Net's naming: _0000 ... _{in_channels - 1:04d}, without gaps)", path=folder)
+            raise InputError(
+                f"case {case} has channels {sorted(channels)}; the model takes {in_channels} "
+                f"(nnU-Net's naming: _0000 ... _{in_channels - 1:04d}, without gaps)",
+                path=folder,
+            )
         out.append(CaseInput(case, [channels[k] for k in range(in_channels)]))
     return out
 
@@ -171,17 +190,29 @@ def _dicom_cases(folder: Path, rule: SelectionRule | None, policy: GeometryPolic
     if len(by_series) == 1:  # one series (maybe split into parts): the rule picks its stack, as before
         chosen, record = select(cands, rule, folder=folder)
         if len(cands) > 1:
-            log.warning("%s holds %d image stacks; segmenting %s: %s", folder.name, len(cands), chosen.describe(),
-                        record["reason"])
+            log.warning(
+                "%s holds %d image stacks; segmenting %s: %s",
+                folder.name,
+                len(cands),
+                chosen.describe(),
+                record["reason"],
+            )
         return [CaseInput(folder.name, [folder], stack=chosen, selection=record, n_series=len(by_series))]
     out = []
     for key, stacks in sorted(by_series.items()):
         chosen, record = select(stacks, None, folder=folder)
-        record = {**record, "rule": (rule or SelectionRule()).describe(),
-                  "reason": f"one case per image series: the folder holds {len(by_series)} series the rule admits"}
+        record = {
+            **record,
+            "rule": (rule or SelectionRule()).describe(),
+            "reason": f"one case per image series: the folder holds {len(by_series)} series the rule admits",
+        }
         out.append(CaseInput(f"{folder.name}_{key}", [folder], stack=chosen, selection=record, n_series=len(by_series)))
-    log.warning("%s holds %d image series; segmenting each as its own case (%s)", folder.name, len(by_series),
-                ", ".join(c.case_id for c in out))
+    log.warning(
+        "%s holds %d image series; segmenting each as its own case (%s)",
+        folder.name,
+        len(by_series),
+        ", ".join(c.case_id for c in out),
+    )
     return out
 
 
@@ -193,8 +224,13 @@ def _no_match(cands: list, rule: SelectionRule | None, folder: Path) -> InputErr
     return InputError("no image series matches the selection rule", path=folder)
 
 
-def expand_inputs(inputs: Sequence[PathLike], *, in_channels: int = 1, rule: SelectionRule | None = None,
-                  policy: GeometryPolicy | None = None) -> list[CaseInput]:
+def expand_inputs(
+    inputs: Sequence[PathLike],
+    *,
+    in_channels: int = 1,
+    rule: SelectionRule | None = None,
+    policy: GeometryPolicy | None = None,
+) -> list[CaseInput]:
     """The cases of ``inputs``: files, comma-separated channel files, folders of image files, DICOM folders.
 
     A folder of NIfTI/NRRD/MHA files (without DICOM files) is one case per file when the model takes one channel
@@ -215,7 +251,9 @@ def expand_inputs(inputs: Sequence[PathLike], *, in_channels: int = 1, rule: Sel
             continue
         images = _image_files(folder)
         if is_dicom_folder(folder) or not images:  # a series folder with a stray NIfTI beside its slices stays DICOM
-            out += _dicom_cases(folder, rule, policy) if is_dicom_folder(folder) else [CaseInput(case_id_for(src), [src])]
+            out += (
+                _dicom_cases(folder, rule, policy) if is_dicom_folder(folder) else [CaseInput(case_id_for(src), [src])]
+            )
             continue
         if in_channels > 1:
             out += _grouped_channels(folder, images, in_channels)
@@ -245,14 +283,22 @@ def _check_case_ids(cases: list[CaseInput]) -> list[str]:
     for c in cases:
         check_case_id(c.case_id, c.channels[0])
         if c.case_id in seen:
-            raise InputError(f"inputs {seen[c.case_id]} and {c.source} would both be written as case {c.case_id!r}; rename one")
+            raise InputError(
+                f"inputs {seen[c.case_id]} and {c.source} would both be written as case {c.case_id!r}; rename one"
+            )
         seen[c.case_id] = c.source
     return [c.case_id for c in cases]
 
 
 def _targets(out_dir: Path, name: str) -> dict:
-    return {"label_map": out_dir / f"{name}.nii.gz", "sidecar": out_dir / f"{name}.json", "sr": out_dir / f"{name}.sr.dcm",
-            "dicom_seg": out_dir / f"{name}.seg.dcm", "rtstruct": out_dir / f"{name}.rtstruct.dcm", "probabilities": out_dir / f"{name}.probabilities.nii.gz"}
+    return {
+        "label_map": out_dir / f"{name}.nii.gz",
+        "sidecar": out_dir / f"{name}.json",
+        "sr": out_dir / f"{name}.sr.dcm",
+        "dicom_seg": out_dir / f"{name}.seg.dcm",
+        "rtstruct": out_dir / f"{name}.rtstruct.dcm",
+        "probabilities": out_dir / f"{name}.probabilities.nii.gz",
+    }
 
 
 def _channel_paths(src: PathLike) -> list:
@@ -263,8 +309,17 @@ def _channel_paths(src: PathLike) -> list:
     return [src]
 
 
-def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outputs: dict, *, overwrite: bool,
-             progress: bool, versions: dict) -> PredictResult:
+def _segment(
+    cases: list[CaseInput],
+    predictor,
+    out_dir: Path,
+    names: dict,
+    outputs: dict,
+    *,
+    overwrite: bool,
+    progress: bool,
+    versions: dict,
+) -> PredictResult:
     """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all)."""
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
@@ -281,12 +336,23 @@ def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outp
             image = case.read()
             labels = predictor.predict([image, *case.channels[1:]], keep_probabilities=outputs["probabilities"])
             write_case_outputs(
-                case_id=cid, labels=labels, image_meta=image.meta, source=case.source, table=predictor.labels,
-                provenance=predictor.provenance, inference=predictor.inference, label_map=paths["label_map"],
-                sidecar=paths["sidecar"], dicom_seg=paths["dicom_seg"] if outputs["dicom_seg"] else None,
+                case_id=cid,
+                labels=labels,
+                image_meta=image.meta,
+                source=case.source,
+                table=predictor.labels,
+                provenance=predictor.provenance,
+                inference=predictor.inference,
+                label_map=paths["label_map"],
+                sidecar=paths["sidecar"],
+                dicom_seg=paths["dicom_seg"] if outputs["dicom_seg"] else None,
                 rtstruct=paths["rtstruct"] if outputs["rtstruct"] else None,
                 probabilities=paths["probabilities"] if outputs["probabilities"] else None,
-                sr=paths["sr"] if outputs["sr"] else None, image=image, versions=versions, started=t0)
+                sr=paths["sr"] if outputs["sr"] else None,
+                image=image,
+                versions=versions,
+                started=t0,
+            )
             result.outputs[cid] = paths["label_map"]
             bar.set_postfix(last=f"{time.monotonic() - t0:.1f}s")
             log.info("%s: segmented in %.1f s -> %s", cid, time.monotonic() - t0, paths["label_map"].name)
@@ -304,8 +370,13 @@ def _segment(cases: list[CaseInput], predictor, out_dir: Path, names: dict, outp
     return result
 
 
-def predict_many(*, model: PathLike | Sequence[PathLike], inputs: Sequence[PathLike], out: PathLike,
-                 options: PredictOptions | None = None) -> PredictResult:
+def predict_many(
+    *,
+    model: PathLike | Sequence[PathLike],
+    inputs: Sequence[PathLike],
+    out: PathLike,
+    options: PredictOptions | None = None,
+) -> PredictResult:
     """Segment every input with one loaded model (or an ensemble: several checkpoints), as ``options`` say.
 
     Writes, through ``medseg.inference.outputs.write_case_outputs``, ``OUT/<name>.nii.gz``
@@ -329,9 +400,12 @@ def predict_many(*, model: PathLike | Sequence[PathLike], inputs: Sequence[PathL
     out_dir = Path(out)
     given = [c for p in inputs for c in _channel_paths(p)]
     refuse_overwriting_inputs([out_dir / "run.json", out_dir / "failures.csv"], given)  # before the model loads
-    predictor = load_predictor(model, device=opts.device, expected_labels=opts.expected_labels, progress=opts.progress,
-                               **opts.inference)
-    cases = expand_inputs(inputs, in_channels=predictor.in_channels, rule=opts.selection_rule(), policy=opts.geometry_policy())
+    predictor = load_predictor(
+        model, device=opts.device, expected_labels=opts.expected_labels, progress=opts.progress, **opts.inference
+    )
+    cases = expand_inputs(
+        inputs, in_channels=predictor.in_channels, rule=opts.selection_rule(), policy=opts.geometry_policy()
+    )
     if not cases:
         raise InputError("no images found in the inputs; expected image files or DICOM folders")
     ids = _check_case_ids(cases)
@@ -340,19 +414,43 @@ def predict_many(*, model: PathLike | Sequence[PathLike], inputs: Sequence[PathL
     refuse_overwriting_inputs(all_targets, [c for case in cases for c in case.channels])
     ensure_dir(out_dir)
     sha = predictor.provenance["model_sha256"]
-    run_info: dict[str, Any] = {"command": "predict", "versions": checkpoint.versions(), "model": predictor.provenance,
-                                "device": str(predictor.device), "inputs": [c.source for c in cases],
-                                "labels": predictor.labels.to_dict(), "inference": predictor.inference,
-                                "preprocessing": predictor.preprocessing}
+    run_info: dict[str, Any] = {
+        "command": "predict",
+        "versions": checkpoint.versions(),
+        "model": predictor.provenance,
+        "device": str(predictor.device),
+        "inputs": [c.source for c in cases],
+        "labels": predictor.labels.to_dict(),
+        "inference": predictor.inference,
+        "preprocessing": predictor.preprocessing,
+    }
     write_json(out_dir / "run.json", run_info)
-    outputs = {"dicom_seg": opts.dicom_seg, "rtstruct": opts.rtstruct, "probabilities": opts.save_probabilities,
-               "sr": opts.sr and opts.dicom_seg}
+    outputs = {
+        "dicom_seg": opts.dicom_seg,
+        "rtstruct": opts.rtstruct,
+        "probabilities": opts.save_probabilities,
+        "sr": opts.sr and opts.dicom_seg,
+    }
     with command_log(out_dir / "predict.log"):
         log.info("predict: %d case(s) in %d input(s), model %s", len(cases), len(inputs), sha[:12])
-        result = _segment(cases, predictor, out_dir, names, outputs, overwrite=opts.overwrite, progress=opts.progress,
-                          versions=run_info["versions"])
-        log.info("predict: %d segmented, %d already done, %d failed", len(result.outputs), len(result.skipped),
-                 len(result.failures))
+        result = _segment(
+            cases,
+            predictor,
+            out_dir,
+            names,
+            outputs,
+            overwrite=opts.overwrite,
+            progress=opts.progress,
+            versions=run_info["versions"],
+        )
+        log.info(
+            "predict: %d segmented, %d already done, %d failed",
+            len(result.outputs),
+            len(result.skipped),
+            len(result.failures),
+        )
     if result.failures:
-        write_csv(out_dir / "failures.csv", pd.DataFrame([{"case_id": k, "error": v} for k, v in result.failures.items()]))
+        write_csv(
+            out_dir / "failures.csv", pd.DataFrame([{"case_id": k, "error": v} for k, v in result.failures.items()])
+        )
     return result

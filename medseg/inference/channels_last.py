@@ -60,7 +60,9 @@ def channels_last_network(model: torch.nn.Module) -> torch.nn.Module:
     return prepare_model(model, channels_last=True)
 
 
-def channels_last_training(model: torch.nn.Module, *, device: torch.device, batch_size: int, amp_dtype, world: int = 1) -> bool:
+def channels_last_training(
+    model: torch.nn.Module, *, device: torch.device, batch_size: int, amp_dtype, world: int = 1
+) -> bool:
     """Lay ``model`` out for training in channels-last with layout-keeping instance norms (in place) where that was
     measured to pay: on a CPU, one image a step, reduced precision, one process. True when converted (the caller then
     feeds channels-last batches). Only networks whose every instance norm has ``MIN_CHANNELS`` or more channels: under

@@ -35,7 +35,9 @@ def _check_shapes(scores: torch.Tensor, image: torch.Tensor, kernel_size: int) -
     if scores.ndim not in (4, 5):
         raise ValueError(f"crf_refine: scores must be (N, C, H, W) or (N, C, H, W, D), got shape {tuple(scores.shape)}")
     if image.ndim != scores.ndim or image.shape[0] != scores.shape[0] or image.shape[2:] != scores.shape[2:]:
-        raise ValueError(f"crf_refine: image {tuple(image.shape)} must be (N, K, *spatial) on the scores' grid {tuple(scores.shape)}")
+        raise ValueError(
+            f"crf_refine: image {tuple(image.shape)} must be (N, K, *spatial) on the scores' grid {tuple(scores.shape)}"
+        )
     if kernel_size < 3 or kernel_size % 2 == 0:
         raise ValueError(f"crf_refine: kernel_size must be odd and >= 3, got {kernel_size}")
 
@@ -89,13 +91,13 @@ def crf_refine(
     valid = F.pad(torch.ones((1, 1, *size), device=scores.device, dtype=dtype), pad)  # 0 outside the volume
 
     def window(t: torch.Tensor, off) -> torch.Tensor:  # t padded by r: the neighbour at offset ``off`` of every voxel
-        return t[(slice(None), slice(None), *(slice(r + o, r + o + s) for o, s in zip(off, size)))]
+        return t[(slice(None), slice(None), *(slice(r + o, r + o + s) for o, s in zip(off, size, strict=False)))]
 
     # Half of the offsets: k(i, i+o) == k(i+o, i), so each kernel is computed once per step and used both ways.
     offsets = [o for o in itertools.product(range(-r, r + 1), repeat=d) if o > (0,) * d]
 
     def kernel(off) -> torch.Tensor:  # k(i, i+off) at every i; 0 where i+off is outside the volume
-        dist2 = sum((o * s) ** 2 for o, s in zip(off, spacing))
+        dist2 = sum((o * s) ** 2 for o, s in zip(off, spacing, strict=False))
         k = w_smoothness * torch.exp(torch.tensor(-dist2 / (2 * theta_gamma**2), dtype=dtype))
         if w_appearance:
             diff2 = (window(img_p, off) - img).square().sum(1, keepdim=True)

@@ -90,7 +90,7 @@ def labels_from_scores(scores: torch.Tensor, out_shape, steps, *, chunk: int = 1
     flat = labels.view(-1)
     where = (flat == mixed).nonzero().squeeze(1)
     for a in range(0, where.numel(), chunk):
-        idx = where[a:a + chunk]
+        idx = where[a : a + chunk]
         iz, rest = idx % Z, idx // Z
         iy, ix = rest % Y, rest // Y
         acc = torch.zeros((C, idx.numel()), dtype=torch.float32)

@@ -94,10 +94,24 @@ def load_predictor(
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     fmt = detect(paths[0]) if len(paths) == 1 else None
     if fmt is not None:
-        return fmt.load(paths[0], device=device, progress=progress, folds=folds, checkpoint=checkpoint,
-                        expected_labels=expected_labels, **options)
-    return CheckpointPredictor.from_checkpoint(paths, device=device, expected_labels=expected_labels, progress=progress,
-                                               folds=folds, checkpoint=checkpoint, **options)
+        return fmt.load(
+            paths[0],
+            device=device,
+            progress=progress,
+            folds=folds,
+            checkpoint=checkpoint,
+            expected_labels=expected_labels,
+            **options,
+        )
+    return CheckpointPredictor.from_checkpoint(
+        paths,
+        device=device,
+        expected_labels=expected_labels,
+        progress=progress,
+        folds=folds,
+        checkpoint=checkpoint,
+        **options,
+    )
 
 
 def run_summary(path) -> dict:

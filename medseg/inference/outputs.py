@@ -45,7 +45,12 @@ from medseg.io.objects.sr import write_measurement_report
 from medseg.io.readers import write_label_map
 from medseg.models import checkpoint
 from medseg.provenance import to_plain
-from medseg.reporting.quality import assess_prediction, expected_from_checkpoint, sidecar_verdicts, verdicts_by_structure
+from medseg.reporting.quality import (
+    assess_prediction,
+    expected_from_checkpoint,
+    sidecar_verdicts,
+    verdicts_by_structure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,10 @@ SIDECAR_SCHEMA = "medseg.case/1"
 
 # -- the writer ----------------------------------------------------------------------------------
 
-def already_written(sidecar: str | os.PathLike, model_sha256: str, *, source: str | None = None,
-                    stack: str | None = None) -> bool:
+
+def already_written(
+    sidecar: str | os.PathLike, model_sha256: str, *, source: str | None = None, stack: str | None = None
+) -> bool:
     """The skip rule: a sidecar (written last) made by the same model from the same input, with its label map present.
 
     ``source`` (the case's files, comma-separated): an output of the same name made from another input (a case
@@ -114,8 +121,17 @@ def _write_probabilities(probs, path: Path) -> Path:
 
 
 #: Header values that identify a person; never copied from an error message into a sidecar or log.
-_IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
-                "AccessionNumber", "IssuerOfPatientID", "PatientAddress", "PatientTelephoneNumbers")
+_IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "AccessionNumber",
+    "IssuerOfPatientID",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+)
 
 
 def _identifiers(dicom_folder) -> list[str]:
@@ -173,9 +189,17 @@ def _optional(kind: str, case_id: str, findings: list, write, *, dicom_folder=No
 
 
 def _write_sr(rows, table, seg: Path, path: Path, provenance: dict, uid_seed, modality):
-    return write_measurement_report(seg, rows, table, path, software_version=medseg.__version__,
-                                    model_sha256=str(provenance.get("model_sha256", "")), uid_seed=uid_seed,
-                                    modality=str(modality or ""), verdicts=verdicts_by_structure(rows))
+    return write_measurement_report(
+        seg,
+        rows,
+        table,
+        path,
+        software_version=medseg.__version__,
+        model_sha256=str(provenance.get("model_sha256", "")),
+        uid_seed=uid_seed,
+        modality=str(modality or ""),
+        verdicts=verdicts_by_structure(rows),
+    )
 
 
 def _assessed(case_id, labels, table, image, provenance, findings) -> list[dict] | None:
@@ -183,9 +207,13 @@ def _assessed(case_id, labels, table, image, provenance, findings) -> list[dict]
     the SR; a failure is a finding, never a lost case."""
     path = (provenance or {}).get("model_path")
     try:
-        return assess_prediction(case_id, labels, table, image, expected=expected_for_model(path) if isinstance(path, str) else None)
+        return assess_prediction(
+            case_id, labels, table, image, expected=expected_for_model(path) if isinstance(path, str) else None
+        )
     except Exception as exc:  # noqa: BLE001 (verdicts are an optional output)
-        findings.append({"kind": "qc", "action": "skipped", "detail": f"quality verdicts not computed: {type(exc).__name__}: {exc}"})
+        findings.append(
+            {"kind": "qc", "action": "skipped", "detail": f"quality verdicts not computed: {type(exc).__name__}: {exc}"}
+        )
         return None
 
 
@@ -238,21 +266,49 @@ def write_case_outputs(
     if assessed is not None and rows is not None:  # the caller's report reuses them instead of measuring again
         assessed.extend(rows)
     if image_meta.get("format") == "dicom":
-        _write_dicom_objects(outputs, findings, case_id=case_id, labels=labels, image_meta=image_meta, source=source,
-                             table=table, provenance=provenance, sidecar=sidecar, rows=rows, dicom_seg=dicom_seg,
-                             rtstruct=rtstruct, sr=sr, uid_seed=uid_seed)
+        _write_dicom_objects(
+            outputs,
+            findings,
+            case_id=case_id,
+            labels=labels,
+            image_meta=image_meta,
+            source=source,
+            table=table,
+            provenance=provenance,
+            sidecar=sidecar,
+            rows=rows,
+            dicom_seg=dicom_seg,
+            rtstruct=rtstruct,
+            sr=sr,
+            uid_seed=uid_seed,
+        )
     if probabilities is not None and probs is not None:
-        written = _optional("probabilities", case_id, findings, lambda: _write_probabilities(probs, Path(probabilities)))
+        written = _optional(
+            "probabilities", case_id, findings, lambda: _write_probabilities(probs, Path(probabilities))
+        )
         if written is not None:
             outputs["probabilities"] = _relative(written, sidecar)
-    record = plain({
-        "schema": SIDECAR_SCHEMA, "case_id": case_id, "source": str(source), "outputs": outputs, "findings": findings,
-        "labels": table.to_dict(), "model": provenance, "inference": inference, "shape": list(labels.shape),
-        "affine": labels.affine.tolist(), "spacing_mm": list(labels.spacing), "input_format": image_meta.get("format"),
-        "dicom": image_meta.get("dicom"), **meta, "versions": checkpoint.versions() if versions is None else versions,
-        "qc": _sidecar_qc(rows),
-        "seconds_total": round(time.monotonic() - started, 3) if started is not None else None,
-    })
+    record = plain(
+        {
+            "schema": SIDECAR_SCHEMA,
+            "case_id": case_id,
+            "source": str(source),
+            "outputs": outputs,
+            "findings": findings,
+            "labels": table.to_dict(),
+            "model": provenance,
+            "inference": inference,
+            "shape": list(labels.shape),
+            "affine": labels.affine.tolist(),
+            "spacing_mm": list(labels.spacing),
+            "input_format": image_meta.get("format"),
+            "dicom": image_meta.get("dicom"),
+            **meta,
+            "versions": checkpoint.versions() if versions is None else versions,
+            "qc": _sidecar_qc(rows),
+            "seconds_total": round(time.monotonic() - started, 3) if started is not None else None,
+        }
+    )
     write_json(sidecar, record)  # last: its presence marks the case as written
     return record
 
@@ -262,26 +318,72 @@ def _relative(path: Path, sidecar: Path) -> str:
     return os.path.relpath(path, sidecar.parent)
 
 
-def _write_dicom_objects(outputs: dict, findings: list, *, case_id: str, labels, image_meta: dict, source: str, table,
-                         provenance: dict, sidecar: Path, rows, dicom_seg, rtstruct, sr, uid_seed) -> None:
+def _write_dicom_objects(
+    outputs: dict,
+    findings: list,
+    *,
+    case_id: str,
+    labels,
+    image_meta: dict,
+    source: str,
+    table,
+    provenance: dict,
+    sidecar: Path,
+    rows,
+    dicom_seg,
+    rtstruct,
+    sr,
+    uid_seed,
+) -> None:
     """The DICOM SEG (and the SR that references it) and the RT Structure Set of a DICOM case, each optional: what is
     written joins ``outputs``, what fails ``findings``."""
     series_key = (image_meta.get("dicom") or {}).get("series_key")  # the series read, of those in the folder
     if dicom_seg is not None:
-        seg = _optional("dicom_seg", case_id, findings, lambda: seg_objects.write_dicom_seg(
-            labels, source, table, dicom_seg, software_version=medseg.__version__, uid_seed=uid_seed,
-            series_key=series_key), dicom_folder=source)
+        seg = _optional(
+            "dicom_seg",
+            case_id,
+            findings,
+            lambda: seg_objects.write_dicom_seg(
+                labels,
+                source,
+                table,
+                dicom_seg,
+                software_version=medseg.__version__,
+                uid_seed=uid_seed,
+                series_key=series_key,
+            ),
+            dicom_folder=source,
+        )
         if seg is not None:
             outputs["dicom_seg"] = _relative(Path(seg), sidecar)
             if sr is not None and rows is not None:
-                report = _optional("sr", case_id, findings, lambda: _write_sr(
-                    rows, table, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")), dicom_folder=source)
+                report = _optional(
+                    "sr",
+                    case_id,
+                    findings,
+                    lambda: _write_sr(
+                        rows, table, Path(seg), Path(sr), provenance, uid_seed, image_meta.get("modality")
+                    ),
+                    dicom_folder=source,
+                )
                 if report is not None:
                     outputs["sr"] = _relative(Path(report), sidecar)
     if rtstruct is not None:
-        rt = _optional("rtstruct", case_id, findings, lambda: write_rtstruct(
-            labels, source, table, rtstruct, software_version=medseg.__version__, findings=findings, uid_seed=uid_seed,
-            series_uid=series_key),
-            dicom_folder=source)
+        rt = _optional(
+            "rtstruct",
+            case_id,
+            findings,
+            lambda: write_rtstruct(
+                labels,
+                source,
+                table,
+                rtstruct,
+                software_version=medseg.__version__,
+                findings=findings,
+                uid_seed=uid_seed,
+                series_uid=series_key,
+            ),
+            dicom_folder=source,
+        )
         if rt is not None:
             outputs["rtstruct"] = _relative(Path(rt), sidecar)

@@ -95,7 +95,6 @@ def resolve_device(device=None):
     """``torch.device(device)``, or the default device (CUDA when present) for None."""
     import torch
 
-
     return torch.device(device) if device else default_device()
 
 
@@ -110,7 +109,7 @@ def finite_min(array: np.ndarray, slab_voxels: int = 1 << 24) -> float | None:
     step = max(1, slab_voxels // max(1, array.size // array.shape[-1]))
     best = None
     for k in range(0, array.shape[-1], step):
-        s = array[..., k:k + step]
+        s = array[..., k : k + step]
         vals = s[np.isfinite(s)]
         if vals.size:
             m = float(vals.min())
@@ -123,13 +122,21 @@ def _replace_nonfinite(array: np.ndarray, value: float, slab_voxels: int = 1 << 
     out = np.array(array, copy=True)
     step = max(1, slab_voxels // max(1, out.size // out.shape[-1]))
     for k in range(0, out.shape[-1], step):
-        s = out[..., k:k + step]
+        s = out[..., k : k + step]
         s[~np.isfinite(s)] = value
     return out
 
 
-def _finite_channel(array: np.ndarray, source: str, channel: int, findings: list, *, several: bool, nonfinite: str,
-                    fill_value: FillValue) -> np.ndarray:
+def _finite_channel(
+    array: np.ndarray,
+    source: str,
+    channel: int,
+    findings: list,
+    *,
+    several: bool,
+    nonfinite: str,
+    fill_value: FillValue,
+) -> np.ndarray:
     """``array`` when all voxels are finite; else refuse, or (``nonfinite="replace"``) a copy with
     them replaced and a finding recorded. NaN never reaches the network (where it would spread
     and end as an all-background map) and is never taken for air."""
@@ -141,7 +148,9 @@ def _finite_channel(array: np.ndarray, source: str, channel: int, findings: list
     where = f" in channel {channel}" if several else ""
     value, what = (None, "") if n == total else fill_value(array)
     if value is None:
-        raise InputError(f"every voxel{where} is NaN or infinite ({total:,}); there is no image to segment", path=source or None)
+        raise InputError(
+            f"every voxel{where} is NaN or infinite ({total:,}); there is no image to segment", path=source or None
+        )
     if nonfinite != "replace":
         raise InputError(
             f"{share}{where} are NaN or infinite; medseg does not segment them silently. Fix the image, or replace "
@@ -149,13 +158,21 @@ def _finite_channel(array: np.ndarray, source: str, channel: int, findings: list
             path=source or None,
         )
     log.warning("%s: %s%s are NaN or infinite; replaced with %g (%s)", Path(source).name, share, where, value, what)
-    findings.append({"kind": "nonfinite_voxels", "channel": channel, "count": n, "fraction": n / total,
-                     "action": f"replaced with {value:g} ({what})"})
+    findings.append(
+        {
+            "kind": "nonfinite_voxels",
+            "channel": channel,
+            "count": n,
+            "fraction": n / total,
+            "action": f"replaced with {value:g} ({what})",
+        }
+    )
     return _replace_nonfinite(array, value)
 
 
-def read_case_channels(source, *, in_channels: int, nonfinite: str, fill_value: FillValue,
-                       findings: list) -> tuple[Volume, np.ndarray]:
+def read_case_channels(
+    source, *, in_channels: int, nonfinite: str, fill_value: FillValue, findings: list
+) -> tuple[Volume, np.ndarray]:
     """One case's images, checked: the reference volume (channel 0) and a ``(C, X, Y, Z)`` array of all channels:
     float32 for several channels, the stored (torch-readable) type and no copy for one (unless NaN/Inf voxels
     are replaced: then a copy). ``source`` is a path, a DICOM folder or a Volume, or a list of them (one per
@@ -163,9 +180,11 @@ def read_case_channels(source, *, in_channels: int, nonfinite: str, fill_value: 
     set to ``fill_value(array)``; findings about the input are appended to ``findings``."""
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     if len(sources) != in_channels:
-        raise InputError(f"the model takes {in_channels} image channel(s) per case, {len(sources)} given; "
-                         "give one file per channel (CLI: comma-separated, in the training order)",
-                         path=getattr(sources[0], "source", sources[0]))
+        raise InputError(
+            f"the model takes {in_channels} image channel(s) per case, {len(sources)} given; "
+            "give one file per channel (CLI: comma-separated, in the training order)",
+            path=getattr(sources[0], "source", sources[0]),
+        )
     vols = [s if isinstance(s, Volume) else read_volume(s) for s in sources]
     for v in vols[1:]:
         require_same_grid(v, vols[0], what="channel image")
@@ -176,8 +195,18 @@ def read_case_channels(source, *, in_channels: int, nonfinite: str, fill_value: 
         dt = np.asarray(v.array).dtype
         if not np.issubdtype(dt, np.number) or np.issubdtype(dt, np.complexfloating):
             raise InputError(f"image voxels are {v.array.dtype}, expected real numbers", path=v.source or None)
-    arrays = [_finite_channel(np.asarray(v.array), v.source or ref.source, c, findings, several=in_channels > 1,
-                              nonfinite=nonfinite, fill_value=fill_value) for c, v in enumerate(vols)]
+    arrays = [
+        _finite_channel(
+            np.asarray(v.array),
+            v.source or ref.source,
+            c,
+            findings,
+            several=in_channels > 1,
+            nonfinite=nonfinite,
+            fill_value=fill_value,
+        )
+        for c, v in enumerate(vols)
+    ]
     if len(vols) > 1:
         return ref, np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
     # One channel: a view in the stored type, not a copy (a CT is hundreds of MB at float32);
@@ -208,9 +237,11 @@ def _check_ensemble(paths: list, ckpts: list[dict], labels: LabelTable, expected
             f"(table {expected_labels.name!r}) was asked for; use a checkpoint trained for that label table",
             path=paths[0],
         )
-    for p, c in zip(paths[1:], ckpts[1:]):
+    for p, c in zip(paths[1:], ckpts[1:], strict=False):
         if not LabelTable.from_dict(c["labels"]).same_structures(labels):
-            raise CheckpointError(f"ensemble member segments other structures than {paths[0]}; all members need one label table", path=p)
+            raise CheckpointError(
+                f"ensemble member segments other structures than {paths[0]}; all members need one label table", path=p
+            )
         if c["preprocessing"] != first["preprocessing"]:
             raise CheckpointError(f"ensemble member was trained with other preprocessing than {paths[0]}", path=p)
 
@@ -228,13 +259,24 @@ class _NetworkGrid(NamedTuple):
 class CheckpointPredictor:
     """medseg checkpoint(s) as a ``Predictor``: one model, or an ensemble averaged in probability."""
 
-    def __init__(self, models, *, labels: LabelTable, preprocessing: dict, inference: dict, device=None,
-                 provenance: dict | None = None, progress: bool = False):
+    def __init__(
+        self,
+        models,
+        *,
+        labels: LabelTable,
+        preprocessing: dict,
+        inference: dict,
+        device=None,
+        provenance: dict | None = None,
+        progress: bool = False,
+    ):
 
         self.device = resolve_device(device)
         self.inference = {**default_inference(), **dict(inference)}
         models = models if isinstance(models, (list, tuple)) else [models]
-        self.models = [prepare_model(m.to(self.device).eval(), channels_last=self.inference["channels_last"]) for m in models]
+        self.models = [
+            prepare_model(m.to(self.device).eval(), channels_last=self.inference["channels_last"]) for m in models
+        ]
         self.labels = labels
         self.preprocessing = dict(preprocessing)
         self.provenance = dict(provenance or {})
@@ -270,8 +312,10 @@ class CheckpointPredictor:
         if not paths:
             raise CheckpointError("no checkpoint given")
         if folds is not None or checkpoint != "final":
-            raise CheckpointError("folds/checkpoint choose the weights of a model folder (nnU-Net v2, ...); "
-                                  f"{paths[0]} is not one (expected plans.json, dataset.json and fold_N/)")
+            raise CheckpointError(
+                "folds/checkpoint choose the weights of a model folder (nnU-Net v2, ...); "
+                f"{paths[0]} is not one (expected plans.json, dataset.json and fold_N/)"
+            )
         options = CheckpointOptions.parse(inference_overrides)
         ckpts = [load_checkpoint(p) for p in paths]
         first = ckpts[0]
@@ -286,13 +330,25 @@ class CheckpointPredictor:
             "in_channels": int(first["model"].get("in_channels", 1)),
         }
         inference = {**default_inference(), **first["inference"], **options.overrides}
-        return cls([build_model(c) for c in ckpts], labels=labels, preprocessing=first["preprocessing"], inference=inference,
-                   device=device, provenance=provenance, progress=progress)
+        return cls(
+            [build_model(c) for c in ckpts],
+            labels=labels,
+            preprocessing=first["preprocessing"],
+            inference=inference,
+            device=device,
+            provenance=provenance,
+            progress=progress,
+        )
 
     def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
         """``read_case_channels`` with this model's channel count, NaN/Inf policy and intensity fill."""
-        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
-                                  fill_value=intensity_fill_value(self.preprocessing), findings=findings)
+        return read_case_channels(
+            source,
+            in_channels=self.in_channels,
+            nonfinite=self.inference["nonfinite"],
+            fill_value=intensity_fill_value(self.preprocessing),
+            findings=findings,
+        )
 
     def _probabilities(self, x, stats: dict):
         """Log of the softmax averaged over models and flips, on the network's grid: ``(C, x, y, z)`` on the CPU.
@@ -300,7 +356,6 @@ class CheckpointPredictor:
         With one model and no flips this is ``log_softmax(logits)``, whose
         interpolated argmax equals that of the interpolated logits."""
         import torch
-
 
         inf = self.inference
         floor = floor_value(self.preprocessing)
@@ -313,10 +368,20 @@ class CheckpointPredictor:
             for dims in flips:
                 xi = torch.flip(x, dims) if dims else x
                 logits = window_scores(
-                    model, xi, roi_size=inf["roi_size"], overlap=inf["overlap"], sw_batch_size=inf["sw_batch_size"],
-                    blend=inf["blend"], device=self.device, num_classes=self.labels.num_classes, amp=inf["amp"],
-                    channels_last=inf["channels_last"], skip_background=inf["skip_background"] and floor is not None,
-                    floor=floor or 0.0, progress=self.progress, stats=stats,
+                    model,
+                    xi,
+                    roi_size=inf["roi_size"],
+                    overlap=inf["overlap"],
+                    sw_batch_size=inf["sw_batch_size"],
+                    blend=inf["blend"],
+                    device=self.device,
+                    num_classes=self.labels.num_classes,
+                    amp=inf["amp"],
+                    channels_last=inf["channels_last"],
+                    skip_background=inf["skip_background"] and floor is not None,
+                    floor=floor or 0.0,
+                    progress=self.progress,
+                    stats=stats,
                 )
                 if inf.get("crf_iterations", 0) > 0:
                     with torch.no_grad():
@@ -333,8 +398,11 @@ class CheckpointPredictor:
                     agree.append(_pass_dice(first, winner, p.shape[0]))
                 total = p if total is None else total.add_(p)
         if agree:  # Dice of each further pass (mirror, ensemble member) with the first, per class, averaged
-            stats["pass_agreement"] = {c: float(np.nanmean([a[c] for a in agree])) for c in range(1, p.shape[0])
-                                       if not all(np.isnan(a[c]) for a in agree)}
+            stats["pass_agreement"] = {
+                c: float(np.nanmean([a[c] for a in agree]))
+                for c in range(1, p.shape[0])
+                if not all(np.isnan(a[c]) for a in agree)
+            }
         return total.div_(n).clamp_min_(torch.finfo(torch.float32).tiny).log_().cpu()
 
     def _check_grid(self, spacing, size, oriented_shape, volume: Volume) -> None:
@@ -342,8 +410,11 @@ class CheckpointPredictor:
         n_grid, limit = int(np.prod([int(n) for n in size], dtype=object)), max_voxels()
         n_input = int(np.prod([int(n) for n in oriented_shape], dtype=object))
         if n_grid > limit or (n_grid > _GRID_FLOOR and n_grid > MAX_UPSAMPLING * n_input):
-            why = (f"over the limit of {limit:,} (MEDSEG_MAX_VOXELS)" if n_grid > limit else
-                   f"{n_grid / n_input:.0f} times the image's {n_input:,} (at most {MAX_UPSAMPLING} above {_GRID_FLOOR:,})")
+            why = (
+                f"over the limit of {limit:,} (MEDSEG_MAX_VOXELS)"
+                if n_grid > limit
+                else f"{n_grid / n_input:.0f} times the image's {n_input:,} (at most {MAX_UPSAMPLING} above {_GRID_FLOOR:,})"
+            )
             raise InputError(
                 f"voxel size {tuple(round(float(s), 4) for s in spacing)} mm resampled to the network's "
                 f"{tuple(self.preprocessing['spacing'])} mm gives a grid of {tuple(size)} = {n_grid:,} voxels, {why}; "
@@ -355,7 +426,6 @@ class CheckpointPredictor:
         """Read the case, then steps 1-3: (volume, the network's input ``(1, C, x, y, z)``, its grid, read seconds).
         The full-resolution channels are released as soon as they are resampled."""
         import torch
-
 
         t0 = time.monotonic()
         volume, channels = self.read(source, findings)
@@ -386,7 +456,6 @@ class CheckpointPredictor:
         the probabilities kept or None). Refuses NaN/Inf scores first."""
         import torch
 
-
         bad = int((~torch.isfinite(log_probs)).sum())
         if bad:
             raise MedsegError(
@@ -394,19 +463,38 @@ class CheckpointPredictor:
                 "try --amp off (half precision can overflow); if that does not help, the checkpoint's weights are broken",
                 path=volume.source or None,
             )
-        labels, conf_sum, counts = labels_from_scores(log_probs, grid.oriented_shape, [1.0 / s for s in grid.steps],
-                                                      chunk=int(self.inference["label_chunk"]), with_confidence=True)
+        labels, conf_sum, counts = labels_from_scores(
+            log_probs,
+            grid.oriented_shape,
+            [1.0 / s for s in grid.steps],
+            chunk=int(self.inference["label_chunk"]),
+            with_confidence=True,
+        )
         kept = None
         if keep_probabilities:
             kept = (log_probs.exp().permute(1, 2, 3, 0).numpy().copy(), resampled_affine(grid.affine, grid.steps))
         return labels, conf_sum, counts, kept
 
-    def _meta(self, stats: dict, conf_sum, counts, *, seconds: float, t_read: float, t_windows: float, size,
-              findings: list, kept) -> dict:
+    def _meta(
+        self,
+        stats: dict,
+        conf_sum,
+        counts,
+        *,
+        seconds: float,
+        t_read: float,
+        t_windows: float,
+        size,
+        findings: list,
+        kept,
+    ) -> dict:
         """``result.meta``: timings, network grid, peak memory, confidence and agreement per structure, findings."""
         import torch
 
-        confidence = {lab.name: (float(conf_sum[lab.index] / counts[lab.index]) if counts[lab.index] else None) for lab in self.labels.labels}
+        confidence = {
+            lab.name: (float(conf_sum[lab.index] / counts[lab.index]) if counts[lab.index] else None)
+            for lab in self.labels.labels
+        }
         if "pass_agreement" in stats:  # mirrored test-time passes / ensemble members: per-structure Dice between passes
             by_index = stats.pop("pass_agreement")
             stats["pass_agreement"] = {lab.name: by_index.get(lab.index) for lab in self.labels.labels}
@@ -450,9 +538,21 @@ class CheckpointPredictor:
         del log_probs
         labels = from_closest_ras(labels, grid.ornt)  # undo 1
         if labels.shape != volume.shape:
-            raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)", path=volume.source)
-        meta = self._meta(stats, conf_sum, counts, seconds=time.monotonic() - t0, t_read=t_read, t_windows=t_windows,
-                          size=grid.size, findings=findings, kept=kept)
+            raise GeometryError(
+                f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
+                path=volume.source,
+            )
+        meta = self._meta(
+            stats,
+            conf_sum,
+            counts,
+            seconds=time.monotonic() - t0,
+            t_read=t_read,
+            t_windows=t_windows,
+            size=grid.size,
+            findings=findings,
+            kept=kept,
+        )
         log.debug("predicted %s in %.2f s", Path(volume.source).name, meta["seconds"])
         return Volume(labels, volume.affine.copy(), volume.source, meta)
 

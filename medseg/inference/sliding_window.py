@@ -34,7 +34,16 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 class WindowRunner:
     """The callable MONAI's inferer calls with a batch of windows ``(B, C, *roi)``."""
 
-    def __init__(self, model, *, num_classes: int, amp_dtype: torch.dtype | None, channels_last: bool, skip_background: bool, floor: float = 0.0):
+    def __init__(
+        self,
+        model,
+        *,
+        num_classes: int,
+        amp_dtype: torch.dtype | None,
+        channels_last: bool,
+        skip_background: bool,
+        floor: float = 0.0,
+    ):
         self.model = model
         self.num_classes = num_classes
         self.amp_dtype = amp_dtype
@@ -122,8 +131,12 @@ def window_scores(
     if num_classes is None:
         skip_background = False  # the runner needs the class count to fill skipped windows
     runner = WindowRunner(
-        model, num_classes=num_classes or 0, amp_dtype=resolve_amp(amp, device), channels_last=channels_last,
-        skip_background=skip_background, floor=floor,
+        model,
+        num_classes=num_classes or 0,
+        amp_dtype=resolve_amp(amp, device),
+        channels_last=channels_last,
+        skip_background=skip_background,
+        floor=floor,
     )
 
     def run(output_device):
@@ -149,6 +162,9 @@ def window_scores(
         runner.windows_run = runner.windows_skipped = 0
         out = run(torch.device("cpu"))
     if stats is not None:
-        stats.update(windows_run=runner.windows_run, windows_skipped=runner.windows_skipped,
-                     amp=str(runner.amp_dtype).replace("torch.", "") if runner.amp_dtype else "off")
+        stats.update(
+            windows_run=runner.windows_run,
+            windows_skipped=runner.windows_skipped,
+            amp=str(runner.amp_dtype).replace("torch.", "") if runner.amp_dtype else "off",
+        )
     return out

@@ -87,7 +87,12 @@ def escape_cell(value):
 
 def unescape_cell(value):
     """The inverse of ``escape_cell`` (for readers of CSVs that medseg wrote, such as manifests)."""
-    if isinstance(value, str) and value.startswith("'") and _FORMULA.match(value[1:]) and not _PLAIN_NUMBER.fullmatch(value[1:]):
+    if (
+        isinstance(value, str)
+        and value.startswith("'")
+        and _FORMULA.match(value[1:])
+        and not _PLAIN_NUMBER.fullmatch(value[1:])
+    ):
         return value[1:]
     return value
 

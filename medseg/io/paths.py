@@ -29,11 +29,13 @@ def check_case_id(case_id: str, where: object = None) -> str:
     if not cid.strip():
         raise InputError("empty case id", path=where)
     if len(cid) > MAX_CASE_ID:
-        raise InputError(f"case id {shown} is {len(cid)} characters long; at most {MAX_CASE_ID} (rename the input)",
-                         path=where)
+        raise InputError(
+            f"case id {shown} is {len(cid)} characters long; at most {MAX_CASE_ID} (rename the input)", path=where
+        )
     if any(ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in "\u2028\u2029" for ch in cid):
-        raise InputError(f"case id {shown} contains control characters (newline, tab, ...); rename the input",
-                         path=where)
+        raise InputError(
+            f"case id {shown} contains control characters (newline, tab, ...); rename the input", path=where
+        )
     if "/" in cid or "\\" in cid or cid in (".", ".."):
         raise InputError(f"case id {shown} cannot name files; use letters, digits, '-', '_' and '.'", path=where)
     return cid

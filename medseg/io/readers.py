@@ -90,8 +90,15 @@ _SLACK_BYTES = 1 << 16  # headers, gzip members, rounding: never what decides a 
 _CHUNK_BYTES = 1 << 24
 
 
-def check_claim(p: Path, shape, itemsize: int, *, stored_bytes: int | None = None, max_ratio: float | None = None,
-                what: str = "header") -> int:
+def check_claim(
+    p: Path,
+    shape,
+    itemsize: int,
+    *,
+    stored_bytes: int | None = None,
+    max_ratio: float | None = None,
+    what: str = "header",
+) -> int:
     """Refuse a header whose claimed voxels exceed the voxel limit, or more bytes than the file can
     hold (``stored_bytes * max_ratio``; ``max_ratio`` 1 for raw data, ``DEFLATE_MAX_RATIO`` for
     gzip/zlib, None when unknown). Returns the claimed number of bytes. Nothing is allocated."""
@@ -190,7 +197,7 @@ def _read_gz_voxels(p: Path, proxy, n_bytes: int) -> np.ndarray:
     with ImageOpener(str(p), "rb") as fh:
         fh.seek(int(proxy.offset))
         while got < n_bytes:
-            n = fh.readinto(view[got:got + _CHUNK_BYTES])
+            n = fh.readinto(view[got : got + _CHUNK_BYTES])
             if not n:
                 break
             got += n
@@ -216,8 +223,13 @@ def _read_nifti(p: Path) -> Volume:
         raise InputError(f"expected a 3D image, found shape {tuple(shape)}", path=p)
     compressed = p.name.lower().endswith(".gz")
     size = p.stat().st_size
-    n_bytes = check_claim(p, img.shape, dtype.itemsize, stored_bytes=size if compressed else max(size - offset, 0),
-                          max_ratio=DEFLATE_MAX_RATIO if compressed else 1)
+    n_bytes = check_claim(
+        p,
+        img.shape,
+        dtype.itemsize,
+        stored_bytes=size if compressed else max(size - offset, 0),
+        max_ratio=DEFLATE_MAX_RATIO if compressed else 1,
+    )
     _check_nifti_geometry(p, raw)
     try:
         with _quiet_nibabel():
@@ -274,8 +286,15 @@ def _itk_stored_data(p: Path) -> tuple[int | None, float | None]:
             key, value = key.strip().lower(), value.strip().lstrip("=").strip()
             if key == "encoding":
                 enc = value.lower()
-                ratio = {"raw": 1.0, "gzip": DEFLATE_MAX_RATIO, "gz": DEFLATE_MAX_RATIO, "hex": 1.0,
-                         "ascii": 8.0, "text": 8.0, "txt": 8.0}.get(enc)
+                ratio = {
+                    "raw": 1.0,
+                    "gzip": DEFLATE_MAX_RATIO,
+                    "gz": DEFLATE_MAX_RATIO,
+                    "hex": 1.0,
+                    "ascii": 8.0,
+                    "text": 8.0,
+                    "txt": 8.0,
+                }.get(enc)
             if key in ("data file", "datafile"):
                 data_file = value
     if ratio is None:
@@ -284,7 +303,7 @@ def _itk_stored_data(p: Path) -> tuple[int | None, float | None]:
         return p.stat().st_size, ratio
     if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
         return None, None
-    target = (p.parent / data_file)
+    target = p.parent / data_file
     return (target.stat().st_size, ratio) if target.is_file() else (None, None)
 
 

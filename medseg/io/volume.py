@@ -63,7 +63,7 @@ def count_nonfinite(array: np.ndarray, *, slab_voxels: int = 1 << 24) -> int:
     if a.ndim == 0:
         return int(not np.isfinite(a))
     step = max(1, slab_voxels // max(1, a.size // a.shape[-1]))
-    return int(sum(int(np.count_nonzero(~np.isfinite(a[..., k:k + step]))) for k in range(0, a.shape[-1], step)))
+    return int(sum(int(np.count_nonzero(~np.isfinite(a[..., k : k + step]))) for k in range(0, a.shape[-1], step)))
 
 
 #: Above this label value ``label_boxes`` compacts the values first: ``scipy.ndimage.find_objects`` keeps

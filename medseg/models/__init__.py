@@ -32,4 +32,13 @@ from medseg.models._registry import (
     param_count,
 )
 
-__all__ = ["MODELS", "ModelSpec", "create_model", "create_volume_model", "input_divisor", "list_models", "model_info", "param_count"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "create_model",
+    "create_volume_model",
+    "input_divisor",
+    "list_models",
+    "model_info",
+    "param_count",
+]

@@ -18,9 +18,13 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 
-def conv(spatial_dims: int, cin: int, cout: int, kernel: int = 3, *, stride: int = 1, dilation: int = 1, bias: bool = True) -> nn.Module:
+def conv(
+    spatial_dims: int, cin: int, cout: int, kernel: int = 3, *, stride: int = 1, dilation: int = 1, bias: bool = True
+) -> nn.Module:
     """A "same" convolution (padding keeps the size at stride 1)."""
-    return Conv[Conv.CONV, spatial_dims](cin, cout, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=bias)
+    return Conv[Conv.CONV, spatial_dims](
+        cin, cout, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=bias
+    )
 
 
 def norm_layer(norm, spatial_dims: int, channels: int) -> nn.Module:
@@ -47,7 +51,10 @@ class DoubleConv(nn.Sequential):
     """The U-Net stage: two 3x3 conv-norm-act (the second may be followed by dropout)."""
 
     def __init__(self, spatial_dims, cin, cout, *, norm="batch", act="relu", dropout=0.0):
-        layers = [ConvNormAct(spatial_dims, cin, cout, norm=norm, act=act), ConvNormAct(spatial_dims, cout, cout, norm=norm, act=act)]
+        layers = [
+            ConvNormAct(spatial_dims, cin, cout, norm=norm, act=act),
+            ConvNormAct(spatial_dims, cout, cout, norm=norm, act=act),
+        ]
         if dropout:
             layers.append(nn.Dropout(dropout))
         super().__init__(*layers)
@@ -63,7 +70,11 @@ class ResBlock(nn.Module):
             nn.Dropout(dropout) if dropout else nn.Identity(),
             ConvNormAct(spatial_dims, cout, cout, dilation=dilation, norm=norm, act=None),
         )
-        self.skip = nn.Identity() if (cin == cout and stride == 1) else ConvNormAct(spatial_dims, cin, cout, 1, stride=stride, norm=norm, act=None)
+        self.skip = (
+            nn.Identity()
+            if (cin == cout and stride == 1)
+            else ConvNormAct(spatial_dims, cin, cout, 1, stride=stride, norm=norm, act=None)
+        )
         self.act = act_layer(act)
 
     def forward(self, x):
@@ -82,8 +93,11 @@ def up_conv(spatial_dims: int, cin: int, cout: int, factor: int = 2, *, bilinear
     """
     k, pad = (2 * factor, factor // 2) if bilinear_init else (factor, 0)  # both give exactly factor x n
     trans = SubpixelConvTranspose3d if spatial_dims == 3 else SubpixelConvTranspose2d
-    layer = trans(cin, cout, k, stride=factor, padding=pad, bias=not bilinear_init) if bilinear_init and factor % 2 == 0 else \
-        Conv[Conv.CONVTRANS, spatial_dims](cin, cout, k, stride=factor, padding=pad, bias=not bilinear_init)
+    layer = (
+        trans(cin, cout, k, stride=factor, padding=pad, bias=not bilinear_init)
+        if bilinear_init and factor % 2 == 0
+        else Conv[Conv.CONVTRANS, spatial_dims](cin, cout, k, stride=factor, padding=pad, bias=not bilinear_init)
+    )
     if bilinear_init:
         with torch.no_grad():
             layer.weight.zero_()
@@ -93,7 +107,9 @@ def up_conv(spatial_dims: int, cin: int, cout: int, factor: int = 2, *, bilinear
     return layer
 
 
-def subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int) -> torch.Tensor:
+def subpixel_conv_transpose(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int
+) -> torch.Tensor:
     """``conv_transpose(x, weight, stride=factor, padding=factor // 2)`` for kernels of ``2 * factor``, as a sub-pixel convolution.
 
     Each output voxel of such a transposed convolution sums exactly two input samples
@@ -165,11 +181,11 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
 def pad_to_multiples(x: torch.Tensor, divisors) -> torch.Tensor:
     """``x`` zero-padded at the far end of each spatial axis to a multiple of that axis's divisor (``x`` itself when it is one)."""
     size = x.shape[2:]
-    target = [int(math.ceil(s / d) * d) for s, d in zip(size, divisors)]
+    target = [int(math.ceil(s / d) * d) for s, d in zip(size, divisors, strict=False)]
     if list(size) == target:
         return x
     pad = []
-    for s, t in zip(reversed(size), reversed(target)):
+    for s, t in zip(reversed(size), reversed(target), strict=False):
         pad += [0, t - s]
     return F.pad(x, pad)
 

@@ -11,7 +11,6 @@ PyTorch's ``meta`` device: no memory is allocated and no weights initialised,
 and the count is cached per (name, spatial_dims).
 """
 
-
 from __future__ import annotations
 
 import functools
@@ -92,7 +91,9 @@ def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels
     entry = MODELS.get(name)  # a renamed model's old name resolves to the current one
     dims = (entry.spec or ModelSpec()).dims
     if spatial_dims not in dims:
-        raise ConfigError(f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}; set model.spatial_dims to one of them")
+        raise ConfigError(
+            f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}; set model.spatial_dims to one of them"
+        )
     if not _accepts_any(entry):
         accepted = set(_options(entry))
         unknown = set(kwargs) - accepted
@@ -132,5 +133,13 @@ def create_volume_model(name: str, *, spatial_dims: int, in_channels: int, out_c
     return net
 
 
-__all__ = ["MODELS", "ModelSpec", "create_model", "create_volume_model", "input_divisor", "list_models", "model_info",
-           "param_count"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "create_model",
+    "create_volume_model",
+    "input_divisor",
+    "list_models",
+    "model_info",
+    "param_count",
+]

@@ -45,36 +45,44 @@ def versions() -> dict:
     import numpy
     import torch
 
-    return {k: str(v) for k, v in {
-        "medseg": __version__,
-        "monai": monai.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }.items()}
+    return {
+        k: str(v)
+        for k, v in {
+            "medseg": __version__,
+            "monai": monai.__version__,
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+        }.items()
+    }
 
 
-def save_checkpoint(path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None, in_channels: int = 1) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, model, *, config, label_table, extra: dict | None = None, in_channels: int = 1
+) -> Path:
     import torch
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = to_plain({
-        "format_version": FORMAT_VERSION,
-        "weights_sha256": weights_sha256(state),
-        "model": {
-            "name": config.model.name,
-            "spatial_dims": config.model.spatial_dims,
-            "kwargs": dict(config.model.kwargs),
-            "in_channels": int(in_channels),
-            "out_channels": label_table.num_classes,
+    payload = to_plain(
+        {
+            "format_version": FORMAT_VERSION,
+            "weights_sha256": weights_sha256(state),
+            "model": {
+                "name": config.model.name,
+                "spatial_dims": config.model.spatial_dims,
+                "kwargs": dict(config.model.kwargs),
+                "in_channels": int(in_channels),
+                "out_channels": label_table.num_classes,
+            },
+            "labels": label_table.to_dict(),
+            "preprocessing": dict(vars(config.preprocessing)),
+            "inference": dict(vars(config.inference)),
+            "config": config.to_dict(),
+            "versions": versions(),
+            **(extra or {}),
         },
-        "labels": label_table.to_dict(),
-        "preprocessing": dict(vars(config.preprocessing)),
-        "inference": dict(vars(config.inference)),
-        "config": config.to_dict(),
-        "versions": versions(),
-        **(extra or {}),
-    }, keep_tensors=True)
+        keep_tensors=True,
+    )
     payload["state_dict"] = state
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -86,12 +94,16 @@ def _not_found_hint(p: Path) -> str:
     if p.is_dir() and (p / "best.pt").is_file():
         return f"is a training run folder, not a checkpoint; pass its best checkpoint: --model {p / 'best.pt'}"
     if p.is_dir():
-        return ("is a folder but not a model medseg knows (a medseg checkpoint .pt, an nnU-Net v2 "
-                "DatasetXXX/Trainer__Plans__configuration folder, TotalSegmentator's results folder or a MONAI bundle)")
+        return (
+            "is a folder but not a model medseg knows (a medseg checkpoint .pt, an nnU-Net v2 "
+            "DatasetXXX/Trainer__Plans__configuration folder, TotalSegmentator's results folder or a MONAI bundle)"
+        )
     if "totalseg" in p.name.lower() or "nnunet" in str(p).lower() or p.name.startswith("Dataset"):
-        return ("not found; TotalSegmentator keeps its weights under ~/.totalsegmentator/nnunet/results "
-                "($TOTALSEG_HOME_DIR/nnunet/results): get them there with TotalSegmentator's totalseg_download_weights "
-                "on a machine with network access and copy that folder here (medseg downloads nothing)")
+        return (
+            "not found; TotalSegmentator keeps its weights under ~/.totalsegmentator/nnunet/results "
+            "($TOTALSEG_HOME_DIR/nnunet/results): get them there with TotalSegmentator's totalseg_download_weights "
+            "on a machine with network access and copy that folder here (medseg downloads nothing)"
+        )
     return "checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or a model folder"
 
 
@@ -135,18 +147,25 @@ def _check_model_and_labels(ckpt: dict, p: Path) -> None:
     one output channel per class (background + the largest label index)."""
     m = ckpt["model"]
     if not isinstance(m, dict) or any(k not in m for k in _MODEL_KEYS) or not isinstance(m.get("kwargs"), dict):
-        raise CheckpointError(f"not a medseg checkpoint: its 'model' entry needs {list(_MODEL_KEYS)} (kwargs a mapping)", path=p)
+        raise CheckpointError(
+            f"not a medseg checkpoint: its 'model' entry needs {list(_MODEL_KEYS)} (kwargs a mapping)", path=p
+        )
     out, inp = m["out_channels"], m.get("in_channels", 1)
     if not _positive_int(out) or not _positive_int(inp) or not _positive_int(m["spatial_dims"]):
-        raise CheckpointError(f"model declares in_channels={inp!r}, out_channels={out!r}, spatial_dims={m['spatial_dims']!r}; "
-                              "expected positive whole numbers: the checkpoint is damaged", path=p)
+        raise CheckpointError(
+            f"model declares in_channels={inp!r}, out_channels={out!r}, spatial_dims={m['spatial_dims']!r}; "
+            "expected positive whole numbers: the checkpoint is damaged",
+            path=p,
+        )
     try:
         labels = LabelTable.from_dict(ckpt["labels"], source="its label table")
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"unusable label table ({str(exc)[:200]})", path=p) from None
     n = labels.num_classes
     if n > MAX_CLASSES:
-        raise CheckpointError(f"label table's largest index is {n - 1}; label maps hold at most {MAX_CLASSES - 1}", path=p)
+        raise CheckpointError(
+            f"label table's largest index is {n - 1}; label maps hold at most {MAX_CLASSES - 1}", path=p
+        )
     if n != out:
         more = "more" if n > out else "fewer"
         raise CheckpointError(
@@ -161,10 +180,16 @@ def build_model(ckpt: dict):
     """The checkpoint's network with its weights loaded, in eval mode."""
     m = ckpt["model"]
     model = create_volume_model(
-        m["name"], spatial_dims=m["spatial_dims"], in_channels=m["in_channels"], out_channels=m["out_channels"], **m["kwargs"]
+        m["name"],
+        spatial_dims=m["spatial_dims"],
+        in_channels=m["in_channels"],
+        out_channels=m["out_channels"],
+        **m["kwargs"],
     )
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit model {m['name']!r}: {str(exc).splitlines()[0]}", path=ckpt.get("path")) from None
+        raise CheckpointError(
+            f"weights do not fit model {m['name']!r}: {str(exc).splitlines()[0]}", path=ckpt.get("path")
+        ) from None
     return model.eval()

@@ -34,15 +34,17 @@ class AtrousResNet(nn.Module):
     def __init__(self, spatial_dims, in_channels, *, channels, blocks, output_stride, norm, act):
         super().__init__()
         if len(channels) != len(blocks) or len(channels) < 2:
-            raise ConfigError(f"deeplab: channels and blocks need one entry per residual stage (at least 2); "
-                              f"got channels {list(channels)}, blocks {list(blocks)}")
+            raise ConfigError(
+                f"deeplab: channels and blocks need one entry per residual stage (at least 2); "
+                f"got channels {list(channels)}, blocks {list(blocks)}"
+            )
         kw = dict(norm=norm, act=act)
         self.stem = nn.Sequential(
             ConvNormAct(spatial_dims, in_channels, channels[0], stride=2, **kw),
             ConvNormAct(spatial_dims, channels[0], channels[0], stride=2, **kw),
         )
         stride, dilation, cin, stages = 4, 1, channels[0], []
-        for i, (c, n) in enumerate(zip(channels, blocks)):
+        for i, (c, n) in enumerate(zip(channels, blocks, strict=False)):
             s = 1
             if i > 0:
                 if stride < output_stride:
@@ -54,7 +56,9 @@ class AtrousResNet(nn.Module):
             stages.append(nn.Sequential(*layer))
             cin = c
         if stride != output_stride:
-            raise ConfigError(f"deeplab: {len(channels)} stages reach output stride {stride}, not {output_stride}; add a stage or lower output_stride")
+            raise ConfigError(
+                f"deeplab: {len(channels)} stages reach output stride {stride}, not {output_stride}; add a stage or lower output_stride"
+            )
         self.stages = nn.ModuleList(stages)
 
     def forward(self, x):
@@ -70,11 +74,17 @@ class ASPP(nn.Module):
         super().__init__()
         kw = dict(norm=norm, act=act)
         self.branches = nn.ModuleList(
-            [ConvNormAct(spatial_dims, cin, cout, 1, **kw)] + [ConvNormAct(spatial_dims, cin, cout, 3, dilation=int(r), **kw) for r in rates]
+            [ConvNormAct(spatial_dims, cin, cout, 1, **kw)]
+            + [ConvNormAct(spatial_dims, cin, cout, 3, dilation=int(r), **kw) for r in rates]
         )
         # image-level features: no norm (a 1-voxel map cannot be batch/instance-normalised at batch size 1)
-        self.pool = nn.Sequential(Pool[Pool.ADAPTIVEAVG, spatial_dims](1), conv(spatial_dims, cin, cout, 1), act_layer(act))
-        self.project = nn.Sequential(ConvNormAct(spatial_dims, cout * (len(rates) + 2), cout, 1, **kw), nn.Dropout(dropout) if dropout else nn.Identity())
+        self.pool = nn.Sequential(
+            Pool[Pool.ADAPTIVEAVG, spatial_dims](1), conv(spatial_dims, cin, cout, 1), act_layer(act)
+        )
+        self.project = nn.Sequential(
+            ConvNormAct(spatial_dims, cout * (len(rates) + 2), cout, 1, **kw),
+            nn.Dropout(dropout) if dropout else nn.Identity(),
+        )
 
     def forward(self, x):
         pooled = self.pool(x).expand(-1, -1, *x.shape[2:])
@@ -82,8 +92,23 @@ class ASPP(nn.Module):
 
 
 class DeepLab(PadToDivisor):
-    def __init__(self, spatial_dims, in_channels, out_channels, *, plus, output_stride, channels, blocks, atrous_rates,
-                 aspp_channels, low_level_channels, norm, act, dropout):
+    def __init__(
+        self,
+        spatial_dims,
+        in_channels,
+        out_channels,
+        *,
+        plus,
+        output_stride,
+        channels,
+        blocks,
+        atrous_rates,
+        aspp_channels,
+        low_level_channels,
+        norm,
+        act,
+        dropout,
+    ):
         super().__init__()
         if output_stride not in (8, 16):
             raise ConfigError(f"deeplab: output_stride must be 8 or 16, got {output_stride}")
@@ -92,7 +117,9 @@ class DeepLab(PadToDivisor):
         self.divisor = output_stride
         self.plus = plus
         kw = dict(norm=norm, act=act)
-        self.encoder = AtrousResNet(spatial_dims, in_channels, channels=channels, blocks=blocks, output_stride=output_stride, **kw)
+        self.encoder = AtrousResNet(
+            spatial_dims, in_channels, channels=channels, blocks=blocks, output_stride=output_stride, **kw
+        )
         self.aspp = ASPP(spatial_dims, channels[-1], aspp_channels, rates, dropout=dropout, **kw)
         if plus:
             self.reduce = ConvNormAct(spatial_dims, channels[0], low_level_channels, 1, **kw)
@@ -118,8 +145,14 @@ class DeepLab(PadToDivisor):
 _TINY = {"channels": (4, 8, 8, 8), "blocks": (1, 1, 1, 1), "aspp_channels": 8, "atrous_rates": (1, 2, 3)}
 
 
-@MODELS.register("deeplabv3", description="DeepLabV3: atrous residual encoder (output stride 8/16) + ASPP with image pooling",
-                 dims=(2, 3), divisor=16, family="deeplab", tiny=_TINY)
+@MODELS.register(
+    "deeplabv3",
+    description="DeepLabV3: atrous residual encoder (output stride 8/16) + ASPP with image pooling",
+    dims=(2, 3),
+    divisor=16,
+    family="deeplab",
+    tiny=_TINY,
+)
 def deeplabv3(
     *,
     spatial_dims: int,
@@ -134,12 +167,31 @@ def deeplabv3(
     act: str = "relu",
     dropout: float = 0.1,
 ):
-    return DeepLab(spatial_dims, in_channels, out_channels, plus=False, output_stride=output_stride, channels=channels, blocks=blocks,
-                   atrous_rates=atrous_rates, aspp_channels=aspp_channels, low_level_channels=0, norm=norm, act=act, dropout=dropout)
+    return DeepLab(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        plus=False,
+        output_stride=output_stride,
+        channels=channels,
+        blocks=blocks,
+        atrous_rates=atrous_rates,
+        aspp_channels=aspp_channels,
+        low_level_channels=0,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+    )
 
 
-@MODELS.register("deeplabv3plus", description="DeepLabV3+: DeepLabV3 + decoder fusing stride-4 low-level features",
-                 dims=(2, 3), divisor=16, family="deeplab", tiny={**_TINY, "low_level_channels": 4})
+@MODELS.register(
+    "deeplabv3plus",
+    description="DeepLabV3+: DeepLabV3 + decoder fusing stride-4 low-level features",
+    dims=(2, 3),
+    divisor=16,
+    family="deeplab",
+    tiny={**_TINY, "low_level_channels": 4},
+)
 def deeplabv3plus(
     *,
     spatial_dims: int,
@@ -155,5 +207,18 @@ def deeplabv3plus(
     act: str = "relu",
     dropout: float = 0.1,
 ):
-    return DeepLab(spatial_dims, in_channels, out_channels, plus=True, output_stride=output_stride, channels=channels, blocks=blocks,
-                   atrous_rates=atrous_rates, aspp_channels=aspp_channels, low_level_channels=low_level_channels, norm=norm, act=act, dropout=dropout)
+    return DeepLab(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        plus=True,
+        output_stride=output_stride,
+        channels=channels,
+        blocks=blocks,
+        atrous_rates=atrous_rates,
+        aspp_channels=aspp_channels,
+        low_level_channels=low_level_channels,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+    )

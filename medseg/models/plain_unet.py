@@ -50,38 +50,67 @@ class _Stage(nn.Sequential):
     before instance norm is cancelled by it, so they have none here.)"""
 
     def __init__(self, spatial_dims, cin, cout, n, *, stride, norm, act):
-        super().__init__(*(ConvNormAct(spatial_dims, cin if i == 0 else cout, cout, stride=stride if i == 0 else 1, norm=norm, act=act)
-                           for i in range(n)))
+        super().__init__(
+            *(
+                ConvNormAct(
+                    spatial_dims, cin if i == 0 else cout, cout, stride=stride if i == 0 else 1, norm=norm, act=act
+                )
+                for i in range(n)
+            )
+        )
 
 
 class PlainConvUNet(nn.Module):
-    def __init__(self, spatial_dims, in_channels, out_channels, *, channels, strides=None, n_conv=2, n_conv_decoder=2,
-                 norm=_NORM, act=_ACT, deep_supervision=True):
+    def __init__(
+        self,
+        spatial_dims,
+        in_channels,
+        out_channels,
+        *,
+        channels,
+        strides=None,
+        n_conv=2,
+        n_conv_decoder=2,
+        norm=_NORM,
+        act=_ACT,
+        deep_supervision=True,
+    ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
-            raise ConfigError(f"unet_plain: channels needs at least 2 stages (one down-sampling), got {list(channels)}; "
-                              "e.g. [32, 64, 128, 256]")
+            raise ConfigError(
+                f"unet_plain: channels needs at least 2 stages (one down-sampling), got {list(channels)}; "
+                "e.g. [32, 64, 128, 256]"
+            )
         strides = (1,) + (2,) * (len(channels) - 1) if strides is None else tuple(int(s) for s in strides)
         if len(strides) != len(channels) or any(s not in (1, 2) for s in strides):
-            raise ConfigError(f"unet_plain: strides needs one entry (1 or 2) per stage ({len(channels)}), got {list(strides)}")
+            raise ConfigError(
+                f"unet_plain: strides needs one entry (1 or 2) per stage ({len(channels)}), got {list(strides)}"
+            )
         self.strides = strides
         self.divisor = math.prod(strides)
         self.deep_supervision = bool(deep_supervision)
         cins = (in_channels,) + channels[:-1]
         self.encoder = nn.ModuleList(
-            _Stage(spatial_dims, ci, co, n_conv, stride=s, norm=norm, act=act) for ci, co, s in zip(cins, channels, strides)
+            _Stage(spatial_dims, ci, co, n_conv, stride=s, norm=norm, act=act)
+            for ci, co, s in zip(cins, channels, strides, strict=False)
         )
         from monai.networks.layers.factories import Conv
 
         convt = Conv[Conv.CONVTRANS, spatial_dims]
         # decoder stages in order of computation: lowest resolution first
-        self.up = nn.ModuleList(convt(channels[i], channels[i - 1], strides[i], stride=strides[i], bias=True)
-                                for i in range(len(channels) - 1, 0, -1))
-        self.decoder = nn.ModuleList(_Stage(spatial_dims, 2 * channels[i - 1], channels[i - 1], n_conv_decoder, stride=1, norm=norm, act=act)
-                                     for i in range(len(channels) - 1, 0, -1))
+        self.up = nn.ModuleList(
+            convt(channels[i], channels[i - 1], strides[i], stride=strides[i], bias=True)
+            for i in range(len(channels) - 1, 0, -1)
+        )
+        self.decoder = nn.ModuleList(
+            _Stage(spatial_dims, 2 * channels[i - 1], channels[i - 1], n_conv_decoder, stride=1, norm=norm, act=act)
+            for i in range(len(channels) - 1, 0, -1)
+        )
         # one segmentation layer per decoder stage (always built, so weights load with or without deep supervision)
-        self.seg = nn.ModuleList(conv(spatial_dims, channels[i - 1], out_channels, 1) for i in range(len(channels) - 1, 0, -1))
+        self.seg = nn.ModuleList(
+            conv(spatial_dims, channels[i - 1], out_channels, 1) for i in range(len(channels) - 1, 0, -1)
+        )
         self.apply(he_init)
 
     def forward(self, x: torch.Tensor):
@@ -95,7 +124,7 @@ class PlainConvUNet(nn.Module):
     def _crop(y, size, padded):
         if tuple(padded) == tuple(size):
             return y
-        keep = [int(math.ceil(s * o / p)) for s, o, p in zip(size, y.shape[2:], padded)]
+        keep = [int(math.ceil(s * o / p)) for s, o, p in zip(size, y.shape[2:], padded, strict=False)]
         return y[(slice(None), slice(None), *(slice(0, k) for k in keep))]
 
     def _forward(self, x, *, all_scales: bool) -> list[torch.Tensor]:
@@ -106,7 +135,7 @@ class PlainConvUNet(nn.Module):
         x = skips.pop()
         outs = []
         last = len(self.decoder) - 1
-        for s, (up, dec, seg) in enumerate(zip(self.up, self.decoder, self.seg)):
+        for s, (up, dec, seg) in enumerate(zip(self.up, self.decoder, self.seg, strict=False)):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
             if all_scales or s == last:
                 outs.append(seg(x))
@@ -116,7 +145,7 @@ class PlainConvUNet(nn.Module):
 @MODELS.register(
     "unet_plain",
     description="nnU-Net's plain conv U-Net: conv-InstanceNorm-LeakyReLU x2 per stage, strided convs down, "
-                "transposed convs up, deep supervision in training",
+    "transposed convs up, deep supervision in training",
     dims=(2, 3),
     divisor=32,
     family="unet",
@@ -135,5 +164,13 @@ def unet_plain(
 ):
     """``channels``: features per stage (nnU-Net: 32 doubling to 320 in 3D, 512 in 2D); ``strides``: per stage,
     1 or 2 (default 1, then 2); ``n_conv``: conv blocks per stage, encoder and decoder."""
-    return PlainConvUNet(spatial_dims, in_channels, out_channels, channels=channels, strides=strides, n_conv=n_conv,
-                         n_conv_decoder=n_conv, deep_supervision=deep_supervision)
+    return PlainConvUNet(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        channels=channels,
+        strides=strides,
+        n_conv=n_conv,
+        n_conv_decoder=n_conv,
+        deep_supervision=deep_supervision,
+    )

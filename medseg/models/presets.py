@@ -57,15 +57,25 @@ def load_model_preset(name: str, root: Path | None = None) -> dict:
         raise ConfigError(f"model preset {name!r} not found in {root}; {hint}")
     data = safe_yaml.load_file(path) or {}
     if not isinstance(data, dict) or set(data) - _KEYS or "name" not in data:
-        raise ConfigError(f"{path}: a model preset is a mapping with keys {sorted(_KEYS)} ('name' required), found {data!r}")
-    preset = {"name": str(data["name"]), "spatial_dims": int(data.get("spatial_dims", 3)), "kwargs": dict(data.get("kwargs") or {})}
+        raise ConfigError(
+            f"{path}: a model preset is a mapping with keys {sorted(_KEYS)} ('name' required), found {data!r}"
+        )
+    preset = {
+        "name": str(data["name"]),
+        "spatial_dims": int(data.get("spatial_dims", 3)),
+        "kwargs": dict(data.get("kwargs") or {}),
+    }
     training = _training_recipe(data.get("training"), path)
     info = model_info(preset["name"], params=False)  # unknown model -> UnknownComponentError with close matches
     if preset["spatial_dims"] not in info["dims"]:
-        raise ConfigError(f"{path}: model {preset['name']!r} supports spatial_dims {list(info['dims'])}, the preset says {preset['spatial_dims']}")
+        raise ConfigError(
+            f"{path}: model {preset['name']!r} supports spatial_dims {list(info['dims'])}, the preset says {preset['spatial_dims']}"
+        )
     unknown = set(preset["kwargs"]) - set(info["options"])
     if unknown and not _accepts_any(MODELS.get(preset["name"])):
-        raise ConfigError(f"{path}: model {preset['name']!r} has no option(s) {sorted(unknown)}; accepted: {sorted(info['options'])}")
+        raise ConfigError(
+            f"{path}: model {preset['name']!r} has no option(s) {sorted(unknown)}; accepted: {sorted(info['options'])}"
+        )
     return {"model": preset, "training": training}
 
 
@@ -74,7 +84,9 @@ def _training_recipe(data, path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: 'training' is a mapping of training settings (e.g. {{learning_rate: 0.01, optimizer: sgd}}), found {data!r}")
+        raise ConfigError(
+            f"{path}: 'training' is a mapping of training settings (e.g. {{learning_rate: 0.01, optimizer: sgd}}), found {data!r}"
+        )
     build_dataclass(TrainingConfig, data, f"{path}: training")  # unknown keys ("did you mean"), wrong types
     return dict(data)
 
@@ -82,7 +94,11 @@ def _training_recipe(data, path: Path) -> dict:
 def preset_overrides(preset: dict) -> list[str]:
     """A loaded preset as config overrides (``section.key=value``, values in JSON): ``model.*`` and its ``training.*``."""
     model = preset["model"]
-    out = [f"model.name={model['name']}", f"model.spatial_dims={model['spatial_dims']}", "model.kwargs=" + json.dumps(model["kwargs"])]
+    out = [
+        f"model.name={model['name']}",
+        f"model.spatial_dims={model['spatial_dims']}",
+        "model.kwargs=" + json.dumps(model["kwargs"]),
+    ]
     return out + [f"training.{k}={json.dumps(v)}" for k, v in preset["training"].items()]
 
 
@@ -120,5 +136,7 @@ def resolve_model_preset(name: str, root: Path | None = None) -> dict:
     presets = sorted(p.stem for p in root.glob("*.yaml"))
     close = difflib.get_close_matches(name, presets + models, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ConfigError(f"model {name!r} is neither a model preset nor a model; {hint}presets ({root}): "
-                      f"{', '.join(presets) or 'none'}; models (medseg models): {', '.join(models)}")
+    raise ConfigError(
+        f"model {name!r} is neither a model preset nor a model; {hint}presets ({root}): "
+        f"{', '.join(presets) or 'none'}; models (medseg models): {', '.join(models)}"
+    )

@@ -27,7 +27,9 @@ class SliceWise(nn.Module):
     def __init__(self, net: nn.Module, axis: int = -1):
         super().__init__()
         if axis not in (-1, -2, -3, 2, 3, 4):
-            raise ValueError(f"SliceWise: axis must be a spatial axis of (N, C, X, Y, Z) (2, 3, 4 or -3, -2, -1), got {axis}")
+            raise ValueError(
+                f"SliceWise: axis must be a spatial axis of (N, C, X, Y, Z) (2, 3, 4 or -3, -2, -1), got {axis}"
+            )
         self.net = net
         self.axis = axis % 5
 

@@ -39,32 +39,62 @@ class AttentionGate(nn.Module):
 
 
 class UNet(PadToDivisor):
-    def __init__(self, spatial_dims, in_channels, out_channels, *, channels, norm="batch", act="relu", dropout=0.0, attention=False,
-                 deep_supervision=False, init="default"):
+    def __init__(
+        self,
+        spatial_dims,
+        in_channels,
+        out_channels,
+        *,
+        channels,
+        norm="batch",
+        act="relu",
+        dropout=0.0,
+        attention=False,
+        deep_supervision=False,
+        init="default",
+    ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
-            raise ConfigError(f"unet: channels needs at least 2 stages (one down-sampling), got {list(channels)}; e.g. [32, 64, 128, 256]")
+            raise ConfigError(
+                f"unet: channels needs at least 2 stages (one down-sampling), got {list(channels)}; e.g. [32, 64, 128, 256]"
+            )
         self.divisor = 2 ** (len(channels) - 1)
         kw = dict(norm=norm, act=act)
         self.stem = DoubleConv(spatial_dims, in_channels, channels[0], **kw)
         self.down = nn.ModuleList(
-            nn.Sequential(max_pool(spatial_dims),
-                          DoubleConv(spatial_dims, channels[i - 1], channels[i], dropout=dropout if i == len(channels) - 1 else 0.0, **kw))
+            nn.Sequential(
+                max_pool(spatial_dims),
+                DoubleConv(
+                    spatial_dims, channels[i - 1], channels[i], dropout=dropout if i == len(channels) - 1 else 0.0, **kw
+                ),
+            )
             for i in range(1, len(channels))
         )
-        self.up = nn.ModuleList(up_conv(spatial_dims, channels[i], channels[i - 1]) for i in range(len(channels) - 1, 0, -1))
+        self.up = nn.ModuleList(
+            up_conv(spatial_dims, channels[i], channels[i - 1]) for i in range(len(channels) - 1, 0, -1)
+        )
         self.gates = nn.ModuleList(
-            (AttentionGate(spatial_dims, channels[i - 1], max(1, channels[i - 1] // 2), norm=norm) if attention else nn.Identity())
+            (
+                AttentionGate(spatial_dims, channels[i - 1], max(1, channels[i - 1] // 2), norm=norm)
+                if attention
+                else nn.Identity()
+            )
             for i in range(len(channels) - 1, 0, -1)
         )
-        self.decode = nn.ModuleList(DoubleConv(spatial_dims, 2 * channels[i - 1], channels[i - 1], **kw) for i in range(len(channels) - 1, 0, -1))
+        self.decode = nn.ModuleList(
+            DoubleConv(spatial_dims, 2 * channels[i - 1], channels[i - 1], **kw)
+            for i in range(len(channels) - 1, 0, -1)
+        )
         self.head = conv(spatial_dims, channels[0], out_channels, 1)
         self.attention = attention
         self.deep_supervision = bool(deep_supervision)
         # deep supervision: 1x1 heads on the decoder stages below full resolution (1/2, 1/4, ...)
-        self.aux_heads = nn.ModuleList(conv(spatial_dims, channels[i - 1], out_channels, 1) for i in range(2, len(channels))) \
-            if deep_supervision else nn.ModuleList()
+        self.aux_heads = (
+            nn.ModuleList(conv(spatial_dims, channels[i - 1], out_channels, 1) for i in range(2, len(channels)))
+            if deep_supervision
+            else nn.ModuleList()
+        )
         if init == "he":
             self.apply(_he_init)
         elif init != "default":
@@ -76,7 +106,9 @@ class UNet(PadToDivisor):
         outs = self._forward(x, all_scales=True)
         if all(s % self.divisor == 0 for s in x.shape[2:]):
             return outs
-        raise ConfigError(f"unet: deep supervision in training needs patch sizes divisible by {self.divisor}, got {list(x.shape[2:])}")
+        raise ConfigError(
+            f"unet: deep supervision in training needs patch sizes divisible by {self.divisor}, got {list(x.shape[2:])}"
+        )
 
     def _forward(self, x, all_scales=False):
         skips = [self.stem(x)]
@@ -84,7 +116,7 @@ class UNet(PadToDivisor):
             skips.append(down(skips[-1]))
         x = skips.pop()
         outs = []
-        for up, gate, decode in zip(self.up, self.gates, self.decode):
+        for up, gate, decode in zip(self.up, self.gates, self.decode, strict=False):
             x = up(x)
             skip = skips.pop()
             if self.attention:
@@ -94,7 +126,7 @@ class UNet(PadToDivisor):
         if not all_scales:
             return self.head(x)
         # full resolution first, then 1/2, 1/4, ... (the decoder's outputs in reverse order of computation)
-        return [self.head(outs[-1])] + [h(o) for h, o in zip(self.aux_heads, outs[-2::-1])]
+        return [self.head(outs[-1])] + [h(o) for h, o in zip(self.aux_heads, outs[-2::-1], strict=False)]
 
 
 def _he_init(module: nn.Module) -> None:
@@ -152,7 +184,9 @@ def unet(
     dropout: float = 0.0,
 ):
     if len(strides) != len(channels) - 1:
-        raise ConfigError(f"unet: need one stride per down-sampling step: {len(channels)} channels need {len(channels) - 1} strides, got {len(strides)}")
+        raise ConfigError(
+            f"unet: need one stride per down-sampling step: {len(channels)} channels need {len(channels) - 1} strides, got {len(strides)}"
+        )
     return _padded_monai_unet()(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
@@ -185,8 +219,17 @@ def unet_classic(
     deep_supervision: bool = False,
     init: str = "default",
 ):
-    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout,
-                deep_supervision=deep_supervision, init=init)
+    return UNet(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        channels=channels,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+        deep_supervision=deep_supervision,
+        init=init,
+    )
 
 
 @MODELS.register(
@@ -209,5 +252,15 @@ def unet_attention(
     deep_supervision: bool = False,
     init: str = "default",
 ):
-    return UNet(spatial_dims, in_channels, out_channels, channels=channels, norm=norm, act=act, dropout=dropout, attention=True,
-                deep_supervision=deep_supervision, init=init)
+    return UNet(
+        spatial_dims,
+        in_channels,
+        out_channels,
+        channels=channels,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+        attention=True,
+        deep_supervision=deep_supervision,
+        init=init,
+    )

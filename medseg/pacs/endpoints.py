@@ -51,9 +51,18 @@ from dataclasses import dataclass, field
 from medseg.errors import ConfigError, MedsegError, OptionalDependencyError
 
 INSTALL_HINT = "DICOM networking needs pynetdicom and dicomweb-client: pip install 'medseg[pacs]'"
-OPTIONS = {"calling": "dimse", "retrieve": "dimse", "scp_port": "dimse", "scp_host": "dimse", "timeout": "any",
-           "max_studies": "any", "max_series": "any", "max_pages": "dicomweb", "query_deadline": "dicomweb",
-           "retrieve_deadline": "dicomweb"}
+OPTIONS = {
+    "calling": "dimse",
+    "retrieve": "dimse",
+    "scp_port": "dimse",
+    "scp_host": "dimse",
+    "timeout": "any",
+    "max_studies": "any",
+    "max_series": "any",
+    "max_pages": "dicomweb",
+    "query_deadline": "dicomweb",
+    "retrieve_deadline": "dicomweb",
+}
 MAX_STUDIES = 10000
 MAX_SERIES = 1000
 MAX_PAGES = 100
@@ -123,12 +132,18 @@ class Endpoint:
 
 
 def _bad(spec: str, what: str, problem: str) -> ConfigError:
-    return ConfigError(f"{what} {_redact(spec)!r}: {problem}; expected dicomweb+http://HOST:PORT/PATH or "
-                       "dimse://AET@HOST:PORT[?calling=MEDSEG&retrieve=get|move&scp_port=N]")
+    return ConfigError(
+        f"{what} {_redact(spec)!r}: {problem}; expected dicomweb+http://HOST:PORT/PATH or "
+        "dimse://AET@HOST:PORT[?calling=MEDSEG&retrieve=get|move&scp_port=N]"
+    )
 
 
 def _redact(spec: str) -> str:
-    return re.sub(r"(://)[^/@]*@", r"\1***@", spec) if "dicomweb" in spec.lower() or spec.lower().startswith("http") else spec
+    return (
+        re.sub(r"(://)[^/@]*@", r"\1***@", spec)
+        if "dicomweb" in spec.lower() or spec.lower().startswith("http")
+        else spec
+    )
 
 
 def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
@@ -152,9 +167,14 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
     for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         if key not in OPTIONS:
             close = difflib.get_close_matches(key, list(OPTIONS), n=1)
-            raise _bad(spec, what, f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else
-                                                                f" (known: {', '.join(OPTIONS)})"))
+            raise _bad(
+                spec,
+                what,
+                f"unknown option {key!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(OPTIONS)})"),
+            )
         opts[key] = values[-1]
+
     def number(key, cast, default, ok, rule):  # a numeric option, checked
         if key not in opts:
             return default
@@ -167,25 +187,38 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
         return value
 
     timeout = number("timeout", float, 30.0, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
-    bounds = {"max_studies": number("max_studies", int, MAX_STUDIES, lambda v: v > 0, "a positive whole number"),
-              "max_series": number("max_series", int, MAX_SERIES, lambda v: v > 0, "a positive whole number")}
+    bounds = {
+        "max_studies": number("max_studies", int, MAX_STUDIES, lambda v: v > 0, "a positive whole number"),
+        "max_series": number("max_series", int, MAX_SERIES, lambda v: v > 0, "a positive whole number"),
+    }
     for key in opts:
         if OPTIONS[key] == ("dicomweb" if scheme == "dimse" else "dimse"):
             raise _bad(spec, what, f"option {key!r} is for {OPTIONS[key]}:// endpoints")
     if scheme != "dimse":
         bounds.update(
             max_pages=number("max_pages", int, MAX_PAGES, lambda v: v > 0, "a positive whole number"),
-            query_deadline=number("query_deadline", float, QUERY_DEADLINE, lambda v: 0 < v <= 86400,
-                                  "seconds between 0 and 86400"),
-            retrieve_deadline=number("retrieve_deadline", float, RETRIEVE_DEADLINE, lambda v: 0 < v <= 86400,
-                                     "seconds between 0 and 86400"))
+            query_deadline=number(
+                "query_deadline", float, QUERY_DEADLINE, lambda v: 0 < v <= 86400, "seconds between 0 and 86400"
+            ),
+            retrieve_deadline=number(
+                "retrieve_deadline", float, RETRIEVE_DEADLINE, lambda v: 0 < v <= 86400, "seconds between 0 and 86400"
+            ),
+        )
         web = scheme.removeprefix("dicomweb+")
         netloc = host if port is None else f"{host}:{port}"
         if ":" in host:  # IPv6 literal
             netloc = f"[{host}]" if port is None else f"[{host}]:{port}"
         url = urllib.parse.urlunsplit((web, netloc, parts.path.rstrip("/"), "", ""))
-        return Endpoint("dicomweb", host, port or (443 if web == "https" else 80), url=url, timeout=timeout, **bounds,
-                        username=urllib.parse.unquote(parts.username or ""), password=urllib.parse.unquote(parts.password or ""))
+        return Endpoint(
+            "dicomweb",
+            host,
+            port or (443 if web == "https" else 80),
+            url=url,
+            timeout=timeout,
+            **bounds,
+            username=urllib.parse.unquote(parts.username or ""),
+            password=urllib.parse.unquote(parts.password or ""),
+        )
     if parts.path not in ("", "/"):
         raise _bad(spec, what, "a dimse:// endpoint has no path")
     if not parts.username:
@@ -199,13 +232,27 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
         raise _bad(spec, what, f"retrieve must be 'get' or 'move', not {retrieve!r}")
     scp_port = number("scp_port", int, 0, lambda v: 0 < v < 65536, "a TCP port (1-65535)")
     if retrieve == "move" and not scp_port:
-        raise _bad(spec, what, "retrieve=move needs scp_port=N (the port of medseg's storage SCP, known to the PACS "
-                               f"as AE {calling!r})")
-    return Endpoint("dimse", host, port, called_aet=called, calling_aet=calling, retrieve=retrieve, scp_port=scp_port,
-                    scp_host=opts.get("scp_host", "127.0.0.1") or "127.0.0.1", timeout=timeout, **bounds)
+        raise _bad(
+            spec,
+            what,
+            f"retrieve=move needs scp_port=N (the port of medseg's storage SCP, known to the PACS as AE {calling!r})",
+        )
+    return Endpoint(
+        "dimse",
+        host,
+        port,
+        called_aet=called,
+        calling_aet=calling,
+        retrieve=retrieve,
+        scp_port=scp_port,
+        scp_host=opts.get("scp_host", "127.0.0.1") or "127.0.0.1",
+        timeout=timeout,
+        **bounds,
+    )
 
 
 # --- the libraries -------------------------------------------------------------------------------------------
+
 
 def require_pynetdicom():
     try:
@@ -366,13 +413,16 @@ def web_session(ep: Endpoint):
 
 
 def deadline_error(ep: Endpoint, doing: str, seconds: float, option: str) -> PacsError:
-    return PacsError(f"{ep.display}: {doing} did not finish within its deadline of {seconds:g} s; the server is too slow "
-                     f"or answers without end; check it (or raise ?{option}=S)")
+    return PacsError(
+        f"{ep.display}: {doing} did not finish within its deadline of {seconds:g} s; the server is too slow "
+        f"or answers without end; check it (or raise ?{option}=S)"
+    )
 
 
 @contextlib.contextmanager
-def web_request(ep: Endpoint, session, path: str, *, doing: str, accept: str, deadline: float, option: str,
-                params=None):
+def web_request(
+    ep: Endpoint, session, path: str, *, doing: str, accept: str, deadline: float, option: str, params=None
+):
     """GET ``ep.url + path`` with the body streamed (``resp.iter_content``), all of it within ``deadline`` seconds.
 
     Any failure, in the request or while the caller reads the body, becomes a one-line :class:`PacsError`
@@ -381,10 +431,17 @@ def web_request(ep: Endpoint, session, path: str, *, doing: str, accept: str, de
     watch = _Watch(deadline)
     with watch:
         try:
-            resp = session.get(ep.url + path, params=params, headers={"Accept": accept}, stream=True,
-                               timeout=(min(ep.timeout, 30.0), ep.timeout))
+            resp = session.get(
+                ep.url + path,
+                params=params,
+                headers={"Accept": accept},
+                stream=True,
+                timeout=(min(ep.timeout, 30.0), ep.timeout),
+            )
         except Exception as exc:  # noqa: BLE001 (requests raises many types)
-            raise (deadline_error(ep, doing, deadline, option) if watch.expired else http_error(exc, ep, doing)) from None
+            raise (
+                deadline_error(ep, doing, deadline, option) if watch.expired else http_error(exc, ep, doing)
+            ) from None
         try:
             if resp.status_code >= 400:
                 try:
@@ -399,7 +456,9 @@ def web_request(ep: Endpoint, session, path: str, *, doing: str, accept: str, de
                 raise deadline_error(ep, doing, deadline, option) from None
             raise
         except Exception as exc:  # noqa: BLE001
-            raise (deadline_error(ep, doing, deadline, option) if watch.expired else http_error(exc, ep, doing)) from None
+            raise (
+                deadline_error(ep, doing, deadline, option) if watch.expired else http_error(exc, ep, doing)
+            ) from None
         finally:
             resp.close()
 
@@ -408,8 +467,16 @@ def qido(ep: Endpoint, session, path: str, params: dict, doing: str) -> list[dic
     """One QIDO-RS request: its DICOM JSON answer (a list of objects), read to at most ``MAX_JSON_BYTES``."""
     import json
 
-    with web_request(ep, session, path, doing=doing, accept="application/dicom+json, application/json",
-                     deadline=ep.query_deadline, option="query_deadline", params=params) as resp:
+    with web_request(
+        ep,
+        session,
+        path,
+        doing=doing,
+        accept="application/dicom+json, application/json",
+        deadline=ep.query_deadline,
+        option="query_deadline",
+        params=params,
+    ) as resp:
         if resp.status_code == 204:
             return []
         declared = resp.headers.get("Content-Length", "")
@@ -425,20 +492,26 @@ def qido(ep: Endpoint, session, path: str, params: dict, doing: str) -> list[dic
     try:
         answer = json.loads(body)
     except ValueError as exc:
-        raise PacsError(f"{ep.display}: {doing} answered something that is not JSON ({exc.msg} at byte {exc.pos}); "
-                        "check the server's DICOMweb root and its log") from None
+        raise PacsError(
+            f"{ep.display}: {doing} answered something that is not JSON ({exc.msg} at byte {exc.pos}); "
+            "check the server's DICOMweb root and its log"
+        ) from None
     finally:
         del body
     if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
-        raise PacsError(f"{ep.display}: {doing} answered JSON that is not DICOM JSON (a list of objects, one per "
-                        f"match; got {_shape(answer)}); check the server")
+        raise PacsError(
+            f"{ep.display}: {doing} answered JSON that is not DICOM JSON (a list of objects, one per "
+            f"match; got {_shape(answer)}); check the server"
+        )
     return answer
 
 
 def _too_large(ep: Endpoint, doing: str, size: int | None) -> PacsError:
     got = f"{size / 1024**2:.0f} MiB" if size else f"more than {MAX_JSON_BYTES // 1024**2} MiB"
-    return PacsError(f"{ep.display}: {doing} answered {got} of JSON for one page (limit {MAX_JSON_BYTES // 1024**2} "
-                     "MiB); the server ignores limit=; check it or narrow the query")
+    return PacsError(
+        f"{ep.display}: {doing} answered {got} of JSON for one page (limit {MAX_JSON_BYTES // 1024**2} "
+        "MiB); the server ignores limit=; check it or narrow the query"
+    )
 
 
 def _shape(value) -> str:
@@ -454,18 +527,23 @@ def http_error(exc: Exception, ep: Endpoint, doing: str) -> PacsError:
 
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         code = exc.response.status_code
-        hint = {401: "check the credentials (user:password@ in the URL or MEDSEG_DICOMWEB_TOKEN)",
-                403: "the server refuses medseg; check its access rules",
-                404: "check the DICOMweb root in the URL (e.g. /dicom-web)"}.get(
-            code, "the server reported an error; check its log" if code >= 500 else "check the request")
-        return PacsError(f"{ep.display}: {doing} failed with HTTP {code} {exc.response.reason or ''}".rstrip()
-                         + f"; {hint}")
+        hint = {
+            401: "check the credentials (user:password@ in the URL or MEDSEG_DICOMWEB_TOKEN)",
+            403: "the server refuses medseg; check its access rules",
+            404: "check the DICOMweb root in the URL (e.g. /dicom-web)",
+        }.get(code, "the server reported an error; check its log" if code >= 500 else "check the request")
+        return PacsError(
+            f"{ep.display}: {doing} failed with HTTP {code} {exc.response.reason or ''}".rstrip() + f"; {hint}"
+        )
     if isinstance(exc, requests.Timeout):
-        return PacsError(f"{ep.display}: {doing} timed out after {ep.timeout:g} s; check that the server is up "
-                         "(or raise ?timeout=S)")
+        return PacsError(
+            f"{ep.display}: {doing} timed out after {ep.timeout:g} s; check that the server is up (or raise ?timeout=S)"
+        )
     if isinstance(exc, requests.ConnectionError):
-        return PacsError(f"{ep.display}: cannot connect for {doing}; check the host and port and that the DICOMweb "
-                         "server is running and reachable")
+        return PacsError(
+            f"{ep.display}: cannot connect for {doing}; check the host and port and that the DICOMweb "
+            "server is running and reachable"
+        )
     return PacsError(f"{ep.display}: {doing} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
 
 
@@ -493,15 +571,21 @@ def associate(ae, ep: Endpoint, doing: str, **kw):
             reason = f" ({rsp.reason_str})"
         except Exception:  # noqa: BLE001 (only for the message)
             reason = ""
-        raise PacsError(f"{ep.display}: association for {doing} rejected{reason}; check that the PACS knows medseg's "
-                        f"AE title {ep.calling_aet!r} (and this host) and that the called AE title {ep.called_aet!r} "
-                        "is right")
+        raise PacsError(
+            f"{ep.display}: association for {doing} rejected{reason}; check that the PACS knows medseg's "
+            f"AE title {ep.calling_aet!r} (and this host) and that the called AE title {ep.called_aet!r} "
+            "is right"
+        )
     if assoc.is_aborted and _reachable(ep):
-        raise PacsError(f"{ep.display}: association for {doing} rejected or aborted by the peer; check that the PACS "
-                        f"knows medseg's AE title {ep.calling_aet!r} (and this host), that the called AE title "
-                        f"{ep.called_aet!r} is right and that the PACS accepts {doing} (its log says why)")
-    raise PacsError(f"{ep.display}: cannot connect for {doing}; check the host and port and that the DICOM server is "
-                    "running and reachable")
+        raise PacsError(
+            f"{ep.display}: association for {doing} rejected or aborted by the peer; check that the PACS "
+            f"knows medseg's AE title {ep.calling_aet!r} (and this host), that the called AE title "
+            f"{ep.called_aet!r} is right and that the PACS accepts {doing} (its log says why)"
+        )
+    raise PacsError(
+        f"{ep.display}: cannot connect for {doing}; check the host and port and that the DICOM server is "
+        "running and reachable"
+    )
 
 
 def _unread_rejection(assoc):
@@ -515,8 +599,9 @@ def _unread_rejection(assoc):
         pending = list(assoc.dul.to_user_queue.queue)
     except Exception:  # noqa: BLE001 (pynetdicom internals: only a better message is lost)
         return None
-    return next((p for p in pending if getattr(p, "result", None) in (0x01, 0x02)
-                 and type(p).__name__ == "A_ASSOCIATE"), None)
+    return next(
+        (p for p in pending if getattr(p, "result", None) in (0x01, 0x02) and type(p).__name__ == "A_ASSOCIATE"), None
+    )
 
 
 def _reachable(ep: Endpoint) -> bool:

@@ -97,8 +97,10 @@ def _store_dimse(ep: Endpoint, ds) -> None:
         raise PacsError(f"{ep.display}: no answer to C-STORE (connection lost or timed out); check the PACS")
     code = int(status.Status)
     if code not in STORED:
-        raise PacsError(f"{ep.display}: C-STORE refused with status 0x{code:04X}; check the PACS log "
-                        "(storage full, SOP class or transfer syntax not accepted?)")
+        raise PacsError(
+            f"{ep.display}: C-STORE refused with status 0x{code:04X}; check the PACS log "
+            "(storage full, SOP class or transfer syntax not accepted?)"
+        )
 
 
 def _store_dicomweb(ep: Endpoint, ds) -> None:
@@ -118,8 +120,11 @@ def send(ep: Endpoint, path: str | os.PathLike) -> dict:
     import pydicom
 
     ds = pydicom.dcmread(path)
-    info = {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-            "series_instance_uid": str(ds.get("SeriesInstanceUID", ""))}
+    info = {
+        "sop_class_uid": str(ds.SOPClassUID),
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+    }
     (_store_dicomweb if ep.kind == "dicomweb" else _store_dimse)(ep, ds)
     return info
 
@@ -127,14 +132,27 @@ def send(ep: Endpoint, path: str | os.PathLike) -> dict:
 def _uids(path: Path) -> dict:
     import pydicom
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"])
-    return {"sop_class_uid": str(ds.get("SOPClassUID", "")), "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-            "series_instance_uid": str(ds.get("SeriesInstanceUID", ""))}
+    ds = pydicom.dcmread(
+        path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"]
+    )
+    return {
+        "sop_class_uid": str(ds.get("SOPClassUID", "")),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+    }
 
 
-def export_case(destination: str | Endpoint, objects: dict, *, record_path: str | os.PathLike, case_id: str = "",
-                retries: int = 3, backoff_s: float = 1.0, base: str | os.PathLike | None = None,
-                sleep=time.sleep) -> dict:
+def export_case(
+    destination: str | Endpoint,
+    objects: dict,
+    *,
+    record_path: str | os.PathLike,
+    case_id: str = "",
+    retries: int = 3,
+    backoff_s: float = 1.0,
+    base: str | os.PathLike | None = None,
+    sleep=time.sleep,
+) -> dict:
     """Send ``objects`` (kind -> DICOM file path, or None when not written) to ``destination``; write and return the
     record. Raises :class:`ExportError` after recording when an object still fails after ``retries`` retries.
 
@@ -148,8 +166,16 @@ def export_case(destination: str | Endpoint, objects: dict, *, record_path: str 
     history = list(previous.get("history") or [])
     if previous.get("destination") and previous.get("destination") != ep.display:
         history.append({k: previous[k] for k in ("destination", "objects", "status", "updated") if k in previous})
-    rec = {"case_id": case_id, **ep.to_record(), "destination": ep.display, "status": "sending", "objects": [],
-           "attempts": int(previous.get("attempts") or 0) + 1, "started": _now(), "history": history[-5:]}
+    rec = {
+        "case_id": case_id,
+        **ep.to_record(),
+        "destination": ep.display,
+        "status": "sending",
+        "objects": [],
+        "attempts": int(previous.get("attempts") or 0) + 1,
+        "started": _now(),
+        "history": history[-5:],
+    }
 
     def save():
         rec["updated"] = _now()
@@ -176,7 +202,9 @@ def export_case(destination: str | Endpoint, objects: dict, *, record_path: str 
             save()
             continue
         if entry["sop_instance_uid"] in already:
-            entry.update(status="already_sent", sent_at=already[entry["sop_instance_uid"]].get("sent_at", ""), attempts=0)
+            entry.update(
+                status="already_sent", sent_at=already[entry["sop_instance_uid"]].get("sent_at", ""), attempts=0
+            )
             log.info("%s: %s already sent to %s, not sent again", case_id, kind, ep.display)
             continue
         for attempt in range(1, max(0, int(retries)) + 2):
@@ -188,8 +216,15 @@ def export_case(destination: str | Endpoint, objects: dict, *, record_path: str 
                 entry.update(status="failed", error=message)
                 if attempt <= retries:
                     wait = min(float(backoff_s) * 2 ** (attempt - 1), MAX_WAIT_S)
-                    log.info("%s: sending %s to %s failed (attempt %d: %s); retrying in %.1f s", case_id, kind, ep.display,
-                             attempt, message, wait)
+                    log.info(
+                        "%s: sending %s to %s failed (attempt %d: %s); retrying in %.1f s",
+                        case_id,
+                        kind,
+                        ep.display,
+                        attempt,
+                        message,
+                        wait,
+                    )
                     save()
                     sleep(wait)
                     continue

@@ -27,18 +27,59 @@ from medseg.errors import ConfigError, InputError
 from medseg.pacs.endpoints import Endpoint, PacsError, associate, make_ae, qido, web_session
 from medseg.pacs.keys import hashed, salt, study_key  # noqa: F401  (salt, study_key: part of this module's API)
 
-KEYS = ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "ModalitiesInStudy", "StudyDescription",
-        "AccessionNumber", "StudyInstanceUID", "StudyID", "ReferringPhysicianName", "InstitutionName")
-ALIASES = {"patient_id": "PatientID", "patient": "PatientName", "patient_name": "PatientName", "date": "StudyDate",
-           "study_date": "StudyDate", "modality": "ModalitiesInStudy", "modalities": "ModalitiesInStudy",
-           "description": "StudyDescription", "accession": "AccessionNumber", "study_uid": "StudyInstanceUID"}
+KEYS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "StudyDate",
+    "StudyTime",
+    "ModalitiesInStudy",
+    "StudyDescription",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "StudyID",
+    "ReferringPhysicianName",
+    "InstitutionName",
+)
+ALIASES = {
+    "patient_id": "PatientID",
+    "patient": "PatientName",
+    "patient_name": "PatientName",
+    "date": "StudyDate",
+    "study_date": "StudyDate",
+    "modality": "ModalitiesInStudy",
+    "modalities": "ModalitiesInStudy",
+    "description": "StudyDescription",
+    "accession": "AccessionNumber",
+    "study_uid": "StudyInstanceUID",
+}
 #: Query values that identify a patient or a study: recorded only as salted hashes.
-IDENTIFYING = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "StudyID",
-               "ReferringPhysicianName")
+IDENTIFYING = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "StudyID",
+    "ReferringPhysicianName",
+)
 _DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: Series that are never segmented (and never retrieved): medseg's own results and other non-image objects.
-NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "DOC", "REG", "FID", "PLAN")
+NON_IMAGE_MODALITIES = (
+    "SEG",
+    "RTSTRUCT",
+    "RTPLAN",
+    "RTDOSE",
+    "RTRECORD",
+    "SR",
+    "PR",
+    "KO",
+    "DOC",
+    "REG",
+    "FID",
+    "PLAN",
+)
 
 
 def parse_query(items) -> dict:
@@ -51,13 +92,17 @@ def parse_query(items) -> dict:
         keyword = ALIASES.get(key.lower(), key)
         if keyword not in KEYS:
             close = difflib.get_close_matches(key, list(KEYS) + list(ALIASES), n=1)
-            raise ConfigError(f"--query: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                                                 f"; known: {', '.join(KEYS)}"))
+            raise ConfigError(
+                f"--query: unknown key {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(KEYS)}")
+            )
         if keyword in ("StudyDate", "PatientBirthDate"):
             value = value.replace(" ", "")
             if not value or not _DATE.match(value) or value == "-":
-                raise ConfigError(f"--query {key}={value!r}: expected a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD "
-                                  "(either end may be left open)")
+                raise ConfigError(
+                    f"--query {key}={value!r}: expected a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD "
+                    "(either end may be left open)"
+                )
         if keyword == "StudyInstanceUID" and not _UID.match(value):
             raise ConfigError(f"--query StudyInstanceUID: {value!r} is not a UID (digits and dots)")
         if keyword in out and out[keyword] != value:
@@ -77,15 +122,22 @@ def read_id_list(path) -> tuple[str, list[tuple[int, str]]]:
 
     p = Path(path)
     if not p.is_file():
-        raise InputError("--accessions: file not found; give a CSV with a column AccessionNumber or StudyInstanceUID", path=p)
+        raise InputError(
+            "--accessions: file not found; give a CSV with a column AccessionNumber or StudyInstanceUID", path=p
+        )
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 (any parser error: not a CSV)
         raise InputError(f"--accessions: cannot read as CSV ({str(exc).splitlines()[0]})", path=p) from None
     columns = {c.strip(): c for c in df.columns}
-    for name, keyword in (("AccessionNumber", "AccessionNumber"), ("accession", "AccessionNumber"),
-                          ("accession_number", "AccessionNumber"), ("StudyInstanceUID", "StudyInstanceUID"),
-                          ("study_uid", "StudyInstanceUID"), ("study_instance_uid", "StudyInstanceUID")):
+    for name, keyword in (
+        ("AccessionNumber", "AccessionNumber"),
+        ("accession", "AccessionNumber"),
+        ("accession_number", "AccessionNumber"),
+        ("StudyInstanceUID", "StudyInstanceUID"),
+        ("study_uid", "StudyInstanceUID"),
+        ("study_instance_uid", "StudyInstanceUID"),
+    ):
         if name in columns:
             values = [(i + 1, str(v).strip()) for i, v in enumerate(df[columns[name]])]
             values = [(i, v) for i, v in values if v]
@@ -96,7 +148,9 @@ def read_id_list(path) -> tuple[str, list[tuple[int, str]]]:
                 if bad:
                     raise InputError(f"--accessions: row(s) {bad[:5]} of column {name!r} are not UIDs", path=p)
             return keyword, values
-    raise InputError(f"--accessions: no column AccessionNumber or StudyInstanceUID (columns: {', '.join(columns)})", path=p)
+    raise InputError(
+        f"--accessions: no column AccessionNumber or StudyInstanceUID (columns: {', '.join(columns)})", path=p
+    )
 
 
 @dataclass
@@ -137,13 +191,21 @@ def _value(v):
 PAGE = 500
 
 #: DICOM JSON tags read from QIDO-RS answers, with their keywords (for messages).
-_TAGS = {"0020000D": "StudyInstanceUID", "0020000E": "SeriesInstanceUID", "00201208": "NumberOfStudyRelatedInstances",
-         "00201209": "NumberOfSeriesRelatedInstances", "00080061": "ModalitiesInStudy", "00080060": "Modality"}
+_TAGS = {
+    "0020000D": "StudyInstanceUID",
+    "0020000E": "SeriesInstanceUID",
+    "00201208": "NumberOfStudyRelatedInstances",
+    "00201209": "NumberOfSeriesRelatedInstances",
+    "00080061": "ModalitiesInStudy",
+    "00080060": "Modality",
+}
 
 
 def _malformed(ep: Endpoint, doing: str, problem: str) -> PacsError:
-    return PacsError(f"{ep.display}: {doing} answered malformed DICOM JSON: {problem}; check the server (its QIDO-RS "
-                     "answers must follow PS3.18 F.2)")
+    return PacsError(
+        f"{ep.display}: {doing} answered malformed DICOM JSON: {problem}; check the server (its QIDO-RS "
+        "answers must follow PS3.18 F.2)"
+    )
 
 
 def _shown(value) -> str:
@@ -158,12 +220,12 @@ def _json_values(item: dict, tag: str, ep: Endpoint, doing: str) -> list:
         return []
     name = f"attribute {tag} ({_TAGS.get(tag, '?')})"
     if not isinstance(attr, dict):
-        raise _malformed(ep, doing, f"{name} is {_shown(attr)}, not an object {{\"vr\": ..., \"Value\": [...]}}")
+        raise _malformed(ep, doing, f'{name} is {_shown(attr)}, not an object {{"vr": ..., "Value": [...]}}')
     values = attr.get("Value")
     if values is None:
         return []
     if not isinstance(values, list):
-        raise _malformed(ep, doing, f"{name} has \"Value\": {_shown(values)}, not a list")
+        raise _malformed(ep, doing, f'{name} has "Value": {_shown(values)}, not a list')
     return values
 
 
@@ -188,10 +250,13 @@ def _count(value, ep: Endpoint, doing: str, what: str) -> int | None:
     except (TypeError, ValueError):
         n = -1
     if n < 0:
-        raise (_malformed(ep, doing, f"{what} has the value {_shown(value)}, not a number of instances")
-               if ep.kind == "dicomweb" else
-               PacsError(f"{ep.display}: {doing} answered {what} = {_shown(value)}, not a number of instances; check "
-                         "the PACS"))
+        raise (
+            _malformed(ep, doing, f"{what} has the value {_shown(value)}, not a number of instances")
+            if ep.kind == "dicomweb"
+            else PacsError(
+                f"{ep.display}: {doing} answered {what} = {_shown(value)}, not a number of instances; check the PACS"
+            )
+        )
     return n
 
 
@@ -207,8 +272,9 @@ def _json_strings(item: dict, tag: str, ep: Endpoint, doing: str) -> tuple:
     return tuple(values)
 
 
-def paged(ep: Endpoint, session, path: str, params: dict, uid_tag: str, doing: str, *, max_items: int, option: str,
-          what: str) -> list[dict]:
+def paged(
+    ep: Endpoint, session, path: str, params: dict, uid_tag: str, doing: str, *, max_items: int, option: str, what: str
+) -> list[dict]:
     """Every answer of a QIDO-RS search, page by page (limit/offset), each checked and bounded: at most
     ``ep.max_pages`` pages and ``max_items`` answers (``PacsError`` naming the option to raise beyond). A server
     that ignores ``offset`` would repeat its first page for ever: a page that brings no new UID ends the search."""
@@ -223,26 +289,43 @@ def paged(ep: Endpoint, session, path: str, params: dict, uid_tag: str, doing: s
                 new.append(item)
         out += new
         if len(out) > max_items:
-            raise PacsError(f"{ep.display}: {doing} found more than {max_items} {what}; narrow the query "
-                            f"(or raise ?{option}=N)")
+            raise PacsError(
+                f"{ep.display}: {doing} found more than {max_items} {what}; narrow the query (or raise ?{option}=N)"
+            )
         if len(page) < PAGE or not new:
             return out
         offset += len(page)
-    raise PacsError(f"{ep.display}: {doing} still had answers after {ep.max_pages} pages of {PAGE}; the server may "
-                    f"ignore offset= ; narrow the query (or raise ?max_pages=N)")
+    raise PacsError(
+        f"{ep.display}: {doing} still had answers after {ep.max_pages} pages of {PAGE}; the server may "
+        f"ignore offset= ; narrow the query (or raise ?max_pages=N)"
+    )
 
 
 def _search_dicomweb(ep: Endpoint, session, filters: dict) -> list[dict]:
     doing = "the study search (QIDO-RS)"
-    found = paged(ep, session, "/studies", {**filters, "includefield": list(_RETURN_KEYS)}, "0020000D", doing,
-                  max_items=ep.max_studies, option="max_studies", what="studies")
+    found = paged(
+        ep,
+        session,
+        "/studies",
+        {**filters, "includefield": list(_RETURN_KEYS)},
+        "0020000D",
+        doing,
+        max_items=ep.max_studies,
+        option="max_studies",
+        what="studies",
+    )
     out = []
     for item in found:
         uid = _json_uid(item, "0020000D", ep, doing)
         if not uid:
             continue
-        out.append({"uid": uid, "n": _json_count(item, "00201208", ep, doing),
-                    "modalities": _json_strings(item, "00080061", ep, doing)})
+        out.append(
+            {
+                "uid": uid,
+                "n": _json_count(item, "00201208", ep, doing),
+                "modalities": _json_strings(item, "00080061", ep, doing),
+            }
+        )
     return out
 
 
@@ -268,14 +351,17 @@ def _search_dimse(ep: Endpoint, assoc, filters: dict) -> list[dict]:
             uid = str(identifier.get("StudyInstanceUID", "") or "")
             if not uid:
                 continue
-            n = _count(identifier.get("NumberOfStudyRelatedInstances", None), ep, "C-FIND",
-                       "NumberOfStudyRelatedInstances")
+            n = _count(
+                identifier.get("NumberOfStudyRelatedInstances", None), ep, "C-FIND", "NumberOfStudyRelatedInstances"
+            )
             mods = _value(identifier.get("ModalitiesInStudy", None)) or ()
             out.append({"uid": uid, "n": n, "modalities": mods if isinstance(mods, tuple) else (mods,)})
             if len(out) > ep.max_studies:
                 _cancel(assoc)
-                raise PacsError(f"{ep.display}: the study search (C-FIND) found more than {ep.max_studies} studies; "
-                                "narrow the query (or raise ?max_studies=N)")
+                raise PacsError(
+                    f"{ep.display}: the study search (C-FIND) found more than {ep.max_studies} studies; "
+                    "narrow the query (or raise ?max_studies=N)"
+                )
     if final not in (0x0000, None):
         raise PacsError(f"{ep.display}: C-FIND failed with status 0x{final:04X}; check the query keys and the PACS log")
     return out
@@ -313,12 +399,14 @@ def find_studies(ep: Endpoint, filters: dict | None = None, id_list: tuple[str, 
 
         def search(q):
             return _search_dimse(ep, assoc, q)
+
     try:
         for row, q in queries:
             hits = search(q)
             if row is not None and not hits:
-                result.missing.append(Missing(row, hashed(q[id_list[0]], "ac" if id_list[0] == "AccessionNumber" else "su"),
-                                              id_list[0]))
+                result.missing.append(
+                    Missing(row, hashed(q[id_list[0]], "ac" if id_list[0] == "AccessionNumber" else "su"), id_list[0])
+                )
             for h in hits:
                 if h["uid"] in seen:
                     continue
@@ -341,15 +429,28 @@ def list_series(ep: Endpoint, study_uid: str, *, session=None, assoc=None) -> li
     """The series of a study with their modality and instance count (QIDO-RS / C-FIND at series level)."""
     if ep.kind == "dicomweb":
         doing = "the series search (QIDO-RS)"
-        found = paged(ep, session or web_session(ep), f"/studies/{study_uid}/series",
-                      {"includefield": ["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"]}, "0020000E",
-                      doing, max_items=ep.max_series, option="max_series", what="series in one study")
+        found = paged(
+            ep,
+            session or web_session(ep),
+            f"/studies/{study_uid}/series",
+            {"includefield": ["SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"]},
+            "0020000E",
+            doing,
+            max_items=ep.max_series,
+            option="max_series",
+            what="series in one study",
+        )
         out = []
         for item in found:
             uid = _json_uid(item, "0020000E", ep, doing)
             if uid:
-                out.append(SeriesHit(uid, " ".join(_json_strings(item, "00080060", ep, doing)[:1]),
-                                     _json_count(item, "00201209", ep, doing)))
+                out.append(
+                    SeriesHit(
+                        uid,
+                        " ".join(_json_strings(item, "00080060", ep, doing)[:1]),
+                        _json_count(item, "00201209", ep, doing),
+                    )
+                )
         return out
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
@@ -366,13 +467,19 @@ def list_series(ep: Endpoint, study_uid: str, *, session=None, assoc=None) -> li
             raise PacsError(f"{ep.display}: no answer to C-FIND (connection lost or timed out); check the PACS")
         final = int(status.Status)
         if final in (0xFF00, 0xFF01) and identifier is not None and identifier.get("SeriesInstanceUID"):
-            n = _count(identifier.get("NumberOfSeriesRelatedInstances", None), ep, "the series C-FIND",
-                       "NumberOfSeriesRelatedInstances")
+            n = _count(
+                identifier.get("NumberOfSeriesRelatedInstances", None),
+                ep,
+                "the series C-FIND",
+                "NumberOfSeriesRelatedInstances",
+            )
             out.append(SeriesHit(str(identifier.SeriesInstanceUID), str(identifier.get("Modality", "") or ""), n))
             if len(out) > ep.max_series:
                 _cancel(assoc)
-                raise PacsError(f"{ep.display}: the series search (C-FIND) found more than {ep.max_series} series in one "
-                                "study; check the PACS (or raise ?max_series=N)")
+                raise PacsError(
+                    f"{ep.display}: the series search (C-FIND) found more than {ep.max_series} series in one "
+                    "study; check the PACS (or raise ?max_series=N)"
+                )
     if final not in (0x0000, None):
         raise PacsError(f"{ep.display}: series C-FIND failed with status 0x{final:04X}; check the PACS log")
     return out

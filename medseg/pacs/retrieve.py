@@ -166,7 +166,7 @@ class StudyCache:
         for child in self.root.iterdir():
             if not (child.name.startswith(TMP_PREFIX) and child.is_dir() and not child.is_symlink()):
                 continue
-            parts = child.name[len(TMP_PREFIX):].split("-")
+            parts = child.name[len(TMP_PREFIX) :].split("-")
             pid = next((int(p) for p in parts if p.isdigit()), None)
             if pid is None or pid == os.getpid() or _pid_alive(pid):
                 continue
@@ -192,8 +192,12 @@ class StudyCache:
             shutil.rmtree(gone, ignore_errors=True)
             log.info("cache: evicted %s", key)
         if total + incoming > self.max_bytes:
-            log.warning("cache %s: %.2f GB in use, over its limit of %.2f GB (studies being processed are kept)",
-                        self.root, (total + incoming) / GB, self.max_bytes / GB)
+            log.warning(
+                "cache %s: %.2f GB in use, over its limit of %.2f GB (studies being processed are kept)",
+                self.root,
+                (total + incoming) / GB,
+                self.max_bytes / GB,
+            )
 
     def get(self, ep: Endpoint, study_uid: str, key: str, *, modalities=(), attempts: int = RETRIEVE_ATTEMPTS) -> Path:
         """The folder of study ``key`` in the cache, retrieved from ``ep`` unless it is there complete."""
@@ -214,12 +218,25 @@ class StudyCache:
                 n = retrieve_study(ep, study_uid, tmp, modalities=modalities, max_bytes=self.max_bytes)
                 size = _folder_bytes(tmp)
                 if self.max_bytes is not None and size > self.max_bytes:
-                    raise InputError(f"study is {size / GB:.2f} GB, larger than the cache limit "
-                                     f"({self.max_bytes / GB:.2f} GB); raise --cache-max-gb")
-                self._write_marker(tmp, {"medseg_cache": 1, "key": key, "complete": True, "bytes": size, "instances": n,
-                                         "retrieved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "consumed": False,
-                                         "used": time.time(), "endpoint": ep.display,
-                                         "seconds": round(time.monotonic() - t0, 3)})
+                    raise InputError(
+                        f"study is {size / GB:.2f} GB, larger than the cache limit "
+                        f"({self.max_bytes / GB:.2f} GB); raise --cache-max-gb"
+                    )
+                self._write_marker(
+                    tmp,
+                    {
+                        "medseg_cache": 1,
+                        "key": key,
+                        "complete": True,
+                        "bytes": size,
+                        "instances": n,
+                        "retrieved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "consumed": False,
+                        "used": time.time(),
+                        "endpoint": ep.display,
+                        "seconds": round(time.monotonic() - t0, 3),
+                    },
+                )
                 with self._locked():
                     self._evict_for(size)
                     target = self.path(key)
@@ -227,10 +244,14 @@ class StudyCache:
                         shutil.rmtree(tmp, ignore_errors=True)
                     else:
                         if target.exists():  # a folder without medseg's complete marker under our name
-                            if not (target.is_dir() and not target.is_symlink() and not any(
-                                    p.name == MARKER for p in target.iterdir())):
-                                raise OutputError("cache folder exists and is not a study medseg placed; remove it",
-                                                  path=target)
+                            if not (
+                                target.is_dir()
+                                and not target.is_symlink()
+                                and not any(p.name == MARKER for p in target.iterdir())
+                            ):
+                                raise OutputError(
+                                    "cache folder exists and is not a study medseg placed; remove it", path=target
+                                )
                             stale = self.root / f"{TMP_PREFIX}stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                             os.rename(target, stale)
                             shutil.rmtree(stale, ignore_errors=True)
@@ -253,14 +274,21 @@ class StudyCache:
 
 # --- the protocols ------------------------------------------------------------------------------------------
 
+
 def _image_series(ep: Endpoint, study_uid: str, modalities, **kw) -> list:
     series = list_series(ep, study_uid, **kw)
     wanted = {m.upper() for m in modalities or ()}
-    keep = [s for s in series if s.modality.upper() not in NON_IMAGE_MODALITIES and (not wanted or s.modality.upper() in wanted)]
+    keep = [
+        s
+        for s in series
+        if s.modality.upper() not in NON_IMAGE_MODALITIES and (not wanted or s.modality.upper() in wanted)
+    ]
     if not keep:
         found = sorted({s.modality or "?" for s in series})
-        raise InputError(f"no image series{' of modality ' + '/'.join(sorted(wanted)) if wanted else ''} in this study "
-                         f"(series found: {', '.join(found) or 'none'})")
+        raise InputError(
+            f"no image series{' of modality ' + '/'.join(sorted(wanted)) if wanted else ''} in this study "
+            f"(series found: {', '.join(found) or 'none'})"
+        )
     return keep
 
 
@@ -274,15 +302,18 @@ def _check_count(ep: Endpoint, series, counts: dict) -> int:
         got = counts.get(s.series_uid, 0)
         total += got
         if s.n_instances is not None and got < s.n_instances:
-            raise PacsError(f"{ep.display}: incomplete retrieval, {got} of {s.n_instances} instances of a series arrived; "
-                            "check the PACS log")
+            raise PacsError(
+                f"{ep.display}: incomplete retrieval, {got} of {s.n_instances} instances of a series arrived; "
+                "check the PACS log"
+            )
         if got == 0:
             raise PacsError(f"{ep.display}: no instance of a series arrived; check the PACS log")
     return total
 
 
-def retrieve_study(ep: Endpoint, study_uid: str, dest: str | os.PathLike, *, modalities=(),
-                   max_bytes: int | None = None) -> int:
+def retrieve_study(
+    ep: Endpoint, study_uid: str, dest: str | os.PathLike, *, modalities=(), max_bytes: int | None = None
+) -> int:
     """Write the study's image series (of ``modalities`` when given) into ``dest``; returns the instance count.
     Over DICOMweb the bodies are streamed to disk and a study past ``max_bytes`` stops at once (``InputError``)."""
     dest = Path(dest)
@@ -324,7 +355,7 @@ class _Parts:
                 if self.state == "body":
                     self.fh.write(self.buf[:i])
                     self._close()
-                del self.buf[:i + len(self.delim)]
+                del self.buf[: i + len(self.delim)]
                 self.state = "boundary"
             if self.state == "boundary":  # "--" (the end) or transport padding and CRLF (a part follows)
                 if len(self.buf) < 2:
@@ -337,7 +368,7 @@ class _Parts:
                     if len(self.buf) > 1024:
                         raise ValueError("a boundary line without end")
                     return
-                del self.buf[:j + 2]
+                del self.buf[: j + 2]
                 self.state = "headers"
             if self.state == "headers":
                 j = 0 if self.buf[:2] == b"\r\n" else self.buf.find(b"\r\n\r\n")
@@ -345,7 +376,7 @@ class _Parts:
                     if len(self.buf) > _MAX_PART_HEADERS:
                         raise ValueError("part headers longer than 64 KiB")
                     return
-                del self.buf[:j + (2 if j == 0 else 4)]
+                del self.buf[: j + (2 if j == 0 else 4)]
                 self.path = self.dest / f"{TMP_PREFIX}part-{uuid.uuid4().hex[:12]}.dcm"
                 self.fh = open(self.path, "wb")
                 self.state = "body"
@@ -389,8 +420,9 @@ def _instance_uids(path: Path) -> tuple[str, str] | None:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=64 * 1024,
-                             specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, defer_size=64 * 1024, specific_tags=["SOPInstanceUID", "SeriesInstanceUID"]
+        )
         return str(ds.get("SOPInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
     except Exception:  # noqa: BLE001 (pydicom raises many types on a file that is not DICOM)
         return None
@@ -403,6 +435,7 @@ def _retrieve_dicomweb(ep: Endpoint, study_uid: str, dest: Path, modalities, max
     received = 0
     doing = "the retrieval (WADO-RS)"
     for s in series:
+
         def place(path: Path, sid=s.series_uid) -> None:
             uids = _instance_uids(path)
             if uids is None:
@@ -415,28 +448,41 @@ def _retrieve_dicomweb(ep: Endpoint, study_uid: str, dest: Path, modalities, max
                 raise OutputError.from_os(exc, dest) from None
             counts[sid] = counts.get(sid, 0) + 1
 
-        with web_request(ep, session, f"/studies/{study_uid}/series/{s.series_uid}", doing=doing, accept=_WADO_ACCEPT,
-                         deadline=ep.retrieve_deadline, option="retrieve_deadline") as resp:
+        with web_request(
+            ep,
+            session,
+            f"/studies/{study_uid}/series/{s.series_uid}",
+            doing=doing,
+            accept=_WADO_ACCEPT,
+            deadline=ep.retrieve_deadline,
+            option="retrieve_deadline",
+        ) as resp:
             boundary = _boundary(resp.headers.get("Content-Type", ""))
             if boundary is None:
-                raise PacsError(f"{ep.display}: {doing} answered Content-Type "
-                                f"{' '.join(resp.headers.get('Content-Type', 'none').split())[:80]!r}, not "
-                                "multipart/related with a boundary; check the server")
+                raise PacsError(
+                    f"{ep.display}: {doing} answered Content-Type "
+                    f"{' '.join(resp.headers.get('Content-Type', 'none').split())[:80]!r}, not "
+                    "multipart/related with a boundary; check the server"
+                )
             parts = _Parts(boundary, dest, place)
             try:
                 try:
                     for chunk in resp.iter_content(CHUNK):
                         received += len(chunk)
                         if max_bytes is not None and received > max_bytes:
-                            raise InputError(f"study is more than {max_bytes / GB:.2f} GB, larger than the cache limit "
-                                             f"({max_bytes / GB:.2f} GB); raise --cache-max-gb")
+                            raise InputError(
+                                f"study is more than {max_bytes / GB:.2f} GB, larger than the cache limit "
+                                f"({max_bytes / GB:.2f} GB); raise --cache-max-gb"
+                            )
                         parts.feed(chunk)
                 except BaseException:
                     parts.close(complete=False)
                     raise
                 parts.close()
             except ValueError as exc:
-                raise PacsError(f"{ep.display}: {doing} sent a malformed multipart body ({exc}); check the server") from None
+                raise PacsError(
+                    f"{ep.display}: {doing} sent a malformed multipart body ({exc}); check the server"
+                ) from None
             except OSError as exc:
                 raise OutputError.from_os(exc, dest) from None
     return _check_count(ep, series, counts)
@@ -465,14 +511,34 @@ def _storage_contexts():
         PositronEmissionTomographyImageStorage,
     )
 
-    images = {CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage, MRImageStorage,
-              EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage, PositronEmissionTomographyImageStorage,
-              EnhancedPETImageStorage, LegacyConvertedEnhancedPETImageStorage}
-    rich = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless,
-            JPEG2000Lossless, RLELossless]
+    images = {
+        CTImageStorage,
+        EnhancedCTImageStorage,
+        LegacyConvertedEnhancedCTImageStorage,
+        MRImageStorage,
+        EnhancedMRImageStorage,
+        LegacyConvertedEnhancedMRImageStorage,
+        PositronEmissionTomographyImageStorage,
+        EnhancedPETImageStorage,
+        LegacyConvertedEnhancedPETImageStorage,
+    }
+    rich = [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        RLELossless,
+    ]
     out = []
     for cx in StoragePresentationContexts:
-        out.append((cx.abstract_syntax, rich if cx.abstract_syntax in images else [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        out.append(
+            (
+                cx.abstract_syntax,
+                rich if cx.abstract_syntax in images else [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+            )
+        )
     return out
 
 
@@ -492,14 +558,16 @@ def _received_uids(event) -> tuple[str, str]:
     else:
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=64 * 1024,
-                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, defer_size=64 * 1024, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"]
+        )
     return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("SeriesInstanceUID", "") or "")
 
 
 def _writer(dest_for, counts: dict, lock: threading.Lock):
     """A C-STORE handler: the instance's encoded bytes (or pynetdicom's file of them) into ``dest_for(event)``
     (None: refuse)."""
+
     def handle(event):
         try:
             dest = dest_for(event)
@@ -520,6 +588,7 @@ def _writer(dest_for, counts: dict, lock: threading.Lock):
             return 0xA700  # Refused: out of resources
         except Exception:  # noqa: BLE001 (a dataset that cannot be decoded)
             return 0xC210
+
     return handle
 
 
@@ -535,7 +604,7 @@ def _series_identifier(study_uid: str, series_uid: str):
 
 def _final(ep: Endpoint, responses, what: str) -> None:
     final, failed = None, 0
-    for status, identifier in responses:
+    for status, _identifier in responses:
         if not status:
             raise PacsError(f"{ep.display}: no answer to {what} (connection lost or timed out); check the PACS")
         final = int(status.Status)
@@ -543,8 +612,10 @@ def _final(ep: Endpoint, responses, what: str) -> None:
     if final is None:
         raise PacsError(f"{ep.display}: no answer to {what}; check the PACS")
     if final == 0xB000 or failed:
-        raise PacsError(f"{ep.display}: {what}: {failed or 'some'} instance(s) could not be sent to medseg; check the "
-                        "PACS log (transfer syntax or SOP class refused?)")
+        raise PacsError(
+            f"{ep.display}: {what}: {failed or 'some'} instance(s) could not be sent to medseg; check the "
+            "PACS log (transfer syntax or SOP class refused?)"
+        )
     if final != 0x0000:
         hint = "; check that the PACS knows medseg's AE title as a move destination" if what == "C-MOVE" else ""
         raise PacsError(f"{ep.display}: {what} failed with status 0x{final:04X}{hint}")
@@ -552,7 +623,10 @@ def _final(ep: Endpoint, responses, what: str) -> None:
 
 def _retrieve_get(ep: Endpoint, study_uid: str, dest: Path, modalities) -> int:
     from pynetdicom import build_role, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet
+    from pynetdicom.sop_class import (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
 
     ae = make_ae(ep)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
@@ -567,8 +641,13 @@ def _retrieve_get(ep: Endpoint, study_uid: str, dest: Path, modalities) -> int:
     try:
         series = _image_series(ep, study_uid, modalities, assoc=assoc)
         for s in series:
-            _final(ep, assoc.send_c_get(_series_identifier(study_uid, s.series_uid), StudyRootQueryRetrieveInformationModelGet),
-                   "C-GET")
+            _final(
+                ep,
+                assoc.send_c_get(
+                    _series_identifier(study_uid, s.series_uid), StudyRootQueryRetrieveInformationModelGet
+                ),
+                "C-GET",
+            )
     finally:
         if assoc.is_established:
             assoc.release()
@@ -606,10 +685,14 @@ class _StorageSCP:
             return _writer(dest_for, counts if counts is not None else {}, self.lock)(event)
 
         try:
-            self.server = ae.start_server((ep.scp_host, ep.scp_port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
+            self.server = ae.start_server(
+                (ep.scp_host, ep.scp_port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)]
+            )
         except OSError as exc:
-            raise PacsError(f"{ep.display}: medseg's storage SCP cannot listen on {ep.scp_host}:{ep.scp_port} "
-                            f"({exc.strerror or exc}); choose another scp_port") from None
+            raise PacsError(
+                f"{ep.display}: medseg's storage SCP cannot listen on {ep.scp_host}:{ep.scp_port} "
+                f"({exc.strerror or exc}); choose another scp_port"
+            ) from None
 
     @classmethod
     def get(cls, ep: Endpoint) -> _StorageSCP:
@@ -648,7 +731,10 @@ def shutdown_storage_scps() -> None:
 
 
 def _retrieve_move(ep: Endpoint, study_uid: str, dest: Path, modalities) -> int:
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove
+    from pynetdicom.sop_class import (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
 
     scp = _StorageSCP.get(ep)
     ae = make_ae(ep)
@@ -659,8 +745,15 @@ def _retrieve_move(ep: Endpoint, study_uid: str, dest: Path, modalities) -> int:
         series = _image_series(ep, study_uid, modalities, assoc=assoc)
         with scp.route(study_uid, dest) as counts:
             for s in series:
-                _final(ep, assoc.send_c_move(_series_identifier(study_uid, s.series_uid), ep.calling_aet,
-                                             StudyRootQueryRetrieveInformationModelMove), "C-MOVE")
+                _final(
+                    ep,
+                    assoc.send_c_move(
+                        _series_identifier(study_uid, s.series_uid),
+                        ep.calling_aet,
+                        StudyRootQueryRetrieveInformationModelMove,
+                    ),
+                    "C-MOVE",
+                )
             result = _check_count(ep, series, dict(counts))
     finally:
         if assoc.is_established:

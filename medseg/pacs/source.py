@@ -26,16 +26,24 @@ class PacsInput:
 
     def to_record(self) -> dict:
         """What run.json keeps: the endpoint without credentials, the query with identifying values hashed."""
-        rec = {**self.endpoint.to_record(), "query": record_query(self.filters), "cache": self.cache_dir,
-               "cache_max_gb": round(self.cache_max_bytes / 1024**3, 3) if self.cache_max_bytes else None}
+        rec = {
+            **self.endpoint.to_record(),
+            "query": record_query(self.filters),
+            "cache": self.cache_dir,
+            "cache_max_gb": round(self.cache_max_bytes / 1024**3, 3) if self.cache_max_bytes else None,
+        }
         if self.id_list is not None:
             rec["id_list"] = {"column": self.id_list[0], "rows": len(self.id_list[1])}
         return rec
 
     def context(self, modalities=()) -> dict:
         """The part the readers need (``RunContext.pacs``: picklable)."""
-        return {"endpoint": self.endpoint, "cache": self.cache_dir, "max_bytes": self.cache_max_bytes,
-                "modalities": tuple(modalities or ())}
+        return {
+            "endpoint": self.endpoint,
+            "cache": self.cache_dir,
+            "max_bytes": self.cache_max_bytes,
+            "modalities": tuple(modalities or ()),
+        }
 
 
 def pacs_input(spec: str, *, query=None, accessions=None, cache=None, cache_max_gb=None) -> PacsInput:
@@ -44,8 +52,10 @@ def pacs_input(spec: str, *, query=None, accessions=None, cache=None, cache_max_
     filters = parse_query(query)
     id_list = read_id_list(accessions) if accessions else None
     if not filters and id_list is None:
-        raise ConfigError(f"--input {ep.display}: give --query KEY=VALUE (e.g. StudyDate=20260101-20260131, modality=CT) "
-                          "or --accessions FILE.csv; medseg does not segment a whole archive unasked")
+        raise ConfigError(
+            f"--input {ep.display}: give --query KEY=VALUE (e.g. StudyDate=20260101-20260131, modality=CT) "
+            "or --accessions FILE.csv; medseg does not segment a whole archive unasked"
+        )
     max_bytes = None
     if cache_max_gb is not None:
         try:
@@ -58,5 +68,6 @@ def pacs_input(spec: str, *, query=None, accessions=None, cache=None, cache_max_
     cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError("--cache names a file; give a folder for the study cache", path=cache_dir)
-    return PacsInput(ep, filters, id_list, str(Path(accessions).resolve()) if accessions else "", str(cache_dir.resolve()),
-                     max_bytes)
+    return PacsInput(
+        ep, filters, id_list, str(Path(accessions).resolve()) if accessions else "", str(cache_dir.resolve()), max_bytes
+    )

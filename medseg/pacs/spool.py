@@ -87,7 +87,7 @@ def durable_write(path: Path, data) -> None:
             else:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -126,10 +126,19 @@ class Study:
     calling_aets: list = field(default_factory=list)
 
     def record(self) -> dict:
-        return {"study": self.key, "status": self.status, "instances": self.instances, "bytes": self.bytes,
-                "refused": self.refused, "missing": sorted(self.missing), "attempts": self.attempts, "error": self.error,
-                "first_received": self.first_received, "calling_aets": self.calling_aets,
-                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {
+            "study": self.key,
+            "status": self.status,
+            "instances": self.instances,
+            "bytes": self.bytes,
+            "refused": self.refused,
+            "missing": sorted(self.missing),
+            "attempts": self.attempts,
+            "error": self.error,
+            "first_received": self.first_received,
+            "calling_aets": self.calling_aets,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
 
 class Spool:
@@ -165,16 +174,24 @@ class Spool:
                             f.unlink()
         now = time.monotonic()
         todo = []
-        keys = {p.stem for p in self.studies_dir.glob("st*.json")} | {p.name for p in self.spool_dir.glob("st*") if p.is_dir()}
+        keys = {p.stem for p in self.studies_dir.glob("st*.json")} | {
+            p.name for p in self.spool_dir.glob("st*") if p.is_dir()
+        }
         for key in sorted(keys):
             rec = {}
             with contextlib.suppress(OSError, ValueError):
                 rec = json.loads((self.studies_dir / f"{key}.json").read_text())
-            st = Study(key, status=rec.get("status") if rec.get("status") in STATUSES else "received",
-                       first_received=float(rec.get("first_received") or time.time()), last_received=now,
-                       refused=int(rec.get("refused") or 0), attempts=int(rec.get("attempts") or 0),
-                       error=str(rec.get("error") or ""), calling_aets=list(rec.get("calling_aets") or []),
-                       missing=set(rec.get("missing") or ()))
+            st = Study(
+                key,
+                status=rec.get("status") if rec.get("status") in STATUSES else "received",
+                first_received=float(rec.get("first_received") or time.time()),
+                last_received=now,
+                refused=int(rec.get("refused") or 0),
+                attempts=int(rec.get("attempts") or 0),
+                error=str(rec.get("error") or ""),
+                calling_aets=list(rec.get("calling_aets") or []),
+                missing=set(rec.get("missing") or ()),
+            )
             folder = self.spool_dir / key
             files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
             st.instances = len(files)
@@ -190,7 +207,9 @@ class Spool:
 
     # -- state records --------------------------------------------------------------------------------------
     def save(self, st: Study) -> None:
-        durable_write(self.studies_dir / f"{st.key}.json", (json.dumps(st.record(), indent=2, sort_keys=True) + "\n").encode())
+        durable_write(
+            self.studies_dir / f"{st.key}.json", (json.dumps(st.record(), indent=2, sort_keys=True) + "\n").encode()
+        )
 
     def set_status(self, key: str, status: str, **extra) -> Study:
         with self.lock:
@@ -220,8 +239,12 @@ class Spool:
         with self.lock:
             st = self.studies.get(key)
             if st is None:
-                st = Study(key, first_received=time.time(), last_received=time.monotonic(),
-                           calling_aets=[calling_aet] if calling_aet else [])
+                st = Study(
+                    key,
+                    first_received=time.time(),
+                    last_received=time.monotonic(),
+                    calling_aets=[calling_aet] if calling_aet else [],
+                )
                 self.save(st)  # the study exists on disk before its first instance (raises: nothing kept)
                 self.studies[key] = st
             elif calling_aet and calling_aet not in st.calling_aets:

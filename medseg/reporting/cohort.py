@@ -54,20 +54,27 @@ def read_reference_ranges(path: str | os.PathLike) -> dict[str, tuple[float, flo
             missing = {"structure", "low_ml", "high_ml"} - set(df.columns)
             if missing:
                 raise InputError(f"missing column(s) {sorted(missing)}; expected structure,low_ml,high_ml", path=p)
-            items = list(zip(df["structure"].astype(str), df["low_ml"], df["high_ml"]))
+            items = list(zip(df["structure"].astype(str), df["low_ml"], df["high_ml"], strict=False))
         return {s: (_bound(lo, -np.inf), _bound(hi, np.inf)) for s, lo, hi in items}
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"cannot read reference ranges ({type(exc).__name__}: {exc}); expected structure,low_ml,high_ml", path=p) from None
+        raise InputError(
+            f"cannot read reference ranges ({type(exc).__name__}: {exc}); expected structure,low_ml,high_ml", path=p
+        ) from None
 
 
 def _bound(value, default: float) -> float:
     return default if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
 
 
-def add_outlier_flags(df, reference_ranges: dict[str, tuple[float, float]] | None = None, *, z_threshold: float = Z_THRESHOLD,
-                      min_cases: int = MIN_CASES):
+def add_outlier_flags(
+    df,
+    reference_ranges: dict[str, tuple[float, float]] | None = None,
+    *,
+    z_threshold: float = Z_THRESHOLD,
+    min_cases: int = MIN_CASES,
+):
     """Add ``robust_z``, ``outlier`` and ``outlier_basis`` to a long volumes table (a copy)."""
     import pandas as pd
 
@@ -127,8 +134,16 @@ def summary_frame(df, structures: list[str]):
         for st in ("touches_border", "below_min_size", "absent"):
             row[f"n_{st}"] = int((part["status"] == st).sum())
         q1, med, q3 = np.percentile(v, [25, 50, 75]) if v.size else (np.nan,) * 3
-        row.update(mean_ml=v.mean() if v.size else np.nan, sd_ml=v.std(ddof=1) if v.size > 1 else np.nan, median_ml=med,
-                   q1_ml=q1, q3_ml=q3, iqr_ml=q3 - q1, min_ml=v.min() if v.size else np.nan, max_ml=v.max() if v.size else np.nan)
+        row.update(
+            mean_ml=v.mean() if v.size else np.nan,
+            sd_ml=v.std(ddof=1) if v.size > 1 else np.nan,
+            median_ml=med,
+            q1_ml=q1,
+            q3_ml=q3,
+            iqr_ml=q3 - q1,
+            min_ml=v.min() if v.size else np.nan,
+            max_ml=v.max() if v.size else np.nan,
+        )
         row["n_outliers"] = int(part["outlier"].fillna(False).sum()) if "outlier" in part else 0
         rows.append(row)
     return pd.DataFrame(rows)

@@ -72,16 +72,31 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def write_html(path: str | os.PathLike, long_df, wide_df, summary_df, structures: list[str], montages: dict[str, Path | None],
-               *, title: str = "medseg volumes report", notes: list[str] | None = None, embed_limit_mb: float = 30.0) -> Path:
+def write_html(
+    path: str | os.PathLike,
+    long_df,
+    wide_df,
+    summary_df,
+    structures: list[str],
+    montages: dict[str, Path | None],
+    *,
+    title: str = "medseg volumes report",
+    notes: list[str] | None = None,
+    embed_limit_mb: float = 30.0,
+) -> Path:
     """Write ``report.html`` (atomically) from the cohort tables and the montage files."""
     out = Path(path)
     e = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
-             f"<script>{_SORT_JS}</script></head><body>", f"<h1>{e(title)}</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
+        f"<script>{_SORT_JS}</script></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     n_cases = len(wide_df)
-    parts.append(f"<p class='note'>{n_cases} case(s), {len(structures)} structure(s). Volumes in mL, counted on each label map's own grid. "
-                 "Yellow: cut by the image border (a lower bound). Red: outlier. Grey: absent or below the minimum size.</p>")
+    parts.append(
+        f"<p class='note'>{n_cases} case(s), {len(structures)} structure(s). Volumes in mL, counted on each label map's own grid. "
+        "Yellow: cut by the image border (a lower bound). Red: outlier. Grey: absent or below the minimum size.</p>"
+    )
     for note in notes or []:
         parts.append(f"<p class='note'>{e(note)}</p>")
     parts += _flags_section(long_df)
@@ -116,8 +131,10 @@ def _flags_section(long_df) -> list[str]:
     parts = ["<h2 id='flags'>Needs a look</h2>"]
     if has_qc:
         n_fail, n_review = sum(f[0] == 0 for f in flags), sum(f[0] == 1 for f in flags)
-        parts.append(f"<p class='note'>Quality verdicts without ground truth: {n_fail} fail, {n_review} review "
-                     "(codes and thresholds: medseg.reporting.quality).</p>")
+        parts.append(
+            f"<p class='note'>Quality verdicts without ground truth: {n_fail} fail, {n_review} review "
+            "(codes and thresholds: medseg.reporting.quality).</p>"
+        )
     if flags:
         parts.append("<ul class='flags'>")
         for rank, cid, s, v, why in sorted(flags, key=lambda f: (f[0], f[1], f[2])):
@@ -146,7 +163,9 @@ def _cohort_table(long_df, wide_df, structures: list[str]) -> list[str]:
                 cls.append("outlier")
             v = w.get(f"{s}_ml")
             text = "absent" if status == "absent" else ("&ge;" if status == "touches_border" else "") + _fmt(v)
-            cells.append(f"<td class='{' '.join(cls)}' data-v='{'' if _isna(v) else v}' title='{e(status)}'>{text}</td>")
+            cells.append(
+                f"<td class='{' '.join(cls)}' data-v='{'' if _isna(v) else v}' title='{e(status)}'>{text}</td>"
+            )
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
     return parts
@@ -155,10 +174,17 @@ def _cohort_table(long_df, wide_df, structures: list[str]) -> list[str]:
 def _summary_table(summary_df) -> list[str]:
     e = html.escape
     parts = ["<h2>Summary (cases with the structure present)</h2><table id='summary'><thead><tr>"]
-    parts += [f"<th class='{'t' if c == 'structure' else ''}' onclick='sortTable(this)'>{e(c)}</th>" for c in summary_df.columns]
+    parts += [
+        f"<th class='{'t' if c == 'structure' else ''}' onclick='sortTable(this)'>{e(c)}</th>"
+        for c in summary_df.columns
+    ]
     parts.append("</tr></thead><tbody>")
     for _, r in summary_df.iterrows():
-        parts.append("<tr>" + "".join(f"<td class='{'t' if c == 'structure' else ''}'>{_fmt(r[c])}</td>" for c in summary_df.columns) + "</tr>")
+        parts.append(
+            "<tr>"
+            + "".join(f"<td class='{'t' if c == 'structure' else ''}'>{_fmt(r[c])}</td>" for c in summary_df.columns)
+            + "</tr>"
+        )
     parts.append("</tbody></table>")
     return parts
 
@@ -168,9 +194,13 @@ def _distributions(long_df, structures: list[str]) -> list[str]:
     for s in structures:
         part = long_df[(long_df["structure"] == s) & long_df["status"].isin(FOUND)]
         values[s] = part["volume_ml"].to_numpy(dtype=float)
-        flagged[s] = part["outlier"].fillna(False).to_numpy(dtype=bool) if "outlier" in part else np.zeros(len(part), bool)
-    return ["<h2>Volume distributions</h2>",
-            f"<img alt='volume distribution per structure' src='{_data_uri(distribution_png(values, flagged))}'>"]
+        flagged[s] = (
+            part["outlier"].fillna(False).to_numpy(dtype=bool) if "outlier" in part else np.zeros(len(part), bool)
+        )
+    return [
+        "<h2>Volume distributions</h2>",
+        f"<img alt='volume distribution per structure' src='{_data_uri(distribution_png(values, flagged))}'>",
+    ]
 
 
 def _montages(montages: dict[str, Path | None], wide_df, out: Path, embed_limit_mb: float) -> list[str]:
@@ -180,10 +210,14 @@ def _montages(montages: dict[str, Path | None], wide_df, out: Path, embed_limit_
     embed = total <= embed_limit_mb * 1e6
     parts = ["<h2>QC montages</h2>"]
     if not embed:
-        parts.append(f"<p class='note'>Montages ({total / 1e6:.0f} MB) are linked from qc/, which must stay next to this page.</p>")
+        parts.append(
+            f"<p class='note'>Montages ({total / 1e6:.0f} MB) are linked from qc/, which must stay next to this page.</p>"
+        )
     for cid in wide_df["case_id"]:
         p = montages.get(cid)
-        parts.append(f"<figure id='{anchor(cid)}'><figcaption><b>{e(cid)}</b> <a href='#cohort'>back to the table</a></figcaption>")
+        parts.append(
+            f"<figure id='{anchor(cid)}'><figcaption><b>{e(cid)}</b> <a href='#cohort'>back to the table</a></figcaption>"
+        )
         if p is None:
             parts.append("<p class='note'>No structure found: nothing to show.</p>")
         else:

@@ -61,9 +61,22 @@ class NoiseThreshold:
 
 NOISE = NoiseThreshold()
 
-COLUMNS = ["patient_key", "structure", "time_point", "case_id", "days_from_baseline", "days_from_previous",
-           "volume_ml", "change_from_baseline_ml", "change_from_baseline_pct", "change_from_previous_ml",
-           "change_from_previous_pct", "qc", "flag", "flag_reasons"]
+COLUMNS = [
+    "patient_key",
+    "structure",
+    "time_point",
+    "case_id",
+    "days_from_baseline",
+    "days_from_previous",
+    "volume_ml",
+    "change_from_baseline_ml",
+    "change_from_baseline_pct",
+    "change_from_previous_ml",
+    "change_from_previous_pct",
+    "qc",
+    "flag",
+    "flag_reasons",
+]
 
 #: Header fields read for the patient and the date (in memory only).
 _PATIENT_TAGS = ("PatientID", "PatientName")
@@ -79,7 +92,9 @@ def time_points_from_manifest(manifest: PathLike) -> dict[str, tuple[str, pd.Tim
         raise InputError(f"cannot read as CSV ({str(exc).splitlines()[0]})", path=path) from None
     missing = [c for c in ("case_id", "subject", "date") if c not in df.columns]
     if missing:
-        raise InputError(f"a longitudinal manifest needs columns case_id, subject and date; missing {missing}", path=path)
+        raise InputError(
+            f"a longitudinal manifest needs columns case_id, subject and date; missing {missing}", path=path
+        )
     out = {}
     for i, row in df.iterrows():
         date = pd.to_datetime(row["date"], errors="coerce")
@@ -92,17 +107,23 @@ def time_points_from_manifest(manifest: PathLike) -> dict[str, tuple[str, pd.Tim
 def time_points_from_dicom(labels: Sequence[PathLike], case_ids: Sequence[str]) -> dict[str, tuple[str, pd.Timestamp]]:
     """case_id -> (patient key, date) from the DICOM series each label map's predict sidecar names."""
     out = {}
-    for cid, lab in zip(case_ids, labels):
+    for cid, lab in zip(case_ids, labels, strict=False):
         sidecar = Path(lab).parent / f"{case_id_for(lab)}.json"
         try:
             side = json.loads(sidecar.read_text())
         except (OSError, ValueError):
-            raise InputError("no predict sidecar beside this label map: its patient and date cannot be known; give "
-                             "--longitudinal a manifest with case_id, subject and date columns", path=lab) from None
+            raise InputError(
+                "no predict sidecar beside this label map: its patient and date cannot be known; give "
+                "--longitudinal a manifest with case_id, subject and date columns",
+                path=lab,
+            ) from None
         source, key = Path(str(side.get("source", "")).split(",")[0]), (side.get("dicom") or {}).get("series_key")
         if not key or not source.is_dir():
-            raise InputError("was not predicted from a DICOM series that is still there; give --longitudinal a manifest "
-                             "with case_id, subject and date columns", path=lab)
+            raise InputError(
+                "was not predicted from a DICOM series that is still there; give --longitudinal a manifest "
+                "with case_id, subject and date columns",
+                path=lab,
+            )
         out[cid] = _patient_and_date(source, key, lab)
     return out
 
@@ -113,8 +134,11 @@ def _patient_and_date(folder: Path, series_key: str, lab) -> tuple[str, pd.Times
     for root, _dirs, files in os.walk(folder):
         for name in sorted(files):
             try:
-                ds = pydicom.dcmread(Path(root) / name, stop_before_pixels=True,
-                                     specific_tags=["SeriesInstanceUID", *_PATIENT_TAGS, *_DATE_TAGS])
+                ds = pydicom.dcmread(
+                    Path(root) / name,
+                    stop_before_pixels=True,
+                    specific_tags=["SeriesInstanceUID", *_PATIENT_TAGS, *_DATE_TAGS],
+                )
             except Exception:  # noqa: BLE001 (not DICOM: the next file)
                 continue
             if pseudonym(str(ds.get("SeriesInstanceUID", "")), prefix="se") != series_key:
@@ -123,8 +147,11 @@ def _patient_and_date(folder: Path, series_key: str, lab) -> tuple[str, pd.Times
             raw = next((str(ds.get(t)) for t in _DATE_TAGS if str(ds.get(t, "") or "").strip()), "")
             date = pd.to_datetime(raw, format="%Y%m%d", errors="coerce")
             if not patient or pd.isna(date):
-                raise InputError("its source series has no PatientID/PatientName or no study date; give --longitudinal "
-                                 "a manifest with case_id, subject and date columns", path=lab)
+                raise InputError(
+                    "its source series has no PatientID/PatientName or no study date; give --longitudinal "
+                    "a manifest with case_id, subject and date columns",
+                    path=lab,
+                )
             return pseudonym(patient, prefix="pt"), date
     raise InputError("its source series is no longer in the folder the sidecar names", path=lab)
 
@@ -151,15 +178,29 @@ def longitudinal_frame(volumes: pd.DataFrame, points: dict, noise: NoiseThreshol
             vol = float(r["volume_ml"]) if pd.notna(r["volume_ml"]) else float("nan")
             qc = str(r["qc"]) if has_qc and pd.notna(r.get("qc")) else ""
             reasons = []
-            row = {"patient_key": patient, "structure": structure, "time_point": t, "case_id": r["case_id"],
-                   "days_from_baseline": 0, "days_from_previous": np.nan, "volume_ml": vol, "qc": qc}
+            row = {
+                "patient_key": patient,
+                "structure": structure,
+                "time_point": t,
+                "case_id": r["case_id"],
+                "days_from_baseline": 0,
+                "days_from_previous": np.nan,
+                "volume_ml": vol,
+                "qc": qc,
+            }
             if base is not None:
-                row.update(days_from_baseline=int((r["date"] - base["date"]).days),
-                           days_from_previous=int((r["date"] - prev["date"]).days),
-                           change_from_baseline_ml=vol - base["vol"], change_from_baseline_pct=_pct(vol - base["vol"], base["vol"]),
-                           change_from_previous_ml=vol - prev["vol"], change_from_previous_pct=_pct(vol - prev["vol"], prev["vol"]))
+                row.update(
+                    days_from_baseline=int((r["date"] - base["date"]).days),
+                    days_from_previous=int((r["date"] - prev["date"]).days),
+                    change_from_baseline_ml=vol - base["vol"],
+                    change_from_baseline_pct=_pct(vol - base["vol"], base["vol"]),
+                    change_from_previous_ml=vol - prev["vol"],
+                    change_from_previous_pct=_pct(vol - prev["vol"], prev["vol"]),
+                )
                 if noise.exceeded(prev["vol"], vol):
-                    reasons.append(f"change_from_previous({row['change_from_previous_ml']:+.2f} mL; {noise.describe()})")
+                    reasons.append(
+                        f"change_from_previous({row['change_from_previous_ml']:+.2f} mL; {noise.describe()})"
+                    )
                 if noise.exceeded(base["vol"], vol):
                     reasons.append(f"change_from_baseline({row['change_from_baseline_ml']:+.2f} mL)")
                 if (base["qc"] and base["qc"] != "pass") or (prev["qc"] and prev["qc"] != "pass" and prev is not base):
@@ -183,7 +224,9 @@ def write_longitudinal(out_dir: PathLike, volumes_csv: PathLike, points: dict, *
     frame = longitudinal_frame(volumes, points)
     path = write_csv(out_dir / "longitudinal.csv", frame)
     n_patients = frame["patient_key"].nunique()
-    log.info("longitudinal: %d patient(s), %d flagged change(s) (%s)", n_patients, int(frame["flag"].sum()), NOISE.describe())
+    log.info(
+        "longitudinal: %d patient(s), %d flagged change(s) (%s)", n_patients, int(frame["flag"].sum()), NOISE.describe()
+    )
     if plots:
         for patient, group in frame.groupby("patient_key"):
             _plot(out_dir / "longitudinal" / f"{patient}.png", patient, group)
@@ -200,8 +243,14 @@ def _plot(path: Path, patient: str, group: pd.DataFrame) -> Path:
     for structure, rows in group.groupby("structure"):
         line = ax.plot(rows["days_from_baseline"], rows["volume_ml"], marker="o", label=str(structure))[0]
         flagged = rows[rows["flag"]]
-        ax.scatter(flagged["days_from_baseline"], flagged["volume_ml"], s=80, facecolors="none",
-                   edgecolors=line.get_color(), linewidths=1.5)
+        ax.scatter(
+            flagged["days_from_baseline"],
+            flagged["volume_ml"],
+            s=80,
+            facecolors="none",
+            edgecolors=line.get_color(),
+            linewidths=1.5,
+        )
     ax.set_xlabel("days from baseline")
     ax.set_ylabel("volume (mL)")
     ax.set_title(f"{patient} (circled: flagged)", fontsize=9)
@@ -222,19 +271,26 @@ def add_to_html(report_html: PathLike, frame_csv: PathLike, out_dir: PathLike) -
     if not page.is_file():
         return
     frame = pd.read_csv(frame_csv)
-    parts = ["<h2>Changes over time</h2>",
-             f"<p>Studies of one patient in date order; a change is flagged when {html.escape(NOISE.describe())}, "
-             "or when a time point's segmentation is not qc pass. Patients are salted hashes; times are days from "
-             "each patient's first study.</p>"]
+    parts = [
+        "<h2>Changes over time</h2>",
+        f"<p>Studies of one patient in date order; a change is flagged when {html.escape(NOISE.describe())}, "
+        "or when a time point's segmentation is not qc pass. Patients are salted hashes; times are days from "
+        "each patient's first study.</p>",
+    ]
     for patient, group in frame.groupby("patient_key"):
         png = Path(out_dir) / "longitudinal" / f"{patient}.png"
         flagged = group[group["flag"]]
         parts.append(f"<h3>{html.escape(str(patient))}</h3>")
         if png.is_file():
-            parts.append(f'<img src="longitudinal/{html.escape(png.name)}" alt="volumes of {html.escape(str(patient))}">')
+            parts.append(
+                f'<img src="longitudinal/{html.escape(png.name)}" alt="volumes of {html.escape(str(patient))}">'
+            )
         if len(flagged):
-            items = "".join(f"<li>{html.escape(str(r.structure))}, day {int(r.days_from_baseline)}: "
-                            f"{html.escape(str(r.flag_reasons))}</li>" for r in flagged.itertuples())
+            items = "".join(
+                f"<li>{html.escape(str(r.structure))}, day {int(r.days_from_baseline)}: "
+                f"{html.escape(str(r.flag_reasons))}</li>"
+                for r in flagged.itertuples()
+            )
             parts.append(f"<ul>{items}</ul>")
     text = page.read_text(encoding="utf-8")
 

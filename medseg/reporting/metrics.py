@@ -32,8 +32,24 @@ from medseg.labels import LabelTable
 from medseg.reporting.surface import assd, hd95, nsd, surface_distances
 from medseg.reporting.volumes import as_label_array
 
-COLUMNS = ["case_id", "structure", "label", "status", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "nsd_tolerance_mm",
-           "volume_pred_ml", "volume_ref_ml", "volume_error_ml", "volume_error_pct", "abs_volume_error_ml", "abs_volume_error_pct"]
+COLUMNS = [
+    "case_id",
+    "structure",
+    "label",
+    "status",
+    "dice",
+    "iou",
+    "hd95_mm",
+    "assd_mm",
+    "nsd",
+    "nsd_tolerance_mm",
+    "volume_pred_ml",
+    "volume_ref_ml",
+    "volume_error_ml",
+    "volume_error_pct",
+    "abs_volume_error_ml",
+    "abs_volume_error_pct",
+]
 DEFAULT_NSD_TOLERANCE_MM = 2.0
 
 
@@ -53,8 +69,15 @@ def iou(pred: np.ndarray, ref: np.ndarray) -> float:
     return int(np.count_nonzero(pred & ref)) / union
 
 
-def metric_rows(case_id: str, pred: Volume, ref: Volume, table: LabelTable, *, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-                surface: bool = True) -> list[dict]:
+def metric_rows(
+    case_id: str,
+    pred: Volume,
+    ref: Volume,
+    table: LabelTable,
+    *,
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+    surface: bool = True,
+) -> list[dict]:
     """Rows of ``metrics.csv`` for one case; ``pred`` and ``ref`` must share a grid.
 
     ``surface=False`` skips the surface distances (their cells stay empty).
@@ -70,12 +93,28 @@ def metric_rows(case_id: str, pred: Volume, ref: Volume, table: LabelTable, *, n
         sl = _union_box(lab.index, boxes_p, boxes_r)
         pm, rm = (p[sl] == lab.index, r[sl] == lab.index) if sl is not None else (np.zeros(0, bool), np.zeros(0, bool))
         n_p, n_r = int(np.count_nonzero(pm)), int(np.count_nonzero(rm))
-        status = {(True, True): "both_present", (False, True): "pred_empty", (True, False): "ref_empty", (False, False): "both_empty"}[(n_p > 0, n_r > 0)]
+        status = {
+            (True, True): "both_present",
+            (False, True): "pred_empty",
+            (True, False): "ref_empty",
+            (False, False): "both_empty",
+        }[(n_p > 0, n_r > 0)]
         vp, vr = n_p * vv_ml, n_r * vv_ml
         row = {
-            "case_id": case_id, "structure": lab.name, "label": lab.index, "status": status,
-            "dice": dice(pm, rm), "iou": iou(pm, rm), "hd95_mm": nan, "assd_mm": nan, "nsd": nan, "nsd_tolerance_mm": nsd_tolerance_mm,
-            "volume_pred_ml": vp, "volume_ref_ml": vr, "volume_error_ml": vp - vr, "abs_volume_error_ml": abs(vp - vr),
+            "case_id": case_id,
+            "structure": lab.name,
+            "label": lab.index,
+            "status": status,
+            "dice": dice(pm, rm),
+            "iou": iou(pm, rm),
+            "hd95_mm": nan,
+            "assd_mm": nan,
+            "nsd": nan,
+            "nsd_tolerance_mm": nsd_tolerance_mm,
+            "volume_pred_ml": vp,
+            "volume_ref_ml": vr,
+            "volume_error_ml": vp - vr,
+            "abs_volume_error_ml": abs(vp - vr),
             "volume_error_pct": 100.0 * (vp - vr) / vr if n_r else nan,
             "abs_volume_error_pct": 100.0 * abs(vp - vr) / vr if n_r else nan,
         }

@@ -32,8 +32,20 @@ from medseg.labels import LabelTable, display_colors
 from medseg.reporting.volumes import structure_rows
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU)
-_DEFAULT_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-                    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+_DEFAULT_COLOURS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+]
 
 
 def colour_of(table: LabelTable, index: int) -> tuple[float, float, float]:
@@ -59,21 +71,33 @@ def grey_window(image: np.ndarray | None, window: tuple[float, float] | None = N
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def _panels(lab: np.ndarray, img: np.ndarray | None, spacing, ijk) -> list[tuple[str, np.ndarray, np.ndarray | None, float]]:
+def _panels(
+    lab: np.ndarray, img: np.ndarray | None, spacing, ijk
+) -> list[tuple[str, np.ndarray, np.ndarray | None, float]]:
     """``(title, labels2d, image2d, aspect)`` for the three views, oriented for display (origin lower)."""
     i, j, k = ijk
     sx, sy, sz = spacing
     views = [
-        ("axial", lambda a: a[:, :, k].T[:, ::-1], sy / sx),      # rows y (A up), columns x (patient right on the left)
-        ("coronal", lambda a: a[:, j, :].T[:, ::-1], sz / sx),    # rows z (S up), columns x
-        ("sagittal", lambda a: a[i, :, :].T[:, ::-1], sz / sy),   # rows z, columns y (anterior on the left)
+        ("axial", lambda a: a[:, :, k].T[:, ::-1], sy / sx),  # rows y (A up), columns x (patient right on the left)
+        ("coronal", lambda a: a[:, j, :].T[:, ::-1], sz / sx),  # rows z (S up), columns x
+        ("sagittal", lambda a: a[i, :, :].T[:, ::-1], sz / sy),  # rows z, columns y (anterior on the left)
     ]
     return [(name, f(lab), f(img) if img is not None else None, aspect) for name, f, aspect in views]
 
 
-def write_montage(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, table: LabelTable, image: np.ndarray | None = None,
-                  *, rows: list[dict] | None = None, title: str = "", window: tuple[float, float] | None = None, max_rows: int = 24,
-                  dpi: int = 80) -> Path | None:
+def write_montage(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    table: LabelTable,
+    image: np.ndarray | None = None,
+    *,
+    rows: list[dict] | None = None,
+    title: str = "",
+    window: tuple[float, float] | None = None,
+    max_rows: int = 24,
+    dpi: int = 80,
+) -> Path | None:
     """Write the montage PNG for one case (``labels``/``image`` on one grid); None when no structure is found.
 
     ``rows``: this case's ``volumes.csv`` rows (for the centroids and names); computed when not given.
@@ -98,18 +122,30 @@ def write_montage(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarra
     fig, axes = plt.subplots(len(found), 3, figsize=(9, 3.0 * len(found)), squeeze=False)
     for row_i, r in enumerate(found):
         centre = inv @ np.array([r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"], 1.0])
-        ijk = [int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre[:3], lab_ras.shape)]
+        ijk = [int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre[:3], lab_ras.shape, strict=False)]
         for col, (view, lab2d, img2d, aspect) in enumerate(_panels(lab_ras, img_ras, spacing, ijk)):
             ax = axes[row_i, col]
             if img2d is not None:
-                ax.imshow(np.nan_to_num(img2d, nan=vmin), cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
+                ax.imshow(
+                    np.nan_to_num(img2d, nan=vmin),
+                    cmap="gray",
+                    vmin=vmin,
+                    vmax=vmax,
+                    origin="lower",
+                    aspect=aspect,
+                    interpolation="nearest",
+                )
             else:
                 ax.imshow(np.zeros(lab2d.shape), cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
             for index in indices:
                 m = lab2d == index
                 if m.any() and not m.all():
-                    ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour_of(table, index)],
-                               linewidths=2.0 if index == int(r["label"]) else 0.8)
+                    ax.contour(
+                        m.astype(np.float32),
+                        levels=[0.5],
+                        colors=[colour_of(table, index)],
+                        linewidths=2.0 if index == int(r["label"]) else 0.8,
+                    )
             ax.set_xticks([])
             ax.set_yticks([])
             if row_i == 0:
@@ -124,7 +160,9 @@ def write_montage(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarra
     return out
 
 
-def distribution_png(values_by_structure: dict[str, "np.ndarray"], flagged: dict[str, "np.ndarray"], *, dpi: int = 80) -> bytes:
+def distribution_png(
+    values_by_structure: dict[str, "np.ndarray"], flagged: dict[str, "np.ndarray"], *, dpi: int = 80
+) -> bytes:
     """A small strip + box plot per structure (volumes in mL; flagged cases in red), as PNG bytes."""
     import io
 
@@ -135,7 +173,7 @@ def distribution_png(values_by_structure: dict[str, "np.ndarray"], flagged: dict
 
     names = list(values_by_structure)
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(2.2 * max(1, len(names)), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         v = np.asarray(values_by_structure[name], dtype=float)
         bad = np.asarray(flagged.get(name, np.zeros(v.size, bool)), dtype=bool)
         if v.size:

@@ -108,8 +108,8 @@ class Thresholds:
     #: training cases do not span the population's range.
     volume_factor_review: float = 1.5
     volume_factor_fail: float = 3.0
-    intensity_floor_hu: float = 30.0        # per-structure median intensity (HU for CT models)
-    position_floor_mm: float = 15.0         # centroid's left-right distance from the midline
+    intensity_floor_hu: float = 30.0  # per-structure median intensity (HU for CT models)
+    position_floor_mm: float = 15.0  # centroid's left-right distance from the midline
     #: Image statistics (body percentiles, HU) outside the training range by this much: review,
     #: ``far`` times as much: fail (a +1024 HU intercept error, an MR given to a CT model).
     image_intensity_floor_hu: float = 60.0
@@ -146,6 +146,7 @@ def side_of(name: str) -> str | None:
 
 
 # -- input profile ------------------------------------------------------------------------------
+
 
 def _ras_axes(affine: np.ndarray) -> np.ndarray:
     """For each RAS axis, the array axis closest to it."""
@@ -186,8 +187,8 @@ def input_profile(image, *, ct: bool | None = None) -> dict:
     sub, step = _sub(arr)
     sub = np.asarray(sub, dtype=np.float32)
     finite = sub[np.isfinite(sub)]
-    prof = {f"spacing_{a}_mm": float(s) for a, s in zip("xyz", spacing)}
-    prof.update({f"fov_{a}_mm": float(n * s) for a, n, s in zip("xyz", shape, spacing)})
+    prof = {f"spacing_{a}_mm": float(s) for a, s in zip("xyz", spacing, strict=False)}
+    prof.update({f"fov_{a}_mm": float(n * s) for a, n, s in zip("xyz", shape, spacing, strict=False)})
     if finite.size == 0:
         return prof
     p = np.percentile(finite, [0, 1, 50, 99])
@@ -201,7 +202,7 @@ def input_profile(image, *, ct: bool | None = None) -> dict:
         sub_spacing = np.asarray(image.spacing, dtype=float) * step
         ext = [(int(idx[ax].max()) - int(idx[ax].min()) + 1) * sub_spacing[ax] for ax in range(3)]
         ext = np.asarray(ext)[axes]
-        prof.update({f"body_{a}_mm": float(e) for a, e in zip("xyz", ext)})
+        prof.update({f"body_{a}_mm": float(e) for a, e in zip("xyz", ext, strict=False)})
         prof["body_aspect"] = float(ext[0] / ext[1]) if ext[1] > 0 else float("nan")
         # noise: differences of neighbours along array axis 0 on a few full-resolution slices, inside the body
         ks = np.linspace(0, arr.shape[2] - 1, 5)[1:-1].round().astype(int) if arr.shape[2] > 2 else [0]
@@ -235,7 +236,9 @@ def training_profile(cases, table=None, *, modality: str = "CT") -> dict:
         if labels is not None and table is not None:
             mid = midline_x(image, labels)
             for r in structure_rows("", labels, table, image):
-                s = per.setdefault(r["structure"], {"volume_ml": [], "intensity_median": [], "midline_offset_mm": [], "present": []})
+                s = per.setdefault(
+                    r["structure"], {"volume_ml": [], "intensity_median": [], "midline_offset_mm": [], "present": []}
+                )
                 found = r["status"] != "absent"
                 s["present"].append(found)
                 if found:
@@ -252,7 +255,13 @@ def training_profile(cases, table=None, *, modality: str = "CT") -> dict:
             if s[k]:
                 entry[k] = [float(min(s[k])), float(max(s[k]))]
         structures[name] = entry
-    return {"schema": PROFILE_SCHEMA, "modality": modality.upper(), "n_cases": n, "image": rng, "structures": structures}
+    return {
+        "schema": PROFILE_SCHEMA,
+        "modality": modality.upper(),
+        "n_cases": n,
+        "image": rng,
+        "structures": structures,
+    }
 
 
 def expected_from_checkpoint(ckpt: dict) -> dict:
@@ -280,7 +289,9 @@ def _range_check(value, rng, floor: float, th: Thresholds, fmt: str = "{:.0f}") 
     if lo - w <= value <= hi + w:
         return None
     far = value < lo - th.far * w or value > hi + th.far * w
-    text = f"{fmt.format(value)}<{fmt.format(lo - w)}" if value < lo - w else f"{fmt.format(value)}>{fmt.format(hi + w)}"
+    text = (
+        f"{fmt.format(value)}<{fmt.format(lo - w)}" if value < lo - w else f"{fmt.format(value)}>{fmt.format(hi + w)}"
+    )
     return (FAIL if far else REVIEW), text
 
 
@@ -354,6 +365,7 @@ def midline_x(image=None, labels=None) -> float | None:
 
 # -- verdicts -----------------------------------------------------------------------------------
 
+
 def _num(v) -> float | None:
     try:
         f = float(v)
@@ -375,18 +387,31 @@ def row_reasons(row: dict, th: Thresholds = THRESHOLDS, expected: dict | None = 
         out.append((REVIEW, "not_in_label_table"))
     c = _num(row.get("confidence"))
     if c is not None and c < th.confidence_review:
-        out.append((FAIL if c < th.confidence_fail else REVIEW,
-                    f"low_confidence({c:.2f}<{th.confidence_fail if c < th.confidence_fail else th.confidence_review:.2f})"))
+        out.append(
+            (
+                FAIL if c < th.confidence_fail else REVIEW,
+                f"low_confidence({c:.2f}<{th.confidence_fail if c < th.confidence_fail else th.confidence_review:.2f})",
+            )
+        )
     g = _num(row.get("pass_agreement"))
     if g is not None and g < th.agreement_review:
-        out.append((FAIL if g < th.agreement_fail else REVIEW,
-                    f"pass_disagreement(dice {g:.2f}<{th.agreement_fail if g < th.agreement_fail else th.agreement_review:.2f})"))
+        out.append(
+            (
+                FAIL if g < th.agreement_fail else REVIEW,
+                f"pass_disagreement(dice {g:.2f}<{th.agreement_fail if g < th.agreement_fail else th.agreement_review:.2f})",
+            )
+        )
     vol, big = _num(row.get("volume_ml")), _num(row.get("largest_component_ml"))
     if vol and big is not None:
         share = big / vol
         if share < th.largest_share_review:
             n = row.get("n_components")
-            out.append((FAIL if share < th.largest_share_fail else REVIEW, f"fragmented(largest {100 * share:.0f}%, {n} parts)"))
+            out.append(
+                (
+                    FAIL if share < th.largest_share_fail else REVIEW,
+                    f"fragmented(largest {100 * share:.0f}%, {n} parts)",
+                )
+            )
     border = row.get("touches_border")
     if th.border_is_review and border is not None and _num(border) is not None and bool(border):
         out.append((REVIEW, "cut_by_fov"))
@@ -395,7 +420,12 @@ def row_reasons(row: dict, th: Thresholds = THRESHOLDS, expected: dict | None = 
         offset = cx - mid  # RAS+: +x is the patient's right
         wrong = offset < -th.side_margin_mm if side == "right" else offset > th.side_margin_mm
         if wrong:
-            out.append((FAIL, f"wrong_side({side} structure {abs(offset):.0f} mm {'left' if offset < 0 else 'right'} of midline)"))
+            out.append(
+                (
+                    FAIL,
+                    f"wrong_side({side} structure {abs(offset):.0f} mm {'left' if offset < 0 else 'right'} of midline)",
+                )
+            )
     s = ((expected or {}).get("structures") or {}).get(row.get("structure"))
     if s:
         rng = s.get("volume_ml")
@@ -403,7 +433,12 @@ def row_reasons(row: dict, th: Thresholds = THRESHOLDS, expected: dict | None = 
             lo, hi = rng[0] / th.volume_factor_review, rng[1] * th.volume_factor_review
             if not lo <= vol <= hi:
                 far = vol < rng[0] / th.volume_factor_fail or vol > rng[1] * th.volume_factor_fail
-                out.append((FAIL if far else REVIEW, f"volume_unusual({vol:.0f}{'<' if vol < lo else '>'}{lo if vol < lo else hi:.0f} mL)"))
+                out.append(
+                    (
+                        FAIL if far else REVIEW,
+                        f"volume_unusual({vol:.0f}{'<' if vol < lo else '>'}{lo if vol < lo else hi:.0f} mL)",
+                    )
+                )
         hit = _range_check(_num(row.get("intensity_median")), s.get("intensity_median"), th.intensity_floor_hu, th)
         if hit:
             out.append((hit[0], f"intensity_unusual(median {hit[1]})"))
@@ -430,8 +465,16 @@ def _parse(qc: str, reasons: str) -> list[tuple[str, str]]:
     return [(sev, r.strip()) for r in reasons.split(";") if r.strip()]
 
 
-def assess_case(rows: list[dict], *, image=None, labels=None, confidence: dict | None = None,
-                agreement: dict | None = None, expected: dict | None = None, th: Thresholds = THRESHOLDS) -> list[dict]:
+def assess_case(
+    rows: list[dict],
+    *,
+    image=None,
+    labels=None,
+    confidence: dict | None = None,
+    agreement: dict | None = None,
+    expected: dict | None = None,
+    th: Thresholds = THRESHOLDS,
+) -> list[dict]:
     """Add ``confidence``, ``pass_agreement``, ``midline_x_mm``, ``qc`` and ``qc_reasons`` to one case's
     ``volumes.csv`` rows (in place; returned).
 
@@ -454,8 +497,12 @@ def assess_case(rows: list[dict], *, image=None, labels=None, confidence: dict |
             r["midline_x_mm"] = mid
         per_row.append(row_reasons(r, th, expected))
     flipped = mirrored_structures(rows, expected, th)
-    for r, reasons in zip(rows, per_row):
-        extra = [(REVIEW, f"mirrored_anatomy({', '.join(flipped)} on the other side)")] if flipped and side_of(r.get("structure", "")) else []
+    for r, reasons in zip(rows, per_row, strict=False):
+        extra = (
+            [(REVIEW, f"mirrored_anatomy({', '.join(flipped)} on the other side)")]
+            if flipped and side_of(r.get("structure", ""))
+            else []
+        )
         r["qc"], r["qc_reasons"] = _verdict(reasons + extra + case_level)
     return rows
 
@@ -498,7 +545,9 @@ def add_cohort_verdicts(df, th: Thresholds = THRESHOLDS):
             reasons = _parse(row["qc"], row.get("qc_reasons"))
         else:
             reasons = row_reasons(row, th)
-        if row.get("outlier") is True or (row.get("outlier") is not None and not pd.isna(row.get("outlier")) and bool(row["outlier"])):
+        if row.get("outlier") is True or (
+            row.get("outlier") is not None and not pd.isna(row.get("outlier")) and bool(row["outlier"])
+        ):
             z = _num(row.get("robust_z"))
             if row.get("outlier_basis") == "reference_range":
                 reasons.append((REVIEW, f"volume_outlier({row.get('volume_ml'):.0f} mL outside reference range)"))
@@ -537,6 +586,7 @@ def thresholds_dict(th: Thresholds = THRESHOLDS) -> dict:
 
 # -- from files (``medseg report``) -------------------------------------------------------------
 
+
 def _sidecar(label_path) -> dict:
     p = Path(label_path).parent / f"{case_id_for(label_path)}.json"
     try:
@@ -546,8 +596,14 @@ def _sidecar(label_path) -> dict:
     return side if isinstance(side, dict) else {}
 
 
-def assess_from_files(rows: list[dict], label_path, labels, image_array=None, th: Thresholds = THRESHOLDS,
-                      expected_of: Callable[[str], dict] | None = None) -> list[dict]:
+def assess_from_files(
+    rows: list[dict],
+    label_path,
+    labels,
+    image_array=None,
+    th: Thresholds = THRESHOLDS,
+    expected_of: Callable[[str], dict] | None = None,
+) -> list[dict]:
     """``assess_case`` for a label map on disk: confidence, pass agreement and the model (for the input
     check) from its predict sidecar, when there is one; ``image_array`` on the label map's grid.
     ``expected_of``: what the model at a path expects of its inputs (``medseg.inference.outputs.expected_for_model``);
@@ -557,20 +613,35 @@ def assess_from_files(rows: list[dict], label_path, labels, image_array=None, th
     path = model.get("model_path")
     expected = expected_of(path) if isinstance(path, str) and expected_of is not None else {}
     image = Volume(np.asarray(image_array), labels.affine) if image_array is not None else None
-    return assess_case(rows, image=image, labels=labels, confidence=side.get("confidence"),
-                       agreement=side.get("pass_agreement"), expected=expected, th=th)
+    return assess_case(
+        rows,
+        image=image,
+        labels=labels,
+        confidence=side.get("confidence"),
+        agreement=side.get("pass_agreement"),
+        expected=expected,
+        th=th,
+    )
 
 
-def assess_prediction(case_id: str, labels, table, image=None, expected: dict | None = None,
-                      th: Thresholds = THRESHOLDS) -> list[dict]:
+def assess_prediction(
+    case_id: str, labels, table, image=None, expected: dict | None = None, th: Thresholds = THRESHOLDS
+) -> list[dict]:
     """One predicted case's ``volumes.csv`` rows with verdicts, from what ``write_case_outputs`` holds: the label
     map (its ``meta`` has the predictor's ``confidence`` / ``pass_agreement``), the input image and what the model
     expects of its inputs (``expected``, for the input check). For the sidecar (``sidecar_verdicts``) and the SR
     (``verdicts_by_structure``)."""
     rows = structure_rows(case_id, labels, table, image)
     meta = getattr(labels, "meta", None) or {}
-    return assess_case(rows, image=image, labels=labels, confidence=meta.get("confidence"),
-                       agreement=meta.get("pass_agreement"), expected=expected, th=th)
+    return assess_case(
+        rows,
+        image=image,
+        labels=labels,
+        confidence=meta.get("confidence"),
+        agreement=meta.get("pass_agreement"),
+        expected=expected,
+        th=th,
+    )
 
 
 def sidecar_verdicts(rows) -> dict[str, dict]:

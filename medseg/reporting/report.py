@@ -43,10 +43,13 @@ def report_label_table(label_table: LabelTable | PathLike | None, labels: Sequen
     """The label table a report of ``labels`` uses (``medseg.data.label_names.one_table``); the label maps
     must number it alike (TotalSegmentator's statistics read each map's values as they are)."""
     table, maps = one_table(labels, explicit_table(label_table))
-    for path, mapping in zip(labels, maps):
+    for path, mapping in zip(labels, maps, strict=False):
         if any(k != v for k, v in mapping.items()):
-            raise InputError(f"numbers its structures otherwise than table {table.name!r}; --statistics-json needs label "
-                             "maps numbered alike", path=path)
+            raise InputError(
+                f"numbers its structures otherwise than table {table.name!r}; --statistics-json needs label "
+                "maps numbered alike",
+                path=path,
+            )
     return table
 
 
@@ -101,19 +104,29 @@ def write_volumes_report(
     if not labels:
         raise InputError("no label maps given")
     if images is not None and len(images) != len(labels):
-        raise InputError(f"{len(labels)} label maps but {len(images)} images; give one image per label map, in the same order")
+        raise InputError(
+            f"{len(labels)} label maps but {len(images)} images; give one image per label map, in the same order"
+        )
     ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
     if len(set(ids)) != len(ids):
         dup = sorted({c for c in ids if ids.count(c) > 1})
-        raise InputError(f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids")
+        raise InputError(
+            f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids"
+        )
     table, value_maps = one_table(labels, explicit_table(label_table))
     out_dir = Path(out)
     targets = [out_dir / n for n in ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html")]
-    refuse_overwriting_inputs(targets + ([out_dir / "qc" / f"{_safe_name(c)}.png" for c in ids] if qc else []),
-                              list(labels) + list(images or []))
-    ranges = reference_ranges if isinstance(reference_ranges, dict) or reference_ranges is None else cohort.read_reference_ranges(reference_ranges)
+    refuse_overwriting_inputs(
+        targets + ([out_dir / "qc" / f"{_safe_name(c)}.png" for c in ids] if qc else []),
+        list(labels) + list(images or []),
+    )
+    ranges = (
+        reference_ranges
+        if isinstance(reference_ranges, dict) or reference_ranges is None
+        else cohort.read_reference_ranges(reference_ranges)
+    )
     rows, montages = [], {}
-    for i, (cid, lab_path) in enumerate(zip(ids, labels)):
+    for i, (cid, lab_path) in enumerate(zip(ids, labels, strict=False)):
         lab = _on_table(read_volume(lab_path), value_maps[i])
         img_array, sampling = None, ""
         if images is not None:
@@ -122,18 +135,38 @@ def write_volumes_report(
         assess_from_files(case_rows, lab_path, lab, img_array, expected_of=expected_of)  # qc verdicts (issue 33)
         prov = _provenance(lab_path)
         for row in case_rows:
-            row.update(source_labels=str(lab_path), source_image=str(images[i]) if images is not None else "",
-                       intensity_sampling=sampling, **prov)
+            row.update(
+                source_labels=str(lab_path),
+                source_image=str(images[i]) if images is not None else "",
+                intensity_sampling=sampling,
+                **prov,
+            )
         rows += case_rows
         if qc:
-            montages[cid] = write_montage(out_dir / "qc" / f"{_safe_name(cid)}.png", lab.array, lab.affine, table, img_array,
-                                          rows=case_rows, title=cid, window=window)
+            montages[cid] = write_montage(
+                out_dir / "qc" / f"{_safe_name(cid)}.png",
+                lab.array,
+                lab.affine,
+                table,
+                img_array,
+                rows=case_rows,
+                title=cid,
+                window=window,
+            )
         del lab, img_array
     return write_cohort(out_dir, rows, table, ranges=ranges, montages=montages if qc else None, html=html and qc)
 
 
-def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, ranges: dict | None = None,
-                 montages: dict | None = None, html: bool = True, title: str | None = None) -> Path:
+def write_cohort(
+    out_dir: PathLike,
+    rows: list[dict],
+    table: LabelTable,
+    *,
+    ranges: dict | None = None,
+    montages: dict | None = None,
+    html: bool = True,
+    title: str | None = None,
+) -> Path:
     """The one cohort aggregator (``medseg report`` and ``medseg run``): from per-case x structure rows,
     ``volumes.csv`` (with outlier flags), ``volumes_wide.csv``, ``summary.csv`` and, with ``html`` and
     ``montages`` (case id -> QC picture or None), ``report.html``. Returns the path of ``volumes.csv``."""
@@ -150,9 +183,19 @@ def write_cohort(out_dir: PathLike, rows: list[dict], table: LabelTable, *, rang
     if html and montages is not None:
         notes = [f"Label table {table.name}; medseg {medseg.__version__}."]
         if ranges:
-            notes.append(f"Outliers against reference ranges for: {', '.join(sorted(ranges))}; robust z-score for the rest.")
-        write_html(out_dir / "report.html", df, wide, summary, table.names, montages, notes=notes,
-                   **({"title": title} if title else {}))
+            notes.append(
+                f"Outliers against reference ranges for: {', '.join(sorted(ranges))}; robust z-score for the rest."
+            )
+        write_html(
+            out_dir / "report.html",
+            df,
+            wide,
+            summary,
+            table.names,
+            montages,
+            notes=notes,
+            **({"title": title} if title else {}),
+        )
     return path
 
 
@@ -197,7 +240,7 @@ def paired_by_case(pred: Sequence[PathLike], ref: Sequence[PathLike], what: str 
     for key in (case_id_for, lambda f: re.sub(r"_\d{4}$", "", case_id_for(f))):
         p_ids, r_ids = [key(f) for f in pred], [key(f) for f in ref]
         if len(set(p_ids)) == len(p_ids) and sorted(p_ids) == sorted(r_ids):
-            by_id = dict(zip(r_ids, ref))
+            by_id = dict(zip(r_ids, ref, strict=False))
             paired = [by_id[i] for i in p_ids]
             if paired != list(ref):
                 log.info("%s paired with the label maps by case name, not by the order given", what)
@@ -246,14 +289,20 @@ def write_metrics_report(
     given = explicit_table(label_table)
     pred_tables, ref_tables = tables_for(pred, given, "prediction"), tables_for(ref, given, "reference")
     ids = list(case_ids) if case_ids else [case_id_for(p) for p in pred]
-    matched = [common_structures(pt, rt, p, r) for (pt, _), (rt, _), p, r in zip(pred_tables, ref_tables, pred, ref)]
+    matched = [common_structures(pt, rt, p, r) for (pt, _), (rt, _), p, r in zip(pred_tables, ref_tables, pred, ref, strict=False)]
     rows = []
-    for cid, p, r, (table, mapping) in zip(ids, pred, ref, matched):
+    for cid, p, r, (table, mapping) in zip(ids, pred, ref, matched, strict=False):
         pv, rv = read_volume(p), _on_table(read_volume(r), mapping, keep_unnamed=False)
         if not same_grid(rv, pv):
             rv = align_to(rv, pv)
-        rows += metric_rows(cid, pv, rv, table, surface=surface,
-                            nsd_tolerance_mm=DEFAULT_NSD_TOLERANCE_MM if nsd_tolerance_mm is None else nsd_tolerance_mm)
+        rows += metric_rows(
+            cid,
+            pv,
+            rv,
+            table,
+            surface=surface,
+            nsd_tolerance_mm=DEFAULT_NSD_TOLERANCE_MM if nsd_tolerance_mm is None else nsd_tolerance_mm,
+        )
     target = Path(out)
     if target.suffix.lower() != ".csv":
         target = target / "metrics.csv"

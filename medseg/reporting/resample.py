@@ -36,7 +36,9 @@ def image_on_label_grid(image: Volume, labels: Volume, *, order: int = 1, atol: 
     return resample_to_grid(image, labels.shape, labels.affine, order=order), METHODS[order]
 
 
-def resample_to_grid(image: Volume, shape: tuple[int, int, int], affine: np.ndarray, *, order: int = 1, chunk_voxels: int = 4_000_000) -> np.ndarray:
+def resample_to_grid(
+    image: Volume, shape: tuple[int, int, int], affine: np.ndarray, *, order: int = 1, chunk_voxels: int = 4_000_000
+) -> np.ndarray:
     """Sample ``image`` at the voxel centres of the grid ``(shape, affine)``; NaN outside the image."""
     from scipy.ndimage import map_coordinates
 
@@ -50,12 +52,17 @@ def resample_to_grid(image: Volume, shape: tuple[int, int, int], affine: np.ndar
     upper = np.asarray(src.shape, dtype=np.float64)[:, None, None, None] - 1
     for k0 in range(0, nz, step):
         kk = np.arange(k0, min(nz, k0 + step), dtype=np.float64)
-        ijk = np.stack([np.broadcast_to(ii[..., None], (nx, ny, kk.size)), np.broadcast_to(jj[..., None], (nx, ny, kk.size)),
-                        np.broadcast_to(kk[None, None, :], (nx, ny, kk.size))])
+        ijk = np.stack(
+            [
+                np.broadcast_to(ii[..., None], (nx, ny, kk.size)),
+                np.broadcast_to(jj[..., None], (nx, ny, kk.size)),
+                np.broadcast_to(kk[None, None, :], (nx, ny, kk.size)),
+            ]
+        )
         coords = np.tensordot(to_src[:3, :3], ijk, axes=1) + to_src[:3, 3][:, None, None, None]
         inside = np.all((coords >= -eps) & (coords <= upper + eps), axis=0)
         coords = np.clip(coords, 0, upper)
         vals = map_coordinates(src, coords.reshape(3, -1), order=order, mode="nearest").reshape(inside.shape)
         vals[~inside] = np.nan
-        out[:, :, k0:k0 + kk.size] = vals
+        out[:, :, k0 : k0 + kk.size] = vals
     return out

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-_CONNECTIVITY_6 = np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], bool)
+_CONNECTIVITY_6 = np.array(
+    [[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], bool
+)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -42,7 +44,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray
     union = a | b
     lo = [int(np.nonzero(union.any(axis=tuple(x for x in range(3) if x != ax)))[0][0]) for ax in range(3)]
     hi = [int(np.nonzero(union.any(axis=tuple(x for x in range(3) if x != ax)))[0][-1]) + 1 for ax in range(3)]
-    crop = tuple(slice(l_, h_) for l_, h_ in zip(lo, hi))
+    crop = tuple(slice(l_, h_) for l_, h_ in zip(lo, hi, strict=False))
     # Every neighbour outside the union's bounding box is background, so the surfaces
     # found on the crop are those of the full grid; the padding keeps the EDT exact.
     sa = np.pad(_surface(a[crop]), 1)
@@ -62,4 +64,6 @@ def assd(d_ab: np.ndarray, d_ba: np.ndarray) -> float:
 
 
 def nsd(d_ab: np.ndarray, d_ba: np.ndarray, tolerance_mm: float) -> float:
-    return float((np.count_nonzero(d_ab <= tolerance_mm) + np.count_nonzero(d_ba <= tolerance_mm)) / (d_ab.size + d_ba.size))
+    return float(
+        (np.count_nonzero(d_ab <= tolerance_mm) + np.count_nonzero(d_ba <= tolerance_mm)) / (d_ab.size + d_ba.size)
+    )

@@ -45,7 +45,9 @@ def voxel_volume_mm3(affine) -> float:
     return z[0] * z[1] * z[2]
 
 
-def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *, exclude_masks_at_border: bool = True) -> dict:
+def statistics(
+    labels: Volume, table: LabelTable, image: Volume | np.ndarray, *, exclude_masks_at_border: bool = True
+) -> dict:
     """``{structure: {"volume": mm3, "intensity": mean}}`` for every structure of ``table``, as
     TotalSegmentator's ``get_basic_statistics`` computes them. ``image``: a ``Volume`` (brought onto the
     label grid) or an array already on it."""
@@ -57,8 +59,11 @@ def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *,
     if ct.shape != lab.shape:
         raise InputError(f"image {ct.shape} is not on the label map's grid {lab.shape}", path=labels.source or None)
     if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
-        raise InputError("the image does not cover the whole label map (or holds NaN/Inf); TotalSegmentator's "
-                         "statistics need an intensity under every voxel", path=labels.source or None)
+        raise InputError(
+            "the image does not cover the whole label map (or holds NaN/Inf); TotalSegmentator's "
+            "statistics need an intensity under every voxel",
+            path=labels.source or None,
+        )
     vox_vol = voxel_volume_mm3(labels.affine)
     objects = label_boxes(lab)  # from the values present, whatever the largest
     shape = lab.shape
@@ -69,7 +74,7 @@ def statistics(labels: Volume, table: LabelTable, image: Volume | np.ndarray, *,
         if sl is None:  # no voxel: volume 0 * voxel volume, intensity 0.0
             out[entry.name] = {"volume": float(np.int64(0) * vox_vol), "intensity": 0.0}
             continue
-        touches = any(s.start < BORDER or s.stop > n - BORDER for s, n in zip(sl, shape))
+        touches = any(s.start < BORDER or s.stop > n - BORDER for s, n in zip(sl, shape, strict=False))
         if touches and exclude_masks_at_border:
             out[entry.name] = {"volume": 0.0, "intensity": 0.0}
             continue
@@ -90,7 +95,7 @@ def write_cases(label_paths, image_paths, out_dir, table: LabelTable, case_ids) 
     from pathlib import Path
 
     written = []
-    for cid, lab_path, img_path in zip(case_ids, label_paths, image_paths):
+    for cid, lab_path, img_path in zip(case_ids, label_paths, image_paths, strict=False):
         lab = read_volume(lab_path)
         stats = statistics(lab, table, read_volume(img_path))
         written.append(write_statistics(Path(out_dir) / "statistics" / f"{safe_name(cid)}.json", stats))

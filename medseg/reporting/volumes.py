@@ -45,12 +45,33 @@ from medseg.io.volume import Volume, label_boxes, require_same_grid
 from medseg.labels import LabelTable
 
 COLUMNS = [
-    "case_id", "structure", "label", "status", "voxel_count", "volume_mm3", "volume_ml",
-    "intensity_mean", "intensity_std", "intensity_median", "intensity_p05", "intensity_p95", "intensity_coverage",
-    "n_components", "largest_component_ml",
-    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "bbox_x_min_mm", "bbox_x_max_mm", "bbox_y_min_mm", "bbox_y_max_mm", "bbox_z_min_mm", "bbox_z_max_mm",
-    "touches_border", "voxel_volume_mm3", "spacing_mm",
+    "case_id",
+    "structure",
+    "label",
+    "status",
+    "voxel_count",
+    "volume_mm3",
+    "volume_ml",
+    "intensity_mean",
+    "intensity_std",
+    "intensity_median",
+    "intensity_p05",
+    "intensity_p95",
+    "intensity_coverage",
+    "n_components",
+    "largest_component_ml",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "bbox_x_min_mm",
+    "bbox_x_max_mm",
+    "bbox_y_min_mm",
+    "bbox_y_max_mm",
+    "bbox_z_min_mm",
+    "bbox_z_max_mm",
+    "touches_border",
+    "voxel_volume_mm3",
+    "spacing_mm",
 ]
 FOUND = ("present", "touches_border", "below_min_size")  # statuses of a structure that has voxels
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -61,10 +82,15 @@ def as_label_array(labels: Volume) -> np.ndarray:
     a = np.asarray(labels.array)
     if not np.issubdtype(a.dtype, np.integer):
         if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise InputError("label map holds non-integer values; expected integer labels (is this an image?)", path=labels.source or None)
+            raise InputError(
+                "label map holds non-integer values; expected integer labels (is this an image?)",
+                path=labels.source or None,
+            )
         a = a.astype(np.int64)
     if a.size and a.min() < 0:
-        raise InputError(f"label map holds negative values ({int(a.min())}); expected labels >= 0", path=labels.source or None)
+        raise InputError(
+            f"label map holds negative values ({int(a.min())}); expected labels >= 0", path=labels.source or None
+        )
     return a
 
 
@@ -91,13 +117,24 @@ def _intensity_stats(vals: np.ndarray, n: int) -> dict:
     out = {"intensity_coverage": finite.size / n}
     if finite.size:
         p05, med, p95 = np.percentile(finite, [5, 50, 95])
-        out.update(intensity_mean=float(finite.mean()), intensity_std=float(finite.std()), intensity_median=float(med),
-                   intensity_p05=float(p05), intensity_p95=float(p95))
+        out.update(
+            intensity_mean=float(finite.mean()),
+            intensity_std=float(finite.std()),
+            intensity_median=float(med),
+            intensity_p05=float(p05),
+            intensity_p95=float(p95),
+        )
     return out
 
 
-def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volume | np.ndarray | None = None,
-                   *, min_size_ml: float | None = None) -> list[dict]:
+def structure_rows(
+    case_id: str,
+    labels: Volume,
+    table: LabelTable,
+    image: Volume | np.ndarray | None = None,
+    *,
+    min_size_ml: float | None = None,
+) -> list[dict]:
     """Rows of ``volumes.csv`` for one case.
 
     ``image``: a ``Volume`` on the label map's grid (checked), or an array already
@@ -132,7 +169,7 @@ def structure_rows(case_id: str, labels: Volume, table: LabelTable, image: Volum
             continue
         mask = lab[sl] == index
         n = int(np.count_nonzero(mask))
-        border = any(s.start == 0 or s.stop == dim for s, dim in zip(sl, lab.shape))
+        border = any(s.start == 0 or s.stop == dim for s, dim in zip(sl, lab.shape, strict=False))
         if index not in listed:
             status = "not_in_label_table"
         elif min_size_ml is not None and n * voxel_ml < min_size_ml:

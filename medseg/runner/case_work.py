@@ -88,7 +88,9 @@ class RunContext:
     labels: dict  # the checkpoint's label table
     engine: str = "local"
     device: str = ""
-    pacs: dict | None = None  # PACS input: endpoint, cache folder and limit, modalities (medseg.pacs.source.PacsInput.context)
+    pacs: dict | None = (
+        None  # PACS input: endpoint, cache folder and limit, modalities (medseg.pacs.source.PacsInput.context)
+    )
     uid_seed: str = ""  # hash of the model and the settings that shape outputs: deterministic SEG/RTSTRUCT UIDs
 
     @property
@@ -119,16 +121,39 @@ def mark_running(ctx: RunContext, case) -> int:
     rd = ctx.rundir
     prev = rd.read_state(case.case_id) or {}
     attempt = int(prev.get("attempt") or 0) + 1
-    rd.write_state(case.case_id, {"status": "running", "attempt": attempt, "started": now(), "source": case.source,
-                                  "kind": case.kind, "fingerprint": case.fingerprint, "config_sha256": ctx.config_sha256,
-                                  "engine": ctx.engine, **where()})
+    rd.write_state(
+        case.case_id,
+        {
+            "status": "running",
+            "attempt": attempt,
+            "started": now(),
+            "source": case.source,
+            "kind": case.kind,
+            "fingerprint": case.fingerprint,
+            "config_sha256": ctx.config_sha256,
+            "engine": ctx.engine,
+            **where(),
+        },
+    )
     return attempt
 
 
 def fail(ctx: RunContext, case, exc: CaseFailure, *, attempt: int, started: str, t0: float) -> dict:
-    rec = {"status": "failed", "stage": exc.stage, "error": exc.message, "attempt": attempt, "started": started,
-           "finished": now(), "seconds": round(time.monotonic() - t0, 3), "source": case.source, "kind": case.kind,
-           "fingerprint": case.fingerprint, "config_sha256": ctx.config_sha256, "engine": ctx.engine, **where()}
+    rec = {
+        "status": "failed",
+        "stage": exc.stage,
+        "error": exc.message,
+        "attempt": attempt,
+        "started": started,
+        "finished": now(),
+        "seconds": round(time.monotonic() - t0, 3),
+        "source": case.source,
+        "kind": case.kind,
+        "fingerprint": case.fingerprint,
+        "config_sha256": ctx.config_sha256,
+        "engine": ctx.engine,
+        **where(),
+    }
     ctx.rundir.write_state(case.case_id, rec)
     log.info("%s failed in %s: %s", case.case_id, exc.stage, exc.message)
     release_study(ctx, case)
@@ -144,7 +169,9 @@ def retrieve(ctx: RunContext, case) -> None:
     if not case.remote or ctx.pacs is None:
         return
     with in_stage("retrieve", case.case_id):
-        _study_cache(ctx).get(ctx.pacs["endpoint"], case.remote, case.case_id, modalities=ctx.pacs.get("modalities") or ())
+        _study_cache(ctx).get(
+            ctx.pacs["endpoint"], case.remote, case.case_id, modalities=ctx.pacs.get("modalities") or ()
+        )
 
 
 def release_study(ctx: RunContext, case) -> None:
@@ -162,13 +189,20 @@ def export_path(ctx: RunContext, case_id: str) -> Path:
 def _read_dicom(ctx: RunContext, case):
     st = ctx.pipeline.stages
     scan, sel = st.get("scan"), st.get("select")
-    policy = GeometryPolicy(irregular="resample" if scan and scan.resample_irregular else "refuse",
-                            tilt="refuse" if scan and scan.refuse_tilt else "resample")
+    policy = GeometryPolicy(
+        irregular="resample" if scan and scan.resample_irregular else "refuse",
+        tilt="refuse" if scan and scan.refuse_tilt else "resample",
+    )
     with in_stage("scan", case.case_id):
         inv = scan_inventory(case.source, policy=policy)
     with in_stage("select", case.case_id):
-        rule = SelectionRule(modalities=tuple(sel.modalities), min_slices=sel.min_slices,
-                             description=sel.description or None) if sel else None
+        rule = (
+            SelectionRule(
+                modalities=tuple(sel.modalities), min_slices=sel.min_slices, description=sel.description or None
+            )
+            if sel
+            else None
+        )
         chosen, record = select(inv.candidates, rule, folder=case.source)
         log.info("%s: series %s (%s)", case.case_id, chosen.key, record["reason"])
     with in_stage("convert", case.case_id):
@@ -180,9 +214,17 @@ def _keep_converted(ctx: RunContext, case, image) -> dict:
     with in_stage("convert", case.case_id):
         cdir = ctx.rundir.case_dir(case.case_id)
         target = write_volume(image, cdir / "image.nii.gz")
-        write_json(cdir / "image.json", {"medseg_version": medseg.__version__, "output": target.name,
-                                         **image.meta["dicom"], "shape": list(image.shape),
-                                         "spacing_mm": list(image.spacing), "affine_ras": image.affine.tolist()})
+        write_json(
+            cdir / "image.json",
+            {
+                "medseg_version": medseg.__version__,
+                "output": target.name,
+                **image.meta["dicom"],
+                "shape": list(image.shape),
+                "spacing_mm": list(image.spacing),
+                "affine_ras": image.affine.tolist(),
+            },
+        )
         return {"image": ctx.rundir.rel(target), "image_sidecar": ctx.rundir.rel(cdir / "image.json")}
 
 
@@ -215,7 +257,9 @@ def segment(predictor, loaded: Loaded):
     reset_peak_rss()
     t0 = time.monotonic()
     with in_stage("predict", loaded.case.case_id):
-        channels = getattr(loaded.case, "channels", ())  # a multi-channel manifest: the further channels, read by the predictor
+        channels = getattr(
+            loaded.case, "channels", ()
+        )  # a multi-channel manifest: the further channels, read by the predictor
         labels = predictor.predict([loaded.image, *channels] if channels else loaded.image)
     loaded.seconds["predict"] = round(time.monotonic() - t0, 3)
     labels.meta["peak_rss_mb"] = peak_rss_mb()
@@ -248,14 +292,24 @@ def _write_predictions(w: _Writing, *, t0: float) -> None:
     dicom = case.kind == "dicom"
     with in_stage("predict", w.cid):
         w.side = write_case_outputs(
-            case_id=w.cid, labels=w.labels, image_meta=w.loaded.image.meta, source=case.source, table=w.table,
-            provenance=w.info["model"], inference=w.info["inference"],
-            label_map=cdir / "labels.nii.gz", sidecar=cdir / "labels.json",
+            case_id=w.cid,
+            labels=w.labels,
+            image_meta=w.loaded.image.meta,
+            source=case.source,
+            table=w.table,
+            provenance=w.info["model"],
+            inference=w.info["inference"],
+            label_map=cdir / "labels.nii.gz",
+            sidecar=cdir / "labels.json",
             dicom_seg=cdir / "seg.dcm" if pred.dicom_seg and dicom else None,
             rtstruct=cdir / "rtstruct.dcm" if pred.rtstruct and dicom else None,
             sr=cdir / "sr.dcm" if pred.sr and pred.dicom_seg and dicom else None,
-            image=w.loaded.image, versions=w.info.get("versions"), started=t0, uid_seed=w.ctx.uid_seed or None,
-            assessed=w.assessed)
+            image=w.loaded.image,
+            versions=w.info.get("versions"),
+            started=t0,
+            uid_seed=w.ctx.uid_seed or None,
+            assessed=w.assessed,
+        )
         w.outputs["labels"] = rd.rel(cdir / w.side["outputs"]["label_map"])
         for kind in ("dicom_seg", "rtstruct", "sr"):
             if kind in w.side["outputs"]:
@@ -268,11 +322,18 @@ def _structure_rows(w: _Writing, rep) -> list:
     if w.assessed and rep.intensities and not rep.min_size_ml:  # measured once, for the sidecar, the SR and here
         return [dict(r) for r in w.assessed]
     image, labels = w.loaded.image, w.labels
-    rows = structure_rows(w.cid, labels, w.table, image if rep.intensities else None, min_size_ml=rep.min_size_ml or None)
+    rows = structure_rows(
+        w.cid, labels, w.table, image if rep.intensities else None, min_size_ml=rep.min_size_ml or None
+    )
     model_path = w.info["model"].get("model_path")
-    quality.assess_case(rows, image=image, labels=labels, confidence=labels.meta.get("confidence"),
-                        agreement=labels.meta.get("pass_agreement"),
-                        expected=expected_for_model(model_path) if isinstance(model_path, str) else None)
+    quality.assess_case(
+        rows,
+        image=image,
+        labels=labels,
+        confidence=labels.meta.get("confidence"),
+        agreement=labels.meta.get("pass_agreement"),
+        expected=expected_for_model(model_path) if isinstance(model_path, str) else None,
+    )
     return rows
 
 
@@ -282,14 +343,25 @@ def _write_report(w: _Writing) -> None:
     with in_stage("report", w.cid):
         rows = _structure_rows(w, rep)
         for row in rows:
-            row.update(source_labels=w.outputs["labels"], source_image=w.loaded.case.source,
-                       intensity_sampling="same grid" if rep.intensities else "",
-                       model=w.info["model"].get("model_name", ""), model_sha256=w.ctx.model_sha256)
+            row.update(
+                source_labels=w.outputs["labels"],
+                source_image=w.loaded.case.source,
+                intensity_sampling="same grid" if rep.intensities else "",
+                model=w.info["model"].get("model_name", ""),
+                model_sha256=w.ctx.model_sha256,
+            )
         w.outputs["volumes"] = rd.rel(write_json(w.cdir / "volumes.json", plain(rows)))
         if rep.qc:
-            png = write_montage(rd.qc_path(w.cid), w.labels.array, w.labels.affine, w.table,
-                                w.loaded.image.array if rep.intensities else None, rows=rows, title=w.cid,
-                                window=tuple(rep.window) if rep.window else None)
+            png = write_montage(
+                rd.qc_path(w.cid),
+                w.labels.array,
+                w.labels.affine,
+                w.table,
+                w.loaded.image.array if rep.intensities else None,
+                rows=rows,
+                title=w.cid,
+                window=tuple(rep.window) if rep.window else None,
+            )
             if png is not None:
                 w.outputs["qc"] = rd.rel(png)
 
@@ -301,8 +373,14 @@ def _write_metrics(w: _Writing) -> None:
         ref = read_volume(w.loaded.case.label)
         if not same_grid(ref, w.labels):
             ref = align_to(ref, w.labels)
-        rows = metric_rows(w.cid, w.labels, ref, w.table, surface=ev.surface,
-                           nsd_tolerance_mm=ev.nsd_tolerance_mm or DEFAULT_NSD_TOLERANCE_MM)
+        rows = metric_rows(
+            w.cid,
+            w.labels,
+            ref,
+            w.table,
+            surface=ev.surface,
+            nsd_tolerance_mm=ev.nsd_tolerance_mm or DEFAULT_NSD_TOLERANCE_MM,
+        )
         w.outputs["metrics"] = w.ctx.rundir.rel(write_json(w.cdir / "metrics.json", plain(rows)))
 
 
@@ -313,8 +391,12 @@ def _run_plugins(w: _Writing) -> None:
         if kind.builtin or not kind.per_case:
             continue
         with in_stage(name, w.cid):
-            written = kind.run_case(settings, case_id=w.cid, labels=w.labels, image=w.loaded.image, table=w.table,
-                                    case_dir=w.cdir) or {}
+            written = (
+                kind.run_case(
+                    settings, case_id=w.cid, labels=w.labels, image=w.loaded.image, table=w.table, case_dir=w.cdir
+                )
+                or {}
+            )
             w.outputs.update({f"{name}.{k}": w.ctx.rundir.rel(Path(v)) for k, v in written.items()})
 
 
@@ -323,16 +405,24 @@ def _export(w: _Writing) -> None:
     ex, rd = w.ctx.pipeline.stages["export"], w.ctx.rundir
     with in_stage("export", w.cid):
         record = export_path(w.ctx, w.cid)
-        export_case(ex.destination, {k: (rd.root / w.outputs[k]) if k in w.outputs else None for k in ex.send},
-                    record_path=record, case_id=w.cid, retries=ex.retries, backoff_s=ex.backoff_s, base=rd.root)
+        export_case(
+            ex.destination,
+            {k: (rd.root / w.outputs[k]) if k in w.outputs else None for k in ex.send},
+            record_path=record,
+            case_id=w.cid,
+            retries=ex.retries,
+            backoff_s=ex.backoff_s,
+            base=rd.root,
+        )
         w.outputs["export"] = rd.rel(record)
 
 
 def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *, t0: float) -> dict:
     """Write the case's outputs, then its ``done`` record (returned)."""
     case, st = loaded.case, ctx.pipeline.stages
-    w = _Writing(ctx, predictor_info, loaded, labels, ctx.label_table(), ctx.rundir.case_dir(case.case_id),
-                 dict(loaded.outputs))
+    w = _Writing(
+        ctx, predictor_info, loaded, labels, ctx.label_table(), ctx.rundir.case_dir(case.case_id), dict(loaded.outputs)
+    )
     t1 = time.monotonic()
     _write_predictions(w, t0=t0)
     if "report" in st:
@@ -343,12 +433,27 @@ def write_case(ctx: RunContext, predictor_info: dict, loaded: Loaded, labels, *,
     if "export" in st:  # last: what is sent is what the case wrote
         _export(w)
     seconds = {**loaded.seconds, "write": round(time.monotonic() - t1, 3)}
-    rec = {"status": "done", "stage": "", "error": "", "attempt": loaded.attempt, "started": loaded.started,
-           "finished": now(), "seconds": round(time.monotonic() - t0, 3), "stage_seconds": seconds,
-           "peak_rss_mb": labels.meta.get("peak_rss_mb"), "source": case.source, "kind": case.kind,
-           "fingerprint": case.fingerprint, "input_sha256": loaded.input_sha256, "config_sha256": ctx.config_sha256,
-           "model_sha256": ctx.model_sha256, "outputs": w.outputs, "findings": w.side["findings"], "engine": ctx.engine,
-           **where()}
+    rec = {
+        "status": "done",
+        "stage": "",
+        "error": "",
+        "attempt": loaded.attempt,
+        "started": loaded.started,
+        "finished": now(),
+        "seconds": round(time.monotonic() - t0, 3),
+        "stage_seconds": seconds,
+        "peak_rss_mb": labels.meta.get("peak_rss_mb"),
+        "source": case.source,
+        "kind": case.kind,
+        "fingerprint": case.fingerprint,
+        "input_sha256": loaded.input_sha256,
+        "config_sha256": ctx.config_sha256,
+        "model_sha256": ctx.model_sha256,
+        "outputs": w.outputs,
+        "findings": w.side["findings"],
+        "engine": ctx.engine,
+        **where(),
+    }
     ctx.rundir.write_state(w.cid, rec)  # last: its presence marks the case as done
     log.info("%s done in %.2f s (peak %.0f MB)", w.cid, rec["seconds"], rec["peak_rss_mb"] or 0)
     release_study(ctx, case)

@@ -125,8 +125,11 @@ def from_folder(folder: Path) -> tuple[list[Case], list[str]]:
     if not cases:
         if is_dicom_folder(folder):  # the folder itself is one DICOM case
             return [Case(_check_id(folder.resolve().name, folder), str(folder.resolve()), "dicom")], []
-        raise InputError("no cases found; expected image files (.nii.gz, .nrrd, .mha) and/or one sub-folder of "
-                         "DICOM files per case, or a manifest .csv", path=folder)
+        raise InputError(
+            "no cases found; expected image files (.nii.gz, .nrrd, .mha) and/or one sub-folder of "
+            "DICOM files per case, or a manifest .csv",
+            path=folder,
+        )
     return cases, ignored
 
 
@@ -140,8 +143,11 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
     df = unescape_frame(df)  # the quote write_csv puts before a formula-like id or path
     for col in ("case_id", column):
         if col not in df.columns:
-            raise ConfigError(f"manifest has no column {col!r} (columns: {', '.join(df.columns)}); "
-                              f"set the image column with --set input.column=NAME", path=path)
+            raise ConfigError(
+                f"manifest has no column {col!r} (columns: {', '.join(df.columns)}); "
+                f"set the image column with --set input.column=NAME",
+                path=path,
+            )
     if split:
         if "split" not in df.columns:
             raise ConfigError(f"input.split is {split!r} but the manifest has no 'split' column", path=path)
@@ -163,8 +169,16 @@ def from_manifest(path: Path, column: str, label_column: str, split: str) -> lis
     for _, row in df.iterrows():
         src = resolve(row[column])
         kind = "dicom" if src and Path(src).is_dir() else "image"
-        cases.append(Case(_check_id(row["case_id"], path), src, kind, label=resolve(row.get(label_column, "")),
-                          split=row.get("split", ""), channels=tuple(resolve(row[c]) for c in extra)))
+        cases.append(
+            Case(
+                _check_id(row["case_id"], path),
+                src,
+                kind,
+                label=resolve(row.get(label_column, "")),
+                split=row.get("split", ""),
+                channels=tuple(resolve(row[c]) for c in extra),
+            )
+        )
     return cases
 
 
@@ -177,15 +191,33 @@ def from_pacs(pacs, pipe) -> list[Case]:
     result = q.find_studies(pacs.endpoint, pacs.filters, pacs.id_list)
     cache = StudyCache(pacs.cache_dir, pacs.cache_max_bytes)
     cache.cleanup()  # retrievals of runs that were killed
-    cases = [Case(_check_id(hit.key, pacs.endpoint.display), str(cache.path(hit.key)), "dicom",
-                  fingerprint=q.hashed(hit.study_uid, "fp"), remote=hit.study_uid, query_row=hit.query_row)
-             for hit in result.studies]
+    cases = [
+        Case(
+            _check_id(hit.key, pacs.endpoint.display),
+            str(cache.path(hit.key)),
+            "dicom",
+            fingerprint=q.hashed(hit.study_uid, "fp"),
+            remote=hit.study_uid,
+            query_row=hit.query_row,
+        )
+        for hit in result.studies
+    ]
     for m in result.missing:
-        cases.append(Case(m.key, "", "dicom", fingerprint="missing", query_row=m.query_row,
-                          error=f"row {m.query_row} of the id list: no study with this {m.keyword} on {pacs.endpoint.display}"))
+        cases.append(
+            Case(
+                m.key,
+                "",
+                "dicom",
+                fingerprint="missing",
+                query_row=m.query_row,
+                error=f"row {m.query_row} of the id list: no study with this {m.keyword} on {pacs.endpoint.display}",
+            )
+        )
     if not cases:
-        raise InputError(f"{pacs.endpoint.display}: the query found no study; check the query keys "
-                         f"({', '.join(pacs.filters) or 'none'})")
+        raise InputError(
+            f"{pacs.endpoint.display}: the query found no study; check the query keys "
+            f"({', '.join(pacs.filters) or 'none'})"
+        )
     return cases
 
 
@@ -203,20 +235,27 @@ def discover(input_path, pipe, pacs=None) -> tuple[list[Case], list[str]]:
         cases, ignored = from_manifest(p, pipe.input.column, pipe.input.label_column, pipe.input.split), []
     elif p.is_dir():
         if pipe.has("train"):
-            raise ConfigError("the train stage needs a manifest .csv as --input (with image, label and split columns)", path=p)
+            raise ConfigError(
+                "the train stage needs a manifest .csv as --input (with image, label and split columns)", path=p
+            )
         cases, ignored = from_folder(p)
     else:
         raise InputError("input is neither a folder nor a manifest .csv", path=p)
     if pipe.has("evaluate"):
         missing = [c.case_id for c in cases if not c.label]
         if missing:
-            raise ConfigError(f"the evaluate stage needs a reference label per case (manifest column "
-                              f"{pipe.input.label_column!r}); none for {missing[:5]}", path=p)
+            raise ConfigError(
+                f"the evaluate stage needs a reference label per case (manifest column "
+                f"{pipe.input.label_column!r}); none for {missing[:5]}",
+                path=p,
+            )
     for c in cases:
         try:
             c.fingerprint = fingerprint(c.source) if c.source else "missing"
             for extra in c.channels:
-                c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(extra) if extra else 'missing'}".encode()).hexdigest()
+                c.fingerprint = hashlib.sha256(
+                    f"{c.fingerprint}\0{fingerprint(extra) if extra else 'missing'}".encode()
+                ).hexdigest()
             if c.label:
                 c.fingerprint = hashlib.sha256(f"{c.fingerprint}\0{fingerprint(c.label)}".encode()).hexdigest()
         except OSError as exc:  # this case cannot be listed: it fails alone, in its read stage

@@ -20,7 +20,9 @@ from medseg.runner.case_work import CaseFailure, fail, mark_running, now, read_c
 from medseg.runner.model import load_predictor, predictor_info
 
 
-def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=None, stats: dict | None = None) -> list[dict]:
+def run_local(
+    ctx, cases, *, workers: int = 1, progress: bool = True, on_record=None, stats: dict | None = None
+) -> list[dict]:
     """Process ``cases``; returns their final state records in the order they finished.
 
     ``stats`` (a dict) receives ``input_wait_s``: the seconds inference waited for a case to be read (a PACS
@@ -57,8 +59,10 @@ def run_local(ctx, cases, *, workers: int = 1, progress: bool = True, on_record=
             attempt = mark_running(ctx, case)
             queue.append((case, attempt, started, t0, pool.submit(read_case, ctx, case)))
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="medseg-read") as readers, \
-            ThreadPoolExecutor(1, thread_name_prefix="medseg-write") as writer:
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="medseg-read") as readers,
+        ThreadPoolExecutor(1, thread_name_prefix="medseg-write") as writer,
+    ):
         for _ in range(workers):
             submit(readers)
         writing = None

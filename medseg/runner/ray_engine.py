@@ -21,7 +21,9 @@ from medseg.runner.case_work import CaseFailure, fail, now, process_case
 from medseg.runner.model import load_predictor
 from medseg.runner.rundir import RUN_LOG
 
-INSTALL_HINT = "the Ray engine needs Ray; install it with: pip install 'medseg[ray]' (or pip install 'ray[default]>=2.9')"
+INSTALL_HINT = (
+    "the Ray engine needs Ray; install it with: pip install 'medseg[ray]' (or pip install 'ray[default]>=2.9')"
+)
 ray = optional_import("ray", extra="ray", purpose="the Ray engine")
 
 
@@ -50,8 +52,16 @@ class CaseWorker:
         return process_case(self.ctx, self.predictor, case)
 
 
-def run_ray(ctx, cases, *, workers: int = 1, address: str | None = None, progress: bool = True, on_record=None,
-            init_kwargs: dict | None = None) -> list[dict]:
+def run_ray(
+    ctx,
+    cases,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    progress: bool = True,
+    on_record=None,
+    init_kwargs: dict | None = None,
+) -> list[dict]:
     """Process ``cases`` on Ray actors; returns their state records in the order they finished."""
     import_ray()
     if not cases:
@@ -89,8 +99,14 @@ def run_ray(ctx, cases, *, workers: int = 1, address: str | None = None, progres
                 rec = ray.get(ready[0])
             except Exception as exc:  # the actor died (out of memory, node lost): recorded, the rest go on
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                rec = fail(ctx, case, CaseFailure("worker", f"Ray worker failed: {first[:300]}"),
-                           attempt=(ctx.rundir.read_state(case.case_id) or {}).get("attempt", 1), started=now(), t0=t0)
+                rec = fail(
+                    ctx,
+                    case,
+                    CaseFailure("worker", f"Ray worker failed: {first[:300]}"),
+                    attempt=(ctx.rundir.read_state(case.case_id) or {}).get("attempt", 1),
+                    started=now(),
+                    t0=t0,
+                )
             records.append(rec)
             bar.update(1)
             if on_record:

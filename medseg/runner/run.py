@@ -102,8 +102,15 @@ def aggregate(rd: RunDir, pipe, cases, table) -> None:
                 for cid in ids:
                     qc = ((rd.read_state(cid) or {}).get("outputs") or {}).get("qc")
                     montages[cid] = rd.root / qc if qc else None
-            write_cohort(rd.root, rows, table, ranges=ranges, montages=montages, html=bool(rep.html and rep.qc),
-                         title=f"medseg run: {pipe.name}")
+            write_cohort(
+                rd.root,
+                rows,
+                table,
+                ranges=ranges,
+                montages=montages,
+                html=bool(rep.html and rep.qc),
+                title=f"medseg run: {pipe.name}",
+            )
             if rep.longitudinal:
                 _longitudinal(rd, ids, rep)
     if pipe.has("evaluate"):
@@ -128,13 +135,31 @@ def _write_inputs(rd: RunDir, cases, pacs=None) -> None:
     import pandas as pd
 
     multichannel = any(getattr(c, "channels", ()) for c in cases)
-    columns = (["case_id", "kind", "source"] + (["channels"] if multichannel else []) + ["label", "split", "fingerprint"]
-               + (["query_row"] if pacs is not None else []))
-    write_csv(rd.root / "inputs.csv", pd.DataFrame(
-        [{"case_id": c.case_id, "kind": c.kind, "source": c.source, "channels": ",".join(getattr(c, "channels", ())),
-          "label": c.label, "split": c.split, "fingerprint": c.fingerprint, "query_row": getattr(c, "query_row", None)}
-         for c in cases],
-        columns=columns))
+    columns = (
+        ["case_id", "kind", "source"]
+        + (["channels"] if multichannel else [])
+        + ["label", "split", "fingerprint"]
+        + (["query_row"] if pacs is not None else [])
+    )
+    write_csv(
+        rd.root / "inputs.csv",
+        pd.DataFrame(
+            [
+                {
+                    "case_id": c.case_id,
+                    "kind": c.kind,
+                    "source": c.source,
+                    "channels": ",".join(getattr(c, "channels", ())),
+                    "label": c.label,
+                    "split": c.split,
+                    "fingerprint": c.fingerprint,
+                    "query_row": getattr(c, "query_row", None),
+                }
+                for c in cases
+            ],
+            columns=columns,
+        ),
+    )
 
 
 @dataclass
@@ -196,13 +221,17 @@ class PipelineRun:
             import_ray()  # the install hint before any work
         self.pipe = pipe = load_pipeline(s.pipeline, overrides=list(s.overrides or []))
         if not pipe.has("predict"):
-            raise ConfigError(f"pipeline has no predict stage; nothing to run per case (stages: {', '.join(pipe.stages)})",
-                              path=s.pipeline)
+            raise ConfigError(
+                f"pipeline has no predict stage; nothing to run per case (stages: {', '.join(pipe.stages)})",
+                path=s.pipeline,
+            )
         self.rd = RunDir(s.out)
         self.rd.check_usable()  # before any work: --out is a file, or a foreign folder
         self._check_input()
         if s.resume and not (self.rd.root / "run.json").is_file():
-            raise InputError("--resume: no run to resume here (no run.json); drop --resume to start one", path=self.rd.root)
+            raise InputError(
+                "--resume: no run to resume here (no run.json); drop --resume to start one", path=self.rd.root
+            )
         self.cases, self.ignored = inputs_mod.discover(s.input, pipe, pacs=self.pacs)
         model = pipe.stages["predict"].model
         if model:  # a checkpoint, or a model folder of another tool (nnU-Net v2: every fold present)
@@ -212,14 +241,19 @@ class PipelineRun:
         """A PACS endpoint as input: its query, id list and cache; the PACS options refused for any other input."""
         s = self.settings
         if is_endpoint(str(s.input)):
-            self.pacs = pacs_input(str(s.input), query=s.query, accessions=s.accessions, cache=s.cache,
-                                   cache_max_gb=s.cache_max_gb)
+            self.pacs = pacs_input(
+                str(s.input), query=s.query, accessions=s.accessions, cache=s.cache, cache_max_gb=s.cache_max_gb
+            )
             if s.engine == "ray" and self.pacs.endpoint.retrieve == "move":
-                raise ConfigError("--engine ray with C-MOVE: every actor would open medseg's storage SCP on the same port; "
-                                  "use retrieve=get (C-GET) or a DICOMweb endpoint, or the local engine")
+                raise ConfigError(
+                    "--engine ray with C-MOVE: every actor would open medseg's storage SCP on the same port; "
+                    "use retrieve=get (C-GET) or a DICOMweb endpoint, or the local engine"
+                )
         elif s.query or s.accessions or s.cache or s.cache_max_gb is not None:
-            raise ConfigError("--query, --accessions, --cache and --cache-max-gb are for a PACS --input "
-                              "(dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT)")
+            raise ConfigError(
+                "--query, --accessions, --cache and --cache-max-gb are for a PACS --input "
+                "(dicomweb+http://HOST:PORT/dicom-web or dimse://AET@HOST:PORT)"
+            )
         self.input_shown = self.pacs.endpoint.display if self.pacs is not None else str(Path(s.input).resolve())
 
     # -- 2. the run directory -------------------------------------------------------------------------------------
@@ -237,10 +271,19 @@ class PipelineRun:
     def announce(self) -> None:
         """Once the run directory is ours (refusals before it stay one line on stderr): what the run will do."""
         n, ignored = len(self.cases), self.ignored
-        print(f"medseg run: {n:,} case{'s' if n != 1 else ''} found in {self.input_shown}"
-              + (f" ({len(ignored):,} other name{'s' if len(ignored) != 1 else ''} ignored)" if ignored else ""), flush=True)
-        log.info("run %s: %d cases from %s, engine %s x%d", self.pipe.name, n, self.input_shown, self.settings.engine,
-                 self.settings.workers)
+        print(
+            f"medseg run: {n:,} case{'s' if n != 1 else ''} found in {self.input_shown}"
+            + (f" ({len(ignored):,} other name{'s' if len(ignored) != 1 else ''} ignored)" if ignored else ""),
+            flush=True,
+        )
+        log.info(
+            "run %s: %d cases from %s, engine %s x%d",
+            self.pipe.name,
+            n,
+            self.input_shown,
+            self.settings.engine,
+            self.settings.workers,
+        )
         if ignored:
             log.info("not cases (ignored): %s", ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else ""))
 
@@ -252,11 +295,22 @@ class PipelineRun:
         prev = {}
         with contextlib.suppress(OSError, ValueError):
             prev = json.loads((rd.root / "run.json").read_text())
-        self.invocation = {"started": now(), "engine": s.engine, "workers": s.workers,
-                           "argv": sys.argv[1:] if sys.argv else []}
-        self.run_info = {"pipeline": pipe.name, "pipeline_file": str(Path(s.pipeline).resolve()), "input": self.input_shown,
-                         "medseg_version": medseg.__version__, "versions": versions(), "state": "running",
-                         "n_cases": len(self.cases), "invocations": prev.get("invocations", []) + [self.invocation]}
+        self.invocation = {
+            "started": now(),
+            "engine": s.engine,
+            "workers": s.workers,
+            "argv": sys.argv[1:] if sys.argv else [],
+        }
+        self.run_info = {
+            "pipeline": pipe.name,
+            "pipeline_file": str(Path(s.pipeline).resolve()),
+            "input": self.input_shown,
+            "medseg_version": medseg.__version__,
+            "versions": versions(),
+            "state": "running",
+            "n_cases": len(self.cases),
+            "invocations": prev.get("invocations", []) + [self.invocation],
+        }
         if self.pacs is not None:
             self.run_info["pacs"] = self.pacs.to_record()
         write_json(rd.root / "run.json", self.run_info)
@@ -269,23 +323,45 @@ class PipelineRun:
             return
         manifest = Path(self.settings.input).resolve()
         plan_result = training_stages.plan(self.rd, pipe, manifest) if pipe.has("plan") else None
-        self.ckpt = load_checkpoint(training_stages.train(self.rd, pipe, manifest, plan_result,
-                                                          progress=self.settings.progress, device=self.settings.device))
+        self.ckpt = load_checkpoint(
+            training_stages.train(
+                self.rd, pipe, manifest, plan_result, progress=self.settings.progress, device=self.settings.device
+            )
+        )
 
     def context(self) -> RunContext:
         """Record the model and the config hash in run.json; the workers' ``RunContext``."""
         ckpt, pipe, s = self.ckpt, self.pipe, self.settings
         model_sha = ckpt["file_sha256"]
         config_sha = pipe.case_config_sha256(model_sha)
-        self.run_info.update(model={"path": ckpt["path"], "sha256": model_sha, "name": ckpt["model"]["name"],
-                                    "weights_sha256": ckpt.get("weights_sha256")}, config_sha256=config_sha)
+        self.run_info.update(
+            model={
+                "path": ckpt["path"],
+                "sha256": model_sha,
+                "name": ckpt["model"]["name"],
+                "weights_sha256": ckpt.get("weights_sha256"),
+            },
+            config_sha256=config_sha,
+        )
         write_json(self.rd.root / "run.json", self.run_info)
         sel = pipe.stages.get("select")
-        return RunContext(root=str(self.rd.root), pipeline=pipe, config_sha256=config_sha, model_path=ckpt["path"],
-                          model_sha256=model_sha, labels=ckpt["labels"], engine=s.engine, device=s.device or "",
-                          pacs=self.pacs.context(sel.modalities if sel else ()) if self.pacs is not None else None,
-                          uid_seed=pipe.case_config_sha256(model_sha, exclude=tuple(  # what shapes the SEG / RTSTRUCT
-                              n for n in pipe.stages if n not in ("scan", "select", "convert", "predict"))))
+        return RunContext(
+            root=str(self.rd.root),
+            pipeline=pipe,
+            config_sha256=config_sha,
+            model_path=ckpt["path"],
+            model_sha256=model_sha,
+            labels=ckpt["labels"],
+            engine=s.engine,
+            device=s.device or "",
+            pacs=self.pacs.context(sel.modalities if sel else ()) if self.pacs is not None else None,
+            uid_seed=pipe.case_config_sha256(
+                model_sha,
+                exclude=tuple(  # what shapes the SEG / RTSTRUCT
+                    n for n in pipe.stages if n not in ("scan", "select", "convert", "predict")
+                ),
+            ),
+        )
 
     # -- 4. the cases -----------------------------------------------------------------------------------------------
     def cases_to_do(self, config_sha: str, result: RunResult) -> list:
@@ -298,8 +374,16 @@ class PipelineRun:
             elif rd.is_current(c, config_sha, record=prev_rec):
                 result.skipped.append(c.case_id)
             else:  # an earlier attempt's record (done under another config, failed, cut short): pending again
-                rd.write_state(c.case_id, {"status": "pending", "attempt": prev_rec.get("attempt", 0), "source": c.source,
-                                           "fingerprint": c.fingerprint, "config_sha256": config_sha})
+                rd.write_state(
+                    c.case_id,
+                    {
+                        "status": "pending",
+                        "attempt": prev_rec.get("attempt", 0),
+                        "source": c.source,
+                        "fingerprint": c.fingerprint,
+                        "config_sha256": config_sha,
+                    },
+                )
                 todo.append(c)
         log.info("%d cases to do, %d already done", len(todo), len(result.skipped))
         return todo
@@ -314,8 +398,15 @@ class PipelineRun:
                 result.failures[rec["case_id"]] = f"{rec.get('stage')}: {rec.get('error')}"
 
         if s.engine == "ray":
-            run_ray(ctx, todo, workers=s.workers, address=s.address, progress=s.progress, on_record=on_record,
-                    init_kwargs=s.ray_init)
+            run_ray(
+                ctx,
+                todo,
+                workers=s.workers,
+                address=s.address,
+                progress=s.progress,
+                on_record=on_record,
+                init_kwargs=s.ray_init,
+            )
         else:
             run_local(ctx, todo, workers=s.workers, progress=s.progress, on_record=on_record, stats=self.invocation)
 
@@ -323,12 +414,23 @@ class PipelineRun:
     def finish(self, ctx: RunContext, result: RunResult, t_start: float) -> None:
         aggregate(self.rd, self.pipe, self.cases, ctx.label_table())
         counts = self.rd.write_tables(self.cases)
-        self.invocation.update(finished=now(), seconds=round(time.monotonic() - t_start, 3), done=len(result.done),
-                               skipped=len(result.skipped), failed=len(result.failures), peak_rss_mb=peak_rss_mb())
+        self.invocation.update(
+            finished=now(),
+            seconds=round(time.monotonic() - t_start, 3),
+            done=len(result.done),
+            skipped=len(result.skipped),
+            failed=len(result.failures),
+            peak_rss_mb=peak_rss_mb(),
+        )
         self.run_info.update(state="finished", counts=counts, exit_code=result.exit_code)
         write_json(self.rd.root / "run.json", self.run_info)
-        log.info("finished: %d done now, %d already done, %d failed (exit %d)", len(result.done), len(result.skipped),
-                 len(result.failures), result.exit_code)
+        log.info(
+            "finished: %d done now, %d already done, %d failed (exit %d)",
+            len(result.done),
+            len(result.skipped),
+            len(result.failures),
+            result.exit_code,
+        )
 
     def stopped(self, exc: OutputError) -> None:
         """Disk full, read-only: say so in run.json when it can still be written."""
@@ -361,13 +463,42 @@ class PipelineRun:
             self.rd.release()
 
 
-def run_pipeline(*, pipeline, input, out, overrides=None, resume: bool = False, engine: str = "local",
-                 workers: int = 1, address: str | None = None, progress: bool = True, device: str | None = None,
-                 ray_init: dict | None = None, query=None, accessions=None, cache=None,
-                 cache_max_gb: float | None = None) -> RunResult:
+def run_pipeline(
+    *,
+    pipeline,
+    input,
+    out,
+    overrides=None,
+    resume: bool = False,
+    engine: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    ray_init: dict | None = None,
+    query=None,
+    accessions=None,
+    cache=None,
+    cache_max_gb: float | None = None,
+) -> RunResult:
     """Run ``pipeline`` (a YAML path) over ``input`` (a folder of cases or a manifest) into ``out``
     (``RunSettings`` says what each argument means)."""
-    return PipelineRun(RunSettings(pipeline=pipeline, input=input, out=out, overrides=overrides, resume=resume,
-                                   engine=engine, workers=workers, address=address, progress=progress, device=device,
-                                   ray_init=ray_init, query=query, accessions=accessions, cache=cache,
-                                   cache_max_gb=cache_max_gb)).run()
+    return PipelineRun(
+        RunSettings(
+            pipeline=pipeline,
+            input=input,
+            out=out,
+            overrides=overrides,
+            resume=resume,
+            engine=engine,
+            workers=workers,
+            address=address,
+            progress=progress,
+            device=device,
+            ray_init=ray_init,
+            query=query,
+            accessions=accessions,
+            cache=cache,
+            cache_max_gb=cache_max_gb,
+        )
+    ).run()

@@ -45,7 +45,15 @@ from medseg.io.paths import safe_name
 from medseg.provenance import peak_rss_mb, reset_peak_rss  # noqa: F401  (re-exported for the runner)
 
 STATES = ("pending", "running", "done", "failed")
-COHORT_FILES = ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html", "metrics.csv", "status.csv", "failures.csv")
+COHORT_FILES = (
+    "volumes.csv",
+    "volumes_wide.csv",
+    "summary.csv",
+    "report.html",
+    "metrics.csv",
+    "status.csv",
+    "failures.csv",
+)
 RUN_LOG = "medseg.run"  # the run.log logger (does not propagate to the console)
 MARKER = ".medseg-run"
 LOCK = ".medseg-lock"
@@ -124,10 +132,16 @@ class RunDir:
         except OSError as exc:
             raise OutputError.from_os(exc, r, "cannot list") from None
         if not empty:
-            hint = (f"; if it is a run of an older medseg, mark it with: touch {r / MARKER}"
-                    if (r / "run.json").is_file() and (r / "state").is_dir() else "")
-            raise OutputError(f"not a medseg run directory (no {MARKER}) and not empty; medseg will not write into "
-                              f"or clean up a foreign folder: give a new or empty folder{hint}", path=r)
+            hint = (
+                f"; if it is a run of an older medseg, mark it with: touch {r / MARKER}"
+                if (r / "run.json").is_file() and (r / "state").is_dir()
+                else ""
+            )
+            raise OutputError(
+                f"not a medseg run directory (no {MARKER}) and not empty; medseg will not write into "
+                f"or clean up a foreign folder: give a new or empty folder{hint}",
+                path=r,
+            )
 
     def adopt(self) -> None:
         """Create the folder with its marker (written first), or accept a run directory; refuse anything else."""
@@ -135,7 +149,9 @@ class RunDir:
         ensure_dir(self.root)
         if not self.is_run_dir():
             self.check_usable()  # still empty: nobody else adopted it meanwhile
-            write_json(self.root / MARKER, {"medseg_run_directory": 1, "created": now(), "medseg_version": medseg.__version__})
+            write_json(
+                self.root / MARKER, {"medseg_run_directory": 1, "created": now(), "medseg_version": medseg.__version__}
+            )
 
     def claim(self) -> None:
         """Create the folder (marker first) or adopt a run directory, and take its lock for this invocation.
@@ -159,8 +175,11 @@ class RunDir:
                 info = json.loads(os.pread(fd, 4096, 0) or b"{}")
                 holder = f" (pid {info.get('pid')} on {info.get('host')}, since {info.get('started')})"
             os.close(fd)
-            raise OutputError(f"another medseg run is using this run directory{holder}; wait for it to finish "
-                              "or choose another --out", path=self.root) from None
+            raise OutputError(
+                f"another medseg run is using this run directory{holder}; wait for it to finish "
+                "or choose another --out",
+                path=self.root,
+            ) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": now()}).encode(), 0)
@@ -245,14 +264,33 @@ class RunDir:
         rows, fails = [], []
         for c in cases:
             rec = self.read_state(c.case_id) or {"status": "pending"}
-            rows.append({"case_id": c.case_id, "status": rec.get("status"), "stage": rec.get("stage", ""),
-                         "error": rec.get("error", ""), "seconds": rec.get("seconds"),
-                         "peak_rss_mb": rec.get("peak_rss_mb"), "attempt": rec.get("attempt"), "source": c.source})
+            rows.append(
+                {
+                    "case_id": c.case_id,
+                    "status": rec.get("status"),
+                    "stage": rec.get("stage", ""),
+                    "error": rec.get("error", ""),
+                    "seconds": rec.get("seconds"),
+                    "peak_rss_mb": rec.get("peak_rss_mb"),
+                    "attempt": rec.get("attempt"),
+                    "source": c.source,
+                }
+            )
             if rec.get("status") == "failed":
-                fails.append({"case_id": c.case_id, "stage": rec.get("stage", ""), "error": rec.get("error", ""),
-                              "source": c.source})
-        write_csv(self.root / "status.csv", pd.DataFrame(rows, columns=["case_id", "status", "stage", "error", "seconds",
-                                                                         "peak_rss_mb", "attempt", "source"]))
+                fails.append(
+                    {
+                        "case_id": c.case_id,
+                        "stage": rec.get("stage", ""),
+                        "error": rec.get("error", ""),
+                        "source": c.source,
+                    }
+                )
+        write_csv(
+            self.root / "status.csv",
+            pd.DataFrame(
+                rows, columns=["case_id", "status", "stage", "error", "seconds", "peak_rss_mb", "attempt", "source"]
+            ),
+        )
         write_csv(self.root / "failures.csv", pd.DataFrame(fails, columns=["case_id", "stage", "error", "source"]))
         counts = {s: 0 for s in STATES}
         for r in rows:

@@ -171,19 +171,26 @@ def stage_order() -> list[str]:
 
 
 def _builtin(name: str, settings: type, rank: int, per_case: bool, doc: str) -> None:
-    register_stage(type(f"{name.title()}StageType", (Stage,), {"name": name, "settings": settings, "rank": rank,
-                                                                "per_case": per_case, "builtin": True, "__doc__": doc}))
+    register_stage(
+        type(
+            f"{name.title()}StageType",
+            (Stage,),
+            {"name": name, "settings": settings, "rank": rank, "per_case": per_case, "builtin": True, "__doc__": doc},
+        )
+    )
 
 
-for _args in (("scan", ScanSettings, 10, True, "header-only scan of each DICOM folder"),
-              ("select", SelectSettings, 20, True, "which image stack of a DICOM folder to segment"),
-              ("convert", ConvertSettings, 30, True, "keep the selected stack as NIfTI"),
-              ("plan", PlanSettings, 40, False, "data set fingerprint of the training cases"),
-              ("train", TrainSettings, 50, False, "train once per run"),
-              ("predict", PredictSettings, 60, True, "segment each case (label map, SEG, RTSTRUCT, sidecar)"),
-              ("evaluate", EvaluateSettings, 70, True, "metrics against the reference labels"),
-              ("report", ReportSettings, 80, True, "volumes per structure, QC montages, cohort tables"),
-              ("export", ExportSettings, 95, True, "send each case's SEG / RTSTRUCT to a PACS (STOW-RS or C-STORE)")):
+for _args in (
+    ("scan", ScanSettings, 10, True, "header-only scan of each DICOM folder"),
+    ("select", SelectSettings, 20, True, "which image stack of a DICOM folder to segment"),
+    ("convert", ConvertSettings, 30, True, "keep the selected stack as NIfTI"),
+    ("plan", PlanSettings, 40, False, "data set fingerprint of the training cases"),
+    ("train", TrainSettings, 50, False, "train once per run"),
+    ("predict", PredictSettings, 60, True, "segment each case (label map, SEG, RTSTRUCT, sidecar)"),
+    ("evaluate", EvaluateSettings, 70, True, "metrics against the reference labels"),
+    ("report", ReportSettings, 80, True, "volumes per structure, QC montages, cohort tables"),
+    ("export", ExportSettings, 95, True, "send each case's SEG / RTSTRUCT to a PACS (STOW-RS or C-STORE)"),
+):
     _builtin(*_args)
 
 
@@ -202,8 +209,12 @@ class Pipeline:
         return stage in self.stages
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "input": dataclasses.asdict(self.input),
-                "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()}}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input": dataclasses.asdict(self.input),
+            "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},
+        }
 
     def case_config_sha256(self, model_sha256: str, *, exclude: tuple = ()) -> str:
         """Hash of everything that shapes a case's outputs: per-case stage settings and the model checksum.
@@ -235,7 +246,9 @@ def _expand_overrides(overrides, stage_names) -> list[str]:
         head = item.split("=", 1)[0].strip().split(".")[0]
         if head in STAGE_TYPES:
             if head not in stage_names:
-                raise ConfigError(f"override {item!r}: this pipeline has no stage {head!r} (stages: {', '.join(stage_names)})")
+                raise ConfigError(
+                    f"override {item!r}: this pipeline has no stage {head!r} (stages: {', '.join(stage_names)})"
+                )
             item = "stages." + item.strip()
         out.append(item)
     return out
@@ -251,15 +264,18 @@ def resolve_path(ref: str, base: Path | None, extra: tuple[Path, ...] = ()) -> P
     return None
 
 
-def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[str] | None = None,
-                       base: Path | None = None) -> Pipeline:
+def pipeline_from_dict(
+    data: dict, *, source: str = "pipeline", overrides: list[str] | None = None, base: Path | None = None
+) -> Pipeline:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with {', '.join(TOP_KEYS)}")
     data = json.loads(json.dumps(data))  # a deep copy
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, dict) or not raw_stages:
-        raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> settings "
-                          f"(stages: {', '.join(stage_order())})")
+        raise ConfigError(
+            f"{source}: 'stages' must be a non-empty mapping of stage name -> settings "
+            f"(stages: {', '.join(stage_order())})"
+        )
     data = apply_overrides(data, _expand_overrides(overrides, list(raw_stages)))
     for key in data:
         if key not in TOP_KEYS:
@@ -269,8 +285,13 @@ def pipeline_from_dict(data: dict, *, source: str = "pipeline", overrides: list[
         if name not in STAGE_TYPES:
             raise _unknown(name, stage_order(), f"{source}: stages", "stage")
         stages[name] = build_dataclass(stage_type(name).settings, settings or {}, f"{source}: stages.{name}")
-    pipe = Pipeline(name=str(data.get("name") or Path(source).stem), description=str(data.get("description") or ""),
-                    input=build_dataclass(InputSettings, data.get("input") or {}, f"{source}: input"), stages=stages, source=source)
+    pipe = Pipeline(
+        name=str(data.get("name") or Path(source).stem),
+        description=str(data.get("description") or ""),
+        input=build_dataclass(InputSettings, data.get("input") or {}, f"{source}: input"),
+        stages=stages,
+        source=source,
+    )
     _validate(pipe, source, base)
     return pipe
 
@@ -280,7 +301,9 @@ def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
     if not p.is_file():
         packaged = find_pipeline(str(path)) if len(Path(str(path)).parts) == 1 else None
         if packaged is None:
-            raise ConfigError(f"pipeline file not found, and not a packaged pipeline name ({', '.join(packaged_pipelines())})", path=p)
+            raise ConfigError(
+                f"pipeline file not found, and not a packaged pipeline name ({', '.join(packaged_pipelines())})", path=p
+            )
         p = packaged
     try:
         data = safe_yaml.load_file(p) or {}
@@ -292,7 +315,7 @@ def load_pipeline(path, *, overrides: list[str] | None = None) -> Pipeline:
 def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
     names = list(pipe.stages)
     ranks = [stage_type(n).rank for n in names]
-    for (a, ra), (b, rb) in zip(zip(names, ranks), zip(names[1:], ranks[1:])):
+    for (a, ra), (b, rb) in zip(zip(names, ranks, strict=False), zip(names[1:], ranks[1:], strict=False), strict=False):
         if rb < ra:
             raise ConfigError(f"{source}: stage {b!r} must come before {a!r} (order: {' -> '.join(stage_order())})")
     plugins = [n for n in names if not stage_type(n).builtin]
@@ -306,20 +329,29 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
         pred = st["predict"]
         if "train" in st:
             if pred.model:
-                raise ConfigError(f"{source}: stages.predict.model is set but the train stage makes the model; remove one")
+                raise ConfigError(
+                    f"{source}: stages.predict.model is set but the train stage makes the model; remove one"
+                )
         elif not pred.model:
             raise ConfigError(f"{source}: stages.predict.model: no checkpoint given; add --set predict.model=PATH.pt")
         else:
             found = resolve_path(pred.model, base)
-            if found is None or not (found.is_file() or is_external_model(found)):  # a checkpoint, or a model folder of another tool
+            if found is None or not (
+                found.is_file() or is_external_model(found)
+            ):  # a checkpoint, or a model folder of another tool
                 raise ConfigError("stages.predict.model: checkpoint file not found", path=pred.model)
             pred.model = str(found)
         # nnU-Net model folders also take their own switches (mirror, preset, export...; medseg.inference.load)
-        allowed = list(dict.fromkeys([f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS)
-                                     + list(NNUNET_OPTIONS)))
+        allowed = list(
+            dict.fromkeys(
+                [f.name for f in dataclasses.fields(InferenceConfig)] + list(PREDICTOR_OPTIONS) + list(NNUNET_OPTIONS)
+            )
+        )
         if pred.inference.get("nonfinite", "refuse") not in NONFINITE_POLICIES:
-            raise ConfigError(f"{source}: stages.predict.inference.nonfinite must be one of "
-                              f"{', '.join(NONFINITE_POLICIES)}, found {pred.inference['nonfinite']!r}")
+            raise ConfigError(
+                f"{source}: stages.predict.inference.nonfinite must be one of "
+                f"{', '.join(NONFINITE_POLICIES)}, found {pred.inference['nonfinite']!r}"
+            )
         for key in pred.inference:
             if key not in allowed:
                 raise _unknown(key, allowed, f"{source}: stages.predict.inference", "key")
@@ -328,8 +360,10 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
         if found is None and not Path(st["train"].config).suffix:
             found = resolve_path(st["train"].config + ".yaml", base, (CONFIG_ROOT / "training",))
         if found is None or not found.is_file():
-            raise ConfigError("stages.train.config: training config not found (a YAML path or a name in configs/training)",
-                              path=st["train"].config)
+            raise ConfigError(
+                "stages.train.config: training config not found (a YAML path or a name in configs/training)",
+                path=st["train"].config,
+            )
         st["train"].config = str(found)
     if "plan" in st and st["plan"].spacing not in ("config", "median"):
         raise ConfigError(f"{source}: stages.plan.spacing must be 'config' or 'median', found {st['plan'].spacing!r}")
@@ -356,8 +390,10 @@ def _validate(pipe: Pipeline, source: str, base: Path | None) -> None:
 def _validate_export(st: dict, source: str) -> None:
     ex = st["export"]
     if not ex.destination:
-        raise ConfigError(f"{source}: stages.export.destination: no destination given; add --set "
-                          "export.destination=dicomweb+http://HOST:PORT/dicom-web (or dimse://AET@HOST:PORT)")
+        raise ConfigError(
+            f"{source}: stages.export.destination: no destination given; add --set "
+            "export.destination=dicomweb+http://HOST:PORT/dicom-web (or dimse://AET@HOST:PORT)"
+        )
     parse_endpoint(ex.destination, what=f"{source}: stages.export.destination")
     known = ("dicom_seg", "rtstruct", "sr")
     send = [ex.send] if isinstance(ex.send, str) else list(ex.send)
@@ -367,12 +403,15 @@ def _validate_export(st: dict, source: str) -> None:
     if not send:
         raise ConfigError(f"{source}: stages.export.send is empty; name dicom_seg, rtstruct and/or sr")
     pred = st.get("predict")
+
     def writes(kind: str) -> bool:  # the SR references the SEG: written only with it
         return bool(getattr(pred, kind, False)) and (kind != "sr" or bool(pred.dicom_seg))
 
     if pred is not None and not any(writes(k) for k in send):
-        raise ConfigError(f"{source}: stages.export sends {', '.join(send)} but the predict stage writes none of them; "
-                          f"set predict.{'dicom_seg' if send[0] == 'sr' else send[0]}=true")
+        raise ConfigError(
+            f"{source}: stages.export sends {', '.join(send)} but the predict stage writes none of them; "
+            f"set predict.{'dicom_seg' if send[0] == 'sr' else send[0]}=true"
+        )
     if ex.retries < 0 or ex.backoff_s < 0:
         raise ConfigError(f"{source}: stages.export.retries and backoff_s must be >= 0")
     ex.send = send

@@ -38,8 +38,12 @@ def _sha(obj) -> str:
 
 def _current(rd, name: str, sha: str) -> dict | None:
     rec = rd.read_state(name)
-    if rec and rec.get("status") == "done" and rec.get("config_sha256") == sha and all(
-            (rd.root / p).is_file() for p in (rec.get("outputs") or {}).values()):
+    if (
+        rec
+        and rec.get("status") == "done"
+        and rec.get("config_sha256") == sha
+        and all((rd.root / p).is_file() for p in (rec.get("outputs") or {}).values())
+    ):
         return rec
     return None
 
@@ -54,13 +58,25 @@ def plan(rd, pipe, manifest: Path) -> dict:
     df = read_manifest(manifest, require_labels=True)
     fp = fingerprint(df, image_columns(df))  # the training cases (split=train), as medseg plan chooses them
     write_json(rd.root / "fingerprint.json", fp)
-    result = {"n_training_images": fp["n_cases"], "splits": df["split"].value_counts().to_dict(),
-              "median_spacing_mm": [round(float(s), 3) for s in fp["spacing_median"]],
-              "median_shape": [int(round(s)) for s in fp["shape_median"]], "modality": fp["modality"],
-              "spacing_choice": pipe.stages["plan"].spacing}
+    result = {
+        "n_training_images": fp["n_cases"],
+        "splits": df["split"].value_counts().to_dict(),
+        "median_spacing_mm": [round(float(s), 3) for s in fp["spacing_median"]],
+        "median_shape": [int(round(s)) for s in fp["shape_median"]],
+        "modality": fp["modality"],
+        "spacing_choice": pipe.stages["plan"].spacing,
+    }
     write_json(rd.root / "plan.json", result)
-    rd.write_state("_plan", {"status": "done", "config_sha256": sha, "seconds": round(time.monotonic() - t0, 3),
-                             "finished": now(), "outputs": {"plan": "plan.json", "fingerprint": "fingerprint.json"}})
+    rd.write_state(
+        "_plan",
+        {
+            "status": "done",
+            "config_sha256": sha,
+            "seconds": round(time.monotonic() - t0, 3),
+            "finished": now(),
+            "outputs": {"plan": "plan.json", "fingerprint": "fingerprint.json"},
+        },
+    )
     log.info("plan: %s", result)
     return result
 
@@ -90,8 +106,13 @@ def data_label_table(manifest: Path, config: str, overrides: list[str]):
     if found is None:
         return recipe if recipe is not None else table_for_manifest(manifest, df).table
     if recipe is not None and not recipe.same_structures(found.table):
-        log.warning("train: the label table of %s (%s) is not used: the data set's, from %s, is (%s)", Path(config).name,
-                    ", ".join(recipe.names), found.source, ", ".join(found.table.names))
+        log.warning(
+            "train: the label table of %s (%s) is not used: the data set's, from %s, is (%s)",
+            Path(config).name,
+            ", ".join(recipe.names),
+            found.source,
+            ", ".join(found.table.names),
+        )
     return found.table
 
 
@@ -102,8 +123,14 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     if plan_result and plan_result.get("spacing_choice") == "median":
         overrides.insert(0, f"preprocessing.spacing={plan_result['median_spacing_mm']}")
     table = data_label_table(manifest, st.config, overrides)
-    sha = _sha({"config": Path(st.config).read_text(), "overrides": overrides, "manifest": manifest_sha256(manifest),
-                "labels": table.to_dict()})
+    sha = _sha(
+        {
+            "config": Path(st.config).read_text(),
+            "overrides": overrides,
+            "manifest": manifest_sha256(manifest),
+            "labels": table.to_dict(),
+        }
+    )
     rec = _current(rd, "_train", sha)
     if rec:
         log.info("train: already done (%s)", rec["outputs"]["checkpoint"])
@@ -114,17 +141,41 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     train_dir = rd.root / "train"
     resume = (train_dir / "state.pt").exists()
     try:  # a train stage killed midway continues after its last finished epoch
-        result = train_from_files(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
-                           progress=progress, device=device, resume=resume, labels=table)
+        result = train_from_files(
+            config=st.config,
+            manifest=manifest,
+            out=train_dir,
+            overrides=overrides,
+            progress=progress,
+            device=device,
+            resume=resume,
+            labels=table,
+        )
     except ConfigError as exc:
         if not (resume and "another config" in str(exc)):
             raise
         log.info("train: settings changed since the interrupted training; starting it again")
         shutil.rmtree(train_dir)
-        result = train_from_files(config=st.config, manifest=manifest, out=train_dir, overrides=overrides,
-                           progress=progress, device=device, labels=table)
+        result = train_from_files(
+            config=st.config,
+            manifest=manifest,
+            out=train_dir,
+            overrides=overrides,
+            progress=progress,
+            device=device,
+            labels=table,
+        )
     ckpt = Path(result.best_checkpoint)
-    rd.write_state("_train", {"status": "done", "config_sha256": sha, "seconds": round(time.monotonic() - t0, 3),
-                              "finished": now(), "best_epoch": result.best_epoch,
-                              "best_mean_dice": result.best_mean_dice, "outputs": {"checkpoint": rd.rel(ckpt)}})
+    rd.write_state(
+        "_train",
+        {
+            "status": "done",
+            "config_sha256": sha,
+            "seconds": round(time.monotonic() - t0, 3),
+            "finished": now(),
+            "best_epoch": result.best_epoch,
+            "best_mean_dice": result.best_mean_dice,
+            "outputs": {"checkpoint": rd.rel(ckpt)},
+        },
+    )
     return ckpt

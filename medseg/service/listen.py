@@ -178,13 +178,26 @@ class Listener:
 
     def _write_settings(self, ckpt: dict) -> None:
         c = self.cfg
-        write_json(self.root / "listen.json", {
-            "ae_title": c.ae_title, "host": c.host, "port": int(c.port), "pipeline": str(Path(c.pipeline).resolve())
-            if Path(c.pipeline).exists() else str(c.pipeline), "overrides": list(c.overrides),
-            "allow_ae": list(c.allow_ae), "quiet_seconds": c.quiet_seconds, "spool_max_gb": c.spool_max_gb,
-            "tls": bool(c.tls_cert), "tls_client_ca": bool(c.tls_ca), "keep_spool": c.keep_spool,
-            "model": {"path": ckpt["path"], "sha256": ckpt["file_sha256"]}, "pid": os.getpid(),
-            "started": now(), "medseg_version": medseg.__version__})
+        write_json(
+            self.root / "listen.json",
+            {
+                "ae_title": c.ae_title,
+                "host": c.host,
+                "port": int(c.port),
+                "pipeline": str(Path(c.pipeline).resolve()) if Path(c.pipeline).exists() else str(c.pipeline),
+                "overrides": list(c.overrides),
+                "allow_ae": list(c.allow_ae),
+                "quiet_seconds": c.quiet_seconds,
+                "spool_max_gb": c.spool_max_gb,
+                "tls": bool(c.tls_cert),
+                "tls_client_ca": bool(c.tls_ca),
+                "keep_spool": c.keep_spool,
+                "model": {"path": ckpt["path"], "sha256": ckpt["file_sha256"]},
+                "pid": os.getpid(),
+                "started": now(),
+                "medseg_version": medseg.__version__,
+            },
+        )
 
     # -- run and stop ---------------------------------------------------------------------------------------
     def serve(self, stop: threading.Event, *, tick_seconds: float = 0.2) -> None:
@@ -202,8 +215,11 @@ class Listener:
         self.scheduler.stop()
         if served:
             counts = self.spool.counts()
-            log.info("stopped: %d studies processed in this session; %s", self.scheduler.processed,
-                     ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no studies")
+            log.info(
+                "stopped: %d studies processed in this session; %s",
+                self.scheduler.processed,
+                ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no studies",
+            )
         self.scp.restore_settings()
         self.scheduler.release_model()
         self.close_log()
@@ -231,10 +247,13 @@ def run_listener(cfg: ListenConfig, *, stop: threading.Event | None = None, cons
     try:
         listener.open()
         if threading.current_thread() is threading.main_thread():
+
             def on_signal(signum, frame):
                 if stop.is_set():
-                    log.error("second signal: stopping now; study %s runs again at the next start",
-                              " ".join(listener.processing) or "-")
+                    log.error(
+                        "second signal: stopping now; study %s runs again at the next start",
+                        " ".join(listener.processing) or "-",
+                    )
                     for h in log.handlers:
                         with contextlib.suppress(Exception):
                             h.flush()

@@ -35,12 +35,16 @@ def load_listen_pipeline(cfg):
     """The listener's pipeline (a per-study one: predict, no train/plan/evaluate) and its model's summary."""
     pipe = load_pipeline(cfg.pipeline, overrides=list(cfg.overrides))
     if not pipe.has("predict"):
-        raise ConfigError(f"pipeline has no predict stage; nothing to run per study (stages: {', '.join(pipe.stages)})",
-                          path=cfg.pipeline)
+        raise ConfigError(
+            f"pipeline has no predict stage; nothing to run per study (stages: {', '.join(pipe.stages)})",
+            path=cfg.pipeline,
+        )
     for st in ("train", "plan", "evaluate"):
         if pipe.has(st):
-            raise ConfigError(f"medseg listen runs per-study pipelines; the {st} stage needs a manifest run "
-                              "(medseg run)", path=cfg.pipeline)
+            raise ConfigError(
+                f"medseg listen runs per-study pipelines; the {st} stage needs a manifest run (medseg run)",
+                path=cfg.pipeline,
+            )
     model = pipe.stages["predict"].model
     if not model:
         raise ConfigError("the pipeline names no model: --set predict.model=PATH", path=cfg.pipeline)
@@ -68,8 +72,15 @@ class StudyScheduler:
         """Load the predictor now, once, into the cache every later run_pipeline call takes it from."""
         self._keep = keep_predictors()
         self._keep.__enter__()
-        ctx = RunContext(root=str(self.run_root), pipeline=self.pipe, config_sha256="", model_path=self.ckpt["path"],
-                         model_sha256=self.ckpt["file_sha256"], labels=self.ckpt["labels"], device=self.cfg.device or "")
+        ctx = RunContext(
+            root=str(self.run_root),
+            pipeline=self.pipe,
+            config_sha256="",
+            model_path=self.ckpt["path"],
+            model_sha256=self.ckpt["file_sha256"],
+            labels=self.ckpt["labels"],
+            device=self.cfg.device or "",
+        )
         t0 = time.monotonic()
         load_predictor(ctx)
         log.info("model %s loaded in %.1f s", Path(self.ckpt["path"]).name, time.monotonic() - t0)
@@ -87,12 +98,20 @@ class StudyScheduler:
     def tick(self) -> None:
         due, held = self.spool.due(self.cfg.quiet_seconds)
         for st in held:
-            log.warning("study %s is not processed: %d of its instances were refused (spool full or not written); it "
-                        "is complete once the sender sends them again", st.key, len(st.missing))
+            log.warning(
+                "study %s is not processed: %d of its instances were refused (spool full or not written); it "
+                "is complete once the sender sends them again",
+                st.key,
+                len(st.missing),
+            )
         for key in due:
             st = self.spool.studies[key]
-            log.info("study %s complete (%d instances, no new one for %g s): queued", key, st.instances,
-                     self.cfg.quiet_seconds)
+            log.info(
+                "study %s complete (%d instances, no new one for %g s): queued",
+                key,
+                st.instances,
+                self.cfg.quiet_seconds,
+            )
             self.queue.put(key)
 
     def start(self) -> None:
@@ -129,8 +148,11 @@ class StudyScheduler:
         if self.worker is None:
             return
         if self.processing:
-            log.info("stopping: finishing study %s first (a second signal stops at once; it then runs again "
-                     "at the next start)", " ".join(self.processing))
+            log.info(
+                "stopping: finishing study %s first (a second signal stops at once; it then runs again "
+                "at the next start)",
+                " ".join(self.processing),
+            )
         self.queue.put(None)
         self.worker.join()
 
@@ -146,10 +168,18 @@ class StudyScheduler:
                 r["split"] = self.pipe.input.split
         try:
             batch = write_csv(self.root / "batch.csv", pd.DataFrame(rows))
-            r = run_pipeline(pipeline=self.cfg.pipeline, input=batch, out=self.run_root, overrides=list(self.cfg.overrides),
-                             progress=False, device=self.cfg.device)
-            return {k: (True, "") if k in r.done or k in r.skipped else (False, r.failures.get(k, "not processed"))
-                    for k in keys}
+            r = run_pipeline(
+                pipeline=self.cfg.pipeline,
+                input=batch,
+                out=self.run_root,
+                overrides=list(self.cfg.overrides),
+                progress=False,
+                device=self.cfg.device,
+            )
+            return {
+                k: (True, "") if k in r.done or k in r.skipped else (False, r.failures.get(k, "not processed"))
+                for k in keys
+            }
         except MedsegError as exc:
             line = " ".join(str(exc).split())
             log.error("pipeline run failed: %s", line)
@@ -167,8 +197,12 @@ class StudyScheduler:
             new = self.spool.finish(k, ok, err, keep=self.cfg.keep_spool)
             if new == "done":
                 self.processed += 1
-                log.info("study %s done (%.1f s): results in %s", k, time.monotonic() - t0,
-                         (self.run_root / "cases" / k).relative_to(self.root))
+                log.info(
+                    "study %s done (%.1f s): results in %s",
+                    k,
+                    time.monotonic() - t0,
+                    (self.run_root / "cases" / k).relative_to(self.root),
+                )
             elif new == "failed":
                 log.error("study %s failed: %s", k, err)
             else:
@@ -187,7 +221,9 @@ class StudyScheduler:
         for p in sorted(rd.state_dir.glob("st*.json")):
             with contextlib.suppress(OSError, ValueError):
                 rec = json.loads(p.read_text())
-                cases.append(Case(rec["case_id"], rec.get("source", ""), "dicom", fingerprint=rec.get("fingerprint", "")))
+                cases.append(
+                    Case(rec["case_id"], rec.get("source", ""), "dicom", fingerprint=rec.get("fingerprint", ""))
+                )
         try:
             rd.claim()
         except OutputError:

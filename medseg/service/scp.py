@@ -46,9 +46,23 @@ def storage_contexts():
     from pydicom import uid as U
     from pydicom.pixels import get_decoder
 
-    syntaxes = [U.ImplicitVRLittleEndian, U.ExplicitVRLittleEndian, U.DeflatedExplicitVRLittleEndian, U.ExplicitVRBigEndian]
-    for ts in (U.RLELossless, U.JPEGLosslessSV1, U.JPEGLossless, U.JPEGLSLossless, U.JPEG2000Lossless,
-               U.JPEGBaseline8Bit, U.JPEGExtended12Bit, U.JPEGLSNearLossless, U.JPEG2000):
+    syntaxes = [
+        U.ImplicitVRLittleEndian,
+        U.ExplicitVRLittleEndian,
+        U.DeflatedExplicitVRLittleEndian,
+        U.ExplicitVRBigEndian,
+    ]
+    for ts in (
+        U.RLELossless,
+        U.JPEGLosslessSV1,
+        U.JPEGLossless,
+        U.JPEGLSLossless,
+        U.JPEG2000Lossless,
+        U.JPEGBaseline8Bit,
+        U.JPEGExtended12Bit,
+        U.JPEGLSNearLossless,
+        U.JPEG2000,
+    ):
         with contextlib.suppress(Exception):
             if get_decoder(ts).is_available:
                 syntaxes.append(ts)
@@ -97,21 +111,36 @@ class StoreSCP:
         ae.add_supported_context(sop_class.Verification)
         if cfg.allow_ae:
             ae.require_calling_aet = list(cfg.allow_ae)
-        handlers = [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_STORE, self.on_store),
-                    (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
-                    (evt.EVT_ACSE_SENT, self.on_acse_sent), (evt.EVT_REJECTED, self.on_rejected),
-                    (evt.EVT_ACCEPTED, self.on_accepted),
-                    (evt.EVT_RELEASED, self.on_end), (evt.EVT_ABORTED, self.on_end)]
+        handlers = [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+            (evt.EVT_ACSE_SENT, self.on_acse_sent),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_end),
+            (evt.EVT_ABORTED, self.on_end),
+        ]
         try:
-            self.server = ae.start_server((cfg.host, int(cfg.port)), block=False, evt_handlers=handlers,
-                                          ssl_context=self.ssl)
+            self.server = ae.start_server(
+                (cfg.host, int(cfg.port)), block=False, evt_handlers=handlers, ssl_context=self.ssl
+            )
         except OSError as exc:
             raise InputError(f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc})") from None
         self.ae = ae
         tls = " with TLS" + (" (client certificates required)" if cfg.tls_ca else "") if self.ssl else ""
-        log.info("listening as %s on %s:%d%s; pipeline %s; studies complete after %g s without new instances; "
-                 "spool limit %g GB (%s used)", shown(cfg.ae_title), cfg.host, int(cfg.port), tls, pipeline_name,
-                 cfg.quiet_seconds, cfg.spool_max_gb, size_text(self.spool.used_bytes))
+        log.info(
+            "listening as %s on %s:%d%s; pipeline %s; studies complete after %g s without new instances; "
+            "spool limit %g GB (%s used)",
+            shown(cfg.ae_title),
+            cfg.host,
+            int(cfg.port),
+            tls,
+            pipeline_name,
+            cfg.quiet_seconds,
+            cfg.spool_max_gb,
+            size_text(self.spool.used_bytes),
+        )
         if not cfg.allow_ae:
             log.warning("no --allow-ae list: any calling AE title is accepted; name the senders with --allow-ae AE ...")
         if cfg.host not in ("127.0.0.1", "localhost", "::1") and not self.ssl:
@@ -138,8 +167,9 @@ class StoreSCP:
     # -- associations ---------------------------------------------------------------------------------------
     def _stats(self, event) -> dict:
         with self._assoc_lock:
-            return self._assoc_stats.setdefault(id(event.assoc), {"stored": 0, "again": 0, "refused": 0,
-                                                                  "full_logged": False, "studies": set()})
+            return self._assoc_stats.setdefault(
+                id(event.assoc), {"stored": 0, "again": 0, "refused": 0, "full_logged": False, "studies": set()}
+            )
 
     def reserve_bytes(self) -> int:
         """Free spool space below which a new association is refused (a tenth of the limit, at most 16 MiB)."""
@@ -154,10 +184,14 @@ class StoreSCP:
         if self.cfg.allow_ae and str(calling).strip() not in self.cfg.allow_ae:
             return  # pynetdicom rejects it for its AE title (logged by on_rejected)
         event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # rejected-transient, service provider, local limit exceeded
-        log.error("spool full (%s used of --spool-max-gb %g): association from AE %s refused (rejected transient: "
-                  "local limit exceeded); nothing spooled is lost. Raise the limit with --spool-max-gb or wait until "
-                  "received studies are processed (a done study's spool is freed), then resend",
-                  size_text(self.spool.used_bytes), self.cfg.spool_max_gb, shown(calling))
+        log.error(
+            "spool full (%s used of --spool-max-gb %g): association from AE %s refused (rejected transient: "
+            "local limit exceeded); nothing spooled is lost. Raise the limit with --spool-max-gb or wait until "
+            "received studies are processed (a done study's spool is freed), then resend",
+            size_text(self.spool.used_bytes),
+            self.cfg.spool_max_gb,
+            shown(calling),
+        )
         event.assoc.kill()
 
     def on_accepted(self, event) -> None:
@@ -176,12 +210,20 @@ class StoreSCP:
             rsp = self._rejects.pop(id(event.assoc), None)
         why = (getattr(rsp, "result_source", None), getattr(rsp, "diagnostic", None))
         if why == (0x03, 0x02):  # service provider (presentation): local limit exceeded
-            log.warning("association from AE %s (%s) refused: the association limit was reached (%d associations at "
-                        "once; rejected transient, local limit exceeded); the sender may retry later",
-                        shown(who.ae_title), who.address, self.ae.maximum_associations if self.ae else 0)
+            log.warning(
+                "association from AE %s (%s) refused: the association limit was reached (%d associations at "
+                "once; rejected transient, local limit exceeded); the sender may retry later",
+                shown(who.ae_title),
+                who.address,
+                self.ae.maximum_associations if self.ae else 0,
+            )
         elif why == (0x01, 0x03) or rsp is None:
-            log.warning("association from AE %s (%s) refused: calling AE title not on the --allow-ae list (%s)",
-                        shown(who.ae_title), who.address, " ".join(self.cfg.allow_ae))
+            log.warning(
+                "association from AE %s (%s) refused: calling AE title not on the --allow-ae list (%s)",
+                shown(who.ae_title),
+                who.address,
+                " ".join(self.cfg.allow_ae),
+            )
         else:
             reason = ""
             with contextlib.suppress(Exception):
@@ -193,8 +235,14 @@ class StoreSCP:
             s = self._assoc_stats.pop(id(event.assoc), None)
         if s and (s["stored"] or s["refused"] or s["again"]):
             who = event.assoc.requestor
-            log.info("association from AE %s ended: %d instances stored, %d already there, %d refused; studies %s",
-                     shown(who.ae_title), s["stored"], s["again"], s["refused"], " ".join(sorted(s["studies"])) or "-")
+            log.info(
+                "association from AE %s ended: %d instances stored, %d already there, %d refused; studies %s",
+                shown(who.ae_title),
+                s["stored"],
+                s["again"],
+                s["refused"],
+                " ".join(sorted(s["studies"])) or "-",
+            )
 
     def on_store(self, event):
         """C-STORE: on disk first, then success; any problem is a failure status, never a false success."""
@@ -207,8 +255,12 @@ class StoreSCP:
             if data is not None:
                 import pydicom
 
-                ds = pydicom.dcmread(data, stop_before_pixels=True, defer_size=64 * 1024,
-                                     specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+                ds = pydicom.dcmread(
+                    data,
+                    stop_before_pixels=True,
+                    defer_size=64 * 1024,
+                    specific_tags=["StudyInstanceUID", "SOPInstanceUID"],
+                )
             else:
                 ds = event.dataset
             study_uid = str(ds.get("StudyInstanceUID", "") or "")
@@ -220,8 +272,11 @@ class StoreSCP:
                 data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001 (a malformed dataset: refused, the listener goes on)
             s["refused"] += 1
-            log.warning("instance from AE %s refused: cannot decode it (%s)", shown(event.assoc.requestor.ae_title),
-                        type(exc).__name__)
+            log.warning(
+                "instance from AE %s refused: cannot decode it (%s)",
+                shown(event.assoc.requestor.ae_title),
+                type(exc).__name__,
+            )
             return _status(STATUS_CANNOT_UNDERSTAND, "cannot decode the dataset")
         key = study_key(study_uid)
         s["studies"].add(key)
@@ -232,10 +287,15 @@ class StoreSCP:
             s["refused"] += 1
             if not s["full_logged"]:
                 s["full_logged"] = True
-                log.error("spool full (%s used of --spool-max-gb %g): refusing instances of study %s from AE %s with "
-                          "status A700 (out of resources); nothing spooled is lost. Raise the limit with --spool-max-gb "
-                          "or wait until received studies are processed (a done study's spool is freed), then resend",
-                          size_text(self.spool.used_bytes), self.cfg.spool_max_gb, key, shown(aet))
+                log.error(
+                    "spool full (%s used of --spool-max-gb %g): refusing instances of study %s from AE %s with "
+                    "status A700 (out of resources); nothing spooled is lost. Raise the limit with --spool-max-gb "
+                    "or wait until received studies are processed (a done study's spool is freed), then resend",
+                    size_text(self.spool.used_bytes),
+                    self.cfg.spool_max_gb,
+                    key,
+                    shown(aet),
+                )
             return _status(STATUS_OUT_OF_RESOURCES, "medseg spool full; raise --spool-max-gb")
         except MedsegError as exc:
             s["refused"] += 1

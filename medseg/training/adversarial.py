@@ -49,8 +49,9 @@ class AdversarialTerm:
         ref = F.one_hot(label[:, 0].long(), self.num_classes).movedim(-1, 1).float()
         fake = torch.softmax(logits.detach().float(), dim=1)
         real_score, fake_score = self.disc(image, ref), self.disc(image, fake)
-        loss = F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score)) + \
-            F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score))
+        loss = F.binary_cross_entropy_with_logits(
+            real_score, torch.ones_like(real_score)
+        ) + F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

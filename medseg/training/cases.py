@@ -30,7 +30,9 @@ def split_cases(df, seed: int, fold: int | None = None):
     train = df[df["split"] == "train"]
     if fold is not None:
         if "fold" not in df.columns:
-            raise InputError("--fold given but the manifest has no 'fold' column (medseg manifest from-folder --folds K writes one)")
+            raise InputError(
+                "--fold given but the manifest has no 'fold' column (medseg manifest from-folder --folds K writes one)"
+            )
         in_fold = train["fold"].astype(str) == str(fold)
         if not in_fold.any():
             raise InputError(f"no training case has fold {fold}; folds present: {sorted(set(train['fold']))}")
@@ -45,8 +47,13 @@ def split_cases(df, seed: int, fold: int | None = None):
         val = train[train["case_id"].isin(pick)]
         train = train[~train["case_id"].isin(pick)]
         shown = ", ".join(map(str, val["case_id"].tolist()[:10])) + (" ..." if len(val) > 10 else "")
-        log.warning("no split=val rows: validating on %d case(s) drawn from the training rows (seed %d): %s; mark rows "
-                    "split=val to choose them", len(val), seed, shown)
+        log.warning(
+            "no split=val rows: validating on %d case(s) drawn from the training rows (seed %d): %s; mark rows "
+            "split=val to choose them",
+            len(val),
+            seed,
+            shown,
+        )
     if len(train) == 0:
         raise InputError("no training cases (split=train) in the manifest")
     return train, val
@@ -85,8 +92,12 @@ def input_profile(df, image_cols: list[str], table, intensity: str) -> dict | No
     try:
         profile = training_profile(cases(), table, modality="CT" if intensity.startswith("ct") else "MR")
     except Exception as exc:  # noqa: BLE001 (a bad case is the data checks' to report; the profile is optional)
-        log.warning("no input profile in the checkpoint (%s: %s); quality verdicts will not compare inputs with the "
-                    "training data", type(exc).__name__, exc)
+        log.warning(
+            "no input profile in the checkpoint (%s: %s); quality verdicts will not compare inputs with the "
+            "training data",
+            type(exc).__name__,
+            exc,
+        )
         return None
     log.info("input profile of %d training case(s) in %.1f s", len(rows), time.monotonic() - t)
     return profile
@@ -98,6 +109,10 @@ def say_if_the_data_names_otherwise(manifest, df, table) -> None:
     structures. (``medseg plan --labels`` chooses another table on purpose; the warning then says what it replaced.)"""
     found = table_for_manifest(manifest, df, fallback=False)
     if found is not None and not found.table.same_structures(table):
-        log.warning("the config's label table (%s) is not the data set's (%s, from %s); outputs will use the config's names. "
-                    "Run `medseg plan` on this manifest for a config with the data's table", ", ".join(table.names),
-                    ", ".join(found.table.names), found.source)
+        log.warning(
+            "the config's label table (%s) is not the data set's (%s, from %s); outputs will use the config's names. "
+            "Run `medseg plan` on this manifest for a config with the data's table",
+            ", ".join(table.names),
+            ", ".join(found.table.names),
+            found.source,
+        )

@@ -13,13 +13,15 @@ def plot_training_curve(history, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = "iterations" if "iterations" in history else "epoch"  # budget runs end some epochs early: iterations are the clock
+    x = (
+        "iterations" if "iterations" in history else "epoch"
+    )  # budget runs end some epochs early: iterations are the clock
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(history[x], history["loss"], color="tab:blue")
     ax1.set(xlabel=x, ylabel="training loss", title="training loss")
     val = history.dropna(subset=["val_mean_dice"]) if "val_mean_dice" in history else history.iloc[0:0]
     for col in [c for c in history.columns if c.startswith("val_dice_")]:
-        ax2.plot(val[x], val[col], marker=".", label=col[len("val_dice_"):])
+        ax2.plot(val[x], val[col], marker=".", label=col[len("val_dice_") :])
     if len(val):
         ax2.plot(val[x], val["val_mean_dice"], color="black", linewidth=2, label="mean")
         ax2.legend(fontsize=7, loc="lower right")

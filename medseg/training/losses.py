@@ -59,7 +59,7 @@ def segmentation_loss(loss_fn: Callable, outputs, target: torch.Tensor) -> torch
     outputs = list(outputs)
     weights = deep_supervision_weights(len(outputs))
     total = None
-    for w, out in zip(weights, outputs):
+    for w, out in zip(weights, outputs, strict=False):
         term = w * loss_fn(out.float(), downsample_target(target, out.shape[2:]))
         total = term if total is None else total + term
     return total

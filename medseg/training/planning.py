@@ -59,8 +59,15 @@ _CPU_PATCH_VOXELS = 64 * 64 * 64
 _BYTES_PER_VOXEL_PER_CHANNEL = 4 * 40
 
 
-def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_case: int = 20000, seed: int = 0,
-                values: dict[str, set[int]] | None = None) -> dict:
+def fingerprint(
+    df,
+    image_cols: list[str],
+    *,
+    max_cases: int = 200,
+    voxels_per_case: int = 20000,
+    seed: int = 0,
+    values: dict[str, set[int]] | None = None,
+) -> dict:
     """Spacing, shape, modality and foreground intensities of the training cases.
 
     ``values``, when given, receives each label map's label values (``case_id -> values``) as it
@@ -82,9 +89,11 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
         shapes.append(shape)
         data = np.asarray(img.array, dtype=np.float32)
         if not np.isfinite(data).all():  # percentiles, the CT window and z-score statistics would all be NaN
-            raise InputError(f"case {row.case_id}: {int((~np.isfinite(data)).sum())} NaN/Inf voxel(s) in the image; "
-                             "planning and training need finite intensities (fix or mask them in the file)",
-                             path=getattr(row, image_cols[0]))
+            raise InputError(
+                f"case {row.case_id}: {int((~np.isfinite(data)).sum())} NaN/Inf voxel(s) in the image; "
+                "planning and training need finite intensities (fix or mask them in the file)",
+                path=getattr(row, image_cols[0]),
+            )
         air.append(float(np.percentile(data, 1)) < -500)
         label = getattr(row, "label", "")
         if label:
@@ -100,7 +109,7 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
                 samples.append(rng.choice(vals, size=min(voxels_per_case, vals.size), replace=False))
     if not spacings:
         raise InputError("no training cases to plan from")
-    modality = ("CT" if np.mean(air) > 0.5 else "MR")
+    modality = "CT" if np.mean(air) > 0.5 else "MR"
     if "modality" in df.columns and df["modality"].iloc[0]:
         modality = str(df["modality"].iloc[0]).upper()
     fg = np.concatenate(samples) if samples else np.zeros(1, np.float32)
@@ -110,13 +119,24 @@ def fingerprint(df, image_cols: list[str], *, max_cases: int = 200, voxels_per_c
         "spacing_p10": np.percentile(spacings, 10, axis=0).tolist(),
         "shape_median": np.median(shapes, axis=0).tolist(),
         "modality": modality,
-        "foreground": {"p00_5": float(np.percentile(fg, 0.5)), "p99_5": float(np.percentile(fg, 99.5)),
-                       "mean": float(fg.mean()), "std": float(fg.std())},
+        "foreground": {
+            "p00_5": float(np.percentile(fg, 0.5)),
+            "p99_5": float(np.percentile(fg, 99.5)),
+            "mean": float(fg.mean()),
+            "std": float(fg.std()),
+        },
     }
 
 
-def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, min_spacing: float = 1.0, divisor: int = 8,
-                gpu: bool | None = None) -> dict:
+def plan_config(
+    fp: dict,
+    *,
+    base: dict | None = None,
+    memory_gb: float = 4.0,
+    min_spacing: float = 1.0,
+    divisor: int = 8,
+    gpu: bool | None = None,
+) -> dict:
     """A config dict (``medseg.config`` schema) from a fingerprint, on top of ``base``."""
     import copy
 
@@ -126,8 +146,10 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
     if spacing.max() > 3 * spacing.min():
         coarse = int(np.argmax(spacing))
         spacing[coarse] = fp["spacing_p10"][coarse]
-        reasons.append(f"axis {'xyz'[coarse]} is over 3x coarser than the finest, so its 10th percentile "
-                       f"({spacing[coarse]:.3g} mm) is used instead of its median (nnU-Net's rule for anisotropic data)")
+        reasons.append(
+            f"axis {'xyz'[coarse]} is over 3x coarser than the finest, so its 10th percentile "
+            f"({spacing[coarse]:.3g} mm) is used instead of its median (nnU-Net's rule for anisotropic data)"
+        )
     if np.any(spacing < min_spacing):
         reasons.append(f"axes finer than --min-spacing {min_spacing:g} mm are raised to it")
     spacing = np.maximum(spacing, min_spacing)
@@ -150,16 +172,26 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
 
     while not fits(patch) and patch.max() > divisor:
         patch[int(np.argmax(patch))] -= divisor
-    while not gpu and np.prod(patch) > _CPU_PATCH_VOXELS and patch.max() > divisor:  # CPU: steps, not context, are scarce
+    while (
+        not gpu and np.prod(patch) > _CPU_PATCH_VOXELS and patch.max() > divisor
+    ):  # CPU: steps, not context, are scarce
         patch[int(np.argmax(patch))] -= divisor
     if default_net:
         # no network chosen: MONAI's residual U-Net, as deep as the patch allows (nnU-Net: down-sample until the
         # feature map is ~4 voxels), 16 features doubling per level up to 256, two residual units per level
         depth = int(np.clip(np.floor(np.log2(patch.min() / 4)), 2, 5))
-        model.update(name="unet", kwargs={"channels": [min(16 * 2**i, 256) for i in range(depth + 1)], "strides": [2] * depth,
-                                          "num_res_units": 2})
+        model.update(
+            name="unet",
+            kwargs={
+                "channels": [min(16 * 2**i, 256) for i in range(depth + 1)],
+                "strides": [2] * depth,
+                "num_res_units": 2,
+            },
+        )
         step = 2**depth  # the patch was sized in steps of the base divisor: now to multiples of the strides' product,
-        up = np.minimum(np.ceil(patch / step) * step, 128 // step * step)  # up (<= 128) unless that breaks the memory budget
+        up = np.minimum(
+            np.ceil(patch / step) * step, 128 // step * step
+        )  # up (<= 128) unless that breaks the memory budget
         patch = (up if fits(up) else np.maximum(np.floor(patch / step) * step, step)).astype(int)
     pre = cfg.setdefault("preprocessing", {})
     pre["spacing"] = [round(float(s), 3) for s in spacing]
@@ -168,16 +200,26 @@ def plan_config(fp: dict, *, base: dict | None = None, memory_gb: float = 4.0, m
     pre.update(get_scheme(scheme).plan(fp))
     tr = cfg.setdefault("training", {})
     tr.update(patch_size=[int(p) for p in patch], batch_size=batch)
-    tr.setdefault("iterations_per_epoch", 250 if gpu else 50)  # nnU-Net's 250; on a CPU ~15-30 s, so epochs keep a validation cadence
+    tr.setdefault(
+        "iterations_per_epoch", 250 if gpu else 50
+    )  # nnU-Net's 250; on a CPU ~15-30 s, so epochs keep a validation cadence
     if not gpu:
         tr.setdefault("samples_per_image", 1)  # one patch per step: twice the steps of the default 2 in the same time
     cfg.setdefault("inference", {})["roi_size"] = [int(p) for p in patch]
     return cfg
 
 
-def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | None = None, memory_gb: float = 4.0,
-         min_spacing: float = 1.0, overrides: list[str] | None = None, labels: str | Path | None = None,
-         model: str | None = None) -> tuple[Path, dict]:
+def plan(
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    base_config: str | Path | None = None,
+    memory_gb: float = 4.0,
+    min_spacing: float = 1.0,
+    overrides: list[str] | None = None,
+    labels: str | Path | None = None,
+    model: str | None = None,
+) -> tuple[Path, dict]:
     """Fingerprint the manifest's training cases and write a config YAML (validated) to ``out``.
 
     The config carries the data set's label table inline (``medseg.data.label_sources``
@@ -203,25 +245,33 @@ def plan(manifest: str | Path, out: str | Path, *, base_config: str | Path | Non
     # (patch sizes follow its depth and width), all overrides again after (so an explicit patch size wins)
     base = apply_overrides(copy.deepcopy(base or {}), [o for o in overrides or [] if o.strip().startswith("model.")])
     net = base.get("model") or {}
-    divisor = input_divisor(net.get("name", "unet"), spatial_dims=int(net.get("spatial_dims", 3)), **(net.get("kwargs") or {}))
+    divisor = input_divisor(
+        net.get("name", "unet"), spatial_dims=int(net.get("spatial_dims", 3)), **(net.get("kwargs") or {})
+    )
     fp["label_table_source"] = found.source
     cfg = plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor)
     aug = cfg.setdefault("training", {}).setdefault("augmentation", {})
     if "flip_axes" not in aug:  # mirroring as nnU-Net and the MONAI recipes do, except across a left/right distinction
         aug["flip_axes"] = [] if has_sides(found.table) else [0, 1, 2]
     inf = cfg.setdefault("inference", {})
-    if "tta_flips" not in inf:  # test-time mirroring over the axes the network was trained to be mirror-invariant on, as
+    if (
+        "tta_flips" not in inf
+    ):  # test-time mirroring over the axes the network was trained to be mirror-invariant on, as
         # nnU-Net predicts. Measured on bench_training --real (2026-11-30): +0.006/+0.007 mean test Dice on two
         # trained models (0.893 -> 0.900, 0.901 -> 0.907) for 4 passes instead of 1; `--set inference.tta_flips=[]` turns it off.
         inf["tta_flips"] = list(aug["flip_axes"])
     cfg = {"labels": found.table.to_dict(), **{k: v for k, v in cfg.items() if k != "labels"}}
     cfg = apply_overrides(cfg, overrides)
-    check_preprocessing(config_from_dict(cfg, source=str(out)).preprocessing, str(out))  # refuse a plan the trainer would refuse
+    check_preprocessing(
+        config_from_dict(cfg, source=str(out)).preprocessing, str(out)
+    )  # refuse a plan the trainer would refuse
     out = Path(out)
     fp_path = out.with_name(out.name.split(".")[0] + ".fingerprint.json")
     write_json(fp_path, fp)
-    head = (f"# written by medseg plan from {Path(manifest).name}; label table from {found.source}\n"
-            f"# data set fingerprint: {fp_path.name}\n")
+    head = (
+        f"# written by medseg plan from {Path(manifest).name}; label table from {found.source}\n"
+        f"# data set fingerprint: {fp_path.name}\n"
+    )
     write_text(out, head + yaml.safe_dump(cfg, sort_keys=False))
     return out, fp
 
@@ -237,12 +287,21 @@ def has_sides(table) -> bool:
 def _with_model_preset(base: dict, name: str) -> dict:
     """``base`` with the preset's model section and its per-family training recipe (``base`` keys win)."""
     preset = resolve_model_preset(name)  # a preset, or a model name (its family's preset or default recipe)
-    model = preset.get("model", preset) if isinstance(preset.get("model"), dict) else {k: preset[k] for k in ("name", "spatial_dims", "kwargs") if k in preset}
+    model = (
+        preset.get("model", preset)
+        if isinstance(preset.get("model"), dict)
+        else {k: preset[k] for k in ("name", "spatial_dims", "kwargs") if k in preset}
+    )
     cfg = copy.deepcopy(base)
     cfg["model"] = {**model, **(cfg.get("model") or {})} if cfg.get("model") else dict(model)
     recipe = dict(preset.get("training") or {})
     own = cfg.get("training") or {}
     # a mapping such as augmentation merges key by key (the base's affine_prob does not drop the preset's rotate_deg)
-    cfg["training"] = {**recipe, **{k: {**recipe[k], **v} if isinstance(v, dict) and isinstance(recipe.get(k), dict) else v
-                                    for k, v in own.items()}}
+    cfg["training"] = {
+        **recipe,
+        **{
+            k: {**recipe[k], **v} if isinstance(v, dict) and isinstance(recipe.get(k), dict) else v
+            for k, v in own.items()
+        },
+    }
     return cfg

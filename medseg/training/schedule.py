@@ -81,7 +81,9 @@ class Clock:
     def note_validation(self, took: float) -> None:
         """Validation + checkpoints + state took ``took`` seconds: what the end of the run needs (with a margin);
         a budget run validates next at the next mark, and validation takes at most ~1/5 of the time."""
-        self.reserve_s = 1.25 * took + 0.5 if self.measured is None else 0.5 * self.reserve_s + 0.5 * (1.25 * took + 0.5)
+        self.reserve_s = (
+            1.25 * took + 0.5 if self.measured is None else 0.5 * self.reserve_s + 0.5 * (1.25 * took + 0.5)
+        )
         self.measured = took
         if self.budgeted:
             self.next_val = max(self.next_mark(), self.elapsed() + 4 * took)

@@ -124,7 +124,9 @@ def _load_state(out: Path, config: Config) -> dict | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("config") != config.to_dict():
-        raise ConfigError(f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a new --out")
+        raise ConfigError(
+            f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a new --out"
+        )
     return state
 
 
@@ -135,8 +137,18 @@ class Trainer:
     (``net`` is the plain module, validated and saved; ``model`` the one trained, DDP-wrapped in several processes).
     """
 
-    def __init__(self, *, config: Config, manifest: str | Path, out_dir: str | Path, label_table: LabelTable | None = None,
-                 progress: bool = True, device=None, resume: bool = False, fold: int | None = None):
+    def __init__(
+        self,
+        *,
+        config: Config,
+        manifest: str | Path,
+        out_dir: str | Path,
+        label_table: LabelTable | None = None,
+        progress: bool = True,
+        device=None,
+        resume: bool = False,
+        fold: int | None = None,
+    ):
         self.config, self.tc = config, config.training
         self.manifest, self.out = manifest, Path(out_dir)
         self.label_table, self.device_arg, self.resume, self.fold = label_table, device, resume, fold
@@ -182,7 +194,9 @@ class Trainer:
         self.device = device
         self.state = _load_state(self.out, self.config) if self.resume else None
         if not self.resume and (self.out / "state.pt").exists() and self.main:
-            raise ConfigError(f"{self.out} already holds a training run; pass --resume to continue it or choose another --out")
+            raise ConfigError(
+                f"{self.out} already holds a training run; pass --resume to continue it or choose another --out"
+            )
 
     def _read_cases(self) -> None:
         """The manifest's training and validation cases; ``config.yaml`` and the first ``run.json``."""
@@ -195,9 +209,17 @@ class Trainer:
         if self.main:
             write_text(out / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         self.run_info = {
-            "command": "train", "versions": checkpoint.versions(), "manifest": str(manifest), "manifest_sha256": manifest_sha256(manifest),
-            "fold": self.fold, "train_cases": list(self.train_df["case_id"]), "val_cases": list(self.val_df["case_id"]),
-            "labels": self.table.to_dict(), "device": str(self.device), "image_channels": self.image_cols, "processes": self.world,
+            "command": "train",
+            "versions": checkpoint.versions(),
+            "manifest": str(manifest),
+            "manifest_sha256": manifest_sha256(manifest),
+            "fold": self.fold,
+            "train_cases": list(self.train_df["case_id"]),
+            "val_cases": list(self.val_df["case_id"]),
+            "labels": self.table.to_dict(),
+            "device": str(self.device),
+            "image_channels": self.image_cols,
+            "processes": self.world,
         }
         if self.main:
             write_json(out / "run.json", self.run_info)
@@ -207,38 +229,65 @@ class Trainer:
         tc, cols = self.tc, self.image_cols
         det = deterministic_transforms(self.config.preprocessing, cols)
         self.pad = floor_value(vars(self.config.preprocessing)) or 0.0
-        self.train_tf = Compose(list(det.transforms) + list(random_transforms(tc, self.table.num_classes, pad_value=self.pad).transforms))
+        self.train_tf = Compose(
+            list(det.transforms) + list(random_transforms(tc, self.table.num_classes, pad_value=self.pad).transforms)
+        )
         self.train_ds = cached_dataset(CacheDataset, records(self.train_df, cols), self.train_tf, self.progress)
         self.val_ds = cached_dataset(CacheDataset, records(self.val_df, cols), det, self.progress)
         self.generator = torch.Generator()
         self.sampler = None
         if self.world > 1:
-            self.sampler = DistributedSampler(self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=tc.seed)
-        self.loader = DataLoader(self.train_ds, batch_size=tc.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
-                                 num_workers=tc.num_workers, collate_fn=list_data_collate, generator=self.generator)
+            self.sampler = DistributedSampler(
+                self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=tc.seed
+            )
+        self.loader = DataLoader(
+            self.train_ds,
+            batch_size=tc.batch_size,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            num_workers=tc.num_workers,
+            collate_fn=list_data_collate,
+            generator=self.generator,
+        )
 
     def _build_network(self) -> None:
         """The seeded network, mixed precision, channels-last, DDP, the loss, optimizer and adversarial term."""
         tc, device = self.tc, self.device
         set_determinism(seed=tc.seed)  # the initial weights
-        model = create_volume_model(self.config.model.name, spatial_dims=self.config.model.spatial_dims, in_channels=len(self.image_cols),
-                                    out_channels=self.table.num_classes, **self.config.model.kwargs).to(device)
+        model = create_volume_model(
+            self.config.model.name,
+            spatial_dims=self.config.model.spatial_dims,
+            in_channels=len(self.image_cols),
+            out_channels=self.table.num_classes,
+            **self.config.model.kwargs,
+        ).to(device)
         self.amp_dtype = autocast_dtype(tc.amp, device, training=True)
         # CPU, batch 1, bf16: channels-last with layout-keeping instance norms (no copies around every norm)
-        self.cl = channels_last_training(model, device=device, batch_size=tc.batch_size, amp_dtype=self.amp_dtype, world=self.world)
+        self.cl = channels_last_training(
+            model, device=device, batch_size=tc.batch_size, amp_dtype=self.amp_dtype, world=self.world
+        )
         self.net = model  # the plain module: validated and saved
         if self.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.model = model
         self.loss_fn = build_loss(tc.loss)  # training.loss: a name in medseg.training.losses.LOSSES
         if tc.optimizer == "sgd":
-            self.opt = torch.optim.SGD(model.parameters(), lr=tc.learning_rate, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay)
+            self.opt = torch.optim.SGD(
+                model.parameters(), lr=tc.learning_rate, momentum=0.99, nesterov=True, weight_decay=tc.weight_decay
+            )
         else:
             self.opt = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
         self.adversary = None
         if tc.adversarial_weight > 0:
-            self.adversary = AdversarialTerm(in_channels=len(self.image_cols), num_classes=self.table.num_classes,
-                                             weight=tc.adversarial_weight, lr=tc.adversarial_lr, device=device)
+            self.adversary = AdversarialTerm(
+                in_channels=len(self.image_cols),
+                num_classes=self.table.num_classes,
+                weight=tc.adversarial_weight,
+                lr=tc.adversarial_lr,
+                device=device,
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def _restore(self) -> None:
@@ -253,25 +302,47 @@ class Trainer:
         self.history, self.start = list(state["history"]), int(state["epoch"]) + 1
         self.iteration, self.clock.elapsed0 = int(state.get("iteration", 0)), float(state.get("elapsed_s", 0.0))
         self.best = Best.from_state(state["best"])
-        log.warning("resuming %s after epoch %d (%d iterations, %.0f s)", self.out, self.start - 1, self.iteration, self.clock.elapsed0)
+        log.warning(
+            "resuming %s after epoch %d (%d iterations, %.0f s)",
+            self.out,
+            self.start - 1,
+            self.iteration,
+            self.clock.elapsed0,
+        )
 
     def _prepare_epochs(self) -> None:
         """What every checkpoint carries (+ the input profile), the progress bar, the first epoch and whether any is left."""
         tc, clock = self.tc, self.clock
-        self.extra = {"manifest_sha256": self.run_info["manifest_sha256"], "train_cases": self.run_info["train_cases"], "fold": self.fold}
-        if self.main:  # what the inputs looked like: predictions on inputs far from it are flagged (medseg.reporting.quality)
-            profile = input_profile(self.train_df, self.image_cols, self.table, str(vars(self.config.preprocessing).get("intensity", "")))
+        self.extra = {
+            "manifest_sha256": self.run_info["manifest_sha256"],
+            "train_cases": self.run_info["train_cases"],
+            "fold": self.fold,
+        }
+        if (
+            self.main
+        ):  # what the inputs looked like: predictions on inputs far from it are flagged (medseg.reporting.quality)
+            profile = input_profile(
+                self.train_df, self.image_cols, self.table, str(vars(self.config.preprocessing).get("intensity", ""))
+            )
             if profile:
                 self.extra["input_profile"] = profile
         if clock.budgeted and self.main:
-            log.info("budget %.1f min: epochs of %d iterations until it is spent (training.epochs is not used)", tc.max_minutes,
-                     tc.iterations_per_epoch)
+            log.info(
+                "budget %.1f min: epochs of %d iterations until it is spent (training.epochs is not used)",
+                tc.max_minutes,
+                tc.iterations_per_epoch,
+            )
         total = None if clock.budgeted else max(0, self.total_steps - self.iteration)
         self.bar = progress_bar(total=total, desc="train", unit="step", disable=not self.progress)
         clock.start()
         self.epoch = self.start - 1
-        self.done = (not clock.budgeted and self.start > tc.epochs
-                     or clock.budgeted and clock.elapsed() + clock.reserve_s >= clock.budget_s and self.start > 1)
+        self.done = (
+            not clock.budgeted
+            and self.start > tc.epochs
+            or clock.budgeted
+            and clock.elapsed() + clock.reserve_s >= clock.budget_s
+            and self.start > 1
+        )
 
     # --- one epoch ------------------------------------------------------------------------------------------------
 
@@ -318,7 +389,9 @@ class Trainer:
         x, y = to_layout(batch["image"].to(self.device), self.cl), batch["label"].to(self.device)
         self.opt.zero_grad(set_to_none=True)
         amp_dtype = self.amp_dtype
-        with torch.autocast(device_type=self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device_type=self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             outputs = self.model(x)
             outputs = [o.float() for o in outputs] if isinstance(outputs, (list, tuple)) else outputs.float()
             logits = full_resolution(outputs)  # the adversarial term's input
@@ -335,8 +408,17 @@ class Trainer:
         self.clock.note_step(time.monotonic() - t_step)
         self.bar.update(1)
         clock = self.clock
-        budget_left = {"elapsed": f"{clock.elapsed():.0f}s", "left": f"{max(clock.budget_s - clock.elapsed(), 0):.0f}s"} if clock.budgeted else {}
-        self.bar.set_postfix(epoch=self.epoch, loss=f"{self.losses[-1]:.3f}", best_dice=f"{max(self.best.mean_dice, 0):.3f}", **budget_left)
+        budget_left = (
+            {"elapsed": f"{clock.elapsed():.0f}s", "left": f"{max(clock.budget_s - clock.elapsed(), 0):.0f}s"}
+            if clock.budgeted
+            else {}
+        )
+        self.bar.set_postfix(
+            epoch=self.epoch,
+            loss=f"{self.losses[-1]:.3f}",
+            best_dice=f"{max(self.best.mean_dice, 0):.3f}",
+            **budget_left,
+        )
 
     def on_epoch_end(self) -> None:
         """The epoch's row; validation and checkpoints when due or last; metrics.csv and state.pt; the end's reserve."""
@@ -344,8 +426,14 @@ class Trainer:
         if clock.budgeted and not self.out_of_time:
             self.out_of_time = agree_step(0.0, clock.out_of_time(0.5), self.world)[1]
         last = self.out_of_time if clock.budgeted else self.epoch >= tc.epochs
-        row = {"epoch": self.epoch, "iterations": self.iteration, "elapsed_s": round(clock.elapsed(), 3), "loss": float(np.mean(self.losses)),
-               "lr": self.opt.param_groups[0]["lr"], "epoch_seconds": time.monotonic() - self.t_epoch}
+        row = {
+            "epoch": self.epoch,
+            "iterations": self.iteration,
+            "elapsed_s": round(clock.elapsed(), 3),
+            "loss": float(np.mean(self.losses)),
+            "lr": self.opt.param_groups[0]["lr"],
+            "epoch_seconds": time.monotonic() - self.t_epoch,
+        }
         due = clock.elapsed() >= clock.next_val if clock.budgeted else self.epoch % tc.val_every == 0
         t_val = time.monotonic()
         if (due or last) and self.main:
@@ -359,8 +447,12 @@ class Trainer:
             clock.note_validation(time.monotonic() - t_val)
         if last:
             if self.out_of_time and self.main:
-                log.info("stopping after epoch %d (%d iterations): the %.1f-minute budget is spent, as planned", self.epoch,
-                         self.iteration, tc.max_minutes)
+                log.info(
+                    "stopping after epoch %d (%d iterations): the %.1f-minute budget is spent, as planned",
+                    self.epoch,
+                    self.iteration,
+                    tc.max_minutes,
+                )
             self.done = True
 
     def validate(self) -> dict:
@@ -376,16 +468,32 @@ class Trainer:
         return {"val_mean_dice": mean, **{f"val_dice_{k}": v for k, v in dice.items()}}
 
     def save_checkpoint(self, name: str, extra: dict) -> Path:
-        return checkpoint.save_checkpoint(self.out / name, self.net, config=self.config, label_table=self.table, extra=extra,
-                                          in_channels=len(self.image_cols))
+        return checkpoint.save_checkpoint(
+            self.out / name,
+            self.net,
+            config=self.config,
+            label_table=self.table,
+            extra=extra,
+            in_channels=len(self.image_cols),
+        )
 
     def save_state(self, *, plot: bool) -> None:
         """``metrics.csv`` and ``state.pt`` (everything --resume needs, after every epoch); the curve when ``plot``."""
         write_csv(self.out / "metrics.csv", pd.DataFrame(self.history))
         with atomic_path(self.out / "state.pt") as tmp:
-            torch.save({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch, "iteration": self.iteration,
-                        "elapsed_s": self.clock.elapsed(), "history": self.history, "best": self.best.to_state(),
-                        "config": self.config.to_dict()}, tmp)
+            torch.save(
+                {
+                    "model": self.net.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "epoch": self.epoch,
+                    "iteration": self.iteration,
+                    "elapsed_s": self.clock.elapsed(),
+                    "history": self.history,
+                    "best": self.best.to_state(),
+                    "config": self.config.to_dict(),
+                },
+                tmp,
+            )
         if plot:
             plot_training_curve(pd.DataFrame(self.history), self.out / "training_curve.png")
             self.plotted = len(self.history)
@@ -404,10 +512,20 @@ class Trainer:
         if best.mean_dice < 0:
             raise InputError(f"{self.out}: no validation ran (the run was already complete?); nothing to report")
         result = TrainResult(self.out, self.out / "best.pt", best.epoch, best.mean_dice, best.dice, self.epoch, seconds)
-        self.run_info.update({"best_epoch": best.epoch, "best_val_mean_dice": best.mean_dice, "best_val_dice": best.dice,
-                              "epochs_run": self.epoch, "iterations": self.iteration, "seconds": round(seconds, 1),
-                              "elapsed_s": round(clock.elapsed(), 1), "budget_s": self.tc.max_minutes * 60 if clock.budgeted else None,
-                              "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off", "channels_last": self.cl})
+        self.run_info.update(
+            {
+                "best_epoch": best.epoch,
+                "best_val_mean_dice": best.mean_dice,
+                "best_val_dice": best.dice,
+                "epochs_run": self.epoch,
+                "iterations": self.iteration,
+                "seconds": round(seconds, 1),
+                "elapsed_s": round(clock.elapsed(), 1),
+                "budget_s": self.tc.max_minutes * 60 if clock.budgeted else None,
+                "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+                "channels_last": self.cl,
+            }
+        )
         write_json(self.out / "run.json", self.run_info)
         return result
 
@@ -431,10 +549,27 @@ def train(
     """Train; with ``nproc > 1``, as that many DistributedDataParallel processes (gloo on CPU, NCCL on GPUs)."""
     check_loss_name(config.training.loss)  # before any work, in every process
     if nproc > 1 and _rank == 0 and not _distributed_ready():
-        return _spawn(nproc, config=config, manifest=manifest, out_dir=out_dir, label_table=label_table, progress=progress,
-                      device=device, resume=resume, fold=fold)
-    return Trainer(config=config, manifest=manifest, out_dir=out_dir, label_table=label_table, progress=progress, device=device,
-                   resume=resume, fold=fold).run()  # type: ignore[return-value]  (None in the other processes)
+        return _spawn(
+            nproc,
+            config=config,
+            manifest=manifest,
+            out_dir=out_dir,
+            label_table=label_table,
+            progress=progress,
+            device=device,
+            resume=resume,
+            fold=fold,
+        )
+    return Trainer(
+        config=config,
+        manifest=manifest,
+        out_dir=out_dir,
+        label_table=label_table,
+        progress=progress,
+        device=device,
+        resume=resume,
+        fold=fold,
+    ).run()  # type: ignore[return-value]  (None in the other processes)
 
 
 def _distributed_ready() -> bool:
@@ -461,16 +596,35 @@ def _spawn(nproc: int, **kwargs) -> TrainResult:
     mp.spawn(_worker, args=(nproc, _free_port(), kwargs), nprocs=nproc, join=True)
     out = Path(kwargs["out_dir"])
     info = json.loads((out / "run.json").read_text())
-    return TrainResult(out, out / "best.pt", info["best_epoch"], info["best_val_mean_dice"], info["best_val_dice"],
-                       info["epochs_run"], info["seconds"])
+    return TrainResult(
+        out,
+        out / "best.pt",
+        info["best_epoch"],
+        info["best_val_mean_dice"],
+        info["best_val_dice"],
+        info["epochs_run"],
+        info["seconds"],
+    )
 
 
 # --- the front door from files ----------------------------------------------------------------------------------------
 
 
-def train_from_files(*, config: str | Path, manifest: str | Path, out: str | Path, overrides: Sequence[str] | None = None,
-                     progress: bool = True, device=None, resume: bool = False, fold: int | None = None, epochs: int | None = None,
-                     max_minutes: float | None = None, nproc: int = 1, labels: LabelTable | str | Path | None = None) -> TrainResult:
+def train_from_files(
+    *,
+    config: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    overrides: Sequence[str] | None = None,
+    progress: bool = True,
+    device=None,
+    resume: bool = False,
+    fold: int | None = None,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    nproc: int = 1,
+    labels: LabelTable | str | Path | None = None,
+) -> TrainResult:
     """Train a model from a YAML config and a data manifest into the run folder ``out``; returns a ``TrainResult``.
 
     ``overrides`` are ``section.key=value`` strings over the config; ``epochs`` and ``max_minutes`` are shortcuts
@@ -493,5 +647,14 @@ def train_from_files(*, config: str | Path, manifest: str | Path, out: str | Pat
         cfg.labels = table.to_dict()  # the run's config.yaml and checkpoint name the table trained with
     ensure_dir(Path(out))
     with command_log(Path(out) / "train.log"):  # what the console does not show: per-epoch lines, the budget
-        return train(config=cfg, manifest=manifest, out_dir=out, label_table=table, progress=progress, device=device,
-                     resume=resume, fold=fold, nproc=nproc)
+        return train(
+            config=cfg,
+            manifest=manifest,
+            out_dir=out,
+            label_table=table,
+            progress=progress,
+            device=device,
+            resume=resume,
+            fold=fold,
+            nproc=nproc,
+        )

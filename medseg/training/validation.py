@@ -17,8 +17,16 @@ def validate(model, dataset, inference, table, device, *, floor: float = 0.0) ->
     model.eval()
     rows = []
     for item in dataset:
-        logits = window_scores(model, item["image"][None], roi_size=inference.roi_size, overlap=inference.overlap,
-                               sw_batch_size=inference.sw_batch_size, blend=inference.blend, device=device, floor=floor)
+        logits = window_scores(
+            model,
+            item["image"][None],
+            roi_size=inference.roi_size,
+            overlap=inference.overlap,
+            sw_batch_size=inference.sw_batch_size,
+            blend=inference.blend,
+            device=device,
+            floor=floor,
+        )
         pred = one_hot(logits.argmax(1, keepdim=True).cpu(), table.num_classes)
         ref = one_hot(item["label"][None].long(), table.num_classes)
         rows.append(metric(pred, ref)[0].numpy())

@@ -157,7 +157,11 @@ class CTClipZScore(IntensityScheme):
 
     def plan(self, fp):
         f = fp["foreground"]
-        return {"clip": [round(f["p00_5"], 1), round(f["p99_5"], 1)], "mean": round(f["mean"], 2), "std": round(max(f["std"], 1e-3), 2)}
+        return {
+            "clip": [round(f["p00_5"], 1), round(f["p99_5"], 1)],
+            "mean": round(f["mean"], 2),
+            "std": round(max(f["std"], 1e-3), 2),
+        }
 
 
 @register_scheme
@@ -223,6 +227,9 @@ class RefuseNonFinited(MapTransform):
             if torch.is_floating_point(x):
                 bad = int((~torch.isfinite(x)).sum())
                 if bad:
-                    raise InputError(f"{bad} NaN/Inf voxel(s) in the image; training needs finite intensities "
-                                     "(fix or mask them in the file)", path=getattr(x, "meta", {}).get("filename_or_obj", key))
+                    raise InputError(
+                        f"{bad} NaN/Inf voxel(s) in the image; training needs finite intensities "
+                        "(fix or mask them in the file)",
+                        path=getattr(x, "meta", {}).get("filename_or_obj", key),
+                    )
         return data

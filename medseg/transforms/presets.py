@@ -47,16 +47,27 @@ def deterministic_transforms(cfg: PreprocessingConfig, image_keys: list[str] | N
     check_preprocessing(cfg, "config")  # (medseg train and plan checked it before any work, naming the config file)
     image_keys = image_keys or ["image"]
     steps = [
-        LoadImaged(keys=[*image_keys, "label"], reader=VolumeReader(), image_only=True),  # NIfTI, NRRD, MHA as inference reads them
+        LoadImaged(
+            keys=[*image_keys, "label"], reader=VolumeReader(), image_only=True
+        ),  # NIfTI, NRRD, MHA as inference reads them
         EnsureChannelFirstd(keys=[*image_keys, "label"]),
         RefuseNonFinited(keys=image_keys),
     ]
     if len(image_keys) > 1:
-        steps += [ConcatItemsd(keys=image_keys, name="image"), DeleteItemsd(keys=[k for k in image_keys if k != "image"])]
+        steps += [
+            ConcatItemsd(keys=image_keys, name="image"),
+            DeleteItemsd(keys=[k for k in image_keys if k != "image"]),
+        ]
     steps += [
         Orientationd(keys=["image", "label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         ResampleToSpacingd(keys=["image", "label"], spacing=cfg.spacing, modes=["trilinear", "nearest"]),
-        CropForegroundd(keys=["image", "label"], source_key="image", select_fn=_foreground_select(cfg), margin=cfg.crop_margin, allow_smaller=True),
+        CropForegroundd(
+            keys=["image", "label"],
+            source_key="image",
+            select_fn=_foreground_select(cfg),
+            margin=cfg.crop_margin,
+            allow_smaller=True,
+        ),
         NormalizeIntensityByPresetd(keys="image", preprocessing=vars(cfg)),
         EnsureTyped(keys=["image", "label"], track_meta=False),
     ]
@@ -71,16 +82,28 @@ def random_transforms(train: TrainingConfig, num_classes: int, *, pad_value: flo
         SpatialPadd(keys="image", spatial_size=train.patch_size, mode="constant", value=pad_value),
         SpatialPadd(keys="label", spatial_size=train.patch_size, mode="constant", value=0),
         RandCropByPosNegLabeld(
-            keys=["image", "label"], label_key="label", spatial_size=train.patch_size, pos=pos, neg=1.0 - pos,
-            num_samples=train.samples_per_image, image_key="image", image_threshold=pad_value + 1e-3,
+            keys=["image", "label"],
+            label_key="label",
+            spatial_size=train.patch_size,
+            pos=pos,
+            neg=1.0 - pos,
+            num_samples=train.samples_per_image,
+            image_key="image",
+            image_threshold=pad_value + 1e-3,
         ),
     ]
     if aug.affine_prob > 0:
         rot = float(np.deg2rad(aug.rotate_deg))
-        steps.append(RandAffined(
-            keys=["image", "label"], prob=aug.affine_prob, rotate_range=(rot, rot, rot), scale_range=(aug.scale,) * 3,
-            mode=("bilinear", "nearest"), padding_mode=("border", "zeros"),
-        ))
+        steps.append(
+            RandAffined(
+                keys=["image", "label"],
+                prob=aug.affine_prob,
+                rotate_range=(rot, rot, rot),
+                scale_range=(aug.scale,) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode=("border", "zeros"),
+            )
+        )
     for axis in aug.flip_axes:  # only for label tables without left/right structures
         steps.append(RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=int(axis)))
     if aug.intensity:

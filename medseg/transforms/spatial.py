@@ -29,12 +29,14 @@ from monai.transforms import MapTransform
 
 def grid_steps(spacing: Sequence[float], target: Sequence[float]) -> tuple[float, ...]:
     """Input-grid distance (in input voxels) between neighbouring output voxels: ``t / s`` per axis."""
-    return tuple(float(t) / float(s) for s, t in zip(spacing, target))
+    return tuple(float(t) / float(s) for s, t in zip(spacing, target, strict=False))
 
 
 def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
     """``round((n - 1) * s / t) + 1`` per axis (MONAI's ``compute_shape_offset`` rule)."""
-    return tuple(max(1, int(np.round((int(n) - 1) * float(s) / float(t))) + 1) for n, s, t in zip(shape, spacing, target))
+    return tuple(
+        max(1, int(np.round((int(n) - 1) * float(s) / float(t))) + 1) for n, s, t in zip(shape, spacing, target, strict=False)
+    )
 
 
 def axis_weights(n_in: int, step: float, start: int, stop: int, reverse: bool = False):
@@ -56,7 +58,9 @@ def nearest_indices(n_in: int, step: float, n_out: int, reverse: bool = False) -
     return n_in - 1 - idx if reverse else idx
 
 
-def resample_axis(x: torch.Tensor, axis: int, n_out: int, step: float, *, mode: str = "linear", reverse: bool = False) -> torch.Tensor:
+def resample_axis(
+    x: torch.Tensor, axis: int, n_out: int, step: float, *, mode: str = "linear", reverse: bool = False
+) -> torch.Tensor:
     """Resample one axis of ``x`` to ``n_out`` samples at positions ``j * step`` (counted from
     the far end when ``reverse``)."""
     n_in = x.shape[axis]
@@ -72,8 +76,14 @@ def resample_axis(x: torch.Tensor, axis: int, n_out: int, step: float, *, mode: 
     return a.lerp_(b, w1.view(view))
 
 
-def resample(x: torch.Tensor, size: Sequence[int], steps: Sequence[float], *, mode: str = "trilinear",
-             reverse: Sequence[bool] | None = None) -> torch.Tensor:
+def resample(
+    x: torch.Tensor,
+    size: Sequence[int],
+    steps: Sequence[float],
+    *,
+    mode: str = "trilinear",
+    reverse: Sequence[bool] | None = None,
+) -> torch.Tensor:
     """Resample a channel-first tensor ``(C, *spatial)`` to ``size`` with ``steps`` (see :func:`grid_steps`).
 
     ``mode``: "trilinear"/"bilinear"/"linear" for images and scores (float32
@@ -119,7 +129,7 @@ class ResampleToSpacingd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         ref = None
-        for key, mode in zip(self.keys, self.modes):
+        for key, mode in zip(self.keys, self.modes, strict=False):
             x = d[key]
             affine = np.asarray(x.affine, dtype=np.float64) if isinstance(x, MetaTensor) else np.eye(4)
             # All keys land on the first key's grid, so image and label stay aligned.
@@ -129,6 +139,10 @@ class ResampleToSpacingd(MapTransform):
             size, steps = ref
             out = resample(torch.as_tensor(x), size, steps, mode=mode)
             if isinstance(x, MetaTensor):
-                out = MetaTensor(out, affine=torch.as_tensor(resampled_affine(affine, steps)), meta={k: v for k, v in x.meta.items() if k != "affine"})
+                out = MetaTensor(
+                    out,
+                    affine=torch.as_tensor(resampled_affine(affine, steps)),
+                    meta={k: v for k, v in x.meta.items() if k != "affine"},
+                )
             d[key] = out
         return d

@@ -20,7 +20,9 @@ ODD = {2: (3, 1), 3: (1, 3, 1)}  # size = divisor x a small odd factor, differen
 def _build(name, dims, out_channels=3, in_channels=2):
     info = model_info(name, params=False)
     torch.manual_seed(0)
-    return create_model(name, spatial_dims=dims, in_channels=in_channels, out_channels=out_channels, **info.get("tiny", {})), info["divisor"]
+    return create_model(
+        name, spatial_dims=dims, in_channels=in_channels, out_channels=out_channels, **info.get("tiny", {})
+    ), info["divisor"]
 
 
 @pytest.mark.parametrize("name,dims", CASES, ids=[f"{n}-{d}d" for n, d in CASES])
@@ -34,9 +36,13 @@ def test_forward_backward_shape_and_eval_determinism(name, dims):
     # deep supervision: a list of logits, full resolution first, each scale no larger than the one before
     outs = list(y) if isinstance(y, (list, tuple)) else [y]
     assert outs[0].shape == (2, 3, *shape[2:]), f"{name} {dims}D: output {tuple(outs[0].shape)} for input {shape}"
-    for hi, lo in zip(outs, outs[1:]):
-        assert lo.shape[:2] == (2, 3) and all(b <= a for a, b in zip(hi.shape[2:], lo.shape[2:])), f"{name}: scales not in decreasing size"
-        assert any(b < a for a, b in zip(hi.shape[2:], lo.shape[2:])), f"{name}: two deep-supervision outputs at the same size"
+    for hi, lo in zip(outs, outs[1:], strict=False):
+        assert lo.shape[:2] == (2, 3) and all(b <= a for a, b in zip(hi.shape[2:], lo.shape[2:], strict=False)), (
+            f"{name}: scales not in decreasing size"
+        )
+        assert any(b < a for a, b in zip(hi.shape[2:], lo.shape[2:], strict=False)), (
+            f"{name}: two deep-supervision outputs at the same size"
+        )
     assert all(torch.isfinite(o).all() for o in outs)
     sum(o.float().square().mean() for o in outs).backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]

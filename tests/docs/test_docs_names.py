@@ -58,8 +58,10 @@ def test_every_medseg_name_and_path_in_the_docs_exists(doc):
 
 def test_the_check_sees_a_missing_name_and_path(tmp_path):
     doc = tmp_path / "x.md"
-    doc.write_text("See `medseg.io.no_such_module`, `medseg.labels.NoSuchClass` and medseg/io/nowhere.py; "
-                   "medseg.labels.LabelTable is real.")
+    doc.write_text(
+        "See `medseg.io.no_such_module`, `medseg.labels.NoSuchClass` and medseg/io/nowhere.py; "
+        "medseg.labels.LabelTable is real."
+    )
     names, paths = mentioned(doc)
     assert {n for n in names if not resolve(n)} == {"medseg.io.no_such_module", "medseg.labels.NoSuchClass"}
     assert paths == {"medseg/io/nowhere.py"} and resolve("medseg.labels.LabelTable")

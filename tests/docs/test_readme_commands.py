@@ -61,15 +61,22 @@ NOT_WRITTEN = {  # listed by the table, not made by the quick start (no case fai
 # What the runnable examples of a docs page leave behind, beyond exit code 0.
 PAGE_OUTPUTS = {
     "dicom-and-pacs.md": ["inventory.csv", "inventory_files.csv", "nifti/conversion.csv"],
-    "pipelines-and-clusters.md": ["runs/batch1/volumes.csv", "runs/batch1/report.html", "runs/batch1/run.log",
-                                  "runs/batch1/status.csv", "runs/batch1/failures.csv",
-                                  "runs/batch1/cases/phantom_0010/labels.nii.gz", "runs/batch1/cases/phantom_0010/seg.dcm",
-                                  "runs/batch1/cases/phantom_0010/sr.dcm",
-                                  "runs/batch1/cases/phantom_0011/labels.nii.gz"],
+    "pipelines-and-clusters.md": [
+        "runs/batch1/volumes.csv",
+        "runs/batch1/report.html",
+        "runs/batch1/run.log",
+        "runs/batch1/status.csv",
+        "runs/batch1/failures.csv",
+        "runs/batch1/cases/phantom_0010/labels.nii.gz",
+        "runs/batch1/cases/phantom_0010/seg.dcm",
+        "runs/batch1/cases/phantom_0010/sr.dcm",
+        "runs/batch1/cases/phantom_0011/labels.nii.gz",
+    ],
 }
 
 
 # --- reading the pages -----------------------------------------------------------------------------
+
 
 @dataclass
 class Block:
@@ -127,7 +134,9 @@ def fenced_blocks(page: Path) -> list[Block]:
         while k >= 0 and not lines[k].strip():
             k -= 1
         marker = NOT_TESTED.match(lines[k].strip()) if k >= 0 else None
-        blocks.append(Block(page, i + 1, m.group("lang").lower(), lines[i + 1:j], marker.group("why") if marker else None))
+        blocks.append(
+            Block(page, i + 1, m.group("lang").lower(), lines[i + 1 : j], marker.group("why") if marker else None)
+        )
         i = j + 1
     return blocks
 
@@ -139,7 +148,7 @@ def _section(page: Path, heading: str) -> str:
     assert m, f"{page.name}: no heading {heading!r}"
     level = len(m.group(1))
     end = re.compile(rf"^#{{1,{level}}} ", re.M).search(text, m.end())
-    return text[m.end():end.start() if end else len(text)]
+    return text[m.end() : end.start() if end else len(text)]
 
 
 def _table_rows(section: str) -> list[tuple[list[str], str]]:
@@ -163,13 +172,16 @@ def _check_columns(heading: str, csv_columns) -> None:
     documented = {n for names, _ in rows for n in names}
     optional = {n for names, meaning in rows if re.search(r"\bonly (when|with)\b", meaning) for n in names}
     assert not set(csv_columns) - documented, f"{heading}: not in the README: {sorted(set(csv_columns) - documented)}"
-    assert not documented - optional - set(csv_columns), f"{heading}: in the README, not written: {sorted(documented - optional - set(csv_columns))}"
+    assert not documented - optional - set(csv_columns), (
+        f"{heading}: in the README, not written: {sorted(documented - optional - set(csv_columns))}"
+    )
 
 
 DOC_PAGES = [p for p in PAGES[1:] if any(b.runs for b in fenced_blocks(p))]
 
 
 # --- running them ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory):
@@ -182,17 +194,37 @@ def demo_checkpoint(tmp_path_factory):
     from medseg.data.phantoms import write_cohort
 
     root = tmp_path_factory.mktemp("demo_stand_in")
-    manifest = write_cohort(root, 5, seed=900)  # as medseg phantoms writes them; the quick start's are 0000-0002 and 0010
+    manifest = write_cohort(
+        root, 5, seed=900
+    )  # as medseg phantoms writes them; the quick start's are 0000-0002 and 0010
     cases = pd.read_csv(manifest)
     cases.loc[cases.index[-1], "split"] = "val"
     cases.to_csv(manifest, index=False)
     config = {
         "labels": "abdomen_phantom",
-        "model": {"name": "unet", "spatial_dims": 3, "kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}},
-        "preprocessing": {"spacing": [5.0, 5.0, 5.0], "intensity": "ct_window", "window": [-200, 250], "foreground_hu": -500,
-                          "crop_margin": 4},
-        "training": {"epochs": 30, "iterations_per_epoch": 8, "patch_size": [48, 48, 32], "batch_size": 2, "samples_per_image": 1,
-                     "learning_rate": 0.01, "val_every": 10, "amp": "off", "seed": 0},
+        "model": {
+            "name": "unet",
+            "spatial_dims": 3,
+            "kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
+        },
+        "preprocessing": {
+            "spacing": [5.0, 5.0, 5.0],
+            "intensity": "ct_window",
+            "window": [-200, 250],
+            "foreground_hu": -500,
+            "crop_margin": 4,
+        },
+        "training": {
+            "epochs": 30,
+            "iterations_per_epoch": 8,
+            "patch_size": [48, 48, 32],
+            "batch_size": 2,
+            "samples_per_image": 1,
+            "learning_rate": 0.01,
+            "val_every": 10,
+            "amp": "off",
+            "seed": 0,
+        },
         "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
@@ -222,10 +254,14 @@ def run_page(page: Path, work: Path) -> None:
         if not block.runs:
             continue
         for cmd in block.commands():
-            r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+            r = subprocess.run(
+                ["bash", "-o", "pipefail", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=900
+            )
             if r.returncode != 0:
-                pytest.fail(f"{block.where}: exit {r.returncode}\n$ {cmd}\n--- stdout\n{r.stdout[-2000:]}\n--- stderr\n{r.stderr[-3000:]}",
-                            pytrace=False)
+                pytest.fail(
+                    f"{block.where}: exit {r.returncode}\n$ {cmd}\n--- stdout\n{r.stdout[-2000:]}\n--- stderr\n{r.stderr[-3000:]}",
+                    pytrace=False,
+                )
 
 
 def _paths(pattern: str, cases: list[str] | None) -> list[str]:
@@ -239,16 +275,28 @@ def test_the_readme_quick_start_runs_and_writes_what_the_readme_promises(demo_ch
     work = _workdir(tmp_path, demo_checkpoint)
     run_page(README, work)
 
-    for made in ["ph/images/phantom_0000.nii.gz", "ph/labels/phantom_0000.nii.gz", "ph/manifest.csv", "ph/manifest_labels.yaml",
-                 "ph_dicom/dicom/phantom_0010"]:  # the layout the quick start's comments describe
+    for made in [
+        "ph/images/phantom_0000.nii.gz",
+        "ph/labels/phantom_0000.nii.gz",
+        "ph/manifest.csv",
+        "ph/manifest_labels.yaml",
+        "ph_dicom/dicom/phantom_0010",
+    ]:  # the layout the quick start's comments describe
         assert (work / made).exists(), made
     listed = {p for p in _first_cells(_section(README, "What you get")) if "/" in p}
     assert listed == set(WRITTEN) | set(NOT_WRITTEN), "the README's file table and this test disagree"
     missing = [p for pat, cases in WRITTEN.items() for p in _paths(pat, cases) if not (work / p).exists()]
     assert not missing, f"promised by the README, not written: {missing}"
     patterns = [re.compile(re.escape(p).replace(re.escape("<case>"), r"[^/]+") + "$") for p in listed]
-    made = [f.relative_to(work).as_posix() for d in ("preds", "preds_dicom", "report") for f in (work / d).rglob("*") if f.is_file()]
-    unlisted = [m for m in made if not any(p.match(m) or p.match(m.replace("preds_dicom/", "preds/", 1)) for p in patterns)]
+    made = [
+        f.relative_to(work).as_posix()
+        for d in ("preds", "preds_dicom", "report")
+        for f in (work / d).rglob("*")
+        if f.is_file()
+    ]
+    unlisted = [
+        m for m in made if not any(p.match(m) or p.match(m.replace("preds_dicom/", "preds/", 1)) for p in patterns)
+    ]
     assert not unlisted, f"written by the quick start, not in the README's table: {unlisted}"
     unexpected = [p for pat, cases in NOT_WRITTEN.items() for p in _paths(pat, cases) if (work / p).exists()]
     assert not unexpected, f"written although the quick start does not ask for them: {unexpected}"
@@ -281,12 +329,15 @@ def test_the_examples_of_a_docs_page_run(page, demo_checkpoint, tmp_path):
 
 # --- fast checks of the pages themselves ------------------------------------------------------------
 
+
 def test_every_command_block_runs_or_says_why_not():
     for page in PAGES:
         for block in fenced_blocks(page):
             if block.not_tested is not None:
                 assert block.not_tested, f"{block.where}: a not-tested marker needs a reason"
-                assert block.lang in RUN_LANGS, f"{block.where}: not-tested marker before a ```{block.lang} block, which never runs"
+                assert block.lang in RUN_LANGS, (
+                    f"{block.where}: not-tested marker before a ```{block.lang} block, which never runs"
+                )
             if block.runs:
                 assert block.commands(), f"{block.where}: an empty command block"
     quick = [c for b in fenced_blocks(README) if b.runs for c in b.commands()]
@@ -312,8 +363,9 @@ def test_links_stay_inside_the_repository_and_resolve():
         # No URL anywhere (code included), apart from the PACS endpoint syntax of the examples.
         for m in re.finditer(r"(?<![\w+.-])([a-z][\w+.-]*://|www\.|mailto:)", text, re.I):
             scheme = m.group(1).lower()
-            assert scheme in ("dicomweb+http://", "dicomweb+https://", "dimse://"), \
-                f"{page.name}:{text.count(chr(10), 0, m.start()) + 1}: {text[m.start():m.start() + 60]!r} points outside the repository"
+            assert scheme in ("dicomweb+http://", "dicomweb+https://", "dimse://"), (
+                f"{page.name}:{text.count(chr(10), 0, m.start()) + 1}: {text[m.start() : m.start() + 60]!r} points outside the repository"
+            )
         prose = _prose(text)
         targets = re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", prose)  # [text](target), ![alt](target)
         targets += re.findall(r"^\s*\[[^\]]+\]:\s*(\S+)", prose, re.M)  # [ref]: target
@@ -325,7 +377,9 @@ def test_links_stay_inside_the_repository_and_resolve():
             assert dest.exists(), f"{page.name}: {target}: no such file"
             assert dest.is_relative_to(REPO.resolve()), f"{page.name}: {target} leaves the repository"
             if anchor and dest.suffix == ".md":
-                slugs = {_slug(h) for h in re.findall(r"^#+ (.+?)\s*#*$", _prose(dest.read_text(encoding="utf-8")), re.M)}
+                slugs = {
+                    _slug(h) for h in re.findall(r"^#+ (.+?)\s*#*$", _prose(dest.read_text(encoding="utf-8")), re.M)
+                }
                 assert anchor in slugs, f"{page.name}: {target}: no heading with that anchor in {dest.name}"
 
 
@@ -337,5 +391,9 @@ def test_the_readme_stays_short_and_cites_this_version():
     bib = [b for b in fenced_blocks(README) if b.lang == "bibtex"]
     assert len(bib) == 1
     fields = dict(re.findall(r"^\s*(\w+)\s*=\s*\{+([^}]*)\}+", "\n".join(bib[0].body), re.M))
-    assert fields["version"] == medseg.__version__ and fields["author"] == "medseg contributors" and fields["year"] == "2026"
+    assert (
+        fields["version"] == medseg.__version__
+        and fields["author"] == "medseg contributors"
+        and fields["year"] == "2026"
+    )
     assert "[LICENSE](LICENSE)" in text and "not a medical device" in text

@@ -21,18 +21,38 @@ import numpy as np
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
 PIXDIM = [6.0, 6.0, 6.0]
 ROI = [24, 24, 24]
-UNET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16],
-        "strides": [2, 2], "num_res_units": 1, "norm": "instance"}
+UNET = {
+    "_target_": "UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 3,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+    "norm": "instance",
+}
 
 PREPROCESSING = [
     {"_target_": "LoadImaged", "keys": "@image_key"},
     {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
     {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
     {"_target_": "Spacingd", "keys": "@image_key", "pixdim": "@pixdim", "mode": "bilinear"},
-    {"_target_": "ScaleIntensityRanged", "keys": "@image_key", "a_min": -160, "a_max": 240, "b_min": 0.0,
-     "b_max": 1.0, "clip": True},
-    {"_target_": "CropForegroundd", "keys": "@image_key", "source_key": "@image_key", "margin": 2,
-     "allow_smaller": True},
+    {
+        "_target_": "ScaleIntensityRanged",
+        "keys": "@image_key",
+        "a_min": -160,
+        "a_max": 240,
+        "b_min": 0.0,
+        "b_max": 1.0,
+        "clip": True,
+    },
+    {
+        "_target_": "CropForegroundd",
+        "keys": "@image_key",
+        "source_key": "@image_key",
+        "margin": 2,
+        "allow_smaller": True,
+    },
     {"_target_": "EnsureTyped", "keys": "@image_key", "device": "@device"},
 ]
 
@@ -53,23 +73,59 @@ def inference_config(**changes) -> dict:
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": copy.deepcopy(PREPROCESSING)},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": ROI, "sw_batch_size": "@displayable_configs#sw_batch_size",
-                    "overlap": "@displayable_configs#sw_overlap", "mode": "gaussian"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "@image_key",
-             "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-             "separate_folder": False},
-        ]},
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": ROI,
+            "sw_batch_size": "@displayable_configs#sw_batch_size",
+            "overlap": "@displayable_configs#sw_overlap",
+            "mode": "gaussian",
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "@image_key",
+                    "meta_key_postfix": "meta_dict",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": "@output_dir",
+                    "output_postfix": "seg",
+                    "separate_folder": False,
+                },
+            ],
+        },
         "handlers": [{"_target_": "StatsHandler", "iteration_log": False}],
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
-                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                      "val_handlers": "@handlers", "amp": True},
-        "checkpointloader": {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
-                             "load_dict": {"model": "@network"}},
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": True,
+        },
+        "checkpointloader": {
+            "_target_": "CheckpointLoader",
+            "load_path": "$@bundle_root + '/models/model.pt'",
+            "load_dict": {"model": "@network"},
+        },
         "initialize": ["$monai.utils.set_determinism(seed=123)", "$@checkpointloader(@evaluator)"],
         "run": ["$@evaluator.run()"],
     }
@@ -80,20 +136,41 @@ def inference_config(**changes) -> dict:
 def metadata(labels: dict | None = None, **changes) -> dict:
     md = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
-        "version": "0.1.0", "name": "Phantom abdomen", "monai_version": "1.6.1", "task": "phantom liver/spleen",
+        "version": "0.1.0",
+        "name": "Phantom abdomen",
+        "monai_version": "1.6.1",
+        "task": "phantom liver/spleen",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
-                                 "spatial_shape": ROI, "dtype": "float32", "channel_def": {"0": "image"}}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 3, "spatial_shape": ROI,
-                                 "dtype": "float32", "channel_def": dict(labels or LABELS)}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "hounsfield",
+                    "modality": "CT",
+                    "num_channels": 1,
+                    "spatial_shape": ROI,
+                    "dtype": "float32",
+                    "channel_def": {"0": "image"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 3,
+                    "spatial_shape": ROI,
+                    "dtype": "float32",
+                    "channel_def": dict(labels or LABELS),
+                }
+            },
         },
     }
     md.update(changes)
     return md
 
 
-def write_bundle(folder: Path, state_dict: dict, *, config: dict | None = None, meta: dict | None = None,
-                 yaml_config: bool = False) -> Path:
+def write_bundle(
+    folder: Path, state_dict: dict, *, config: dict | None = None, meta: dict | None = None, yaml_config: bool = False
+) -> Path:
     import torch
 
     folder = Path(folder)
@@ -132,11 +209,17 @@ def train_unet(iterations: int = 80, seed: int = 0) -> dict:
     case = make_phantom(1, spacing=(4.0, 4.0, 4.0), fov_mm=(260.0, 200.0, 140.0))
     lab = np.where(np.asarray(case.labels.array) <= 2, case.labels.array, 0).astype(np.float32)
     aff = torch.as_tensor(case.image.affine, dtype=torch.float64)
-    d = {"image": MetaTensor(torch.as_tensor(np.asarray(case.image.array, np.float32))[None], affine=aff),
-         "label": MetaTensor(torch.as_tensor(lab)[None], affine=aff.clone())}
-    d = Compose([Orientationd(keys=["image", "label"], axcodes="RAS"),
-                 Spacingd(keys=["image", "label"], pixdim=PIXDIM, mode=("bilinear", "nearest")),
-                 ScaleIntensityRanged(keys="image", a_min=-160, a_max=240, b_min=0.0, b_max=1.0, clip=True)])(d)
+    d = {
+        "image": MetaTensor(torch.as_tensor(np.asarray(case.image.array, np.float32))[None], affine=aff),
+        "label": MetaTensor(torch.as_tensor(lab)[None], affine=aff.clone()),
+    }
+    d = Compose(
+        [
+            Orientationd(keys=["image", "label"], axcodes="RAS"),
+            Spacingd(keys=["image", "label"], pixdim=PIXDIM, mode=("bilinear", "nearest")),
+            ScaleIntensityRanged(keys="image", a_min=-160, a_max=240, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )(d)
     img, seg = d["image"].as_tensor()[None], d["label"].as_tensor()[None].long()
     kw = {k: v for k, v in UNET.items() if k != "_target_"}
     net = UNet(**kw)

@@ -31,14 +31,17 @@ def nnunet_model(tmp_path_factory):
         fx = module_from_spec(spec)
         spec.loader.exec_module(fx)
         folder = Path(cached) / "results" / fx.MODEL_DIR
-        if (folder / "fold_1" / "checkpoint_final.pth").is_file() and \
-                (Path(cached) / "results" / fx.MODEL_DIR_2D / "fold_0" / "checkpoint_final.pth").is_file():
+        if (folder / "fold_1" / "checkpoint_final.pth").is_file() and (
+            Path(cached) / "results" / fx.MODEL_DIR_2D / "fold_0" / "checkpoint_final.pth"
+        ).is_file():
             return folder, Path(cached) / "test" / "case_0000.nii.gz"
     root = Path(cached) if cached else tmp_path_factory.mktemp("nnunet")
     r = subprocess.run([sys.executable, str(FIXTURE), str(root), "0", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     folder = Path(r.stdout.strip().splitlines()[-1])
-    assert (folder / "fold_0" / "checkpoint_final.pth").is_file() and (folder / "fold_1" / "checkpoint_final.pth").is_file()
+    assert (folder / "fold_0" / "checkpoint_final.pth").is_file() and (
+        folder / "fold_1" / "checkpoint_final.pth"
+    ).is_file()
     return folder, root / "test" / "case_0000.nii.gz"
 
 

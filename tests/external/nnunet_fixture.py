@@ -55,14 +55,30 @@ def write_raw(root: Path) -> None:
 
     for seed in TRAIN_SEEDS:
         case = make_phantom(seed, spacing=SPACING)
-        save(np.asarray(case.image.array, dtype=np.float32), case.image.affine, raw / "imagesTr" / f"case{seed:03d}_0000.nii.gz")
-        save(np.asarray(case.labels.array, dtype=np.uint8), case.labels.affine, raw / "labelsTr" / f"case{seed:03d}.nii.gz")
+        save(
+            np.asarray(case.image.array, dtype=np.float32),
+            case.image.affine,
+            raw / "imagesTr" / f"case{seed:03d}_0000.nii.gz",
+        )
+        save(
+            np.asarray(case.labels.array, dtype=np.uint8),
+            case.labels.affine,
+            raw / "labelsTr" / f"case{seed:03d}.nii.gz",
+        )
     case = make_phantom(TEST_SEED, spacing=TEST_SPACING, fov_mm=TEST_FOV_MM)
     save(np.asarray(case.image.array, dtype=np.float32), case.image.affine, root / "test" / "case_0000.nii.gz")
     labels = {"background": 0, **{lab.name: lab.index for lab in PHANTOM_LABELS.labels}}
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(TRAIN_SEEDS), "file_ending": ".nii.gz",
-    }, indent=2))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": labels,
+                "numTraining": len(TRAIN_SEEDS),
+                "file_ending": ".nii.gz",
+            },
+            indent=2,
+        )
+    )
 
 
 DATASET_MR = "Dataset502_PhantomMR"
@@ -97,19 +113,30 @@ def write_raw_mr(root: Path) -> None:
         case = make_phantom(seed, spacing=MR_SPACING, fov_mm=MR_FOV_MM)
         for c, ch in enumerate(mr_channels(case)):
             nib.save(nib.Nifti1Image(ch, case.image.affine), str(raw / "imagesTr" / f"mr{seed:03d}_{c:04d}.nii.gz"))
-        nib.save(nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine), str(raw / "labelsTr" / f"mr{seed:03d}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.asarray(case.labels.array, np.uint8), case.labels.affine),
+            str(raw / "labelsTr" / f"mr{seed:03d}.nii.gz"),
+        )
     case = make_phantom(TEST_SEED, spacing=(4.5, 4.5, 6.0), fov_mm=MR_FOV_MM)
     for c, ch in enumerate(mr_channels(case)):
         nib.save(nib.Nifti1Image(ch, case.image.affine), str(root / "test_mr" / f"case_{c:04d}.nii.gz"))
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T1", "1": "T2"}, "labels": MR_LABELS, "regions_class_order": MR_REGIONS_ORDER,
-        "numTraining": 4, "file_ending": ".nii.gz",
-    }, indent=2))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T1", "1": "T2"},
+                "labels": MR_LABELS,
+                "regions_class_order": MR_REGIONS_ORDER,
+                "numTraining": 4,
+                "file_ending": ".nii.gz",
+            },
+            indent=2,
+        )
+    )
 
 
 #: nnU-Net's own trainer in a subprocess (``train_code``), shortened and narrowed for a CPU. Also used by
 #: benchmarks/bench_nnunet.py.
-TRAIN = r'''
+TRAIN = r"""
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _Base
 from batchgenerators.utilities.file_and_folder_operations import load_json, join
@@ -143,33 +170,61 @@ if %(patch)s:  # a smaller patch than planned (same number of poolings)
     plans["configurations"]["%(conf)s"]["patch_size"] = %(patch)s
 t = nnUNetTrainer(plans, "%(conf)s", %(fold)r, load_json(join(pre, "dataset.json")), device=torch.device("cpu"))
 t.run_training()
-'''
+"""
 
 
-def train_code(dataset: str, configuration: str, fold, *, epochs: int = 1, iters: int = 2, f0: int = 8, fmax: int = 64,
-               patch=None, adamw: float = 0.0) -> str:
+def train_code(
+    dataset: str,
+    configuration: str,
+    fold,
+    *,
+    epochs: int = 1,
+    iters: int = 2,
+    f0: int = 8,
+    fmax: int = 64,
+    patch=None,
+    adamw: float = 0.0,
+) -> str:
     """The script that trains ``dataset``/``configuration``/``fold`` with nnU-Net's trainer: ``epochs`` of ``iters``
     iterations, the PlainConvUNet's stages ``f0 * 2**i`` features up to ``fmax`` (the tests: 8..64, small enough
     for a CPU), the planned patch unless ``patch``; ``adamw``: nnunetv2's nnUNetTrainerAdam recipe (AdamW, amsgrad, poly)
     at this initial learning rate instead of nnU-Net's SGD (trains a full-width network in hundreds of CPU steps)."""
     fold = int(fold) if str(fold).isdigit() else str(fold)
-    return TRAIN % {"ds": dataset, "conf": configuration, "fold": fold, "epochs": epochs, "iters": iters, "f0": f0,
-                    "fmax": fmax, "patch": repr(list(patch)) if patch else "None", "adamw": float(adamw)}
+    return TRAIN % {
+        "ds": dataset,
+        "conf": configuration,
+        "fold": fold,
+        "epochs": epochs,
+        "iters": iters,
+        "f0": f0,
+        "fmax": fmax,
+        "patch": repr(list(patch)) if patch else "None",
+        "adamw": float(adamw),
+    }
 
 
 def nnunet_env(root: Path, *, threads: int | None = 2) -> dict:
     """This environment with nnU-Net's folders under ``root`` (nnunetv2 reads them when imported: set them only in
     the subprocesses that run it), its torch.compile off, and ``threads`` OpenMP threads (None: as inherited)."""
-    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-           "nnUNet_results": str(root / "results"), "nnUNet_compile": "f"}
+    env = {
+        **os.environ,
+        "nnUNet_raw": str(root / "raw"),
+        "nnUNet_preprocessed": str(root / "preprocessed"),
+        "nnUNet_results": str(root / "results"),
+        "nnUNet_compile": "f",
+    }
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
 def train(root: Path, configuration: str, fold, dataset: str = DATASET) -> None:
-    subprocess.run([sys.executable, "-c", train_code(dataset, configuration, fold)],
-                   env={**nnunet_env(root), "nnUNet_n_proc_DA": "0"}, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", train_code(dataset, configuration, fold)],
+        env={**nnunet_env(root), "nnUNet_n_proc_DA": "0"},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
@@ -179,8 +234,23 @@ def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
     write_raw(root)
     bindir = Path(sys.executable).parent
     confs, nps = (["2d", "3d_fullres"], ["1", "1"]) if two_d else (["3d_fullres"], ["1"])
-    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", *confs, "-np", *nps, "-npfp", "1",
-                    "--verify_dataset_integrity"], env=nnunet_env(root), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(bindir / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            "501",
+            "-c",
+            *confs,
+            "-np",
+            *nps,
+            "-npfp",
+            "1",
+            "--verify_dataset_integrity",
+        ],
+        env=nnunet_env(root),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     for fold in folds:
         train(root, "3d_fullres", fold)
     if two_d:
@@ -194,8 +264,23 @@ def build_mr(root: Path) -> Path:
     root = Path(root)
     write_raw_mr(root)
     bindir = Path(sys.executable).parent
-    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "502", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-                    "--verify_dataset_integrity"], env=nnunet_env(root), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(bindir / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            "502",
+            "-c",
+            "3d_fullres",
+            "-np",
+            "1",
+            "-npfp",
+            "1",
+            "--verify_dataset_integrity",
+        ],
+        env=nnunet_env(root),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     train(root, "3d_fullres", "all", dataset=DATASET_MR)
     return root / "results" / MODEL_DIR_MR
 

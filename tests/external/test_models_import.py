@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
+pytest.importorskip(
+    "dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)"
+)
 
 from test_totalseg_layout import PARTS, make_part, make_total  # noqa: E402  (same folder: built the same way)
 
@@ -24,7 +26,9 @@ from medseg.cli import main  # noqa: E402
 def _nnunet_folder(root: Path) -> Path:
     """A plain nnU-Net folder with two folds (other weights each)."""
     folder = make_part(root, "Dataset501_Phantom", ["liver", "spleen", "kidney_left"], seed=11, trainer="nnUNetTrainer")
-    other = make_part(root / "tmp", "Dataset501_Phantom", ["liver", "spleen", "kidney_left"], seed=12, trainer="nnUNetTrainer")
+    other = make_part(
+        root / "tmp", "Dataset501_Phantom", ["liver", "spleen", "kidney_left"], seed=12, trainer="nnUNetTrainer"
+    )
     shutil.copytree(other / "fold_0", folder / "fold_1")
     shutil.rmtree(root / "tmp")
     return folder
@@ -108,13 +112,18 @@ def test_bad_folders_are_refused_with_one_line_naming_them(tmp_path, capsys):
     assert main(["models", "import", str(folder), "--out", str(tmp_path / "b.pt")]) == 2
     line = _one_error_line(capsys)
     assert str(folder) in line and "FancyUNet" in line and not (tmp_path / "b.pt").exists()
-    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = \
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = (
         "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    )
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32]
     (folder / "plans.json").write_text(json.dumps(plans))  # plans that do not match the weights
     assert main(["models", "import", str(folder), "--out", str(tmp_path / "b.pt")]) == 2
     line = _one_error_line(capsys)
-    assert str(folder) in line and "do not fit the network plans.json describes" in line and not (tmp_path / "b.pt").exists()
+    assert (
+        str(folder) in line
+        and "do not fit the network plans.json describes" in line
+        and not (tmp_path / "b.pt").exists()
+    )
     home = make_total(tmp_path / "ts", weights=False, skip=(294,))
     assert main(["models", "import", str(home), "--out", str(tmp_path / "c.pt")]) == 2
     assert "[294] are missing" in _one_error_line(capsys)
@@ -164,7 +173,9 @@ def test_totalsegmentator_folder_imports_as_one_file(tmp_path):
 
     api.import_model(home, out=out)
     data = torch.load(out, weights_only=True)
-    assert data["kind"] == "totalsegmentator" and [m["dir"].split("/")[0] for m in data["models"]] == [v[0] for v in PARTS.values()]
+    assert data["kind"] == "totalsegmentator" and [m["dir"].split("/")[0] for m in data["models"]] == [
+        v[0] for v in PARTS.values()
+    ]
     image = _image(tmp_path, seed=9, flips=(False, True, True))
     a = load_predictor(home, device="cpu", overlap=0.5)
     b = load_predictor(out, device="cpu", overlap=0.5)

@@ -105,21 +105,42 @@ def test_yaml_wholebody_layout_matches_monai_bundle(tmp_path, trained, one_threa
         {"_target_": "ThresholdIntensityd", "keys": "@image_key", "threshold": -500, "above": True, "cval": -500},
         {"_target_": "NormalizeIntensityd", "keys": "@image_key", "nonzero": True},
         {"_target_": "ScaleIntensityd", "keys": "@image_key", "minv": -1.0, "maxv": 1.0},
-        {"_target_": "ScaleIntensityRanged", "keys": "@image_key", "a_min": 0, "a_max": 1, "b_min": 5, "b_max": 9,
-         "_disabled_": True},
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "@image_key",
+            "a_min": 0,
+            "a_max": 1,
+            "b_min": 5,
+            "b_max": 9,
+            "_disabled_": True,
+        },
     ]
     post = [
         {"_target_": "Activationsd", "keys": "pred", "softmax": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "@image_key",
-         "nearest_interp": True, "to_tensor": True, "device": "@device"},
+        {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "@image_key",
+            "nearest_interp": True,
+            "to_tensor": True,
+            "device": "@device",
+        },
         {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "separate_folder": False},
     ]
     cfg = bf.inference_config(
         image_key="img",
         preprocessing={"_target_": "Compose", "transforms": pre},
-        inferer={"_target_": "SlidingWindowInferer", "roi_size": [20, 24, 16], "sw_batch_size": 3, "overlap": 0.25,
-                 "mode": "constant", "padding_mode": "replicate", "device": "$torch.device('cpu')"},
+        inferer={
+            "_target_": "SlidingWindowInferer",
+            "roi_size": [20, 24, 16],
+            "sw_batch_size": 3,
+            "overlap": 0.25,
+            "mode": "constant",
+            "padding_mode": "replicate",
+            "device": "$torch.device('cpu')",
+        },
         postprocessing={"_target_": "Compose", "transforms": post},
         dataset={"_target_": "Dataset", "data": "$[{'img': i} for i in @datalist]", "transform": "@preprocessing"},
     )
@@ -131,7 +152,9 @@ def test_yaml_wholebody_layout_matches_monai_bundle(tmp_path, trained, one_threa
     ref_labels, _ = bf.run_monai_bundle(bundle, img, tmp_path / "ref", config_name="inference.yaml")
 
     predictor = _predict(bundle, img)
-    assert [s["name"] for s in predictor.preprocessing["transforms"]][-1] == "ScaleIntensityd"  # the disabled one left out
+    assert [s["name"] for s in predictor.preprocessing["transforms"]][
+        -1
+    ] == "ScaleIntensityd"  # the disabled one left out
     assert predictor.inference["blend"] == "constant" and predictor.inference["roi_size"] == [20, 24, 16]
     out = predictor.predict(img, keep_probabilities=True)
     assert out.shape == case.image.shape and np.allclose(out.affine, case.image.affine, atol=1e-4)
@@ -156,8 +179,26 @@ def test_cli_predict_and_run_take_a_bundle(tmp_path, trained):
     (tmp_path / "in").mkdir()
     case, img = _phantom_image(tmp_path / "in", 5, name="c1.nii.gz", spacing=(4.0, 4.0, 5.0))
     out = tmp_path / "pred"
-    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(bundle), str(img), "--out", str(out),
-                        "--no-progress", "--overlap", "0.25"], capture_output=True, text=True, cwd=tmp_path, env=_ONE_THREAD)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "predict",
+            "--model",
+            str(bundle),
+            str(img),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--overlap",
+            "0.25",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_ONE_THREAD,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     side = json.loads((out / "c1.json").read_text())
     assert [lab["name"] for lab in side["labels"]["labels"]] == ["liver", "spleen"]
@@ -167,9 +208,29 @@ def test_cli_predict_and_run_take_a_bundle(tmp_path, trained):
     assert side["voxels"]["liver"] == int((np.asarray(lab.dataobj) == 1).sum()) > 0
 
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "medseg", "run", "dicom_volumetry", "--input", str(tmp_path / "in"), "--out",
-                        str(run), "--set", f"predict.model={bundle}", "--set", "report.qc=false", "--set", "report.html=false"],
-                       capture_output=True, text=True, cwd=tmp_path, env=_ONE_THREAD)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "run",
+            "dicom_volumetry",
+            "--input",
+            str(tmp_path / "in"),
+            "--out",
+            str(run),
+            "--set",
+            f"predict.model={bundle}",
+            "--set",
+            "report.qc=false",
+            "--set",
+            "report.html=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_ONE_THREAD,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads((run / "run.json").read_text())
     assert record["model"]["name"] == "monai_bundle:UNet" and len(record["model"]["sha256"]) == 64
@@ -195,38 +256,91 @@ def _set(cfg: dict, path: str, value) -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("path, value, where, what", [
-    ("preprocessing.transforms.4.a_min", PWNED, "preprocessing.transforms[4].a_min", "is an expression"),
-    ("preprocessing.transforms.3", PWNED, "preprocessing.transforms[3]", "is an expression"),
-    ("preprocessing.transforms", "$[__import__('os').system('touch PWNED')]", "preprocessing.transforms", "is an expression"),
-    ("preprocessing.transforms.2", {"_target_": "Lambdad", "keys": "image", "func": PWNED},
-     "preprocessing.transforms[2]._target_", "not a transform medseg runs"),
-    ("preprocessing.transforms.2", {"_target_": "os.system", "command": "touch PWNED"},
-     "preprocessing.transforms[2]._target_", "not a transform medseg runs"),
-    ("preprocessing.transforms.2._target_", "$__import__('os').system", "preprocessing.transforms[2]._target_",
-     "is an expression"),
-    ("pixdim", "$__import__('os').system('touch PWNED') or [4, 4, 4]", "preprocessing.transforms[3].pixdim -> @pixdim",
-     "is an expression"),
-    ("preprocessing.transforms.4.b_max", {"_target_": "subprocess.Popen", "args": ["touch", "PWNED"]},
-     "preprocessing.transforms[4].b_max", "builds an object"),
-    ("preprocessing.transforms.5.select_fn", "$lambda x: x > 0", "preprocessing.transforms[5].select_fn",
-     "keyword 'select_fn' of CropForegroundd is not supported"),
-    ("network_def._target_", "torch.nn.Identity", "network_def._target_", "not a network medseg runs"),
-    ("network_def.channels", PWNED, "network_def.channels", "is an expression"),
-    ("network_def.act", "%configs/other.json#act", "network_def.act", "is a macro"),
-    ("network_def.spatial_dims", 2, "network_def.spatial_dims", "medseg runs 3D bundles"),
-    ("network_def.kernel_size", "@network_def#kernel_size", "network_def.kernel_size", "nest too deeply (a cycle?)"),
-    ("inferer", {"_target_": "SlidingWindowInferer", "roi_size": "@nowhere"}, "inferer.roi_size", "names no key"),
-    ("inferer", {"_target_": "SaliencyInferer", "cam_name": "GradCAM", "target_layers": "x"}, "inferer._target_",
-     "not an inferer medseg runs"),
-    ("inferer", PWNED, "inferer", "is an expression"),
-    ("postprocessing.transforms.1.transform", "$__import__('os').system('touch PWNED')",
-     "postprocessing.transforms[1].transform", "inverts the bundle's own preprocessing only"),
-    ("postprocessing.transforms.1.post_func", PWNED, "postprocessing.transforms[1].post_func",
-     "keyword 'post_func' of Invertd is not supported"),
-    ("postprocessing.transforms.0", {"_target_": "Activationsd", "keys": "pred", "other": PWNED},
-     "postprocessing.transforms[0].other", "keyword 'other' of Activationsd is not supported"),
-])
+@pytest.mark.parametrize(
+    "path, value, where, what",
+    [
+        ("preprocessing.transforms.4.a_min", PWNED, "preprocessing.transforms[4].a_min", "is an expression"),
+        ("preprocessing.transforms.3", PWNED, "preprocessing.transforms[3]", "is an expression"),
+        (
+            "preprocessing.transforms",
+            "$[__import__('os').system('touch PWNED')]",
+            "preprocessing.transforms",
+            "is an expression",
+        ),
+        (
+            "preprocessing.transforms.2",
+            {"_target_": "Lambdad", "keys": "image", "func": PWNED},
+            "preprocessing.transforms[2]._target_",
+            "not a transform medseg runs",
+        ),
+        (
+            "preprocessing.transforms.2",
+            {"_target_": "os.system", "command": "touch PWNED"},
+            "preprocessing.transforms[2]._target_",
+            "not a transform medseg runs",
+        ),
+        (
+            "preprocessing.transforms.2._target_",
+            "$__import__('os').system",
+            "preprocessing.transforms[2]._target_",
+            "is an expression",
+        ),
+        (
+            "pixdim",
+            "$__import__('os').system('touch PWNED') or [4, 4, 4]",
+            "preprocessing.transforms[3].pixdim -> @pixdim",
+            "is an expression",
+        ),
+        (
+            "preprocessing.transforms.4.b_max",
+            {"_target_": "subprocess.Popen", "args": ["touch", "PWNED"]},
+            "preprocessing.transforms[4].b_max",
+            "builds an object",
+        ),
+        (
+            "preprocessing.transforms.5.select_fn",
+            "$lambda x: x > 0",
+            "preprocessing.transforms[5].select_fn",
+            "keyword 'select_fn' of CropForegroundd is not supported",
+        ),
+        ("network_def._target_", "torch.nn.Identity", "network_def._target_", "not a network medseg runs"),
+        ("network_def.channels", PWNED, "network_def.channels", "is an expression"),
+        ("network_def.act", "%configs/other.json#act", "network_def.act", "is a macro"),
+        ("network_def.spatial_dims", 2, "network_def.spatial_dims", "medseg runs 3D bundles"),
+        (
+            "network_def.kernel_size",
+            "@network_def#kernel_size",
+            "network_def.kernel_size",
+            "nest too deeply (a cycle?)",
+        ),
+        ("inferer", {"_target_": "SlidingWindowInferer", "roi_size": "@nowhere"}, "inferer.roi_size", "names no key"),
+        (
+            "inferer",
+            {"_target_": "SaliencyInferer", "cam_name": "GradCAM", "target_layers": "x"},
+            "inferer._target_",
+            "not an inferer medseg runs",
+        ),
+        ("inferer", PWNED, "inferer", "is an expression"),
+        (
+            "postprocessing.transforms.1.transform",
+            "$__import__('os').system('touch PWNED')",
+            "postprocessing.transforms[1].transform",
+            "inverts the bundle's own preprocessing only",
+        ),
+        (
+            "postprocessing.transforms.1.post_func",
+            PWNED,
+            "postprocessing.transforms[1].post_func",
+            "keyword 'post_func' of Invertd is not supported",
+        ),
+        (
+            "postprocessing.transforms.0",
+            {"_target_": "Activationsd", "keys": "pred", "other": PWNED},
+            "postprocessing.transforms[0].other",
+            "keyword 'other' of Activationsd is not supported",
+        ),
+    ],
+)
 def test_code_in_the_bundle_is_refused_with_one_line_and_never_runs(tmp_path, monkeypatch, path, value, where, what):
     monkeypatch.chdir(tmp_path)
     cfg = _set(bf.inference_config(), path, value)
@@ -245,8 +359,23 @@ def test_cli_refuses_an_expression_with_one_line_and_runs_nothing(tmp_path):
     cfg = _set(bf.inference_config(), "preprocessing.transforms.3.pixdim", PWNED)
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights(), config=cfg)
     _, img = _phantom_image(tmp_path, 3, spacing=(6.0, 6.0, 6.0))
-    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(bundle), str(img), "--out",
-                        str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "predict",
+            "--model",
+            str(bundle),
+            str(img),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
@@ -362,7 +491,9 @@ def test_labels_from_metadata_variants(tmp_path):
     from monai.networks.nets import UNet
 
     kw = {k: v for k, v in cfg["network_def"].items() if k != "_target_"}
-    b = load_bundle(bf.write_bundle(tmp_path / "b5", UNet(**kw).state_dict(), config=cfg, meta=bf.metadata({"0": "spleen"})))
+    b = load_bundle(
+        bf.write_bundle(tmp_path / "b5", UNet(**kw).state_dict(), config=cfg, meta=bf.metadata({"0": "spleen"}))
+    )
     assert [(lab.index, lab.name) for lab in b.labels.labels] == [(1, "spleen")]
     # several sigmoid channels overlap: not one label map
     cfg["network_def"]["out_channels"] = 3
@@ -387,16 +518,52 @@ def test_preprocessing_that_drops_the_geometry_is_refused(tmp_path, one_thread):
         _predict(bundle, img).predict(img)
 
 
-@pytest.mark.parametrize("net", [
-    {"_target_": "monai.networks.nets.SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 8,
-     "blocks_down": [1, 1], "blocks_up": [1], "dropout_prob": 0.2},
-    {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "kernel_size": [[3, 3, 3]] * 3,
-     "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "upsample_kernel_size": [[2, 2, 2]] * 2, "filters": [4, 8, 16],
-     "norm_name": "instance", "deep_supervision": True, "deep_supr_num": 1},
-    {"_target_": "AttentionUnet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2]},
-    {"_target_": "SwinUNETR", "spatial_dims": 3, "img_size": 64, "in_channels": 1, "out_channels": 3, "feature_size": 12,
-     "depths": [1, 1, 1, 1], "use_checkpoint": False},
-])
+@pytest.mark.parametrize(
+    "net",
+    [
+        {
+            "_target_": "monai.networks.nets.SegResNet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 3,
+            "init_filters": 8,
+            "blocks_down": [1, 1],
+            "blocks_up": [1],
+            "dropout_prob": 0.2,
+        },
+        {
+            "_target_": "DynUNet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 3,
+            "kernel_size": [[3, 3, 3]] * 3,
+            "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+            "upsample_kernel_size": [[2, 2, 2]] * 2,
+            "filters": [4, 8, 16],
+            "norm_name": "instance",
+            "deep_supervision": True,
+            "deep_supr_num": 1,
+        },
+        {
+            "_target_": "AttentionUnet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": 3,
+            "channels": [4, 8],
+            "strides": [2],
+        },
+        {
+            "_target_": "SwinUNETR",
+            "spatial_dims": 3,
+            "img_size": 64,
+            "in_channels": 1,
+            "out_channels": 3,
+            "feature_size": 12,
+            "depths": [1, 1, 1, 1],
+            "use_checkpoint": False,
+        },
+    ],
+)
 def test_supported_networks_build_from_network_def(tmp_path, net, one_thread):
     """Each network of the zoo's bundles, built from its literal network_def with the bundle's weights
     (SwinUNETR's img_size, which current MONAI refuses and which never changed the weights, is dropped)."""

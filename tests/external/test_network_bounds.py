@@ -42,27 +42,30 @@ def _conf(**arch_changes):
 _DROP = object()
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"strides": "2"}, "arch_kwargs.strides"),
-    ({"bogus": 1}, "arch_kwargs.bogus"),
-    ({"nonlin_kwargs": {"slope": 3}}, "arch_kwargs.nonlin_kwargs['slope']"),
-    ({"nonlin_kwargs": {"negative_slope": "steep"}}, "arch_kwargs.nonlin_kwargs['negative_slope']"),
-    ({"n_stages": 4}, "arch_kwargs.features_per_stage"),
-    ({"n_stages": 10**6}, "arch_kwargs.n_stages"),
-    ({"kernel_sizes": [[0, 0, 0]] * 3}, "arch_kwargs.kernel_sizes[0]"),
-    ({"kernel_sizes": [[3, 3]] * 3}, "arch_kwargs.kernel_sizes[0]"),
-    ({"features_per_stage": [4, 8, 100000]}, "arch_kwargs.features_per_stage[2]"),
-    ({"features_per_stage": [4, 8, 16.0]}, "arch_kwargs.features_per_stage[2]"),
-    ({"n_conv_per_stage": [2, 2, 10**5]}, "arch_kwargs.n_conv_per_stage[2]"),
-    ({"n_conv_per_stage_decoder": [2]}, "arch_kwargs.n_conv_per_stage_decoder"),
-    ({"conv_op": "torch.nn.Conv1d"}, "arch_kwargs.conv_op"),
-    ({"conv_op": "torch.nn.Conv2d"}, "arch_kwargs.norm_op"),
-    ({"norm_op": "torch.nn.InstanceNorm2d"}, "arch_kwargs.norm_op"),
-    ({"norm_op_kwargs": {"eps": 1e-5, "affine": "yes"}}, "arch_kwargs.norm_op_kwargs['affine']"),
-    ({"dropout_op": "torch.nn.Dropout3d", "dropout_op_kwargs": {"p": 7}}, "arch_kwargs.dropout_op_kwargs['p']"),
-    ({"conv_bias": "true"}, "arch_kwargs.conv_bias"),
-    ({"n_conv_per_stage": _DROP}, "arch_kwargs.n_conv_per_stage"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"strides": "2"}, "arch_kwargs.strides"),
+        ({"bogus": 1}, "arch_kwargs.bogus"),
+        ({"nonlin_kwargs": {"slope": 3}}, "arch_kwargs.nonlin_kwargs['slope']"),
+        ({"nonlin_kwargs": {"negative_slope": "steep"}}, "arch_kwargs.nonlin_kwargs['negative_slope']"),
+        ({"n_stages": 4}, "arch_kwargs.features_per_stage"),
+        ({"n_stages": 10**6}, "arch_kwargs.n_stages"),
+        ({"kernel_sizes": [[0, 0, 0]] * 3}, "arch_kwargs.kernel_sizes[0]"),
+        ({"kernel_sizes": [[3, 3]] * 3}, "arch_kwargs.kernel_sizes[0]"),
+        ({"features_per_stage": [4, 8, 100000]}, "arch_kwargs.features_per_stage[2]"),
+        ({"features_per_stage": [4, 8, 16.0]}, "arch_kwargs.features_per_stage[2]"),
+        ({"n_conv_per_stage": [2, 2, 10**5]}, "arch_kwargs.n_conv_per_stage[2]"),
+        ({"n_conv_per_stage_decoder": [2]}, "arch_kwargs.n_conv_per_stage_decoder"),
+        ({"conv_op": "torch.nn.Conv1d"}, "arch_kwargs.conv_op"),
+        ({"conv_op": "torch.nn.Conv2d"}, "arch_kwargs.norm_op"),
+        ({"norm_op": "torch.nn.InstanceNorm2d"}, "arch_kwargs.norm_op"),
+        ({"norm_op_kwargs": {"eps": 1e-5, "affine": "yes"}}, "arch_kwargs.norm_op_kwargs['affine']"),
+        ({"dropout_op": "torch.nn.Dropout3d", "dropout_op_kwargs": {"p": 7}}, "arch_kwargs.dropout_op_kwargs['p']"),
+        ({"conv_bias": "true"}, "arch_kwargs.conv_bias"),
+        ({"n_conv_per_stage": _DROP}, "arch_kwargs.n_conv_per_stage"),
+    ],
+)
 def test_hostile_arch_kwargs_are_one_line_naming_the_key(change, key):
     from medseg.adapters.nnunet.folder import architecture, build_network
 
@@ -73,12 +76,15 @@ def test_hostile_arch_kwargs_are_one_line_naming_the_key(change, key):
     assert "\n" not in msg and msg.startswith("plans.json: ") and key in msg, msg
 
 
-@pytest.mark.parametrize("patch, why", [
-    ([4096, 4096, 4096], "MEDSEG_MAX_VOXELS"),
-    ([16, 16], "3 positive whole numbers"),
-    ([16, 16, 0], "3 positive whole numbers"),
-    ([18, 16, 16], "total stride"),
-])
+@pytest.mark.parametrize(
+    "patch, why",
+    [
+        ([4096, 4096, 4096], "MEDSEG_MAX_VOXELS"),
+        ([16, 16], "3 positive whole numbers"),
+        ([16, 16, 0], "3 positive whole numbers"),
+        ([18, 16, 16], "total stride"),
+    ],
+)
 def test_patch_size_is_bounded(patch, why):
     from medseg.adapters.nnunet.folder import architecture
 
@@ -104,6 +110,7 @@ except CheckpointError as exc:
 def _limited(gb: int):
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (gb << 30, gb << 30))
+
     return limit
 
 
@@ -115,8 +122,13 @@ def test_parameter_count_is_bounded_before_allocating(monkeypatch):
 
     conf = _conf(features_per_stage=[2048] * 3, kernel_sizes=[[7, 7, 7]] * 3)
     t = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", _BIG, json.dumps(conf)], capture_output=True, text=True,
-                       preexec_fn=_limited(4), timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _BIG, json.dumps(conf)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited(4),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "parameters, over the limit of 1,000,000,000 (MEDSEG_MAX_PARAMETERS)" in r.stdout, r.stdout
     assert time.monotonic() - t < 60
@@ -150,9 +162,16 @@ def test_folder_with_absurd_features_is_refused_at_loading(tmp_path):
 def test_older_plans_format_is_bounded_too():
     from medseg.adapters.nnunet.folder import architecture
 
-    old = {"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 10**6,
-           "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "patch_size": [16, 16, 16],
-           "conv_kernel_sizes": [[3, 3, 3]] * 3, "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+    old = {
+        "UNet_class_name": "PlainConvUNet",
+        "UNet_base_num_features": 4,
+        "unet_max_num_features": 10**6,
+        "n_conv_per_stage_encoder": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "patch_size": [16, 16, 16],
+        "conv_kernel_sizes": [[3, 3, 3]] * 3,
+        "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+    }
     with pytest.raises(CheckpointError, match="unet_max_num_features = 1000000"):
         architecture(old, path="plans.json")
     old["unet_max_num_features"] = 16
@@ -176,15 +195,18 @@ def _bundle(tmp_path, **network_changes):
     return bf.write_bundle(tmp_path / "b", sd, config=cfg)
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"channels": [4, 8, 1e6]}, "network_def.channels"),
-    ({"channels": [4, 8, 1000000]}, "network_def.channels"),
-    ({"strides": ["2", 2]}, "network_def.strides"),
-    ({"num_res_units": 10**6}, "network_def.num_res_units"),
-    ({"kernel_size": 0}, "network_def.kernel_size"),
-    ({"out_channels": 10**7}, "network_def.out_channels"),
-    ({"act": "no_such_activation"}, "network_def: UNet cannot be built"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"channels": [4, 8, 1e6]}, "network_def.channels"),
+        ({"channels": [4, 8, 1000000]}, "network_def.channels"),
+        ({"strides": ["2", 2]}, "network_def.strides"),
+        ({"num_res_units": 10**6}, "network_def.num_res_units"),
+        ({"kernel_size": 0}, "network_def.kernel_size"),
+        ({"out_channels": 10**7}, "network_def.out_channels"),
+        ({"act": "no_such_activation"}, "network_def: UNet cannot be built"),
+    ],
+)
 def test_bundle_network_def_is_bounded_before_building(tmp_path, change, key):
     """channels [4, 8, 1e6]/1000000 took 1.7 GB (maxrss) before the weights were refused; now nothing is built."""
     from medseg.adapters.monai_bundle.bundle import load_bundle
@@ -202,7 +224,9 @@ def test_bundle_parameter_count_is_bounded(tmp_path, monkeypatch):
     from medseg.adapters.monai_bundle.bundle import load_bundle
 
     monkeypatch.setenv("MEDSEG_MAX_PARAMETERS", "1000")
-    with pytest.raises(ConfigError, match=r"network_def: UNet with these values has [\d,]+ parameters, over the limit of 1,000"):
+    with pytest.raises(
+        ConfigError, match=r"network_def: UNet with these values has [\d,]+ parameters, over the limit of 1,000"
+    ):
         load_bundle(_bundle(tmp_path))
     monkeypatch.delenv("MEDSEG_MAX_PARAMETERS")
     assert load_bundle(tmp_path / "b").build_network() is not None

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-nnunetv2 = pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only: pip install 'medseg[nnunet]', "
-                                                  "or nnunetv2 --no-deps next to the pinned torch)")
+nnunetv2 = pytest.importorskip(
+    "nnunetv2",
+    reason="nnunetv2 is not installed (test-only: pip install 'medseg[nnunet]', "
+    "or nnunetv2 --no-deps next to the pinned torch)",
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +34,36 @@ def _reference(folder: Path, image, folds=None) -> dict:
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
-                        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    p = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=True,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
     p.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name="checkpoint_final.pth")
     img, props = SimpleITKIO().read_images([str(i) for i in (image if isinstance(image, (list, tuple)) else [image])])
     pre = p.configuration_manager.preprocessor_class(verbose=False)
-    data, _, pprops = pre.run_case_npy(img.copy(), None, dict(props), p.plans_manager, p.configuration_manager, p.dataset_json)
+    data, _, pprops = pre.run_case_npy(
+        img.copy(), None, dict(props), p.plans_manager, p.configuration_manager, p.dataset_json
+    )
     logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
     # what predict_single_npy_array does after these two steps (running it again would double the time)
     seg, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits.clone(), p.plans_manager, p.configuration_manager, p.label_manager, pprops, return_probabilities=True)
-    return {"img": img, "spacing": props["spacing"], "data": data, "logits": logits, "seg": seg, "probs": probs,
-            "folds": [str(f) for f in nnUNetPredictor.auto_detect_available_folds(str(folder), "checkpoint_final.pth")]}
+        logits.clone(), p.plans_manager, p.configuration_manager, p.label_manager, pprops, return_probabilities=True
+    )
+    return {
+        "img": img,
+        "spacing": props["spacing"],
+        "data": data,
+        "logits": logits,
+        "seg": seg,
+        "probs": probs,
+        "folds": [str(f) for f in nnUNetPredictor.auto_detect_available_folds(str(folder), "checkpoint_final.pth")],
+    }
 
 
 def _assert_same_output(out, ref):
@@ -117,8 +138,24 @@ def test_2d_configuration_matches_nnunet(nnunet_model):
 def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp_path):
     folder, image = nnunet_model
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(folder), str(image), "--out", str(out),
-                        "--folds", "1", "--no-progress"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "predict",
+            "--model",
+            str(folder),
+            str(image),
+            "--out",
+            str(out),
+            "--folds",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     sidecars = [p for p in out.glob("*.json") if p.name != "run.json"]
     assert len(sidecars) == 1
@@ -137,8 +174,15 @@ def test_mr_two_channels_masked_zscore_and_regions_match_nnunet(nnunet_mr_model)
     folder, images = nnunet_mr_model
     model = load_nnunet_folder(folder)
     assert model.folds == ["all"] and model.in_channels == 2
-    assert model.conf["normalization_schemes"] == ["ZScoreNormalization"] * 2 and model.conf["use_mask_for_norm"] == [True, True]
-    assert model.labels.regions and [lab.name for lab in model.labels.table.labels] == ["organs", "kidneys", "kidney_left"]
+    assert model.conf["normalization_schemes"] == ["ZScoreNormalization"] * 2 and model.conf["use_mask_for_norm"] == [
+        True,
+        True,
+    ]
+    assert model.labels.regions and [lab.name for lab in model.labels.table.labels] == [
+        "organs",
+        "kidneys",
+        "kidney_left",
+    ]
     ref = _reference(folder, images, folds=("all",))
     data, props = nn.preprocess(ref["img"], ref["spacing"], model)
     assert props["shape_after_cropping"] != props["shape_before_cropping"]  # the crop to the body did something

@@ -20,14 +20,30 @@ from medseg.errors import ConfigError
 
 
 def _model(heads=4, regions=(), kwargs=None, patch=(8, 8, 8)):
-    labels = SimpleNamespace(heads=heads, regions=bool(regions), regions_class_order=tuple(regions),
-                             table=SimpleNamespace(num_classes=(max(regions) + 1) if regions else heads))
-    conf = {"patch_size": list(patch), "normalization_schemes": ["CTNormalization"],
-            "resampling_fn_probabilities_kwargs": kwargs or {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}}
-    return SimpleNamespace(plans={"transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-                                  "foreground_intensity_properties_per_channel": {"0": {
-                                      "percentile_00_5": -900.0, "percentile_99_5": 300.0, "mean": 0.0, "std": 100.0}}},
-                           conf=conf, labels=labels, mirror_axes=(0, 1, 2))
+    labels = SimpleNamespace(
+        heads=heads,
+        regions=bool(regions),
+        regions_class_order=tuple(regions),
+        table=SimpleNamespace(num_classes=(max(regions) + 1) if regions else heads),
+    )
+    conf = {
+        "patch_size": list(patch),
+        "normalization_schemes": ["CTNormalization"],
+        "resampling_fn_probabilities_kwargs": kwargs
+        or {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+    }
+    return SimpleNamespace(
+        plans={
+            "transpose_forward": [0, 1, 2],
+            "transpose_backward": [0, 1, 2],
+            "foreground_intensity_properties_per_channel": {
+                "0": {"percentile_00_5": -900.0, "percentile_99_5": 300.0, "mean": 0.0, "std": 100.0}
+            },
+        },
+        conf=conf,
+        labels=labels,
+        mirror_axes=(0, 1, 2),
+    )
 
 
 def _smooth_logits(heads, shape, seed=0):
@@ -42,8 +58,15 @@ def test_options_default_to_nnunet_and_check_values():
     assert {k: nnunet_inference_options()[k] for k in NNUNET_FAITHFUL} == NNUNET_FAITHFUL
     fast = nnunet_inference_options({"preset": "fast", "mirror": "single"})
     assert fast["mirror"] == "single" and fast["export"] == NNUNET_FAST["export"] == "labels"
-    for bad in ({"preset": "fastest"}, {"mirror": "some"}, {"export": "probs"}, {"amp": "int8"}, {"sw_batch_size": 0},
-                {"roi_size": [64, 64, 64]}, {"overlap": 1.0}):
+    for bad in (
+        {"preset": "fastest"},
+        {"mirror": "some"},
+        {"export": "probs"},
+        {"amp": "int8"},
+        {"sw_batch_size": 0},
+        {"roi_size": [64, 64, 64]},
+        {"overlap": 1.0},
+    ):
         with pytest.raises(ConfigError):
             nnunet_inference_options(bad)
 
@@ -77,8 +100,13 @@ def test_labels_only_equals_resampling_every_class(case, route, monkeypatch):
     if regions:
         logits -= 10  # a share of background (every region off)
     bbox = [[2, 2 + out_shape[0]], [0, out_shape[1]], [1, 1 + out_shape[2]]]
-    props = {"spacing": spacing, "network_spacing": net_spacing, "shape_after_cropping": out_shape,
-             "shape_before_cropping": (out_shape[0] + 3, out_shape[1], out_shape[2] + 2), "bbox": bbox}
+    props = {
+        "spacing": spacing,
+        "network_spacing": net_spacing,
+        "shape_after_cropping": out_shape,
+        "shape_before_cropping": (out_shape[0] + 3, out_shape[1], out_shape[2] + 2),
+        "bbox": bbox,
+    }
     ref, _ = nn.export(logits.clone(), props, model)
     got = nn.labels_only(logits.clone(), props, model, chunk=97, dense_share=1.0 if route == "by_voxel" else 0.0)
     assert got.shape == ref.shape and got.dtype == ref.dtype
@@ -89,8 +117,12 @@ def test_labels_only_equals_resampling_every_class(case, route, monkeypatch):
 
 def _tiny_net(heads=3):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
-                              torch.nn.LeakyReLU(), torch.nn.Conv3d(4, heads, 3, padding=1))
+    net = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.InstanceNorm3d(4, affine=True),
+        torch.nn.LeakyReLU(),
+        torch.nn.Conv3d(4, heads, 3, padding=1),
+    )
     with torch.no_grad():
         net[1].bias.normal_()
     return net.eval()
@@ -119,8 +151,9 @@ def test_air_windows_are_skipped_and_filled_as_background():
     net, (x, body) = _tiny_net(), _body_image()
     patch = [8, 12, 12]
     stats: dict = {}
-    got = nn.sliding_window_logits(net, x, patch, 3, None, air_below=-5.0, background=[20.0, 0.0, 0.0], stats=stats,
-                                   logits_dtype=torch.float32)
+    got = nn.sliding_window_logits(
+        net, x, patch, 3, None, air_below=-5.0, background=[20.0, 0.0, 0.0], stats=stats, logits_dtype=torch.float32
+    )
     assert stats["windows_skipped"] > 0
     covered = got[0] != 20.0  # voxels some run window covers
     assert not covered.all() and not body[~covered.numpy()].any()  # only air is left to the background fill
@@ -143,7 +176,9 @@ def test_bf16_weights_cast_leaves_the_loaded_network_in_float32():
     model = _model(heads=3, patch=(8, 12, 12))
     ref = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32)
     auto = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32, amp_dtype=torch.bfloat16)
-    cast = nn.predict_logits([net], x.numpy(), model, logits_dtype=torch.float32, amp_dtype=torch.bfloat16, cast_weights=True)
+    cast = nn.predict_logits(
+        [net], x.numpy(), model, logits_dtype=torch.float32, amp_dtype=torch.bfloat16, cast_weights=True
+    )
     assert all(p.dtype == torch.float32 for p in net.parameters())  # the cast ran on a copy
     assert not torch.equal(cast, auto)  # the weights really ran in bf16, not under autocast
     scale = float(ref.abs().max())
@@ -175,9 +210,11 @@ def test_predictor_casts_its_networks_once_for_all_cases():
     assert pred.networks({**opts, "channels_last": True}) is laid
     assert all(isinstance(n[1], LayoutInstanceNorm) and n[0].weight.dtype == torch.bfloat16 for n in laid)
     assert all(n[0].weight.is_contiguous(memory_format=torch.channels_last_3d) for n in laid)
-    assert all(isinstance(n[1], torch.nn.InstanceNorm3d) for n in [*first, *pred.models])  # the others stay as they were
+    assert all(
+        isinstance(n[1], torch.nn.InstanceNorm3d) for n in [*first, *pred.models]
+    )  # the others stay as they were
     full = pred.networks({"amp_dtype": None, "cast_weights": False, "compile": False, "channels_last": True})
-    assert all(isinstance(n[1], LayoutInstanceNorm) and n is not m for n, m in zip(full, pred.models))
+    assert all(isinstance(n[1], LayoutInstanceNorm) and n is not m for n, m in zip(full, pred.models, strict=False))
     assert all(isinstance(m[1], torch.nn.InstanceNorm3d) for m in pred.models)
 
 
@@ -245,8 +282,9 @@ def test_air_threshold_only_above_the_ct_clip_floor():
 
 # ---------------------------------------------------------------- on nnU-Net-trained models (slow)
 def _agreement(a, b):
-    dice = {int(c): float(2 * ((a == c) & (b == c)).sum() / ((a == c).sum() + (b == c).sum()))
-            for c in np.unique(b) if c}
+    dice = {
+        int(c): float(2 * ((a == c) & (b == c)).sum() / ((a == c).sum() + (b == c).sum())) for c in np.unique(b) if c
+    }
     return float((a == b).mean()), dice
 
 

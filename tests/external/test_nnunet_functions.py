@@ -15,14 +15,32 @@ pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (test-only: se
 from medseg.adapters.nnunet import inference as nn  # noqa: E402
 
 
-@pytest.mark.parametrize("shape, cur, new, kw", [
-    ((1, 20, 24, 18), [2.0, 2.0, 2.0], [1.5, 2.5, 1.0], {"order": 3, "force_separate_z": None}),
-    ((2, 7, 30, 28), [6.0, 1.0, 1.0], [3.0, 1.5, 1.5], {"order": 3, "order_z": 0, "force_separate_z": None}),  # slices first
-    ((1, 26, 22, 6), [0.8, 0.8, 5.0], [1.6, 1.6, 2.0], {"order": 3, "order_z": 0, "force_separate_z": None}),  # slices last
-    ((1, 10, 12, 14), [1.0, 1.0, 1.0], [1.0, 3.5, 3.5], {"order": 3, "order_z": 0, "force_separate_z": None}),  # target anisotropic
-    ((1, 10, 12, 14), [1.0, 1.0, 4.0], [1.0, 1.0, 2.0], {"order": 1, "order_z": 0, "force_separate_z": True}),
-    ((1, 10, 12, 14), [1.0, 1.0, 4.0], [1.0, 1.0, 2.0], {"order": 1, "order_z": 0, "force_separate_z": False}),
-])
+@pytest.mark.parametrize(
+    "shape, cur, new, kw",
+    [
+        ((1, 20, 24, 18), [2.0, 2.0, 2.0], [1.5, 2.5, 1.0], {"order": 3, "force_separate_z": None}),
+        (
+            (2, 7, 30, 28),
+            [6.0, 1.0, 1.0],
+            [3.0, 1.5, 1.5],
+            {"order": 3, "order_z": 0, "force_separate_z": None},
+        ),  # slices first
+        (
+            (1, 26, 22, 6),
+            [0.8, 0.8, 5.0],
+            [1.6, 1.6, 2.0],
+            {"order": 3, "order_z": 0, "force_separate_z": None},
+        ),  # slices last
+        (
+            (1, 10, 12, 14),
+            [1.0, 1.0, 1.0],
+            [1.0, 3.5, 3.5],
+            {"order": 3, "order_z": 0, "force_separate_z": None},
+        ),  # target anisotropic
+        ((1, 10, 12, 14), [1.0, 1.0, 4.0], [1.0, 1.0, 2.0], {"order": 1, "order_z": 0, "force_separate_z": True}),
+        ((1, 10, 12, 14), [1.0, 1.0, 4.0], [1.0, 1.0, 2.0], {"order": 1, "order_z": 0, "force_separate_z": False}),
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_resampling_equals_nnunet(shape, cur, new, kw, dtype):
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
@@ -51,9 +69,16 @@ def test_crop_to_nonzero_equals_nnunet():
     np.testing.assert_array_equal(mask[sl], seg[0] >= 0)
 
 
-@pytest.mark.parametrize("scheme, use_mask", [("CTNormalization", False), ("ZScoreNormalization", False),
-                                              ("ZScoreNormalization", True), ("RescaleTo01Normalization", False),
-                                              ("NoNormalization", False)])
+@pytest.mark.parametrize(
+    "scheme, use_mask",
+    [
+        ("CTNormalization", False),
+        ("ZScoreNormalization", False),
+        ("ZScoreNormalization", True),
+        ("RescaleTo01Normalization", False),
+        ("NoNormalization", False),
+    ],
+)
 def test_normalisation_equals_nnunet(scheme, use_mask):
     import nnunetv2.preprocessing.normalization.default_normalization_schemes as schemes
 
@@ -70,16 +95,18 @@ def test_normalisation_equals_nnunet(scheme, use_mask):
         assert (ours[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("tile, image", [((12, 80, 96), (12, 69, 83)), ((64, 64, 64), (150, 64, 97)), ((40, 48), (41, 200)),
-                                         ((40, 48), (30, 20))])
+@pytest.mark.parametrize(
+    "tile, image",
+    [((12, 80, 96), (12, 69, 83)), ((64, 64, 64), (150, 64, 97)), ((40, 48), (41, 200)), ((40, 48), (30, 20))],
+)
 def test_gaussian_steps_and_padding_equal_nnunet(tile, image):
     import torch
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
-    g = compute_gaussian(tile, sigma_scale=1. / 8, value_scaling_factor=10, device=torch.device("cpu"))
+    g = compute_gaussian(tile, sigma_scale=1.0 / 8, value_scaling_factor=10, device=torch.device("cpu"))
     assert torch.equal(nn.gaussian(tile), g)
-    padded_size = [max(i, t) for i, t in zip(image, tile)]
+    padded_size = [max(i, t) for i, t in zip(image, tile, strict=False)]
     assert nn.steps_for(padded_size, tile, 0.5) == compute_steps_for_sliding_window(padded_size, tile, 0.5)
     x = torch.randn(1, *image) if len(tile) == len(image) else torch.randn(2, 5, *image)  # 2D: a stack of slices
     ref, ref_sl = pad_nd_image(x, tile, "constant", {"value": 0}, True, None)
@@ -109,10 +136,13 @@ def test_preprocessing_in_place_equals_the_copy_and_leaves_no_trace_on_a_kept_in
     rng = np.random.default_rng(1)
     data = np.zeros((1, 30, 40, 50), np.float32)
     data[0, 2:28, 5:35, 4:46] = rng.normal(40, 200, size=(26, 30, 42))
-    model = SimpleNamespace(plans={"transpose_forward": [0, 1, 2]}, conf={
-        "spacing": [2.0, 1.5, 1.5], "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False]})
+    model = SimpleNamespace(
+        plans={"transpose_forward": [0, 1, 2]},
+        conf={"spacing": [2.0, 1.5, 1.5], "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False]},
+    )
     model.plans["foreground_intensity_properties_per_channel"] = {
-        "0": {"percentile_00_5": -300.0, "percentile_99_5": 400.0, "mean": 30.0, "std": 150.0}}
+        "0": {"percentile_00_5": -300.0, "percentile_99_5": 400.0, "mean": 30.0, "std": 150.0}
+    }
     kept = data.copy()
     ref, props = nn.preprocess(data, [1.0, 0.8, 0.8], model)
     np.testing.assert_array_equal(data, kept)  # the default leaves the caller's array as it was

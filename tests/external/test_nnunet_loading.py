@@ -21,34 +21,70 @@ from medseg.errors import CheckpointError
 PLAIN_ARCH = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "arch_kwargs": {
-        "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
-        "n_conv_per_stage_decoder": [2, 2], "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        "n_stages": 3,
+        "features_per_stage": [4, 8, 16],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 3,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
     },
     "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
 }
 
 
 def _plans(arch=PLAIN_ARCH, **conf_extra):
-    conf = {"data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2, "patch_size": [16, 16, 16],
-            "median_image_size_in_voxels": [16, 16, 16], "spacing": [2.0, 2.0, 2.0],
-            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": arch, "batch_dice": False, **conf_extra}
-    return {"dataset_name": "Dataset900_T", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [2, 2, 2],
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {"3d_fullres": conf},
-            "foreground_intensity_properties_per_channel": {"0": {"max": 400.0, "mean": 60.0, "median": 55.0, "min": -100.0,
-                                                                  "percentile_00_5": -50.0, "percentile_99_5": 300.0, "std": 40.0}}}
+    conf = {
+        "data_identifier": "x",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [16, 16, 16],
+        "median_image_size_in_voxels": [16, 16, 16],
+        "spacing": [2.0, 2.0, 2.0],
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": arch,
+        "batch_dice": False,
+        **conf_extra,
+    }
+    return {
+        "dataset_name": "Dataset900_T",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [2, 2, 2],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": conf},
+        "foreground_intensity_properties_per_channel": {
+            "0": {
+                "max": 400.0,
+                "mean": 60.0,
+                "median": 55.0,
+                "min": -100.0,
+                "percentile_00_5": -50.0,
+                "percentile_99_5": 300.0,
+                "std": 40.0,
+            }
+        },
+    }
 
 
 def _net(heads, in_channels=1, conf=None):
-    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
+    pytest.importorskip(
+        "dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)"
+    )
     from medseg.adapters.nnunet.folder import architecture, build_network
 
     cls, kw = architecture(conf or _plans()["configurations"]["3d_fullres"])
@@ -56,8 +92,18 @@ def _net(heads, in_channels=1, conf=None):
     return build_network(cls, kw, in_channels, heads)
 
 
-def make_folder(root: Path, *, labels=None, trainer="nnUNetTrainer", plans=None, extra=None, folds=("0",), heads=None,
-                configuration="3d_fullres", regions_class_order=None) -> Path:
+def make_folder(
+    root: Path,
+    *,
+    labels=None,
+    trainer="nnUNetTrainer",
+    plans=None,
+    extra=None,
+    folds=("0",),
+    heads=None,
+    configuration="3d_fullres",
+    regions_class_order=None,
+) -> Path:
     labels = labels or {"background": 0, "liver": 1, "spleen": 2}
     folder = root / "Dataset900_T" / f"{trainer}__nnUNetPlans__3d_fullres"
     folder.mkdir(parents=True)
@@ -73,13 +119,21 @@ def make_folder(root: Path, *, labels=None, trainer="nnUNetTrainer", plans=None,
     for f in folds:
         (folder / f"fold_{f}").mkdir()
         ckpt = {
-            "network_weights": weights, "optimizer_state": {"state": {}, "param_groups": []},
+            "network_weights": weights,
+            "optimizer_state": {"state": {}, "param_groups": []},
             "grad_scaler_state": None,
             # nnU-Net's training log holds numpy scalars: what a plain weights-only load refuses
-            "logging": {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.5)], "epoch_end_timestamps": [1.0]},
-            "_best_ema": np.float64(0.5), "current_epoch": 1,
+            "logging": {
+                "mean_fg_dice": [np.float64(0.5)],
+                "ema_fg_dice": [np.float64(0.5)],
+                "epoch_end_timestamps": [1.0],
+            },
+            "_best_ema": np.float64(0.5),
+            "current_epoch": 1,
             "init_args": {"plans": {}, "configuration": configuration, "fold": f, "dataset_json": {}},
-            "trainer_name": trainer, "inference_allowed_mirroring_axes": (0, 1, 2), **(extra or {}),
+            "trainer_name": trainer,
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+            **(extra or {}),
         }
         torch.save(ckpt, folder / f"fold_{f}" / "checkpoint_final.pth")
     return folder
@@ -114,8 +168,22 @@ def test_payload_refused_through_the_cli_with_one_line(tmp_path):
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(img))
-    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(folder), str(img), "--out", str(tmp_path / "o"),
-                        "--no-progress"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "predict",
+            "--model",
+            str(folder),
+            str(img),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "not a loadable nnU-Net checkpoint" in lines[0], r.stderr
@@ -176,21 +244,32 @@ def test_region_labels_painted_in_order(tmp_path):
     logits[0, 0] = 5  # whole tumour in the first plane
     logits[1, 0, 0] = 5  # core in one row of it
     logits[2, 0, 0, 0] = 5  # enhancing in one voxel of that
-    props = {"spacing": [2.0, 2.0, 2.0], "network_spacing": [2.0, 2.0, 2.0], "shape_after_cropping": (2, 2, 2),
-             "shape_before_cropping": (3, 2, 2), "bbox": [[1, 3], [0, 2], [0, 2]]}
+    props = {
+        "spacing": [2.0, 2.0, 2.0],
+        "network_spacing": [2.0, 2.0, 2.0],
+        "shape_after_cropping": (2, 2, 2),
+        "shape_before_cropping": (3, 2, 2),
+        "bbox": [[1, 3], [0, 2], [0, 2]],
+    }
     seg, _ = nn.export(logits, props, model)
     assert seg.shape == (3, 2, 2)
     assert (seg[0] == 0).all()  # outside the crop
     assert seg[1, 0, 0] == 3 and seg[1, 0, 1] == 2 and (seg[1, 1] == 1).all() and (seg[2] == 0).all()
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"trainer": "nnUNetTrainerMedNeXt"}, "trainer 'nnUNetTrainerMedNeXt' is not supported"),
-    ({"configuration": "3d_cascade_fullres"}, "cascade"),
-    ({"plans_arch": "dynamic_network_architectures.architectures.unetr.UNETR"}, "network class .*UNETR.* is not supported"),
-    ({"plans_arch": "evil.module.Net"}, "not supported"),
-    ({"nonlin": "os.system"}, "arch_kwargs.nonlin = 'os.system' is not a class"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"trainer": "nnUNetTrainerMedNeXt"}, "trainer 'nnUNetTrainerMedNeXt' is not supported"),
+        ({"configuration": "3d_cascade_fullres"}, "cascade"),
+        (
+            {"plans_arch": "dynamic_network_architectures.architectures.unetr.UNETR"},
+            "network class .*UNETR.* is not supported",
+        ),
+        ({"plans_arch": "evil.module.Net"}, "not supported"),
+        ({"nonlin": "os.system"}, "arch_kwargs.nonlin = 'os.system' is not a class"),
+    ],
+)
 def test_unsupported_models_are_refused_with_one_line(tmp_path, change, match):
     from medseg.adapters.nnunet.folder import load_nnunet_folder
 
@@ -203,20 +282,33 @@ def test_unsupported_models_are_refused_with_one_line(tmp_path, change, match):
     if "nonlin" in change:
         conf["architecture"] = json.loads(json.dumps(PLAIN_ARCH))
         conf["architecture"]["arch_kwargs"]["nonlin"] = change["nonlin"]
-    folder = make_folder(tmp_path, plans=plans, trainer=change.get("trainer", "nnUNetTrainer"),
-                         configuration=change.get("configuration", "3d_fullres"))
+    folder = make_folder(
+        tmp_path,
+        plans=plans,
+        trainer=change.get("trainer", "nnUNetTrainer"),
+        configuration=change.get("configuration", "3d_fullres"),
+    )
     with pytest.raises(CheckpointError, match=match) as err:
         load_nnunet_folder(folder).networks()
     assert "\n" not in str(err.value)
 
 
 def test_older_plans_format_builds_the_same_network(tmp_path):
-    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
+    pytest.importorskip(
+        "dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)"
+    )
     from medseg.adapters.nnunet.folder import architecture
 
-    old = {"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 4, "unet_max_num_features": 16,
-           "n_conv_per_stage_encoder": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "patch_size": [16, 16, 16],
-           "conv_kernel_sizes": [[3, 3, 3]] * 3, "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+    old = {
+        "UNet_class_name": "PlainConvUNet",
+        "UNet_base_num_features": 4,
+        "unet_max_num_features": 16,
+        "n_conv_per_stage_encoder": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "patch_size": [16, 16, 16],
+        "conv_kernel_sizes": [[3, 3, 3]] * 3,
+        "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+    }
     new = _plans()["configurations"]["3d_fullres"]
     assert architecture(old) == architecture(new)
 
@@ -265,9 +357,27 @@ def test_medseg_run_pipeline_takes_an_nnunet_folder(tmp_path):
     img[3:20, 4:18, 2:18] = rng.normal(60, 30, size=(17, 14, 16))
     nib.save(nib.Nifti1Image(img, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "in" / "c1.nii.gz"))
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "medseg", "run", "dicom_volumetry", "--input", str(tmp_path / "in"), "--out", str(out),
-                        "--set", f"predict.model={folder}", "--set", "report.qc=false", "--set", "report.html=false"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "run",
+            "dicom_volumetry",
+            "--input",
+            str(tmp_path / "in"),
+            "--out",
+            str(out),
+            "--set",
+            f"predict.model={folder}",
+            "--set",
+            "report.qc=false",
+            "--set",
+            "report.html=false",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == "nnunet:PlainConvUNet" and len(run["model"]["sha256"]) == 64

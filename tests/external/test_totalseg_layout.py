@@ -32,34 +32,69 @@ from test_nnunet_loading import PLAIN_ARCH as ARCH  # noqa: E402  (the same tiny
 
 
 def plans(spacing: float, patch=(32, 32, 32)) -> dict:
-    conf = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-            "patch_size": list(patch), "median_image_size_in_voxels": [64, 64, 64], "spacing": [spacing] * 3,
-            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": ARCH, "batch_dice": False}
-    return {"dataset_name": "DatasetX", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [spacing] * 3,
-            "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": conf},
-            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {"0": {"max": 400.0, "mean": 40.0, "median": 40.0, "min": -300.0,
-                                                                  "percentile_00_5": -200.0, "percentile_99_5": 300.0,
-                                                                  "std": 80.0}}}
+    conf = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": list(patch),
+        "median_image_size_in_voxels": [64, 64, 64],
+        "spacing": [spacing] * 3,
+        "normalization_schemes": ["CTNormalization"],
+        "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": ARCH,
+        "batch_dice": False,
+    }
+    return {
+        "dataset_name": "DatasetX",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [spacing] * 3,
+        "original_median_shape_after_transp": [64, 64, 64],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": conf},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            "0": {
+                "max": 400.0,
+                "mean": 40.0,
+                "median": 40.0,
+                "min": -300.0,
+                "percentile_00_5": -200.0,
+                "percentile_99_5": 300.0,
+                "std": 80.0,
+            }
+        },
+    }
 
 
-def make_part(root: Path, dataset: str, names, *, seed: int, spacing=1.5, trainer="nnUNetTrainerNoMirroring",
-              weights: bool = True, arch_plans=None) -> Path:
+def make_part(
+    root: Path,
+    dataset: str,
+    names,
+    *,
+    seed: int,
+    spacing=1.5,
+    trainer="nnUNetTrainerNoMirroring",
+    weights: bool = True,
+    arch_plans=None,
+) -> Path:
     """One part in TotalSegmentator's layout; seeded random weights of the planned network (``weights``)."""
     import torch
 
     folder = root / dataset / f"{trainer}__nnUNetPlans__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
     labels = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 10,
-                                                     "file_ending": ".nii.gz"}))
+    (folder / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 10, "file_ending": ".nii.gz"})
+    )
     p = arch_plans or plans(spacing)
     (folder / "plans.json").write_text(json.dumps(p))
     state = {"w": torch.zeros(1)}
@@ -74,10 +109,20 @@ def make_part(root: Path, dataset: str, names, *, seed: int, spacing=1.5, traine
             last.weight.mul_(4.0)
             last.bias.copy_(torch.linspace(-1.0, 1.0, len(labels)))
         state = net.state_dict()
-    torch.save({"network_weights": state, "optimizer_state": {}, "grad_scaler_state": None,
-                "logging": {"mean_fg_dice": [np.float64(0.5)]}, "_best_ema": np.float64(0.5), "current_epoch": 1,
-                "init_args": {"plans": {}, "configuration": "3d_fullres", "fold": 0, "dataset_json": {}},
-                "trainer_name": trainer, "inference_allowed_mirroring_axes": None}, folder / "fold_0" / "checkpoint_final.pth")
+    torch.save(
+        {
+            "network_weights": state,
+            "optimizer_state": {},
+            "grad_scaler_state": None,
+            "logging": {"mean_fg_dice": [np.float64(0.5)]},
+            "_best_ema": np.float64(0.5),
+            "current_epoch": 1,
+            "init_args": {"plans": {}, "configuration": "3d_fullres", "fold": 0, "dataset_json": {}},
+            "trainer_name": trainer,
+            "inference_allowed_mirroring_axes": None,
+        },
+        folder / "fold_0" / "checkpoint_final.pth",
+    )
     return folder
 
 
@@ -107,8 +152,12 @@ def test_combined_numbering_follows_part_order_and_dataset_json(tmp_path):
     from medseg.labels import Label, LabelTable
 
     def part(names, ds):
-        return SimpleNamespace(labels=SimpleNamespace(table=LabelTable(ds, tuple(Label(i + 1, n) for i, n in enumerate(names))),
-                                                      regions=False), folder=tmp_path / ds / "m")
+        return SimpleNamespace(
+            labels=SimpleNamespace(
+                table=LabelTable(ds, tuple(Label(i + 1, n) for i, n in enumerate(names))), regions=False
+            ),
+            folder=tmp_path / ds / "m",
+        )
 
     parts = [part(names, ds) for ds, names in PARTS.values()]
     table, luts = combined_labels(TASKS[0], parts)
@@ -143,8 +192,15 @@ def test_layout_is_found_from_the_home_folder_results_or_a_dataset(tmp_path):
         assert task.name == "total" and [f.parent.name for f in folders] == [v[0] for v in PARTS.values()]
     # a part's own model folder is a plain nnU-Net model
     assert external.detect(folders[0]).name == "nnunet"
-    fast = make_part(tmp_path / "other", FAST[1], FAST[2], seed=0, spacing=3.0,
-                     trainer="nnUNetTrainer_4000epochs_NoMirroring", weights=False)
+    fast = make_part(
+        tmp_path / "other",
+        FAST[1],
+        FAST[2],
+        seed=0,
+        spacing=3.0,
+        trainer="nnUNetTrainer_4000epochs_NoMirroring",
+        weights=False,
+    )
     task, folders = resolve(fast.parent)
     assert task.name == "total_fast" and task.spacing == 3.0 and folders == [fast]
 
@@ -162,14 +218,20 @@ def test_missing_parts_and_ambiguous_models_are_refused_with_one_line(tmp_path):
     make_part(home / "nnunet" / "results", PARTS[295][0], PARTS[295][1], seed=1, weights=False, trainer="nnUNetTrainer")
     assert resolve(home)[1][4].name.startswith("nnUNetTrainerNoMirroring__")  # TotalSegmentator's trainer preferred
     make_part(home / "nnunet" / "results", PARTS[294][0], PARTS[294][1], seed=1, weights=False, trainer="nnUNetTrainer")
-    make_part(home / "nnunet" / "results", PARTS[294][0], PARTS[294][1], seed=1, weights=False, trainer="nnUNetTrainerDA5")
-    (home / "nnunet" / "results" / PARTS[294][0] / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres" / "plans.json").unlink()
+    make_part(
+        home / "nnunet" / "results", PARTS[294][0], PARTS[294][1], seed=1, weights=False, trainer="nnUNetTrainerDA5"
+    )
+    (
+        home / "nnunet" / "results" / PARTS[294][0] / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres" / "plans.json"
+    ).unlink()
     with pytest.raises(CheckpointError, match="holds several models"):
         resolve(home)
 
 
 def test_bad_part_is_refused_naming_its_folder(tmp_path):
-    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
+    pytest.importorskip(
+        "dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)"
+    )
     from medseg.inference.load import load_predictor
 
     home = make_total(tmp_path, weights=False)
@@ -189,7 +251,10 @@ STEP = 0.8  # TotalSegmentator's tile step
 
 def _part_folders(home: Path, spacing: float) -> list[Path]:
     ids = sorted(PARTS) if spacing == 1.5 else [FAST[0]]
-    return [next((home / "nnunet" / "results" / (PARTS[i][0] if i in PARTS else FAST[1])).glob("*__3d_fullres")) for i in ids]
+    return [
+        next((home / "nnunet" / "results" / (PARTS[i][0] if i in PARTS else FAST[1])).glob("*__3d_fullres"))
+        for i in ids
+    ]
 
 
 def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path, step: float = 0.8) -> np.ndarray:
@@ -220,10 +285,24 @@ def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path,
         dj = json.loads((folder / "dataset.json").read_text())
         cm = pm.get_configuration("3d_fullres")
         ck = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
-        net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                     cm.network_arch_init_kwargs_req_import, 1, len(dj["labels"]), deep_supervision=False)
-        p = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=False, perform_everything_on_device=False,
-                            device=torch.device("cpu"), verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        net = get_network_from_plans(
+            cm.network_arch_class_name,
+            cm.network_arch_init_kwargs,
+            cm.network_arch_init_kwargs_req_import,
+            1,
+            len(dj["labels"]),
+            deep_supervision=False,
+        )
+        p = nnUNetPredictor(
+            tile_step_size=step,
+            use_gaussian=True,
+            use_mirroring=False,
+            perform_everything_on_device=False,
+            device=torch.device("cpu"),
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
         p.manual_initialization(net, pm, cm, [ck["network_weights"]], dj, "nnUNetTrainerNoMirroring", None)
         seg = p.predict_single_npy_array(arr.copy(), dict(props), None, None, False).transpose(2, 1, 0)
         n = len(dj["labels"]) - 1
@@ -248,7 +327,9 @@ def test_tile_step_reaches_the_windows():
 
 @pytest.fixture(scope="module")
 def total_home(tmp_path_factory):
-    pytest.importorskip("dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)")
+    pytest.importorskip(
+        "dynamic_network_architectures", reason="nnU-Net networks need dynamic_network_architectures (the nnunet extra)"
+    )
     root = tmp_path_factory.mktemp("totalseg")
     return make_total(root)
 
@@ -262,7 +343,9 @@ def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tm
     from medseg.data.phantoms import make_phantom
     from medseg.inference.load import load_predictor
 
-    case = make_phantom(7, spacing=(2.0, 2.6, 3.2), flips=flips, oblique_deg=oblique, fov_mm=(84.0, 72.0, 60.0), noise_hu=0)
+    case = make_phantom(
+        7, spacing=(2.0, 2.6, 3.2), flips=flips, oblique_deg=oblique, fov_mm=(84.0, 72.0, 60.0), noise_hu=0
+    )
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.round(case.image.array).astype(np.int16), case.image.affine), str(path))
     step = STEP
@@ -274,8 +357,10 @@ def test_total_task_matches_nnunet_per_part_and_independent_merge(total_home, tm
     ref = _reference(_part_folders(total_home, 1.5), path, 1.5, tmp_path, step)
     assert out.array.shape == case.image.shape and np.allclose(out.affine, nib.load(str(path)).affine)
     values = set(np.unique(ref).tolist())
-    parts_seen = {next(i for i, (a, b) in enumerate([(1, 3), (4, 5), (6, 9), (10, 10), (11, 12)]) if a <= v <= b)
-                  for v in values - {0}}
+    parts_seen = {
+        next(i for i, (a, b) in enumerate([(1, 3), (4, 5), (6, 9), (10, 10), (11, 12)]) if a <= v <= b)
+        for v in values - {0}
+    }
     assert len(parts_seen) >= 2, f"the reference labels come from parts {parts_seen} only: the merge would be untested"
     agree = float((out.array == ref).mean())
     assert agree >= 0.999, f"label agreement {agree:.5f}"
@@ -290,8 +375,14 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     from medseg.inference.load import load_predictor
 
     home = tmp_path / ".totalsegmentator"
-    make_part(home / "nnunet" / "results", FAST[1], FAST[2], seed=5, spacing=3.0,
-              trainer="nnUNetTrainer_4000epochs_NoMirroring")
+    make_part(
+        home / "nnunet" / "results",
+        FAST[1],
+        FAST[2],
+        seed=5,
+        spacing=3.0,
+        trainer="nnUNetTrainer_4000epochs_NoMirroring",
+    )
     case = make_phantom(3, spacing=(1.7, 1.7, 2.5), flips=(False, True, True), fov_mm=(120.0, 110.0, 100.0), noise_hu=0)
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
@@ -299,7 +390,7 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     pred = load_predictor(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     assert pred.labels.names == FAST[2] and pred.provenance["task"] == "total_fast"
     out = pred.predict(str(path))
-    assert out.meta["network_grid"] == [int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5))]
+    assert out.meta["network_grid"] == [int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5), strict=False)]
     ref = _reference(_part_folders(home, 3.0), path, 3.0, tmp_path, step)
     assert len(np.unique(ref)) >= 2
     assert float((out.array == ref).mean()) >= 0.999
@@ -320,11 +411,19 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path, request):
 
     trained = request.getfixturevalue("nnunet_model")[0]  # after the importorskip: built only where nnunetv2 is
     home = tmp_path / "totalseg_home"
-    names = {850: ["liver_a", "spleen_a", "kidney_right_a", "kidney_left_a"], 851: ["liver_b", "spleen_b", "kidney_right_b", "kidney_left_b"]}
+    names = {
+        850: ["liver_a", "spleen_a", "kidney_right_a", "kidney_left_a"],
+        851: ["liver_b", "spleen_b", "kidney_right_b", "kidney_left_b"],
+    }
     folders = []
     for fold, (ds_id, labs) in enumerate(names.items()):
-        folder = home / "nnunet" / "results" / f"Dataset{ds_id}_TotalSegMRI_part{fold + 1}" / \
-            "nnUNetTrainer_2000epochs_NoMirroring__nnUNetPlans__3d_fullres"
+        folder = (
+            home
+            / "nnunet"
+            / "results"
+            / f"Dataset{ds_id}_TotalSegMRI_part{fold + 1}"
+            / "nnUNetTrainer_2000epochs_NoMirroring__nnUNetPlans__3d_fullres"
+        )
         (folder / "fold_0").mkdir(parents=True)
         shutil.copy(trained / "plans.json", folder / "plans.json")
         shutil.copy(trained / f"fold_{fold}" / "checkpoint_final.pth", folder / "fold_0" / "checkpoint_final.pth")
@@ -332,7 +431,9 @@ def test_two_part_task_from_models_trained_by_nnunet(tmp_path, request):
         dataset["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(labs)}}
         (folder / "dataset.json").write_text(json.dumps(dataset))
         folders.append(folder)
-    case = make_phantom(101, spacing=(2.5, 2.5, 5.0), flips=(True, False, True), fov_mm=(250.0, 200.0, 120.0), noise_hu=0)
+    case = make_phantom(
+        101, spacing=(2.5, 2.5, 5.0), flips=(True, False, True), fov_mm=(250.0, 200.0, 120.0), noise_hu=0
+    )
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image.array.astype(np.float32), case.image.affine), str(path))
     step = STEP
@@ -363,8 +464,10 @@ def _stats_phantom(tmp: Path):
     img[25:31, 20:23, 15:20] = 20.9  # ... and 20: mean 5.0 (the float mean would be 5.1)
     nib.save(nib.Nifti1Image(lab, affine), str(tmp / "case1.nii.gz"))
     nib.save(nib.Nifti1Image(img, affine), str(tmp / "case1_ct.nii.gz"))
-    (tmp / "table.yaml").write_text("name: t\nlabels:\n  - {index: 1, name: liver}\n  - {index: 2, name: spleen}\n"
-                                    "  - {index: 3, name: stomach}\n  - {index: 4, name: kidney_left}\n")
+    (tmp / "table.yaml").write_text(
+        "name: t\nlabels:\n  - {index: 1, name: liver}\n  - {index: 2, name: spleen}\n"
+        "  - {index: 3, name: stomach}\n  - {index: 4, name: kidney_left}\n"
+    )
     return tmp / "case1.nii.gz", tmp / "case1_ct.nii.gz", tmp / "table.yaml"
 
 
@@ -380,14 +483,19 @@ def _independent_statistics(lab_path: Path, img_path: Path, names: dict) -> dict
     out = {}
     for k, name in names.items():
         data = seg == k
-        border = any(np.any(np.take(data, idx, axis=a)) for a in range(3)
-                     for idx in (range(3), range(data.shape[a] - 3, data.shape[a])))
+        border = any(
+            np.any(np.take(data, idx, axis=a))
+            for a in range(3)
+            for idx in (range(3), range(data.shape[a] - 3, data.shape[a]))
+        )
         if border:
             out[name] = {"volume": 0.0, "intensity": 0.0}
         else:
             roi = data.astype(np.uint8)
-            out[name] = {"volume": data.sum() * vox_vol,
-                         "intensity": np.average(ct, weights=roi).round(5) if roi.sum() > 0 else 0.0}
+            out[name] = {
+                "volume": data.sum() * vox_vol,
+                "intensity": np.average(ct, weights=roi).round(5) if roi.sum() > 0 else 0.0,
+            }
     return out
 
 
@@ -396,8 +504,24 @@ def test_statistics_json_matches_totalsegmentators_formulas_on_a_known_phantom(t
 
     lab, img, table = _stats_phantom(tmp_path)
     out = tmp_path / "report"
-    assert main(["report", "--labels", str(lab), "--images", str(img), "--label-table", str(table), "--out", str(out),
-                 "--statistics-json", "--no-qc"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--labels",
+                str(lab),
+                "--images",
+                str(img),
+                "--label-table",
+                str(table),
+                "--out",
+                str(out),
+                "--statistics-json",
+                "--no-qc",
+            ]
+        )
+        == 0
+    )
     written = out / "statistics" / "case1.json"
     stats = json.loads(written.read_text())
     assert list(stats) == ["liver", "spleen", "stomach", "kidney_left"]
@@ -413,6 +537,20 @@ def test_statistics_json_needs_images(tmp_path, capsys):
     from medseg.cli import main
 
     lab, _, table = _stats_phantom(tmp_path)
-    assert main(["report", "--labels", str(lab), "--label-table", str(table), "--out", str(tmp_path / "r"),
-                 "--statistics-json", "--no-qc"]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--labels",
+                str(lab),
+                "--label-table",
+                str(table),
+                "--out",
+                str(tmp_path / "r"),
+                "--statistics-json",
+                "--no-qc",
+            ]
+        )
+        == 2
+    )
     assert "--statistics-json needs --images" in capsys.readouterr().err

@@ -33,9 +33,30 @@ MEMORY_LIMIT_MB = 2048
 
 HOSTILE_INTS = [0, 1, -1, 2, 3, 4, 7, 8, 16, 255, 256, 32767, -32768, 65535, 2**31 - 1, -(2**31)]
 HOSTILE_FLOATS = [0.0, -0.0, -1.0, 1e-30, 1e-6, 1e6, 1e30, 3e38, -3e38, float("nan"), float("inf"), float("-inf")]
-NIFTI_FIELDS = ["sizeof_hdr", "dim", "datatype", "bitpix", "pixdim", "vox_offset", "scl_slope", "scl_inter",
-                "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "srow_x", "srow_y",
-                "srow_z", "magic", "dim_info", "xyzt_units", "intent_code", "slice_code"]
+NIFTI_FIELDS = [
+    "sizeof_hdr",
+    "dim",
+    "datatype",
+    "bitpix",
+    "pixdim",
+    "vox_offset",
+    "scl_slope",
+    "scl_inter",
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "magic",
+    "dim_info",
+    "xyzt_units",
+    "intent_code",
+    "slice_code",
+]
 DATATYPES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 0, 1, 3, 9999]
 
 
@@ -78,7 +99,11 @@ def _set_field(block: bytearray, name: str, rng) -> str:
     elif kind in "iu":
         value = int(rng.choice(HOSTILE_INTS)) if rng.random() < 0.8 else int(rng.integers(-5, 600))
     else:
-        value = float(rng.choice(HOSTILE_FLOATS)) if rng.random() < 0.8 else float(rng.normal() * 10.0 ** int(rng.integers(-3, 5)))
+        value = (
+            float(rng.choice(HOSTILE_FLOATS))
+            if rng.random() < 0.8
+            else float(rng.normal() * 10.0 ** int(rng.integers(-3, 5)))
+        )
     info = np.iinfo(field.dtype.base) if kind in "iu" else None
     if info is not None:
         value = int(np.clip(value, info.min, info.max))
@@ -129,12 +154,20 @@ def corrupt_nifti(path: Path, base, rng) -> str:
 
 
 DICOM_EDITS = {
-    "Rows": [0, 1, 65535], "Columns": [0, 3, 65535], "BitsAllocated": [0, 1, 7, 12, 64], "BitsStored": [0, 33],
-    "HighBit": [40], "PixelRepresentation": [1, 7], "SamplesPerPixel": [0, 3], "NumberOfFrames": ["0", "1000000"],
+    "Rows": [0, 1, 65535],
+    "Columns": [0, 3, 65535],
+    "BitsAllocated": [0, 1, 7, 12, 64],
+    "BitsStored": [0, 33],
+    "HighBit": [40],
+    "PixelRepresentation": [1, 7],
+    "SamplesPerPixel": [0, 3],
+    "NumberOfFrames": ["0", "1000000"],
     "PixelSpacing": [["0", "0"], ["-1", "1"], ["nan", "1"], ["1e30", "1e30"]],
     "ImagePositionPatient": [["nan", "0", "0"], ["1e308", "0", "0"]],
     "ImageOrientationPatient": [["0", "0", "0", "0", "0", "0"], ["1", "0", "0", "1", "0", "0"], ["nan"] * 6],
-    "SliceThickness": ["0", "-5", "nan"], "RescaleSlope": ["0", "nan", "1e38", "-1"], "RescaleIntercept": ["nan", "1e308"],
+    "SliceThickness": ["0", "-5", "nan"],
+    "RescaleSlope": ["0", "nan", "1e38", "-1"],
+    "RescaleIntercept": ["nan", "1e308"],
     "PhotometricInterpretation": ["MONOCHROME1", "RGB", "PALETTE COLOR", "YBR_FULL"],
 }
 
@@ -195,13 +228,26 @@ def _tiny_checkpoint(path: Path) -> Path:
     from medseg.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    cfg = config_from_dict({
-        "model": {"name": "unet", "spatial_dims": 3, "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0}},
-        "preprocessing": {"spacing": [8.0, 8.0, 8.0]},
-        "inference": {"roi_size": [32, 32, 16], "sw_batch_size": 2, "amp": "off"},
-    })
-    model = create_model("unet", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes,
-                         channels=[4, 8], strides=[2], num_res_units=0)
+    cfg = config_from_dict(
+        {
+            "model": {
+                "name": "unet",
+                "spatial_dims": 3,
+                "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+            },
+            "preprocessing": {"spacing": [8.0, 8.0, 8.0]},
+            "inference": {"roi_size": [32, 32, 16], "sw_batch_size": 2, "amp": "off"},
+        }
+    )
+    model = create_model(
+        "unet",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=PHANTOM_LABELS.num_classes,
+        channels=[4, 8],
+        strides=[2],
+        num_res_units=0,
+    )
     return save_checkpoint(path, model, config=cfg, label_table=PHANTOM_LABELS)
 
 
@@ -231,8 +277,20 @@ def _predict(ckpt: Path, inputs: list[Path], out: Path) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            code = main(["predict", "--model", str(ckpt), *[str(p) for p in inputs], "--out", str(out),
-                         "--device", "cpu", "--no-progress", "--no-seg"])
+            code = main(
+                [
+                    "predict",
+                    "--model",
+                    str(ckpt),
+                    *[str(p) for p in inputs],
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                    "--no-seg",
+                ]
+            )
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 2
     return code, err.getvalue()
@@ -305,8 +363,10 @@ def run(workdir: Path, n_nifti: int = N_NIFTI, n_dicom: int = N_DICOM, seed: int
     summary["seconds_batch"] = round(time.monotonic() - t0, 1)
     for i, path in enumerate(files[:40]):
         code, err = _predict(ckpt, [path], workdir / f"out_single{i}")
-        summary["bad"] += [f"predict {path.name} ({summary['cases'][path.name]}): {b}"
-                           for b in _check_predict(code, err, workdir / f"out_single{i}", names)]
+        summary["bad"] += [
+            f"predict {path.name} ({summary['cases'][path.name]}): {b}"
+            for b in _check_predict(code, err, workdir / f"out_single{i}", names)
+        ]
 
     if n_dicom:
         base = _dicom_series(workdir)
@@ -339,8 +399,13 @@ def run(workdir: Path, n_nifti: int = N_NIFTI, n_dicom: int = N_DICOM, seed: int
 def _run_in_subprocess(tmp_path: Path, n_nifti: int, n_dicom: int, seed: int) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("MEDSEG_MAX_VOXELS", None)  # the default limit is what is checked
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path / "fuzz"), str(n_nifti), str(n_dicom), str(seed)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, str(tmp_path / "fuzz"), str(n_nifti), str(n_dicom), str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -21,9 +21,39 @@ from medseg.labels import LabelTable
 N_TABLES, N_CONTOURS, SEED = 400, 12, 23
 PEAK_LIMIT_MB = 400
 
-HOSTILE = [None, "", " ", "..", "one", "=HYPERLINK(\"x\")", -1, 0, 1, 2, 65535, 65536, 2**31 - 1, 2**63, -(2**63), 1.5,
-           float("nan"), float("inf"), True, [], {}, [1, 2], [255, 0, 0], ["red", 0, 0], [256, 0, 0], [-1, 0, 0],
-           [1, 2, 3, 4], "x" * 5000, "\x00", "\u202e", {"a": 1}]
+HOSTILE = [
+    None,
+    "",
+    " ",
+    "..",
+    "one",
+    '=HYPERLINK("x")',
+    -1,
+    0,
+    1,
+    2,
+    65535,
+    65536,
+    2**31 - 1,
+    2**63,
+    -(2**63),
+    1.5,
+    float("nan"),
+    float("inf"),
+    True,
+    [],
+    {},
+    [1, 2],
+    [255, 0, 0],
+    ["red", 0, 0],
+    [256, 0, 0],
+    [-1, 0, 0],
+    [1, 2, 3, 4],
+    "x" * 5000,
+    "\x00",
+    "\u202e",
+    {"a": 1},
+]
 KEYS = ["index", "name", "color", "snomed"]
 
 
@@ -62,7 +92,9 @@ def test_fuzzed_label_tables_read_or_refuse_in_one_line(tmp_path):
             continue
         assert all(isinstance(lab.index, int) and 1 <= lab.index <= 65535 for lab in table.labels)
         assert all(isinstance(lab.name, str) and lab.name for lab in table.labels)
-        assert all(lab.color is None or (len(lab.color) == 3 and all(0 <= c <= 255 for c in lab.color)) for lab in table.labels)
+        assert all(
+            lab.color is None or (len(lab.color) == 3 and all(0 <= c <= 255 for c in lab.color)) for lab in table.labels
+        )
         read += 1
     assert refused > 50 and read > 20, (refused, read)  # both paths exercised
 
@@ -101,7 +133,9 @@ def _mutate(ds, rng: random.Random) -> None:
             item.ContourGeometricType = rng.choice(["POINT", "OPEN_PLANAR", "OPEN_NONPLANAR", "", "CLOSED_PLANAR"])
         item.ContourData = [f"{v:.6g}"[:16] if np.isfinite(v) else str(v) for v in pts]
     if rng.random() < 0.2:
-        ds.StructureSetROISequence[rng.randrange(len(ds.StructureSetROISequence))].ROIName = rng.choice(["", "..", " ", "x" * 64])
+        ds.StructureSetROISequence[rng.randrange(len(ds.StructureSetROISequence))].ROIName = rng.choice(
+            ["", "..", " ", "x" * 64]
+        )
 
 
 def test_fuzzed_rtstruct_contours_read_or_refuse_in_bounded_memory(rtstruct, tmp_path):

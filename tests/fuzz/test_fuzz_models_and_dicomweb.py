@@ -25,9 +25,40 @@ SEED = 31
 N_ARCH, N_ANSWERS = 150, 120
 PEAK_LIMIT_MB = 300
 
-HOSTILE = [None, "", "2", "x", -1, 0, 1, 2, 3, 7, 8, 9, 2**31, 1e9, 1.5, float("nan"), True, [], {}, [0], [-1, 2],
-           [[0, 0, 0]], [[3, 3]], [2, 2, 2], "torch.nn.Conv1d", "torch.nn.modules.conv.Conv2d", "os.system",
-           {"eps": "tiny"}, {"inplace": "yes"}, {"bogus": 1}, [1e6, 8, 16], [4, 8, 100000]]
+HOSTILE = [
+    None,
+    "",
+    "2",
+    "x",
+    -1,
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    9,
+    2**31,
+    1e9,
+    1.5,
+    float("nan"),
+    True,
+    [],
+    {},
+    [0],
+    [-1, 2],
+    [[0, 0, 0]],
+    [[3, 3]],
+    [2, 2, 2],
+    "torch.nn.Conv1d",
+    "torch.nn.modules.conv.Conv2d",
+    "os.system",
+    {"eps": "tiny"},
+    {"inplace": "yes"},
+    {"bogus": 1},
+    [1e6, 8, 16],
+    [4, 8, 100000],
+]
 
 
 def _arch_cases(rng: random.Random, base: dict):
@@ -79,13 +110,33 @@ STUDY = "1.2.826.0.1.3680043.8.498.77"
 
 
 def _study() -> dict:
-    return {"0020000D": {"vr": "UI", "Value": [STUDY]}, "00201208": {"vr": "IS", "Value": [3]},
-            "00080061": {"vr": "CS", "Value": ["CT"]}}
+    return {
+        "0020000D": {"vr": "UI", "Value": [STUDY]},
+        "00201208": {"vr": "IS", "Value": [3]},
+        "00080061": {"vr": "CS", "Value": ["CT"]},
+    }
 
 
-JSON_HOSTILE = [None, "", "many", -3, 2**70, 1.5, True, [], {}, [None], ["CT", 7], {"vr": "UI"}, {"Value": "x"},
-                {"vr": "IS", "Value": ["many"]}, {"vr": "UI", "Value": ["../../etc"]}, {"vr": "UI", "Value": ["1." * 40]},
-                {"vr": "UI", "Value": [7]}, "x" * 10000]
+JSON_HOSTILE = [
+    None,
+    "",
+    "many",
+    -3,
+    2**70,
+    1.5,
+    True,
+    [],
+    {},
+    [None],
+    ["CT", 7],
+    {"vr": "UI"},
+    {"Value": "x"},
+    {"vr": "IS", "Value": ["many"]},
+    {"vr": "UI", "Value": ["../../etc"]},
+    {"vr": "UI", "Value": ["1." * 40]},
+    {"vr": "UI", "Value": [7]},
+    "x" * 10000,
+]
 
 
 def _answer(rng: random.Random):

@@ -22,15 +22,33 @@ def _one_line_error(capsys, argv, needle):
 
 
 def test_missing_checkpoint_and_missing_input(capsys, tmp_path, oracle_checkpoint):
-    _one_line_error(capsys, ["predict", "--model", str(tmp_path / "nope.pt"), "x.nii.gz", "--out", str(tmp_path)], "nope.pt")
-    _one_line_error(capsys, ["report", "--labels", str(tmp_path / "absent.nii.gz"), "--label-table", "abdomen_phantom", "--out", str(tmp_path)], "absent.nii.gz")  # noqa: E501
+    _one_line_error(
+        capsys, ["predict", "--model", str(tmp_path / "nope.pt"), "x.nii.gz", "--out", str(tmp_path)], "nope.pt"
+    )
+    _one_line_error(
+        capsys,
+        [
+            "report",
+            "--labels",
+            str(tmp_path / "absent.nii.gz"),
+            "--label-table",
+            "abdomen_phantom",
+            "--out",
+            str(tmp_path),
+        ],
+        "absent.nii.gz",
+    )  # noqa: E501
 
 
 def test_config_typo_names_the_file_and_the_fix(capsys, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("training:\n  learning_rte: 0.01\n")
     (tmp_path / "m.csv").write_text("case_id,image,label,split\n")
-    err = _one_line_error(capsys, ["train", "--config", str(cfg), "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run")], "bad.yaml")
+    err = _one_line_error(
+        capsys,
+        ["train", "--config", str(cfg), "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run")],
+        "bad.yaml",
+    )
     assert "did you mean 'learning_rate'" in err
 
 
@@ -42,7 +60,19 @@ def test_batch_records_bad_inputs_and_segments_the_rest(capsys, tmp_path, oracle
     empty_dir = tmp_path / "empty_series"
     empty_dir.mkdir()
     out = tmp_path / "pred"
-    rc = main(["predict", "--no-progress", "--model", str(oracle_checkpoint), str(good), str(not_image), str(empty_dir), "--out", str(out)])
+    rc = main(
+        [
+            "predict",
+            "--no-progress",
+            "--model",
+            str(oracle_checkpoint),
+            str(good),
+            str(not_image),
+            str(empty_dir),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 1  # done with failures
     assert (out / "good.nii.gz").exists() and (out / "good.json").exists()
     fails = pd.read_csv(out / "failures.csv").set_index("case_id")
@@ -57,11 +87,26 @@ def test_batch_records_bad_inputs_and_segments_the_rest(capsys, tmp_path, oracle
 
 
 def test_console_entry_point_prints_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(tmp_path / "m.pt"), "a.nii.gz", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "predict",
+            "--model",
+            str(tmp_path / "m.pt"),
+            "a.nii.gz",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines() == [
-        f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or a model folder"]
+        f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or a model folder"
+    ]
 
 
 def test_models_command_lists_without_building(capsys):

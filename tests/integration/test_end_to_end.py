@@ -10,17 +10,45 @@ from medseg.cli import main
 from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME
 from medseg.io.readers import read_volume
 
-REQUIRED_VOLUME_COLUMNS = ["case_id", "structure", "label", "status", "voxel_count", "volume_ml", "intensity_mean", "intensity_std"]
+REQUIRED_VOLUME_COLUMNS = [
+    "case_id",
+    "structure",
+    "label",
+    "status",
+    "voxel_count",
+    "volume_ml",
+    "intensity_mean",
+    "intensity_std",
+]
 
 
 @pytest.mark.slow
 def test_cli_train_predict_report_evaluate(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["phantoms", "--out", str(data / "train"), "-n", "4", "--seed", "200"]) == 0
-    assert main(["phantoms", "--out", str(data / "test"), "-n", "2", "--seed", "300", "--split", "test", "--dicom"]) == 0
+    assert (
+        main(["phantoms", "--out", str(data / "test"), "-n", "2", "--seed", "300", "--split", "test", "--dicom"]) == 0
+    )
     run = tmp_path / "run"
-    assert main(["train", "--no-progress", "--config", "configs/training/phantom_demo.yaml", "--manifest", str(data / "train" / "manifest.csv"),
-                 "--out", str(run), "--set", "training.epochs=2", "--set", "training.val_every=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--no-progress",
+                "--config",
+                "configs/training/phantom_demo.yaml",
+                "--manifest",
+                str(data / "train" / "manifest.csv"),
+                "--out",
+                str(run),
+                "--set",
+                "training.epochs=2",
+                "--set",
+                "training.val_every=1",
+            ]
+        )
+        == 0
+    )
     for name in ["best.pt", "last.pt", "config.yaml", "run.json", "metrics.csv"]:
         assert (run / name).exists(), name
     assert len(pd.read_csv(run / "metrics.csv")) == 2
@@ -74,7 +102,9 @@ def test_demo_reaches_the_dice_target(tmp_path):
     """A shortened demo (fewer cases and epochs) must still segment held-out DICOM phantoms well."""
     from medseg.api import demo as run_demo
 
-    res = run_demo(out=tmp_path / "demo", n_train=12, n_test=2, epochs=40, progress=False)  # 0.920 measured (50 epochs: 0.930; 30: 0.875)
+    res = run_demo(
+        out=tmp_path / "demo", n_train=12, n_test=2, epochs=40, progress=False
+    )  # 0.920 measured (50 epochs: 0.930; 30: 0.875)
     assert res["mean_dice"] >= 0.85
     metrics = pd.read_csv(res["metrics_csv"])
     assert (metrics["dice"] > 0.7).all(), metrics

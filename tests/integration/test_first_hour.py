@@ -67,15 +67,40 @@ def test_finished_case_detection_never_swallows_another_input(oracle_checkpoint,
     out = tmp_path / "preds"
     assert main(["predict", "--model", str(oracle_checkpoint), str(first), "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["predict", "--model", str(oracle_checkpoint), str(second), "--out", str(out), "--no-progress",
-                 "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(second),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert "2 segmented, 0 already done" in capsys.readouterr().out
     np.testing.assert_array_equal(_labels(out / "phantom_0000.nii.gz"), lab_b)
     # the same input again is done; the other folder's file of the same name is not
     assert main(["predict", "--model", str(oracle_checkpoint), str(second), "--out", str(out), "--no-progress"]) == 0
     assert "0 segmented, 2 already done" in capsys.readouterr().out
-    assert main(["predict", "--model", str(oracle_checkpoint), str(first / "phantom_0000.nii.gz"), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(first / "phantom_0000.nii.gz"),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "1 segmented, 0 already done" in capsys.readouterr().out
     np.testing.assert_array_equal(_labels(out / "phantom_0000.nii.gz"), lab_a)
 
@@ -91,7 +116,9 @@ def test_channel_grouping_follows_the_model(tmp_path):
     assert [c.case_id for c in one] == ["x_0000", "x_0001", "y_0000", "y_0001"]
     two = expand_inputs([folder], in_channels=2)
     assert [(c.case_id, [p.name for p in c.channels]) for c in two] == [
-        ("x", ["x_0000.nii.gz", "x_0001.nii.gz"]), ("y", ["y_0000.nii.gz", "y_0001.nii.gz"])]
+        ("x", ["x_0000.nii.gz", "x_0001.nii.gz"]),
+        ("y", ["y_0000.nii.gz", "y_0001.nii.gz"]),
+    ]
     with pytest.raises(InputError, match=r"case x has channels \[0, 1\]; the model takes 3"):
         expand_inputs([folder], in_channels=3)
     (folder / "z.nii.gz").write_bytes(b"")
@@ -128,8 +155,22 @@ def test_predict_on_an_export_segments_every_patient(oracle_checkpoint, tmp_path
         assert json.loads(side.read_text())["dicom"]["series_key"] in side.stem
     assert found == {0, 1, 2}
     # a selection rule that admits none of them is one line and exit 2, not an empty success
-    assert main(["predict", "--model", str(oracle_checkpoint), str(export), "--out", str(tmp_path / "none"),
-                 "--no-progress", "--modality", "MR"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(export),
+                "--out",
+                str(tmp_path / "none"),
+                "--no-progress",
+                "--modality",
+                "MR",
+            ]
+        )
+        == 2
+    )
     assert "no image series matches the selection rule (modality MR)" in capsys.readouterr().err
 
 
@@ -138,7 +179,6 @@ def _as_case(case, coded):
     from dataclasses import replace
 
     return replace(case, image=coded)
-
 
 
 def _cohort(tmp_path, n: int = 2):
@@ -162,11 +202,37 @@ def test_report_and_evaluate_take_folders_and_skip_probability_maps(oracle_check
 
     root = _cohort(tmp_path)
     preds = tmp_path / "preds"
-    assert main(["predict", "--model", str(oracle_checkpoint), str(root / "images"), "--out", str(preds), "--no-progress",
-                 "--save-probabilities"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(root / "images"),
+                "--out",
+                str(preds),
+                "--no-progress",
+                "--save-probabilities",
+            ]
+        )
+        == 0
+    )
     assert len(list(preds.glob("*.probabilities.nii.gz"))) == 2
-    assert main(["report", "--labels", str(preds), "--images", str(root / "images"), "--out", str(tmp_path / "rep"),
-                 "--no-qc"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--labels",
+                str(preds),
+                "--images",
+                str(root / "images"),
+                "--out",
+                str(tmp_path / "rep"),
+                "--no-qc",
+            ]
+        )
+        == 0
+    )
     vols = pd.read_csv(tmp_path / "rep" / "volumes.csv")
     assert sorted(vols["case_id"].unique()) == ["phantom_0000", "phantom_0001"]
     assert {"liver", "spleen", "kidney_left", "kidney_right"} <= set(vols["structure"])
@@ -176,17 +242,35 @@ def test_report_and_evaluate_take_folders_and_skip_probability_maps(oracle_check
     again = pd.read_csv(tmp_path / "rep2" / "volumes.csv")
     assert np.allclose(again["intensity_mean"].dropna(), vols["intensity_mean"].dropna())
     capsys.readouterr()
-    assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m.csv")]) == 0
+    assert (
+        main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m.csv")]) == 0
+    )
     assert "Dice (mean over 2 case(s)): liver 0.9" in capsys.readouterr().out
     metrics = pd.read_csv(tmp_path / "m.csv")
     assert len(metrics) == 8 and metrics["dice"].min() > 0.8
     # references that carry no names, and no --label-table: one line, exit 2, not a value-by-value guess
     (root / "manifest_labels.yaml").unlink()
-    assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m2.csv")]) == 2
+    assert (
+        main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m2.csv")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "carries no label names" in err and "--label-table" in err and len(err.splitlines()) == 1
-    assert main(["evaluate", "--pred", str(preds), "--ref", str(root / "labels"), "--out", str(tmp_path / "m2.csv"),
-                 "--label-table", "abdomen_phantom"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(preds),
+                "--ref",
+                str(root / "labels"),
+                "--out",
+                str(tmp_path / "m2.csv"),
+                "--label-table",
+                "abdomen_phantom",
+            ]
+        )
+        == 0
+    )
 
 
 def test_evaluate_against_a_converted_rtstruct_compares_structures_by_name(oracle_checkpoint, tmp_path, capsys):
@@ -208,17 +292,53 @@ def test_evaluate_against_a_converted_rtstruct_compares_structures_by_name(oracl
     assert [lab["name"] for lab in own["labels"]] == sorted(PHANTOM_LABELS.names)  # its own (alphabetical) numbering
     conversion = pd.read_csv(tmp_path / "conv" / "conversion.csv")
     assert "converted_to_label_map" in set(conversion["status"]) and "skipped" not in set(conversion["status"])
-    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "preds"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(series),
+                "--out",
+                str(tmp_path / "preds"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["evaluate", "--pred", str(tmp_path / "preds" / "series.nii.gz"), "--ref", str(ref),
-                 "--out", str(tmp_path / "m.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "preds" / "series.nii.gz"),
+                "--ref",
+                str(ref),
+                "--out",
+                str(tmp_path / "m.csv"),
+            ]
+        )
+        == 0
+    )
     metrics = pd.read_csv(tmp_path / "m.csv").set_index("structure")
     assert sorted(metrics.index) == sorted(PHANTOM_LABELS.names)
     assert metrics["dice"].min() > 0.8, metrics["dice"]
     # --label-table numbers the converted structures as the user's table does: value for value equal to the truth
-    assert main(["convert", str(export), "--out", str(tmp_path / "conv2"), "--no-progress", "--label-table",
-                 "abdomen_phantom"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(export),
+                "--out",
+                str(tmp_path / "conv2"),
+                "--no-progress",
+                "--label-table",
+                "abdomen_phantom",
+            ]
+        )
+        == 0
+    )
     (numbered,) = (tmp_path / "conv2").glob("*.label.nii.gz")
     lab, truth = _labels(numbered), case.labels.array
     for item in PHANTOM_LABELS.labels:
@@ -236,7 +356,20 @@ def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_wo
     from medseg.api import _prepare_demo as _prepare
 
     out = tmp_path / "demo_out"
-    args = ["demo", "--out", str(out), "--n-train", "3", "--n-test", "1", "--epochs", "1", "--min-dice", "0", "--no-progress"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--n-train",
+        "3",
+        "--n-test",
+        "1",
+        "--epochs",
+        "1",
+        "--min-dice",
+        "0",
+        "--no-progress",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "mean Dice" in first and (out / DONE).is_file()
@@ -260,10 +393,26 @@ def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_wo
 def test_predict_takes_the_geometry_option_its_error_suggests(oracle_checkpoint, tmp_path, capsys):
     case, coded = _coded(80, "gap")
     series = write_dicom_series(_as_case(case, coded), tmp_path / "gap", seed=80, drop_slices=(7,))
-    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert (
+        main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "a"), "--no-progress"])
+        == 2
+    )
     assert "--resample-irregular" in capsys.readouterr().err
-    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "b"), "--no-progress",
-                 "--resample-irregular"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(series),
+                "--out",
+                str(tmp_path / "b"),
+                "--no-progress",
+                "--resample-irregular",
+            ]
+        )
+        == 0
+    )
     side = json.loads((tmp_path / "b" / "gap.json").read_text())
     assert side["dicom"]["selection"]["chosen"] == side["dicom"]["key"]
 
@@ -318,16 +467,44 @@ def test_evaluate_pairs_predictions_with_converted_labels_by_series(oracle_check
         series = write_dicom_series(_as_case(case, coded), export / f"patient{k}" / "ct", seed=seed)
         write_rtstruct(case.labels, series, PHANTOM_LABELS, export / f"patient{k}" / "rt.dcm", software_version="test")
     assert main(["convert", str(export), "--out", str(tmp_path / "conv"), "--no-progress"]) == 0
-    assert main(["predict", "--model", str(oracle_checkpoint), str(export), "--out", str(tmp_path / "preds"),
-                 "--no-progress", "--no-sr"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(export),
+                "--out",
+                str(tmp_path / "preds"),
+                "--no-progress",
+                "--no-sr",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["evaluate", "--pred", str(tmp_path / "preds"), "--ref", str(tmp_path / "conv"),
-                 "--out", str(tmp_path / "m.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "preds"),
+                "--ref",
+                str(tmp_path / "conv"),
+                "--out",
+                str(tmp_path / "m.csv"),
+            ]
+        )
+        == 0
+    )
     metrics = pd.read_csv(tmp_path / "m.csv")
     assert len(metrics) == 8 and metrics["dice"].min() > 0.8, metrics[["case_id", "structure", "dice"]]
     # given in opposite orders (the order pairs them wrong): the series still pairs them right
     preds = sorted((tmp_path / "preds").glob("*.nii.gz"))
     refs = sorted((tmp_path / "conv").glob("*.label.nii.gz"))
     for order in (refs, refs[::-1]):
-        assert main(["evaluate", "--pred", *map(str, preds), "--ref", *map(str, order), "--out", str(tmp_path / "o.csv")]) == 0
+        assert (
+            main(["evaluate", "--pred", *map(str, preds), "--ref", *map(str, order), "--out", str(tmp_path / "o.csv")])
+            == 0
+        )
         assert pd.read_csv(tmp_path / "o.csv")["dice"].min() > 0.8

@@ -29,6 +29,7 @@ PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "dicom_volume
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def tree(root: Path, exclude: Path | None = None) -> dict:
     """rel path -> sha256 (files), link target (symlinks), "dir" (folders), excluding ``exclude``."""
     out = {}
@@ -73,10 +74,16 @@ def kit(tmp_path_factory):
 
     register_oracle()
     root = tmp_path_factory.mktemp("hostile_kit")
-    cfg = config_from_dict({"model": {"name": "test_intensity_oracle"},
-                            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-                            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4}})
-    model = create_model("test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes)
+    cfg = config_from_dict(
+        {
+            "model": {"name": "test_intensity_oracle"},
+            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
+            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4},
+        }
+    )
+    model = create_model(
+        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
+    )
     ckpt = save_checkpoint(root / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS)
     niftis = []
     for i in range(3):
@@ -91,7 +98,7 @@ def cases_folder(kit, folder: Path, names=("n0", "n1"), dicom: str | None = None
     import shutil
 
     folder.mkdir(parents=True, exist_ok=True)
-    for src, name in zip(kit["niftis"], names):
+    for src, name in zip(kit["niftis"], names, strict=False):
         shutil.copy(src, folder / f"{name}.nii.gz")
     if dicom:
         shutil.copytree(kit["dicom"], folder / dicom)
@@ -99,8 +106,18 @@ def cases_folder(kit, folder: Path, names=("n0", "n1"), dicom: str | None = None
 
 
 def run_args(kit, cases: Path, out: Path, *extra) -> list:
-    return ["run", PIPELINE, "--input", str(cases), "--out", str(out), "--set", f"predict.model={kit['model']}",
-            "--no-progress", *extra]
+    return [
+        "run",
+        PIPELINE,
+        "--input",
+        str(cases),
+        "--out",
+        str(out),
+        "--set",
+        f"predict.model={kit['model']}",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def multi_valued_patient_name(folder: Path) -> None:
@@ -115,10 +132,13 @@ def multi_valued_patient_name(folder: Path) -> None:
 
 # -- 1. label map first; an optional output that fails is a finding ---------------------------------
 
+
 def child_script(tmp_path: Path) -> Path:
     script = tmp_path / "child.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
-                      "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
+        "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return script
 
 
@@ -130,8 +150,22 @@ def test_seg_failure_keeps_label_map_and_becomes_a_finding_in_predict(kit, tmp_p
     multi_valued_patient_name(series)
     before = tree(tmp_path / "in")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(child_script(tmp_path)), "predict", "--no-progress", "--model", kit["model"],
-                        str(series), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(child_script(tmp_path)),
+            "predict",
+            "--no-progress",
+            "--model",
+            kit["model"],
+            str(series),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "dicom seg not written" in lines[0] and "series" in lines[0], r.stderr
@@ -155,7 +189,9 @@ def test_seg_failure_keeps_label_map_in_a_run_with_the_same_sidecar_schema(kit, 
     assert side["outputs"] == {"label_map": "labels.nii.gz"} and side["findings"] == rec["findings"]
     # one sidecar schema for predict and run
     pred = tmp_path / "pred"
-    assert main(["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(pred)]) == 0
+    assert (
+        main(["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(pred)]) == 0
+    )
     run_side = json.loads((out / "cases" / "n0" / "labels.json").read_text())
     pred_side = json.loads((pred / "n0.json").read_text())
     assert set(run_side) == set(pred_side) and run_side["schema"] == pred_side["schema"] == "medseg.case/1"
@@ -180,6 +216,7 @@ def test_a_seg_error_quoting_the_patient_name_is_recorded_without_it(kit, tmp_pa
 
 # -- 2. outputs never overwrite an input -----------------------------------------------------------
 
+
 def test_predict_refuses_to_write_over_its_input(kit, tmp_path, capsys):
     import shutil
 
@@ -187,18 +224,29 @@ def test_predict_refuses_to_write_over_its_input(kit, tmp_path, capsys):
     folder.mkdir()
     scan = Path(shutil.copy(kit["niftis"][0], folder / "scan.nii.gz"))
     before = tree(tmp_path)
-    one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(scan), "--out", str(folder)], "would overwrite input")
+    one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(scan), "--out", str(folder)],
+        "would overwrite input",
+    )
     # through another spelling of the same folder, and into a DICOM input folder
-    one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(scan), "--out", str(folder / ".." / "dir")],
-             "would overwrite input")
+    one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(scan), "--out", str(folder / ".." / "dir")],
+        "would overwrite input",
+    )
     series = Path(shutil.copytree(kit["dicom"], tmp_path / "series"))
     before = tree(tmp_path)
-    one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(series), "--out", str(series)],
-             "inside input folder")
+    one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(series), "--out", str(series)],
+        "inside input folder",
+    )
     assert tree(tmp_path) == before
 
 
 # -- 3. never delete what medseg did not write ------------------------------------------------------
+
 
 def test_run_refuses_a_foreign_folder_and_touches_nothing_in_it(kit, tmp_path, capsys):
     cases = cases_folder(kit, tmp_path / "cases")
@@ -231,6 +279,7 @@ def test_cleanup_removes_only_medseg_temporaries(kit, tmp_path, capsys):
 
 # -- 4. one run at a time per run directory; a stale lock is taken over ------------------------------
 
+
 def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(kit, tmp_path, capsys):
     from medseg.runner.rundir import RunDir
 
@@ -247,13 +296,15 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(kit, tmp_pat
         holder.release()
     # a process that holds the lock and is killed: its lock dies with it
     script = tmp_path / "hold.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
         from medseg.runner.rundir import RunDir
         RunDir({str(out)!r}).claim()
         print("locked", flush=True)
         time.sleep(600)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -271,8 +322,15 @@ def test_two_concurrent_runs_one_is_refused(kit, tmp_path):
     cases = cases_folder(kit, tmp_path / "cases", names=("n0", "n1", "n2"))
     out = tmp_path / "run"
     child = child_script(tmp_path)
-    procs = [subprocess.Popen([sys.executable, str(child), *run_args(kit, cases, out)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(child), *run_args(kit, cases, out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
@@ -285,16 +343,23 @@ def test_two_concurrent_runs_one_is_refused(kit, tmp_path):
 
 # -- 5. OS errors on outputs: one line naming the path, exit 2 -------------------------------------------
 
+
 def test_out_naming_an_existing_file_or_below_one(kit, tmp_path, capsys):
     cases = cases_folder(kit, tmp_path / "cases", names=("n0",))
     afile = tmp_path / "afile.txt"
     afile.write_text("precious\n")
     before = tree(tmp_path)
     one_line(capsys, run_args(kit, cases, afile), str(afile))
-    one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(afile)],
-             str(afile))
-    one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"),
-                      "--out", str(afile / "sub")], "afile.txt")
+    one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(afile)],
+        str(afile),
+    )
+    one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(afile / "sub")],
+        "afile.txt",
+    )
     one_line(capsys, run_args(kit, cases, afile / "sub"), "afile.txt")
     assert tree(tmp_path) == before
 
@@ -307,8 +372,11 @@ def test_read_only_file_system_is_one_line(kit, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(os, "replace", read_only)
     out = tmp_path / "pred"
-    err = one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(out)],
-                   "Read-only file system")
+    err = one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(cases / "n0.nii.gz"), "--out", str(out)],
+        "Read-only file system",
+    )
     assert str(out) in err
     one_line(capsys, run_args(kit, cases, tmp_path / "run"), "Read-only file system")
 
@@ -374,11 +442,28 @@ def test_run_log_on_a_full_disk_prints_no_logging_traceback(tmp_path, capsys):
 
 # -- 6. case ids: bounded, no control characters, unique file names ---------------------------------------
 
+
 def test_safe_name_is_injective_and_bounded():
     from medseg.io.paths import MAX_CASE_ID, safe_name
 
-    ids = ["a b", "a_b", "a-b", "a/b", "a\\b", "ä_b", "a_b-" + "0" * 10, ".hidden", "_hidden", "x" * MAX_CASE_ID,
-           "CASE", "case", "a.b", "a..b", "..", "a b" + " "]
+    ids = [
+        "a b",
+        "a_b",
+        "a-b",
+        "a/b",
+        "a\\b",
+        "ä_b",
+        "a_b-" + "0" * 10,
+        ".hidden",
+        "_hidden",
+        "x" * MAX_CASE_ID,
+        "CASE",
+        "case",
+        "a.b",
+        "a..b",
+        "..",
+        "a b" + " ",
+    ]
     names = [safe_name(i) for i in ids]
     assert len(set(names)) == len(ids), names
     assert safe_name("a_b") == "a_b" and safe_name("case01.v2") == "case01.v2"  # plain ids keep their name
@@ -394,8 +479,10 @@ def test_ids_that_sanitise_alike_get_their_own_qc_picture(kit, tmp_path, capsys)
     shutil.copy(kit["niftis"][1], cases / "a_b.nii.gz")
     out = tmp_path / "run"
     assert main(run_args(kit, cases, out)) == 0, capsys.readouterr().err
-    qc = {cid: json.loads((out / "state" / f"{name}.json").read_text())["outputs"]["qc"]
-          for cid, name in (("a b", [p.stem for p in (out / "state").glob("a_b-*.json")][0]), ("a_b", "a_b"))}
+    qc = {
+        cid: json.loads((out / "state" / f"{name}.json").read_text())["outputs"]["qc"]
+        for cid, name in (("a b", [p.stem for p in (out / "state").glob("a_b-*.json")][0]), ("a_b", "a_b"))
+    }
     assert qc["a b"] != qc["a_b"]
     assert (out / qc["a b"]).read_bytes() != (out / qc["a_b"]).read_bytes()
     assert len(list((out / "qc").glob("*.png"))) == 2
@@ -411,8 +498,11 @@ def test_case_ids_with_control_characters_or_too_long_are_refused(kit, tmp_path,
     shutil.copy(kit["niftis"][0], nl / "x\n2026-01-01 INFO forged done.nii.gz")
     before = tree(tmp_path)
     one_line(capsys, run_args(kit, nl, tmp_path / "run1"), "control characters")
-    one_line(capsys, ["predict", "--no-progress", "--model", kit["model"], str(next(nl.iterdir())), "--out", str(tmp_path / "p")],
-             "control characters")
+    one_line(
+        capsys,
+        ["predict", "--no-progress", "--model", kit["model"], str(next(nl.iterdir())), "--out", str(tmp_path / "p")],
+        "control characters",
+    )
     long = tmp_path / "long"
     long.mkdir()
     shutil.copy(kit["niftis"][0], long / ("y" * 200 + ".nii.gz"))
@@ -425,6 +515,7 @@ def test_case_ids_with_control_characters_or_too_long_are_refused(kit, tmp_path,
 
 
 # -- 7. a bad entry inside one case folder is that case's business ----------------------------------------
+
 
 def test_symlink_loop_and_dangling_link_in_a_case_folder_do_not_stop_the_run(kit, tmp_path, capsys):
     cases = cases_folder(kit, tmp_path / "cases", names=("n0",), dicom="dcm")
@@ -451,7 +542,7 @@ def test_run_refuses_non_finite_voxels_per_case_or_replaces_them_when_asked(kit,
     cases = cases_folder(kit, tmp_path / "cases", names=("n0",))
     vol = read_volume(kit["niftis"][1])
     arr = np.asarray(vol.array, dtype=np.float32).copy()
-    arr.flat[:: 97] = np.nan
+    arr.flat[::97] = np.nan
     write_volume(vol.with_array(arr), cases / "nan.nii.gz")
     assert main(run_args(kit, cases, tmp_path / "refused")) == 1
     rec = json.loads((tmp_path / "refused" / "state" / "nan.json").read_text())
@@ -466,7 +557,8 @@ def test_run_refuses_non_finite_voxels_per_case_or_replaces_them_when_asked(kit,
 # -- 8. YAML: no aliases, bounded size --------------------------------------------------------------------
 
 BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
-    f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=False)
+)
 
 
 def test_alias_bombs_are_refused_in_pipelines_configs_and_set_values(kit, tmp_path, capsys):
@@ -479,16 +571,20 @@ def test_alias_bombs_are_refused_in_pipelines_configs_and_set_values(kit, tmp_pa
     tracemalloc.start()
     try:
         t0 = time.monotonic()
-        one_line(capsys, ["run", str(bomb), "--input", str(cases), "--out", str(tmp_path / "r1"), "--no-progress"],
-                 "aliases")
+        one_line(
+            capsys, ["run", str(bomb), "--input", str(cases), "--out", str(tmp_path / "r1"), "--no-progress"], "aliases"
+        )
         set_bomb = "[" + ",".join(["&a [x,x,x,x,x,x,x,x,x,x]"] + ["*a"] * 100) + "]"
         one_line(capsys, run_args(kit, cases, tmp_path / "r2", "--set", f"predict.device={set_bomb}"), "aliases")
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(BOMB)
         manifest = tmp_path / "m.csv"
         manifest.write_text("case_id,image,label,split\n")
-        one_line(capsys, ["train", "--config", str(cfg), "--manifest", str(manifest), "--out", str(tmp_path / "t")],
-                 "aliases")
+        one_line(
+            capsys,
+            ["train", "--config", str(cfg), "--manifest", str(manifest), "--out", str(tmp_path / "t")],
+            "aliases",
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -506,10 +602,51 @@ def test_report_and_evaluate_never_write_into_their_inputs(tmp_path):
     write_label_map(ph.labels, tmp_path / "r.nii.gz")
     before = {f.name: f.read_bytes() for f in series.iterdir()}
     # --out is the DICOM folder given as the image: volumes.csv and qc/ would land among the user's files
-    assert main(["report", "--labels", str(tmp_path / "r.nii.gz"), "--images", str(series), "--label-table", "abdomen_phantom",
-                 "--out", str(series)]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--labels",
+                str(tmp_path / "r.nii.gz"),
+                "--images",
+                str(series),
+                "--label-table",
+                "abdomen_phantom",
+                "--out",
+                str(series),
+            ]
+        )
+        == 2
+    )
     assert {f.name: f.read_bytes() for f in series.iterdir()} == before
-    assert main(["evaluate", "--pred", str(tmp_path / "r.nii.gz"), "--ref", str(tmp_path / "r.nii.gz"), "--label-table",
-                 "abdomen_phantom", "--out", str(tmp_path / "r.nii.gz")]) == 2
-    assert main(["report", "--labels", str(tmp_path / "r.nii.gz"), "--label-table", "abdomen_phantom", "--out", str(tmp_path / "rep"),
-                 "--no-qc"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "r.nii.gz"),
+                "--ref",
+                str(tmp_path / "r.nii.gz"),
+                "--label-table",
+                "abdomen_phantom",
+                "--out",
+                str(tmp_path / "r.nii.gz"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "report",
+                "--labels",
+                str(tmp_path / "r.nii.gz"),
+                "--label-table",
+                "abdomen_phantom",
+                "--out",
+                str(tmp_path / "rep"),
+                "--no-qc",
+            ]
+        )
+        == 0
+    )

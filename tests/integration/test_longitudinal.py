@@ -31,11 +31,30 @@ def test_manifest_subjects_and_dates_give_the_known_change(tmp_path, capsys):
         write_label_map(case.labels, tmp_path / "labels" / f"{cid}.nii.gz")
         truth[cid] = case.volumes_ml
     manifest = tmp_path / "visits.csv"
-    pd.DataFrame({"case_id": list(cases), "subject": ["MRN-0042", "MRN-0042", "MRN-0099"],
-                  "date": [d for _, d in cases.values()]}).to_csv(manifest, index=False)
+    pd.DataFrame(
+        {
+            "case_id": list(cases),
+            "subject": ["MRN-0042", "MRN-0042", "MRN-0099"],
+            "date": [d for _, d in cases.values()],
+        }
+    ).to_csv(manifest, index=False)
     out = tmp_path / "report"
-    assert main(["report", "--labels", str(tmp_path / "labels"), "--label-table", "abdomen_phantom", "--out", str(out),
-                 "--longitudinal", str(manifest)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--labels",
+                str(tmp_path / "labels"),
+                "--label-table",
+                "abdomen_phantom",
+                "--out",
+                str(out),
+                "--longitudinal",
+                str(manifest),
+            ]
+        )
+        == 0
+    )
     lon = pd.read_csv(out / "longitudinal.csv")
     a = lon[lon["case_id"] == "a_t1"].set_index("structure")
     assert len(lon["patient_key"].unique()) == 2 and set(lon["time_point"]) == {0, 1}
@@ -59,14 +78,28 @@ def test_dicom_studies_of_one_patient_are_paired_by_a_hashed_id_and_their_dates(
     folders = []
     for seed, date in ((11, "20260110"), (12, "20260401")):
         case = make_phantom(seed, case_id=f"s{seed}", spacing=(2.0, 2.0, 4.0))
-        folder = write_dicom_series(replace(case, image=label_coded(case)), tmp_path / "export" / f"study{seed}", seed=seed)
+        folder = write_dicom_series(
+            replace(case, image=label_coded(case)), tmp_path / "export" / f"study{seed}", seed=seed
+        )
         for f in folder.iterdir():
             ds = pydicom.dcmread(f)
             ds.StudyDate = ds.SeriesDate = date
             ds.save_as(f)
         folders.append(folder)
-    assert main(["predict", "--model", str(oracle_checkpoint), *map(str, folders), "--out", str(tmp_path / "preds"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                *map(str, folders),
+                "--out",
+                str(tmp_path / "preds"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "report"
     assert main(["report", "--labels", str(tmp_path / "preds"), "--out", str(out), "--longitudinal"]) == 0
     lon = pd.read_csv(out / "longitudinal.csv")
@@ -79,8 +112,24 @@ def test_dicom_studies_of_one_patient_are_paired_by_a_hashed_id_and_their_dates(
     _no_identifiers(out, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, "LEAKCHECK", "20260110", "20260401")
     # the pipeline setting: the same pairing in a run directory
     run = tmp_path / "run"
-    assert main(["run", "dicom_volumetry", "--input", str(tmp_path / "export"), "--out", str(run), "--no-progress",
-                 "--set", f"predict.model={oracle_checkpoint}", "--set", "report.longitudinal=dicom"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "dicom_volumetry",
+                "--input",
+                str(tmp_path / "export"),
+                "--out",
+                str(run),
+                "--no-progress",
+                "--set",
+                f"predict.model={oracle_checkpoint}",
+                "--set",
+                "report.longitudinal=dicom",
+            ]
+        )
+        == 0
+    )
     in_run = pd.read_csv(run / "longitudinal.csv")
     assert sorted(in_run["days_from_baseline"].unique()) == [0, 81] and in_run["patient_key"].nunique() == 1
     _no_identifiers(run, PHANTOM_PATIENT_ID, "LEAKCHECK", "20260110", "20260401")

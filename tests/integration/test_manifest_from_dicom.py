@@ -14,7 +14,14 @@ import pytest
 
 from medseg.data.dicom_manifest import manifest_from_dicom
 from medseg.data.manifest import read_manifest
-from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_ID, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
+from medseg.data.phantoms import (
+    PHANTOM_BIRTH_DATE,
+    PHANTOM_LABELS,
+    PHANTOM_PATIENT_ID,
+    PHANTOM_PATIENT_NAME,
+    make_phantom,
+    write_dicom_series,
+)
 from medseg.io.dicom.series import read_dicom_series
 from medseg.io.objects.rtstruct import write_rtstruct
 from medseg.io.objects.seg import write_dicom_seg
@@ -48,7 +55,9 @@ def export(tmp_path_factory):
     _series(ex, "c", 3)
     d, vol_d = _series(root, "d_not_exported", 4)
     truth_a, truth_b = _truth(1, vol_a), _truth(2, vol_b, flips=(True, False, True))
-    clinical = LabelTable("clinical", (Label(1, "Liver"), Label(2, "SPLEEN"), Label(3, "Kidney_R"), Label(4, "Lt Kidney")))
+    clinical = LabelTable(
+        "clinical", (Label(1, "Liver"), Label(2, "SPLEEN"), Label(3, "Kidney_R"), Label(4, "Lt Kidney"))
+    )
     write_rtstruct(truth_a, a, clinical, ex / "RS_a.dcm")
     write_dicom_seg(truth_b, b, PHANTOM_LABELS, ex / "SEG_b.dcm", software_version="test")
     write_rtstruct(_truth(4, vol_d), d, PHANTOM_LABELS, ex / "RS_d.dcm")
@@ -86,7 +95,7 @@ def test_manifest_pairs_exactly_the_labelled_series(export, tmp_path):
             assert _dice(got, truth.array == t.index) >= 0.98, (row["label_kind"], t.name)
         assert row["case_id"] == row["series_key"] and row["case_id"].startswith("se")
     un = pd.read_csv(res.unpaired, dtype=str, keep_default_na=False)
-    reasons = dict(zip(un["kind"], un["reason"]))
+    reasons = dict(zip(un["kind"], un["reason"], strict=False))
     assert set(un["kind"]) == {"rtstruct", "image_series", "object", "file"}
     assert "not in the export" in reasons["rtstruct"]
     assert "no RTSTRUCT or SEG" in reasons["image_series"] and (un["kind"] == "image_series").sum() == 1
@@ -110,16 +119,24 @@ def test_manifest_pairs_exactly_the_labelled_series(export, tmp_path):
 def test_cli_from_dicom(export, tmp_path):
     ex, *_ = export
     out = tmp_path / "cli.csv"
-    r = subprocess.run([sys.executable, "-m", "medseg", "manifest", "from-dicom", str(ex), "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "medseg", "manifest", "from-dicom", str(ex), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "2 cases" in r.stdout and "LEAKCHECK" not in r.stdout + r.stderr
     assert len(pd.read_csv(out)) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(ex / "notes.txt", empty / "notes.txt")
-    r = subprocess.run([sys.executable, "-m", "medseg", "manifest", "from-dicom", str(empty), "--out", str(tmp_path / "x.csv")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "medseg", "manifest", "from-dicom", str(empty), "--out", str(tmp_path / "x.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
@@ -160,7 +177,11 @@ def test_plan_and_train_read_the_manifest(export, tmp_path):
 
     ex, *_ = export
     res = manifest_from_dicom(ex, tmp_path / "cases.csv")
-    config, _ = api.plan(manifest=res.manifest, out=tmp_path / "plan.yaml", overrides=["training.patch_size=[32,32,16]"])
+    config, _ = api.plan(
+        manifest=res.manifest, out=tmp_path / "plan.yaml", overrides=["training.patch_size=[32,32,16]"]
+    )
     assert LabelTable.from_yaml(res.table).names == ["kidney_left", "kidney_right", "liver", "spleen"]
-    result = api.train(config=config, manifest=res.manifest, out=tmp_path / "run", epochs=1, device="cpu", progress=False)
+    result = api.train(
+        config=config, manifest=res.manifest, out=tmp_path / "run", epochs=1, device="cpu", progress=False
+    )
     assert (tmp_path / "run" / "best.pt").is_file(), result

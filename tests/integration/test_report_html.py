@@ -55,8 +55,18 @@ def _chromium():
 
 def _chrome(binary, tmp_path, *args):
     profile = tmp_path / f"chrome-profile-{len(list(tmp_path.glob('chrome-profile-*')))}"
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", *args]
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -64,15 +74,23 @@ def _chrome(binary, tmp_path, *args):
 def test_report_cli_writes_tables_montages_and_a_page_that_renders(tmp_path):
     labels, images, cases = _cohort(tmp_path)
     out = tmp_path / "report"
-    assert main(["report", "--labels", *labels, "--images", *images, "--label-table", "abdomen_phantom", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["report", "--labels", *labels, "--images", *images, "--label-table", "abdomen_phantom", "--out", str(out)]
+        )
+        == 0
+    )
 
     vol = pd.read_csv(out / "volumes.csv")
     assert len(vol) == 6 * 4 and list(vol.columns[:4]) == ["case_id", "structure", "label", "status"]
     v = vol.set_index(["case_id", "structure"])
-    for n, (c, lab) in enumerate(cases):
+    for n, (_c, lab) in enumerate(cases):
         for s in PHANTOM_LABELS.labels:
             assert v.loc[(f"case{n}", s.name), "voxel_count"] == int((lab == s.index).sum())
-    assert v.loc[("case4", "liver"), "status"] == "touches_border" and v.loc[("case4", "liver"), "voxel_count"] == 3 * 10 * 6
+    assert (
+        v.loc[("case4", "liver"), "status"] == "touches_border"
+        and v.loc[("case4", "liver"), "voxel_count"] == 3 * 10 * 6
+    )
     assert v.loc[("case5", "liver"), "status"] == "absent" and pd.isna(v.loc[("case5", "liver"), "intensity_mean"])
     assert bool(v.loc[("case5", "spleen"), "outlier"]) and v.loc[("case5", "spleen"), "outlier_basis"] == "robust_z"
     assert vol.loc[vol.structure == "liver", "outlier"].isna().all()  # 4 livers present: too few to judge
@@ -87,7 +105,11 @@ def test_report_cli_writes_tables_montages_and_a_page_that_renders(tmp_path):
     assert wide["case_id"].tolist() == [f"case{n}" for n in range(6)]
     assert pd.isna(wide.loc[5, "liver_ml"]) and wide.loc[5, "liver_status"] == "absent"
     summary = pd.read_csv(out / "summary.csv").set_index("structure")
-    assert summary.loc["liver", "n_present"] == 4 and summary.loc["liver", "n_touches_border"] == 1 and summary.loc["liver", "n_absent"] == 1
+    assert (
+        summary.loc["liver", "n_present"] == 4
+        and summary.loc["liver", "n_touches_border"] == 1
+        and summary.loc["liver", "n_absent"] == 1
+    )
     for n in range(6):
         assert (out / "qc" / f"case{n}.png").stat().st_size > 10_000
 
@@ -102,7 +124,14 @@ def test_report_cli_writes_tables_montages_and_a_page_that_renders(tmp_path):
     assert 'data-broken-images="0"' in body.group(0) and 'data-images="7"' in body.group(0), body.group(0)
 
     shot = tmp_path / "shot.png"
-    _chrome(chromium, tmp_path, "--window-size=1280,2400", "--hide-scrollbars", f"--screenshot={shot}", (out / "report.html").as_uri())
+    _chrome(
+        chromium,
+        tmp_path,
+        "--window-size=1280,2400",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        (out / "report.html").as_uri(),
+    )
     from PIL import Image
 
     rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)

@@ -17,9 +17,25 @@ def _dice(a, b):
 
 def test_predict_rtstruct_matches_the_label_map(oracle_checkpoint, tmp_path):
     ph = make_phantom(21, case_id="rt", spacing=(1.5, 1.5, 3.0), noise_hu=0, flips=(True, False, True))
-    series = write_dicom_series(PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts), tmp_path / "in" / "rt", seed=3)
+    series = write_dicom_series(
+        PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts), tmp_path / "in" / "rt", seed=3
+    )
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(out), "--rtstruct", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(oracle_checkpoint),
+                str(series),
+                "--out",
+                str(out),
+                "--rtstruct",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     side = json.loads((out / "rt.json").read_text())
     assert side["outputs"]["rtstruct"] == "rt.rtstruct.dcm"
     labels = read_volume(out / "rt.nii.gz")
@@ -31,7 +47,12 @@ def test_predict_rtstruct_matches_the_label_map(oracle_checkpoint, tmp_path):
 
 def test_without_the_option_no_rtstruct_is_written(oracle_checkpoint, tmp_path):
     ph = make_phantom(22, case_id="plain", spacing=(3.0, 3.0, 5.0), noise_hu=0)
-    series = write_dicom_series(PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts), tmp_path / "in" / "plain", seed=4)
-    assert main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    series = write_dicom_series(
+        PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts), tmp_path / "in" / "plain", seed=4
+    )
+    assert (
+        main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "o"), "--no-progress"])
+        == 0
+    )
     assert not list((tmp_path / "o").glob("*.rtstruct.dcm"))
     assert "rtstruct" not in json.loads((tmp_path / "o" / "plain.json").read_text())["outputs"]

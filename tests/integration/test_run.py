@@ -42,10 +42,16 @@ def cohort(tmp_path_factory):
 
     register_oracle()
     root = tmp_path_factory.mktemp("run_cohort")
-    cfg = config_from_dict({"model": {"name": "test_intensity_oracle"},
-                            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-                            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4}})
-    model = create_model("test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes)
+    cfg = config_from_dict(
+        {
+            "model": {"name": "test_intensity_oracle"},
+            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
+            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4},
+        }
+    )
+    model = create_model(
+        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
+    )
     ckpt = save_checkpoint(root / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS)
     cases, truth = root / "cases", {}
     for i in range(N_GOOD):
@@ -57,16 +63,27 @@ def cohort(tmp_path_factory):
             write_volume(coded.image, cases / f"{ph.case_id}.nii.gz")
         truth[ph.case_id] = ph
     bad = make_phantom(600, case_id="bad", spacing=(4.0, 4.0, 6.0), noise_hu=0)
-    write_dicom_series(PhantomCase("bad", label_coded(bad), bad.labels, bad.voxel_counts), cases / "zz_bad_dicom",
-                       drop_slices=(8,))
+    write_dicom_series(
+        PhantomCase("bad", label_coded(bad), bad.labels, bad.voxel_counts), cases / "zz_bad_dicom", drop_slices=(8,)
+    )
     (cases / "bad_nifti.nii.gz").write_bytes(b"this is not a NIfTI file\n" * 40)
     (cases / "notes.txt").write_text("not a case\n")
     return {"cases": cases, "model": ckpt, "truth": truth}
 
 
 def _args(cohort, out, *extra):
-    return ["run", PIPELINE, "--input", str(cohort["cases"]), "--out", str(out), "--set", f"predict.model={cohort['model']}",
-            "--no-progress", *extra]
+    return [
+        "run",
+        PIPELINE,
+        "--input",
+        str(cohort["cases"]),
+        "--out",
+        str(out),
+        "--set",
+        f"predict.model={cohort['model']}",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +102,7 @@ def test_failures_are_isolated_and_recorded(cohort, reference, capsys):
     assert code == 1  # done with failures
     fails = pd.read_csv(out / "failures.csv")
     assert sorted(fails["case_id"]) == sorted(BAD)
-    reasons = dict(zip(fails["case_id"], fails["error"]))
+    reasons = dict(zip(fails["case_id"], fails["error"], strict=False))
     assert "bad_nifti" in reasons["bad_nifti"] and "\n" not in reasons["bad_nifti"]
     assert "slice" in reasons["zz_bad_dicom"].lower() or "spacing" in reasons["zz_bad_dicom"].lower()
 
@@ -141,8 +158,10 @@ def test_rerun_skips_done_cases_and_retries_failed(cohort, reference, tmp_path, 
 
 def _child_script(tmp_path: Path) -> Path:
     script = tmp_path / "child.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
-                      "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
+        "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return script
 
 
@@ -151,15 +170,19 @@ def test_sigkill_halfway_then_rerun_equals_uninterrupted(cohort, reference, tmp_
     ref, _ = reference
     out = tmp_path / "run"
     args = _args(cohort, out, "--workers", "2")
-    proc = subprocess.Popen([sys.executable, str(_child_script(tmp_path)), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(_child_script(tmp_path)), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     done_before = set()
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             # records only: an atomic write's temporary (.tmp-medseg-*-<case>.json) can be caught half-written
-            states = [json.loads(p.read_text()) for p in (out / "state").glob("*.json")
-                      if not p.name.startswith(TMP_PREFIX)] if (out / "state").is_dir() else []
+            states = (
+                [json.loads(p.read_text()) for p in (out / "state").glob("*.json") if not p.name.startswith(TMP_PREFIX)]
+                if (out / "state").is_dir()
+                else []
+            )
             done_before = {s["case_id"] for s in states if s.get("status") == "done"}
             if len(done_before) >= 2:
                 break
@@ -191,9 +214,16 @@ def test_ray_engine_writes_the_same_csvs(cohort, reference, tmp_path, monkeypatc
     ref, _ = reference
     out = tmp_path / "run"
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    r = run_pipeline(pipeline=PIPELINE, input=cohort["cases"], out=out, overrides=[f"predict.model={cohort['model']}"],
-                     engine="ray", workers=2, progress=False,
-                     ray_init={"runtime_env": {"env_vars": env, "worker_process_setup_hook": "helpers.register_oracle"}})
+    r = run_pipeline(
+        pipeline=PIPELINE,
+        input=cohort["cases"],
+        out=out,
+        overrides=[f"predict.model={cohort['model']}"],
+        engine="ray",
+        workers=2,
+        progress=False,
+        ray_init={"runtime_env": {"env_vars": env, "worker_process_setup_hook": "helpers.register_oracle"}},
+    )
     assert r.exit_code == 1 and sorted(r.failures) == sorted(BAD)
     import ray
 
@@ -202,6 +232,12 @@ def test_ray_engine_writes_the_same_csvs(cohort, reference, tmp_path, monkeypatc
     for name in CSVS:
         pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(ref / name), check_exact=True)
     # the run directory is resumable with the other engine
-    r2 = run_pipeline(pipeline=PIPELINE, input=cohort["cases"], out=out, overrides=[f"predict.model={cohort['model']}"],
-                      engine="local", progress=False)
+    r2 = run_pipeline(
+        pipeline=PIPELINE,
+        input=cohort["cases"],
+        out=out,
+        overrides=[f"predict.model={cohort['model']}"],
+        engine="local",
+        progress=False,
+    )
     assert sorted(r2.skipped) == sorted(cohort["truth"]) and not r2.done

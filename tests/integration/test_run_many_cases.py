@@ -26,18 +26,24 @@ def model(tmp_path_factory):
     from medseg.models.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("many_model")
-    cfg = config_from_dict({"model": {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2]}},
-                            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-                            "inference": {"roi_size": [16, 16, 16], "overlap": 0.0}})
-    net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes,
-                       channels=[4, 8], strides=[2])
+    cfg = config_from_dict(
+        {
+            "model": {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2]}},
+            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
+            "inference": {"roi_size": [16, 16, 16], "overlap": 0.0},
+        }
+    )
+    net = create_model(
+        "unet", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes, channels=[4, 8], strides=[2]
+    )
     return save_checkpoint(root / "tiny.pt", net, config=cfg, label_table=PHANTOM_LABELS)
 
 
 def _manifest(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "manifest.csv"
-    pd.DataFrame({"case_id": [f"c{i:06d}" for i in range(n)],
-                  "image": [f"missing/c{i:06d}.nii.gz" for i in range(n)]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {"case_id": [f"c{i:06d}" for i in range(n)], "image": [f"missing/c{i:06d}.nii.gz" for i in range(n)]}
+    ).to_csv(path, index=False)
     return path
 
 
@@ -61,8 +67,13 @@ def test_state_records_are_created_as_cases_start(tmp_path, model, monkeypatch, 
     manifest = _manifest(tmp_path, N_ROWS)
     t0 = time.monotonic()
     with pytest.raises(_Stop):
-        run.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
-                          overrides=[f"predict.model={model}"])
+        run.run_pipeline(
+            pipeline=PIPELINE,
+            input=manifest,
+            out=tmp_path / "run",
+            progress=False,
+            overrides=[f"predict.model={model}"],
+        )
     assert seen["state_files"] == 0, seen  # was 20,000: one "pending" record per row before any case ran
     assert sum(1 for _ in (tmp_path / "run" / "state").iterdir()) == 1
     assert seen["seconds"] < 120, seen
@@ -75,15 +86,17 @@ def test_a_run_says_how_many_cases_it_found_and_retries_failures(tmp_path, model
     from medseg.runner import run
 
     manifest = _manifest(tmp_path, 5)
-    r = run.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
-                          overrides=[f"predict.model={model}"])
+    r = run.run_pipeline(
+        pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False, overrides=[f"predict.model={model}"]
+    )
     said = capsys.readouterr().out
     assert "medseg run: 5 cases found in " in said and str(manifest) in said, said
     assert len(r.failures) == 5 and len(list((tmp_path / "run" / "state").iterdir())) == 5
     status = pd.read_csv(tmp_path / "run" / "status.csv")
     assert list(status["status"]) == ["failed"] * 5
     # the second invocation finds the earlier records: the failed cases run again (attempt 2), no new files
-    r = run.run_pipeline(pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False,
-                          overrides=[f"predict.model={model}"])
+    r = run.run_pipeline(
+        pipeline=PIPELINE, input=manifest, out=tmp_path / "run", progress=False, overrides=[f"predict.model={model}"]
+    )
     assert len(r.failures) == 5 and len(list((tmp_path / "run" / "state").iterdir())) == 5
     assert list(pd.read_csv(tmp_path / "run" / "status.csv")["attempt"]) == [2] * 5

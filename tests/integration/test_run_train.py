@@ -30,19 +30,40 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
     # abdomen_phantom): outputs must carry the data's names, never the recipe's
     ours = [{"index": lab.index, "name": f"structure_{lab.index}"} for lab in PHANTOM_LABELS.labels]
     (tmp_path / "manifest_labels.yaml").write_text(yaml.safe_dump({"name": "ours", "labels": ours}))
-    args = ["run", PIPELINE, "--input", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "run"), "--no-progress",
-            "--set", "train.overrides.training.epochs=1", "--set", "train.overrides.training.val_every=1",
-            "--set", "plan.spacing=median", "--set", "report.qc=false"]
+    args = [
+        "run",
+        PIPELINE,
+        "--input",
+        str(tmp_path / "manifest.csv"),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        "train.overrides.training.epochs=1",
+        "--set",
+        "train.overrides.training.val_every=1",
+        "--set",
+        "plan.spacing=median",
+        "--set",
+        "report.qc=false",
+    ]
     assert main(args) == 0
     run = tmp_path / "run"
     plan = json.loads((run / "plan.json").read_text())
-    assert plan["n_training_images"] == 2 and plan["median_spacing_mm"] == [3.0, 3.0, 5.0]  # split=train, as medseg plan
+    assert plan["n_training_images"] == 2 and plan["median_spacing_mm"] == [
+        3.0,
+        3.0,
+        5.0,
+    ]  # split=train, as medseg plan
     assert json.loads((run / "fingerprint.json").read_text())["modality"] == "CT"
     assert (run / "train" / "best.pt").is_file()
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["case_id"].unique()) == ["p3"] and len(metrics) == len(PHANTOM_LABELS.labels)
     assert sorted(metrics["structure"]) == sorted(d["name"] for d in ours)
-    assert "liver" not in (run / "train" / "config.yaml").read_text() and "structure_1" in (run / "train" / "metrics.csv").read_text()
+    assert (
+        "liver" not in (run / "train" / "config.yaml").read_text()
+        and "structure_1" in (run / "train" / "metrics.csv").read_text()
+    )
     assert metrics["dice"].between(0, 1).all()
     assert len(pd.read_csv(run / "volumes.csv")) == len(PHANTOM_LABELS.labels)
     run_json = json.loads((run / "run.json").read_text())
@@ -67,12 +88,33 @@ def test_train_and_evaluate_on_a_multichannel_manifest(tmp_path):
         write_volume(ph.image, tmp_path / f"t1_{i}.nii.gz")
         write_volume(Volume(-ph.image.array, ph.image.affine), tmp_path / f"t2_{i}.nii.gz")  # a second contrast
         write_label_map(ph.labels, tmp_path / f"lab_{i}.nii.gz")
-        rows.append({"case_id": f"m{i}", "image": f"t1_{i}.nii.gz", "image_1": f"t2_{i}.nii.gz", "label": f"lab_{i}.nii.gz",
-                     "split": split})
+        rows.append(
+            {
+                "case_id": f"m{i}",
+                "image": f"t1_{i}.nii.gz",
+                "image_1": f"t2_{i}.nii.gz",
+                "label": f"lab_{i}.nii.gz",
+                "split": split,
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    args = ["run", PIPELINE, "--input", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "run"), "--no-progress",
-            "--set", "train.overrides.training.epochs=1", "--set", "train.overrides.training.val_every=1",
-            "--set", "report.qc=false", "--set", "report.intensities=false"]
+    args = [
+        "run",
+        PIPELINE,
+        "--input",
+        str(tmp_path / "manifest.csv"),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        "train.overrides.training.epochs=1",
+        "--set",
+        "train.overrides.training.val_every=1",
+        "--set",
+        "report.qc=false",
+        "--set",
+        "report.intensities=false",
+    ]
     assert main(args) == 0
     run = tmp_path / "run"
     assert json.loads((run / "train" / "run.json").read_text())["image_channels"] == ["image", "image_1"]

@@ -58,7 +58,9 @@ def test_a_plugin_stage_is_checked_and_runs_on_each_case(plugin_stage, oracle_ch
         ph = make_phantom(300 + i, case_id=f"c{i}", spacing=(4.0, 4.0, 6.0), noise_hu=0)
         write_volume(label_coded(PhantomCase(ph.case_id, ph.image, ph.labels, ph.voxel_counts)), cases / f"c{i}.nii.gz")
     pipe = tmp_path / "p.yaml"
-    pipe.write_text(f"name: counting\nstages:\n  predict: {{model: {oracle_checkpoint}}}\n  {plugin_stage}: {{min_voxels: 1}}\n")
+    pipe.write_text(
+        f"name: counting\nstages:\n  predict: {{model: {oracle_checkpoint}}}\n  {plugin_stage}: {{min_voxels: 1}}\n"
+    )
     assert main(["run", str(pipe), "--input", str(cases), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     for i in range(2):
         rec = json.loads((tmp_path / "run" / "state" / f"c{i}.json").read_text())

@@ -23,7 +23,10 @@ def _sh(cmd, cwd, env=None, timeout=900):
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     wheels = tmp_path / "dist"
-    _sh([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)], tmp_path)
+    _sh(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        tmp_path,
+    )
     wheel = next(wheels.glob("medseg-*.whl"))
     venv = tmp_path / "venv"
     _sh([sys.executable, "-m", "venv", str(venv)], tmp_path)
@@ -39,13 +42,48 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     where = _sh([str(py), "-c", "import medseg; print(medseg.__file__)"], work, env).strip()
     assert where.startswith(str(site)), f"medseg imported from {where}, not from the installed wheel"
     medseg = str(venv / "bin" / "medseg")
-    out = _sh([medseg, "demo", "--out", "X", "--n-train", "3", "--n-test", "1", "--epochs", "1", "--min-dice", "0", "--no-progress"],
-              work, env)
+    out = _sh(
+        [
+            medseg,
+            "demo",
+            "--out",
+            "X",
+            "--n-train",
+            "3",
+            "--n-test",
+            "1",
+            "--epochs",
+            "1",
+            "--min-dice",
+            "0",
+            "--no-progress",
+        ],
+        work,
+        env,
+    )
     assert "mean Dice" in out and (work / "X" / "report" / "volumes.csv").is_file()
     dicom = next((work / "X" / "data" / "test" / "dicom").iterdir())
-    _sh([medseg, "run", "dicom_volumetry", "--input", str(dicom.parent), "--out", "run", "--set",
-         f"predict.model={work / 'X' / 'model' / 'best.pt'}", "--set", "report.qc=false", "--no-progress"], work, env)
+    _sh(
+        [
+            medseg,
+            "run",
+            "dicom_volumetry",
+            "--input",
+            str(dicom.parent),
+            "--out",
+            "run",
+            "--set",
+            f"predict.model={work / 'X' / 'model' / 'best.pt'}",
+            "--set",
+            "report.qc=false",
+            "--no-progress",
+        ],
+        work,
+        env,
+    )
     assert (work / "run" / "volumes.csv").is_file()
     preds = sorted(str(p) for p in (work / "X" / "predictions").glob("*.nii.gz"))
-    _sh([medseg, "report", "--labels", *preds, "--label-table", "abdomen_phantom", "--out", "rep", "--no-qc"], work, env)
+    _sh(
+        [medseg, "report", "--labels", *preds, "--label-table", "abdomen_phantom", "--out", "rep", "--no-qc"], work, env
+    )
     assert "liver" in (work / "rep" / "volumes.csv").read_text()

@@ -48,7 +48,11 @@ def missing_reason() -> str:
         return f"Orthanc DICOMweb plugin not installed ({DICOMWEB_PLUGIN}; Debian package 'orthanc-dicomweb')"
     import importlib.util
 
-    for module, what in (("requests", "requests"), ("pynetdicom", "pynetdicom"), ("dicomweb_client", "dicomweb-client")):
+    for module, what in (
+        ("requests", "requests"),
+        ("pynetdicom", "pynetdicom"),
+        ("dicomweb_client", "dicomweb-client"),
+    ):
         if importlib.util.find_spec(module) is None:
             return f"the Python package {what!r} is missing (pip install 'medseg[pacs]')"
     return ""
@@ -89,8 +93,14 @@ class OrthancServer:
     (``dimse://AET@127.0.0.1:PORT``).
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, aet: str = "ORTHANC",
-                 modalities: dict[str, tuple[str, str, int]] | None = None, extra_config: dict | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        aet: str = "ORTHANC",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        extra_config: dict | None = None,
+    ):
         self.workdir = Path(workdir)
         self.aet = aet
         self.modalities = dict(modalities or {})
@@ -153,8 +163,9 @@ class OrthancServer:
             cfg = self.workdir / "orthanc.json"
             cfg.write_text(json.dumps(self.config(), indent=2))
             log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                [ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, preexec_fn=_die_with_parent
+            )
             log.close()
             if self._wait_ready(timeout):
                 return self
@@ -240,7 +251,9 @@ class OrthancServer:
         """Make a remote AE known while the server runs (a C-MOVE destination, for instance)."""
         import requests
 
-        r = requests.put(f"{self.url}/modalities/{name}", json={"AET": aet, "Host": host, "Port": int(port)}, timeout=30)
+        r = requests.put(
+            f"{self.url}/modalities/{name}", json={"AET": aet, "Host": host, "Port": int(port)}, timeout=30
+        )
         r.raise_for_status()
         self.modalities[name] = (aet, host, int(port))
 
@@ -294,6 +307,7 @@ class OrthancServer:
 
 # --- phantom studies ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Study:
     """One phantom study as written: its UIDs, the fake identifiers in its headers, and the truth."""
@@ -314,8 +328,15 @@ class Study:
         return self.patient_name, self.patient_id, self.birth_date
 
 
-def write_study(folder: str | os.PathLike, n: int, *, spacing=(4.0, 4.0, 6.0), study_date: str = "",
-                seed: int | None = None, modality: str = "CT") -> Study:
+def write_study(
+    folder: str | os.PathLike,
+    n: int,
+    *,
+    spacing=(4.0, 4.0, 6.0),
+    study_date: str = "",
+    seed: int | None = None,
+    modality: str = "CT",
+) -> Study:
     """Study number ``n``: a label-coded phantom (oracle input) as one CT series in ``folder``, one file per slice.
 
     Each study has its own StudyInstanceUID and fake patient: name ``PACSLEAK^PATIENT<n>``, ID
@@ -333,11 +354,26 @@ def write_study(folder: str | os.PathLike, n: int, *, spacing=(4.0, 4.0, 6.0), s
     ph = make_phantom(seed, case_id=f"study{n}", spacing=spacing, noise_hu=0)
     coded = PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts)
     study_uid, series_uid = generate_uid(), generate_uid()
-    write_dicom_series(coded, folder, seed=seed, study_uid=study_uid, series_uid=series_uid, modality=modality,
-                       series_description=f"phantom abdomen {n}")
-    st = Study(folder, study_uid, series_uid, patient_name=f"PACSLEAK^PATIENT{n:03d}", patient_id=f"PACSLEAKID{n:03d}",
-               birth_date=f"1902{1 + n % 12:02d}{1 + n % 28:02d}", accession=f"ACC{n:05d}",
-               study_date=study_date or f"202601{1 + n % 28:02d}", phantom=ph)
+    write_dicom_series(
+        coded,
+        folder,
+        seed=seed,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        modality=modality,
+        series_description=f"phantom abdomen {n}",
+    )
+    st = Study(
+        folder,
+        study_uid,
+        series_uid,
+        patient_name=f"PACSLEAK^PATIENT{n:03d}",
+        patient_id=f"PACSLEAKID{n:03d}",
+        birth_date=f"1902{1 + n % 12:02d}{1 + n % 28:02d}",
+        accession=f"ACC{n:05d}",
+        study_date=study_date or f"202601{1 + n % 28:02d}",
+        phantom=ph,
+    )
     for f in folder.iterdir():
         ds = pydicom.dcmread(f)
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = st.patient_name, st.patient_id, st.birth_date
@@ -379,6 +415,7 @@ def assert_no_identifiers(run_dir: str | os.PathLike, studies, *texts: str, skip
 
 # --- the model and the child process ------------------------------------------------------------------------
 
+
 def oracle_checkpoint_file(path: str | os.PathLike) -> Path:
     """A checkpoint of the intensity oracle (label = round(HU / 100)) on a 4 mm grid, as tests/integration/test_run.py."""
     from helpers import register_oracle
@@ -389,10 +426,16 @@ def oracle_checkpoint_file(path: str | os.PathLike) -> Path:
     from medseg.models.checkpoint import save_checkpoint
 
     register_oracle()
-    cfg = config_from_dict({"model": {"name": "test_intensity_oracle"},
-                            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-                            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4}})
-    model = create_model("test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes)
+    cfg = config_from_dict(
+        {
+            "model": {"name": "test_intensity_oracle"},
+            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
+            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4},
+        }
+    )
+    model = create_model(
+        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
+    )
     return Path(save_checkpoint(Path(path), model, config=cfg, label_table=PHANTOM_LABELS))
 
 
@@ -400,15 +443,22 @@ def child_script(folder: str | os.PathLike) -> Path:
     """A script that runs ``medseg`` (its argv) in a new process with the oracle model registered:
     ``subprocess.Popen([sys.executable, str(child_script(tmp)), "run", ...])``."""
     script = Path(folder) / "medseg_child.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
-                      "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
+        "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return script
 
 
 def run_child(folder, *args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """``medseg ARGS`` in a child process (oracle registered); captured text output."""
-    return subprocess.run([sys.executable, str(child_script(folder)), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, str(child_script(folder)), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def copy_tree(src, dst) -> Path:

@@ -32,16 +32,36 @@ def studies(orthanc, tmp_path_factory):
 
 
 def args(out, source, destination, oracle, cache, *extra):
-    return ["run", PIPE, "--input", source, "--query", "modality=CT", "--out", str(out), "--cache", str(cache),
-            "--set", f"predict.model={oracle}", "--set", f"export.destination={destination}", "--no-progress", *extra]
+    return [
+        "run",
+        PIPE,
+        "--input",
+        source,
+        "--query",
+        "modality=CT",
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--set",
+        f"predict.model={oracle}",
+        "--set",
+        f"export.destination={destination}",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def segs_by_study(server, studies) -> dict:
     """StudyInstanceUID -> list of the SEG datasets the server holds for it."""
     import pydicom
 
-    return {st.study_uid: [pydicom.dcmread(io.BytesIO(server.instance_file(s["_id"]))) for s in server.seg_instances(st.study_uid)]
-            for st in studies}
+    return {
+        st.study_uid: [
+            pydicom.dcmread(io.BytesIO(server.instance_file(s["_id"]))) for s in server.seg_instances(st.study_uid)
+        ]
+        for st in studies
+    }
 
 
 def records(out) -> dict:
@@ -95,8 +115,20 @@ def test_rerun_and_changed_report_setting_send_nothing_new(stow_run, studies, or
     assert f"0 done, {N} already done" in capsys.readouterr().out
     assert records(out) == recs and dest.count_instances() == before
     # a report setting redoes every case (new outputs) but not the SEG: same UIDs, recorded as already sent
-    assert main(args(out, orthanc.dicomweb_spec, dest.dicomweb_spec, pacs_oracle, stow_run["cache"],
-                     "--set", "report.min_size_ml=0.5")) == 0
+    assert (
+        main(
+            args(
+                out,
+                orthanc.dicomweb_spec,
+                dest.dicomweb_spec,
+                pacs_oracle,
+                stow_run["cache"],
+                "--set",
+                "report.min_size_ml=0.5",
+            )
+        )
+        == 0
+    )
     assert f"{N} done, 0 already done" in capsys.readouterr().out
     assert dest.count_instances() == before
     for cid, rec in records(out).items():
@@ -112,21 +144,42 @@ def test_export_case_retries_with_backoff_then_records_the_failure(stow_run, tmp
     waits = []
     dead = f"dimse://ORTHANC@127.0.0.1:{free_port()}"
     with pytest.raises(ExportError, match=f"export to {dead}.*cannot connect"):
-        export_case(dead, {"dicom_seg": seg, "rtstruct": None}, record_path=tmp_path / "export" / "c.json", case_id="c",
-                    retries=2, backoff_s=0.5, sleep=waits.append)
+        export_case(
+            dead,
+            {"dicom_seg": seg, "rtstruct": None},
+            record_path=tmp_path / "export" / "c.json",
+            case_id="c",
+            retries=2,
+            backoff_s=0.5,
+            sleep=waits.append,
+        )
     assert waits == [0.5, 1.0]
     rec = json.loads((tmp_path / "export" / "c.json").read_text())
     assert rec["status"] == "failed" and rec["destination"] == dead
-    assert [(o["kind"], o["status"], o.get("attempts")) for o in rec["objects"]] == [("dicom_seg", "failed", 3),
-                                                                                      ("rtstruct", "not_written", None)]
+    assert [(o["kind"], o["status"], o.get("attempts")) for o in rec["objects"]] == [
+        ("dicom_seg", "failed", 3),
+        ("rtstruct", "not_written", None),
+    ]
 
 
 def test_unreachable_destination_fails_the_cases_then_another_destination_gets_them(
-        orthanc, orthanc_factory, studies, pacs_oracle, tmp_path, capsys):
+    orthanc, orthanc_factory, studies, pacs_oracle, tmp_path, capsys
+):
     out, cache = tmp_path / "run", tmp_path / "cache"
     dead = f"dimse://ORTHANC@127.0.0.1:{free_port()}"
-    code = main(args(out, orthanc.dicomweb_spec, dead, pacs_oracle, cache, "--set", "export.retries=1",
-                     "--set", "export.backoff_s=0"))
+    code = main(
+        args(
+            out,
+            orthanc.dicomweb_spec,
+            dead,
+            pacs_oracle,
+            cache,
+            "--set",
+            "export.retries=1",
+            "--set",
+            "export.backoff_s=0",
+        )
+    )
     captured = capsys.readouterr()
     assert code == 2 and "Traceback" not in captured.err  # nothing done: every case failed in export
     fails = pd.read_csv(out / "failures.csv")
@@ -134,8 +187,22 @@ def test_unreachable_destination_fails_the_cases_then_another_destination_gets_t
     for rec in records(out).values():
         assert rec["status"] == "failed" and rec["objects"][0]["attempts"] == 2
     dest = orthanc_factory()  # C-STORE this time, SEG and RTSTRUCT
-    assert main(args(out, orthanc.dicomweb_spec, dest.dimse_spec, pacs_oracle, cache, "--set", "predict.rtstruct=true",
-                     "--set", "export.send=[dicom_seg,rtstruct]")) == 0
+    assert (
+        main(
+            args(
+                out,
+                orthanc.dicomweb_spec,
+                dest.dimse_spec,
+                pacs_oracle,
+                cache,
+                "--set",
+                "predict.rtstruct=true",
+                "--set",
+                "export.send=[dicom_seg,rtstruct]",
+            )
+        )
+        == 0
+    )
     assert all(len(v) == 1 for v in segs_by_study(dest, studies).values())
     for st in studies:
         (rt,) = dest.series_of_study(st.study_uid, "RTSTRUCT")
@@ -148,12 +215,14 @@ def test_unreachable_destination_fails_the_cases_then_another_destination_gets_t
 
 @pytest.mark.slow
 def test_sigkill_after_the_first_export_then_resume_loses_and_duplicates_nothing(
-        orthanc, orthanc_factory, studies, stow_run, pacs_oracle, tmp_path):
+    orthanc, orthanc_factory, studies, stow_run, pacs_oracle, tmp_path
+):
     dest = orthanc_factory()
     out, cache = tmp_path / "run", tmp_path / "cache"
     cmd = args(out, orthanc.dicomweb_spec, dest.dimse_spec, pacs_oracle, cache)
-    proc = subprocess.Popen([sys.executable, str(child_script(tmp_path)), *cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(child_script(tmp_path)), *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     sent_before: set = set()
     deadline = time.monotonic() + 240
     try:
@@ -176,8 +245,9 @@ def test_sigkill_after_the_first_export_then_resume_loses_and_duplicates_nothing
     for cid in sent_before:  # sent before the kill: not sent again (done: skipped; not yet done: already_sent)
         assert recs[cid]["objects"][0]["status"] in ("sent", "already_sent")
         assert recs[cid]["objects"][0]["sop_instance_uid"] in {s.SOPInstanceUID for v in segs.values() for s in v}
-    pd.testing.assert_frame_equal(by_study(out, studies, pacs=True), by_study(stow_run["out"], studies, pacs=True),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        by_study(out, studies, pacs=True), by_study(stow_run["out"], studies, pacs=True), check_exact=True
+    )
     assert not list(out.rglob(".tmp-medseg*")) and not list(cache.glob(".tmp-medseg*"))
     assert_no_identifiers(out, studies)
 

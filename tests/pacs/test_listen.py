@@ -63,15 +63,38 @@ def studies(tmp_path_factory):
 class Node:
     """``medseg listen`` in a child process (the oracle model registered), on a free port."""
 
-    def __init__(self, tmp: Path, out: Path, model: Path, *extra: str, quiet: float = 1.0, ae: str = "MEDSEG",
-                 pipeline: str = PIPELINE):
+    def __init__(
+        self,
+        tmp: Path,
+        out: Path,
+        model: Path,
+        *extra: str,
+        quiet: float = 1.0,
+        ae: str = "MEDSEG",
+        pipeline: str = PIPELINE,
+    ):
         self.out, self.ae, self.port = out, ae, free_port()
         self.stderr_path = tmp / f"listen-{time.monotonic_ns()}.err"
-        args = ["listen", "--ae-title", ae, "--port", str(self.port), "--pipeline", pipeline, "--out", str(out),
-                "--quiet-seconds", str(quiet), "--set", f"predict.model={model}", *extra]
+        args = [
+            "listen",
+            "--ae-title",
+            ae,
+            "--port",
+            str(self.port),
+            "--pipeline",
+            pipeline,
+            "--out",
+            str(out),
+            "--quiet-seconds",
+            str(quiet),
+            "--set",
+            f"predict.model={model}",
+            *extra,
+        ]
         self.err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(child_script(tmp)), *args], stdout=subprocess.DEVNULL,
-                                     stderr=self.err)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(child_script(tmp)), *args], stdout=subprocess.DEVNULL, stderr=self.err
+        )
         self.wait_for("listening as", timeout=90)
 
     def log(self) -> str:
@@ -94,8 +117,12 @@ class Node:
         raise AssertionError(f"{text!r} not in listen.log after {timeout} s:\n{self.log()}\n{self.stderr()}")
 
     def send(self, folder: Path, *, aet: str = "SENDER") -> subprocess.CompletedProcess:
-        return subprocess.run([STORESCU, "-v", "-aet", aet, "-aec", self.ae, "127.0.0.1", str(self.port), "+sd", str(folder)],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [STORESCU, "-v", "-aet", aet, "-aec", self.ae, "127.0.0.1", str(self.port), "+sd", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -146,7 +173,10 @@ def test_received_study_is_segmented_as_a_folder_run(studies, pacs_oracle, tmp_p
     shutil.copytree(st.folder, folder / key)  # the same study, from a folder, under the same case id
     r = api.run(pipeline=PIPELINE, input=folder, out=ref, overrides=[f"predict.model={pacs_oracle}"], progress=False)
     assert r.done == [key]
-    got, want = read_volume(out / "run" / "cases" / key / "labels.nii.gz"), read_volume(ref / "cases" / key / "labels.nii.gz")
+    got, want = (
+        read_volume(out / "run" / "cases" / key / "labels.nii.gz"),
+        read_volume(ref / "cases" / key / "labels.nii.gz"),
+    )
     np.testing.assert_array_equal(got.array, want.array)
     np.testing.assert_allclose(got.affine, want.affine)
     assert (got.array > 0).sum() > 1000  # the oracle found the organs
@@ -169,8 +199,9 @@ def test_allow_list_and_full_spool_are_refused_and_nothing_spooled_is_lost(studi
     # room for study 0 and part of study 1; a new association is refused when less than a tenth of the limit is free
     limit_gb = 1.5 * size0 / 1024**3
     out = tmp_path / "node"
-    node = Node(tmp_path, out, pacs_oracle, "--allow-ae", "GOODSENDER", "OTHER", "--spool-max-gb", f"{limit_gb:.9f}",
-                quiet=120)
+    node = Node(
+        tmp_path, out, pacs_oracle, "--allow-ae", "GOODSENDER", "OTHER", "--spool-max-gb", f"{limit_gb:.9f}", quiet=120
+    )
     try:
         bad = node.send(s0.folder, aet="INTRUDER")
         assert bad.returncode != 0 and "Calling AE Title Not Recognized" in bad.stderr
@@ -218,8 +249,10 @@ def test_sigkill_while_processing_then_restart_processes_once(studies, pacs_orac
         assert _state(out, key)["status"] == "processing"
     finally:
         node.stop(signal.SIGKILL)
-    assert not (out / "run" / "state" / f"{key}.json").is_file() or \
-        json.loads((out / "run" / "state" / f"{key}.json").read_text())["status"] != "done", "killed too late"
+    assert (
+        not (out / "run" / "state" / f"{key}.json").is_file()
+        or json.loads((out / "run" / "state" / f"{key}.json").read_text())["status"] != "done"
+    ), "killed too late"
     # a temporary of a write cut short is discarded at restart; a file not medseg's is not
     (out / "spool" / key / ".tmp-medseg-deadbeef-x.dcm").write_bytes(b"half")
     (out / "spool" / "not-medseg.txt").write_text("keep")
@@ -244,7 +277,6 @@ def test_sigkill_while_processing_then_restart_processes_once(studies, pacs_orac
     assert_no_identifiers(out, [st], node.stderr())
 
 
-
 @needs_storescu
 @pytest.mark.slow
 def test_results_of_a_received_study_arrive_in_orthanc(orthanc, pacs_oracle, tmp_path):
@@ -252,8 +284,15 @@ def test_results_of_a_received_study_arrive_in_orthanc(orthanc, pacs_oracle, tmp
     st = write_study(tmp_path / "study", 47)
     out = tmp_path / "node"
     key = _key(st)
-    node = Node(tmp_path, out, pacs_oracle, "--set", f"export.destination={orthanc.dimse_spec}", quiet=0.5,
-                pipeline="pacs_volumetry")
+    node = Node(
+        tmp_path,
+        out,
+        pacs_oracle,
+        "--set",
+        f"export.destination={orthanc.dimse_spec}",
+        quiet=0.5,
+        pipeline="pacs_volumetry",
+    )
     try:
         assert node.send(st.folder).returncode == 0
         node.wait_for(f"study {key} done", timeout=120)
@@ -270,13 +309,22 @@ def test_results_of_a_received_study_arrive_in_orthanc(orthanc, pacs_oracle, tmp
     assert rec["status"] == "sent"
     assert_no_identifiers(out, [st], node.stderr())
 
+
 # --- in-process: store statuses, recovery, the predictor cache -------------------------------------------------
+
 
 def _in_process_node(out, model, **kw):
     from medseg.service.listen import ListenConfig, Listener
 
-    cfg = ListenConfig(ae_title="MEDSEG", port=free_port(), pipeline=PIPELINE, out=str(out),
-                       overrides=(f"predict.model={model}",), quiet_seconds=kw.pop("quiet", 60.0), **kw)
+    cfg = ListenConfig(
+        ae_title="MEDSEG",
+        port=free_port(),
+        pipeline=PIPELINE,
+        out=str(out),
+        overrides=(f"predict.model={model}",),
+        quiet_seconds=kw.pop("quiet", 60.0),
+        **kw,
+    )
     node = Listener(cfg)
     node.open()
     stop = threading.Event()
@@ -303,8 +351,9 @@ def _send_one(port: int, path: Path) -> int:
         assoc.release()
 
 
-def test_store_answers_a700_when_the_write_fails_and_success_only_once_on_disk(studies, pacs_oracle, tmp_path,
-                                                                               monkeypatch):
+def test_store_answers_a700_when_the_write_fails_and_success_only_once_on_disk(
+    studies, pacs_oracle, tmp_path, monkeypatch
+):
     from medseg.errors import OutputError
     from medseg.pacs import spool as spool_mod
     from medseg.pacs.spool import instance_name, study_key
@@ -385,8 +434,14 @@ def test_the_predictor_is_loaded_once_while_kept(pacs_oracle):
 
     ck = load_checkpoint(pacs_oracle)
     pipe = load_pipeline(PIPELINE, overrides=[f"predict.model={pacs_oracle}", "predict.device=cpu"])
-    ctx = RunContext(root="", pipeline=pipe, config_sha256="", model_path=ck["path"], model_sha256=ck["file_sha256"],
-                     labels=ck["labels"])
+    ctx = RunContext(
+        root="",
+        pipeline=pipe,
+        config_sha256="",
+        model_path=ck["path"],
+        model_sha256=ck["file_sha256"],
+        labels=ck["labels"],
+    )
     assert load_predictor(ctx) is not load_predictor(ctx)
     with keep_predictors():
         p = load_predictor(ctx)
@@ -394,11 +449,14 @@ def test_the_predictor_is_loaded_once_while_kept(pacs_oracle):
     assert load_predictor(ctx) is not p
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--ae-title", "TOO-LONG-AE-TITLE-X"], "not a valid AE title"),
-    (["--ae-title", "MEDSEG", "--tls-cert", "x.pem"], "needs both --tls-cert and --tls-key"),
-    (["--ae-title", "MEDSEG", "--spool-max-gb", "0"], "--spool-max-gb 0.0: give a positive size"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ae-title", "TOO-LONG-AE-TITLE-X"], "not a valid AE title"),
+        (["--ae-title", "MEDSEG", "--tls-cert", "x.pem"], "needs both --tls-cert and --tls-key"),
+        (["--ae-title", "MEDSEG", "--spool-max-gb", "0"], "--spool-max-gb 0.0: give a positive size"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(args, message, tmp_path, capsys):
     from medseg.cli import main
 
@@ -416,8 +474,15 @@ def test_one_listener_per_directory(pacs_oracle, tmp_path):
     try:
         from medseg.service.listen import ListenConfig, Listener
 
-        second = Listener(ListenConfig(ae_title="MEDSEG", port=free_port(), pipeline=PIPELINE, out=str(out),
-                                       overrides=(f"predict.model={pacs_oracle}",)))
+        second = Listener(
+            ListenConfig(
+                ae_title="MEDSEG",
+                port=free_port(),
+                pipeline=PIPELINE,
+                out=str(out),
+                overrides=(f"predict.model={pacs_oracle}",),
+            )
+        )
         with pytest.raises(OutputError, match="another medseg run is using this run directory"):
             second.open()
     finally:
@@ -435,9 +500,28 @@ def test_tls_only_tls_callers_are_served(studies, pacs_oracle, tmp_path):
     from pynetdicom import AE
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "node"
     node, stop, t = _in_process_node(out, pacs_oracle, tls_cert=str(cert), tls_key=str(key))
     f = sorted(studies[0].folder.iterdir())[0]

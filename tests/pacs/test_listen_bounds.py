@@ -133,4 +133,3 @@ def test_association_limit_is_logged_as_such(pacs_oracle, tmp_path):
     assert "'SENDER' (127.0.0.1) refused: the association limit was reached (1 associations at once" in log, log
     assert "'SENDER' (127.0.0.1) refused: calling AE title not on the --allow-ae list" not in log, log
     assert "'INTRUDER' (127.0.0.1) refused: calling AE title not on the --allow-ae list (SENDER)" in log, log
-

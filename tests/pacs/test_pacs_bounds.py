@@ -34,8 +34,12 @@ SOP = "1.2.826.0.1.3680043.8.498.3"
 
 
 def _study(uid: str, pad: int = 0, **extra) -> dict:
-    item = {"0020000D": {"vr": "UI", "Value": [uid]}, "00201208": {"vr": "IS", "Value": [1]},
-            "00080061": {"vr": "CS", "Value": ["CT"]}, **extra}
+    item = {
+        "0020000D": {"vr": "UI", "Value": [uid]},
+        "00201208": {"vr": "IS", "Value": [1]},
+        "00080061": {"vr": "CS", "Value": ["CT"]},
+        **extra,
+    }
     if pad:
         item["00081030"] = {"vr": "LO", "Value": ["x" * pad]}
     return item
@@ -106,8 +110,13 @@ class Hostile:
         """Every page full, every UID new: paging never ends by itself."""
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)
         offset = int(q.get("offset", ["0"])[0])
-        self._json(h, [_study(f"1.2.826.0.1.3680043.8.498.{offset + i + 10}", pad=self.opts.get("pad", 1000))
-                       for i in range(PAGE)])
+        self._json(
+            h,
+            [
+                _study(f"1.2.826.0.1.3680043.8.498.{offset + i + 10}", pad=self.opts.get("pad", 1000))
+                for i in range(PAGE)
+            ],
+        )
 
     def _huge_json(self, h) -> None:
         """One answer of matches without end (no Content-Length: read until the server stops)."""
@@ -142,8 +151,16 @@ class Hostile:
         in a multipart body (streamed by the server; dripped when ``drip``)."""
         path = urllib.parse.urlsplit(h.path).path
         if path.endswith("/series"):
-            return self._json(h, [{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": ["CT"]},
-                                   "00201209": {"vr": "IS", "Value": [1]}}])
+            return self._json(
+                h,
+                [
+                    {
+                        "0020000E": {"vr": "UI", "Value": [SERIES]},
+                        "00080060": {"vr": "CS", "Value": ["CT"]},
+                        "00201209": {"vr": "IS", "Value": [1]},
+                    }
+                ],
+            )
         if path.endswith("/studies"):
             return self._json(h, [_study(STUDY)])
         n = self.opts.get("pixel_mib", 1) * 1024**2
@@ -207,8 +224,9 @@ def _child(spec: str, *args: str, timeout: float = 60) -> dict:
     """medseg's query (``"query"``) or retrieve (``"retrieve", STUDY_UID, DEST``) against ``spec`` in a child
     process: {error, exit_code, growth_mb, seconds, ...}. A child still running after ``timeout`` s fails the test."""
     try:
-        r = subprocess.run([sys.executable, "-c", CHILD, spec, *args], capture_output=True, text=True, timeout=timeout,
-                           cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-c", CHILD, spec, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"medseg still reading from the hostile server after {timeout} s (no bound)")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -294,20 +312,42 @@ def test_a_wado_body_past_the_cache_limit_stops_at_once(hostile, tmp_path):
     assert sum(p.stat().st_size for p in dest.iterdir()) < 10 * 1024**2
 
 
-@pytest.mark.parametrize("item, needle", [
-    (_study(STUDY, **{"00201208": {"vr": "IS", "Value": ["many"]}}),
-     "attribute 00201208 (NumberOfStudyRelatedInstances) has the value 'many', not a number"),
-    ({"0020000D": STUDY}, "attribute 0020000D (StudyInstanceUID) is '1.2.826"),
-    (_study(STUDY, **{"00080061": {"vr": "CS", "Value": "CT"}}), "attribute 00080061 (ModalitiesInStudy) has \"Value\""),
-    (_study("../../etc/passwd"), "not a UID"),
-])
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        (
+            _study(STUDY, **{"00201208": {"vr": "IS", "Value": ["many"]}}),
+            "attribute 00201208 (NumberOfStudyRelatedInstances) has the value 'many', not a number",
+        ),
+        ({"0020000D": STUDY}, "attribute 0020000D (StudyInstanceUID) is '1.2.826"),
+        (
+            _study(STUDY, **{"00080061": {"vr": "CS", "Value": "CT"}}),
+            'attribute 00080061 (ModalitiesInStudy) has "Value"',
+        ),
+        (_study("../../etc/passwd"), "not a UID"),
+    ],
+)
 def test_malformed_dicom_json_is_one_line_exit_3(hostile, pacs_oracle, tmp_path, capsys, item, needle):
     from medseg.cli import main
 
     srv = hostile("malformed", item=item)
-    code = main(["run", "dicom_volumetry", "--input", srv.spec, "--out", str(tmp_path / "run"), "--cache",
-                 str(tmp_path / "cache"), "--set", f"predict.model={pacs_oracle}", "--no-progress", "--query",
-                 "modality=CT"])
+    code = main(
+        [
+            "run",
+            "dicom_volumetry",
+            "--input",
+            srv.spec,
+            "--out",
+            str(tmp_path / "run"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--set",
+            f"predict.model={pacs_oracle}",
+            "--no-progress",
+            "--query",
+            "modality=CT",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 3, err
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
@@ -318,15 +358,23 @@ def test_bound_options_are_checked():
     from medseg.errors import ConfigError
     from medseg.pacs.endpoints import parse_endpoint
 
-    ep = parse_endpoint("dicomweb+http://h:80/x?max_studies=5&max_series=6&max_pages=7&query_deadline=8"
-                        "&retrieve_deadline=9")
+    ep = parse_endpoint(
+        "dicomweb+http://h:80/x?max_studies=5&max_series=6&max_pages=7&query_deadline=8&retrieve_deadline=9"
+    )
     assert (ep.max_studies, ep.max_series, ep.max_pages, ep.query_deadline, ep.retrieve_deadline) == (5, 6, 7, 8.0, 9.0)
     ep = parse_endpoint("dicomweb+http://h:80/x")
     assert (ep.max_studies, ep.max_series, ep.max_pages, ep.query_deadline, ep.retrieve_deadline) == (
-        10000, 1000, 100, 60.0, 300.0)
+        10000,
+        1000,
+        100,
+        60.0,
+        300.0,
+    )
     assert parse_endpoint("dimse://A@h:104?max_studies=3").max_studies == 3
-    for bad, msg in (("dicomweb+http://h/x?max_studies=0", "max_studies must be"),
-                     ("dicomweb+http://h/x?query_deadline=-1", "query_deadline must be"),
-                     ("dimse://A@h:104?query_deadline=5", "is for dicomweb")):
+    for bad, msg in (
+        ("dicomweb+http://h/x?max_studies=0", "max_studies must be"),
+        ("dicomweb+http://h/x?query_deadline=-1", "query_deadline must be"),
+        ("dimse://A@h:104?query_deadline=5", "is for dicomweb"),
+    ):
         with pytest.raises(ConfigError, match=msg):
             parse_endpoint(bad)

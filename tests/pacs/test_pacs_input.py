@@ -30,8 +30,22 @@ def studies(orthanc, tmp_path_factory):
 def folder_run(studies, pacs_oracle, tmp_path_factory):
     """The reference: the same studies as DICOM folders (case ids: the folder names)."""
     out = tmp_path_factory.mktemp("folder") / "run"
-    assert main(["run", PIPE, "--input", str(studies[0].folder.parent), "--out", str(out),
-                 "--set", f"predict.model={pacs_oracle}", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                PIPE,
+                "--input",
+                str(studies[0].folder.parent),
+                "--out",
+                str(out),
+                "--set",
+                f"predict.model={pacs_oracle}",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -43,7 +57,11 @@ def by_study(run_dir, studies, *, pacs: bool) -> pd.DataFrame:
     df = pd.read_csv(run_dir / "volumes.csv")
     assert set(df.case_id) <= set(key), "a case id that is no study key"
     df.insert(0, "study", df.case_id.map(key))
-    return df.drop(columns=[c for c in NOT_COMPARED if c in df.columns]).sort_values(["study", "label"]).reset_index(drop=True)
+    return (
+        df.drop(columns=[c for c in NOT_COMPARED if c in df.columns])
+        .sort_values(["study", "label"])
+        .reset_index(drop=True)
+    )
 
 
 def assert_same_volumes(run_dir, folder_run, studies, subset=None):
@@ -56,11 +74,25 @@ def assert_same_volumes(run_dir, folder_run, studies, subset=None):
 
 
 def run_args(out, inp, oracle, cache, *extra):
-    return ["run", PIPE, "--input", inp, "--out", str(out), "--cache", str(cache), "--set", f"predict.model={oracle}",
-            "--no-progress", *extra]
+    return [
+        "run",
+        PIPE,
+        "--input",
+        inp,
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--set",
+        f"predict.model={oracle}",
+        "--no-progress",
+        *extra,
+    ]
 
 
-def test_dicomweb_input_equals_folder_and_resume_retrieves_nothing(orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys):
+def test_dicomweb_input_equals_folder_and_resume_retrieves_nothing(
+    orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys
+):
     from medseg.pacs.query import study_key
 
     out, cache = tmp_path / "run", tmp_path / "cache"
@@ -92,28 +124,45 @@ def test_dicomweb_input_equals_folder_and_resume_retrieves_nothing(orthanc, stud
 def test_dimse_c_get_input_equals_folder(orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys):
     out = tmp_path / "run"
     dates = sorted(st.study_date for st in studies)
-    assert main(run_args(out, orthanc.dimse_spec, pacs_oracle, tmp_path / "cache",
-                         "--query", f"StudyDate={dates[0]}-{dates[-1]}", "--workers", "2")) == 0
+    assert (
+        main(
+            run_args(
+                out,
+                orthanc.dimse_spec,
+                pacs_oracle,
+                tmp_path / "cache",
+                "--query",
+                f"StudyDate={dates[0]}-{dates[-1]}",
+                "--workers",
+                "2",
+            )
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert_same_volumes(out, folder_run, studies)
     assert_no_identifiers(out, studies, captured.out, captured.err)
 
 
-def test_dimse_c_move_with_accession_list_and_a_missing_row(orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys):
+def test_dimse_c_move_with_accession_list_and_a_missing_row(
+    orthanc, studies, folder_run, pacs_oracle, tmp_path, capsys
+):
     from medseg.pacs.query import study_key
 
     ids = tmp_path / "accessions.csv"
     ids.write_text(f"AccessionNumber\n{studies[0].accession}\nNOSUCHACC\n{studies[2].accession}\n")
     spec = f"{orthanc.dimse_spec}?calling=MEDSEG&retrieve=move&scp_port={orthanc.medseg_scp_port}"
     out = tmp_path / "run"
-    assert main(run_args(out, spec, pacs_oracle, tmp_path / "cache", "--accessions", str(ids))) == 1  # one row found nothing
+    assert (
+        main(run_args(out, spec, pacs_oracle, tmp_path / "cache", "--accessions", str(ids))) == 1
+    )  # one row found nothing
     captured = capsys.readouterr()
     assert "2 done, 0 already done, 1 failed" in captured.out
     assert_same_volumes(out, folder_run, studies, subset=[studies[0], studies[2]])
     fails = pd.read_csv(out / "failures.csv")
     assert len(fails) == 1 and "row 2 of the id list: no study with this AccessionNumber" in fails.error[0]
     inputs = pd.read_csv(out / "inputs.csv")
-    rows = dict(zip(inputs.case_id, inputs.query_row))
+    rows = dict(zip(inputs.case_id, inputs.query_row, strict=False))
     assert rows[study_key(studies[0].study_uid)] == 1 and rows[study_key(studies[2].study_uid)] == 3
     assert json.loads((out / "run.json").read_text())["pacs"]["id_list"] == {"column": "AccessionNumber", "rows": 3}
     assert "NOSUCHACC" not in (out / "inputs.csv").read_text() + (out / "failures.csv").read_text()
@@ -171,10 +220,20 @@ def test_bad_endpoints_and_queries_are_one_line(orthanc, pacs_oracle, tmp_path, 
     _one_line(capsys, run(orthanc.dicomweb_spec, "--query", "modalty=CT"), 2, "did you mean")
     _one_line(capsys, run(orthanc.dicomweb_spec, "--query", "StudyDate=2026-01-01"), 2, "YYYYMMDD")
     _one_line(capsys, run(str(tmp_path), "--query", "modality=CT"), 2, "PACS --input")
-    _one_line(capsys, run(f"dicomweb+http://127.0.0.1:{dead}/dicom-web", "--query", "modality=CT"), 3,
-              f"127.0.0.1:{dead}", "cannot connect")
-    _one_line(capsys, run(f"dimse://ORTHANC@127.0.0.1:{dead}", "--query", "modality=CT"), 3, f"127.0.0.1:{dead}",
-              "cannot connect")
+    _one_line(
+        capsys,
+        run(f"dicomweb+http://127.0.0.1:{dead}/dicom-web", "--query", "modality=CT"),
+        3,
+        f"127.0.0.1:{dead}",
+        "cannot connect",
+    )
+    _one_line(
+        capsys,
+        run(f"dimse://ORTHANC@127.0.0.1:{dead}", "--query", "modality=CT"),
+        3,
+        f"127.0.0.1:{dead}",
+        "cannot connect",
+    )
     _one_line(capsys, run(f"dicomweb+{orthanc.url}/no-such-root", "--query", "modality=CT"), 3, "HTTP 404")
     _one_line(capsys, run(orthanc.dicomweb_spec, "--query", "StudyDescription=nothing like this"), 2, "found no study")
     assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
@@ -192,13 +251,30 @@ def test_endpoint_specs():
     from medseg.pacs.endpoints import is_endpoint, parse_endpoint
 
     ep = parse_endpoint("dicomweb+https://user:secret@pacs.example:8443/dicom-web/")
-    assert (ep.kind, ep.url, ep.username, ep.password) == ("dicomweb", "https://pacs.example:8443/dicom-web", "user", "secret")
+    assert (ep.kind, ep.url, ep.username, ep.password) == (
+        "dicomweb",
+        "https://pacs.example:8443/dicom-web",
+        "user",
+        "secret",
+    )
     assert "secret" not in ep.display and "secret" not in repr(ep) and "secret" not in json.dumps(ep.to_record())
     ep = parse_endpoint("dimse://PACS@10.0.0.5:11112?calling=RESEARCH&retrieve=move&scp_port=11113&timeout=5")
-    assert (ep.called_aet, ep.calling_aet, ep.retrieve, ep.scp_port, ep.timeout) == ("PACS", "RESEARCH", "move", 11113, 5.0)
+    assert (ep.called_aet, ep.calling_aet, ep.retrieve, ep.scp_port, ep.timeout) == (
+        "PACS",
+        "RESEARCH",
+        "move",
+        11113,
+        5.0,
+    )
     assert is_endpoint("dimse://A@h:1") and not is_endpoint("/data/cases") and not is_endpoint("cases.csv")
-    for bad in ("ftp://x", "dimse://TOOLONGAETITLE12345@h:104", "dimse://A@h:0", "dicomweb+http://:80/x",
-                "dimse://A@h:104?retrieve=push", "dicomweb+http://h/x?calling=A"):
+    for bad in (
+        "ftp://x",
+        "dimse://TOOLONGAETITLE12345@h:104",
+        "dimse://A@h:0",
+        "dicomweb+http://:80/x",
+        "dimse://A@h:104?retrieve=push",
+        "dicomweb+http://h/x?calling=A",
+    ):
         with pytest.raises(ConfigError):
             parse_endpoint(bad)
     with pytest.raises(ConfigError, match=r"\*\*\*@"):  # the password is not repeated in the message
@@ -220,8 +296,16 @@ def test_query_keys():
 
 def test_rejected_association_is_one_line(orthanc_factory, studies, pacs_oracle, tmp_path, capsys):
     strict = orthanc_factory(extra_config={"DicomCheckCalledAet": True})
-    code = main(run_args(tmp_path / "run", f"dimse://WRONGAET@127.0.0.1:{strict.dicom_port}", pacs_oracle, tmp_path / "cache",
-                         "--query", "modality=CT"))
+    code = main(
+        run_args(
+            tmp_path / "run",
+            f"dimse://WRONGAET@127.0.0.1:{strict.dicom_port}",
+            pacs_oracle,
+            tmp_path / "cache",
+            "--query",
+            "modality=CT",
+        )
+    )
     _one_line(capsys, code, 3, "rejected", "Called AE title not recognised", "'WRONGAET'")
 
 

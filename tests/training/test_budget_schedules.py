@@ -75,7 +75,19 @@ def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_co
     budget_min = 0.5
     cfg = write_config(epochs=1, iterations_per_epoch=10, max_minutes=budget_min, learning_rate=0.004)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "medseg", "train", "--no-progress", "--config", str(cfg), "--manifest", str(tiny_cohort), "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medseg",
+        "train",
+        "--no-progress",
+        "--config",
+        str(cfg),
+        "--manifest",
+        str(tiny_cohort),
+        "--out",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -99,7 +111,9 @@ def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_co
     # its last step began after the recorded time and before the epoch ended: poly on the budget spent then
     factor = after["lr"].iloc[0] / 0.004
     # (metrics.csv rounds elapsed_s to the millisecond; state.pt keeps it unrounded)
-    assert (1 - (after["elapsed_s"].iloc[0] + 5e-4) / budget) ** 0.9 <= factor <= (1 - state["elapsed_s"] / budget) ** 0.9
+    assert (
+        (1 - (after["elapsed_s"].iloc[0] + 5e-4) / budget) ** 0.9 <= factor <= (1 - state["elapsed_s"] / budget) ** 0.9
+    )
     assert 0.9 * budget <= m["elapsed_s"].iloc[-1] <= 1.05 * budget
     assert not math.isnan(m["val_mean_dice"].iloc[-1])
 
@@ -107,8 +121,13 @@ def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_co
 def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
     from medseg.training.planning import plan_config
 
-    head = {"spacing_median": [2.0, 2.0, 2.0], "spacing_p10": [2.0, 2.0, 2.0], "shape_median": [99, 117, 95], "modality": "MR",
-            "foreground": {"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2}}
+    head = {
+        "spacing_median": [2.0, 2.0, 2.0],
+        "spacing_p10": [2.0, 2.0, 2.0],
+        "shape_median": [99, 117, 95],
+        "modality": "MR",
+        "foreground": {"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2},
+    }
     planned = plan_config(head, gpu=False)
     cpu = planned["training"]
     # shrunk in steps of 8 to within 64^3 voxels, then to the planned network's strides: 4 levels of 2 (the MONAI recipe's)
@@ -116,7 +135,11 @@ def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
     assert cpu["patch_size"] == [64, 64, 64] and planned["inference"]["roi_size"] == cpu["patch_size"]
     assert cpu["iterations_per_epoch"] == 50 and cpu["samples_per_image"] == 1 and cpu["batch_size"] == 1
     gpu = plan_config(head, gpu=True)["training"]
-    assert gpu["iterations_per_epoch"] == 250 and math.prod(gpu["patch_size"]) > 96 * 96 * 64 and "samples_per_image" not in gpu  # not capped
+    assert (
+        gpu["iterations_per_epoch"] == 250
+        and math.prod(gpu["patch_size"]) > 96 * 96 * 64
+        and "samples_per_image" not in gpu
+    )  # not capped
     base = {"training": {"iterations_per_epoch": 13, "samples_per_image": 2}}  # a base config's choice is kept
     kept = plan_config(head, base=base, gpu=False)["training"]
     assert kept["iterations_per_epoch"] == 13 and kept["samples_per_image"] == 2
@@ -129,8 +152,13 @@ def test_the_planned_default_network_keeps_the_memory_budget_and_a_4_voxel_bottl
     # (it used to be chosen for the unshrunk 128^3 patch: 5 levels, and rounding up to 32 broke the budget by up to 3x)
     from medseg.training.planning import _BYTES_PER_VOXEL_PER_CHANNEL, plan_config
 
-    ct = {"spacing_median": [1.0] * 3, "spacing_p10": [1.0] * 3, "shape_median": [256, 256, 256], "modality": "CT",
-          "foreground": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0}}
+    ct = {
+        "spacing_median": [1.0] * 3,
+        "spacing_p10": [1.0] * 3,
+        "shape_median": [256, 256, 256],
+        "modality": "CT",
+        "foreground": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0},
+    }
     planned = plan_config(ct, memory_gb=memory_gb, gpu=gpu)
     patch, batch = planned["training"]["patch_size"], planned["training"]["batch_size"]
     kw = planned["model"]["kwargs"]

@@ -26,11 +26,18 @@ def _brainish(root, values_per_case=((1, 2), (1, 2), (1, 2)), name="manifest.csv
         img = rng.normal(100, 10, (24, 24, 16)).astype(np.float32)
         lab = np.zeros((24, 24, 16), np.uint8)
         for k, v in enumerate(values):
-            lab[4 + 8 * k: 10 + 8 * k, 6:18, 4:12] = v
+            lab[4 + 8 * k : 10 + 8 * k, 6:18, 4:12] = v
         aff = np.diag([2.0, 2.0, 2.0, 1.0])
         nib.save(nib.Nifti1Image(img, aff), str(root / f"img{i}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, aff), str(root / f"lab{i}.nii.gz"))
-        rows.append({"case_id": f"case{i}", "image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "split": "val" if i == 2 else "train"})
+        rows.append(
+            {
+                "case_id": f"case{i}",
+                "image": f"img{i}.nii.gz",
+                "label": f"lab{i}.nii.gz",
+                "split": "val" if i == 2 else "train",
+            }
+        )
     pd.DataFrame(rows).to_csv(root / name, index=False)
     return root / name
 
@@ -44,7 +51,12 @@ def test_config_has_no_default_label_table_and_train_refuses_without_one(tmp_pat
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"training": {"epochs": 1}}))
     from medseg.cli import main
 
-    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--manifest", str(manifest), "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            ["train", "--config", str(tmp_path / "c.yaml"), "--manifest", str(manifest), "--out", str(tmp_path / "run")]
+        )
+        == 2
+    )
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
@@ -56,7 +68,9 @@ def test_without_any_table_the_values_are_named_label_n_with_a_warning(tmp_path,
     assert [(lab.index, lab.name) for lab in table.labels] == [(1, "label_1"), (2, "label_2")]
     assert "no label table found" in caplog.text and "--labels" in caplog.text
     assert "liver" not in out.read_text() and "spleen" not in out.read_text()
-    assert json.loads(out.with_name("plan.fingerprint.json").read_text())["label_table_source"].startswith("label values")
+    assert json.loads(out.with_name("plan.fingerprint.json").read_text())["label_table_source"].startswith(
+        "label values"
+    )
 
 
 def test_the_table_from_folder_wrote_is_picked_up(tmp_path):
@@ -67,8 +81,16 @@ def test_the_table_from_folder_wrote_is_picked_up(tmp_path):
     for i in range(3):
         (root / "imagesTr" / f"b_{i:03d}_0000.nii.gz").write_bytes((src.parent / f"img{i}.nii.gz").read_bytes())
         (root / "labelsTr" / f"b_{i:03d}.nii.gz").write_bytes((src.parent / f"lab{i}.nii.gz").read_bytes())
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "Grey Matter": 1, "white matter": 2},
-                                                   "numTraining": 3, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T1"},
+                "labels": {"background": 0, "Grey Matter": 1, "white matter": 2},
+                "numTraining": 3,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     manifest, table_path = manifest_from_folder(root, tmp_path / "m" / "brain.csv")
     out, fp = plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
     assert fp["label_table_source"] == str(table_path)
@@ -90,8 +112,16 @@ def test_a_folder_with_unlabelled_test_images_plans_and_reads_for_training(tmp_p
         (root / f"images{split}" / f"b_{i:03d}_0000.nii.gz").write_bytes((src.parent / f"img{i}.nii.gz").read_bytes())
         if i != 4:  # b_003 has a test label (labelsTs/, when a set has them), b_004 none
             (root / f"labels{split}" / f"b_{i:03d}.nii.gz").write_bytes((src.parent / f"lab{i}.nii.gz").read_bytes())
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "gm": 1, "wm": 2},
-                                                   "numTraining": 3, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T1"},
+                "labels": {"background": 0, "gm": 1, "wm": 2},
+                "numTraining": 3,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     manifest, _ = manifest_from_folder(root, tmp_path / "m" / "brain.csv")
     written = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("case_id")
     assert list(written["split"]) == ["train"] * 3 + ["test"] * 2
@@ -115,8 +145,18 @@ def test_a_folder_with_unlabelled_test_images_plans_and_reads_for_training(tmp_p
 
 def test_a_table_that_disagrees_with_the_label_values_fails_before_training_with_case_ids(tmp_path):
     manifest = _brainish(tmp_path / "d", values_per_case=((1, 2), (1, 3), (1, 2)))
-    (tmp_path / "labels.yaml").write_text(yaml.safe_dump({"name": "brain", "labels": [
-        {"index": 1, "name": "grey_matter"}, {"index": 2, "name": "white_matter"}, {"index": 4, "name": "csf"}]}))
+    (tmp_path / "labels.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "brain",
+                "labels": [
+                    {"index": 1, "name": "grey_matter"},
+                    {"index": 2, "name": "white_matter"},
+                    {"index": 4, "name": "csf"},
+                ],
+            }
+        )
+    )
     with pytest.raises(InputError) as err:
         plan(manifest, tmp_path / "plan.yaml", labels=tmp_path / "labels.yaml", min_spacing=2.0)
     msg = str(err.value)
@@ -140,14 +180,16 @@ def test_tables_beside_the_manifest_in_the_formats_users_keep(tmp_path):
     assert table_for_manifest(manifest, df).table.names == ["grey_matter", "white_matter"]
     (tmp_path / "d" / "labels.csv").unlink()
     (tmp_path / "d" / "brain_labels.txt").write_text(
-        '# ITK-SNAP Label Description File\n0 0 0 0 0 0 0 "Clear Label"\n1 255 0 0 1 1 1 "Grey matter"\n2 0 255 0 1 1 1 "White matter"\n')
+        '# ITK-SNAP Label Description File\n0 0 0 0 0 0 0 "Clear Label"\n1 255 0 0 1 1 1 "Grey matter"\n2 0 255 0 1 1 1 "White matter"\n'
+    )
     found = table_for_manifest(manifest, df)
     assert found.table.names == ["grey_matter", "white_matter"] and found.table.labels[0].color == (255, 0, 0)
     (tmp_path / "d" / "brain_labels.txt").unlink()
     (tmp_path / "d" / "brain.seg.nrrd").write_bytes(
         b"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n"
         b"Segment0_Name:=Grey matter\nSegment0_LabelValue:=1\nSegment0_Layer:=0\n"
-        b"Segment1_Name:=White matter\nSegment1_LabelValue:=2\nSegment1_Layer:=0\n\n" + bytes(8))
+        b"Segment1_Name:=White matter\nSegment1_LabelValue:=2\nSegment1_Layer:=0\n\n" + bytes(8)
+    )
     assert table_for_manifest(manifest, df).table.names == ["grey_matter", "white_matter"]
     # An explicit table wins over everything beside the manifest.
     (tmp_path / "t.csv").write_text("index,structure\n1,gm\n2,wm\n")
@@ -170,9 +212,19 @@ def test_a_manifest_without_a_table_trains_with_label_n_names(tmp_path, caplog):
     from medseg import api
 
     manifest = _brainish(tmp_path / "d")
-    out, _ = plan(manifest, tmp_path / "plan.yaml", min_spacing=4.0, memory_gb=0.1,
-                  overrides=["training.epochs=1", "training.patch_size=[16,16,16]", "inference.roi_size=[16,16,16]",
-                             "model.kwargs={channels: [4, 8], strides: [2], num_res_units: 0}", "training.amp=off"])
+    out, _ = plan(
+        manifest,
+        tmp_path / "plan.yaml",
+        min_spacing=4.0,
+        memory_gb=0.1,
+        overrides=[
+            "training.epochs=1",
+            "training.patch_size=[16,16,16]",
+            "inference.roi_size=[16,16,16]",
+            "model.kwargs={channels: [4, 8], strides: [2], num_res_units: 0}",
+            "training.amp=off",
+        ],
+    )
     result = api.train(config=out, manifest=manifest, out=tmp_path / "run", progress=False)
     assert set(result.per_structure_dice) == {"label_1", "label_2"}
     cols = pd.read_csv(tmp_path / "run" / "metrics.csv").columns
@@ -182,7 +234,10 @@ def test_a_manifest_without_a_table_trains_with_label_n_names(tmp_path, caplog):
     (tmp_path / "d" / "labels.csv").write_text("index,name\n1,grey matter\n2,white matter\n")
     with caplog.at_level(logging.WARNING):
         api.train(config=out, manifest=manifest, out=tmp_path / "run2", progress=False)
-    assert "the config's label table (label_1, label_2) is not the data set's (grey_matter, white_matter, from" in caplog.text
+    assert (
+        "the config's label table (label_1, label_2) is not the data set's (grey_matter, white_matter, from"
+        in caplog.text
+    )
 
 
 def test_plan_with_a_model_preset_takes_its_architecture_and_recipe(tmp_path):
@@ -204,7 +259,9 @@ def test_plan_with_a_model_preset_takes_its_architecture_and_recipe(tmp_path):
     assert cfg.training.augmentation.flip_axes == [0, 1, 2]
     base = tmp_path / "base.yaml"  # a base config's own augmentation key wins, the preset's others stay
     base.write_text("training: {augmentation: {affine_prob: 0.9}}\n")
-    out, _ = plan(manifest, tmp_path / "plan2.yaml", base_config=base, min_spacing=2.0, memory_gb=0.2, model="deeplabv3_small")
+    out, _ = plan(
+        manifest, tmp_path / "plan2.yaml", base_config=base, min_spacing=2.0, memory_gb=0.2, model="deeplabv3_small"
+    )
     got = load_config(out).training.augmentation
     assert got.affine_prob == 0.9 and got.rotate_deg == aug["rotate_deg"] and got.scale == aug["scale"]
 
@@ -243,7 +300,11 @@ def test_the_pipeline_trains_with_the_data_sets_table_not_the_recipes(tmp_path, 
 
     manifest = _brainish(tmp_path / "d", values_per_case=((1, 2),) * 3)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"labels": {"name": "abdomen", "labels": [{"index": 1, "name": "liver"}, {"index": 2, "name": "spleen"}]}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {"labels": {"name": "abdomen", "labels": [{"index": 1, "name": "liver"}, {"index": 2, "name": "spleen"}]}}
+        )
+    )
     # no table with the data: the recipe's (checked against the label values before training, as medseg train does)
     assert data_label_table(manifest, str(recipe), []).names == ["liver", "spleen"]
     # the data set's table wins, said in a warning
@@ -269,7 +330,9 @@ def test_nan_voxels_in_a_training_image_are_a_one_line_error_not_a_nan_model(tmp
     with pytest.raises(InputError, match="case1: 2 NaN/Inf voxel"):  # the planner: statistics would be NaN
         plan(manifest, tmp_path / "plan2.yaml", min_spacing=4.0, memory_gb=0.1)
     capsys.readouterr()
-    code = main(["train", "--config", str(out), "--manifest", str(manifest), "--out", str(tmp_path / "run"), "--no-progress"])
+    code = main(
+        ["train", "--config", str(out), "--manifest", str(manifest), "--out", str(tmp_path / "run"), "--no-progress"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "img1.nii.gz" in err[0] and "2 NaN/Inf voxel(s)" in err[0]
     assert not (tmp_path / "run" / "best.pt").exists()
@@ -278,7 +341,10 @@ def test_nan_voxels_in_a_training_image_are_a_one_line_error_not_a_nan_model(tmp
 def test_sparse_label_values_are_refused_before_the_network_is_sized_by_them(tmp_path):
     """Values 1 and 200 (FreeSurfer-style numbering) would give the network 201 outputs: a one-line error, not an OOM."""
     manifest = _brainish(tmp_path / "d", values_per_case=((1, 200),) * 3)
-    with pytest.raises(InputError, match=r"numbers 2 structures up to 200: the network would need 201 outputs.*renumber the label maps 1..2"):
+    with pytest.raises(
+        InputError,
+        match=r"numbers 2 structures up to 200: the network would need 201 outputs.*renumber the label maps 1..2",
+    ):
         plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
     small_gap = _brainish(tmp_path / "e", values_per_case=((1, 3),) * 3)  # a gap is fine: 4 outputs for 2 structures
     out, _ = plan(small_gap, tmp_path / "plan2.yaml", min_spacing=2.0, memory_gb=0.2)

@@ -56,7 +56,10 @@ def test_cross_entropy_and_dice_ce_compute_their_known_values():
     assert dice_ce(UNSURE, TARGET).item() == pytest.approx(expected.item(), rel=1e-5)
     assert dice_ce(PERFECT, TARGET).item() < 1e-3
     # a 3D batch of two, the shape training gives it: still the mean over the batch of each term
-    logits3d, target3d = torch.randn(2, 3, 4, 4, 2, generator=torch.Generator().manual_seed(0)), torch.randint(0, 3, (2, 1, 4, 4, 2))
+    logits3d, target3d = (
+        torch.randn(2, 3, 4, 4, 2, generator=torch.Generator().manual_seed(0)),
+        torch.randint(0, 3, (2, 1, 4, 4, 2)),
+    )
     assert ce(logits3d, target3d).item() == pytest.approx(F.cross_entropy(logits3d, target3d[:, 0]).item(), rel=1e-6)
 
 
@@ -80,11 +83,17 @@ def test_a_registered_loss_is_the_one_training_optimises_and_records(tiny_cohort
         return loss
 
     try:
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config(epochs=1, iterations_per_epoch=2, loss="test_scaled_ce")))
+        (tmp_path / "c.yaml").write_text(
+            yaml.safe_dump(tiny_config(epochs=1, iterations_per_epoch=2, loss="test_scaled_ce"))
+        )
         train_from_files(config=tmp_path / "c.yaml", manifest=tiny_cohort, out=tmp_path / "run", progress=False)
     finally:
         LOSSES.unregister("test_scaled_ce")
     assert len(values) == 2  # one call per optimizer step
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
-    assert metrics["loss"][0] == pytest.approx(sum(values) / 2, rel=1e-6)  # the epoch's loss is the registered loss's mean
-    assert values[0] == pytest.approx(3.0 * torch.log(torch.tensor(5.0)).item(), rel=0.5)  # 5 classes, untrained: ~3 ln 5
+    assert metrics["loss"][0] == pytest.approx(
+        sum(values) / 2, rel=1e-6
+    )  # the epoch's loss is the registered loss's mean
+    assert values[0] == pytest.approx(
+        3.0 * torch.log(torch.tensor(5.0)).item(), rel=0.5
+    )  # 5 classes, untrained: ~3 ln 5

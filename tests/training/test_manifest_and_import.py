@@ -23,13 +23,15 @@ def test_all_manifest_problems_are_reported_together_with_case_ids(tmp_path):
     _nii(tmp_path / "b.nii.gz"), _nii(tmp_path / "b_lab.nii.gz", shape=(8, 8, 9))
     _nii(tmp_path / "c.nii.gz"), _nii(tmp_path / "c_lab.nii.gz", value=7)
     _nii(tmp_path / "d.nii.gz"), _nii(tmp_path / "d_lab.nii.gz", affine=np.diag([2.0, 1, 1, 1]))
-    pd.DataFrame([
-        {"case_id": "ok", "image": "a.nii.gz", "label": "a_lab.nii.gz"},
-        {"case_id": "shape", "image": "b.nii.gz", "label": "b_lab.nii.gz"},
-        {"case_id": "value", "image": "c.nii.gz", "label": "c_lab.nii.gz"},
-        {"case_id": "affine", "image": "d.nii.gz", "label": "d_lab.nii.gz"},
-        {"case_id": "missing", "image": "nope.nii.gz", "label": "a_lab.nii.gz"},
-    ]).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame(
+        [
+            {"case_id": "ok", "image": "a.nii.gz", "label": "a_lab.nii.gz"},
+            {"case_id": "shape", "image": "b.nii.gz", "label": "b_lab.nii.gz"},
+            {"case_id": "value", "image": "c.nii.gz", "label": "c_lab.nii.gz"},
+            {"case_id": "affine", "image": "d.nii.gz", "label": "d_lab.nii.gz"},
+            {"case_id": "missing", "image": "nope.nii.gz", "label": "a_lab.nii.gz"},
+        ]
+    ).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(InputError) as err:
         read_manifest(tmp_path / "m.csv", require_labels=True, label_table=PHANTOM_LABELS)
     msg = str(err.value)
@@ -50,9 +52,17 @@ def test_nnunet_v2_folder_becomes_a_multichannel_manifest_with_folds(tmp_path):
         _nii(root / "imagesTr" / f"{case}_0000.nii.gz"), _nii(root / "imagesTr" / f"{case}_0001.nii.gz")
         _nii(root / "labelsTr" / f"{case}.nii.gz", value=1 + k % 2)
     _nii(root / "imagesTs" / "toy_101_0000.nii.gz"), _nii(root / "imagesTs" / "toy_101_0001.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "Left Thing": 1, "right-thing": 2},
-        "numTraining": 4, "file_ending": ".nii.gz", "name": "Toy"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T1", "1": "T2"},
+                "labels": {"background": 0, "Left Thing": 1, "right-thing": 2},
+                "numTraining": 4,
+                "file_ending": ".nii.gz",
+                "name": "Toy",
+            }
+        )
+    )
     manifest, table_path = manifest_from_folder(root, tmp_path / "out" / "toy.csv", folds=2)
     table = LabelTable.from_yaml(table_path)
     assert [(lab.index, lab.name) for lab in table.labels] == [(1, "left_thing"), (2, "right_thing")]
@@ -68,9 +78,17 @@ def test_decathlon_dataset_json_is_read(tmp_path):
     root = tmp_path / "Task09_Spleen"
     (root / "imagesTr").mkdir(parents=True), (root / "labelsTr").mkdir()
     _nii(root / "imagesTr" / "spleen_2.nii.gz"), _nii(root / "labelsTr" / "spleen_2.nii.gz", value=1)
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "Spleen", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"},
-        "training": [{"image": "./imagesTr/spleen_2.nii.gz", "label": "./labelsTr/spleen_2.nii.gz"}], "test": []}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Spleen",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "spleen"},
+                "training": [{"image": "./imagesTr/spleen_2.nii.gz", "label": "./labelsTr/spleen_2.nii.gz"}],
+                "test": [],
+            }
+        )
+    )
     manifest, table_path = manifest_from_folder(root, tmp_path / "spleen.csv")
     df = read_manifest(manifest, require_labels=True, label_table=LabelTable.from_yaml(table_path))
     assert list(df["case_id"]) == ["spleen_2"]
@@ -99,12 +117,18 @@ def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
         lps = np.linalg.inv(LPS_TO_RAS) @ vol.affine
         spacing = np.linalg.norm(lps[:3, :3], axis=0)
         img = sitk.GetImageFromArray(np.ascontiguousarray(vol.array.transpose(2, 1, 0)))
-        img.SetSpacing(tuple(spacing)), img.SetOrigin(tuple(lps[:3, 3])), img.SetDirection(tuple((lps[:3, :3] / spacing).ravel()))
+        (
+            img.SetSpacing(tuple(spacing)),
+            img.SetOrigin(tuple(lps[:3, 3])),
+            img.SetDirection(tuple((lps[:3, :3] / spacing).ravel())),
+        )
         sitk.WriteImage(img, str(path))
 
     rows = {"nii": [], "itk": []}
     for i in range(3):
-        ph = make_phantom(900 + i, spacing=(3.0, 3.0, 5.0), flips=(True, False, i == 1), oblique_deg=12.0 * i, fov_mm=(200, 160, 120))
+        ph = make_phantom(
+            900 + i, spacing=(3.0, 3.0, 5.0), flips=(True, False, i == 1), oblique_deg=12.0 * i, fov_mm=(200, 160, 120)
+        )
         write_volume(ph.image, tmp_path / f"img{i}.nii.gz")
         write_label_map(ph.labels, tmp_path / f"lab{i}.nii.gz")
         write_itk(ph.image, tmp_path / f"img{i}{suffix}")
@@ -115,8 +139,10 @@ def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
     for kind, r in rows.items():
         pd.DataFrame(r).to_csv(tmp_path / f"{kind}.csv", index=False)
     out, fp = plan(tmp_path / "itk.csv", tmp_path / "plan.yaml", min_spacing=3.0, memory_gb=0.1)
-    df_nii, df_itk = (read_manifest(tmp_path / f"{k}.csv", require_labels=True, label_table=load_config(out).label_table())
-                      for k in ("nii", "itk"))
+    df_nii, df_itk = (
+        read_manifest(tmp_path / f"{k}.csv", require_labels=True, label_table=load_config(out).label_table())
+        for k in ("nii", "itk")
+    )
     ref = fingerprint(df_nii, image_columns(df_nii))  # NIfTI stores its affine in float32: equal to 1e-6
     planned = {"label_table_source", "spacing_planned", "spacing_reason"}  # what plan adds to the fingerprint
     assert set(ref) | planned == set(fp) and ref["modality"] == fp["modality"] == "CT"
@@ -124,7 +150,7 @@ def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
         np.testing.assert_allclose(fp[key], ref[key], rtol=1e-6)
     assert fp["foreground"] == pytest.approx(ref["foreground"], rel=1e-6)
     det = deterministic_transforms(load_config(out).preprocessing)
-    for a, b in zip(df_nii.itertuples(), df_itk.itertuples()):
+    for a, b in zip(df_nii.itertuples(), df_itk.itertuples(), strict=False):
         x, y = det({"image": a.image, "label": a.label}), det({"image": b.image, "label": b.label})
         for key in ("image", "label"):  # after RAS reorientation, resampling to 3 mm and the body crop: the same voxels
             assert y[key].shape == x[key].shape

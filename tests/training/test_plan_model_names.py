@@ -37,10 +37,14 @@ def test_an_unknown_name_lists_both_kinds_of_names():
 
 def test_cli_plan_takes_the_name_medseg_models_lists(tmp_path, capsys):
     manifest = _brainish(tmp_path / "d")
-    for name, expected_kwargs in (("unet_classic", load_model_preset("unet_classic_small")["model"]["kwargs"]),
-                                  ("unet_classic_small", load_model_preset("unet_classic_small")["model"]["kwargs"])):
+    for name, expected_kwargs in (
+        ("unet_classic", load_model_preset("unet_classic_small")["model"]["kwargs"]),
+        ("unet_classic_small", load_model_preset("unet_classic_small")["model"]["kwargs"]),
+    ):
         out = tmp_path / f"{name}.yaml"
-        code = main(["plan", str(manifest), "--out", str(out), "--model", name, "--min-spacing", "2", "--memory-gb", "0.2"])
+        code = main(
+            ["plan", str(manifest), "--out", str(out), "--model", name, "--min-spacing", "2", "--memory-gb", "0.2"]
+        )
         assert code == 0, capsys.readouterr().err
         cfg = load_config(out)
         assert cfg.model.name == "unet_classic" and cfg.model.kwargs == expected_kwargs

@@ -20,8 +20,13 @@ def test_plan_reads_the_phantoms_as_ct_and_writes_a_valid_config(tiny_cohort, tm
 
 
 def test_anisotropic_spacing_and_memory_budget_shape_the_patch():
-    fp = {"spacing_median": [0.8, 0.8, 5.0], "spacing_p10": [0.7, 0.7, 2.5], "shape_median": [512, 512, 60],
-          "modality": "MR", "foreground": {}}
+    fp = {
+        "spacing_median": [0.8, 0.8, 5.0],
+        "spacing_p10": [0.7, 0.7, 2.5],
+        "shape_median": [512, 512, 60],
+        "modality": "MR",
+        "foreground": {},
+    }
     cfg = plan_config(fp, memory_gb=1.0, min_spacing=0.5)
     assert cfg["preprocessing"]["spacing"] == [0.8, 0.8, 2.5]  # coarse axis: its 10th percentile
     assert "axis z" in fp["spacing_reason"] and "10th percentile" in fp["spacing_reason"]  # medseg plan prints why
@@ -39,7 +44,9 @@ def test_intensity_presets_and_their_keyed_wrapper_agree():
     ct = {"intensity": "ct_clip_zscore", "clip": [-100.0, 200.0], "mean": 50.0, "std": 25.0}
     np.testing.assert_allclose(normalize(x, ct).flatten().numpy(), [-6.0, -2.0, -0.4, 6.0])
     assert floor_value(ct) == pytest.approx(-6.0)
-    np.testing.assert_allclose(normalize(x, {"intensity": "ct_window", "window": [-200, 250]}).flatten().numpy(), [0, 200 / 450, 240 / 450, 1])
+    np.testing.assert_allclose(
+        normalize(x, {"intensity": "ct_window", "window": [-200, 250]}).flatten().numpy(), [0, 200 / 450, 240 / 450, 1]
+    )
     mr = normalize(torch.tensor([[[[0.0, 10.0, 20.0, 30.0]]]]), {"intensity": "zscore"})
     assert mr[0, 0, 0, 1:].mean().abs() < 1e-6  # statistics over the non-zero voxels
     assert floor_value({"intensity": "zscore"}) is None

@@ -24,7 +24,19 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_metrics(tiny_cohort, 
     expected = pd.read_csv(tmp_path / "full" / "metrics.csv")
 
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "medseg", "train", "--no-progress", "--config", str(cfg), "--manifest", str(tiny_cohort), "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medseg",
+        "train",
+        "--no-progress",
+        "--config",
+        str(cfg),
+        "--manifest",
+        str(tiny_cohort),
+        "--out",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill it once epoch 2 is recorded, i.e. during epoch 3
@@ -77,7 +89,9 @@ def test_fold_validation_and_a_moved_run_directory_that_segments_its_held_out_ca
     all_foreground = _foreground_dice(np.ones_like(ref), ref)  # ~0.12: the organs are ~6% of the phantom's grid
     assert _foreground_dice(np.zeros_like(ref), ref) == 0.0 and all_foreground < 0.2
     dice = _foreground_dice(pred, ref)
-    assert dice > 0.3, f"foreground Dice {dice:.3f} on the held-out case: the network did not learn (all-foreground: {all_foreground:.3f})"
+    assert dice > 0.3, (
+        f"foreground Dice {dice:.3f} on the held-out case: the network did not learn (all-foreground: {all_foreground:.3f})"
+    )
 
 
 def test_config_change_refuses_resume(tiny_cohort, write_config, tmp_path):
@@ -139,10 +153,15 @@ def _assert_the_checkpoint_is_what_it_says(res, run, **training):
     assert ckpt["labels"] == table.to_dict() == info["labels"] and table.name == "abdomen_phantom"
     assert ckpt["model"] == {**TINY_MODEL, "in_channels": 1, "out_channels": table.num_classes}
     assert ckpt["preprocessing"] == config["preprocessing"] and ckpt["inference"] == config["inference"]
-    assert ckpt["epoch"] == res.best_epoch == info["best_epoch"] and ckpt["val_dice"] == res.per_structure_dice == info["best_val_dice"]
+    assert (
+        ckpt["epoch"] == res.best_epoch == info["best_epoch"]
+        and ckpt["val_dice"] == res.per_structure_dice == info["best_val_dice"]
+    )
     assert ckpt["train_cases"] == info["train_cases"] and ckpt["manifest_sha256"] == info["manifest_sha256"]
     assert ckpt["weights_sha256"] == weights_sha256(ckpt["state_dict"])
-    fresh = create_model(TINY_MODEL["name"], spatial_dims=3, in_channels=1, out_channels=table.num_classes, **TINY_MODEL["kwargs"])
+    fresh = create_model(
+        TINY_MODEL["name"], spatial_dims=3, in_channels=1, out_channels=table.num_classes, **TINY_MODEL["kwargs"]
+    )
     assert set(ckpt["state_dict"]) == set(fresh.state_dict())
     assert build_model(ckpt).training is False
 
@@ -154,7 +173,11 @@ def test_a_2d_model_trains_slice_by_slice_and_predicts_on_the_input_grid(tiny_co
     from medseg.io.readers import read_volume
 
     cfg = tiny_config(epochs=1)
-    cfg["model"] = {"name": "unet", "spatial_dims": 2, "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}}
+    cfg["model"] = {
+        "name": "unet",
+        "spatial_dims": 2,
+        "kwargs": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
+    }
     path = tmp_path / "c2d.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = _train(path, tiny_cohort, tmp_path / "run2d")

@@ -55,7 +55,7 @@ def _row(out: str, start: str) -> list[float]:
     """The numbers of the first printed line that starts with ``start`` (after leading spaces)."""
     for line in out.splitlines():
         if line.strip().startswith(start):
-            return [float(x) for x in re.findall(NUM, line[line.index(start) + len(start):])]
+            return [float(x) for x in re.findall(NUM, line[line.index(start) + len(start) :])]
     raise AssertionError(f"no row {start!r} in:\n{out[-3000:]}")
 
 
@@ -165,8 +165,12 @@ SMOKE = {
     "monai_reference_training.py": ([], _check_monai_reference, lambda: None, [pytest.mark.slow]),
     "bench_qc.py": ([], _check_qc, lambda: None, [pytest.mark.slow]),
     "bench_inference.py": ([], _check_inference, lambda: None, [pytest.mark.slow]),
-    "bench_nnunet.py": ([], _check_nnunet, lambda: _module_missing("nnunetv2", "dynamic_network_architectures"),
-                        [pytest.mark.slow, pytest.mark.needs_nnunet]),
+    "bench_nnunet.py": (
+        [],
+        _check_nnunet,
+        lambda: _module_missing("nnunetv2", "dynamic_network_architectures"),
+        [pytest.mark.slow, pytest.mark.needs_nnunet],
+    ),
     "bench_runner.py": ([], _check_runner, lambda: _module_missing("ray"), [pytest.mark.slow, pytest.mark.needs_ray]),
     "bench_pacs.py": ([], _check_pacs, _orthanc_missing, [pytest.mark.slow, pytest.mark.needs_orthanc]),
 }
@@ -186,8 +190,14 @@ def test_benchmark_smoke_run(script, tmp_path):
     if script != "bench_runner.py":  # Ray's sockets under pytest's long tmp_path overflow AF_UNIX's 107-byte limit
         env["TMPDIR"] = str(tmp_path)
     before = sorted((BENCH / "results").iterdir())
-    r = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, f"{script} --smoke exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     check(r.stdout)
     assert sorted((BENCH / "results").iterdir()) == before, "a smoke run wrote into benchmarks/results"

@@ -21,8 +21,12 @@ def _parsers(parser, name="medseg"):
 
 
 def test_every_option_of_every_verb_has_help():
-    missing = [f"{name} {a.option_strings or a.dest}" for name, p in _parsers(build_parser()) for a in p._actions
-               if a.help is None and not isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in _parsers(build_parser())
+        for a in p._actions
+        if a.help is None and not isinstance(a, argparse._SubParsersAction)
+    ]
     assert not missing, missing
 
 
@@ -41,8 +45,23 @@ def test_verbose_after_the_verb_and_unknown_options_in_the_verbs_usage(tmp_path,
 
 def test_a_stage_setting_given_one_level_too_high_names_where_it_belongs(tmp_path, capsys):
     (tmp_path / "in").mkdir()
-    assert main(["run", "dicom_volumetry", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-                 "--set", "predict.sw_batch_size=2", "--set", "predict.model=m.pt"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "dicom_volumetry",
+                "--input",
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / "out"),
+                "--set",
+                "predict.sw_batch_size=2",
+                "--set",
+                "predict.model=m.pt",
+            ]
+        )
+        == 2
+    )
     assert "predict.inference.sw_batch_size" in capsys.readouterr().err
 
 
@@ -80,12 +99,33 @@ def test_predict_builds_one_settings_object_from_its_options():
     from medseg import api
     from medseg.commands import predict as command
 
-    args = build_parser(["predict"]).parse_args(["predict", "--model", "m.pt", "x.nii.gz", "--out", "o", "--modality", "CT",
-                                                 "--sw-batch-size", "2", "--tta-flips", "1,2", "--no-seg", "--refuse-tilt",
-                                                 "--no-progress"])
+    args = build_parser(["predict"]).parse_args(
+        [
+            "predict",
+            "--model",
+            "m.pt",
+            "x.nii.gz",
+            "--out",
+            "o",
+            "--modality",
+            "CT",
+            "--sw-batch-size",
+            "2",
+            "--tta-flips",
+            "1,2",
+            "--no-seg",
+            "--refuse-tilt",
+            "--no-progress",
+        ]
+    )
     opts = command._options(args)
-    assert opts == api.PredictOptions(progress=False, dicom_seg=False, modalities=("CT",), refuse_tilt=True,
-                                      inference={"sw_batch_size": 2, "tta_flips": [1, 2]})
+    assert opts == api.PredictOptions(
+        progress=False,
+        dicom_seg=False,
+        modalities=("CT",),
+        refuse_tilt=True,
+        inference={"sw_batch_size": 2, "tta_flips": [1, 2]},
+    )
     assert opts.selection_rule().modalities == ("CT",) and opts.geometry_policy().tilt == "refuse"
     with pytest.raises(TypeError, match="options.inference"):
         api.predict(model="m.pt", inputs=["x.nii.gz"], out="o", options=opts, amp="off")

@@ -28,8 +28,10 @@ def _imports(path: Path) -> set[str]:
 
 def test_the_import_contracts_hold():
     """``lint-imports`` (import-linter, the contracts in ``.importlinter``) passes: run in a fresh interpreter, as ``make lint``."""
-    code = ("import sys; from importlinter.cli import lint_imports; "
-            f"sys.exit(lint_imports(config_filename={str(ROOT / '.importlinter')!r}, no_cache=True, no_logo=True))")
+    code = (
+        "import sys; from importlinter.cli import lint_imports; "
+        f"sys.exit(lint_imports(config_filename={str(ROOT / '.importlinter')!r}, no_cache=True, no_logo=True))"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-2000:]
 

@@ -52,7 +52,8 @@ def test_own_imports_sit_at_the_top_of_the_file():
     inside, top, where = count_imports()
     assert inside <= MAX_SHARE * (inside + top), (
         f"{inside} of {inside + top} imports of medseg's own modules are inside functions (at most "
-        f"{MAX_SHARE:.0%}): import at the top of the file; {where}")
+        f"{MAX_SHARE:.0%}): import at the top of the file; {where}"
+    )
     unexplained = [w for w in where if w.endswith("(no comment saying why)")]
     assert not unexplained, f"imports inside functions need a comment saying why: {unexplained}"
 
@@ -60,7 +61,9 @@ def test_own_imports_sit_at_the_top_of_the_file():
 def test_the_count_sees_an_import_inside_a_function(tmp_path):
     pkg = tmp_path / "medseg"
     pkg.mkdir()
-    (pkg / "a.py").write_text("from medseg import errors\n\ndef f():\n    from medseg.io import paths\n    import json\n"
-                              "\ndef g():\n    from medseg import api  # lazy: a reason\n")
+    (pkg / "a.py").write_text(
+        "from medseg import errors\n\ndef f():\n    from medseg.io import paths\n    import json\n"
+        "\ndef g():\n    from medseg import api  # lazy: a reason\n"
+    )
     inside, top, where = count_imports(pkg)
     assert (inside, top) == (2, 1) and where == ["medseg/a.py:4  (no comment saying why)", "medseg/a.py:8"]

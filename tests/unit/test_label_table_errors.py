@@ -30,7 +30,9 @@ BAD_ENTRIES = [
 @pytest.mark.parametrize("entry,message", BAD_ENTRIES)
 def test_label_table_yaml_errors_name_the_file_and_key(tmp_path, entry, message):
     path = tmp_path / "table.yaml"
-    path.write_text(f"name: t\nlabels:\n  - {{index: 2, name: spleen}}\n  - {entry}\n".replace("labels[0]", "labels[1]"))
+    path.write_text(
+        f"name: t\nlabels:\n  - {{index: 2, name: spleen}}\n  - {entry}\n".replace("labels[0]", "labels[1]")
+    )
     with pytest.raises(ConfigError, match=message.replace(r"labels\[0\]", r"labels\[1\]")) as exc:
         LabelTable.from_yaml(path)
     assert str(exc.value).startswith(f"{path}: ") and "\n" not in str(exc.value)
@@ -38,9 +40,11 @@ def test_label_table_yaml_errors_name_the_file_and_key(tmp_path, entry, message)
 
 def test_label_table_whole_document_errors(tmp_path):
     path = tmp_path / "t.yaml"
-    for text, message in (("name: t\nlabels: liver\n", "'labels' is str; expected a list"),
-                          ("name: [t]\nlabels: []\n", r"name: \['t'\]; expected text"),
-                          ("name: t\nlabels:\n  - liver\n", r"labels\[0\]: each label needs 'index' and 'name'")):
+    for text, message in (
+        ("name: t\nlabels: liver\n", "'labels' is str; expected a list"),
+        ("name: [t]\nlabels: []\n", r"name: \['t'\]; expected text"),
+        ("name: t\nlabels:\n  - liver\n", r"labels\[0\]: each label needs 'index' and 'name'"),
+    ):
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
             LabelTable.from_yaml(path)
@@ -58,7 +62,17 @@ def test_report_cli_gives_one_line_for_a_careless_table(tmp_path, capsys):
     lab[1, 1, 1] = 1
     nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "c.nii.gz"))
     (tmp_path / "t.yaml").write_text("name: t\nlabels:\n  - {index: one, name: liver}\n")
-    code = main(["report", "--labels", str(tmp_path / "c.nii.gz"), "--label-table", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "r")])
+    code = main(
+        [
+            "report",
+            "--labels",
+            str(tmp_path / "c.nii.gz"),
+            "--label-table",
+            str(tmp_path / "t.yaml"),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert str(tmp_path / "t.yaml") in err and "labels[0].index" in err
@@ -100,8 +114,15 @@ def test_nameless_seg_segment_keeps_its_pixels(tmp_path):
 
     folder, labels, _ = _phantom_rtstruct(tmp_path)
     labels = labels.with_array((labels.array == 1).astype(np.uint8))
-    ds = pydicom.dcmread(write_dicom_seg(labels, folder, LabelTable.from_dict(
-        {"name": "p", "labels": [{"index": 1, "name": "liver"}]}), tmp_path / "seg.dcm", software_version="t"))
+    ds = pydicom.dcmread(
+        write_dicom_seg(
+            labels,
+            folder,
+            LabelTable.from_dict({"name": "p", "labels": [{"index": 1, "name": "liver"}]}),
+            tmp_path / "seg.dcm",
+            software_version="t",
+        )
+    )
     ds.SegmentSequence[0].SegmentLabel = "--"
     ds.save_as(tmp_path / "nameless.dcm")
     res = read_dicom_seg(tmp_path / "nameless.dcm", folder)

@@ -48,7 +48,9 @@ def _nnunet_folder(root, plans_text: str, dataset_text: str | None = None):
     folder = root / "Dataset900_T" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
     (folder / "plans.json").write_text(plans_text)
-    (folder / "dataset.json").write_text(dataset_text or json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}}))
+    (folder / "dataset.json").write_text(
+        dataset_text or json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}})
+    )
     return folder
 
 
@@ -56,7 +58,9 @@ def _nnunet_folder(root, plans_text: str, dataset_text: str | None = None):
 def test_nnunet_folder_with_deep_json_gives_one_line(tmp_path, which):
     from medseg.adapters.nnunet.folder import load_nnunet_folder
 
-    folder = _nnunet_folder(tmp_path, DEEP if which == "plans.json" else "{}", DEEP if which == "dataset.json" else None)
+    folder = _nnunet_folder(
+        tmp_path, DEEP if which == "plans.json" else "{}", DEEP if which == "dataset.json" else None
+    )
     with pytest.raises(MedsegError, match="nested more than") as exc:
         load_nnunet_folder(folder)
     assert str(exc.value).startswith(str(folder / which)) and "\n" not in str(exc.value)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = ("nnunetv2", "dynamic_network_architectures", "batchgenerators", "acvl_utils")
-BLOCKER = f'''
+BLOCKER = f"""
 import importlib.abc
 import sys
 
@@ -26,31 +26,55 @@ class _Hide(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _Hide())
-'''
-FILES = ["tests/external/test_nnunet_loading.py", "tests/external/test_nnunet_fast_paths.py",
-         "tests/external/test_nnunet_agreement.py", "tests/external/test_nnunet_functions.py",
-         "tests/external/test_totalseg_layout.py", "tests/external/test_models_import.py"]
+"""
+FILES = [
+    "tests/external/test_nnunet_loading.py",
+    "tests/external/test_nnunet_fast_paths.py",
+    "tests/external/test_nnunet_agreement.py",
+    "tests/external/test_nnunet_functions.py",
+    "tests/external/test_totalseg_layout.py",
+    "tests/external/test_models_import.py",
+]
 
 
 def _env(tmp_path: Path) -> dict:
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
 
 
 def test_blocker_hides_the_packages(tmp_path):
-    code = ("import importlib\nfor m in %r:\n    try:\n        importlib.import_module(m)\n    except ImportError:\n"
-            "        continue\n    raise SystemExit(m)\n") % (HIDDEN,)
+    code = (
+        "import importlib\nfor m in %r:\n    try:\n        importlib.import_module(m)\n    except ImportError:\n"
+        "        continue\n    raise SystemExit(m)\n"
+    ) % (HIDDEN,)
     r = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True)
     assert r.returncode == 0, f"still importable: {r.stdout}{r.stderr}"
 
 
 def test_nnunet_tests_skip_with_a_reason_without_nnunetv2(tmp_path):
     env = _env(tmp_path)
-    r = subprocess.run([sys.executable, "-c", "import medseg.api, medseg.adapters.formats, medseg.adapters.nnunet.folder, "
-                        "medseg.adapters.totalseg"], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import medseg.api, medseg.adapters.formats, medseg.adapters.nnunet.folder, medseg.adapters.totalseg",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "not slow", *FILES],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "not slow", *FILES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     skips = [line for line in out.splitlines() if line.startswith("SKIPPED")]

@@ -57,24 +57,65 @@ PREPROCESSING: dict[str, tuple[str, ...] | None] = {
     "EnsureChannelFirstd": None,
     "AddChanneld": None,
     "Orientationd": ("axcodes", "as_closest_canonical", "labels"),
-    "Spacingd": ("pixdim", "diagonal", "mode", "padding_mode", "align_corners", "dtype", "scale_extent",
-                 "recompute_affine", "min_pixdim", "max_pixdim", "ensure_same_shape"),
+    "Spacingd": (
+        "pixdim",
+        "diagonal",
+        "mode",
+        "padding_mode",
+        "align_corners",
+        "dtype",
+        "scale_extent",
+        "recompute_affine",
+        "min_pixdim",
+        "max_pixdim",
+        "ensure_same_shape",
+    ),
     "ScaleIntensityRanged": ("a_min", "a_max", "b_min", "b_max", "clip", "dtype"),
-    "ScaleIntensityRangePercentilesd": ("lower", "upper", "b_min", "b_max", "clip", "relative", "channel_wise", "dtype"),
+    "ScaleIntensityRangePercentilesd": (
+        "lower",
+        "upper",
+        "b_min",
+        "b_max",
+        "clip",
+        "relative",
+        "channel_wise",
+        "dtype",
+    ),
     "ScaleIntensityd": ("minv", "maxv", "factor", "channel_wise", "dtype"),
     "NormalizeIntensityd": ("subtrahend", "divisor", "nonzero", "channel_wise", "dtype"),
     "ThresholdIntensityd": ("threshold", "above", "cval"),
-    "CropForegroundd": ("source_key", "margin", "allow_smaller", "k_divisible", "mode", "start_coord_key",
-                        "end_coord_key", "lazy"),
+    "CropForegroundd": (
+        "source_key",
+        "margin",
+        "allow_smaller",
+        "k_divisible",
+        "mode",
+        "start_coord_key",
+        "end_coord_key",
+        "lazy",
+    ),
     "DivisiblePadd": ("k", "mode", "method", "lazy"),
     "SpatialPadd": ("spatial_size", "method", "mode", "lazy"),
     "EnsureTyped": ("data_type", "track_meta"),
     "ToTensord": ("track_meta",),
 }
 #: Keyword arguments read by nothing medseg runs (the device is medseg's choice): accepted unevaluated.
-_IGNORED_KWARGS = ("device", "sw_device", "progress", "meta_keys", "meta_key_postfix", "image_only", "reader",
-                   "ensure_channel_first", "dtype_reader", "simple_keys", "channel_dim", "strict_check",
-                   "wrap_sequence", "_desc_")
+_IGNORED_KWARGS = (
+    "device",
+    "sw_device",
+    "progress",
+    "meta_keys",
+    "meta_key_postfix",
+    "image_only",
+    "reader",
+    "ensure_channel_first",
+    "dtype_reader",
+    "simple_keys",
+    "channel_dim",
+    "strict_check",
+    "wrap_sequence",
+    "_desc_",
+)
 POSTPROCESSING: dict[str, tuple[str, ...] | None] = {
     "Activationsd": ("softmax", "sigmoid"),
     "AsDiscreted": ("argmax", "threshold", "dim", "keepdim"),
@@ -85,8 +126,20 @@ POSTPROCESSING: dict[str, tuple[str, ...] | None] = {
     "SaveImaged": None,
 }
 INFERERS = {
-    "SlidingWindowInferer": ("roi_size", "sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode", "cval",
-                             "cache_roi_weight_map", "cpu_thresh", "buffer_steps", "buffer_dim", "with_coord"),
+    "SlidingWindowInferer": (
+        "roi_size",
+        "sw_batch_size",
+        "overlap",
+        "mode",
+        "sigma_scale",
+        "padding_mode",
+        "cval",
+        "cache_roi_weight_map",
+        "cpu_thresh",
+        "buffer_steps",
+        "buffer_dim",
+        "with_coord",
+    ),
     "SimpleInferer": (),
 }
 _PREFIXES = {"network": "monai.networks.nets.", "transform": "monai.transforms.", "inferer": "monai.inferers."}
@@ -129,8 +182,10 @@ class Bundle:
         try:
             net.load_state_dict(self.weights)
         except RuntimeError as exc:
-            raise CheckpointError(f"weights do not fit the network_def ({self.network}): "
-                                  f"{str(exc).splitlines()[0][:200]}", path=self.weights_file) from None
+            raise CheckpointError(
+                f"weights do not fit the network_def ({self.network}): {str(exc).splitlines()[0][:200]}",
+                path=self.weights_file,
+            ) from None
         return net.eval()
 
 
@@ -226,13 +281,17 @@ def _target(node, where: str, kind: str, allowed, r: _Resolver) -> str:
     if t.startswith(("$", "@", "%")):
         r.value(t, f"{where}._target_")
         r.fail(f"{where}._target_", f"{_short(t)} is a reference; medseg instantiates only classes it knows")
-    name = t[len(_PREFIXES[kind]):] if t.startswith(_PREFIXES[kind]) else t
+    name = t[len(_PREFIXES[kind]) :] if t.startswith(_PREFIXES[kind]) else t
     if kind == "transform" and "." not in name and name not in allowed and name.endswith(("D", "Dict")):
-        alias = name[:-1] + "d" if name.endswith("D") else name[:-4] + "d"  # MONAI's aliases: NormalizeIntensityD, ...Dict
+        alias = (
+            name[:-1] + "d" if name.endswith("D") else name[:-4] + "d"
+        )  # MONAI's aliases: NormalizeIntensityD, ...Dict
         name = alias if alias in allowed else name
     if name not in allowed:
         article = "an" if kind[0] in "aeiou" else "a"
-        r.fail(f"{where}._target_", f"{_short(t)} is not {article} {kind} medseg runs (supported: {', '.join(allowed)})")
+        r.fail(
+            f"{where}._target_", f"{_short(t)} is not {article} {kind} medseg runs (supported: {', '.join(allowed)})"
+        )
     for special in ("_requires_", "_mode_"):
         if special in node:
             r.fail(f"{where}.{special}", f"{special} is not supported; medseg runs plain components only")
@@ -293,8 +352,10 @@ def _check_keys(name: str, kwargs: dict, where: str, key: str | None, r: _Resolv
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
         r.fail(f"{where}.keys", f"expected a key name or a list of them, found {_short(keys)}")
     if key is not None and set(keys) != {key}:
-        r.fail(f"{where}.keys", f"{keys}: medseg gives the transform one image ({key!r}); "
-                                f"transforms of other keys are not supported")
+        r.fail(
+            f"{where}.keys",
+            f"{keys}: medseg gives the transform one image ({key!r}); transforms of other keys are not supported",
+        )
 
 
 def _image_key(r: _Resolver, config: dict) -> str:
@@ -332,10 +393,15 @@ def _network(r: _Resolver, config: dict) -> tuple[str, dict]:
         kwargs[k] = r.value(v, f"network_def.{k}")
     dims = kwargs.get("spatial_dims", params["spatial_dims"].default if "spatial_dims" in params else 3)
     if dims != 3:
-        r.fail("network_def.spatial_dims", f"{_short(dims)}: medseg runs 3D bundles (a 2D bundle's slicing is its own code)")
+        r.fail(
+            "network_def.spatial_dims",
+            f"{_short(dims)}: medseg runs 3D bundles (a 2D bundle's slicing is its own code)",
+        )
     for k in ("in_channels", "out_channels"):
         if not nb.whole(kwargs.get(k)) or not 1 <= kwargs[k] <= nb.MAX_FEATURES:
-            r.fail(f"network_def.{k}", f"expected a whole number in 1..{nb.MAX_FEATURES}, found {_short(kwargs.get(k))}")
+            r.fail(
+                f"network_def.{k}", f"expected a whole number in 1..{nb.MAX_FEATURES}, found {_short(kwargs.get(k))}"
+            )
     _check_network_bounds(name, kwargs, r)
     return name, kwargs
 
@@ -351,15 +417,21 @@ def _feats(v):
 
 
 def _kernel(v):
-    return (nb.whole(v) and v in (1, 3, 5, 7)) or (isinstance(v, list) and len(v) == 3 and all(_kernel(x) and nb.whole(x) for x in v))
+    return (nb.whole(v) and v in (1, 3, 5, 7)) or (
+        isinstance(v, list) and len(v) == 3 and all(_kernel(x) and nb.whole(x) for x in v)
+    )
 
 
 def _stride(v):
-    return (nb.whole(v) and 1 <= v <= 4) or (isinstance(v, list) and len(v) == 3 and all(nb.whole(x) and 1 <= x <= 4 for x in v))
+    return (nb.whole(v) and 1 <= v <= 4) or (
+        isinstance(v, list) and len(v) == 3 and all(nb.whole(x) and 1 <= x <= 4 for x in v)
+    )
 
 
 def _up_kernel(v):
-    return (nb.whole(v) and 1 <= v <= 7) or (isinstance(v, list) and len(v) == 3 and all(nb.whole(x) and 1 <= x <= 7 for x in v))
+    return (nb.whole(v) and 1 <= v <= 7) or (
+        isinstance(v, list) and len(v) == 3 and all(nb.whole(x) and 1 <= x <= 7 for x in v)
+    )
 
 
 def _repeats(v):
@@ -373,6 +445,7 @@ def _unit(v):
 def _list_of(check, lo=1, hi=_MAX_STAGES):
     def ok(v):
         return isinstance(v, list) and lo <= len(v) <= hi and all(check(x) for x in v)
+
     return ok
 
 
@@ -381,37 +454,47 @@ _FEATS = _list_of(_feats, 1)
 #: (channels, filters, repeats, kernels, strides) are bounded; the remaining keywords are checked by
 #: building the network on the meta device (nothing allocated), which also counts its parameters.
 _NETWORK_BOUNDS = {
-    "UNet": {"channels": (_list_of(_feats, 2), f"2..{_MAX_STAGES} whole numbers of channels in 1..{nb.MAX_FEATURES}"),
-             "strides": (_list_of(_stride), "a list of strides in 1..4 (one per channel step)"),
-             "kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
-             "up_kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
-             "num_res_units": (_repeats, f"a whole number in 0..{_MAX_REPEATS}"),
-             "dropout": (_unit, "a number in 0..1")},
-    "AttentionUnet": {"channels": (_list_of(_feats, 2), f"2..{_MAX_STAGES} whole numbers of channels in 1..{nb.MAX_FEATURES}"),
-                      "strides": (_list_of(_stride), "a list of strides in 1..4 (one per channel step)"),
-                      "kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
-                      "up_kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
-                      "dropout": (_unit, "a number in 0..1")},
-    "SegResNet": {"init_filters": (_feats, f"a whole number of channels in 1..{nb.MAX_FEATURES}"),
-                  "blocks_down": (_list_of(_repeats), f"1..{_MAX_STAGES} whole numbers in 0..{_MAX_REPEATS}"),
-                  "blocks_up": (_list_of(_repeats, 0), f"0..{_MAX_STAGES} whole numbers in 0..{_MAX_REPEATS}"),
-                  "num_groups": (_feats, f"a whole number in 1..{nb.MAX_FEATURES}"),
-                  "dropout_prob": (_unit, "a number in 0..1")},
-    "DynUNet": {"kernel_size": (_list_of(_kernel), f"1..{_MAX_STAGES} odd kernel sizes 1..7 (or one per axis)"),
-                "strides": (_list_of(_stride), f"1..{_MAX_STAGES} strides in 1..4 (or one per axis)"),
-                "upsample_kernel_size": (_list_of(_up_kernel, 0), f"0..{_MAX_STAGES} kernel sizes in 1..7"),
-                "filters": (lambda v: v is None or _FEATS(v), f"whole numbers of channels in 1..{nb.MAX_FEATURES}"),
-                "deep_supr_num": (lambda v: nb.whole(v) and 0 <= v <= _MAX_STAGES, f"a whole number in 0..{_MAX_STAGES}"),
-                "dropout": (_unit, "a number in 0..1")},
+    "UNet": {
+        "channels": (_list_of(_feats, 2), f"2..{_MAX_STAGES} whole numbers of channels in 1..{nb.MAX_FEATURES}"),
+        "strides": (_list_of(_stride), "a list of strides in 1..4 (one per channel step)"),
+        "kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+        "up_kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+        "num_res_units": (_repeats, f"a whole number in 0..{_MAX_REPEATS}"),
+        "dropout": (_unit, "a number in 0..1"),
+    },
+    "AttentionUnet": {
+        "channels": (_list_of(_feats, 2), f"2..{_MAX_STAGES} whole numbers of channels in 1..{nb.MAX_FEATURES}"),
+        "strides": (_list_of(_stride), "a list of strides in 1..4 (one per channel step)"),
+        "kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+        "up_kernel_size": (_kernel, "an odd kernel size 1..7 (or one per axis)"),
+        "dropout": (_unit, "a number in 0..1"),
+    },
+    "SegResNet": {
+        "init_filters": (_feats, f"a whole number of channels in 1..{nb.MAX_FEATURES}"),
+        "blocks_down": (_list_of(_repeats), f"1..{_MAX_STAGES} whole numbers in 0..{_MAX_REPEATS}"),
+        "blocks_up": (_list_of(_repeats, 0), f"0..{_MAX_STAGES} whole numbers in 0..{_MAX_REPEATS}"),
+        "num_groups": (_feats, f"a whole number in 1..{nb.MAX_FEATURES}"),
+        "dropout_prob": (_unit, "a number in 0..1"),
+    },
+    "DynUNet": {
+        "kernel_size": (_list_of(_kernel), f"1..{_MAX_STAGES} odd kernel sizes 1..7 (or one per axis)"),
+        "strides": (_list_of(_stride), f"1..{_MAX_STAGES} strides in 1..4 (or one per axis)"),
+        "upsample_kernel_size": (_list_of(_up_kernel, 0), f"0..{_MAX_STAGES} kernel sizes in 1..7"),
+        "filters": (lambda v: v is None or _FEATS(v), f"whole numbers of channels in 1..{nb.MAX_FEATURES}"),
+        "deep_supr_num": (lambda v: nb.whole(v) and 0 <= v <= _MAX_STAGES, f"a whole number in 0..{_MAX_STAGES}"),
+        "dropout": (_unit, "a number in 0..1"),
+    },
     # SwinUNETR reads tensor values while building (no meta-device count): its sizes are bounded here alone
-    "SwinUNETR": {"feature_size": (lambda v: nb.whole(v) and 12 <= v <= 96 and v % 12 == 0,
-                                   "a multiple of 12 in 12..96"),
-                  "depths": (_list_of(lambda v: nb.whole(v) and 1 <= v <= 8, 1, 4), "up to 4 whole numbers in 1..8"),
-                  "num_heads": (_list_of(lambda v: nb.whole(v) and 1 <= v <= 32, 1, 4), "up to 4 whole numbers in 1..32"),
-                  "patch_size": (lambda v: nb.whole(v) and 1 <= v <= 4, "a whole number in 1..4"),
-                  "window_size": (lambda v: nb.whole(v) and 1 <= v <= 16, "a whole number in 1..16"),
-                  "drop_rate": (_unit, "a number in 0..1"), "attn_drop_rate": (_unit, "a number in 0..1"),
-                  "dropout_path_rate": (_unit, "a number in 0..1")},
+    "SwinUNETR": {
+        "feature_size": (lambda v: nb.whole(v) and 12 <= v <= 96 and v % 12 == 0, "a multiple of 12 in 12..96"),
+        "depths": (_list_of(lambda v: nb.whole(v) and 1 <= v <= 8, 1, 4), "up to 4 whole numbers in 1..8"),
+        "num_heads": (_list_of(lambda v: nb.whole(v) and 1 <= v <= 32, 1, 4), "up to 4 whole numbers in 1..32"),
+        "patch_size": (lambda v: nb.whole(v) and 1 <= v <= 4, "a whole number in 1..4"),
+        "window_size": (lambda v: nb.whole(v) and 1 <= v <= 16, "a whole number in 1..16"),
+        "drop_rate": (_unit, "a number in 0..1"),
+        "attn_drop_rate": (_unit, "a number in 0..1"),
+        "dropout_path_rate": (_unit, "a number in 0..1"),
+    },
 }
 
 
@@ -422,8 +505,11 @@ def _check_network_bounds(name: str, kwargs: dict, r: _Resolver) -> None:
 
     for k, (ok, expected) in _NETWORK_BOUNDS.get(name, {}).items():
         if k in kwargs and not ok(kwargs[k]):
-            r.fail(f"network_def.{k}", f"{_short(kwargs[k])}: expected {expected}; medseg builds networks within these "
-                                       "bounds only (fix the bundle's value)")
+            r.fail(
+                f"network_def.{k}",
+                f"{_short(kwargs[k])}: expected {expected}; medseg builds networks within these "
+                "bounds only (fix the bundle's value)",
+            )
     cls = getattr(nets, name)
     try:
         count = nb.meta_parameter_count(lambda: cls(**kwargs))
@@ -432,8 +518,11 @@ def _check_network_bounds(name: str, kwargs: dict, r: _Resolver) -> None:
         r.fail("network_def", f"{name} cannot be built from these values ({type(exc).__name__}: {first})")
     limit = nb.max_parameters()
     if count is not None and count > limit:
-        r.fail("network_def", f"{name} with these values has {count:,} parameters, over the limit of {limit:,} "
-                              "(MEDSEG_MAX_PARAMETERS): refused before allocating it")
+        r.fail(
+            "network_def",
+            f"{name} with these values has {count:,} parameters, over the limit of {limit:,} "
+            "(MEDSEG_MAX_PARAMETERS): refused before allocating it",
+        )
 
 
 def _inferer(r: _Resolver) -> tuple[str, dict]:
@@ -479,8 +568,12 @@ def _labels(metadata: dict, pred_key: str, out_channels: int, binary: bool, name
                 raise CheckpointError(f"label {k!r}: {v!r} names no channel index", path=path)
     n_labels = 2 if binary else out_channels
     if not by_index:
-        log.warning("%s names no labels (network_data_format.outputs.%s.channel_def); using label_1..label_%d",
-                    path, pred_key, n_labels - 1)
+        log.warning(
+            "%s names no labels (network_data_format.outputs.%s.channel_def); using label_1..label_%d",
+            path,
+            pred_key,
+            n_labels - 1,
+        )
         by_index = {i: f"label_{i}" for i in range(1, n_labels)}
     fg = {i: n for i, n in by_index.items() if i != 0}
     bad = [i for i in fg if not 0 < i < n_labels]
@@ -499,8 +592,9 @@ def load_bundle(path) -> Bundle:
     """Read and check a MONAI bundle folder; nothing of it is evaluated (see the module docstring)."""
     folder = Path(path)
     if not is_bundle(folder):
-        raise CheckpointError("not a MONAI bundle (expected configs/metadata.json and configs/inference.json or .yaml)",
-                              path=folder)
+        raise CheckpointError(
+            "not a MONAI bundle (expected configs/metadata.json and configs/inference.json or .yaml)", path=folder
+        )
     try:
         import monai  # noqa: F401
         import torch
@@ -521,8 +615,12 @@ def load_bundle(path) -> Bundle:
     pre = _transforms(r, "preprocessing", PREPROCESSING, image_key=image_key)
     post = _transforms(r, "postprocessing", POSTPROCESSING, image_key=None)
     inferer, inf_kwargs = _inferer(r)
-    pred_keys = {k for s in post if s.name != "SaveImaged"
-                 for k in ([s.kwargs["keys"]] if isinstance(s.kwargs["keys"], str) else s.kwargs["keys"])}
+    pred_keys = {
+        k
+        for s in post
+        if s.name != "SaveImaged"
+        for k in ([s.kwargs["keys"]] if isinstance(s.kwargs["keys"], str) else s.kwargs["keys"])
+    }
     if len(pred_keys) > 1:
         r.fail("postprocessing", f"transforms of several keys {sorted(pred_keys)}; medseg runs one prediction key")
     pred_key = pred_keys.pop() if pred_keys else "pred"
@@ -536,23 +634,45 @@ def load_bundle(path) -> Bundle:
     sigmoid = any(s.name == "Activationsd" and s.kwargs.get("sigmoid") for s in post)
     out_ch = int(net_kwargs["out_channels"])
     if sigmoid and out_ch > 1:
-        r.fail("postprocessing", f"sigmoid over {out_ch} channels gives overlapping structures, not one label map; "
-                                 "medseg runs softmax/argmax bundles and single-channel sigmoid bundles")
+        r.fail(
+            "postprocessing",
+            f"sigmoid over {out_ch} channels gives overlapping structures, not one label map; "
+            "medseg runs softmax/argmax bundles and single-channel sigmoid bundles",
+        )
     if out_ch == 1 and not sigmoid:
-        r.fail("postprocessing", "one output channel without Activationsd(sigmoid=true): medseg cannot tell its threshold")
+        r.fail(
+            "postprocessing", "one output channel without Activationsd(sigmoid=true): medseg cannot tell its threshold"
+        )
     name = str(metadata.get("name") or folder.name)
     labels = _labels(metadata, pred_key, out_ch, out_ch == 1, name, folder / "configs" / "metadata.json")
     weights_file = folder / WEIGHTS
     if not weights_file.is_file():
         if (folder / "models" / "model.ts").is_file():
-            raise CheckpointError("only models/model.ts (TorchScript) is present; medseg does not run TorchScript "
-                                  "(it carries its own code): give the bundle's models/model.pt (a state dict)", path=folder)
+            raise CheckpointError(
+                "only models/model.ts (TorchScript) is present; medseg does not run TorchScript "
+                "(it carries its own code): give the bundle's models/model.pt (a state dict)",
+                path=folder,
+            )
         raise CheckpointError(f"no {WEIGHTS} in this bundle", path=folder)
     weights = load_weights(weights_file, torch)
-    return Bundle(folder=folder, config_file=config_file, network=network, network_kwargs=net_kwargs,
-                  preprocessing=pre, postprocessing=post, inferer=inferer, inferer_kwargs=inf_kwargs, labels=labels,
-                  in_channels=int(net_kwargs["in_channels"]), out_channels=out_ch, image_key=image_key,
-                  pred_key=pred_key, weights_file=weights_file, metadata=metadata, weights=weights)
+    return Bundle(
+        folder=folder,
+        config_file=config_file,
+        network=network,
+        network_kwargs=net_kwargs,
+        preprocessing=pre,
+        postprocessing=post,
+        inferer=inferer,
+        inferer_kwargs=inf_kwargs,
+        labels=labels,
+        in_channels=int(net_kwargs["in_channels"]),
+        out_channels=out_ch,
+        image_key=image_key,
+        pred_key=pred_key,
+        weights_file=weights_file,
+        metadata=metadata,
+        weights=weights,
+    )
 
 
 def load_weights(path: Path, torch) -> dict:
@@ -564,8 +684,9 @@ def load_weights(path: Path, torch) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"not a loadable state dict (loaded weights-only; nothing in it was run): {first[:300]}",
-                              path=path) from None
+        raise CheckpointError(
+            f"not a loadable state dict (loaded weights-only; nothing in it was run): {first[:300]}", path=path
+        ) from None
     for key in ("model", "state_dict", "network"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -573,7 +694,7 @@ def load_weights(path: Path, torch) -> dict:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError("expected a state dict (parameter name -> tensor)", path=path)
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 

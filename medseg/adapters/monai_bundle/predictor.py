@@ -23,7 +23,13 @@ import numpy as np
 
 from medseg.adapters.monai_bundle import bundle as mb
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError, MedsegError
-from medseg.inference.predictor import check_nonfinite_policy, default_inference, finite_min, read_case_channels, resolve_device
+from medseg.inference.predictor import (
+    check_nonfinite_policy,
+    default_inference,
+    finite_min,
+    read_case_channels,
+    resolve_device,
+)
 from medseg.io.volume import Volume
 from medseg.provenance import peak_rss_mb
 
@@ -46,8 +52,10 @@ class BundleOptions:
         overrides = {k: v for k, v in dict(inference or {}).items() if v is not None}
         unknown = set(overrides) - set(BUNDLE_OPTIONS)
         if unknown:
-            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to MONAI bundles (medseg follows the bundle's "
-                              f"own inference for them); accepted: {list(BUNDLE_OPTIONS)}")
+            raise ConfigError(
+                f"option(s) {sorted(unknown)} do not apply to MONAI bundles (medseg follows the bundle's "
+                f"own inference for them); accepted: {list(BUNDLE_OPTIONS)}"
+            )
         if "overlap" in overrides and not 0 <= float(overrides["overlap"]) < 1:
             raise ConfigError(f"overlap={overrides['overlap']!r}: expected a number in [0, 1)")
         if "sw_batch_size" in overrides and int(overrides["sw_batch_size"]) < 1:
@@ -80,28 +88,47 @@ class BundlePredictor:
         ik = bundle.inferer_kwargs
         sliding = bundle.inferer == "SlidingWindowInferer"
         self.inference = {**default_inference(), "nonfinite": options.nonfinite}
-        self.inference.update({
-            "roi_size": list(np.broadcast_to(ik["roi_size"], (3,))) if sliding else None,
-            "overlap": float(given.get("overlap", ik.get("overlap", 0.25))) if sliding else 0.0,
-            "sw_batch_size": int(given.get("sw_batch_size", ik.get("sw_batch_size", 1))) if sliding else 1,
-            "blend": ik.get("mode", "constant") if sliding else None, "amp": "off", "tta_flips": [],
-            "skip_background": False, "channels_last": False, "engine": "monai_bundle", "inferer": bundle.inferer,
-        })
+        self.inference.update(
+            {
+                "roi_size": list(np.broadcast_to(ik["roi_size"], (3,))) if sliding else None,
+                "overlap": float(given.get("overlap", ik.get("overlap", 0.25))) if sliding else 0.0,
+                "sw_batch_size": int(given.get("sw_batch_size", ik.get("sw_batch_size", 1))) if sliding else 1,
+                "blend": ik.get("mode", "constant") if sliding else None,
+                "amp": "off",
+                "tta_flips": [],
+                "skip_background": False,
+                "channels_last": False,
+                "engine": "monai_bundle",
+                "inferer": bundle.inferer,
+            }
+        )
         self._overrides = {k: self.inference[k] for k in ("overlap", "sw_batch_size") if sliding and k in given}
-        self.preprocessing = {"intensity": "monai_bundle",
-                              "transforms": [{"name": s.name, **s.kwargs} for s in bundle.preprocessing],
-                              "postprocessing": [{"name": s.name, **s.kwargs} for s in bundle.postprocessing]}
+        self.preprocessing = {
+            "intensity": "monai_bundle",
+            "transforms": [{"name": s.name, **s.kwargs} for s in bundle.preprocessing],
+            "postprocessing": [{"name": s.name, **s.kwargs} for s in bundle.postprocessing],
+        }
         self.provenance = {
-            "model_path": str(bundle.folder), "model_sha256": mb.bundle_sha256(bundle), "weights_sha256": None,
-            "model_name": f"monai_bundle:{bundle.network}", "format": "monai_bundle",
-            "bundle_version": bundle.metadata.get("version"), "config": bundle.config_file.name,
-            "in_channels": bundle.in_channels, "trained_with": {},
+            "model_path": str(bundle.folder),
+            "model_sha256": mb.bundle_sha256(bundle),
+            "weights_sha256": None,
+            "model_name": f"monai_bundle:{bundle.network}",
+            "format": "monai_bundle",
+            "bundle_version": bundle.metadata.get("version"),
+            "config": bundle.config_file.name,
+            "in_channels": bundle.in_channels,
+            "trained_with": {},
         }
 
     def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
         """The case's channels through medseg's checks; NaN/Inf voxels become the image's finite minimum."""
-        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
-                                  fill_value=_fill_value, findings=findings)
+        return read_case_channels(
+            source,
+            in_channels=self.in_channels,
+            nonfinite=self.inference["nonfinite"],
+            fill_value=_fill_value,
+            findings=findings,
+        )
 
     def _input(self, volume: Volume, channels: np.ndarray):
         """What the bundle's LoadImaged + EnsureChannelFirstd give: channel-first float32 with the RAS affine."""
@@ -110,9 +137,13 @@ class BundlePredictor:
 
         array = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))
         affine = torch.as_tensor(np.asarray(volume.affine, dtype=np.float64))
-        meta = {"original_affine": affine.clone(), "spatial_shape": np.asarray(volume.shape[:3]),
-                "original_channel_dim": "no_channel" if self.in_channels == 1 else 0, "space": "RAS",
-                "filename_or_obj": ""}
+        meta = {
+            "original_affine": affine.clone(),
+            "spatial_shape": np.asarray(volume.shape[:3]),
+            "original_channel_dim": "no_channel" if self.in_channels == 1 else 0,
+            "space": "RAS",
+            "filename_or_obj": "",
+        }
         return MetaTensor(array, affine=affine, meta=meta)
 
     def _scores(self, x, volume: Volume):
@@ -126,8 +157,11 @@ class BundlePredictor:
             pred = pred[0]
         pred = pred[0].float().cpu()
         if not bool(torch.isfinite(pred).all()):
-            raise MedsegError("the network's scores hold NaN/Inf values for this image, so no label can be trusted; "
-                              "the bundle's weights may be broken", path=volume.source or None)
+            raise MedsegError(
+                "the network's scores hold NaN/Inf values for this image, so no label can be trusted; "
+                "the bundle's weights may be broken",
+                path=volume.source or None,
+            )
         return pred
 
     def _postprocess(self, data: dict, pred, pre, keep_probabilities: bool):
@@ -168,13 +202,17 @@ class BundlePredictor:
         labels = np.asarray(torch.as_tensor(data[b.pred_key]).detach().cpu().numpy())
         if labels.ndim == 4:
             if labels.shape[0] != 1:
-                raise CheckpointError(f"the bundle's postprocessing leaves {labels.shape[0]} channels, not one label map",
-                                      path=b.folder)
+                raise CheckpointError(
+                    f"the bundle's postprocessing leaves {labels.shape[0]} channels, not one label map", path=b.folder
+                )
             labels = labels[0]
         labels = np.ascontiguousarray(np.rint(labels).astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
         if labels.shape != volume.shape:
-            raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape}: the bundle's "
-                                "postprocessing does not invert its preprocessing", path=volume.source)
+            raise GeometryError(
+                f"prediction shape {labels.shape} differs from the input's {volume.shape}: the bundle's "
+                "postprocessing does not invert its preprocessing",
+                path=volume.source,
+            )
         return labels
 
     def _probabilities_on_input(self, probs, data: dict, pre) -> np.ndarray:
@@ -186,7 +224,8 @@ class BundlePredictor:
         p, on_input = probs
         if not on_input:
             d = Invertd(keys=b.pred_key, transform=pre, orig_keys=b.image_key, nearest_interp=False)(
-                {b.image_key: data[b.image_key], b.pred_key: p})
+                {b.image_key: data[b.image_key], b.pred_key: p}
+            )
             p = d[b.pred_key]
         p = np.asarray(torch.as_tensor(p).float().cpu().numpy())
         return np.ascontiguousarray(np.moveaxis(p, 0, -1))
@@ -206,12 +245,20 @@ class BundlePredictor:
         data = pre({b.image_key: self._input(volume, channels)})
         del channels
         x = data[b.image_key]
-        if not isinstance(x, MetaTensor) or not x.applied_operations and any(s.name in _GEOMETRY_STEPS for s in b.preprocessing):
-            raise CheckpointError("the bundle's preprocessing drops the image's geometry (EnsureTyped with data_type "
-                                  "numpy or track_meta false), so its prediction cannot be put back on the input's grid",
-                                  path=b.config_file)
+        if (
+            not isinstance(x, MetaTensor)
+            or not x.applied_operations
+            and any(s.name in _GEOMETRY_STEPS for s in b.preprocessing)
+        ):
+            raise CheckpointError(
+                "the bundle's preprocessing drops the image's geometry (EnsureTyped with data_type "
+                "numpy or track_meta false), so its prediction cannot be put back on the input's grid",
+                path=b.config_file,
+            )
         if not bool(torch.isfinite(x).all()):
-            raise InputError("intensities overflow 32-bit floats after the bundle's preprocessing", path=volume.source or None)
+            raise InputError(
+                "intensities overflow 32-bit floats after the bundle's preprocessing", path=volume.source or None
+            )
         network_grid = [int(s) for s in x.shape[1:]]
         t1 = time.monotonic()
         pred = self._scores(x, volume)
@@ -220,25 +267,35 @@ class BundlePredictor:
         labels = self._label_map(data, volume)
         counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
         meta = {
-            "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
-            "seconds_windows": round(t_windows, 3), "network_grid": network_grid,
-            "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {lab.name: None for lab in self.labels.labels},
-            "voxels": counts, "findings": findings, "engine": "monai_bundle",
+            "seconds": round(time.monotonic() - t0, 3),
+            "seconds_read": round(t_read, 3),
+            "seconds_windows": round(t_windows, 3),
+            "network_grid": network_grid,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "confidence": {lab.name: None for lab in self.labels.labels},
+            "voxels": counts,
+            "findings": findings,
+            "engine": "monai_bundle",
         }
         if probs is not None:
             meta["probabilities"] = (self._probabilities_on_input(probs, data, pre), volume.affine.copy())
         return Volume(labels, volume.affine.copy(), volume.source, meta)
 
 
-def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
+def from_folder(
+    path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference
+):
     """The ``monai_bundle`` format's loader: the bundle's predictor, its options (``BundleOptions``) checked first."""
     if folds is not None or checkpoint != "final":
-        raise CheckpointError("folds/checkpoint choose nnU-Net weights; a MONAI bundle has one models/model.pt", path=Path(path))
+        raise CheckpointError(
+            "folds/checkpoint choose nnU-Net weights; a MONAI bundle has one models/model.pt", path=Path(path)
+        )
     options = BundleOptions.parse(inference)
     bundle = mb.load_bundle(path)
     if expected_labels is not None and not bundle.labels.same_structures(expected_labels):
-        raise CheckpointError(f"model segments {bundle.labels.names} but {expected_labels.names} was asked for",
-                              path=Path(path))
+        raise CheckpointError(
+            f"model segments {bundle.labels.names} but {expected_labels.names} was asked for", path=Path(path)
+        )
     return BundlePredictor(bundle, device=device, progress=progress, options=options)
 
 
@@ -246,5 +303,10 @@ def run_summary(path) -> dict:
     """What ``medseg run`` records of a bundle before any case runs: path, one hash over the config,
     metadata.json and model.pt, model name and labels (the bundle is read and checked, weights-only)."""
     bundle = mb.load_bundle(path)
-    return {"path": str(bundle.folder), "file_sha256": mb.bundle_sha256(bundle), "weights_sha256": None,
-            "model": {"name": f"monai_bundle:{bundle.network}"}, "labels": bundle.labels.to_dict()}
+    return {
+        "path": str(bundle.folder),
+        "file_sha256": mb.bundle_sha256(bundle),
+        "weights_sha256": None,
+        "model": {"name": f"monai_bundle:{bundle.network}"},
+        "labels": bundle.labels.to_dict(),
+    }

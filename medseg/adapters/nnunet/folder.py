@@ -62,12 +62,31 @@ _TRAINER_OK = re.compile(
     r")$"
 )
 _TORCH_CLASSES = {  # arch_kwargs entries nnU-Net would import by name -> the classes, from a fixed table
-    **{f"{p}{n}": ("torch.nn", n) for n in ("Conv1d", "Conv2d", "Conv3d") for p in ("torch.nn.modules.conv.", "torch.nn.")},
-    **{f"{p}{n}": ("torch.nn", n) for n in ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
-       for p in ("torch.nn.modules.instancenorm.", "torch.nn.")},
-    **{f"{p}{n}": ("torch.nn", n) for n in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d") for p in ("torch.nn.modules.batchnorm.", "torch.nn.")},
-    **{f"{p}{n}": ("torch.nn", n) for n in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d") for p in ("torch.nn.modules.dropout.", "torch.nn.")},
-    **{f"{p}{n}": ("torch.nn", n) for n in ("LeakyReLU", "ReLU", "PReLU", "GELU") for p in ("torch.nn.modules.activation.", "torch.nn.")},
+    **{
+        f"{p}{n}": ("torch.nn", n)
+        for n in ("Conv1d", "Conv2d", "Conv3d")
+        for p in ("torch.nn.modules.conv.", "torch.nn.")
+    },
+    **{
+        f"{p}{n}": ("torch.nn", n)
+        for n in ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+        for p in ("torch.nn.modules.instancenorm.", "torch.nn.")
+    },
+    **{
+        f"{p}{n}": ("torch.nn", n)
+        for n in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+        for p in ("torch.nn.modules.batchnorm.", "torch.nn.")
+    },
+    **{
+        f"{p}{n}": ("torch.nn", n)
+        for n in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")
+        for p in ("torch.nn.modules.dropout.", "torch.nn.")
+    },
+    **{
+        f"{p}{n}": ("torch.nn", n)
+        for n in ("LeakyReLU", "ReLU", "PReLU", "GELU")
+        for p in ("torch.nn.modules.activation.", "torch.nn.")
+    },
 }
 _INSTALL = "pip install dynamic-network-architectures  (or: pip install 'medseg[nnunet]')"
 
@@ -140,7 +159,9 @@ def configuration_dict(plans: dict, name: str, *, path=None) -> dict:
     while "inherits_from" in conf:
         parent = conf.pop("inherits_from")
         if parent in seen or parent not in confs:
-            raise CheckpointError(f"configuration {name!r} inherits from {parent!r}, which is missing or circular", path=path)
+            raise CheckpointError(
+                f"configuration {name!r} inherits from {parent!r}, which is missing or circular", path=path
+            )
         seen.add(parent)
         merged = copy.deepcopy(confs[parent])
         merged.update(conf)
@@ -148,8 +169,11 @@ def configuration_dict(plans: dict, name: str, *, path=None) -> dict:
     return conf
 
 
-_OLD_KEYS = {"conv_kernel_sizes": "kernel_sizes", "pool_op_kernel_sizes": "strides",
-             "n_conv_per_stage_encoder": "n_conv_per_stage"}
+_OLD_KEYS = {
+    "conv_kernel_sizes": "kernel_sizes",
+    "pool_op_kernel_sizes": "strides",
+    "n_conv_per_stage_encoder": "n_conv_per_stage",
+}
 
 
 def _old_plans_architecture(conf: dict, *, path=None, where: str = "") -> dict:
@@ -160,8 +184,13 @@ def _old_plans_architecture(conf: dict, *, path=None, where: str = "") -> dict:
     for key in ("UNet_base_num_features", "unet_max_num_features"):
         if not nb.whole(conf.get(key)) or not 1 <= conf[key] <= nb.MAX_FEATURES:
             _refuse(path, f"{where}{key}", conf.get(key), f"a whole number of features in 1..{nb.MAX_FEATURES}")
-    for key in ("n_conv_per_stage_encoder", "n_conv_per_stage_decoder", "conv_kernel_sizes", "pool_op_kernel_sizes",
-                "patch_size"):
+    for key in (
+        "n_conv_per_stage_encoder",
+        "n_conv_per_stage_decoder",
+        "conv_kernel_sizes",
+        "pool_op_kernel_sizes",
+        "patch_size",
+    ):
         if not isinstance(conf.get(key), list) or not conf[key]:
             _refuse(path, f"{where}{key}", conf.get(key), "a non-empty list")
     n = len(conf["n_conv_per_stage_encoder"])
@@ -170,7 +199,9 @@ def _old_plans_architecture(conf: dict, *, path=None, where: str = "") -> dict:
     dim = len(conf["patch_size"])
     kwargs = {
         "n_stages": n,
-        "features_per_stage": [min(conf["UNet_base_num_features"] * 2 ** i, conf["unet_max_num_features"]) for i in range(n)],
+        "features_per_stage": [
+            min(conf["UNet_base_num_features"] * 2**i, conf["unet_max_num_features"]) for i in range(n)
+        ],
         "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
         "kernel_sizes": conf["conv_kernel_sizes"],
         "strides": conf["pool_op_kernel_sizes"],
@@ -184,8 +215,11 @@ def _old_plans_architecture(conf: dict, *, path=None, where: str = "") -> dict:
         "nonlin": "torch.nn.LeakyReLU",
         "nonlin_kwargs": {"inplace": True},
     }
-    return {"network_class_name": f"{SUPPORTED_NETWORKS[cls]}.{cls}", "arch_kwargs": kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    return {
+        "network_class_name": f"{SUPPORTED_NETWORKS[cls]}.{cls}",
+        "arch_kwargs": kwargs,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
 
 
 # ------------------------------------------------------------------ the schema plans.json is checked against
@@ -197,12 +231,41 @@ KERNEL_SIZES = (1, 3, 5, 7)
 MAX_STRIDE = 4
 _CLASS_KEYS = ("conv_op", "norm_op", "dropout_op", "nonlin")
 _ARCH_KEYS = {
-    "PlainConvUNet": {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage",
-                      "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
-                      "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "nonlin_first"},
-    "ResidualEncoderUNet": {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_blocks_per_stage",
-                            "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
-                            "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "bottleneck_channels", "stem_channels"},
+    "PlainConvUNet": {
+        "n_stages",
+        "features_per_stage",
+        "conv_op",
+        "kernel_sizes",
+        "strides",
+        "n_conv_per_stage",
+        "n_conv_per_stage_decoder",
+        "conv_bias",
+        "norm_op",
+        "norm_op_kwargs",
+        "dropout_op",
+        "dropout_op_kwargs",
+        "nonlin",
+        "nonlin_kwargs",
+        "nonlin_first",
+    },
+    "ResidualEncoderUNet": {
+        "n_stages",
+        "features_per_stage",
+        "conv_op",
+        "kernel_sizes",
+        "strides",
+        "n_blocks_per_stage",
+        "n_conv_per_stage_decoder",
+        "conv_bias",
+        "norm_op",
+        "norm_op_kwargs",
+        "dropout_op",
+        "dropout_op_kwargs",
+        "nonlin",
+        "nonlin_kwargs",
+        "bottleneck_channels",
+        "stem_channels",
+    },
 }
 _REQUIRED = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder")
 
@@ -217,8 +280,12 @@ def _unit(v):
 
 #: Keyword arguments of the classes of the fixed table: name -> check of a plain value.
 _OP_KWARGS = {
-    "norm": {"eps": lambda v: nb.number(v) and 0 < v < 1, "momentum": lambda v: v is None or _unit(v),
-             "affine": _flag, "track_running_stats": _flag},
+    "norm": {
+        "eps": lambda v: nb.number(v) and 0 < v < 1,
+        "momentum": lambda v: v is None or _unit(v),
+        "affine": _flag,
+        "track_running_stats": _flag,
+    },
     "Dropout": {"p": _unit, "inplace": _flag},
     "LeakyReLU": {"negative_slope": lambda v: nb.number(v) and abs(v) <= 10, "inplace": _flag},
     "ReLU": {"inplace": _flag},
@@ -228,8 +295,11 @@ _OP_KWARGS = {
 
 
 def _refuse(path, key: str, value, expected: str):
-    raise CheckpointError(f"{key} = {nb.short(value)}: expected {expected}; medseg builds only networks within "
-                          "these bounds (as nnU-Net's planners write them): fix or re-plan this value", path=path)
+    raise CheckpointError(
+        f"{key} = {nb.short(value)}: expected {expected}; medseg builds only networks within "
+        "these bounds (as nnU-Net's planners write them): fix or re-plan this value",
+        path=path,
+    )
 
 
 def _class_name(value) -> str:
@@ -244,8 +314,11 @@ def _check_classes(short: str, kw: dict, path, key) -> tuple[int, str, int]:
     """The keywords, stage count and class names of arch_kwargs: (n_stages, conv class, spatial dimensions)."""
     unknown = sorted(set(kw) - _ARCH_KEYS[short])
     if unknown:
-        raise CheckpointError(f"{key(unknown[0])}: {short} takes no keyword {unknown[0]!r} (it takes "
-                              f"{', '.join(sorted(_ARCH_KEYS[short]))}): remove it or re-plan the model", path=path)
+        raise CheckpointError(
+            f"{key(unknown[0])}: {short} takes no keyword {unknown[0]!r} (it takes "
+            f"{', '.join(sorted(_ARCH_KEYS[short]))}): remove it or re-plan the model",
+            path=path,
+        )
     blocks = "n_conv_per_stage" if short == "PlainConvUNet" else "n_blocks_per_stage"
     for k in (*_REQUIRED, blocks):
         if k not in kw:
@@ -258,15 +331,20 @@ def _check_classes(short: str, kw: dict, path, key) -> tuple[int, str, int]:
         if v is None and k != "conv_op":
             continue
         if not isinstance(v, str) or v not in _TORCH_CLASSES:  # a list or dict here is no class name
-            raise CheckpointError(f"arch_kwargs.{k} = {nb.short(v)} is not a class medseg builds nnU-Net networks with "
-                                  "(torch convs, instance/batch norms, dropout, ReLU-family activations)", path=path)
+            raise CheckpointError(
+                f"arch_kwargs.{k} = {nb.short(v)} is not a class medseg builds nnU-Net networks with "
+                "(torch convs, instance/batch norms, dropout, ReLU-family activations)",
+                path=path,
+            )
     conv = _class_name(kw["conv_op"])
     if conv not in ("Conv2d", "Conv3d"):
         _refuse(path, key("conv_op"), kw["conv_op"], "a 2D or 3D convolution (torch.nn.Conv2d or Conv3d)")
     dims = int(conv[4])
-    for k, ok, what in (("norm_op", lambda c: "Norm" in c, "a normalisation class"),
-                        ("dropout_op", lambda c: c.startswith("Dropout"), "a dropout class"),
-                        ("nonlin", lambda c: c in _OP_KWARGS and c not in ("norm", "Dropout"), "an activation class")):
+    for k, ok, what in (
+        ("norm_op", lambda c: "Norm" in c, "a normalisation class"),
+        ("dropout_op", lambda c: c.startswith("Dropout"), "a dropout class"),
+        ("nonlin", lambda c: c in _OP_KWARGS and c not in ("norm", "Dropout"), "an activation class"),
+    ):
         c = _class_name(kw.get(k))
         if c and not ok(c):  # a convolution given as norm_op would build, and compute something else
             _refuse(path, key(k), kw[k], what)
@@ -299,20 +377,33 @@ def _check_stages(short: str, kw: dict, path, key, n: int, dims: int, patch, con
     def per_stage(k, count, ok, what, *, vector=False):
         return _per_stage(kw, path, key, n, dims, k, count, ok, what, vector=vector)
 
-    per_stage("features_per_stage", n, lambda x: 1 <= x <= nb.MAX_FEATURES, f"whole numbers of features in 1..{nb.MAX_FEATURES}")
+    per_stage(
+        "features_per_stage",
+        n,
+        lambda x: 1 <= x <= nb.MAX_FEATURES,
+        f"whole numbers of features in 1..{nb.MAX_FEATURES}",
+    )
     per_stage("kernel_sizes", n, lambda x: x in KERNEL_SIZES, f"odd kernel sizes {KERNEL_SIZES}", vector=True)
     strides = per_stage("strides", n, lambda x: 1 <= x <= MAX_STRIDE, f"strides in 1..{MAX_STRIDE}", vector=True)
     per_stage(blocks, n, lambda x: 1 <= x <= MAX_CONVS_PER_STAGE, f"whole numbers in 1..{MAX_CONVS_PER_STAGE}")
     if n > 1:
-        per_stage("n_conv_per_stage_decoder", n - 1, lambda x: 1 <= x <= MAX_CONVS_PER_STAGE,
-                  f"whole numbers in 1..{MAX_CONVS_PER_STAGE}")
+        per_stage(
+            "n_conv_per_stage_decoder",
+            n - 1,
+            lambda x: 1 <= x <= MAX_CONVS_PER_STAGE,
+            f"whole numbers in 1..{MAX_CONVS_PER_STAGE}",
+        )
     total = [math.prod(s[a] for s in strides) for a in range(dims)]
-    if any(p % t for p, t in zip(patch, total)):
+    if any(p % t for p, t in zip(patch, total, strict=False)):
         _refuse(path, f"{conf_where}patch_size", patch, f"multiples of the network's total stride {total} per axis")
     if short == "ResidualEncoderUNet":
         if kw.get("bottleneck_channels") is not None:
-            per_stage("bottleneck_channels", n, lambda x: 1 <= x <= nb.MAX_FEATURES,
-                      f"whole numbers of features in 1..{nb.MAX_FEATURES}")
+            per_stage(
+                "bottleneck_channels",
+                n,
+                lambda x: 1 <= x <= nb.MAX_FEATURES,
+                f"whole numbers of features in 1..{nb.MAX_FEATURES}",
+            )
         s = kw.get("stem_channels")
         if s is not None and not (nb.whole(s) and 1 <= s <= nb.MAX_FEATURES):
             _refuse(path, key("stem_channels"), s, f"a whole number of features in 1..{nb.MAX_FEATURES}")
@@ -323,26 +414,44 @@ def _check_op_kwargs(kw: dict, path, key) -> None:
     for k in ("conv_bias", "nonlin_first"):
         if k in kw and not isinstance(kw[k], bool):
             _refuse(path, key(k), kw[k], "true or false")
-    for op_key, kw_key in (("norm_op", "norm_op_kwargs"), ("dropout_op", "dropout_op_kwargs"), ("nonlin", "nonlin_kwargs")):
+    for op_key, kw_key in (
+        ("norm_op", "norm_op_kwargs"),
+        ("dropout_op", "dropout_op_kwargs"),
+        ("nonlin", "nonlin_kwargs"),
+    ):
         args = kw.get(kw_key)
         if args is None:
             continue
         if not isinstance(args, dict):
             _refuse(path, key(kw_key), args, "a mapping of keyword arguments (or null)")
         c = _class_name(kw.get(op_key))
-        table = _OP_KWARGS.get("norm" if "Norm" in c else "Dropout" if c.startswith("Dropout") else c, None) if c else {}
+        table = (
+            _OP_KWARGS.get("norm" if "Norm" in c else "Dropout" if c.startswith("Dropout") else c, None) if c else {}
+        )
         if table is None:  # e.g. a convolution given as norm_op: no keyword of it is one medseg passes on
             _refuse(path, key(op_key), kw.get(op_key), f"a {op_key.replace('_op', '')} class, not {c}")
         for name, value in args.items():
             if name not in table:
-                _refuse(path, key(kw_key, repr(name)), value,
-                        f"a keyword of {c or 'no class'} ({', '.join(table) or 'none: ' + op_key + ' is null'})")
+                _refuse(
+                    path,
+                    key(kw_key, repr(name)),
+                    value,
+                    f"a keyword of {c or 'no class'} ({', '.join(table) or 'none: ' + op_key + ' is null'})",
+                )
             if not table[name](value):
                 _refuse(path, key(kw_key, repr(name)), value, f"a plain value {c} accepts for {name}")
 
 
-def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: str = "architecture.arch_kwargs.",
-                       conf_where: str = "", names: dict | None = None) -> int:
+def check_architecture(
+    short: str,
+    kw: dict,
+    conf: dict,
+    *,
+    path=None,
+    where: str = "architecture.arch_kwargs.",
+    conf_where: str = "",
+    names: dict | None = None,
+) -> int:
     """Every arch_kwargs entry medseg passes on, and the configuration's patch and spacing, against bounds
     (``CheckpointError`` naming plans.json and the key); returns the number of spatial dimensions."""
     names = names or {}
@@ -362,10 +471,13 @@ def check_architecture(short: str, kw: dict, conf: dict, *, path=None, where: st
     return dims
 
 
-_RESAMPLING_KWARGS = {"is_seg": lambda v: v is False, "order": lambda v: nb.whole(v) and 0 <= v <= 5,
-                      "order_z": lambda v: nb.whole(v) and 0 <= v <= 5,
-                      "force_separate_z": lambda v: v is None or isinstance(v, bool),
-                      "separate_z_anisotropy_threshold": lambda v: nb.number(v) and v > 0}
+_RESAMPLING_KWARGS = {
+    "is_seg": lambda v: v is False,
+    "order": lambda v: nb.whole(v) and 0 <= v <= 5,
+    "order_z": lambda v: nb.whole(v) and 0 <= v <= 5,
+    "force_separate_z": lambda v: v is None or isinstance(v, bool),
+    "separate_z_anisotropy_threshold": lambda v: nb.number(v) and v > 0,
+}
 
 
 def check_configuration(conf: dict, plans: dict, in_channels: int, *, path=None, where: str = "") -> None:
@@ -383,8 +495,12 @@ def check_configuration(conf: dict, plans: dict, in_channels: int, *, path=None,
             _refuse(path, f"{where}{key}", kw, "a mapping of keyword arguments")
         for name, value in kw.items():
             if name not in _RESAMPLING_KWARGS or not _RESAMPLING_KWARGS[name](value):
-                _refuse(path, f"{where}{key}[{name!r}]", value,
-                        f"one of {', '.join(_RESAMPLING_KWARGS)} with a plain value (orders 0..5, is_seg false)")
+                _refuse(
+                    path,
+                    f"{where}{key}[{name!r}]",
+                    value,
+                    f"one of {', '.join(_RESAMPLING_KWARGS)} with a plain value (orders 0..5, is_seg false)",
+                )
     for key in ("transpose_forward", "transpose_backward"):
         t = plans.get(key, [0, 1, 2])
         if not isinstance(t, list) or sorted(t) != [0, 1, 2] or not all(nb.whole(a) for a in t):
@@ -404,15 +520,19 @@ def architecture(conf: dict, *, path=None, where: str = "") -> tuple[str, dict]:
     full = str(arch.get("network_class_name", ""))
     short = full.rsplit(".", 1)[-1]
     if short not in SUPPORTED_NETWORKS or not full.startswith("dynamic_network_architectures."):
-        raise CheckpointError(f"network class {full!r} is not supported; medseg runs nnU-Net's "
-                              f"{' and '.join(sorted(SUPPORTED_NETWORKS))} (dynamic_network_architectures)", path=path)
+        raise CheckpointError(
+            f"network class {full!r} is not supported; medseg runs nnU-Net's "
+            f"{' and '.join(sorted(SUPPORTED_NETWORKS))} (dynamic_network_architectures)",
+            path=path,
+        )
     raw = arch.get("arch_kwargs") or {}
     if not isinstance(raw, dict):
         _refuse(path, f"{where}architecture.arch_kwargs", raw, "a mapping of keyword arguments")
     kwargs = copy.deepcopy(dict(raw))
     if old:
-        check_architecture(short, kwargs, conf, path=path, where=where, conf_where=where,
-                           names={v: k for k, v in _OLD_KEYS.items()})
+        check_architecture(
+            short, kwargs, conf, path=path, where=where, conf_where=where, names={v: k for k, v in _OLD_KEYS.items()}
+        )
     else:
         check_architecture(short, kwargs, conf, path=path, where=f"{where}architecture.arch_kwargs.", conf_where=where)
     for key in _CLASS_KEYS:  # always from the fixed table (nnU-Net imports those in _kw_requires_import)
@@ -430,7 +550,9 @@ def build_network(class_name: str, kwargs: dict, in_channels: int, out_channels:
     try:
         from dynamic_network_architectures.architectures import unet
     except ImportError:
-        raise OptionalDependencyError(f"running nnU-Net models needs dynamic_network_architectures: {_INSTALL}") from None
+        raise OptionalDependencyError(
+            f"running nnU-Net models needs dynamic_network_architectures: {_INSTALL}"
+        ) from None
     if class_name not in SUPPORTED_NETWORKS:
         raise CheckpointError(f"network class {class_name!r} is not supported", path=path)
     cls = getattr(unet, class_name)
@@ -439,8 +561,11 @@ def build_network(class_name: str, kwargs: dict, in_channels: int, out_channels:
         return cls(input_channels=in_channels, num_classes=out_channels, deep_supervision=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError, IndexError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"plans.json describes a {class_name} that dynamic_network_architectures cannot build "
-                              f"({type(exc).__name__}: {first})", path=path) from None
+        raise CheckpointError(
+            f"plans.json describes a {class_name} that dynamic_network_architectures cannot build "
+            f"({type(exc).__name__}: {first})",
+            path=path,
+        ) from None
 
 
 def check_network_size(class_name: str, kwargs: dict, in_channels: int, out_channels: int, *, path=None) -> int | None:
@@ -451,16 +576,23 @@ def check_network_size(class_name: str, kwargs: dict, in_channels: int, out_chan
         return None  # the network is never built here: predicting says what to install
     cls = getattr(unet, class_name)
     try:
-        count = nb.meta_parameter_count(lambda: cls(input_channels=in_channels, num_classes=out_channels,
-                                                    deep_supervision=False, **kwargs))
+        count = nb.meta_parameter_count(
+            lambda: cls(input_channels=in_channels, num_classes=out_channels, deep_supervision=False, **kwargs)
+        )
     except (TypeError, ValueError, AssertionError, RuntimeError, IndexError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"plans.json describes a {class_name} that dynamic_network_architectures cannot build "
-                              f"({type(exc).__name__}: {first})", path=path) from None
+        raise CheckpointError(
+            f"plans.json describes a {class_name} that dynamic_network_architectures cannot build "
+            f"({type(exc).__name__}: {first})",
+            path=path,
+        ) from None
     limit = nb.max_parameters()
     if count is not None and count > limit:
-        raise CheckpointError(f"the network plans.json describes has {count:,} parameters, over the limit of "
-                              f"{limit:,} (MEDSEG_MAX_PARAMETERS): refused before allocating it", path=path)
+        raise CheckpointError(
+            f"the network plans.json describes has {count:,} parameters, over the limit of "
+            f"{limit:,} (MEDSEG_MAX_PARAMETERS): refused before allocating it",
+            path=path,
+        )
     return count
 
 
@@ -487,14 +619,18 @@ def labels_from_dataset(dataset: dict, *, path=None) -> NnunetLabels:
         names = {int(v[0] if isinstance(v, (list, tuple)) else v): k for k, v in entries}
         table = LabelTable(name, tuple(Label(i, names[i]) for i in values if i != 0))
         if values != list(range(len(values))):
-            raise CheckpointError(f"dataset.json labels {values} are not consecutive from 0, as nnU-Net requires", path=path)
+            raise CheckpointError(
+                f"dataset.json labels {values} are not consecutive from 0, as nnU-Net requires", path=path
+            )
         return NnunetLabels(table, heads=len(values), regions=False)
     fg = [(k, v) for k, v in entries if not (v == 0 or (isinstance(v, (list, tuple)) and set(v) == {0}))]
     order = dataset.get("regions_class_order")
     if not isinstance(order, list) or len(order) != len(fg):
-        raise CheckpointError(f"dataset.json: region-based labels need regions_class_order with {len(fg)} entries", path=path)
+        raise CheckpointError(
+            f"dataset.json: region-based labels need regions_class_order with {len(fg)} entries", path=path
+        )
     by_index: dict[int, str] = {}
-    for (k, _), idx in zip(fg, order):
+    for (k, _), idx in zip(fg, order, strict=False):
         by_index[int(idx)] = k  # a later region painted with the same index wins, as when painting
     table = LabelTable(name, tuple(Label(i, n) for i, n in sorted(by_index.items()) if i != 0))
     return NnunetLabels(table, heads=len(fg), regions=True, regions_class_order=tuple(int(i) for i in order))
@@ -504,7 +640,7 @@ def discover_folds(folder: Path, checkpoint: str) -> list[str]:
     """The numbered folds holding ``checkpoint`` (nnU-Net's ``auto_detect_available_folds``); ``fold_all``
     only when there is no numbered one (nnU-Net needs it named explicitly: a model trained on every case
     is not averaged with the cross-validation folds)."""
-    found = [d.name[len("fold_"):] for d in folder.glob("fold_*") if (d / checkpoint).is_file()]
+    found = [d.name[len("fold_") :] for d in folder.glob("fold_*") if (d / checkpoint).is_file()]
     numbered = sorted((f for f in found if f.isdigit()), key=int)
     return numbered or (["all"] if "all" in found else [])
 
@@ -531,14 +667,22 @@ class NnunetModel:
     def networks(self):
         """One network per fold with its weights, in eval mode."""
         nets = []
-        for fold, state in zip(self.folds, self.weights):
-            net = build_network(self.network_class, self.network_kwargs, self.in_channels, self.labels.heads,
-                                path=self.folder / "plans.json")
+        for fold, state in zip(self.folds, self.weights, strict=False):
+            net = build_network(
+                self.network_class,
+                self.network_kwargs,
+                self.in_channels,
+                self.labels.heads,
+                path=self.folder / "plans.json",
+            )
             try:
                 net.load_state_dict(state)
             except RuntimeError as exc:
-                raise CheckpointError(f"weights of fold {fold} do not fit the network plans.json describes: "
-                                      f"{str(exc).splitlines()[0][:200]}", path=self.folder) from None
+                raise CheckpointError(
+                    f"weights of fold {fold} do not fit the network plans.json describes: "
+                    f"{str(exc).splitlines()[0][:200]}",
+                    path=self.folder,
+                ) from None
             nets.append(net.eval())
         return nets
 
@@ -548,7 +692,9 @@ def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> Nnunet
     default every ``fold_*`` holding the checkpoint; ``checkpoint``: "final" or "best")."""
     folder = Path(path)
     if not is_nnunet_folder(folder):
-        raise CheckpointError("not an nnU-Net trained-model folder (expected plans.json, dataset.json and fold_N/)", path=folder)
+        raise CheckpointError(
+            "not an nnU-Net trained-model folder (expected plans.json, dataset.json and fold_N/)", path=folder
+        )
     if checkpoint not in CHECKPOINT_NAMES:
         raise CheckpointError(f"checkpoint {checkpoint!r}: expected one of {sorted(CHECKPOINT_NAMES)}", path=folder)
     ck_name = CHECKPOINT_NAMES[checkpoint]
@@ -563,41 +709,68 @@ def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> Nnunet
     first = ckpts[0]
     trainer = str(first.get("trainer_name", ""))
     config_name = first["init_args"]["configuration"]
-    for f, c in zip(fold_names[1:], ckpts[1:]):
+    for f, c in zip(fold_names[1:], ckpts[1:], strict=False):
         if c.get("trainer_name") != trainer or c["init_args"].get("configuration") != config_name:
-            raise CheckpointError(f"fold {f} was trained with another trainer or configuration than fold {fold_names[0]}", path=folder)
+            raise CheckpointError(
+                f"fold {f} was trained with another trainer or configuration than fold {fold_names[0]}", path=folder
+            )
     if not _TRAINER_OK.match(trainer):
-        raise CheckpointError(f"trainer {trainer!r} is not supported: it may build another network than plans.json "
-                              "describes; medseg runs nnUNetTrainer and its variants that change training only", path=folder)
+        raise CheckpointError(
+            f"trainer {trainer!r} is not supported: it may build another network than plans.json "
+            "describes; medseg runs nnUNetTrainer and its variants that change training only",
+            path=folder,
+        )
     conf = configuration_dict(plans, config_name, path=folder / "plans.json")
     if conf.get("previous_stage") or "cascade" in config_name:
-        raise CheckpointError(f"configuration {config_name!r} is a cascade stage (needs the previous stage's "
-                              "segmentation); medseg does not run nnU-Net cascades", path=folder)
+        raise CheckpointError(
+            f"configuration {config_name!r} is a cascade stage (needs the previous stage's "
+            "segmentation); medseg does not run nnU-Net cascades",
+            path=folder,
+        )
     reader = plans.get("image_reader_writer")
     if reader not in SUPPORTED_READERS or dataset.get("overwrite_image_reader_writer") not in SUPPORTED_READERS:
-        raise CheckpointError(f"image reader {dataset.get('overwrite_image_reader_writer') or reader!r} is not "
-                              "supported (medseg follows SimpleITKIO and NibabelIO)", path=folder)
+        raise CheckpointError(
+            f"image reader {dataset.get('overwrite_image_reader_writer') or reader!r} is not "
+            "supported (medseg follows SimpleITKIO and NibabelIO)",
+            path=folder,
+        )
     if plans.get("label_manager", "LabelManager") != "LabelManager":
         raise CheckpointError(f"label manager {plans['label_manager']!r} is not supported", path=folder)
     for key in ("resampling_fn_data", "resampling_fn_probabilities"):
         if conf.get(key) != SUPPORTED_RESAMPLING:
-            raise CheckpointError(f"{key} {conf.get(key)!r} is not supported (medseg follows {SUPPORTED_RESAMPLING})", path=folder)
+            raise CheckpointError(
+                f"{key} {conf.get(key)!r} is not supported (medseg follows {SUPPORTED_RESAMPLING})", path=folder
+            )
     schemes = conf.get("normalization_schemes") or []
     bad = [s for s in schemes if s not in SUPPORTED_NORMALIZATION]
     if bad:
-        raise CheckpointError(f"normalization {bad} is not supported (medseg follows {list(SUPPORTED_NORMALIZATION)})", path=folder)
+        raise CheckpointError(
+            f"normalization {bad} is not supported (medseg follows {list(SUPPORTED_NORMALIZATION)})", path=folder
+        )
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     in_channels = len(channels)
     if in_channels < 1 or len(schemes) != in_channels:
-        raise CheckpointError(f"dataset.json names {in_channels} channel(s) but plans.json normalises {len(schemes)}", path=folder)
+        raise CheckpointError(
+            f"dataset.json names {in_channels} channel(s) but plans.json normalises {len(schemes)}", path=folder
+        )
     labels = labels_from_dataset(dataset, path=folder / "dataset.json")
     cls, kwargs = architecture(conf, path=folder / "plans.json", where=f"configurations.{config_name}.")
     check_configuration(conf, plans, in_channels, path=folder / "plans.json", where=f"configurations.{config_name}.")
     check_network_size(cls, kwargs, in_channels, labels.heads, path=folder / "plans.json")
     mirror = first.get("inference_allowed_mirroring_axes")
     return NnunetModel(
-        folder=folder, configuration=config_name, conf=conf, plans=plans, dataset=dataset, trainer=trainer,
-        folds=fold_names, checkpoint=ck_name, labels=labels, in_channels=in_channels, network_class=cls,
-        network_kwargs=kwargs, mirror_axes=tuple(int(a) for a in mirror) if mirror is not None else None,
+        folder=folder,
+        configuration=config_name,
+        conf=conf,
+        plans=plans,
+        dataset=dataset,
+        trainer=trainer,
+        folds=fold_names,
+        checkpoint=ck_name,
+        labels=labels,
+        in_channels=in_channels,
+        network_class=cls,
+        network_kwargs=kwargs,
+        mirror_axes=tuple(int(a) for a in mirror) if mirror is not None else None,
         weights=[c["network_weights"] for c in ckpts],
     )

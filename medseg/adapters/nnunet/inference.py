@@ -39,8 +39,9 @@ def _resize(image: np.ndarray, shape, order: int, output=None) -> np.ndarray:
     from scipy import ndimage as ndi
 
     factors = np.divide(image.shape, shape)
-    out = ndi.zoom(image, [1 / f for f in factors], output=output, order=order, mode="nearest", cval=0.0,
-                   grid_mode=True)
+    out = ndi.zoom(
+        image, [1 / f for f in factors], output=output, order=order, mode="nearest", cval=0.0, grid_mode=True
+    )
     if order > 0:
         np.clip(out, image.min(), image.max(), out=out)
     return out
@@ -52,6 +53,7 @@ def _lowres_axis(spacing):
 
 def separate_z(force_separate_z, current_spacing, new_spacing, threshold=ANISO_THRESHOLD):
     """``determine_do_sep_z_and_axis``: whether (and along which axis) to resample separately."""
+
     def aniso(sp):
         return (np.max(sp) / np.min(sp)) > threshold
 
@@ -70,8 +72,18 @@ def separate_z(force_separate_z, current_spacing, new_spacing, threshold=ANISO_T
     return do, axis
 
 
-def resample(data: np.ndarray, new_shape, current_spacing, new_spacing, *, order: int = 3, order_z: int = 0,
-             force_separate_z=False, separate_z_anisotropy_threshold=ANISO_THRESHOLD, is_seg: bool = False):
+def resample(
+    data: np.ndarray,
+    new_shape,
+    current_spacing,
+    new_spacing,
+    *,
+    order: int = 3,
+    order_z: int = 0,
+    force_separate_z=False,
+    separate_z_anisotropy_threshold=ANISO_THRESHOLD,
+    is_seg: bool = False,
+):
     """``resample_data_or_seg_to_shape`` -> ``resample_data_or_seg`` (data, not segmentations): output
     in the input's dtype (float16 logits stay float16), computed in float64."""
     if is_seg:
@@ -102,9 +114,9 @@ def resample(data: np.ndarray, new_shape, current_spacing, new_spacing, *, order
         if shape[axis] != new_shape[axis]:
             from scipy.ndimage import map_coordinates
 
-            scale = [float(o) / n for o, n in zip(here.shape, new_shape)]
-            grid = np.mgrid[:new_shape[0], :new_shape[1], :new_shape[2]].astype(float)
-            coords = np.array([s * (g + 0.5) - 0.5 for s, g in zip(scale, grid)])
+            scale = [float(o) / n for o, n in zip(here.shape, new_shape, strict=False)]
+            grid = np.mgrid[: new_shape[0], : new_shape[1], : new_shape[2]].astype(float)
+            coords = np.array([s * (g + 0.5) - 0.5 for s, g in zip(scale, grid, strict=False)])
             out[c] = map_coordinates(here, coords, order=order_z, mode="nearest")
         else:
             out[c] = here
@@ -112,7 +124,7 @@ def resample(data: np.ndarray, new_shape, current_spacing, new_spacing, *, order
 
 
 def compute_new_shape(old_shape, old_spacing, new_spacing):
-    return np.array([int(round(i / j * k)) for i, j, k in zip(old_spacing, new_spacing, old_shape)])
+    return np.array([int(round(i / j * k)) for i, j, k in zip(old_spacing, new_spacing, old_shape, strict=False)])
 
 
 # ---------------------------------------------------------------- cropping (preprocessing/cropping/cropping.py)
@@ -162,7 +174,9 @@ def normalize_channel(image: np.ndarray, scheme: str, use_mask: bool, props: dic
 
 
 # ---------------------------------------------------------------- the whole preprocessing (DefaultPreprocessor.run_case_npy)
-def preprocess(data: np.ndarray, spacing, model, *, fill_holes: bool = True, inplace: bool = False) -> tuple[np.ndarray, dict]:
+def preprocess(
+    data: np.ndarray, spacing, model, *, fill_holes: bool = True, inplace: bool = False
+) -> tuple[np.ndarray, dict]:
     """``data``: ``(C, ...)`` in nnU-Net's reader order, ``spacing`` likewise. Returns the network input
     and the properties export needs. ``fill_holes=False`` (medseg's fast path) skips filling the holes of the
     non-zero mask where no channel normalises within it: same crop, same result, less time. ``inplace``: a
@@ -184,16 +198,26 @@ def preprocess(data: np.ndarray, spacing, model, *, fill_holes: bool = True, inp
     new_shape = compute_new_shape(data.shape[1:], original_spacing, target)
     props_all = plans.get("foreground_intensity_properties_per_channel", {})
     for c in range(data.shape[0]):
-        data[c] = normalize_channel(data[c], conf["normalization_schemes"][c], bool(conf["use_mask_for_norm"][c]),
-                                    props_all.get(str(c), {}), mask)
+        data[c] = normalize_channel(
+            data[c],
+            conf["normalization_schemes"][c],
+            bool(conf["use_mask_for_norm"][c]),
+            props_all.get(str(c), {}),
+            mask,
+        )
     data = resample(data, new_shape, original_spacing, target, **conf.get("resampling_fn_data_kwargs", {}))
-    props = {"spacing": list(spacing), "shape_before_cropping": shape_before, "bbox": bbox,
-             "shape_after_cropping": tuple(int(s) for s in mask.shape), "network_spacing": target}
+    props = {
+        "spacing": list(spacing),
+        "shape_before_cropping": shape_before,
+        "bbox": bbox,
+        "shape_after_cropping": tuple(int(s) for s in mask.shape),
+        "network_spacing": target,
+    }
     return data.astype(np.float32, copy=False), props
 
 
 # ---------------------------------------------------------------- sliding window (inference/sliding_window_prediction.py, predict_from_raw_data.py)
-def gaussian(tile, sigma_scale=1. / 8, value_scaling_factor=10):
+def gaussian(tile, sigma_scale=1.0 / 8, value_scaling_factor=10):
     """``compute_gaussian`` in float16 (nnU-Net's default dtype)."""
     import torch
     from scipy.ndimage import gaussian_filter
@@ -201,7 +225,7 @@ def gaussian(tile, sigma_scale=1. / 8, value_scaling_factor=10):
     tmp = np.zeros(tile)
     tmp[tuple(i // 2 for i in tile)] = 1
     g = gaussian_filter(tmp, [i * sigma_scale for i in tile], 0, mode="constant", cval=0)
-    g /= (np.max(g) / value_scaling_factor)
+    g /= np.max(g) / value_scaling_factor
     g = torch.from_numpy(g).to(dtype=torch.float16)
     zero = g == 0
     g[zero] = torch.min(g[~zero])
@@ -210,7 +234,7 @@ def gaussian(tile, sigma_scale=1. / 8, value_scaling_factor=10):
 
 def steps_for(image_size, tile, step=0.5):
     steps = []
-    for i, k in zip(image_size, tile):
+    for i, k in zip(image_size, tile, strict=False):
         n = int(np.ceil((i - k) / (k * step))) + 1
         actual = (i - k) / (n - 1) if n > 1 else 99999999999
         steps.append([int(np.round(actual * j)) for j in range(n)])
@@ -221,14 +245,14 @@ def pad_to(x, shape):
     """``pad_nd_image(x, patch, 'constant', value 0)``: content centred, the odd voxel above. Returns (padded, slicer)."""
     import torch.nn.functional as F
 
-    old = x.shape[-len(shape):]
-    new = [max(s, o) for s, o in zip(shape, old)]
-    below = [(n - o) // 2 for n, o in zip(new, old)]
-    above = [(n - o) // 2 + (n - o) % 2 for n, o in zip(new, old)]
+    old = x.shape[-len(shape) :]
+    new = [max(s, o) for s, o in zip(shape, old, strict=False)]
+    below = [(n - o) // 2 for n, o in zip(new, old, strict=False)]
+    above = [(n - o) // 2 + (n - o) % 2 for n, o in zip(new, old, strict=False)]
     # one slice per axis after the channels (a 2D patch on a 3D image leaves the slice axis whole)
-    slicer = (slice(None),) * (x.ndim - 1 - len(shape)) + tuple(slice(b, b + o) for b, o in zip(below, old))
+    slicer = (slice(None),) * (x.ndim - 1 - len(shape)) + tuple(slice(b, b + o) for b, o in zip(below, old, strict=False))
     if any(below) or any(above):
-        pad = [v for b, a in zip(reversed(below), reversed(above)) for v in (b, a)]
+        pad = [v for b, a in zip(reversed(below), reversed(above), strict=False) for v in (b, a)]
         x = F.pad(x, pad, "constant", 0)
     return x, slicer
 
@@ -236,10 +260,14 @@ def pad_to(x, shape):
 def _slicers(image_size, patch, step=0.5):
     if len(patch) < len(image_size):  # 2D network on a 3D image: slice by slice along the first axis
         steps = steps_for(image_size[1:], patch, step)
-        return [(slice(None), d, *[slice(s, s + t) for s, t in zip((sx, sy), patch)])
-                for d in range(image_size[0]) for sx in steps[0] for sy in steps[1]]
+        return [
+            (slice(None), d, *[slice(s, s + t) for s, t in zip((sx, sy), patch, strict=False)])
+            for d in range(image_size[0])
+            for sx in steps[0]
+            for sy in steps[1]
+        ]
     steps = steps_for(image_size, patch, step)
-    return [(slice(None), *[slice(s, s + t) for s, t in zip(c, patch)]) for c in itertools.product(*steps)]
+    return [(slice(None), *[slice(s, s + t) for s, t in zip(c, patch, strict=False)]) for c in itertools.product(*steps)]
 
 
 def mirror_combinations(mirror_axes, mirror=True) -> list[tuple]:
@@ -260,7 +288,6 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
     ``cast_weights``: the network's weights are already in ``amp_dtype``; the input is cast to it (no autocast)."""
     import torch
 
-
     def run(t):
         t = to_layout(t, channels_last)
         if amp_dtype is None:
@@ -279,7 +306,7 @@ def _mirror_predict(net, x, mirror_axes, mirror=True, amp_dtype=None, channels_l
     for ax in combos:
         pred += torch.flip(run(torch.flip(x, ax)), ax)
     if combos:
-        pred /= (len(combos) + 1)
+        pred /= len(combos) + 1
     return pred
 
 
@@ -320,7 +347,7 @@ class _Windows:
             return
         tiles = torch.cat([t for _, t, _ in self.pending]).to(self.device)
         preds = self.run(tiles)
-        for (sl, _, key), p in zip(self.pending, preds):
+        for (sl, _, key), p in zip(self.pending, preds, strict=False):
             if key is not None:
                 self.cache[key] = p.clone()
             self.add(sl, p)
@@ -378,10 +405,27 @@ class _Windows:
             stats["windows_skipped"] = stats.get("windows_skipped", 0) + self.n_skipped
 
 
-def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5, device="cpu", progress=None,
-                          mirror=True, batch: int = 1, amp_dtype=None, logits_dtype=None, skip_constant: bool = False,
-                          air_below: float | None = None, background=None, stats: dict | None = None,
-                          channels_last: bool = False, cast_weights: bool = False):
+def sliding_window_logits(
+    net,
+    data,
+    patch,
+    heads: int,
+    mirror_axes,
+    *,
+    step=0.5,
+    device="cpu",
+    progress=None,
+    mirror=True,
+    batch: int = 1,
+    amp_dtype=None,
+    logits_dtype=None,
+    skip_constant: bool = False,
+    air_below: float | None = None,
+    background=None,
+    stats: dict | None = None,
+    channels_last: bool = False,
+    cast_weights: bool = False,
+):
     """``predict_sliding_window_return_logits``: the logits of one network on ``(C, ...)`` data (float16 by default).
 
     The defaults are nnU-Net's steps. medseg's faster paths (each off by default):
@@ -407,8 +451,15 @@ def sliding_window_logits(net, data, patch, heads: int, mirror_axes, *, step=0.5
     with torch.inference_mode():
         x, revert = pad_to(data, patch)
         slicers = _slicers(x.shape[1:], patch, step)
-        windows = _Windows(lambda tiles: _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last, cast_weights),
-                           x.shape[1:], heads, patch, acc_dtype, batch=batch, device=device)
+        windows = _Windows(
+            lambda tiles: _mirror_predict(net, tiles, mirror_axes, mirror, amp_dtype, channels_last, cast_weights),
+            x.shape[1:],
+            heads,
+            patch,
+            acc_dtype,
+            batch=batch,
+            device=device,
+        )
         if hasattr(net, "expect_calls"):  # compile="auto" weighs the passes to come (at most: windows may be skipped)
             net.expect_calls(-(-len(slicers) // batch) * (1 + len(mirror_combinations(mirror_axes, mirror))))
         for n, sl in enumerate(slicers):
@@ -520,7 +571,9 @@ def compiled(net, *, when="always"):
 
                     logging.getLogger("medseg").warning(
                         "torch.compile failed (%s); the network runs uncompiled (slower, same labels). Install a C++ "
-                        "compiler (g++) or set the 'compile' option to false", self.failed)
+                        "compiler (g++) or set the 'compile' option to false",
+                        self.failed,
+                    )
             t0 = time.perf_counter()
             out = self.net(x)
             dt = time.perf_counter() - t0
@@ -553,12 +606,20 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
             if fast.get("cast_weights") and fast.get("amp_dtype") is not None:
                 net = in_dtype(net, fast["amp_dtype"])
             if fast.get("channels_last"):  # in place (NnunetPredictor passes its own laid-out copies: a no-op)
-
                 net = channels_last_network(net)
             if compile_net and not hasattr(net, "failed"):  # NnunetPredictor passes them compiled already
                 net = compiled(net, when=compile_net)
-            p = sliding_window_logits(net, x, list(model.conf["patch_size"]), model.labels.heads, axes, step=step,
-                                      device=device, mirror=mirror, **fast)
+            p = sliding_window_logits(
+                net,
+                x,
+                list(model.conf["patch_size"]),
+                model.labels.heads,
+                axes,
+                step=step,
+                device=device,
+                mirror=mirror,
+                **fast,
+            )
             total = p if total is None else total.__iadd__(p)
         if len(nets) > 1:
             total /= len(nets)
@@ -576,8 +637,13 @@ def export(logits, props: dict, model, *, probabilities: bool = False):
     tb = plans.get("transpose_backward", [0, 1, 2])
     spacing_t = [props["spacing"][i] for i in tf]
     current = props["network_spacing"]
-    resampled = resample(logits.numpy() if hasattr(logits, "numpy") else logits, props["shape_after_cropping"], current,
-                         spacing_t, **conf.get("resampling_fn_probabilities_kwargs", {}))
+    resampled = resample(
+        logits.numpy() if hasattr(logits, "numpy") else logits,
+        props["shape_after_cropping"],
+        current,
+        spacing_t,
+        **conf.get("resampling_fn_probabilities_kwargs", {}),
+    )
     lab = model.labels
     t = torch.from_numpy(np.asarray(resampled))
     probs = None
@@ -594,7 +660,7 @@ def export(logits, props: dict, model, *, probabilities: bool = False):
         r = np.asarray(resampled)
         seg = np.empty(r.shape[1:], dtype=dtype)
         for k in range(0, r.shape[1], 16):
-            seg[k:k + 16] = first_argmax(r[:, k:k + 16]).numpy()
+            seg[k : k + 16] = first_argmax(r[:, k : k + 16]).numpy()
     full = np.zeros(props["shape_before_cropping"], dtype=dtype)
     sl = tuple(slice(a, b) for a, b in props["bbox"])
     full[sl] = seg
@@ -631,7 +697,6 @@ def _decide(scores, lab):
     is logit > 0)."""
     import torch
 
-
     if not lab.regions:
         return first_argmax(scores)
     out = torch.zeros(scores.shape[1:], dtype=torch.long)
@@ -666,7 +731,7 @@ def _decide_slabs(seg, undecided, scores, axes, lab) -> None:
     along_z = torch.lerp(scores.index_select(3, c0), scores.index_select(3, c1), wc[None, None, None, :])
     wb_ = wb[None, None, :, None]
     for s in range(0, X, k):
-        if not bool(rows[s:s + k].any()):
+        if not bool(rows[s : s + k].any()):
             continue
         e = min(X, s + k)
         t = torch.lerp(along_z.index_select(1, a0[s:e]), along_z.index_select(1, a1[s:e]), wa[s:e][None, :, None, None])
@@ -697,17 +762,20 @@ def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20, dense_share
     scores = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
     in_shape = tuple(scores.shape[1:])
     out_shape = tuple(int(s) for s in props["shape_after_cropping"])
-    do_sep, axis = separate_z(kw.get("force_separate_z"), current, spacing_t,
-                              kw.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD))
+    do_sep, axis = separate_z(
+        kw.get("force_separate_z"), current, spacing_t, kw.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD)
+    )
     lab = model.labels
-    axes = [_linear_axis(i, o, nearest=bool(do_sep and a == axis and kw.get("order_z", 0) == 0))
-            for a, (i, o) in enumerate(zip(in_shape, out_shape))]
+    axes = [
+        _linear_axis(i, o, nearest=bool(do_sep and a == axis and kw.get("order_z", 0) == 0))
+        for a, (i, o) in enumerate(zip(in_shape, out_shape, strict=False))
+    ]
     coarse = _decide(scores.reshape(scores.shape[0], -1), lab).reshape(in_shape)
     small = lab.table.num_classes < 255
     dtype, mixed = (torch.uint8, 255) if small else (torch.int32, -1)
     coarse = coarse.to(dtype)
     lo = hi = coarse
-    for a, (i0, i1, w) in enumerate(axes):
+    for a, (_i0, _i1, w) in enumerate(axes):
         if bool((w > 0).any()) and coarse.shape[a] > 1:
             nxt_lo = torch.cat([lo.narrow(a, 1, lo.shape[a] - 1), lo.narrow(a, lo.shape[a] - 1, 1)], dim=a)
             nxt_hi = torch.cat([hi.narrow(a, 1, hi.shape[a] - 1), hi.narrow(a, hi.shape[a] - 1, 1)], dim=a)
@@ -724,7 +792,7 @@ def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20, dense_share
         undecided[:] = False
     where = undecided.nonzero().squeeze(1)
     for s in range(0, where.numel(), chunk):
-        idx = where[s:s + chunk]
+        idx = where[s : s + chunk]
         iz, rest = idx % Z, idx // Z
         iy, ix = rest % Y, rest // Y
         acc = torch.zeros((sc.shape[0], idx.numel()), dtype=torch.float32)

@@ -32,9 +32,22 @@ from medseg.provenance import file_sha256, peak_rss_mb, release_freed_memory
 #: Options that apply to nnU-Net models: ``overlap`` is ``1 - tile_step_size`` (nnU-Net: 0.5), ``mirror``
 #: switches the checkpoint's mirroring off, ``nonfinite`` as for medseg checkpoints; then medseg's faster
 #: paths (``NNUNET_FAITHFUL`` holds each one's default: nnU-Net's own step).
-NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_size", "skip_background", "air_hu",
-                  "export", "logits_dtype", "label_chunk", "channels_last", "cast",
-                  "compile")
+NNUNET_OPTIONS = (
+    "overlap",
+    "mirror",
+    "nonfinite",
+    "preset",
+    "amp",
+    "sw_batch_size",
+    "skip_background",
+    "air_hu",
+    "export",
+    "logits_dtype",
+    "label_chunk",
+    "channels_last",
+    "cast",
+    "compile",
+)
 
 #: nnU-Net's own inference, step for step (the default).
 #:
@@ -60,9 +73,18 @@ NNUNET_OPTIONS = ("overlap", "mirror", "nonfinite", "preset", "amp", "sw_batch_s
 #: Faithful compiles heavy networks (``"auto"``) in nnU-Net's own precision: the same operations in another order
 #: and fused, as another thread count or CPU would run them (full-width 32..320 window, float32: logits within
 #: 5e-6 of eager, identical argmax; 1.46 s against 3.04 s per pass). ``compile: false`` runs them eagerly.
-NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_background": False, "air_hu": -500.0,
-                   "export": "nnunet", "logits_dtype": "float16", "channels_last": False, "cast": "autocast",
-                   "compile": "auto"}
+NNUNET_FAITHFUL = {
+    "amp": "nnunet",
+    "sw_batch_size": 1,
+    "mirror": True,
+    "skip_background": False,
+    "air_hu": -500.0,
+    "export": "nnunet",
+    "logits_dtype": "float16",
+    "channels_last": False,
+    "cast": "autocast",
+    "compile": "auto",
+}
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
 #: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
 #: with nnUNetPredictor (the full-width 32..320 network trained: 0.9974 at 6.5x, benchmarks/results/
@@ -74,15 +96,29 @@ NNUNET_FAITHFUL = {"amp": "nnunet", "sw_batch_size": 1, "mirror": True, "skip_ba
 #: saved only 0.03 s a pass for 17 s of compile (the narrow network: 0.041 s eager, 0.034 s compiled, 12 s of
 #: compile), so eager is faster on one case and ``compile: true`` pays only over several cases of a batch
 #: (benchmarks/results/2026-12-01_channels_last_norm.txt). Options given next to the preset override it.
-NNUNET_FAST = {"amp": "auto", "sw_batch_size": 1, "mirror": True, "skip_background": True, "air_hu": -500.0,
-               "export": "labels", "logits_dtype": "float32", "channels_last": True, "cast": "weights",
-               "compile": False}
+NNUNET_FAST = {
+    "amp": "auto",
+    "sw_batch_size": 1,
+    "mirror": True,
+    "skip_background": True,
+    "air_hu": -500.0,
+    "export": "labels",
+    "logits_dtype": "float32",
+    "channels_last": True,
+    "cast": "weights",
+    "compile": False,
+}
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
 
-_CHOICES = {"amp": ("nnunet", "off", "bf16", "fp16", "auto"), "mirror": (True, False, "single"),
-            "export": ("nnunet", "labels"), "logits_dtype": ("float16", "float32"), "cast": ("autocast", "weights"),
-            "compile": (True, False, "auto")}
+_CHOICES = {
+    "amp": ("nnunet", "off", "bf16", "fp16", "auto"),
+    "mirror": (True, False, "single"),
+    "export": ("nnunet", "labels"),
+    "logits_dtype": ("float16", "float32"),
+    "cast": ("autocast", "weights"),
+    "compile": (True, False, "auto"),
+}
 
 
 @dataclass(frozen=True)
@@ -107,15 +143,22 @@ class NnunetOptions:
     compile: Any = "auto"
 
     @classmethod
-    def parse(cls, overrides: Mapping[str, Any] | None = None, *, model_kind: str = "nnU-Net models",
-              follows: str = "nnU-Net's own inference") -> "NnunetOptions":
+    def parse(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        model_kind: str = "nnU-Net models",
+        follows: str = "nnU-Net's own inference",
+    ) -> "NnunetOptions":
         """The settings for ``overrides`` (a preset, then single options), checked; an unknown key names
         ``model_kind`` and whose inference medseg ``follows`` for it."""
         overrides = dict(overrides or {})
         unknown = set(overrides) - set(NNUNET_OPTIONS)
         if unknown:
-            raise ConfigError(f"option(s) {sorted(unknown)} do not apply to {model_kind} (medseg follows {follows} "
-                              f"for them); accepted: {list(NNUNET_OPTIONS)}")
+            raise ConfigError(
+                f"option(s) {sorted(unknown)} do not apply to {model_kind} (medseg follows {follows} "
+                f"for them); accepted: {list(NNUNET_OPTIONS)}"
+            )
         preset = overrides.get("preset", "faithful")
         if preset not in NNUNET_PRESETS:
             raise ConfigError(f"preset={preset!r}: expected one of {list(NNUNET_PRESETS)}")
@@ -170,22 +213,38 @@ class NnunetPredictor:
         self.in_channels = model.in_channels
         self.progress = progress
         self.inference = {**default_inference(), **options.as_dict()}
-        self.inference.update({"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "tta_flips": [],
-                               "engine": "nnunet"})
-        self.preprocessing = {"intensity": "nnunet", "spacing": list(model.conf["spacing"]),
-                              "normalization_schemes": list(model.conf["normalization_schemes"]),
-                              "configuration": model.configuration}
+        self.inference.update(
+            {"roi_size": list(model.conf["patch_size"]), "blend": "gaussian", "tta_flips": [], "engine": "nnunet"}
+        )
+        self.preprocessing = {
+            "intensity": "nnunet",
+            "spacing": list(model.conf["spacing"]),
+            "normalization_schemes": list(model.conf["normalization_schemes"]),
+            "configuration": model.configuration,
+        }
         self.provenance = {
-            "model_path": str(model.folder), "model_sha256": folder_sha256(model), "weights_sha256": None,
-            "model_name": f"nnunet:{model.network_class}", "format": "nnunetv2", "trainer": model.trainer,
-            "configuration": model.configuration, "folds": list(model.folds), "checkpoint": model.checkpoint,
-            "in_channels": model.in_channels, "trained_with": {},
+            "model_path": str(model.folder),
+            "model_sha256": folder_sha256(model),
+            "weights_sha256": None,
+            "model_name": f"nnunet:{model.network_class}",
+            "format": "nnunetv2",
+            "trainer": model.trainer,
+            "configuration": model.configuration,
+            "folds": list(model.folds),
+            "checkpoint": model.checkpoint,
+            "in_channels": model.in_channels,
+            "trained_with": {},
         }
 
     def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
         """The case's channels through medseg's checks (channel count, same grid, NaN/Inf policy)."""
-        return read_case_channels(source, in_channels=self.in_channels, nonfinite=self.inference["nonfinite"],
-                                  fill_value=intensity_fill_value(self.preprocessing), findings=findings)
+        return read_case_channels(
+            source,
+            in_channels=self.in_channels,
+            nonfinite=self.inference["nonfinite"],
+            fill_value=intensity_fill_value(self.preprocessing),
+            findings=findings,
+        )
 
     def window_options(self) -> dict:
         """Keyword arguments of ``nnunet_inference.predict_logits`` for this predictor's settings."""
@@ -193,11 +252,17 @@ class NnunetPredictor:
 
         inf = self.inference
         skip = bool(inf["skip_background"])
-        return {"mirror": inf["mirror"], "batch": int(inf["sw_batch_size"]), "amp_dtype": _amp_dtype(inf["amp"], self.device),
-                "logits_dtype": torch.float32 if inf["logits_dtype"] == "float32" else None, "skip_constant": skip,
-                "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None,
-                "channels_last": bool(inf["channels_last"]), "cast_weights": inf["cast"] == "weights",
-                "compile": inf["compile"]}
+        return {
+            "mirror": inf["mirror"],
+            "batch": int(inf["sw_batch_size"]),
+            "amp_dtype": _amp_dtype(inf["amp"], self.device),
+            "logits_dtype": torch.float32 if inf["logits_dtype"] == "float32" else None,
+            "skip_constant": skip,
+            "air_below": nn.air_threshold(self.nnunet, float(inf["air_hu"])) if skip else None,
+            "channels_last": bool(inf["channels_last"]),
+            "cast_weights": inf["cast"] == "weights",
+            "compile": inf["compile"],
+        }
 
     def networks(self, options: dict) -> list:
         """The folds' networks to run with ``options`` (``window_options()``): with ``cast_weights``, copies in the
@@ -214,7 +279,7 @@ class NnunetPredictor:
         if base not in self._prepared:  # the cast / laid-out copies, shared by the compiled wrappers
             nets = [nn.in_dtype(net, dtype) for net in self.models] if dtype else list(self.models)
             if layout:
-                nets = [channels_last_network(n if n is not m else copy.deepcopy(m)) for n, m in zip(nets, self.models)]
+                nets = [channels_last_network(n if n is not m else copy.deepcopy(m)) for n, m in zip(nets, self.models, strict=False)]
             self._prepared[base] = nets
         if key not in self._prepared:
             self._prepared[key] = [nn.compiled(net, when=options["compile"]) for net in self._prepared[base]]
@@ -224,8 +289,15 @@ class NnunetPredictor:
         """nnU-Net's sliding window over the preprocessed case, with this predictor's switches."""
         options = self.window_options()
         nets = self.networks(options)
-        logits = nn.predict_logits(nets, x, self.nnunet, step=1.0 - float(self.inference["overlap"]),
-                                   device=self.device, **options, stats=stats)
+        logits = nn.predict_logits(
+            nets,
+            x,
+            self.nnunet,
+            step=1.0 - float(self.inference["overlap"]),
+            device=self.device,
+            **options,
+            stats=stats,
+        )
         if options["compile"]:  # whether torch.compile ran ("auto" leaves light networks eager), and why not
             stats["compiled"] = all(getattr(n, "_compiled", None) is not None and n.failed is None for n in nets)
             stats["compile_failed"] = next((n.failed for n in nets if getattr(n, "failed", None)), None)
@@ -243,11 +315,14 @@ class NnunetPredictor:
         # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises in place
         data = np.array(channels, dtype=np.float32).transpose(0, 3, 2, 1)
         spacing = spacing_xyz[::-1]
-        x, props = nn.preprocess(data, spacing, self.nnunet, fill_holes=not self.inference["skip_background"],
-                                 inplace=True)
+        x, props = nn.preprocess(
+            data, spacing, self.nnunet, fill_holes=not self.inference["skip_background"], inplace=True
+        )
         del data, channels
         if not np.all(np.isfinite(x)):
-            raise InputError("intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None)
+            raise InputError(
+                "intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None
+            )
         t1 = time.monotonic()
         stats: dict = {}
         logits = self._logits(x, stats)
@@ -262,28 +337,40 @@ class NnunetPredictor:
         t_export = time.monotonic() - t1 - t_windows
         labels = np.ascontiguousarray(seg.transpose(2, 1, 0))
         if labels.shape != volume.shape:
-            raise GeometryError(f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
-                                path=volume.source)
+            raise GeometryError(
+                f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
+                path=volume.source,
+            )
         counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
         meta = {
-            "seconds": round(time.monotonic() - t0, 3), "seconds_read": round(t_read, 3),
-            "seconds_preprocess": round(t_pre, 3), "seconds_windows": round(t_windows, 3),
-            "seconds_export": round(t_export, 3), "network_grid": grid,
-            "peak_rss_mb": round(peak_rss_mb(), 1), "confidence": {lab.name: None for lab in self.labels.labels}, "voxels": counts, "findings": findings,
-            "engine": "nnunet", **stats,
+            "seconds": round(time.monotonic() - t0, 3),
+            "seconds_read": round(t_read, 3),
+            "seconds_preprocess": round(t_pre, 3),
+            "seconds_windows": round(t_windows, 3),
+            "seconds_export": round(t_export, 3),
+            "network_grid": grid,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "confidence": {lab.name: None for lab in self.labels.labels},
+            "voxels": counts,
+            "findings": findings,
+            "engine": "nnunet",
+            **stats,
         }
         if probs is not None:
             meta["probabilities"] = (np.ascontiguousarray(probs.transpose(3, 2, 1, 0)), volume.affine.copy())
         return Volume(labels, volume.affine.copy(), volume.source, meta)
 
 
-def from_folder(path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference):
+def from_folder(
+    path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference
+):
     """The ``nnunet`` format's loader: the folder's predictor, its options (``NnunetOptions``) checked first."""
     options = NnunetOptions.parse(inference)
     model = load_nnunet_folder(path, folds=folds, checkpoint=checkpoint)
     if expected_labels is not None and not model.labels.table.same_structures(expected_labels):
-        raise CheckpointError(f"model segments {model.labels.table.names} but {expected_labels.names} was asked for",
-                              path=Path(path))
+        raise CheckpointError(
+            f"model segments {model.labels.table.names} but {expected_labels.names} was asked for", path=Path(path)
+        )
     return NnunetPredictor(model, device=device, progress=progress, options=options)
 
 
@@ -292,5 +379,10 @@ def run_summary(path) -> dict:
     it reads (path, file_sha256 -- here over plans, dataset and every fold's checkpoint --, model name, labels).
     The folder is loaded and checked (weights-only) before any case runs."""
     model = load_nnunet_folder(path)
-    return {"path": str(model.folder), "file_sha256": folder_sha256(model), "weights_sha256": None,
-            "model": {"name": f"nnunet:{model.network_class}"}, "labels": model.labels.table.to_dict()}
+    return {
+        "path": str(model.folder),
+        "file_sha256": folder_sha256(model),
+        "weights_sha256": None,
+        "model": {"name": f"nnunet:{model.network_class}"},
+        "labels": model.labels.table.to_dict(),
+    }

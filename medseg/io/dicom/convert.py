@@ -29,7 +29,9 @@ def write_inventory(folder, out_csv, *, policy=None, progress=False, with_identi
     inv = scan_inventory(folder, policy=policy, progress=progress, salt=salt)
     series, files = inv.tables(with_identifiers=with_identifiers)
     out_csv = Path(out_csv)
-    files_csv = out_csv.with_name(out_csv.name[: -len(out_csv.suffix)] + "_files.csv" if out_csv.suffix else out_csv.name + "_files.csv")
+    files_csv = out_csv.with_name(
+        out_csv.name[: -len(out_csv.suffix)] + "_files.csv" if out_csv.suffix else out_csv.name + "_files.csv"
+    )
     write_csv(out_csv, series)
     write_csv(files_csv, files)
     return inv, out_csv, files_csv
@@ -40,7 +42,9 @@ class ConvertResult:
     outputs: list = field(default_factory=list)  # NIfTI paths written
     refused: dict = field(default_factory=dict)  # stack key -> reason
     inventory: object = None  # the header scan the conversion used (label objects are paired from it)
-    label_maps: list = field(default_factory=list)  # RTSTRUCT/SEG rows from medseg.data.dicom_manifest.convert_label_objects
+    label_maps: list = field(
+        default_factory=list
+    )  # RTSTRUCT/SEG rows from medseg.data.dicom_manifest.convert_label_objects
 
     @property
     def exit_code(self) -> int:
@@ -62,29 +66,59 @@ def convert_folder(folder, out_dir, *, policy=None, rule=None, progress=False, w
     rows = []
     for e in inv.entries:
         if e.series.not_image or not e.plans:
-            rows.append({"study_key": e.series.study_key, "series_key": e.series.series_key, "stack": "",
-                         "modality": e.series.modality, "output": "", "status": "skipped", "reason": e.reason,
-                         "source_folder": source_folder(e.series, inv.scan.root, with_identifiers=with_identifiers)})
+            rows.append(
+                {
+                    "study_key": e.series.study_key,
+                    "series_key": e.series.series_key,
+                    "stack": "",
+                    "modality": e.series.modality,
+                    "output": "",
+                    "status": "skipped",
+                    "reason": e.reason,
+                    "source_folder": source_folder(e.series, inv.scan.root, with_identifiers=with_identifiers),
+                }
+            )
     cands = [c for c in inv.candidates if rule is None or rule.matches(c)]
     for c in tqdm(cands, desc="convert", unit="series", disable=not progress):
         name = f"{c.series.study_key}_{c.key}"
-        row = {"study_key": c.series.study_key, "series_key": c.series.series_key, "stack": c.plan.label,
-               "modality": c.series.modality, "output": "", "status": "", "reason": "",
-               "source_folder": source_folder(c.series, inv.scan.root, with_identifiers=with_identifiers)}
+        row = {
+            "study_key": c.series.study_key,
+            "series_key": c.series.series_key,
+            "stack": c.plan.label,
+            "modality": c.series.modality,
+            "output": "",
+            "status": "",
+            "reason": "",
+            "source_folder": source_folder(c.series, inv.scan.root, with_identifiers=with_identifiers),
+        }
         try:
             vol = volume_from_candidate(c, str(folder), with_identifiers=with_identifiers)
             target = write_volume(vol, out / f"{name}.nii.gz")
-            sidecar = {"medseg_version": medseg.__version__, "output": target.name, **vol.meta["dicom"],
-                       "shape": list(vol.shape), "spacing_mm": list(vol.spacing), "affine_ras": vol.affine.tolist()}
+            sidecar = {
+                "medseg_version": medseg.__version__,
+                "output": target.name,
+                **vol.meta["dicom"],
+                "shape": list(vol.shape),
+                "spacing_mm": list(vol.spacing),
+                "affine_ras": vol.affine.tolist(),
+            }
             write_json(out / f"{name}.json", sidecar)
             result.outputs.append(target)
-            row.update(output=target.name, status="converted",
-                       reason="; ".join(f"{f.kind}: {f.action}" for f in c.plan.findings))
+            row.update(
+                output=target.name,
+                status="converted",
+                reason="; ".join(f"{f.kind}: {f.action}" for f in c.plan.findings),
+            )
         except MedsegError as exc:
             result.refused[c.key] = str(exc)
             row.update(status="refused", reason=c.plan.refused or str(exc))
             log.warning("%s: %s", c.key, c.plan.refused or exc)
         rows.append(row)
-    write_csv(out / "conversion.csv", pd.DataFrame(rows, columns=["study_key", "series_key", "stack", "modality",
-                                                                  "output", "status", "reason", "source_folder"]))
+    write_csv(
+        out / "conversion.csv",
+        pd.DataFrame(
+            rows,
+            columns=["study_key", "series_key", "stack", "modality", "output", "status", "reason", "source_folder"],
+        ),
+    )
     return result

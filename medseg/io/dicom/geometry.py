@@ -76,18 +76,27 @@ MAX_SPACING_TOLERANCE = 0.25
 POSITION_TOLERANCE_MM = 0.01
 
 #: What medseg does with MONOCHROME1 (minimum sample displayed as white), the finding's detail.
-MONOCHROME1_RULE = ("{n} of {m} frame(s) are MONOCHROME1 (lowest value shown white); stored values inverted over the "
-                    "BitsStored range (unsigned: 2**BitsStored - 1 - v, signed: -1 - v) before RescaleSlope/Intercept, "
-                    "as GDCM/SimpleITK do, so higher values are brighter as in MONOCHROME2")
+MONOCHROME1_RULE = (
+    "{n} of {m} frame(s) are MONOCHROME1 (lowest value shown white); stored values inverted over the "
+    "BitsStored range (unsigned: 2**BitsStored - 1 - v, signed: -1 - v) before RescaleSlope/Intercept, "
+    "as GDCM/SimpleITK do, so higher values are brighter as in MONOCHROME2"
+)
 
-_SPLIT_KEYS = (("echo", "echo number"), ("temporal", "temporal position"), ("stack", "stack id"),
-               ("acquisition", "acquisition number"), ("trigger", "trigger time"))
+_SPLIT_KEYS = (
+    ("echo", "echo number"),
+    ("temporal", "temporal position"),
+    ("stack", "stack id"),
+    ("acquisition", "acquisition number"),
+    ("trigger", "trigger time"),
+)
 
 
 @dataclass
 class Finding:
     kind: str
-    action: str  # refused | split | resampled | excluded | dropped | accepted | accepted_with_warning | skipped | inverted
+    action: (
+        str  # refused | split | resampled | excluded | dropped | accepted | accepted_with_warning | skipped | inverted
+    )
     detail: str
 
     def to_dict(self) -> dict:
@@ -142,15 +151,26 @@ def plan_series(slices: list, *, policy: GeometryPolicy | None = None, spacing_b
     findings: list[Finding] = []
     usable = [s for s in slices if s.iop is not None and s.ipp is not None and s.pixel_spacing is not None]
     if len(usable) < len(slices):
-        findings.append(Finding("no_geometry", "excluded", f"{len(slices) - len(usable)} of {len(slices)} frames lack "
-                                "ImagePositionPatient/ImageOrientationPatient/PixelSpacing"))
+        findings.append(
+            Finding(
+                "no_geometry",
+                "excluded",
+                f"{len(slices) - len(usable)} of {len(slices)} frames lack "
+                "ImagePositionPatient/ImageOrientationPatient/PixelSpacing",
+            )
+        )
     loc = [s for s in usable if "LOCALIZER" in s.image_type]
     if loc and len(loc) < len(usable):
         findings.append(Finding("localizer", "excluded", f"{len(loc)} localizer/scout frame(s) (ImageType LOCALIZER)"))
         usable = [s for s in usable if "LOCALIZER" not in s.image_type]
     elif loc:
-        findings.append(Finding("localizer", "skipped", f"all {len(loc)} frame(s) are localizer/scout images "
-                                "(ImageType LOCALIZER): not segmented"))
+        findings.append(
+            Finding(
+                "localizer",
+                "skipped",
+                f"all {len(loc)} frame(s) are localizer/scout images (ImageType LOCALIZER): not segmented",
+            )
+        )
         return [], findings
     if not usable:
         return [], findings
@@ -160,9 +180,12 @@ def plan_series(slices: list, *, policy: GeometryPolicy | None = None, spacing_b
         for g in groups:
             ref = g[0]
             if (s.rows, s.cols) == (ref.rows, ref.cols) and (
-                    (s.iop == ref.iop and s.pixel_spacing == ref.pixel_spacing)  # the usual case, fast
-                    or (np.allclose(s.iop, ref.iop, atol=1e-3)
-                        and np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=1e-4))):
+                (s.iop == ref.iop and s.pixel_spacing == ref.pixel_spacing)  # the usual case, fast
+                or (
+                    np.allclose(s.iop, ref.iop, atol=1e-3)
+                    and np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=1e-4)
+                )
+            ):
                 g.append(s)
                 break
         else:
@@ -186,7 +209,9 @@ def plan_series(slices: list, *, policy: GeometryPolicy | None = None, spacing_b
             plan.findings = findings + sub_findings + plan.findings
             n_mono1 = sum(getattr(s, "photometric", "") == "MONOCHROME1" for s in plan.slices)
             if n_mono1:
-                plan.findings.append(Finding("monochrome1", "inverted", MONOCHROME1_RULE.format(n=n_mono1, m=len(plan.slices))))
+                plan.findings.append(
+                    Finding("monochrome1", "inverted", MONOCHROME1_RULE.format(n=n_mono1, m=len(plan.slices)))
+                )
             plans.append(plan)
     return plans, findings
 
@@ -229,8 +254,13 @@ def _split_duplicates(group: list, policy: GeometryPolicy):
             seen.add(s.sop_uid)
             unique.append(s)
     if len(unique) < len(group):
-        findings.append(Finding("duplicate_instance", "dropped",
-                                f"{len(group) - len(unique)} file(s) repeat an instance already read (same SOPInstanceUID)"))
+        findings.append(
+            Finding(
+                "duplicate_instance",
+                "dropped",
+                f"{len(group) - len(unique)} file(s) repeat an instance already read (same SOPInstanceUID)",
+            )
+        )
         group = unique
         if not n_dups(group):
             yield "", group, findings, None
@@ -243,13 +273,20 @@ def _split_duplicates(group: list, policy: GeometryPolicy):
             continue
         parts = [[s for s in group if s.split_keys.get(key) == v] for v in distinct]
         if all(n_dups(p) == 0 for p in parts):
-            findings.append(Finding("duplicate_positions", "split",
-                                    f"{n} slice(s) share a position with another; split by {name} into {len(parts)} volumes"))
-            for v, p in zip(distinct, parts):
+            findings.append(
+                Finding(
+                    "duplicate_positions",
+                    "split",
+                    f"{n} slice(s) share a position with another; split by {name} into {len(parts)} volumes",
+                )
+            )
+            for v, p in zip(distinct, parts, strict=False):
                 yield f"{key}{v}", p, list(findings), None
             return
-    reason = (f"two or more slices share a position ({n} duplicate position(s), not told apart by echo, temporal "
-              "position, stack or acquisition number); expected one slice per position")
+    reason = (
+        f"two or more slices share a position ({n} duplicate position(s), not told apart by echo, temporal "
+        "position, stack or acquisition number); expected one slice per position"
+    )
     findings.append(Finding("duplicate_positions", "refused", reason))
     yield "", group, findings, reason
 
@@ -281,29 +318,44 @@ def _plan_stack(slices: list, policy: GeometryPolicy, spacing_between: float | N
     if len(slices) == 1:
         step = float(thickness or spacing_between or 1.0)
         source = "SliceThickness" if thickness else ("SpacingBetweenSlices" if spacing_between else "a default of 1 mm")
-        findings.append(Finding("single_slice", "accepted_with_warning", f"one slice; slice spacing {step:g} mm from {source}"))
+        findings.append(
+            Finding("single_slice", "accepted_with_warning", f"one slice; slice spacing {step:g} mm from {source}")
+        )
     else:
         q = _quantum(slices)
         step, n_out, interp, refused = _plan_spacing(d, normal, q, policy, refused, findings)
         if not refused:
             shift, refused = _plan_tilt(pos, d, normal, (row_cos, col_cos), (dr, dc), step, q, policy, findings)
         if not refused and thickness and abs(thickness - step) > policy.spacing_tolerance * abs(step):
-            findings.append(Finding("thickness_differs_from_step", "accepted",
-                                    f"SliceThickness {thickness:g} mm, step between positions {step:.4f} mm: "
-                                    "spacing set to the step"))
+            findings.append(
+                Finding(
+                    "thickness_differs_from_step",
+                    "accepted",
+                    f"SliceThickness {thickness:g} mm, step between positions {step:.4f} mm: spacing set to the step",
+                )
+            )
 
     lps = np.eye(4)
     lps[:3, 0] = row_cos * dc
     lps[:3, 1] = col_cos * dr
     lps[:3, 2] = normal * step
     lps[:3, 3] = pos[0]
-    return StackPlan(slices=slices, lps=lps, shape=(first.cols, first.rows, n_out), findings=findings,
-                     refused=refused, step=step, interp=interp, inplane_shift=shift,
-                     orientation=orientation_name(iop))
+    return StackPlan(
+        slices=slices,
+        lps=lps,
+        shape=(first.cols, first.rows, n_out),
+        findings=findings,
+        refused=refused,
+        step=step,
+        interp=interp,
+        inplane_shift=shift,
+        orientation=orientation_name(iop),
+    )
 
 
-def _plan_spacing(d: np.ndarray, normal: np.ndarray, q: float, policy: GeometryPolicy, refused: str | None,
-                  findings: list) -> tuple[float, int, tuple | None, str | None]:
+def _plan_spacing(
+    d: np.ndarray, normal: np.ndarray, q: float, policy: GeometryPolicy, refused: str | None, findings: list
+) -> tuple[float, int, tuple | None, str | None]:
     """The slice step along the normal from the sorted positions ``d`` (mm), checked against a regular grid:
     ``(step, output slices, interpolation or None, refusal or None)``; findings are appended to ``findings``."""
     gaps = np.diff(d)
@@ -318,20 +370,37 @@ def _plan_spacing(d: np.ndarray, normal: np.ndarray, q: float, policy: GeometryP
         pass
     elif dev.max() <= tol and off_grid.max() <= tol_pos:
         if dev.max() > tol_abs and dev.max() <= round_gap:
-            findings.append(Finding("spacing_rounding", "accepted",
-                                    f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm, within the "
-                                    f"rounding of positions to {q:g} mm in the header"))
+            findings.append(
+                Finding(
+                    "spacing_rounding",
+                    "accepted",
+                    f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm, within the "
+                    f"rounding of positions to {q:g} mm in the header",
+                )
+            )
         elif dev.max() > tol_abs:
-            findings.append(Finding("spacing_jitter", "accepted_with_warning",
-                                    f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm "
-                                    f"(tolerance {tol:.3f} mm)"))
+            findings.append(
+                Finding(
+                    "spacing_jitter",
+                    "accepted_with_warning",
+                    f"slice gaps vary by up to {dev.max():.4f} mm around {med:.4f} mm (tolerance {tol:.3f} mm)",
+                )
+            )
     else:
         return _plan_irregular(d, gaps, med, step, tol, tol_pos, policy, findings)
     return step, len(d), None, refused
 
 
-def _plan_irregular(d: np.ndarray, gaps: np.ndarray, med: float, step: float, tol: float, tol_pos: float,
-                    policy: GeometryPolicy, findings: list) -> tuple[float, int, tuple | None, str | None]:
+def _plan_irregular(
+    d: np.ndarray,
+    gaps: np.ndarray,
+    med: float,
+    step: float,
+    tol: float,
+    tol_pos: float,
+    policy: GeometryPolicy,
+    findings: list,
+) -> tuple[float, int, tuple | None, str | None]:
     """Slices off a regular grid (missing slices, uneven spacing): refused, or resampled when ``policy`` says so.
     Returns as ``_plan_spacing``; the step becomes the median gap ``med``."""
     dev = np.abs(gaps - med)
@@ -340,21 +409,29 @@ def _plan_irregular(d: np.ndarray, gaps: np.ndarray, med: float, step: float, to
     missing = np.all((dev <= tol) | ((np.abs(mult - np.round(mult)) * med <= tol) & (np.round(mult) >= 2)))
     if dev.max() <= tol:
         kind = "uneven_spacing"
-        what = (f"uneven slice spacing: slices drift from a regular grid by up to {off_grid.max():.3f} mm "
-                f"(step {step:.3f} mm, tolerance {tol_pos:.3f} mm)")
+        what = (
+            f"uneven slice spacing: slices drift from a regular grid by up to {off_grid.max():.3f} mm "
+            f"(step {step:.3f} mm, tolerance {tol_pos:.3f} mm)"
+        )
     elif missing:
         n_missing = int(np.sum(np.round(mult) - 1))
         kind = "missing_slices"
-        what = (f"missing slice(s): uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
-                f"step {med:.3f} mm; {n_missing} slice(s) missing at {int(np.sum(dev > tol))} place(s))")
+        what = (
+            f"missing slice(s): uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
+            f"step {med:.3f} mm; {n_missing} slice(s) missing at {int(np.sum(dev > tol))} place(s))"
+        )
     else:
         kind = "uneven_spacing"
-        what = (f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm, "
-                f"tolerance {tol:.3f} mm)")
+        what = (
+            f"uneven slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, median {med:.3f} mm, "
+            f"tolerance {tol:.3f} mm)"
+        )
     n_fill = int(round((d[-1] - d[0]) / med)) + 1 if med > 0 and np.isfinite(d).all() else -1
     if policy.irregular == "resample" and not 0 < n_fill <= 4 * len(d):
-        refused = (f"{what}; the regular grid would need {n_fill} slices for {len(d)} source slices: "
-                   "too sparse to interpolate; expected a regular stack")
+        refused = (
+            f"{what}; the regular grid would need {n_fill} slices for {len(d)} source slices: "
+            "too sparse to interpolate; expected a regular stack"
+        )
         findings.append(Finding(kind, "refused", refused))
         return med, len(d), None, refused
     if policy.irregular == "resample":
@@ -364,17 +441,29 @@ def _plan_irregular(d: np.ndarray, gaps: np.ndarray, med: float, step: float, to
         hi = np.clip(np.searchsorted(d, target, side="left"), 1, len(d) - 1)
         lo = hi - 1
         w = np.clip((target - d[lo]) / (d[hi] - d[lo]), 0.0, 1.0)
-        findings.append(Finding(kind, "resampled", f"{what}; linearly interpolated onto {n_out} slices "
-                                f"{step:.3f} mm apart"))
+        findings.append(
+            Finding(kind, "resampled", f"{what}; linearly interpolated onto {n_out} slices {step:.3f} mm apart")
+        )
         return step, n_out, (lo, hi, w), None
-    refused = (f"{what}; expected a regular stack. Re-export the complete series, or convert with "
-               "--resample-irregular to interpolate onto a regular grid")
+    refused = (
+        f"{what}; expected a regular stack. Re-export the complete series, or convert with "
+        "--resample-irregular to interpolate onto a regular grid"
+    )
     findings.append(Finding(kind, "refused", what))
     return med, len(d), None, refused
 
 
-def _plan_tilt(pos: np.ndarray, d: np.ndarray, normal: np.ndarray, cosines: tuple, spacing: tuple, step: float,
-               q: float, policy: GeometryPolicy, findings: list) -> tuple[np.ndarray | None, str | None]:
+def _plan_tilt(
+    pos: np.ndarray,
+    d: np.ndarray,
+    normal: np.ndarray,
+    cosines: tuple,
+    spacing: tuple,
+    step: float,
+    q: float,
+    policy: GeometryPolicy,
+    findings: list,
+) -> tuple[np.ndarray | None, str | None]:
     """In-plane drift of each slice relative to the first (zero unless the gantry was tilted): accepted when
     below 0.1 voxel, else undone by per-slice in-plane shifts or refused as ``policy`` says. Returns
     ``(shifts or None, refusal or None)``; findings are appended to ``findings``."""
@@ -388,7 +477,7 @@ def _plan_tilt(pos: np.ndarray, d: np.ndarray, normal: np.ndarray, cosines: tupl
     drift = float(np.linalg.norm(v) * dd[-1])
     inplane_rounding = 2.0 * q * np.sqrt(3.0)  # in-plane offset rounding can fake, first to last
     if resid > max(tol_abs, policy.spacing_tolerance * abs(step), inplane_rounding):
-        refused = (f"slice positions do not lie on one line (off by up to {resid:.3f} mm); expected one stack")
+        refused = f"slice positions do not lie on one line (off by up to {resid:.3f} mm); expected one stack"
         findings.append(Finding("non_collinear", "refused", refused))
         return None, refused
     if drift > max(tol_abs, inplane_rounding):
@@ -398,8 +487,14 @@ def _plan_tilt(pos: np.ndarray, d: np.ndarray, normal: np.ndarray, cosines: tupl
             findings.append(Finding("gantry_tilt", "accepted_with_warning", f"{what}; below 0.1 voxel"))
         elif policy.tilt == "resample":
             shift = np.stack([(t @ row_cos) / dc, (t @ col_cos) / dr], axis=1)
-            findings.append(Finding("gantry_tilt", "resampled", f"{what}; each slice shifted in-plane onto an "
-                                    "orthogonal grid (linear interpolation, outside filled with the minimum)"))
+            findings.append(
+                Finding(
+                    "gantry_tilt",
+                    "resampled",
+                    f"{what}; each slice shifted in-plane onto an "
+                    "orthogonal grid (linear interpolation, outside filled with the minimum)",
+                )
+            )
             return shift, None
         else:
             refused = f"{what}; expected an orthogonal stack (convert with tilt correction)"

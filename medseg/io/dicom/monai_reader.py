@@ -48,12 +48,16 @@ class MedsegDicomReader(ImageReader):
             arrays.append(np.asarray(vol.array))
             if not meta:
                 meta = {
-                    MetaKeys.AFFINE: vol.affine.copy(), MetaKeys.ORIGINAL_AFFINE: vol.affine.copy(),
-                    MetaKeys.SPATIAL_SHAPE: np.asarray(vol.shape), MetaKeys.SPACE: SpaceKeys.RAS,
+                    MetaKeys.AFFINE: vol.affine.copy(),
+                    MetaKeys.ORIGINAL_AFFINE: vol.affine.copy(),
+                    MetaKeys.SPATIAL_SHAPE: np.asarray(vol.shape),
+                    MetaKeys.SPACE: SpaceKeys.RAS,
                     MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
                     "modality": vol.meta.get("modality", ""),
                     "dicom_series_key": vol.meta.get("dicom", {}).get("key", ""),
-                    "dicom_findings": "; ".join(f"{f['kind']}: {f['action']}" for f in vol.meta.get("dicom", {}).get("findings", [])),
+                    "dicom_findings": "; ".join(
+                        f"{f['kind']}: {f['action']}" for f in vol.meta.get("dicom", {}).get("findings", [])
+                    ),
                 }
         if len(arrays) > 1:
             meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0

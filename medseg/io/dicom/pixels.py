@@ -37,8 +37,11 @@ def _decode_pydicom(path: Path):
     if (int(ds.get("NumberOfFrames", 1) or 1)) == 1:
         arr = arr[None]
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        arr = invert_monochrome1(arr, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16),
-                                 signed=int(ds.get("PixelRepresentation") or 0) == 1)
+        arr = invert_monochrome1(
+            arr,
+            int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16),
+            signed=int(ds.get("PixelRepresentation") or 0) == 1,
+        )
     return arr, False  # stored values: rescale still to apply
 
 
@@ -55,8 +58,9 @@ def _fill_transfer_syntax(ds) -> None:
         return
     if meta is None:
         ds.file_meta = meta = FileMetaDataset()
-    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
 
 
 def _is_compressed(path: Path) -> bool:
@@ -98,10 +102,12 @@ def decode_file(path: Path):
                 raise first
             arr, rescaled = _decode_sitk(path)
         except Exception:
-            raise InputError(f"cannot decode pixel data ({type(first).__name__}: {' '.join(str(first).split())[:200]}); expected pixel "
-                             "data pydicom or SimpleITK/GDCM can decode: the file may be truncated or use a rare "
-                             "transfer syntax (install pylibjpeg, or re-export uncompressed)",
-                             path=path) from None
+            raise InputError(
+                f"cannot decode pixel data ({type(first).__name__}: {' '.join(str(first).split())[:200]}); expected pixel "
+                "data pydicom or SimpleITK/GDCM can decode: the file may be truncated or use a rare "
+                "transfer syntax (install pylibjpeg, or re-export uncompressed)",
+                path=path,
+            ) from None
         log.info("decoded %s with SimpleITK/GDCM (pydicom: %s)", path.name, type(first).__name__)
         return arr, rescaled
 
@@ -117,9 +123,12 @@ def build_array(plan) -> np.ndarray:
     cols, rows = plan.shape[0], plan.shape[1]
     voxels = max(n_src, plan.n_slices) * rows * cols
     if voxels > max_voxels():
-        raise InputError(f"the stack of {n_src} frame(s) of {cols} x {rows} pixels ({voxels:,} voxels) is larger than "
-                         f"the limit of {max_voxels():,} voxels (MEDSEG_MAX_VOXELS); expected one CT/MR series: "
-                         "raise the limit if the series is real", path=plan.slices[0].path.parent)
+        raise InputError(
+            f"the stack of {n_src} frame(s) of {cols} x {rows} pixels ({voxels:,} voxels) is larger than "
+            f"the limit of {max_voxels():,} voxels (MEDSEG_MAX_VOXELS); expected one CT/MR series: "
+            "raise the limit if the series is real",
+            path=plan.slices[0].path.parent,
+        )
     src = np.empty((n_src, rows, cols), dtype=np.float32)
     cache: dict = {}
     for k, s in enumerate(plan.slices):

@@ -61,21 +61,68 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 #: Modalities of objects that are not images to segment (skipped with the reason).
 NON_IMAGE_MODALITIES = {
-    "SR": "structured report", "RTSTRUCT": "RT structure set", "RTPLAN": "RT plan", "RTDOSE": "RT dose grid",
-    "RTRECORD": "RT treatment record", "SEG": "segmentation object", "PR": "presentation state",
-    "KO": "key object selection", "ECG": "waveform", "HD": "waveform", "DOC": "encapsulated document",
-    "REG": "registration", "FID": "fiducials", "RWV": "real world value map", "PLAN": "plan",
+    "SR": "structured report",
+    "RTSTRUCT": "RT structure set",
+    "RTPLAN": "RT plan",
+    "RTDOSE": "RT dose grid",
+    "RTRECORD": "RT treatment record",
+    "SEG": "segmentation object",
+    "PR": "presentation state",
+    "KO": "key object selection",
+    "ECG": "waveform",
+    "HD": "waveform",
+    "DOC": "encapsulated document",
+    "REG": "registration",
+    "FID": "fiducials",
+    "RWV": "real world value map",
+    "PLAN": "plan",
 }
 #: Words in a SOP class name that mark a non-image object (when the modality does not say).
-NON_IMAGE_SOP_WORDS = ("SR Storage", "Structure Set", "Plan Storage", "Segmentation", "Presentation State",
-                       "Key Object", "Waveform", "Encapsulated", "Dose", "Registration", "Raw Data",
-                       "Treatment Record", "Fiducials", "Surface", "Document")
+NON_IMAGE_SOP_WORDS = (
+    "SR Storage",
+    "Structure Set",
+    "Plan Storage",
+    "Segmentation",
+    "Presentation State",
+    "Key Object",
+    "Waveform",
+    "Encapsulated",
+    "Dose",
+    "Registration",
+    "Raw Data",
+    "Treatment Record",
+    "Fiducials",
+    "Surface",
+    "Document",
+)
 #: Series-level metadata copied to inventories and sidecars (nothing that identifies a person).
-SAFE_TAGS = ("Modality", "SeriesDescription", "SeriesNumber", "Manufacturer", "ManufacturerModelName",
-             "BodyPartExamined", "ConvolutionKernel", "KVP", "ContrastBolusAgent", "MagneticFieldStrength",
-             "EchoTime", "RepetitionTime", "FlipAngle", "SliceThickness", "ScanningSequence", "ImageType")
-IDENTIFYING_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
-                    "StudyInstanceUID", "SeriesInstanceUID")
+SAFE_TAGS = (
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "BodyPartExamined",
+    "ConvolutionKernel",
+    "KVP",
+    "ContrastBolusAgent",
+    "MagneticFieldStrength",
+    "EchoTime",
+    "RepetitionTime",
+    "FlipAngle",
+    "SliceThickness",
+    "ScanningSequence",
+    "ImageType",
+)
+IDENTIFYING_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+)
 
 
 @dataclass
@@ -208,7 +255,10 @@ def read_dicomdir(path: Path) -> tuple[list[Path], str]:
                 continue
             ids.append([str(ref)] if isinstance(ref, str) else [str(v) for v in ref])
     except Exception as exc:  # pydicom raises many types on corrupt files
-        return [], f"DICOMDIR index: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the folder is scanned instead"
+        return (
+            [],
+            f"DICOMDIR index: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the folder is scanned instead",
+        )
     found, missing, outside = [], [], []
     for parts in ids:
         rel = "/".join(parts)
@@ -230,7 +280,7 @@ def read_dicomdir(path: Path) -> tuple[list[Path], str]:
 
 def _resolve_case_insensitive(base: Path, parts: list) -> Path | None:
     cur = base
-    for i, part in enumerate(parts):
+    for _i, part in enumerate(parts):
         nxt = cur / part
         if not os.path.lexists(nxt):
             try:
@@ -250,8 +300,10 @@ def is_dicomdir_file(path: Path) -> bool:
 
 def _check_claimed_size(ds, pixel_offset: int, size: int, limit: int) -> str | None:
     """Why the pixel data this header claims must not be decoded (None when it may)."""
+
     def g(kw):
         return _tag_value(ds, kw)
+
     rows, cols = _int(g("Rows")) or 0, _int(g("Columns")) or 0
     frames = _int(g("NumberOfFrames"))
     frames = 1 if frames is None else frames
@@ -261,23 +313,31 @@ def _check_claimed_size(ds, pixel_offset: int, size: int, limit: int) -> str | N
         return f"header claims {frames} frames: not an image, not decoded"
     voxels = rows * cols * frames
     if voxels > limit:
-        return (f"header claims {cols} x {rows} pixels x {frames} frame(s) = {voxels:,} voxels, more than the limit "
-                f"of {limit:,} (MEDSEG_MAX_VOXELS): refused before decoding")
+        return (
+            f"header claims {cols} x {rows} pixels x {frames} frame(s) = {voxels:,} voxels, more than the limit "
+            f"of {limit:,} (MEDSEG_MAX_VOXELS): refused before decoding"
+        )
     nbytes = (voxels * samples * bits + 7) // 8
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     ratio = _MAX_RATIO.get(str(ts)) if ts is not None else None
     # Deflate compresses the whole dataset, so the reader's position says nothing: count the whole file.
     held = size if ts is not None and ts.is_deflated else max(size - pixel_offset, 0)
     if ratio and ts is not None and nbytes > ratio * held + 4096:  # (a ratio implies a transfer syntax)
-        return (f"header claims {nbytes:,} bytes of pixel data, more than {ts.name} can code in the "
-                f"{held:,} bytes the file holds: refused before decoding")
+        return (
+            f"header claims {nbytes:,} bytes of pixel data, more than {ts.name} can code in the "
+            f"{held:,} bytes the file holds: refused before decoding"
+        )
     if ts is not None and ts.is_encapsulated and nbytes > _PLAUSIBLE_BYTES and nbytes > _PLAUSIBLE_RATIO * held:
-        return (f"header claims {nbytes:,} bytes of pixel data from {held:,} compressed bytes (over "
-                f"{_PLAUSIBLE_RATIO}:1; images with noise, as CT and MR have, do not compress so far): refused "
-                "before decoding")
+        return (
+            f"header claims {nbytes:,} bytes of pixel data from {held:,} compressed bytes (over "
+            f"{_PLAUSIBLE_RATIO}:1; images with noise, as CT and MR have, do not compress so far): refused "
+            "before decoding"
+        )
     if ts is not None and ts.is_encapsulated and frames > max(size - pixel_offset, 0) // 8:
-        return (f"header claims {frames:,} compressed frames, more than the {size - pixel_offset:,} bytes of "
-                "pixel data can hold: refused before decoding")
+        return (
+            f"header claims {frames:,} compressed frames, more than the {size - pixel_offset:,} bytes of "
+            "pixel data can hold: refused before decoding"
+        )
     return None
 
 
@@ -395,18 +455,26 @@ def _frames_from_functional_groups(ds, path: Path, base: dict) -> list[SliceInfo
             "temporal": pick("FrameContentSequence", "TemporalPositionIndex"),
             "echo": pick("MREchoSequence", "EffectiveEchoTime"),
         }
-        out.append(SliceInfo(
-            path=path, frame=f, sop_uid=f"{base['sop_uid']}#{f}", rows=base["rows"], cols=base["cols"],
-            iop=_floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
-            ipp=_floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3),
-            ipp_quantum=_quantum(pick("PlanePositionSequence", "ImagePositionPatient")),
-            pixel_spacing=_floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2),
-            thickness=_num(pick("PixelMeasuresSequence", "SliceThickness")),
-            slope=_num(pick("PixelValueTransformationSequence", "RescaleSlope"), base["slope"]),
-            intercept=_num(pick("PixelValueTransformationSequence", "RescaleIntercept"), base["intercept"]),
-            instance_number=f + 1, image_type=base["image_type"], photometric=base["photometric"],
-            split_keys={k: str(v) for k, v in keys.items() if v is not None},
-        ))
+        out.append(
+            SliceInfo(
+                path=path,
+                frame=f,
+                sop_uid=f"{base['sop_uid']}#{f}",
+                rows=base["rows"],
+                cols=base["cols"],
+                iop=_floats(pick("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+                ipp=_floats(pick("PlanePositionSequence", "ImagePositionPatient"), 3),
+                ipp_quantum=_quantum(pick("PlanePositionSequence", "ImagePositionPatient")),
+                pixel_spacing=_floats(pick("PixelMeasuresSequence", "PixelSpacing"), 2),
+                thickness=_num(pick("PixelMeasuresSequence", "SliceThickness")),
+                slope=_num(pick("PixelValueTransformationSequence", "RescaleSlope"), base["slope"]),
+                intercept=_num(pick("PixelValueTransformationSequence", "RescaleIntercept"), base["intercept"]),
+                instance_number=f + 1,
+                image_type=base["image_type"],
+                photometric=base["photometric"],
+                split_keys={k: str(v) for k, v in keys.items() if v is not None},
+            )
+        )
     return out
 
 
@@ -415,25 +483,42 @@ def _slices(ds, path: Path) -> list[SliceInfo]:
         return _tag_value(ds, kw)
 
     base = {
-        "sop_uid": str(g("SOPInstanceUID") or path.name), "rows": _int(g("Rows")) or 0,
-        "cols": _int(g("Columns")) or 0, "slope": _num(g("RescaleSlope"), 1.0),
+        "sop_uid": str(g("SOPInstanceUID") or path.name),
+        "rows": _int(g("Rows")) or 0,
+        "cols": _int(g("Columns")) or 0,
+        "slope": _num(g("RescaleSlope"), 1.0),
         "intercept": _num(g("RescaleIntercept"), 0.0),
         "image_type": tuple(str(v).upper() for v in _as_list(g("ImageType")) or ()),
         "photometric": str(g("PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
     }
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return _frames_from_functional_groups(ds, path, base)
-    keys = {"echo": g("EchoNumbers"), "temporal": g("TemporalPositionIdentifier"),
-            "acquisition": g("AcquisitionNumber"), "trigger": g("TriggerTime")}
-    return [SliceInfo(
-        path=path, frame=None, sop_uid=base["sop_uid"], rows=base["rows"], cols=base["cols"],
-        iop=_floats(_as_list(g("ImageOrientationPatient")), 6), ipp=_floats(_as_list(g("ImagePositionPatient")), 3),
-        ipp_quantum=_quantum(g("ImagePositionPatient")),
-        pixel_spacing=_floats(_as_list(g("PixelSpacing")), 2), thickness=_num(g("SliceThickness")),
-        slope=base["slope"], intercept=base["intercept"], instance_number=_int(g("InstanceNumber")),
-        image_type=base["image_type"], split_keys={k: str(v) for k, v in keys.items() if v not in (None, "")},
-        photometric=base["photometric"],
-    )]
+    keys = {
+        "echo": g("EchoNumbers"),
+        "temporal": g("TemporalPositionIdentifier"),
+        "acquisition": g("AcquisitionNumber"),
+        "trigger": g("TriggerTime"),
+    }
+    return [
+        SliceInfo(
+            path=path,
+            frame=None,
+            sop_uid=base["sop_uid"],
+            rows=base["rows"],
+            cols=base["cols"],
+            iop=_floats(_as_list(g("ImageOrientationPatient")), 6),
+            ipp=_floats(_as_list(g("ImagePositionPatient")), 3),
+            ipp_quantum=_quantum(g("ImagePositionPatient")),
+            pixel_spacing=_floats(_as_list(g("PixelSpacing")), 2),
+            thickness=_num(g("SliceThickness")),
+            slope=base["slope"],
+            intercept=base["intercept"],
+            instance_number=_int(g("InstanceNumber")),
+            image_type=base["image_type"],
+            split_keys={k: str(v) for k, v in keys.items() if v not in (None, "")},
+            photometric=base["photometric"],
+        )
+    ]
 
 
 def _as_list(value):
@@ -517,7 +602,9 @@ def _scan_file(path: Path, result: ScanResult, limit: int, salt: str | None) -> 
     try:
         head = _read_header(path, limit)
     except Exception as exc:  # pydicom raises many types on corrupt files
-        result.skipped.append((path, f"unreadable DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"))
+        result.skipped.append(
+            (path, f"unreadable DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
+        )
         return
     if isinstance(head, str):
         result.skipped.append((path, head))
@@ -527,8 +614,12 @@ def _scan_file(path: Path, result: ScanResult, limit: int, salt: str | None) -> 
     info = result.series.get(key)
     if info is None:
         info = SeriesInfo(
-            head.study_uid, head.series_uid, pseudonym(head.study_uid, prefix="st", salt=salt),
-            pseudonym(head.series_uid, prefix="se", salt=salt), modality=head.modality, sop_class=head.sop_name,
+            head.study_uid,
+            head.series_uid,
+            pseudonym(head.study_uid, prefix="st", salt=salt),
+            pseudonym(head.series_uid, prefix="se", salt=salt),
+            modality=head.modality,
+            sop_class=head.sop_name,
             meta={t: _plain(v) for t in SAFE_TAGS if (v := _get(ds, t)) not in (None, "")},
             identifiers={t: str(_get(ds, t, "")) for t in IDENTIFYING_TAGS},
             spacing_between_slices=_num(_get(ds, "SpacingBetweenSlices")),
@@ -578,10 +669,18 @@ def _truncated_by(ds, pixel_offset: int, size: int) -> int | None:
     if ts is not None and (ts.is_compressed or ts.is_deflated):
         return None
     try:
+
         def g(kw, d=None):
             return _tag_value(ds, kw) or d
-        n = (int(g("Rows")) * int(g("Columns")) * int(g("SamplesPerPixel", 1))
-             * int(g("NumberOfFrames", 1)) * int(g("BitsAllocated")) + 7) // 8
+
+        n = (
+            int(g("Rows"))
+            * int(g("Columns"))
+            * int(g("SamplesPerPixel", 1))
+            * int(g("NumberOfFrames", 1))
+            * int(g("BitsAllocated"))
+            + 7
+        ) // 8
     except (AttributeError, TypeError, ValueError):
         return None
     missing = pixel_offset + 8 + n - size  # 8: the shortest element header

@@ -28,8 +28,11 @@ class Candidate:
 
     def describe(self) -> str:
         desc = self.series.meta.get("SeriesDescription", "")
-        return (f"{self.key} ({self.series.modality or '?'}, {self.plan.orientation}, {self.plan.n_slices} slices"
-                + (f", '{desc}'" if desc else "") + ")")
+        return (
+            f"{self.key} ({self.series.modality or '?'}, {self.plan.orientation}, {self.plan.n_slices} slices"
+            + (f", '{desc}'" if desc else "")
+            + ")"
+        )
 
 
 @dataclass
@@ -67,18 +70,26 @@ def select(candidates: list, rule: SelectionRule | None, *, folder) -> tuple[Can
     """The chosen candidate and a record of the choice (no identifiers)."""
     rule = rule or SelectionRule()
     if not candidates:
-        raise InputError("no DICOM image series with patient geometry found; expected a folder holding a CT/MR series "
-                         "(run 'medseg dicom scan' on it to see what it holds)", path=folder)
+        raise InputError(
+            "no DICOM image series with patient geometry found; expected a folder holding a CT/MR series "
+            "(run 'medseg dicom scan' on it to see what it holds)",
+            path=folder,
+        )
     matching = [c for c in candidates if rule.matches(c)]
     if not matching:
         listed = "; ".join(c.describe() for c in candidates[:6])
-        raise InputError(f"no image series matches the selection rule ({rule.describe()}); found: {listed}", path=folder)
+        raise InputError(
+            f"no image series matches the selection rule ({rule.describe()}); found: {listed}", path=folder
+        )
     chosen = max(matching, key=lambda c: (c.plan.n_slices, c.plan.shape[0] * c.plan.shape[1], c.plan.refused is None))
     record = {
         "rule": rule.describe(),
         "chosen": chosen.key,
-        "reason": ("the only image stack" if len(candidates) == 1 else
-                   f"largest of {len(matching)} matching stack(s) among {len(candidates)}"),
+        "reason": (
+            "the only image stack"
+            if len(candidates) == 1
+            else f"largest of {len(matching)} matching stack(s) among {len(candidates)}"
+        ),
         "candidates": [c.describe() for c in candidates],
     }
     return chosen, record

@@ -36,8 +36,15 @@ from medseg.io.volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)
 
-__all__ = ["is_dicom_folder", "read_dicom_series", "scan_inventory", "Inventory", "SelectionRule", "GeometryPolicy",
-           "volume_from_candidate"]
+__all__ = [
+    "is_dicom_folder",
+    "read_dicom_series",
+    "scan_inventory",
+    "Inventory",
+    "SelectionRule",
+    "GeometryPolicy",
+    "volume_from_candidate",
+]
 
 
 def is_dicom_folder(path: Path) -> bool:
@@ -62,7 +69,11 @@ class SeriesEntry:
             return self.series.not_image
         if not self.plans:
             skipped = [f.detail for f in self.findings if f.action == "skipped"]
-            return skipped[0] if skipped else "no frames with patient geometry (ImagePositionPatient/ImageOrientationPatient/PixelSpacing)"
+            return (
+                skipped[0]
+                if skipped
+                else "no frames with patient geometry (ImagePositionPatient/ImageOrientationPatient/PixelSpacing)"
+            )
         refused = [p.refused for p in self.plans if p.refused]
         if refused and len(refused) == len(self.plans):
             return "refused: " + refused[0]
@@ -84,9 +95,13 @@ class Inventory:
         """``(series, files)`` DataFrames: one row per series; one row per file not in an image stack."""
         import pandas as pd
 
-        rows = [{**_series_row(e, with_identifiers),
-                 "source_folder": source_folder(e.series, self.scan.root, with_identifiers=with_identifiers)}
-                for e in self.entries]
+        rows = [
+            {
+                **_series_row(e, with_identifiers),
+                "source_folder": source_folder(e.series, self.scan.root, with_identifiers=with_identifiers),
+            }
+            for e in self.entries
+        ]
         files = [{"file": _rel(p, self.scan.root), "reason": r} for p, r in self.scan.skipped]
         columns = [*_series_row(None, with_identifiers), "source_folder"]
         return pd.DataFrame(rows, columns=columns), pd.DataFrame(files, columns=["file", "reason"])
@@ -144,31 +159,49 @@ def _series_row(e: SeriesEntry | None, with_identifiers: bool) -> dict:
                 seen.add(str(f))
                 findings.append(str(f))
     row = {
-        "study_key": s.study_key if s else "", "series_key": s.series_key if s else "",
-        "modality": s.modality if s else "", "series_number": s.meta.get("SeriesNumber", "") if s else "",
+        "study_key": s.study_key if s else "",
+        "series_key": s.series_key if s else "",
+        "modality": s.modality if s else "",
+        "series_number": s.meta.get("SeriesNumber", "") if s else "",
         "series_description": s.meta.get("SeriesDescription", "") if s else "",
-        "sop_class": s.sop_class if s else "", "n_files": len(s.files) if s else 0,
+        "sop_class": s.sop_class if s else "",
+        "n_files": len(s.files) if s else 0,
         "n_frames": len(s.slices) if s else 0,
-        "rows": first.rows if first else "", "columns": first.cols if first else "",
-        "orientation": main.orientation if main else "", "image_orientation": _fmt(first.iop if first else None),
+        "rows": first.rows if first else "",
+        "columns": first.cols if first else "",
+        "orientation": main.orientation if main else "",
+        "image_orientation": _fmt(first.iop if first else None),
         "pixel_spacing_mm": _fmt(first.pixel_spacing if first else None),
         "slice_step_mm": round(main.step, 4) if main and main.step else "",
         "slice_thickness_mm": first.thickness if first and first.thickness else "",
         "n_volumes": sum(p.refused is None for p in plans),
         "volume_shapes": "; ".join("x".join(map(str, p.shape)) + (f" [{p.label}]" if p.label else "") for p in plans),
         "transfer_syntax": "; ".join(sorted(s.transfer_syntaxes)) if s else "",
-        "segmentable": bool(e.segmentable) if e else False, "reason": e.reason if e else "",
+        "segmentable": bool(e.segmentable) if e else False,
+        "reason": e.reason if e else "",
         "findings": "; ".join(findings),
     }
     if with_identifiers:
-        row.update({k: (s.identifiers.get(k, "") if s else "") for k in
-                    ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
-                     "StudyInstanceUID", "SeriesInstanceUID")})
+        row.update(
+            {
+                k: (s.identifiers.get(k, "") if s else "")
+                for k in (
+                    "PatientName",
+                    "PatientID",
+                    "PatientBirthDate",
+                    "AccessionNumber",
+                    "StudyDate",
+                    "StudyInstanceUID",
+                    "SeriesInstanceUID",
+                )
+            }
+        )
     return row
 
 
-def scan_inventory(folder: str | os.PathLike, *, policy: GeometryPolicy | None = None, progress: bool = False,
-                   salt: str | None = None) -> Inventory:
+def scan_inventory(
+    folder: str | os.PathLike, *, policy: GeometryPolicy | None = None, progress: bool = False, salt: str | None = None
+) -> Inventory:
     """Scan ``folder`` (or the files a DICOMDIR file lists) header-only and plan every image series (no pixel data is read)."""
     folder = Path(folder)
     if not folder.is_dir() and not is_dicomdir_file(folder):
@@ -184,18 +217,27 @@ def scan_inventory(folder: str | os.PathLike, *, policy: GeometryPolicy | None =
     return inv
 
 
-def volume_from_candidate(c: Candidate, source: str, *, selection: dict | None = None,
-                          with_identifiers: bool = False) -> Volume:
+def volume_from_candidate(
+    c: Candidate, source: str, *, selection: dict | None = None, with_identifiers: bool = False
+) -> Volume:
     """Decode and stack one planned candidate; a refused plan raises ``GeometryError`` with its reason."""
     plan, s = c.plan, c.series
     if plan.refused:
         raise GeometryError(f"series {c.key}: {plan.refused}", path=source)
     array = build_array(plan)
     info = {
-        "study_key": s.study_key, "series_key": s.series_key, "stack": plan.label, "key": c.key,
-        "modality": s.modality, "sop_class": s.sop_class, "orientation": plan.orientation,
-        "n_files": len(s.files), "n_source_frames": len(plan.slices), "slice_step_mm": plan.step,
-        "transfer_syntaxes": sorted(s.transfer_syntaxes), "header": dict(s.meta),
+        "study_key": s.study_key,
+        "series_key": s.series_key,
+        "stack": plan.label,
+        "key": c.key,
+        "modality": s.modality,
+        "sop_class": s.sop_class,
+        "orientation": plan.orientation,
+        "n_files": len(s.files),
+        "n_source_frames": len(plan.slices),
+        "slice_step_mm": plan.step,
+        "transfer_syntaxes": sorted(s.transfer_syntaxes),
+        "header": dict(s.meta),
         "findings": [f.to_dict() for f in plan.findings],
     }
     if selection:
@@ -208,9 +250,12 @@ def volume_from_candidate(c: Candidate, source: str, *, selection: dict | None =
 
 def no_images_error(inv: Inventory, folder) -> InputError:
     """The one-line error for a folder without any image stack, naming the first file refused and why."""
-    return InputError(f"no DICOM image slices with geometry found ({len(inv.scan.skipped)} other files"
-                      f"{_first_refusal(inv)}); expected a folder holding one CT/MR series (run 'medseg dicom scan' "
-                      "to list what it holds)", path=folder)
+    return InputError(
+        f"no DICOM image slices with geometry found ({len(inv.scan.skipped)} other files"
+        f"{_first_refusal(inv)}); expected a folder holding one CT/MR series (run 'medseg dicom scan' "
+        "to list what it holds)",
+        path=folder,
+    )
 
 
 def _first_refusal(inv: Inventory) -> str:
@@ -244,12 +289,12 @@ def read_dicom_series(
     chosen, record = select(cands, rule, folder=folder)
     n_series = len({c.series.series_key for c in cands})
     if len(cands) > 1:
-        log.warning("%s holds %d image stacks; segmenting %s: %s", folder.name, len(cands), chosen.describe(),
-                    record["reason"])
+        log.warning(
+            "%s holds %d image stacks; segmenting %s: %s", folder.name, len(cands), chosen.describe(), record["reason"]
+        )
     for f in chosen.plan.findings:
         if f.action not in ("accepted",):
             log.info("%s %s: %s", folder.name, chosen.key, f)
     vol = volume_from_candidate(chosen, str(folder), selection=record)
     vol.meta["n_image_series_in_folder"] = n_series
     return vol
-

@@ -59,10 +59,10 @@ def fill_polygons(polygons: list, shape: tuple[int, int]) -> np.ndarray:
             continue
         t = (a - e_a0[sel]) / (e_a1[sel] - e_a0[sel])
         xs = np.sort(e_b0[sel] + t * (e_b1[sel] - e_b0[sel]))
-        for xa, xb in zip(xs[0::2], xs[1::2]):
+        for xa, xb in zip(xs[0::2], xs[1::2], strict=False):
             j0, j1 = max(0, int(np.ceil(xa - eps))), min(n1 - 1, int(np.floor(xb + eps)))
             if j1 >= j0:
-                out[a, j0:j1 + 1] = True
+                out[a, j0 : j1 + 1] = True
     # On the contour: every voxel centre that an edge passes through (within eps), on the rows of the image only
     # (unclipped, one edge to a point 1e8 voxels away would enumerate 1e8 rows).
     amin, amax = np.minimum(a0, a1), np.maximum(a0, a1)
@@ -83,7 +83,7 @@ def fill_polygons(polygons: list, shape: tuple[int, int]) -> np.ndarray:
                 bl, bh = sorted((b0[e[k]], b1[e[k]]))
                 j0, j1 = max(0, int(np.ceil(bl - eps))), min(n1 - 1, int(np.floor(bh + eps)))
                 if j1 >= j0:
-                    out[r, j0:j1 + 1] = True
+                    out[r, j0 : j1 + 1] = True
     return out
 
 
@@ -116,7 +116,7 @@ def mask_contours(mask: np.ndarray, *, level: float = 0.5) -> list[np.ndarray]:
         return []
     nz = np.argwhere(m)
     (a_lo, b_lo), (a_hi, b_hi) = nz.min(axis=0), nz.max(axis=0)
-    crop = np.pad(m[a_lo:a_hi + 1, b_lo:b_hi + 1], 1)
+    crop = np.pad(m[a_lo : a_hi + 1, b_lo : b_hi + 1], 1)
     gen = contourpy.contour_generator(z=crop, line_type="Separate")
     out = []
     for line in gen.lines(level):

@@ -75,17 +75,30 @@ def overlap_findings(overlaps: dict, table: LabelTable, rule: str) -> list[Findi
     out = []
     for (win, lose), n in sorted(overlaps.items()):
         how = "smaller structure wins" if rule == "smaller" else "later table entry wins"
-        out.append(Finding("overlap", "resolved", f"{n} voxels in both {table_name(table, win)!r} and "
-                           f"{table_name(table, lose)!r}: given to {table_name(table, win)!r} ({how})"))
+        out.append(
+            Finding(
+                "overlap",
+                "resolved",
+                f"{n} voxels in both {table_name(table, win)!r} and "
+                f"{table_name(table, lose)!r}: given to {table_name(table, win)!r} ({how})",
+            )
+        )
     return out
 
 
-def label_object(path, fmt: str, key: str, array, image: Volume, table: LabelTable, rois, unmapped, findings: list, *,
-                 unit: str) -> LabelObject:
+def label_object(
+    path, fmt: str, key: str, array, image: Volume, table: LabelTable, rois, unmapped, findings: list, *, unit: str
+) -> LabelObject:
     """The label map on ``image``'s grid with the series' findings followed by the object's (RTSTRUCT and SEG alike)."""
     if unmapped:
-        findings.append(Finding(f"unmapped_{unit.lower()}", "skipped", f"{len(unmapped)} {unit}(s) match no structure of table "
-                                f"{table.name!r}: {', '.join(map(repr, unmapped))}"))
+        findings.append(
+            Finding(
+                f"unmapped_{unit.lower()}",
+                "skipped",
+                f"{len(unmapped)} {unit}(s) match no structure of table "
+                f"{table.name!r}: {', '.join(map(repr, unmapped))}",
+            )
+        )
     all_findings = list(image.meta.get("dicom", {}).get("findings", [])) + [f.to_dict() for f in findings]
     meta = {"format": fmt, "label_object": key, "label_table": table.to_dict(), "findings": all_findings}
     labels = Volume(array, image.affine.copy(), str(path), meta)

@@ -49,8 +49,9 @@ def _scan_root(images) -> tuple[Path, tempfile.TemporaryDirectory | None]:
     return Path(tmp.name), tmp
 
 
-def referenced_volume(images, *, series_uid: str | None, sop_uids: set, what: str = "object",
-                      inventory=None, frame_of_reference=()) -> Referenced:
+def referenced_volume(
+    images, *, series_uid: str | None, sop_uids: set, what: str = "object", inventory=None, frame_of_reference=()
+) -> Referenced:
     """Read the stack of ``images`` that ``series_uid``/``sop_uids`` reference (``InputError`` if none).
 
     When the object names neither (``frame_of_reference`` given), the one stack on that frame of reference is used.
@@ -74,22 +75,32 @@ def referenced_volume(images, *, series_uid: str | None, sop_uids: set, what: st
             # nothing names a series or an instance (some exports): the one stack on the frame of reference
             same = [c for c in cands if _frame_of_reference(c.plan.slices[0].path) in frame_of_reference]
             if not same:
-                raise InputError(f"the {what} names no series or instance, and no stack of the {len(cands)} found shares "
-                                 "its frame of reference; expected the folder to hold the series it was drawn on", path=root)
+                raise InputError(
+                    f"the {what} names no series or instance, and no stack of the {len(cands)} found shares "
+                    "its frame of reference; expected the folder to hold the series it was drawn on",
+                    path=root,
+                )
             if len(same) > 1:
-                raise InputError(f"the {what} names no series or instance, and {len(same)} stacks share its frame of "
-                                 f"reference ({', '.join(c.key for c in same)}); expected one", path=root)
+                raise InputError(
+                    f"the {what} names no series or instance, and {len(same)} stacks share its frame of "
+                    f"reference ({', '.join(c.key for c in same)}); expected one",
+                    path=root,
+                )
             scored = same
             by_series = same
         if not scored or (not by_series and hits(scored[0]) == 0):
             key = pseudonym(series_uid, prefix="se") if series_uid else "(none named)"
             refused = [c for c in inv.candidates if series_uid and c.series.series_uid == series_uid and c.plan.refused]
             why = f": its stack was refused ({refused[0].plan.refused})" if refused else " is not among them"
-            raise InputError(f"the {what} references image series {key} ({len(sop_uids)} instances), which{why}; "
-                             f"expected the folder to hold that series ({len(cands)} usable stacks found)", path=root)
+            raise InputError(
+                f"the {what} references image series {key} ({len(sop_uids)} instances), which{why}; "
+                f"expected the folder to hold that series ({len(cands)} usable stacks found)",
+                path=root,
+            )
         chosen = scored[0]
-        vol = volume_from_candidate(chosen, str(images if tmp is None else images[0].parent),
-                                    selection={"reason": f"referenced by the {what}"})
+        vol = volume_from_candidate(
+            chosen, str(images if tmp is None else images[0].parent), selection={"reason": f"referenced by the {what}"}
+        )
         fr = _frame_of_reference(chosen.plan.slices[0].path)
         ref = Referenced(vol, chosen, fr)
         inv_aff = np.linalg.inv(vol.affine)

@@ -27,8 +27,20 @@ from medseg import safe_yaml
 from medseg.errors import ConfigError
 from medseg.labels import Label, LabelTable
 
-_SIDE = {"l": "left", "lt": "left", "left": "left", "sin": "left", "links": "left", "gauche": "left",
-         "r": "right", "rt": "right", "right": "right", "dx": "right", "rechts": "right", "droit": "right"}
+_SIDE = {
+    "l": "left",
+    "lt": "left",
+    "left": "left",
+    "sin": "left",
+    "links": "left",
+    "gauche": "left",
+    "r": "right",
+    "rt": "right",
+    "right": "right",
+    "dx": "right",
+    "rechts": "right",
+    "droit": "right",
+}
 SYNONYMS_RESOURCE = "resources/roi_synonyms.yaml"
 
 
@@ -121,8 +133,14 @@ class NameMatcher:
         return self._keys.get(name_key(name))
 
 
-def table_from_names(names, *, name: str = "roi_names", colors: dict | None = None, codes: dict | None = None,
-                     synonyms: dict | None = None) -> LabelTable:
+def table_from_names(
+    names,
+    *,
+    name: str = "roi_names",
+    colors: dict | None = None,
+    codes: dict | None = None,
+    synonyms: dict | None = None,
+) -> LabelTable:
     """A label table from ROI names: canonical names (synonyms applied), one label each, sorted by name.
 
     ``colors``/``codes`` map a ROI name to its display colour / SNOMED code; the first one seen for a structure is kept.

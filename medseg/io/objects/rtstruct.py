@@ -127,8 +127,18 @@ CONTOUR_LEVEL = 0.55
 #: Contours enclosing fewer voxel faces than this are dropped (and counted).
 MIN_FRAGMENT_VOXELS = 1.0
 #: The patient and general study modules' attributes (Type 1 and 2) copied from the source series; nothing else.
-PATIENT_STUDY_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-                            "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+PATIENT_STUDY_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 #: Study Component Management SOP Class: what RTReferencedStudySequence items reference (PS3.3 C.8.8.5).
 _STUDY_COMPONENT_SOP = "1.2.840.10008.3.1.2.3.1"
 #: Default: a contour may lie up to half a slice spacing from the slice it is assigned to.
@@ -142,10 +152,20 @@ _NOT_AREA = {"POINT": "point_contour", "OPEN_PLANAR": "open_contour", "OPEN_NONP
 # -- writing ----------------------------------------------------------------------------------------------------
 
 
-def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *,
-                   software_version: str | None = None, level: float = CONTOUR_LEVEL, min_fragment_voxels: float = MIN_FRAGMENT_VOXELS,
-                   series_description: str = "medseg contours", series_uid: str | None = None,
-                   findings: list | None = None, uid_seed: str | None = None) -> Path:
+def write_rtstruct(
+    labels: Volume,
+    dicom_folder: str | os.PathLike,
+    table: LabelTable,
+    path: str | os.PathLike,
+    *,
+    software_version: str | None = None,
+    level: float = CONTOUR_LEVEL,
+    min_fragment_voxels: float = MIN_FRAGMENT_VOXELS,
+    series_description: str = "medseg contours",
+    series_uid: str | None = None,
+    findings: list | None = None,
+    uid_seed: str | None = None,
+) -> Path:
     """Write ``labels`` (on the grid of a series in ``dicom_folder``) as an RTSTRUCT at ``path``; return the path.
 
     ``uid_seed``: the object's SeriesInstanceUID and SOPInstanceUID are derived from it and the source series
@@ -160,15 +180,18 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     cand, by_k = _source_stack(folder, labels, series_uid)
     arr = np.asarray(labels.array)
     if arr.size and int(arr.max()) > table.num_classes - 1:
-        raise GeometryError(f"label map holds value {int(arr.max())} outside label table {table.name!r}", path=labels.source or None)
+        raise GeometryError(
+            f"label map holds value {int(arr.max())} outside label table {table.name!r}", path=labels.source or None
+        )
     src = pydicom.dcmread(cand.plan.slices[0].path, stop_before_pixels=True)
     for_uid = str(src.get("FrameOfReferenceUID", ""))
     version = software_version or medseg.__version__
     ds = _structure_set(src, for_uid, version, series_description, uid_seed)
     sop_class = str(src.SOPClassUID)
     ds.ReferencedFrameOfReferenceSequence = _referenced_frame(src, for_uid, sop_class, cand, by_k)
-    drawn = _draw_structures(arr, LPS_TO_RAS @ labels.affine, table, by_k, sop_class, for_uid, version, level,
-                             min_fragment_voxels)
+    drawn = _draw_structures(
+        arr, LPS_TO_RAS @ labels.affine, table, by_k, sop_class, for_uid, version, level, min_fragment_voxels
+    )
     ds.StructureSetROISequence = Sequence(drawn.rois)
     ds.ROIContourSequence = Sequence(drawn.contours)
     ds.RTROIObservationsSequence = Sequence(drawn.observations)
@@ -180,7 +203,9 @@ def write_rtstruct(labels: Volume, dicom_folder: str | os.PathLike, table: Label
     return Path(path)
 
 
-def _source_stack(folder: Path, labels: Volume, series_uid: str | None = None) -> tuple[Candidate, dict[int, SliceInfo]]:
+def _source_stack(
+    folder: Path, labels: Volume, series_uid: str | None = None
+) -> tuple[Candidate, dict[int, SliceInfo]]:
     """The planned stack of ``folder`` on ``labels``' grid and, per slice index, its SliceInfo."""
     inv = scan_inventory(folder)
     for c in inv.candidates:
@@ -192,8 +217,11 @@ def _source_stack(folder: Path, labels: Volume, series_uid: str | None = None) -
         if not np.allclose(LPS_TO_RAS @ p.lps, labels.affine, atol=1e-3):
             continue
         if p.interp is not None or p.inplane_shift is not None:
-            raise InputError("the label map's series was resampled when read (irregular spacing or gantry tilt), so its "
-                             "slices are not the source images; an RTSTRUCT needs contours on source slices", path=folder)
+            raise InputError(
+                "the label map's series was resampled when read (irregular spacing or gantry tilt), so its "
+                "slices are not the source images; an RTSTRUCT needs contours on source slices",
+                path=folder,
+            )
         inv_aff = np.linalg.inv(labels.affine)
         by_k: dict[int, SliceInfo] = {}
         for s in p.slices:
@@ -202,8 +230,11 @@ def _source_stack(folder: Path, labels: Volume, series_uid: str | None = None) -
             if abs(ijk[2] - k) < 0.25 and np.abs(ijk[:2]).max() < 0.25:
                 by_k.setdefault(k, s)
         return c, by_k
-    raise InputError("no image stack of this DICOM folder is on the label map's grid; cannot reference it from an "
-                     "RTSTRUCT (pass the folder of the series the label map was made from)", path=folder)
+    raise InputError(
+        "no image stack of this DICOM folder is on the label map's grid; cannot reference it from an "
+        "RTSTRUCT (pass the folder of the series the label map was made from)",
+        path=folder,
+    )
 
 
 def _item(**kw) -> Dataset:
@@ -233,8 +264,9 @@ def _structure_set(src: Dataset, for_uid: str, version: str, series_description:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
     src_series = str(src.get("SeriesInstanceUID", ""))
-    meta.MediaStorageSOPInstanceUID = (generate_uid(entropy_srcs=[uid_seed, src_series, "medseg RTSTRUCT instance"])
-                                       if uid_seed else generate_uid())
+    meta.MediaStorageSOPInstanceUID = (
+        generate_uid(entropy_srcs=[uid_seed, src_series, "medseg RTSTRUCT instance"]) if uid_seed else generate_uid()
+    )
     meta.TransferSyntaxUID = ImplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = pydicom.Dataset()
@@ -246,7 +278,9 @@ def _structure_set(src: Dataset, for_uid: str, version: str, series_description:
     for kw in PATIENT_STUDY_ATTRIBUTES:  # Type 2 when absent from the source: present and empty
         setattr(ds, kw, src.get(kw, ""))
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, src_series, "medseg RTSTRUCT series"]) if uid_seed else generate_uid()
+    ds.SeriesInstanceUID = (
+        generate_uid(entropy_srcs=[uid_seed, src_series, "medseg RTSTRUCT series"]) if uid_seed else generate_uid()
+    )
     ds.SeriesNumber, ds.SeriesDescription = 901, series_description
     ds.OperatorsName = ""
     ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medseg", "medseg", version
@@ -263,13 +297,32 @@ def _referenced_frame(src: Dataset, for_uid: str, sop_class: str, cand: Candidat
     """ReferencedFrameOfReferenceSequence: the source study, series and every slice a contour may reference."""
     from pydicom.sequence import Sequence
 
-    contour_images = [_item(ReferencedSOPClassUID=sop_class, ReferencedSOPInstanceUID=by_k[k].sop_uid) for k in sorted(by_k)]
-    return Sequence([_item(
-        FrameOfReferenceUID=for_uid,
-        RTReferencedStudySequence=Sequence([_item(
-            ReferencedSOPClassUID=_STUDY_COMPONENT_SOP, ReferencedSOPInstanceUID=str(src.StudyInstanceUID),
-            RTReferencedSeriesSequence=Sequence([_item(SeriesInstanceUID=cand.series.series_uid,
-                                                       ContourImageSequence=Sequence(contour_images))]))]))])
+    contour_images = [
+        _item(ReferencedSOPClassUID=sop_class, ReferencedSOPInstanceUID=by_k[k].sop_uid) for k in sorted(by_k)
+    ]
+    return Sequence(
+        [
+            _item(
+                FrameOfReferenceUID=for_uid,
+                RTReferencedStudySequence=Sequence(
+                    [
+                        _item(
+                            ReferencedSOPClassUID=_STUDY_COMPONENT_SOP,
+                            ReferencedSOPInstanceUID=str(src.StudyInstanceUID),
+                            RTReferencedSeriesSequence=Sequence(
+                                [
+                                    _item(
+                                        SeriesInstanceUID=cand.series.series_uid,
+                                        ContourImageSequence=Sequence(contour_images),
+                                    )
+                                ]
+                            ),
+                        )
+                    ]
+                ),
+            )
+        ]
+    )
 
 
 @dataclass
@@ -285,16 +338,31 @@ class _Drawn:
     def findings(self, min_fragment_voxels: float, face_mm2: float) -> list[dict]:
         out = []
         if self.dropped:
-            out.append(Finding("small_fragment", "dropped", f"{self.dropped} contour(s) enclosing less than "
-                               f"{min_fragment_voxels:g} voxel face(s) ({min_fragment_voxels * face_mm2:.3g} mm2) "
-                               "not written").to_dict())
+            out.append(
+                Finding(
+                    "small_fragment",
+                    "dropped",
+                    f"{self.dropped} contour(s) enclosing less than "
+                    f"{min_fragment_voxels:g} voxel face(s) ({min_fragment_voxels * face_mm2:.3g} mm2) "
+                    "not written",
+                ).to_dict()
+            )
         if self.absent:
             out.append(Finding("absent_structure", "skipped", f"no voxels, no ROI: {', '.join(self.absent)}").to_dict())
         return out
 
 
-def _draw_structures(arr: np.ndarray, lps: np.ndarray, table: LabelTable, by_k: dict[int, SliceInfo], sop_class: str,
-                     for_uid: str, version: str, level: float, min_fragment_voxels: float) -> _Drawn:
+def _draw_structures(
+    arr: np.ndarray,
+    lps: np.ndarray,
+    table: LabelTable,
+    by_k: dict[int, SliceInfo],
+    sop_class: str,
+    for_uid: str,
+    version: str,
+    level: float,
+    min_fragment_voxels: float,
+) -> _Drawn:
     """One ROI (number, contours, observation) per structure of ``table`` with contours, numbered from 1."""
     from pydicom.sequence import Sequence
 
@@ -302,18 +370,29 @@ def _draw_structures(arr: np.ndarray, lps: np.ndarray, table: LabelTable, by_k: 
     boxes = label_boxes(arr)
     colors = display_colors(table)
     for lab in table.labels:
-        contours, dropped = _structure_contours(arr, lab.index, boxes.get(lab.index), lps, by_k, sop_class, level,
-                                                min_fragment_voxels)
+        contours, dropped = _structure_contours(
+            arr, lab.index, boxes.get(lab.index), lps, by_k, sop_class, level, min_fragment_voxels
+        )
         drawn.dropped += dropped
         if not contours:
             drawn.absent.append(lab.name)
             continue
         number = len(drawn.rois) + 1
-        drawn.rois.append(_item(ROINumber=number, ReferencedFrameOfReferenceUID=for_uid, ROIName=lab.name,
-                                ROIGenerationAlgorithm="AUTOMATIC", ROIGenerationDescription=f"medseg {version}"))
+        drawn.rois.append(
+            _item(
+                ROINumber=number,
+                ReferencedFrameOfReferenceUID=for_uid,
+                ROIName=lab.name,
+                ROIGenerationAlgorithm="AUTOMATIC",
+                ROIGenerationDescription=f"medseg {version}",
+            )
+        )
         color = colors[lab.index]
-        drawn.contours.append(_item(ReferencedROINumber=number, ROIDisplayColor=[int(c) for c in color],
-                                    ContourSequence=Sequence(contours)))
+        drawn.contours.append(
+            _item(
+                ReferencedROINumber=number, ROIDisplayColor=[int(c) for c in color], ContourSequence=Sequence(contours)
+            )
+        )
         drawn.observations.append(_observation(number, lab))
     return drawn
 
@@ -324,14 +403,22 @@ def _observation(number: int, lab: Label) -> Dataset:
 
     obs = _item(ObservationNumber=number, ReferencedROINumber=number, RTROIInterpretedType="ORGAN", ROIInterpreter="")
     if lab.snomed:
-        obs.RTROIIdentificationCodeSequence = Sequence([_item(CodeValue=str(lab.snomed), CodingSchemeDesignator="SCT",
-                                                              CodeMeaning=lab.name)])
+        obs.RTROIIdentificationCodeSequence = Sequence(
+            [_item(CodeValue=str(lab.snomed), CodingSchemeDesignator="SCT", CodeMeaning=lab.name)]
+        )
     return obs
 
 
-def _structure_contours(arr: np.ndarray, index: int, box: tuple[slice, ...] | None, lps: np.ndarray,
-                        by_k: dict[int, SliceInfo], sop_class: str, level: float,
-                        min_fragment_voxels: float) -> tuple[list, int]:
+def _structure_contours(
+    arr: np.ndarray,
+    index: int,
+    box: tuple[slice, ...] | None,
+    lps: np.ndarray,
+    by_k: dict[int, SliceInfo],
+    sop_class: str,
+    level: float,
+    min_fragment_voxels: float,
+) -> tuple[list, int]:
     """The ContourSequence items of structure ``index`` (within its bounding ``box``) on every source slice, and
     how many contours were dropped as smaller than ``min_fragment_voxels``."""
     from pydicom.sequence import Sequence
@@ -351,11 +438,16 @@ def _structure_contours(arr: np.ndarray, index: int, box: tuple[slice, ...] | No
                 continue
             poly = poly + offset
             pts = np.c_[poly, np.full(len(poly), float(k)), np.ones(len(poly))] @ lps.T
-            contours.append(_item(
-                ContourImageSequence=Sequence([_item(ReferencedSOPClassUID=sop_class,
-                                                     ReferencedSOPInstanceUID=by_k[k].sop_uid)]),
-                ContourGeometricType="CLOSED_PLANAR", NumberOfContourPoints=len(poly),
-                ContourData=[_ds(v) for v in pts[:, :3].ravel()]))
+            contours.append(
+                _item(
+                    ContourImageSequence=Sequence(
+                        [_item(ReferencedSOPClassUID=sop_class, ReferencedSOPInstanceUID=by_k[k].sop_uid)]
+                    ),
+                    ContourGeometricType="CLOSED_PLANAR",
+                    NumberOfContourPoints=len(poly),
+                    ContourData=[_ds(v) for v in pts[:, :3].ravel()],
+                )
+            )
     return contours, dropped
 
 
@@ -385,14 +477,22 @@ def rtstruct_header(path_or_ds) -> dict:
         for st in fr.get("RTReferencedStudySequence", []):
             for se in st.get("RTReferencedSeriesSequence", []):
                 series_uids.append(str(se.get("SeriesInstanceUID", "")))
-                sops.update(str(ci.ReferencedSOPInstanceUID) for ci in se.get("ContourImageSequence", [])
-                            if "ReferencedSOPInstanceUID" in ci)
+                sops.update(
+                    str(ci.ReferencedSOPInstanceUID)
+                    for ci in se.get("ContourImageSequence", [])
+                    if "ReferencedSOPInstanceUID" in ci
+                )
     rois: dict[int, dict[str, Any]] = {}
     for item in ds.get("StructureSetROISequence", []):
         raw = str(item.get("ROIName", ""))
-        rois[int(item.ROINumber)] = {"number": int(item.ROINumber), "name": usable_name(raw, int(item.ROINumber)),
-                                     "frame_of_reference": str(item.get("ReferencedFrameOfReferenceUID", "")),
-                                     "color": None, "types": defaultdict(int), "interpreted_type": ""}
+        rois[int(item.ROINumber)] = {
+            "number": int(item.ROINumber),
+            "name": usable_name(raw, int(item.ROINumber)),
+            "frame_of_reference": str(item.get("ReferencedFrameOfReferenceUID", "")),
+            "color": None,
+            "types": defaultdict(int),
+            "interpreted_type": "",
+        }
         if rois[int(item.ROINumber)]["name"] != raw:
             rois[int(item.ROINumber)]["renamed_from"] = raw
     for obs in ds.get("RTROIObservationsSequence", []):
@@ -401,18 +501,36 @@ def rtstruct_header(path_or_ds) -> dict:
             rois[n]["interpreted_type"] = str(obs.get("RTROIInterpretedType", ""))
     for item in ds.get("ROIContourSequence", []):
         n = int(item.get("ReferencedROINumber", -1))
-        roi = rois.setdefault(n, {"number": n, "name": f"ROI {n}", "frame_of_reference": "", "color": None,
-                                  "types": defaultdict(int), "interpreted_type": ""})
+        roi = rois.setdefault(
+            n,
+            {
+                "number": n,
+                "name": f"ROI {n}",
+                "frame_of_reference": "",
+                "color": None,
+                "types": defaultdict(int),
+                "interpreted_type": "",
+            },
+        )
         roi["color"] = _roi_color(item)
         for c in item.get("ContourSequence", []):
             roi["types"][str(c.get("ContourGeometricType", ""))] += 1
-            sops.update(str(ci.ReferencedSOPInstanceUID) for ci in c.get("ContourImageSequence", [])
-                        if "ReferencedSOPInstanceUID" in ci)
+            sops.update(
+                str(ci.ReferencedSOPInstanceUID)
+                for ci in c.get("ContourImageSequence", [])
+                if "ReferencedSOPInstanceUID" in ci
+            )
     for r in rois.values():
         r["types"] = dict(r["types"])
-    return {"series_uid": series_uids[0] if series_uids else None, "series_uids": series_uids, "sop_uids": sops,
-            "frame_of_reference": sorted(for_uids), "rois": list(rois.values()), "dataset": ds,
-            "key": pseudonym(str(ds.get("SOPInstanceUID", "")), prefix="rs")}
+    return {
+        "series_uid": series_uids[0] if series_uids else None,
+        "series_uids": series_uids,
+        "sop_uids": sops,
+        "frame_of_reference": sorted(for_uids),
+        "rois": list(rois.values()),
+        "dataset": ds,
+        "key": pseudonym(str(ds.get("SOPInstanceUID", "")), prefix="rs"),
+    }
 
 
 def closed_rois(header: dict) -> list[dict]:
@@ -420,8 +538,16 @@ def closed_rois(header: dict) -> list[dict]:
     return [r for r in header["rois"] if r["types"].get("CLOSED_PLANAR", 0) > 0]
 
 
-def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None = None, synonyms: dict | None = None,
-                  slice_tolerance: float = SLICE_TOLERANCE, overlap: str = "smaller", inventory=None) -> LabelObject:
+def read_rtstruct(
+    path: str | os.PathLike,
+    images,
+    *,
+    table: LabelTable | None = None,
+    synonyms: dict | None = None,
+    slice_tolerance: float = SLICE_TOLERANCE,
+    overlap: str = "smaller",
+    inventory=None,
+) -> LabelObject:
     """Rasterise the RTSTRUCT at ``path`` onto the series it references, found in ``images`` (folder or files).
 
     ``table``: the structures to fill (matched by name, synonyms applied); default: one made from the ROI names.
@@ -431,15 +557,33 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
     if not 0 < slice_tolerance <= 0.5:
         raise ConfigError(f"slice_tolerance {slice_tolerance}: expected a fraction of the slice spacing in (0, 0.5]")
     head = rtstruct_header(Path(path))
-    ref = referenced_volume(images, series_uid=head["series_uid"], sop_uids=head["sop_uids"],
-                            what=f"RTSTRUCT {head['key']}", inventory=inventory,
-                            frame_of_reference=tuple(head["frame_of_reference"]))
-    got = _Read([Finding("unnamed_roi", "renamed", f"ROI {r['number']}'s name {r['renamed_from']!r} has no letter "
-                         f"or digit: read as {r['name']!r}") for r in head["rois"] if "renamed_from" in r])
+    ref = referenced_volume(
+        images,
+        series_uid=head["series_uid"],
+        sop_uids=head["sop_uids"],
+        what=f"RTSTRUCT {head['key']}",
+        inventory=inventory,
+        frame_of_reference=tuple(head["frame_of_reference"]),
+    )
+    got = _Read(
+        [
+            Finding(
+                "unnamed_roi",
+                "renamed",
+                f"ROI {r['number']}'s name {r['renamed_from']!r} has no letter or digit: read as {r['name']!r}",
+            )
+            for r in head["rois"]
+            if "renamed_from" in r
+        ]
+    )
     if table is None:
         closed = closed_rois(head)
-        table = table_from_names([r["name"] for r in closed], name="rtstruct",
-                                 colors={r["name"]: r["color"] for r in closed if r["color"]}, synonyms=synonyms)
+        table = table_from_names(
+            [r["name"] for r in closed],
+            name="rtstruct",
+            colors={r["name"]: r["color"] for r in closed if r["color"]},
+            synonyms=synonyms,
+        )
     matcher = NameMatcher(table, synonyms)
     grid = _Grid.of(ref, slice_tolerance)
     by_number = {r["number"]: r for r in head["rois"]}
@@ -448,14 +592,20 @@ def read_rtstruct(path: str | os.PathLike, images, *, table: LabelTable | None =
     _add_uncontoured(head["rois"], matcher, got)
     for index, names in got.roi_of_label.items():
         if len(names) > 1:
-            got.findings.append(Finding("duplicate_structure", "accepted",
-                                        f"{len(names)} ROIs ({', '.join(map(repr, names))}) name structure "
-                                        f"{table_name(table, index)!r}: united"))
+            got.findings.append(
+                Finding(
+                    "duplicate_structure",
+                    "accepted",
+                    f"{len(names)} ROIs ({', '.join(map(repr, names))}) name structure "
+                    f"{table_name(table, index)!r}: united",
+                )
+            )
     array, overlaps = combine_structures(got.slices, grid.shape, table, overlap)
     got.findings += overlap_findings(overlaps, table, overlap)
     _count_findings(got.findings, got.counts, slice_tolerance)
-    return label_object(path, "rtstruct", head["key"], array, ref.volume, table, got.rois, got.unmapped, got.findings,
-                        unit="ROI")
+    return label_object(
+        path, "rtstruct", head["key"], array, ref.volume, table, got.rois, got.unmapped, got.findings, unit="ROI"
+    )
 
 
 @dataclass
@@ -486,9 +636,15 @@ class _Grid:
     def of(cls, ref: Referenced, tolerance: float) -> _Grid:
         image = ref.volume
         inv = np.linalg.inv(image.affine)
-        return cls(inv, inv[:3, :3] @ LPS_TO_RAS[:3, :3], image.shape,
-                   float(np.linalg.norm(np.cross(image.affine[:3, 0], image.affine[:3, 1]))),
-                   float(np.linalg.norm(image.affine[:3, 2])), tolerance, ref.sop_slice)
+        return cls(
+            inv,
+            inv[:3, :3] @ LPS_TO_RAS[:3, :3],
+            image.shape,
+            float(np.linalg.norm(np.cross(image.affine[:3, 0], image.affine[:3, 1]))),
+            float(np.linalg.norm(image.affine[:3, 2])),
+            tolerance,
+            ref.sop_slice,
+        )
 
     def place(self, c, counts: dict) -> tuple[int, np.ndarray] | None:
         """The slice index and in-plane voxel coordinates of contour item ``c``; None when it is skipped (counted
@@ -521,7 +677,9 @@ class _Grid:
             counts["contour_clipped"] += 1  # filled on the image's voxels only (fill_polygons clips)
         if off > SLICE_WARN:
             counts["contour_between_slices"] += 1
-        named = [self.sop_slice.get(str(ci.get("ReferencedSOPInstanceUID", ""))) for ci in c.get("ContourImageSequence", [])]
+        named = [
+            self.sop_slice.get(str(ci.get("ReferencedSOPInstanceUID", ""))) for ci in c.get("ContourImageSequence", [])
+        ]
         if any(n is not None and n != k for n in named):
             counts["contour_image_mismatch"] += 1
         return k, ijk[:, :2]
@@ -534,9 +692,17 @@ def _read_roi(item, by_number: dict, matcher: NameMatcher, frame_of_reference: s
     roi = by_number.get(number, {"name": f"ROI {number}", "frame_of_reference": ""})
     name = roi["name"]
     lab = matcher.match(name)
-    rec: dict[str, Any] = {"number": number, "name": name, "structure": lab.name if lab else "",
-                           "label": lab.index if lab else None, "n_contours": 0, "n_skipped": 0, "voxels": 0,
-                           "contour_volume_ml": 0.0, "status": "mapped" if lab else "unmapped"}
+    rec: dict[str, Any] = {
+        "number": number,
+        "name": name,
+        "structure": lab.name if lab else "",
+        "label": lab.index if lab else None,
+        "n_contours": 0,
+        "n_skipped": 0,
+        "voxels": 0,
+        "contour_volume_ml": 0.0,
+        "status": "mapped" if lab else "unmapped",
+    }
     got.rois.append(rec)
     if lab is None:
         if any(str(c.get("ContourGeometricType", "")) == "CLOSED_PLANAR" for c in item.get("ContourSequence", [])):
@@ -548,8 +714,13 @@ def _read_roi(item, by_number: dict, matcher: NameMatcher, frame_of_reference: s
                 rec["n_skipped"] += 1
         return
     if roi.get("frame_of_reference") and frame_of_reference and roi["frame_of_reference"] != frame_of_reference:
-        got.findings.append(Finding("other_frame_of_reference", "skipped",
-                                    f"ROI {name!r} is drawn on another frame of reference than its image series"))
+        got.findings.append(
+            Finding(
+                "other_frame_of_reference",
+                "skipped",
+                f"ROI {name!r} is drawn on another frame of reference than its image series",
+            )
+        )
         rec["status"] = "other_frame_of_reference"
         return
     got.roi_of_label[lab.index].append(name)
@@ -578,9 +749,19 @@ def _add_uncontoured(rois: list, matcher: NameMatcher, got: _Read) -> None:
     for r in rois:
         if r["number"] not in seen:
             lab = matcher.match(r["name"])
-            got.rois.append({"number": r["number"], "name": r["name"], "structure": lab.name if lab else "",
-                             "label": lab.index if lab else None, "n_contours": 0, "n_skipped": 0, "voxels": 0,
-                             "contour_volume_ml": 0.0, "status": "no_contours"})
+            got.rois.append(
+                {
+                    "number": r["number"],
+                    "name": r["name"],
+                    "structure": lab.name if lab else "",
+                    "label": lab.index if lab else None,
+                    "n_contours": 0,
+                    "n_skipped": 0,
+                    "voxels": 0,
+                    "contour_volume_ml": 0.0,
+                    "status": "no_contours",
+                }
+            )
             got.findings.append(Finding("empty_roi", "skipped", f"ROI {r['name']!r} has no contours"))
 
 
@@ -604,14 +785,22 @@ def _count_findings(findings: list, counts: dict, tol: float) -> None:
         "bad_contour": ("skipped", "contour(s) with an unknown type or fewer than 3 points"),
         "non_planar_contour": ("skipped", "contour(s) whose points lie on more than one slice"),
         "contour_off_slice": ("skipped", f"contour(s) more than {tol:g} slice spacing from every slice"),
-        "contour_outside_image": ("skipped", "contour(s) beyond the first or last slice of the series or wholly "
-                                  "beyond the image's edges"),
-        "contour_clipped": ("accepted_with_warning", "contour(s) reaching beyond the image's edges: clipped to the "
-                            "image (the structure may be cut)"),
-        "contour_between_slices": ("accepted_with_warning", f"contour(s) between {SLICE_WARN:g} and {tol:g} slice "
-                                   "spacing off their slice: put on the nearest slice"),
-        "contour_image_mismatch": ("accepted_with_warning", "contour(s) whose ContourImageSequence names another "
-                                   "slice than their position: placed by position"),
+        "contour_outside_image": (
+            "skipped",
+            "contour(s) beyond the first or last slice of the series or wholly beyond the image's edges",
+        ),
+        "contour_clipped": (
+            "accepted_with_warning",
+            "contour(s) reaching beyond the image's edges: clipped to the image (the structure may be cut)",
+        ),
+        "contour_between_slices": (
+            "accepted_with_warning",
+            f"contour(s) between {SLICE_WARN:g} and {tol:g} slice spacing off their slice: put on the nearest slice",
+        ),
+        "contour_image_mismatch": (
+            "accepted_with_warning",
+            "contour(s) whose ContourImageSequence names another slice than their position: placed by position",
+        ),
     }
     for kind, n in counts.items():
         action, what = text[kind]

@@ -52,7 +52,13 @@ from medseg.io.atomic import atomic_path
 from medseg.io.dicom.geometry import Finding
 from medseg.io.dicom.scan import pseudonym
 from medseg.io.limits import limit_from_env, max_voxels
-from medseg.io.objects.label_objects import LabelObject, check_overlap_rule, combine_structures, label_object, overlap_findings
+from medseg.io.objects.label_objects import (
+    LabelObject,
+    check_overlap_rule,
+    combine_structures,
+    label_object,
+    overlap_findings,
+)
 from medseg.io.objects.referenced import referenced_volume
 from medseg.io.objects.roi_names import NameMatcher, table_from_names, usable_name
 from medseg.io.volume import LPS_TO_RAS, Volume
@@ -65,8 +71,15 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 MAX_SEGMENTS = 1000
 #: Type 2 attributes of the source slices a SEG copies: written empty where an export left them out.
 _TYPE2_SOURCE_ATTRIBUTES = (
-    "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime",
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
 )
 #: SNOMED CT "Anatomical structure": the category of every organ segment.
 _ANATOMY_CATEGORY = ("123037004", "SCT", "Anatomical Structure")
@@ -80,8 +93,16 @@ def max_segments() -> int:
 # -- writing ----------------------------------------------------------------------------------------------------
 
 
-def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: LabelTable, path: str | os.PathLike, *, software_version: str,
-                    uid_seed: str | None = None, series_key: str | None = None) -> Path:
+def write_dicom_seg(
+    labels: Volume,
+    dicom_folder: str | os.PathLike,
+    table: LabelTable,
+    path: str | os.PathLike,
+    *,
+    software_version: str,
+    uid_seed: str | None = None,
+    series_key: str | None = None,
+) -> Path:
     """Write ``labels`` (on the DICOM series' grid) as a DICOM SEG referencing that series.
 
     ``uid_seed`` (e.g. a hash of the model and settings): the SEG's SeriesInstanceUID and SOPInstanceUID are
@@ -96,20 +117,31 @@ def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: Labe
     matched = _source_slices(folder, labels, series_key)
     frames = np.stack([labels.array[idx] for _, idx in matched]).astype(np.uint16)
     if frames.max() > table.num_classes - 1:
-        raise GeometryError(f"label map holds value {int(frames.max())} outside label table {table.name!r}", path=labels.source or None)
-    algorithm = hd.AlgorithmIdentificationSequence(name="medseg", version=software_version, family=codes.cid7162.ArtificialIntelligence)
+        raise GeometryError(
+            f"label map holds value {int(frames.max())} outside label table {table.name!r}", path=labels.source or None
+        )
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medseg", version=software_version, family=codes.cid7162.ArtificialIntelligence
+    )
     descriptions = []
     colors = display_colors(table)
     for n, lab in enumerate(table.labels, start=1):
-        prop = hd.sr.CodedConcept(lab.snomed, "SCT", lab.name) if lab.snomed else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=n, segment_label=lab.name,
-            segmented_property_category=hd.sr.CodedConcept(*_ANATOMY_CATEGORY),
-            segmented_property_type=prop,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*colors[lab.index]),
-        ))
+        prop = (
+            hd.sr.CodedConcept(lab.snomed, "SCT", lab.name)
+            if lab.snomed
+            else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+        )
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=n,
+                segment_label=lab.name,
+                segmented_property_category=hd.sr.CodedConcept(*_ANATOMY_CATEGORY),
+                segmented_property_type=prop,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor.from_rgb(*colors[lab.index]),
+            )
+        )
     # Segment numbers are 1..n in table order; remap label indices onto them.
     remap = np.zeros(table.num_classes, dtype=np.uint16)
     for n, lab in enumerate(table.labels, start=1):
@@ -119,9 +151,14 @@ def write_dicom_seg(labels: Volume, dicom_folder: str | os.PathLike, table: Labe
         pixel_array=remap[frames],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=_uid(uid_seed, matched, "series"), series_number=900,
-        sop_instance_uid=_uid(uid_seed, matched, "instance"), instance_number=1,
-        manufacturer="medseg", manufacturer_model_name="medseg", software_versions=software_version, device_serial_number="0",
+        series_instance_uid=_uid(uid_seed, matched, "series"),
+        series_number=900,
+        sop_instance_uid=_uid(uid_seed, matched, "instance"),
+        instance_number=1,
+        manufacturer="medseg",
+        manufacturer_model_name="medseg",
+        software_versions=software_version,
+        device_serial_number="0",
         series_description="medseg segmentation",
     )
     with atomic_path(path) as tmp:
@@ -146,7 +183,10 @@ def _source_slices(folder: Path, labels: Volume, series_key: str | None = None):
                 ds = pydicom.dcmread(f, stop_before_pixels=True)
             except Exception:
                 continue
-            if not all(hasattr(ds, t) for t in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")):
+            if not all(
+                hasattr(ds, t)
+                for t in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+            ):
                 continue
             if series_key and pseudonym(str(ds.get("SeriesInstanceUID", "")), prefix="se") != series_key:
                 continue
@@ -206,54 +246,95 @@ def _check_bounds(ds) -> None:
     n = len(ds.get("SegmentSequence") or [])
     limit = max_segments()
     if n > limit:
-        raise InputError(f"the SEG declares {n:,} segments, more than the limit of {limit:,} (MEDSEG_MAX_SEGMENTS); "
-                         "if it is real, set MEDSEG_MAX_SEGMENTS higher", path=path)
+        raise InputError(
+            f"the SEG declares {n:,} segments, more than the limit of {limit:,} (MEDSEG_MAX_SEGMENTS); "
+            "if it is real, set MEDSEG_MAX_SEGMENTS higher",
+            path=path,
+        )
     try:
         frames = int(ds.get("NumberOfFrames", 0) or 0)
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     except (TypeError, ValueError):
         raise InputError("the SEG's NumberOfFrames, Rows or Columns is not a whole number", path=path) from None
     if stype in ("BINARY", "FRACTIONAL") and n > max(frames, 1):
-        raise InputError(f"the SEG declares {n:,} segments but holds {frames:,} frames (each frame belongs to one "
-                         "segment): expected at most one segment per frame", path=path)
+        raise InputError(
+            f"the SEG declares {n:,} segments but holds {frames:,} frames (each frame belongs to one "
+            "segment): expected at most one segment per frame",
+            path=path,
+        )
     if frames * rows * cols > max_voxels():
-        raise InputError(f"the SEG's {frames:,} frames of {rows} x {cols} exceed the limit of {max_voxels():,} "
-                         "voxels (MEDSEG_MAX_VOXELS)", path=path)
+        raise InputError(
+            f"the SEG's {frames:,} frames of {rows} x {cols} exceed the limit of {max_voxels():,} "
+            "voxels (MEDSEG_MAX_VOXELS)",
+            path=path,
+        )
     if stype == "FRACTIONAL":
         mfv = ds.get("MaximumFractionalValue")
         bits = int(ds.get("BitsAllocated", 8) or 8)
         top = (1 << bits) - 1 if bits in (8, 16) else 255
         if not isinstance(mfv, int) or not 1 <= mfv <= top:
-            raise InputError(f"FRACTIONAL SEG with MaximumFractionalValue {mfv!r}: expected a whole number in 1..{top} "
-                             "(the value that means fraction 1.0); the object cannot be rescaled", path=path)
+            raise InputError(
+                f"FRACTIONAL SEG with MaximumFractionalValue {mfv!r}: expected a whole number in 1..{top} "
+                "(the value that means fraction 1.0); the object cannot be rescaled",
+                path=path,
+            )
 
 
 def seg_header(path_or_ds) -> dict:
     """What a SEG references and holds: series UID, source SOP UIDs, segments (number, label, code)."""
     import pydicom
 
-    ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, stop_before_pixels=True, force=True)
+    ds = (
+        path_or_ds
+        if isinstance(path_or_ds, pydicom.Dataset)
+        else pydicom.dcmread(path_or_ds, stop_before_pixels=True, force=True)
+    )
     if str(ds.get("Modality", "")) != "SEG" and str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
         raise InputError("not a DICOM Segmentation (Modality SEG)", path=getattr(ds, "filename", None))
     _check_bounds(ds)
     series = [str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in s]
-    sops = {str(i.ReferencedSOPInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])
-            for i in s.get("ReferencedInstanceSequence", []) if "ReferencedSOPInstanceUID" in i}
+    sops = {
+        str(i.ReferencedSOPInstanceUID)
+        for s in ds.get("ReferencedSeriesSequence", [])
+        for i in s.get("ReferencedInstanceSequence", [])
+        if "ReferencedSOPInstanceUID" in i
+    }
     segments = []
     for item in ds.get("SegmentSequence", []):
         code = item.get("SegmentedPropertyTypeCodeSequence")
         code = code[0] if code else None
         raw = str(item.get("SegmentLabel", f"segment {item.SegmentNumber}"))
         name = usable_name(raw, int(item.SegmentNumber), "segment")
-        segments.append({"number": int(item.SegmentNumber), "name": name, **({"renamed_from": raw} if name != raw else {}),
-                         "code": str(code.CodeValue) if code is not None and "CodeValue" in code else None,
-                         "scheme": str(code.CodingSchemeDesignator) if code is not None and "CodingSchemeDesignator" in code else None})
-    return {"series_uid": series[0] if series else None, "sop_uids": sops, "segments": segments,
-            "type": str(ds.get("SegmentationType", "")), "key": pseudonym(str(ds.get("SOPInstanceUID", "")), prefix="sg")}
+        segments.append(
+            {
+                "number": int(item.SegmentNumber),
+                "name": name,
+                **({"renamed_from": raw} if name != raw else {}),
+                "code": str(code.CodeValue) if code is not None and "CodeValue" in code else None,
+                "scheme": str(code.CodingSchemeDesignator)
+                if code is not None and "CodingSchemeDesignator" in code
+                else None,
+            }
+        )
+    return {
+        "series_uid": series[0] if series else None,
+        "sop_uids": sops,
+        "segments": segments,
+        "type": str(ds.get("SegmentationType", "")),
+        "key": pseudonym(str(ds.get("SOPInstanceUID", "")), prefix="sg"),
+    }
 
 
-def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None = None, synonyms: dict | None = None,
-                   fraction_threshold: float = 0.5, overlap: str = "smaller", inventory=None) -> LabelObject:
+def read_dicom_seg(
+    path: str | os.PathLike,
+    images,
+    *,
+    table: LabelTable | None = None,
+    synonyms: dict | None = None,
+    fraction_threshold: float = 0.5,
+    overlap: str = "smaller",
+    inventory=None,
+) -> LabelObject:
     """Read the SEG at ``path`` onto the series it references, found in ``images`` (folder or files)."""
     import highdicom as hd
 
@@ -264,44 +345,68 @@ def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None 
     except Exception as exc:  # highdicom refuses malformed objects with many exception types
         raise InputError(f"cannot read the DICOM SEG ({type(exc).__name__}: {str(exc)[:200]})", path=path) from None
     sop_uids = head["sop_uids"] | {str(u[2]) for u in seg.get_source_image_uids()}
-    ref = referenced_volume(images, series_uid=head["series_uid"], sop_uids=sop_uids, what=f"SEG {head['key']}",
-                            inventory=inventory)
+    ref = referenced_volume(
+        images, series_uid=head["series_uid"], sop_uids=sop_uids, what=f"SEG {head['key']}", inventory=inventory
+    )
     image = ref.volume
     segs = head["segments"]
     if table is None:
-        table = table_from_names([s["name"] for s in segs], name="seg",
-                                 codes={s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")},
-                                 synonyms=synonyms)
+        table = table_from_names(
+            [s["name"] for s in segs],
+            name="seg",
+            codes={s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")},
+            synonyms=synonyms,
+        )
     matcher = NameMatcher(table, synonyms)
     by_code = {str(lab.snomed): lab for lab in table.labels if lab.snomed}
-    findings: list[Finding] = [Finding("unnamed_segment", "renamed", f"segment {s['number']}'s label {s['renamed_from']!r} has no "
-                                       f"letter or digit: read as {s['name']!r}") for s in segs if "renamed_from" in s]
+    findings: list[Finding] = [
+        Finding(
+            "unnamed_segment",
+            "renamed",
+            f"segment {s['number']}'s label {s['renamed_from']!r} has no letter or digit: read as {s['name']!r}",
+        )
+        for s in segs
+        if "renamed_from" in s
+    ]
     sources = [uid for uid in ref.sop_slice if uid in sop_uids]
     if not sources:
-        raise InputError("the SEG's frames reference no instance of its series (no source image references); "
-                         "expected a SEG made on this series", path=path)
+        raise InputError(
+            "the SEG's frames reference no instance of its series (no source image references); "
+            "expected a SEG made on this series",
+            path=path,
+        )
     slices: dict[int, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     rois, unmapped = [], []
     fractional = head["type"] == "FRACTIONAL"
     for s in segs:
         lab = matcher.match(s["name"]) or (by_code.get(s["code"]) if s["code"] else None)
         how = "label" if matcher.match(s["name"]) else ("code" if lab else "")
-        rec = {"number": s["number"], "name": s["name"], "code": s["code"], "structure": lab.name if lab else "",
-               "label": lab.index if lab else None, "matched_by": how, "voxels": 0, "status": "mapped" if lab else "unmapped"}
+        rec = {
+            "number": s["number"],
+            "name": s["name"],
+            "code": s["code"],
+            "structure": lab.name if lab else "",
+            "label": lab.index if lab else None,
+            "matched_by": how,
+            "voxels": 0,
+            "status": "mapped" if lab else "unmapped",
+        }
         rois.append(rec)
         if lab is None:
             unmapped.append(s["name"])
             continue
         try:
-            px = seg.get_pixels_by_source_instance(sources, segment_numbers=[s["number"]], assert_missing_frames_are_empty=True,
-                                                   rescale_fractional=True)
+            px = seg.get_pixels_by_source_instance(
+                sources, segment_numbers=[s["number"]], assert_missing_frames_are_empty=True, rescale_fractional=True
+            )
         except Exception as exc:  # highdicom's checks of the frames (values over the maximum, missing frames ...)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise InputError(f"segment {s['number']} ({s['name']!r}) cannot be read ({type(exc).__name__}: {first})",
-                             path=path) from None
+            raise InputError(
+                f"segment {s['number']} ({s['name']!r}) cannot be read ({type(exc).__name__}: {first})", path=path
+            ) from None
         px = px[..., 0] if px.ndim == 4 else px
         masks = px >= fraction_threshold if fractional else px > 0
-        for uid, frame in zip(sources, masks):
+        for uid, frame in zip(sources, masks, strict=False):
             if frame.any():
                 slices[lab.index][ref.sop_slice[uid]].append(frame.T)
                 rec["voxels"] += int(frame.sum())
@@ -309,10 +414,15 @@ def read_dicom_seg(path: str | os.PathLike, images, *, table: LabelTable | None 
     for r in rois:
         if r["label"] is not None:
             dup[r["label"]].append(r["name"])
-    for idx, names in dup.items():
+    for _idx, names in dup.items():
         if len(names) > 1:
-            findings.append(Finding("duplicate_structure", "accepted", f"{len(names)} segments ({', '.join(map(repr, names))}) "
-                                    f"name one structure: united"))
+            findings.append(
+                Finding(
+                    "duplicate_structure",
+                    "accepted",
+                    f"{len(names)} segments ({', '.join(map(repr, names))}) name one structure: united",
+                )
+            )
     array, overlaps = combine_structures(slices, image.shape, table, overlap)
     findings += overlap_findings(overlaps, table, overlap)
     return label_object(path, "dicom-seg", head["key"], array, image, table, rois, unmapped, findings, unit="segment")

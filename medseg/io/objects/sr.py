@@ -36,7 +36,10 @@ HOUNSFIELD = ("[hnsf'U]", "UCUM", "Hounsfield unit")
 MEAN = ("373098007", "SCT", "Mean")
 STANDARD_DEVIATION = ("386136009", "SCT", "Standard Deviation")
 #: The procedure reported, by modality (LOINC), as dcmqi's examples use.
-PROCEDURES = {"CT": ("25045-6", "LN", "CT unspecified body region"), "MR": ("25056-3", "LN", "MRI unspecified body region")}
+PROCEDURES = {
+    "CT": ("25045-6", "LN", "CT unspecified body region"),
+    "MR": ("25056-3", "LN", "MRI unspecified body region"),
+}
 #: The quality verdict as a qualitative evaluation (a private coding scheme: no standard code says pass/review/fail).
 QUALITY = ("quality", "99MEDSEG", "Segmentation quality")
 QUALITY_VALUES = {v: (v, "99MEDSEG", v) for v in ("pass", "review", "fail")}
@@ -58,16 +61,31 @@ def _measurements(row: dict, modality: str) -> list:
     out = [hd.sr.Measurement(name=_code(VOLUME), value=float(row["volume_ml"]), unit=_code(MILLILITER))]
     mean, std = row.get("intensity_mean"), row.get("intensity_std")
     if modality == "CT" and mean is not None and mean == mean and std is not None and std == std:
-        out.append(hd.sr.Measurement(name=_code(ATTENUATION), value=float(mean), unit=_code(HOUNSFIELD),
-                                     derivation=_code(MEAN)))
-        out.append(hd.sr.Measurement(name=_code(ATTENUATION), value=float(std), unit=_code(HOUNSFIELD),
-                                     derivation=_code(STANDARD_DEVIATION)))
+        out.append(
+            hd.sr.Measurement(
+                name=_code(ATTENUATION), value=float(mean), unit=_code(HOUNSFIELD), derivation=_code(MEAN)
+            )
+        )
+        out.append(
+            hd.sr.Measurement(
+                name=_code(ATTENUATION), value=float(std), unit=_code(HOUNSFIELD), derivation=_code(STANDARD_DEVIATION)
+            )
+        )
     return out
 
 
-def write_measurement_report(seg_path: str | os.PathLike, rows: list[dict], table: LabelTable, path: str | os.PathLike, *,
-                             software_version: str, model_sha256: str = "", uid_seed: str | None = None,
-                             verdicts: dict | None = None, modality: str | None = None) -> Path:
+def write_measurement_report(
+    seg_path: str | os.PathLike,
+    rows: list[dict],
+    table: LabelTable,
+    path: str | os.PathLike,
+    *,
+    software_version: str,
+    model_sha256: str = "",
+    uid_seed: str | None = None,
+    verdicts: dict | None = None,
+    modality: str | None = None,
+) -> Path:
     """Write the TID 1500 report of ``rows`` (``medseg.reporting.volumes.structure_rows`` of the case) at ``path``.
 
     ``seg_path``: the case's SEG (segment ``n`` is the ``n``-th structure of ``table``, as ``medseg.io.objects.seg``
@@ -85,35 +103,67 @@ def write_measurement_report(seg_path: str | os.PathLike, rows: list[dict], tabl
         if name not in segment_of or not row.get("voxel_count"):
             continue
         lab = next((lab for lab in table.labels if lab.name == name), None)
-        finding = hd.sr.CodedConcept(lab.snomed, "SCT", name) if lab is not None and lab.snomed else \
-            hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+        finding = (
+            hd.sr.CodedConcept(lab.snomed, "SCT", name)
+            if lab is not None and lab.snomed
+            else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+        )
         evaluations = []
         verdict = (verdicts or {}).get(name)
         if verdict in QUALITY_VALUES:
             evaluations.append(hd.sr.QualitativeEvaluation(name=_code(QUALITY), value=_code(QUALITY_VALUES[verdict])))
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(uid_seed, seg, f"tracking {name}"), identifier=name),
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=segment_of[name],
-                source_series=hd.sr.SourceSeriesForSegmentation(source_series)),
-            finding_type=finding,
-            algorithm_id=hd.sr.AlgorithmIdentification(name="medseg", version=software_version,
-                                                       parameters=[f"model sha256 {model_sha256}"] if model_sha256 else None),
-            measurements=_measurements(row, modality),
-            qualitative_evaluations=evaluations or None,
-        ))
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=_uid(uid_seed, seg, f"tracking {name}"), identifier=name
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=segment_of[name],
+                    source_series=hd.sr.SourceSeriesForSegmentation(source_series),
+                ),
+                finding_type=finding,
+                algorithm_id=hd.sr.AlgorithmIdentification(
+                    name="medseg",
+                    version=software_version,
+                    parameters=[f"model sha256 {model_sha256}"] if model_sha256 else None,
+                ),
+                measurements=_measurements(row, modality),
+                qualitative_evaluations=evaluations or None,
+            )
+        )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=_uid(uid_seed, seg, "device"), name="medseg", manufacturer_name="medseg",
-        model_name=f"medseg {software_version}", serial_number=(model_sha256 or "unknown")[:64])
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device))
+        uid=_uid(uid_seed, seg, "device"),
+        name="medseg",
+        manufacturer_name="medseg",
+        model_name=f"medseg {software_version}",
+        serial_number=(model_sha256 or "unknown")[:64],
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device
+        )
+    )
     report = hd.sr.MeasurementReport(
-        observation_context=context, procedure_reported=_code(PROCEDURES.get(modality, PROCEDURES["CT"])),
-        imaging_measurements=groups, title=hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report"))
+        observation_context=context,
+        procedure_reported=_code(PROCEDURES.get(modality, PROCEDURES["CT"])),
+        imaging_measurements=groups,
+        title=hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report"),
+    )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg], content=report[0], series_instance_uid=_uid(uid_seed, seg, "series"), series_number=901,
-        sop_instance_uid=_uid(uid_seed, seg, "instance"), instance_number=1, manufacturer="medseg",
-        is_complete=True, is_final=False, is_verified=False, series_description="medseg measurements")
+        evidence=[seg],
+        content=report[0],
+        series_instance_uid=_uid(uid_seed, seg, "series"),
+        series_number=901,
+        sop_instance_uid=_uid(uid_seed, seg, "instance"),
+        instance_number=1,
+        manufacturer="medseg",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description="medseg measurements",
+    )
     with atomic_path(path) as tmp:
         sr.save_as(tmp)
     return Path(path)

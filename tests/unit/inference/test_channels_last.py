@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from medseg.inference.channels_last import MIN_CHANNELS, LayoutInstanceNorm, channels_last_network, layout_instance_norms
+from medseg.inference.channels_last import (
+    MIN_CHANNELS,
+    LayoutInstanceNorm,
+    channels_last_network,
+    layout_instance_norms,
+)
 
 
 def _norm_input(shape, fmt, seed=0):
@@ -18,7 +23,11 @@ def _norm_input(shape, fmt, seed=0):
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("channels", [MIN_CHANNELS, 6])
 def test_layout_norm_gives_instance_norm_in_the_input_layout(dims, batch, channels):
-    cls, fmt = (torch.nn.InstanceNorm3d, torch.channels_last_3d) if dims == 3 else (torch.nn.InstanceNorm2d, torch.channels_last)
+    cls, fmt = (
+        (torch.nn.InstanceNorm3d, torch.channels_last_3d)
+        if dims == 3
+        else (torch.nn.InstanceNorm2d, torch.channels_last)
+    )
     ref = cls(channels, affine=True, eps=1e-5)
     with torch.no_grad():
         ref.weight.uniform_(0.5, 2.0)
@@ -57,9 +66,15 @@ def _copies(net, x) -> int:
 def test_channels_last_network_keeps_the_logits_and_drops_the_norms_layout_copies():
     torch.manual_seed(0)
     c = MIN_CHANNELS
-    block = [torch.nn.Conv3d(1, c, 3, padding=1), torch.nn.InstanceNorm3d(c, affine=True), torch.nn.LeakyReLU(0.01),
-             torch.nn.Conv3d(c, c, 3, padding=1), torch.nn.InstanceNorm3d(c, affine=True), torch.nn.LeakyReLU(0.01),
-             torch.nn.Conv3d(c, 3, 1)]
+    block = [
+        torch.nn.Conv3d(1, c, 3, padding=1),
+        torch.nn.InstanceNorm3d(c, affine=True),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv3d(c, c, 3, padding=1),
+        torch.nn.InstanceNorm3d(c, affine=True),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv3d(c, 3, 1),
+    ]
     ref_net = torch.nn.Sequential(*block).eval()
     x = torch.randn(1, 1, 12, 16, 20)
     with torch.inference_mode():
@@ -79,10 +94,15 @@ def test_channels_last_network_keeps_the_logits_and_drops_the_norms_layout_copie
 
 def _wide_net(first: int):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv3d(1, first, 3, padding=1), torch.nn.InstanceNorm3d(first, affine=True),
-                               torch.nn.LeakyReLU(0.01), torch.nn.Conv3d(first, MIN_CHANNELS, 3, padding=1),
-                               torch.nn.InstanceNorm3d(MIN_CHANNELS), torch.nn.LeakyReLU(0.01),
-                               torch.nn.Conv3d(MIN_CHANNELS, 3, 1))
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(1, first, 3, padding=1),
+        torch.nn.InstanceNorm3d(first, affine=True),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv3d(first, MIN_CHANNELS, 3, padding=1),
+        torch.nn.InstanceNorm3d(MIN_CHANNELS),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv3d(MIN_CHANNELS, 3, 1),
+    )
 
 
 def test_channels_last_training_gives_the_same_loss_and_gradients():
@@ -103,19 +123,22 @@ def test_channels_last_training_gives_the_same_loss_and_gradients():
         loss.backward()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    for (name, a), b in zip(ref_net.named_parameters(), net.parameters()):
+    for (name, a), b in zip(ref_net.named_parameters(), net.parameters(), strict=False):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
     assert net.state_dict().keys() == ref_net.state_dict().keys()
 
 
-@pytest.mark.parametrize(("first", "device", "batch", "amp", "world", "converted"), [
-    (MIN_CHANNELS, "cpu", 1, torch.bfloat16, 1, True),
-    (MIN_CHANNELS // 2, "cpu", 1, torch.bfloat16, 1, False),  # a narrow norm would take the copying path: no gain
-    (MIN_CHANNELS, "cpu", 2, torch.bfloat16, 1, False),       # batches of two: instance norm itself
-    (MIN_CHANNELS, "cpu", 1, None, 1, False),                 # float32: not measured to pay
-    (MIN_CHANNELS, "cuda", 1, torch.bfloat16, 1, False),
-    (MIN_CHANNELS, "cpu", 1, torch.bfloat16, 2, False),
-])
+@pytest.mark.parametrize(
+    ("first", "device", "batch", "amp", "world", "converted"),
+    [
+        (MIN_CHANNELS, "cpu", 1, torch.bfloat16, 1, True),
+        (MIN_CHANNELS // 2, "cpu", 1, torch.bfloat16, 1, False),  # a narrow norm would take the copying path: no gain
+        (MIN_CHANNELS, "cpu", 2, torch.bfloat16, 1, False),  # batches of two: instance norm itself
+        (MIN_CHANNELS, "cpu", 1, None, 1, False),  # float32: not measured to pay
+        (MIN_CHANNELS, "cuda", 1, torch.bfloat16, 1, False),
+        (MIN_CHANNELS, "cpu", 1, torch.bfloat16, 2, False),
+    ],
+)
 def test_channels_last_training_only_where_it_was_measured_to_pay(first, device, batch, amp, world, converted):
     from medseg.inference.channels_last import channels_last_training
 

@@ -41,7 +41,7 @@ def _thp_mode() -> str | None:
     if not p.is_file() or not Path("/proc/self/smaps_rollup").is_file():
         return None
     text = p.read_text()
-    return text[text.index("[") + 1:text.index("]")]
+    return text[text.index("[") + 1 : text.index("]")]
 
 
 def test_import_sets_the_default_and_keeps_the_users_value():

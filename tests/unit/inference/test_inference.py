@@ -21,7 +21,7 @@ from medseg.transforms.spatial import resample
 def test_boundary_only_labels_equal_whole_volume_trilinear_argmax(out_shape):
     torch.manual_seed(0)
     scores = torch.rand(5, 45, 35, 17).log()
-    steps = [(n_in - 1) / (n_out - 1) * f for n_in, n_out, f in zip(scores.shape[1:], out_shape, (1.0, 0.9, 1.1))]
+    steps = [(n_in - 1) / (n_out - 1) * f for n_in, n_out, f in zip(scores.shape[1:], out_shape, (1.0, 0.9, 1.1), strict=False)]
     expected = resample(scores, out_shape, steps, mode="trilinear").argmax(0).numpy()
     got, conf_sum, counts = labels_from_scores(scores, out_shape, steps, chunk=1000, with_confidence=True)
     np.testing.assert_array_equal(got, expected)
@@ -78,7 +78,9 @@ def test_amp_resolution_is_explicit():
     assert resolve_amp("off", torch.device("cpu")) is None
     assert resolve_amp("bf16", torch.device("cpu")) is torch.bfloat16
     assert resolve_amp("auto", torch.device("cuda")) is torch.float16
-    runner = WindowRunner(_CountingNet().eval(), num_classes=3, amp_dtype=torch.bfloat16, channels_last=True, skip_background=False)
+    runner = WindowRunner(
+        _CountingNet().eval(), num_classes=3, amp_dtype=torch.bfloat16, channels_last=True, skip_background=False
+    )
     with torch.inference_mode():
         out = runner(torch.rand(2, 1, 8, 8, 8))
     assert out.dtype == torch.float32 and out.shape == (2, 3, 8, 8, 8)
@@ -139,12 +141,20 @@ def test_batch_writes_sidecar_probabilities_and_seg(oracle_checkpoint, tmp_path)
     coded = case.labels.with_array(label_coded(case).array)
     dicom = write_dicom_series(PhantomCase("c", coded, case.labels, case.voxel_counts), tmp_path / "series")
     nifti = write_volume(coded, tmp_path / "nifti_case.nii.gz")
-    res = predict_many(model=oracle_checkpoint, inputs=[dicom, nifti], out=tmp_path / "out",
-                       options=PredictOptions(device="cpu", progress=False, save_probabilities=True))
+    res = predict_many(
+        model=oracle_checkpoint,
+        inputs=[dicom, nifti],
+        out=tmp_path / "out",
+        options=PredictOptions(device="cpu", progress=False, save_probabilities=True),
+    )
     assert not res.failures and set(res.outputs) == {"series", "nifti_case"}
     side = json.loads((tmp_path / "out" / "series.json").read_text())
-    assert side["outputs"] == {"label_map": "series.nii.gz", "dicom_seg": "series.seg.dcm", "sr": "series.sr.dcm",
-                               "probabilities": "series.probabilities.nii.gz"}
+    assert side["outputs"] == {
+        "label_map": "series.nii.gz",
+        "dicom_seg": "series.seg.dcm",
+        "sr": "series.sr.dcm",
+        "probabilities": "series.probabilities.nii.gz",
+    }
     assert side["peak_rss_mb"] > 0 and side["inference"]["amp"] == "auto" and "liver" in side["confidence"]
     assert "dicom_seg" not in json.loads((tmp_path / "out" / "nifti_case.json").read_text())["outputs"]
     probs = nib.load(tmp_path / "out" / "nifti_case.probabilities.nii.gz")
@@ -200,9 +210,13 @@ def test_a_folder_of_image_files_is_predicted_case_by_case(oracle_checkpoint, co
     multi.mkdir()
     for name in ("x_0001", "x_0000", "y_0000", "y_0001"):
         (multi / f"{name}.nii.gz").write_bytes(b"")
-    assert expand_folders([multi], in_channels=2) == [f"{multi}/x_0000.nii.gz,{multi}/x_0001.nii.gz",
-                                                      f"{multi}/y_0000.nii.gz,{multi}/y_0001.nii.gz"]
-    assert len(expand_folders([multi])) == 4  # a one-channel model: each file a case (tests/integration/test_first_hour.py)
+    assert expand_folders([multi], in_channels=2) == [
+        f"{multi}/x_0000.nii.gz,{multi}/x_0001.nii.gz",
+        f"{multi}/y_0000.nii.gz,{multi}/y_0001.nii.gz",
+    ]
+    assert (
+        len(expand_folders([multi])) == 4
+    )  # a one-channel model: each file a case (tests/integration/test_first_hour.py)
     (multi / "y_0001.nii.gz").rename(multi / "y_0002.nii.gz")
     with pytest.raises(InputError, match=r"case y has channels \[0, 2\]"):
         expand_folders([multi], in_channels=2)

@@ -34,8 +34,9 @@ def test_a_registered_format_is_found_by_load_predictor(tmp_path):
         seen.update(device=device, folds=folds, checkpoint=checkpoint)
         return _FakePredictor(path, options)
 
-    fmt = load.ModelFormat("fake", lambda p: (p / "fake.marker").is_file(), loader,
-                           lambda p: {"path": str(p), "model": {"name": "fake"}})
+    fmt = load.ModelFormat(
+        "fake", lambda p: (p / "fake.marker").is_file(), loader, lambda p: {"path": str(p), "model": {"name": "fake"}}
+    )
     load.register_format(fmt)
     try:
         assert load.detect(folder) is fmt and load.is_external_model(folder)
@@ -60,7 +61,9 @@ def test_importing_the_adapters_registers_their_formats_in_order():
 
 
 def test_inference_imports_no_adapter():
-    code = ("import sys, medseg.inference.load, medseg.inference.batch; "
-            "bad = sorted(m for m in sys.modules if m.startswith('medseg.adapters')); assert not bad, bad")
+    code = (
+        "import sys, medseg.inference.load, medseg.inference.batch; "
+        "bad = sorted(m for m in sys.modules if m.startswith('medseg.adapters')); assert not bad, bad"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -11,17 +11,19 @@ HOSTILE = ['=HYPERLINK("http://evil.example/","x")', "+1+cmd|' /C calc'!A0", "-2
 def test_write_csv_quotes_formula_cells_and_keeps_numbers(tmp_path):
     from medseg.io.atomic import write_csv
 
-    frame = pd.DataFrame({
-        "case_id": HOSTILE + ["plain", "-3.5"],
-        "volume_ml": [-3.5, 1.0, -0.25, 2.0, 3.0, -1e-3, 4.0, 5.0],
-        "count": pd.array([-1, 2, 3, 4, 5, 6, 7, None], dtype="Int64"),
-        "=evil_ml": ["'=already", "''@twice", "a", "b", "c", "d", "e", None],
-    })
+    frame = pd.DataFrame(
+        {
+            "case_id": HOSTILE + ["plain", "-3.5"],
+            "volume_ml": [-3.5, 1.0, -0.25, 2.0, 3.0, -1e-3, 4.0, 5.0],
+            "count": pd.array([-1, 2, 3, 4, 5, 6, 7, None], dtype="Int64"),
+            "=evil_ml": ["'=already", "''@twice", "a", "b", "c", "d", "e", None],
+        }
+    )
     before = frame.copy()
     write_csv(tmp_path / "t.csv", frame)
     pd.testing.assert_frame_equal(frame, before)  # the caller's frame is not changed
     back = pd.read_csv(tmp_path / "t.csv", dtype={"case_id": str})
-    for cell in back["case_id"][:len(HOSTILE)]:
+    for cell in back["case_id"][: len(HOSTILE)]:
         assert cell.startswith("'") and cell[1] in "=+-@\t\r", repr(cell)
     assert back["case_id"].tolist() == ["'" + h for h in HOSTILE] + ["plain", "-3.5"]
     assert back["volume_ml"].dtype == np.float64 and back["volume_ml"].tolist() == frame["volume_ml"].tolist()
@@ -61,5 +63,5 @@ def test_report_writes_formula_like_names_and_ids_inert(tmp_path):
                 assert not cell.lstrip('"').startswith(("=", "@", "+")), (name, line)
     rows = pd.read_csv(out)
     assert rows["case_id"].tolist() == ["'@SUM(1+1)"]
-    assert rows["structure"].tolist() == ["'=HYPERLINK(\"http://evil.example/\",\"x\")"]
+    assert rows["structure"].tolist() == ['\'=HYPERLINK("http://evil.example/","x")']
     assert rows["volume_ml"].tolist() == [27 / 1000]

@@ -30,7 +30,9 @@ def findings(vol_or_folder, policy=None):
 
 def by_position(folder):
     """Files sorted along z (the phantom's slices are axial)."""
-    return sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    return sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
 
 
 def edit(path, **tags):
@@ -73,7 +75,9 @@ def test_uneven_spacing_refused_or_resampled(tmp_path, case):
         read_dicom_series(folder)
     vol = read_dicom_series(folder, policy=RESAMPLE)
     assert findings(vol)["uneven_spacing"]["action"] == "resampled"
-    gaps = np.diff(np.sort((vol.affine @ np.c_[np.zeros((vol.shape[2], 2)), np.arange(vol.shape[2]), np.ones(vol.shape[2])].T)[2]))
+    gaps = np.diff(
+        np.sort((vol.affine @ np.c_[np.zeros((vol.shape[2], 2)), np.arange(vol.shape[2]), np.ones(vol.shape[2])].T)[2])
+    )
     np.testing.assert_allclose(gaps, gaps[0], atol=1e-6)  # a regular grid
 
 
@@ -126,7 +130,7 @@ def test_gantry_tilt_resampled_onto_an_orthogonal_grid(tmp_path):
     assert np.allclose(vol.affine[:3, :3], aff[:3, :3])  # orthogonal, same spacing
     shift = np.arange(shape[2]) * 3.0 * np.tan(np.deg2rad(tilt)) / 2.0  # voxels along j per slice
     expected = (np.arange(shape[1])[None, :, None] - shift[None, None, :]) * ramp
-    inside = (np.arange(shape[1])[:, None] >= shift[None, :] + 1)  # j where the source covers the point
+    inside = np.arange(shape[1])[:, None] >= shift[None, :] + 1  # j where the source covers the point
     got = vol.array[0]
     np.testing.assert_allclose(got[inside], np.broadcast_to(expected[0], got.shape)[inside], atol=1e-3)
 
@@ -145,8 +149,12 @@ def test_localizer_inside_the_series_is_excluded(tmp_path, case):
     folder = write_dicom_series(case, tmp_path / "loc")
     loc = by_position(folder)[3]
     shutil.copy(loc, folder / "scout")
-    edit(folder / "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], SOPInstanceUID=pydicom.uid.generate_uid(),
-         ImageOrientationPatient=["0", "1", "0", "0", "0", "-1"])
+    edit(
+        folder / "scout",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        SOPInstanceUID=pydicom.uid.generate_uid(),
+        ImageOrientationPatient=["0", "1", "0", "0", "0", "-1"],
+    )
     vol = read_dicom_series(folder)
     assert findings(vol)["localizer"]["action"] == "excluded"
     np.testing.assert_array_equal(align_to(vol, case.image).array, case.image.array)

@@ -48,9 +48,24 @@ def _rotation(axis, angle) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
-def mr_series(folder, *, n=20, step=7.0, decimals=2, angle=0.3, drop=(), reverse=False, flip=False,
-              photometric="MONOCHROME2", bits_stored=12, signed=False, slope=1.0, intercept=0.0, seed=0,
-              positions=None) -> Path:
+def mr_series(
+    folder,
+    *,
+    n=20,
+    step=7.0,
+    decimals=2,
+    angle=0.3,
+    drop=(),
+    reverse=False,
+    flip=False,
+    photometric="MONOCHROME2",
+    bits_stored=12,
+    signed=False,
+    slope=1.0,
+    intercept=0.0,
+    seed=0,
+    positions=None,
+) -> Path:
     """An oblique MR series of ``n`` 12 x 10 slices, ImagePositionPatient written with ``decimals`` decimals.
 
     ``reverse`` numbers instances against the slice normal; ``flip`` negates the row direction (the normal
@@ -77,12 +92,23 @@ def mr_series(folder, *, n=20, step=7.0, decimals=2, angle=0.3, drop=(), reverse
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientName, ds.PatientID, ds.StudyDate, ds.StudyTime, ds.StudyID = "Test^Rounding", "R1", "20260101", "120000", "1"
+        ds.PatientName, ds.PatientID, ds.StudyDate, ds.StudyTime, ds.StudyID = (
+            "Test^Rounding",
+            "R1",
+            "20260101",
+            "120000",
+            "1",
+        )
         ds.Modality, ds.SeriesNumber = "MR", 1
         ds.InstanceNumber = (len(offsets) - k) if reverse else k + 1
         ds.Rows, ds.Columns = 12, 10
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            bits_stored,
+            bits_stored - 1,
+            int(signed),
+        )
         ds.ImagePositionPatient = [f"{v:.{decimals}f}" for v in origin + off * normal]
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row, *col)]
         ds.PixelSpacing = ["1.5", "1.25"]
@@ -152,6 +178,7 @@ def test_jitter_beyond_rounding_but_within_tolerance_is_a_warning(tmp_path):
 
 
 # ---------------------------------------------------------------- DICOMDIR
+
 
 def _fileset(src: Path, dest: Path) -> Path:
     from pydicom.fileset import FileSet
@@ -231,7 +258,10 @@ def test_dicomdir_references_leaving_its_folder_are_not_followed(tmp_path, dicom
 
 # ---------------------------------------------------------------- MONOCHROME1
 
-@pytest.mark.parametrize("bits,signed,slope,intercept", [(12, False, 2.0, -100.0), (16, False, 1.0, 0.0), (16, True, 1.0, 0.0)])
+
+@pytest.mark.parametrize(
+    "bits,signed,slope,intercept", [(12, False, 2.0, -100.0), (16, False, 1.0, 0.0), (16, True, 1.0, 0.0)]
+)
 def test_monochrome1_is_inverted_like_simpleitk_and_recorded(tmp_path, bits, signed, slope, intercept):
     kw = dict(n=4, step=3.0, decimals=4, bits_stored=bits, signed=signed, slope=slope, intercept=intercept, seed=5)
     mono2 = read_dicom_series(mr_series(tmp_path / "m2", **kw))
@@ -247,7 +277,10 @@ def test_monochrome1_is_inverted_like_simpleitk_and_recorded(tmp_path, bits, sig
 
 # ---------------------------------------------------------------- memory a header may claim
 
-def _bomb(path: Path, *, rows=65535, cols=65535, frames=None, syntax=JPEG2000Lossless, payload=b"\xff\x4f\xff\x51" * 64):
+
+def _bomb(
+    path: Path, *, rows=65535, cols=65535, frames=None, syntax=JPEG2000Lossless, payload=b"\xff\x4f\xff\x51" * 64
+):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
     meta.TransferSyntaxUID = syntax
@@ -279,13 +312,16 @@ def test_a_header_claiming_65535_squared_pixels_is_refused_naming_the_file(tmp_p
         convert_folder(bomb.parent, tmp_path / "out")
 
 
-@pytest.mark.parametrize("kw,words", [
-    (dict(rows=4096, cols=4096, syntax=RLELossless), "more than RLE Lossless can code"),
-    (dict(rows=1, cols=1, frames=10**8), "compressed frames"),
-    (dict(rows=32768, cols=32768), "do not compress so far"),  # under the voxel limit, 2 GiB from 300 bytes
-    (dict(rows=4096, cols=4096, syntax=DeflatedExplicitVRLittleEndian, payload=b"\0" * 64), "more than Deflated"),
-    (dict(rows=4096, cols=4096, syntax=ExplicitVRLittleEndian, payload=b"\0" * 64), "truncated"),
-])
+@pytest.mark.parametrize(
+    "kw,words",
+    [
+        (dict(rows=4096, cols=4096, syntax=RLELossless), "more than RLE Lossless can code"),
+        (dict(rows=1, cols=1, frames=10**8), "compressed frames"),
+        (dict(rows=32768, cols=32768), "do not compress so far"),  # under the voxel limit, 2 GiB from 300 bytes
+        (dict(rows=4096, cols=4096, syntax=DeflatedExplicitVRLittleEndian, payload=b"\0" * 64), "more than Deflated"),
+        (dict(rows=4096, cols=4096, syntax=ExplicitVRLittleEndian, payload=b"\0" * 64), "truncated"),
+    ],
+)
 def test_claims_the_file_cannot_hold_are_refused_before_decoding(tmp_path, kw, words):
     bomb = _bomb(tmp_path / "b" / "f", **kw)
     reasons = dict((p.name, r) for p, r in scan_inventory(bomb.parent).scan.skipped)
@@ -309,11 +345,17 @@ def test_voxel_limit_is_configurable_for_files_and_stacks(tmp_path, monkeypatch)
 
 def test_bomb_through_the_command_line_is_one_line_exit_2_and_small(tmp_path):
     bomb = _bomb(tmp_path / "case" / "bomb.dcm")
-    code = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'medseg', 'convert', sys.argv[1], "
-            "'--out', sys.argv[2], '--no-progress'], capture_output=True, text=True); "
-            "print(r.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, str(bomb.parent), str(tmp_path / "out")], capture_output=True, text=True,
-                       timeout=300)
+    code = (
+        "import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'medseg', 'convert', sys.argv[1], "
+        "'--out', sys.argv[2], '--no-progress'], capture_output=True, text=True); "
+        "print(r.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(bomb.parent), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     rc, peak_kb = (int(v) for v in r.stdout.split())
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert rc == 2 and "Traceback" not in r.stderr
@@ -322,6 +364,7 @@ def test_bomb_through_the_command_line_is_one_line_exit_2_and_small(tmp_path):
 
 
 # ---------------------------------------------------------------- links and special files
+
 
 def test_link_loops_dangling_links_and_fifos_are_listed_and_the_scan_goes_on(tmp_path, dicomdir_case):
     folder = write_dicom_series(dicomdir_case, tmp_path / "case")
@@ -337,16 +380,22 @@ def test_link_loops_dangling_links_and_fifos_are_listed_and_the_scan_goes_on(tmp
     reasons = {str(Path(p).relative_to(folder)): r for p, r in inv.scan.skipped}
     assert reasons["dangling"].startswith("dangling symbolic link")
     assert reasons["self_loop"].startswith("symbolic link loop")
-    assert reasons["back_to_the_folder"].startswith("symbolic link loop") and reasons["up"].startswith("symbolic link loop")
+    assert reasons["back_to_the_folder"].startswith("symbolic link loop") and reasons["up"].startswith(
+        "symbolic link loop"
+    )
     assert reasons["linked_series"].startswith("symbolic link to a folder: not followed")
     assert reasons["pipe"].startswith("not a regular file")
-    assert len(inv.entries) == 2 and sorted(len(e.series.files) for e in inv.entries) == [1, dicomdir_case.image.shape[2]]
+    assert len(inv.entries) == 2 and sorted(len(e.series.files) for e in inv.entries) == [
+        1,
+        dicomdir_case.image.shape[2],
+    ]
     vol = read_dicom_series(folder)
     np.testing.assert_array_equal(align_to(vol, dicomdir_case.image).array, dicomdir_case.image.array)
     assert {"dangling", "self_loop", "pipe", "up"} <= set(inv.tables()[1].file)
 
 
 # ---------------------------------------------------------------- corrupted bytes
+
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every corrupted value it reads
 @pytest.mark.parametrize("syntax", [None, "jpeg-lossless"])  # native (pydicom) and the GDCM fallback path

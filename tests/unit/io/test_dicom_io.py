@@ -41,7 +41,9 @@ def test_missing_slice_is_refused_with_the_reason(tmp_path, coarse_phantom):
     folder = write_dicom_series(coarse_phantom, tmp_path / "gap")
     import pydicom
 
-    files = sorted(folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    files = sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
     os.remove(files[len(files) // 2])
     with pytest.raises(GeometryError, match="uneven slice spacing"):
         read_volume(folder)

@@ -19,10 +19,16 @@ from medseg.io.readers import read_volume
 def make_messy_export(root, big, small):
     """Two studies, a localizer series, SR, RTSTRUCT, a truncated file, text, DICOMDIR, nested folders."""
     write_dicom_series(big, root / "PAT" / "STUDY1" / "SER1", seed=1, series_description="abdomen venous")
-    write_dicom_series(small, root / "PAT" / "STUDY2" / "x" / "y", seed=2, series_description="low dose",
-                       series_number=3)
-    scout = write_dicom_series(small, root / "PAT" / "STUDY2" / "scout", seed=3, series_description="topogram",
-                               drop_slices=tuple(range(3, small.image.shape[2])))
+    write_dicom_series(
+        small, root / "PAT" / "STUDY2" / "x" / "y", seed=2, series_description="low dose", series_number=3
+    )
+    scout = write_dicom_series(
+        small,
+        root / "PAT" / "STUDY2" / "scout",
+        seed=3,
+        series_description="topogram",
+        drop_slices=tuple(range(3, small.image.shape[2])),
+    )
     for f in scout.iterdir():
         ds = pydicom.dcmread(f)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
@@ -55,7 +61,7 @@ def test_scan_finds_every_series_and_lists_every_other_file_with_its_reason(mess
     assert sorted(seg.n_files) == sorted([phantoms[0].image.shape[2], phantoms[1].image.shape[2]])
     scout = series[series.series_description == "topogram"].iloc[0]
     assert not scout.segmentable and "localizer" in scout.reason
-    reasons = dict(zip(files.file, files.reason))
+    reasons = dict(zip(files.file, files.reason, strict=False))
     assert reasons["DICOMDIR"].startswith("DICOMDIR")
     assert reasons["PAT/README.txt"].startswith("not DICOM")
     assert reasons["PAT/broken"].startswith("truncated")

@@ -91,8 +91,16 @@ def _mr_series(tmp_path, name: str, n: int = 3):
     return folder
 
 
-@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                                  "MR_small_bigendian.dcm", "MR_small_implicit.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ],
+)
 def test_real_encoded_mr_series_match_uncompressed_and_simpleitk(tmp_path, name):
     ref = read_dicom_series(_mr_series(tmp_path, "MR_small.dcm"))
     folder = _mr_series(tmp_path, name)

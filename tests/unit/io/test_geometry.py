@@ -33,8 +33,11 @@ def test_closest_ras_round_trip_keeps_every_voxel_at_its_world_point(perm, flips
 
 def test_align_to_undoes_flips_and_refuses_other_grids(coarse_phantom):
     img = coarse_phantom.image
-    flipped = Volume(img.array[::-1, :, ::-1].copy(), img.affine @ np.array(
-        [[-1, 0, 0, img.shape[0] - 1], [0, 1, 0, 0], [0, 0, -1, img.shape[2] - 1], [0, 0, 0, 1]]), "f")
+    flipped = Volume(
+        img.array[::-1, :, ::-1].copy(),
+        img.affine @ np.array([[-1, 0, 0, img.shape[0] - 1], [0, 1, 0, 0], [0, 0, -1, img.shape[2] - 1], [0, 0, 0, 1]]),
+        "f",
+    )
     np.testing.assert_array_equal(align_to(flipped, img).array, img.array)
     shifted = Volume(img.array, img.affine + np.c_[np.zeros((4, 3)), [5, 0, 0, 0]], "s")
     with pytest.raises(GeometryError):
@@ -74,7 +77,9 @@ def test_resample_grid_and_values_match_monai_spacingd(case):
     img = torch.from_numpy(rng.normal(size=(1, 37, 29, 9)).astype(np.float32))
     target = (2.5, 2.0, 1.7)
     ref = Spacing(pixdim=target, mode="bilinear", padding_mode="border")(MetaTensor(img, affine=torch.as_tensor(aff)))
-    ours = ResampleToSpacingd(["image"], spacing=target)({"image": MetaTensor(img, affine=torch.as_tensor(aff))})["image"]
+    ours = ResampleToSpacingd(["image"], spacing=target)({"image": MetaTensor(img, affine=torch.as_tensor(aff))})[
+        "image"
+    ]
     assert tuple(ours.shape) == tuple(ref.shape)
     np.testing.assert_allclose(np.asarray(ours.affine), np.asarray(ref.affine), atol=1e-6)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-4)
@@ -86,7 +91,9 @@ def test_resample_transform_keeps_labels_integer_and_aligned():
     aff = np.diag([0.9, 0.9, 4.0, 1.0])
     img = MetaTensor(torch.rand(1, 30, 30, 8), affine=torch.as_tensor(aff))
     lab = MetaTensor(torch.randint(0, 4, (1, 30, 30, 8)).float(), affine=torch.as_tensor(aff))
-    out = ResampleToSpacingd(["image", "label"], spacing=(1.8, 1.8, 2.0), modes=["trilinear", "nearest"])({"image": img, "label": lab})
+    out = ResampleToSpacingd(["image", "label"], spacing=(1.8, 1.8, 2.0), modes=["trilinear", "nearest"])(
+        {"image": img, "label": lab}
+    )
     assert out["image"].shape == out["label"].shape == (1, 15, 15, 15)
     assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0, 2.0, 3.0}
     np.testing.assert_allclose(np.asarray(out["image"].affine), resampled_affine(aff, (2.0, 2.0, 0.5)))

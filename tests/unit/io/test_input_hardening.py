@@ -27,8 +27,9 @@ from medseg.io.readers import DEFLATE_MAX_RATIO, MAX_VOXELS, max_voxels, read_vo
 from medseg.io.volume import Volume, check_affine, count_nonfinite
 
 
-def write_raw_nifti(path, array, *, srow=None, sform_code=0, qform_code=0, pixdim=(1.0, 1.0, 1.0), shape=None,
-                    dtype=None, data=None):
+def write_raw_nifti(
+    path, array, *, srow=None, sform_code=0, qform_code=0, pixdim=(1.0, 1.0, 1.0), shape=None, dtype=None, data=None
+):
     """A NIfTI-1 file written field by field, so headers nibabel would refuse to make can be built.
     ``shape``/``dtype`` override what the header claims; ``data`` the bytes written after it."""
     h = nib.Nifti1Header()
@@ -88,7 +89,9 @@ def test_nonfinite_voxels_are_refused_by_default_naming_file_and_count(oracle, c
     assert f"{n:,} of {poisoned.array.size:,} voxels" in msg and "--nonfinite replace" in msg
 
 
-def test_nonfinite_voxels_replaced_on_request_give_the_clean_prediction_and_a_finding(oracle_checkpoint, oracle, coded_case):
+def test_nonfinite_voxels_replaced_on_request_give_the_clean_prediction_and_a_finding(
+    oracle_checkpoint, oracle, coded_case
+):
     case, coded = coded_case
     poisoned, n = _poison(coded)  # only background voxels: the floor (0 HU here) is what they were
     replacing = Predictor.from_checkpoint(oracle_checkpoint, device="cpu", nonfinite="replace")
@@ -96,8 +99,15 @@ def test_nonfinite_voxels_replaced_on_request_give_the_clean_prediction_and_a_fi
     clean = oracle.predict(coded)
     np.testing.assert_array_equal(got.array, clean.array)
     assert np.array_equal(got.array, case.labels.array)  # and the oracle reads the phantom exactly
-    assert got.meta["findings"] == [{"kind": "nonfinite_voxels", "channel": 0, "count": n, "fraction": n / coded.array.size,
-                                     "action": "replaced with 0 (the intensity window's floor)"}]
+    assert got.meta["findings"] == [
+        {
+            "kind": "nonfinite_voxels",
+            "channel": 0,
+            "count": n,
+            "fraction": n / coded.array.size,
+            "action": "replaced with 0 (the intensity window's floor)",
+        }
+    ]
     assert clean.meta["findings"] == []
     assert np.isnan(poisoned.array).any()  # the caller's volume is not modified
 
@@ -136,8 +146,12 @@ def test_batch_sidecar_carries_the_replacement_finding(oracle_checkpoint, coded_
     _, coded = coded_case
     poisoned, n = _poison(coded, seed=3)
     src = write_volume(poisoned, tmp_path / "in" / "poisoned.nii.gz")
-    res = predict_many(model=oracle_checkpoint, inputs=[src], out=tmp_path / "out",
-                       options=PredictOptions(device="cpu", progress=False, dicom_seg=False, inference={"nonfinite": "replace"}))
+    res = predict_many(
+        model=oracle_checkpoint,
+        inputs=[src],
+        out=tmp_path / "out",
+        options=PredictOptions(device="cpu", progress=False, dicom_seg=False, inference={"nonfinite": "replace"}),
+    )
     assert not res.failures
     side = json.loads((tmp_path / "out" / "poisoned.json").read_text())
     assert side["findings"][0]["count"] == n and side["findings"][0]["kind"] == "nonfinite_voxels"
@@ -151,7 +165,19 @@ def test_cli_refuses_nonfinite_input_with_one_line_and_exit_2(oracle_checkpoint,
     _, coded = coded_case
     poisoned, n = _poison(coded, seed=4)
     src = write_volume(poisoned, tmp_path / "poisoned.nii.gz")
-    code = main(["predict", "--model", str(oracle_checkpoint), str(src), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(oracle_checkpoint),
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"{n:,} of" in err and "poisoned.nii.gz" in err and "NaN or infinite" in err
@@ -200,7 +226,19 @@ def test_cli_singular_affine_is_one_line_exit_2(oracle_checkpoint, tmp_path, cap
     from medseg.cli import main
 
     src = write_raw_nifti(tmp_path / "singular.nii.gz", ARRAY, **BAD_GEOMETRY["singular_sform"])
-    code = main(["predict", "--model", str(oracle_checkpoint), str(src), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(oracle_checkpoint),
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "singular.nii.gz" in err and "singular" in err
 
@@ -272,7 +310,9 @@ def test_uncompressed_file_shorter_than_its_header_claims_is_refused(tmp_path):
 def test_truncated_gzip_costs_only_what_it_holds(tmp_path):
     """The header claims 256 MiB (within 1032:1 of the file), the stream holds 1 MiB: refused as
     truncated, and the process never becomes resident for the claim."""
-    path = write_raw_nifti(tmp_path / "truncated.nii.gz", ARRAY, shape=(512, 512, 512), dtype=np.int16, data=b"\0" * (1 << 20))
+    path = write_raw_nifti(
+        tmp_path / "truncated.nii.gz", ARRAY, shape=(512, 512, 512), dtype=np.int16, data=b"\0" * (1 << 20)
+    )
     code = textwrap.dedent(f"""
         import resource
         from medseg.errors import InputError
@@ -292,13 +332,17 @@ def test_truncated_gzip_costs_only_what_it_holds(tmp_path):
 
 def test_itk_header_claiming_more_than_its_file_is_refused_before_reading(tmp_path):
     mha = tmp_path / "claims.mha"
-    mha.write_text("ObjectType = Image\nNDims = 3\nDimSize = 400 400 400\nElementSpacing = 1 1 1\n"
-                   "ElementType = MET_SHORT\nElementDataFile = LOCAL\n" + "x" * 100)
+    mha.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 400 400 400\nElementSpacing = 1 1 1\n"
+        "ElementType = MET_SHORT\nElementDataFile = LOCAL\n" + "x" * 100
+    )
     with pytest.raises(InputError) as err:
         read_volume(mha)
     assert "128,000,000 bytes of voxels" in _one_line(err.value, "claims.mha")
     huge = tmp_path / "huge.mha"
-    huge.write_text("ObjectType = Image\nNDims = 3\nDimSize = 40000 40000 40000\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+    huge.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 40000 40000 40000\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n"
+    )
     with pytest.raises(InputError, match="over medseg's limit"):
         read_volume(huge)
 
@@ -356,12 +400,15 @@ def test_label_table_larger_than_the_network_is_refused_at_load(oracle_checkpoin
         Predictor.from_checkpoint(bad, device="cpu")
 
 
-@pytest.mark.parametrize("name,edit,match", [
-    ("fewer_labels.pt", lambda c: c["labels"].update(labels=c["labels"]["labels"][:2]), "fewer labels"),
-    ("bad_index.pt", lambda c: c["labels"]["labels"][0].update(index="liver"), "unusable label table"),
-    ("bad_channels.pt", lambda c: c["model"].update(out_channels=-5), "positive whole numbers"),
-    ("no_model_keys.pt", lambda c: c.update(model={"name": "unet"}), "'model' entry needs"),
-])
+@pytest.mark.parametrize(
+    "name,edit,match",
+    [
+        ("fewer_labels.pt", lambda c: c["labels"].update(labels=c["labels"]["labels"][:2]), "fewer labels"),
+        ("bad_index.pt", lambda c: c["labels"]["labels"][0].update(index="liver"), "unusable label table"),
+        ("bad_channels.pt", lambda c: c["model"].update(out_channels=-5), "positive whole numbers"),
+        ("no_model_keys.pt", lambda c: c.update(model={"name": "unet"}), "'model' entry needs"),
+    ],
+)
 def test_inconsistent_checkpoints_are_refused_at_load(oracle_checkpoint, tmp_path, name, edit, match):
     from medseg.models.checkpoint import load_checkpoint
 

@@ -6,7 +6,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.data.phantoms import PHANTOM_BIRTH_DATE, PHANTOM_LABELS, PHANTOM_PATIENT_NAME, make_phantom, write_dicom_series
+from medseg.data.phantoms import (
+    PHANTOM_BIRTH_DATE,
+    PHANTOM_LABELS,
+    PHANTOM_PATIENT_NAME,
+    make_phantom,
+    write_dicom_series,
+)
 from medseg.errors import InputError
 from medseg.io.dicom.series import read_dicom_series
 from medseg.io.objects.contours import fill_polygons, mask_contours
@@ -82,7 +88,9 @@ def test_fill_even_odd_holes_and_islands():
     want[9:12, 9:12] = True
     assert np.array_equal(m, want)
     # contours through edge voxel centres (as OpenCV traces them) keep the edge voxels
-    assert np.array_equal(fill_polygons([square(2, 18, 2, 18)], (20, 20)), np.pad(np.ones((17, 17), bool), ((2, 1), (2, 1))))
+    assert np.array_equal(
+        fill_polygons([square(2, 18, 2, 18)], (20, 20)), np.pad(np.ones((17, 17), bool), ((2, 1), (2, 1)))
+    )
 
 
 def test_traced_contours_fill_back_exactly():
@@ -120,7 +128,13 @@ def test_round_trip_keeps_every_structure(tmp_path, grid):
     src = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
     assert ds.Modality == "RTSTRUCT" and str(ds.PatientName) == PHANTOM_PATIENT_NAME
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
-    assert ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
+    assert (
+        ds.ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .SeriesInstanceUID
+        == src.SeriesInstanceUID
+    )
     assert [r.ROIName for r in ds.StructureSetROISequence] == PHANTOM_LABELS.names
     # the table's colours, except that kidney_left (the atlas gives both kidneys one colour) gets a distinct one
     colours = [tuple(c.ROIDisplayColor) for c in ds.ROIContourSequence]
@@ -170,7 +184,11 @@ def test_reader_findings_and_overlap_rule(tmp_path):
         contours.append(c)
     normal = vol.affine[:3, 2] * np.array([-1, -1, 1])  # one slice step, LPS
     pts = np.asarray(template.ContourData, float).reshape(-1, 3) + 0.4 * normal  # 0.4 slice off its slice
-    off.ContourGeometricType, off.NumberOfContourPoints, off.ContourData = "CLOSED_PLANAR", len(pts), [f"{v:.4f}" for v in pts.ravel()]
+    off.ContourGeometricType, off.NumberOfContourPoints, off.ContourData = (
+        "CLOSED_PLANAR",
+        len(pts),
+        [f"{v:.4f}" for v in pts.ravel()],
+    )
     contours.append(off)
     # a marker ROI (one POINT contour) and a declared ROI without contours: listed, not "unmapped"
     marker = pydicom.Dataset()
@@ -197,9 +215,17 @@ def test_reader_findings_and_overlap_rule(tmp_path):
     assert kinds["overlap"]["detail"].startswith(f"{n_small} voxels")  # every small-box voxel was in both
     assert np.array_equal(res.labels.array == 2, small == 2)  # the smaller structure wins
     assert np.array_equal(res.labels.array == 1, (big == 1) & (small == 0))
-    assert {r["name"]: r["status"] for r in res.rois} == {"External": "mapped", "LUNG LEFT": "mapped", "Couch": "unmapped",
-                                                          "Iso": "no_closed_contours", "Planned": "no_contours"}
-    assert {r["name"]: r["structure"] for r in res.rois if r["structure"]} == {"External": "body", "LUNG LEFT": "lung_left"}
+    assert {r["name"]: r["status"] for r in res.rois} == {
+        "External": "mapped",
+        "LUNG LEFT": "mapped",
+        "Couch": "unmapped",
+        "Iso": "no_closed_contours",
+        "Planned": "no_contours",
+    }
+    assert {r["name"]: r["structure"] for r in res.rois if r["structure"]} == {
+        "External": "body",
+        "LUNG LEFT": "lung_left",
+    }
     # the other rule: the later table entry wins (here also lung_left); and with a 0.5 tolerance the off contour is kept
     res2 = read_rtstruct(path, folder, table=table, overlap="table")
     assert np.array_equal(res2.labels.array == 2, small == 2)

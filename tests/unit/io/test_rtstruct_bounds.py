@@ -43,8 +43,10 @@ def test_written_rtstruct_and_seg_pass_dciodvfy(tmp_path):
     from medseg.io.objects.seg import write_dicom_seg
 
     folder, labels = _small_series(tmp_path)
-    written = [write_rtstruct(labels, folder, PHANTOM_LABELS, tmp_path / "rs.dcm"),
-               write_dicom_seg(labels, folder, PHANTOM_LABELS, tmp_path / "seg.dcm", software_version="test")]
+    written = [
+        write_rtstruct(labels, folder, PHANTOM_LABELS, tmp_path / "rs.dcm"),
+        write_dicom_seg(labels, folder, PHANTOM_LABELS, tmp_path / "seg.dcm", software_version="test"),
+    ]
     for path in written:
         run = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
         lines = (run.stdout + run.stderr).splitlines()
@@ -87,7 +89,13 @@ def test_far_out_contour_point_reads_in_bounded_memory(tmp_path):
     res, peak = _peak_mb(lambda: read_rtstruct(path, folder, table=PHANTOM_LABELS))
     assert peak < 200, f"{peak:.0f} MB"
     kinds = {f["kind"]: f for f in res.findings}
-    assert kinds["contour_clipped"]["action"] == "accepted_with_warning" and kinds["contour_clipped"]["detail"].startswith("1 ")
-    assert kinds["contour_outside_image"]["action"] == "skipped" and kinds["contour_outside_image"]["detail"].startswith("1 ")
-    first = PHANTOM_LABELS.by_name(next(r["structure"] for r in res.rois if r["number"] == int(roi.ReferencedROINumber)))
+    assert kinds["contour_clipped"]["action"] == "accepted_with_warning" and kinds["contour_clipped"][
+        "detail"
+    ].startswith("1 ")
+    assert kinds["contour_outside_image"]["action"] == "skipped" and kinds["contour_outside_image"][
+        "detail"
+    ].startswith("1 ")
+    first = PHANTOM_LABELS.by_name(
+        next(r["structure"] for r in res.rois if r["number"] == int(roi.ReferencedROINumber))
+    )
     assert (res.labels.array == first.index).any()

@@ -27,7 +27,9 @@ from test_rtstruct import dice, phantom_series  # noqa: E402  (same folder; pyte
 def rtutils_rows_cols(monkeypatch):
     import rt_utils.image_helper as ih
 
-    monkeypatch.setattr(ih, "create_empty_series_mask", lambda sd: np.zeros((int(sd[0].Rows), int(sd[0].Columns), len(sd)), bool))
+    monkeypatch.setattr(
+        ih, "create_empty_series_mask", lambda sd: np.zeros((int(sd[0].Rows), int(sd[0].Columns), len(sd)), bool)
+    )
     monkeypatch.setattr(ih, "create_empty_slice_mask", lambda s: np.zeros((int(s.Rows), int(s.Columns)), bool))
 
 

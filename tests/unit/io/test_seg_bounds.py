@@ -46,13 +46,27 @@ def _fractional_seg(folder, out, *, max_value: int, stored: float = 0.8):
     pix = np.zeros((len(files), files[0].Rows, files[0].Columns), np.float32)
     pix[:, 10:20, 10:20] = stored
     desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Liver", segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        segment_number=1,
+        segment_label="Liver",
+        segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Liver,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
     seg = hd.seg.Segmentation(
-        source_images=files, pixel_array=pix, segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="test", manufacturer_model_name="test", software_versions="0",
-        device_serial_number="0", max_fractional_value=255)
+        source_images=files,
+        pixel_array=pix,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[desc],
+        series_instance_uid=hd.UID(),
+        series_number=5,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+        max_fractional_value=255,
+    )
     seg.MaximumFractionalValue = max_value  # what a broken exporter writes; frames still hold 0..255
     seg.save_as(out)
     return out
@@ -88,7 +102,9 @@ def test_fractional_values_over_the_maximum_are_one_line(tmp_path):
 
     folder, _ = _series(tmp_path, "ct", 2)
     path = _fractional_seg(folder, tmp_path / "frac10.dcm", max_value=10)
-    with pytest.raises(InputError, match=r"segment 1 \('Liver'\) cannot be read \(RuntimeError: .*MaximumFractionalValue"):
+    with pytest.raises(
+        InputError, match=r"segment 1 \('Liver'\) cannot be read \(RuntimeError: .*MaximumFractionalValue"
+    ):
         read_dicom_seg(path, folder)
 
 
@@ -100,7 +116,9 @@ def test_seg_declaring_more_segments_than_allowed_is_refused_from_the_header(tmp
     folder, vol = _series(tmp_path, "ct", 2)
     many = _many_segments(_binary_seg(folder, vol, tmp_path / "one.dcm"), tmp_path / "many.dcm", 2000)
     t = time.monotonic()
-    with pytest.raises(InputError, match=r"declares 2,000 segments, more than the limit of 1,000 \(MEDSEG_MAX_SEGMENTS\)"):
+    with pytest.raises(
+        InputError, match=r"declares 2,000 segments, more than the limit of 1,000 \(MEDSEG_MAX_SEGMENTS\)"
+    ):
         read_dicom_seg(many, folder)
     assert time.monotonic() - t < 15
     monkeypatch.setenv("MEDSEG_MAX_SEGMENTS", "5000")

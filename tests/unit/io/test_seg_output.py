@@ -32,7 +32,9 @@ def test_seg_frames_match_the_label_map_slice_by_slice(tmp_path, flips, oblique)
         expected = labels.array[:, :, k].T  # rows x columns of this slice
         if not expected.any():
             continue
-        got = seg.get_pixels_by_source_instance([ds.SOPInstanceUID], combine_segments=True, assert_missing_frames_are_empty=True)[0]
+        got = seg.get_pixels_by_source_instance(
+            [ds.SOPInstanceUID], combine_segments=True, assert_missing_frames_are_empty=True
+        )[0]
         np.testing.assert_array_equal(got, expected)
         checked += 1
     assert checked >= 5

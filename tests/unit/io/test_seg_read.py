@@ -20,7 +20,9 @@ def test_binary_seg_round_trip_by_label_and_by_code(tmp_path, grid):
     assert np.array_equal(res.labels.array, truth.array)
     assert {r["structure"] for r in res.rois} == set(PHANTOM_LABELS.names) and res.unmapped == []
     # other names, same SNOMED codes: matched by coded concept, in this table's own indices
-    other = LabelTable("other", tuple(Label(10 + lab.index, f"organ_{lab.index}", None, lab.snomed) for lab in PHANTOM_LABELS.labels))
+    other = LabelTable(
+        "other", tuple(Label(10 + lab.index, f"organ_{lab.index}", None, lab.snomed) for lab in PHANTOM_LABELS.labels)
+    )
     res = read_dicom_seg(path, folder, table=other)
     assert all(r["matched_by"] == "code" for r in res.rois)
     for lab in PHANTOM_LABELS.labels:
@@ -44,7 +46,10 @@ def test_fractional_seg_thresholded(tmp_path):
             setattr(d, kw, d.get(kw, ""))
     inv = np.linalg.inv(vol.affine)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    ks = [int(round((inv[:3, :3] @ (lps_to_ras @ np.asarray(d.ImagePositionPatient, float)) + inv[:3, 3])[2])) for d in files]
+    ks = [
+        int(round((inv[:3, :3] @ (lps_to_ras @ np.asarray(d.ImagePositionPatient, float)) + inv[:3, 3])[2]))
+        for d in files
+    ]
     liver = truth.array == 1
     # fraction 0.8 inside the liver, 0.3 in a shell one voxel around it (below the 0.5 threshold)
     from scipy.ndimage import binary_dilation
@@ -53,13 +58,27 @@ def test_fractional_seg_thresholded(tmp_path):
     frac = np.where(liver, 0.8, np.where(shell, 0.3, 0.0)).astype(np.float32)
     pixels = np.stack([frac[:, :, k].T for k in ks])
     desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Liver", segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        segment_number=1,
+        segment_label="Liver",
+        segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Liver,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
     seg = hd.seg.Segmentation(
-        source_images=files, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="test", manufacturer_model_name="test", software_versions="0", device_serial_number="0",
-        max_fractional_value=255)
+        source_images=files,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[desc],
+        series_instance_uid=hd.UID(),
+        series_number=5,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+        max_fractional_value=255,
+    )
     seg.save_as(tmp_path / "frac.dcm")
     res = read_dicom_seg(tmp_path / "frac.dcm", folder)
     assert res.table.names == ["liver"]

@@ -87,8 +87,12 @@ def test_model_metadata_is_typed_and_renamed_models_still_load(tmp_path):
     assert "test_typo_model" not in MODELS
     assert isinstance(MODELS.get("unet").spec, ModelSpec) and model_info("unet", params=False)["divisor"] >= 1
     # A checkpoint saved under a model's old name loads after the rename (the alias points to the new name).
-    net = create_model("unet", spatial_dims=3, in_channels=1, out_channels=5, channels=[4, 8], strides=[2], num_res_units=0)
-    cfg = config_from_dict({"model": {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0}}})
+    net = create_model(
+        "unet", spatial_dims=3, in_channels=1, out_channels=5, channels=[4, 8], strides=[2], num_res_units=0
+    )
+    cfg = config_from_dict(
+        {"model": {"name": "unet", "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0}}}
+    )
     path = save_checkpoint(tmp_path / "old.pt", net, config=cfg, label_table=PHANTOM_LABELS)
     import torch
 

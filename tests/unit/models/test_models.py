@@ -6,7 +6,17 @@ from medseg.inference.crf import crf_refine
 from medseg.models import MODELS, create_model, list_models, model_info, param_count
 from medseg.models.slicewise import SliceWise
 
-FAMILIES = {"unet", "unet_classic", "unet_attention", "unet_plain", "fcn32s", "fcn16s", "fcn8s", "deeplabv3", "deeplabv3plus"}
+FAMILIES = {
+    "unet",
+    "unet_classic",
+    "unet_attention",
+    "unet_plain",
+    "fcn32s",
+    "fcn16s",
+    "fcn8s",
+    "deeplabv3",
+    "deeplabv3plus",
+}
 
 
 def test_listing_includes_every_family_and_builds_nothing(monkeypatch):
@@ -34,7 +44,7 @@ def _plain_unet_params(cin, k, feats, kvol=27):
     for f in feats:  # encoder: two conv-norm-act per stage
         n += prev * f * kvol + 2 * f + f * f * kvol + 2 * f
         prev = f
-    for lo, hi in zip(feats[::-1], feats[-2::-1]):  # decoder, lowest resolution first
+    for lo, hi in zip(feats[::-1], feats[-2::-1], strict=False):  # decoder, lowest resolution first
         n += lo * hi * (8 if kvol == 27 else 4) + hi  # transposed conv
         n += 2 * hi * hi * kvol + 2 * hi + hi * hi * kvol + 2 * hi  # two conv-norm-act on the concatenation
         n += hi * k + k  # segmentation layer
@@ -69,8 +79,12 @@ def test_plain_unet_deep_supervision_lists_the_scales_in_training_only():
     assert [tuple(o.shape) for o in outs] == [(2, 3, 32, 16, 24), (2, 3, 16, 8, 12), (2, 3, 8, 4, 6)]
     with torch.no_grad():
         full = net.eval()(x)
-    assert isinstance(full, torch.Tensor) and torch.allclose(full, outs[0].detach(), atol=1e-5)  # instance norm: same in both modes
-    net_plain = create_model("unet_plain", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8), deep_supervision=False)
+    assert isinstance(full, torch.Tensor) and torch.allclose(
+        full, outs[0].detach(), atol=1e-5
+    )  # instance norm: same in both modes
+    net_plain = create_model(
+        "unet_plain", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 8, 8), deep_supervision=False
+    )
     net_plain.load_state_dict(net.state_dict())  # the same weights load with or without deep supervision
     assert isinstance(net_plain.train()(x), torch.Tensor)
     # sizes off the divisor: padded, and every scale cropped back to its share
@@ -80,7 +94,9 @@ def test_plain_unet_deep_supervision_lists_the_scales_in_training_only():
 
 @pytest.mark.parametrize("name", ["unet_classic", "unet_attention"])
 def test_classic_unets_offer_deep_supervision_and_he_init(name):
-    net = create_model(name, spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 8, 8), deep_supervision=True, init="he")
+    net = create_model(
+        name, spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 8, 8), deep_supervision=True, init="he"
+    )
     outs = net.train()(torch.randn(2, 1, 32, 16))
     assert [tuple(o.shape) for o in outs] == [(2, 3, 32, 16), (2, 3, 16, 8), (2, 3, 8, 4)]
     assert isinstance(net.eval()(torch.randn(2, 1, 32, 16)), torch.Tensor)
@@ -90,11 +106,15 @@ def test_classic_unets_offer_deep_supervision_and_he_init(name):
 
 def test_param_count_matches_a_real_build():
     kw = {"channels": (4, 8), "blocks": (1, 1), "output_stride": 8, "aspp_channels": 8}
-    real = sum(p.numel() for p in create_model("deeplabv3", spatial_dims=2, in_channels=1, out_channels=2, **kw).parameters())
+    real = sum(
+        p.numel() for p in create_model("deeplabv3", spatial_dims=2, in_channels=1, out_channels=2, **kw).parameters()
+    )
     with torch.device("meta"):
         meta = create_model("deeplabv3", spatial_dims=2, in_channels=1, out_channels=2, **kw)
     assert sum(p.numel() for p in meta.parameters()) == real
-    assert param_count("unet", 3) == sum(p.numel() for p in create_model("unet", spatial_dims=3, in_channels=1, out_channels=2).parameters())
+    assert param_count("unet", 3) == sum(
+        p.numel() for p in create_model("unet", spatial_dims=3, in_channels=1, out_channels=2).parameters()
+    )
 
 
 @pytest.mark.parametrize("dims,shape", [(3, (1, 1, 32, 32, 16)), (2, (2, 1, 32, 32))])
@@ -105,8 +125,13 @@ def test_unet_builds_in_2d_and_3d_and_keeps_spatial_size(dims, shape):
     assert out.shape == (shape[0], 5, *shape[2:])
 
 
-@pytest.mark.parametrize("name,kw", [("fcn8s", {"channels": (4, 4, 4, 4, 4), "convs": (1,) * 5, "head_channels": 4}),
-                                     ("unet_attention", {"channels": (4, 4, 4)})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("fcn8s", {"channels": (4, 4, 4, 4, 4), "convs": (1,) * 5, "head_channels": 4}),
+        ("unet_attention", {"channels": (4, 4, 4)}),
+    ],
+)
 def test_sizes_off_the_divisor_are_padded_and_cropped_back(name, kw):
     net = create_model(name, spatial_dims=3, in_channels=1, out_channels=2, **kw).eval()
     with torch.no_grad():
@@ -115,8 +140,17 @@ def test_sizes_off_the_divisor_are_padded_and_cropped_back(name, kw):
 
 def test_deeplab_output_stride_sets_the_feature_resolution():
     for os_ in (8, 16):
-        net = create_model("deeplabv3plus", spatial_dims=2, in_channels=1, out_channels=2, output_stride=os_,
-                           channels=(4, 8, 8, 8), blocks=(1, 1, 1, 1), aspp_channels=8, low_level_channels=4)
+        net = create_model(
+            "deeplabv3plus",
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=2,
+            output_stride=os_,
+            channels=(4, 8, 8, 8),
+            blocks=(1, 1, 1, 1),
+            aspp_channels=8,
+            low_level_channels=4,
+        )
         low, high = net.encoder(torch.zeros(1, 1, 64, 64))
         assert low.shape[-1] == 16 and high.shape[-1] == 64 // os_
     with pytest.raises(ConfigError, match="output_stride must be 8 or 16"):
@@ -125,7 +159,10 @@ def test_deeplab_output_stride_sets_the_feature_resolution():
 
 def test_fcn_variants_differ_only_in_fused_skips():
     kw = {"channels": (4, 4, 4, 4, 4), "convs": (1,) * 5, "head_channels": 4}
-    skips = {v: len(create_model(f"fcn{v}s", spatial_dims=2, in_channels=1, out_channels=2, **kw).skip_scores) for v in (32, 16, 8)}
+    skips = {
+        v: len(create_model(f"fcn{v}s", spatial_dims=2, in_channels=1, out_channels=2, **kw).skip_scores)
+        for v in (32, 16, 8)
+    }
     assert skips == {32: 0, 16: 1, 8: 2}
 
 
@@ -220,7 +257,9 @@ def test_every_model_preset_names_a_model_and_its_options(tmp_path):
     from medseg.models.presets import list_model_presets, load_model_preset
 
     names = list_model_presets()
-    assert {"unet_classic_small", "unet_plain_small", "fcn8s_small", "deeplabv3_small", "deeplabv3plus_small"} <= set(names)
+    assert {"unet_classic_small", "unet_plain_small", "fcn8s_small", "deeplabv3_small", "deeplabv3plus_small"} <= set(
+        names
+    )
     fields = set(TrainingConfig.__dataclass_fields__)
     for name in names:
         p = load_model_preset(name)
@@ -237,17 +276,23 @@ def test_a_preset_carries_its_family_training_recipe(tmp_path):
     from medseg.config import config_from_dict
     from medseg.models.presets import load_model_preset, preset_overrides
 
-    (tmp_path / "sgd.yaml").write_text("name: unet_plain\nspatial_dims: 2\nkwargs: {channels: [8, 16]}\n"
-                                       "training: {learning_rate: 0.01, optimizer: sgd}\n")
+    (tmp_path / "sgd.yaml").write_text(
+        "name: unet_plain\nspatial_dims: 2\nkwargs: {channels: [8, 16]}\n"
+        "training: {learning_rate: 0.01, optimizer: sgd}\n"
+    )
     p = load_model_preset("sgd", root=tmp_path)
-    assert p == {"model": {"name": "unet_plain", "spatial_dims": 2, "kwargs": {"channels": [8, 16]}},
-                 "training": {"learning_rate": 0.01, "optimizer": "sgd"}}
+    assert p == {
+        "model": {"name": "unet_plain", "spatial_dims": 2, "kwargs": {"channels": [8, 16]}},
+        "training": {"learning_rate": 0.01, "optimizer": "sgd"},
+    }
     cfg = config_from_dict({"training": {"epochs": 3, "learning_rate": 0.5}}, overrides=preset_overrides(p))
     assert (cfg.model.name, cfg.model.spatial_dims, cfg.model.kwargs) == ("unet_plain", 2, {"channels": [8, 16]})
     assert (cfg.training.learning_rate, cfg.training.optimizer, cfg.training.epochs) == (0.01, "sgd", 3)
     assert load_model_preset("deeplabv3plus_small")["training"] == {}
     (tmp_path / "typo.yaml").write_text("name: fcn8s\ntraining: {learnig_rate: 0.01}\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml: training: unknown key 'learnig_rate'; did you mean 'learning_rate'"):
+    with pytest.raises(
+        ConfigError, match=r"typo.yaml: training: unknown key 'learnig_rate'; did you mean 'learning_rate'"
+    ):
         load_model_preset("typo", root=tmp_path)
     (tmp_path / "type.yaml").write_text("name: fcn8s\ntraining: {epochs: many}\n")
     with pytest.raises(ConfigError, match="type.yaml: training.epochs: expected int"):
@@ -256,7 +301,9 @@ def test_a_preset_carries_its_family_training_recipe(tmp_path):
 
 @pytest.mark.parametrize("name,strides", [("fcn8s", (8, 16, 32)), ("fcn16s", (16, 32)), ("fcn32s", (32,))])
 def test_fcn_deep_supervision_returns_its_score_maps_in_training_only(name, strides):
-    kw = dict(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 4, 8, 8, 8), convs=(1, 1, 1, 1, 1), head_channels=8)
+    kw = dict(
+        spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 4, 8, 8, 8), convs=(1, 1, 1, 1, 1), head_channels=8
+    )
     net = create_model(name, deep_supervision=True, **kw).train()
     outs = net(torch.randn(1, 1, 64, 64, 32))
     assert [tuple(o.shape[2:]) for o in outs] == [(64, 64, 32)] + [(64 // s, 64 // s, 32 // s) for s in strides]
@@ -292,7 +339,9 @@ def test_fcn_upsampling_equals_the_transposed_convolution_it_replaces(dims, fact
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
     # a state dict from torch's own layer loads unchanged (checkpoints written before stay valid)
-    plain = (torch.nn.ConvTranspose3d if dims == 3 else torch.nn.ConvTranspose2d)(3, 3, 2 * factor, stride=factor, padding=factor // 2, bias=False)
+    plain = (torch.nn.ConvTranspose3d if dims == 3 else torch.nn.ConvTranspose2d)(
+        3, 3, 2 * factor, stride=factor, padding=factor // 2, bias=False
+    )
     layer.load_state_dict(plain.double().state_dict())
     torch.testing.assert_close(layer(x), plain(x))
 

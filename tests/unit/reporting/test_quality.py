@@ -19,8 +19,12 @@ SURE = {lab.name: 0.97 for lab in PHANTOM_LABELS.labels}
 def profile():
     """The input profile of six training phantoms, as a checkpoint would carry it."""
     cases = [make_phantom(s, spacing=SPACING) for s in range(11, 17)]
-    expected = quality.expected_from_checkpoint({**CT_CHECKPOINT, "input_profile": quality.training_profile(
-        ((c.image, c.labels) for c in cases), PHANTOM_LABELS)})
+    expected = quality.expected_from_checkpoint(
+        {
+            **CT_CHECKPOINT,
+            "input_profile": quality.training_profile(((c.image, c.labels) for c in cases), PHANTOM_LABELS),
+        }
+    )
     return expected
 
 
@@ -33,8 +37,10 @@ def assess(case, labels=None, image=None, expected=None, confidence=SURE):
     labels = labels if labels is not None else case.labels
     image = image if image is not None else case.image
     rows = structure_rows(case.case_id, labels, PHANTOM_LABELS, image)
-    return {r["structure"]: r for r in quality.assess_case(rows, image=image, labels=labels, confidence=confidence,
-                                                           expected=expected)}
+    return {
+        r["structure"]: r
+        for r in quality.assess_case(rows, image=image, labels=labels, confidence=confidence, expected=expected)
+    }
 
 
 def test_ras_convention_right_kidney_lies_at_positive_x(held_out):
@@ -82,8 +88,10 @@ def test_fragmented_mask_is_flagged(held_out, profile):
 
 
 def test_mr_like_input_to_a_ct_checkpoint_fails_every_row(held_out, profile):
-    mr = Volume(np.interp(held_out.image.array, [-1024, -120, 0, 60, 3071], [0, 900, 300, 500, 100]).astype(np.float32),
-                held_out.image.affine)
+    mr = Volume(
+        np.interp(held_out.image.array, [-1024, -120, 0, 60, 3071], [0, 900, 300, 500, 100]).astype(np.float32),
+        held_out.image.affine,
+    )
     for expected in (quality.expected_from_checkpoint(CT_CHECKPOINT), profile):  # without and with a stored profile
         rows = assess(held_out, image=mr, expected=expected)
         assert all(r["qc"] == "fail" and "not_ct(min" in r["qc_reasons"] for r in rows.values())
@@ -92,7 +100,10 @@ def test_mr_like_input_to_a_ct_checkpoint_fails_every_row(held_out, profile):
 def test_head_sized_field_of_view_is_flagged(held_out, profile):
     # the same phantom cut to a 60 mm slab: far less than any training field of view
     sl = (slice(None), slice(None), slice(0, 12))
-    img, lab = Volume(held_out.image.array[sl], held_out.image.affine), Volume(held_out.labels.array[sl], held_out.labels.affine)
+    img, lab = (
+        Volume(held_out.image.array[sl], held_out.image.affine),
+        Volume(held_out.labels.array[sl], held_out.labels.affine),
+    )
     rows = assess(held_out, labels=lab, image=img, expected=profile)
     assert all(r["qc"] == "fail" and "fov(fov_z_mm" in r["qc_reasons"] for r in rows.values())
 
@@ -137,11 +148,23 @@ def test_cohort_outliers_and_absent_structures():
     table = LabelTable("t", (Label(1, "organ"),))
     rows = []
     for i, ml in enumerate([100, 102, 98, 101, 99, 103, 400]):
-        rows.append({"case_id": f"c{i}", "structure": "organ", "label": 1, "status": "present", "volume_ml": ml,
-                     "largest_component_ml": ml, "n_components": 1, "touches_border": False})
-    rows.append({"case_id": "c7", "structure": "organ", "label": 1, "status": "absent", "volume_ml": 0.0, "n_components": 0})
+        rows.append(
+            {
+                "case_id": f"c{i}",
+                "structure": "organ",
+                "label": 1,
+                "status": "present",
+                "volume_ml": ml,
+                "largest_component_ml": ml,
+                "n_components": 1,
+                "touches_border": False,
+            }
+        )
+    rows.append(
+        {"case_id": "c7", "structure": "organ", "label": 1, "status": "absent", "volume_ml": 0.0, "n_components": 0}
+    )
     df = quality.add_cohort_verdicts(cohort.add_outlier_flags(pd.DataFrame(rows)))
-    by_case = dict(zip(df["case_id"], zip(df["qc"], df["qc_reasons"])))
+    by_case = dict(zip(df["case_id"], zip(df["qc"], df["qc_reasons"], strict=False), strict=False))
     assert by_case["c0"] == ("pass", "")
     assert by_case["c6"][0] == "fail" and by_case["c6"][1].startswith("volume_outlier(z=")
     assert by_case["c7"] == ("review", "absent_usually_present(88% of cases)")
@@ -149,10 +172,18 @@ def test_cohort_outliers_and_absent_structures():
 
 
 def test_cohort_keeps_case_reasons_and_verdicts_by_structure():
-    rows = [{"case_id": "a", "structure": "liver", "status": "present", "qc": "fail", "qc_reasons": "wrong_side(x)"},
-            {"case_id": "b", "structure": "liver", "status": "present", "qc": "pass", "qc_reasons": ""},
-            {"case_id": "a", "structure": "spleen", "status": "present", "volume_ml": 10.0, "largest_component_ml": 5.0,
-             "n_components": 2}]
+    rows = [
+        {"case_id": "a", "structure": "liver", "status": "present", "qc": "fail", "qc_reasons": "wrong_side(x)"},
+        {"case_id": "b", "structure": "liver", "status": "present", "qc": "pass", "qc_reasons": ""},
+        {
+            "case_id": "a",
+            "structure": "spleen",
+            "status": "present",
+            "volume_ml": 10.0,
+            "largest_component_ml": 5.0,
+            "n_components": 2,
+        },
+    ]
     df = quality.add_cohort_verdicts(pd.DataFrame(rows))
     assert list(df["qc"]) == ["fail", "pass", "fail"]
     assert df["qc_reasons"].iloc[0] == "wrong_side(x)"
@@ -160,8 +191,17 @@ def test_cohort_keeps_case_reasons_and_verdicts_by_structure():
     assert quality.verdicts_by_structure(rows[1:2]) == {"liver": "pass"}
 
 
-@pytest.mark.parametrize("name,side", [("kidney_left", "left"), ("Lt_Lung", "left"), ("lung_r", "right"),
-                                       ("adrenal_gland_right", "right"), ("liver", None), ("rectum", None)])
+@pytest.mark.parametrize(
+    "name,side",
+    [
+        ("kidney_left", "left"),
+        ("Lt_Lung", "left"),
+        ("lung_r", "right"),
+        ("adrenal_gland_right", "right"),
+        ("liver", None),
+        ("rectum", None),
+    ],
+)
 def test_side_of(name, side):
     assert quality.side_of(name) == side
 
@@ -179,12 +219,20 @@ def test_volumes_csv_and_html_carry_the_verdicts_fail_first(tmp_path, held_out):
     a = held_out.labels.array.copy()
     a[held_out.labels.array == 3], a[held_out.labels.array == 4] = 4, 3  # kidneys swapped: fail
     lab = Volume(a, held_out.labels.affine)
-    rows = quality.assess_case(structure_rows("case_a", lab, PHANTOM_LABELS, held_out.image), image=held_out.image,
-                               labels=lab, confidence={**SURE, "spleen": 0.7})  # spleen unsure: review
+    rows = quality.assess_case(
+        structure_rows("case_a", lab, PHANTOM_LABELS, held_out.image),
+        image=held_out.image,
+        labels=lab,
+        confidence={**SURE, "spleen": 0.7},
+    )  # spleen unsure: review
     path = write_cohort(tmp_path, rows, PHANTOM_LABELS, montages={"case_a": None})
     df = pd.read_csv(path)
-    assert dict(zip(df["structure"], df["qc"])) == {"liver": "pass", "spleen": "review", "kidney_right": "fail",
-                                                    "kidney_left": "fail"}
+    assert dict(zip(df["structure"], df["qc"], strict=False)) == {
+        "liver": "pass",
+        "spleen": "review",
+        "kidney_right": "fail",
+        "kidney_left": "fail",
+    }
     page = (tmp_path / "report.html").read_text()
     assert page.index("FAIL: wrong_side") < page.index("REVIEW: low_confidence(0.70&lt;0.80)")
     assert "2 fail, 1 review" in page
@@ -214,6 +262,9 @@ def test_bench_quick_runs_and_no_other_anatomy_passes(tmp_path):
     rows = pd.read_csv(tmp_path / "rows.csv")
     swapped = rows[rows["group"] == "kidneys_swapped"].set_index("structure")
     for side in ("kidney_left", "kidney_right"):
-        if swapped.loc[side, "status"] != "absent" and abs(swapped.loc[side, "centroid_x_mm"] - swapped.loc[side, "midline_x_mm"]) > 15:
+        if (
+            swapped.loc[side, "status"] != "absent"
+            and abs(swapped.loc[side, "centroid_x_mm"] - swapped.loc[side, "midline_x_mm"]) > 15
+        ):
             assert "wrong_side" in swapped.loc[side, "qc_reasons"]
     assert set(rows.loc[rows["group"] == "mr_like", "qc"]) == {"fail"}

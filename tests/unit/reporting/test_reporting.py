@@ -7,7 +7,9 @@ from medseg.reporting.metrics import dice, metric_rows
 from medseg.reporting.volumes import structure_rows, volumes_frame
 
 
-@pytest.mark.parametrize("kw", [dict(spacing=(1.6, 1.6, 4.0), flips=(True, False, True)), dict(spacing=(2.0, 2.0, 3.0), oblique_deg=30.0)])
+@pytest.mark.parametrize(
+    "kw", [dict(spacing=(1.6, 1.6, 4.0), flips=(True, False, True)), dict(spacing=(2.0, 2.0, 3.0), oblique_deg=30.0)]
+)
 def test_volume_equals_voxel_count_times_voxel_volume_on_any_grid(kw):
     case = make_phantom(21, **kw)
     df = volumes_frame(structure_rows(case.case_id, case.labels, PHANTOM_LABELS, case.image))

@@ -14,7 +14,14 @@ def _long():
     for i, v in enumerate(LIVER):
         rows.append({"case_id": f"c{i}", "structure": "liver", "status": "present", "volume_ml": v})
         status = {0: "absent", 1: "touches_border"}.get(i, "present")
-        rows.append({"case_id": f"c{i}", "structure": "spleen", "status": status, "volume_ml": 0.0 if status == "absent" else 150.0 + i})
+        rows.append(
+            {
+                "case_id": f"c{i}",
+                "structure": "spleen",
+                "status": status,
+                "volume_ml": 0.0 if status == "absent" else 150.0 + i,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -50,7 +57,15 @@ def test_too_few_cases_are_not_judged_and_reference_ranges_win(tmp_path):
 def test_wide_and_summary_tables():
     df = add_outlier_flags(_long())
     wide = wide_frame(df, ["liver", "spleen", "kidney"])
-    assert list(wide.columns) == ["case_id", "liver_ml", "spleen_ml", "kidney_ml", "liver_status", "spleen_status", "kidney_status"]
+    assert list(wide.columns) == [
+        "case_id",
+        "liver_ml",
+        "spleen_ml",
+        "kidney_ml",
+        "liver_status",
+        "spleen_status",
+        "kidney_status",
+    ]
     assert wide["liver_ml"].tolist() == LIVER
     assert pd.isna(wide.loc[0, "spleen_ml"]) and wide.loc[0, "spleen_status"] == "absent"  # empty, not 0
     assert wide.loc[1, "spleen_status"] == "touches_border" and wide.loc[1, "spleen_ml"] == 151.0
@@ -60,5 +75,9 @@ def test_wide_and_summary_tables():
     assert summary.loc["liver", "mean_ml"] == pytest.approx(v.mean())
     assert summary.loc["liver", "sd_ml"] == pytest.approx(v.std(ddof=1))
     assert summary.loc["liver", "iqr_ml"] == pytest.approx(np.percentile(v, 75) - np.percentile(v, 25))
-    assert summary.loc["spleen", "n_present"] == 5 and summary.loc["spleen", "n_absent"] == 1 and summary.loc["spleen", "n_touches_border"] == 1
+    assert (
+        summary.loc["spleen", "n_present"] == 5
+        and summary.loc["spleen", "n_absent"] == 1
+        and summary.loc["spleen", "n_touches_border"] == 1
+    )
     assert summary.loc["spleen", "min_ml"] == 152.0  # present cases only: the lower bound (151) is left out

@@ -48,7 +48,18 @@ def test_surface_distances_match_brute_force():
     d_ab, d_ba = surface_distances(a, b, spacing)
 
     def surf(m):
-        s = m & ~binary_erosion(m, structure=np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], bool), border_value=0)  # noqa: E501
+        s = m & ~binary_erosion(
+            m,
+            structure=np.array(
+                [
+                    [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+                    [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                    [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+                ],
+                bool,
+            ),
+            border_value=0,
+        )  # noqa: E501
         return np.argwhere(s) * np.asarray(spacing)
 
     pa, pb = surf(a), surf(b)
@@ -92,7 +103,11 @@ def test_empty_cases_are_explicit():
     ref[8:10, 8:10, 8:10] = 2  # b: missed by the prediction
     pred[0:2, 8:10, 8:10] = 3  # c: predicted, not in the reference; d: in neither
     rows = _rows(pred, ref, (1.0, 1.0, 1.0))
-    assert rows["a"]["status"] == "both_present" and rows["a"]["dice"] == pytest.approx(0.75) and rows["a"]["hd95_mm"] == pytest.approx(1.0)
+    assert (
+        rows["a"]["status"] == "both_present"
+        and rows["a"]["dice"] == pytest.approx(0.75)
+        and rows["a"]["hd95_mm"] == pytest.approx(1.0)
+    )
     b, c, d = rows["b"], rows["c"], rows["d"]
     assert b["status"] == "pred_empty" and b["dice"] == 0 and b["iou"] == 0 and b["nsd"] == 0
     assert np.isnan(b["hd95_mm"]) and np.isnan(b["assd_mm"]) and b["volume_error_pct"] == pytest.approx(-100.0)
@@ -115,9 +130,12 @@ def test_evaluate_pairs_references_by_case_name_not_by_glob_order(tmp_path):
     from medseg.api import evaluate
 
     (tmp_path / "pred").mkdir(), (tmp_path / "ref").mkdir()
-    for case, size in (("case_1", 4), ("case_10", 8)):  # the same cube in prediction and reference: Dice 1 when paired right
+    for case, size in (
+        ("case_1", 4),
+        ("case_10", 8),
+    ):  # the same cube in prediction and reference: Dice 1 when paired right
         lab = np.zeros((16, 16, 16), np.uint8)
-        lab[2:2 + size, 2:2 + size, 2:2 + size] = 1
+        lab[2 : 2 + size, 2 : 2 + size, 2 : 2 + size] = 1
         nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "pred" / f"{case}_0000.nii.gz"))
         nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "ref" / f"{case}.nii.gz"))
     pred, ref = sorted(glob.glob(str(tmp_path / "pred" / "*"))), sorted(glob.glob(str(tmp_path / "ref" / "*")))
@@ -130,8 +148,13 @@ def test_evaluate_pairs_references_by_case_name_not_by_glob_order(tmp_path):
     # references named otherwise keep the documented rule: paired in the order given
     (tmp_path / "ref" / "case_1.nii.gz").rename(tmp_path / "ref" / "truth_a.nii.gz")
     (tmp_path / "ref" / "case_10.nii.gz").rename(tmp_path / "ref" / "truth_b.nii.gz")
-    out = evaluate(pred=pred, ref=[tmp_path / "ref" / "truth_b.nii.gz", tmp_path / "ref" / "truth_a.nii.gz"],
-                   out=tmp_path / "m2.csv", label_table=table, surface=False)
+    out = evaluate(
+        pred=pred,
+        ref=[tmp_path / "ref" / "truth_b.nii.gz", tmp_path / "ref" / "truth_a.nii.gz"],
+        out=tmp_path / "m2.csv",
+        label_table=table,
+        surface=False,
+    )
     assert pd.read_csv(out)["dice"].tolist() == [1.0, 1.0]
 
 
@@ -149,9 +172,21 @@ def test_report_pairs_images_with_label_maps_by_case_name(tmp_path):
         lab = np.zeros((12, 12, 12), np.uint8)
         lab[3:9, 3:9, 3:9] = 1
         nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "labels" / f"{case}.nii.gz"))
-        nib.save(nib.Nifti1Image(np.full((12, 12, 12), value, np.float32), np.eye(4)), str(tmp_path / "images" / f"{case}_0000.nii.gz"))
-    labels, images = sorted(glob.glob(str(tmp_path / "labels" / "*"))), sorted(glob.glob(str(tmp_path / "images" / "*")))
-    out = report(labels=labels, images=images, out=tmp_path / "rep", label_table=LabelTable(name="t", labels=[Label(1, "cube")]),
-                 qc=False, html=False)
+        nib.save(
+            nib.Nifti1Image(np.full((12, 12, 12), value, np.float32), np.eye(4)),
+            str(tmp_path / "images" / f"{case}_0000.nii.gz"),
+        )
+    labels, images = (
+        sorted(glob.glob(str(tmp_path / "labels" / "*"))),
+        sorted(glob.glob(str(tmp_path / "images" / "*"))),
+    )
+    out = report(
+        labels=labels,
+        images=images,
+        out=tmp_path / "rep",
+        label_table=LabelTable(name="t", labels=[Label(1, "cube")]),
+        qc=False,
+        html=False,
+    )
     rows = pd.read_csv(out).set_index("case_id")
     assert rows.loc["case_1", "intensity_mean"] == 10.0 and rows.loc["case_10", "intensity_mean"] == 100.0

@@ -21,7 +21,7 @@ def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
 
 def grid(spacing, flips=(False, False, False), rot=np.eye(3), fov=(80.0, 70.0, 90.0), centre=(10.0, -20.0, 30.0)):
     """A grid covering ``fov`` mm around ``centre`` (world, RAS mm)."""
-    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov, spacing))
+    shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov, spacing, strict=False))
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([-1.0 if f else 1.0 for f in flips]) @ np.diag(spacing)
     affine[:3, 3] = np.asarray(centre) - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
@@ -44,7 +44,11 @@ CENTRE = (12.3, -18.9, 31.7)
 ANALYTIC_ML = 4.0 / 3.0 * np.pi * np.prod(SEMI) / 1000.0
 
 
-@pytest.mark.parametrize("flips,rot", [((True, False, True), np.eye(3)), ((False, True, False), _rotation(25, 35))], ids=["flipped", "oblique"])
+@pytest.mark.parametrize(
+    "flips,rot",
+    [((True, False, True), np.eye(3)), ((False, True, False), _rotation(25, 35))],
+    ids=["flipped", "oblique"],
+)
 def test_ellipsoid_volume_is_exact_count_and_converges_to_analytic(flips, rot):
     shape_rot = _rotation(10, -20)  # the ellipsoid is itself rotated in the world
     errors = []
@@ -87,12 +91,18 @@ def test_bbox_and_components_on_known_boxes():
 def test_border_absent_and_min_size_statuses_keep_measurements():
     table = LabelTable("t", (Label(1, "cut"), Label(2, "gone"), Label(3, "speck")))
     shape, affine = grid((2.0, 2.0, 2.0))
-    lab = ellipsoid(shape, affine, (10.0 + 40.0, -20.0, 30.0), (15.0, 10.0, 10.0))  # centre on the +x face: half cut off
+    lab = ellipsoid(
+        shape, affine, (10.0 + 40.0, -20.0, 30.0), (15.0, 10.0, 10.0)
+    )  # centre on the +x face: half cut off
     lab[20, 20, 20] = 3
     df = volumes_frame(structure_rows("c", Volume(lab, affine), table, min_size_ml=0.05)).set_index("structure")
     assert df.loc["cut", "status"] == "touches_border" and bool(df.loc["cut", "touches_border"])
-    assert df.loc["cut", "volume_mm3"] == int((lab == 1).sum()) * Volume(lab, affine).voxel_volume_mm3 > 0  # measured, a lower bound
-    assert df.loc["gone", "status"] == "absent" and df.loc["gone", "volume_ml"] == 0 and df.loc["gone", "voxel_count"] == 0
+    assert (
+        df.loc["cut", "volume_mm3"] == int((lab == 1).sum()) * Volume(lab, affine).voxel_volume_mm3 > 0
+    )  # measured, a lower bound
+    assert (
+        df.loc["gone", "status"] == "absent" and df.loc["gone", "volume_ml"] == 0 and df.loc["gone", "voxel_count"] == 0
+    )
     for col in ["intensity_mean", "centroid_x_mm", "bbox_z_max_mm", "largest_component_ml", "touches_border"]:
         assert pd.isna(df.loc["gone", col]), col  # empty cells, not 0
     assert df.loc["speck", "status"] == "below_min_size" and df.loc["speck", "volume_ml"] == pytest.approx(0.008)
@@ -132,7 +142,7 @@ def test_many_labels_nrrd_lps_against_simpleitk(tmp_path):
     table = LabelTable("many", tuple(Label(i, f"s{i}") for i in range(1, 13)))
     for i in range(1, 12):  # label 12 stays absent
         z0, y0, x0 = rng.integers(0, 30), rng.integers(0, 40), rng.integers(0, 20)
-        arr[z0:z0 + rng.integers(2, 10), y0:y0 + rng.integers(2, 10), x0:x0 + rng.integers(2, 10)] = i
+        arr[z0 : z0 + rng.integers(2, 10), y0 : y0 + rng.integers(2, 10), x0 : x0 + rng.integers(2, 10)] = i
     intens = rng.normal(40, 20, size=arr.shape).astype(np.float32)
     direction = _rotation(20, 110) @ np.diag([1.0, -1.0, 1.0])
     for name, data in (("lab.nrrd", arr), ("img.nrrd", intens)):

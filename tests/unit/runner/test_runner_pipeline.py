@@ -27,29 +27,43 @@ def test_shipped_pipelines_load(model_file):
     pipe = load_pipeline(VOLUMETRY, overrides=[f"predict.model={model_file}", "input.column=dicom"])
     assert list(pipe.stages) == ["scan", "select", "convert", "predict", "report"]
     assert pipe.stages["predict"].model == str(model_file.resolve()) and pipe.input.column == "dicom"
-    train = load_pipeline(ROOT / "pipelines" / "train_and_evaluate.yaml", overrides=["train.overrides.training.epochs=2"])
+    train = load_pipeline(
+        ROOT / "pipelines" / "train_and_evaluate.yaml", overrides=["train.overrides.training.epochs=2"]
+    )
     assert list(train.stages) == ["plan", "train", "predict", "evaluate", "report"]
     assert train.stages["train"].overrides == {"training": {"epochs": 2}}
     assert Path(train.stages["train"].config).is_file()
 
 
-@pytest.mark.parametrize("data, overrides, message", [
-    ({"stages": {"predcit": {}}}, [], "unknown stage 'predcit'; did you mean 'predict'"),
-    ({"stages": {"predict": {"modle": "m.pt"}}}, [], "unknown key 'modle'; did you mean 'model'"),
-    ({"stages": {"predict": {"model": "MODEL"}}, "inputs": {}}, [], "unknown key 'inputs'; did you mean 'input'"),
-    ({"stages": {"predict": {"model": "MODEL", "inference": {"overlapp": 0.5}}}}, [], "did you mean 'overlap'"),
-    ({"stages": {"predict": {"model": "MODEL"}}}, ["report.qc=false"], "no stage 'report'"),
-    ({"stages": {"predict": {"model": "MODEL"}, "scan": {}}}, [], "'scan' must come before 'predict'"),
-    ({"stages": {"predict": {}}}, [], "no checkpoint given"),
-    ({"stages": {"predict": {"model": "missing.pt"}}}, [], "missing.pt: stages.predict.model: checkpoint file not found"),
-    ({"stages": {"report": {}}}, [], "'report' needs a 'predict' stage"),
-    ({"stages": {"predict": {"model": "MODEL", "device": 3}}}, [], "expected str"),
-    ({"stages": {}}, [], "non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        ({"stages": {"predcit": {}}}, [], "unknown stage 'predcit'; did you mean 'predict'"),
+        ({"stages": {"predict": {"modle": "m.pt"}}}, [], "unknown key 'modle'; did you mean 'model'"),
+        ({"stages": {"predict": {"model": "MODEL"}}, "inputs": {}}, [], "unknown key 'inputs'; did you mean 'input'"),
+        ({"stages": {"predict": {"model": "MODEL", "inference": {"overlapp": 0.5}}}}, [], "did you mean 'overlap'"),
+        ({"stages": {"predict": {"model": "MODEL"}}}, ["report.qc=false"], "no stage 'report'"),
+        ({"stages": {"predict": {"model": "MODEL"}, "scan": {}}}, [], "'scan' must come before 'predict'"),
+        ({"stages": {"predict": {}}}, [], "no checkpoint given"),
+        (
+            {"stages": {"predict": {"model": "missing.pt"}}},
+            [],
+            "missing.pt: stages.predict.model: checkpoint file not found",
+        ),
+        ({"stages": {"report": {}}}, [], "'report' needs a 'predict' stage"),
+        ({"stages": {"predict": {"model": "MODEL", "device": 3}}}, [], "expected str"),
+        ({"stages": {}}, [], "non-empty mapping"),
+    ],
+)
 def test_config_errors_are_one_line_with_a_hint(data, overrides, message, model_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data = {**data, "stages": {k: {kk: (str(model_file) if vv == "MODEL" else vv) for kk, vv in v.items()}
-                               for k, v in data["stages"].items()}}
+    data = {
+        **data,
+        "stages": {
+            k: {kk: (str(model_file) if vv == "MODEL" else vv) for kk, vv in v.items()}
+            for k, v in data["stages"].items()
+        },
+    }
     with pytest.raises(ConfigError) as exc:
         pipeline_from_dict(data, source="p.yaml", overrides=overrides)
     assert message in str(exc.value) and "\n" not in str(exc.value)
@@ -70,8 +84,19 @@ def test_resume_needs_an_existing_run(tmp_path, model_file, capsys):
     cases = tmp_path / "cases"
     cases.mkdir()
     (cases / "a.nii.gz").write_bytes(b"x")
-    code = main(["run", str(VOLUMETRY), "--input", str(cases), "--out", str(tmp_path / "run"), "--resume",
-                 "--set", f"predict.model={model_file}"])
+    code = main(
+        [
+            "run",
+            str(VOLUMETRY),
+            "--input",
+            str(cases),
+            "--out",
+            str(tmp_path / "run"),
+            "--resume",
+            "--set",
+            f"predict.model={model_file}",
+        ]
+    )
     assert code == 2 and "no run to resume" in capsys.readouterr().err
 
 
@@ -80,8 +105,13 @@ def test_ray_engine_without_ray_says_how_to_install(tmp_path, model_file, monkey
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(OptionalDependencyError, match=r"pip install 'medseg\[ray\]'"):
-        run_pipeline(pipeline=VOLUMETRY, input=tmp_path, out=tmp_path / "run", engine="ray",
-                     overrides=[f"predict.model={model_file}"])
+        run_pipeline(
+            pipeline=VOLUMETRY,
+            input=tmp_path,
+            out=tmp_path / "run",
+            engine="ray",
+            overrides=[f"predict.model={model_file}"],
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -124,8 +154,10 @@ def test_done_record_is_current_only_for_same_inputs_config_and_outputs(tmp_path
     (rd.root / "cases" / "a").mkdir()
     (rd.root / "cases" / "a" / "labels.nii.gz").write_bytes(b"x")
     case = Case("a", "/in/a.nii.gz", "image", fingerprint="f1")
-    rd.write_state("a", {"status": "done", "fingerprint": "f1", "config_sha256": "c1",
-                         "outputs": {"labels": "cases/a/labels.nii.gz"}})
+    rd.write_state(
+        "a",
+        {"status": "done", "fingerprint": "f1", "config_sha256": "c1", "outputs": {"labels": "cases/a/labels.nii.gz"}},
+    )
     assert rd.is_current(case, "c1")
     assert not rd.is_current(case, "c2")
     assert not rd.is_current(Case("a", "/in/a.nii.gz", "image", fingerprint="f2"), "c1")

@@ -54,7 +54,11 @@ def test_every_scale_takes_part_in_the_graph_and_a_right_answer_scores_lower():
         oh = torch.nn.functional.one_hot(downsample_target(lab, size)[:, 0].long(), 3).movedim(-1, 1).float()
         return (scale * oh).requires_grad_()
 
-    right = [logits_for(labels, (8, 8, 8), 10.0), logits_for(labels, (4, 4, 4), 10.0), logits_for(labels, (2, 2, 2), 10.0)]
+    right = [
+        logits_for(labels, (8, 8, 8), 10.0),
+        logits_for(labels, (4, 4, 4), 10.0),
+        logits_for(labels, (2, 2, 2), 10.0),
+    ]
     wrong = [torch.zeros(1, 3, 8, 8, 8, requires_grad=True), torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 2, 2, 2)]
     loss = segmentation_loss(loss_fn, right, labels)
     assert loss < segmentation_loss(loss_fn, wrong, labels) - 0.5

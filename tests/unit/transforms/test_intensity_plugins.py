@@ -8,7 +8,14 @@ import torch
 
 from medseg.config import config_from_dict
 from medseg.errors import ConfigError
-from medseg.transforms.intensity import INTENSITY, check_preprocessing, floor_value, get_scheme, normalize, scheme_for_modality
+from medseg.transforms.intensity import (
+    INTENSITY,
+    check_preprocessing,
+    floor_value,
+    get_scheme,
+    normalize,
+    scheme_for_modality,
+)
 from medseg.transforms.presets import deterministic_transforms
 
 PLUGIN = '''
@@ -45,7 +52,9 @@ def plugin_scheme(tmp_path, monkeypatch):
 
 def test_builtin_schemes_compute_their_documented_numbers():
     x = torch.tensor([[-1000.0, -200.0, 25.0, 250.0, 900.0]])
-    assert torch.allclose(normalize(x, {"intensity": "ct_window", "window": [-200, 250]}), torch.tensor([[0, 0, 0.5, 1, 1]]))
+    assert torch.allclose(
+        normalize(x, {"intensity": "ct_window", "window": [-200, 250]}), torch.tensor([[0, 0, 0.5, 1, 1]])
+    )
     pre = {"intensity": "ct_clip_zscore", "clip": [-100, 200], "mean": 50.0, "std": 50.0}
     assert torch.allclose(normalize(x, pre), torch.tensor([[-3.0, -3.0, -0.5, 3.0, 3.0]]))
     assert floor_value(pre) == -3.0 and floor_value({"intensity": "zscore"}) is None
@@ -58,10 +67,14 @@ def test_config_validation_asks_the_registry():
     """The config (a leaf) takes any name; the check is the transforms', run where preprocessing is built and by
     medseg train / plan before any work, with the message config validation gave."""
     cfg = config_from_dict({"preprocessing": {"intensity": "zscroe"}})
-    with pytest.raises(ConfigError, match="^x.yaml: preprocessing.intensity: unknown intensity scheme 'zscroe'; did you mean zscore"):
+    with pytest.raises(
+        ConfigError, match="^x.yaml: preprocessing.intensity: unknown intensity scheme 'zscroe'; did you mean zscore"
+    ):
         check_preprocessing(cfg.preprocessing, "x.yaml")
     with pytest.raises(ConfigError, match="ct_clip_zscore needs clip"):
-        check_preprocessing(config_from_dict({"preprocessing": {"intensity": "ct_clip_zscore"}}).preprocessing, "x.yaml")
+        check_preprocessing(
+            config_from_dict({"preprocessing": {"intensity": "ct_clip_zscore"}}).preprocessing, "x.yaml"
+        )
     with pytest.raises(ConfigError, match="ct_clip_zscore needs clip"):
         deterministic_transforms(config_from_dict({"preprocessing": {"intensity": "ct_clip_zscore"}}).preprocessing)
 
