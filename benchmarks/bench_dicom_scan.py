@@ -105,7 +105,7 @@ def main() -> None:
 
         def with_pixels():
             for f in files:
-                pydicom.dcmread(f).pixel_array
+                _ = pydicom.dcmread(f).pixel_array
 
         largest = max((root / d for d in sorted(p.name for p in root.iterdir())), key=lambda d: len(list(d.iterdir())))
         n_largest = len(list(largest.iterdir()))

@@ -45,7 +45,8 @@ def _peak_mb() -> float:
 
 
 def run_reference(model_path: str, image_path: str, out: str, windows: str = "issue") -> dict:
-    """The MONAI recipe; ``windows="issue"``: 96^3, overlap 0.5; ``"checkpoint"``: the checkpoint's own window and overlap."""
+    """The MONAI recipe; ``windows="issue"``: 96^3, overlap 0.5; ``"checkpoint"``: the checkpoint's own window and
+    overlap."""
     import torch
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
@@ -133,7 +134,10 @@ def _child_result(args) -> dict:
         spacing = (0.6, 0.6, 0.7)
         shape = json.loads(args.overrides)["shape"]
         case = make_phantom(
-            4242, spacing=spacing, fov_mm=tuple(n * s for n, s in zip(shape, spacing, strict=False)), flips=(True, True, False)
+            4242,
+            spacing=spacing,
+            fov_mm=tuple(n * s for n, s in zip(shape, spacing, strict=False)),
+            flips=(True, True, False),
         )
         write_volume(case.image, args.image, dtype=np.int16)
         write_label_map(case.labels, args.npy)
@@ -207,7 +211,8 @@ def _train_small_model(work: Path) -> str:
 
 
 def _untrained_model(work: Path) -> str:
-    """--smoke: the demo config's U-Net, untrained, on 32^3 windows (seconds depend on the weights little; labels are noise)."""
+    """--smoke: the demo config's U-Net, untrained, on 32^3 windows (seconds depend on the weights little; labels are
+    noise)."""
     from medseg.config import CONFIG_ROOT, load_config
     from medseg.data.phantoms import PHANTOM_LABELS
     from medseg.models import create_model
@@ -283,8 +288,9 @@ def main() -> None:
 
     truth = np.asarray(read_volume(truth_path).array)
     print(
-        f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} {'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}"
-    )  # noqa: E501
+        f"\n{'variant':<26} {'seconds':>8} {'x faster':>9} {'peak RSS MB':>12} {'Dice vs ref':>12} "
+        f"{'Dice vs fp32':>13} {'Dice vs truth':>14} {'windows run/skipped':>20}"
+    )
     for name, res, d_ref, labels in rows:
         lab = ref_labels if isinstance(labels, float) else labels
         if name == "medseg (defaults)":
@@ -296,8 +302,9 @@ def main() -> None:
         d_truth = mean_dice(lab, truth, 4)
         win = f"{res.get('windows_run', '')}/{res.get('windows_skipped', '')}" if "windows_run" in res else ""
         print(
-            f"{name:<26} {res['seconds']:>8.2f} {ref['seconds'] / res['seconds']:>9.2f} {res['peak_rss_mb']:>12.0f} {d_ref:>12.4f} {d_fp32:>13.4f} {d_truth:>14.4f} {win:>20}"
-        )  # noqa: E501
+            f"{name:<26} {res['seconds']:>8.2f} {ref['seconds'] / res['seconds']:>9.2f} {res['peak_rss_mb']:>12.0f} "
+            f"{d_ref:>12.4f} {d_fp32:>13.4f} {d_truth:>14.4f} {win:>20}"
+        )
 
 
 if __name__ == "__main__":

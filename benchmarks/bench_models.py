@@ -1,7 +1,8 @@
 """Train every model family briefly on phantoms and print Dice, parameters and seconds per step side by side.
 
-    .venv/bin/python benchmarks/bench_models.py [--cases 8] [--minutes 10 | --minutes 0 --epochs 60] [--models unet,deeplabv3]
-        [--work DIR] [--iterations N] [--jobs 2] [--set training.learning_rate=0.001] [--kwargs '{"norm": "instance"}'] [--smoke]
+    .venv/bin/python benchmarks/bench_models.py [--cases 8] [--minutes 10 | --minutes 0 --epochs 60]
+        [--models unet,deeplabv3] [--work DIR] [--iterations N] [--jobs 2] [--set training.learning_rate=0.001]
+        [--kwargs '{"norm": "instance"}'] [--smoke]
 
 Issue 12's comparison, every family at one wall-clock budget (the defaults: 10 minutes each, two families at a time),
 on a 2-core machine about 55 minutes (benchmarks/results/2026-12-02_models_all_families_10min.txt):
@@ -13,7 +14,8 @@ the model section and the ``training:`` recipe of its preset in ``configs/models
 rate, optimizer; ``unet`` at the demo config's own width and recipe) would be: same cases,
 same seed, same budget (``--minutes`` of wall clock each, or with ``--minutes 0`` ``--epochs``
 epochs of ``--iterations`` steps, by default one step per training case). ``--set`` / ``--kwargs``
-apply one change to every model, for controlled experiments (benchmarks/results/2026-11-30_models_diagnosis.txt). Reported per model:
+apply one change to every model, for controlled experiments (benchmarks/results/2026-11-30_models_diagnosis.txt).
+Reported per model:
 
 - ``dice``: best mean validation Dice over the foreground structures (held-out phantoms);
 - ``loss_end``: the last epoch's mean training loss (with deep supervision, the weighted sum over scales);
@@ -166,8 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--smoke",
         action="store_true",
-        help="the smallest setting (unet on 3 phantoms at 4 mm, one step on 32^3 patches, one CRF step; the Dice floors are "
-        "printed, not judged): a test that the script runs",
+        help="the smallest setting (unet on 3 phantoms at 4 mm, one step on 32^3 patches, one CRF step; the Dice "
+        "floors are printed, not judged): a test that the script runs",
     )
     args = ap.parse_args(argv)
     if args.smoke:
@@ -281,7 +283,8 @@ def _budget(args) -> str:
 
 
 def _report(rows: list[dict], header: str) -> int:
-    """The table over all families, each one's distance to the best, the families within ``BEST_MARGIN`` and the floors."""
+    """The table over all families, each one's distance to the best, the families within ``BEST_MARGIN`` and the
+    floors."""
     import pandas as pd
 
     table_df = pd.DataFrame(rows)
@@ -293,7 +296,8 @@ def _report(rows: list[dict], header: str) -> int:
     best = table_df.loc[table_df["dice"].idxmax()]
     near = table_df["vs_best"] >= -BEST_MARGIN
     print(
-        f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.4f}): {', '.join(table_df.loc[near, 'model'])}"
+        f"within {BEST_MARGIN} of the best in this run ({best['model']} {best['dice']:.4f}): "
+        f"{', '.join(table_df.loc[near, 'model'])}"
         + (f"; further: {', '.join(table_df.loc[~near, 'model'])}" if (~near).any() else "")
     )
     missed = table_df[table_df["dice"] < table_df["floor"]]

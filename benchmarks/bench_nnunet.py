@@ -144,7 +144,8 @@ SMOKE_ARCH = {
 
 def smoke_model(work: Path) -> Path:
     """--smoke: stage 1 without training: a result folder in nnU-Net's layout (plans.json, dataset.json,
-    fold_all/checkpoint_final.pth) holding a small randomly initialised network, which nnUNetPredictor and medseg load."""
+    fold_all/checkpoint_final.pth) holding a small randomly initialised network, which nnUNetPredictor and medseg
+    load."""
     import torch
 
     from medseg.adapters.nnunet.folder import architecture, build_network
@@ -501,8 +502,8 @@ def main() -> None:
         "--smoke",
         action="store_true",
         help="the smallest setting: a small untrained PlainConvUNet written in nnU-Net's folder layout instead of "
-        "training one, a 4 mm test phantom, one round, every worker in this process, no one-switch table, in a temporary --work: "
-        "a test that the script runs",
+        "training one, a 4 mm test phantom, one round, every worker in this process, no one-switch table, in a "
+        "temporary --work: a test that the script runs",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -573,7 +574,8 @@ def main() -> None:
         f"spacing {conf['spacing']} mm, mirror axes from the checkpoint"
     )
     say(
-        f"# input: {image.name} {shape[0]}x{shape[1]}x{shape[2]} int16 at {TEST_SPACING} mm (CT-like phantom, seed {TEST_SEED})"
+        f"# input: {image.name} {shape[0]}x{shape[1]}x{shape[2]} int16 at {TEST_SPACING} mm (CT-like phantom, seed "
+        f"{TEST_SEED})"
     )
     say("")
 
@@ -641,14 +643,15 @@ def main() -> None:
         + ", medseg 1"
     )
     say(
-        "# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs nnUNetPredictor."
+        "# agreement = fraction of voxels with the same label as nnUNetPredictor; Dice per structure vs "
+        "nnUNetPredictor."
     )
     for key in contenders:
         r = res[key]
         say(
             f"# medseg {key}: windows run {r['windows_run']}, reused (constant) {r['windows_reused']}, skipped (air) "
-            f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows {r['seconds_windows']:.1f}, "
-            f"export {r['seconds_export']:.1f}; network grid {r['network_grid']}"
+            f"{r['windows_skipped']}; seconds: preprocessing {r['seconds_preprocess']:.1f}, windows "
+            f"{r['seconds_windows']:.1f}, export {r['seconds_export']:.1f}; network grid {r['network_grid']}"
             + (
                 ""
                 if r.get("compiled") is None
@@ -658,8 +661,8 @@ def main() -> None:
         )
     flops, per_window = window_flops(folder)
     say(
-        f"# one window pass: {flops / 1e9:.1f} GFLOP (convolutions; {per_window} passes a window with mirroring). Windows' "
-        "throughput: "
+        f"# one window pass: {flops / 1e9:.1f} GFLOP (convolutions; {per_window} passes a window with mirroring). "
+        "Windows' throughput: "
         + "; ".join(
             f"{k} {r['seconds_windows'] / (r['windows_run'] * per_window):.3f} s a pass, "
             f"{flops * r['windows_run'] * per_window / r['seconds_windows'] / 1e9:.0f} GFLOP/s"
@@ -682,13 +685,13 @@ def main() -> None:
     ):  # how well trained the model is: bf16 flips near-ties, which an undertrained model has many of
         tr = agreement(ref, truth)
         say(
-            f"# nnUNetPredictor vs the phantom's true labels (how trained the model is): mean Dice {tr['mean_dice']:.4f} "
-            + " ".join(f"{names.get(c, c)}={d:.3f}" for c, d in tr["dice"].items())
+            "# nnUNetPredictor vs the phantom's true labels (how trained the model is): mean Dice "
+            f"{tr['mean_dice']:.4f} " + " ".join(f"{names.get(c, c)}={d:.3f}" for c, d in tr["dice"].items())
         )
     fast_vs_faithful = agreement(np.load(labels["fast"]), np.load(labels["faithful"]))
     say(
-        f"# fast vs medseg faithful: agree {fast_vs_faithful['agree']:.5f}, mean Dice {fast_vs_faithful['mean_dice']:.4f} "
-        f"{fast_vs_faithful['dice']}"
+        f"# fast vs medseg faithful: agree {fast_vs_faithful['agree']:.5f}, mean Dice "
+        f"{fast_vs_faithful['mean_dice']:.4f} {fast_vs_faithful['dice']}"
     )
 
     if a.out:
@@ -713,12 +716,14 @@ def main() -> None:
             w = "" if row["seconds_windows"] is None else f"{row['seconds_windows']:.1f}"
             extra = f"{row.get('windows_run', '-')}/{row.get('windows_reused', '-')}/{row.get('windows_skipped', '-')}"
             say(
-                f"{row['name']:<34}{w:>10}{row['seconds_export']:>10.1f}{row['agree']:>9.5f}{row['mean_dice']:>10.4f}  {extra}"
+                f"{row['name']:<34}{w:>10}{row['seconds_export']:>10.1f}{row['agree']:>9.5f}{row['mean_dice']:>10.4f}  "
+                f"{extra}"
             )
             if "vs_bf16" in row:
                 v = row["vs_bf16"]
                 say(
-                    f"{'  (vs faithful export, same logits)':<34}{'':>10}{'':>10}{v['agree']:>9.5f}{v['mean_dice']:>10.4f}"
+                    f"{'  (vs faithful export, same logits)':<34}{'':>10}{'':>10}"
+                    f"{v['agree']:>9.5f}{v['mean_dice']:>10.4f}"
                 )
     say("")
     say(f"# total {time.monotonic() - t_start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")

@@ -130,8 +130,8 @@ def main() -> None:
         n_files = sum(1 for _ in studies.rglob("*") if _.is_file())
         mb = sum(f.stat().st_size for f in studies.rglob("*") if f.is_file()) / 1e6
         print(
-            f"{args.n} studies ({n_files} CT slices, {mb:.0f} MB, spacing {'x'.join(f'{s:g}' for s in args.spacing)} mm) "
-            f"written in {time.monotonic() - t0:.0f} s; cpu cores: {os.cpu_count()}"
+            f"{args.n} studies ({n_files} CT slices, {mb:.0f} MB, spacing {'x'.join(f'{s:g}' for s in args.spacing)} "
+            f"mm) written in {time.monotonic() - t0:.0f} s; cpu cores: {os.cpu_count()}"
         )
         with OrthancServer(tmp / "orthanc") as orthanc:
             t0 = time.monotonic()

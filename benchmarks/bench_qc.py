@@ -24,7 +24,8 @@ the share of good structures flagged. Written to ``benchmarks/results/<date>_qc.
     .venv/bin/python benchmarks/bench_qc.py                      # trains ~4 min, ~8 min in all
     .venv/bin/python benchmarks/bench_qc.py --model RUN/best.pt  # reuse a phantom checkpoint
     .venv/bin/python benchmarks/bench_qc.py --quick              # < 2 min: smoke test, not a measurement
-    .venv/bin/python benchmarks/bench_qc.py --smoke              # seconds: that it runs (tests/unit/test_benchmark_scripts.py)
+    .venv/bin/python benchmarks/bench_qc.py --smoke              # seconds: that it runs
+                                                                 # (tests/unit/test_benchmark_scripts.py)
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def train(work: Path, n_train: int, minutes: float, seeds: range):
     config.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
     result = api.train(config=config, manifest=manifest, out=work / "model", max_minutes=minutes, progress=False)
     print(
-        f"trained {result.epochs_run} epochs in {result.seconds:.0f} s: validation mean Dice {result.best_mean_dice:.3f}",
+        f"trained {result.epochs_run} epochs in {result.seconds:.0f} s: validation mean Dice "
+        f"{result.best_mean_dice:.3f}",
         flush=True,
     )
     return result.best_checkpoint

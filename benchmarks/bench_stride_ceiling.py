@@ -21,7 +21,8 @@ of the other two bounds an FCN whose head learns (medseg's, as the paper's text 
 ``fit`` reached 1.000 at strides 16 and 32, so no construction limit holds for the learned head, and a
 trained FCN-32s (0.757) beats its ``frozen`` value (2026-12-02_learned_head_probe.txt).
 
-    .venv/bin/python benchmarks/bench_stride_ceiling.py [--strides 1,4,8,16,32] [--steps 300] [--head trilinear|learned [--modes fixed,fit,frozen]] [--smoke]
+    .venv/bin/python benchmarks/bench_stride_ceiling.py [--strides 1,4,8,16,32] [--steps 300]
+        [--head trilinear|learned [--modes fixed,fit,frozen]] [--smoke]
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
     summary = df.groupby("stride")["mean"].agg(["mean", "min"]).round(3)
     summary["measured at the bench budget"] = [MEASURED.get(s, "") for s in summary.index]
     print(
-        f"\nvalidation cases {list(val['case_id'])} at {grid} mm; trilinear head, logits fitted to the truth ({args.steps} Adam steps)"
+        f"\nvalidation cases {list(val['case_id'])} at {grid} mm; trilinear head, logits fitted to the truth "
+        f"({args.steps} Adam steps)"
     )
     print("bar (issue 12): within 0.05 of the best family (unet_plain 0.952) -> 0.902")
     print(summary.to_string())

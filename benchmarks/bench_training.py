@@ -8,7 +8,8 @@
    epoch, epochs done and the budget.
 
     .venv/bin/python benchmarks/bench_training.py [--minutes 6] [--n-train 16] [--n-test 4] [--smoke]
-    .venv/bin/python benchmarks/bench_training.py --minutes 0 --set training.adversarial_weight=0.05   # GAN term, all epochs
+    .venv/bin/python benchmarks/bench_training.py --minutes 0 --set training.adversarial_weight=0.05   # GAN term,
+                                                                                                       # all epochs
 
 ``--real``: a real labelled MR data set instead of the phantoms, against the plain MONAI recipe with the same budget:
 
@@ -126,8 +127,9 @@ def main() -> None:
         f"intensity {cfg.preprocessing.intensity} clip {cfg.preprocessing.clip}"
     )
     print(
-        f"budget {args.minutes:.1f} min: trained {len(hist)} epochs, {int(hist['iterations'].iloc[-1])} iterations in {t_train:.0f}s "
-        f"({hist['epoch_seconds'].mean():.2f} s/epoch); best validation Dice {res.best_mean_dice:.3f} at epoch {res.best_epoch}"
+        f"budget {args.minutes:.1f} min: trained {len(hist)} epochs, {int(hist['iterations'].iloc[-1])} iterations in "
+        f"{t_train:.0f}s ({hist['epoch_seconds'].mean():.2f} s/epoch); best validation Dice {res.best_mean_dice:.3f} "
+        f"at epoch {res.best_epoch}"
     )
     table = metrics.pivot(index="case_id", columns="structure", values="dice")
     table.loc["mean"] = table.mean()
@@ -144,10 +146,12 @@ def main() -> None:
         t2 = time.monotonic()
         outs, epochs = train_and_predict(train_manifest, images, minutes=minutes)
         names = ["liver", "spleen", "kidney_right", "kidney_left"]
-        scores = [[dice(o == k, read_volume(r).array == k) for k in range(1, 5)] for o, r in zip(outs, refs, strict=False)]
+        scores = [
+            [dice(o == k, read_volume(r).array == k) for k in range(1, 5)] for o, r in zip(outs, refs, strict=False)
+        ]
         print(
-            f"\nplain MONAI recipe, same data and {minutes:.1f}-minute budget: {epochs} epochs in {time.monotonic() - t2:.0f}s; "
-            "Dice "
+            f"\nplain MONAI recipe, same data and {minutes:.1f}-minute budget: {epochs} epochs in "
+            f"{time.monotonic() - t2:.0f}s; Dice "
             + ", ".join(f"{n} {np.mean([s[i] for s in scores]):.3f}" for i, n in enumerate(names))
             + f"; mean {np.mean(scores):.3f}"
         )
@@ -171,7 +175,8 @@ TISSUES = {1: "grey_matter", 2: "white_matter"}
 
 
 def template_files() -> dict[str, Path]:
-    """The template's T1, GM and WM files inside the installed nilearn package (installed, without its dependencies, if missing)."""
+    """The template's T1, GM and WM files inside the installed nilearn package (installed, without its dependencies, if
+    missing)."""
     if importlib.util.find_spec("nilearn") is None:
         print("installing nilearn (for the MNI ICBM152 template files it ships) with pip ...", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "nilearn"], check=True)
@@ -182,13 +187,15 @@ def template_files() -> dict[str, Path]:
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise SystemExit(
-            f"nilearn is installed but lacks {missing}; this benchmark needs a nilearn wheel that ships the ICBM152 2009a template"
+            f"nilearn is installed but lacks {missing}; this benchmark needs a nilearn wheel that ships the ICBM152 "
+            "2009a template"
         )
     return files
 
 
 def derive_case(files: dict[str, Path], seed: int, *, spacing: float = 2.0):
-    """One case (T1 image, GM/WM label map, affine) derived from the template with ``seed`` (see the module docstring)."""
+    """One case (T1 image, GM/WM label map, affine) derived from the template with ``seed`` (see the module
+    docstring)."""
     import nibabel as nib
     from scipy import ndimage
 
@@ -342,7 +349,10 @@ def real_benchmark(args) -> None:
     info = json.loads((work / "run" / "run.json").read_text())
     hist = pd.read_csv(work / "run" / "metrics.csv")
     preds = [read_volume(work / "pred" / f"{Path(p).name.replace('.nii.gz', '')}.nii.gz").array for p in images]
-    ours = {name: float(np.mean([dice(p == k, r == k) for p, r in zip(preds, refs, strict=False)])) for k, name in TISSUES.items()}
+    ours = {
+        name: float(np.mean([dice(p == k, r == k) for p, r in zip(preds, refs, strict=False)]))
+        for k, name in TISSUES.items()
+    }
     rows = {
         "medseg": {
             **ours,
@@ -372,7 +382,8 @@ def real_benchmark(args) -> None:
             seed=args.seed,
         )
         theirs = {
-            name: float(np.mean([dice(o == k, r == k) for o, r in zip(outs, refs, strict=False)])) for k, name in TISSUES.items()
+            name: float(np.mean([dice(o == k, r == k) for o, r in zip(outs, refs, strict=False)]))
+            for k, name in TISSUES.items()
         }
         rows["MONAI recipe"] = {
             **theirs,
@@ -386,17 +397,19 @@ def real_benchmark(args) -> None:
         table.loc["ratio medseg/MONAI"] = table.loc["medseg"] / table.loc["MONAI recipe"]
     tc = cfg.training
     print(
-        f"\n{os.cpu_count()} CPU cores; {len(df)} cases derived from the MNI ICBM152 2009a template (seeds {args.seed}..{args.seed + len(df) - 1}): "
-        f"{(df['split'] == 'train').sum()} train, {(df['split'] == 'val').sum()} val, {len(test)} test; data {t_data:.0f}s"
+        f"\n{os.cpu_count()} CPU cores; {len(df)} cases derived from the MNI ICBM152 2009a template (seeds "
+        f"{args.seed}..{args.seed + len(df) - 1}): {(df['split'] == 'train').sum()} train, "
+        f"{(df['split'] == 'val').sum()} val, {len(test)} test; data {t_data:.0f}s"
     )
     print(
         f"medseg plan: spacing {cfg.preprocessing.spacing} mm, patch {tc.patch_size}, batch {tc.batch_size}, "
-        f"{tc.iterations_per_epoch} iterations/epoch, lr {tc.learning_rate} ({tc.optimizer}, {tc.schedule}), model {cfg.model.name} "
-        f"{cfg.model.kwargs}; changes: {args.set or 'none'}"
+        f"{tc.iterations_per_epoch} iterations/epoch, lr {tc.learning_rate} ({tc.optimizer}, {tc.schedule}), model "
+        f"{cfg.model.name} {cfg.model.kwargs}; changes: {args.set or 'none'}"
     )
     print(
-        f"budget {args.minutes:g} min each: medseg {len(hist)} epochs, {info['iterations']} iterations, {info['seconds']:.0f}s in train() "
-        f"({t_train:.0f}s for the command); validations {int(hist['val_mean_dice'].notna().sum())}"
+        f"budget {args.minutes:g} min each: medseg {len(hist)} epochs, {info['iterations']} iterations, "
+        f"{info['seconds']:.0f}s in train() ({t_train:.0f}s for the command); validations "
+        f"{int(hist['val_mean_dice'].notna().sum())}"
     )
     print("\ntest Dice per structure (mean over the test cases), iterations and training seconds:")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build(features: tuple[int, int], classes: int = 5):
-    """nnU-Net's 3D PlainConvUNet as its CT plans describe it, built by medseg's nnU-Net loader (randomly initialised)."""
+    """nnU-Net's 3D PlainConvUNet as its CT plans describe it, built by medseg's nnU-Net loader (randomly
+    initialised)."""
     import torch
 
     from medseg.adapters.nnunet.folder import build_network
@@ -152,7 +153,8 @@ def main(argv=None) -> int:
         same = float((out.argmax(1) == ref.argmax(1)).float().mean())
         print(f"{name:<52}{best:>8.3f}{ref_s / best:>8.2f}{first:>9.1f}{diff:>14.2e}{same:>10.5f}", flush=True)
     print(
-        f"# logit scale: max |logit| {float(ref.abs().max()):.2f}; 'first s' is the first pass (a cold compile's included)"
+        f"# logit scale: max |logit| {float(ref.abs().max()):.2f}; 'first s' is the first pass (a cold compile's "
+        "included)"
     )
     return 0
 

@@ -5,7 +5,8 @@ LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> Spacingd -> ScaleInten
 wall-clock budget; then sliding-window inference + Invertd on the held-out cases.
 Used by ``bench_training.py --reference-monai``; same data, same budget, same network size.
 
-    .venv/bin/python benchmarks/monai_reference_training.py --smoke   # both recipes on three 4 mm phantoms, seconds each
+    .venv/bin/python benchmarks/monai_reference_training.py --smoke   # both recipes on three 4 mm phantoms,
+                                                                      # seconds each
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def train_validate_predict(
     val_every: float = 0.1,
     seed: int = 0,
 ) -> tuple[list[np.ndarray], dict]:
-    """The plain MONAI recipe of issue 12, for MR: z-score on the head, random patches, flips, the best checkpoint on validation.
+    """The plain MONAI recipe of issue 12, for MR: z-score on the head, random patches, flips, the best checkpoint on
+    validation.
 
     LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> Spacingd -> NormalizeIntensityd(nonzero) ->
     RandSpatialCropd (uniform random ``patch`` crops) -> RandFlipd on each axis; MONAI UNet ``channels`` with
@@ -264,8 +266,8 @@ def train_validate_predict(
 
 
 def main(argv=None) -> int:
-    """``--smoke``: both recipes on tiny inputs (2 training phantoms and 1 test phantom at 4 mm, 32^3 patches, a budget of
-    about two seconds), with the test Dice of each against the phantom's truth: a test that the recipes run."""
+    """``--smoke``: both recipes on tiny inputs (2 training phantoms and 1 test phantom at 4 mm, 32^3 patches, a budget
+    of about two seconds), with the test Dice of each against the phantom's truth: a test that the recipes run."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--smoke", action="store_true", help="run both recipes on tiny inputs (the module is otherwise a library)"
@@ -274,7 +276,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.smoke:
         ap.error(
-            "this module is the reference recipes of bench_training.py (--reference-monai, --real); run it with --smoke to test them"
+            "this module is the reference recipes of bench_training.py (--reference-monai, --real); run it with "
+            "--smoke to test them"
         )
     sys.path.insert(0, str(Path(__file__).parent))
     import pandas as pd
@@ -314,7 +317,9 @@ def main(argv=None) -> int:
         rows.append(("train_validate_predict", f"{info['iterations']} iterations", time.monotonic() - t0, outs))
     print(f"{'recipe':<26}{'trained':>15}{'seconds':>9}{'test Dice':>11}")
     for name, trained, seconds, outs in rows:
-        mean = float(np.nanmean([[dice(o == k, t == k) for k in range(1, 5)] for o, t in zip(outs, truth, strict=False)]))
+        mean = float(
+            np.nanmean([[dice(o == k, t == k) for k in range(1, 5)] for o, t in zip(outs, truth, strict=False)])
+        )
         print(f"{name:<26}{trained:>15}{seconds:>9.1f}{mean:>11.3f}")
     return 0
 

@@ -6,7 +6,8 @@
 - ``evaluate(pred=, ref=, out=, label_table=)``     -> ``metrics.csv``
 - ``plan(manifest=, out=)``                         -> a training config with the data set's label table
 - ``run(pipeline=, input=, out=)``                  -> a resumable batch run directory
-- ``listen(ae_title=, port=, pipeline=, out=)``    -> a DICOM receiving node: each received study run through the pipeline
+- ``listen(ae_title=, port=, pipeline=, out=)``    -> a DICOM receiving node: each received study run through the
+  pipeline
 - ``scan_dicom(folder=, out=)``, ``convert_dicom(folder=, out=)`` -> DICOM inventory / NIfTI + sidecars
 - ``import_dataset(folder=, out=)``                 -> manifest + label table from an nnU-Net/Decathlon folder
 - ``phantoms(out=, n=)``, ``demo(out=)``, ``list_models()``, ``model_info(name)``
@@ -154,7 +155,8 @@ def predict(
         )
     elif inference_overrides:
         raise TypeError(
-            f"predict() takes inference overrides in options.inference when options is given: {sorted(inference_overrides)}"
+            "predict() takes inference overrides in options.inference when options is given: "
+            f"{sorted(inference_overrides)}"
         )
     return predict_many(model=model, inputs=inputs, out=out, options=options)
 
@@ -407,7 +409,8 @@ def convert_dicom(
     progress: bool = True,
     label_table=None,
 ):
-    """Write each image series of a DICOM folder as NIfTI + JSON sidecar (findings, actions); returns the conversion result.
+    """Write each image series of a DICOM folder as NIfTI + JSON sidecar (findings, actions); returns the conversion
+    result.
 
     Every RTSTRUCT and DICOM SEG that references a converted series is written beside it as
     ``<series>.<object>.label.nii.gz`` with its label table and findings (listed in ``label_conversion.csv``);
@@ -449,7 +452,8 @@ def _convert_label_objects(folder, out, inventory, salt, numbering) -> list[dict
 
 
 def import_dataset(*, folder: PathLike, out: PathLike, folds: int = 0, seed: int = 0) -> tuple[Path, Path]:
-    """Manifest + label table (``<out stem>_labels.yaml``) from an nnU-Net raw or Decathlon folder; returns both paths."""
+    """Manifest + label table (``<out stem>_labels.yaml``) from an nnU-Net raw or Decathlon folder; returns both
+    paths."""
     return manifest_from_folder(folder, out, folds=folds, seed=seed)
 
 
@@ -468,7 +472,8 @@ def phantoms(*, out: PathLike, n: int = 8, seed: int = 0, split: str = "train", 
 
 
 #: ``demo``'s training config; what it writes under its ``out`` (all made again when the settings change); the marker
-#: written when a demo starts (the folder is medseg's demo output) and the summary written, with the result, when it ends.
+#: written when a demo starts (the folder is medseg's demo output) and the summary written, with the result, when it
+#: ends.
 DEMO_CONFIG = CONFIG_ROOT / "training" / "phantom_demo.yaml"
 DEMO_PARTS = ("data", "model", "predictions", "report")
 DEMO_MARKER, DEMO_DONE = ".medseg-demo", "demo.json"

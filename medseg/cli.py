@@ -28,7 +28,8 @@ class Verb(NamedTuple):
 #: Every verb, in ``medseg --help`` order. This table is medseg's one lazy import of its own package: a command module
 #: imports ``medseg.api`` at its top, and the API imports torch, MONAI and every stage. ``import medseg.cli`` and
 #: ``medseg --help`` read only this table (fast, no torch); the module of a verb is imported (``importlib``) only
-#: when that verb runs or its ``--help`` is asked. To add a verb: write ``medseg/commands/<module>.py`` and list it here.
+#: when that verb runs or its ``--help`` is asked. To add a verb: write ``medseg/commands/<module>.py`` and list it
+#: here.
 VERBS: dict[str, Verb] = {
     "models": Verb("models", "list registered models (builds none), or import a model folder of another tool"),
     "phantoms": Verb("phantoms", "write synthetic CT phantoms with exact truth and a manifest"),
@@ -68,7 +69,8 @@ def _verb_in(argv: list[str]) -> str | None:
 
 
 def build_parser(verbs=None) -> argparse.ArgumentParser:
-    """The parser; ``verbs`` (default: all) are built in full from their modules, the others only named with their help."""
+    """The parser; ``verbs`` (default: all) are built in full from their modules, the others only named with their
+    help."""
     modules = {VERBS[v].module for v in (VERBS if verbs is None else verbs) if v in VERBS}
     p = argparse.ArgumentParser(prog="medseg", description="Segment CT/MR volumes and quantify what is found.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details and tracebacks")

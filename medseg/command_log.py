@@ -25,7 +25,7 @@ class ConsoleFilter(logging.Filter):
 
 
 class _QuietFileHandler(logging.FileHandler):
-    def handleError(self, record) -> None:  # disk full: drop the line
+    def handleError(self, record) -> None:  # noqa: N802 (logging.Handler's API name); disk full: drop the line
         pass
 
 

@@ -37,7 +37,8 @@ class PreprocessingConfig:
     """Applied identically in training and inference (the checkpoint stores it)."""
 
     spacing: list = field(default_factory=lambda: [2.5, 2.5, 2.5])  # mm, target grid
-    intensity: str = "ct_window"  # a registered scheme: ct_window | ct_clip_zscore | zscore | plugins (medseg/transforms/intensity.py)
+    # a registered scheme: ct_window | ct_clip_zscore | zscore | plugins (medseg/transforms/intensity.py)
+    intensity: str = "ct_window"
     window: list = field(default_factory=lambda: [-200.0, 250.0])  # HU, for ct_window
     clip: list = field(default_factory=list)  # HU [low, high], for ct_clip_zscore
     mean: float = 0.0  # foreground mean after clipping, for ct_clip_zscore

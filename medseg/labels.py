@@ -79,7 +79,8 @@ class LabelTable:
         for lab in self.labels:
             if lab.index <= 0:
                 raise ConfigError(
-                    f"label table {self.name!r}: index {lab.index} for {lab.name!r}; indices start at 1 (0 is background)"
+                    f"label table {self.name!r}: index {lab.index} for {lab.name!r}; indices start at 1 (0 is "
+                    "background)"
                 )
             if lab.index > MAX_LABEL_INDEX:
                 raise ConfigError(
@@ -202,7 +203,8 @@ PALETTE = (
 
 def display_colors(table: LabelTable) -> dict[int, tuple[int, int, int]]:
     """Index -> RGB for QC pictures, SEG and RTSTRUCT: the table's colour, unless an earlier structure has it
-    (atlases give left and right kidney one colour; a reader must tell them apart), then a palette colour not yet used."""
+    (atlases give left and right kidney one colour; a reader must tell them apart), then a palette colour not yet
+    used."""
     out: dict[int, tuple[int, int, int]] = {}
     used: set = set()
     spare = [c for c in PALETTE if c not in {lab.color for lab in table.labels}]

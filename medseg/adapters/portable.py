@@ -8,7 +8,8 @@ checked as ``medseg predict --model DIR`` reads it, and written as one ``torch.s
      "source": {"name", "sha256"}, "versions": {...},
      "models": [{"dir": "DatasetNNN_X/Trainer__Plans__conf", "plans": {...}, "dataset": {...},
                  "configuration": str, "trainer": str, "checkpoint": "checkpoint_final.pth",
-                 "folds": {"0": {"network_weights": {name: tensor}, "inference_allowed_mirroring_axes": [...] | None}}}]}
+                 "folds": {"0": {"network_weights": {name: tensor},
+                                 "inference_allowed_mirroring_axes": [...] | None}}}]}
 
 It loads with ``torch.load(weights_only=True)`` (tensors, dicts, lists, strings, numbers: nothing in it
 can run code; the numpy scalars of nnU-Net's training log are not carried over). ``medseg predict --model

@@ -151,8 +151,8 @@ def resolve(path) -> tuple[Task, list[Path]]:
         t = next(t for t in TASKS if any(i in found for i in t.parts))
         missing = [i for i in t.parts if i not in found]
         raise CheckpointError(
-            f"TotalSegmentator task {t.name!r} needs the datasets {list(t.parts)}; {missing} are missing: download them "
-            f"(TotalSegmentator's totalseg_download_weights) or copy their DatasetNNN_* folders here",
+            f"TotalSegmentator task {t.name!r} needs the datasets {list(t.parts)}; {missing} are missing: download "
+            "them (TotalSegmentator's totalseg_download_weights) or copy their DatasetNNN_* folders here",
             path=p,
         )
     folders = []
@@ -326,7 +326,8 @@ class TotalsegOptions:
 
 
 class TotalSegmentatorPredictor:
-    """TotalSegmentator's task as one ``Predictor``: reorient, resample, nnU-Net per part, merge, back to the input grid."""
+    """TotalSegmentator's task as one ``Predictor``: reorient, resample, nnU-Net per part, merge, back to the input
+    grid."""
 
     def __init__(
         self,
@@ -445,7 +446,8 @@ class TotalSegmentatorPredictor:
 def from_folder(
     path, *, device=None, progress=False, folds=None, checkpoint="final", expected_labels=None, **inference
 ):
-    """The ``totalsegmentator`` format's loader: the task's predictor, its options (``TotalsegOptions``) checked first."""
+    """The ``totalsegmentator`` format's loader: the task's predictor, its options (``TotalsegOptions``) checked
+    first."""
     options = TotalsegOptions.parse(inference)
     task, parts = load_parts(path, folds=folds, checkpoint=checkpoint)
     pred = TotalSegmentatorPredictor(task, parts, device=device, progress=progress, options=options, path=path)

@@ -1,4 +1,5 @@
-"""``medseg manifest from-folder`` (nnU-Net raw / Decathlon folder) and ``from-dicom`` (DICOM export with RTSTRUCT/SEG)."""
+"""``medseg manifest from-folder`` (nnU-Net raw / Decathlon folder) and ``from-dicom`` (DICOM export with
+RTSTRUCT/SEG)."""
 
 from medseg import api
 

@@ -37,8 +37,9 @@ def add(sub) -> None:
     )
     s.add_argument(
         "--labels",
-        help="label table (YAML, labels.csv, ITK-SNAP label file, dataset.json, .seg.nrrd, or a name under configs/labels); "
-        "default: the table beside the manifest or in the data set, else label_1, label_2... from the values",
+        help="label table (YAML, labels.csv, ITK-SNAP label file, dataset.json, .seg.nrrd, or a name under "
+        "configs/labels); default: the table beside the manifest or in the data set, else label_1, label_2... from the "
+        "values",
     )
     s.add_argument(
         "--model",

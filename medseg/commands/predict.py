@@ -113,7 +113,8 @@ def add(sub) -> None:
     s.add_argument(
         "--nonfinite",
         choices=["refuse", "replace"],
-        help="NaN/Inf voxels: refuse the input (default) or replace them with the intensity floor, recorded as a finding",
+        help="NaN/Inf voxels: refuse the input (default) or replace them with the intensity floor, recorded as a "
+        "finding",
     )
     g = s.add_argument_group("inference settings (default: the checkpoint's)")
     g.add_argument("--sw-batch-size", type=int, help="windows per forward pass")

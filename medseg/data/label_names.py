@@ -44,7 +44,8 @@ def label_files(inputs: Sequence[PathLike], what: str = "label maps", *, images:
     """``inputs`` with every folder replaced by its label map files (sorted), probability maps left out.
 
     In a folder ``medseg convert`` wrote, the label maps are its ``*.label.nii.gz`` (the series' images beside
-    them are not; with ``images`` it is the other way round); a folder without NIfTI/NRRD/MHA files (a DICOM folder) stays as it is.
+    them are not; with ``images`` it is the other way round); a folder without NIfTI/NRRD/MHA files (a DICOM folder)
+    stays as it is.
     """
     out: list[Path] = []
     for item in inputs:

@@ -66,7 +66,8 @@ def table_from_dataset_json_labels(labels: dict, name: str) -> LabelTable:
             idx, nm = int(k), str(v)
         else:
             raise InputError(
-                f"dataset.json label entry {k!r}: {v!r} is not 'name: index' or 'index: name' (region labels are not supported)"
+                f"dataset.json label entry {k!r}: {v!r} is not 'name: index' or 'index: name' (region labels are not "
+                "supported)"
             )
         if idx != 0:
             items.append(Label(idx, clean_name(nm, idx)))
@@ -255,7 +256,8 @@ def table_for_manifest(
     table = table_from_values(values if values is not None else label_values(df), name)
     log.warning(
         "no label table found for %s: the structures are named %s from the values in the label maps; name them with "
-        "`medseg plan --labels TABLE` (YAML, labels.csv, ITK-SNAP or dataset.json) or put labels.csv beside the manifest",
+        "`medseg plan --labels TABLE` (YAML, labels.csv, ITK-SNAP or dataset.json) or put labels.csv beside the "
+        "manifest",
         manifest.name,
         ", ".join(table.names),
     )

@@ -87,7 +87,8 @@ def read_manifest(path: str | Path, *, require_labels: bool = False, label_table
         for case, img, want in zip(df["case_id"], df["image"], df["sha256"], strict=False):
             if want and Path(img).is_file() and file_sha256(img) != want.lower():
                 problems.append(
-                    f"{case}: image {Path(img).name} does not match its sha256 (changed since the manifest was written?)"
+                    f"{case}: image {Path(img).name} does not match its sha256 (changed since the manifest was "
+                    "written?)"
                 )
     if label_table is not None and "label" in df.columns:
         problems += _check_cases(df, label_table, image_columns(df))

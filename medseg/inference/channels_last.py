@@ -71,7 +71,8 @@ def channels_last_training(
     thread, the FCN-8s preset 0.237 against 0.292 s, the DeepLabV3 preset 0.181 against 0.202 s; the classic U-Net
     preset (8-channel first stage) 10% slower if forced, so it is left alone, as is MONAI's residual U-Net (its last
     up-convolution normalises the class channels; little to gain: 0.92-0.98x if forced). The parameters and their
-    state_dict keys stay as they were (checkpoints unchanged). Results: benchmarks/results/2026-12-01_training_channels_last.txt."""
+    state_dict keys stay as they were (checkpoints unchanged). Results:
+    benchmarks/results/2026-12-01_training_channels_last.txt."""
     if device.type != "cpu" or batch_size != 1 or amp_dtype is None or world != 1:
         return False
     norms = [m for m in model.modules() if isinstance(m, _INSTANCE_NORMS) and not m.track_running_stats]

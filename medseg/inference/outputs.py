@@ -85,7 +85,8 @@ def already_written(
 
 
 def _resolved(source: str) -> list[str]:
-    """The channel files of a sidecar's ``source`` as absolute paths (a relative path from another cwd compares equal)."""
+    """The channel files of a sidecar's ``source`` as absolute paths (a relative path from another cwd compares
+    equal)."""
     return [os.path.abspath(part) for part in str(source).split(",") if part]
 
 

@@ -154,7 +154,8 @@ def _finite_channel(
     if nonfinite != "replace":
         raise InputError(
             f"{share}{where} are NaN or infinite; medseg does not segment them silently. Fix the image, or replace "
-            f"them with {value:g} ({what}) with --nonfinite replace (medseg run: --set predict.inference.nonfinite=replace; Python: nonfinite='replace')",
+            f"them with {value:g} ({what}) with --nonfinite replace (medseg run: --set "
+            "predict.inference.nonfinite=replace; Python: nonfinite='replace')",
             path=source or None,
         )
     log.warning("%s: %s%s are NaN or infinite; replaced with %g (%s)", Path(source).name, share, where, value, what)
@@ -413,7 +414,8 @@ class CheckpointPredictor:
             why = (
                 f"over the limit of {limit:,} (MEDSEG_MAX_VOXELS)"
                 if n_grid > limit
-                else f"{n_grid / n_input:.0f} times the image's {n_input:,} (at most {MAX_UPSAMPLING} above {_GRID_FLOOR:,})"
+                else f"{n_grid / n_input:.0f} times the image's {n_input:,} (at most {MAX_UPSAMPLING} above "
+                f"{_GRID_FLOOR:,})"
             )
             raise InputError(
                 f"voxel size {tuple(round(float(s), 4) for s in spacing)} mm resampled to the network's "
@@ -460,7 +462,8 @@ class CheckpointPredictor:
         if bad:
             raise MedsegError(
                 f"the network's scores hold {bad:,} NaN/Inf values for this image, so no label can be trusted; "
-                "try --amp off (half precision can overflow); if that does not help, the checkpoint's weights are broken",
+                "try --amp off (half precision can overflow); if that does not help, the checkpoint's weights are "
+                "broken",
                 path=volume.source or None,
             )
         labels, conf_sum, counts = labels_from_scores(

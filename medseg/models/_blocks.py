@@ -110,7 +110,8 @@ def up_conv(spatial_dims: int, cin: int, cout: int, factor: int = 2, *, bilinear
 def subpixel_conv_transpose(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int
 ) -> torch.Tensor:
-    """``conv_transpose(x, weight, stride=factor, padding=factor // 2)`` for kernels of ``2 * factor``, as a sub-pixel convolution.
+    """``conv_transpose(x, weight, stride=factor, padding=factor // 2)`` for kernels of ``2 * factor``, as a sub-pixel
+    convolution.
 
     Each output voxel of such a transposed convolution sums exactly two input samples
     per axis (kernel taps ``r`` and ``r + factor``, ``r`` its phase). So it equals a
@@ -142,7 +143,8 @@ def subpixel_conv_transpose(
 
 
 class _Subpixel:
-    """``forward`` by ``subpixel_conv_transpose``; mixed into torch's ConvTranspose layers (same parameters and state dict).
+    """``forward`` by ``subpixel_conv_transpose``; mixed into torch's ConvTranspose layers (same parameters and state
+    dict).
 
     Only for kernel ``2 * stride`` and padding ``stride // 2`` with an even stride (FCN's upsampling layers).
     """
@@ -179,7 +181,8 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def pad_to_multiples(x: torch.Tensor, divisors) -> torch.Tensor:
-    """``x`` zero-padded at the far end of each spatial axis to a multiple of that axis's divisor (``x`` itself when it is one)."""
+    """``x`` zero-padded at the far end of each spatial axis to a multiple of that axis's divisor (``x`` itself when it
+    is one)."""
     size = x.shape[2:]
     target = [int(math.ceil(s / d) * d) for s, d in zip(size, divisors, strict=False)]
     if list(size) == target:

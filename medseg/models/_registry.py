@@ -92,7 +92,8 @@ def create_model(name: str, *, spatial_dims: int, in_channels: int, out_channels
     dims = (entry.spec or ModelSpec()).dims
     if spatial_dims not in dims:
         raise ConfigError(
-            f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}; set model.spatial_dims to one of them"
+            f"model {name!r} supports spatial_dims {list(dims)}, got {spatial_dims}; set model.spatial_dims to one of "
+            "them"
         )
     if not _accepts_any(entry):
         accepted = set(_options(entry))

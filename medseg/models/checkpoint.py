@@ -129,7 +129,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"not a medseg checkpoint: missing {missing}", path=p)
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint format {ckpt['format_version']} is newer than this medseg reads ({FORMAT_VERSION}); upgrade medseg",
+            f"checkpoint format {ckpt['format_version']} is newer than this medseg reads ({FORMAT_VERSION}); upgrade "
+            "medseg",
             path=p,
         )
     _check_model_and_labels(ckpt, p)
@@ -169,9 +170,9 @@ def _check_model_and_labels(ckpt: dict, p: Path) -> None:
     if n != out:
         more = "more" if n > out else "fewer"
         raise CheckpointError(
-            f"label table {labels.name!r} needs {n} output channels (background + largest index {n - 1}) but the network "
-            f"has {out}: {more} labels than the network can predict; the checkpoint is inconsistent (use the table it "
-            "was trained with, or retrain)",
+            f"label table {labels.name!r} needs {n} output channels (background + largest index {n - 1}) but the "
+            f"network has {out}: {more} labels than the network can predict; the checkpoint is inconsistent (use the "
+            "table it was trained with, or retrain)",
             path=p,
         )
 

@@ -57,7 +57,8 @@ class AtrousResNet(nn.Module):
             cin = c
         if stride != output_stride:
             raise ConfigError(
-                f"deeplab: {len(channels)} stages reach output stride {stride}, not {output_stride}; add a stage or lower output_stride"
+                f"deeplab: {len(channels)} stages reach output stride {stride}, not {output_stride}; add a stage or "
+                "lower output_stride"
             )
         self.stages = nn.ModuleList(stages)
 

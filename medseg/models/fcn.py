@@ -50,7 +50,8 @@ class FCN(PadToDivisor):
             )
         if len(channels) < n_skips + 1:
             raise ConfigError(
-                f"fcn{output_stride}s fuses {n_skips} earlier stage(s), so it needs at least {n_skips + 1} stages; got channels {list(channels)}"
+                f"fcn{output_stride}s fuses {n_skips} earlier stage(s), so it needs at least {n_skips + 1} stages; got "
+                f"channels {list(channels)}"
             )
         self.divisor = 2 ** len(channels)
         stages, cin = [], in_channels

@@ -69,7 +69,8 @@ def load_model_preset(name: str, root: Path | None = None) -> dict:
     info = model_info(preset["name"], params=False)  # unknown model -> UnknownComponentError with close matches
     if preset["spatial_dims"] not in info["dims"]:
         raise ConfigError(
-            f"{path}: model {preset['name']!r} supports spatial_dims {list(info['dims'])}, the preset says {preset['spatial_dims']}"
+            f"{path}: model {preset['name']!r} supports spatial_dims {list(info['dims'])}, the preset says "
+            f"{preset['spatial_dims']}"
         )
     unknown = set(preset["kwargs"]) - set(info["options"])
     if unknown and not _accepts_any(MODELS.get(preset["name"])):
@@ -85,14 +86,16 @@ def _training_recipe(data, path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{path}: 'training' is a mapping of training settings (e.g. {{learning_rate: 0.01, optimizer: sgd}}), found {data!r}"
+            f"{path}: 'training' is a mapping of training settings (e.g. {{learning_rate: 0.01, optimizer: sgd}}), "
+            f"found {data!r}"
         )
     build_dataclass(TrainingConfig, data, f"{path}: training")  # unknown keys ("did you mean"), wrong types
     return dict(data)
 
 
 def preset_overrides(preset: dict) -> list[str]:
-    """A loaded preset as config overrides (``section.key=value``, values in JSON): ``model.*`` and its ``training.*``."""
+    """A loaded preset as config overrides (``section.key=value``, values in JSON): ``model.*`` and its
+    ``training.*``."""
     model = preset["model"]
     out = [
         f"model.name={model['name']}",

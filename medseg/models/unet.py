@@ -57,7 +57,8 @@ class UNet(PadToDivisor):
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
             raise ConfigError(
-                f"unet: channels needs at least 2 stages (one down-sampling), got {list(channels)}; e.g. [32, 64, 128, 256]"
+                f"unet: channels needs at least 2 stages (one down-sampling), got {list(channels)}; e.g. [32, 64, 128, "
+                "256]"
             )
         self.divisor = 2 ** (len(channels) - 1)
         kw = dict(norm=norm, act=act)
@@ -139,7 +140,8 @@ def _he_init(module: nn.Module) -> None:
 
 @functools.cache
 def _padded_monai_unet():
-    """MONAI's ``UNet`` (same modules and state dict) that zero-pads inputs to a multiple of its strides' product and crops back.
+    """MONAI's ``UNet`` (same modules and state dict) that zero-pads inputs to a multiple of its strides' product and
+    crops back.
 
     MONAI's network fails on sizes its strides do not divide (a 88-voxel patch at 4 strides of 2);
     every other family in the registry pads, so a planned patch or window fits any depth.
@@ -185,7 +187,8 @@ def unet(
 ):
     if len(strides) != len(channels) - 1:
         raise ConfigError(
-            f"unet: need one stride per down-sampling step: {len(channels)} channels need {len(channels) - 1} strides, got {len(strides)}"
+            f"unet: need one stride per down-sampling step: {len(channels)} channels need {len(channels) - 1} strides, "
+            f"got {len(strides)}"
         )
     return _padded_monai_unet()(
         spatial_dims=spatial_dims,

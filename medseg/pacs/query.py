@@ -83,7 +83,8 @@ NON_IMAGE_MODALITIES = (
 
 
 def parse_query(items) -> dict:
-    """``["date=20260101-20260131", "modality=CT"]`` -> ``{"StudyDate": "20260101-20260131", "ModalitiesInStudy": "CT"}``."""
+    """``["date=20260101-20260131", "modality=CT"]`` -> ``{"StudyDate": "20260101-20260131", "ModalitiesInStudy":
+    "CT"}``."""
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:

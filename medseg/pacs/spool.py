@@ -49,7 +49,7 @@ GB = 1024**3
 CHUNK = 1024**2
 
 
-class SpoolFull(Exception):
+class SpoolFull(Exception):  # noqa: N818 (public name medseg.service.scp catches: a refusal signal, not an error)
     """Storing would take the spool past its size limit."""
 
 

@@ -48,8 +48,10 @@ img{max-width:100%}
 _SORT_JS = """
 function sortTable(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),
 b=t.tBodies[0],asc=th.dataset.dir!=='asc';th.dataset.dir=asc?'asc':'desc';
-const v=r=>{const c=r.children[i],s=c.dataset.v!==undefined?c.dataset.v:c.textContent;const n=parseFloat(s);return isNaN(n)?s:n};
-[...b.rows].sort((x,y)=>{const p=v(x),q=v(y);const r=(typeof p===typeof q)?(p<q?-1:p>q?1:0):(typeof p==='number'?-1:1);return asc?r:-r})
+const v=r=>{const c=r.children[i],s=c.dataset.v!==undefined?c.dataset.v:c.textContent;\
+const n=parseFloat(s);return isNaN(n)?s:n};
+[...b.rows].sort((x,y)=>{const p=v(x),q=v(y);\
+const r=(typeof p===typeof q)?(p<q?-1:p>q?1:0):(typeof p==='number'?-1:1);return asc?r:-r})
 .forEach(r=>b.appendChild(r))}
 window.addEventListener('load',()=>{const bad=[...document.images].filter(i=>!(i.complete&&i.naturalWidth>0)).length;
 document.body.dataset.brokenImages=bad;document.body.dataset.images=document.images.length});
@@ -94,8 +96,9 @@ def write_html(
     ]
     n_cases = len(wide_df)
     parts.append(
-        f"<p class='note'>{n_cases} case(s), {len(structures)} structure(s). Volumes in mL, counted on each label map's own grid. "
-        "Yellow: cut by the image border (a lower bound). Red: outlier. Grey: absent or below the minimum size.</p>"
+        f"<p class='note'>{n_cases} case(s), {len(structures)} structure(s). Volumes in mL, counted on each label "
+        "map's own grid. Yellow: cut by the image border (a lower bound). Red: outlier. Grey: absent or below the "
+        "minimum size.</p>"
     )
     for note in notes or []:
         parts.append(f"<p class='note'>{e(note)}</p>")
@@ -211,12 +214,14 @@ def _montages(montages: dict[str, Path | None], wide_df, out: Path, embed_limit_
     parts = ["<h2>QC montages</h2>"]
     if not embed:
         parts.append(
-            f"<p class='note'>Montages ({total / 1e6:.0f} MB) are linked from qc/, which must stay next to this page.</p>"
+            f"<p class='note'>Montages ({total / 1e6:.0f} MB) are linked from qc/, which must stay next to this "
+            "page.</p>"
         )
     for cid in wide_df["case_id"]:
         p = montages.get(cid)
         parts.append(
-            f"<figure id='{anchor(cid)}'><figcaption><b>{e(cid)}</b> <a href='#cohort'>back to the table</a></figcaption>"
+            f"<figure id='{anchor(cid)}'><figcaption><b>{e(cid)}</b> <a href='#cohort'>back to the "
+            "table</a></figcaption>"
         )
         if p is None:
             parts.append("<p class='note'>No structure found: nothing to show.</p>")

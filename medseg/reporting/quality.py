@@ -161,7 +161,8 @@ def _sub(a: np.ndarray, target: int = 2_000_000) -> tuple[np.ndarray, int]:
 
 
 def body_mask(image: np.ndarray, ct: bool | None = None) -> np.ndarray:
-    """Voxels of the body: above -500 HU for CT (air below), else above the mean of the 2nd and 98th percentiles' lower third."""
+    """Voxels of the body: above -500 HU for CT (air below), else above the mean of the 2nd and 98th percentiles' lower
+    third."""
     a = np.asarray(image, dtype=np.float32)
     finite = np.isfinite(a)
     vals = a[finite]
@@ -398,7 +399,8 @@ def row_reasons(row: dict, th: Thresholds = THRESHOLDS, expected: dict | None = 
         out.append(
             (
                 FAIL if g < th.agreement_fail else REVIEW,
-                f"pass_disagreement(dice {g:.2f}<{th.agreement_fail if g < th.agreement_fail else th.agreement_review:.2f})",
+                "pass_disagreement(dice "
+                f"{g:.2f}<{th.agreement_fail if g < th.agreement_fail else th.agreement_review:.2f})",
             )
         )
     vol, big = _num(row.get("volume_ml")), _num(row.get("largest_component_ml"))

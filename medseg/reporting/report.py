@@ -289,7 +289,10 @@ def write_metrics_report(
     given = explicit_table(label_table)
     pred_tables, ref_tables = tables_for(pred, given, "prediction"), tables_for(ref, given, "reference")
     ids = list(case_ids) if case_ids else [case_id_for(p) for p in pred]
-    matched = [common_structures(pt, rt, p, r) for (pt, _), (rt, _), p, r in zip(pred_tables, ref_tables, pred, ref, strict=False)]
+    matched = [
+        common_structures(pt, rt, p, r)
+        for (pt, _), (rt, _), p, r in zip(pred_tables, ref_tables, pred, ref, strict=False)
+    ]
     rows = []
     for cid, p, r, (table, mapping) in zip(ids, pred, ref, matched, strict=False):
         pv, rv = read_volume(p), _on_table(read_volume(r), mapping, keep_unnamed=False)

@@ -50,7 +50,7 @@ from medseg.runner.settings import stage_type
 log = logging.getLogger(RUN_LOG)
 
 
-class CaseFailure(Exception):
+class CaseFailure(Exception):  # noqa: N818 (control flow: ends one case's stages, recorded in failures.csv)
     def __init__(self, stage: str, message: str):
         self.stage = stage
         self.message = message
@@ -318,7 +318,8 @@ def _write_predictions(w: _Writing, *, t0: float) -> None:
 
 
 def _structure_rows(w: _Writing, rep) -> list:
-    """Volumes (and intensities) per structure with their quality flags; reused from the writer when it measured them."""
+    """Volumes (and intensities) per structure with their quality flags; reused from the writer when it measured
+    them."""
     if w.assessed and rep.intensities and not rep.min_size_ml:  # measured once, for the sidecar, the SR and here
         return [dict(r) for r in w.assessed]
     image, labels = w.loaded.image, w.labels

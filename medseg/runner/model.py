@@ -18,7 +18,8 @@ from medseg.models.checkpoint import load_checkpoint, versions
 
 
 def model_summary(model) -> dict:
-    """A checkpoint's summary (``load_checkpoint``), or a model folder's (every fold of an nnU-Net v2 folder present)."""
+    """A checkpoint's summary (``load_checkpoint``), or a model folder's (every fold of an nnU-Net v2 folder
+    present)."""
     if external.is_external_model(model):
         return external.run_summary(model)
     return load_checkpoint(model)

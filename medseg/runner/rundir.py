@@ -62,7 +62,7 @@ LOCK = ".medseg-lock"
 class _LogFileHandler(logging.FileHandler):
     """run.log: a write that fails (disk full) drops the line instead of printing a traceback per line."""
 
-    def handleError(self, record) -> None:
+    def handleError(self, record) -> None:  # noqa: N802 (overrides logging.Handler's method)
         self.failed = True
 
     def flush(self) -> None:

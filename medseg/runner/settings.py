@@ -70,7 +70,8 @@ class ConvertSettings:
 
 @dataclass
 class PlanSettings:
-    """Dataset fingerprint of the training cases by medseg plan's planner (fingerprint.json, plan.json); optionally picks the spacing."""
+    """Dataset fingerprint of the training cases by medseg plan's planner (fingerprint.json, plan.json); optionally
+    picks the spacing."""
 
     spacing: str = "config"  # config: keep the training config's spacing; median: the training images' median spacing
 
@@ -144,7 +145,8 @@ class Stage:
     builtin: ClassVar[bool] = False
 
     def run_case(self, settings, *, case_id: str, labels, image, table, case_dir: Path) -> dict:
-        """Do the stage's work for one segmented case; return ``{output kind: path}`` of the files written in ``case_dir``."""
+        """Do the stage's work for one segmented case; return ``{output kind: path}`` of the files written in
+        ``case_dir``."""
         return {}
 
 

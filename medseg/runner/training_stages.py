@@ -1,4 +1,5 @@
-"""The run-level stages of a pipeline such as ``train_and_evaluate``: plan (data set fingerprint) and train (once per run).
+"""The run-level stages of a pipeline such as ``train_and_evaluate``: plan (data set fingerprint) and train (once per
+run).
 
 Each writes a state record (``state/_plan.json``, ``state/_train.json``) with
 the hash of what it depends on (manifest bytes, settings); a rerun skips a
@@ -49,7 +50,8 @@ def _current(rd, name: str, sha: str) -> dict | None:
 
 
 def plan(rd, pipe, manifest: Path) -> dict:
-    """The data set fingerprint of the training cases, by ``medseg plan``'s own planner -> ``fingerprint.json`` + ``plan.json``."""
+    """The data set fingerprint of the training cases, by ``medseg plan``'s own planner -> ``fingerprint.json`` +
+    ``plan.json``."""
     sha = _sha({"plan": dataclasses.asdict(pipe.stages["plan"]), "manifest": manifest_sha256(manifest)})
     rec = _current(rd, "_plan", sha)
     if rec:

@@ -55,7 +55,8 @@ from medseg.transforms.intensity import check_preprocessing, get_scheme, scheme_
 #: seeds 60/80/10 (the MONAI recipe 0.932/0.936/0.929); benchmarks/results/2026-12-02_training_real_patch64.txt.
 _CPU_PATCH_VOXELS = 64 * 64 * 64
 
-#: Bytes of activation memory per voxel of a patch, per unit of base width, per sample (rough, U-Net family, fp32, with gradients).
+#: Bytes of activation memory per voxel of a patch, per unit of base width, per sample (rough, U-Net family, fp32, with
+#: gradients).
 _BYTES_PER_VOXEL_PER_CHANNEL = 4 * 40
 
 
@@ -258,7 +259,8 @@ def plan(
         "tta_flips" not in inf
     ):  # test-time mirroring over the axes the network was trained to be mirror-invariant on, as
         # nnU-Net predicts. Measured on bench_training --real (2026-11-30): +0.006/+0.007 mean test Dice on two
-        # trained models (0.893 -> 0.900, 0.901 -> 0.907) for 4 passes instead of 1; `--set inference.tta_flips=[]` turns it off.
+        # trained models (0.893 -> 0.900, 0.901 -> 0.907) for 4 passes instead of 1; `--set inference.tta_flips=[]`
+        # turns it off.
         inf["tta_flips"] = list(aug["flip_axes"])
     cfg = {"labels": found.table.to_dict(), **{k: v for k, v in cfg.items() if k != "labels"}}
     cfg = apply_overrides(cfg, overrides)
@@ -280,7 +282,8 @@ _SIDE = re.compile(r"(^|_)(left|right|lt|rt|l|r|sin|dx)(_|$)")
 
 
 def has_sides(table) -> bool:
-    """True when a structure name says left or right (``kidney_left``, ``Lt_Lung``, ``lung_l``...): no L-R mirroring then."""
+    """True when a structure name says left or right (``kidney_left``, ``Lt_Lung``, ``lung_l``...): no L-R mirroring
+    then."""
     return any(_SIDE.search(lab.name.lower()) for lab in table.labels)
 
 

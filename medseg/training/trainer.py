@@ -125,7 +125,8 @@ def _load_state(out: Path, config: Config) -> dict | None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("config") != config.to_dict():
         raise ConfigError(
-            f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a new --out"
+            f"{out} was trained with another config; resume with the same config (see {out / 'config.yaml'}) or use a "
+            "new --out"
         )
     return state
 
@@ -311,7 +312,8 @@ class Trainer:
         )
 
     def _prepare_epochs(self) -> None:
-        """What every checkpoint carries (+ the input profile), the progress bar, the first epoch and whether any is left."""
+        """What every checkpoint carries (+ the input profile), the progress bar, the first epoch and whether any is
+        left."""
         tc, clock = self.tc, self.clock
         self.extra = {
             "manifest_sha256": self.run_info["manifest_sha256"],
@@ -371,8 +373,8 @@ class Trainer:
             self.train_step(batch)
 
     def _schedule_position(self) -> float | None:
-        """The spent fraction of the budget, or of the planned iterations (what the learning rate follows); None when the
-        epoch ends before this step. Every process takes the main one's decision."""
+        """The spent fraction of the budget, or of the planned iterations (what the learning rate follows); None when
+        the epoch ends before this step. Every process takes the main one's decision."""
         clock = self.clock
         spent = clock.elapsed() / clock.budget_s if clock.budgeted else self.iteration / self.total_steps
         spent, stop = agree_step(spent, clock.out_of_time(), self.world)
@@ -530,7 +532,7 @@ class Trainer:
         return result
 
 
-# --- one or several processes ------------------------------------------------------------------------------------------
+# --- one or several processes -----------------------------------------------------------------------------------------
 
 
 def train(

@@ -39,7 +39,8 @@ from medseg.transforms.spatial import ResampleToSpacingd
 
 
 def _foreground_select(cfg: PreprocessingConfig):
-    """Which raw voxels are 'body' for the training crop (the intensity scheme says: above foreground_hu on CT, non-zero on MR)."""
+    """Which raw voxels are 'body' for the training crop (the intensity scheme says: above foreground_hu on CT,
+    non-zero on MR)."""
     return get_scheme(cfg.intensity).foreground(dataclasses.asdict(cfg))
 
 

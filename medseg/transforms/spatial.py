@@ -35,7 +35,8 @@ def grid_steps(spacing: Sequence[float], target: Sequence[float]) -> tuple[float
 def target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
     """``round((n - 1) * s / t) + 1`` per axis (MONAI's ``compute_shape_offset`` rule)."""
     return tuple(
-        max(1, int(np.round((int(n) - 1) * float(s) / float(t))) + 1) for n, s, t in zip(shape, spacing, target, strict=False)
+        max(1, int(np.round((int(n) - 1) * float(s) / float(t))) + 1)
+        for n, s, t in zip(shape, spacing, target, strict=False)
     )
 
 

@@ -53,7 +53,8 @@ WRITTEN = {  # path pattern -> the cases it stands for (None: no <case> in it)
     "report/report.html": None,
     "report/metrics.csv": None,
 }
-NOT_WRITTEN = {  # listed by the table, not made by the quick start (no case fails; no --statistics-json, --longitudinal)
+# listed by the table, not made by the quick start (no case fails; no --statistics-json, --longitudinal)
+NOT_WRITTEN = {
     "preds/failures.csv": None,
     "report/statistics/<case>.json": QUICK_CASES,
     "report/longitudinal.csv": None,
@@ -259,7 +260,8 @@ def run_page(page: Path, work: Path) -> None:
             )
             if r.returncode != 0:
                 pytest.fail(
-                    f"{block.where}: exit {r.returncode}\n$ {cmd}\n--- stdout\n{r.stdout[-2000:]}\n--- stderr\n{r.stderr[-3000:]}",
+                    f"{block.where}: exit {r.returncode}\n$ {cmd}\n--- stdout\n{r.stdout[-2000:]}\n--- "
+                    f"stderr\n{r.stderr[-3000:]}",
                     pytrace=False,
                 )
 
@@ -364,7 +366,8 @@ def test_links_stay_inside_the_repository_and_resolve():
         for m in re.finditer(r"(?<![\w+.-])([a-z][\w+.-]*://|www\.|mailto:)", text, re.I):
             scheme = m.group(1).lower()
             assert scheme in ("dicomweb+http://", "dicomweb+https://", "dimse://"), (
-                f"{page.name}:{text.count(chr(10), 0, m.start()) + 1}: {text[m.start() : m.start() + 60]!r} points outside the repository"
+                f"{page.name}:{text.count(chr(10), 0, m.start()) + 1}: {text[m.start() : m.start() + 60]!r} points "
+                "outside the repository"
             )
         prose = _prose(text)
         targets = re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", prose)  # [text](target), ![alt](target)

@@ -187,8 +187,9 @@ def train_code(
 ) -> str:
     """The script that trains ``dataset``/``configuration``/``fold`` with nnU-Net's trainer: ``epochs`` of ``iters``
     iterations, the PlainConvUNet's stages ``f0 * 2**i`` features up to ``fmax`` (the tests: 8..64, small enough
-    for a CPU), the planned patch unless ``patch``; ``adamw``: nnunetv2's nnUNetTrainerAdam recipe (AdamW, amsgrad, poly)
-    at this initial learning rate instead of nnU-Net's SGD (trains a full-width network in hundreds of CPU steps)."""
+    for a CPU), the planned patch unless ``patch``; ``adamw``: nnunetv2's nnUNetTrainerAdam recipe (AdamW, amsgrad,
+    poly) at this initial learning rate instead of nnU-Net's SGD (trains a full-width network in hundreds of CPU
+    steps)."""
     fold = int(fold) if str(fold).isdigit() else str(fold)
     return TRAIN % {
         "ds": dataset,

@@ -171,7 +171,8 @@ _ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny networks: see one_t
 
 @pytest.mark.slow
 def test_cli_predict_and_run_take_a_bundle(tmp_path, trained):
-    """``medseg predict --model BUNDLE`` and ``medseg run ... predict.model=BUNDLE``: labels named from metadata.json."""
+    """``medseg predict --model BUNDLE`` and ``medseg run ... predict.model=BUNDLE``: labels named from
+    metadata.json."""
     import nibabel as nib
     import pandas as pd
 
@@ -384,7 +385,8 @@ def test_cli_refuses_an_expression_with_one_line_and_runs_nothing(tmp_path):
 
 
 def test_runner_keys_with_code_are_never_read(tmp_path, monkeypatch, one_thread):
-    """``imports``, ``initialize``, ``run``, ``device``... drive MONAI's runner: medseg neither evaluates nor needs them."""
+    """``imports``, ``initialize``, ``run``, ``device``... drive MONAI's runner: medseg neither evaluates nor needs
+    them."""
     monkeypatch.chdir(tmp_path)
     cfg = bf.inference_config(imports=[PWNED], initialize=[PWNED], run=[PWNED], device=PWNED, network=PWNED)
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights(), config=cfg)

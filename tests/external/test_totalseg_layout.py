@@ -390,7 +390,9 @@ def test_fast_model_resamples_to_3mm_and_keeps_its_labels(tmp_path):
     pred = load_predictor(home, device="cpu", **({} if step == 0.8 else {"overlap": 1 - step}))
     assert pred.labels.names == FAST[2] and pred.provenance["task"] == "total_fast"
     out = pred.predict(str(path))
-    assert out.meta["network_grid"] == [int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5), strict=False)]
+    assert out.meta["network_grid"] == [
+        int(round(s * z / 3.0)) for s, z in zip(case.image.shape, (1.7, 1.7, 2.5), strict=False)
+    ]
     ref = _reference(_part_folders(home, 3.0), path, 3.0, tmp_path, step)
     assert len(np.unique(ref)) >= 2
     assert float((out.array == ref).mean()) >= 0.999

@@ -105,7 +105,8 @@ def test_console_entry_point_prints_no_traceback(tmp_path):
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines() == [
-        f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or a model folder"
+        f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or "
+        "a model folder"
     ]
 
 

@@ -182,7 +182,8 @@ def _as_case(case, coded):
 
 
 def _cohort(tmp_path, n: int = 2):
-    """A folder as `medseg phantoms` lays it out (images/, labels/, manifest.csv, manifest_labels.yaml), oracle-coded."""
+    """A folder as `medseg phantoms` lays it out (images/, labels/, manifest.csv, manifest_labels.yaml),
+    oracle-coded."""
     import yaml
 
     from medseg.data.phantoms import PHANTOM_LABELS

@@ -1,4 +1,5 @@
-"""``medseg predict --rtstruct`` and the pipeline option: an RT Structure Set per DICOM input, through the one case writer."""
+"""``medseg predict --rtstruct`` and the pipeline option: an RT Structure Set per DICOM input, through the one case
+writer."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""``pipelines/train_and_evaluate.yaml`` on a tiny coarse cohort: plan -> train -> predict (test split) -> evaluate -> report."""
+"""``pipelines/train_and_evaluate.yaml`` on a tiny coarse cohort: plan -> train -> predict (test split) -> evaluate ->
+report."""
 
 from __future__ import annotations
 

@@ -417,7 +417,8 @@ def assert_no_identifiers(run_dir: str | os.PathLike, studies, *texts: str, skip
 
 
 def oracle_checkpoint_file(path: str | os.PathLike) -> Path:
-    """A checkpoint of the intensity oracle (label = round(HU / 100)) on a 4 mm grid, as tests/integration/test_run.py."""
+    """A checkpoint of the intensity oracle (label = round(HU / 100)) on a 4 mm grid, as
+    tests/integration/test_run.py."""
     from helpers import register_oracle
 
     from medseg.config import config_from_dict

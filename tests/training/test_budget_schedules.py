@@ -56,7 +56,8 @@ def test_a_budget_run_uses_its_budget_and_the_lr_follows_the_spent_fraction(tiny
     assert " INFO " in end
     assert res.epochs_run == len(m) and info["iterations"] == m["iterations"].iloc[-1]
     assert (np.diff(m["iterations"]) > 0).all() and (np.diff(m["elapsed_s"]) > 0).all()
-    # the lr of an epoch's last step is poly on the budget spent when that step began: after the previous epoch ended, before this one did
+    # the lr of an epoch's last step is poly on the budget spent when that step began: after the previous epoch ended,
+    # before this one did
     # metrics.csv rounds elapsed_s to the millisecond: widen each bound by that rounding
     elapsed_s = m["elapsed_s"].to_numpy()
     spent_hi, spent_lo = np.clip((elapsed_s + 5e-4) / budget, 0, 1), np.clip((elapsed_s - 5e-4) / budget, 0, 1)
@@ -130,7 +131,8 @@ def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
     }
     planned = plan_config(head, gpu=False)
     cpu = planned["training"]
-    # shrunk in steps of 8 to within 64^3 voxels, then to the planned network's strides: 4 levels of 2 (the MONAI recipe's)
+    # shrunk in steps of 8 to within 64^3 voxels, then to the planned network's strides: 4 levels of 2 (the MONAI
+    # recipe's)
     assert planned["model"]["kwargs"]["strides"] == [2, 2, 2, 2] and planned["model"]["kwargs"]["channels"][-1] == 256
     assert cpu["patch_size"] == [64, 64, 64] and planned["inference"]["roi_size"] == cpu["patch_size"]
     assert cpu["iterations_per_epoch"] == 50 and cpu["samples_per_image"] == 1 and cpu["batch_size"] == 1
@@ -148,7 +150,8 @@ def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
 @pytest.mark.parametrize("memory_gb", [0.2, 0.5, 1.0, 4.0])
 @pytest.mark.parametrize("gpu", [False, True])
 def test_the_planned_default_network_keeps_the_memory_budget_and_a_4_voxel_bottleneck(memory_gb, gpu):
-    # a 256^3 CT at 1 mm: the patch shrinks for the budget first, and the default network is chosen for the patch that is left
+    # a 256^3 CT at 1 mm: the patch shrinks for the budget first, and the default network is chosen for the patch that
+    # is left
     # (it used to be chosen for the unshrunk 128^3 patch: 5 levels, and rounding up to 32 broke the budget by up to 3x)
     from medseg.training.planning import _BYTES_PER_VOXEL_PER_CHANNEL, plan_config
 

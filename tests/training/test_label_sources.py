@@ -180,7 +180,8 @@ def test_tables_beside_the_manifest_in_the_formats_users_keep(tmp_path):
     assert table_for_manifest(manifest, df).table.names == ["grey_matter", "white_matter"]
     (tmp_path / "d" / "labels.csv").unlink()
     (tmp_path / "d" / "brain_labels.txt").write_text(
-        '# ITK-SNAP Label Description File\n0 0 0 0 0 0 0 "Clear Label"\n1 255 0 0 1 1 1 "Grey matter"\n2 0 255 0 1 1 1 "White matter"\n'
+        '# ITK-SNAP Label Description File\n0 0 0 0 0 0 0 "Clear Label"\n1 255 0 0 1 1 1 "Grey matter"\n'
+        '2 0 255 0 1 1 1 "White matter"\n'
     )
     found = table_for_manifest(manifest, df)
     assert found.table.names == ["grey_matter", "white_matter"] and found.table.labels[0].color == (255, 0, 0)
@@ -339,7 +340,8 @@ def test_nan_voxels_in_a_training_image_are_a_one_line_error_not_a_nan_model(tmp
 
 
 def test_sparse_label_values_are_refused_before_the_network_is_sized_by_them(tmp_path):
-    """Values 1 and 200 (FreeSurfer-style numbering) would give the network 201 outputs: a one-line error, not an OOM."""
+    """Values 1 and 200 (FreeSurfer-style numbering) would give the network 201 outputs: a one-line error, not an
+    OOM."""
     manifest = _brainish(tmp_path / "d", values_per_case=((1, 200),) * 3)
     with pytest.raises(
         InputError,

@@ -90,7 +90,8 @@ def test_fold_validation_and_a_moved_run_directory_that_segments_its_held_out_ca
     assert _foreground_dice(np.zeros_like(ref), ref) == 0.0 and all_foreground < 0.2
     dice = _foreground_dice(pred, ref)
     assert dice > 0.3, (
-        f"foreground Dice {dice:.3f} on the held-out case: the network did not learn (all-foreground: {all_foreground:.3f})"
+        f"foreground Dice {dice:.3f} on the held-out case: the network did not learn (all-foreground: "
+        f"{all_foreground:.3f})"
     )
 
 

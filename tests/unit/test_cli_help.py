@@ -66,8 +66,12 @@ def test_a_stage_setting_given_one_level_too_high_names_where_it_belongs(tmp_pat
 
 
 def test_importing_the_cli_imports_no_torch():
-    """``medseg --help`` and argument errors stay fast: the command modules (and the API, torch) load only for their verb."""
-    code = "import medseg.cli, sys; assert 'torch' not in sys.modules and 'medseg.api' not in sys.modules, sorted(sys.modules)"
+    """``medseg --help`` and argument errors stay fast: the command modules (and the API, torch) load only for their
+    verb."""
+    code = (
+        "import medseg.cli, sys; assert 'torch' not in sys.modules and 'medseg.api' not in sys.modules, "
+        "sorted(sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
 

@@ -1,7 +1,7 @@
-"""The architecture holds: the contracts of ``.importlinter`` (layers cli > commands > api > ..., the leaves, commands only
-import the api) pass, and what the contracts cannot say is checked here: a command module imports no medseg module but
-``medseg.api`` and ``medseg.errors`` (the contract forbids the layers below the api, not the leaves), and no private name
-is imported across packages."""
+"""The architecture holds: the contracts of ``.importlinter`` (layers cli > commands > api > ..., the leaves, commands
+only import the api) pass, and what the contracts cannot say is checked here: a command module imports no medseg module
+but ``medseg.api`` and ``medseg.errors`` (the contract forbids the layers below the api, not the leaves), and no private
+name is imported across packages."""
 
 import ast
 import subprocess
@@ -27,7 +27,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_import_contracts_hold():
-    """``lint-imports`` (import-linter, the contracts in ``.importlinter``) passes: run in a fresh interpreter, as ``make lint``."""
+    """``lint-imports`` (import-linter, the contracts in ``.importlinter``) passes: run in a fresh interpreter, as
+    ``make lint``."""
     code = (
         "import sys; from importlinter.cli import lint_imports; "
         f"sys.exit(lint_imports(config_filename={str(ROOT / '.importlinter')!r}, no_cache=True, no_logo=True))"

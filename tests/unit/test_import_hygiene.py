@@ -25,7 +25,7 @@ def count_imports(root: Path = PACKAGE) -> tuple[int, int, list[str]]:
         text = path.read_text()
         tree, lines = ast.parse(text), text.splitlines()
 
-        def visit(node, depth):
+        def visit(node, depth, lines=lines, path=path):
             nonlocal inside, top
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.Import):

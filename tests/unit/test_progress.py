@@ -46,7 +46,9 @@ def test_library_warnings_go_to_the_log_file_not_the_console(tmp_path):
     logging.captureWarnings(True)
     try:
         with command_log(tmp_path / "predict.log"):
-            warnings.warn("The value length (18) exceeds the maximum length of 16 allowed for VR DS", UserWarning)
+            warnings.warn(
+                "The value length (18) exceeds the maximum length of 16 allowed for VR DS", UserWarning, stacklevel=1
+            )
             logging.getLogger("pydicom").warning("Invalid value for VR UI")
             logging.getLogger("medseg.inference.batch").warning("case x: something the user must act on")
     finally:

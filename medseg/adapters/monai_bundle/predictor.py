@@ -1,4 +1,5 @@
-"""A ``Predictor`` (``medseg.inference.protocol``) for MONAI bundles: same inputs and outputs as medseg checkpoints, the bundle's MONAI steps inside.
+"""A ``Predictor`` (``medseg.inference.protocol``) for MONAI bundles: same inputs and outputs as medseg checkpoints,
+the bundle's MONAI steps inside.
 
 ``BundlePredictor.predict`` reads the channels through medseg's checks (channel count,
 same grid, NaN/Inf policy), hands them to the bundle's preprocessing as MONAI's
@@ -147,7 +148,8 @@ class BundlePredictor:
         return MetaTensor(array, affine=affine, meta=meta)
 
     def _scores(self, x, volume: Volume):
-        """The bundle's inferer on the preprocessed image: the first head's scores ``(C, ...)`` in float32 on the CPU."""
+        """The bundle's inferer on the preprocessed image: the first head's scores ``(C, ...)`` in float32 on the
+        CPU."""
         import torch
 
         inferer = mb.build_inferer(self.bundle, **self._overrides)

@@ -27,7 +27,7 @@ from medseg.inference.sliding_window import to_layout
 ANISO_THRESHOLD = 3  # nnunetv2.configuration.ANISO_THRESHOLD
 
 
-# ---------------------------------------------------------------- resampling (preprocessing/resampling/default_resampling.py)
+# -------------------------------- resampling (preprocessing/resampling/default_resampling.py)
 def _resize(image: np.ndarray, shape, order: int, output=None) -> np.ndarray:
     """``skimage.transform.resize(image, shape, order, mode='edge', anti_aliasing=False)`` for float64 input:
     ``scipy.ndimage.zoom`` on the pixel grid (``grid_mode``), edge mode 'nearest', clipped to the input's range.
@@ -127,7 +127,7 @@ def compute_new_shape(old_shape, old_spacing, new_spacing):
     return np.array([int(round(i / j * k)) for i, j, k in zip(old_spacing, new_spacing, old_shape, strict=False)])
 
 
-# ---------------------------------------------------------------- cropping (preprocessing/cropping/cropping.py)
+# -------------------------------- cropping (preprocessing/cropping/cropping.py)
 def nonzero_mask(data: np.ndarray, fill_holes: bool = True) -> np.ndarray:
     """``create_nonzero_mask``. ``fill_holes=False`` leaves the holes open: the same bounding box (a hole lies
     inside the foreground's box), so the same crop, for callers that do not normalise within the mask."""
@@ -149,7 +149,7 @@ def bbox_of(mask: np.ndarray) -> list[list[int]]:
     return out
 
 
-# ---------------------------------------------------------------- normalisation (preprocessing/normalization/)
+# -------------------------------- normalisation (preprocessing/normalization/)
 def normalize_channel(image: np.ndarray, scheme: str, use_mask: bool, props: dict, mask: np.ndarray) -> np.ndarray:
     eps = 1e-8
     image = image.astype(np.float32, copy=False)
@@ -173,7 +173,7 @@ def normalize_channel(image: np.ndarray, scheme: str, use_mask: bool, props: dic
     return image
 
 
-# ---------------------------------------------------------------- the whole preprocessing (DefaultPreprocessor.run_case_npy)
+# -------------------------------- the whole preprocessing (DefaultPreprocessor.run_case_npy)
 def preprocess(
     data: np.ndarray, spacing, model, *, fill_holes: bool = True, inplace: bool = False
 ) -> tuple[np.ndarray, dict]:
@@ -216,7 +216,7 @@ def preprocess(
     return data.astype(np.float32, copy=False), props
 
 
-# ---------------------------------------------------------------- sliding window (inference/sliding_window_prediction.py, predict_from_raw_data.py)
+# -------------------------------- sliding window (inference/sliding_window_prediction.py, predict_from_raw_data.py)
 def gaussian(tile, sigma_scale=1.0 / 8, value_scaling_factor=10):
     """``compute_gaussian`` in float16 (nnU-Net's default dtype)."""
     import torch
@@ -242,7 +242,8 @@ def steps_for(image_size, tile, step=0.5):
 
 
 def pad_to(x, shape):
-    """``pad_nd_image(x, patch, 'constant', value 0)``: content centred, the odd voxel above. Returns (padded, slicer)."""
+    """``pad_nd_image(x, patch, 'constant', value 0)``: content centred, the odd voxel above. Returns (padded,
+    slicer)."""
     import torch.nn.functional as F
 
     old = x.shape[-len(shape) :]
@@ -250,7 +251,9 @@ def pad_to(x, shape):
     below = [(n - o) // 2 for n, o in zip(new, old, strict=False)]
     above = [(n - o) // 2 + (n - o) % 2 for n, o in zip(new, old, strict=False)]
     # one slice per axis after the channels (a 2D patch on a 3D image leaves the slice axis whole)
-    slicer = (slice(None),) * (x.ndim - 1 - len(shape)) + tuple(slice(b, b + o) for b, o in zip(below, old, strict=False))
+    slicer = (slice(None),) * (x.ndim - 1 - len(shape)) + tuple(
+        slice(b, b + o) for b, o in zip(below, old, strict=False)
+    )
     if any(below) or any(above):
         pad = [v for b, a in zip(reversed(below), reversed(above), strict=False) for v in (b, a)]
         x = F.pad(x, pad, "constant", 0)
@@ -267,7 +270,9 @@ def _slicers(image_size, patch, step=0.5):
             for sy in steps[1]
         ]
     steps = steps_for(image_size, patch, step)
-    return [(slice(None), *[slice(s, s + t) for s, t in zip(c, patch, strict=False)]) for c in itertools.product(*steps)]
+    return [
+        (slice(None), *[slice(s, s + t) for s, t in zip(c, patch, strict=False)]) for c in itertools.product(*steps)
+    ]
 
 
 def mirror_combinations(mirror_axes, mirror=True) -> list[tuple]:
@@ -519,8 +524,8 @@ def compiled(net, *, when="always"):
     """``net`` run through ``torch.compile`` (inductor, weights frozen as constants), compiled for the window shape it
     gets: on its first call (``when="always"`` or ``True``), or (``when="auto"``) once its eager seconds so far plus
     its first call's seconds times the calls still expected (``expect_calls``) reach ``COMPILE_WORTH_S`` (without
-    an expectation: once its first call took ``COMPILE_AFTER_S``). Where compiling or running the compiled code fails (no C++
-    compiler on the server, an unsupported operator...), the eager network from then on, with one warning. Same
+    an expectation: once its first call took ``COMPILE_AFTER_S``). Where compiling or running the compiled code fails
+    (no C++ compiler on the server, an unsupported operator...), the eager network from then on, with one warning. Same
     arithmetic as ``net`` up to the order of floating-point operations (tests/external/test_nnunet_fast_paths.py)."""
     import time
 
@@ -626,7 +631,7 @@ def predict_logits(nets, data, model, *, step=0.5, device="cpu", mirror=True, **
     return total
 
 
-# ---------------------------------------------------------------- export (inference/export_prediction.py)
+# -------------------------------- export (inference/export_prediction.py)
 def export(logits, props: dict, model, *, probabilities: bool = False):
     """``convert_predicted_logits_to_segmentation_with_correct_shape``: the label map (and, if asked,
     the class probabilities) in the reader's array order, full input shape."""
@@ -674,7 +679,7 @@ def export(logits, props: dict, model, *, probabilities: bool = False):
     return full, pfull.transpose([0] + [i + 1 for i in tb])
 
 
-# ---------------------------------------------------------------- medseg's label-only export
+# -------------------------------- medseg's label-only export
 def _linear_axis(n_in: int, n_out: int, nearest: bool):
     """Source indices and weights of ``skimage.transform.resize`` (order 1, edge mode: ``scipy.ndimage.zoom`` on the
     pixel grid) along one axis, or of the order-0 ``map_coordinates`` nnU-Net uses on the separate axis."""
@@ -716,10 +721,10 @@ _SLAB_VOXELS = 1 << 22
 
 
 def _decide_slabs(seg, undecided, scores, axes, lab) -> None:
-    """``seg`` (output grid) completed where ``undecided`` (a mask of its shape) by interpolating ``scores`` along each axis in turn
-    (``torch.lerp`` between the two source rows; the order-0 axis has weight 0): the last axis on the network's grid
-    (one copy of the scores, the output's length along it), then slab by slab along the first axis and the second,
-    deciding each slab; only its undecided voxels are written."""
+    """``seg`` (output grid) completed where ``undecided`` (a mask of its shape) by interpolating ``scores`` along each
+    axis in turn (``torch.lerp`` between the two source rows; the order-0 axis has weight 0): the last axis on the
+    network's grid (one copy of the scores, the output's length along it), then slab by slab along the first axis and
+    the second, deciding each slab; only its undecided voxels are written."""
     import torch
 
     (a0, a1, wa), (b0, b1, wb), (c0, c1, wc) = axes

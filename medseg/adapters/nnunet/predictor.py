@@ -1,4 +1,5 @@
-"""A ``Predictor`` (``medseg.inference.protocol``) for nnU-Net v2 folders: same inputs and outputs as medseg checkpoints, nnU-Net's steps inside.
+"""A ``Predictor`` (``medseg.inference.protocol``) for nnU-Net v2 folders: same inputs and outputs as medseg
+checkpoints, nnU-Net's steps inside.
 
 ``NnunetPredictor.predict`` reads the channels through medseg's checks (channel
 count, same grid, NaN/Inf policy), puts them in nnU-Net's array order (the order
@@ -88,14 +89,15 @@ NNUNET_FAITHFUL = {
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
 #: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
 #: with nnUNetPredictor (the full-width 32..320 network trained: 0.9974 at 6.5x, benchmarks/results/
-#: 2026-12-01_nnunet_trained_full_width.txt); single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8 (0.958) do not, so the fast
-#: preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast: at nnU-Net's full width
-#: (32..320) windows took 97.7 s against 120.3 s (benchmarks/results/2026-11-30_nnunet_full_width.txt). Then
-#: ``channels_last`` with layout-keeping instance norms (``medseg.inference.channels_last``) and no compile: the
-#: full-width bf16 window took 0.61-0.70 s eager against 0.98-1.04 s channels-first, and compiling it as well
-#: saved only 0.03 s a pass for 17 s of compile (the narrow network: 0.041 s eager, 0.034 s compiled, 12 s of
-#: compile), so eager is faster on one case and ``compile: true`` pays only over several cases of a batch
-#: (benchmarks/results/2026-12-01_channels_last_norm.txt). Options given next to the preset override it.
+#: 2026-12-01_nnunet_trained_full_width.txt); single-axis mirroring (0.933) and TotalSegmentator's tile step 0.8
+#: (0.958) do not, so the fast preset keeps nnU-Net's mirroring and step. ``cast="weights"`` rather than autocast: at
+#: nnU-Net's full width (32..320) windows took 97.7 s against 120.3 s
+#: (benchmarks/results/2026-11-30_nnunet_full_width.txt). Then ``channels_last`` with layout-keeping instance norms
+#: (``medseg.inference.channels_last``) and no compile: the full-width bf16 window took 0.61-0.70 s eager against
+#: 0.98-1.04 s channels-first, and compiling it as well saved only 0.03 s a pass for 17 s of compile (the narrow
+#: network: 0.041 s eager, 0.034 s compiled, 12 s of compile), so eager is faster on one case and ``compile: true``
+#: pays only over several cases of a batch (benchmarks/results/2026-12-01_channels_last_norm.txt). Options given next
+#: to the preset override it.
 NNUNET_FAST = {
     "amp": "auto",
     "sw_batch_size": 1,
@@ -208,7 +210,8 @@ class NnunetPredictor:
         self.nnunet = model
         self.device = resolve_device(device)
         self.models = [net.to(self.device) for net in model.networks()]
-        self._prepared: dict = {}  # (cast dtype, channels-last, compiled) -> the networks so prepared, made once per predictor
+        # (cast dtype, channels-last, compiled) -> the networks so prepared, made once per predictor
+        self._prepared: dict = {}
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
@@ -279,7 +282,10 @@ class NnunetPredictor:
         if base not in self._prepared:  # the cast / laid-out copies, shared by the compiled wrappers
             nets = [nn.in_dtype(net, dtype) for net in self.models] if dtype else list(self.models)
             if layout:
-                nets = [channels_last_network(n if n is not m else copy.deepcopy(m)) for n, m in zip(nets, self.models, strict=False)]
+                nets = [
+                    channels_last_network(n if n is not m else copy.deepcopy(m))
+                    for n, m in zip(nets, self.models, strict=False)
+                ]
             self._prepared[base] = nets
         if key not in self._prepared:
             self._prepared[key] = [nn.compiled(net, when=options["compile"]) for net in self._prepared[base]]
@@ -312,7 +318,8 @@ class NnunetPredictor:
         volume, channels = self.read(source, findings)
         t_read = time.monotonic() - t0
         spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
-        # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises in place
+        # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises in
+        # place
         data = np.array(channels, dtype=np.float32).transpose(0, 3, 2, 1)
         spacing = spacing_xyz[::-1]
         x, props = nn.preprocess(

@@ -103,8 +103,8 @@ def decode_file(path: Path):
             arr, rescaled = _decode_sitk(path)
         except Exception:
             raise InputError(
-                f"cannot decode pixel data ({type(first).__name__}: {' '.join(str(first).split())[:200]}); expected pixel "
-                "data pydicom or SimpleITK/GDCM can decode: the file may be truncated or use a rare "
+                f"cannot decode pixel data ({type(first).__name__}: {' '.join(str(first).split())[:200]}); expected "
+                "pixel data pydicom or SimpleITK/GDCM can decode: the file may be truncated or use a rare "
                 "transfer syntax (install pylibjpeg, or re-export uncompressed)",
                 path=path,
             ) from None

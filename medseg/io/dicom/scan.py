@@ -257,7 +257,8 @@ def read_dicomdir(path: Path) -> tuple[list[Path], str]:
     except Exception as exc:  # pydicom raises many types on corrupt files
         return (
             [],
-            f"DICOMDIR index: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the folder is scanned instead",
+            f"DICOMDIR index: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the folder is "
+            "scanned instead",
         )
     found, missing, outside = [], [], []
     for parts in ids:
@@ -446,7 +447,7 @@ def _frames_from_functional_groups(ds, path: Path, base: dict) -> list[SliceInfo
     for f in range(n):
         item = per_frame[f] if f < len(per_frame) else None
 
-        def pick(seq, tag):
+        def pick(seq, tag, item=item):
             v = _group(item, seq, tag)
             return v if v is not None else _group(shared, seq, tag)
 
@@ -539,7 +540,8 @@ def _why_not_image(ds, modality: str, sop_name: str) -> str | None:
 
 
 def scan_folder(folder: str | os.PathLike, *, progress: bool = False, salt: str | None = None) -> ScanResult:
-    """Read the header of every file under ``folder`` (or that a DICOMDIR file references); never raises on a bad file."""
+    """Read the header of every file under ``folder`` (or that a DICOMDIR file references); never raises on a bad
+    file."""
     given = Path(folder)
     limit = max_voxels()  # a bad MEDSEG_MAX_VOXELS is one ConfigError here, not one per file
     problems: list = []

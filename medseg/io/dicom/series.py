@@ -202,7 +202,8 @@ def _series_row(e: SeriesEntry | None, with_identifiers: bool) -> dict:
 def scan_inventory(
     folder: str | os.PathLike, *, policy: GeometryPolicy | None = None, progress: bool = False, salt: str | None = None
 ) -> Inventory:
-    """Scan ``folder`` (or the files a DICOMDIR file lists) header-only and plan every image series (no pixel data is read)."""
+    """Scan ``folder`` (or the files a DICOMDIR file lists) header-only and plan every image series (no pixel data is
+    read)."""
     folder = Path(folder)
     if not folder.is_dir() and not is_dicomdir_file(folder):
         raise InputError("not a folder; expected a folder of DICOM files (or a DICOMDIR file)", path=folder)

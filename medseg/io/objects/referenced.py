@@ -3,8 +3,8 @@
 A structure set or SEG names its series by SeriesInstanceUID and its slices
 by SOPInstanceUID; the folder it sits in proves nothing (exports put several
 series side by side). Only an object that names neither is matched by its
-FrameOfReferenceUID, and then only when exactly one stack shares it. ``referenced_volume`` scans the given folder (or list of
-files) header-only, picks the stack whose series UID matches (or, when the
+FrameOfReferenceUID, and then only when exactly one stack shares it. ``referenced_volume`` scans the given folder (or
+list of files) header-only, picks the stack whose series UID matches (or, when the
 object names no series, the stack holding most of its referenced instances),
 and reads it with ``medseg.io.dicom.series`` so the label map lands on exactly the
 grid medseg segments and reports on. ``slice_of_sop`` then maps each source

@@ -171,7 +171,8 @@ def write_rtstruct(
     ``uid_seed``: the object's SeriesInstanceUID and SOPInstanceUID are derived from it and the source series
     (the same on every rerun; see ``medseg.io.objects.seg.write_dicom_seg``); without it they are new each time.
     ``series_uid`` (a SeriesInstanceUID or ``se...`` key) picks the source series when several share the grid
-    (default: the first stack on the grid). ``findings`` (optional list) receives ``{"kind", "action", "detail"}`` dicts (dropped fragments, absent structures).
+    (default: the first stack on the grid). ``findings`` (optional list) receives ``{"kind", "action", "detail"}``
+    dicts (dropped fragments, absent structures).
     """
     import pydicom
     from pydicom.sequence import Sequence
@@ -398,7 +399,8 @@ def _draw_structures(
 
 
 def _observation(number: int, lab: Label) -> Dataset:
-    """The RTROIObservationsSequence item of ROI ``number``: an ORGAN, with the structure's SNOMED code if it has one."""
+    """The RTROIObservationsSequence item of ROI ``number``: an ORGAN, with the structure's SNOMED code if it has
+    one."""
     from pydicom.sequence import Sequence
 
     obs = _item(ObservationNumber=number, ReferencedROINumber=number, RTROIInterpretedType="ORGAN", ROIInterpreter="")

@@ -21,7 +21,10 @@ from medseg.transforms.spatial import resample
 def test_boundary_only_labels_equal_whole_volume_trilinear_argmax(out_shape):
     torch.manual_seed(0)
     scores = torch.rand(5, 45, 35, 17).log()
-    steps = [(n_in - 1) / (n_out - 1) * f for n_in, n_out, f in zip(scores.shape[1:], out_shape, (1.0, 0.9, 1.1), strict=False)]
+    steps = [
+        (n_in - 1) / (n_out - 1) * f
+        for n_in, n_out, f in zip(scores.shape[1:], out_shape, (1.0, 0.9, 1.1), strict=False)
+    ]
     expected = resample(scores, out_shape, steps, mode="trilinear").argmax(0).numpy()
     got, conf_sum, counts = labels_from_scores(scores, out_shape, steps, chunk=1000, with_confidence=True)
     np.testing.assert_array_equal(got, expected)

@@ -68,7 +68,10 @@ def test_broken_plugin_is_reported_by_name_and_the_others_still_work(plugin_on_p
 
 def test_a_fresh_process_sees_the_plugin(plugin_on_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_on_path), os.environ.get("PYTHONPATH", "")])}
-    code = "from medseg.models import create_model; print(create_model('tiny_plugin_net', spatial_dims=2, in_channels=1, out_channels=2))"
+    code = (
+        "from medseg.models import create_model; print(create_model('tiny_plugin_net', spatial_dims=2, "
+        "in_channels=1, out_channels=2))"
+    )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Conv2d(1, 4" in res.stdout

@@ -1,5 +1,7 @@
 """Quality verdicts without ground truth (medseg.reporting.quality) on cases whose answer is known."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -209,7 +211,7 @@ def test_side_of(name, side):
 def test_thresholds_live_in_one_dataclass():
     d = quality.thresholds_dict()
     assert d["confidence_review"] == 0.80 and d["largest_share_fail"] == 0.60
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         quality.THRESHOLDS.confidence_review = 0.5  # frozen
 
 

@@ -19,7 +19,10 @@ def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
     return rz @ rx
 
 
-def grid(spacing, flips=(False, False, False), rot=np.eye(3), fov=(80.0, 70.0, 90.0), centre=(10.0, -20.0, 30.0)):
+IDENTITY = np.eye(3)  # the default rotation (made once, as the default argument it replaces was)
+
+
+def grid(spacing, flips=(False, False, False), rot=IDENTITY, fov=(80.0, 70.0, 90.0), centre=(10.0, -20.0, 30.0)):
     """A grid covering ``fov`` mm around ``centre`` (world, RAS mm)."""
     shape = tuple(int(np.ceil(f / s)) for f, s in zip(fov, spacing, strict=False))
     affine = np.eye(4)
@@ -33,7 +36,7 @@ def world_coords(shape, affine):
     return np.tensordot(affine[:3, :3], ijk, axes=1) + affine[:3, 3][:, None, None, None]
 
 
-def ellipsoid(shape, affine, centre, semi, rot=np.eye(3)):
+def ellipsoid(shape, affine, centre, semi, rot=IDENTITY):
     xyz = world_coords(shape, affine) - np.asarray(centre)[:, None, None, None]
     local = np.tensordot(rot.T, xyz, axes=1)
     return (sum((local[a] / semi[a]) ** 2 for a in range(3)) <= 1.0).astype(np.uint8)
