@@ -59,6 +59,7 @@ def _run(args) -> int:
     return r.exit_code
 
 
+# long: one verb's whole option list reads best in one place
 def add(sub) -> None:
     s = sub.add_parser("predict", help="segment images or DICOM folders; outputs sit on each input's grid")
     s.add_argument(

@@ -40,6 +40,7 @@ def _evaluate(args) -> int:
     return 0
 
 
+# long: one verb's whole option list reads best in one place
 def add(sub) -> None:
     s = sub.add_parser(
         "report", help="volumes.csv, cohort tables, QC montages and report.html from label maps (no model needed)"

@@ -255,6 +255,81 @@ def _renumbered_as(labels, table, numbering):
     return Volume(array, labels.affine, labels.source, labels.meta), out_table
 
 
+@dataclass
+class _CachedCase:
+    """One paired label object's case in the cache: its id, files, and the stamp of what it was converted from."""
+
+    case_id: str
+    series_key: str
+    folder: Path
+    image: Path
+    label: Path
+    stamp_path: Path
+    stamp: dict
+
+    def is_fresh(self) -> bool:
+        """Whether the cached image, label map and stamp are there and the stamp matches."""
+        fresh = self.image.is_file() and self.label.is_file() and self.stamp_path.is_file()
+        if fresh:
+            try:
+                fresh = json.loads(self.stamp_path.read_text()) == self.stamp
+            except ValueError:
+                fresh = False
+        return fresh
+
+
+def _pairs_table(pairs: list, stem: str, synonyms: dict | None) -> LabelTable:
+    """The label table from the ROI / segment names of all paired objects (first colour and code of a name win)."""
+    names, colors, codes = [], {}, {}
+    for ob in pairs:
+        names += ob["names"]
+        colors.update({k: v for k, v in ob["colors"].items() if k not in colors})
+        codes.update({k: v for k, v in ob["codes"].items() if k not in codes})
+    return table_from_names(names, name=stem, colors=colors, codes=codes, synonyms=synonyms)
+
+
+def _cached_case(ob: dict, cand, case_id: str, cache: Path, table: LabelTable) -> _CachedCase:
+    """Where ``ob``'s case sits under ``cache``, with the stamp of its object bytes, series instances and table."""
+    skey = cand.series.series_key
+    folder = cache / skey
+    img_path, lab_path = folder / "image.nii.gz", folder / f"{ob['key']}.label.nii.gz"
+    series_sha = hashlib.sha256("\n".join(sorted(x.sop_uid for x in cand.plan.slices)).encode()).hexdigest()
+    stamp = {
+        "object_sha256": _sha256(ob["path"]),
+        "series_instances_sha256": series_sha,
+        "table": table.to_dict(),
+        "kind": ob["kind"],
+    }
+    stamp_path = folder / f"{ob['key']}.source.json"
+    return _CachedCase(case_id, skey, folder, img_path, lab_path, stamp_path, stamp)
+
+
+def _write_cached_case(res, ob: dict, modality: str, case: _CachedCase) -> None:
+    """Write a read label object's image (int16 when it is integral CT), label map, findings and stamp."""
+    is_ct = (
+        modality == "CT"
+        and np.all(np.isfinite(res.image.array))
+        and np.array_equal(res.image.array, np.round(res.image.array))
+        and res.image.array.min() >= -32768
+        and res.image.array.max() <= 32767
+    )
+    write_volume(res.image, case.image, dtype=np.int16 if is_ct else None)
+    write_label_map(res.labels, case.label)
+    write_json(
+        case.folder / f"{ob['key']}.findings.json",
+        {
+            "case_id": case.case_id,
+            "series_key": case.series_key,
+            "label_object": ob["key"],
+            "rois": res.rois,
+            "unmapped": res.unmapped,
+            "findings": res.findings,
+        },
+    )
+    write_json(case.stamp_path, case.stamp)
+    log.info("case %s: %s %s -> label map (%d findings)", case.case_id, ob["kind"], ob["key"], len(res.findings))
+
+
 def manifest_from_dicom(
     export: str | os.PathLike,
     out: str | os.PathLike,
@@ -271,13 +346,8 @@ def manifest_from_dicom(
     export, out = Path(export), Path(out)
     inv = scan_inventory(export, progress=progress, salt=salt)
     pairs, unpaired, usable = pair_label_objects(inv, salt=salt)
-    names, colors, codes = [], {}, {}
-    for ob in pairs:
-        names += ob["names"]
-        colors.update({k: v for k, v in ob["colors"].items() if k not in colors})
-        codes.update({k: v for k, v in ob["codes"].items() if k not in codes})
     stem = out.stem
-    table = table_from_names(names, name=stem, colors=colors, codes=codes, synonyms=synonyms)
+    table = _pairs_table(pairs, stem, synonyms)
     table_path = out.with_name(stem + "_labels.yaml")
     cache = out.with_name(stem + "_cache")
     n_per_series: dict = {}
@@ -288,23 +358,8 @@ def manifest_from_dicom(
         cand = usable[ob["series_uid"]]
         skey = cand.series.series_key
         case_id = skey if n_per_series[ob["series_uid"]] == 1 else f"{skey}_{ob['key']}"
-        folder = cache / skey
-        img_path, lab_path = folder / "image.nii.gz", folder / f"{ob['key']}.label.nii.gz"
-        series_sha = hashlib.sha256("\n".join(sorted(x.sop_uid for x in cand.plan.slices)).encode()).hexdigest()
-        stamp = {
-            "object_sha256": _sha256(ob["path"]),
-            "series_instances_sha256": series_sha,
-            "table": table.to_dict(),
-            "kind": ob["kind"],
-        }
-        stamp_path = folder / f"{ob['key']}.source.json"
-        fresh = img_path.is_file() and lab_path.is_file() and stamp_path.is_file()
-        if fresh:
-            try:
-                fresh = json.loads(stamp_path.read_text()) == stamp
-            except ValueError:
-                fresh = False
-        if not fresh:
+        case = _cached_case(ob, cand, case_id, cache, table)
+        if not case.is_fresh():
             try:
                 reader = read_rtstruct if ob["kind"] == "rtstruct" else read_dicom_seg
                 res = reader(ob["path"], export, table=table, synonyms=synonyms, inventory=inv)
@@ -318,33 +373,12 @@ def manifest_from_dicom(
                     }
                 )
                 continue
-            is_ct = (
-                cand.series.modality == "CT"
-                and np.all(np.isfinite(res.image.array))
-                and np.array_equal(res.image.array, np.round(res.image.array))
-                and res.image.array.min() >= -32768
-                and res.image.array.max() <= 32767
-            )
-            write_volume(res.image, img_path, dtype=np.int16 if is_ct else None)
-            write_label_map(res.labels, lab_path)
-            write_json(
-                folder / f"{ob['key']}.findings.json",
-                {
-                    "case_id": case_id,
-                    "series_key": skey,
-                    "label_object": ob["key"],
-                    "rois": res.rois,
-                    "unmapped": res.unmapped,
-                    "findings": res.findings,
-                },
-            )
-            write_json(stamp_path, stamp)
-            log.info("case %s: %s %s -> label map (%d findings)", case_id, ob["kind"], ob["key"], len(res.findings))
+            _write_cached_case(res, ob, cand.series.modality, case)
         rows.append(
             {
                 "case_id": case_id,
-                "image": os.path.relpath(img_path, out.parent),
-                "label": os.path.relpath(lab_path, out.parent),
+                "image": os.path.relpath(case.image, out.parent),
+                "label": os.path.relpath(case.label, out.parent),
                 "split": split,
                 "series_key": skey,
                 "label_object": ob["key"],

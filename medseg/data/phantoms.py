@@ -273,10 +273,7 @@ def write_dicom_series(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vol = case.image
-    lps = LPS_TO_RAS @ vol.affine  # the same matrix converts both ways
     sx, sy, sz = vol.spacing
-    row_cos = lps[:3, 0] / sx
-    col_cos = lps[:3, 1] / sy
     series = _SeriesHeader(
         study_uid or generate_uid(),
         series_uid or generate_uid(),
@@ -287,11 +284,7 @@ def write_dicom_series(
         vol.shape,
     )
     rng = np.random.default_rng(seed)
-    positions, rank = _slice_positions(
-        lps, (row_cos, col_cos), sz, vol.shape[2], seed=seed, tilt_deg=tilt_deg, jitter_mm=position_jitter_mm
-    )
-    if instance_order == "reversed":
-        rank = len(rank) - 1 - rank
+    positions, rank, (row_cos, col_cos) = _series_geometry(vol, seed, tilt_deg, position_jitter_mm, instance_order)
     thickness = sz if slice_thickness is None else float(slice_thickness)
 
     if enhanced:
@@ -309,22 +302,43 @@ def write_dicom_series(
     copies = [k for k in range(vol.shape[2]) if k not in set(drop_slices)] + [int(k) for k in duplicate_slices]
     for k in copies:
         ds = series.dataset(CTImageStorage)
-        ds.InstanceNumber = int(rank[k]) + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cos, *col_cos)]
-        ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]  # row spacing, column spacing
-        ds.SliceThickness = f"{thickness:.6f}"
-        if tilt_deg:
-            ds.GantryDetectorTilt = f"{tilt_deg:.4f}"
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-        ds.WindowCenter, ds.WindowWidth = "40", "400"
-        ds.PixelData = _stored(vol, k).tobytes()
+        _fill_slice(ds, vol, k, int(rank[k]) + 1, positions[k], (row_cos, col_cos), thickness, tilt_deg)
         if transfer_syntax:
             _encode(ds, transfer_syntax, _stored(vol, k))
         name = f"{rng.integers(0, 2**48):012x}"  # no extension, random order
         pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
     return folder
+
+
+def _series_geometry(vol: Volume, seed: int, tilt_deg: float, jitter_mm: float, instance_order: str):
+    """Each slice's position (LPS mm), its InstanceNumber rank (0-based) and the row and column cosines."""
+    lps = LPS_TO_RAS @ vol.affine  # the same matrix converts both ways
+    sx, sy, sz = vol.spacing
+    row_cos = lps[:3, 0] / sx
+    col_cos = lps[:3, 1] / sy
+    positions, rank = _slice_positions(
+        lps, (row_cos, col_cos), sz, vol.shape[2], seed=seed, tilt_deg=tilt_deg, jitter_mm=jitter_mm
+    )
+    if instance_order == "reversed":
+        rank = len(rank) - 1 - rank
+    return positions, rank, (row_cos, col_cos)
+
+
+def _fill_slice(ds, vol: Volume, k: int, number: int, position, cosines: tuple, thickness: float, tilt_deg: float):
+    """Give one CT slice's dataset its InstanceNumber, geometry, rescale, window and (uncompressed) pixels."""
+    row_cos, col_cos = cosines
+    sx, sy, _ = vol.spacing
+    ds.InstanceNumber = number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+    ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cos, *col_cos)]
+    ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]  # row spacing, column spacing
+    ds.SliceThickness = f"{thickness:.6f}"
+    if tilt_deg:
+        ds.GantryDetectorTilt = f"{tilt_deg:.4f}"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+    ds.WindowCenter, ds.WindowWidth = "40", "400"
+    ds.PixelData = _stored(vol, k).tobytes()
 
 
 def _slice_positions(

@@ -370,6 +370,30 @@ def _segment(
     return result
 
 
+def _run_info(predictor, cases: list[CaseInput]) -> dict[str, Any]:
+    """What ``OUT/run.json`` records of the run: versions, model, device, inputs, labels and settings."""
+    return {
+        "command": "predict",
+        "versions": checkpoint.versions(),
+        "model": predictor.provenance,
+        "device": str(predictor.device),
+        "inputs": [c.source for c in cases],
+        "labels": predictor.labels.to_dict(),
+        "inference": predictor.inference,
+        "preprocessing": predictor.preprocessing,
+    }
+
+
+def _wanted_outputs(opts: PredictOptions) -> dict[str, bool]:
+    """Which optional outputs each case gets (the SR only with the SEG it measures)."""
+    return {
+        "dicom_seg": opts.dicom_seg,
+        "rtstruct": opts.rtstruct,
+        "probabilities": opts.save_probabilities,
+        "sr": opts.sr and opts.dicom_seg,
+    }
+
+
 def predict_many(
     *,
     model: PathLike | Sequence[PathLike],
@@ -414,23 +438,9 @@ def predict_many(
     refuse_overwriting_inputs(all_targets, [c for case in cases for c in case.channels])
     ensure_dir(out_dir)
     sha = predictor.provenance["model_sha256"]
-    run_info: dict[str, Any] = {
-        "command": "predict",
-        "versions": checkpoint.versions(),
-        "model": predictor.provenance,
-        "device": str(predictor.device),
-        "inputs": [c.source for c in cases],
-        "labels": predictor.labels.to_dict(),
-        "inference": predictor.inference,
-        "preprocessing": predictor.preprocessing,
-    }
+    run_info = _run_info(predictor, cases)
     write_json(out_dir / "run.json", run_info)
-    outputs = {
-        "dicom_seg": opts.dicom_seg,
-        "rtstruct": opts.rtstruct,
-        "probabilities": opts.save_probabilities,
-        "sr": opts.sr and opts.dicom_seg,
-    }
+    outputs = _wanted_outputs(opts)
     with command_log(out_dir / "predict.log"):
         log.info("predict: %d case(s) in %d input(s), model %s", len(cases), len(inputs), sha[:12])
         result = _segment(

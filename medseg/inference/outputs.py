@@ -284,12 +284,51 @@ def write_case_outputs(
             uid_seed=uid_seed,
         )
     if probabilities is not None and probs is not None:
-        written = _optional(
-            "probabilities", case_id, findings, lambda: _write_probabilities(probs, Path(probabilities))
-        )
-        if written is not None:
-            outputs["probabilities"] = _relative(written, sidecar)
-    record = plain(
+        _write_optional_probabilities(outputs, findings, case_id, probs, Path(probabilities), sidecar)
+    record = _sidecar_record(
+        case_id=case_id,
+        source=source,
+        outputs=outputs,
+        findings=findings,
+        table=table,
+        provenance=provenance,
+        inference=inference,
+        labels=labels,
+        image_meta=image_meta,
+        meta=meta,
+        versions=versions,
+        rows=rows,
+        started=started,
+    )
+    write_json(sidecar, record)  # last: its presence marks the case as written
+    return record
+
+
+def _write_optional_probabilities(outputs: dict, findings: list, case_id: str, probs, path: Path, sidecar: Path):
+    """Write the probabilities (softly: a failure is a finding) and name them in ``outputs`` when written."""
+    written = _optional("probabilities", case_id, findings, lambda: _write_probabilities(probs, path))
+    if written is not None:
+        outputs["probabilities"] = _relative(written, sidecar)
+
+
+def _sidecar_record(
+    *,
+    case_id,
+    source,
+    outputs,
+    findings,
+    table,
+    provenance,
+    inference,
+    labels,
+    image_meta,
+    meta,
+    versions,
+    rows,
+    started,
+) -> dict:
+    """The case's sidecar: outputs, findings, labels, model, inference figures, grid, versions, QC and timing."""
+    return plain(
         {
             "schema": SIDECAR_SCHEMA,
             "case_id": case_id,
@@ -310,8 +349,6 @@ def write_case_outputs(
             "seconds_total": round(time.monotonic() - started, 3) if started is not None else None,
         }
     )
-    write_json(sidecar, record)  # last: its presence marks the case as written
-    return record
 
 
 def _relative(path: Path, sidecar: Path) -> str:

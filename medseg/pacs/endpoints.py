@@ -146,6 +146,50 @@ def _redact(spec: str) -> str:
     )
 
 
+@dataclass
+class _ParsedSpec:
+    """An endpoint spec split into its parts, for the checks that follow; ``bad`` words their errors."""
+
+    spec: str
+    what: str
+    scheme: str
+    parts: urllib.parse.SplitResult
+    host: str
+    port: int | None
+    opts: dict
+
+    def bad(self, problem: str) -> ConfigError:
+        return _bad(self.spec, self.what, problem)
+
+    def number(self, key, cast, default, ok, rule):
+        """A numeric option, checked (``default`` when it is not given)."""
+        if key not in self.opts:
+            return default
+        try:
+            value = cast(self.opts[key])
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise self.bad(f"{key} must be {rule}")
+        return value
+
+
+def _spec_options(spec: str, what: str, query: str) -> dict:
+    """The ``?key=value`` options of ``spec`` (the last value of a repeated key); unknown keys are refused."""
+    opts = {}
+    for key, values in urllib.parse.parse_qs(query, keep_blank_values=True).items():
+        if key not in OPTIONS:
+            close = difflib.get_close_matches(key, list(OPTIONS), n=1)
+            raise _bad(
+                spec,
+                what,
+                f"unknown option {key!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(OPTIONS)})"),
+            )
+        opts[key] = values[-1]
+    return opts
+
+
 def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
     """Parse and check ``spec`` (see the module docstring); ``ConfigError`` naming ``what`` when it is malformed."""
     if not isinstance(spec, str) or not spec.strip():
@@ -163,83 +207,71 @@ def parse_endpoint(spec: str, *, what: str = "endpoint") -> Endpoint:
     host = parts.hostname or ""
     if not host:
         raise _bad(spec, what, "no host")
-    opts = {}
-    for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(key, list(OPTIONS), n=1)
-            raise _bad(
-                spec,
-                what,
-                f"unknown option {key!r}"
-                + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(OPTIONS)})"),
-            )
-        opts[key] = values[-1]
-
-    def number(key, cast, default, ok, rule):  # a numeric option, checked
-        if key not in opts:
-            return default
-        try:
-            value = cast(opts[key])
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise _bad(spec, what, f"{key} must be {rule}")
-        return value
-
-    timeout = number("timeout", float, 30.0, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
+    p = _ParsedSpec(spec, what, scheme, parts, host, port, _spec_options(spec, what, parts.query))
+    timeout = p.number("timeout", float, 30.0, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
     bounds = {
-        "max_studies": number("max_studies", int, MAX_STUDIES, lambda v: v > 0, "a positive whole number"),
-        "max_series": number("max_series", int, MAX_SERIES, lambda v: v > 0, "a positive whole number"),
+        "max_studies": p.number("max_studies", int, MAX_STUDIES, lambda v: v > 0, "a positive whole number"),
+        "max_series": p.number("max_series", int, MAX_SERIES, lambda v: v > 0, "a positive whole number"),
     }
-    for key in opts:
+    for key in p.opts:
         if OPTIONS[key] == ("dicomweb" if scheme == "dimse" else "dimse"):
-            raise _bad(spec, what, f"option {key!r} is for {OPTIONS[key]}:// endpoints")
+            raise p.bad(f"option {key!r} is for {OPTIONS[key]}:// endpoints")
     if scheme != "dimse":
-        bounds.update(
-            max_pages=number("max_pages", int, MAX_PAGES, lambda v: v > 0, "a positive whole number"),
-            query_deadline=number(
-                "query_deadline", float, QUERY_DEADLINE, lambda v: 0 < v <= 86400, "seconds between 0 and 86400"
-            ),
-            retrieve_deadline=number(
-                "retrieve_deadline", float, RETRIEVE_DEADLINE, lambda v: 0 < v <= 86400, "seconds between 0 and 86400"
-            ),
-        )
-        web = scheme.removeprefix("dicomweb+")
-        netloc = host if port is None else f"{host}:{port}"
-        if ":" in host:  # IPv6 literal
-            netloc = f"[{host}]" if port is None else f"[{host}]:{port}"
-        url = urllib.parse.urlunsplit((web, netloc, parts.path.rstrip("/"), "", ""))
-        return Endpoint(
-            "dicomweb",
-            host,
-            port or (443 if web == "https" else 80),
-            url=url,
-            timeout=timeout,
-            **bounds,
-            username=urllib.parse.unquote(parts.username or ""),
-            password=urllib.parse.unquote(parts.password or ""),
-        )
+        return _dicomweb_endpoint(p, timeout, bounds)
+    return _dimse_endpoint(p, timeout, bounds)
+
+
+def _dicomweb_endpoint(p: _ParsedSpec, timeout: float, bounds: dict) -> Endpoint:
+    """The DICOMweb endpoint of ``p``, after its DICOMweb-only bounds are checked."""
+    bounds.update(
+        max_pages=p.number("max_pages", int, MAX_PAGES, lambda v: v > 0, "a positive whole number"),
+        query_deadline=p.number(
+            "query_deadline", float, QUERY_DEADLINE, lambda v: 0 < v <= 86400, "seconds between 0 and 86400"
+        ),
+        retrieve_deadline=p.number(
+            "retrieve_deadline", float, RETRIEVE_DEADLINE, lambda v: 0 < v <= 86400, "seconds between 0 and 86400"
+        ),
+    )
+    host, port, parts = p.host, p.port, p.parts
+    web = p.scheme.removeprefix("dicomweb+")
+    netloc = host if port is None else f"{host}:{port}"
+    if ":" in host:  # IPv6 literal
+        netloc = f"[{host}]" if port is None else f"[{host}]:{port}"
+    url = urllib.parse.urlunsplit((web, netloc, parts.path.rstrip("/"), "", ""))
+    return Endpoint(
+        "dicomweb",
+        host,
+        port or (443 if web == "https" else 80),
+        url=url,
+        timeout=timeout,
+        **bounds,
+        username=urllib.parse.unquote(parts.username or ""),
+        password=urllib.parse.unquote(parts.password or ""),
+    )
+
+
+def _dimse_endpoint(p: _ParsedSpec, timeout: float, bounds: dict) -> Endpoint:
+    """The DIMSE endpoint of ``p``: path, AE titles, port and retrieve options checked in that order."""
+    spec, what, parts, port, opts = p.spec, p.what, p.parts, p.port, p.opts
     if parts.path not in ("", "/"):
-        raise _bad(spec, what, "a dimse:// endpoint has no path")
+        raise p.bad("a dimse:// endpoint has no path")
     if not parts.username:
-        raise _bad(spec, what, "no AE title (dimse://AET@HOST:PORT)")
+        raise p.bad("no AE title (dimse://AET@HOST:PORT)")
     if port is None or not 0 < port < 65536:
-        raise _bad(spec, what, "no port (dimse://AET@HOST:PORT)")
+        raise p.bad("no port (dimse://AET@HOST:PORT)")
     called = check_aet(urllib.parse.unquote(parts.username), f"{what} {spec!r}: called AE title")
     calling = check_aet(opts.get("calling", DEFAULT_CALLING_AET), f"{what} {spec!r}: calling")
     retrieve = opts.get("retrieve", "get").lower()
     if retrieve not in ("get", "move"):
-        raise _bad(spec, what, f"retrieve must be 'get' or 'move', not {retrieve!r}")
-    scp_port = number("scp_port", int, 0, lambda v: 0 < v < 65536, "a TCP port (1-65535)")
+        raise p.bad(f"retrieve must be 'get' or 'move', not {retrieve!r}")
+    scp_port = p.number("scp_port", int, 0, lambda v: 0 < v < 65536, "a TCP port (1-65535)")
     if retrieve == "move" and not scp_port:
-        raise _bad(
-            spec,
-            what,
-            f"retrieve=move needs scp_port=N (the port of medseg's storage SCP, known to the PACS as AE {calling!r})",
+        raise p.bad(
+            f"retrieve=move needs scp_port=N (the port of medseg's storage SCP, known to the PACS as AE {calling!r})"
         )
     return Endpoint(
         "dimse",
-        host,
+        p.host,
         port,
         called_aet=called,
         calling_aet=calling,

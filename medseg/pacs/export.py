@@ -142,6 +142,38 @@ def _uids(path: Path) -> dict:
     }
 
 
+def _send_with_retries(ep, path: Path, kind: str, entry: dict, case_id: str, retries, backoff_s, sleep, save):
+    """Send one object, retrying with a doubling wait; ``entry`` records the outcome. The error (``kind: message``)
+    when the last attempt failed too, else None."""
+    for attempt in range(1, max(0, int(retries)) + 2):
+        entry["attempts"] = attempt
+        try:
+            send(ep, path)
+        except MedsegError as exc:
+            message = " ".join(str(exc).split())
+            entry.update(status="failed", error=message)
+            if attempt <= retries:
+                wait = min(float(backoff_s) * 2 ** (attempt - 1), MAX_WAIT_S)
+                log.info(
+                    "%s: sending %s to %s failed (attempt %d: %s); retrying in %.1f s",
+                    case_id,
+                    kind,
+                    ep.display,
+                    attempt,
+                    message,
+                    wait,
+                )
+                save()
+                sleep(wait)
+                continue
+            return f"{kind}: {message}"
+        entry.update(status="sent", sent_at=_now())
+        entry.pop("error", None)
+        log.info("%s: %s sent to %s (attempt %d)", case_id, kind, ep.display, attempt)
+        return None
+    return None
+
+
 def export_case(
     destination: str | Endpoint,
     objects: dict,
@@ -207,33 +239,9 @@ def export_case(
             )
             log.info("%s: %s already sent to %s, not sent again", case_id, kind, ep.display)
             continue
-        for attempt in range(1, max(0, int(retries)) + 2):
-            entry["attempts"] = attempt
-            try:
-                send(ep, path)
-            except MedsegError as exc:
-                message = " ".join(str(exc).split())
-                entry.update(status="failed", error=message)
-                if attempt <= retries:
-                    wait = min(float(backoff_s) * 2 ** (attempt - 1), MAX_WAIT_S)
-                    log.info(
-                        "%s: sending %s to %s failed (attempt %d: %s); retrying in %.1f s",
-                        case_id,
-                        kind,
-                        ep.display,
-                        attempt,
-                        message,
-                        wait,
-                    )
-                    save()
-                    sleep(wait)
-                    continue
-                errors.append(f"{kind}: {message}")
-                break
-            entry.update(status="sent", sent_at=_now())
-            entry.pop("error", None)
-            log.info("%s: %s sent to %s (attempt %d)", case_id, kind, ep.display, attempt)
-            break
+        error = _send_with_retries(ep, path, kind, entry, case_id, retries, backoff_s, sleep, save)
+        if error is not None:
+            errors.append(error)
         save()  # after every object: a killed run knows what went out
     statuses = {o.get("status") for o in rec["objects"]}
     rec["status"] = "failed" if errors else ("sent" if statuses & {"sent", "already_sent"} else "nothing_to_send")

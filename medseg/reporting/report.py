@@ -69,6 +69,26 @@ def _provenance(label_path: PathLike) -> dict:
     return {"model": model.get("model_name", ""), "model_sha256": model.get("model_sha256", "")}
 
 
+def _checked_case_ids(
+    labels: Sequence[PathLike], images: Sequence[PathLike] | None, case_ids: Sequence[str] | None
+) -> list[str]:
+    """The case ids (given, else from the label map names), after checking there are label maps, one image per
+    label map when images are given, and no id twice."""
+    if not labels:
+        raise InputError("no label maps given")
+    if images is not None and len(images) != len(labels):
+        raise InputError(
+            f"{len(labels)} label maps but {len(images)} images; give one image per label map, in the same order"
+        )
+    ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
+    if len(set(ids)) != len(ids):
+        dup = sorted({c for c in ids if ids.count(c) > 1})
+        raise InputError(
+            f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids"
+        )
+    return ids
+
+
 def write_volumes_report(
     *,
     labels: Sequence[PathLike],
@@ -101,18 +121,7 @@ def write_volumes_report(
     of its inputs, for the quality verdicts' input check (``medseg.api.report`` passes
     ``medseg.inference.outputs.expected_for_model``; None: no input check).
     """
-    if not labels:
-        raise InputError("no label maps given")
-    if images is not None and len(images) != len(labels):
-        raise InputError(
-            f"{len(labels)} label maps but {len(images)} images; give one image per label map, in the same order"
-        )
-    ids = list(case_ids) if case_ids else [case_id_for(p) for p in labels]
-    if len(set(ids)) != len(ids):
-        dup = sorted({c for c in ids if ids.count(c) > 1})
-        raise InputError(
-            f"case ids {dup} occur more than once (from the label map names); give distinct file names or case_ids"
-        )
+    ids = _checked_case_ids(labels, images, case_ids)
     table, value_maps = one_table(labels, explicit_table(label_table))
     out_dir = Path(out)
     targets = [out_dir / n for n in ("volumes.csv", "volumes_wide.csv", "summary.csv", "report.html")]

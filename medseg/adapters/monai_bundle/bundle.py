@@ -588,6 +588,56 @@ def _labels(metadata: dict, pred_key: str, out_channels: int, binary: bool, name
     return LabelTable(name, tuple(Label(i, n) for i, n in sorted(fg.items())))
 
 
+def _prediction_key(r: _Resolver, post: list, image_key: str) -> str:
+    """The one key the postprocessing transforms (default ``pred``), after checking their keys and options."""
+    pred_keys = {
+        k
+        for s in post
+        if s.name != "SaveImaged"
+        for k in ([s.kwargs["keys"]] if isinstance(s.kwargs["keys"], str) else s.kwargs["keys"])
+    }
+    if len(pred_keys) > 1:
+        r.fail("postprocessing", f"transforms of several keys {sorted(pred_keys)}; medseg runs one prediction key")
+    pred_key = pred_keys.pop() if pred_keys else "pred"
+    for s in post:
+        if s.name == "Invertd" and s.kwargs.get("orig_keys", image_key) not in (image_key, [image_key]):
+            r.fail(f"{s.where}.orig_keys", f"{_short(s.kwargs['orig_keys'])}: expected the image key {image_key!r}")
+        if s.name == "Activationsd" and s.kwargs.get("softmax") and s.kwargs.get("sigmoid"):
+            r.fail(s.where, "softmax and sigmoid together")
+        if s.name == "AsDiscreted" and s.kwargs.get("dim", 0) != 0:
+            r.fail(f"{s.where}.dim", "medseg reduces over the channel axis (dim 0) only")
+    return pred_key
+
+
+def _check_activation(r: _Resolver, post: list, out_ch: int) -> None:
+    """Refuse sigmoid over several channels and one channel without sigmoid (no label map, or no threshold)."""
+    sigmoid = any(s.name == "Activationsd" and s.kwargs.get("sigmoid") for s in post)
+    if sigmoid and out_ch > 1:
+        r.fail(
+            "postprocessing",
+            f"sigmoid over {out_ch} channels gives overlapping structures, not one label map; "
+            "medseg runs softmax/argmax bundles and single-channel sigmoid bundles",
+        )
+    if out_ch == 1 and not sigmoid:
+        r.fail(
+            "postprocessing", "one output channel without Activationsd(sigmoid=true): medseg cannot tell its threshold"
+        )
+
+
+def _weights_file(folder: Path) -> Path:
+    """The bundle's state dict file; refused when missing (with a word on TorchScript when only that is there)."""
+    weights_file = folder / WEIGHTS
+    if not weights_file.is_file():
+        if (folder / "models" / "model.ts").is_file():
+            raise CheckpointError(
+                "only models/model.ts (TorchScript) is present; medseg does not run TorchScript "
+                "(it carries its own code): give the bundle's models/model.pt (a state dict)",
+                path=folder,
+            )
+        raise CheckpointError(f"no {WEIGHTS} in this bundle", path=folder)
+    return weights_file
+
+
 def load_bundle(path) -> Bundle:
     """Read and check a MONAI bundle folder; nothing of it is evaluated (see the module docstring)."""
     folder = Path(path)
@@ -615,45 +665,12 @@ def load_bundle(path) -> Bundle:
     pre = _transforms(r, "preprocessing", PREPROCESSING, image_key=image_key)
     post = _transforms(r, "postprocessing", POSTPROCESSING, image_key=None)
     inferer, inf_kwargs = _inferer(r)
-    pred_keys = {
-        k
-        for s in post
-        if s.name != "SaveImaged"
-        for k in ([s.kwargs["keys"]] if isinstance(s.kwargs["keys"], str) else s.kwargs["keys"])
-    }
-    if len(pred_keys) > 1:
-        r.fail("postprocessing", f"transforms of several keys {sorted(pred_keys)}; medseg runs one prediction key")
-    pred_key = pred_keys.pop() if pred_keys else "pred"
-    for s in post:
-        if s.name == "Invertd" and s.kwargs.get("orig_keys", image_key) not in (image_key, [image_key]):
-            r.fail(f"{s.where}.orig_keys", f"{_short(s.kwargs['orig_keys'])}: expected the image key {image_key!r}")
-        if s.name == "Activationsd" and s.kwargs.get("softmax") and s.kwargs.get("sigmoid"):
-            r.fail(s.where, "softmax and sigmoid together")
-        if s.name == "AsDiscreted" and s.kwargs.get("dim", 0) != 0:
-            r.fail(f"{s.where}.dim", "medseg reduces over the channel axis (dim 0) only")
-    sigmoid = any(s.name == "Activationsd" and s.kwargs.get("sigmoid") for s in post)
+    pred_key = _prediction_key(r, post, image_key)
     out_ch = int(net_kwargs["out_channels"])
-    if sigmoid and out_ch > 1:
-        r.fail(
-            "postprocessing",
-            f"sigmoid over {out_ch} channels gives overlapping structures, not one label map; "
-            "medseg runs softmax/argmax bundles and single-channel sigmoid bundles",
-        )
-    if out_ch == 1 and not sigmoid:
-        r.fail(
-            "postprocessing", "one output channel without Activationsd(sigmoid=true): medseg cannot tell its threshold"
-        )
+    _check_activation(r, post, out_ch)
     name = str(metadata.get("name") or folder.name)
     labels = _labels(metadata, pred_key, out_ch, out_ch == 1, name, folder / "configs" / "metadata.json")
-    weights_file = folder / WEIGHTS
-    if not weights_file.is_file():
-        if (folder / "models" / "model.ts").is_file():
-            raise CheckpointError(
-                "only models/model.ts (TorchScript) is present; medseg does not run TorchScript "
-                "(it carries its own code): give the bundle's models/model.pt (a state dict)",
-                path=folder,
-            )
-        raise CheckpointError(f"no {WEIGHTS} in this bundle", path=folder)
+    weights_file = _weights_file(folder)
     weights = load_weights(weights_file, torch)
     return Bundle(
         folder=folder,

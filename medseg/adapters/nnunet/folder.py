@@ -687,22 +687,9 @@ class NnunetModel:
         return nets
 
 
-def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> NnunetModel:
-    """Read and check an nnU-Net v2 trained-model folder (``folds``: e.g. ``[0, 1]`` or ``["all"]``;
-    default every ``fold_*`` holding the checkpoint; ``checkpoint``: "final" or "best")."""
-    folder = Path(path)
-    if not is_nnunet_folder(folder):
-        raise CheckpointError(
-            "not an nnU-Net trained-model folder (expected plans.json, dataset.json and fold_N/)", path=folder
-        )
-    if checkpoint not in CHECKPOINT_NAMES:
-        raise CheckpointError(f"checkpoint {checkpoint!r}: expected one of {sorted(CHECKPOINT_NAMES)}", path=folder)
-    ck_name = CHECKPOINT_NAMES[checkpoint]
-    plans = _read_json(folder / "plans.json")
-    dataset = _read_json(folder / "dataset.json")
-    fold_names = [str(f) for f in folds] if folds else discover_folds(folder, ck_name)
-    if not fold_names:
-        raise CheckpointError(f"no fold_*/{ck_name} in this nnU-Net folder", path=folder)
+def _fold_checkpoints(folder: Path, fold_names: list, ck_name: str) -> tuple[list, str, str]:
+    """Each fold's checkpoint, the trainer and the configuration they share (refused when they differ, or when the
+    trainer is not nnUNetTrainer or a variant that changes training only)."""
     ckpts = []
     for f in fold_names:
         ckpts.append(load_nnunet_checkpoint(folder / f"fold_{f}" / ck_name))
@@ -720,7 +707,12 @@ def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> Nnunet
             "describes; medseg runs nnUNetTrainer and its variants that change training only",
             path=folder,
         )
-    conf = configuration_dict(plans, config_name, path=folder / "plans.json")
+    return ckpts, trainer, config_name
+
+
+def _check_supported(folder: Path, plans: dict, dataset: dict, conf: dict, config_name: str) -> list:
+    """Refuse what medseg does not follow: cascades, other image readers, label managers, resampling or
+    normalisation. Returns the normalisation schemes."""
     if conf.get("previous_stage") or "cascade" in config_name:
         raise CheckpointError(
             f"configuration {config_name!r} is a cascade stage (needs the previous stage's "
@@ -747,6 +739,29 @@ def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> Nnunet
         raise CheckpointError(
             f"normalization {bad} is not supported (medseg follows {list(SUPPORTED_NORMALIZATION)})", path=folder
         )
+    return schemes
+
+
+def load_nnunet_folder(path, *, folds=None, checkpoint: str = "final") -> NnunetModel:
+    """Read and check an nnU-Net v2 trained-model folder (``folds``: e.g. ``[0, 1]`` or ``["all"]``;
+    default every ``fold_*`` holding the checkpoint; ``checkpoint``: "final" or "best")."""
+    folder = Path(path)
+    if not is_nnunet_folder(folder):
+        raise CheckpointError(
+            "not an nnU-Net trained-model folder (expected plans.json, dataset.json and fold_N/)", path=folder
+        )
+    if checkpoint not in CHECKPOINT_NAMES:
+        raise CheckpointError(f"checkpoint {checkpoint!r}: expected one of {sorted(CHECKPOINT_NAMES)}", path=folder)
+    ck_name = CHECKPOINT_NAMES[checkpoint]
+    plans = _read_json(folder / "plans.json")
+    dataset = _read_json(folder / "dataset.json")
+    fold_names = [str(f) for f in folds] if folds else discover_folds(folder, ck_name)
+    if not fold_names:
+        raise CheckpointError(f"no fold_*/{ck_name} in this nnU-Net folder", path=folder)
+    ckpts, trainer, config_name = _fold_checkpoints(folder, fold_names, ck_name)
+    first = ckpts[0]
+    conf = configuration_dict(plans, config_name, path=folder / "plans.json")
+    schemes = _check_supported(folder, plans, dataset, conf, config_name)
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     in_channels = len(channels)
     if in_channels < 1 or len(schemes) != in_channels:

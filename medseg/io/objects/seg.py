@@ -351,23 +351,10 @@ def read_dicom_seg(
     image = ref.volume
     segs = head["segments"]
     if table is None:
-        table = table_from_names(
-            [s["name"] for s in segs],
-            name="seg",
-            codes={s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")},
-            synonyms=synonyms,
-        )
+        table = _segments_table(segs, synonyms)
     matcher = NameMatcher(table, synonyms)
     by_code = {str(lab.snomed): lab for lab in table.labels if lab.snomed}
-    findings: list[Finding] = [
-        Finding(
-            "unnamed_segment",
-            "renamed",
-            f"segment {s['number']}'s label {s['renamed_from']!r} has no letter or digit: read as {s['name']!r}",
-        )
-        for s in segs
-        if "renamed_from" in s
-    ]
+    findings = _renamed_findings(segs)
     sources = [uid for uid in ref.sop_slice if uid in sop_uids]
     if not sources:
         raise InputError(
@@ -395,34 +382,68 @@ def read_dicom_seg(
         if lab is None:
             unmapped.append(s["name"])
             continue
-        try:
-            px = seg.get_pixels_by_source_instance(
-                sources, segment_numbers=[s["number"]], assert_missing_frames_are_empty=True, rescale_fractional=True
-            )
-        except Exception as exc:  # highdicom's checks of the frames (values over the maximum, missing frames ...)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise InputError(
-                f"segment {s['number']} ({s['name']!r}) cannot be read ({type(exc).__name__}: {first})", path=path
-            ) from None
-        px = px[..., 0] if px.ndim == 4 else px
-        masks = px >= fraction_threshold if fractional else px > 0
+        masks = _segment_masks(seg, sources, s, fractional, fraction_threshold, path)
         for uid, frame in zip(sources, masks, strict=False):
             if frame.any():
                 slices[lab.index][ref.sop_slice[uid]].append(frame.T)
                 rec["voxels"] += int(frame.sum())
+    findings += _duplicate_findings(rois)
+    array, overlaps = combine_structures(slices, image.shape, table, overlap)
+    findings += overlap_findings(overlaps, table, overlap)
+    return label_object(path, "dicom-seg", head["key"], array, image, table, rois, unmapped, findings, unit="segment")
+
+
+def _segments_table(segs: list, synonyms: dict | None) -> LabelTable:
+    """The label table made from the segments' names (and their SNOMED codes) when none is given."""
+    return table_from_names(
+        [s["name"] for s in segs],
+        name="seg",
+        codes={s["name"]: s["code"] for s in segs if s["code"] and s["scheme"] in ("SCT", "SRT")},
+        synonyms=synonyms,
+    )
+
+
+def _renamed_findings(segs: list) -> list[Finding]:
+    """A finding for each segment whose label had no letter or digit and was read under another name."""
+    return [
+        Finding(
+            "unnamed_segment",
+            "renamed",
+            f"segment {s['number']}'s label {s['renamed_from']!r} has no letter or digit: read as {s['name']!r}",
+        )
+        for s in segs
+        if "renamed_from" in s
+    ]
+
+
+def _segment_masks(seg, sources: list, segment: dict, fractional: bool, threshold: float, path) -> np.ndarray:
+    """Segment ``segment``'s masks, a frame per source instance in ``sources`` (a fractional SEG's at ``threshold``)."""
+    try:
+        px = seg.get_pixels_by_source_instance(
+            sources, segment_numbers=[segment["number"]], assert_missing_frames_are_empty=True, rescale_fractional=True
+        )
+    except Exception as exc:  # highdicom's checks of the frames (values over the maximum, missing frames ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"segment {segment['number']} ({segment['name']!r}) cannot be read ({type(exc).__name__}: {first})",
+            path=path,
+        ) from None
+    px = px[..., 0] if px.ndim == 4 else px
+    return px >= threshold if fractional else px > 0
+
+
+def _duplicate_findings(rois: list) -> list[Finding]:
+    """A finding for each structure that more than one segment maps to (their masks are united)."""
     dup = defaultdict(list)
     for r in rois:
         if r["label"] is not None:
             dup[r["label"]].append(r["name"])
-    for _idx, names in dup.items():
-        if len(names) > 1:
-            findings.append(
-                Finding(
-                    "duplicate_structure",
-                    "accepted",
-                    f"{len(names)} segments ({', '.join(map(repr, names))}) name one structure: united",
-                )
-            )
-    array, overlaps = combine_structures(slices, image.shape, table, overlap)
-    findings += overlap_findings(overlaps, table, overlap)
-    return label_object(path, "dicom-seg", head["key"], array, image, table, rois, unmapped, findings, unit="segment")
+    return [
+        Finding(
+            "duplicate_structure",
+            "accepted",
+            f"{len(names)} segments ({', '.join(map(repr, names))}) name one structure: united",
+        )
+        for names in dup.values()
+        if len(names) > 1
+    ]

@@ -20,6 +20,7 @@ OHIF, 3D Slicer (QuantitativeReporting) and dcmqi's ``tid1500reader`` read these
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -97,54 +98,15 @@ def write_measurement_report(
     segment_of = {item.SegmentLabel: int(item.SegmentNumber) for item in seg.SegmentSequence}
     source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
     modality = (modality or _source_modality(seg)).upper()
+    ctx = _ReportContext(seg, source_series, modality, software_version, model_sha256, uid_seed)
     groups = []
     for row in rows:
         name = str(row["structure"])
         if name not in segment_of or not row.get("voxel_count"):
             continue
         lab = next((lab for lab in table.labels if lab.name == name), None)
-        finding = (
-            hd.sr.CodedConcept(lab.snomed, "SCT", name)
-            if lab is not None and lab.snomed
-            else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
-        )
-        evaluations = []
-        verdict = (verdicts or {}).get(name)
-        if verdict in QUALITY_VALUES:
-            evaluations.append(hd.sr.QualitativeEvaluation(name=_code(QUALITY), value=_code(QUALITY_VALUES[verdict])))
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=_uid(uid_seed, seg, f"tracking {name}"), identifier=name
-                ),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=seg.SOPClassUID,
-                    sop_instance_uid=seg.SOPInstanceUID,
-                    segment_number=segment_of[name],
-                    source_series=hd.sr.SourceSeriesForSegmentation(source_series),
-                ),
-                finding_type=finding,
-                algorithm_id=hd.sr.AlgorithmIdentification(
-                    name="medseg",
-                    version=software_version,
-                    parameters=[f"model sha256 {model_sha256}"] if model_sha256 else None,
-                ),
-                measurements=_measurements(row, modality),
-                qualitative_evaluations=evaluations or None,
-            )
-        )
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=_uid(uid_seed, seg, "device"),
-        name="medseg",
-        manufacturer_name="medseg",
-        model_name=f"medseg {software_version}",
-        serial_number=(model_sha256 or "unknown")[:64],
-    )
-    context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device
-        )
-    )
+        groups.append(_roi_group(ctx, row, lab, segment_of[name], (verdicts or {}).get(name)))
+    context = _device_context(_uid(uid_seed, seg, "device"), software_version, model_sha256)
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=_code(PROCEDURES.get(modality, PROCEDURES["CT"])),
@@ -167,6 +129,68 @@ def write_measurement_report(
     with atomic_path(path) as tmp:
         sr.save_as(tmp)
     return Path(path)
+
+
+@dataclass
+class _ReportContext:
+    """What every measurement group of one report shares: the SEG, its source series, the modality and the
+    software that measured."""
+
+    seg: object
+    source_series: str
+    modality: str
+    software_version: str
+    model_sha256: str
+    uid_seed: str | None
+
+
+def _roi_group(ctx: _ReportContext, row: dict, lab, segment_number: int, verdict):
+    """One structure's measurement group: its finding (the label's SNOMED code, else Tissue), the segment it
+    measures, its measurements and quality verdict."""
+    name = str(row["structure"])
+    finding = (
+        hd.sr.CodedConcept(lab.snomed, "SCT", name)
+        if lab is not None and lab.snomed
+        else hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+    )
+    evaluations = []
+    if verdict in QUALITY_VALUES:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=_code(QUALITY), value=_code(QUALITY_VALUES[verdict])))
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_uid(ctx.uid_seed, ctx.seg, f"tracking {name}"), identifier=name
+        ),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=ctx.seg.SOPClassUID,
+            sop_instance_uid=ctx.seg.SOPInstanceUID,
+            segment_number=segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(ctx.source_series),
+        ),
+        finding_type=finding,
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name="medseg",
+            version=ctx.software_version,
+            parameters=[f"model sha256 {ctx.model_sha256}"] if ctx.model_sha256 else None,
+        ),
+        measurements=_measurements(row, ctx.modality),
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def _device_context(uid: str, software_version: str, model_sha256: str):
+    """The observation context: medseg, the device, is the observer."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=uid,
+        name="medseg",
+        manufacturer_name="medseg",
+        model_name=f"medseg {software_version}",
+        serial_number=(model_sha256 or "unknown")[:64],
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device
+        )
+    )
 
 
 def _source_modality(seg) -> str:
