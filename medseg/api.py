@@ -58,46 +58,8 @@ from medseg.training import planning, trainer
 PathLike = str | os.PathLike
 
 
-def train(
-    *,
-    config: PathLike,
-    manifest: PathLike,
-    out: PathLike,
-    overrides: Sequence[str] | None = None,
-    progress: bool = True,
-    device=None,
-    resume: bool = False,
-    fold: int | None = None,
-    epochs: int | None = None,
-    max_minutes: float | None = None,
-    nproc: int = 1,
-    labels=None,
-):
-    """Train a model from a YAML config and a data manifest; returns a ``TrainResult``.
-
-    ``labels`` (a ``LabelTable`` or a table file) replaces the config's label table: the
-    ``train_and_evaluate`` pipeline passes the data set's own.
-
-    ``resume`` continues the run in ``out`` (same config) after its last finished
-    epoch; ``fold`` validates on the manifest's cases of that fold; ``epochs`` and
-    ``max_minutes`` are shortcuts for ``training.epochs`` / ``training.max_minutes`` (with a budget the
-    learning rate follows the fraction of it spent and the run uses all of it; epochs are then not used);
-    ``nproc > 1`` trains with that many DistributedDataParallel processes.
-    """
-    return trainer.train_from_files(
-        config=config,
-        manifest=manifest,
-        out=out,
-        overrides=overrides,
-        progress=progress,
-        device=device,
-        resume=resume,
-        fold=fold,
-        epochs=epochs,
-        max_minutes=max_minutes,
-        nproc=nproc,
-        labels=labels,
-    )
+#: ``train(config=, manifest=, out=, ...)``: the training front door itself (``trainer.train_from_files``).
+train = trainer.train_from_files
 
 
 def predict(

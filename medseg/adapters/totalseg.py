@@ -60,7 +60,7 @@ import numpy as np
 from medseg.adapters.nnunet.folder import load_nnunet_folder
 from medseg.adapters.nnunet.predictor import NnunetOptions, NnunetPredictor, folder_sha256
 from medseg.errors import CheckpointError, ConfigError, GeometryError
-from medseg.inference.predictor import intensity_fill_value, read_case_channels, resolve_device
+from medseg.inference.predictor import ChannelReader, resolve_device
 from medseg.io.volume import Volume
 from medseg.labels import Label, LabelTable
 from medseg.provenance import peak_rss_mb
@@ -325,7 +325,7 @@ class TotalsegOptions:
         )
 
 
-class TotalSegmentatorPredictor:
+class TotalSegmentatorPredictor(ChannelReader):
     """TotalSegmentator's task as one ``Predictor``: reorient, resample, nnU-Net per part, merge, back to the input
     grid."""
 
@@ -377,16 +377,6 @@ class TotalSegmentatorPredictor:
             "in_channels": 1,
             "trained_with": {},
         }
-
-    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
-        """The case's image through medseg's checks (one channel, NaN/Inf policy)."""
-        return read_case_channels(
-            source,
-            in_channels=self.in_channels,
-            nonfinite=self.inference["nonfinite"],
-            fill_value=intensity_fill_value(self.preprocessing),
-            findings=findings,
-        )
 
     def _label_dtype(self):
         return np.uint8 if self.labels.num_classes - 1 < 256 else np.uint16

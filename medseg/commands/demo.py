@@ -1,17 +1,11 @@
 """``medseg demo``: train on phantoms, segment DICOM phantoms, report."""
 
 from medseg import api
+from medseg.commands import from_args
 
 
 def _run(args) -> int:
-    res = api.demo(
-        out=args.out,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        epochs=args.epochs,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    res = api.demo(**from_args(args, "out n_train n_test epochs seed"), progress=not args.no_progress)
     return 0 if res["mean_dice"] >= args.min_dice else 1
 
 

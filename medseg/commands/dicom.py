@@ -1,17 +1,13 @@
 """``medseg dicom scan`` (inventory of a DICOM folder) and ``medseg convert`` (image series -> NIfTI)."""
 
 from medseg import api
+from medseg.commands import NO_PROGRESS_HELP, add_grid_policy, from_args
 
 
 def _scan(args) -> int:
     inv, series_csv, files_csv = api.scan_dicom(
-        folder=args.folder,
-        out=args.out,
-        resample_irregular=args.resample_irregular,
-        refuse_tilt=args.refuse_tilt,
+        **from_args(args, "folder out resample_irregular refuse_tilt with_identifiers salt"),
         progress=not args.no_progress,
-        with_identifiers=args.with_identifiers,
-        salt=args.salt,
     )
     n_ok = sum(e.segmentable for e in inv.entries)
     print(
@@ -23,17 +19,11 @@ def _scan(args) -> int:
 
 def _convert(args) -> int:
     r = api.convert_dicom(
-        folder=args.folder,
-        out=args.out,
+        **from_args(
+            args, "folder out min_slices description resample_irregular refuse_tilt with_identifiers salt label_table"
+        ),
         modalities=args.modality or (),
-        min_slices=args.min_slices,
-        description=args.description,
-        resample_irregular=args.resample_irregular,
-        refuse_tilt=args.refuse_tilt,
         progress=not args.no_progress,
-        with_identifiers=args.with_identifiers,
-        salt=args.salt,
-        label_table=args.label_table,
     )
     n_lab = sum(row.get("status") == "converted" for row in r.label_maps)
     extra = f", {n_lab} RTSTRUCT/SEG label maps" if r.label_maps else ""
@@ -42,25 +32,14 @@ def _convert(args) -> int:
 
 
 def _common(p) -> None:
-    p.add_argument(
-        "--resample-irregular",
-        action="store_true",
-        help="interpolate series with missing slices or uneven spacing onto a regular grid (default: refuse)",
-    )
-    p.add_argument(
-        "--refuse-tilt",
-        action="store_true",
-        help="refuse gantry-tilted series (default: resample them onto an orthogonal grid)",
-    )
+    add_grid_policy(p)
     p.add_argument(
         "--with-identifiers",
         action="store_true",
         help="also write PatientName/ID/BirthDate, AccessionNumber and UIDs (off: pseudonymous keys only)",
     )
     p.add_argument("--salt", help="salt of the study/series keys (default: $MEDSEG_KEY_SALT or a fixed one)")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)"
-    )
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
 def add(sub) -> None:

@@ -1,24 +1,17 @@
 """``medseg listen --ae-title AE --port N --pipeline P.yaml --out RUN_DIR``: a DICOM receiving node."""
 
 from medseg import api
+from medseg.commands import from_args
 
 
 def _listen(args) -> int:
     api.listen(
-        ae_title=args.ae_title,
-        port=args.port,
-        pipeline=args.pipeline,
-        out=args.out,
-        host=args.host,
-        allow_ae=args.allow_ae,
-        quiet_seconds=args.quiet_seconds,
-        spool_max_gb=args.spool_max_gb,
+        **from_args(
+            args,
+            "ae_title port pipeline out host allow_ae quiet_seconds spool_max_gb "
+            "tls_cert tls_key tls_ca device keep_spool",
+        ),
         overrides=args.set,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_ca=args.tls_ca,
-        device=args.device,
-        keep_spool=args.keep_spool,
     )
     return 0
 

@@ -3,6 +3,7 @@
 import sys
 
 from medseg import api
+from medseg.commands import add_grid_policy
 
 
 def _overrides(args) -> dict:
@@ -81,16 +82,7 @@ def add(sub) -> None:
     d.add_argument("--modality", action="append", help="only this modality (repeatable), e.g. CT")
     d.add_argument("--min-slices", type=int, default=1, help="only stacks with at least this many slices")
     d.add_argument("--series-description", help="only series whose description matches this regular expression")
-    d.add_argument(
-        "--resample-irregular",
-        action="store_true",
-        help="interpolate series with missing slices or uneven spacing onto a regular grid (default: refuse)",
-    )
-    d.add_argument(
-        "--refuse-tilt",
-        action="store_true",
-        help="refuse gantry-tilted series (default: resample them onto an orthogonal grid)",
-    )
+    add_grid_policy(d)
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--overwrite", action="store_true", help="redo cases already segmented by the same model")
     s.add_argument(

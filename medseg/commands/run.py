@@ -3,24 +3,16 @@
 import sys
 
 from medseg import api
+from medseg.commands import NO_PROGRESS_HELP, from_args
 
 
 def _run(args) -> int:
     r = api.run(
-        pipeline=args.pipeline,
-        input=args.input,
-        out=args.out,
+        **from_args(
+            args, "pipeline input out resume engine workers address device query accessions cache cache_max_gb"
+        ),
         overrides=args.set,
-        resume=args.resume,
-        engine=args.engine,
-        workers=args.workers,
-        address=args.address,
         progress=not args.no_progress,
-        device=args.device,
-        query=args.query,
-        accessions=args.accessions,
-        cache=args.cache,
-        cache_max_gb=args.cache_max_gb,
     )
     print(f"{len(r.done)} done, {len(r.skipped)} already done, {len(r.failures)} failed of {r.n_cases} -> {r.run_dir}")
     for cid, err in r.failures.items():
@@ -74,9 +66,7 @@ def add(sub) -> None:
     )
     s.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: the pipeline's, else cuda when available)")
-    s.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)"
-    )
+    s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     g = s.add_argument_group("PACS input (--input ENDPOINT)")
     g.add_argument(
         "--query",

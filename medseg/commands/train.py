@@ -1,21 +1,14 @@
 """``medseg train``: train a model from a config and a data manifest."""
 
 from medseg import api
+from medseg.commands import NO_PROGRESS_HELP, from_args
 
 
 def _run(args) -> int:
     r = api.train(
-        config=args.config,
-        manifest=args.manifest,
-        out=args.out,
+        **from_args(args, "config manifest out resume fold epochs max_minutes device nproc"),
         overrides=args.set,
         progress=not args.no_progress,
-        resume=args.resume,
-        fold=args.fold,
-        epochs=args.epochs,
-        max_minutes=args.max_minutes,
-        device=args.device,
-        nproc=args.nproc,
     )
     print(f"best validation mean Dice {r.best_mean_dice:.3f} (epoch {r.best_epoch}); checkpoint {r.best_checkpoint}")
     for k, v in r.per_structure_dice.items():
@@ -45,7 +38,5 @@ def add(sub) -> None:
     s.add_argument(
         "--nproc", type=int, default=1, help="data-parallel processes (DDP: gloo on CPU, NCCL with one GPU each)"
     )
-    s.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (a plain line now and then is still printed)"
-    )
+    s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     s.set_defaults(func=_run)

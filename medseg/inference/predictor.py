@@ -257,7 +257,29 @@ class _NetworkGrid(NamedTuple):
     oriented_shape: tuple
 
 
-class CheckpointPredictor:
+class ChannelReader:
+    """``read``: a case's channels through ``read_case_channels`` with the predictor's channel count
+    (``in_channels``), NaN/Inf policy (``inference["nonfinite"]``) and fill (``nonfinite_fill()``)."""
+
+    in_channels: int
+    inference: dict
+    preprocessing: dict
+
+    def nonfinite_fill(self) -> FillValue:
+        """The fill of NaN/Inf voxels: the intensity scheme's (``intensity_fill_value``)."""
+        return intensity_fill_value(self.preprocessing)
+
+    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
+        return read_case_channels(
+            source,
+            in_channels=self.in_channels,
+            nonfinite=self.inference["nonfinite"],
+            fill_value=self.nonfinite_fill(),
+            findings=findings,
+        )
+
+
+class CheckpointPredictor(ChannelReader):
     """medseg checkpoint(s) as a ``Predictor``: one model, or an ensemble averaged in probability."""
 
     def __init__(
@@ -339,16 +361,6 @@ class CheckpointPredictor:
             device=device,
             provenance=provenance,
             progress=progress,
-        )
-
-    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
-        """``read_case_channels`` with this model's channel count, NaN/Inf policy and intensity fill."""
-        return read_case_channels(
-            source,
-            in_channels=self.in_channels,
-            nonfinite=self.inference["nonfinite"],
-            fill_value=intensity_fill_value(self.preprocessing),
-            findings=findings,
         )
 
     def _probabilities(self, x, stats: dict):

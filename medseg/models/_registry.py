@@ -132,15 +132,3 @@ def create_volume_model(name: str, *, spatial_dims: int, in_channels: int, out_c
     if spatial_dims == 2:
         net = SliceWise(net, axis=-1)
     return net
-
-
-__all__ = [
-    "MODELS",
-    "ModelSpec",
-    "create_model",
-    "create_volume_model",
-    "input_divisor",
-    "list_models",
-    "model_info",
-    "param_count",
-]

@@ -28,29 +28,15 @@ import numpy as np
 from medseg.io.atomic import atomic_path
 from medseg.io.geometry import to_closest_ras
 from medseg.io.volume import Volume
-from medseg.labels import LabelTable, display_colors
+from medseg.labels import PALETTE, LabelTable, display_colors
 from medseg.reporting.volumes import structure_rows
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU)
-_DEFAULT_COLOURS = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (170, 110, 40),
-]
 
 
 def colour_of(table: LabelTable, index: int) -> tuple[float, float, float]:
     """The structure's display colour (``medseg.labels.display_colors``: distinct, as in the SEG and RTSTRUCT)."""
-    r, g, b = display_colors(table).get(index) or _DEFAULT_COLOURS[index % len(_DEFAULT_COLOURS)]
+    r, g, b = display_colors(table).get(index) or PALETTE[index % len(PALETTE)]
     return (r / 255.0, g / 255.0, b / 255.0)
 
 

@@ -463,42 +463,7 @@ class PipelineRun:
             self.rd.release()
 
 
-def run_pipeline(
-    *,
-    pipeline,
-    input,
-    out,
-    overrides=None,
-    resume: bool = False,
-    engine: str = "local",
-    workers: int = 1,
-    address: str | None = None,
-    progress: bool = True,
-    device: str | None = None,
-    ray_init: dict | None = None,
-    query=None,
-    accessions=None,
-    cache=None,
-    cache_max_gb: float | None = None,
-) -> RunResult:
-    """Run ``pipeline`` (a YAML path) over ``input`` (a folder of cases or a manifest) into ``out``
-    (``RunSettings`` says what each argument means)."""
-    return PipelineRun(
-        RunSettings(
-            pipeline=pipeline,
-            input=input,
-            out=out,
-            overrides=overrides,
-            resume=resume,
-            engine=engine,
-            workers=workers,
-            address=address,
-            progress=progress,
-            device=device,
-            ray_init=ray_init,
-            query=query,
-            accessions=accessions,
-            cache=cache,
-            cache_max_gb=cache_max_gb,
-        )
-    ).run()
+def run_pipeline(**settings) -> RunResult:
+    """Run ``pipeline`` (a YAML path) over ``input`` (a folder of cases or a manifest) into ``out``; ``settings``
+    are the fields of ``RunSettings``, which says what each means."""
+    return PipelineRun(RunSettings(**settings)).run()

@@ -142,31 +142,23 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     log.info("train: %s with %s", st.config, overrides)
     train_dir = rd.root / "train"
     resume = (train_dir / "state.pt").exists()
+    train_args = dict(
+        config=st.config,
+        manifest=manifest,
+        out=train_dir,
+        overrides=overrides,
+        progress=progress,
+        device=device,
+        labels=table,
+    )
     try:  # a train stage killed midway continues after its last finished epoch
-        result = train_from_files(
-            config=st.config,
-            manifest=manifest,
-            out=train_dir,
-            overrides=overrides,
-            progress=progress,
-            device=device,
-            resume=resume,
-            labels=table,
-        )
+        result = train_from_files(**train_args, resume=resume)
     except ConfigError as exc:
         if not (resume and "another config" in str(exc)):
             raise
         log.info("train: settings changed since the interrupted training; starting it again")
         shutil.rmtree(train_dir)
-        result = train_from_files(
-            config=st.config,
-            manifest=manifest,
-            out=train_dir,
-            overrides=overrides,
-            progress=progress,
-            device=device,
-            labels=table,
-        )
+        result = train_from_files(**train_args)
     ckpt = Path(result.best_checkpoint)
     rd.write_state(
         "_train",

@@ -535,43 +535,14 @@ class Trainer:
 # --- one or several processes -----------------------------------------------------------------------------------------
 
 
-def train(
-    *,
-    config: Config,
-    manifest: str | Path,
-    out_dir: str | Path,
-    label_table: LabelTable | None = None,
-    progress: bool = True,
-    device=None,
-    resume: bool = False,
-    fold: int | None = None,
-    nproc: int = 1,
-    _rank: int = 0,
-) -> TrainResult:
-    """Train; with ``nproc > 1``, as that many DistributedDataParallel processes (gloo on CPU, NCCL on GPUs)."""
-    check_loss_name(config.training.loss)  # before any work, in every process
+def train(*, nproc: int = 1, _rank: int = 0, **trainer_args) -> TrainResult:
+    """Train a ``Trainer`` made of ``trainer_args`` (its keywords: ``config``, ``manifest``, ``out_dir``,
+    ``label_table``, ``progress``, ``device``, ``resume``, ``fold``); with ``nproc > 1``, as that many
+    DistributedDataParallel processes (gloo on CPU, NCCL on GPUs)."""
+    check_loss_name(trainer_args["config"].training.loss)  # before any work, in every process
     if nproc > 1 and _rank == 0 and not _distributed_ready():
-        return _spawn(
-            nproc,
-            config=config,
-            manifest=manifest,
-            out_dir=out_dir,
-            label_table=label_table,
-            progress=progress,
-            device=device,
-            resume=resume,
-            fold=fold,
-        )
-    return Trainer(
-        config=config,
-        manifest=manifest,
-        out_dir=out_dir,
-        label_table=label_table,
-        progress=progress,
-        device=device,
-        resume=resume,
-        fold=fold,
-    ).run()  # type: ignore[return-value]  (None in the other processes)
+        return _spawn(nproc, **trainer_args)
+    return Trainer(**trainer_args).run()  # type: ignore[return-value]  (None in the other processes)
 
 
 def _distributed_ready() -> bool:
@@ -628,11 +599,15 @@ def train_from_files(
     labels: LabelTable | str | Path | None = None,
 ) -> TrainResult:
     """Train a model from a YAML config and a data manifest into the run folder ``out``; returns a ``TrainResult``.
+    ``medseg.api.train`` is this function.
 
-    ``overrides`` are ``section.key=value`` strings over the config; ``epochs`` and ``max_minutes`` are shortcuts
-    for ``training.epochs`` / ``training.max_minutes``. ``labels`` (a ``LabelTable`` or a table file) replaces the
-    config's label table. The loss name is checked before the run folder is made; the run's log lines go to
-    ``out/train.log``. ``resume``, ``fold``, ``device`` and ``nproc`` are ``train``'s.
+    ``overrides`` are ``section.key=value`` strings over the config. ``labels`` (a ``LabelTable`` or a table file)
+    replaces the config's label table: the ``train_and_evaluate`` pipeline passes the data set's own.
+    ``resume`` continues the run in ``out`` (same config) after its last finished epoch; ``fold`` validates on the
+    manifest's cases of that fold; ``epochs`` and ``max_minutes`` are shortcuts for ``training.epochs`` /
+    ``training.max_minutes`` (with a budget the learning rate follows the fraction of it spent and the run uses all
+    of it; epochs are then not used); ``nproc > 1`` trains with that many DistributedDataParallel processes.
+    The loss name is checked before the run folder is made; the run's log lines go to ``out/train.log``.
     """
     overrides = list(overrides or [])
     if epochs is not None:

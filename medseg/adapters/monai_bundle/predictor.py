@@ -25,10 +25,11 @@ import numpy as np
 from medseg.adapters.monai_bundle import bundle as mb
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError, MedsegError
 from medseg.inference.predictor import (
+    ChannelReader,
+    FillValue,
     check_nonfinite_policy,
     default_inference,
     finite_min,
-    read_case_channels,
     resolve_device,
 )
 from medseg.io.volume import Volume
@@ -74,7 +75,7 @@ def _fill_value(array: np.ndarray) -> tuple[float | None, str]:
     return finite_min(array), "the image's finite minimum"
 
 
-class BundlePredictor:
+class BundlePredictor(ChannelReader):
     """A MONAI bundle as a ``Predictor``: medseg's input checks, the bundle's own transforms and inferer."""
 
     def __init__(self, bundle, *, device=None, progress: bool = False, options: BundleOptions | None = None):
@@ -121,15 +122,9 @@ class BundlePredictor:
             "trained_with": {},
         }
 
-    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
-        """The case's channels through medseg's checks; NaN/Inf voxels become the image's finite minimum."""
-        return read_case_channels(
-            source,
-            in_channels=self.in_channels,
-            nonfinite=self.inference["nonfinite"],
-            fill_value=_fill_value,
-            findings=findings,
-        )
+    def nonfinite_fill(self) -> FillValue:
+        """NaN/Inf voxels become the image's finite minimum."""
+        return _fill_value
 
     def _input(self, volume: Volume, channels: np.ndarray):
         """What the bundle's LoadImaged + EnsureChannelFirstd give: channel-first float32 with the RAS affine."""

@@ -25,7 +25,11 @@ from medseg.adapters.nnunet import inference as nn
 from medseg.adapters.nnunet.folder import load_nnunet_folder
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
 from medseg.inference.channels_last import channels_last_network
-from medseg.inference.predictor import default_inference, intensity_fill_value, read_case_channels, resolve_device
+from medseg.inference.predictor import (
+    ChannelReader,
+    default_inference,
+    resolve_device,
+)
 from medseg.io.volume import Volume
 from medseg.precision import autocast_dtype
 from medseg.provenance import file_sha256, peak_rss_mb, release_freed_memory
@@ -202,7 +206,7 @@ def folder_sha256(model) -> str:
     return h.hexdigest()
 
 
-class NnunetPredictor:
+class NnunetPredictor(ChannelReader):
     """An nnU-Net v2 model (its folds) as a ``Predictor``: medseg's input checks, nnU-Net's steps."""
 
     def __init__(self, model, *, device=None, progress: bool = False, options: NnunetOptions | None = None):
@@ -238,16 +242,6 @@ class NnunetPredictor:
             "in_channels": model.in_channels,
             "trained_with": {},
         }
-
-    def read(self, source, findings: list) -> tuple[Volume, np.ndarray]:
-        """The case's channels through medseg's checks (channel count, same grid, NaN/Inf policy)."""
-        return read_case_channels(
-            source,
-            in_channels=self.in_channels,
-            nonfinite=self.inference["nonfinite"],
-            fill_value=intensity_fill_value(self.preprocessing),
-            findings=findings,
-        )
 
     def window_options(self) -> dict:
         """Keyword arguments of ``nnunet_inference.predict_logits`` for this predictor's settings."""

@@ -30,7 +30,15 @@ from pathlib import Path
 from medseg.errors import GeometryError, InputError
 from medseg.io.dicom.geometry import Finding, GeometryPolicy, StackPlan, plan_series
 from medseg.io.dicom.pixels import build_array
-from medseg.io.dicom.scan import ScanResult, SeriesInfo, is_dicomdir_file, iter_files, looks_like_dicom, scan_folder
+from medseg.io.dicom.scan import (
+    IDENTIFYING_TAGS,
+    ScanResult,
+    SeriesInfo,
+    is_dicomdir_file,
+    iter_files,
+    looks_like_dicom,
+    scan_folder,
+)
 from medseg.io.dicom.select import Candidate, SelectionRule, select
 from medseg.io.volume import LPS_TO_RAS, Volume
 
@@ -182,20 +190,7 @@ def _series_row(e: SeriesEntry | None, with_identifiers: bool) -> dict:
         "findings": "; ".join(findings),
     }
     if with_identifiers:
-        row.update(
-            {
-                k: (s.identifiers.get(k, "") if s else "")
-                for k in (
-                    "PatientName",
-                    "PatientID",
-                    "PatientBirthDate",
-                    "AccessionNumber",
-                    "StudyDate",
-                    "StudyInstanceUID",
-                    "SeriesInstanceUID",
-                )
-            }
-        )
+        row.update({k: (s.identifiers.get(k, "") if s else "") for k in IDENTIFYING_TAGS})
     return row
 
 

@@ -136,7 +136,7 @@ class _ReportContext:
     """What every measurement group of one report shares: the SEG, its source series, the modality and the
     software that measured."""
 
-    seg: object
+    seg: pydicom.Dataset
     source_series: str
     modality: str
     software_version: str
