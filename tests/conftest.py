@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import helpers
 import numpy as np
 import pytest
 from helpers import TINY_MODEL, label_coded, register_oracle, tiny_config  # noqa: F401  (fixtures below use them)
@@ -76,25 +77,8 @@ def _oracle_registered_for_the_session():
 
 @pytest.fixture(scope="session")
 def oracle_checkpoint(tmp_path_factory):
-    from medseg.config import config_from_dict
-    from medseg.data.phantoms import PHANTOM_LABELS
-    from medseg.models import create_model
-    from medseg.models.checkpoint import save_checkpoint
-
-    register_oracle()
-    cfg = config_from_dict(
-        {
-            "model": {"name": "test_intensity_oracle"},
-            "preprocessing": {"window": [0, 400], "spacing": [2.0, 2.0, 2.0]},
-            "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
-        }
-    )
-    model = create_model(
-        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
-    )
-    return save_checkpoint(
-        tmp_path_factory.mktemp("oracle") / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS
-    )
+    """The intensity oracle on a 2 mm grid (``helpers.oracle_checkpoint``), saved once a session."""
+    return helpers.oracle_checkpoint(tmp_path_factory.mktemp("oracle") / "oracle.pt")
 
 
 @pytest.fixture(scope="session")

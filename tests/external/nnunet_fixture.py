@@ -228,20 +228,17 @@ def train(root: Path, configuration: str, fold, dataset: str = DATASET) -> None:
     )
 
 
-def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
-    """Plan and preprocess (3d_fullres, and 2d unless ``two_d=False``), train 3d_fullres on ``folds`` and
-    2d on fold 0 (``MODEL_DIR_2D``). Returns the 3d_fullres model folder."""
-    root = Path(root)
-    write_raw(root)
-    bindir = Path(sys.executable).parent
-    confs, nps = (["2d", "3d_fullres"], ["1", "1"]) if two_d else (["3d_fullres"], ["1"])
+def plan_and_preprocess(root: Path, dataset_id: int, configurations: list[str]) -> None:
+    """nnU-Net's ``nnUNetv2_plan_and_preprocess`` on dataset ``dataset_id`` under ``root`` (one process each)."""
+    command = Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"
+    nps = ["1"] * len(configurations)
     subprocess.run(
         [
-            str(bindir / "nnUNetv2_plan_and_preprocess"),
+            str(command),
             "-d",
-            "501",
+            str(dataset_id),
             "-c",
-            *confs,
+            *configurations,
             "-np",
             *nps,
             "-npfp",
@@ -252,6 +249,14 @@ def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+def build(root: Path, folds=("all",), two_d: bool = True) -> Path:
+    """Plan and preprocess (3d_fullres, and 2d unless ``two_d=False``), train 3d_fullres on ``folds`` and
+    2d on fold 0 (``MODEL_DIR_2D``). Returns the 3d_fullres model folder."""
+    root = Path(root)
+    write_raw(root)
+    plan_and_preprocess(root, 501, ["2d", "3d_fullres"] if two_d else ["3d_fullres"])
     for fold in folds:
         train(root, "3d_fullres", fold)
     if two_d:
@@ -264,24 +269,7 @@ def build_mr(root: Path) -> Path:
     3d_fullres, fold 'all'. Returns the model folder; the test image is ``ROOT/test_mr/case_000{0,1}.nii.gz``."""
     root = Path(root)
     write_raw_mr(root)
-    bindir = Path(sys.executable).parent
-    subprocess.run(
-        [
-            str(bindir / "nnUNetv2_plan_and_preprocess"),
-            "-d",
-            "502",
-            "-c",
-            "3d_fullres",
-            "-np",
-            "1",
-            "-npfp",
-            "1",
-            "--verify_dataset_integrity",
-        ],
-        env=nnunet_env(root),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    plan_and_preprocess(root, 502, ["3d_fullres"])
     train(root, "3d_fullres", "all", dataset=DATASET_MR)
     return root / "results" / MODEL_DIR_MR
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import medseg_cli, run_volumetry
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bundle_fixture as bf  # noqa: E402
@@ -174,29 +174,21 @@ def test_cli_predict_and_run_take_a_bundle(tmp_path, trained):
     """``medseg predict --model BUNDLE`` and ``medseg run ... predict.model=BUNDLE``: labels named from
     metadata.json."""
     import nibabel as nib
-    import pandas as pd
 
     bundle = bf.write_bundle(tmp_path / "bundle", trained)
     (tmp_path / "in").mkdir()
     case, img = _phantom_image(tmp_path / "in", 5, name="c1.nii.gz", spacing=(4.0, 4.0, 5.0))
     out = tmp_path / "pred"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "predict",
-            "--model",
-            str(bundle),
-            str(img),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--overlap",
-            "0.25",
-        ],
-        capture_output=True,
-        text=True,
+    r = medseg_cli(
+        "predict",
+        "--model",
+        bundle,
+        img,
+        "--out",
+        out,
+        "--no-progress",
+        "--overlap",
+        "0.25",
         cwd=tmp_path,
         env=_ONE_THREAD,
     )
@@ -209,33 +201,8 @@ def test_cli_predict_and_run_take_a_bundle(tmp_path, trained):
     assert side["voxels"]["liver"] == int((np.asarray(lab.dataobj) == 1).sum()) > 0
 
     run = tmp_path / "run"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "run",
-            "dicom_volumetry",
-            "--input",
-            str(tmp_path / "in"),
-            "--out",
-            str(run),
-            "--set",
-            f"predict.model={bundle}",
-            "--set",
-            "report.qc=false",
-            "--set",
-            "report.html=false",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_ONE_THREAD,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    record = json.loads((run / "run.json").read_text())
+    record, vols = run_volumetry(tmp_path / "in", run, bundle, cwd=tmp_path, env=_ONE_THREAD)
     assert record["model"]["name"] == "monai_bundle:UNet" and len(record["model"]["sha256"]) == 64
-    vols = pd.read_csv(run / "volumes.csv")
     assert sorted(vols["structure"]) == ["liver", "spleen"] and set(vols["label_table"]) == {"Phantom abdomen"}
 
 
@@ -360,23 +327,7 @@ def test_cli_refuses_an_expression_with_one_line_and_runs_nothing(tmp_path):
     cfg = _set(bf.inference_config(), "preprocessing.transforms.3.pixdim", PWNED)
     bundle = bf.write_bundle(tmp_path / "bundle", _random_weights(), config=cfg)
     _, img = _phantom_image(tmp_path, 3, spacing=(6.0, 6.0, 6.0))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "predict",
-            "--model",
-            str(bundle),
-            str(img),
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    r = medseg_cli("predict", "--model", bundle, img, "--out", tmp_path / "o", "--no-progress", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr

@@ -11,12 +11,12 @@ writes. The fixtures are in tests/external/conftest.py.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import medseg_cli
+from nnunet_plans import reference_predictor
 
 nnunetv2 = pytest.importorskip(
     "nnunetv2",
@@ -34,16 +34,7 @@ def _reference(folder: Path, image, folds=None) -> dict:
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    p = nnUNetPredictor(
-        tile_step_size=0.5,
-        use_gaussian=True,
-        use_mirroring=True,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
-        verbose=False,
-        verbose_preprocessing=False,
-        allow_tqdm=False,
-    )
+    p = reference_predictor()
     p.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name="checkpoint_final.pth")
     img, props = SimpleITKIO().read_images([str(i) for i in (image if isinstance(image, (list, tuple)) else [image])])
     pre = p.configuration_manager.preprocessor_class(verbose=False)
@@ -138,24 +129,7 @@ def test_2d_configuration_matches_nnunet(nnunet_model):
 def test_medseg_predict_cli_names_structures_from_dataset_json(nnunet_model, tmp_path):
     folder, image = nnunet_model
     out = tmp_path / "out"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "predict",
-            "--model",
-            str(folder),
-            str(image),
-            "--out",
-            str(out),
-            "--folds",
-            "1",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = medseg_cli("predict", "--model", folder, image, "--out", out, "--folds", "1", "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     sidecars = [p for p in out.glob("*.json") if p.name != "run.json"]
     assert len(sidecars) == 1

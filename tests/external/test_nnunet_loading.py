@@ -8,77 +8,19 @@ own predictor is in test_nnunet_agreement.py.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import medseg_cli, run_volumetry
+from nnunet_plans import PLAIN_ARCH, plans_json
 
 from medseg.errors import CheckpointError
 
-PLAIN_ARCH = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 3,
-        "features_per_stage": [4, 8, 16],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3,
-        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [2, 2, 2],
-        "n_conv_per_stage_decoder": [2, 2],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
-
 
 def _plans(arch=PLAIN_ARCH, **conf_extra):
-    conf = {
-        "data_identifier": "x",
-        "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2,
-        "patch_size": [16, 16, 16],
-        "median_image_size_in_voxels": [16, 16, 16],
-        "spacing": [2.0, 2.0, 2.0],
-        "normalization_schemes": ["CTNormalization"],
-        "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": arch,
-        "batch_dice": False,
-        **conf_extra,
-    }
-    return {
-        "dataset_name": "Dataset900_T",
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [2, 2, 2],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": conf},
-        "foreground_intensity_properties_per_channel": {
-            "0": {
-                "max": 400.0,
-                "mean": 60.0,
-                "median": 55.0,
-                "min": -100.0,
-                "percentile_00_5": -50.0,
-                "percentile_99_5": 300.0,
-                "std": 40.0,
-            }
-        },
-    }
+    return plans_json(arch, **conf_extra)
 
 
 def _net(heads, in_channels=1, conf=None):
@@ -168,22 +110,7 @@ def test_payload_refused_through_the_cli_with_one_line(tmp_path):
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), str(img))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "predict",
-            "--model",
-            str(folder),
-            str(img),
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = medseg_cli("predict", "--model", folder, img, "--out", tmp_path / "o", "--no-progress")
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "not a loadable nnU-Net checkpoint" in lines[0], r.stderr
@@ -357,32 +284,7 @@ def test_medseg_run_pipeline_takes_an_nnunet_folder(tmp_path):
     img[3:20, 4:18, 2:18] = rng.normal(60, 30, size=(17, 14, 16))
     nib.save(nib.Nifti1Image(img, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "in" / "c1.nii.gz"))
     out = tmp_path / "run"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "run",
-            "dicom_volumetry",
-            "--input",
-            str(tmp_path / "in"),
-            "--out",
-            str(out),
-            "--set",
-            f"predict.model={folder}",
-            "--set",
-            "report.qc=false",
-            "--set",
-            "report.html=false",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    run = json.loads((out / "run.json").read_text())
+    run, vols = run_volumetry(tmp_path / "in", out, folder)
     assert run["model"]["name"] == "nnunet:PlainConvUNet" and len(run["model"]["sha256"]) == 64
-    import pandas as pd
-
-    vols = pd.read_csv(out / "volumes.csv")
     assert sorted(vols["structure"]) == ["liver", "spleen"] and set(vols["label_table"]) == {"Dataset900_T"}
     assert nib.load(str(out / "cases" / "c1" / "labels.nii.gz")).shape == img.shape

@@ -28,51 +28,26 @@ PARTS = {
     295: ("Dataset295_TotalSegmentator_part5_ribs_1559subj", ["rib_left_1", "rib_right_1"]),
 }
 FAST = (297, "Dataset297_TotalSegmentator_total_3mm_1559subj", ["spleen", "liver", "heart"])
-from test_nnunet_loading import PLAIN_ARCH as ARCH  # noqa: E402  (the same tiny PlainConvUNet)
+from nnunet_plans import PLAIN_ARCH as ARCH  # noqa: E402  (the same tiny PlainConvUNet)
+from nnunet_plans import plans_json, reference_predictor  # noqa: E402
 
 
 def plans(spacing: float, patch=(32, 32, 32)) -> dict:
-    conf = {
-        "data_identifier": "nnUNetPlans_3d_fullres",
-        "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2,
-        "patch_size": list(patch),
-        "median_image_size_in_voxels": [64, 64, 64],
-        "spacing": [spacing] * 3,
-        "normalization_schemes": ["CTNormalization"],
-        "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": ARCH,
-        "batch_dice": False,
-    }
-    return {
-        "dataset_name": "DatasetX",
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [spacing] * 3,
-        "original_median_shape_after_transp": [64, 64, 64],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": conf},
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            "0": {
-                "max": 400.0,
-                "mean": 40.0,
-                "median": 40.0,
-                "min": -300.0,
-                "percentile_00_5": -200.0,
-                "percentile_99_5": 300.0,
-                "std": 80.0,
-            }
+    return plans_json(
+        ARCH,
+        spacing=spacing,
+        patch=patch,
+        median_shape=(64, 64, 64),
+        data_identifier="nnUNetPlans_3d_fullres",
+        dataset_name="DatasetX",
+        foreground={"mean": 40.0, "median": 40.0, "min": -300.0, "percentile_00_5": -200.0, "std": 80.0},
+        top={
+            "original_median_shape_after_transp": [64, 64, 64],
+            "experiment_planner_used": "ExperimentPlanner",
+            "label_manager": "LabelManager",
         },
-    }
+        resampling_fn_seg_kwargs={"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+    )
 
 
 def make_part(
@@ -263,7 +238,6 @@ def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path,
     import torch
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from scipy import ndimage
@@ -293,16 +267,7 @@ def _reference(folders: list[Path], image_path: Path, spacing: float, tmp: Path,
             len(dj["labels"]),
             deep_supervision=False,
         )
-        p = nnUNetPredictor(
-            tile_step_size=step,
-            use_gaussian=True,
-            use_mirroring=False,
-            perform_everything_on_device=False,
-            device=torch.device("cpu"),
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
+        p = reference_predictor(tile_step_size=step, use_mirroring=False)
         p.manual_initialization(net, pm, cm, [ck["network_weights"]], dj, "nnUNetTrainerNoMirroring", None)
         seg = p.predict_single_npy_array(arr.copy(), dict(props), None, None, False).transpose(2, 1, 0)
         n = len(dj["labels"]) - 1

@@ -1,11 +1,8 @@
 """Bad input gets one clear line naming the file, never a traceback; a batch goes on."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
-from helpers import label_coded
+from helpers import label_coded, medseg_cli
 
 from medseg.cli import main
 from medseg.data.phantoms import make_phantom
@@ -87,22 +84,7 @@ def test_batch_records_bad_inputs_and_segments_the_rest(capsys, tmp_path, oracle
 
 
 def test_console_entry_point_prints_no_traceback(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medseg",
-            "predict",
-            "--model",
-            str(tmp_path / "m.pt"),
-            "a.nii.gz",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = medseg_cli("predict", "--model", tmp_path / "m.pt", "a.nii.gz", "--out", tmp_path, timeout=120)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines() == [
         f"medseg: error: {tmp_path / 'm.pt'}: checkpoint not found; pass a .pt file from medseg train (RUN/best.pt) or "

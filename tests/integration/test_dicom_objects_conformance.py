@@ -188,23 +188,17 @@ def test_sr_uids_are_stable_for_a_seed_and_reference_the_seg(written, tmp_path):
     tmp, _ = written
     seg = tmp / "pred" / "ct_identity.seg.dcm"
     rows = structure_rows("ct_identity", read_volume(tmp / "pred" / "ct_identity.nii.gz"), PHANTOM_LABELS)
-    a = write_measurement_report(
-        seg,
-        rows,
-        PHANTOM_LABELS,
-        tmp_path / "a.dcm",
-        software_version=medseg.__version__,
-        uid_seed="seed-1",
-        verdicts={"liver": "review"},
-    )
-    b = write_measurement_report(
-        seg,
-        rows,
-        PHANTOM_LABELS,
-        tmp_path / "b.dcm",
-        software_version=medseg.__version__,
-        uid_seed="seed-1",
-        verdicts={"liver": "review"},
+    a, b = (  # the same report twice, with one uid_seed
+        write_measurement_report(
+            seg,
+            rows,
+            PHANTOM_LABELS,
+            tmp_path / name,
+            software_version=medseg.__version__,
+            uid_seed="seed-1",
+            verdicts={"liver": "review"},
+        )
+        for name in ("a.dcm", "b.dcm")
     )
     da, db = pydicom.dcmread(a), pydicom.dcmread(b)
     assert da.SOPInstanceUID == db.SOPInstanceUID and da.SeriesInstanceUID == db.SeriesInstanceUID

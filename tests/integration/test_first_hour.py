@@ -11,7 +11,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import label_coded
+from helpers import QUICK_DEMO, label_coded, predict_argv
 
 from medseg.cli import main
 from medseg.data.phantoms import make_phantom, write_dicom_series
@@ -48,7 +48,7 @@ def test_a_folder_of_phantom_files_is_one_case_per_file_for_a_one_channel_model(
         write_volume(coded, images / f"phantom_{k:04d}.nii.gz")
         truth[f"phantom_{k:04d}"] = _direct(oracle_checkpoint, images / f"phantom_{k:04d}.nii.gz", tmp_path)
     out = tmp_path / "preds"
-    assert main(["predict", "--model", str(oracle_checkpoint), str(images), "--out", str(out), "--no-progress"]) == 0
+    assert main(predict_argv(oracle_checkpoint, images, out)) == 0
     assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
     for cid, lab in truth.items():
         np.testing.assert_array_equal(_labels(out / f"{cid}.nii.gz"), lab)
@@ -65,42 +65,15 @@ def test_finished_case_detection_never_swallows_another_input(oracle_checkpoint,
     lab_b = _direct(oracle_checkpoint, second / "phantom_0000.nii.gz", tmp_path)
     write_volume(_coded(33, "phantom_0001")[1], second / "phantom_0001.nii.gz")
     out = tmp_path / "preds"
-    assert main(["predict", "--model", str(oracle_checkpoint), str(first), "--out", str(out), "--no-progress"]) == 0
+    assert main(predict_argv(oracle_checkpoint, first, out)) == 0
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(second),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--overwrite",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, second, out, "--overwrite")) == 0
     assert "2 segmented, 0 already done" in capsys.readouterr().out
     np.testing.assert_array_equal(_labels(out / "phantom_0000.nii.gz"), lab_b)
     # the same input again is done; the other folder's file of the same name is not
-    assert main(["predict", "--model", str(oracle_checkpoint), str(second), "--out", str(out), "--no-progress"]) == 0
+    assert main(predict_argv(oracle_checkpoint, second, out)) == 0
     assert "0 segmented, 2 already done" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(first / "phantom_0000.nii.gz"),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, first / "phantom_0000.nii.gz", out)) == 0
     assert "1 segmented, 0 already done" in capsys.readouterr().out
     np.testing.assert_array_equal(_labels(out / "phantom_0000.nii.gz"), lab_a)
 
@@ -137,7 +110,7 @@ def test_predict_on_an_export_segments_every_patient(oracle_checkpoint, tmp_path
         series = write_dicom_series(_as_case(case, coded), export / f"patient{k}" / "study" / "series", seed=40 + k)
         truth[k] = _direct(oracle_checkpoint, series, tmp_path / str(k))
     out = tmp_path / "preds"
-    assert main(["predict", "--model", str(oracle_checkpoint), str(export), "--out", str(out), "--no-progress"]) == 0
+    assert main(predict_argv(oracle_checkpoint, export, out)) == 0
     assert "3 segmented, 0 already done, 0 failed" in capsys.readouterr().out
     sidecars = sorted(out.glob("EXPORT_se*.json"))
     assert len(sidecars) == 3
@@ -155,22 +128,7 @@ def test_predict_on_an_export_segments_every_patient(oracle_checkpoint, tmp_path
         assert json.loads(side.read_text())["dicom"]["series_key"] in side.stem
     assert found == {0, 1, 2}
     # a selection rule that admits none of them is one line and exit 2, not an empty success
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(export),
-                "--out",
-                str(tmp_path / "none"),
-                "--no-progress",
-                "--modality",
-                "MR",
-            ]
-        )
-        == 2
-    )
+    assert main(predict_argv(oracle_checkpoint, export, tmp_path / "none", "--modality", "MR")) == 2
     assert "no image series matches the selection rule (modality MR)" in capsys.readouterr().err
 
 
@@ -203,21 +161,7 @@ def test_report_and_evaluate_take_folders_and_skip_probability_maps(oracle_check
 
     root = _cohort(tmp_path)
     preds = tmp_path / "preds"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(root / "images"),
-                "--out",
-                str(preds),
-                "--no-progress",
-                "--save-probabilities",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, root / "images", preds, "--save-probabilities")) == 0
     assert len(list(preds.glob("*.probabilities.nii.gz"))) == 2
     assert (
         main(
@@ -293,20 +237,7 @@ def test_evaluate_against_a_converted_rtstruct_compares_structures_by_name(oracl
     assert [lab["name"] for lab in own["labels"]] == sorted(PHANTOM_LABELS.names)  # its own (alphabetical) numbering
     conversion = pd.read_csv(tmp_path / "conv" / "conversion.csv")
     assert "converted_to_label_map" in set(conversion["status"]) and "skipped" not in set(conversion["status"])
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(series),
-                "--out",
-                str(tmp_path / "preds"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, series, tmp_path / "preds")) == 0
     capsys.readouterr()
     assert (
         main(
@@ -357,20 +288,7 @@ def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_wo
     from medseg.api import _prepare_demo as _prepare
 
     out = tmp_path / "demo_out"
-    args = [
-        "demo",
-        "--out",
-        str(out),
-        "--n-train",
-        "3",
-        "--n-test",
-        "1",
-        "--epochs",
-        "1",
-        "--min-dice",
-        "0",
-        "--no-progress",
-    ]
+    args = ["demo", "--out", str(out), *QUICK_DEMO]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "mean Dice" in first and (out / DONE).is_file()
@@ -394,26 +312,9 @@ def test_demo_runs_again_into_its_own_folder_and_refuses_a_foreign_one_before_wo
 def test_predict_takes_the_geometry_option_its_error_suggests(oracle_checkpoint, tmp_path, capsys):
     case, coded = _coded(80, "gap")
     series = write_dicom_series(_as_case(case, coded), tmp_path / "gap", seed=80, drop_slices=(7,))
-    assert (
-        main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "a"), "--no-progress"])
-        == 2
-    )
+    assert main(predict_argv(oracle_checkpoint, series, tmp_path / "a")) == 2
     assert "--resample-irregular" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(series),
-                "--out",
-                str(tmp_path / "b"),
-                "--no-progress",
-                "--resample-irregular",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, series, tmp_path / "b", "--resample-irregular")) == 0
     side = json.loads((tmp_path / "b" / "gap.json").read_text())
     assert side["dicom"]["selection"]["chosen"] == side["dicom"]["key"]
 
@@ -468,21 +369,7 @@ def test_evaluate_pairs_predictions_with_converted_labels_by_series(oracle_check
         series = write_dicom_series(_as_case(case, coded), export / f"patient{k}" / "ct", seed=seed)
         write_rtstruct(case.labels, series, PHANTOM_LABELS, export / f"patient{k}" / "rt.dcm", software_version="test")
     assert main(["convert", str(export), "--out", str(tmp_path / "conv"), "--no-progress"]) == 0
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(export),
-                "--out",
-                str(tmp_path / "preds"),
-                "--no-progress",
-                "--no-sr",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, export, tmp_path / "preds", "--no-sr")) == 0
     capsys.readouterr()
     assert (
         main(

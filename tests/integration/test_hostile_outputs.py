@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import oracle_child_script
 
 from medseg.cli import main
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
 PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "dicom_volumetry.yaml")
 
 
@@ -64,27 +64,13 @@ def one_line(capsys, argv, needle: str = "") -> str:
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     """An oracle checkpoint on a 4 mm grid and a few label-coded phantoms (NIfTI and DICOM) to copy from."""
-    from helpers import label_coded, register_oracle
+    from helpers import ORACLE_ON_4MM, label_coded, oracle_checkpoint
 
-    from medseg.config import config_from_dict
-    from medseg.data.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
+    from medseg.data.phantoms import PhantomCase, make_phantom, write_dicom_series
     from medseg.io.readers import write_volume
-    from medseg.models import create_model
-    from medseg.models.checkpoint import save_checkpoint
 
-    register_oracle()
     root = tmp_path_factory.mktemp("hostile_kit")
-    cfg = config_from_dict(
-        {
-            "model": {"name": "test_intensity_oracle"},
-            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4},
-        }
-    )
-    model = create_model(
-        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
-    )
-    ckpt = save_checkpoint(root / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS)
+    ckpt = oracle_checkpoint(root / "oracle.pt", **ORACLE_ON_4MM)
     niftis = []
     for i in range(3):
         ph = make_phantom(700 + i, case_id=f"n{i}", spacing=(4.0, 4.0, 6.0), noise_hu=0)
@@ -133,15 +119,6 @@ def multi_valued_patient_name(folder: Path) -> None:
 # -- 1. label map first; an optional output that fails is a finding ---------------------------------
 
 
-def child_script(tmp_path: Path) -> Path:
-    script = tmp_path / "child.py"
-    script.write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
-        "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    )
-    return script
-
-
 def test_seg_failure_keeps_label_map_and_becomes_a_finding_in_predict(kit, tmp_path):
     import shutil
 
@@ -153,7 +130,7 @@ def test_seg_failure_keeps_label_map_and_becomes_a_finding_in_predict(kit, tmp_p
     r = subprocess.run(
         [
             sys.executable,
-            str(child_script(tmp_path)),
+            str(oracle_child_script(tmp_path)),
             "predict",
             "--no-progress",
             "--model",
@@ -321,7 +298,7 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(kit, tmp_pat
 def test_two_concurrent_runs_one_is_refused(kit, tmp_path):
     cases = cases_folder(kit, tmp_path / "cases", names=("n0", "n1", "n2"))
     out = tmp_path / "run"
-    child = child_script(tmp_path)
+    child = oracle_child_script(tmp_path)
     procs = [
         subprocess.Popen(
             [sys.executable, str(child), *run_args(kit, cases, out)],

@@ -4,7 +4,7 @@ writer."""
 import json
 
 import numpy as np
-from helpers import label_coded
+from helpers import label_coded, predict_argv
 
 from medseg.cli import main
 from medseg.data.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
@@ -22,21 +22,7 @@ def test_predict_rtstruct_matches_the_label_map(oracle_checkpoint, tmp_path):
         PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts), tmp_path / "in" / "rt", seed=3
     )
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                "--model",
-                str(oracle_checkpoint),
-                str(series),
-                "--out",
-                str(out),
-                "--rtstruct",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, series, out, "--rtstruct")) == 0
     side = json.loads((out / "rt.json").read_text())
     assert side["outputs"]["rtstruct"] == "rt.rtstruct.dcm"
     labels = read_volume(out / "rt.nii.gz")
@@ -51,9 +37,6 @@ def test_without_the_option_no_rtstruct_is_written(oracle_checkpoint, tmp_path):
     series = write_dicom_series(
         PhantomCase(ph.case_id, label_coded(ph), ph.labels, ph.voxel_counts), tmp_path / "in" / "plain", seed=4
     )
-    assert (
-        main(["predict", "--model", str(oracle_checkpoint), str(series), "--out", str(tmp_path / "o"), "--no-progress"])
-        == 0
-    )
+    assert main(predict_argv(oracle_checkpoint, series, tmp_path / "o")) == 0
     assert not list((tmp_path / "o").glob("*.rtstruct.dcm"))
     assert "rtstruct" not in json.loads((tmp_path / "o" / "plain.json").read_text())["outputs"]

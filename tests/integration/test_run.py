@@ -8,6 +8,7 @@ writes the same CSVs as the local one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import oracle_child_script
 
 from medseg.cli import main
 from medseg.io.atomic import TMP_PREFIX
@@ -32,27 +34,13 @@ BAD = ("bad_nifti", "zz_bad_dicom")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from helpers import label_coded, register_oracle
+    from helpers import ORACLE_ON_4MM, label_coded, oracle_checkpoint
 
-    from medseg.config import config_from_dict
-    from medseg.data.phantoms import PHANTOM_LABELS, PhantomCase, make_phantom, write_dicom_series
+    from medseg.data.phantoms import PhantomCase, make_phantom, write_dicom_series
     from medseg.io.readers import write_volume
-    from medseg.models import create_model
-    from medseg.models.checkpoint import save_checkpoint
 
-    register_oracle()
     root = tmp_path_factory.mktemp("run_cohort")
-    cfg = config_from_dict(
-        {
-            "model": {"name": "test_intensity_oracle"},
-            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4},
-        }
-    )
-    model = create_model(
-        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
-    )
-    ckpt = save_checkpoint(root / "oracle.pt", model, config=cfg, label_table=PHANTOM_LABELS)
+    ckpt = oracle_checkpoint(root / "oracle.pt", **ORACLE_ON_4MM)
     cases, truth = root / "cases", {}
     for i in range(N_GOOD):
         ph = make_phantom(500 + i, case_id=f"case{i}", spacing=(4.0, 4.0, 6.0), noise_hu=0)
@@ -156,22 +144,15 @@ def test_rerun_skips_done_cases_and_retries_failed(cohort, reference, tmp_path, 
     assert "6 done, 0 already done" in capsys.readouterr().out
 
 
-def _child_script(tmp_path: Path) -> Path:
-    script = tmp_path / "child.py"
-    script.write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
-        "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    )
-    return script
-
-
 @pytest.mark.slow
 def test_sigkill_halfway_then_rerun_equals_uninterrupted(cohort, reference, tmp_path):
     ref, _ = reference
     out = tmp_path / "run"
     args = _args(cohort, out, "--workers", "2")
     proc = subprocess.Popen(
-        [sys.executable, str(_child_script(tmp_path)), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, str(oracle_child_script(tmp_path)), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     done_before = set()
@@ -214,11 +195,10 @@ def test_ray_engine_writes_the_same_csvs(cohort, reference, tmp_path, monkeypatc
     ref, _ = reference
     out = tmp_path / "run"
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    r = run_pipeline(
-        pipeline=PIPELINE,
-        input=cohort["cases"],
-        out=out,
-        overrides=[f"predict.model={cohort['model']}"],
+    run = functools.partial(
+        run_pipeline, pipeline=PIPELINE, input=cohort["cases"], out=out, overrides=[f"predict.model={cohort['model']}"]
+    )
+    r = run(
         engine="ray",
         workers=2,
         progress=False,
@@ -232,12 +212,5 @@ def test_ray_engine_writes_the_same_csvs(cohort, reference, tmp_path, monkeypatc
     for name in CSVS:
         pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(ref / name), check_exact=True)
     # the run directory is resumable with the other engine
-    r2 = run_pipeline(
-        pipeline=PIPELINE,
-        input=cohort["cases"],
-        out=out,
-        overrides=[f"predict.model={cohort['model']}"],
-        engine="local",
-        progress=False,
-    )
+    r2 = run(engine="local", progress=False)
     assert sorted(r2.skipped) == sorted(cohort["truth"]) and not r2.done

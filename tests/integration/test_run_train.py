@@ -15,6 +15,13 @@ from medseg.cli import main
 PIPELINE = str(Path(__file__).resolve().parents[2] / "pipelines" / "train_and_evaluate.yaml")
 
 
+def _one_epoch_run(tmp_path, *settings) -> list[str]:
+    """``run PIPELINE`` on ``TMP/manifest.csv`` into ``TMP/run``: one epoch, validated; then ``--set`` each setting."""
+    sets = ("train.overrides.training.epochs=1", "train.overrides.training.val_every=1", *settings)
+    io = ["--input", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "run"), "--no-progress"]
+    return ["run", PIPELINE, *io, *(a for s in sets for a in ("--set", s))]
+
+
 @pytest.mark.slow
 def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
     from medseg.data.phantoms import PHANTOM_LABELS, make_phantom
@@ -31,23 +38,7 @@ def test_train_and_evaluate_pipeline_trains_once(tmp_path, capsys):
     # abdomen_phantom): outputs must carry the data's names, never the recipe's
     ours = [{"index": lab.index, "name": f"structure_{lab.index}"} for lab in PHANTOM_LABELS.labels]
     (tmp_path / "manifest_labels.yaml").write_text(yaml.safe_dump({"name": "ours", "labels": ours}))
-    args = [
-        "run",
-        PIPELINE,
-        "--input",
-        str(tmp_path / "manifest.csv"),
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--set",
-        "train.overrides.training.epochs=1",
-        "--set",
-        "train.overrides.training.val_every=1",
-        "--set",
-        "plan.spacing=median",
-        "--set",
-        "report.qc=false",
-    ]
+    args = _one_epoch_run(tmp_path, "plan.spacing=median", "report.qc=false")
     assert main(args) == 0
     run = tmp_path / "run"
     plan = json.loads((run / "plan.json").read_text())
@@ -99,23 +90,7 @@ def test_train_and_evaluate_on_a_multichannel_manifest(tmp_path):
             }
         )
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    args = [
-        "run",
-        PIPELINE,
-        "--input",
-        str(tmp_path / "manifest.csv"),
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--set",
-        "train.overrides.training.epochs=1",
-        "--set",
-        "train.overrides.training.val_every=1",
-        "--set",
-        "report.qc=false",
-        "--set",
-        "report.intensities=false",
-    ]
+    args = _one_epoch_run(tmp_path, "report.qc=false", "report.intensities=false")
     assert main(args) == 0
     run = tmp_path / "run"
     assert json.loads((run / "train" / "run.json").read_text())["image_channels"] == ["image", "image_1"]

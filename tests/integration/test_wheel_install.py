@@ -10,6 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import QUICK_DEMO
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,21 +44,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert where.startswith(str(site)), f"medseg imported from {where}, not from the installed wheel"
     medseg = str(venv / "bin" / "medseg")
     out = _sh(
-        [
-            medseg,
-            "demo",
-            "--out",
-            "X",
-            "--n-train",
-            "3",
-            "--n-test",
-            "1",
-            "--epochs",
-            "1",
-            "--min-dice",
-            "0",
-            "--no-progress",
-        ],
+        [medseg, "demo", "--out", "X", *QUICK_DEMO],
         work,
         env,
     )

@@ -419,36 +419,17 @@ def assert_no_identifiers(run_dir: str | os.PathLike, studies, *texts: str, skip
 def oracle_checkpoint_file(path: str | os.PathLike) -> Path:
     """A checkpoint of the intensity oracle (label = round(HU / 100)) on a 4 mm grid, as
     tests/integration/test_run.py."""
-    from helpers import register_oracle
+    from helpers import ORACLE_ON_4MM, oracle_checkpoint
 
-    from medseg.config import config_from_dict
-    from medseg.data.phantoms import PHANTOM_LABELS
-    from medseg.models import create_model
-    from medseg.models.checkpoint import save_checkpoint
-
-    register_oracle()
-    cfg = config_from_dict(
-        {
-            "model": {"name": "test_intensity_oracle"},
-            "preprocessing": {"window": [0, 400], "spacing": [4.0, 4.0, 4.0]},
-            "inference": {"roi_size": [32, 32, 32], "overlap": 0.0, "sw_batch_size": 4},
-        }
-    )
-    model = create_model(
-        "test_intensity_oracle", spatial_dims=3, in_channels=1, out_channels=PHANTOM_LABELS.num_classes
-    )
-    return Path(save_checkpoint(Path(path), model, config=cfg, label_table=PHANTOM_LABELS))
+    return oracle_checkpoint(path, **ORACLE_ON_4MM)
 
 
 def child_script(folder: str | os.PathLike) -> Path:
     """A script that runs ``medseg`` (its argv) in a new process with the oracle model registered:
     ``subprocess.Popen([sys.executable, str(child_script(tmp)), "run", ...])``."""
-    script = Path(folder) / "medseg_child.py"
-    script.write_text(
-        f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom helpers import register_oracle\n"
-        "register_oracle()\nfrom medseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    )
-    return script
+    from helpers import oracle_child_script
+
+    return oracle_child_script(folder, "medseg_child.py")
 
 
 def run_child(folder, *args, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -460,6 +441,12 @@ def run_child(folder, *args, timeout: float = 300, **kw) -> subprocess.Completed
         timeout=timeout,
         **kw,
     )
+
+
+def run_argv(pipeline, out, source, oracle, cache, *extra) -> list[str]:
+    """``medseg run PIPELINE --input SOURCE --out OUT --cache CACHE --set predict.model=ORACLE --no-progress EXTRA``."""
+    io = ["--input", str(source), "--out", str(out), "--cache", str(cache)]
+    return ["run", pipeline, *io, "--set", f"predict.model={oracle}", "--no-progress", *extra]
 
 
 def copy_tree(src, dst) -> Path:

@@ -16,7 +16,7 @@ import pytest
 
 from medseg.cli import main
 
-from .orthanc import assert_no_identifiers, child_script, free_port, write_studies
+from .orthanc import assert_no_identifiers, child_script, free_port, run_argv, write_studies
 from .test_pacs_input import by_study
 
 N = 3
@@ -32,24 +32,8 @@ def studies(orthanc, tmp_path_factory):
 
 
 def args(out, source, destination, oracle, cache, *extra):
-    return [
-        "run",
-        PIPE,
-        "--input",
-        source,
-        "--query",
-        "modality=CT",
-        "--out",
-        str(out),
-        "--cache",
-        str(cache),
-        "--set",
-        f"predict.model={oracle}",
-        "--set",
-        f"export.destination={destination}",
-        "--no-progress",
-        *extra,
-    ]
+    destination = ("--set", f"export.destination={destination}")
+    return run_argv(PIPE, out, source, oracle, cache, "--query", "modality=CT", *destination, *extra)
 
 
 def segs_by_study(server, studies) -> dict:

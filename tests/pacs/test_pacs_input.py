@@ -10,7 +10,7 @@ import pytest
 
 from medseg.cli import main
 
-from .orthanc import assert_no_identifiers, free_port, write_studies
+from .orthanc import assert_no_identifiers, free_port, run_argv, write_studies
 
 N = 3
 PIPE = "dicom_volumetry"
@@ -74,20 +74,7 @@ def assert_same_volumes(run_dir, folder_run, studies, subset=None):
 
 
 def run_args(out, inp, oracle, cache, *extra):
-    return [
-        "run",
-        PIPE,
-        "--input",
-        inp,
-        "--out",
-        str(out),
-        "--cache",
-        str(cache),
-        "--set",
-        f"predict.model={oracle}",
-        "--no-progress",
-        *extra,
-    ]
+    return run_argv(PIPE, out, inp, oracle, cache, *extra)
 
 
 def test_dicomweb_input_equals_folder_and_resume_retrieves_nothing(

@@ -1,15 +1,13 @@
 """Budget-aware schedules: fixed-length epochs, the learning rate on the spent fraction of the budget, resume."""
 
 import math
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import fingerprint, kill_training_after
 
 from medseg import api
 from medseg.training.schedule import lr_factor
@@ -76,27 +74,7 @@ def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_co
     budget_min = 0.5
     cfg = write_config(epochs=1, iterations_per_epoch=10, max_minutes=budget_min, learning_rate=0.004)
     run = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "medseg",
-        "train",
-        "--no-progress",
-        "--config",
-        str(cfg),
-        "--manifest",
-        str(tiny_cohort),
-        "--out",
-        str(run),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if (run / "metrics.csv").exists() and len(pd.read_csv(run / "metrics.csv")) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_training_after(cfg, tiny_cohort, run, rows=3)
     state = torch.load(run / "state.pt", weights_only=True)
     budget = budget_min * 60
     assert state["elapsed_s"] < 0.8 * budget, "the run got too far before it could be killed"
@@ -122,13 +100,7 @@ def test_a_killed_budget_run_resumes_its_schedule_from_the_recorded_time(tiny_co
 def test_the_planner_sizes_cpu_runs_by_steps_and_keeps_nnunet_epochs_on_a_gpu():
     from medseg.training.planning import plan_config
 
-    head = {
-        "spacing_median": [2.0, 2.0, 2.0],
-        "spacing_p10": [2.0, 2.0, 2.0],
-        "shape_median": [99, 117, 95],
-        "modality": "MR",
-        "foreground": {"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2},
-    }
+    head = fingerprint([2.0, 2.0, 2.0], [99, 117, 95], foreground={"p00_5": 0.0, "p99_5": 1.0, "mean": 0.5, "std": 0.2})
     planned = plan_config(head, gpu=False)
     cpu = planned["training"]
     # shrunk in steps of 8 to within 64^3 voxels, then to the planned network's strides: 4 levels of 2 (the MONAI
@@ -155,13 +127,8 @@ def test_the_planned_default_network_keeps_the_memory_budget_and_a_4_voxel_bottl
     # (it used to be chosen for the unshrunk 128^3 patch: 5 levels, and rounding up to 32 broke the budget by up to 3x)
     from medseg.training.planning import _BYTES_PER_VOXEL_PER_CHANNEL, plan_config
 
-    ct = {
-        "spacing_median": [1.0] * 3,
-        "spacing_p10": [1.0] * 3,
-        "shape_median": [256, 256, 256],
-        "modality": "CT",
-        "foreground": {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0},
-    }
+    ct_range = {"p00_5": -1000.0, "p99_5": 1000.0, "mean": 0.0, "std": 300.0}
+    ct = fingerprint([1.0] * 3, [256, 256, 256], modality="CT", foreground=ct_range)
     planned = plan_config(ct, memory_gb=memory_gb, gpu=gpu)
     patch, batch = planned["training"]["patch_size"], planned["training"]["batch_size"]
     kw = planned["model"]["kwargs"]

@@ -42,6 +42,17 @@ def _brainish(root, values_per_case=((1, 2), (1, 2), (1, 2)), name="manifest.csv
     return root / name
 
 
+def _dataset_json(root, names: dict) -> None:
+    """nnU-Net's dataset.json for one T1 channel and three training cases; ``names``: label name -> value."""
+    dj = {
+        "channel_names": {"0": "T1"},
+        "labels": {"background": 0, **names},
+        "numTraining": 3,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(dj))
+
+
 def test_config_has_no_default_label_table_and_train_refuses_without_one(tmp_path):
     cfg = config_from_dict({})
     assert cfg.labels is None
@@ -81,16 +92,7 @@ def test_the_table_from_folder_wrote_is_picked_up(tmp_path):
     for i in range(3):
         (root / "imagesTr" / f"b_{i:03d}_0000.nii.gz").write_bytes((src.parent / f"img{i}.nii.gz").read_bytes())
         (root / "labelsTr" / f"b_{i:03d}.nii.gz").write_bytes((src.parent / f"lab{i}.nii.gz").read_bytes())
-    (root / "dataset.json").write_text(
-        json.dumps(
-            {
-                "channel_names": {"0": "T1"},
-                "labels": {"background": 0, "Grey Matter": 1, "white matter": 2},
-                "numTraining": 3,
-                "file_ending": ".nii.gz",
-            }
-        )
-    )
+    _dataset_json(root, {"Grey Matter": 1, "white matter": 2})
     manifest, table_path = manifest_from_folder(root, tmp_path / "m" / "brain.csv")
     out, fp = plan(manifest, tmp_path / "plan.yaml", min_spacing=2.0, memory_gb=0.2)
     assert fp["label_table_source"] == str(table_path)
@@ -112,16 +114,7 @@ def test_a_folder_with_unlabelled_test_images_plans_and_reads_for_training(tmp_p
         (root / f"images{split}" / f"b_{i:03d}_0000.nii.gz").write_bytes((src.parent / f"img{i}.nii.gz").read_bytes())
         if i != 4:  # b_003 has a test label (labelsTs/, when a set has them), b_004 none
             (root / f"labels{split}" / f"b_{i:03d}.nii.gz").write_bytes((src.parent / f"lab{i}.nii.gz").read_bytes())
-    (root / "dataset.json").write_text(
-        json.dumps(
-            {
-                "channel_names": {"0": "T1"},
-                "labels": {"background": 0, "gm": 1, "wm": 2},
-                "numTraining": 3,
-                "file_ending": ".nii.gz",
-            }
-        )
-    )
+    _dataset_json(root, {"gm": 1, "wm": 2})
     manifest, _ = manifest_from_folder(root, tmp_path / "m" / "brain.csv")
     written = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("case_id")
     assert list(written["split"]) == ["train"] * 3 + ["test"] * 2

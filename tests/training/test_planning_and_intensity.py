@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import fingerprint
 
 from medseg.config import load_config
 from medseg.training.planning import plan, plan_config
@@ -20,13 +21,7 @@ def test_plan_reads_the_phantoms_as_ct_and_writes_a_valid_config(tiny_cohort, tm
 
 
 def test_anisotropic_spacing_and_memory_budget_shape_the_patch():
-    fp = {
-        "spacing_median": [0.8, 0.8, 5.0],
-        "spacing_p10": [0.7, 0.7, 2.5],
-        "shape_median": [512, 512, 60],
-        "modality": "MR",
-        "foreground": {},
-    }
+    fp = fingerprint([0.8, 0.8, 5.0], [512, 512, 60], p10=[0.7, 0.7, 2.5])
     cfg = plan_config(fp, memory_gb=1.0, min_spacing=0.5)
     assert cfg["preprocessing"]["spacing"] == [0.8, 0.8, 2.5]  # coarse axis: its 10th percentile
     assert "axis z" in fp["spacing_reason"] and "10th percentile" in fp["spacing_reason"]  # medseg plan prints why

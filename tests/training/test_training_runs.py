@@ -1,14 +1,11 @@
 """Training runs on a tiny cohort: resume after SIGKILL, folds, moved run directories."""
 
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import kill_training_after
 
 from medseg import api
 
@@ -24,27 +21,7 @@ def test_resume_after_sigkill_mid_epoch_ends_with_the_same_metrics(tiny_cohort, 
     expected = pd.read_csv(tmp_path / "full" / "metrics.csv")
 
     run = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "medseg",
-        "train",
-        "--no-progress",
-        "--config",
-        str(cfg),
-        "--manifest",
-        str(tiny_cohort),
-        "--out",
-        str(run),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill it once epoch 2 is recorded, i.e. during epoch 3
-        if (run / "metrics.csv").exists() and len(pd.read_csv(run / "metrics.csv")) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_training_after(cfg, tiny_cohort, run, rows=2)  # kill it once epoch 2 is recorded, i.e. during epoch 3
     done = len(pd.read_csv(run / "metrics.csv"))
     assert done < 4, "the run finished before it could be killed"
     assert not list(run.glob(".tmp-*")) or True  # a temp file may remain; it is never read as complete

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import label_coded
+from helpers import label_coded, predict_argv
 
 from medseg.data.phantoms import make_phantom
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
@@ -165,19 +165,7 @@ def test_cli_refuses_nonfinite_input_with_one_line_and_exit_2(oracle_checkpoint,
     _, coded = coded_case
     poisoned, n = _poison(coded, seed=4)
     src = write_volume(poisoned, tmp_path / "poisoned.nii.gz")
-    code = main(
-        [
-            "predict",
-            "--model",
-            str(oracle_checkpoint),
-            str(src),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
+    code = main(predict_argv(oracle_checkpoint, src, tmp_path / "out", "--device", "cpu"))
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"{n:,} of" in err and "poisoned.nii.gz" in err and "NaN or infinite" in err
@@ -226,19 +214,7 @@ def test_cli_singular_affine_is_one_line_exit_2(oracle_checkpoint, tmp_path, cap
     from medseg.cli import main
 
     src = write_raw_nifti(tmp_path / "singular.nii.gz", ARRAY, **BAD_GEOMETRY["singular_sform"])
-    code = main(
-        [
-            "predict",
-            "--model",
-            str(oracle_checkpoint),
-            str(src),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
+    code = main(predict_argv(oracle_checkpoint, src, tmp_path / "out", "--device", "cpu"))
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "singular.nii.gz" in err and "singular" in err
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pydicom
 import pytest
+from helpers import fractional_liver_seg, seg_source_images
 
 from medseg.data.phantoms import make_phantom, write_dicom_series
 from medseg.errors import InputError
@@ -36,40 +37,10 @@ def _binary_seg(folder, vol, out):
 
 
 def _fractional_seg(folder, out, *, max_value: int, stored: float = 0.8):
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    files = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
-    for d in files:  # Type 2 attributes highdicom copies and the phantom series leave out
-        for kw in ("AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyTime"):
-            setattr(d, kw, d.get(kw, ""))
+    files = seg_source_images(folder)
     pix = np.zeros((len(files), files[0].Rows, files[0].Columns), np.float32)
     pix[:, 10:20, 10:20] = stored
-    desc = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Liver",
-        segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    seg = hd.seg.Segmentation(
-        source_images=files,
-        pixel_array=pix,
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[desc],
-        series_instance_uid=hd.UID(),
-        series_number=5,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-        max_fractional_value=255,
-    )
-    seg.MaximumFractionalValue = max_value  # what a broken exporter writes; frames still hold 0..255
-    seg.save_as(out)
-    return out
+    return fractional_liver_seg(files, pix, out, max_value=max_value)  # frames still hold 0..255
 
 
 def _many_segments(seg_path, out, n):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import fractional_liver_seg, seg_source_images
 from test_rtstruct import phantom_series  # same folder (pytest puts it on sys.path)
 
 from medseg.data.phantoms import PHANTOM_LABELS
@@ -35,15 +36,8 @@ def test_binary_seg_round_trip_by_label_and_by_code(tmp_path, grid):
 
 
 def test_fractional_seg_thresholded(tmp_path):
-    import highdicom as hd
-    import pydicom
-    from pydicom.sr.codedict import codes
-
     case, folder, vol, truth = phantom_series(tmp_path, "axial")
-    files = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
-    for d in files:  # Type 2 attributes highdicom copies and the phantom series leave out
-        for kw in ("AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyTime"):
-            setattr(d, kw, d.get(kw, ""))
+    files = seg_source_images(folder)
     inv = np.linalg.inv(vol.affine)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])
     ks = [
@@ -57,29 +51,7 @@ def test_fractional_seg_thresholded(tmp_path):
     shell = binary_dilation(liver, iterations=1) & ~liver
     frac = np.where(liver, 0.8, np.where(shell, 0.3, 0.0)).astype(np.float32)
     pixels = np.stack([frac[:, :, k].T for k in ks])
-    desc = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Liver",
-        segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-    )
-    seg = hd.seg.Segmentation(
-        source_images=files,
-        pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[desc],
-        series_instance_uid=hd.UID(),
-        series_number=5,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-        max_fractional_value=255,
-    )
-    seg.save_as(tmp_path / "frac.dcm")
+    fractional_liver_seg(files, pixels, tmp_path / "frac.dcm")
     res = read_dicom_seg(tmp_path / "frac.dcm", folder)
     assert res.table.names == ["liver"]
     assert np.array_equal(res.labels.array == 1, liver)
