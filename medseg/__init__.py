@@ -14,7 +14,7 @@ import os
 # (benchmarks/results/2026-12-01_huge_pages_and_export.txt). A value the user set (0 turns it off) is kept.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from medseg.errors import (  # noqa: E402
     CheckpointError,
