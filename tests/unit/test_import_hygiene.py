@@ -67,3 +67,58 @@ def test_the_count_sees_an_import_inside_a_function(tmp_path):
     )
     inside, top, where = count_imports(pkg)
     assert (inside, top) == (2, 1) and where == ["medseg/a.py:4  (no comment saying why)", "medseg/a.py:8"]
+
+
+def import_circles(package: str = "medseg") -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (Tarjan on grimp's graph).
+
+    Function-level imports count too: a circle hidden inside a function is still a circle.
+    """
+    import grimp  # dev dependency (it comes with import-linter)
+
+    graph = grimp.build_graph(package)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for other in sorted(graph.find_modules_directly_imported_by(module)):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in on_stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                group.append(other)
+                if other == module:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_import_circle_between_medseg_modules():
+    assert import_circles() == []
+
+
+def test_the_circle_check_sees_a_circle(tmp_path, monkeypatch):
+    pkg = tmp_path / "circ_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from circ_pkg import b\n")
+    (pkg / "b.py").write_text("def f():\n    from circ_pkg import a  # lazy: hides the circle\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_circles("circ_pkg") == [["circ_pkg.a", "circ_pkg.b"]]
