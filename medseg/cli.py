@@ -25,11 +25,12 @@ class Verb(NamedTuple):
     help: str  # the one line ``medseg --help`` shows; the module's add_parser(help=...) says the same (a test checks)
 
 
-#: Every verb, in ``medseg --help`` order. This table is medseg's one lazy import of its own package: a command module
-#: imports ``medseg.api`` at its top, and the API imports torch, MONAI and every stage. ``import medseg.cli`` and
-#: ``medseg --help`` read only this table (fast, no torch); the module of a verb is imported (``importlib``) only
-#: when that verb runs or its ``--help`` is asked. To add a verb: write ``medseg/commands/<module>.py`` and list it
-#: here.
+#: Every verb, in ``medseg --help`` order. This table and ``medseg.api.NAMES`` are medseg's two lazy imports of its own
+#: package: ``import medseg.cli`` and ``medseg --help`` read only this table (fast, no torch); the module of a verb is
+#: imported (``importlib``) only when that verb runs or its ``--help`` is asked. A command module imports ``medseg.api``
+#: (a name table, light) at its top, so ``medseg predict --help`` loads no torch either; the verb's API module
+#: (``medseg.api.predicting``: inference, MONAI, torch) loads when the command calls it. To add a verb: write
+#: ``medseg/commands/<module>.py`` and list it here.
 VERBS: dict[str, Verb] = {
     "models": Verb("models", "list registered models (builds none), or import a model folder of another tool"),
     "phantoms": Verb("phantoms", "write synthetic CT phantoms with exact truth and a manifest"),

@@ -1,5 +1,7 @@
 """``medseg predict``: segment images or DICOM folders with one loaded model."""
 
+from __future__ import annotations  # (the annotation api.PredictOptions is not looked up: --help stays light)
+
 import sys
 
 from medseg import api
