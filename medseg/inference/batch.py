@@ -319,8 +319,10 @@ def _segment(
     overwrite: bool,
     progress: bool,
     versions: dict,
+    startup: dict | None = None,
 ) -> PredictResult:
-    """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all)."""
+    """Segment and write each case; a bad case is recorded and the others go on (a full disk stops them all).
+    ``startup``: the process's start-up figures, recorded in each sidecar."""
     sha = predictor.provenance["model_sha256"]
     result = PredictResult()
     bar = tqdm(cases, desc="predict", unit="case", disable=not progress)
@@ -335,6 +337,7 @@ def _segment(
         try:
             image = case.read()
             labels = predictor.predict([image, *case.channels[1:]], keep_probabilities=outputs["probabilities"])
+            labels.meta.update(startup or {})
             write_case_outputs(
                 case_id=cid,
                 labels=labels,
@@ -368,6 +371,19 @@ def _segment(
             result.failures[cid] = f"internal error {type(exc).__name__}: {exc}"
             log.exception("%s: unexpected error", cid)
     return result
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (Linux ``/proc``: 10 ms resolution), None where that cannot be read.
+
+    ``medseg predict`` records it when the model is loaded (``seconds_startup`` in ``run.json`` and each sidecar):
+    interpreter start, imports and model loading, the cost paid before the first case that a small network feels."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return round(max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")), 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _run_info(predictor, cases: list[CaseInput]) -> dict[str, Any]:
@@ -424,9 +440,11 @@ def predict_many(
     out_dir = Path(out)
     given = [c for p in inputs for c in _channel_paths(p)]
     refuse_overwriting_inputs([out_dir / "run.json", out_dir / "failures.csv"], given)  # before the model loads
+    t_load = time.monotonic()
     predictor = load_predictor(
         model, device=opts.device, expected_labels=opts.expected_labels, progress=opts.progress, **opts.inference
     )
+    startup = {"seconds_startup": process_seconds(), "seconds_model_load": round(time.monotonic() - t_load, 3)}
     cases = expand_inputs(
         inputs, in_channels=predictor.in_channels, rule=opts.selection_rule(), policy=opts.geometry_policy()
     )
@@ -438,7 +456,7 @@ def predict_many(
     refuse_overwriting_inputs(all_targets, [c for case in cases for c in case.channels])
     ensure_dir(out_dir)
     sha = predictor.provenance["model_sha256"]
-    run_info = _run_info(predictor, cases)
+    run_info = {**_run_info(predictor, cases), **startup}
     write_json(out_dir / "run.json", run_info)
     outputs = _wanted_outputs(opts)
     with command_log(out_dir / "predict.log"):
@@ -452,6 +470,7 @@ def predict_many(
             overwrite=opts.overwrite,
             progress=opts.progress,
             versions=run_info["versions"],
+            startup=startup,
         )
         log.info(
             "predict: %d segmented, %d already done, %d failed",

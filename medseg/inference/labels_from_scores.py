@@ -65,11 +65,37 @@ def cell_map(coarse: torch.Tensor, mixed: int) -> torch.Tensor:
     return torch.where(lo == hi, lo, torch.full_like(lo, mixed))
 
 
-def labels_from_scores(scores: torch.Tensor, out_shape, steps, *, chunk: int = 1 << 20, with_confidence: bool = False):
+def _interpolate_mixed(flat: torch.Tensor, scores: torch.Tensor, xs, ys, zs, mixed: int, chunk: int) -> None:
+    """Labels of the voxels of ``flat`` (a slab of the output, ``(rows, Y, Z)`` flattened) that lie in mixed cells:
+    the argmax of their scores interpolated from the 8 neighbours, ``chunk`` voxels at a time."""
+    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = xs, ys, zs
+    C, Y, Z = scores.shape[0], y0.numel(), z0.numel()
+    where = (flat == mixed).nonzero().squeeze(1)
+    for a in range(0, where.numel(), chunk):
+        idx = where[a : a + chunk]
+        iz, rest = idx % Z, idx // Z
+        iy, ix = rest % Y, rest // Y
+        acc = torch.zeros((C, idx.numel()), dtype=torch.float32)
+        for xi, xw in ((x0[ix], 1.0 - wx[ix]), (x1[ix], wx[ix])):
+            for yi, yw in ((y0[iy], 1.0 - wy[iy]), (y1[iy], wy[iy])):
+                for zi, zw in ((z0[iz], 1.0 - wz[iz]), (z1[iz], wz[iz])):
+                    acc.addcmul_(scores[:, xi, yi, zi], (xw * yw * zw)[None])
+        flat[idx] = first_argmax(acc).to(flat.dtype)
+
+
+def labels_from_scores(
+    scores: torch.Tensor,
+    out_shape,
+    steps,
+    *,
+    chunk: int = 1 << 20,
+    with_confidence: bool = False,
+    slab_voxels: int = 1 << 22,
+):
     """``scores``: ``(C, x, y, z)`` log-probabilities on the network grid; ``steps``: network voxels
     per output voxel along each axis (``s / t``). Returns ``uint8/uint16 (X, Y, Z)`` labels.
 
-    Boundary voxels are interpolated ``chunk`` at a time. With
+    The output is filled in slabs of ``slab_voxels``; boundary voxels are interpolated ``chunk`` at a time. With
     ``with_confidence`` also returns, per label, the sum of the winning
     probability over the network-grid voxels it wins and their count (the mean
     is the structure's confidence figure).
@@ -85,20 +111,18 @@ def labels_from_scores(scores: torch.Tensor, out_shape, steps, *, chunk: int = 1
     x0, x1, wx = axis_weights(nx, sx, 0, X)
     y0, y1, wy = axis_weights(ny, sy, 0, Y)
     z0, z1, wz = axis_weights(nz, sz, 0, Z)
-    # z on the small grid first, then whole planes (x), then rows (y): cheap gathers.
-    labels = cells.index_select(2, z0).index_select(0, x0).index_select(1, y0)  # (X, Y, Z): each voxel's cell
-    flat = labels.view(-1)
-    where = (flat == mixed).nonzero().squeeze(1)
-    for a in range(0, where.numel(), chunk):
-        idx = where[a : a + chunk]
-        iz, rest = idx % Z, idx // Z
-        iy, ix = rest % Y, rest // Y
-        acc = torch.zeros((C, idx.numel()), dtype=torch.float32)
-        for xi, xw in ((x0[ix], 1.0 - wx[ix]), (x1[ix], wx[ix])):
-            for yi, yw in ((y0[iy], 1.0 - wy[iy]), (y1[iy], wy[iy])):
-                for zi, zw in ((z0[iz], 1.0 - wz[iz]), (z1[iz], wz[iz])):
-                    acc.addcmul_(scores[:, xi, yi, zi], (xw * yw * zw)[None])
-        flat[idx] = first_argmax(acc).to(dtype)
+    # z on the small grid first, then whole planes (x), then rows (y): cheap gathers; in slabs of x, so that the
+    # mask of boundary voxels and their int64 indices stay bounded (slab_voxels), not 9 bytes per output voxel.
+    by_z = cells.index_select(2, z0)
+    labels = torch.empty((X, Y, Z), dtype=dtype)
+    rows = max(1, int(slab_voxels) // max(1, Y * Z))
+    for a0 in range(0, X, rows):
+        a1 = min(X, a0 + rows)
+        part = labels[a0:a1]
+        torch.index_select(by_z.index_select(0, x0[a0:a1]), 1, y0, out=part)  # (rows, Y, Z): each voxel's cell
+        _interpolate_mixed(
+            part.view(-1), scores, (x0[a0:a1], x1[a0:a1], wx[a0:a1]), (y0, y1, wy), (z0, z1, wz), mixed, chunk
+        )
     out = labels.numpy()
     if not small:
         out = out.astype(np.uint16)

@@ -17,8 +17,9 @@ predictor's findings about the input, e.g. non-finite voxels, followed by
 output that failed), ``labels``, ``model``, ``inference``, ``shape``,
 ``affine``, ``spacing_mm``, ``input_format``, ``dicom`` (pseudonymised keys and
 geometry findings; null for image files), ``versions``, ``seconds_total`` and
-the predictor's per-case figures (``seconds``, ``peak_rss_mb``,
-``confidence``, ...).
+the predictor's per-case figures (``seconds``, ``seconds_read``, ``seconds_windows``, ``peak_rss_mb``,
+``confidence``, ...); ``medseg predict`` adds the process's start-up figures: ``seconds_startup`` (from process
+start until the model was loaded: interpreter, imports, model) and ``seconds_model_load``.
 
 Case ids become file names through ``medseg.io.paths`` (``check_case_id``, ``safe_name``,
 ``refuse_overwriting_inputs``).

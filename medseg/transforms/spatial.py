@@ -103,11 +103,48 @@ def resample(
     shrink = [a for a in range(len(size)) if size[a] <= x.shape[a + 1]]
     grow = [a for a in range(len(size)) if size[a] > x.shape[a + 1]]
     order = sorted(shrink, key=lambda a: -abs(x.stride(a + 1))) + sorted(grow, key=lambda a: size[a] / x.shape[a + 1])
+    if linear and order and _moves(x, order[0], size, steps, reverse):
+        return _resample_in_slabs(x, size, steps, order, reverse)
     out = x
     for a in order:
         out = resample_axis(out, a + 1, size[a], steps[a], mode="linear" if linear else "nearest", reverse=reverse[a])
     if linear and out.dtype != torch.float32:
         out = out.float()
+    return out
+
+
+#: Input voxels (all channels) that one slab of ``resample`` gathers at a time: 4M (16 MB as float32).
+SLAB_VOXELS = 1 << 22
+
+
+def _moves(x: torch.Tensor, axis: int, size, steps, reverse) -> bool:
+    """Whether ``resample_axis`` changes ``axis`` (it returns an unchanged axis as it is)."""
+    return not (size[axis] == x.shape[axis + 1] and abs(steps[axis] - 1.0) < 1e-9 and not reverse[axis])
+
+
+def _resample_in_slabs(x: torch.Tensor, size, steps, order: list[int], reverse) -> torch.Tensor:
+    """``resample`` (linear) with bounded temporaries: the output is made slab by slab along the first axis of
+    ``order``; each slab gathers its two neighbour slices per output slice (in the stored type, e.g. int16) and
+    resamples the other axes in ``order``, so every output voxel is computed by the same operations in the same
+    order as by whole-volume resampling (bit-equal) while the only full-resolution array is the input itself.
+    A 512x512x1920 int16 CT took 1.0 GB plus two float32 copies of its first resampled axis before (1.4 GB at
+    2.5 mm); now 1.0 GB plus the output and one slab."""
+    first, rest = order[0], order[1:]
+    axis = first + 1
+    n_in = x.shape[axis]
+    plane = max(1, x.numel() // max(1, n_in))
+    per_slab = max(1, int(SLAB_VOXELS // plane))
+    out_shape = list(x.shape[:1]) + [int(s) for s in size]
+    out = torch.empty(out_shape, dtype=torch.float32)
+    for j0 in range(0, int(size[first]), per_slab):
+        j1 = min(int(size[first]), j0 + per_slab)
+        i0, i1, w1 = axis_weights(n_in, steps[first], j0, j1, reverse[first])
+        view = [1] * x.ndim
+        view[axis] = -1
+        slab = x.index_select(axis, i0).float().lerp_(x.index_select(axis, i1).float(), w1.view(view))
+        for a in rest:
+            slab = resample_axis(slab, a + 1, size[a], steps[a], mode="linear", reverse=reverse[a])
+        out.narrow(axis, j0, j1 - j0).copy_(slab)
     return out
 
 

@@ -93,6 +93,16 @@ def _check_models(out):
     assert 0 <= dice <= 1 and vs_best == 0 and steps == 1
 
 
+def _check_startup(out):
+    assert re.search(r"start-up \(own process each\)\s+seconds\s+x faster\s+peak RSS MB", out)
+    help_row = _row(out, "medseg predict --help")  # seconds, (x faster: nan in the smoke run), peak MB
+    assert help_row[0] > 0 and help_row[-1] > 0
+    startup, load = (float(v) for v in re.search(rf"seconds_startup ({NUM}), seconds_model_load ({NUM})", out).groups())
+    assert 0 < load <= startup
+    seconds, peak, _, ratio, target = _row(out, "medseg predict, 48x48x32")
+    assert seconds > 0 and peak > 0 and ratio > 0 and target == 2.0
+
+
 def _check_training(out):
     assert "Dice on held-out phantoms:" in out
     assert re.search(r"trained 1 epochs, 1 iterations", out)
@@ -166,6 +176,7 @@ SMOKE = {
     # bench_qc runs end to end (--quick, a stronger check) in tests/unit/reporting/test_quality.py: not twice.
     "bench_qc.py": ([], _check_qc, lambda: "run by tests/unit/reporting/test_quality.py (--quick)", [pytest.mark.slow]),
     "bench_inference.py": ([], _check_inference, lambda: None, [pytest.mark.slow]),
+    "bench_startup.py": ([], _check_startup, lambda: None, [pytest.mark.slow]),
     "bench_nnunet.py": (
         [],
         _check_nnunet,
