@@ -18,6 +18,15 @@
 
     .venv/bin/python benchmarks/bench_nnunet.py [--work /tmp/medseg_bench_nnunet] [--out results.txt]
     .venv/bin/python benchmarks/bench_nnunet.py --smoke    # seconds: an untrained small model, that the script runs
+    .venv/bin/python benchmarks/bench_nnunet.py --batch --cases 20 --repeat 1   # medseg run vs nnUNetv2_predict
+    .venv/bin/python benchmarks/bench_nnunet.py --batch --smoke                 # the batch mode on two small cases
+    .venv/bin/python benchmarks/bench_nnunet.py --memory 1920 [--memory-faithful]   # peak RSS, 513x513x1920 int16
+
+``--batch``: one folder of ``--cases`` CT-sized phantoms (``caseNNN_0000.nii.gz``); ``nnUNetv2_predict`` (its defaults:
+background preprocessing and export processes) and ``medseg run`` (packaged volumetry pipeline, ``preset: fast``,
+QC montages and HTML off; ``--workers`` reader threads that read and preprocess the next case while the network runs)
+each run over it as one command; the table gives cases per minute, the ratio, each command's peak RSS and the label
+agreement with nnUNetv2_predict per case.
 """
 
 from __future__ import annotations
@@ -459,13 +468,210 @@ IN_PROCESS = False
 
 def _spawn(kind: str, *args: str, env=None) -> dict:
     if IN_PROCESS:
-        fn = {"nnunet": worker_nnunet, "medseg": worker_medseg, "switches": worker_switches}[kind]
+        fn = WORKERS[kind]
         return json.loads(json.dumps(fn(*args)))
     cmd = [sys.executable, __file__, "--worker", kind, *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- --batch: medseg run vs nnUNetv2_predict
+def make_batch_cases(work: Path, n: int, spacing=TEST_SPACING, fov_mm=TEST_FOV_MM) -> Path:
+    """``n`` CT-like int16 phantoms (seeds TEST_SEED + 1...) as ``images/caseNNN_0000.nii.gz``: nnU-Net's input
+    naming, one file per case for ``medseg run``."""
+    import nibabel as nib
+
+    from medseg.data.phantoms import make_phantom
+
+    folder = work / "batch" / f"images_{n}_{spacing[0]:g}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"case{i:03d}_0000.nii.gz"
+        if not path.is_file():
+            case = make_phantom(TEST_SEED + 1 + i, spacing=spacing, fov_mm=fov_mm)
+            hu = np.clip(np.round(np.asarray(case.image.array)), -1024, 3071).astype(np.int16)
+            nib.save(nib.Nifti1Image(hu, case.image.affine), str(path))
+    return folder
+
+
+def _timed(cmd: list, env: dict, what: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB; the largest process of the tree that ``wait4`` reports) of one command."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - t0
+    err = proc.stderr.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{what} exited {code}:\n{err[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024.0
+
+
+def run_batch_nnunet(work: Path, folder: Path, images: Path, out: Path) -> tuple[float, float]:
+    """``nnUNetv2_predict`` with its defaults (3 preprocessing and 3 export processes, mirroring, step 0.5), CPU:
+    its ``_from_modelfolder`` entry point (the same ``predict_from_files``, given the folder instead of a data set
+    id)."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(Path(sys.executable).parent / "nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(out)]
+    cmd += ["-m", str(folder), "-f", "all", "-device", "cpu", "--disable_progress_bar"]
+    return _timed(cmd, _env(work), "nnUNetv2_predict")
+
+
+def run_batch_medseg(folder: Path, images: Path, out: Path, workers: int, inference: str) -> tuple[float, float]:
+    """``medseg run`` (the packaged volumetry pipeline, QC montages and HTML report off, as nnU-Net writes none)."""
+    shutil.rmtree(out, ignore_errors=True)
+    pipeline = Path(__file__).resolve().parents[1] / "pipelines" / "dicom_volumetry.yaml"
+    cmd = [sys.executable, "-m", "medseg", "run", str(pipeline), "--input", str(images), "--out", str(out)]
+    for setting in (
+        f"predict.model={folder}",
+        "predict.device=cpu",
+        f"predict.inference={inference}",
+        "report.qc=false",
+        "report.html=false",
+    ):
+        cmd += ["--set", setting]
+    cmd += ["--workers", str(workers), "--no-progress"]
+    return _timed(cmd, {**os.environ, "PYTHONWARNINGS": "ignore"}, "medseg run")
+
+
+def batch_agreement(images: Path, nnunet_out: Path, medseg_out: Path) -> dict:
+    """Per case, the fraction of voxels with nnUNetv2_predict's label and the mean Dice; their means and minimum."""
+    import nibabel as nib
+
+    agree, dice = [], []
+    for img in sorted(images.glob("*_0000.nii.gz")):
+        case = img.name[: -len("_0000.nii.gz")]
+        ref = np.asanyarray(nib.load(str(nnunet_out / f"{case}.nii.gz")).dataobj)
+        got = np.asanyarray(nib.load(str(medseg_out / "cases" / f"{case}_0000" / "labels.nii.gz")).dataobj)
+        ag = agreement(got, ref)
+        agree.append(ag["agree"])
+        dice.append(ag["mean_dice"])
+    return {"agree": float(np.mean(agree)), "agree_min": float(np.min(agree)), "mean_dice": float(np.mean(dice))}
+
+
+def main_batch(a, work: Path, folder: Path, say) -> None:
+    """``--batch``: cases per minute of ``medseg run`` (fast preset) and ``nnUNetv2_predict`` over one folder."""
+    n = max(1, a.cases)
+    spacing, fov = ((4.0, 4.0, 5.0), (130.0, 130.0, 80.0)) if a.smoke else (TEST_SPACING, TEST_FOV_MM)
+    images = make_batch_cases(work, n, spacing, fov)
+    say(f"# batch: {n} cases in {images.relative_to(work)}, each {spacing} mm over {fov} mm (int16 NIfTI)")
+    contenders = [("medseg run --preset fast", "medseg", '{"preset": "fast"}')]
+    if a.batch_faithful:
+        contenders.append(("medseg run (faithful)", "medseg_faithful", "{}"))
+    runs: dict = {"nnunet": [], **{key: [] for _, key, _ in contenders}}
+    for rep in range(a.repeat):  # interleaved, as the one-case table
+        runs["nnunet"].append(run_batch_nnunet(work, folder, images, work / "batch" / "out_nnunet"))
+        for _, key, opts in contenders:
+            runs[key].append(run_batch_medseg(folder, images, work / "batch" / f"out_{key}", a.workers, opts))
+        print(f"batch round {rep + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in runs.items()), file=sys.stderr)
+    base = min(s for s, _ in runs["nnunet"])
+    say(
+        f"{'run':<30}{'cases':>6}{'seconds':>9}{'cases/min':>10}{'x nnU-Net':>10}{'peak RSS MB':>12}{'agree':>9}"
+        f"{'min agree':>10}{'mean Dice':>10}"
+    )
+    rows = [("nnUNetv2_predict (CPU)", "nnunet")] + [(t, k) for t, k, _ in contenders]
+    for title, key in rows:
+        seconds = min(s for s, _ in runs[key])
+        rss = max(m for _, m in runs[key])
+        if key == "nnunet":
+            ag = {"agree": 1.0, "agree_min": 1.0, "mean_dice": 1.0}
+        else:
+            ag = batch_agreement(images, work / "batch" / "out_nnunet", work / "batch" / f"out_{key}")
+        say(
+            f"{title:<30}{n:>6}{seconds:>9.1f}{60 * n / seconds:>10.2f}{base / seconds:>10.2f}{rss:>12.0f}"
+            f"{ag['agree']:>9.5f}{ag['agree_min']:>10.5f}{ag['mean_dice']:>10.4f}"
+        )
+    say(
+        f"# seconds: the whole command (start-up, model load, every case, writing), the fastest of {a.repeat}; all: "
+        + "; ".join(f"{k} " + "/".join(f"{s:.0f}" for s, _ in v) for k, v in runs.items())
+    )
+    say(
+        f"# medseg run --workers {a.workers}: reader threads read and preprocess the next cases while the network "
+        "runs (NnunetPredictor.prepare); nnUNetv2_predict: its defaults (-npp 3 -nps 3, background processes)."
+    )
+    say("# peak RSS: the largest single process of the command (wait4's ru_maxrss), not the sum of nnU-Net's workers;")
+    say(
+        "# agree: mean over cases of the fraction of voxels with nnUNetv2_predict's label (min agree: the lowest case)."
+    )
+
+
+# ---------------------------------------------------------------- --memory: peak RSS on a long CT
+def make_long_image(work: Path, slices: int, smoke: bool) -> Path:
+    """A CT-like int16 volume ``slices`` long: the one-case test phantom repeated along z (uncompressed NIfTI, so
+    that reading costs no gzip buffers)."""
+    import nibabel as nib
+
+    path = work / "memory" / f"ct_{slices}_0000.nii"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        src = (
+            make_test_image(work, spacing=(4.0, 4.0, 5.0), fov_mm=(130.0, 130.0, 80.0))
+            if smoke
+            else make_test_image(work)
+        )
+        img = nib.load(str(src))
+        one = np.asanyarray(img.dataobj)
+        reps = -(-slices // one.shape[2])
+        nib.save(nib.Nifti1Image(np.tile(one, (1, 1, reps))[:, :, :slices], img.affine), str(path))
+    return path
+
+
+def worker_memory(folder: str, image: str, options: str) -> dict:
+    """One ``predict`` in a fresh process: its peak RSS (VmHWM, the whole process from its start) and the resident
+    memory after imports and the model load (what any run of this process holds)."""
+    import medseg.adapters  # noqa: F401  (registers the model-folder formats with medseg.inference.load)
+    from medseg.inference.load import load_predictor
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    pred = load_predictor(folder, device="cpu", **json.loads(options))
+    loaded = rss_mb()
+    t0 = time.monotonic()
+    result = pred.predict(image)
+    keep = ("seconds_read", "seconds_preprocess", "seconds_windows", "seconds_export", "network_grid")
+    return {
+        "seconds": time.monotonic() - t0,
+        "peak_rss_mb": _peak_mb(),
+        "rss_loaded_mb": loaded,
+        **{k: result.meta.get(k) for k in keep},
+    }
+
+
+def main_memory(a, work: Path, folder: Path, say) -> None:
+    """``--memory SLICES``: peak RSS of one predict (each preset its own process) against the input's own size."""
+    import nibabel as nib
+
+    image = make_long_image(work, a.memory, a.smoke)
+    img = nib.load(str(image))
+    in_mb = np.prod(img.shape) * img.get_data_dtype().itemsize / 2**20
+    say(f"# input: {image.name} {'x'.join(map(str, img.shape))} {img.get_data_dtype()} = {in_mb:.0f} MB of voxels")
+    extra = json.loads(a.variant) if a.variant else {}  # e.g. {"mirror": false}: same memory, fewer passes
+    presets = [("fast", json.dumps({"preset": "fast", **extra}))]
+    presets += [("faithful", json.dumps(extra))] if a.memory_faithful else []
+    if extra:
+        say(f"# both presets with {a.variant}")
+    say(
+        f"{'preset':<10}{'seconds':>9}{'peak RSS MB':>12}{'x input':>9}{'after load MB':>14}{'peak - load':>12}"
+        f"{'x input':>9}  read/preprocess/windows/export s, network grid"
+    )
+    for name, opts in presets:
+        r = _spawn("memory", str(folder), str(image), opts)
+        extra = r["peak_rss_mb"] - r["rss_loaded_mb"]
+        say(
+            f"{name:<10}{r['seconds']:>9.1f}{r['peak_rss_mb']:>12.0f}{r['peak_rss_mb'] / in_mb:>9.2f}"
+            f"{r['rss_loaded_mb']:>14.0f}{extra:>12.0f}{extra / in_mb:>9.2f}  "
+            f"{r['seconds_read']:.1f}/{r['seconds_preprocess']:.1f}/{r['seconds_windows']:.1f}/"
+            f"{r['seconds_export']:.1f}, {r['network_grid']}"
+        )
+    say("# peak RSS: the predicting process's VmHWM from its start (imports, model, read, predict); after load: its")
+    say("# resident memory once imports and the model are loaded, before the case (peak - load: what the case adds).")
+
+
+WORKERS = {"nnunet": worker_nnunet, "medseg": worker_medseg, "switches": worker_switches, "memory": worker_memory}
 
 
 def main() -> None:
@@ -490,6 +696,10 @@ def main() -> None:
         action="store_true",
         help="also run nnUNetPredictor with THP_MEM_ALLOC_ENABLE=1 (the allocator setting medseg uses)",
     )
+    ap.add_argument(
+        "--model",
+        help="an existing nnU-Net v2 result folder (fold 'all') instead of training one, e.g. for --batch/--memory",
+    )
     ap.add_argument("--train-only", action="store_true", help="build (train) the model under --work and stop")
     ap.add_argument(
         "--cases",
@@ -505,17 +715,33 @@ def main() -> None:
         "training one, a 4 mm test phantom, one round, every worker in this process, no one-switch table, in a "
         "temporary --work: a test that the script runs",
     )
+    ap.add_argument(
+        "--batch",
+        action="store_true",
+        help="instead of the one-case table: cases per minute of `medseg run` (preset fast) against nnUNetv2_predict "
+        "over one folder of --cases CT-sized phantoms (each command its own process), labels agreement per case",
+    )
+    ap.add_argument("--workers", type=int, default=1, help="--batch: medseg run's reader threads (its default: 1)")
+    ap.add_argument("--batch-faithful", action="store_true", help="--batch: also medseg run with the faithful preset")
+    ap.add_argument(
+        "--memory",
+        type=int,
+        metavar="SLICES",
+        help="instead of the one-case table: peak RSS of one predict on the test phantom repeated to SLICES slices "
+        "(e.g. 1920: 513x513x1920 int16, 1 GB), preset fast, each in its own process",
+    )
+    ap.add_argument("--memory-faithful", action="store_true", help="--memory: the faithful preset too")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.smoke:
         global IN_PROCESS
-        IN_PROCESS, a.repeat, a.cases, a.no_switches = True, 1, 1, True
+        IN_PROCESS, a.repeat, a.cases, a.no_switches = True, 1, 2 if a.batch else 1, True
         if a.work == ap.get_default("work"):
             a.work = tempfile.mkdtemp(prefix="bench_nnunet_smoke_")
         os.environ.update(_env(Path(a.work)))  # nnunetv2 reads its folders when imported, here in this process
     if a.worker:
-        fn = {"nnunet": worker_nnunet, "medseg": worker_medseg, "switches": worker_switches}[a.worker]
+        fn = WORKERS[a.worker]
         print(json.dumps(fn(*a.args)))
         return
 
@@ -542,7 +768,9 @@ def main() -> None:
     say("# The 2 cores are shared with other sessions' tests while this runs: absolute seconds are noisy,")
     say("# the ratios within this one script are what counts.")
     t0 = time.monotonic()
-    if a.smoke:
+    if a.model:
+        folder = Path(a.model).resolve()
+    elif a.smoke:
         folder = smoke_model(work)
     else:
         folder = build_model(
@@ -551,6 +779,14 @@ def main() -> None:
     trained = time.monotonic() - t0
     if a.train_only:
         say(f"# model trained in {trained:.0f} s: {folder}")
+        return
+    if a.model and (a.batch or a.memory):
+        say(f"# model: {folder.parent.name}/{folder.name} (given with --model), fold all")
+    if a.batch or a.memory:
+        (main_batch if a.batch else main_memory)(a, work, folder, say)
+        say(f"# total {time.monotonic() - t_start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
+        if a.out:
+            Path(a.out).write_text("\n".join(lines) + "\n")
         return
     image = (
         make_test_image(work, spacing=(4.0, 4.0, 5.0), fov_mm=(130.0, 130.0, 80.0))
@@ -564,10 +800,13 @@ def main() -> None:
 
     shape = nib.load(str(image)).shape
     recipe = f", AdamW {a.adamw:g} (nnUNetTrainerAdam's recipe)" if a.adamw else ""
-    say(
-        f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
-        f"{a.iters} iterations{recipe}{'' if trained < 5 else f', trained here in {trained:.0f} s'})"
-    )
+    if a.model:
+        say(f"# model: {folder.parent.name}/{folder.name} (given with --model), fold all")
+    else:
+        say(
+            f"# model: {folder.relative_to(work)} (nnU-Net v2 planner + nnUNetTrainer, fold all, {a.epochs} epochs x "
+            f"{a.iters} iterations{recipe}{'' if trained < 5 else f', trained here in {trained:.0f} s'})"
+        )
     narrowed = "" if arch["features_per_stage"][0] >= 32 else " (narrowed from nnU-Net's 32..320 for this CPU)"
     say(
         f"#   PlainConvUNet features_per_stage {arch['features_per_stage']}{narrowed}, patch {conf['patch_size']}, "

@@ -30,6 +30,13 @@ class Predictor(Protocol):
     the timings (``seconds``, ``seconds_read``, ``seconds_windows``...), ``network_grid``, ``peak_rss_mb``,
     ``confidence`` per structure and ``findings`` about the input; with ``keep_probabilities``,
     ``meta["probabilities"]`` is ``(array (x, y, z, classes) float32, affine)``.
+
+    Optional (not part of the checked protocol): ``prepare(source)`` reads and preprocesses a case ahead of its
+    ``predict`` (``medseg.runner.local`` calls it in its reader threads, so that the next case's preprocessing
+    overlaps the current case's windows); the next ``predict`` of the same source (the same ``Volume`` object, or
+    the same paths) then starts from it. It must be thread-safe against a concurrent ``predict`` of another case;
+    a failure in it is repeated and reported by ``predict``. nnU-Net models have it
+    (``medseg.adapters.nnunet.predictor.NnunetPredictor.prepare``).
     """
 
     labels: LabelTable

@@ -710,71 +710,60 @@ def _decide(scores, lab):
     return out
 
 
-#: Where more output voxels than this share lie between network voxels of different labels (an untrained or noisy
-#: network), ``labels_only`` interpolates the scores separably, slab by slab along the first axis, instead of voxel by
-#: voxel: the per-voxel gathers then cost more than resampling whole slabs. 5 classes from a 67x205x205 grid to
-#: 200x513x513 on 2 cores, 94% of the voxels undecided: 11.3 s by voxel (0.23 us each), 2.9 s by slab; a trained
-#: network leaves a few percent undecided.
+#: Where more output voxels of a slab than this share lie between network voxels of different labels (an untrained or
+#: noisy network), ``labels_only`` interpolates the slab's scores separably instead of voxel by voxel: the per-voxel
+#: gathers then cost more than resampling whole slabs. 5 classes from a 67x205x205 grid to 200x513x513 on 2 cores, 94%
+#: of the voxels undecided: 11.3 s by voxel (0.23 us each), 2.9 s by slab; a trained network leaves a few percent
+#: undecided.
 DENSE_SHARE = 0.2
-#: Output voxels times score channels per slab of the separable route (16 MB of float32 scores per slab).
+#: Output voxels times score channels per slab of ``labels_only`` (16 MB of float32 scores per slab).
 _SLAB_VOXELS = 1 << 22
 
 
-def _decide_slabs(seg, undecided, scores, axes, lab) -> None:
-    """``seg`` (output grid) completed where ``undecided`` (a mask of its shape) by interpolating ``scores`` along each
-    axis in turn (``torch.lerp`` between the two source rows; the order-0 axis has weight 0): the last axis on the
-    network's grid (one copy of the scores, the output's length along it), then slab by slab along the first axis and
-    the second, deciding each slab; only its undecided voxels are written."""
+def _decide_dense(seg, undecided, scores, axes, lab, s: int, e: int) -> None:
+    """``seg`` (output rows ``s:e`` of the first axis) completed where ``undecided`` (a mask of its shape) by
+    interpolating ``scores`` along each axis in turn (``torch.lerp`` between the two source rows; the order-0 axis has
+    weight 0): the last axis on the network's grid (only the source rows these output rows read), then the first
+    axis and the second; only the undecided voxels are written."""
     import torch
 
     (a0, a1, wa), (b0, b1, wb), (c0, c1, wc) = axes
-    heads = scores.shape[0]
-    X, Y, Z = seg.shape
-    rows = undecided.reshape(X, -1).any(1)
-    k = max(1, _SLAB_VOXELS // max(1, heads * Y * Z))
-    # the last axis first, on the network's grid: later gathers then copy whole rows
-    along_z = torch.lerp(scores.index_select(3, c0), scores.index_select(3, c1), wc[None, None, None, :])
-    wb_ = wb[None, None, :, None]
-    for s in range(0, X, k):
-        if not bool(rows[s : s + k].any()):
-            continue
-        e = min(X, s + k)
-        t = torch.lerp(along_z.index_select(1, a0[s:e]), along_z.index_select(1, a1[s:e]), wa[s:e][None, :, None, None])
-        t = torch.lerp(t.index_select(2, b0), t.index_select(2, b1), wb_)
-        block, todo = seg[s:e], undecided[s:e]
-        block[todo] = _decide(t.reshape(heads, -1), lab).reshape(block.shape).to(seg.dtype)[todo]
+    lo, hi = int(a0[s:e].min()), int(a1[s:e].max()) + 1
+    rows = scores[:, lo:hi]
+    along_z = torch.lerp(rows.index_select(3, c0), rows.index_select(3, c1), wc[None, None, None, :])
+    t = torch.lerp(
+        along_z.index_select(1, a0[s:e] - lo), along_z.index_select(1, a1[s:e] - lo), wa[s:e][None, :, None, None]
+    )
+    t = torch.lerp(t.index_select(2, b0), t.index_select(2, b1), wb[None, None, :, None])
+    seg[undecided] = _decide(t.reshape(scores.shape[0], -1), lab).reshape(seg.shape).to(seg.dtype)[undecided]
 
 
-def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20, dense_share: float = DENSE_SHARE) -> np.ndarray:
-    """The label map of ``export`` without resampling every class's scores to the full grid.
-
-    nnU-Net resamples each head's logits (order 1 in plane, the separate axis order 0) and then decides per voxel.
-    Linear interpolation is a convex combination of the 2x2x2 neighbouring grid values: where all of them decide
-    the same label (argmax, or region painting: every channel keeps its sign), every point between them does too.
-    So the label is looked up from the network grid there, and the scores are interpolated only for output voxels
-    whose neighbours disagree (near boundaries), ``chunk`` voxels at a time, or, where more than ``dense_share`` of
-    the voxels disagree, slab by slab (``_decide_slabs``). Differences from ``export``: float32 instead of float16
-    rounding of the resampled scores (near-ties). Returns the label map in the reader's order;
-    the caller falls back to ``export`` for anything but order-1 probability resampling."""
+def _decide_points(seg, undecided, scores, axes, lab, s: int, chunk: int) -> None:
+    """``seg`` (output rows from ``s`` of the first axis) completed where ``undecided``, voxel by voxel, ``chunk``
+    voxels at a time: the 2x2x2 neighbours' scores weighted (order 1; weight 0 along an order-0 axis)."""
     import torch
 
-    plans, conf = model.plans, model.conf
-    tf = plans.get("transpose_forward", [0, 1, 2])
-    tb = plans.get("transpose_backward", [0, 1, 2])
-    kw = conf.get("resampling_fn_probabilities_kwargs", {})
-    spacing_t = [props["spacing"][i] for i in tf]
-    current = props["network_spacing"]
-    scores = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
-    in_shape = tuple(scores.shape[1:])
-    out_shape = tuple(int(s) for s in props["shape_after_cropping"])
-    do_sep, axis = separate_z(
-        kw.get("force_separate_z"), current, spacing_t, kw.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD)
-    )
-    lab = model.labels
-    axes = [
-        _linear_axis(i, o, nearest=bool(do_sep and a == axis and kw.get("order_z", 0) == 0))
-        for a, (i, o) in enumerate(zip(in_shape, out_shape, strict=False))
-    ]
+    (a0, a1, wa), (b0, b1, wb), (c0, c1, wc) = axes
+    _, Y, Z = seg.shape
+    flat = seg.view(-1)
+    where = undecided.view(-1).nonzero().squeeze(1)
+    for k in range(0, where.numel(), chunk):
+        idx = where[k : k + chunk]
+        iz, rest = idx % Z, idx // Z
+        iy, ix = rest % Y, rest // Y + s
+        acc = torch.zeros((scores.shape[0], idx.numel()), dtype=torch.float32)
+        for xi, xw in ((a0[ix], 1.0 - wa[ix]), (a1[ix], wa[ix])):
+            for yi, yw in ((b0[iy], 1.0 - wb[iy]), (b1[iy], wb[iy])):
+                for zi, zw in ((c0[iz], 1.0 - wc[iz]), (c1[iz], wc[iz])):
+                    acc.addcmul_(scores[:, xi, yi, zi], (xw * yw * zw)[None])
+        flat[idx] = _decide(acc, lab).to(flat.dtype)
+
+
+def _label_cells(scores, in_shape, axes, lab):
+    """The network grid's label where a voxel and its upper neighbours (along the interpolated axes) agree, else
+    the ``mixed`` marker (255 for small label sets, -1 for others); returns (cells, mixed)."""
+    import torch
+
     coarse = _decide(scores.reshape(scores.shape[0], -1), lab).reshape(in_shape)
     small = lab.table.num_classes < 255
     dtype, mixed = (torch.uint8, 255) if small else (torch.int32, -1)
@@ -785,32 +774,77 @@ def labels_only(logits, props: dict, model, *, chunk: int = 1 << 20, dense_share
             nxt_lo = torch.cat([lo.narrow(a, 1, lo.shape[a] - 1), lo.narrow(a, lo.shape[a] - 1, 1)], dim=a)
             nxt_hi = torch.cat([hi.narrow(a, 1, hi.shape[a] - 1), hi.narrow(a, hi.shape[a] - 1, 1)], dim=a)
             lo, hi = torch.minimum(lo, nxt_lo), torch.maximum(hi, nxt_hi)
-    cells = torch.where(lo == hi, lo, torch.full_like(lo, mixed))
-    (a0, a1, wa), (b0, b1, wb), (c0, c1, wc) = axes
-    seg = cells.index_select(2, c0).index_select(0, a0).index_select(1, b0)
-    flat = seg.view(-1)
-    undecided = flat == mixed
-    X, Y, Z = out_shape
+    return torch.where(lo == hi, lo, torch.full_like(lo, mixed)), mixed
+
+
+def labels_only(
+    logits,
+    props: dict,
+    model,
+    *,
+    chunk: int = 1 << 20,
+    dense_share: float = DENSE_SHARE,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The label map of ``export`` without resampling every class's scores to the full grid.
+
+    nnU-Net resamples each head's logits (order 1 in plane, the separate axis order 0) and then decides per voxel.
+    Linear interpolation is a convex combination of the 2x2x2 neighbouring grid values: where all of them decide
+    the same label (argmax, or region painting: every channel keeps its sign), every point between them does too.
+    So the label is looked up from the network grid there, and the scores are interpolated only for output voxels
+    whose neighbours disagree (near boundaries), ``chunk`` voxels at a time, or, in a slab where more than
+    ``dense_share`` of the voxels disagree, for the whole slab (``_decide_dense``). Slab by slab along the first
+    axis (``_SLAB_VOXELS`` scores a slab): memory beyond the label map is a slab's, whatever the image's size.
+    Differences from ``export``: float32 instead of float16 rounding of the resampled scores (near-ties).
+    Returns the label map in the reader's order, written into ``out`` (zeros of that shape and uint8/uint16, any
+    memory layout: medseg's ``(x, y, z)`` map transposed) when given; the caller falls back to ``export`` for
+    anything but order-1 probability resampling."""
+    import torch
+
+    plans, conf = model.plans, model.conf
+    tf = plans.get("transpose_forward", [0, 1, 2])
+    tb = plans.get("transpose_backward", [0, 1, 2])
+    kw = conf.get("resampling_fn_probabilities_kwargs", {})
+    spacing_t = [props["spacing"][i] for i in tf]
+    scores = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+    in_shape = tuple(scores.shape[1:])
+    out_shape = tuple(int(s) for s in props["shape_after_cropping"])
+    do_sep, axis = separate_z(
+        kw.get("force_separate_z"),
+        props["network_spacing"],
+        spacing_t,
+        kw.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD),
+    )
+    lab = model.labels
+    axes = [
+        _linear_axis(i, o, nearest=bool(do_sep and a == axis and kw.get("order_z", 0) == 0))
+        for a, (i, o) in enumerate(zip(in_shape, out_shape, strict=False))
+    ]
+    cells, mixed = _label_cells(scores, in_shape, axes, lab)
+    (a0, _, _), (b0, _, _), (c0, _, _) = axes
+    along_z = cells.index_select(2, c0)
     sc = scores.float() if scores.dtype != torch.float32 else scores
-    if int(undecided.sum()) > dense_share * flat.numel():
-        _decide_slabs(seg, undecided.view(seg.shape), sc, axes, lab)
-        undecided[:] = False
-    where = undecided.nonzero().squeeze(1)
-    for s in range(0, where.numel(), chunk):
-        idx = where[s : s + chunk]
-        iz, rest = idx % Z, idx // Z
-        iy, ix = rest % Y, rest // Y
-        acc = torch.zeros((sc.shape[0], idx.numel()), dtype=torch.float32)
-        for xi, xw in ((a0[ix], 1.0 - wa[ix]), (a1[ix], wa[ix])):
-            for yi, yw in ((b0[iy], 1.0 - wb[iy]), (b1[iy], wb[iy])):
-                for zi, zw in ((c0[iz], 1.0 - wc[iz]), (c1[iz], wc[iz])):
-                    acc.addcmul_(sc[:, xi, yi, zi], (xw * yw * zw)[None])
-        flat[idx] = _decide(acc, lab).to(dtype)
-    seg = seg.numpy()
     out_dtype = np.uint8 if max(lab.table.num_classes - 1, 0) < 255 else np.uint16
-    full = np.zeros(props["shape_before_cropping"], dtype=out_dtype)
-    full[tuple(slice(a, b) for a, b in props["bbox"])] = seg
-    return full.transpose(tb)
+    shape_before = tuple(int(s) for s in props["shape_before_cropping"])
+    if out is None:
+        out = np.zeros(tuple(shape_before[i] for i in tb), dtype=out_dtype)
+    full = out.transpose(np.argsort(tb))  # the network's order: out is full.transpose(tb)
+    if full.shape != shape_before:
+        raise ValueError(f"out has shape {out.shape}; expected {tuple(shape_before[i] for i in tb)}")
+    crop = full[tuple(slice(a, b) for a, b in props["bbox"])]
+    X, Y, Z = out_shape
+    rows = max(1, _SLAB_VOXELS // max(1, scores.shape[0] * Y * Z))
+    for s in range(0, X, rows):
+        e = min(X, s + rows)
+        seg = along_z.index_select(0, a0[s:e]).index_select(1, b0)
+        undecided = seg == mixed
+        n = int(undecided.sum())
+        if n > dense_share * seg.numel():
+            _decide_dense(seg, undecided, sc, axes, lab, s, e)
+        elif n:
+            _decide_points(seg, undecided, sc, axes, lab, s, chunk)
+        crop[s:e] = seg.numpy()
+    return out
 
 
 def labels_only_applies(model) -> bool:

@@ -11,9 +11,11 @@ The label table, names included, is the model's ``dataset.json``.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from medseg.adapters.nnunet import fast_preprocess
 from medseg.adapters.nnunet import inference as nn
 from medseg.adapters.nnunet.folder import load_nnunet_folder
 from medseg.errors import CheckpointError, ConfigError, GeometryError, InputError
@@ -52,6 +55,7 @@ NNUNET_OPTIONS = (
     "channels_last",
     "cast",
     "compile",
+    "resample",
 )
 
 #: nnU-Net's own inference, step for step (the default).
@@ -75,6 +79,11 @@ NNUNET_OPTIONS = (
 #:   once the network's eager passes so far plus those still to run in the case would take
 #:   ``nnunet_inference.COMPILE_WORTH_S`` or more (a heavy network from its second pass; a light one in a batch).
 #:
+#: - ``resample``: ``"nnunet"`` resamples the input as nnU-Net (third-order spline on a float32 copy of the whole
+#:   image, its prefilter in float64), ``"torch"`` normalises and resamples it slab by slab from the type it was read
+#:   in, linear with PyTorch (``medseg.adapters.nnunet.fast_preprocess``; nnU-Net's route where a channel normalises
+#:   within the non-zero mask or the configuration is 2D).
+#:
 #: Faithful compiles heavy networks (``"auto"``) in nnU-Net's own precision: the same operations in another order
 #: and fused, as another thread count or CPU would run them (full-width 32..320 window, float32: logits within
 #: 5e-6 of eager, identical argmax; 1.46 s against 3.04 s per pass). ``compile: false`` runs them eagerly.
@@ -89,6 +98,7 @@ NNUNET_FAITHFUL = {
     "channels_last": False,
     "cast": "autocast",
     "compile": "auto",
+    "resample": "nnunet",
 }
 #: ``preset="fast"``: the switches measured in benchmarks/bench_nnunet.py to keep label agreement >= 0.99 on the CPU.
 #: On a trained bench model (benchmarks/results/2026-11-30_nnunet_trained_model.txt): bf16 keeps mean Dice 0.998-0.999
@@ -100,8 +110,11 @@ NNUNET_FAITHFUL = {
 #: (``medseg.inference.channels_last``) and no compile: the full-width bf16 window took 0.61-0.70 s eager against
 #: 0.98-1.04 s channels-first, and compiling it as well saved only 0.03 s a pass for 17 s of compile (the narrow
 #: network: 0.041 s eager, 0.034 s compiled, 12 s of compile), so eager is faster on one case and ``compile: true``
-#: pays only over several cases of a batch (benchmarks/results/2026-12-01_channels_last_norm.txt). Options given next
-#: to the preset override it.
+#: pays only over several cases of a batch (benchmarks/results/2026-12-01_channels_last_norm.txt). ``resample`` stays
+#: nnU-Net's spline: ``resample: torch`` (the input normalised and resampled linearly slab by slab from its stored
+#: type, ``fast_preprocess``; memory in benchmarks/results/2026-12-08_nnunet_memory.txt) agreed 0.948 with the
+#: faithful labels on the tests' barely trained model, below the preset's 0.99, and is not yet measured on a trained
+#: one; it is an option (``--set resample=torch``) until it is. Options given next to the preset override it.
 NNUNET_FAST = {
     "amp": "auto",
     "sw_batch_size": 1,
@@ -113,6 +126,7 @@ NNUNET_FAST = {
     "channels_last": True,
     "cast": "weights",
     "compile": False,
+    "resample": "nnunet",
 }
 NNUNET_PRESETS = {"faithful": NNUNET_FAITHFUL, "fast": NNUNET_FAST}
 
@@ -124,6 +138,7 @@ _CHOICES = {
     "logits_dtype": ("float16", "float32"),
     "cast": ("autocast", "weights"),
     "compile": (True, False, "auto"),
+    "resample": ("nnunet", "torch"),
 }
 
 
@@ -147,6 +162,7 @@ class NnunetOptions:
     channels_last: Any = False
     cast: str = "autocast"
     compile: Any = "auto"
+    resample: str = "nnunet"
 
     @classmethod
     def parse(
@@ -206,6 +222,40 @@ def folder_sha256(model) -> str:
     return h.hexdigest()
 
 
+#: Cases ``NnunetPredictor.prepare`` keeps for their ``predict``: a run's reader threads prepare at most ``workers``
+#: ahead, each taken by the next ``predict``; the oldest go first should an interrupted run leave some behind.
+_READY_MAX = 4
+
+
+@dataclass
+class _Ready:
+    """One case read and preprocessed (``NnunetPredictor.prepare``): the network input and what export needs."""
+
+    volume: Volume
+    findings: list
+    x: Any  # (C, ...) float32 in nnU-Net's order; None once taken
+    props: dict
+    seconds_read: float
+    seconds_pre: float
+
+
+def _source_key(source) -> tuple:
+    """What identifies a case's source between ``prepare`` and ``predict``: the ``Volume`` object itself (its id; the
+    kept ``_Ready`` holds it, so the id is not reused meanwhile), or the path."""
+    items = source if isinstance(source, (list, tuple)) else [source]
+    return tuple(("volume", id(s)) if isinstance(s, Volume) else ("path", str(s)) for s in items)
+
+
+def _label_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Voxels per label value, a slab at a time (no full-size temporaries)."""
+    counts = np.zeros(max(n_classes, int(labels.max(initial=0)) + 1), dtype=np.int64)
+    rows = max(1, (1 << 21) // max(1, labels[:1].size))  # bincount counts in 8-byte integers: 16 MB a slab
+    for k in range(0, labels.shape[0], rows):
+        block = np.bincount(labels[k : k + rows].ravel(), minlength=counts.size)
+        counts[: block.size] += block
+    return counts
+
+
 class NnunetPredictor(ChannelReader):
     """An nnU-Net v2 model (its folds) as a ``Predictor``: medseg's input checks, nnU-Net's steps."""
 
@@ -216,6 +266,9 @@ class NnunetPredictor(ChannelReader):
         self.models = [net.to(self.device) for net in model.networks()]
         # (cast dtype, channels-last, compiled) -> the networks so prepared, made once per predictor
         self._prepared: dict = {}
+        # cases read and preprocessed ahead by prepare() (a run's reader threads), by source
+        self._ready: collections.OrderedDict = collections.OrderedDict()
+        self._ready_lock = threading.Lock()
         self.labels = model.labels.table
         self.in_channels = model.in_channels
         self.progress = progress
@@ -303,63 +356,103 @@ class NnunetPredictor(ChannelReader):
             stats["compile_failed"] = next((n.failed for n in nets if getattr(n, "failed", None)), None)
         return logits
 
-    def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
-        """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
-        (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid)."""
-        release_freed_memory()  # the previous case's freed arrays: not kept under this case's peak
+    def prepare(self, source) -> None:
+        """Read and preprocess ``source`` ahead of its ``predict`` (``medseg run``'s reader threads call this while the
+        network runs the previous case): the next ``predict`` of the same source (the same ``Volume`` object, or the
+        same paths) takes the network input from here. Thread-safe; at most ``_READY_MAX`` cases are kept."""
+        ready = self._preprocess(source)
+        with self._ready_lock:
+            self._ready[_source_key(source)] = ready
+            while len(self._ready) > _READY_MAX:
+                self._ready.popitem(last=False)
+
+    def _preprocess(self, source) -> _Ready:
+        """Read the case (medseg's checks) and preprocess it: nnU-Net's route, or (``resample: "torch"``) slab by
+        slab from the image as read."""
         t0 = time.monotonic()
         findings: list = []
         volume, channels = self.read(source, findings)
         t_read = time.monotonic() - t0
         spacing_xyz = [float(s) for s in np.linalg.norm(volume.affine[:3, :3], axis=0)]
-        # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises in
-        # place
-        data = np.array(channels, dtype=np.float32).transpose(0, 3, 2, 1)
-        spacing = spacing_xyz[::-1]
-        x, props = nn.preprocess(
-            data, spacing, self.nnunet, fill_holes=not self.inference["skip_background"], inplace=True
-        )
-        del data, channels
+        if self.inference["resample"] == "torch" and fast_preprocess.applies(self.nnunet):
+            x, props = fast_preprocess.preprocess_fast(channels, spacing_xyz, self.nnunet)
+        else:
+            # nnU-Net's (z, y, x); always a copy (the read image stays as read), which preprocessing then normalises
+            # in place
+            data = np.array(channels, dtype=np.float32).transpose(0, 3, 2, 1)
+            x, props = nn.preprocess(
+                data, spacing_xyz[::-1], self.nnunet, fill_holes=not self.inference["skip_background"], inplace=True
+            )
+            del data
+        del channels
         if not np.all(np.isfinite(x)):
             raise InputError(
                 "intensities overflow 32-bit floats after nnU-Net's normalisation", path=volume.source or None
             )
+        return _Ready(volume, findings, x, props, t_read, time.monotonic() - t0 - t_read)
+
+    def _take_ready(self, source) -> _Ready | None:
+        with self._ready_lock:
+            return self._ready.pop(_source_key(source), None)
+
+    def predict(self, source, *, keep_probabilities: bool = False) -> Volume:
+        """Segment one image (or one per channel) as nnU-Net would; ``result.meta`` as for medseg checkpoints
+        (with ``keep_probabilities``: ``(array (x, y, z, classes) float32, affine)`` on the input's grid;
+        ``prepared_ahead``: the case was read and preprocessed by ``prepare``, its seconds those it took there)."""
+        release_freed_memory()  # the previous case's freed arrays: not kept under this case's peak
+        t0 = time.monotonic()
+        ready = self._take_ready(source)
+        ahead = ready is not None
+        if ready is None:
+            ready = self._preprocess(source)
+        volume, x, props = ready.volume, ready.x, ready.props
+        ready.x = None
         t1 = time.monotonic()
         stats: dict = {}
         logits = self._logits(x, stats)
-        t_windows, t_pre = time.monotonic() - t1, t1 - t0 - t_read
+        t_windows = time.monotonic() - t1
         grid = [int(s) for s in x.shape[1:]]
         del x
-        if self.inference["export"] == "labels" and not keep_probabilities and nn.labels_only_applies(self.nnunet):
-            seg, probs = nn.labels_only(logits, props, self.nnunet, chunk=int(self.inference["label_chunk"])), None
-        else:
-            seg, probs = nn.export(logits, props, self.nnunet, probabilities=keep_probabilities)
+        labels, probs = self._export(logits, props, volume, keep_probabilities)
         del logits
         t_export = time.monotonic() - t1 - t_windows
-        labels = np.ascontiguousarray(seg.transpose(2, 1, 0))
         if labels.shape != volume.shape:
             raise GeometryError(
                 f"prediction shape {labels.shape} differs from the input's {volume.shape} (internal error)",
                 path=volume.source,
             )
-        counts = {lab.name: int((labels == lab.index).sum()) for lab in self.labels.labels}
+        counts = _label_counts(labels, self.labels.num_classes)
         meta = {
-            "seconds": round(time.monotonic() - t0, 3),
-            "seconds_read": round(t_read, 3),
-            "seconds_preprocess": round(t_pre, 3),
+            "seconds": round(time.monotonic() - t0 + (ready.seconds_read + ready.seconds_pre if ahead else 0.0), 3),
+            "seconds_read": round(ready.seconds_read, 3),
+            "seconds_preprocess": round(ready.seconds_pre, 3),
             "seconds_windows": round(t_windows, 3),
             "seconds_export": round(t_export, 3),
+            "prepared_ahead": ahead,
             "network_grid": grid,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "confidence": {lab.name: None for lab in self.labels.labels},
-            "voxels": counts,
-            "findings": findings,
+            "voxels": {lab.name: int(counts[lab.index]) for lab in self.labels.labels},
+            "findings": ready.findings,
             "engine": "nnunet",
             **stats,
         }
         if probs is not None:
             meta["probabilities"] = (np.ascontiguousarray(probs.transpose(3, 2, 1, 0)), volume.affine.copy())
         return Volume(labels, volume.affine.copy(), volume.source, meta)
+
+    def _export(self, logits, props: dict, volume: Volume, keep_probabilities: bool):
+        """The label map ``(x, y, z)`` on the input grid (and the probabilities, nnU-Net's order): the label-only
+        export writes straight into the C-ordered map, slab by slab; nnU-Net's export resamples every class."""
+        if self.inference["export"] == "labels" and not keep_probabilities and nn.labels_only_applies(self.nnunet):
+            dtype = np.uint8 if max(self.labels.num_classes - 1, 0) < 255 else np.uint16
+            labels = np.zeros(volume.shape, dtype=dtype)
+            nn.labels_only(
+                logits, props, self.nnunet, chunk=int(self.inference["label_chunk"]), out=labels.transpose(2, 1, 0)
+            )
+            return labels, None
+        seg, probs = nn.export(logits, props, self.nnunet, probabilities=keep_probabilities)
+        return np.ascontiguousarray(seg.transpose(2, 1, 0)), probs
 
 
 def from_folder(
