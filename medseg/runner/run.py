@@ -37,7 +37,7 @@ import yaml
 import medseg
 from medseg.errors import ConfigError, InputError, OutputError
 from medseg.io.atomic import write_csv, write_json, write_text
-from medseg.models.checkpoint import load_checkpoint, versions
+from medseg.models.checkpoint import versions
 from medseg.pacs.endpoints import is_endpoint
 from medseg.pacs.retrieve import shutdown_storage_scps
 from medseg.pacs.source import pacs_input
@@ -46,12 +46,14 @@ from medseg.reporting import cohort
 from medseg.reporting import longitudinal as lon
 from medseg.reporting.metrics import COLUMNS
 from medseg.reporting.report import write_cohort
+from medseg.reporting.volumes import rows_frame
 from medseg.runner import inputs as inputs_mod
 from medseg.runner import training_stages
 from medseg.runner.case_work import RunContext
+from medseg.runner.cluster import ClusterError
 from medseg.runner.local import run_local
 from medseg.runner.model import model_summary
-from medseg.runner.ray_engine import import_ray, run_ray
+from medseg.runner.ray_engine import RayEngine, import_ray
 from medseg.runner.rundir import RUN_LOG, RunDir, now
 from medseg.runner.settings import load_pipeline
 
@@ -93,8 +95,9 @@ def aggregate(rd: RunDir, pipe, cases, table) -> None:
 
     if pipe.has("report"):
         rep = pipe.stages["report"]
-        rows, ids = _json_rows(rd, cases, "volumes")
-        if rows:
+        ids: list = []
+        rows = rows_frame(rd.done_json(cases, "volumes", ids))  # case by case: never 1M rows as dicts at once
+        if rows is not None:
             ranges = cohort.read_reference_ranges(rep.reference_ranges) if rep.reference_ranges else None
             montages = None
             if rep.html and rep.qc:
@@ -174,6 +177,9 @@ class RunSettings:
     ``resume=True`` insists that ``out`` already holds a run; without it an
     existing run directory is resumed all the same. ``ray_init``: extra
     ``ray.init`` keywords (Python API only; e.g. a ``runtime_env``).
+
+    ``workers``: reader threads (local engine, default 1) or the most Ray actors (default: one per GPU, or
+    one per node on CPUs); ``gpus_per_worker`` (Ray, default 1): GPUs each actor asks for (0.5: two share one).
     """
 
     pipeline: str | os.PathLike
@@ -182,10 +188,11 @@ class RunSettings:
     overrides: list | tuple | None = None
     resume: bool = False
     engine: str = "local"
-    workers: int = 1
+    workers: int | None = None
     address: str | None = None
     progress: bool = True
     device: str | None = None
+    gpus_per_worker: float | None = None
     ray_init: dict | None = None
     query: list | None = None
     accessions: str | os.PathLike | None = None
@@ -219,6 +226,11 @@ class PipelineRun:
             raise ConfigError(f"unknown engine {s.engine!r}; use one of {', '.join(ENGINES)}")
         if s.engine == "ray":
             import_ray()  # the install hint before any work
+        if s.gpus_per_worker is not None and (s.engine != "ray" or not 0 < s.gpus_per_worker <= 64):
+            raise ConfigError(
+                f"--gpus-per-worker {s.gpus_per_worker}: give a positive number of GPUs per Ray actor (e.g. 1 or "
+                "0.5), with --engine ray"
+            )
         self.pipe = pipe = load_pipeline(s.pipeline, overrides=list(s.overrides or []))
         if not pipe.has("predict"):
             raise ConfigError(
@@ -277,12 +289,12 @@ class PipelineRun:
             flush=True,
         )
         log.info(
-            "run %s: %d cases from %s, engine %s x%d",
+            "run %s: %d cases from %s, engine %s x%s",
             self.pipe.name,
             n,
             self.input_shown,
             self.settings.engine,
-            self.settings.workers,
+            self.settings.workers or ("planned" if self.settings.engine == "ray" else 1),
         )
         if ignored:
             log.info("not cases (ignored): %s", ", ".join(ignored[:20]) + (" ..." if len(ignored) > 20 else ""))
@@ -323,7 +335,7 @@ class PipelineRun:
             return
         manifest = Path(self.settings.input).resolve()
         plan_result = training_stages.plan(self.rd, pipe, manifest) if pipe.has("plan") else None
-        self.ckpt = load_checkpoint(
+        self.ckpt = model_summary(  # a cascade's summary names both stages' networks
             training_stages.train(
                 self.rd, pipe, manifest, plan_result, progress=self.settings.progress, device=self.settings.device
             )
@@ -388,7 +400,16 @@ class PipelineRun:
         log.info("%d cases to do, %d already done", len(todo), len(result.skipped))
         return todo
 
-    def run_cases(self, ctx: RunContext, todo: list, result: RunResult) -> None:
+    def engine(self) -> contextlib.AbstractContextManager:
+        """The Ray engine (joined or started; ``prepare`` checks the cluster), or nothing for the local one."""
+        s = self.settings
+        if s.engine != "ray":
+            return contextlib.nullcontext()
+        return RayEngine(
+            address=s.address, workers=s.workers, gpus_per_worker=s.gpus_per_worker, init_kwargs=s.ray_init
+        )
+
+    def run_cases(self, ctx: RunContext, todo: list, result: RunResult, engine=None) -> None:
         s = self.settings
 
         def on_record(rec: dict) -> None:
@@ -398,17 +419,11 @@ class PipelineRun:
                 result.failures[rec["case_id"]] = f"{rec.get('stage')}: {rec.get('error')}"
 
         if s.engine == "ray":
-            run_ray(
-                ctx,
-                todo,
-                workers=s.workers,
-                address=s.address,
-                progress=s.progress,
-                on_record=on_record,
-                init_kwargs=s.ray_init,
-            )
+            engine.run(ctx, todo, progress=s.progress, on_record=on_record)
         else:
-            run_local(ctx, todo, workers=s.workers, progress=s.progress, on_record=on_record, stats=self.invocation)
+            run_local(
+                ctx, todo, workers=s.workers or 1, progress=s.progress, on_record=on_record, stats=self.invocation
+            )
 
     # -- 5. cohort outputs ------------------------------------------------------------------------------------------
     def finish(self, ctx: RunContext, result: RunResult, t_start: float) -> None:
@@ -432,8 +447,8 @@ class PipelineRun:
             result.exit_code,
         )
 
-    def stopped(self, exc: OutputError) -> None:
-        """Disk full, read-only: say so in run.json when it can still be written."""
+    def stopped(self, exc: OutputError | ClusterError) -> None:
+        """Disk full, read-only, a Ray cluster that failed its check: say so in run.json when it can be written."""
         if self.run_info is not None:
             with contextlib.suppress(OutputError):
                 self.run_info.update(state="stopped", error=" ".join(str(exc).split()))
@@ -449,11 +464,14 @@ class PipelineRun:
             self.train_if_asked()
             ctx = self.context()
             result = RunResult(self.rd.root, len(self.cases))
-            todo = self.cases_to_do(ctx.config_sha256, result)
-            self.run_cases(ctx, todo, result)
+            with self.engine() as engine:
+                if engine is not None:  # Ray: actors planned, every node checked, before any case
+                    engine.prepare(ctx)
+                todo = self.cases_to_do(ctx.config_sha256, result)
+                self.run_cases(ctx, todo, result, engine)
             self.finish(ctx, result, t_start)
             return result
-        except OutputError as exc:
+        except (OutputError, ClusterError) as exc:
             self.stopped(exc)
             raise
         finally:
