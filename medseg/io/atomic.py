@@ -108,16 +108,24 @@ def escape_frame(frame):
     numeric, boolean and date columns are untouched, so a float -3.5 stays a number."""
     import pandas as pd
 
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write (pandas 3): escaped columns are replaced, the caller's stay
     out.columns = [escape_cell(c) for c in out.columns]
     for i in range(out.shape[1]):
         col = out.iloc[:, i]
         if isinstance(col.dtype, pd.CategoricalDtype):
             col = col.astype(object)
-        elif not _is_text(col):
-            continue
+        elif not _is_text(col) or all(escape_cell(v) is v for v in _distinct(col)):
+            continue  # nothing to escape: judged once per distinct value (a cohort repeats each case id per row)
         out.isetitem(i, col.map(escape_cell))
     return out
+
+
+def _distinct(column) -> list:
+    """Each value of a pandas column once (all of them when some cannot be hashed)."""
+    try:
+        return list(column.unique())
+    except TypeError:
+        return list(column)
 
 
 def unescape_frame(frame):
@@ -137,7 +145,9 @@ def write_csv(path: str | os.PathLike, frame) -> Path:
     # The csv module quotes a cell holding "\n" but not one holding a lone "\r", which readers take for a line
     # break (one cell becomes two rows): then every text cell is quoted.
     text = [frame.iloc[:, i] for i in range(frame.shape[1]) if _is_text(frame.iloc[:, i])]
-    lone_cr = any(isinstance(v, str) and "\r" in v for v in [*frame.columns, *(v for col in text for v in col)])
+    lone_cr = any(
+        isinstance(v, str) and "\r" in v for v in [*frame.columns, *(v for col in text for v in _distinct(col))]
+    )
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC if lone_cr else csv.QUOTE_MINIMAL)
     return Path(path)

@@ -78,7 +78,7 @@ def add_outlier_flags(
     """Add ``robust_z``, ``outlier`` and ``outlier_basis`` to a long volumes table (a copy)."""
     import pandas as pd
 
-    df = df.copy()
+    df = df.copy(deep=False)  # copy-on-write (pandas 3): the columns written below are new, the caller's unchanged
     df["robust_z"] = np.nan
     df["outlier"] = pd.array([pd.NA] * len(df), dtype="boolean")
     df["outlier_basis"] = pd.array([pd.NA] * len(df), dtype="string")
@@ -110,7 +110,7 @@ def wide_frame(df, structures: list[str]):
     import pandas as pd
 
     cases = list(dict.fromkeys(df["case_id"]))
-    listed = df[df["structure"].isin(structures)]
+    listed = df.loc[df["structure"].isin(structures), ["case_id", "structure", "volume_ml", "status"]]
     vol = listed.pivot(index="case_id", columns="structure", values="volume_ml")
     status = listed.pivot(index="case_id", columns="structure", values="status")
     vol = vol.where(status != "absent")
@@ -127,8 +127,10 @@ def summary_frame(df, structures: list[str]):
     import pandas as pd
 
     rows = []
+    slim = df[[c for c in ("structure", "status", "volume_ml", "outlier") if c in df]]  # not a copy of every column
+    parts = dict(iter(slim.groupby("structure", sort=False)))  # one pass, not one scan of the table per structure
     for s in structures:
-        part = df[df["structure"] == s]
+        part = parts[s] if s in parts else slim.iloc[0:0]
         v = part.loc[part["status"] == "present", "volume_ml"].to_numpy(dtype=float)
         row = {"structure": s, "n_cases": len(part), "n_present": int(v.size)}
         for st in ("touches_border", "below_min_size", "absent"):

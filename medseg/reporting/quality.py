@@ -532,7 +532,7 @@ def add_cohort_verdicts(df, th: Thresholds = THRESHOLDS):
     while present in most. Rows never assessed get their row-level reasons here."""
     import pandas as pd
 
-    df = df.copy()
+    df = df.copy(deep=False)  # copy-on-write (pandas 3): only the two columns written below are new
     for col in ("qc", "qc_reasons"):
         if col not in df.columns:
             df[col] = pd.NA
@@ -542,7 +542,7 @@ def add_cohort_verdicts(df, th: Thresholds = THRESHOLDS):
         if cases >= th.min_cases:
             present_share[s] = float((part["status"] != "absent").mean())
     qcs, texts = [], []
-    for row in df.to_dict("records"):
+    for row in _records(df):
         if isinstance(row.get("qc"), str) and row["qc"] in _RANK:
             reasons = _parse(row["qc"], row.get("qc_reasons"))
         else:
@@ -565,6 +565,12 @@ def add_cohort_verdicts(df, th: Thresholds = THRESHOLDS):
     df["qc"] = qcs
     df["qc_reasons"] = texts
     return df
+
+
+def _records(df, chunk: int = 10_000):
+    """``df.to_dict("records")``, a chunk of rows at a time: 1,000,000 rows as dicts at once take several GB."""
+    for start in range(0, len(df), chunk):
+        yield from df.iloc[start : start + chunk].to_dict("records")
 
 
 def verdicts_by_structure(rows) -> dict[str, str]:

@@ -168,7 +168,7 @@ def write_volumes_report(
 
 def write_cohort(
     out_dir: PathLike,
-    rows: list[dict],
+    rows: list[dict] | pd.DataFrame,
     table: LabelTable,
     *,
     ranges: dict | None = None,
@@ -176,7 +176,8 @@ def write_cohort(
     html: bool = True,
     title: str | None = None,
 ) -> Path:
-    """The one cohort aggregator (``medseg report`` and ``medseg run``): from per-case x structure rows,
+    """The one cohort aggregator (``medseg report`` and ``medseg run``): from per-case x structure rows (dicts, or
+    a DataFrame of them from ``medseg.reporting.volumes.rows_frame``, which is then extended in place),
     ``volumes.csv`` (with outlier flags), ``volumes_wide.csv``, ``summary.csv`` and, with ``html`` and
     ``montages`` (case id -> QC picture or None), ``report.html``. Returns the path of ``volumes.csv``."""
     out_dir = Path(out_dir)

@@ -38,6 +38,8 @@ A value that does not apply is an empty cell, never 0.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from medseg.errors import InputError
@@ -184,11 +186,39 @@ def structure_rows(
     return rows
 
 
-def volumes_frame(rows: list[dict], extra: dict | None = None):
-    """A DataFrame with the documented column order (missing values stay empty)."""
+CHUNK_ROWS = 50_000  # rows per intermediate frame when a cohort's rows come case by case
+
+
+def rows_frame(case_rows: Iterable[list[dict]], chunk_rows: int = CHUNK_ROWS):
+    """One DataFrame of the rows of many cases (an iterable of per-case row lists, e.g. read from each case's
+    ``volumes.json`` as it is consumed), the same as ``pd.DataFrame`` of all the rows in one list, but holding at
+    most ``chunk_rows`` rows as dicts at any time: 1,000,000 rows as dicts take several GB, as columns a few
+    hundred MB. None when there is no row."""
     import pandas as pd
 
-    df = pd.DataFrame(rows)
+    frames, chunk, texts = [], [], {}
+    for rows in case_rows:
+        for row in rows:  # one object per distinct text: each row's copy of its case id, status, paths and model
+            for key, value in row.items():  # checksum would take 0.8 GB over 1,000,000 rows (one str each)
+                if type(value) is str:
+                    row[key] = texts.setdefault(value, value)
+        chunk += rows
+        if len(chunk) >= chunk_rows:
+            frames.append(pd.DataFrame(chunk))
+            chunk = []
+    if chunk:
+        frames.append(pd.DataFrame(chunk))
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True, sort=False)
+
+
+def volumes_frame(rows, extra: dict | None = None):
+    """A DataFrame with the documented column order (missing values stay empty); ``rows``: a list of row dicts
+    or a DataFrame of them (``rows_frame``)."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = np.nan

@@ -36,6 +36,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import medseg
@@ -100,6 +101,19 @@ class RunDir:
             return json.loads(self.state_path(case_id).read_text())
         except (OSError, ValueError):
             return None
+
+    def done_json(self, cases, key: str, ids: list | None = None) -> Iterator:
+        """The JSON output ``key`` (``volumes``, ``metrics``: a list of rows) of each case that is done and has one,
+        in the order of ``cases``, read one case at a time (a cohort of 1,000,000 rows is never in memory as
+        dicts at once); ``ids`` (a list) receives the case ids of what was yielded."""
+        for c in cases:
+            rec = self.read_state(c.case_id) or {}
+            rel = (rec.get("outputs") or {}).get(key)
+            if rec.get("status") == "done" and rel:
+                rows = json.loads((self.root / rel).read_text())
+                if ids is not None:
+                    ids.append(c.case_id)
+                yield rows
 
     def write_state(self, case_id: str, record: dict) -> None:
         write_json(self.state_path(case_id), {**record, "case_id": case_id, "updated": now()})
