@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,38 @@ class InferenceConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """A two-stage cascade (nnU-Net's ``3d_cascade_fullres``), trained by ``medseg train`` when a config has this
+    section (``medseg.training.cascade``) and used by ``medseg predict`` as one model (one checkpoint file).
+
+    Stage 1 trains at ``lowres_spacing`` (coarser: a patch covers more of the body); its prediction, one indicator
+    channel per structure (background left out), resampled to the full-resolution grid, is given to stage 2 as extra
+    input channels after the image's own. Stage 2 trains at ``preprocessing.spacing``. Both stages share ``model``,
+    ``training`` and ``inference``, and one budget (``training.max_minutes``).
+
+    - ``lowres_spacing``: stage 1's target spacing in mm, 3 values, none finer than ``preprocessing.spacing``;
+      empty: twice ``preprocessing.spacing``.
+    - ``lowres_share``: the fraction of ``training.max_minutes`` stage 1 trains for, in (0, 1); predicting the
+      training cases with stage 1 and stage 2's training share the rest. Without a budget each stage trains
+      ``training.epochs`` epochs.
+    - ``lowres_patch_size``: stage 1's ``training.patch_size`` (and ``inference.roi_size``); empty: the same as
+      stage 2's.
+    - ``prior_corruption``: the chance, per training patch of stage 2, that its prior channels are perturbed
+      (each structure's channel dilated, eroded or dropped), as nnU-Net's cascade augmentation does, so stage 2
+      does not copy a prior that on new images is less exact than on the cases stage 1 trained on; in [0, 1].
+    """
+
+    lowres_spacing: list = field(default_factory=list)
+    lowres_share: float = 0.5
+    lowres_patch_size: list = field(default_factory=list)
+    prior_corruption: float = 0.3
+
+    def stage1_spacing(self, full_spacing) -> list[float]:
+        """``lowres_spacing``, or twice ``full_spacing`` when it is empty."""
+        return [float(s) for s in self.lowres_spacing] or [2.0 * float(s) for s in full_spacing]
+
+
+@dataclass
 class Config:
     #: The label table: a name under ``configs/labels``, a path, or the table itself
     #: (``{name:, labels: [{index:, name:}, ...]}``, as ``medseg plan`` writes it).
@@ -108,9 +141,15 @@ class Config:
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    #: A two-stage cascade (``CascadeConfig``); None (no section): one stage.
+    cascade: CascadeConfig | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data; a config without a cascade has no ``cascade`` key (as before the section)."""
+        d = dataclasses.asdict(self)
+        if d.get("cascade") is None:
+            d.pop("cascade", None)
+        return d
 
     def label_table(self, base: Path | None = None) -> LabelTable:
         """The config's label table; a ``ConfigError`` when it has none (never a default table)."""
@@ -140,6 +179,9 @@ def resolve_label_table_path(ref: str, base: Path | None = None) -> Path:
     raise ConfigError(f"label table {ref!r} not found as a file or as a name in configs/labels; {hint}")
 
 
+_UNIONS = (typing.Union, types.UnionType)
+
+
 def build_dataclass(cls, data, where: str):
     """A dataclass from a mapping, strictly: unknown keys ("did you mean"), wrong types -> ``ConfigError``."""
     if not isinstance(data, dict):
@@ -160,6 +202,9 @@ def build_dataclass(cls, data, where: str):
 
 
 def _coerce(tp, value, where: str):
+    optional = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in _UNIONS else []
+    if len(optional) == 1 and dataclasses.is_dataclass(optional[0]):  # an optional section: null or a mapping
+        return None if value is None else build_dataclass(optional[0], value, where)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, where)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -269,6 +314,37 @@ def _validate(cfg: Config, source: str) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(f"{source}: {msg}")
+    if cfg.cascade is not None:
+        _validate_cascade(cfg, cfg.cascade, source)
     # training.loss and preprocessing.intensity are checked where losses and preprocessing are built
     # (medseg.training.losses.check_loss_name, medseg.transforms.intensity.check_preprocessing; medseg train and
     # plan call both before any work): config is a leaf, so inference and reporting load no training code.
+
+
+def _validate_cascade(cfg: Config, c: CascadeConfig, source: str) -> None:
+    """The ``cascade`` section ``c`` of ``cfg``: a coarser stage-1 spacing, a share of the budget, a 3D model."""
+    full = [float(s) for s in cfg.preprocessing.spacing]
+    low = c.lowres_spacing
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*low, *c.lowres_patch_size])
+    checks = [
+        (numbers, "cascade.lowres_spacing and cascade.lowres_patch_size hold numbers"),
+        (len(low) in (0, 3), f"cascade.lowres_spacing needs 3 values (mm) or none (twice the spacing), found {low}"),
+        (
+            not numbers or all(float(a) >= b for a, b in zip(low, full, strict=False)),
+            f"cascade.lowres_spacing {low} must be no finer than preprocessing.spacing {full} on every axis",
+        ),
+        (
+            not numbers or not low or any(float(a) > b for a, b in zip(low, full, strict=False)),
+            f"cascade.lowres_spacing {low} equals preprocessing.spacing: stage 1 would see no more than stage 2",
+        ),
+        (0 < c.lowres_share < 1, f"cascade.lowres_share must be in (0, 1), found {c.lowres_share}"),
+        (
+            len(c.lowres_patch_size) in (0, 3),
+            f"cascade.lowres_patch_size needs 3 values or none (training.patch_size), found {c.lowres_patch_size}",
+        ),
+        (0 <= c.prior_corruption <= 1, f"cascade.prior_corruption must be in [0, 1], found {c.prior_corruption}"),
+        (cfg.model.spatial_dims == 3, "a cascade needs a 3D model (model.spatial_dims: 3)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {msg}")

@@ -9,7 +9,8 @@ the adapters. Each format is a detector (cheap: a few ``stat`` calls, no heavy i
 - ``summary(path) -> dict``: what ``medseg run`` records of its model before any case starts
   (``path``, ``file_sha256``, ``weights_sha256``, ``model: {name}``, ``labels``), after checking the folder.
 
-The first registered format whose detector accepts a path wins, so a more specific layout (a folder of
+medseg's own cascade (one checkpoint file holding two stages, ``medseg.inference.cascade``) is registered
+here, first. The first registered format whose detector accepts a path wins, so a more specific layout (a folder of
 several nnU-Net models) is registered before the plain one. ``load_predictor``, ``medseg run`` and
 pipeline validation all ask this table; a new format is one ``register_format`` call.
 """
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from medseg.errors import CheckpointError
+from medseg.inference import cascade
 from medseg.inference.predictor import CheckpointPredictor
 from medseg.inference.protocol import Predictor
 from medseg.labels import LabelTable
@@ -47,6 +50,19 @@ def register_format(fmt: ModelFormat) -> ModelFormat:
             return fmt
     _FORMATS.append(fmt)
     return fmt
+
+
+#: medseg's own two-stage cascade (one checkpoint file holding both stages; ``medseg.inference.cascade``).
+register_format(
+    ModelFormat(
+        "medseg_cascade",
+        cascade.is_cascade_checkpoint,
+        cascade.load,
+        cascade.run_summary,
+        "a medseg cascade: one checkpoint file with a low-resolution and a full-resolution stage (medseg train)",
+        files=True,
+    )
+)
 
 
 def unregister_format(name: str) -> None:
@@ -93,6 +109,9 @@ def load_predictor(
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     fmt = detect(paths[0]) if len(paths) == 1 else None
+    cascades = [p for p in paths if cascade.is_cascade_checkpoint(p)] if len(paths) > 1 else []
+    if cascades:
+        raise CheckpointError("a cascade model is one model; it cannot be an ensemble member", path=cascades[0])
     if fmt is not None:
         return fmt.load(
             paths[0],

@@ -141,7 +141,8 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
     rd.write_state("_train", {"status": "running", "config_sha256": sha, "started": now()})
     log.info("train: %s with %s", st.config, overrides)
     train_dir = rd.root / "train"
-    resume = (train_dir / "state.pt").exists()
+    # a cascade (config with a cascade: section) keeps its stages in train/stage1, train/stage2
+    resume = any((train_dir / p).exists() for p in ("state.pt", "cascade.json", "stage1/state.pt"))
     train_args = dict(
         config=st.config,
         manifest=manifest,
@@ -160,6 +161,10 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
         shutil.rmtree(train_dir)
         result = train_from_files(**train_args)
     ckpt = Path(result.best_checkpoint)
+    outputs, stages = {"checkpoint": rd.rel(ckpt)}, {}
+    if (train_dir / "cascade.json").is_file():  # both stages' checkpoints and results (the model holds both)
+        outputs.update({st: rd.rel(train_dir / st / "best.pt") for st in ("stage1", "stage2")})
+        stages = {"cascade": json.loads((train_dir / "run.json").read_text()).get("stages", {})}
     rd.write_state(
         "_train",
         {
@@ -169,7 +174,8 @@ def train(rd, pipe, manifest: Path, plan_result: dict | None, *, progress: bool,
             "finished": now(),
             "best_epoch": result.best_epoch,
             "best_mean_dice": result.best_mean_dice,
-            "outputs": {"checkpoint": rd.rel(ckpt)},
+            "outputs": outputs,
+            **stages,
         },
     )
     return ckpt

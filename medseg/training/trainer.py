@@ -73,6 +73,7 @@ from medseg.models import checkpoint, create_volume_model
 from medseg.precision import autocast_dtype
 from medseg.progress import progress_bar
 from medseg.training.adversarial import AdversarialTerm
+from medseg.training.cascade import train_cascade
 from medseg.training.cases import cached_dataset, input_profile, records, say_if_the_data_names_otherwise, split_cases
 from medseg.training.curves import plot_training_curve
 from medseg.training.losses import build_loss, check_loss_name, full_resolution, segmentation_loss
@@ -149,8 +150,10 @@ class Trainer:
         device=None,
         resume: bool = False,
         fold: int | None = None,
+        inputs=None,
     ):
         self.config, self.tc = config, config.training
+        self.inputs = inputs  # per-case inputs beyond the images (a cascade's prior: training.cascade.PriorInputs)
         self.manifest, self.out = manifest, Path(out_dir)
         self.label_table, self.device_arg, self.resume, self.fold = label_table, device, resume, fold
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -225,16 +228,32 @@ class Trainer:
         if self.main:
             write_json(out / "run.json", self.run_info)
 
+    @property
+    def in_channels(self) -> int:
+        """The network's input channels: the manifest's image channels (+ ``inputs.channels``: a cascade's prior)."""
+        return len(self.image_cols) + (self.inputs.channels if self.inputs is not None else 0)
+
+    def case_records(self, df) -> list[dict]:
+        """The data records of the manifest rows ``df`` (``inputs`` adds its own keys)."""
+        recs = records(df, self.image_cols)
+        return self.inputs.records(recs) if self.inputs is not None else recs
+
+    def data_transforms(self) -> tuple[Compose, Compose]:
+        """(training transform, validation transform): deterministic (+ random for training) steps; ``inputs``'
+        own when given."""
+        if self.inputs is not None:
+            return self.inputs.transforms(self.config, self.image_cols, self.table, self.pad)
+        det = deterministic_transforms(self.config.preprocessing, self.image_cols)
+        rand = random_transforms(self.tc, self.table.num_classes, pad_value=self.pad)
+        return Compose(list(det.transforms) + list(rand.transforms)), det
+
     def _build_data(self) -> None:
         """Cached training (deterministic + random transforms) and validation data sets, the training loader."""
-        tc, cols = self.tc, self.image_cols
-        det = deterministic_transforms(self.config.preprocessing, cols)
+        tc = self.tc
         self.pad = floor_value(vars(self.config.preprocessing)) or 0.0
-        self.train_tf = Compose(
-            list(det.transforms) + list(random_transforms(tc, self.table.num_classes, pad_value=self.pad).transforms)
-        )
-        self.train_ds = cached_dataset(CacheDataset, records(self.train_df, cols), self.train_tf, self.progress)
-        self.val_ds = cached_dataset(CacheDataset, records(self.val_df, cols), det, self.progress)
+        self.train_tf, det = self.data_transforms()
+        self.train_ds = cached_dataset(CacheDataset, self.case_records(self.train_df), self.train_tf, self.progress)
+        self.val_ds = cached_dataset(CacheDataset, self.case_records(self.val_df), det, self.progress)
         self.generator = torch.Generator()
         self.sampler = None
         if self.world > 1:
@@ -258,7 +277,7 @@ class Trainer:
         model = create_volume_model(
             self.config.model.name,
             spatial_dims=self.config.model.spatial_dims,
-            in_channels=len(self.image_cols),
+            in_channels=self.in_channels,
             out_channels=self.table.num_classes,
             **self.config.model.kwargs,
         ).to(device)
@@ -283,7 +302,7 @@ class Trainer:
         self.adversary = None
         if tc.adversarial_weight > 0:
             self.adversary = AdversarialTerm(
-                in_channels=len(self.image_cols),
+                in_channels=self.in_channels,
                 num_classes=self.table.num_classes,
                 weight=tc.adversarial_weight,
                 lr=tc.adversarial_lr,
@@ -476,7 +495,7 @@ class Trainer:
             config=self.config,
             label_table=self.table,
             extra=extra,
-            in_channels=len(self.image_cols),
+            in_channels=self.in_channels,
         )
 
     def save_state(self, *, plot: bool) -> None:
@@ -537,7 +556,7 @@ class Trainer:
 
 def train(*, nproc: int = 1, _rank: int = 0, **trainer_args) -> TrainResult:
     """Train a ``Trainer`` made of ``trainer_args`` (its keywords: ``config``, ``manifest``, ``out_dir``,
-    ``label_table``, ``progress``, ``device``, ``resume``, ``fold``); with ``nproc > 1``, as that many
+    ``label_table``, ``progress``, ``device``, ``resume``, ``fold``, ``inputs``); with ``nproc > 1``, as that many
     DistributedDataParallel processes (gloo on CPU, NCCL on GPUs)."""
     check_loss_name(trainer_args["config"].training.loss)  # before any work, in every process
     if nproc > 1 and _rank == 0 and not _distributed_ready():
@@ -608,6 +627,8 @@ def train_from_files(
     ``training.max_minutes`` (with a budget the learning rate follows the fraction of it spent and the run uses all
     of it; epochs are then not used); ``nproc > 1`` trains with that many DistributedDataParallel processes.
     The loss name is checked before the run folder is made; the run's log lines go to ``out/train.log``.
+    A config with a ``cascade`` section trains its two stages in ``out`` (``medseg.training.cascade``; the result's
+    checkpoint ``out/best.pt`` holds both).
     """
     overrides = list(overrides or [])
     if epochs is not None:
@@ -624,6 +645,19 @@ def train_from_files(
         cfg.labels = table.to_dict()  # the run's config.yaml and checkpoint name the table trained with
     ensure_dir(Path(out))
     with command_log(Path(out) / "train.log"):  # what the console does not show: per-epoch lines, the budget
+        if cfg.cascade is not None:  # two stages in one budget, one model (medseg.training.cascade)
+            return train_cascade(
+                train,
+                config=cfg,
+                manifest=manifest,
+                out_dir=out,
+                label_table=table,
+                progress=progress,
+                device=device,
+                resume=resume,
+                fold=fold,
+                nproc=nproc,
+            )
         return train(
             config=cfg,
             manifest=manifest,
