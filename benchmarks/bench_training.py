@@ -11,6 +11,13 @@
     .venv/bin/python benchmarks/bench_training.py --minutes 0 --set training.adversarial_weight=0.05   # GAN term,
                                                                                                        # all epochs
 
+``--ct``: the planner's resolution choice on CT phantoms at their native spacing (with a ~12 mL gallbladder), each
+spacing it considered trained for the same budget, against the demo's hand-written config, ``plan --model
+unet_classic`` and the plain MONAI recipe (``benchmarks/_training_ct.py`` says more):
+
+    .venv/bin/python benchmarks/bench_training.py --ct --minutes 4 [--n-train 10 --n-val 2 --n-test 4]
+                                                  [--arms candidates,demo,classic,monai]
+
 ``--real``: a real labelled MR data set instead of the phantoms, against the plain MONAI recipe with the same budget:
 
     .venv/bin/python benchmarks/bench_training.py --real --minutes 8 [--n-train 2 --n-val 1 --n-test 2 --seed 0]
@@ -66,6 +73,8 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=1, help="--real: validation cases")
     ap.add_argument("--seed", type=int, default=0, help="--real: seed of the first case (cases are seed, seed+1, ...)")
     ap.add_argument("--skip-monai", action="store_true", help="--real: only medseg (to measure planner choices)")
+    ap.add_argument("--ct", action="store_true", help="the planner's resolution choice on CT phantoms (see above)")
+    ap.add_argument("--arms", help="--ct: which arms, of candidates,demo,classic,monai (default all)")
     ap.add_argument(
         "--smoke",
         action="store_true",
@@ -73,6 +82,16 @@ def main() -> None:
         "planned at 4 mm; not with --real): a test that the script runs",
     )
     args = ap.parse_args()
+    if args.ct:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _training_ct import ct_benchmark
+
+        if args.n_train == 16:  # the phantom default; the CT mode is a newcomer's `medseg phantoms -n 10`
+            args.n_train = 10
+        args.n_val = max(args.n_val, 2)
+        if args.smoke:
+            args.n_train, args.n_val, args.n_test, args.minutes = 4, 1, 1, 0.05
+        return ct_benchmark(args)
     if args.smoke:
         if args.real:
             ap.error("--smoke runs the phantom benchmark only (--real needs the MNI template and minutes)")

@@ -46,6 +46,13 @@ PHANTOM_LABELS = LabelTable(
     ),
 )
 
+#: The phantoms with ``small_structures=True``: the four organs and a gallbladder of about 12 mL (7-18 mL; the
+#: kidneys are about 45 mL, the liver about 300 mL), so that a plan that coarsens the grid must keep a small structure.
+PHANTOM_LABELS_SMALL = LabelTable(
+    "abdomen_phantom_small",
+    (*PHANTOM_LABELS.labels, Label(5, "gallbladder", (0, 145, 30), "28231008")),
+)
+
 #: Synthetic identifiers written into phantom DICOM headers; they must never reach outputs.
 PHANTOM_PATIENT_NAME = "LEAKCHECK^PHANTOM"
 PHANTOM_PATIENT_ID = "LEAKCHECK-ID"
@@ -58,6 +65,9 @@ _ORGANS = (
     ("kidney_right", 3, 30.0, (39.0, -36.0, -22.0), (19.0, 17.0, 32.0)),
     ("kidney_left", 4, 30.0, (-39.0, -36.0, -20.0), (19.0, 17.0, 32.0)),
 )
+#: ``small_structures=True`` adds these, drawn after the organs above (so the four organs do not change): a gallbladder
+#: under the liver's inferior surface (bile, ~10 HU), carving into the liver as the gallbladder fossa does.
+_SMALL_ORGANS = (("gallbladder", 5, 10.0, (30.0, 22.0, -26.0), (12.0, 12.0, 20.0)),)
 #: Smallest field of view (mm); cases draw theirs between this and (340, 300, 160).
 FOV_MM = (240.0, 180.0, 136.0)
 
@@ -95,18 +105,21 @@ def make_phantom(
     oblique_deg: float = 0.0,
     noise_hu: float | None = None,
     fov_mm: tuple[float, float, float] | None = None,
+    small_structures: bool = False,
 ) -> PhantomCase:
     """Generate one phantom. Anything not given is drawn from ``seed``.
 
     ``fov_mm`` sets the field of view around the same anatomy (default: drawn,
-    so cases differ in how much air surrounds the body).
+    so cases differ in how much air surrounds the body). ``small_structures``
+    adds a gallbladder of about 12 mL (label table ``PHANTOM_LABELS_SMALL``).
     """
     # One random stream, drawn from in a fixed order by the steps below: the anatomy depends on the seed alone.
     rng = np.random.default_rng(seed)
     grid, noise = _draw_grid(rng, seed, spacing, flips, oblique_deg, noise_hu, fov_mm)
     x, y, z = _patient_coordinates(grid)
     image, cavity = _draw_body(rng, x, y, z, grid.shape)
-    labels = _draw_organs(rng, x, y, z, cavity, image)
+    organs = _ORGANS + (_SMALL_ORGANS if small_structures else ())
+    labels = _draw_organs(rng, x, y, z, cavity, image, organs)
     del x, y, z, cavity
 
     # Scanner blur (about 1 mm) and quantum noise.
@@ -117,7 +130,7 @@ def make_phantom(
     image = np.clip(np.round(image), -1024, 3071).astype(np.float32)
 
     case_id = case_id or f"phantom_{seed:04d}"
-    counts = {name: int(np.count_nonzero(labels == lab)) for name, lab, *_ in _ORGANS}
+    counts = {name: int(np.count_nonzero(labels == lab)) for name, lab, *_ in organs}
     meta = {"phantom_seed": seed, "noise_hu": float(noise), "flips": list(grid.flips), "oblique_deg": oblique_deg}
     return PhantomCase(
         case_id,
@@ -209,10 +222,12 @@ def _draw_body(rng: np.random.Generator, x, y, z, shape: tuple) -> tuple[np.ndar
     return image, cavity
 
 
-def _draw_organs(rng: np.random.Generator, x, y, z, cavity: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """The label map (uint8) of the four organs, painted into ``image`` with their HU as they are drawn."""
+def _draw_organs(
+    rng: np.random.Generator, x, y, z, cavity: np.ndarray, image: np.ndarray, organs=_ORGANS
+) -> np.ndarray:
+    """The label map (uint8) of ``organs``, painted into ``image`` with their HU as they are drawn."""
     labels = np.zeros(image.shape, dtype=np.uint8)
-    for _name, lab, hu, centre, semi in _ORGANS:
+    for _name, lab, hu, centre, semi in organs:
         c = np.asarray(centre) + rng.uniform(-6, 6, size=3)
         s = np.asarray(semi) * rng.uniform(0.85, 1.15, size=3)
         rot = _rotation(rng, 15.0).astype(np.float32)
@@ -488,6 +503,7 @@ def write_cohort(
     prefix: str = "phantom",
     manifest_name: str = "manifest.csv",
     workers: int | None = None,
+    small_structures: bool = False,
 ) -> Path:
     """Write ``n_cases`` phantoms (NIfTI image + label, optional DICOM) and a manifest CSV.
 
@@ -505,7 +521,7 @@ def write_cohort(
     import yaml
 
     out = Path(out_dir)
-    jobs = [(out, seed + n, f"{prefix}_{seed + n:04d}", split, dicom) for n in range(n_cases)]
+    jobs = [(out, seed + n, f"{prefix}_{seed + n:04d}", split, dicom, small_structures) for n in range(n_cases)]
     cpus = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )  # Linux: the CPUs this process may use
@@ -522,14 +538,14 @@ def write_cohort(
     write_text(
         manifest.with_name(manifest.stem + "_labels.yaml"),
         "# written by medseg phantoms: the phantoms' structures\n"
-        + yaml.safe_dump(PHANTOM_LABELS.to_dict(), sort_keys=False),
+        + yaml.safe_dump((PHANTOM_LABELS_SMALL if small_structures else PHANTOM_LABELS).to_dict(), sort_keys=False),
     )
     return manifest
 
 
-def _write_case(out: Path, seed: int, case_id: str, split: str, dicom: bool) -> dict:
+def _write_case(out: Path, seed: int, case_id: str, split: str, dicom: bool, small: bool = False) -> dict:
     """One phantom's files and its manifest row."""
-    case = make_phantom(seed, case_id=case_id)
+    case = make_phantom(seed, case_id=case_id, small_structures=small)
     img_path = out / "images" / f"{case.case_id}.nii.gz"
     lab_path = out / "labels" / f"{case.case_id}.nii.gz"
     write_volume(case.image, img_path, dtype=np.int16)

@@ -46,6 +46,18 @@ from medseg.io.atomic import write_json, write_text
 from medseg.io.readers import read_volume
 from medseg.models import input_divisor
 from medseg.models.presets import resolve_model_preset
+from medseg.training.resolution import (
+    STEP_SHARE,
+    Candidate,
+    assess,
+    cascade_plan,
+    choose,
+    coarsest_spacing,
+    foreground_extent,
+    ladder,
+    probe_seconds_per_step,
+    structure_sizes,
+)
 from medseg.transforms.intensity import check_preprocessing, get_scheme, scheme_for_modality
 
 #: On a CPU, the largest patch (voxels) planned: 64^3, the plain MONAI recipe's patch. A whole 2 mm head (104x120x96)
@@ -77,7 +89,7 @@ def fingerprint(
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
-    spacings, shapes, samples, air = [], [], [], []
+    spacings, shapes, samples, air, fg_extents, sizes = [], [], [], [], [], []
     rows = df[df["split"] == "train"] if "split" in df.columns else df
     for row in list(rows.itertuples())[:max_cases]:
         img = read_volume(getattr(row, image_cols[0]))  # NIfTI, NRRD or MHA, as training and inference read them
@@ -104,6 +116,10 @@ def fingerprint(
                 raise InputError(f"case {row.case_id}: label map unreadable ({exc})", path=label) from None
             if values is not None:
                 values[row.case_id] = values_in(row.case_id, label, lab)
+            extent = np.empty(3)
+            extent[perm] = foreground_extent(lab, zooms)
+            fg_extents.append(extent)
+            sizes.append(structure_sizes(lab, zooms))
             fg = lab > 0
             vals = data[fg]
             if vals.size:
@@ -114,11 +130,20 @@ def fingerprint(
     if "modality" in df.columns and df["modality"].iloc[0]:
         modality = str(df["modality"].iloc[0]).upper()
     fg = np.concatenate(samples) if samples else np.zeros(1, np.float32)
+    structures = {
+        v: {k: float(np.median([c[v][k] for c in sizes if v in c])) for k in ("volume_ml", "thickness_mm")}
+        for v in sorted({v for c in sizes for v in c})
+    }
     return {
         "n_cases": len(spacings),
+        "n_train": len(rows),
         "spacing_median": np.median(spacings, axis=0).tolist(),
         "spacing_p10": np.percentile(spacings, 10, axis=0).tolist(),
         "shape_median": np.median(shapes, axis=0).tolist(),
+        "extent_mm_median": np.median(np.array(shapes) * np.array(spacings), axis=0).tolist(),
+        "foreground_extent_mm_median": np.median(fg_extents, axis=0).tolist() if fg_extents else None,
+        "structures": {str(v): {k: round(x, 3) for k, x in d.items()} for v, d in structures.items()},
+        "thinnest_mm": min((d["thickness_mm"] for d in structures.values()), default=None),
         "modality": modality,
         "foreground": {
             "p00_5": float(np.percentile(fg, 0.5)),
@@ -129,19 +154,8 @@ def fingerprint(
     }
 
 
-def plan_config(
-    fp: dict,
-    *,
-    base: dict | None = None,
-    memory_gb: float = 4.0,
-    min_spacing: float = 1.0,
-    divisor: int = 8,
-    gpu: bool | None = None,
-) -> dict:
-    """A config dict (``medseg.config`` schema) from a fingerprint, on top of ``base``."""
-    import copy
-
-    cfg = copy.deepcopy(base or {})
+def full_resolution(fp: dict, min_spacing: float) -> tuple[np.ndarray, list[str]]:
+    """nnU-Net's full-resolution target spacing (the median; the 10th percentile on a 3x coarser axis), floored."""
     spacing = np.array(fp["spacing_median"], dtype=float)
     reasons = []
     if spacing.max() > 3 * spacing.min():
@@ -153,18 +167,18 @@ def plan_config(
         )
     if np.any(spacing < min_spacing):
         reasons.append(f"axes finer than --min-spacing {min_spacing:g} mm are raised to it")
-    spacing = np.maximum(spacing, min_spacing)
-    fp["spacing_planned"] = [float(v) for v in spacing]  # what medseg plan prints, with why it is not the median
-    fp["spacing_reason"] = "; ".join(reasons) or "the median spacing of the training cases"
+    return np.maximum(spacing, min_spacing), reasons
+
+
+def _patch_and_network(
+    fp: dict, spacing: np.ndarray, model: dict, *, divisor: int, gpu: bool, memory_gb: float
+) -> tuple[np.ndarray, dict]:
+    """The patch at ``spacing`` (the median image, capped by memory and, on a CPU, at 64^3 voxels) and the model
+    section (the default network made as deep as that patch allows)."""
     median_vox = np.array(fp["shape_median"]) * np.array(fp["spacing_median"]) / spacing
     patch = np.minimum(np.maximum(np.ceil(median_vox / divisor) * divisor, divisor), 128).astype(int)
-    model = cfg.setdefault("model", {})
     default_net = model.get("name", "unet") == "unet" and not model.get("kwargs")
     width = 16 if default_net else int(((model.get("kwargs") or {}).get("channels") or [16])[0])
-    if gpu is None:
-        import torch
-
-        gpu = torch.cuda.is_available()
     batch = 2 if gpu else 1
     budget = memory_gb * 2**30
 
@@ -173,34 +187,125 @@ def plan_config(
 
     while not fits(patch) and patch.max() > divisor:
         patch[int(np.argmax(patch))] -= divisor
-    while (
-        not gpu and np.prod(patch) > _CPU_PATCH_VOXELS and patch.max() > divisor
-    ):  # CPU: steps, not context, are scarce
+    while not gpu and np.prod(patch) > _CPU_PATCH_VOXELS and patch.max() > divisor:  # CPU: steps are scarce
         patch[int(np.argmax(patch))] -= divisor
-    if default_net:
-        # no network chosen: MONAI's residual U-Net, as deep as the patch allows (nnU-Net: down-sample until the
-        # feature map is ~4 voxels), 16 features doubling per level up to 256, two residual units per level
-        depth = int(np.clip(np.floor(np.log2(patch.min() / 4)), 2, 5))
-        model.update(
-            name="unet",
-            kwargs={
-                "channels": [min(16 * 2**i, 256) for i in range(depth + 1)],
-                "strides": [2] * depth,
-                "num_res_units": 2,
-            },
-        )
-        step = 2**depth  # the patch was sized in steps of the base divisor: now to multiples of the strides' product,
-        up = np.minimum(
-            np.ceil(patch / step) * step, 128 // step * step
-        )  # up (<= 128) unless that breaks the memory budget
-        patch = (up if fits(up) else np.maximum(np.floor(patch / step) * step, step)).astype(int)
+    if not default_net:
+        return patch, dict(model)
+    # no network chosen: MONAI's residual U-Net, as deep as the patch allows (nnU-Net: down-sample until the
+    # feature map is ~4 voxels), 16 features doubling per level up to 256, two residual units per level
+    depth = int(np.clip(np.floor(np.log2(patch.min() / 4)), 2, 5))
+    net = {
+        **model,
+        "name": "unet",
+        "kwargs": {
+            "channels": [min(16 * 2**i, 256) for i in range(depth + 1)],
+            "strides": [2] * depth,
+            "num_res_units": 2,
+        },
+    }
+    step = 2**depth  # the patch was sized in steps of the base divisor: now to multiples of the strides' product,
+    up = np.minimum(np.ceil(patch / step) * step, 128 // step * step)  # up (<= 128) unless that breaks the memory
+    patch = (up if fits(up) else np.maximum(np.floor(patch / step) * step, step)).astype(int)
+    return patch, net
+
+
+def _iterations_for(cfg: dict, gpu: bool, budget_minutes: float | None, fp: dict):
+    """A function (patch, model section) -> (optimizer steps the training will take, seconds per step or None):
+    from the budget and a timed probe of that network on this device, else from the schedule."""
+    tr = cfg.get("training") or {}
+    budget = budget_minutes if budget_minutes is not None else float(tr.get("max_minutes") or 0)
+    probes: dict = {}
+
+    def iterations(patch, net) -> tuple[float, float | None]:
+        if not budget:
+            return float(tr.get("epochs", 60)) * float(tr.get("iterations_per_epoch", 250 if gpu else 50)), None
+        key = (tuple(int(p) for p in patch), repr(net))
+        if key not in probes:
+            probes[key] = probe_seconds_per_step(
+                net,
+                patch,
+                batch=int(tr.get("batch_size", 2 if gpu else 1)),
+                in_channels=int(fp.get("n_channels", 1)),
+                out_channels=int(fp.get("n_classes", 2)),
+            )
+        return budget * 60.0 * STEP_SHARE / probes[key], probes[key]
+
+    return iterations, budget
+
+
+def choose_resolution(
+    fp: dict, cfg: dict, *, memory_gb: float, min_spacing: float, divisor: int, gpu: bool, budget_minutes
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The spacing, patch and model section to train with, chosen among the full resolution and coarser spacings
+    (``medseg.training.resolution``); the candidates, their figures and the verdicts go into ``fp["resolution"]``."""
+    full, reasons = full_resolution(fp, min_spacing)
+    model = cfg.get("model") or {}
+    size = dict(divisor=divisor, gpu=gpu, memory_gb=memory_gb)
+    full_patch, _ = _patch_and_network(fp, full, model, **size)
+    tr = cfg.get("training") or {}
+    per_step = int(tr.get("batch_size", 2 if gpu else 1)) * int(tr.get("samples_per_image", 2 if gpu else 1))
+    iterations, budget = _iterations_for(cfg, gpu, budget_minutes, fp)
+    cands: list[Candidate] = []
+    nets, patches, probes = [], [], []
+    for spacing in ladder(full, coarsest=coarsest_spacing(fp, int(np.prod(full_patch)))):
+        patch, net = _patch_and_network(fp, spacing, model, **size)
+        iters, sec = iterations(patch, net)
+        cands.append(assess(spacing, patch, fp, iterations=iters, per_step=per_step))
+        cands[-1].model = net
+        nets.append(net)
+        patches.append(patch)
+        probes.append(sec)
+    k = choose(cands)
+    cascade, cascade_why = cascade_plan(cands, k)
+    fp["resolution"] = {
+        "rule": "the finest spacing with enough detail, context and passes; else the coarsest the detail allows "
+        "(medseg.training.resolution)",
+        "budget_minutes": budget or None,
+        "device": "gpu" if gpu else "cpu",
+        "seconds_per_step": probes[k],
+        "full_resolution": [round(float(v), 3) for v in full],
+        "full_resolution_reasons": reasons,
+        "candidates": [c.row() for c in cands],
+        "chosen": k,
+        "cascade": cascade,
+        "cascade_reason": cascade_why,
+    }
+    fp["spacing_planned"] = [float(v) for v in cands[k].spacing]  # what medseg plan prints, with why
+    why = reasons + ([] if k == 0 else [f"coarser than the full resolution {[round(float(v), 2) for v in full]} mm"])
+    fp["spacing_reason"] = "; ".join(why + cands[k].reasons) or "the median spacing of the training cases"
+    if cascade:  # stage 2 trains at the full resolution; the config's cascade section says where stage 1 trains
+        cfg["cascade"] = cascade
+        return np.array(cands[0].spacing), patches[0], nets[0]
+    return np.array(cands[k].spacing), patches[k], nets[k]
+
+
+def plan_config(
+    fp: dict,
+    *,
+    base: dict | None = None,
+    memory_gb: float = 4.0,
+    min_spacing: float = 1.0,
+    divisor: int = 8,
+    gpu: bool | None = None,
+    budget_minutes: float | None = None,
+) -> dict:
+    """A config dict (``medseg.config`` schema) from a fingerprint, on top of ``base``."""
+    cfg = copy.deepcopy(base or {})
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    spacing, patch, net = choose_resolution(
+        fp, cfg, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor, gpu=gpu, budget_minutes=budget_minutes
+    )
+    cfg["model"] = net
     pre = cfg.setdefault("preprocessing", {})
     pre["spacing"] = [round(float(s), 3) for s in spacing]
     scheme = scheme_for_modality(fp["modality"])  # the first registered scheme planned for this modality
     pre["intensity"] = scheme
     pre.update(get_scheme(scheme).plan(fp))
     tr = cfg.setdefault("training", {})
-    tr.update(patch_size=[int(p) for p in patch], batch_size=batch)
+    tr.update(patch_size=[int(p) for p in patch], batch_size=2 if gpu else 1)
     tr.setdefault(
         "iterations_per_epoch", 250 if gpu else 50
     )  # nnU-Net's 250; on a CPU ~15-30 s, so epochs keep a validation cadence
@@ -220,8 +325,13 @@ def plan(
     overrides: list[str] | None = None,
     labels: str | Path | None = None,
     model: str | None = None,
+    budget_minutes: float | None = None,
 ) -> tuple[Path, dict]:
     """Fingerprint the manifest's training cases and write a config YAML (validated) to ``out``.
+
+    ``budget_minutes`` is the training time the plan is for (default: the base config's
+    ``training.max_minutes``, else its schedule): with the device it decides how coarse to train
+    (``medseg.training.resolution``; the candidates and the reasons are in the fingerprint file).
 
     The config carries the data set's label table inline (``medseg.data.label_sources``
     says where it is looked for; ``labels`` names one explicitly), checked against
@@ -250,7 +360,10 @@ def plan(
         net.get("name", "unet"), spatial_dims=int(net.get("spatial_dims", 3)), **(net.get("kwargs") or {})
     )
     fp["label_table_source"] = found.source
-    cfg = plan_config(fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor)
+    fp["n_channels"], fp["n_classes"] = len(image_columns(df)), len(found.table.labels) + 1
+    cfg = plan_config(
+        fp, base=base, memory_gb=memory_gb, min_spacing=min_spacing, divisor=divisor, budget_minutes=budget_minutes
+    )
     aug = cfg.setdefault("training", {}).setdefault("augmentation", {})
     if "flip_axes" not in aug:  # mirroring as nnU-Net and the MONAI recipes do, except across a left/right distinction
         aug["flip_axes"] = [] if has_sides(found.table) else [0, 1, 2]

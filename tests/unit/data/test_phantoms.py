@@ -61,7 +61,9 @@ def test_cohort_drawn_in_threads_equals_the_serial_one(tmp_path, monkeypatch):
     import medseg.data.phantoms as ph
 
     real = ph.make_phantom
-    monkeypatch.setattr(ph, "make_phantom", lambda seed, case_id: real(seed, case_id=case_id, spacing=(4.0, 4.0, 5.0)))
+    monkeypatch.setattr(
+        ph, "make_phantom", lambda seed, case_id, **kw: real(seed, case_id=case_id, spacing=(4.0, 4.0, 5.0), **kw)
+    )
     serial = pd.read_csv(ph.write_cohort(tmp_path / "serial", 5, seed=40, workers=1))
     threaded = pd.read_csv(ph.write_cohort(tmp_path / "threaded", 5, seed=40, workers=3))
     pd.testing.assert_frame_equal(serial, threaded)
