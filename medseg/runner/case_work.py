@@ -263,6 +263,7 @@ def segment(predictor, loaded: Loaded):
         labels = predictor.predict([loaded.image, *channels] if channels else loaded.image)
     loaded.seconds["predict"] = round(time.monotonic() - t0, 3)
     labels.meta["peak_rss_mb"] = peak_rss_mb()
+    labels.meta.update(getattr(predictor, "startup", None) or {})  # runner.model.load_predictor's start-up figures
     return labels
 
 

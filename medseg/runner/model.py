@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import medseg.adapters  # noqa: F401  (registers the model-folder formats with inference.load)
 from medseg.inference import load as external
+from medseg.inference.batch import process_seconds
 from medseg.models.checkpoint import load_checkpoint, versions
 
 
@@ -49,7 +51,13 @@ def load_predictor(ctx):
     kept = _KEPT_PREDICTORS
     if kept is not None and key in kept:
         return kept[key]
+    t_load = time.monotonic()
     predictor = external.load_predictor(ctx.model_path, device=device, progress=False, **pred.inference)
+    # what medseg predict records too (one sidecar schema): this process's start-up until its model was loaded
+    predictor.startup = {
+        "seconds_startup": process_seconds(),
+        "seconds_model_load": round(time.monotonic() - t_load, 3),
+    }
     if kept is not None:
         kept[key] = predictor
     return predictor

@@ -144,7 +144,7 @@ def test_training_reads_mha_and_nrrd_as_it_reads_nifti(tmp_path, suffix):
         for k in ("nii", "itk")
     )
     ref = fingerprint(df_nii, image_columns(df_nii))  # NIfTI stores its affine in float32: equal to 1e-6
-    planned = {"label_table_source", "spacing_planned", "spacing_reason"}  # what plan adds to the fingerprint
+    planned = {"label_table_source", "spacing_planned", "spacing_reason", "resolution", "n_channels", "n_classes"}
     assert set(ref) | planned == set(fp) and ref["modality"] == fp["modality"] == "CT"
     for key in ("spacing_median", "spacing_p10", "shape_median"):
         np.testing.assert_allclose(fp[key], ref[key], rtol=1e-6)
