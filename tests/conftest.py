@@ -8,12 +8,13 @@ swaps show up as kidney_right/kidney_left exchanged.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import helpers
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, label_coded, register_oracle, tiny_config  # noqa: F401  (fixtures below use them)
+from helpers import SHARED_DEMO, TINY_MODEL, label_coded, register_oracle, tiny_config  # noqa: F401  (fixtures below use them)
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
@@ -40,6 +41,12 @@ def pytest_collection_modifyitems(config, items):
             needs.add(NEEDS_BY_FOLDER[folder])
         for marker in sorted(needs):
             item.add_marker(getattr(pytest.mark, marker))
+    # the tests that share the session's demo run last (it trains meanwhile: see ``shared_demo``); the first of them
+    # may wait for it in its set-up, under its own timeout: they get the demo's time on top of the suite's 900 s
+    users = [i for i in items if _uses_demo(i)]
+    for item in users:
+        item.add_marker(pytest.mark.timeout(DEMO_USER_TIMEOUT_S))
+    items[:] = [i for i in items if not _uses_demo(i)] + users
 
 
 def _registered() -> dict:
@@ -129,3 +136,113 @@ def write_config(tmp_path):
         return p
 
     return _write
+
+
+# --- one shortened demo a session, shared ---
+# The demo trains for about 3 minutes. It runs once a session for all the tests that need it (through the
+# ``shared_demo`` fixture): the Dice target (tests/integration/test_end_to_end.py) and the README quick start and
+# docs examples, which segment with its checkpoint as the README says (tests/docs/test_readme_commands.py). In a
+# session with much other work it trains in a child process from the first test on, on one thread at the lowest
+# priority (nice 19): on the core that the mostly single-threaded tests leave idle, giving way whenever they use both;
+# the tests that need it run last, and the first of them, if it must wait, sets it to full priority and torch's threads.
+# MEDSEG_TEST_DEMO_INLINE=1 (or a small session, or an xdist worker) trains it in the test process, when first needed.
+
+BACKGROUND_MIN_OTHER_TESTS = 30  # with fewer other tests there is too little work to train behind
+DEMO_USER_TIMEOUT_S = 1800  # pytest-timeout's 900 s (pyproject.toml) and as much again for the demo waited on
+_DEMO_CHILD = """
+import json, os, signal, sys
+threads = [1]
+
+
+def _more_threads(*_):  # SIGUSR1: the tests wait for the demo now; use all of torch's threads
+    threads[0] = int(sys.argv[4])
+    try:
+        sys.modules["torch"].set_num_threads(threads[0])
+    except (KeyError, AttributeError):  # torch not imported (yet): set below
+        pass
+
+
+signal.signal(signal.SIGUSR1, _more_threads)
+open(sys.argv[3] + ".ready", "w").close()
+os.nice(19)
+import torch
+torch.set_num_threads(threads[0])
+from medseg.api import demo
+res = demo(out=sys.argv[1], progress=False, **json.loads(sys.argv[2]))
+with open(sys.argv[3], "w") as f:
+    json.dump({k: res[k] for k in ("mean_dice", "metrics_csv", "volumes_csv", "checkpoint")}, f, default=str)
+"""
+
+
+def _uses_demo(item) -> bool:
+    return "shared_demo" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_demo_in_background(request, tmp_path_factory):
+    """The shared demo's child process and folder, started with the session's first test; None when it trains inline."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    users = sum(map(_uses_demo, request.session.items))
+    others = len(request.session.items) - users
+    inline = os.environ.get("MEDSEG_TEST_DEMO_INLINE") == "1" or "PYTEST_XDIST_WORKER" in os.environ
+    inline = inline or not hasattr(signal, "SIGUSR1") or not hasattr(os, "nice")  # POSIX only
+    if not users or others < BACKGROUND_MIN_OTHER_TESTS or inline:
+        yield None
+        return
+    root = tmp_path_factory.mktemp("shared_demo")
+    import torch
+
+    threads = str(torch.get_num_threads())
+    argv = [sys.executable, "-c", _DEMO_CHILD, str(root / "demo_out"), json.dumps(SHARED_DEMO), str(root / "res.json")]
+    argv.append(threads)  # the threads it takes when the tests wait for it
+    with open(root / "demo.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=helpers.TESTS_DIR.parent)
+    yield proc, root
+    if proc.poll() is None:  # the session ended before a test needed it (-x, an interrupt)
+        proc.kill()
+        proc.wait()
+
+
+def _full_priority(pid: int) -> None:
+    """Every thread of ``pid`` back to nice 0 (Linux; lowering a nice value needs root: otherwise it stays)."""
+    import os
+    from pathlib import Path
+
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task.name), 0)
+        except OSError:  # not allowed, or the thread has ended
+            pass
+
+
+@pytest.fixture(scope="session")
+def shared_demo(_shared_demo_in_background, tmp_path_factory) -> dict:
+    """``medseg.api.demo`` with ``SHARED_DEMO``, run once a session: ``out`` (its folder), ``result`` (mean_dice,
+    metrics_csv, volumes_csv, checkpoint) and ``stdout`` (what it printed).
+    Tests that change files of the demo work on a copy of ``out``."""
+    if _shared_demo_in_background is None:
+        import contextlib
+        import io
+
+        from medseg.api import demo
+
+        out, printed = tmp_path_factory.mktemp("shared_demo") / "demo_out", io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            res = demo(out=out, progress=False, **SHARED_DEMO)
+        return {"out": out, "result": res, "stdout": printed.getvalue()}
+    proc, root = _shared_demo_in_background
+    if proc.poll() is None:  # needed now, and nothing else of this session runs meanwhile: full speed
+        _full_priority(proc.pid)
+        if (root / "res.json.ready").is_file():  # its SIGUSR1 handler is in place
+            import signal
+
+            proc.send_signal(signal.SIGUSR1)
+    rc = proc.wait()
+    printed = (root / "demo.log").read_text()
+    assert rc == 0, f"the shared demo failed (exit {rc}):\n{printed[-3000:]}"
+    res = json.loads((root / "res.json").read_text())
+    return {"out": root / "demo_out", "result": res, "stdout": printed}

@@ -7,10 +7,10 @@ training). A page's blocks run in order in one temporary folder, each command on
 entry point (the one beside this interpreter). ``console`` blocks run their ``$ `` lines only.
 
 The quick start segments with ``demo_out/model/best.pt``, the checkpoint of ``medseg demo``
-(about 5 minutes). Here a small 3D U-Net trained in about 30 s on five phantoms (other seeds
-than the quick start's), at 5 mm, stands in for it: a mean Dice of about 0.85 on the quick start's
-phantoms (liver 0.92-0.95, kidneys 0.71-0.90 measured), enough to tell a correct pairing of
-predictions and references from a wrong one.
+(about 5 minutes). Here the checkpoint of the session's shortened demo (``shared_demo`` in
+tests/conftest.py: the demo's recipe on 12 phantoms, 40 epochs; trained once a session, it also
+serves the demo's own tests) is that file: it segments the quick start's phantoms well enough to
+tell a correct pairing of predictions and references from a wrong one.
 """
 
 from __future__ import annotations
@@ -184,59 +184,11 @@ DOC_PAGES = [p for p in PAGES[1:] if any(b.runs for b in fenced_blocks(p))]
 # --- running them ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_checkpoint(tmp_path_factory):
-    """Stands in for ``medseg demo``'s checkpoint: a small 3D U-Net on five phantoms (30-40 s on 2 idle cores)."""
-    import pandas as pd
-    import torch
-    import yaml
-
-    from medseg import api
-    from medseg.data.phantoms import write_cohort
-
-    root = tmp_path_factory.mktemp("demo_stand_in")
-    manifest = write_cohort(
-        root, 5, seed=900
-    )  # as medseg phantoms writes them; the quick start's are 0000-0002 and 0010
-    cases = pd.read_csv(manifest)
-    cases.loc[cases.index[-1], "split"] = "val"
-    cases.to_csv(manifest, index=False)
-    config = {
-        "labels": "abdomen_phantom",
-        "model": {
-            "name": "unet",
-            "spatial_dims": 3,
-            "kwargs": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
-        },
-        "preprocessing": {
-            "spacing": [5.0, 5.0, 5.0],
-            "intensity": "ct_window",
-            "window": [-200, 250],
-            "foreground_hu": -500,
-            "crop_margin": 4,
-        },
-        "training": {
-            "epochs": 30,
-            "iterations_per_epoch": 8,
-            "patch_size": [48, 48, 32],
-            "batch_size": 2,
-            "samples_per_image": 1,
-            "learning_rate": 0.01,
-            "val_every": 10,
-            "amp": "off",
-            "seed": 0,
-        },
-        "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2},
-    }
-    (root / "config.yaml").write_text(yaml.safe_dump(config))
-    # One thread: on a 2-core machine busy with other work, 74 s against 466 s with two (measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = api.train(config=root / "config.yaml", manifest=manifest, out=root / "model", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return Path(result.best_checkpoint)
+@pytest.fixture(scope="session")
+def demo_checkpoint(shared_demo):
+    """``demo_out/model/best.pt`` of the quick start: the checkpoint of the session's shortened ``medseg demo``
+    (``shared_demo`` in tests/conftest.py: 12 training phantoms, 40 epochs, other seeds than the quick start's)."""
+    return Path(shared_demo["result"]["checkpoint"])
 
 
 def _workdir(tmp_path: Path, checkpoint: Path) -> Path:
