@@ -54,10 +54,11 @@ def load_predictor(ctx):
     t_load = time.monotonic()
     predictor = external.load_predictor(ctx.model_path, device=device, progress=False, **pred.inference)
     # what medseg predict records too (one sidecar schema): this process's start-up until its model was loaded
-    predictor.startup = {
-        "seconds_startup": process_seconds(),
-        "seconds_model_load": round(time.monotonic() - t_load, 3),
-    }
+    with contextlib.suppress(AttributeError):  # a predictor that takes no attributes records none
+        predictor.startup = {
+            "seconds_startup": process_seconds(),
+            "seconds_model_load": round(time.monotonic() - t_load, 3),
+        }
     if kept is not None:
         kept[key] = predictor
     return predictor
