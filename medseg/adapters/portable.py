@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import zipfile
 from pathlib import Path
 
 from medseg.adapters import totalseg
@@ -31,7 +30,7 @@ from medseg.adapters.nnunet.folder import load_nnunet_folder
 from medseg.errors import CheckpointError, OutputError
 from medseg.inference.load import detect
 from medseg.io.atomic import atomic_path
-from medseg.models.checkpoint import versions
+from medseg.models.checkpoint import saved_with_marker, versions
 from medseg.provenance import file_sha256, to_plain
 
 MARKER = "medseg_external_model"
@@ -41,18 +40,7 @@ KINDS = ("nnunet", "totalsegmentator")
 
 def is_portable_file(path) -> bool:
     """Cheap: a ``torch.save`` zip whose pickle starts with the marker key (reads a few hundred bytes)."""
-    try:
-        p = Path(path)
-        if not p.is_file() or not zipfile.is_zipfile(p):
-            return False
-        with zipfile.ZipFile(p) as z:
-            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if name is None:
-                return False
-            with z.open(name) as f:
-                return MARKER.encode() in f.read(256)
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
+    return saved_with_marker(path, MARKER)
 
 
 def _model_entry(model, dir_name: str) -> dict:

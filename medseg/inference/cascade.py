@@ -26,8 +26,6 @@ The result sits on the input's grid like any model's; ``meta["cascade"]`` record
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -38,7 +36,7 @@ from medseg.io.geometry import closest_ras_view
 from medseg.io.readers import read_volume
 from medseg.io.volume import Volume
 from medseg.labels import LabelTable
-from medseg.models.checkpoint import build_model, load_checkpoint
+from medseg.models.checkpoint import build_model, load_checkpoint, saved_with_marker
 from medseg.transforms.intensity import floor_value
 from medseg.transforms.spatial import resample
 
@@ -65,18 +63,7 @@ def prior_channels(labels, num_classes: int, absent: float = 0.0):
 
 def is_cascade_checkpoint(path) -> bool:
     """Cheap: a ``torch.save`` zip whose pickle starts with the cascade marker (reads a few hundred bytes)."""
-    try:
-        p = Path(path)
-        if not p.is_file() or not zipfile.is_zipfile(p):
-            return False
-        with zipfile.ZipFile(p) as z:
-            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if name is None:
-                return False
-            with z.open(name) as f:
-                return MARKER.encode() in f.read(256)
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return False
+    return saved_with_marker(path, MARKER)
 
 
 class _CascadeInput(NamedTuple):

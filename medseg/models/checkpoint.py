@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import zipfile
 from pathlib import Path
 
 from medseg import __version__
@@ -194,3 +195,20 @@ def build_model(ckpt: dict):
             f"weights do not fit model {m['name']!r}: {str(exc).splitlines()[0]}", path=ckpt.get("path")
         ) from None
     return model.eval()
+
+
+def saved_with_marker(path, marker: str) -> bool:
+    """Cheap: whether ``path`` is a ``torch.save`` zip whose pickle holds ``marker`` in its first 256 bytes (the first
+    key of the saved dict: how the portable and cascade formats are told from a plain checkpoint without loading)."""
+    try:
+        p = Path(path)
+        if not p.is_file() or not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return False
+            with z.open(name) as f:
+                return marker.encode() in f.read(256)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
